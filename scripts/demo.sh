@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# README command 1: install dependencies, build, and run Kiln's main job on the bundled
+# tinycoder model: generate text from a prompt, then verify the model against its goldens.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+scripts/build.sh
+./build/kiln generate models/tinycoder --prompt "def fibonacci(n):" --max-tokens 48 --temperature 0

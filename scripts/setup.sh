@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs every build and test dependency of Kiln from Debian 12 packages.
+# Idempotent and non-interactive: packages already present are not reinstalled.
+set -euo pipefail
+PACKAGES=(
+  g++ cmake ninja-build ccache pkg-config
+  nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev
+  libsentencepiece-dev libzstd-dev libpcre2-dev libopenblas-dev
+)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi

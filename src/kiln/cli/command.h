@@ -1,0 +1,41 @@
+// The `kiln` subcommand registry. Each subcommand lives in its own file under cli/ and
+// registers itself with KILN_COMMAND; main.cc builds the CLI11 app from the registry.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace kiln::cli {
+
+// A subcommand: configure() declares its options on its CLI11 sub-app (binding them to
+// members); run() executes after parsing and returns the process exit code. Errors are
+// thrown as kiln::Error; main prints them as one line and exits 1.
+class Command {
+ public:
+  virtual ~Command() = default;
+  virtual void configure(CLI::App& app) = 0;
+  virtual int run() = 0;
+};
+
+struct CommandInfo {
+  std::string name;
+  std::string help;
+  std::function<std::unique_ptr<Command>()> make;
+};
+
+// Registered commands, in registration order.
+std::vector<CommandInfo>& command_registry();
+bool register_command(CommandInfo info);
+
+// The bundled default model folder (models/tinycoder beside the executable's source tree,
+// or $KILN_HOME/models/tinycoder).
+std::string default_model_path();
+
+}  // namespace kiln::cli
+
+#define KILN_COMMAND(Class, name, help)                                        \
+  static const bool kiln_command_registered_##Class = ::kiln::cli::register_command( \
+      {name, help, [] { return std::unique_ptr<::kiln::cli::Command>(new Class()); }})

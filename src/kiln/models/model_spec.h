@@ -1,0 +1,157 @@
+// ModelSpec: a declarative description of a decoder-only transformer. Family files
+// translate config.json into one; layers are built from it. Every architectural feature
+// Kiln knows is a field here, so a new family is mostly a new combination of fields.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kiln/io/json.h"
+
+namespace kiln {
+
+enum class NormKind {
+  kNone,              // identity
+  kRms,               // x / rms(x) * w
+  kRmsOnePlus,        // x / rms(x) * (1 + w)   (Gemma)
+  kLayerNorm,         // (x - mean) / std * w + b
+  kLayerNormNoBias,   // (x - mean) / std * w
+  kNonParametric,     // (x - mean) / std       (OLMo-1)
+};
+
+struct NormSpec {
+  NormKind kind = NormKind::kRms;
+  float eps = 1e-6f;
+};
+
+enum class Activation {
+  kSilu,
+  kGeluExact,  // erf form
+  kGeluTanh,   // tanh approximation ("gelu_pytorch_tanh", "gelu_new", "gelu_fast" close)
+  kRelu,
+  kReluSquared,
+};
+
+enum class RopeType { kNone, kDefault, kLinear, kDynamic, kYarn, kLlama3, kLongRope };
+
+struct RopeSpec {
+  RopeType type = RopeType::kDefault;
+  double theta = 10000.0;
+  int64_t rotary_dim = 0;    // dimensions rotated per head (partial rotary when < head_dim)
+  bool interleaved = false;  // pairs (2i, 2i+1) instead of (i, i + rotary_dim/2)
+  double factor = 1.0;       // linear / dynamic / yarn / llama3
+  int64_t original_max_position = 0;
+  int64_t max_position = 0;  // max_position_embeddings
+  // yarn
+  double beta_fast = 32.0, beta_slow = 1.0;
+  double mscale = 0.0, mscale_all_dim = 0.0;  // DeepSeek's yarn variant (0 = unset)
+  double attention_factor = 0.0;              // 0 = derive from factor
+  bool truncate = true;
+  // llama3
+  double low_freq_factor = 1.0, high_freq_factor = 4.0;
+  // longrope
+  std::vector<double> short_factor, long_factor;
+};
+
+enum class QkNormKind { kNone, kPerHead, kWholeProjection };
+
+enum class LayerKind { kFullAttention, kSlidingAttention };
+
+struct AttentionSpec {
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t value_head_dim = 0;  // equals head_dim unless MLA says otherwise
+  bool q_bias = false, k_bias = false, v_bias = false, o_bias = false;
+  QkNormKind qk_norm = QkNormKind::kNone;
+  NormSpec qk_norm_spec;
+  int64_t sliding_window = 0;  // 0 = full causal attention
+  float softcap = 0.0f;        // attention logit soft-capping (0 = off)
+  float scale = 0.0f;          // softmax scale (0 = 1/sqrt(head_dim))
+  RopeSpec rope;
+  // Multi-head latent attention (DeepSeek-V2/V3); all zero when not MLA.
+  int64_t q_lora_rank = 0;
+  int64_t kv_lora_rank = 0;
+  int64_t qk_nope_head_dim = 0;
+  int64_t qk_rope_head_dim = 0;
+  bool is_mla() const { return kv_lora_rank > 0; }
+};
+
+struct MlpSpec {
+  int64_t intermediate = 0;
+  bool gated = true;  // act(gate(x)) * up(x), else act(up(x))
+  Activation activation = Activation::kSilu;
+  bool bias = false;
+};
+
+enum class RouterKind {
+  kSoftmaxTopK,   // softmax over all experts, then top-k (Qwen3-MoE, ...)
+  kTopKSoftmax,   // top-k logits, softmax over them (Mixtral)
+  kSigmoidGroup,  // sigmoid scores, bias-corrected selection, group limit (DeepSeek-V3)
+};
+
+struct MoeSpec {
+  int64_t num_experts = 0;  // 0 = dense layer
+  int64_t top_k = 0;
+  int64_t expert_intermediate = 0;
+  RouterKind router = RouterKind::kSoftmaxTopK;
+  bool norm_topk_prob = false;
+  double routed_scaling_factor = 1.0;
+  int64_t n_group = 1, topk_group = 1;
+  bool score_correction_bias = false;
+  int64_t num_shared_experts = 0;
+  int64_t shared_intermediate = 0;  // total intermediate size of the shared expert(s)
+  bool shared_expert_gate = false;  // Qwen2-MoE-style sigmoid gate on the shared expert
+  bool enabled() const { return num_experts > 0; }
+};
+
+// Where norms sit in a block.
+enum class NormPlacement {
+  kPre,       // x + attn(norm(x)); x + mlp(norm(x))             (Llama)
+  kPost,      // x + norm(attn(x)); x + norm(mlp(x))             (OLMo-2)
+  kSandwich,  // x + post_norm(attn(pre_norm(x))); same for MLP   (Gemma 2/3)
+  kParallel,  // x + attn(norm(x)) + mlp(norm'(x))                (GPT-NeoX, Falcon, Phi)
+};
+
+struct LayerSpec {
+  LayerKind kind = LayerKind::kFullAttention;
+  AttentionSpec attention;
+  MlpSpec mlp;
+  MoeSpec moe;  // when enabled, replaces mlp
+  NormSpec norm;
+  NormPlacement placement = NormPlacement::kPre;
+  // Parallel blocks: whether the MLP branch has its own norm (GPT-NeoX) or shares the
+  // attention's (Falcon-7B, Phi).
+  bool parallel_shared_norm = false;
+};
+
+struct ModelSpec {
+  std::string family;        // registry key that built it ("llama", "qwen3", ...)
+  std::string architecture;  // architectures[0] from config.json
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  int64_t max_position_embeddings = 0;
+  std::vector<LayerSpec> layers;
+  // Embeddings
+  float embedding_scale = 1.0f;          // Gemma: sqrt(hidden_size), rounded to the dtype
+  bool learned_positions = false;        // GPT-2: absolute position embeddings
+  bool tie_word_embeddings = false;
+  NormSpec final_norm;
+  bool has_final_norm = true;
+  // Output
+  float final_logit_softcap = 0.0f;  // 0 = off
+  float logit_scale = 1.0f;
+  bool lm_head_bias = false;
+  // Tokens
+  std::vector<int64_t> bos_token_ids;
+  std::vector<int64_t> eos_token_ids;
+
+  int64_t num_layers() const { return static_cast<int64_t>(layers.size()); }
+  // Bytes of KV cache per token (all layers) at `bytes_per_value` (4 for f32).
+  int64_t kv_cache_bytes_per_token(int64_t bytes_per_value = 4) const;
+  // A JSON dump of every field, for `kiln inspect` and checkpoint manifests.
+  Json to_json() const;
+};
+
+}  // namespace kiln

@@ -1,0 +1,28 @@
+// Helpers shared by the tests: paths to test data, running the kiln CLI, comparing tensors.
+#pragma once
+
+#include <string>
+
+#include "kiln/core/tensor.h"
+
+namespace kiln::test {
+
+// tests/data/<relative>
+std::string data_path(const std::string& relative);
+// A fresh empty temporary directory (removed by the OS's tmp cleaning; tests remove it).
+std::string make_temp_dir(const std::string& prefix);
+
+struct CommandResult {
+  int exit_code;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+// Runs the kiln CLI with `args` (a shell-quoted argument string) and captures its output.
+CommandResult run_kiln(const std::string& args);
+// Quotes a string for the shell.
+std::string shell_quote(const std::string& s);
+
+// Max |a - b| over all elements (shapes must match; any float dtypes).
+double max_abs_diff(const Tensor& a, const Tensor& b);
+
+}  // namespace kiln::test
