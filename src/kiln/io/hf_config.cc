@@ -34,7 +34,9 @@ void HfConfig::type_error(const std::string& key, const char* expected) const {
               json_.at(key).dump());
 }
 
-bool HfConfig::has(const std::string& key) const { return find(key) != nullptr; }
+bool HfConfig::has(const std::string& key) const {
+  return find(key) != nullptr;
+}
 
 const Json& HfConfig::get(const std::string& key) const {
   static const Json null_json;
@@ -103,7 +105,9 @@ std::string HfConfig::architecture() const {
   return (*v)[0].get<std::string>();
 }
 
-std::string HfConfig::model_type() const { return get_string("model_type", ""); }
+std::string HfConfig::model_type() const {
+  return get_string("model_type", "");
+}
 
 void HfConfig::mark_read(const std::vector<std::string>& keys) const {
   for (const auto& k : keys) keys_read_.insert(k);
@@ -138,23 +142,32 @@ RopeParameters normalize_rope(const Json& set, const std::string& where, double 
 }  // namespace
 
 RopeParameters HfConfig::rope(const std::string& layer_type) const {
+  RopeParameters rope = rope_without_partial_factor(layer_type);
+  if (has("partial_rotary_factor") && !rope.params.contains("partial_rotary_factor"))
+    rope.params["partial_rotary_factor"] = get_double("partial_rotary_factor");
+  return rope;
+}
+
+RopeParameters HfConfig::rope_without_partial_factor(const std::string& layer_type) const {
+  const double theta = has("rope_theta") ? get_double("rope_theta") : 10000.0;
   const Json* params = find("rope_parameters");
   if (params) {
     if (!params->is_object())
       throw Error(source_ + ": key 'rope_parameters' must be an object, got " + params->dump());
-    if (looks_like_rope_set(*params)) return normalize_rope(*params, source_ + ": rope_parameters",
-                                                           10000.0);
+    if (looks_like_rope_set(*params))
+      return normalize_rope(*params, source_ + ": rope_parameters", theta);
     std::string key = layer_type;
     if (key.empty()) {
-      if (params->size() == 1) key = params->begin().key();
-      else if (params->contains("full_attention")) key = "full_attention";
+      if (params->size() == 1)
+        key = params->begin().key();
+      else if (params->contains("full_attention"))
+        key = "full_attention";
     }
     auto it = params->find(key);
     if (it == params->end())
       throw Error(source_ + ": rope_parameters has no entry for layer type '" + key + "'");
-    return normalize_rope(*it, source_ + ": rope_parameters." + key, 10000.0);
+    return normalize_rope(*it, source_ + ": rope_parameters." + key, theta);
   }
-  double theta = has("rope_theta") ? get_double("rope_theta") : 10000.0;
   if (layer_type == "sliding_attention" && has("rope_local_base_freq")) {
     RopeParameters local;
     local.theta = get_double("rope_local_base_freq");
@@ -164,8 +177,6 @@ RopeParameters HfConfig::rope(const std::string& layer_type) const {
   const Json* scaling = find("rope_scaling");
   if (scaling) rope = normalize_rope(*scaling, source_ + ": rope_scaling", theta);
   rope.theta = theta;
-  if (has("partial_rotary_factor") && !rope.params.contains("partial_rotary_factor"))
-    rope.params["partial_rotary_factor"] = get_double("partial_rotary_factor");
   return rope;
 }
 

@@ -53,7 +53,8 @@ class HfConfig {
   // RoPE for layers of `layer_type` ("" = the only/global one). Reads `rope_parameters`
   // (flat, or keyed by layer type as Gemma 3 writes it) or else `rope_theta` +
   // `rope_scaling` (`type` or `rope_type`), with `rope_local_base_freq` for
-  // "sliding_attention" layers when present. Throws Error naming the key on bad values.
+  // "sliding_attention" layers when present. A top-level `partial_rotary_factor` lands in
+  // `params` unless the RoPE set has its own. Throws Error naming the key on bad values.
   RopeParameters rope(const std::string& layer_type = "") const;
 
   // Keys read so far through this object (top-level names).
@@ -62,6 +63,7 @@ class HfConfig {
   void mark_read(const std::vector<std::string>& keys) const;
 
  private:
+  RopeParameters rope_without_partial_factor(const std::string& layer_type) const;
   const Json* find(const std::string& key) const;
   [[noreturn]] void type_error(const std::string& key, const char* expected) const;
   Json json_;

@@ -61,30 +61,38 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
     check(dtype.has_value(), where + ": unknown dtype '" + dtype_str + "'");
     Entry entry;
     entry.dtype = *dtype;
+    // numel saturates at max_numel + 1 so that numel * element size cannot overflow.
+    const uint64_t max_numel = (file_size - data_start) / dtype_size(entry.dtype);
     uint64_t numel = 1;
+    bool has_zero_dim = false;
     for (const Json& d : value["shape"]) {
       check(d.is_number_unsigned() || (d.is_number_integer() && d.get<int64_t>() >= 0),
             where + ": shape entries must be non-negative integers");
       uint64_t dim = d.get<uint64_t>();
-      check(dim == 0 || numel <= (uint64_t{1} << 62) / dim, where + ": shape too large");
-      numel *= dim;
+      check(dim <= (uint64_t{1} << 62), where + ": shape too large");
       entry.shape.push_back(static_cast<int64_t>(dim));
+      if (dim == 0)
+        has_zero_dim = true;
+      else if (!has_zero_dim)
+        numel = numel <= max_numel / dim ? numel * dim : max_numel + 1;
     }
+    if (has_zero_dim) numel = 0;
     for (const Json& o : value["data_offsets"])
       check(o.is_number_unsigned() || (o.is_number_integer() && o.get<int64_t>() >= 0),
             where + ": data_offsets must be non-negative integers");
     uint64_t begin = value["data_offsets"][0].get<uint64_t>();
     uint64_t end = value["data_offsets"][1].get<uint64_t>();
     check(begin <= end, where + ": data_offsets begin > end");
-    check(end <= file_size - data_start,
-          where + ": byte range [" + std::to_string(begin) + ", " + std::to_string(end) +
-              ") lies outside the file's data section (" + std::to_string(file_size - data_start) +
-              " bytes)");
-    uint64_t expected = numel * dtype_size(entry.dtype);
-    check(end - begin == expected, where + ": shape " + shape_to_string(entry.shape) + " of " +
-                                       dtype_str + " needs " + std::to_string(expected) +
-                                       " bytes but data_offsets span " +
-                                       std::to_string(end - begin));
+    check(end <= file_size - data_start, where + ": byte range [" + std::to_string(begin) + ", " +
+                                             std::to_string(end) +
+                                             ") lies outside the file's data section (" +
+                                             std::to_string(file_size - data_start) + " bytes)");
+    const std::string needed =
+        numel > max_numel ? "more than the data section's " + std::to_string(file_size - data_start)
+                          : std::to_string(numel * dtype_size(entry.dtype));
+    check(numel <= max_numel && end - begin == numel * dtype_size(entry.dtype),
+          where + ": shape " + shape_to_string(entry.shape) + " of " + dtype_str + " needs " +
+              needed + " bytes but data_offsets span " + std::to_string(end - begin));
     entry.begin = data_start + begin;
     entry.end = data_start + end;
     ranges.push_back({entry.begin, entry.end, name});
@@ -93,13 +101,15 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   std::sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
   });
-  for (size_t i = 1; i < ranges.size(); ++i) {
-    const Range& prev = ranges[i - 1];
-    const Range& cur = ranges[i];
-    // Empty tensors may share an offset with anything.
-    if (cur.begin == cur.end || prev.begin == prev.end) continue;
-    check(cur.begin >= prev.end, path + ": tensors '" + prev.name + "' and '" + cur.name +
-                                     "' have overlapping byte ranges");
+  // Empty tensors may share an offset with anything; every other range must start at or
+  // after the end of the furthest-reaching non-empty range before it.
+  const Range* furthest = nullptr;
+  for (const Range& cur : ranges) {
+    if (cur.begin == cur.end) continue;
+    if (furthest != nullptr)
+      check(cur.begin >= furthest->end, path + ": tensors '" + furthest->name + "' and '" +
+                                            cur.name + "' have overlapping byte ranges");
+    if (furthest == nullptr || cur.end > furthest->end) furthest = &cur;
   }
   for (const Range& r : ranges) st.names_.push_back(r.name);
   return st;
@@ -113,10 +123,19 @@ const SafetensorsFile::Entry& SafetensorsFile::entry(const std::string& name) co
 
 Tensor SafetensorsFile::get(const std::string& name) const {
   const Entry& e = entry(name);
-  return Tensor::view_of(storage_, e.begin, e.dtype, e.shape);
+  Tensor view = Tensor::view_of(storage_, e.begin, e.dtype, e.shape);
+  // The format does not promise aligned data; a misaligned tensor is copied so that
+  // typed access stays well-defined.
+  if (reinterpret_cast<uintptr_t>(view.raw()) % dtype_size(e.dtype) != 0)
+    return view.contiguous(true);
+  return view;
 }
-DType SafetensorsFile::dtype_of(const std::string& name) const { return entry(name).dtype; }
-const Shape& SafetensorsFile::shape_of(const std::string& name) const { return entry(name).shape; }
+DType SafetensorsFile::dtype_of(const std::string& name) const {
+  return entry(name).dtype;
+}
+const Shape& SafetensorsFile::shape_of(const std::string& name) const {
+  return entry(name).shape;
+}
 
 bool SafetensorsSet::present_in(const std::string& dir) {
   return fs::exists(fs::path(dir) / "model.safetensors") ||
@@ -125,6 +144,7 @@ bool SafetensorsSet::present_in(const std::string& dir) {
 
 SafetensorsSet SafetensorsSet::open(const std::string& path) {
   SafetensorsSet set;
+  set.where_ = path;
   fs::path p(path);
   auto add_file = [&set](const std::string& file) {
     set.files_.push_back(SafetensorsFile::open(file));
@@ -146,8 +166,8 @@ SafetensorsSet SafetensorsSet::open(const std::string& path) {
           index_path.string() + ": missing key 'weight_map'");
     std::vector<std::string> shards;
     for (auto it = index["weight_map"].begin(); it != index["weight_map"].end(); ++it) {
-      check(it.value().is_string(), index_path.string() + ": weight_map entry '" + it.key() +
-                                        "' is not a file name");
+      check(it.value().is_string(),
+            index_path.string() + ": weight_map entry '" + it.key() + "' is not a file name");
       std::string shard = it.value().get<std::string>();
       check(shard.find('/') == std::string::npos && shard != ".." && !shard.empty(),
             index_path.string() + ": shard name '" + shard + "' is not a plain file name");
@@ -155,15 +175,16 @@ SafetensorsSet SafetensorsSet::open(const std::string& path) {
     }
     for (const std::string& shard : shards) {
       fs::path shard_path = p / shard;
-      check(fs::exists(shard_path), shard_path.string() + ": shard listed in " +
-                                        index_path.string() + " does not exist");
+      check(fs::exists(shard_path),
+            shard_path.string() + ": shard listed in " + index_path.string() + " does not exist");
       add_file(shard_path.string());
     }
     for (auto it = index["weight_map"].begin(); it != index["weight_map"].end(); ++it) {
+      const std::string shard_path = (p / it.value().get<std::string>()).string();
       auto loc = set.location_.find(it.key());
-      check(loc != set.location_.end(), index_path.string() + ": tensor '" + it.key() +
-                                            "' is not in its shard " +
-                                            it.value().get<std::string>());
+      check(loc != set.location_.end() && set.files_[loc->second].path() == shard_path,
+            shard_path + ": tensor '" + it.key() + "' listed in " + index_path.string() +
+                " is not in this shard");
     }
     return set;
   }
@@ -181,28 +202,23 @@ std::vector<std::string> SafetensorsSet::names() const {
   return out;
 }
 
-static const SafetensorsFile& file_for(const std::vector<SafetensorsFile>& files,
-                                       const std::map<std::string, size_t>& location,
-                                       const std::string& name) {
-  auto it = location.find(name);
-  if (it == location.end()) {
-    std::string where = files.empty() ? std::string("weights") : files.front().path();
-    throw Error(where + ": no tensor named '" + name + "'");
-  }
-  return files[it->second];
+const SafetensorsFile& SafetensorsSet::file_for(const std::string& name) const {
+  auto it = location_.find(name);
+  if (it == location_.end()) throw Error(where_ + ": no tensor named '" + name + "'");
+  return files_[it->second];
 }
 
 Tensor SafetensorsSet::get(const std::string& name) const {
-  return file_for(files_, location_, name).get(name);
+  return file_for(name).get(name);
 }
 DType SafetensorsSet::dtype_of(const std::string& name) const {
-  return file_for(files_, location_, name).dtype_of(name);
+  return file_for(name).dtype_of(name);
 }
 const Shape& SafetensorsSet::shape_of(const std::string& name) const {
-  return file_for(files_, location_, name).shape_of(name);
+  return file_for(name).shape_of(name);
 }
 const std::string& SafetensorsSet::file_of(const std::string& name) const {
-  return file_for(files_, location_, name).path();
+  return file_for(name).path();
 }
 
 std::string safetensors_header(
@@ -212,6 +228,8 @@ std::string safetensors_header(
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
   for (const auto& [name, spec] : specs) {
+    check(name != "__metadata__" && !header.contains(name),
+          "tensor '" + name + "' appears twice or uses the reserved name __metadata__");
     uint64_t bytes = static_cast<uint64_t>(shape_numel(spec.second)) * dtype_size(spec.first);
     header[name] = {{"dtype", std::string(dtype_name(spec.first))},
                     {"shape", spec.second},
@@ -230,13 +248,24 @@ std::string safetensors_header(
 void write_safetensors(const std::string& path,
                        const std::vector<std::pair<std::string, Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata) {
+  // Larger elements first: with a 64-byte aligned data section and no holes, every tensor
+  // then starts at a multiple of its element size.
+  std::vector<std::pair<std::string, Tensor>> ordered = tensors;
+  std::stable_sort(ordered.begin(), ordered.end(), [](const auto& a, const auto& b) {
+    return dtype_size(a.second.dtype()) > dtype_size(b.second.dtype());
+  });
   std::vector<std::pair<std::string, std::pair<DType, Shape>>> specs;
-  for (const auto& [name, t] : tensors) specs.push_back({name, {t.dtype(), t.shape()}});
+  for (const auto& [name, t] : ordered) specs.push_back({name, {t.dtype(), t.shape()}});
+  std::string header;
+  try {
+    header = safetensors_header(specs, metadata);
+  } catch (const Error& e) {
+    throw Error(path + ": " + e.what());
+  }
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   if (!out) throw Error(path + ": cannot open for writing");
-  std::string header = safetensors_header(specs, metadata);
   out.write(header.data(), static_cast<std::streamsize>(header.size()));
-  for (const auto& [name, t] : tensors) {
+  for (const auto& [name, t] : ordered) {
     Tensor c = t.contiguous();
     out.write(static_cast<const char*>(c.raw()), static_cast<std::streamsize>(c.nbytes()));
   }

@@ -66,19 +66,25 @@ class SafetensorsSet {
   const std::string& file_of(const std::string& name) const;
 
  private:
+  const SafetensorsFile& file_for(const std::string& name) const;
+  std::string where_;  // the path open() was given
   std::vector<SafetensorsFile> files_;
   std::map<std::string, size_t> location_;
 };
 
-// Writes tensors (in the given order, packed without holes as the format requires) to
-// `path` as safetensors. The header is padded with spaces so the data section starts at a
-// multiple of 64 bytes. Throws Error naming the file on I/O failure.
+// Writes tensors to `path` as safetensors, packed without holes as the format requires,
+// ordered by decreasing element size (stable) so that every tensor is aligned to its
+// element size. Names must be unique and not "__metadata__". The header is padded with
+// spaces so the data section starts at a multiple of 64 bytes. Throws Error naming the file on I/O
+// failure.
 void write_safetensors(const std::string& path,
                        const std::vector<std::pair<std::string, Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
-// The header bytes (8-byte length + JSON) that write_safetensors would write; for writers
-// that stream tensor data themselves.
-std::string safetensors_header(const std::vector<std::pair<std::string, std::pair<DType, Shape>>>& specs,
-                               const std::map<std::string, std::string>& metadata = {});
+// The header bytes (8-byte length + JSON, padded so data starts at a multiple of 64) for
+// tensors laid out in the given order; for writers that stream tensor data themselves. Throws Error
+// on a duplicate or reserved name.
+std::string safetensors_header(
+    const std::vector<std::pair<std::string, std::pair<DType, Shape>>>& specs,
+    const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace kiln
