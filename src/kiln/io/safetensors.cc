@@ -7,6 +7,7 @@
 
 #include "kiln/core/error.h"
 #include "kiln/io/json.h"
+#include "kiln/io/shard_index.h"
 
 namespace kiln {
 namespace fs = std::filesystem;
@@ -161,29 +162,18 @@ SafetensorsSet SafetensorsSet::open(const std::string& path) {
   check(fs::is_directory(p), path + ": no such file or directory");
   fs::path index_path = p / "model.safetensors.index.json";
   if (fs::exists(index_path)) {
-    Json index = read_json_file(index_path.string());
-    check(index.contains("weight_map") && index["weight_map"].is_object(),
-          index_path.string() + ": missing key 'weight_map'");
-    std::vector<std::string> shards;
-    for (auto it = index["weight_map"].begin(); it != index["weight_map"].end(); ++it) {
-      check(it.value().is_string(),
-            index_path.string() + ": weight_map entry '" + it.key() + "' is not a file name");
-      std::string shard = it.value().get<std::string>();
-      check(shard.find('/') == std::string::npos && shard != ".." && !shard.empty(),
-            index_path.string() + ": shard name '" + shard + "' is not a plain file name");
-      if (std::find(shards.begin(), shards.end(), shard) == shards.end()) shards.push_back(shard);
-    }
-    for (const std::string& shard : shards) {
+    ShardIndex index = read_shard_index(index_path.string());
+    for (const std::string& shard : index.shards) {
       fs::path shard_path = p / shard;
       check(fs::exists(shard_path),
             shard_path.string() + ": shard listed in " + index_path.string() + " does not exist");
       add_file(shard_path.string());
     }
-    for (auto it = index["weight_map"].begin(); it != index["weight_map"].end(); ++it) {
-      const std::string shard_path = (p / it.value().get<std::string>()).string();
-      auto loc = set.location_.find(it.key());
+    for (const auto& [name, shard] : index.weight_map) {
+      const std::string shard_path = (p / shard).string();
+      auto loc = set.location_.find(name);
       check(loc != set.location_.end() && set.files_[loc->second].path() == shard_path,
-            shard_path + ": tensor '" + it.key() + "' listed in " + index_path.string() +
+            shard_path + ": tensor '" + name + "' listed in " + index_path.string() +
                 " is not in this shard");
     }
     return set;
