@@ -38,7 +38,9 @@ class Tokenizer {
 
 // Turns a stream of generated ids into text pieces without ever emitting half a UTF-8
 // character: push() returns the newly completed text (possibly empty); finish() returns
-// whatever is left (incomplete bytes as U+FFFD).
+// whatever is left (incomplete bytes as U+FFFD). It decodes a short window of recent ids and
+// emits the growth of the text, so decoders that look at neighbours (leading-space rules,
+// byte fallback) give the same text as one decode() of all ids.
 class StreamDecoder {
  public:
   explicit StreamDecoder(const Tokenizer& tokenizer, bool skip_special = true);
@@ -48,8 +50,9 @@ class StreamDecoder {
  private:
   const Tokenizer& tokenizer_;
   bool skip_special_;
-  std::vector<int32_t> ids_;
-  size_t emitted_bytes_ = 0;
+  std::vector<int32_t> ids_;  // the window: already emitted context, then pending ids
+  size_t prefix_ids_ = 0;     // how many ids of the window are already emitted
+  std::string prefix_text_;   // decode of the first prefix_ids_ ids of the window
 };
 
 }  // namespace kiln

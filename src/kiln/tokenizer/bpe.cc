@@ -1,0 +1,216 @@
+#include "kiln/tokenizer/bpe.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <queue>
+
+#include "kiln/core/error.h"
+#include "kiln/tokenizer/utf8.h"
+
+namespace kiln::tok {
+namespace {
+
+constexpr size_t kCacheCapacity = 1 << 16;
+constexpr size_t kMaxCachedWordBytes = 256;
+
+// One symbol of a word being merged, in a doubly linked list over a vector.
+struct Symbol {
+  int32_t id;
+  int32_t prev;  // index of the previous live symbol, -1 at the start
+  int32_t next;  // index of the next live symbol, -1 at the end
+  bool alive;
+};
+
+// A merge that may apply at symbol `position`; the queue pops the lowest rank, then the
+// leftmost position.
+struct Candidate {
+  int32_t rank;
+  int32_t position;
+  int32_t merged_id;
+  bool operator>(const Candidate& other) const {
+    return rank != other.rank ? rank > other.rank : position > other.position;
+  }
+};
+
+std::pair<std::string, std::string> parse_merge(const Json& merge, const std::string& where) {
+  if (merge.is_string()) {
+    const std::string& text = merge.get_ref<const std::string&>();
+    const size_t space = text.find(' ');
+    if (space == std::string::npos || text.find(' ', space + 1) != std::string::npos) {
+      throw Error(where + ": expected \"left right\", found \"" + text + "\"");
+    }
+    return {text.substr(0, space), text.substr(space + 1)};
+  }
+  if (merge.is_array() && merge.size() == 2 && merge[0].is_string() && merge[1].is_string()) {
+    return {merge[0].get<std::string>(), merge[1].get<std::string>()};
+  }
+  throw Error(where + ": expected \"left right\" or [\"left\", \"right\"]");
+}
+
+}  // namespace
+
+BpeModel::BpeModel(Vocabulary vocab, const std::vector<std::pair<std::string, std::string>>& merges,
+                   BpeOptions options, const std::string& where)
+    : vocab_(std::move(vocab)), options_(std::move(options)) {
+  const size_t prefix_length = options_.continuing_subword_prefix.size();
+  merges_.reserve(merges.size());
+  for (size_t rank = 0; rank < merges.size(); ++rank) {
+    const auto& [left, right] = merges[rank];
+    const std::string merge_where = child_where(child_where(where, "merges"), rank);
+    const auto left_id = vocab_.find(left);
+    const auto right_id = vocab_.find(right);
+    if (!left_id) throw Error(merge_where + ": '" + left + "' is not in the vocabulary");
+    if (!right_id) throw Error(merge_where + ": '" + right + "' is not in the vocabulary");
+    std::string merged = left;
+    merged.append(right, right.starts_with(options_.continuing_subword_prefix) ? prefix_length : 0);
+    const auto merged_id = vocab_.find(merged);
+    if (!merged_id) throw Error(merge_where + ": '" + merged + "' is not in the vocabulary");
+    // A repeated pair keeps its last rank, as in HF.
+    merges_.insert_or_assign(pair_key(*left_id, *right_id),
+                             Merge{static_cast<int32_t>(rank), *merged_id});
+  }
+  if (options_.unk_token) {
+    unk_id_ = vocab_.find(*options_.unk_token);
+    if (!unk_id_) {
+      throw Error(child_where(where, "unk_token") + ": '" + *options_.unk_token +
+                  "' is not in the vocabulary");
+    }
+  }
+  for (int b = 0; b < 256; ++b) {
+    char name[8];
+    std::snprintf(name, sizeof(name), "<0x%02X>", b);
+    byte_ids_[b] = vocab_.find(name).value_or(-1);
+  }
+}
+
+std::unique_ptr<BpeModel> BpeModel::from_json(const Json& spec, const std::string& where) {
+  Vocabulary vocab =
+      Vocabulary::from_json(required_field(spec, "vocab", where), child_where(where, "vocab"));
+  std::vector<std::pair<std::string, std::string>> merges;
+  if (has_field(spec, "merges")) {
+    const Json& list = spec["merges"];
+    const std::string list_where = child_where(where, "merges");
+    if (!list.is_array()) throw Error(list_where + ": expected an array");
+    merges.reserve(list.size());
+    for (size_t i = 0; i < list.size(); ++i) {
+      merges.push_back(parse_merge(list[i], child_where(list_where, i)));
+    }
+  }
+  BpeOptions options;
+  if (has_field(spec, "unk_token")) options.unk_token = string_field(spec, "unk_token", where);
+  options.continuing_subword_prefix = string_field_or(spec, "continuing_subword_prefix", where, "");
+  options.end_of_word_suffix = string_field_or(spec, "end_of_word_suffix", where, "");
+  options.fuse_unk = bool_field_or(spec, "fuse_unk", where, false);
+  options.byte_fallback = bool_field_or(spec, "byte_fallback", where, false);
+  options.ignore_merges = bool_field_or(spec, "ignore_merges", where, false);
+  if (has_field(spec, "dropout") && number_field_or(spec, "dropout", where, 0.0) != 0.0) {
+    throw Error(child_where(where, "dropout") + ": BPE dropout is not supported");
+  }
+  return std::make_unique<BpeModel>(std::move(vocab), merges, std::move(options), where);
+}
+
+void BpeModel::tokenize(std::string_view word, std::vector<int32_t>& ids) const {
+  if (word.empty()) return;
+  if (options_.ignore_merges) {
+    if (const auto id = vocab_.find(word)) {
+      ids.push_back(*id);
+      return;
+    }
+  }
+  const bool cacheable = word.size() <= kMaxCachedWordBytes;
+  if (cacheable) {
+    std::lock_guard<std::mutex> lock(cache_mutex_);
+    const auto it = cache_.find(word);
+    if (it != cache_.end()) {
+      ids.insert(ids.end(), it->second.begin(), it->second.end());
+      return;
+    }
+  }
+  const size_t first = ids.size();
+  merge_word(word, ids);
+  if (cacheable) {
+    std::lock_guard<std::mutex> lock(cache_mutex_);
+    if (cache_.size() < kCacheCapacity) {
+      cache_.emplace(std::string(word), std::vector<int32_t>(ids.begin() + first, ids.end()));
+    }
+  }
+}
+
+void BpeModel::merge_word(std::string_view word, std::vector<int32_t>& ids) const {
+  thread_local std::vector<Symbol> symbols;
+  thread_local std::string key;
+  symbols.clear();
+  const auto add_symbol = [&](int32_t id) {
+    const int32_t index = static_cast<int32_t>(symbols.size());
+    if (index > 0) symbols.back().next = index;
+    symbols.push_back({id, index - 1, -1, true});
+  };
+  bool previous_was_unknown = false;
+  for (size_t pos = 0; pos < word.size();) {
+    const size_t length =
+        std::min(utf8_sequence_length(static_cast<unsigned char>(word[pos])), word.size() - pos);
+    const std::string_view character = word.substr(pos, length);
+    const bool is_first = pos == 0;
+    pos += length;
+    const bool is_last = pos == word.size();
+    std::optional<int32_t> id;
+    if ((is_first || options_.continuing_subword_prefix.empty()) &&
+        (!is_last || options_.end_of_word_suffix.empty())) {
+      id = vocab_.find(character);
+    } else {
+      key.clear();
+      if (!is_first) key += options_.continuing_subword_prefix;
+      key += character;
+      if (is_last) key += options_.end_of_word_suffix;
+      id = vocab_.find(key);
+    }
+    if (id) {
+      add_symbol(*id);
+      previous_was_unknown = false;
+      continue;
+    }
+    if (options_.byte_fallback && std::all_of(character.begin(), character.end(), [&](char c) {
+          return byte_ids_[static_cast<unsigned char>(c)] >= 0;
+        })) {
+      for (char c : character) add_symbol(byte_ids_[static_cast<unsigned char>(c)]);
+      previous_was_unknown = false;
+      continue;
+    }
+    if (unk_id_) {
+      if (!(options_.fuse_unk && previous_was_unknown)) add_symbol(*unk_id_);
+      previous_was_unknown = true;
+    }
+  }
+
+  using Queue = std::priority_queue<Candidate, std::vector<Candidate>, std::greater<Candidate>>;
+  thread_local Queue queue;
+  queue = Queue();
+  const auto push_candidate = [&](int32_t position) {
+    const int32_t next = symbols[position].next;
+    if (next < 0) return;
+    const auto it = merges_.find(pair_key(symbols[position].id, symbols[next].id));
+    if (it != merges_.end()) queue.push({it->second.rank, position, it->second.merged_id});
+  };
+  for (int32_t i = 0; i + 1 < static_cast<int32_t>(symbols.size()); ++i) push_candidate(i);
+  while (!queue.empty()) {
+    const Candidate top = queue.top();
+    queue.pop();
+    Symbol& left = symbols[top.position];
+    if (!left.alive || left.next < 0) continue;
+    Symbol& right = symbols[left.next];
+    const auto it = merges_.find(pair_key(left.id, right.id));
+    if (it == merges_.end() || it->second.merged_id != top.merged_id) continue;
+    left.id = top.merged_id;
+    right.alive = false;
+    left.next = right.next;
+    if (right.next >= 0) symbols[right.next].prev = top.position;
+    if (left.prev >= 0) push_candidate(left.prev);
+    push_candidate(top.position);
+  }
+  for (int32_t i = symbols.empty() ? -1 : 0; i >= 0; i = symbols[i].next) {
+    ids.push_back(symbols[i].id);
+  }
+}
+
+}  // namespace kiln::tok

@@ -1,0 +1,104 @@
+// Unit tests of the tokenizer pieces that goldens do not pin down: UTF-8 errors, lossy
+// decoding, streaming, and error messages for bad files.
+#include "kiln/tokenizer/tokenizer.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <functional>
+
+#include "kiln/core/error.h"
+#include "kiln/tokenizer/utf8.h"
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+
+std::unique_ptr<Tokenizer> tinycoder() {
+  return Tokenizer::load(test::data_path("tokenizers/tinycoder/tokenizer.json"));
+}
+
+std::string error_of(const std::function<void()>& action) {
+  try {
+    action();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(TokenizerUtf8, InvalidInputNamesTheByte) {
+  const auto tokenizer = tinycoder();
+  EXPECT_EQ(error_of([&] { tokenizer->encode("abc\xff", false); }),
+            "text to encode: invalid UTF-8 at byte 3");
+  EXPECT_EQ(error_of([&] { tokenizer->encode("h\xC3", false); }),
+            "text to encode: invalid UTF-8 at byte 1");
+  EXPECT_EQ(error_of([&] { tokenizer->encode("\xED\xA0\x80", false); }),  // a surrogate
+            "text to encode: invalid UTF-8 at byte 0");
+}
+
+TEST(TokenizerUtf8, LossyDecodingMatchesRust) {
+  // One U+FFFD per maximal invalid subsequence.
+  EXPECT_EQ(tok::utf8_lossy("a\xF0\x9F\x98z"), "a\xEF\xBF\xBDz");
+  EXPECT_EQ(tok::utf8_lossy("\xC0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD");
+  EXPECT_EQ(tok::utf8_lossy("\xE2\x82\xAC"), "\xE2\x82\xAC");
+}
+
+TEST(TokenizerStream, NeverEmitsHalfACharacter) {
+  const auto tokenizer = tinycoder();
+  const std::string text = "naïve 😀 日本語 code";
+  const std::vector<int32_t> ids = tokenizer->encode(text, false);
+  StreamDecoder stream(*tokenizer);
+  std::string joined;
+  int pieces = 0;
+  for (int32_t id : ids) {
+    const std::string piece = stream.push(id);
+    EXPECT_EQ(tok::utf8_valid_prefix(piece), piece.size()) << "piece " << pieces;
+    pieces += !piece.empty();
+    joined += piece;
+  }
+  joined += stream.finish();
+  EXPECT_EQ(joined, text);
+  std::cout << ids.size() << " ids streamed as " << pieces << " pieces\n";
+  EXPECT_LT(pieces, static_cast<int>(ids.size()));  // some ids hold only part of a character
+}
+
+TEST(TokenizerLoad, BadFilesGiveErrorsNamingTheKey) {
+  const std::string dir = test::make_temp_dir("kiln-tokenizer");
+  const auto write = [&](const std::string& text) {
+    const std::string path = dir + "/tokenizer.json";
+    std::ofstream(path) << text;
+    return path;
+  };
+  std::string path =
+      write("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"a b\"]}}");
+  EXPECT_EQ(error_of([&] { Tokenizer::load(path); }),
+            path + ": model.merges[0]: 'b' is not in the vocabulary");
+  path = write("{\"model\": {\"type\": \"Nope\"}}");
+  EXPECT_EQ(error_of([&] { Tokenizer::load(path); }),
+            path + ": model.type: unsupported model 'Nope'");
+  path = write("{\"added_tokens\": [], \"normalizer\": null}");
+  EXPECT_EQ(error_of([&] { Tokenizer::load(path); }), path + ": model: missing");
+  path = write("{\"model\": {");
+  EXPECT_NE(error_of([&] { Tokenizer::load(path); }).find("malformed JSON"), std::string::npos);
+  EXPECT_EQ(error_of([&] { Tokenizer::load(dir + "/missing"); }),
+            dir + "/missing: no such file or folder");
+  std::filesystem::remove_all(dir);
+}
+
+TEST(TokenizerDecode, RejectsIdsOutsideTheVocabulary) {
+  const auto tokenizer = tinycoder();
+  EXPECT_EQ(tokenizer->vocab_size(), 4096);
+  EXPECT_EQ(error_of([&] {
+              tokenizer->decode({5, 4096}, false);
+            }),
+            "decode: token id 4096 is outside the vocabulary (size 4096)");
+  EXPECT_TRUE(tokenizer->is_special(0));
+  EXPECT_EQ(tokenizer->token_to_id("<|endoftext|>"), 0);
+  EXPECT_EQ(tokenizer->id_to_token(0), "<|endoftext|>");
+  EXPECT_EQ(tokenizer->decode({0, 323}, true), "def");
+}
+
+}  // namespace
+}  // namespace kiln
