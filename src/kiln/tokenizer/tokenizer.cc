@@ -1,36 +1,69 @@
 #include "kiln/tokenizer/tokenizer.h"
 
 #include <filesystem>
-#include <fstream>
-#include <sstream>
+#include <vector>
 
 #include "kiln/core/error.h"
+#include "kiln/io/whole_file.h"
 #include "kiln/tokenizer/hf_tokenizer.h"
+#include "kiln/tokenizer/sentencepiece_tokenizer.h"
+#include "kiln/tokenizer/tiktoken_tokenizer.h"
 #include "kiln/tokenizer/utf8.h"
 
 namespace kiln {
 namespace fs = std::filesystem;
 namespace {
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path + ": cannot open");
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
+bool is_tiktoken_json(const fs::path& file) {
+  return file.filename() == "tiktoken.json" || file.string().ends_with(".tiktoken.json");
+}
+
+// The tokenizer file inside a model folder, in order of preference: tokenizer.json (or its
+// .zst), a tiktoken description, a SentencePiece model.
+fs::path find_tokenizer_file(const fs::path& folder) {
+  for (const char* name :
+       {"tokenizer.json", "tokenizer.json.zst", "tiktoken.json", "tokenizer.model"}) {
+    if (fs::exists(folder / name)) return folder / name;
+  }
+  std::vector<fs::path> tiktoken, sentencepiece;
+  for (const auto& entry : fs::directory_iterator(folder)) {
+    const std::string name = entry.path().filename().string();
+    if (name.ends_with(".tiktoken") || name.ends_with(".tiktoken.zst")) tiktoken.push_back(entry);
+    if (name.ends_with(".model")) sentencepiece.push_back(entry);
+  }
+  if (tiktoken.size() == 1) return tiktoken[0];
+  if (sentencepiece.size() == 1) return sentencepiece[0];
+  throw Error(folder.string() +
+              ": no tokenizer.json, tiktoken.json, single .tiktoken or single .model file here");
+}
+
+// The json that describes a .tiktoken rank file: <name>.json or tiktoken.json beside it.
+fs::path tiktoken_json_for(const fs::path& ranks) {
+  std::string stem = ranks.filename().string();
+  stem = stem.substr(0, stem.find(".tiktoken"));
+  for (const fs::path& candidate :
+       {ranks.parent_path() / (stem + ".json"), ranks.parent_path() / "tiktoken.json"}) {
+    if (fs::exists(candidate)) return candidate;
+  }
+  throw Error(ranks.string() + ": no " + stem +
+              ".json or tiktoken.json beside it (pattern and "
+              "special tokens)");
 }
 
 }  // namespace
 
 std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& path) {
-  std::string file = path;
-  if (fs::is_directory(path)) {
-    file = (fs::path(path) / "tokenizer.json").string();
-    if (!fs::exists(file)) throw Error(path + ": no tokenizer.json in this folder");
-  } else if (!fs::exists(path)) {
-    throw Error(path + ": no such file or folder");
+  if (!fs::exists(path)) throw Error(path + ": no such file or folder");
+  const fs::path file = fs::is_directory(path) ? find_tokenizer_file(path) : fs::path(path);
+  const std::string name = file.filename().string();
+  if (is_tiktoken_json(file)) return tok::TiktokenTokenizer::load(file.string(), "");
+  if (name.ends_with(".tiktoken") || name.ends_with(".tiktoken.zst")) {
+    return tok::TiktokenTokenizer::load(tiktoken_json_for(file).string(), file.string());
   }
-  return tok::HfTokenizer::from_json_text(read_file(file), file);
+  if (name.ends_with(".model") || name.ends_with(".model.zst")) {
+    return tok::SentencePieceTokenizer::load(file.string());
+  }
+  return tok::HfTokenizer::from_json_text(read_whole_file(file.string()), file.string());
 }
 
 StreamDecoder::StreamDecoder(const Tokenizer& tokenizer, bool skip_special)
