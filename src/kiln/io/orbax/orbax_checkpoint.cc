@@ -1,0 +1,226 @@
+#include "kiln/io/orbax/orbax_checkpoint.h"
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+
+#include "kiln/core/error.h"
+#include "kiln/io/json.h"
+
+namespace kiln {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr const char* kPyTreeHandler =
+    "orbax.checkpoint._src.handlers.pytree_checkpoint_handler.PyTreeCheckpointHandler";
+constexpr const char* kSingleDeviceSharding =
+    R"({"sharding_type": "SingleDeviceSharding", "device_str": "cpu:0"})";
+
+std::string join(const std::vector<std::string>& parts, char separator) {
+  std::string out;
+  for (size_t i = 0; i < parts.size(); ++i) out += (i ? std::string(1, separator) : "") + parts[i];
+  return out;
+}
+
+std::string base64(const std::string& in) {
+  static const char* kAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  size_t i = 0;
+  for (; i + 2 < in.size(); i += 3) {
+    const uint32_t v = static_cast<uint8_t>(in[i]) << 16 | static_cast<uint8_t>(in[i + 1]) << 8 |
+                       static_cast<uint8_t>(in[i + 2]);
+    for (int s = 18; s >= 0; s -= 6) out += kAlphabet[(v >> s) & 63];
+  }
+  if (i < in.size()) {
+    const uint32_t v = static_cast<uint8_t>(in[i]) << 16 |
+                       (i + 1 < in.size() ? static_cast<uint8_t>(in[i + 1]) << 8 : 0);
+    out += kAlphabet[(v >> 18) & 63];
+    out += kAlphabet[(v >> 12) & 63];
+    out += i + 1 < in.size() ? kAlphabet[(v >> 6) & 63] : '=';
+    out += '=';
+  }
+  return out;
+}
+
+// Python's repr of a tuple of strings, as orbax keys `tree_metadata`: "('a', 'b')", "('a',)".
+std::string python_tuple(const std::vector<std::string>& parts) {
+  std::string out = "(";
+  for (size_t i = 0; i < parts.size(); ++i) out += (i ? ", '" : "'") + parts[i] + "'";
+  return out + (parts.size() == 1 ? ",)" : ")");
+}
+
+void write_text(const fs::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+  out.flush();
+  check(out.good(), path.string() + ": write failed");
+}
+
+int64_t now_nanoseconds() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+bool is_item_dir(const fs::path& dir) {
+  return fs::is_regular_file(dir / "_METADATA");
+}
+
+}  // namespace
+
+std::string resolve_orbax_item_dir(const std::string& path) {
+  const fs::path p(path);
+  if (is_item_dir(p)) return p.string();
+  for (const char* item : {"items", "default"})
+    if (is_item_dir(p / item)) return (p / item).string();
+  // A CheckpointManager root: numeric step folders.
+  int64_t best = -1;
+  std::error_code ec;
+  if (fs::is_directory(p, ec)) {
+    for (const auto& entry : fs::directory_iterator(p, ec)) {
+      const std::string name = entry.path().filename().string();
+      if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+      if (name.size() < 19 && std::stoll(name) > best &&
+          (is_item_dir(entry.path() / "items") || is_item_dir(entry.path() / "default")))
+        best = std::stoll(name);
+    }
+  }
+  check(best >= 0,
+        path + ": not an orbax checkpoint (no _METADATA, items/_METADATA or step folders)");
+  return resolve_orbax_item_dir((p / std::to_string(best)).string());
+}
+
+bool OrbaxSource::present_in(const std::string& dir) {
+  try {
+    resolve_orbax_item_dir(dir);
+    return true;
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+OrbaxSource::OrbaxSource(const std::string& path) : dir_(resolve_orbax_item_dir(path)) {
+  const std::string metadata_path = (fs::path(dir_) / "_METADATA").string();
+  const Json metadata = read_json_file(metadata_path);
+  check(metadata.contains("tree_metadata") && metadata["tree_metadata"].is_object(),
+        metadata_path + ": missing key 'tree_metadata'");
+  ocdbt_ = metadata.value("use_ocdbt", false) || OcdbtKvStore::present_in(dir_);
+  if (ocdbt_)
+    store_ = OcdbtKvStore::open(dir_);
+  else
+    store_ = std::make_unique<DirectoryKvStore>(dir_);
+  for (const auto& [tuple, entry] : metadata["tree_metadata"].items()) {
+    const std::string where = metadata_path + ": entry " + tuple;
+    check(entry.contains("key_metadata") && entry["key_metadata"].is_array(),
+          where + ": missing key 'key_metadata'");
+    std::vector<std::string> parts;
+    for (const Json& k : entry["key_metadata"]) {
+      check(k.contains("key"), where + ": key_metadata without 'key'");
+      parts.push_back(k["key"].is_string() ? k["key"].get<std::string>() : k["key"].dump());
+    }
+    const Json value = entry.value("value_metadata", Json::object());
+    const std::string type = value.value("value_type", "");
+    if (value.value("skip_deserialize", false) || (type != "jax.Array" && type != "np.ndarray"))
+      continue;  // scalars and strings live in _METADATA itself; Kiln reads arrays only
+    Param p;
+    p.storage_name = join(parts, '.');
+    std::tie(p.dtype, p.shape) = read_zarr_metadata(*store_, p.storage_name + "/");
+    const std::string name = join(parts, '/');
+    names_.push_back(name);
+    params_.emplace(name, std::move(p));
+  }
+}
+
+const OrbaxSource::Param& OrbaxSource::param(const std::string& name) const {
+  auto it = params_.find(name);
+  if (it == params_.end()) throw Error(dir_ + ": no array named '" + name + "'");
+  return it->second;
+}
+
+Tensor OrbaxSource::get(const std::string& name) const {
+  return read_zarr_array(*store_, param(name).storage_name + "/");
+}
+
+OrbaxWriter::OrbaxWriter(std::string dir, OrbaxWriteOptions options)
+    : dir_(std::move(dir)), options_(options) {
+  check(!fs::exists(dir_) || fs::is_empty(dir_), dir_ + ": exists and is not empty");
+  item_dir_ = options_.manager_step
+                  ? (fs::path(dir_) / std::to_string(*options_.manager_step) / "items").string()
+                  : dir_;
+  fs::create_directories(item_dir_);
+  if (options_.ocdbt) ocdbt_ = std::make_unique<OcdbtWriter>(item_dir_, OcdbtWriter::Options{});
+}
+
+void OrbaxWriter::add(const std::string& name, const Tensor& tensor) {
+  Written w;
+  size_t start = 0;
+  for (;;) {
+    const size_t slash = name.find('/', start);
+    w.keys.push_back(name.substr(start, slash - start));
+    const std::string& part = w.keys.back();
+    check(!part.empty() && part.find_first_of(".'\"\\") == std::string::npos,
+          item_dir_ + ": tensor '" + name +
+              "': tree path parts must be non-empty, without '.', quotes or backslashes");
+    if (slash == std::string::npos) break;
+    start = slash + 1;
+  }
+  const std::string storage = join(w.keys, '.');
+  for (const Written& other : written_)
+    check(join(other.keys, '.') != storage, item_dir_ + ": tensor '" + name + "' added twice");
+  w.shape = tensor.shape();
+  w.chunks = write_zarr_v2(tensor, storage + "/", options_.zarr,
+                           [&](const std::string& key, const std::string& bytes) {
+                             if (ocdbt_) {
+                               ocdbt_->add(key, bytes);
+                               return;
+                             }
+                             const fs::path path = fs::path(item_dir_) / key;
+                             fs::create_directories(path.parent_path());
+                             write_text(path, bytes);
+                           });
+  written_.push_back(std::move(w));
+}
+
+void OrbaxWriter::finish() {
+  check(!written_.empty(), item_dir_ + ": an orbax checkpoint needs at least one array");
+  if (ocdbt_) ocdbt_->finish();
+  const int64_t start = now_nanoseconds();
+  Json tree = Json::object(), sharding = Json::object(), arrays = Json::array();
+  for (const Written& w : written_) {
+    Json keys = Json::array();
+    for (const std::string& k : w.keys) keys.push_back({{"key", k}, {"key_type", 2}});
+    tree[python_tuple(w.keys)] = {
+        {"key_metadata", keys},
+        {"value_metadata",
+         {{"value_type", "jax.Array"}, {"skip_deserialize", false}, {"write_shape", w.shape}}}};
+    const std::string storage = join(w.keys, '.');
+    sharding[base64(storage)] = kSingleDeviceSharding;
+    arrays.push_back({{"array_metadata",
+                       {{"param_name", storage},
+                        {"write_shape", w.shape},
+                        {"chunk_shape", w.chunks},
+                        {"ext_metadata", nullptr}}}});
+  }
+  const Json metadata = {{"tree_metadata", tree},
+                         {"use_ocdbt", options_.ocdbt},
+                         {"use_zarr3", false},
+                         {"store_array_data_equal_to_fill_value", true},
+                         {"custom_metadata", nullptr}};
+  const fs::path item(item_dir_);
+  write_text(item / "_METADATA", metadata.dump());
+  write_text(item / "_sharding", sharding.dump());
+  fs::create_directories(item / "array_metadatas");
+  write_text(item / "array_metadatas" / "process_0", Json{{"array_metadatas", arrays}}.dump());
+  const fs::path step_dir = options_.manager_step ? item.parent_path() : item;
+  const Json handlers =
+      options_.manager_step ? Json{{"items", kPyTreeHandler}} : Json(kPyTreeHandler);
+  const Json checkpoint = {{"item_handlers", handlers},
+                           {"metrics", Json::object()},
+                           {"performance_metrics", Json::object()},
+                           {"init_timestamp_nsecs", start},
+                           {"commit_timestamp_nsecs", now_nanoseconds()},
+                           {"custom_metadata", Json::object()}};
+  write_text(step_dir / "_CHECKPOINT_METADATA", checkpoint.dump());
+}
+
+}  // namespace kiln

@@ -1,0 +1,91 @@
+// Orbax checkpoints (PyTreeCheckpointer / StandardCheckpointer / CheckpointManager
+// layouts): a TensorSource over their arrays, and a writer that orbax-checkpoint restores.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kiln/io/orbax/kvstore.h"
+#include "kiln/io/orbax/ocdbt.h"
+#include "kiln/io/orbax/zarr.h"
+#include "kiln/models/family.h"
+
+namespace kiln {
+
+// The directory that holds an orbax item's `_METADATA`, given the item directory itself,
+// a step directory holding `items/` (or `default/`), or a CheckpointManager root (its
+// highest numeric step). Throws Error naming `path` when none is found.
+std::string resolve_orbax_item_dir(const std::string& path);
+
+// The arrays of an orbax checkpoint item, named by their tree path joined with '/'
+// ("params/decoder/decoder_norm/scale"). Reads `_METADATA`, then zarr v2 or v3 arrays from
+// plain files or an OCDBT database. get() decodes the whole array (a new tensor).
+class OrbaxSource : public TensorSource {
+ public:
+  explicit OrbaxSource(const std::string& path);
+  // True when resolve_orbax_item_dir(dir) would succeed.
+  static bool present_in(const std::string& dir);
+
+  std::vector<std::string> names() const override { return names_; }
+  bool contains(const std::string& name) const override { return params_.count(name) != 0; }
+  Tensor get(const std::string& name) const override;
+  Shape shape_of(const std::string& name) const override { return param(name).shape; }
+  DType dtype_of(const std::string& name) const override { return param(name).dtype; }
+  std::string where() const override { return dir_; }
+  // True when the arrays live in an OCDBT database.
+  bool uses_ocdbt() const { return ocdbt_; }
+
+ private:
+  struct Param {
+    std::string storage_name;  // tree path joined with '.'
+    DType dtype;
+    Shape shape;
+  };
+  const Param& param(const std::string& name) const;
+  std::string dir_;
+  bool ocdbt_ = false;
+  std::unique_ptr<KvStore> store_;
+  std::map<std::string, Param> params_;
+  std::vector<std::string> names_;
+};
+
+struct OrbaxWriteOptions {
+  bool ocdbt = true;  // arrays in an OCDBT database (orbax's default), else plain zarr files
+  ZarrWriteOptions zarr{.zstd = true, .zstd_level = 1};
+  // When set, write CheckpointManager's layout: <dir>/<step>/items/... (as MaxText loads).
+  std::optional<int64_t> manager_step;
+};
+
+// Writes an orbax checkpoint that orbax-checkpoint's PyTreeCheckpointer restores: zarr v2
+// arrays (raw or zstd) in files or OCDBT, `_METADATA`, `_sharding`, array metadata and
+// `_CHECKPOINT_METADATA`, as orbax 0.12 writes them. Tensors are streamed to disk as they
+// are added. `dir` must not exist or be empty. Not thread-safe.
+class OrbaxWriter {
+ public:
+  OrbaxWriter(std::string dir, OrbaxWriteOptions options);
+  // Adds the array at tree path `name` ("params/decoder/layers/mlp/wi_0/kernel"). Path parts
+  // must be non-empty and free of '.', quotes and backslashes. Throws Error naming the tensor.
+  void add(const std::string& name, const Tensor& tensor);
+  // Writes the metadata files; call once after the last add().
+  void finish();
+  // The item directory the arrays go to (`dir`, or `dir/<step>/items`).
+  const std::string& item_dir() const { return item_dir_; }
+
+ private:
+  struct Written {
+    std::vector<std::string> keys;  // tree path parts
+    Shape shape;
+    Shape chunks;
+  };
+  std::string dir_;
+  std::string item_dir_;
+  OrbaxWriteOptions options_;
+  std::unique_ptr<OcdbtWriter> ocdbt_;
+  std::vector<Written> written_;
+};
+
+}  // namespace kiln

@@ -1,0 +1,241 @@
+// Orbax reading (the four samples written by orbax-checkpoint itself) and writing (zarr v2
+// raw/zstd, OCDBT, CheckpointManager layout): round trips are bitwise, and the metadata
+// files match what orbax writes.
+#include "kiln/io/orbax/orbax_checkpoint.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "kiln/core/error.h"
+#include "kiln/io/json.h"
+#include "kiln/io/npy.h"
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+namespace fs = std::filesystem;
+
+template <typename Fn>
+std::string error_of(Fn fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    std::cout << "  error: " << e.what() << "\n";
+    return e.what();
+  }
+  return "";
+}
+
+class OrbaxSamples : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(OrbaxSamples, EveryArrayEqualsTreeNpz) {
+  OrbaxSource source(test::data_path(std::string("orbax/") + GetParam()));
+  const auto expected = read_npz(test::data_path("orbax/tree.npz"));
+  ASSERT_EQ(expected.size(), 5u);
+  EXPECT_EQ(source.names().size(), expected.size());
+  for (const auto& [name, want] : expected) {
+    ASSERT_TRUE(source.contains(name)) << name;
+    Tensor got = source.get(name);
+    EXPECT_EQ(got.shape(), want.shape()) << name;
+    EXPECT_EQ(source.shape_of(name), want.shape()) << name;
+    EXPECT_EQ(got.dtype(), source.dtype_of(name)) << name;
+    const double err = test::max_abs_diff(got.to(DType::F32), want);
+    std::cout << "  " << GetParam() << " " << name << " " << dtype_name(got.dtype()) << " "
+              << got.shape_string() << " max abs err " << err << "\n";
+    EXPECT_EQ(err, 0.0) << name;
+  }
+  EXPECT_EQ(source.dtype_of("params/decoder/layers/mlp/wi_0/kernel"), DType::BF16);
+  EXPECT_EQ(source.dtype_of("step"), DType::I32);
+  EXPECT_EQ(source.get("step").data<int32_t>()[0], 7);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllFour, OrbaxSamples,
+                         ::testing::Values("standard_ocdbt", "pytree_zarr", "pytree_zarr3",
+                                           "manager"));
+
+TEST(Orbax, SampleStorageKinds) {
+  EXPECT_TRUE(OrbaxSource(test::data_path("orbax/standard_ocdbt")).uses_ocdbt());
+  EXPECT_TRUE(OrbaxSource(test::data_path("orbax/manager/0/items")).uses_ocdbt());
+  EXPECT_FALSE(OrbaxSource(test::data_path("orbax/pytree_zarr")).uses_ocdbt());
+  EXPECT_EQ(resolve_orbax_item_dir(test::data_path("orbax/manager")),
+            test::data_path("orbax/manager/0/items"));
+  auto ocdbt = OcdbtKvStore::open(test::data_path("orbax/standard_ocdbt"));
+  EXPECT_EQ(ocdbt->keys().size(), 10u);
+  EXPECT_TRUE(ocdbt->read("step/.zarray").has_value());
+  EXPECT_FALSE(ocdbt->read("step/.zattrs").has_value());
+}
+
+TEST(Orbax, NotACheckpoint) {
+  std::string message = error_of([] { OrbaxSource source(test::data_path("hf/llama")); });
+  EXPECT_NE(message.find("not an orbax checkpoint"), std::string::npos);
+  EXPECT_FALSE(OrbaxSource::present_in(test::data_path("hf/llama")));
+  EXPECT_TRUE(OrbaxSource::present_in(test::data_path("orbax/manager")));
+}
+
+class OrbaxWrite : public ::testing::Test {
+ protected:
+  void SetUp() override { dir_ = test::make_temp_dir("kiln-orbax"); }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  // The sample tree, with the dtypes orbax_samples.py used.
+  static std::vector<std::pair<std::string, Tensor>> sample_tree() {
+    std::vector<std::pair<std::string, Tensor>> out;
+    for (auto& [name, t] : read_npz(test::data_path("orbax/tree.npz"))) {
+      if (name == "step")
+        out.emplace_back(name, Tensor::from_f32({}, {7}).to(DType::F32));
+      else if (name.find("wi_0") != std::string::npos)
+        out.emplace_back(name, t.to(DType::BF16));
+      else
+        out.emplace_back(name, t);
+    }
+    Tensor step = Tensor::zeros(DType::I32, {});
+    step.mutable_data<int32_t>()[0] = 7;
+    for (auto& [name, t] : out)
+      if (name == "step") t = step;
+    return out;
+  }
+
+  // Random tensors of several dtypes and shapes, some larger than OCDBT's inline limit.
+  static std::vector<std::pair<std::string, Tensor>> random_tree() {
+    std::mt19937 rng(3);
+    auto make = [&](DType dtype, Shape shape) {
+      Tensor t = Tensor::zeros(dtype, std::move(shape));
+      auto* bytes = static_cast<uint8_t*>(t.mutable_raw());
+      for (size_t i = 0; i < t.nbytes(); ++i) bytes[i] = static_cast<uint8_t>(rng());
+      return t;
+    };
+    return {{"params/decoder/layers/self_attention/query/kernel", make(DType::F32, {8, 3, 2, 4})},
+            {"params/decoder/layers/mlp/wi_0/kernel", make(DType::BF16, {64, 3, 40})},
+            {"params/decoder/decoder_norm/scale", make(DType::F16, {8})},
+            {"params/token_embedder/embedding", make(DType::F32, {37, 16})},
+            {"params/counts", make(DType::I64, {5})},
+            {"step", make(DType::I32, {})}};
+  }
+
+  static void expect_round_trip(const std::vector<std::pair<std::string, Tensor>>& tree,
+                                const std::string& path) {
+    OrbaxSource source(path);
+    EXPECT_EQ(source.names().size(), tree.size());
+    for (const auto& [name, want] : tree) {
+      ASSERT_TRUE(source.contains(name)) << name;
+      Tensor got = source.get(name);
+      ASSERT_EQ(got.dtype(), want.dtype()) << name;
+      ASSERT_EQ(got.shape(), want.shape()) << name;
+      EXPECT_EQ(std::memcmp(got.raw(), want.raw(), want.nbytes()), 0) << name << " differs";
+    }
+  }
+
+  std::string dir_;
+};
+
+TEST_F(OrbaxWrite, RoundTripsAreBitwise) {
+  const auto tree = random_tree();
+  struct Variant {
+    const char* name;
+    bool ocdbt, zstd;
+    size_t max_chunk_bytes;
+  };
+  for (const Variant& v : {Variant{"zarr_raw", false, false, 256u << 20},
+                           Variant{"zarr_zstd", false, true, 256u << 20},
+                           Variant{"zarr_small_chunks", false, true, 100},
+                           Variant{"ocdbt_zstd", true, true, 256u << 20},
+                           Variant{"ocdbt_raw_small_chunks", true, false, 100}}) {
+    SCOPED_TRACE(v.name);
+    const std::string out = dir_ + "/" + v.name;
+    OrbaxWriteOptions options;
+    options.ocdbt = v.ocdbt;
+    options.zarr.zstd = v.zstd;
+    options.zarr.max_chunk_bytes = v.max_chunk_bytes;
+    OrbaxWriter writer(out, options);
+    for (const auto& [name, t] : tree) writer.add(name, t);
+    writer.finish();
+    expect_round_trip(tree, out);
+    EXPECT_EQ(OrbaxSource(out).uses_ocdbt(), v.ocdbt);
+    std::cout << "  " << v.name << ": " << tree.size() << " arrays bitwise identical\n";
+  }
+}
+
+TEST_F(OrbaxWrite, ManagerLayoutAsMaxTextLoadsIt) {
+  const auto tree = random_tree();
+  OrbaxWriteOptions options;
+  options.manager_step = 0;
+  OrbaxWriter writer(dir_ + "/ckpt", options);
+  for (const auto& [name, t] : tree) writer.add(name, t);
+  writer.finish();
+  EXPECT_EQ(writer.item_dir(), dir_ + "/ckpt/0/items");
+  expect_round_trip(tree, dir_ + "/ckpt");
+  const Json checkpoint = read_json_file(dir_ + "/ckpt/0/_CHECKPOINT_METADATA");
+  const Json sample = read_json_file(test::data_path("orbax/manager/0/_CHECKPOINT_METADATA"));
+  EXPECT_EQ(checkpoint["item_handlers"], sample["item_handlers"]);
+}
+
+// Writing the sample tree the way orbax did gives the same metadata files, so orbax reads
+// Kiln's checkpoints the way it reads its own.
+TEST_F(OrbaxWrite, MetadataMatchesWhatOrbaxWrites) {
+  const auto tree = sample_tree();
+  for (bool ocdbt : {false, true}) {
+    const std::string out = dir_ + (ocdbt ? "/ocdbt" : "/zarr");
+    const std::string sample =
+        test::data_path(ocdbt ? "orbax/standard_ocdbt" : "orbax/pytree_zarr");
+    OrbaxWriteOptions options;
+    options.ocdbt = ocdbt;
+    OrbaxWriter writer(out, options);
+    for (const auto& [name, t] : tree) writer.add(name, t);
+    writer.finish();
+    expect_round_trip(tree, out);
+    for (const char* file : {"_METADATA", "_sharding", "array_metadatas/process_0"})
+      EXPECT_EQ(read_json_file(out + "/" + file), read_json_file(sample + "/" + file)) << file;
+    // The OCDBT sample came from StandardCheckpointer; Kiln writes PyTreeCheckpointer's.
+    EXPECT_EQ(
+        read_json_file(out + "/_CHECKPOINT_METADATA")["item_handlers"],
+        read_json_file(test::data_path("orbax/pytree_zarr/_CHECKPOINT_METADATA"))["item_handlers"]);
+    std::unique_ptr<KvStore> written, reference;
+    if (ocdbt) {
+      written = OcdbtKvStore::open(out);
+      reference = OcdbtKvStore::open(sample);
+    } else {
+      written = std::make_unique<DirectoryKvStore>(out);
+      reference = std::make_unique<DirectoryKvStore>(sample);
+    }
+    for (const auto& [name, t] : tree) {
+      std::string key = name;
+      std::replace(key.begin(), key.end(), '/', '.');
+      EXPECT_EQ(parse_json(*written->read(key + "/.zarray"), key),
+                parse_json(*reference->read(key + "/.zarray"), key))
+          << key;
+    }
+  }
+}
+
+TEST_F(OrbaxWrite, CorruptOcdbtIsDetected) {
+  fs::copy(test::data_path("orbax/standard_ocdbt"), dir_ + "/c", fs::copy_options::recursive);
+  for (const auto& entry : fs::recursive_directory_iterator(dir_ + "/c"))
+    fs::permissions(entry.path(), fs::perms::owner_write, fs::perm_options::add);
+  {
+    std::fstream f(dir_ + "/c/manifest.ocdbt", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(40);
+    f.put('\x55');
+  }
+  std::string message = error_of([&] { OrbaxSource source(dir_ + "/c"); });
+  EXPECT_NE(message.find("manifest.ocdbt"), std::string::npos);
+  EXPECT_NE(message.find("CRC-32C"), std::string::npos);
+}
+
+TEST_F(OrbaxWrite, RejectsBadNamesAndExistingOutput) {
+  OrbaxWriter writer(dir_ + "/x", {});
+  Tensor t = Tensor::zeros(DType::F32, {2});
+  std::string message = error_of([&] { writer.add("params/a.b", t); });
+  EXPECT_NE(message.find("'params/a.b'"), std::string::npos);
+  writer.add("params/a", t);
+  message = error_of([&] { writer.add("params/a", t); });
+  EXPECT_NE(message.find("added twice"), std::string::npos);
+  message = error_of([&] { OrbaxWriter again(test::data_path("orbax/pytree_zarr"), {}); });
+  EXPECT_NE(message.find("not empty"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace kiln

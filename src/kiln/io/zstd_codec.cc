@@ -1,0 +1,48 @@
+#include "kiln/io/zstd_codec.h"
+
+#include <zstd.h>
+
+#include <memory>
+
+#include "kiln/core/error.h"
+
+namespace kiln {
+
+std::string zstd_decompress(const void* data, size_t size, const std::string& where) {
+  std::unique_ptr<ZSTD_DCtx, decltype(&ZSTD_freeDCtx)> ctx(ZSTD_createDCtx(), ZSTD_freeDCtx);
+  check(ctx != nullptr, where + ": cannot create a zstd decoder");
+  std::string out;
+  // Frames that record their size are decoded in one call; others are streamed.
+  const unsigned long long known = ZSTD_getFrameContentSize(data, size);
+  if (known != ZSTD_CONTENTSIZE_UNKNOWN && known != ZSTD_CONTENTSIZE_ERROR &&
+      ZSTD_findFrameCompressedSize(data, size) == size) {
+    out.resize(known);
+    size_t n = ZSTD_decompressDCtx(ctx.get(), out.data(), out.size(), data, size);
+    check(!ZSTD_isError(n) && n == known,
+          where + ": corrupt zstd data: " + (ZSTD_isError(n) ? ZSTD_getErrorName(n) : "size"));
+    return out;
+  }
+  ZSTD_inBuffer in{data, size, 0};
+  std::string chunk(ZSTD_DStreamOutSize(), '\0');
+  size_t last = 0;
+  // Done when all input is consumed and the decoder no longer fills the output buffer.
+  for (;;) {
+    ZSTD_outBuffer o{chunk.data(), chunk.size(), 0};
+    last = ZSTD_decompressStream(ctx.get(), &o, &in);
+    check(!ZSTD_isError(last), where + ": corrupt zstd data: " + ZSTD_getErrorName(last));
+    out.append(chunk.data(), o.pos);
+    if (in.pos == in.size && o.pos < o.size) break;
+  }
+  check(last == 0, where + ": truncated zstd data");
+  return out;
+}
+
+std::string zstd_compress(const void* data, size_t size, int level) {
+  std::string out(ZSTD_compressBound(size), '\0');
+  size_t n = ZSTD_compress(out.data(), out.size(), data, size, level);
+  if (ZSTD_isError(n)) throw Error(std::string("zstd compression failed: ") + ZSTD_getErrorName(n));
+  out.resize(n);
+  return out;
+}
+
+}  // namespace kiln
