@@ -365,12 +365,15 @@ class Detector {
 
   void detect_rope() {
     if (positions_ != "rope") {
-      c_.mark_read({"rope_theta", "rope_scaling", "rope_parameters", "rotary_dim"});
+      c_.mark_read(
+          {"rope_theta", "rope_scaling", "rope_parameters", "rotary_dim", "rotary_emb_base"});
       add("rope.type", "none", FeatureKind::kChoice, {});
       return;
     }
     Keys rope_keys = {c_.has("rope_parameters") ? "rope_parameters" : "rope_scaling"};
     RopeParameters rope = c_.rope();
+    if (!c_.has("rope_theta") && !c_.has("rope_parameters") && c_.has("rotary_emb_base"))
+      rope.theta = c_.get_double("rotary_emb_base");  // GPT-NeoX's legacy name
     add("rope.type", rope.type, FeatureKind::kChoice, rope_keys);
     add("rope.theta", format_number(rope.theta), FeatureKind::kInfo,
         {c_.has("rope_parameters") ? "rope_parameters" : "rope_theta"});

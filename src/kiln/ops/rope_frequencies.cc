@@ -8,8 +8,18 @@
 #include <string>
 
 #include "kiln/core/error.h"
+#include "kiln/models/capabilities.h"
 
 namespace kiln::ops {
+
+// The RoPE types computed here (`kiln analyze` reports them supported).
+KILN_CAPABILITY("rope.type", "default");
+KILN_CAPABILITY("rope.type", "linear");
+KILN_CAPABILITY("rope.type", "dynamic");
+KILN_CAPABILITY("rope.type", "yarn");
+KILN_CAPABILITY("rope.type", "llama3");
+KILN_CAPABILITY("rope.type", "longrope");
+
 namespace {
 
 // theta^(2k / dim) for each pair k, as transformers computes `base ** (arange(0, dim, 2) / dim)`.
