@@ -1,0 +1,377 @@
+#include "kiln/io/kiln_checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+
+#include "kiln/core/error.h"
+#include "kiln/core/mapped_file.h"
+#include "kiln/io/crc32c.h"
+
+namespace kiln {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr const char* kManifestName = "kiln_checkpoint.json";
+constexpr const char* kPaddingPrefix = "__padding__.";
+constexpr int kFormatVersion = 1;
+constexpr uint64_t kAlignment = 64;
+
+uint64_t align_up(uint64_t v) {
+  return (v + kAlignment - 1) / kAlignment * kAlignment;
+}
+
+std::string hex32(uint32_t v) {
+  char buf[9];
+  std::snprintf(buf, sizeof(buf), "%08x", v);
+  return buf;
+}
+
+void fsync_path(const std::string& path, bool directory) {
+  const int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+  check(fd >= 0, path + ": cannot open for fsync: " + std::strerror(errno));
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  check(rc == 0, path + ": fsync failed");
+}
+
+uint32_t file_crc(const std::string& path) {
+  auto file = MappedFile::open(path);
+  return crc32c(file->data(), file->size());
+}
+
+}  // namespace
+
+KilnCheckpointWriter::KilnCheckpointWriter(std::string dir, KilnCheckpointInfo info,
+                                           std::vector<KilnTensorPlan> plan, Options options)
+    : dir_(std::move(dir)), info_(std::move(info)) {
+  check(!fs::exists(dir_) || fs::is_empty(dir_), dir_ + ": exists and is not empty");
+  check(info_.layout == "scanned" || info_.layout == "unscanned",
+        dir_ + ": layout must be 'scanned' or 'unscanned', not '" + info_.layout + "'");
+  check(!plan.empty(), dir_ + ": a checkpoint needs at least one tensor");
+  fs::create_directories(dir_);
+  // Validate the plan and assign tensors to files.
+  std::vector<std::vector<size_t>> files;
+  uint64_t current = 0;
+  for (KilnTensorPlan& p : plan) {
+    const std::string where = dir_ + ": tensor '" + p.name + "'";
+    check(!p.name.empty() && p.name.rfind(kPaddingPrefix, 0) != 0 && p.name != "__metadata__",
+          where + ": reserved name");
+    check(index_.emplace(p.name, slots_.size()).second, where + ": planned twice");
+    for (int64_t d : p.shape) check(d >= 0, where + ": negative dimension");
+    if (p.layer_axis >= 0) {
+      check(p.layer_axis < static_cast<int>(p.shape.size()), where + ": layer axis out of range");
+      auto group = info_.layer_groups.find(p.layer_group);
+      check(group != info_.layer_groups.end(),
+            where + ": unknown layer group '" + p.layer_group + "'");
+      check(static_cast<int64_t>(group->second.size()) == p.shape[p.layer_axis],
+            where + ": layer axis of size " + std::to_string(p.shape[p.layer_axis]) +
+                " but group '" + p.layer_group + "' has " + std::to_string(group->second.size()) +
+                " layers");
+    }
+    Slot s;
+    s.nbytes = static_cast<uint64_t>(shape_numel(p.shape)) * dtype_size(p.dtype);
+    if (files.empty() || (current > 0 && current + s.nbytes > options.max_shard_bytes)) {
+      files.emplace_back();
+      current = 0;
+    }
+    current = align_up(current + s.nbytes);
+    s.file = files.size() - 1;
+    s.plan = std::move(p);
+    files.back().push_back(slots_.size());
+    slots_.push_back(std::move(s));
+  }
+  // Lay out and create each file: header, then tensors at 64-byte offsets with padding
+  // entries covering the gaps (safetensors forbids holes).
+  for (size_t f = 0; f < files.size(); ++f) {
+    char name[64];
+    std::snprintf(name, sizeof(name), "tensors-%05zu-of-%05zu.safetensors", f + 1, files.size());
+    file_names_.push_back(name);
+    std::vector<std::pair<std::string, std::pair<DType, Shape>>> specs;
+    std::vector<uint64_t> relative;
+    uint64_t offset = 0;
+    for (size_t i : files[f]) {
+      const Slot& s = slots_[i];
+      if (offset % kAlignment != 0) {
+        const uint64_t gap = kAlignment - offset % kAlignment;
+        specs.push_back({kPaddingPrefix + std::to_string(specs.size()),
+                         {DType::U8, {static_cast<int64_t>(gap)}}});
+        offset += gap;
+      }
+      relative.push_back(offset);
+      specs.push_back({s.plan.name, {s.plan.dtype, s.plan.shape}});
+      offset += s.nbytes;
+    }
+    const std::string header = safetensors_header(specs, {{"format", "kiln"}});
+    for (size_t k = 0; k < files[f].size(); ++k)
+      slots_[files[f][k]].offset = header.size() + relative[k];
+    const std::string path = (fs::path(dir_) / name).string();
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    check(fd >= 0, path + ": cannot create: " + std::strerror(errno));
+    fds_.push_back(fd);
+    file_sizes_.push_back(header.size() + offset);
+    check(::ftruncate(fd, static_cast<off_t>(header.size() + offset)) == 0,
+          path + ": cannot size the file: " + std::strerror(errno));
+    Slot header_slot;
+    header_slot.file = f;
+    write_bytes(header_slot, header.data(), header.size(), 0);
+  }
+}
+
+KilnCheckpointWriter::~KilnCheckpointWriter() {
+  for (int fd : fds_)
+    if (fd >= 0) ::close(fd);
+}
+
+KilnCheckpointWriter::Slot& KilnCheckpointWriter::slot(const std::string& name) {
+  auto it = index_.find(name);
+  check(it != index_.end(), dir_ + ": tensor '" + name + "' is not in the plan");
+  check(!finished_, dir_ + ": tensor '" + name + "' written after finish()");
+  return slots_[it->second];
+}
+
+void KilnCheckpointWriter::write_bytes(const Slot& s, const void* data, uint64_t size,
+                                       uint64_t offset) const {
+  const auto* p = static_cast<const char*>(data);
+  while (size > 0) {
+    const ssize_t n = ::pwrite(fds_[s.file], p, size, static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    check(n > 0, dir_ + "/" + file_names_[s.file] + ": write failed: " + std::strerror(errno));
+    p += n;
+    size -= static_cast<uint64_t>(n);
+    offset += static_cast<uint64_t>(n);
+  }
+}
+
+void KilnCheckpointWriter::write(const std::string& name, const Tensor& tensor) {
+  Slot& s = slot(name);
+  const std::string where = dir_ + ": tensor '" + name + "'";
+  check(tensor.dtype() == s.plan.dtype && tensor.shape() == s.plan.shape,
+        where + ": got " + std::string(dtype_name(tensor.dtype())) + " " + tensor.shape_string() +
+            ", planned " + std::string(dtype_name(s.plan.dtype)) + " " +
+            shape_to_string(s.plan.shape));
+  check(!s.written_whole && s.layers_written.empty(), where + ": written twice");
+  const Tensor c = tensor.contiguous();
+  write_bytes(s, c.raw(), c.nbytes(), s.offset);
+  s.written_whole = true;
+}
+
+void KilnCheckpointWriter::write_layer(const std::string& name, int64_t position,
+                                       const Tensor& slice) {
+  Slot& s = slot(name);
+  const std::string where = dir_ + ": tensor '" + name + "'";
+  const int axis = s.plan.layer_axis;
+  check(axis >= 0, where + ": layer-wise write of a tensor without a layer axis");
+  const Shape& shape = s.plan.shape;
+  check(position >= 0 && position < shape[axis],
+        where + ": layer position " + std::to_string(position) + " out of range");
+  Shape expected = shape;
+  expected.erase(expected.begin() + axis);
+  check(slice.dtype() == s.plan.dtype && slice.shape() == expected,
+        where + ": layer slice is " + std::string(dtype_name(slice.dtype())) + " " +
+            slice.shape_string() + ", planned " + shape_to_string(expected));
+  check(!s.written_whole, where + ": written twice");
+  if (s.layers_written.empty()) s.layers_written.assign(shape[axis], false);
+  check(!s.layers_written[position],
+        where + ": layer position " + std::to_string(position) + " written twice");
+  // The slice is `outer` runs of `inner` bytes, each landing at stride L * inner.
+  uint64_t outer = 1, inner = dtype_size(s.plan.dtype);
+  for (int d = 0; d < axis; ++d) outer *= shape[d];
+  for (size_t d = axis + 1; d < shape.size(); ++d) inner *= shape[d];
+  const Tensor c = slice.contiguous();
+  const auto* src = static_cast<const char*>(c.raw());
+  const uint64_t layers = shape[axis];
+  for (uint64_t o = 0; o < outer; ++o)
+    write_bytes(s, src + o * inner, inner, s.offset + (o * layers + position) * inner);
+  s.layers_written[position] = true;
+}
+
+void KilnCheckpointWriter::add_tokenizer_file(const std::string& path) {
+  const std::string name = fs::path(path).filename().string();
+  check(name != kManifestName && name.rfind("tensors-", 0) != 0,
+        path + ": tokenizer file name collides with a checkpoint file");
+  std::error_code ec;
+  fs::copy_file(path, fs::path(dir_) / name, ec);
+  check(!ec, path + ": cannot copy into " + dir_ + ": " + ec.message());
+  tokenizer_files_.push_back(name);
+}
+
+void KilnCheckpointWriter::finish() {
+  check(!finished_, dir_ + ": finish() called twice");
+  for (const Slot& s : slots_) {
+    std::string missing;
+    for (size_t j = 0; j < s.layers_written.size(); ++j)
+      if (!s.layers_written[j]) missing += (missing.empty() ? "" : ", ") + std::to_string(j);
+    check(s.written_whole || (!s.layers_written.empty() && missing.empty()),
+          dir_ + ": tensor '" + s.plan.name + "' was never written" +
+              (missing.empty() ? "" : " (layer positions " + missing + " missing)"));
+  }
+  for (size_t f = 0; f < fds_.size(); ++f) {
+    check(::fsync(fds_[f]) == 0, dir_ + "/" + file_names_[f] + ": fsync failed");
+    ::close(fds_[f]);
+    fds_[f] = -1;
+  }
+  finished_ = true;
+  Json tensors = Json::object(), files = Json::object(), tokenizer = Json::object();
+  std::vector<std::shared_ptr<MappedFile>> mapped;
+  for (size_t f = 0; f < file_names_.size(); ++f) {
+    mapped.push_back(MappedFile::open((fs::path(dir_) / file_names_[f]).string()));
+    files[file_names_[f]] = {{"bytes", file_sizes_[f]}};
+  }
+  for (const Slot& s : slots_) {
+    Json entry = {{"file", file_names_[s.file]},
+                  {"offset", s.offset},
+                  {"nbytes", s.nbytes},
+                  {"dtype", std::string(dtype_name(s.plan.dtype))},
+                  {"shape", s.plan.shape},
+                  {"crc32c", hex32(crc32c(mapped[s.file]->data() + s.offset, s.nbytes))}};
+    if (s.plan.layer_axis >= 0) {
+      entry["layer_axis"] = s.plan.layer_axis;
+      entry["layer_group"] = s.plan.layer_group;
+    }
+    tensors[s.plan.name] = std::move(entry);
+  }
+  for (const std::string& name : tokenizer_files_) {
+    const std::string path = (fs::path(dir_) / name).string();
+    tokenizer[name] = {{"bytes", fs::file_size(path)}, {"crc32c", hex32(file_crc(path))}};
+    fsync_path(path, false);
+  }
+  Json manifest = {{"format", "kiln-checkpoint"},
+                   {"format_version", kFormatVersion},
+                   {"kiln_version", KILN_VERSION},
+                   {"model_spec", info_.model_spec},
+                   {"source_config", info_.source_config},
+                   {"layout", info_.layout},
+                   {"dtype", info_.dtype},
+                   {"tensors", tensors},
+                   {"files", files},
+                   {"tokenizer_files", tokenizer}};
+  if (info_.layout == "scanned") manifest["layer_groups"] = info_.layer_groups;
+  const fs::path manifest_path = fs::path(dir_) / kManifestName;
+  const std::string temporary = manifest_path.string() + ".tmp";
+  write_json_file(temporary, manifest);
+  fsync_path(temporary, false);
+  fs::rename(temporary, manifest_path);
+  fsync_path(dir_, true);
+}
+
+bool KilnCheckpoint::present_in(const std::string& dir) {
+  return fs::is_regular_file(fs::path(dir) / kManifestName);
+}
+
+KilnCheckpoint::KilnCheckpoint(const std::string& dir) : dir_(dir) {
+  const std::string path = (fs::path(dir) / kManifestName).string();
+  manifest_ = read_json_file(path);
+  try {
+    check(manifest_.value("format", "") == "kiln-checkpoint",
+          path + ": 'format' is not \"kiln-checkpoint\"");
+    const int version = manifest_.at("format_version").get<int>();
+    check(version >= 1 && version <= kFormatVersion, path + ": format_version " +
+                                                         std::to_string(version) +
+                                                         " is not supported (this Kiln "
+                                                         "reads version " +
+                                                         std::to_string(kFormatVersion) + ")");
+    layout_ = manifest_.at("layout").get<std::string>();
+    check(layout_ == "scanned" || layout_ == "unscanned",
+          path + ": unknown layout '" + layout_ + "'");
+    if (layout_ == "scanned")
+      layer_groups_ =
+          manifest_.at("layer_groups").get<std::map<std::string, std::vector<int64_t>>>();
+    std::map<std::string, size_t> file_index;
+    for (const auto& [name, info] : manifest_.at("files").items()) {
+      check(name.find('/') == std::string::npos && name != "..",
+            path + ": data file name '" + name + "' is not a plain file name");
+      const std::string file = (fs::path(dir) / name).string();
+      check(fs::exists(file), file + ": data file listed in " + path + " does not exist");
+      const uint64_t bytes = info.at("bytes").get<uint64_t>();
+      check(fs::file_size(file) == bytes, file + ": " + std::to_string(fs::file_size(file)) +
+                                              " bytes, the manifest says " + std::to_string(bytes));
+      file_index[name] = files_.size();
+      files_.push_back(SafetensorsFile::open(file));
+    }
+    for (const auto& [name, info] : manifest_.at("tensors").items()) {
+      const std::string where = path + ": tensor '" + name + "'";
+      Entry e;
+      const std::string file = info.at("file").get<std::string>();
+      check(file_index.count(file), where + ": file '" + file + "' is not in 'files'");
+      e.file = file_index[file];
+      e.offset = info.at("offset").get<uint64_t>();
+      e.nbytes = info.at("nbytes").get<uint64_t>();
+      const auto dtype = dtype_from_name(info.at("dtype").get<std::string>());
+      check(dtype.has_value(), where + ": unknown dtype");
+      e.dtype = *dtype;
+      e.shape = info.at("shape").get<Shape>();
+      e.crc = static_cast<uint32_t>(std::stoul(info.at("crc32c").get<std::string>(), nullptr, 16));
+      if (info.contains("layer_axis")) {
+        e.layer_axis = info["layer_axis"].get<int>();
+        e.layer_group = info.at("layer_group").get<std::string>();
+        check(layer_groups_.count(e.layer_group), where + ": unknown layer group");
+        check(
+            e.layer_axis >= 0 && e.layer_axis < static_cast<int>(e.shape.size()) &&
+                e.shape[e.layer_axis] == static_cast<int64_t>(layer_groups_[e.layer_group].size()),
+            where + ": layer axis does not match its layer group");
+      }
+      check(e.offset % kAlignment == 0, where + ": offset is not a multiple of 64");
+      const SafetensorsFile& data = files_[e.file];
+      check(data.contains(name), where + ": not in " + data.path());
+      const Tensor view = data.get(name);
+      check(view.offset() == e.offset && view.nbytes() == e.nbytes && view.dtype() == e.dtype &&
+                view.shape() == e.shape,
+            where + ": the manifest and the header of " + data.path() + " disagree");
+      tensors_.emplace(name, std::move(e));
+    }
+  } catch (const Json::exception& e) {
+    throw Error(path + ": malformed manifest: " + e.what());
+  }
+}
+
+std::vector<std::string> KilnCheckpoint::names() const {
+  std::vector<std::string> out;
+  for (const auto& [name, e] : tensors_) out.push_back(name);
+  return out;
+}
+
+const KilnCheckpoint::Entry& KilnCheckpoint::entry(const std::string& name) const {
+  auto it = tensors_.find(name);
+  if (it == tensors_.end()) throw Error(dir_ + ": no tensor named '" + name + "'");
+  return it->second;
+}
+
+Tensor KilnCheckpoint::get(const std::string& name) const {
+  return files_[entry(name).file].get(name);
+}
+
+Tensor KilnCheckpoint::layer_tensor(int64_t layer, const std::string& param) const {
+  if (layout_ == "unscanned") return get("decoder/layers_" + std::to_string(layer) + "/" + param);
+  for (const auto& [group, layers] : layer_groups_) {
+    for (size_t j = 0; j < layers.size(); ++j) {
+      if (layers[j] != layer) continue;
+      const std::string name = "decoder/" + group + "/" + param;
+      if (!contains(name)) continue;
+      const Entry& e = entry(name);
+      return get(name).select(e.layer_axis, static_cast<int64_t>(j));
+    }
+  }
+  throw Error(dir_ + ": no tensor '" + param + "' for decoder layer " + std::to_string(layer));
+}
+
+void KilnCheckpoint::verify() const {
+  for (const auto& [name, e] : tensors_) {
+    const Tensor t = get(name);
+    const uint32_t crc = crc32c(t.raw(), t.nbytes());
+    check(crc == e.crc, dir_ + ": tensor '" + name + "': checksum " + hex32(crc) +
+                            " differs from the manifest's " + hex32(e.crc));
+  }
+  for (const auto& [name, info] : manifest_.at("tokenizer_files").items()) {
+    const std::string path = (fs::path(dir_) / name).string();
+    check(fs::exists(path), path + ": tokenizer file listed in the manifest is missing");
+    check(hex32(file_crc(path)) == info.at("crc32c").get<std::string>(),
+          path + ": checksum differs from the manifest's");
+  }
+}
+
+}  // namespace kiln

@@ -1,0 +1,131 @@
+// Kiln checkpoints (docs/checkpoint_format.md): a manifest plus 64-byte-aligned
+// safetensors data files. A streaming writer that lays files out from a plan, and a
+// zero-copy reader that serves both the scanned and the unscanned layout.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kiln/io/json.h"
+#include "kiln/io/safetensors.h"
+#include "kiln/models/family.h"
+
+namespace kiln {
+
+// One tensor the writer will receive: its name, dtype and shape; scanned tensors also name
+// their stacking axis and layer group.
+struct KilnTensorPlan {
+  std::string name;
+  DType dtype = DType::F32;
+  Shape shape;
+  int layer_axis = -1;      // >= 0 for scanned tensors
+  std::string layer_group;  // key of KilnCheckpointInfo::layer_groups for scanned tensors
+};
+
+// The manifest fields that are not per tensor.
+struct KilnCheckpointInfo {
+  Json model_spec = Json::object();
+  Json source_config = Json::object();
+  std::string layout = "unscanned";                          // or "scanned"
+  std::string dtype = "keep";                                // the conversion's --dtype
+  std::map<std::string, std::vector<int64_t>> layer_groups;  // scanned: group -> layers
+};
+
+// Writes a Kiln checkpoint into `dir` (created; must not exist or be empty). The
+// constructor validates the plan, assigns tensors to data files and writes their headers;
+// tensors then arrive in any order, whole or one layer at a time, and go straight to disk.
+// finish() checks completeness, computes checksums, copies tokenizer files and writes the
+// manifest last. Errors throw kiln::Error naming the tensor or file. Not thread-safe.
+class KilnCheckpointWriter {
+ public:
+  struct Options {
+    uint64_t max_shard_bytes = uint64_t{4} << 30;
+  };
+  KilnCheckpointWriter(std::string dir, KilnCheckpointInfo info, std::vector<KilnTensorPlan> plan,
+                       Options options);
+  ~KilnCheckpointWriter();
+  KilnCheckpointWriter(const KilnCheckpointWriter&) = delete;
+  KilnCheckpointWriter& operator=(const KilnCheckpointWriter&) = delete;
+
+  // Writes the whole tensor `name` (dtype and shape must match the plan; any strides).
+  void write(const std::string& name, const Tensor& tensor);
+  // Writes position `position` of the layer axis of scanned tensor `name`; `slice` has the
+  // plan's shape without the layer axis.
+  void write_layer(const std::string& name, int64_t position, const Tensor& slice);
+  // Copies the tokenizer file at `path` into the checkpoint under its file name.
+  void add_tokenizer_file(const std::string& path);
+  // Completes the checkpoint (see the class comment).
+  void finish();
+
+ private:
+  struct Slot {
+    KilnTensorPlan plan;
+    size_t file;
+    uint64_t offset;  // absolute, in its file
+    uint64_t nbytes;
+    bool written_whole = false;
+    std::vector<bool> layers_written;  // layer-wise writes of a scanned tensor
+  };
+  Slot& slot(const std::string& name);
+  void write_bytes(const Slot& slot, const void* data, uint64_t size, uint64_t offset) const;
+  std::string dir_;
+  KilnCheckpointInfo info_;
+  std::vector<Slot> slots_;
+  std::map<std::string, size_t> index_;
+  std::vector<std::string> file_names_;
+  std::vector<uint64_t> file_sizes_;
+  std::vector<int> fds_;
+  std::vector<std::string> tokenizer_files_;
+  bool finished_ = false;
+};
+
+// A Kiln checkpoint opened for reading. The constructor parses the manifest, maps every
+// data file and checks that each tensor entry agrees with its file's safetensors header;
+// get() returns read-only views into the mapping. Checksums are checked by verify() only.
+class KilnCheckpoint : public TensorSource {
+ public:
+  explicit KilnCheckpoint(const std::string& dir);
+  // True when `dir` holds kiln_checkpoint.json.
+  static bool present_in(const std::string& dir);
+
+  std::vector<std::string> names() const override;
+  bool contains(const std::string& name) const override { return tensors_.count(name) != 0; }
+  Tensor get(const std::string& name) const override;
+  Shape shape_of(const std::string& name) const override { return entry(name).shape; }
+  DType dtype_of(const std::string& name) const override { return entry(name).dtype; }
+  std::string where() const override { return dir_; }
+
+  const Json& manifest() const { return manifest_; }
+  const std::string& layout() const { return layout_; }
+  // Decoder layer `layer`'s parameter `param` ("self_attention/query/kernel"): the tensor
+  // decoder/layers_<layer>/<param> when unscanned, or the select() view of the stacked
+  // tensor of the layer's group when scanned. Throws Error naming the tensor when absent.
+  Tensor layer_tensor(int64_t layer, const std::string& param) const;
+  // Recomputes the CRC-32C of every tensor and tokenizer file; throws Error naming the
+  // first one that differs from the manifest.
+  void verify() const;
+
+ private:
+  struct Entry {
+    size_t file;
+    uint64_t offset;
+    uint64_t nbytes;
+    DType dtype;
+    Shape shape;
+    uint32_t crc;
+    int layer_axis = -1;
+    std::string layer_group;
+  };
+  const Entry& entry(const std::string& name) const;
+  std::string dir_;
+  Json manifest_;
+  std::string layout_;
+  std::map<std::string, std::vector<int64_t>> layer_groups_;
+  std::vector<SafetensorsFile> files_;
+  std::map<std::string, Entry> tensors_;
+};
+
+}  // namespace kiln
