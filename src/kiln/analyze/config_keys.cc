@@ -19,6 +19,9 @@ const std::vector<std::string>& irrelevant_keys() {
         "router_jitter_noise", "input_jitter_noise", "output_router_logits", "router_z_loss_coef",
         // Parallelism and precision hints of the original implementation.
         "pretraining_tp", "ep_size", "attention_softmax_in_fp32", "scale_attention_softmax_in_fp32",
+        // GPT-2: cross-attention is only used under an encoder; upcasting is a precision
+        // hint for half-precision attention.
+        "add_cross_attention", "reorder_and_upcast_attn",
         // GPT-2's sequence-classification head, not part of the language model.
         "summary_type", "summary_use_proj", "summary_activation", "summary_proj_to_labels",
         "summary_first_dropout",

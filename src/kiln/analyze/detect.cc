@@ -197,6 +197,9 @@ class Detector {
       add("attention.scale",
           attention_scale_value(c_.get_double("attention_multiplier"), head_dim_),
           FeatureKind::kSwitch, {"attention_multiplier"});
+    } else if (c_.get_bool("scale_attn_by_inverse_layer_idx", false)) {
+      add("attention.scale", "1/sqrt(head_dim) / (layer index + 1)", FeatureKind::kSwitch,
+          {"scale_attn_by_inverse_layer_idx"});
     } else if (!c_.get_bool("scale_attn_weights", true)) {
       add("attention.scale", "1", FeatureKind::kSwitch, {"scale_attn_weights"});
     } else {
@@ -499,8 +502,9 @@ class Detector {
     } else if (falcon()) {
       placement_keys = {"parallel_attn", "new_decoder_architecture", "num_ln_in_parallel_attn"};
       bool parallel = c_.get_bool("parallel_attn", true);
-      bool two_norms = c_.get_bool("new_decoder_architecture", false) &&
-                       c_.get_int("num_ln_in_parallel_attn", 2) == 2;
+      bool new_architecture = c_.get_bool("new_decoder_architecture", false);
+      int64_t norms = c_.get_int("num_ln_in_parallel_attn", 2);
+      bool two_norms = new_architecture && norms == 2;
       placement = !parallel ? "pre" : two_norms ? "parallel" : "parallel_shared_norm";
     } else if (type_is({"phi", "gptj", "codegen", "cohere"})) {
       placement = "parallel_shared_norm";
@@ -657,7 +661,7 @@ class Detector {
     Keys keys = {c_.has("scoring_func") ? "scoring_func" : "", method.empty() ? "" : "topk_method"};
     std::string router = "softmax_topk";
     bool checkable = true;
-    if (scoring == "sigmoid" || method == "noaux_tc") {
+    if (scoring == "sigmoid" || method == "noaux_tc" || type_ == "deepseek_v3") {
       router = "sigmoid_group";
     } else if (method == "group_limited_greedy") {
       router = "softmax_group";
