@@ -4,20 +4,19 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
-
-#include "kiln/io/json.h"
 
 namespace kiln {
 
 enum class NormKind {
-  kNone,              // identity
-  kRms,               // x / rms(x) * w
-  kRmsOnePlus,        // x / rms(x) * (1 + w)   (Gemma)
-  kLayerNorm,         // (x - mean) / std * w + b
-  kLayerNormNoBias,   // (x - mean) / std * w
-  kNonParametric,     // (x - mean) / std       (OLMo-1)
+  kNone,             // identity
+  kRms,              // x / rms(x) * w
+  kRmsOnePlus,       // x / rms(x) * (1 + w)   (Gemma)
+  kLayerNorm,        // (x - mean) / std * w + b
+  kLayerNormNoBias,  // (x - mean) / std * w
+  kNonParametric,    // (x - mean) / std       (OLMo-1)
 };
 
 struct NormSpec {
@@ -134,8 +133,8 @@ struct ModelSpec {
   int64_t max_position_embeddings = 0;
   std::vector<LayerSpec> layers;
   // Embeddings
-  float embedding_scale = 1.0f;          // Gemma: sqrt(hidden_size), rounded to the dtype
-  bool learned_positions = false;        // GPT-2: absolute position embeddings
+  float embedding_scale = 1.0f;    // Gemma: sqrt(hidden_size), rounded to the dtype
+  bool learned_positions = false;  // GPT-2: absolute position embeddings
   bool tie_word_embeddings = false;
   NormSpec final_norm;
   bool has_final_norm = true;
@@ -151,7 +150,7 @@ struct ModelSpec {
   // Bytes of KV cache per token (all layers) at `bytes_per_value` (4 for f32).
   int64_t kv_cache_bytes_per_token(int64_t bytes_per_value = 4) const;
   // A JSON dump of every field, for `kiln inspect` and checkpoint manifests.
-  Json to_json() const;
+  nlohmann::json to_json() const;
 };
 
 }  // namespace kiln

@@ -1,0 +1,94 @@
+// `kiln verify MODEL`: runs a reference dump's inputs through Kiln and compares logits,
+// hidden states and the greedy continuation (KV cache) with it.
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+
+#include "kiln/cli/command.h"
+#include "kiln/io/json.h"
+#include "kiln/layers/model.h"
+#include "kiln/models/loader.h"
+#include "kiln/verify/reference_check.h"
+
+namespace kiln::cli {
+
+class VerifyCommand : public Command {
+ public:
+  void configure(CLI::App& app) override {
+    app.add_option("model", model_path_, "HuggingFace model folder")->required();
+    app.add_option("--reference", reference_path_,
+                   "reference dump (default: MODEL/reference.safetensors)");
+    app.add_flag("--json", json_, "print one JSON object instead of a table");
+    app.add_option("--tolerance", tolerance_, "max absolute error allowed (default 1e-4)")
+        ->check(CLI::PositiveNumber);
+  }
+
+  int run() override {
+    const std::string reference =
+        reference_path_.empty()
+            ? (std::filesystem::path(model_path_) / "reference.safetensors").string()
+            : reference_path_;
+    LoadedModel loaded = load_model(model_path_);
+    Model model(loaded.spec, loaded.weights);
+    const ReferenceReport report = check_against_reference(model, reference, tolerance_);
+    if (json_) {
+      print_json(report, reference, loaded.spec.family);
+    } else {
+      print_table(report, reference, loaded.spec.family);
+    }
+    return report.passed ? 0 : 1;
+  }
+
+ private:
+  void print_json(const ReferenceReport& report, const std::string& reference,
+                  const std::string& family) const {
+    Json comparisons = Json::array();
+    for (const TensorComparison& c : report.comparisons)
+      comparisons.push_back({{"name", c.name},
+                             {"kiln", c.kiln},
+                             {"max_abs_err", c.max_abs_err},
+                             {"passed", c.passed}});
+    const Json out = {{"model", model_path_},
+                      {"family", family},
+                      {"reference", reference},
+                      {"tolerance", report.tolerance},
+                      {"logits_max_abs_err", report.logits_max_abs_err},
+                      {"hidden_max_abs_err", report.hidden_max_abs_err},
+                      {"greedy_match", report.greedy_match},
+                      {"expected_greedy_ids", report.expected_greedy},
+                      {"greedy_ids", report.actual_greedy},
+                      {"comparisons", comparisons},
+                      {"passed", report.passed}};
+    std::cout << out.dump() << std::endl;
+  }
+
+  void print_table(const ReferenceReport& report, const std::string& reference,
+                   const std::string& family) const {
+    std::printf("kiln verify: %s (family %s) against %s, tolerance %.1e\n", model_path_.c_str(),
+                family.c_str(), reference.c_str(), report.tolerance);
+    std::printf("  %-18s %-34s %12s  %s\n", "reference", "kiln", "max abs err", "status");
+    for (const TensorComparison& c : report.comparisons)
+      std::printf("  %-18s %-34s %12.3e  %s\n", c.name.c_str(), c.kiln.c_str(), c.max_abs_err,
+                  c.passed ? "ok" : "FAIL");
+    std::printf("  %-18s %-34s %12s  %s\n", "greedy_ids", "greedy decode with KV cache",
+                report.greedy_match ? "identical" : "differ", report.greedy_match ? "ok" : "FAIL");
+    if (!report.greedy_match) {
+      std::printf("    expected:");
+      for (int64_t id : report.expected_greedy) std::printf(" %lld", static_cast<long long>(id));
+      std::printf("\n    kiln:    ");
+      for (int64_t id : report.actual_greedy) std::printf(" %lld", static_cast<long long>(id));
+      std::printf("\n");
+    }
+    std::printf("%s\n", report.passed ? "PASSED" : "FAILED");
+  }
+
+  std::string model_path_;
+  std::string reference_path_;
+  bool json_ = false;
+  double tolerance_ = 1e-4;
+};
+
+KILN_COMMAND(VerifyCommand, "verify",
+             "compare a model's logits, hidden states and greedy decode with a reference dump");
+
+}  // namespace kiln::cli

@@ -1,0 +1,113 @@
+#include "kiln/layers/attention.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "kiln/core/error.h"
+#include "kiln/models/weight_names.h"
+#include "kiln/ops/attention.h"
+#include "kiln/ops/rope.h"
+
+namespace kiln {
+
+namespace {
+NormSpec qk_norm_spec(const AttentionSpec& spec) {
+  if (spec.qk_norm == QkNormKind::kNone) return {NormKind::kNone, 0.0f};
+  return spec.qk_norm_spec;
+}
+}  // namespace
+
+Attention::Attention(const AttentionSpec& spec, int64_t hidden, const WeightMap& weights,
+                     const std::string& module)
+    : spec_(spec), module_(module), hidden_(hidden) {
+  check(!spec.is_mla(), module + ": multi-head latent attention is not implemented yet");
+  check(spec.qk_norm != QkNormKind::kWholeProjection,
+        module + ": whole-projection QK norm is not implemented yet");
+  check(spec.num_heads > 0 && spec.num_kv_heads > 0 && spec.head_dim > 0,
+        module + ": heads, KV heads and head_dim must be positive");
+  check(spec.num_heads % spec.num_kv_heads == 0,
+        module + ": " + std::to_string(spec.num_heads) + " query heads are not a multiple of " +
+            std::to_string(spec.num_kv_heads) + " KV heads");
+  value_dim_ = spec.value_head_dim > 0 ? spec.value_head_dim : spec.head_dim;
+  const int64_t q_width = spec.num_heads * spec.head_dim;
+  const int64_t k_width = spec.num_kv_heads * spec.head_dim;
+  const int64_t v_width = spec.num_kv_heads * value_dim_;
+  query_ = Linear(weights, names::child(module, "query"), hidden, q_width, spec.q_bias);
+  key_ = Linear(weights, names::child(module, "key"), hidden, k_width, spec.k_bias);
+  value_ = Linear(weights, names::child(module, "value"), hidden, v_width, spec.v_bias);
+  out_ = Linear(weights, names::child(module, "out"), spec.num_heads * value_dim_, hidden,
+                spec.o_bias);
+  const NormSpec norm = qk_norm_spec(spec);
+  query_norm_ = Norm(norm, weights, names::child(module, "query_norm"), spec.head_dim);
+  key_norm_ = Norm(norm, weights, names::child(module, "key_norm"), spec.head_dim);
+  if (spec.rope.type != RopeType::kNone) {
+    rotary_dim_ = spec.rope.rotary_dim > 0 ? spec.rope.rotary_dim : spec.head_dim;
+    inv_freq_ = ops::rope_inv_freq(spec.rope, spec.head_dim);
+  }
+}
+
+void Attention::forward(const float* x, int64_t batch, int64_t tokens, int64_t start,
+                        LayerKvCache& cache, float* out, const ActivationObserver* observer) const {
+  const int64_t rows = batch * tokens;
+  const int64_t heads = spec_.num_heads, kv_heads = spec_.num_kv_heads, head_dim = spec_.head_dim;
+  const int64_t capacity = cache.keys.dim(1);
+  check(start + tokens <= capacity, module_ + ": positions exceed the KV cache capacity");
+  Tensor q = Tensor::zeros(DType::F32, {batch, tokens, heads, head_dim});       // [B, T, Hq, D]
+  Tensor k = Tensor::zeros(DType::F32, {batch, tokens, kv_heads, head_dim});    // [B, T, Hkv, D]
+  Tensor v = Tensor::zeros(DType::F32, {batch, tokens, kv_heads, value_dim_});  // [B, T, Hkv, Dv]
+  query_.forward(x, rows, q.mutable_data<float>());
+  key_.forward(x, rows, k.mutable_data<float>());
+  value_.forward(x, rows, v.mutable_data<float>());
+  if (observer) {
+    (*observer)(names::child(module_, "query"), q);
+    (*observer)(names::child(module_, "key"), k);
+    (*observer)(names::child(module_, "value"), v);
+  }
+  if (spec_.qk_norm == QkNormKind::kPerHead) {
+    query_norm_.forward(q.data<float>(), rows * heads, q.mutable_data<float>());
+    key_norm_.forward(k.data<float>(), rows * kv_heads, k.mutable_data<float>());
+    if (observer) {
+      (*observer)(names::child(module_, "query_norm"), q);
+      (*observer)(names::child(module_, "key_norm"), k);
+    }
+  }
+  if (!inv_freq_.empty()) {
+    std::vector<int64_t> positions(rows);  // [B * T]
+    for (int64_t r = 0; r < rows; ++r) positions[r] = start + r % tokens;
+    const bool interleaved = spec_.rope.interleaved;
+    ops::apply_rope(q.mutable_data<float>(), positions.data(), rows, heads, head_dim, rotary_dim_,
+                    inv_freq_.data(), interleaved);
+    ops::apply_rope(k.mutable_data<float>(), positions.data(), rows, kv_heads, head_dim,
+                    rotary_dim_, inv_freq_.data(), interleaved);
+  }
+  float* k_cache = cache.keys.mutable_data<float>();    // [B, capacity, Hkv, D]
+  float* v_cache = cache.values.mutable_data<float>();  // [B, capacity, Hkv, Dv]
+  for (int64_t b = 0; b < batch; ++b) {
+    std::memcpy(k_cache + (b * capacity + start) * kv_heads * head_dim,
+                k.data<float>() + b * tokens * kv_heads * head_dim,
+                sizeof(float) * tokens * kv_heads * head_dim);
+    std::memcpy(v_cache + (b * capacity + start) * kv_heads * value_dim_,
+                v.data<float>() + b * tokens * kv_heads * value_dim_,
+                sizeof(float) * tokens * kv_heads * value_dim_);
+  }
+  ops::AttentionShape shape;
+  shape.batch = batch;
+  shape.tokens = tokens;
+  shape.start = start;
+  shape.cache_len = start + tokens;
+  shape.cache_max = capacity;
+  shape.heads = heads;
+  shape.kv_heads = kv_heads;
+  shape.head_dim = head_dim;
+  shape.value_dim = value_dim_;
+  shape.scale = spec_.scale > 0.0f
+                    ? spec_.scale
+                    : static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
+  shape.window = spec_.sliding_window;
+  shape.softcap = spec_.softcap;
+  std::vector<float> mixed(rows * heads * value_dim_);  // [B, T, Hq, Dv]
+  ops::causal_attention(q.data<float>(), k_cache, v_cache, mixed.data(), shape);
+  out_.forward(mixed.data(), rows, out);
+}
+
+}  // namespace kiln

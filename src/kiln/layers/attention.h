@@ -1,0 +1,45 @@
+// Attention: projections, optional per-head QK norm, RoPE, causal attention over the KV
+// cache (GQA/MQA, sliding window, soft-cap) and the output projection.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kiln/layers/linear.h"
+#include "kiln/layers/norm.h"
+#include "kiln/layers/observer.h"
+#include "kiln/layers/weights.h"
+#include "kiln/models/model_spec.h"
+#include "kiln/runtime/kv_cache.h"
+
+namespace kiln {
+
+class Attention {
+ public:
+  Attention() = default;
+  // Reads the weights under `module` (models/weight_names.h). Throws Error for features of
+  // `spec` that are not implemented (MLA, whole-projection QK norm).
+  Attention(const AttentionSpec& spec, int64_t hidden, const WeightMap& weights,
+            const std::string& module);
+
+  // Attends tokens at positions [start, start + T) of every row to themselves and to the
+  // cached positions before them; stores their keys and values in `cache` first.
+  //   x:   [B, T, hidden] f32 (the normed hidden states)
+  //   out: [B, T, hidden] f32
+  // `observer` (may be null) receives the projections and QK-norm outputs.
+  void forward(const float* x, int64_t batch, int64_t tokens, int64_t start, LayerKvCache& cache,
+               float* out, const ActivationObserver* observer) const;
+
+ private:
+  AttentionSpec spec_;
+  std::string module_;
+  int64_t hidden_ = 0;
+  int64_t value_dim_ = 0;
+  int64_t rotary_dim_ = 0;
+  Linear query_, key_, value_, out_;
+  Norm query_norm_, key_norm_;   // per head, over head_dim (kind kNone when absent)
+  std::vector<float> inv_freq_;  // [rotary_dim / 2]
+};
+
+}  // namespace kiln

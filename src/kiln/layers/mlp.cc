@@ -1,0 +1,32 @@
+#include "kiln/layers/mlp.h"
+
+#include <vector>
+
+#include "kiln/models/weight_names.h"
+#include "kiln/ops/activation.h"
+
+namespace kiln {
+
+Mlp::Mlp(const MlpSpec& spec, int64_t hidden, const WeightMap& weights, const std::string& module)
+    : spec_(spec) {
+  const int64_t inner = spec.intermediate;
+  if (spec.gated) gate_ = Linear(weights, names::child(module, "wi_0"), hidden, inner, spec.bias);
+  up_ = Linear(weights, names::child(module, "wi_1"), hidden, inner, spec.bias);
+  down_ = Linear(weights, names::child(module, "wo"), inner, hidden, spec.bias);
+}
+
+void Mlp::forward(const float* x, int64_t rows, float* y) const {
+  const int64_t inner = spec_.intermediate;
+  std::vector<float> up(rows * inner);  // [rows, inner]
+  up_.forward(x, rows, up.data());
+  if (spec_.gated) {
+    std::vector<float> gate(rows * inner);  // [rows, inner]
+    gate_.forward(x, rows, gate.data());
+    ops::gated_activation(spec_.activation, gate.data(), up.data(), up.data(), rows * inner);
+  } else {
+    ops::apply_activation(spec_.activation, up.data(), rows * inner);
+  }
+  down_.forward(up.data(), rows, y);
+}
+
+}  // namespace kiln

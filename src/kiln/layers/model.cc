@@ -1,0 +1,79 @@
+#include "kiln/layers/model.h"
+
+#include <cstring>
+
+#include "kiln/core/error.h"
+#include "kiln/models/weight_names.h"
+#include "kiln/ops/embedding.h"
+
+namespace kiln {
+
+namespace {
+// Rejects model-level features the forward pass does not implement yet.
+void check_implemented(const ModelSpec& spec) {
+  const std::string who = "model '" + spec.architecture + "'";
+  check(!spec.learned_positions, who + ": learned position embeddings are not implemented yet");
+  check(spec.final_logit_softcap == 0.0f, who + ": logit soft-capping is not implemented yet");
+  check(spec.logit_scale == 1.0f, who + ": logit scaling is not implemented yet");
+  check(!spec.lm_head_bias, who + ": an lm_head bias is not implemented yet");
+  check(spec.vocab_size > 0 && spec.hidden_size > 0 && spec.num_layers() > 0,
+        who + ": vocab_size, hidden_size and the layer count must be positive");
+}
+}  // namespace
+
+Model::Model(ModelSpec spec, const WeightMap& weights) : spec_(std::move(spec)) {
+  check_implemented(spec_);
+  const int64_t hidden = spec_.hidden_size, vocab = spec_.vocab_size;
+  embedding_ = require_weight(weights, names::embedding(names::token_embedder()), {vocab, hidden})
+                   .contiguous();
+  for (int64_t i = 0; i < spec_.num_layers(); ++i)
+    layers_.emplace_back(spec_.layers[i], i, hidden, weights);
+  final_norm_ = Norm(spec_.has_final_norm ? spec_.final_norm : NormSpec{NormKind::kNone, 0.0f},
+                     weights, names::final_norm(), hidden);
+  lm_head_ = spec_.tie_word_embeddings
+                 ? Linear(embedding_)
+                 : Linear(weights, names::lm_head(), hidden, vocab, spec_.lm_head_bias);
+}
+
+Tensor Model::forward(const int32_t* tokens, int64_t batch, int64_t tokens_per_row, KvCache& cache,
+                      const ForwardOptions& options) const {
+  const int64_t T = tokens_per_row, hidden = spec_.hidden_size, vocab = spec_.vocab_size;
+  check(batch == cache.batch(), "forward: " + std::to_string(batch) +
+                                    " rows but the KV cache holds " +
+                                    std::to_string(cache.batch()));
+  check(T > 0, "forward: no tokens");
+  const int64_t start = cache.length();
+  check(start + T <= cache.capacity(), "forward: " + std::to_string(start + T) +
+                                           " positions exceed the KV cache capacity of " +
+                                           std::to_string(cache.capacity()));
+  const ActivationObserver* observer = options.observer;
+
+  Tensor x = Tensor::zeros(DType::F32, {batch, T, hidden});  // [B, T, hidden] residual stream
+  float* x_data = x.mutable_data<float>();
+  ops::embedding_lookup(embedding_.raw(), embedding_.dtype(), vocab, hidden, tokens, batch * T,
+                        spec_.embedding_scale, x_data);
+  if (observer) (*observer)(names::token_embedder(), x);
+  for (int64_t i = 0; i < spec_.num_layers(); ++i) {
+    layers_[i].forward(x_data, batch, T, start, cache.layer(i), observer);
+    if (observer) (*observer)(names::layer(i), x);
+  }
+  final_norm_.forward(x_data, batch * T, x_data);
+  if (observer) (*observer)(names::final_norm(), x);
+  cache.advance(T);
+
+  const int64_t out_T = options.last_position_only ? 1 : T;
+  Tensor logits = Tensor::zeros(DType::F32, {batch, out_T, vocab});  // [B, out_T, V]
+  if (options.last_position_only) {
+    std::vector<float> last(batch * hidden);  // [B, hidden]
+    for (int64_t b = 0; b < batch; ++b)
+      std::memcpy(last.data() + b * hidden, x_data + ((b + 1) * T - 1) * hidden,
+                  sizeof(float) * hidden);
+    lm_head_.forward(last.data(), batch, logits.mutable_data<float>());
+  } else {
+    lm_head_.forward(x_data, batch * T, logits.mutable_data<float>());
+  }
+  if (observer) (*observer)(names::lm_head(), logits);
+  return logits;
+}
+
+}  // namespace kiln

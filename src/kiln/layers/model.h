@@ -1,0 +1,54 @@
+// Model: embedding -> decoder layers -> final norm -> lm_head, built from a ModelSpec and
+// its weights. The forward pass serves batched prefill and incremental decode alike.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kiln/core/tensor.h"
+#include "kiln/layers/decoder_layer.h"
+#include "kiln/layers/linear.h"
+#include "kiln/layers/norm.h"
+#include "kiln/layers/observer.h"
+#include "kiln/layers/weights.h"
+#include "kiln/models/model_spec.h"
+#include "kiln/runtime/kv_cache.h"
+
+namespace kiln {
+
+struct ForwardOptions {
+  // Receives named activations (models/weight_names.h) when set.
+  const ActivationObserver* observer = nullptr;
+  // Compute logits only for the last position of each row (generation).
+  bool last_position_only = false;
+};
+
+class Model {
+ public:
+  // Builds every layer; the weights (views, often of mmapped files) are shared, not
+  // copied. Throws Error naming the feature when the spec needs one that is not
+  // implemented, and naming the tensor when a weight is missing or misshapen.
+  Model(ModelSpec spec, const WeightMap& weights);
+
+  // Runs B rows of T new tokens each. Positions continue from cache.length() (0 for a
+  // prefill); the cache receives their keys/values and advances by T.
+  //   tokens: [B, T] token ids
+  //   returns logits [B, T, V] f32 ([B, 1, V] with last_position_only)
+  Tensor forward(const int32_t* tokens, int64_t batch, int64_t tokens_per_row, KvCache& cache,
+                 const ForwardOptions& options = {}) const;
+
+  // An empty cache for `batch` rows of up to `capacity` positions.
+  KvCache make_cache(int64_t batch, int64_t capacity) const { return {spec_, batch, capacity}; }
+
+  const ModelSpec& spec() const { return spec_; }
+  const DecoderLayer& layer(int64_t index) const { return layers_.at(index); }
+
+ private:
+  ModelSpec spec_;
+  Tensor embedding_;  // [V, hidden] in its stored dtype
+  std::vector<DecoderLayer> layers_;
+  Norm final_norm_;
+  Linear lm_head_;  // [V, hidden]; the embedding table when tied
+};
+
+}  // namespace kiln

@@ -1,0 +1,34 @@
+// The Llama family, and the base of the families that read as "like Llama, except ..."
+// (Mistral, Qwen2, Qwen3): they override name(), the architecture lists and
+// apply_differences().
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "kiln/models/family.h"
+
+namespace kiln {
+
+class LlamaFamily : public Family {
+ public:
+  std::string name() const override { return "llama"; }
+  std::vector<std::string> architectures() const override { return {"LlamaForCausalLM"}; }
+  std::vector<std::string> model_types() const override { return {"llama"}; }
+  // Llama's reading of config.json, then apply_differences().
+  ModelSpec build_spec(const HfConfig& config) const final;
+  // HF `model.*` / `lm_head` names -> Kiln names, all plain renames. Biases, QK norms and
+  // lm_head follow the spec.
+  std::vector<WeightMapping> map_weights(const ModelSpec& spec,
+                                         const TensorSource& source) const final;
+
+ protected:
+  // What a derived family changes in the spec Llama's reading produced.
+  virtual void apply_differences(const HfConfig& config, ModelSpec& spec) const;
+  // Qwen-style sliding windows: `sliding_window` counts only when `use_sliding_window` is
+  // true, and applies to layers whose `layer_types` entry is "sliding_attention" (without
+  // `layer_types`: layers from `max_window_layers` on).
+  static void apply_qwen_sliding_window(const HfConfig& config, ModelSpec& spec);
+};
+
+}  // namespace kiln

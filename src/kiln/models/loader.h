@@ -1,0 +1,26 @@
+// Loading a HuggingFace model folder: config.json -> family -> ModelSpec, and the
+// safetensors weights mapped to Kiln names (zero-copy views where no transform applies).
+#pragma once
+
+#include <string>
+
+#include "kiln/io/hf_config.h"
+#include "kiln/layers/weights.h"
+#include "kiln/models/model_spec.h"
+
+namespace kiln {
+
+struct LoadedModel {
+  std::string path;  // the model folder
+  HfConfig config;
+  ModelSpec spec;
+  WeightMap weights;  // Kiln name -> tensor, shapes checked against the family's mapping
+};
+
+// Loads the folder `path`: its config.json (eos ids are completed from
+// generation_config.json when present) and model.safetensors or the sharded index. Throws
+// Error naming the file and key or tensor: unknown architecture, missing required key,
+// missing tensor, wrong shape.
+LoadedModel load_model(const std::string& path);
+
+}  // namespace kiln

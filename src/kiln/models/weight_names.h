@@ -1,0 +1,100 @@
+// Kiln's names for modules, parameters and captured activations. They follow MaxText's
+// parameter tree (unscanned form), so that a Kiln checkpoint maps one to one onto an Orbax
+// one:
+//
+//   token_embedder/embedding                                   [vocab, hidden]
+//   decoder/layers_{i}/pre_self_attention_layer_norm/scale     [hidden]  (+ /bias)
+//   decoder/layers_{i}/self_attention/query/kernel             [heads * head_dim, hidden]
+//   decoder/layers_{i}/self_attention/key/kernel               [kv_heads * head_dim, hidden]
+//   decoder/layers_{i}/self_attention/value/kernel             [kv_heads * value_dim, hidden]
+//   decoder/layers_{i}/self_attention/out/kernel               [hidden, heads * value_dim]
+//   decoder/layers_{i}/self_attention/{query,key,value,out}/bias           (when present)
+//   decoder/layers_{i}/self_attention/{query_norm,key_norm}/scale [head_dim] (per-head QK norm)
+//   decoder/layers_{i}/post_self_attention_layer_norm/scale    [hidden]  (the pre-MLP norm)
+//   decoder/layers_{i}/mlp/wi_0/kernel                         [intermediate, hidden] (gate)
+//   decoder/layers_{i}/mlp/wi_1/kernel                         [intermediate, hidden] (up)
+//   decoder/layers_{i}/mlp/wo/kernel                           [hidden, intermediate] (down)
+//   decoder/decoder_norm/scale                                 [hidden]
+//   decoder/logits_dense/kernel                                [vocab, hidden] (absent when tied)
+//
+// Layout: every linear kernel is stored [out, in] (PyTorch's nn.Linear layout, one output
+// row contiguous: the natural layout for matrix-vector products). MaxText stores [in, out];
+// export to Orbax transposes.
+//
+// Activations passed to a forward observer are named by the module that produced them
+// (the module path, without a parameter suffix), with shape [B, T, ...]:
+//   token_embedder                                   embedding output (after any scaling)
+//   decoder/layers_{i}/pre_self_attention_layer_norm input norm output
+//   decoder/layers_{i}/self_attention/{query,key,value}  projections, [B, T, heads, head_dim]
+//   decoder/layers_{i}/self_attention/{query_norm,key_norm}  after QK norm, before RoPE
+//   decoder/layers_{i}/self_attention                attention output (after out projection)
+//   decoder/layers_{i}/post_self_attention_layer_norm  pre-MLP norm output
+//   decoder/layers_{i}/mlp                           MLP output
+//   decoder/layers_{i}                               hidden state after the layer (residual)
+//   decoder/decoder_norm                             final norm output
+//   decoder/logits_dense                             logits
+// HF's module paths correspond as: model.embed_tokens, model.layers.{i}.input_layernorm,
+// .self_attn.{q,k,v}_proj, .self_attn.{q,k}_norm, .self_attn, .post_attention_layernorm, .mlp,
+// model.layers.{i}, model.norm, lm_head.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace kiln::names {
+
+inline std::string token_embedder() {
+  return "token_embedder";
+}
+inline std::string layer(int64_t i) {
+  return "decoder/layers_" + std::to_string(i);
+}
+inline std::string input_norm(int64_t i) {
+  return layer(i) + "/pre_self_attention_layer_norm";
+}
+inline std::string attention(int64_t i) {
+  return layer(i) + "/self_attention";
+}
+inline std::string post_attention_norm(int64_t i) {
+  return layer(i) + "/post_self_attention_layer_norm";
+}
+inline std::string mlp(int64_t i) {
+  return layer(i) + "/mlp";
+}
+inline std::string final_norm() {
+  return "decoder/decoder_norm";
+}
+inline std::string lm_head() {
+  return "decoder/logits_dense";
+}
+
+// Children of an attention module: "query", "key", "value", "out", "query_norm", "key_norm".
+inline std::string child(const std::string& module, const std::string& name) {
+  return module + "/" + name;
+}
+// Children of an MLP module.
+inline std::string mlp_gate(int64_t i) {
+  return mlp(i) + "/wi_0";
+}
+inline std::string mlp_up(int64_t i) {
+  return mlp(i) + "/wi_1";
+}
+inline std::string mlp_down(int64_t i) {
+  return mlp(i) + "/wo";
+}
+
+// Parameter names of a module.
+inline std::string embedding(const std::string& module) {
+  return module + "/embedding";
+}
+inline std::string kernel(const std::string& module) {
+  return module + "/kernel";
+}
+inline std::string bias(const std::string& module) {
+  return module + "/bias";
+}
+inline std::string scale(const std::string& module) {
+  return module + "/scale";
+}
+
+}  // namespace kiln::names

@@ -1,0 +1,35 @@
+// Reference activations in f32, in the forms PyTorch computes.
+#include "kiln/ops/activation.h"
+
+#include <cmath>
+
+namespace kiln::ops {
+
+float activate(Activation activation, float x) {
+  switch (activation) {
+    case Activation::kSilu:
+      return x / (1.0f + std::exp(-x));
+    case Activation::kGeluExact:
+      return 0.5f * x * (1.0f + std::erf(x * static_cast<float>(M_SQRT1_2)));
+    case Activation::kGeluTanh: {
+      const float inner = static_cast<float>(std::sqrt(2.0 / M_PI)) * (x + 0.044715f * x * x * x);
+      return 0.5f * x * (1.0f + std::tanh(inner));
+    }
+    case Activation::kRelu:
+      return x > 0.0f ? x : 0.0f;
+    case Activation::kReluSquared:
+      return x > 0.0f ? x * x : 0.0f;
+  }
+  return x;
+}
+
+void apply_activation(Activation activation, float* x, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) x[i] = activate(activation, x[i]);
+}
+
+void gated_activation(Activation activation, const float* gate, const float* up, float* y,
+                      int64_t count) {
+  for (int64_t i = 0; i < count; ++i) y[i] = activate(activation, gate[i]) * up[i];
+}
+
+}  // namespace kiln::ops

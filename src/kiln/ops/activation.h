@@ -1,0 +1,20 @@
+// Elementwise activations and the gated (GLU) product of an MLP.
+#pragma once
+
+#include <cstdint>
+
+#include "kiln/models/model_spec.h"
+
+namespace kiln::ops {
+
+// One activation value: silu(x) = x sigmoid(x), gelu (erf or tanh form), relu, relu^2.
+float activate(Activation activation, float x);
+
+// x[i] = act(x[i]).   x: [count] f32
+void apply_activation(Activation activation, float* x, int64_t count);
+
+// y[i] = act(gate[i]) * up[i] (SwiGLU, GeGLU).   gate, up, y: [count] f32 (y may alias either)
+void gated_activation(Activation activation, const float* gate, const float* up, float* y,
+                      int64_t count);
+
+}  // namespace kiln::ops

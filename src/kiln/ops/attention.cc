@@ -1,0 +1,55 @@
+// Reference attention: scores, softmax and the weighted sum per (row, head, query).
+#include "kiln/ops/attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kiln/core/error.h"
+#include "kiln/ops/softmax.h"
+
+namespace kiln::ops {
+
+void causal_attention(const float* q, const float* k_cache, const float* v_cache, float* out,
+                      const AttentionShape& s) {
+  check(s.kv_heads > 0 && s.heads % s.kv_heads == 0,
+        "attention: query heads must be a multiple of KV heads");
+  check(s.start + s.tokens <= s.cache_len && s.cache_len <= s.cache_max,
+        "attention: queries reach past the filled cache");
+  const int64_t group = s.heads / s.kv_heads;
+#pragma omp parallel
+  {
+    std::vector<float> scores(s.cache_len);  // [S]
+#pragma omp for collapse(3) schedule(static)
+    for (int64_t b = 0; b < s.batch; ++b) {
+      for (int64_t t = 0; t < s.tokens; ++t) {
+        for (int64_t h = 0; h < s.heads; ++h) {
+          const int64_t position = s.start + t;
+          const int64_t first = s.window > 0 ? std::max<int64_t>(0, position - s.window + 1) : 0;
+          const int64_t count = position + 1 - first;
+          const int64_t kv_head = h / group;
+          const float* query = q + ((b * s.tokens + t) * s.heads + h) * s.head_dim;  // [D]
+          for (int64_t j = 0; j < count; ++j) {
+            const float* key =
+                k_cache + ((b * s.cache_max + first + j) * s.kv_heads + kv_head) * s.head_dim;
+            float dot = 0.0f;
+            for (int64_t d = 0; d < s.head_dim; ++d) dot += query[d] * key[d];
+            float score = dot * s.scale;
+            if (s.softcap > 0.0f) score = s.softcap * std::tanh(score / s.softcap);
+            scores[j] = score;
+          }
+          softmax(scores.data(), scores.data(), 1, count);
+          float* o = out + ((b * s.tokens + t) * s.heads + h) * s.value_dim;  // [Dv]
+          std::fill(o, o + s.value_dim, 0.0f);
+          for (int64_t j = 0; j < count; ++j) {
+            const float* value =
+                v_cache + ((b * s.cache_max + first + j) * s.kv_heads + kv_head) * s.value_dim;
+            for (int64_t d = 0; d < s.value_dim; ++d) o[d] += scores[j] * value[d];
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace kiln::ops

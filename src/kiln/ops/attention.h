@@ -1,0 +1,35 @@
+// Causal scaled dot-product attention over a KV cache, with grouped KV heads, an optional
+// sliding window and optional logit soft-capping.
+#pragma once
+
+#include <cstdint>
+
+namespace kiln::ops {
+
+// Shapes and settings of one attention call.
+struct AttentionShape {
+  int64_t batch = 0;      // B
+  int64_t tokens = 0;     // T: new query tokens per row
+  int64_t start = 0;      // absolute position of the first query token
+  int64_t cache_len = 0;  // S: rows of the cache that hold keys (start + T)
+  int64_t cache_max = 0;  // capacity of the cache along its time axis
+  int64_t heads = 0;      // Hq
+  int64_t kv_heads = 0;   // Hkv; Hq must be a multiple (query head h reads KV head h / (Hq/Hkv))
+  int64_t head_dim = 0;   // D of queries and keys
+  int64_t value_dim = 0;  // Dv of values and the output
+  float scale = 0.0f;     // multiplies q.k
+  int64_t window = 0;     // > 0: query at position p sees keys p - window < j <= p
+  float softcap = 0.0f;   // > 0: score = softcap * tanh(score / softcap)
+};
+
+// out[b, t, h] = sum_j softmax_j(score(t, j)) v[b, j, h / group] over visible keys j,
+// score(t, j) = scale * q[b, t, h] . k[b, j, h / group]; key j is visible to query t when
+// j <= start + t (causal) and, with a window, j > start + t - window.
+//   q:       [B, T, Hq, D]
+//   k_cache: [B, cache_max, Hkv, D]   (rows [0, cache_len) filled)
+//   v_cache: [B, cache_max, Hkv, Dv]
+//   out:     [B, T, Hq, Dv]
+void causal_attention(const float* q, const float* k_cache, const float* v_cache, float* out,
+                      const AttentionShape& shape);
+
+}  // namespace kiln::ops

@@ -1,0 +1,41 @@
+// Reference linear kernel: one weight row at a time, converted to f32 in a per-thread buffer.
+#include "kiln/ops/linear.h"
+
+#include <string>
+#include <vector>
+
+#include "kiln/core/error.h"
+#include "kiln/core/tensor.h"
+
+namespace kiln::ops {
+
+void linear(const float* x, const void* weight, DType weight_dtype, const float* bias, float* y,
+            int64_t rows, int64_t in, int64_t out) {
+  check(weight_dtype == DType::F32 || weight_dtype == DType::BF16 || weight_dtype == DType::F16,
+        "linear: unsupported weight dtype " + std::string(dtype_name(weight_dtype)));
+  const auto* w_bytes = static_cast<const std::byte*>(weight);
+  const size_t row_bytes = static_cast<size_t>(in) * dtype_size(weight_dtype);
+#pragma omp parallel
+  {
+    std::vector<float> converted(weight_dtype == DType::F32 ? 0 : in);  // [in]
+#pragma omp for schedule(static)
+    for (int64_t o = 0; o < out; ++o) {
+      const float* w_row;  // [in]
+      if (weight_dtype == DType::F32) {
+        w_row = reinterpret_cast<const float*>(w_bytes + o * row_bytes);
+      } else {
+        convert_to_f32(w_bytes + o * row_bytes, weight_dtype, converted.data(), in);
+        w_row = converted.data();
+      }
+      const float b = bias ? bias[o] : 0.0f;
+      for (int64_t n = 0; n < rows; ++n) {
+        const float* x_row = x + n * in;  // [in]
+        float sum = 0.0f;
+        for (int64_t i = 0; i < in; ++i) sum += x_row[i] * w_row[i];
+        y[n * out + o] = sum + b;
+      }
+    }
+  }
+}
+
+}  // namespace kiln::ops
