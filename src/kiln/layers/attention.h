@@ -31,6 +31,10 @@ class Attention {
   void forward(const float* x, int64_t batch, int64_t tokens, int64_t start, LayerKvCache& cache,
                float* out, const ActivationObserver* observer) const;
 
+  // The per-head QK norms (kind kNone when the spec has none).
+  const Norm& query_norm() const { return query_norm_; }
+  const Norm& key_norm() const { return key_norm_; }
+
  private:
   AttentionSpec spec_;
   std::string module_;

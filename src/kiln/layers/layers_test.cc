@@ -1,0 +1,108 @@
+// Layer-level tests against the HF fixtures: each module of each decoder layer is fed the
+// reference's `act.<module>.in` (batch row 0, 20 tokens) and must give `act.<module>.out`.
+#include <gtest/gtest.h>
+
+#include <iostream>
+
+#include "hf_fixtures.h"
+#include "kiln/io/safetensors.h"
+#include "kiln/layers/model.h"
+#include "kiln/models/loader.h"
+
+namespace kiln {
+namespace {
+
+constexpr double kTolerance = 1e-4;
+
+class FixtureLayers : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    KILN_SKIP_UNSUPPORTED_FIXTURE(GetParam());
+    const std::string dir = test::hf_fixture_path(GetParam());
+    loaded_ = load_model(dir);
+    model_ = std::make_unique<Model>(loaded_.spec, loaded_.weights);
+    reference_ =
+        std::make_unique<SafetensorsFile>(SafetensorsFile::open(dir + "/reference.safetensors"));
+  }
+  // act.model.layers.<layer>[.<module>].<suffix>
+  Tensor act(int64_t layer, const std::string& module, const std::string& suffix) const {
+    const std::string path =
+        "act.model.layers." + std::to_string(layer) + (module.empty() ? "" : "." + module);
+    return reference_->get(path + "." + suffix).contiguous();
+  }
+  void expect_close(const Tensor& actual, const Tensor& expected, const std::string& what) {
+    const double err = test::max_abs_diff(actual, expected);
+    std::cout << GetParam() << ": " << what << " max abs err = " << err << std::endl;
+    EXPECT_LE(err, kTolerance) << what;
+  }
+
+  LoadedModel loaded_;
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<SafetensorsFile> reference_;
+};
+
+TEST_P(FixtureLayers, Norms) {
+  for (int64_t i = 0; i < loaded_.spec.num_layers(); ++i) {
+    const DecoderLayer& layer = model_->layer(i);
+    for (const auto& [module, norm] :
+         {std::pair<std::string, const Norm*>{"input_layernorm", &layer.input_norm()},
+          {"post_attention_layernorm", &layer.post_attention_norm()}}) {
+      const Tensor in = act(i, module, "in");  // [T, hidden]
+      Tensor out = Tensor::zeros_like(in);
+      norm->forward(in.data<float>(), in.dim(0), out.mutable_data<float>());
+      expect_close(out, act(i, module, "out"), "layer " + std::to_string(i) + " " + module);
+    }
+  }
+}
+
+TEST_P(FixtureLayers, QkNorms) {
+  if (loaded_.spec.layers[0].attention.qk_norm != QkNormKind::kPerHead)
+    GTEST_SKIP() << "no per-head QK norm in " << GetParam();
+  for (int64_t i = 0; i < loaded_.spec.num_layers(); ++i) {
+    const Attention& attention = model_->layer(i).attention();
+    for (const auto& [module, norm] :
+         {std::pair<std::string, const Norm*>{"self_attn.q_norm", &attention.query_norm()},
+          {"self_attn.k_norm", &attention.key_norm()}}) {
+      const Tensor in = act(i, module, "in");  // [T, heads, head_dim]
+      Tensor out = Tensor::zeros_like(in);
+      norm->forward(in.data<float>(), in.dim(0) * in.dim(1), out.mutable_data<float>());
+      expect_close(out, act(i, module, "out"), "layer " + std::to_string(i) + " " + module);
+    }
+  }
+}
+
+TEST_P(FixtureLayers, SelfAttentionAtPositionsZeroToT) {
+  for (int64_t i = 0; i < loaded_.spec.num_layers(); ++i) {
+    const Tensor in = act(i, "self_attn", "in");  // [T, hidden]
+    const int64_t tokens = in.dim(0);
+    KvCache cache = model_->make_cache(1, tokens);
+    Tensor out = Tensor::zeros_like(in);
+    model_->layer(i).attention().forward(in.data<float>(), 1, tokens, 0, cache.layer(i),
+                                         out.mutable_data<float>(), nullptr);
+    expect_close(out, act(i, "self_attn", "out"), "layer " + std::to_string(i) + " self_attn");
+  }
+}
+
+TEST_P(FixtureLayers, Mlp) {
+  for (int64_t i = 0; i < loaded_.spec.num_layers(); ++i) {
+    const Tensor in = act(i, "mlp", "in");  // [T, hidden]
+    Tensor out = Tensor::zeros_like(in);
+    model_->layer(i).mlp().forward(in.data<float>(), in.dim(0), out.mutable_data<float>());
+    expect_close(out, act(i, "mlp", "out"), "layer " + std::to_string(i) + " mlp");
+  }
+}
+
+TEST_P(FixtureLayers, WholeDecoderLayer) {
+  for (int64_t i = 0; i < loaded_.spec.num_layers(); ++i) {
+    Tensor x = act(i, "", "in").contiguous(true);  // [T, hidden], updated in place
+    KvCache cache = model_->make_cache(1, x.dim(0));
+    model_->layer(i).forward(x.mutable_data<float>(), 1, x.dim(0), 0, cache.layer(i), nullptr);
+    expect_close(x, act(i, "", "out"), "layer " + std::to_string(i));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, FixtureLayers, ::testing::ValuesIn(test::hf_fixture_names()),
+                         test::FixtureName());
+
+}  // namespace
+}  // namespace kiln
