@@ -16,13 +16,15 @@
 
 namespace kiln::test {
 
-// Names of the folders under tests/data/hf, sorted.
+// Names of the model fixtures under tests/data/hf, sorted: every folder with a
+// reference.safetensors (folders holding only a config.json serve config tests).
 inline std::vector<std::string> hf_fixture_names() {
   std::vector<std::string> names;
   const std::filesystem::path root = data_path("hf");
   if (std::filesystem::is_directory(root))
     for (const auto& entry : std::filesystem::directory_iterator(root))
-      if (entry.is_directory()) names.push_back(entry.path().filename().string());
+      if (std::filesystem::exists(entry.path() / "reference.safetensors"))
+        names.push_back(entry.path().filename().string());
   std::sort(names.begin(), names.end());
   return names;
 }

@@ -2,11 +2,13 @@
 
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "kiln/core/error.h"
 #include "kiln/models/weight_names.h"
 #include "kiln/ops/attention.h"
 #include "kiln/ops/rope.h"
+#include "kiln/ops/rope_frequencies.h"
 
 namespace kiln {
 
@@ -42,7 +44,7 @@ Attention::Attention(const AttentionSpec& spec, int64_t hidden, const WeightMap&
   key_norm_ = Norm(norm, weights, names::child(module, "key_norm"), spec.head_dim);
   if (spec.rope.type != RopeType::kNone) {
     rotary_dim_ = spec.rope.rotary_dim > 0 ? spec.rope.rotary_dim : spec.head_dim;
-    inv_freq_ = ops::rope_inv_freq(spec.rope, spec.head_dim);
+    ops::rope_frequencies(spec.rope, spec.head_dim, 1);  // rejects unusable settings now
   }
 }
 
@@ -71,14 +73,16 @@ void Attention::forward(const float* x, int64_t batch, int64_t tokens, int64_t s
       (*observer)(names::child(module_, "key_norm"), k);
     }
   }
-  if (!inv_freq_.empty()) {
+  if (spec_.rope.type != RopeType::kNone) {
+    // Frequencies for a sequence of start + T positions (some scalings depend on it).
+    const ops::RopeFrequencies rope = ops::rope_frequencies(spec_.rope, head_dim, start + tokens);
     std::vector<int64_t> positions(rows);  // [B * T]
     for (int64_t r = 0; r < rows; ++r) positions[r] = start + r % tokens;
     const bool interleaved = spec_.rope.interleaved;
     ops::apply_rope(q.mutable_data<float>(), positions.data(), rows, heads, head_dim, rotary_dim_,
-                    inv_freq_.data(), interleaved);
+                    rope.inv_freq.data(), rope.attention_scaling, interleaved);
     ops::apply_rope(k.mutable_data<float>(), positions.data(), rows, kv_heads, head_dim,
-                    rotary_dim_, inv_freq_.data(), interleaved);
+                    rotary_dim_, rope.inv_freq.data(), rope.attention_scaling, interleaved);
   }
   float* k_cache = cache.keys.mutable_data<float>();    // [B, capacity, Hkv, D]
   float* v_cache = cache.values.mutable_data<float>();  // [B, capacity, Hkv, Dv]

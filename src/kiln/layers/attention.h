@@ -4,7 +4,6 @@
 
 #include <cstdint>
 #include <string>
-#include <vector>
 
 #include "kiln/layers/linear.h"
 #include "kiln/layers/norm.h"
@@ -42,8 +41,7 @@ class Attention {
   int64_t value_dim_ = 0;
   int64_t rotary_dim_ = 0;
   Linear query_, key_, value_, out_;
-  Norm query_norm_, key_norm_;   // per head, over head_dim (kind kNone when absent)
-  std::vector<float> inv_freq_;  // [rotary_dim / 2]
+  Norm query_norm_, key_norm_;  // per head, over head_dim (kind kNone when absent)
 };
 
 }  // namespace kiln

@@ -28,11 +28,6 @@ class TensorSource {
   virtual DType dtype_of(const std::string& name) const = 0;
   // Where the tensors come from (a folder or file), for error messages.
   virtual std::string where() const = 0;
-  // The file that holds `name` (where() unless the source knows better), for error messages.
-  virtual std::string file_of(const std::string& name) const {
-    (void)name;
-    return where();
-  }
 };
 
 // How one Kiln tensor is made from HF tensors. `transform` is empty for a plain rename;

@@ -4,6 +4,7 @@
 
 #include "kiln/core/error.h"
 #include "kiln/models/config_to_spec.h"
+#include "kiln/models/rope_config.h"
 #include "kiln/models/weight_names.h"
 
 namespace kiln {

@@ -2,36 +2,18 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <memory>
 
 #include "kiln/core/error.h"
 #include "kiln/io/json.h"
-#include "kiln/io/safetensors.h"
+#include "kiln/io/safetensors_source.h"
+#include "kiln/io/torch_bin.h"
 #include "kiln/models/family.h"
 
 namespace kiln {
 namespace fs = std::filesystem;
 
 namespace {
-// A SafetensorsSet seen as a TensorSource.
-class SafetensorsSource : public TensorSource {
- public:
-  SafetensorsSource(SafetensorsSet set, std::string folder)
-      : set_(std::move(set)), folder_(std::move(folder)) {}
-  std::vector<std::string> names() const override { return set_.names(); }
-  bool contains(const std::string& name) const override { return set_.contains(name); }
-  Tensor get(const std::string& name) const override { return set_.get(name); }
-  Shape shape_of(const std::string& name) const override { return set_.shape_of(name); }
-  DType dtype_of(const std::string& name) const override { return set_.dtype_of(name); }
-  std::string where() const override { return folder_; }
-  std::string file_of(const std::string& name) const override {
-    return set_.contains(name) ? set_.file_of(name) : folder_;
-  }
-
- private:
-  SafetensorsSet set_;
-  std::string folder_;
-};
-
 // Adds generation_config.json's eos ids (HF generate stops at any of them) to the spec's.
 void merge_generation_config(const fs::path& folder, ModelSpec& spec) {
   const fs::path path = folder / "generation_config.json";
@@ -41,6 +23,22 @@ void merge_generation_config(const fs::path& folder, ModelSpec& spec) {
     if (std::find(spec.eos_token_ids.begin(), spec.eos_token_ids.end(), id) ==
         spec.eos_token_ids.end())
       spec.eos_token_ids.push_back(id);
+}
+
+// The folder's weights: safetensors (single or sharded), else PyTorch .bin.
+std::unique_ptr<TensorSource> open_weights(const std::string& folder) {
+  if (SafetensorsSet::present_in(folder)) return std::make_unique<SafetensorsSource>(folder);
+  if (TorchBinSource::present_in(folder)) return std::make_unique<TorchBinSource>(folder);
+  throw Error(folder +
+              ": no weights (model.safetensors, model.safetensors.index.json, "
+              "pytorch_model.bin or pytorch_model.bin.index.json)");
+}
+
+// The file that holds `name`, for error messages (the source's folder when unknown).
+std::string file_of(const TensorSource& source, const std::string& name) {
+  if (const auto* safetensors = dynamic_cast<const SafetensorsSource*>(&source))
+    return safetensors->set().file_of(name);
+  return source.where();
 }
 }  // namespace
 
@@ -52,19 +50,17 @@ LoadedModel load_model(const std::string& path) {
   const Family& family = family_for(loaded.config);
   loaded.spec = spec_from_config(loaded.config);
   merge_generation_config(path, loaded.spec);
-  check(SafetensorsSet::present_in(path),
-        path + ": no model.safetensors or model.safetensors.index.json");
-  SafetensorsSource source(SafetensorsSet::open(path), path);
-  for (const WeightMapping& mapping : family.map_weights(loaded.spec, source)) {
+  const std::unique_ptr<TensorSource> source = open_weights(path);
+  for (const WeightMapping& mapping : family.map_weights(loaded.spec, *source)) {
     std::vector<Tensor> inputs;
     for (const std::string& hf_name : mapping.hf_names) {
-      check(source.contains(hf_name),
-            path + ": missing tensor '" + hf_name + "' (needed for '" + mapping.kiln_name + "')");
-      inputs.push_back(source.get(hf_name));
+      check(source->contains(hf_name), source->where() + ": missing tensor '" + hf_name +
+                                           "' (needed for '" + mapping.kiln_name + "')");
+      inputs.push_back(source->get(hf_name));
     }
     Tensor tensor = mapping.transform ? mapping.transform(inputs) : inputs.at(0);
     check(tensor.shape() == mapping.shape,
-          source.file_of(mapping.hf_names.at(0)) + ": tensor '" + mapping.hf_names.at(0) +
+          file_of(*source, mapping.hf_names.at(0)) + ": tensor '" + mapping.hf_names.at(0) +
               "' has shape " + tensor.shape_string() + ", expected " +
               shape_to_string(mapping.shape) + " (for '" + mapping.kiln_name + "')");
     loaded.weights[mapping.kiln_name] = std::move(tensor);

@@ -1,5 +1,5 @@
-// Loading a HuggingFace model folder: config.json -> family -> ModelSpec, and the
-// safetensors weights mapped to Kiln names (zero-copy views where no transform applies).
+// Loading a HuggingFace model folder: config.json -> family -> ModelSpec, and the weights
+// mapped to Kiln names (zero-copy views where no transform applies).
 #pragma once
 
 #include <string>
@@ -18,7 +18,8 @@ struct LoadedModel {
 };
 
 // Loads the folder `path`: its config.json (eos ids are completed from
-// generation_config.json when present) and model.safetensors or the sharded index. Throws
+// generation_config.json when present) and its weights: model.safetensors or the sharded
+// index, else pytorch_model.bin (single or sharded). Throws
 // Error naming the file and key or tensor: unknown architecture, missing required key,
 // missing tensor, wrong shape.
 LoadedModel load_model(const std::string& path);
