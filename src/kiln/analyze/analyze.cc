@@ -95,14 +95,29 @@ FeatureReport architecture_report(const Analysis& a, const FamilyResult& family,
   return r;
 }
 
-FeatureReport judge(const Feature& feature, const FamilyResult& family) {
+void collect_keys(const HfConfig& config, const std::string& prefix, Analysis* a) {
+  for (auto it = config.json().begin(); it != config.json().end(); ++it) {
+    const std::string& key = it.key();
+    if (config.keys_read().count(key)) continue;
+    if (is_irrelevant_key(key))
+      a->ignored_keys.push_back(prefix + key);
+    else
+      a->unknown_keys.push_back(prefix + key);
+  }
+}
+
+}  // namespace
+
+FeatureReport judge_feature(const Feature& feature,
+                            const std::map<std::string, std::string>* spec_values,
+                            const std::string& family) {
   FeatureReport r;
   r.feature = feature;
-  const bool has_spec = family.values.has_value();
+  const bool has_spec = spec_values != nullptr;
   std::optional<std::string> spec_value;
   if (has_spec) {
-    auto it = family.values->find(feature.id);
-    if (it != family.values->end()) spec_value = it->second;
+    auto it = spec_values->find(feature.id);
+    if (it != spec_values->end()) spec_value = it->second;
   }
   if (spec_value && !feature.checkable) r.feature.value = *spec_value;
 
@@ -117,7 +132,7 @@ FeatureReport judge(const Feature& feature, const FamilyResult& family) {
     }
   }
   if (!has_spec) return r;
-  const std::string family_file = "src/kiln/models/" + family.family->name() + ".cc";
+  const std::string family_file = "src/kiln/models/" + family + ".cc";
   if (spec_value && feature.checkable && *spec_value != feature.value) {
     r.supported = false;
     std::string keys;
@@ -126,7 +141,7 @@ FeatureReport judge(const Feature& feature, const FamilyResult& family) {
       keys += k;
     }
     append(&r.where, family_file + ": build_spec" + (keys.empty() ? "" : " (read " + keys + ")"));
-    append(&r.note, "family " + family.family->name() + " builds '" + *spec_value + "'");
+    append(&r.note, "family " + family + " builds '" + *spec_value + "'");
   } else if (!spec_value && !token.empty()) {
     r.supported = false;
     append(&r.where, "src/kiln/models/model_spec.h: a field for it, set in " + family_file +
@@ -135,19 +150,6 @@ FeatureReport judge(const Feature& feature, const FamilyResult& family) {
   }
   return r;
 }
-
-void collect_keys(const HfConfig& config, const std::string& prefix, Analysis* a) {
-  for (auto it = config.json().begin(); it != config.json().end(); ++it) {
-    const std::string& key = it.key();
-    if (config.keys_read().count(key)) continue;
-    if (is_irrelevant_key(key))
-      a->ignored_keys.push_back(prefix + key);
-    else
-      a->unknown_keys.push_back(prefix + key);
-  }
-}
-
-}  // namespace
 
 Analysis analyze_config(const std::string& path) {
   Analysis a;
@@ -195,7 +197,8 @@ Analysis analyze_config(const std::string& path) {
   FamilyResult family = build_with_family(outer, text, wrapper);
   if (family.family && family.error.empty()) a.family = family.family->name();
   a.features.push_back(architecture_report(a, family, wrapper));
-  for (const Feature& f : features) a.features.push_back(judge(f, family));
+  const auto* spec_values = family.values ? &*family.values : nullptr;
+  for (const Feature& f : features) a.features.push_back(judge_feature(f, spec_values, a.family));
 
   collect_keys(outer, "", &a);
   if (wrapper) collect_keys(text, "text_config.", &a);

@@ -5,6 +5,7 @@
 // config's value?) and the capabilities that layers declare (models/capabilities.h).
 #pragma once
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -46,6 +47,14 @@ struct Analysis {
   // A markdown report: a summary line, the feature table, the key lists and the verdict.
   std::string to_markdown() const;
 };
+
+// Judges one detected feature: supported when the capability it needs is declared
+// (models/capabilities.h) and, when `spec_values` is given (spec_feature_values() of the
+// ModelSpec that family `family` built), the spec states the same value. A missing feature
+// gets `where` (the layer, op or family file to change) and `note` (why).
+FeatureReport judge_feature(const Feature& feature,
+                            const std::map<std::string, std::string>* spec_values,
+                            const std::string& family);
 
 // Analyzes `path`, a model folder with config.json or a config.json file. Throws Error naming
 // the file for a missing or malformed config (an unknown architecture is not an error: it is

@@ -224,6 +224,45 @@ TEST(Analyze, DetectorAndSpecReaderAgreeOnLlama) {
   EXPECT_GE(compared, 20);
 }
 
+// The family cross-check: a family whose ModelSpec drops a setting the config states is
+// reported at its build_spec; a feature ModelSpec cannot express is reported at model_spec.h;
+// a value the config leaves open takes the family's.
+TEST(Analyze, FamilyThatDropsASettingIsReported) {
+  Json json = llama_config();
+  json["attention_bias"] = true;
+  HfConfig config = HfConfig::from_json(json, "config.json");
+  ModelSpec spec;
+  spec.hidden_size = 4096;
+  LayerSpec layer;
+  layer.attention.num_heads = layer.attention.num_kv_heads = 32;
+  layer.attention.head_dim = 128;
+  spec.layers.assign(32, layer);
+  const auto values = spec_feature_values(spec);
+  bool found = false;
+  for (const Feature& f : detect_features(config)) {
+    if (f.id != "attention.bias") continue;
+    found = true;
+    EXPECT_EQ(f.value, "q,k,v,o");
+    FeatureReport r = judge_feature(f, &values, "testfamily");
+    EXPECT_FALSE(r.supported);
+    EXPECT_NE(r.where.find("src/kiln/models/testfamily.cc: build_spec (read attention_bias)"),
+              std::string::npos)
+        << r.where;
+    EXPECT_NE(r.note.find("family testfamily builds 'none'"), std::string::npos) << r.note;
+  }
+  EXPECT_TRUE(found);
+
+  Feature sinks{"attention.sinks", "learned per-head sink logits", FeatureKind::kSwitch, {}, true};
+  FeatureReport r = judge_feature(sinks, &values, "testfamily");
+  EXPECT_FALSE(r.supported);
+  EXPECT_NE(r.where.find("src/kiln/models/model_spec.h"), std::string::npos) << r.where;
+  EXPECT_NE(r.note.find("ModelSpec cannot express it"), std::string::npos) << r.note;
+
+  Feature pairing{"rope.pairing", "interleaved", FeatureKind::kChoice, {}, false};
+  EXPECT_EQ(judge_feature(pairing, &values, "testfamily").feature.value, "half_split");
+  EXPECT_EQ(judge_feature(pairing, nullptr, "").feature.value, "interleaved");
+}
+
 // A fixture model that Kiln converts and verifies (a folder under tests/data/hf/ with weights
 // and reference activations) must be reported fully supported once a family builds it:
 // otherwise a capability declaration or a ModelSpec field is missing.
@@ -241,7 +280,9 @@ TEST(Analyze, EveryVerifiedFixtureWithAFamilyIsSupported) {
       ++with_family;
       for (const auto& r : a.features)
         EXPECT_TRUE(r.supported) << dir.filename() << ": " << r.feature.id << " = "
-                                 << r.feature.value << ": " << r.note << " (" << r.where << ")";
+                                 << r.feature.value << ": " << r.note << " (" << r.where
+                                 << "); declare what the layers compute beside their code, "
+                                    "see docs/analyze.md";
       EXPECT_TRUE(a.unknown_keys.empty())
           << dir.filename() << ": keys not understood: " << Json(a.unknown_keys).dump();
     }
