@@ -5,12 +5,24 @@
 #include <vector>
 
 #include "kiln/core/error.h"
+#include "kiln/models/capabilities.h"
 #include "kiln/models/weight_names.h"
 #include "kiln/ops/attention.h"
 #include "kiln/ops/rope.h"
 #include "kiln/ops/rope_frequencies.h"
 
 namespace kiln {
+
+// What the Attention layer computes (`kiln analyze` reports these supported): grouped KV
+// heads, projection biases, per-head QK-norm, a custom softmax scale, and each layer's own
+// RoPE settings.
+KILN_CAPABILITY("attention.kind", "mha");
+KILN_CAPABILITY("attention.kind", "gqa");
+KILN_CAPABILITY("attention.kind", "mqa");
+KILN_CAPABILITY("attention.bias", "yes");
+KILN_CAPABILITY("attention.qk_norm", "per_head");
+KILN_CAPABILITY("attention.scale", "yes");
+KILN_CAPABILITY("rope.local", "yes");
 
 namespace {
 NormSpec qk_norm_spec(const AttentionSpec& spec) {

@@ -1,9 +1,13 @@
 #include "kiln/layers/decoder_layer.h"
 
 #include "kiln/core/error.h"
+#include "kiln/models/capabilities.h"
 #include "kiln/models/weight_names.h"
 
 namespace kiln {
+
+// The block layouts DecoderLayer computes (`kiln analyze` reports these supported).
+KILN_CAPABILITY("norm.placement", "pre");
 
 DecoderLayer::DecoderLayer(const LayerSpec& spec, int64_t index, int64_t hidden,
                            const WeightMap& weights)

@@ -2,10 +2,16 @@
 
 #include <vector>
 
+#include "kiln/models/capabilities.h"
 #include "kiln/models/weight_names.h"
 #include "kiln/ops/activation.h"
 
 namespace kiln {
+
+// What the Mlp layer computes (`kiln analyze` reports these supported).
+KILN_CAPABILITY("mlp.kind", "gated");
+KILN_CAPABILITY("mlp.kind", "plain");
+KILN_CAPABILITY("mlp.bias", "yes");
 
 Mlp::Mlp(const MlpSpec& spec, int64_t hidden, const WeightMap& weights, const std::string& module)
     : spec_(spec) {

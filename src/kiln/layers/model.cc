@@ -3,10 +3,14 @@
 #include <cstring>
 
 #include "kiln/core/error.h"
+#include "kiln/models/capabilities.h"
 #include "kiln/models/weight_names.h"
 #include "kiln/ops/embedding.h"
 
 namespace kiln {
+
+// What the model's embedding and output compute (`kiln analyze` reports these supported).
+KILN_CAPABILITY("embedding.scale", "yes");
 
 namespace {
 // Rejects model-level features the forward pass does not implement yet.

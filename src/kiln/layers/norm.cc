@@ -2,10 +2,18 @@
 
 #include <algorithm>
 
+#include "kiln/models/capabilities.h"
 #include "kiln/models/weight_names.h"
 #include "kiln/ops/norm.h"
 
 namespace kiln {
+
+// The norm kinds the Norm layer computes (`kiln analyze` reports these supported).
+KILN_CAPABILITY("norm.kind", "rms");
+KILN_CAPABILITY("norm.kind", "rms_one_plus");
+KILN_CAPABILITY("norm.kind", "layernorm");
+KILN_CAPABILITY("norm.kind", "layernorm_no_bias");
+KILN_CAPABILITY("norm.kind", "non_parametric");
 
 Norm::Norm(const NormSpec& spec, const WeightMap& weights, const std::string& module, int64_t dim)
     : spec_(spec), dim_(dim) {

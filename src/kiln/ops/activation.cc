@@ -3,7 +3,16 @@
 
 #include <cmath>
 
+#include "kiln/models/capabilities.h"
+
 namespace kiln::ops {
+
+// The activations computed here (`kiln analyze` reports these supported).
+KILN_CAPABILITY("mlp.activation", "silu");
+KILN_CAPABILITY("mlp.activation", "gelu");
+KILN_CAPABILITY("mlp.activation", "gelu_tanh");
+KILN_CAPABILITY("mlp.activation", "relu");
+KILN_CAPABILITY("mlp.activation", "relu_squared");
 
 float activate(Activation activation, float x) {
   switch (activation) {

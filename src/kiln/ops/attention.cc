@@ -6,9 +6,14 @@
 #include <vector>
 
 #include "kiln/core/error.h"
+#include "kiln/models/capabilities.h"
 #include "kiln/ops/softmax.h"
 
 namespace kiln::ops {
+
+// What causal_attention computes (`kiln analyze` reports these supported).
+KILN_CAPABILITY("attention.sliding_window", "yes");
+KILN_CAPABILITY("attention.softcap", "yes");
 
 void causal_attention(const float* q, const float* k_cache, const float* v_cache, float* out,
                       const AttentionShape& s) {

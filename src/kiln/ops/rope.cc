@@ -4,7 +4,16 @@
 #include <cmath>
 #include <vector>
 
+#include "kiln/models/capabilities.h"
+
 namespace kiln::ops {
+
+// What apply_rope computes (`kiln analyze` reports these supported).
+KILN_CAPABILITY("embedding.positions", "rope");
+KILN_CAPABILITY("rope.fraction", "full");
+KILN_CAPABILITY("rope.fraction", "partial");
+KILN_CAPABILITY("rope.pairing", "half_split");
+KILN_CAPABILITY("rope.pairing", "interleaved");
 
 void apply_rope(float* x, const int64_t* positions, int64_t tokens, int64_t heads, int64_t head_dim,
                 int64_t rotary_dim, const float* inv_freq, float attention_scaling,
