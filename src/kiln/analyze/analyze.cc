@@ -98,10 +98,9 @@ FeatureReport architecture_report(const Analysis& a, const FamilyResult& family,
 void collect_keys(const HfConfig& config, const std::string& prefix, Analysis* a) {
   for (auto it = config.json().begin(); it != config.json().end(); ++it) {
     const std::string& key = it.key();
-    if (config.keys_read().count(key)) continue;
     if (is_irrelevant_key(key))
       a->ignored_keys.push_back(prefix + key);
-    else
+    else if (!config.keys_read().count(key))
       a->unknown_keys.push_back(prefix + key);
   }
 }

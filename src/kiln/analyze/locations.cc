@@ -8,10 +8,11 @@ std::string feature_location(const std::string& id, const std::string& value) {
   if (id == "multimodal")
     return "src/kiln/models/: a vision encoder and the multimodal wrapper (Kiln runs the text "
            "model only)";
-  if (id == "embedding.scale") return "src/kiln/layers/embedding.cc: embedding scale";
+  if (id == "embedding.scale") return "src/kiln/layers/model.cc: embedding scale";
   if (id == "embedding.positions") {
     if (word == "alibi") return "src/kiln/ops/attention.cc: ALiBi position biases";
-    if (word == "learned") return "src/kiln/layers/embedding.cc: learned position embeddings";
+    if (word == "learned")
+      return "src/kiln/layers/model.cc: learned position embeddings (src/kiln/ops/embedding.cc)";
     return "src/kiln/ops/rope.cc: rotary position embeddings";
   }
   if (id == "attention.kind" && word == "mla")
@@ -59,9 +60,9 @@ std::string feature_location(const std::string& id, const std::string& value) {
   if (id == "moe.dense_layers")
     return "src/kiln/layers/decoder_layer.cc: dense and MoE layers in one model";
   if (starts("moe")) return "src/kiln/layers/moe.cc";
-  if (id == "logits.softcap") return "src/kiln/models/model.cc: final logit soft-cap";
-  if (id == "logits.scale") return "src/kiln/models/model.cc: logit scale";
-  if (id == "logits.bias") return "src/kiln/models/model.cc: lm_head bias";
+  if (id == "logits.softcap") return "src/kiln/layers/model.cc: final logit soft-cap";
+  if (id == "logits.scale") return "src/kiln/layers/model.cc: logit scale";
+  if (id == "logits.bias") return "src/kiln/layers/model.cc: lm_head bias";
   if (id == "quantization")
     return "src/kiln/convert/: dequantize " + word + " weights on load (src/kiln/core/dtype.cc)";
   return "src/kiln/";
