@@ -199,8 +199,15 @@ RopeFrequencies rope_frequencies(const RopeSpec& rope, int64_t head_dim, int64_t
   throw Error("rope: unknown RoPE type");
 }
 
-bool rope_depends_on_length(const RopeSpec& rope) {
-  return rope.type == RopeType::kDynamic || rope.type == RopeType::kLongRope;
+int64_t rope_frequency_key(const RopeSpec& rope, int64_t sequence_length) {
+  switch (rope.type) {
+    case RopeType::kDynamic:
+      return std::max(sequence_length, rope.max_position);
+    case RopeType::kLongRope:
+      return sequence_length > rope.original_max_position ? 1 : 0;
+    default:
+      return 0;
+  }
 }
 
 }  // namespace kiln::ops

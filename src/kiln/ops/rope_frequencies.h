@@ -36,9 +36,11 @@ struct RopeFrequencies {
 // the wrong length, non-positive factors or lengths).
 RopeFrequencies rope_frequencies(const RopeSpec& rope, int64_t head_dim, int64_t sequence_length);
 
-// True when rope_frequencies() changes with sequence_length (dynamic NTK, LongRoPE): keys
-// rotated for a shorter sequence are then rotated differently from what a full
-// recomputation of the longer sequence gives.
-bool rope_depends_on_length(const RopeSpec& rope);
+// A key such that rope_frequencies(rope, d, n1) and rope_frequencies(rope, d, n2) are
+// identical exactly when the keys of n1 and n2 are equal: 0 for types that ignore the
+// length, max(n, max_position) for dynamic NTK, and whether n exceeds original_max_position
+// for LongRoPE. Keys rotated for one sequence length are stale once the key changes (a full
+// recomputation of the longer sequence rotates them differently).
+int64_t rope_frequency_key(const RopeSpec& rope, int64_t sequence_length);
 
 }  // namespace kiln::ops

@@ -68,8 +68,11 @@ TEST(RopeFrequencies, DynamicGrowsThetaOnlyBeyondMaxPosition) {
   const double grown = 10000.0 * std::pow(2.0 * 20 / 16 - 1.0, 16.0 / 14.0);
   expect_close(rope_frequencies(rope, 16, 20).inv_freq, default_inv_freq(grown, 16),
                "dynamic at 20");
-  EXPECT_TRUE(rope_depends_on_length(rope));
-  EXPECT_FALSE(rope_depends_on_length(spec_of(RopeType::kYarn)));
+  EXPECT_EQ(rope_frequency_key(rope, 3), rope_frequency_key(rope, 16));
+  EXPECT_NE(rope_frequency_key(rope, 16), rope_frequency_key(rope, 17));
+  EXPECT_NE(rope_frequency_key(rope, 17), rope_frequency_key(rope, 18));
+  EXPECT_EQ(rope_frequency_key(spec_of(RopeType::kYarn), 5),
+            rope_frequency_key(spec_of(RopeType::kYarn), 5000));
 }
 
 TEST(RopeFrequencies, YarnRampsBetweenExtrapolationAndInterpolation) {
@@ -159,6 +162,9 @@ TEST(RopeFrequencies, LongRopeChoosesFactorsByLength) {
   expect_close(f.inv_freq, short_expected, "longrope short");
   EXPECT_NEAR(f.attention_scaling, std::sqrt(2.0), 1e-7);  // 1 + ln 16 / ln 16
   expect_close(rope_frequencies(rope, 16, 17).inv_freq, long_expected, "longrope long");
+  EXPECT_EQ(rope_frequency_key(rope, 1), rope_frequency_key(rope, 16));
+  EXPECT_NE(rope_frequency_key(rope, 16), rope_frequency_key(rope, 17));
+  EXPECT_EQ(rope_frequency_key(rope, 17), rope_frequency_key(rope, 1000));
   rope.long_factor.pop_back();
   EXPECT_THROW(rope_frequencies(rope, 16, 17), Error);
 }
