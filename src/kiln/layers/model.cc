@@ -6,6 +6,7 @@
 #include "kiln/models/capabilities.h"
 #include "kiln/models/weight_names.h"
 #include "kiln/ops/embedding.h"
+#include "kiln/ops/rope_frequencies.h"
 
 namespace kiln {
 
@@ -50,7 +51,9 @@ Tensor Model::forward(const int32_t* tokens, int64_t batch, int64_t tokens_per_r
   check(start + T <= cache.capacity(), "forward: " + std::to_string(start + T) +
                                            " positions exceed the KV cache capacity of " +
                                            std::to_string(cache.capacity()));
+  if (start > 0 && rope_changes(start, start + T)) return recompute(tokens, T, cache, options);
   const ActivationObserver* observer = options.observer;
+  cache.remember_tokens(tokens, T);
 
   Tensor x = Tensor::zeros(DType::F32, {batch, T, hidden});  // [B, T, hidden] residual stream
   float* x_data = x.mutable_data<float>();
@@ -78,6 +81,32 @@ Tensor Model::forward(const int32_t* tokens, int64_t batch, int64_t tokens_per_r
   }
   if (observer) (*observer)(names::lm_head(), logits);
   return logits;
+}
+
+bool Model::rope_changes(int64_t cached_length, int64_t new_length) const {
+  for (const LayerSpec& layer : spec_.layers) {
+    const RopeSpec& rope = layer.attention.rope;
+    if (rope.type != RopeType::kNone &&
+        ops::rope_frequency_key(rope, cached_length) != ops::rope_frequency_key(rope, new_length))
+      return true;
+  }
+  return false;
+}
+
+Tensor Model::recompute(const int32_t* tokens, int64_t tokens_per_row, KvCache& cache,
+                        const ForwardOptions& options) const {
+  const int64_t batch = cache.batch(), T = tokens_per_row, vocab = spec_.vocab_size;
+  const int64_t length = cache.length() + T;
+  const std::vector<int32_t> all = cache.tokens_with(tokens, T);  // [B, length]
+  cache.clear();
+  const Tensor logits = forward(all.data(), batch, length, cache, options);
+  if (options.last_position_only) return logits;              // [B, 1, V]
+  Tensor out = Tensor::zeros(DType::F32, {batch, T, vocab});  // [B, T, V]: the new positions
+  for (int64_t b = 0; b < batch; ++b)
+    std::memcpy(out.mutable_data<float>() + b * T * vocab,
+                logits.data<float>() + (b * length + length - T) * vocab,
+                sizeof(float) * T * vocab);
+  return out;
 }
 
 }  // namespace kiln

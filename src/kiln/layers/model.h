@@ -31,7 +31,10 @@ class Model {
   Model(ModelSpec spec, const WeightMap& weights);
 
   // Runs B rows of T new tokens each. Positions continue from cache.length() (0 for a
-  // prefill); the cache receives their keys/values and advances by T.
+  // prefill); the cache receives their keys/values and advances by T. When the new length
+  // changes a layer's RoPE frequencies (dynamic NTK, LongRoPE; see docs/rope.md), the
+  // cached positions are recomputed from their token ids first, so that the result equals
+  // a forward pass over the whole sequence.
   //   tokens: [B, T] token ids
   //   returns logits [B, T, V] f32 ([B, 1, V] with last_position_only)
   Tensor forward(const int32_t* tokens, int64_t batch, int64_t tokens_per_row, KvCache& cache,
@@ -44,6 +47,13 @@ class Model {
   const DecoderLayer& layer(int64_t index) const { return layers_.at(index); }
 
  private:
+  // True when some layer's RoPE frequencies differ between the two sequence lengths.
+  bool rope_changes(int64_t cached_length, int64_t new_length) const;
+  // forward() over the cached tokens followed by `tokens`, from an emptied cache; returns
+  // the logits of the new positions only.
+  Tensor recompute(const int32_t* tokens, int64_t tokens_per_row, KvCache& cache,
+                   const ForwardOptions& options) const;
+
   ModelSpec spec_;
   Tensor embedding_;  // [V, hidden] in its stored dtype
   std::vector<DecoderLayer> layers_;

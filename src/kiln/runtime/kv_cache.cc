@@ -1,5 +1,6 @@
 #include "kiln/runtime/kv_cache.h"
 
+#include <algorithm>
 #include <string>
 
 #include "kiln/core/error.h"
@@ -9,6 +10,7 @@ namespace kiln {
 KvCache::KvCache(const ModelSpec& spec, int64_t batch, int64_t capacity)
     : batch_(batch), capacity_(capacity) {
   check(batch > 0 && capacity > 0, "KV cache: batch and capacity must be positive");
+  token_ids_.assign(static_cast<size_t>(batch * capacity), 0);
   for (const LayerSpec& layer : spec.layers) {
     const AttentionSpec& a = layer.attention;
     const int64_t value_dim = a.value_head_dim > 0 ? a.value_head_dim : a.head_dim;
@@ -22,6 +24,26 @@ void KvCache::advance(int64_t tokens) {
                                            " positions exceed its capacity of " +
                                            std::to_string(capacity_));
   length_ += tokens;
+}
+
+void KvCache::remember_tokens(const int32_t* ids, int64_t tokens_per_row) {
+  check(length_ + tokens_per_row <= capacity_,
+        "KV cache: " + std::to_string(length_ + tokens_per_row) +
+            " positions exceed its capacity of " + std::to_string(capacity_));
+  for (int64_t b = 0; b < batch_; ++b)
+    std::copy(ids + b * tokens_per_row, ids + (b + 1) * tokens_per_row,
+              token_ids_.begin() + b * capacity_ + length_);
+}
+
+std::vector<int32_t> KvCache::tokens_with(const int32_t* next, int64_t next_per_row) const {
+  std::vector<int32_t> out;  // [B, length + next_per_row]
+  out.reserve(static_cast<size_t>(batch_ * (length_ + next_per_row)));
+  for (int64_t b = 0; b < batch_; ++b) {
+    out.insert(out.end(), token_ids_.begin() + b * capacity_,
+               token_ids_.begin() + b * capacity_ + length_);
+    out.insert(out.end(), next + b * next_per_row, next + (b + 1) * next_per_row);
+  }
+  return out;
 }
 
 }  // namespace kiln

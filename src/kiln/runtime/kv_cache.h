@@ -31,11 +31,20 @@ class KvCache {
   // Forgets every position (keeps the memory).
   void clear() { length_ = 0; }
 
+  // The token ids at positions [length, length + tokens_per_row) of every row, remembered
+  // so that a model can recompute the cached positions (length-dependent RoPE).
+  //   ids: [B, tokens_per_row]
+  void remember_tokens(const int32_t* ids, int64_t tokens_per_row);
+  // The token ids of positions [0, length) followed by `next` ([B, next_per_row]):
+  // [B, length + next_per_row].
+  std::vector<int32_t> tokens_with(const int32_t* next, int64_t next_per_row) const;
+
  private:
   int64_t batch_;
   int64_t capacity_;
   int64_t length_ = 0;
   std::vector<LayerKvCache> layers_;
+  std::vector<int32_t> token_ids_;  // [B, capacity]
 };
 
 }  // namespace kiln
