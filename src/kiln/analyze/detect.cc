@@ -428,8 +428,8 @@ class Detector {
       std::string letters;
       for (bool n : no_rope_) letters += n ? 'N' : 'R';
       add("rope.skipped_layers",
-          std::to_string(nope) + " of " + std::to_string(layers_) + " layers, repeating " +
-              repeating_unit(letters),
+          std::to_string(nope) + " of " + std::to_string(layers_) + " layers, " +
+              layer_pattern(letters),
           FeatureKind::kSwitch, {"no_rope_layers"});
     }
   }

@@ -52,13 +52,13 @@ std::string attention_scale_value(double scale, int64_t head_dim) {
   return format_number(scale);
 }
 
-std::string repeating_unit(const std::string& letters) {
-  for (size_t p = 1; p <= letters.size(); ++p) {
+std::string layer_pattern(const std::string& letters) {
+  for (size_t p = 1; 2 * p <= letters.size(); ++p) {
     bool periodic = true;
     for (size_t i = p; i < letters.size() && periodic; ++i) periodic = letters[i] == letters[i % p];
-    if (periodic) return letters.substr(0, p);
+    if (periodic) return "repeating " + letters.substr(0, p);
   }
-  return letters;
+  return "pattern " + letters;
 }
 
 std::string windows_value(const std::vector<int64_t>& windows) {
@@ -77,8 +77,8 @@ std::string windows_value(const std::vector<int64_t>& windows) {
   size_t sliding = static_cast<size_t>(std::count(letters.begin(), letters.end(), 'S'));
   std::string n = std::to_string(windows.size());
   if (sliding == windows.size()) return "window " + window + " on all " + n + " layers";
-  return "window " + window + " on " + std::to_string(sliding) + " of " + n +
-         " layers, repeating " + repeating_unit(letters);
+  return "window " + window + " on " + std::to_string(sliding) + " of " + n + " layers, " +
+         layer_pattern(letters);
 }
 
 std::string dense_layers_value(const std::vector<bool>& is_moe) {
@@ -90,7 +90,7 @@ std::string dense_layers_value(const std::vector<bool>& is_moe) {
   if (letters.find('M') == std::string::npos) return "all " + n + " layers";
   if (letters.find_last_of('D') + 1 == dense)
     return "first " + std::to_string(dense) + " of " + n + " layers";
-  return std::to_string(dense) + " of " + n + " layers, repeating " + repeating_unit(letters);
+  return std::to_string(dense) + " of " + n + " layers, " + layer_pattern(letters);
 }
 
 std::string rotary_fraction_value(int64_t rotary_dim, int64_t head_dim) {

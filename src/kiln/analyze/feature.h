@@ -42,7 +42,7 @@ std::string heads_value(int64_t heads, int64_t kv_heads, int64_t head_dim);
 // "none" when `scale` is 1/sqrt(head_dim) (or 0), "1/sqrt(168)" for such a value, else the number.
 std::string attention_scale_value(double scale, int64_t head_dim);
 // Per-layer windows (0 = full attention): "none", "window 4096 on all 32 layers" or
-// "window 512 on 22 of 26 layers, repeating SSSSSF" (S sliding, F full).
+// "window 512 on 22 of 26 layers, repeating SSSSSF" (S sliding, F full; see layer_pattern).
 std::string windows_value(const std::vector<int64_t>& windows);
 // Per-layer MoE flags: "none" when every layer is MoE, "first 3 of 61 layers" when the
 // dense layers lead, else "11 of 24 layers, repeating DM" (D dense, M MoE).
@@ -59,7 +59,8 @@ std::string router_value(RouterKind router);
 std::string list_value(size_t count);
 // "1 shared expert, intermediate 2048" / "2 shared experts, intermediate 2816".
 std::string shared_experts_value(int64_t count, int64_t intermediate);
-// The shortest prefix that, repeated, gives `letters` ("SSSSSF" for "SSSSSFSSSSSF").
-std::string repeating_unit(const std::string& letters);
+// One letter per layer, described: "repeating SSSSSF" when a unit repeats at least twice
+// (the last repetition may be cut short), else "pattern SFFFSF".
+std::string layer_pattern(const std::string& letters);
 
 }  // namespace kiln::analyze
