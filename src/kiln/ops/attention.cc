@@ -1,4 +1,5 @@
-// Reference attention: scores, softmax and the weighted sum per (row, head, query).
+// The attention front (checks, then the active kernel set) and its reference kernel:
+// scores, softmax and the weighted sum per (row, head, query).
 #include "kiln/ops/attention.h"
 
 #include <algorithm>
@@ -7,6 +8,7 @@
 
 #include "kiln/core/error.h"
 #include "kiln/models/capabilities.h"
+#include "kiln/ops/kernels.h"
 #include "kiln/ops/softmax.h"
 
 namespace kiln::ops {
@@ -15,12 +17,24 @@ namespace kiln::ops {
 KILN_CAPABILITY("attention.sliding_window", "yes");
 KILN_CAPABILITY("attention.softcap", "yes");
 
-void causal_attention(const float* q, const float* k_cache, const float* v_cache, float* out,
-                      const AttentionShape& s) {
+namespace {
+void check_shape(const AttentionShape& s) {
   check(s.kv_heads > 0 && s.heads % s.kv_heads == 0,
         "attention: query heads must be a multiple of KV heads");
   check(s.start + s.tokens <= s.cache_len && s.cache_len <= s.cache_max,
         "attention: queries reach past the filled cache");
+}
+}  // namespace
+
+void causal_attention(const float* q, const float* k_cache, const float* v_cache, float* out,
+                      const AttentionShape& s) {
+  check_shape(s);
+  active_kernels().attention(q, k_cache, v_cache, out, s);
+}
+
+void causal_attention_reference(const float* q, const float* k_cache, const float* v_cache,
+                                float* out, const AttentionShape& s) {
+  check_shape(s);
   const int64_t group = s.heads / s.kv_heads;
 #pragma omp parallel
   {

@@ -29,7 +29,13 @@ struct AttentionShape {
 //   k_cache: [B, cache_max, Hkv, D]   (rows [0, cache_len) filled)
 //   v_cache: [B, cache_max, Hkv, Dv]
 //   out:     [B, T, Hq, Dv]
+// Runs the active kernel set (ops/kernels.h): the fast kernels visit keys in blocks with an
+// online softmax and never store a [T, S] score matrix. Throws Error for inconsistent shapes.
 void causal_attention(const float* q, const float* k_cache, const float* v_cache, float* out,
                       const AttentionShape& shape);
+
+// The reference kernel of causal_attention(): full scores, softmax, weighted sum.
+void causal_attention_reference(const float* q, const float* k_cache, const float* v_cache,
+                                float* out, const AttentionShape& shape);
 
 }  // namespace kiln::ops

@@ -1,4 +1,5 @@
-// Reference linear kernel: one weight row at a time, converted to f32 in a per-thread buffer.
+// The linear front (checks, then the active kernel set) and its reference kernel: one
+// weight row at a time, converted to f32 in a per-thread buffer.
 #include "kiln/ops/linear.h"
 
 #include <string>
@@ -6,13 +7,26 @@
 
 #include "kiln/core/error.h"
 #include "kiln/core/tensor.h"
+#include "kiln/ops/kernels.h"
 
 namespace kiln::ops {
 
-void linear(const float* x, const void* weight, DType weight_dtype, const float* bias, float* y,
-            int64_t rows, int64_t in, int64_t out) {
+namespace {
+void check_weight_dtype(DType weight_dtype) {
   check(weight_dtype == DType::F32 || weight_dtype == DType::BF16 || weight_dtype == DType::F16,
         "linear: unsupported weight dtype " + std::string(dtype_name(weight_dtype)));
+}
+}  // namespace
+
+void linear(const float* x, const void* weight, DType weight_dtype, const float* bias, float* y,
+            int64_t rows, int64_t in, int64_t out) {
+  check_weight_dtype(weight_dtype);
+  active_kernels().linear(x, weight, weight_dtype, bias, y, rows, in, out);
+}
+
+void linear_reference(const float* x, const void* weight, DType weight_dtype, const float* bias,
+                      float* y, int64_t rows, int64_t in, int64_t out) {
+  check_weight_dtype(weight_dtype);
   const auto* w_bytes = static_cast<const std::byte*>(weight);
   const size_t row_bytes = static_cast<size_t>(in) * dtype_size(weight_dtype);
 #pragma omp parallel
@@ -39,3 +53,10 @@ void linear(const float* x, const void* weight, DType weight_dtype, const float*
 }
 
 }  // namespace kiln::ops
+
+namespace kiln::ops::cpu {
+const KernelTable& reference_table() {
+  static const KernelTable table{"reference", &linear_reference, &causal_attention_reference};
+  return table;
+}
+}  // namespace kiln::ops::cpu

@@ -9,12 +9,18 @@ namespace kiln::ops {
 
 // y[n, o] = sum_i x[n, i] * W[o, i] + bias[o], for n < rows.
 //   x:      [rows, in]  f32
-//   weight: [out, in]   in `weight_dtype` (F32, BF16 or F16); each row is converted to f32
-//                       on the fly, never as a whole copy
+//   weight: [out, in]   in `weight_dtype` (F32, BF16 or F16), read in place (never copied
+//                       or converted as a whole)
 //   bias:   [out]       f32, or nullptr
 //   y:      [rows, out] f32 (must not alias x)
-// Parallel over output rows (OpenMP). Throws Error for other weight dtypes.
+// Runs the active kernel set (ops/kernels.h), on all OpenMP threads. With bf16 weights and
+// at least 16 rows the AVX-512 kernel rounds x to bf16 (as a bf16 model computes); the
+// other paths keep x in f32. Throws Error for other weight dtypes.
 void linear(const float* x, const void* weight, DType weight_dtype, const float* bias, float* y,
             int64_t rows, int64_t in, int64_t out);
+
+// The reference kernel of linear(): plain loops, one weight row converted to f32 at a time.
+void linear_reference(const float* x, const void* weight, DType weight_dtype, const float* bias,
+                      float* y, int64_t rows, int64_t in, int64_t out);
 
 }  // namespace kiln::ops

@@ -1,0 +1,42 @@
+// AVX2 + FMA + F16C kernels (8 f32 lanes): GEMVs widen bf16/f16 weights to f32; the GEMM
+// converts each tile of bf16/f16 weight rows to f32 and multiplies in f32. Built with the
+// AVX2 flags set in CMakeLists.txt; called only after ops/kernels.cc has checked the CPU.
+#include <omp.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "kiln/core/tensor.h"
+#include "kiln/ops/cpu/kernel_table.h"
+#include "kiln/ops/cpu/scratch.h"
+#include "kiln/ops/cpu/simd_avx2.h"
+
+namespace kiln::ops::cpu::avx2 {
+namespace {
+
+using S = Avx2;
+#include "kiln/ops/cpu/linear_kernels.inc"
+// (after linear_kernels.inc: uses its Vec and kLanes)
+#include "kiln/ops/cpu/attention_kernels.inc"
+
+void linear(const float* x, const void* weight, DType dtype, const float* bias, float* y,
+            int64_t rows, int64_t in, int64_t out) {
+  switch (dtype) {
+    case DType::F32:
+      return gemv_or_gemm_f32<DType::F32>(x, weight, bias, y, rows, in, out);
+    case DType::F16:
+      return gemv_or_gemm_f32<DType::F16>(x, weight, bias, y, rows, in, out);
+    default:
+      return gemv_or_gemm_f32<DType::BF16>(x, weight, bias, y, rows, in, out);
+  }
+}
+
+}  // namespace
+}  // namespace kiln::ops::cpu::avx2
+
+namespace kiln::ops::cpu {
+const KernelTable& avx2_table() {
+  static const KernelTable table{"avx2", &avx2::linear, &avx2::attention};
+  return table;
+}
+}  // namespace kiln::ops::cpu

@@ -1,0 +1,79 @@
+// AVX-512 vector helpers (16 f32 lanes) for the kernel templates in linear_kernels.inc and
+// attention_kernels.inc. Include only from a file compiled with -mavx512f -mavx512bw
+// -mavx512vl -mavx512bf16 -mfma -mf16c (cpu/avx512.cc).
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace kiln::ops::cpu {
+
+struct Avx512 {
+  using Vec = __m512;
+  static constexpr int kLanes = 16;
+  // Register tile of the f32 GEMM micro-kernel: kRows weight rows x kVecs vectors of tokens.
+  static constexpr int kGemmRows = 6;
+  static constexpr int kGemmVecs = 4;
+
+  static Vec zero() { return _mm512_setzero_ps(); }
+  static Vec set1(float v) { return _mm512_set1_ps(v); }
+  static Vec load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+  static __mmask16 first_lanes(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
+  // The first n lanes of p (n < kLanes), zeros after.
+  static Vec load_partial(const float* p, int n) {
+    return _mm512_maskz_loadu_ps(first_lanes(n), p);
+  }
+  static void store_partial(float* p, Vec v, int n) { _mm512_mask_storeu_ps(p, first_lanes(n), v); }
+  static Vec fmadd(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+  static Vec add(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+  static Vec sub(Vec a, Vec b) { return _mm512_sub_ps(a, b); }
+  static Vec mul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
+  static Vec max(Vec a, Vec b) { return _mm512_max_ps(a, b); }
+  static float reduce_add(Vec v) { return _mm512_reduce_add_ps(v); }
+  static float reduce_max(Vec v) { return _mm512_reduce_max_ps(v); }
+  // Lanes outside [begin, end) replaced by `fill`.
+  static Vec keep_lanes(Vec v, int begin, int end, float fill) {
+    const __mmask16 keep = static_cast<__mmask16>(first_lanes(end) & ~first_lanes(begin));
+    return _mm512_mask_blend_ps(keep, _mm512_set1_ps(fill), v);
+  }
+
+  // bf16 / f16 -> f32 widening loads of kLanes (or the first n) elements.
+  static Vec load_bf16(const uint16_t* p) {
+    const __m512i wide =
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+  }
+  static Vec load_bf16_partial(const uint16_t* p, int n) {
+    const __m256i half = _mm256_maskz_loadu_epi16(first_lanes(n), p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+  }
+  static Vec load_f16(const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static Vec load_f16_partial(const uint16_t* p, int n) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(first_lanes(n), p));
+  }
+
+  // e^x to about 2 ulp for x in [-87, 88]; 0 below (and for -inf).
+  static Vec exp(Vec x) {
+    const Vec clamped = _mm512_max_ps(_mm512_min_ps(x, set1(88.0f)), set1(-87.0f));
+    const Vec n = _mm512_roundscale_ps(_mm512_mul_ps(clamped, set1(1.44269504088896341f)),
+                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    Vec r = _mm512_fnmadd_ps(n, set1(0.693359375f), clamped);
+    r = _mm512_fnmadd_ps(n, set1(-2.12194440e-4f), r);
+    Vec p = set1(1.9875691500e-4f);
+    p = fmadd(p, r, set1(1.3981999507e-3f));
+    p = fmadd(p, r, set1(8.3334519073e-3f));
+    p = fmadd(p, r, set1(4.1665795894e-2f));
+    p = fmadd(p, r, set1(1.6666665459e-1f));
+    p = fmadd(p, r, set1(5.0000001201e-1f));
+    p = fmadd(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, set1(1.0f)));
+    const Vec result = _mm512_scalef_ps(p, n);
+    const __mmask16 underflow = _mm512_cmp_ps_mask(x, set1(-87.0f), _CMP_LT_OQ);
+    return _mm512_mask_blend_ps(underflow, result, zero());
+  }
+};
+
+}  // namespace kiln::ops::cpu

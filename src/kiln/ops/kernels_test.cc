@@ -1,0 +1,143 @@
+// Every fast CPU kernel set this machine can run, against the reference kernels on random
+// shapes (odd sizes, tails of every block, chunk boundaries), with the error printed.
+#include "kiln/ops/kernels.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <iostream>
+#include <random>
+#include <vector>
+
+#include "kiln/core/error.h"
+#include "kiln/ops/attention.h"
+#include "kiln/ops/linear.h"
+
+namespace kiln::ops {
+namespace {
+
+std::vector<std::string> fast_kernel_sets() {
+  std::vector<std::string> names = available_kernels();
+  names.erase(names.begin());  // the reference itself
+  return names;
+}
+
+std::vector<float> random_vector(std::mt19937& rng, size_t n) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = normal(rng);
+  return v;
+}
+
+// Weights of one dtype, stored as raw 16- or 32-bit words.
+std::vector<uint32_t> weights_of(const std::vector<float>& w, DType dtype) {
+  std::vector<uint32_t> words((w.size() * dtype_size(dtype) + 3) / 4);
+  for (size_t i = 0; i < w.size(); ++i) {
+    if (dtype == DType::F32) std::memcpy(&words[i], &w[i], 4);
+    uint16_t half = dtype == DType::BF16 ? f32_to_bf16(w[i]) : f32_to_f16(w[i]);
+    if (dtype != DType::F32) std::memcpy(reinterpret_cast<uint16_t*>(words.data()) + i, &half, 2);
+  }
+  return words;
+}
+
+double max_relative_error(const std::vector<float>& got, const std::vector<float>& want) {
+  double worst = 0.0;
+  for (size_t i = 0; i < got.size(); ++i)
+    worst = std::max(worst, std::fabs(got[i] - want[i]) / (1.0 + std::fabs(want[i])));
+  return worst;
+}
+
+struct LinearCase {
+  int64_t rows, in, out;
+};
+
+TEST(FastKernels, LinearMatchesReferenceForEveryDtypeAndShape) {
+  std::vector<LinearCase> cases = {{1, 1, 1},     {1, 7, 3},      {2, 33, 5},     {3, 64, 13},
+                                   {4, 100, 7},   {5, 31, 9},     {15, 47, 6},    {16, 16, 16},
+                                   {17, 1031, 7}, {63, 513, 13},  {65, 1030, 67}, {130, 17, 3},
+                                   {300, 96, 11}, {257, 520, 19}, {64, 2, 1}};
+  std::mt19937 rng(11);
+  for (int k = 0; k < 12; ++k)
+    cases.push_back({1 + static_cast<int64_t>(rng() % 140), 1 + static_cast<int64_t>(rng() % 700),
+                     1 + static_cast<int64_t>(rng() % 40)});
+  for (const std::string& name : fast_kernel_sets()) {
+    use_kernels(name);
+    for (const DType dtype : {DType::F32, DType::BF16, DType::F16}) {
+      double worst = 0.0;
+      for (const LinearCase& c : cases) {
+        const std::vector<float> x = random_vector(rng, c.rows * c.in);  // [rows, in]
+        const std::vector<float> w = random_vector(rng, c.out * c.in);   // [out, in]
+        const std::vector<float> bias = random_vector(rng, c.out);       // [out]
+        const std::vector<uint32_t> stored = weights_of(w, dtype);
+        std::vector<float> got(c.rows * c.out), want(c.rows * c.out);  // [rows, out]
+        linear(x.data(), stored.data(), dtype, bias.data(), got.data(), c.rows, c.in, c.out);
+        // The AVX-512 GEMM with bf16 weights rounds x to bf16: compare it with the reference
+        // on the same rounded x, so that only summation order differs.
+        std::vector<float> x_ref = x;
+        if (name == "avx512" && dtype == DType::BF16 && c.rows >= 16)
+          for (float& v : x_ref) v = bf16_to_f32(f32_to_bf16(v));
+        linear_reference(x_ref.data(), stored.data(), dtype, bias.data(), want.data(), c.rows, c.in,
+                         c.out);
+        const double err = max_relative_error(got, want) / std::sqrt(static_cast<double>(c.in));
+        worst = std::max(worst, err);
+        EXPECT_LE(err, 2e-6) << name << " " << dtype_name(dtype) << " rows " << c.rows << " in "
+                             << c.in << " out " << c.out;
+      }
+      std::cout << name << " linear " << dtype_name(dtype)
+                << ": max |err| / (1 + |y|) / sqrt(in) = " << worst << std::endl;
+    }
+  }
+  use_kernels("auto");
+}
+
+TEST(FastKernels, AttentionMatchesReferenceForEveryShape) {
+  std::mt19937 rng(5);
+  for (const std::string& name : fast_kernel_sets()) {
+    double worst = 0.0;
+    for (int k = 0; k < 40; ++k) {
+      AttentionShape s;
+      s.batch = 1 + rng() % 2;
+      s.tokens = k % 3 == 0 ? 1 : 1 + rng() % 40;
+      s.start = rng() % 3 == 0 ? 0 : rng() % 30;
+      s.cache_len = s.start + s.tokens;
+      s.cache_max = s.cache_len + rng() % 5;
+      s.kv_heads = 1 + rng() % 3;
+      s.heads = s.kv_heads * (1 + rng() % 5);
+      const int64_t dims[] = {1, 4, 16, 17, 33, 64};
+      s.head_dim = dims[rng() % 6];
+      s.value_dim = k % 4 == 0 ? dims[rng() % 6] : s.head_dim;
+      s.scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
+      s.window = k % 5 == 0 ? 1 + rng() % 8 : 0;
+      s.softcap = k % 7 == 0 ? 5.0f : 0.0f;
+      const std::vector<float> q =
+          random_vector(rng, s.batch * s.tokens * s.heads * s.head_dim);  // [B, T, Hq, D]
+      const std::vector<float> keys =
+          random_vector(rng, s.batch * s.cache_max * s.kv_heads * s.head_dim);  // [B, S, Hkv, D]
+      const std::vector<float> values =
+          random_vector(rng, s.batch * s.cache_max * s.kv_heads * s.value_dim);  // [B, S, Hkv, Dv]
+      std::vector<float> got(s.batch * s.tokens * s.heads * s.value_dim);        // [B, T, Hq, Dv]
+      std::vector<float> want(got.size());
+      use_kernels(name);
+      causal_attention(q.data(), keys.data(), values.data(), got.data(), s);
+      causal_attention_reference(q.data(), keys.data(), values.data(), want.data(), s);
+      const double err = max_relative_error(got, want);
+      worst = std::max(worst, err);
+      EXPECT_LE(err, 1e-5) << name << " case " << k;
+    }
+    std::cout << name << " attention: max |err| / (1 + |out|) = " << worst << std::endl;
+  }
+  use_kernels("auto");
+}
+
+TEST(FastKernels, UnknownKernelSetIsRejected) {
+  EXPECT_THROW(use_kernels("avx9000"), Error);
+  EXPECT_EQ(available_kernels().front(), "reference");
+  use_kernels("reference");
+  EXPECT_STREQ(active_kernels().name, "reference");
+  use_kernels("auto");
+  EXPECT_STREQ(active_kernels().name, available_kernels().back().c_str());
+}
+
+}  // namespace
+}  // namespace kiln::ops
