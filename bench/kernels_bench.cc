@@ -1,0 +1,143 @@
+// Microbenchmarks of the CPU kernels on Llama-3.2-1B shapes, per kernel set, beside OpenBLAS
+// sgemm. Counters: GB/s of weights (GEMV), GFLOP/s (GEMM, attention).
+//   build/bench/kiln_kernel_bench --benchmark_filter=Gemv
+#include <benchmark/benchmark.h>
+#include <cblas.h>
+
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kiln/core/dtype.h"
+#include "kiln/ops/attention.h"
+#include "kiln/ops/kernels.h"
+#include "kiln/ops/linear.h"
+
+namespace kiln {
+namespace {
+
+std::vector<float> random_floats(size_t n) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = normal(rng);
+  return v;
+}
+
+std::vector<uint16_t> random_bf16(size_t n) {
+  const std::vector<float> f = random_floats(n);
+  std::vector<uint16_t> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = f32_to_bf16(f[i]);
+  return v;
+}
+
+// Args: kernel set index (ops::available_kernels()), rows, in, out.
+void linear_bf16(benchmark::State& state) {
+  const auto sets = ops::available_kernels();
+  if (state.range(0) >= static_cast<int64_t>(sets.size())) return state.SkipWithError("no CPU");
+  ops::use_kernels(sets[state.range(0)]);
+  const int64_t rows = state.range(1), in = state.range(2), out = state.range(3);
+  const std::vector<float> x = random_floats(rows * in);  // [rows, in]
+  const std::vector<uint16_t> w = random_bf16(out * in);  // [out, in]
+  std::vector<float> y(rows * out);                       // [rows, out]
+  for (auto _ : state) {
+    ops::linear(x.data(), w.data(), DType::BF16, nullptr, y.data(), rows, in, out);
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetLabel(sets[state.range(0)]);
+  const double iterations = static_cast<double>(state.iterations());
+  state.counters["GB/s"] =
+      benchmark::Counter(iterations * out * in * 2 / 1e9, benchmark::Counter::kIsRate);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(iterations * 2.0 * rows * in * out / 1e9, benchmark::Counter::kIsRate);
+}
+
+void linear_f32(benchmark::State& state) {
+  const auto sets = ops::available_kernels();
+  if (state.range(0) >= static_cast<int64_t>(sets.size())) return state.SkipWithError("no CPU");
+  ops::use_kernels(sets[state.range(0)]);
+  const int64_t rows = state.range(1), in = state.range(2), out = state.range(3);
+  const std::vector<float> x = random_floats(rows * in), w = random_floats(out * in);
+  std::vector<float> y(rows * out);  // [rows, out]
+  for (auto _ : state) {
+    ops::linear(x.data(), w.data(), DType::F32, nullptr, y.data(), rows, in, out);
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetLabel(sets[state.range(0)]);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(static_cast<double>(state.iterations()) * 2.0 * rows * in * out / 1e9,
+                         benchmark::Counter::kIsRate);
+}
+
+// The same product with OpenBLAS on f32: y[rows, out] = x[rows, in] W^T.
+void openblas_sgemm(benchmark::State& state) {
+  const int64_t rows = state.range(1), in = state.range(2), out = state.range(3);
+  const std::vector<float> x = random_floats(rows * in), w = random_floats(out * in);
+  std::vector<float> y(rows * out);  // [rows, out]
+  for (auto _ : state) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(rows),
+                static_cast<int>(out), static_cast<int>(in), 1.0f, x.data(), static_cast<int>(in),
+                w.data(), static_cast<int>(in), 0.0f, y.data(), static_cast<int>(out));
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(static_cast<double>(state.iterations()) * 2.0 * rows * in * out / 1e9,
+                         benchmark::Counter::kIsRate);
+}
+
+// Args: kernel set index, new tokens T, cached positions before them. Llama-3.2-1B heads.
+void attention(benchmark::State& state) {
+  const auto sets = ops::available_kernels();
+  if (state.range(0) >= static_cast<int64_t>(sets.size())) return state.SkipWithError("no CPU");
+  ops::use_kernels(sets[state.range(0)]);
+  ops::AttentionShape s;
+  s.batch = 1;
+  s.tokens = state.range(1);
+  s.start = state.range(2);
+  s.cache_len = s.cache_max = s.start + s.tokens;
+  s.heads = 32;
+  s.kv_heads = 8;
+  s.head_dim = s.value_dim = 64;
+  s.scale = 0.125f;
+  const std::vector<float> q = random_floats(s.tokens * s.heads * 64);        // [1, T, Hq, D]
+  const std::vector<float> k = random_floats(s.cache_max * s.kv_heads * 64);  // [1, S, Hkv, D]
+  const std::vector<float> v = random_floats(s.cache_max * s.kv_heads * 64);  // [1, S, Hkv, D]
+  std::vector<float> out(q.size());                                           // [1, T, Hq, D]
+  for (auto _ : state) {
+    ops::causal_attention(q.data(), k.data(), v.data(), out.data(), s);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetLabel(sets[state.range(0)]);
+  double keys = 0;
+  for (int64_t t = 0; t < s.tokens; ++t) keys += static_cast<double>(s.start + t + 1);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(static_cast<double>(state.iterations()) * 2.0 * s.heads * 128 * keys / 1e9,
+                         benchmark::Counter::kIsRate);
+}
+
+// Kernel sets: 0 reference, 1 avx2, 2 avx512 (skipped where the CPU lacks them).
+void decode_shapes(benchmark::internal::Benchmark* b) {
+  for (int64_t set : {0, 1, 2})
+    for (auto [in, out] : {std::pair<int64_t, int64_t>{2048, 8192}, {8192, 2048}, {2048, 512}})
+      b->Args({set, 1, in, out});
+}
+void prefill_shapes(benchmark::internal::Benchmark* b) {
+  for (int64_t set : {1, 2})
+    for (auto [in, out] : {std::pair<int64_t, int64_t>{2048, 2048}, {2048, 8192}, {8192, 2048}})
+      b->Args({set, 512, in, out});
+}
+
+BENCHMARK(linear_bf16)->Apply(decode_shapes)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(linear_bf16)->Apply(prefill_shapes)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(linear_f32)->Apply(prefill_shapes)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(openblas_sgemm)->Apply(prefill_shapes)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(attention)
+    ->Args({0, 512, 0})
+    ->Args({1, 512, 0})
+    ->Args({2, 512, 0})
+    ->Args({2, 1, 1023})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+}  // namespace
+}  // namespace kiln
