@@ -6,6 +6,7 @@
 #include <queue>
 
 #include "kiln/core/error.h"
+#include "kiln/tokenizer/json_reader.h"
 #include "kiln/tokenizer/utf8.h"
 
 namespace kiln::tok {
@@ -33,43 +34,10 @@ struct Candidate {
   }
 };
 
-std::pair<std::string, std::string> parse_merge(const Json& merge, const std::string& where) {
-  if (merge.is_string()) {
-    const std::string& text = merge.get_ref<const std::string&>();
-    const size_t space = text.find(' ');
-    if (space == std::string::npos || text.find(' ', space + 1) != std::string::npos) {
-      throw Error(where + ": expected \"left right\", found \"" + text + "\"");
-    }
-    return {text.substr(0, space), text.substr(space + 1)};
-  }
-  if (merge.is_array() && merge.size() == 2 && merge[0].is_string() && merge[1].is_string()) {
-    return {merge[0].get<std::string>(), merge[1].get<std::string>()};
-  }
-  throw Error(where + ": expected \"left right\" or [\"left\", \"right\"]");
-}
-
 }  // namespace
 
-BpeModel::BpeModel(Vocabulary vocab, const std::vector<std::pair<std::string, std::string>>& merges,
-                   BpeOptions options, const std::string& where)
+BpeModel::BpeModel(Vocabulary vocab, BpeOptions options, const std::string& where)
     : vocab_(std::move(vocab)), options_(std::move(options)) {
-  const size_t prefix_length = options_.continuing_subword_prefix.size();
-  merges_.reserve(merges.size());
-  for (size_t rank = 0; rank < merges.size(); ++rank) {
-    const auto& [left, right] = merges[rank];
-    const std::string merge_where = child_where(child_where(where, "merges"), rank);
-    const auto left_id = vocab_.find(left);
-    const auto right_id = vocab_.find(right);
-    if (!left_id) throw Error(merge_where + ": '" + left + "' is not in the vocabulary");
-    if (!right_id) throw Error(merge_where + ": '" + right + "' is not in the vocabulary");
-    std::string merged = left;
-    merged.append(right, right.starts_with(options_.continuing_subword_prefix) ? prefix_length : 0);
-    const auto merged_id = vocab_.find(merged);
-    if (!merged_id) throw Error(merge_where + ": '" + merged + "' is not in the vocabulary");
-    // A repeated pair keeps its last rank, as in HF.
-    merges_.insert_or_assign(pair_key(*left_id, *right_id),
-                             Merge{static_cast<int32_t>(rank), *merged_id});
-  }
   if (options_.unk_token) {
     unk_id_ = vocab_.find(*options_.unk_token);
     if (!unk_id_) {
@@ -84,19 +52,44 @@ BpeModel::BpeModel(Vocabulary vocab, const std::vector<std::pair<std::string, st
   }
 }
 
-std::unique_ptr<BpeModel> BpeModel::from_json(const Json& spec, const std::string& where) {
-  Vocabulary vocab =
-      Vocabulary::from_json(required_field(spec, "vocab", where), child_where(where, "vocab"));
-  std::vector<std::pair<std::string, std::string>> merges;
-  if (has_field(spec, "merges")) {
-    const Json& list = spec["merges"];
-    const std::string list_where = child_where(where, "merges");
-    if (!list.is_array()) throw Error(list_where + ": expected an array");
-    merges.reserve(list.size());
-    for (size_t i = 0; i < list.size(); ++i) {
-      merges.push_back(parse_merge(list[i], child_where(list_where, i)));
+void BpeModel::read_merges(std::string_view text, const std::string& where) {
+  JsonReader reader(text, where);
+  merges_.reset(text.size() / 16);  // a merge takes about 16 bytes of JSON
+  reader.expect('[');
+  if (reader.consume(']')) return;
+  const size_t prefix_length = options_.continuing_subword_prefix.size();
+  std::string left, right, merged;
+  int32_t rank = 0;
+  do {
+    const auto merge_where = [&] { return child_where(where, static_cast<size_t>(rank)); };
+    if (reader.peek() == '"') {
+      reader.read_string(merged);
+      split_merge(merged, left, right, merge_where());
+    } else {
+      reader.expect('[');
+      reader.read_string(left);
+      reader.expect(',');
+      reader.read_string(right);
+      reader.expect(']');
     }
-  }
+    const auto left_id = vocab_.find(left);
+    const auto right_id = vocab_.find(right);
+    if (!left_id) throw Error(merge_where() + ": '" + left + "' is not in the vocabulary");
+    if (!right_id) throw Error(merge_where() + ": '" + right + "' is not in the vocabulary");
+    merged.assign(left);
+    merged.append(right, right.starts_with(options_.continuing_subword_prefix) ? prefix_length : 0);
+    const auto merged_id = vocab_.find(merged);
+    if (!merged_id) throw Error(merge_where() + ": '" + merged + "' is not in the vocabulary");
+    // A repeated pair keeps its last rank, as in HF.
+    merges_.insert_or_assign(pair_key(*left_id, *right_id), Merge{rank, *merged_id});
+    ++rank;
+  } while (reader.consume(','));
+  reader.expect(']');
+}
+
+std::unique_ptr<BpeModel> BpeModel::from_json(const Json& spec, const ModelTables& tables,
+                                              const std::string& where) {
+  Vocabulary vocab = Vocabulary::from_json_text(tables.vocab, child_where(where, "vocab"));
   BpeOptions options;
   if (has_field(spec, "unk_token")) options.unk_token = string_field(spec, "unk_token", where);
   options.continuing_subword_prefix = string_field_or(spec, "continuing_subword_prefix", where, "");
@@ -107,7 +100,9 @@ std::unique_ptr<BpeModel> BpeModel::from_json(const Json& spec, const std::strin
   if (has_field(spec, "dropout") && number_field_or(spec, "dropout", where, 0.0) != 0.0) {
     throw Error(child_where(where, "dropout") + ": BPE dropout is not supported");
   }
-  return std::make_unique<BpeModel>(std::move(vocab), merges, std::move(options), where);
+  std::unique_ptr<BpeModel> model(new BpeModel(std::move(vocab), std::move(options), where));
+  if (!tables.merges.empty()) model->read_merges(tables.merges, child_where(where, "merges"));
+  return model;
 }
 
 void BpeModel::tokenize(std::string_view word, std::vector<int32_t>& ids) const {
@@ -189,8 +184,9 @@ void BpeModel::merge_word(std::string_view word, std::vector<int32_t>& ids) cons
   const auto push_candidate = [&](int32_t position) {
     const int32_t next = symbols[position].next;
     if (next < 0) return;
-    const auto it = merges_.find(pair_key(symbols[position].id, symbols[next].id));
-    if (it != merges_.end()) queue.push({it->second.rank, position, it->second.merged_id});
+    if (const Merge* merge = merges_.find(pair_key(symbols[position].id, symbols[next].id))) {
+      queue.push({merge->rank, position, merge->merged_id});
+    }
   };
   for (int32_t i = 0; i + 1 < static_cast<int32_t>(symbols.size()); ++i) push_candidate(i);
   while (!queue.empty()) {
@@ -199,8 +195,8 @@ void BpeModel::merge_word(std::string_view word, std::vector<int32_t>& ids) cons
     Symbol& left = symbols[top.position];
     if (!left.alive || left.next < 0) continue;
     Symbol& right = symbols[left.next];
-    const auto it = merges_.find(pair_key(left.id, right.id));
-    if (it == merges_.end() || it->second.merged_id != top.merged_id) continue;
+    const Merge* merge = merges_.find(pair_key(left.id, right.id));
+    if (merge == nullptr || merge->merged_id != top.merged_id) continue;
     left.id = top.merged_id;
     right.alive = false;
     left.next = right.next;

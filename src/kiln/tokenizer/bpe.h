@@ -11,7 +11,9 @@
 #include <utility>
 #include <vector>
 
+#include "kiln/tokenizer/flat_hash.h"
 #include "kiln/tokenizer/model.h"
+#include "kiln/tokenizer/model_tables.h"
 #include "kiln/tokenizer/vocabulary.h"
 
 namespace kiln::tok {
@@ -27,12 +29,12 @@ struct BpeOptions {
 
 class BpeModel : public Model {
  public:
-  // `merges` are pairs of token strings in priority order. Throws Error naming `where` when a
-  // merge's parts or result are missing from the vocabulary, or the unk token is unknown.
-  BpeModel(Vocabulary vocab, const std::vector<std::pair<std::string, std::string>>& merges,
-           BpeOptions options, const std::string& where);
-  // Reads tokenizer.json's {"type": "BPE", "vocab": ..., "merges": ...}.
-  static std::unique_ptr<BpeModel> from_json(const Json& spec, const std::string& where);
+  // Reads tokenizer.json's {"type": "BPE", ...}: options from `spec`, vocab and merges
+  // ("left right" strings or [left, right] pairs, in priority order) from `tables`. Throws
+  // Error naming `where` when a merge's parts or result are missing from the vocabulary, or
+  // the unk token is unknown.
+  static std::unique_ptr<BpeModel> from_json(const Json& spec, const ModelTables& tables,
+                                             const std::string& where);
 
   void tokenize(std::string_view word, std::vector<int32_t>& ids) const override;
   int64_t vocab_size() const override { return vocab_.size(); }
@@ -40,6 +42,9 @@ class BpeModel : public Model {
   std::optional<int32_t> id_of(std::string_view token) const override { return vocab_.find(token); }
 
  private:
+  BpeModel(Vocabulary vocab, BpeOptions options, const std::string& where);
+  // Reads the merges array in `text` into merges_.
+  void read_merges(std::string_view text, const std::string& where);
   struct Merge {
     int32_t rank;
     int32_t merged_id;
@@ -52,7 +57,7 @@ class BpeModel : public Model {
   void merge_word(std::string_view word, std::vector<int32_t>& ids) const;
 
   Vocabulary vocab_;
-  std::unordered_map<uint64_t, Merge> merges_;  // (left id, right id) -> merge
+  U64Table<Merge> merges_;  // pair_key(left id, right id) -> merge
   BpeOptions options_;
   std::optional<int32_t> unk_id_;
   std::array<int32_t, 256> byte_ids_;  // id of "<0xXX>" per byte, -1 when absent

@@ -4,15 +4,35 @@
 
 #include "kiln/core/error.h"
 #include "kiln/io/json.h"
+#include "kiln/tokenizer/json_reader.h"
 #include "kiln/tokenizer/utf8.h"
 
 namespace kiln::tok {
 
 std::unique_ptr<HfTokenizer> HfTokenizer::from_json_text(const std::string& text,
                                                          const std::string& path) {
-  const Json root = parse_json(text, path);
+  // The model's vocabulary and merges go through the fast reader; the other (small) members
+  // through nlohmann::json.
+  JsonReader reader(text, path);
+  Json root = Json::object();
+  ModelTables tables;
   const std::string where = path + ": ";
-  if (!root.is_object()) throw Error(path + ": expected a JSON object");
+  reader.expect('{');
+  if (!reader.consume('}')) {
+    std::string key;
+    do {
+      reader.read_string(key);
+      reader.expect(':');
+      if (key == "model" && reader.peek() == '{') {
+        root[key] = read_model_object(reader, tables, where + key);
+      } else {
+        root[key] = parse_json(std::string(reader.skip_value()), where + key);
+      }
+    } while (reader.consume(','));
+    reader.expect('}');
+  }
+  if (!reader.at_end()) reader.fail("unexpected text after the top-level object");
+
   std::unique_ptr<HfTokenizer> tokenizer(new HfTokenizer());
   const auto member = [&](const char* key) -> const Json& {
     static const Json null_value;
@@ -22,7 +42,7 @@ std::unique_ptr<HfTokenizer> HfTokenizer::from_json_text(const std::string& text
   tokenizer->added_ = AddedVocabulary::from_json(member("added_tokens"), where + "added_tokens");
   tokenizer->normalizer_ = make_normalizer(member("normalizer"), where + "normalizer");
   tokenizer->pre_tokenizer_ = make_pre_tokenizer(member("pre_tokenizer"), where + "pre_tokenizer");
-  tokenizer->model_ = make_model(required_field(root, "model", where), where + "model");
+  tokenizer->model_ = make_model(required_field(root, "model", where), tables, where + "model");
   tokenizer->post_processor_ =
       make_post_processor(member("post_processor"), where + "post_processor");
   tokenizer->decoder_ = make_decoder(member("decoder"), where + "decoder");

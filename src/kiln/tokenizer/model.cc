@@ -7,10 +7,11 @@
 
 namespace kiln::tok {
 
-std::unique_ptr<Model> make_model(const Json& spec, const std::string& where) {
+std::unique_ptr<Model> make_model(const Json& spec, const ModelTables& tables,
+                                  const std::string& where) {
   // Old files omit the type of BPE models.
   const std::string type = has_field(spec, "type") ? type_field(spec, where) : "BPE";
-  if (type == "BPE") return BpeModel::from_json(spec, where);
+  if (type == "BPE") return BpeModel::from_json(spec, tables, where);
   throw Error(child_where(where, "type") + ": unsupported model '" + type + "'");
 }
 

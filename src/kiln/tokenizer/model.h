@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kiln/tokenizer/json_fields.h"
+#include "kiln/tokenizer/model_tables.h"
 
 namespace kiln::tok {
 
@@ -25,8 +26,9 @@ class Model {
   virtual std::optional<int32_t> id_of(std::string_view token) const = 0;
 };
 
-// Builds the model described by tokenizer.json's "model" object. Throws Error naming `where`
-// for unknown types or malformed vocabularies.
-std::unique_ptr<Model> make_model(const Json& spec, const std::string& where);
+// Builds the model described by tokenizer.json's "model" object (its big members possibly
+// already in `tables`). Throws Error naming `where` for unknown types or malformed vocabularies.
+std::unique_ptr<Model> make_model(const Json& spec, const ModelTables& tables,
+                                  const std::string& where);
 
 }  // namespace kiln::tok

@@ -1,38 +1,58 @@
 #include "kiln/tokenizer/vocabulary.h"
 
-#include <nlohmann/json.hpp>
-
 #include "kiln/core/error.h"
+#include "kiln/tokenizer/json_reader.h"
 
 namespace kiln::tok {
 
-bool Vocabulary::add(std::string token, int32_t id) {
-  if (static_cast<size_t>(id) < present_.size() && present_[id]) return false;
-  if (!ids_.emplace(token, id).second) return false;
-  if (static_cast<size_t>(id) >= tokens_.size()) {
-    tokens_.resize(id + 1);
-    present_.resize(id + 1, false);
-  }
-  tokens_[id] = std::move(token);
-  present_[id] = true;
-  return true;
-}
-
-Vocabulary Vocabulary::from_json(const Json& object, const std::string& where) {
-  if (!object.is_object()) throw Error(where + ": expected an object of token: id");
+Vocabulary Vocabulary::from_entries(std::vector<std::pair<std::string, int64_t>> entries,
+                                    const std::string& where) {
   Vocabulary vocab;
-  vocab.ids_.reserve(object.size());
-  for (auto it = object.begin(); it != object.end(); ++it) {
-    const Json& id = it.value();
-    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX) {
-      throw Error(child_where(where, "\"" + it.key() + "\"") + ": expected a non-negative id");
+  int64_t limit = 0;
+  for (const auto& [token, id] : entries) {
+    if (id < 0 || id > INT32_MAX) {
+      throw Error(child_where(where, "\"" + token + "\"") + ": id " + std::to_string(id) +
+                  " is out of range");
     }
-    if (!vocab.add(it.key(), static_cast<int32_t>(id.get<int64_t>()))) {
-      throw Error(child_where(where, "\"" + it.key() + "\"") + ": id " +
-                  std::to_string(id.get<int64_t>()) + " is used twice");
+    limit = std::max(limit, id + 1);
+  }
+  if (limit > static_cast<int64_t>(entries.size()) * 4 + 1024) {
+    throw Error(where + ": ids up to " + std::to_string(limit - 1) + " for only " +
+                std::to_string(entries.size()) + " tokens");
+  }
+  std::vector<std::string>& tokens = *vocab.tokens_;
+  tokens.resize(limit);
+  vocab.present_.assign(limit, false);
+  for (auto& [token, id] : entries) {
+    if (vocab.present_[id]) {
+      throw Error(child_where(where, "\"" + token + "\"") + ": id " + std::to_string(id) +
+                  " is used twice");
     }
+    vocab.present_[id] = true;
+    tokens[id] = std::move(token);
+  }
+  const int32_t duplicate = vocab.ids_.build(&tokens, vocab.present_);
+  if (duplicate >= 0) {
+    throw Error(child_where(where, "\"" + tokens[duplicate] + "\"") + ": listed twice");
   }
   return vocab;
+}
+
+Vocabulary Vocabulary::from_json_text(std::string_view text, const std::string& where) {
+  if (text.empty()) throw Error(where + ": missing");
+  JsonReader reader(text, where);
+  std::vector<std::pair<std::string, int64_t>> entries;
+  reader.expect('{');
+  if (!reader.consume('}')) {
+    std::string token;
+    do {
+      reader.read_string(token);
+      reader.expect(':');
+      entries.emplace_back(token, reader.read_integer());
+    } while (reader.consume(','));
+    reader.expect('}');
+  }
+  return from_entries(std::move(entries), where);
 }
 
 }  // namespace kiln::tok

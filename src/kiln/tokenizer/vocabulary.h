@@ -1,48 +1,51 @@
-// A token vocabulary: strings <-> dense ids, with lookups by string_view.
+// A token vocabulary: strings <-> dense ids, with lookups by string_view. Immutable once built.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
-#include <unordered_map>
+#include <utility>
 #include <vector>
 
+#include "kiln/tokenizer/flat_hash.h"
 #include "kiln/tokenizer/json_fields.h"
 
 namespace kiln::tok {
 
 class Vocabulary {
  public:
-  // Reads {"token": id, ...}. Throws Error naming `where` for non-integer or negative ids and
-  // for two tokens with one id.
-  static Vocabulary from_json(const Json& object, const std::string& where);
+  Vocabulary() = default;
+  Vocabulary(Vocabulary&&) = default;
+  Vocabulary& operator=(Vocabulary&&) = default;
 
-  // Adds `token` with `id`; returns false when the token or the id is already present.
-  bool add(std::string token, int32_t id);
+  // Builds a vocabulary from (token, id) pairs. Throws Error naming `where` for ids outside
+  // [0, 2^31) and for a token or an id listed twice.
+  static Vocabulary from_entries(std::vector<std::pair<std::string, int64_t>> entries,
+                                 const std::string& where);
+  // Reads the JSON object {"token": id, ...} in `text`.
+  static Vocabulary from_json_text(std::string_view text, const std::string& where);
 
   std::optional<int32_t> find(std::string_view token) const {
-    const auto it = ids_.find(token);
-    if (it == ids_.end()) return std::nullopt;
-    return it->second;
+    const int32_t id = ids_.find(token);
+    if (id < 0) return std::nullopt;
+    return id;
   }
   // The token of `id`, or nullptr.
   const std::string* token(int32_t id) const {
-    if (id < 0 || static_cast<size_t>(id) >= tokens_.size() || !present_[id]) return nullptr;
-    return &tokens_[id];
+    if (id < 0 || static_cast<size_t>(id) >= tokens_->size() || !present_[id]) return nullptr;
+    return &(*tokens_)[id];
   }
   // One past the largest id.
-  int64_t size() const { return static_cast<int64_t>(tokens_.size()); }
-  size_t count() const { return ids_.size(); }
+  int64_t size() const { return static_cast<int64_t>(tokens_->size()); }
 
  private:
-  struct Hash {
-    using is_transparent = void;
-    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-  };
-  std::unordered_map<std::string, int32_t, Hash, std::equal_to<>> ids_;
-  std::vector<std::string> tokens_;  // [size()], empty where no token has that id
-  std::vector<bool> present_;        // [size()]
+  // Heap-allocated so that the table's pointer to it survives moves of the Vocabulary.
+  std::unique_ptr<std::vector<std::string>> tokens_ =
+      std::make_unique<std::vector<std::string>>();  // [size()], "" where no token has the id
+  std::vector<bool> present_;                        // [size()]
+  StringIdTable ids_;                                // token -> id over *tokens_
 };
 
 }  // namespace kiln::tok

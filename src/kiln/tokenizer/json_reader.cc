@@ -1,0 +1,218 @@
+#include "kiln/tokenizer/json_reader.h"
+
+#include <cstring>
+
+#include "kiln/core/error.h"
+#include "kiln/tokenizer/utf8.h"
+
+namespace kiln::tok {
+namespace {
+
+constexpr int kMaxDepth = 512;
+
+}  // namespace
+
+void JsonReader::fail(const std::string& message) const {
+  throw Error(where_ + ": malformed JSON at byte " + std::to_string(pos_) + ": " + message);
+}
+
+void JsonReader::skip_whitespace() {
+  while (pos_ < text_.size()) {
+    const char c = text_[pos_];
+    if (c != ' ' && c != '\n' && c != '\r' && c != '\t') return;
+    ++pos_;
+  }
+}
+
+char JsonReader::peek() {
+  skip_whitespace();
+  return pos_ < text_.size() ? text_[pos_] : '\0';
+}
+
+bool JsonReader::consume(char c) {
+  if (peek() != c || pos_ >= text_.size()) return false;
+  ++pos_;
+  return true;
+}
+
+void JsonReader::expect(char c) {
+  if (!consume(c)) fail(std::string("expected '") + c + "'");
+}
+
+bool JsonReader::at_end() {
+  skip_whitespace();
+  return pos_ == text_.size();
+}
+
+uint32_t JsonReader::read_hex4() {
+  if (pos_ + 4 > text_.size()) fail("truncated \\u escape");
+  uint32_t value = 0;
+  for (int i = 0; i < 4; ++i) {
+    const char c = text_[pos_++];
+    value <<= 4;
+    if (c >= '0' && c <= '9')
+      value |= c - '0';
+    else if (c >= 'a' && c <= 'f')
+      value |= c - 'a' + 10;
+    else if (c >= 'A' && c <= 'F')
+      value |= c - 'A' + 10;
+    else
+      fail("bad \\u escape");
+  }
+  return value;
+}
+
+void JsonReader::read_string(std::string& out) {
+  expect('"');
+  out.clear();
+  const size_t start = pos_;
+  while (true) {
+    // Copy the run up to the next quote, backslash or control character.
+    size_t run = pos_;
+    while (run < text_.size()) {
+      const unsigned char c = static_cast<unsigned char>(text_[run]);
+      if (c == '"' || c == '\\' || c < 0x20) break;
+      ++run;
+    }
+    out.append(text_.substr(pos_, run - pos_));
+    pos_ = run;
+    if (pos_ >= text_.size()) fail("unterminated string");
+    const char c = text_[pos_++];
+    if (c == '"') break;
+    if (c != '\\') fail("control character in string");
+    if (pos_ >= text_.size()) fail("unterminated string");
+    const char escape = text_[pos_++];
+    switch (escape) {
+      case '"':
+        out += '"';
+        break;
+      case '\\':
+        out += '\\';
+        break;
+      case '/':
+        out += '/';
+        break;
+      case 'b':
+        out += '\b';
+        break;
+      case 'f':
+        out += '\f';
+        break;
+      case 'n':
+        out += '\n';
+        break;
+      case 'r':
+        out += '\r';
+        break;
+      case 't':
+        out += '\t';
+        break;
+      case 'u': {
+        uint32_t cp = read_hex4();
+        if (cp >= 0xDC00 && cp <= 0xDFFF) fail("lone low surrogate");
+        if (cp >= 0xD800 && cp <= 0xDBFF) {
+          if (pos_ + 2 > text_.size() || text_[pos_] != '\\' || text_[pos_ + 1] != 'u') {
+            fail("high surrogate without a low surrogate");
+          }
+          pos_ += 2;
+          const uint32_t low = read_hex4();
+          if (low < 0xDC00 || low > 0xDFFF) fail("high surrogate without a low surrogate");
+          cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+        }
+        append_utf8(out, cp);
+        break;
+      }
+      default:
+        fail("bad escape");
+    }
+  }
+  if (utf8_valid_prefix(out) != out.size()) {
+    pos_ = start;
+    fail("invalid UTF-8 in string");
+  }
+}
+
+int64_t JsonReader::read_integer() {
+  skip_whitespace();
+  const size_t start = pos_;
+  const bool negative = pos_ < text_.size() && text_[pos_] == '-';
+  if (negative) ++pos_;
+  int64_t value = 0;
+  size_t digits = 0;
+  while (pos_ < text_.size() && text_[pos_] >= '0' && text_[pos_] <= '9') {
+    if (value > (INT64_MAX - 9) / 10) fail("integer too large");
+    value = value * 10 + (text_[pos_++] - '0');
+    ++digits;
+  }
+  if (digits == 0) fail("expected an integer");
+  if (pos_ < text_.size() && (text_[pos_] == '.' || text_[pos_] == 'e' || text_[pos_] == 'E')) {
+    pos_ = start;
+    fail("expected an integer");
+  }
+  return negative ? -value : value;
+}
+
+void JsonReader::skip_string() {
+  // Structure only: the reader or parser that later reads the value checks its contents.
+  expect('"');
+  while (pos_ < text_.size()) {
+    const char c = text_[pos_++];
+    if (c == '"') return;
+    if (c == '\\') ++pos_;
+  }
+  fail("unterminated string");
+}
+
+void JsonReader::skip_number() {
+  const size_t start = pos_;
+  if (pos_ < text_.size() && text_[pos_] == '-') ++pos_;
+  while (pos_ < text_.size() && std::strchr("0123456789.eE+-", text_[pos_]) != nullptr &&
+         text_[pos_] != '\0') {
+    ++pos_;
+  }
+  if (pos_ == start) fail("expected a value");
+}
+
+void JsonReader::skip_literal(std::string_view literal) {
+  if (text_.substr(pos_, literal.size()) != literal) fail("expected a value");
+  pos_ += literal.size();
+}
+
+std::string_view JsonReader::skip_value() {
+  const char c = peek();
+  const size_t start = pos_;
+  if (++depth_ > kMaxDepth) fail("nested too deeply");
+  if (c == '{') {
+    ++pos_;
+    if (!consume('}')) {
+      do {
+        skip_string();
+        expect(':');
+        skip_value();
+      } while (consume(','));
+      expect('}');
+    }
+  } else if (c == '[') {
+    ++pos_;
+    if (!consume(']')) {
+      do {
+        skip_value();
+      } while (consume(','));
+      expect(']');
+    }
+  } else if (c == '"') {
+    skip_string();
+  } else if (c == 't') {
+    skip_literal("true");
+  } else if (c == 'f') {
+    skip_literal("false");
+  } else if (c == 'n') {
+    skip_literal("null");
+  } else {
+    skip_number();
+  }
+  --depth_;
+  return text_.substr(start, pos_ - start);
+}
+
+}  // namespace kiln::tok
