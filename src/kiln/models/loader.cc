@@ -5,9 +5,9 @@
 #include <memory>
 
 #include "kiln/core/error.h"
+#include "kiln/io/checkpoint_source.h"
 #include "kiln/io/json.h"
 #include "kiln/io/safetensors_source.h"
-#include "kiln/io/torch_bin.h"
 #include "kiln/models/family.h"
 
 namespace kiln {
@@ -23,15 +23,6 @@ void merge_generation_config(const fs::path& folder, ModelSpec& spec) {
     if (std::find(spec.eos_token_ids.begin(), spec.eos_token_ids.end(), id) ==
         spec.eos_token_ids.end())
       spec.eos_token_ids.push_back(id);
-}
-
-// The folder's weights: safetensors (single or sharded), else PyTorch .bin.
-std::unique_ptr<TensorSource> open_weights(const std::string& folder) {
-  if (SafetensorsSet::present_in(folder)) return std::make_unique<SafetensorsSource>(folder);
-  if (TorchBinSource::present_in(folder)) return std::make_unique<TorchBinSource>(folder);
-  throw Error(folder +
-              ": no weights (model.safetensors, model.safetensors.index.json, "
-              "pytorch_model.bin or pytorch_model.bin.index.json)");
 }
 
 // The file that holds `name`, for error messages (the source's folder when unknown).
@@ -50,7 +41,7 @@ LoadedModel load_model(const std::string& path) {
   const Family& family = family_for(loaded.config);
   loaded.spec = spec_from_config(loaded.config);
   merge_generation_config(path, loaded.spec);
-  const std::unique_ptr<TensorSource> source = open_weights(path);
+  const std::unique_ptr<TensorSource> source = open_tensor_source(path);
   for (const WeightMapping& mapping : family.map_weights(loaded.spec, *source)) {
     std::vector<Tensor> inputs;
     for (const std::string& hf_name : mapping.hf_names) {

@@ -18,8 +18,8 @@ struct LoadedModel {
 };
 
 // Loads the folder `path`: its config.json (eos ids are completed from
-// generation_config.json when present) and its weights: model.safetensors or the sharded
-// index, else pytorch_model.bin (single or sharded). Throws
+// generation_config.json when present) and its weights in any format open_tensor_source
+// reads (safetensors, PyTorch .bin; single or sharded). Throws
 // Error naming the file and key or tensor: unknown architecture, missing required key,
 // missing tensor, wrong shape.
 LoadedModel load_model(const std::string& path);

@@ -79,7 +79,7 @@ TEST(Loader, NotAFolderOrNoWeights) {
   EXPECT_NE(error_of("/nonexistent/model").find("not a model folder"), std::string::npos);
   const std::string dir = test::make_temp_dir("kiln-loader");
   fs::copy_file(test::data_path("hf/llama/config.json"), dir + "/config.json");
-  EXPECT_NE(error_of(dir).find("no weights"), std::string::npos);
+  EXPECT_NE(error_of(dir).find("no model weights found"), std::string::npos);
   fs::remove_all(dir);
 }
 

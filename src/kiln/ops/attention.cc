@@ -36,7 +36,10 @@ void causal_attention_reference(const float* q, const float* k_cache, const floa
                                 float* out, const AttentionShape& s) {
   check_shape(s);
   const int64_t group = s.heads / s.kv_heads;
-#pragma omp parallel
+  // Threads pay off only when there are enough scores to amortize waking them.
+  const bool parallel =
+      s.batch * s.tokens * s.heads * s.cache_len * s.head_dim >= (int64_t{1} << 18);
+#pragma omp parallel if (parallel)
   {
     std::vector<float> scores(s.cache_len);  // [S]
 #pragma omp for collapse(3) schedule(static)

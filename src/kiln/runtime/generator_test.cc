@@ -10,6 +10,7 @@
 #include "kiln/io/json.h"
 #include "kiln/io/safetensors.h"
 #include "kiln/models/loader.h"
+#include "kiln/tokenizer/tokenizer.h"
 #include "test_util.h"
 
 namespace kiln {
@@ -64,6 +65,22 @@ TEST_F(Tinycoder, GreedyContinuationsMatchGolden) {
     const GenerationStats& stats = generator.stats();
     EXPECT_EQ(stats.prompt_tokens, static_cast<int64_t>(prompt.size()));
     EXPECT_EQ(stats.generated_tokens, 48);
+  }
+}
+
+TEST_F(Tinycoder, TokenizedPromptsStreamTheGoldenText) {
+  const std::unique_ptr<Tokenizer> tokenizer = Tokenizer::load(cli::default_model_path());
+  for (const Json& c : golden()) {
+    const std::string prompt = c.at("prompt").get<std::string>();
+    const std::vector<int32_t> prompt_ids = tokenizer->encode(prompt, false);
+    EXPECT_EQ(prompt_ids, c.at("prompt_ids").get<std::vector<int32_t>>()) << prompt;
+    StreamDecoder stream(*tokenizer);
+    std::string text;
+    for (int32_t id : prompt_ids) text += stream.push(id);
+    Generator generator(*model_, SamplingParams{}, loaded_->spec.eos_token_ids);
+    generator.generate(prompt_ids, 48, [&](int32_t id) { text += stream.push(id); });
+    text += stream.finish();
+    EXPECT_EQ(text, c.at("text").get<std::string>()) << prompt;
   }
 }
 
