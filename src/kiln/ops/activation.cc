@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "kiln/models/capabilities.h"
+#include "kiln/ops/kernels.h"
 
 namespace kiln::ops {
 
@@ -38,7 +39,12 @@ void apply_activation(Activation activation, float* x, int64_t count) {
 
 void gated_activation(Activation activation, const float* gate, const float* up, float* y,
                       int64_t count) {
+  if (activation == Activation::kSilu) return active_kernels().silu_gated(gate, up, y, count);
   for (int64_t i = 0; i < count; ++i) y[i] = activate(activation, gate[i]) * up[i];
+}
+
+void silu_gated_reference(const float* gate, const float* up, float* y, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) y[i] = activate(Activation::kSilu, gate[i]) * up[i];
 }
 
 }  // namespace kiln::ops

@@ -14,7 +14,11 @@ float activate(Activation activation, float x);
 void apply_activation(Activation activation, float* x, int64_t count);
 
 // y[i] = act(gate[i]) * up[i] (SwiGLU, GeGLU).   gate, up, y: [count] f32 (y may alias either)
+// SiLU runs the active kernel set (ops/kernels.h).
 void gated_activation(Activation activation, const float* gate, const float* up, float* y,
                       int64_t count);
+
+// The reference kernel of gated_activation with SiLU.
+void silu_gated_reference(const float* gate, const float* up, float* y, int64_t count);
 
 }  // namespace kiln::ops

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kiln/core/error.h"
+#include "kiln/ops/activation.h"
 #include "kiln/ops/attention.h"
 #include "kiln/ops/linear.h"
 
@@ -126,6 +127,25 @@ TEST(FastKernels, AttentionMatchesReferenceForEveryShape) {
       EXPECT_LE(err, 1e-5) << name << " case " << k;
     }
     std::cout << name << " attention: max |err| / (1 + |out|) = " << worst << std::endl;
+  }
+  use_kernels("auto");
+}
+
+TEST(FastKernels, SiluGatedMatchesReference) {
+  std::mt19937 rng(9);
+  for (const std::string& name : fast_kernel_sets()) {
+    use_kernels(name);
+    double worst = 0.0;
+    for (const int64_t count : {1, 7, 16, 33, 1000, 300000}) {
+      std::vector<float> gate = random_vector(rng, count), up = random_vector(rng, count);
+      for (size_t i = 0; i < gate.size(); i += 97) gate[i] *= 40.0f;  // far tails of e^x
+      std::vector<float> got(count), want(count);  // [count]
+      gated_activation(Activation::kSilu, gate.data(), up.data(), got.data(), count);
+      silu_gated_reference(gate.data(), up.data(), want.data(), count);
+      worst = std::max(worst, max_relative_error(got, want));
+    }
+    std::cout << name << " silu_gated: max |err| / (1 + |y|) = " << worst << std::endl;
+    EXPECT_LE(worst, 1e-6) << name;
   }
   use_kernels("auto");
 }

@@ -7,6 +7,7 @@
 
 #include "kiln/core/error.h"
 #include "kiln/core/tensor.h"
+#include "kiln/ops/activation.h"
 #include "kiln/ops/kernels.h"
 
 namespace kiln::ops {
@@ -56,7 +57,8 @@ void linear_reference(const float* x, const void* weight, DType weight_dtype, co
 
 namespace kiln::ops::cpu {
 const KernelTable& reference_table() {
-  static const KernelTable table{"reference", &linear_reference, &causal_attention_reference};
+  static const KernelTable table{"reference", &linear_reference, &causal_attention_reference,
+                                 &silu_gated_reference};
   return table;
 }
 }  // namespace kiln::ops::cpu

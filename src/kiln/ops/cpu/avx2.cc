@@ -18,6 +18,7 @@ using S = Avx2;
 #include "kiln/ops/cpu/linear_kernels.inc"
 // (after linear_kernels.inc: uses its Vec and kLanes)
 #include "kiln/ops/cpu/attention_kernels.inc"
+#include "kiln/ops/cpu/elementwise_kernels.inc"
 
 void linear(const float* x, const void* weight, DType dtype, const float* bias, float* y,
             int64_t rows, int64_t in, int64_t out) {
@@ -36,7 +37,7 @@ void linear(const float* x, const void* weight, DType dtype, const float* bias, 
 
 namespace kiln::ops::cpu {
 const KernelTable& avx2_table() {
-  static const KernelTable table{"avx2", &avx2::linear, &avx2::attention};
+  static const KernelTable table{"avx2", &avx2::linear, &avx2::attention, &avx2::silu_gated};
   return table;
 }
 }  // namespace kiln::ops::cpu

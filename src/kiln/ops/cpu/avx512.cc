@@ -20,6 +20,7 @@ using S = Avx512;
 #include "kiln/ops/cpu/linear_kernels.inc"
 // (after linear_kernels.inc: uses its Vec and kLanes)
 #include "kiln/ops/cpu/attention_kernels.inc"
+#include "kiln/ops/cpu/elementwise_kernels.inc"
 
 // f32 -> bf16, rounding to nearest even (finite inputs; as vcvtneps2bf16 does).
 inline uint32_t round_to_bf16(float f) {
@@ -123,7 +124,8 @@ void linear(const float* x, const void* weight, DType dtype, const float* bias, 
 
 namespace kiln::ops::cpu {
 const KernelTable& avx512_table() {
-  static const KernelTable table{"avx512", &avx512::linear, &avx512::attention};
+  static const KernelTable table{"avx512", &avx512::linear, &avx512::attention,
+                                 &avx512::silu_gated};
   return table;
 }
 }  // namespace kiln::ops::cpu

@@ -11,13 +11,15 @@ namespace kiln::ops::cpu {
 
 using LinearKernel = void (*)(const float* x, const void* weight, DType weight_dtype,
                               const float* bias, float* y, int64_t rows, int64_t in, int64_t out);
+using SiluGatedKernel = void (*)(const float* gate, const float* up, float* y, int64_t count);
 using AttentionKernel = void (*)(const float* q, const float* k_cache, const float* v_cache,
                                  float* out, const AttentionShape& shape);
 
 struct KernelTable {
-  const char* name;           // "reference", "avx2", "avx512"
-  LinearKernel linear;        // contract of ops::linear
-  AttentionKernel attention;  // contract of ops::causal_attention
+  const char* name;            // "reference", "avx2", "avx512"
+  LinearKernel linear;         // contract of ops::linear
+  AttentionKernel attention;   // contract of ops::causal_attention
+  SiluGatedKernel silu_gated;  // contract of ops::gated_activation with Activation::kSilu
 };
 
 // Plain C++ kernels (ops/linear.cc, ops/attention.cc): the arbiter of every fast kernel.
