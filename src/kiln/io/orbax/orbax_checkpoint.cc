@@ -101,7 +101,14 @@ bool OrbaxSource::present_in(const std::string& dir) {
 
 OrbaxSource::OrbaxSource(const std::string& path) : dir_(resolve_orbax_item_dir(path)) {
   const std::string metadata_path = (fs::path(dir_) / "_METADATA").string();
-  const Json metadata = read_json_file(metadata_path);
+  try {
+    read_metadata(read_json_file(metadata_path), metadata_path);
+  } catch (const Json::exception& e) {
+    throw Error(metadata_path + ": malformed orbax metadata: " + e.what());
+  }
+}
+
+void OrbaxSource::read_metadata(const Json& metadata, const std::string& metadata_path) {
   check(metadata.contains("tree_metadata") && metadata["tree_metadata"].is_object(),
         metadata_path + ": missing key 'tree_metadata'");
   ocdbt_ = metadata.value("use_ocdbt", false) || OcdbtKvStore::present_in(dir_);

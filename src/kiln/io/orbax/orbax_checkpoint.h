@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "kiln/io/json.h"
 #include "kiln/io/orbax/kvstore.h"
 #include "kiln/io/orbax/ocdbt.h"
 #include "kiln/io/orbax/zarr.h"
@@ -46,6 +47,7 @@ class OrbaxSource : public TensorSource {
     Shape shape;
   };
   const Param& param(const std::string& name) const;
+  void read_metadata(const Json& metadata, const std::string& metadata_path);
   std::string dir_;
   bool ocdbt_ = false;
   std::unique_ptr<KvStore> store_;

@@ -96,17 +96,16 @@ ZarrMeta parse_v3(const Json& j, const std::string& where) {
 }
 
 ZarrMeta read_meta(const KvStore& store, const std::string& prefix) {
-  if (auto v3 = store.read(prefix + "zarr.json")) {
-    const std::string where = store.where() + ": " + prefix + "zarr.json";
-    return parse_v3(parse_json(*v3, where), where);
-  }
-  auto v2 = store.read(prefix + ".zarray");
-  check(v2.has_value(), store.where() + ": no zarr array at '" + prefix + "'");
-  const std::string where = store.where() + ": " + prefix + ".zarray";
+  const bool v3 = store.read(prefix + "zarr.json").has_value();
+  const std::string key = prefix + (v3 ? "zarr.json" : ".zarray");
+  const std::string where = store.where() + ": " + key;
+  auto bytes = store.read(key);
+  check(bytes.has_value(), store.where() + ": no zarr array at '" + prefix + "'");
   try {
-    return parse_v2(parse_json(*v2, where), where);
+    const Json json = parse_json(*bytes, where);
+    return v3 ? parse_v3(json, where) : parse_v2(json, where);
   } catch (const Json::exception& e) {
-    throw Error(where + ": " + e.what());
+    throw Error(where + ": malformed zarr metadata: " + e.what());
   }
 }
 
@@ -276,21 +275,7 @@ void place_v3_chunk(std::string data, const Json& codecs, const Shape& chunk_sha
   }
 }
 
-}  // namespace
-
-std::string zarr_v2_dtype(DType dtype) {
-  for (const auto& d : kDTypes)
-    if (d.dtype == dtype) return d.v2;
-  throw Error("zarr: no dtype for " + std::string(dtype_name(dtype)));
-}
-
-std::pair<DType, Shape> read_zarr_metadata(const KvStore& store, const std::string& prefix) {
-  ZarrMeta m = read_meta(store, prefix);
-  return {m.dtype, m.shape};
-}
-
-Tensor read_zarr_array(const KvStore& store, const std::string& prefix) {
-  const ZarrMeta m = read_meta(store, prefix);
+Tensor read_chunks(const KvStore& store, const std::string& prefix, const ZarrMeta& m) {
   const size_t n = m.shape.size();
   check(m.chunks.size() == n, m.where + ": chunk rank differs from array rank");
   Tensor out = Tensor::zeros(m.dtype, m.shape);
@@ -321,6 +306,28 @@ Tensor read_zarr_array(const KvStore& store, const std::string& prefix) {
       index[d] = 0;
     }
     if (d == static_cast<size_t>(-1)) return out;
+  }
+}
+
+}  // namespace
+
+std::string zarr_v2_dtype(DType dtype) {
+  for (const auto& d : kDTypes)
+    if (d.dtype == dtype) return d.v2;
+  throw Error("zarr: no dtype for " + std::string(dtype_name(dtype)));
+}
+
+std::pair<DType, Shape> read_zarr_metadata(const KvStore& store, const std::string& prefix) {
+  ZarrMeta m = read_meta(store, prefix);
+  return {m.dtype, m.shape};
+}
+
+Tensor read_zarr_array(const KvStore& store, const std::string& prefix) {
+  const ZarrMeta m = read_meta(store, prefix);
+  try {
+    return read_chunks(store, prefix, m);
+  } catch (const Json::exception& e) {
+    throw Error(m.where + ": malformed zarr codec configuration: " + e.what());
   }
 }
 
