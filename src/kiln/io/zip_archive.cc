@@ -75,7 +75,8 @@ ZipArchive ZipArchive::open(const std::string& path) {
     const uint16_t extra_len = r.at<uint16_t>(pos + 30);
     const uint16_t comment_len = r.at<uint16_t>(pos + 32);
     uint64_t local_offset = r.at<uint32_t>(pos + 42);
-    r.at<char>(pos + 46 + name_len + extra_len + comment_len - 1);  // bounds check
+    check(pos + 46 + name_len + extra_len + comment_len <= size,
+          path + ": zip central directory entry " + std::to_string(i) + " runs past the file");
     e.name.assign(reinterpret_cast<const char*>(zip.file_->data()) + pos + 46, name_len);
     // Zip64 extra field: the 64-bit values of the fields that hold 0xFFFFFFFF, in order.
     for (size_t x = pos + 46 + name_len; x + 4 <= pos + 46 + name_len + extra_len;) {
