@@ -7,7 +7,9 @@
 #include "kiln/core/error.h"
 #include "kiln/io/json.h"
 #include "kiln/io/safetensors.h"
+#include "kiln/layers/model.h"
 #include "kiln/models/weight_names.h"
+#include "kiln/verify/reference_check.h"
 #include "test_util.h"
 
 namespace kiln {
@@ -48,6 +50,21 @@ TEST(Loader, LoadsFixtureWithKilnNamesAndMergedEosIds) {
   // Tied embeddings: no lm_head tensor is needed.
   EXPECT_FALSE(
       load_model(test::data_path("hf/qwen2")).weights.count("decoder/logits_dense/kernel"));
+}
+
+TEST(Loader, ShardedPytorchBinGivesTheSameModel) {
+  const std::string dir = test::make_temp_dir("kiln-loader");
+  fs::copy_file(test::data_path("hf/llama/config.json"), dir + "/config.json");
+  for (const auto& entry : fs::directory_iterator(test::data_path("torch_bin/llama_sharded")))
+    fs::copy_file(entry.path(), dir + "/" + entry.path().filename().string());
+  const LoadedModel loaded = load_model(dir);
+  const Model model(loaded.spec, loaded.weights);
+  const ReferenceReport report =
+      check_against_reference(model, test::data_path("hf/llama/reference.safetensors"), 1e-4);
+  std::cout << "llama from .bin shards: logits max abs err = " << report.logits_max_abs_err
+            << std::endl;
+  EXPECT_TRUE(report.passed);
+  fs::remove_all(dir);
 }
 
 TEST(Loader, MissingTensorNamesTensorAndFolder) {

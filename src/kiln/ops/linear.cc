@@ -30,7 +30,9 @@ void linear_reference(const float* x, const void* weight, DType weight_dtype, co
   check_weight_dtype(weight_dtype);
   const auto* w_bytes = static_cast<const std::byte*>(weight);
   const size_t row_bytes = static_cast<size_t>(in) * dtype_size(weight_dtype);
-#pragma omp parallel
+  // Threads pay off only when they share enough multiply-adds to amortize waking them.
+  const bool parallel = rows * in * out >= (int64_t{1} << 18);
+#pragma omp parallel if (parallel)
   {
     std::vector<float> converted(weight_dtype == DType::F32 ? 0 : in);  // [in]
 #pragma omp for schedule(static)
