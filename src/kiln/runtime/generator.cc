@@ -12,7 +12,9 @@ double GenerationStats::prefill_tokens_per_second() const {
 }
 
 double GenerationStats::decode_tokens_per_second() const {
-  return decode_seconds > 0.0 ? static_cast<double>(generated_tokens - 1) / decode_seconds : 0.0;
+  return generated_tokens > 1 && decode_seconds > 0.0
+             ? static_cast<double>(generated_tokens - 1) / decode_seconds
+             : 0.0;
 }
 
 Generator::Generator(const Model& model, const SamplingParams& params,
