@@ -1,6 +1,6 @@
 // Microbenchmarks of the CPU kernels on Llama-3.2-1B shapes, per kernel set, beside OpenBLAS
-// sgemm. Counters: GB/s of weights (GEMV), GFLOP/s (GEMM, attention).
-//   build/bench/kiln_kernel_bench --benchmark_filter=Gemv
+// sgemm. Rate counters (per second of wall time): weight_GB read, GFLOP computed.
+//   build/bench/kiln_kernel_bench --benchmark_filter=linear_bf16
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 
@@ -46,9 +46,9 @@ void linear_bf16(benchmark::State& state) {
   }
   state.SetLabel(sets[state.range(0)]);
   const double iterations = static_cast<double>(state.iterations());
-  state.counters["GB/s"] =
+  state.counters["weight_GB"] =
       benchmark::Counter(iterations * out * in * 2 / 1e9, benchmark::Counter::kIsRate);
-  state.counters["GFLOP/s"] =
+  state.counters["GFLOP"] =
       benchmark::Counter(iterations * 2.0 * rows * in * out / 1e9, benchmark::Counter::kIsRate);
 }
 
@@ -64,7 +64,7 @@ void linear_f32(benchmark::State& state) {
     benchmark::DoNotOptimize(y.data());
   }
   state.SetLabel(sets[state.range(0)]);
-  state.counters["GFLOP/s"] =
+  state.counters["GFLOP"] =
       benchmark::Counter(static_cast<double>(state.iterations()) * 2.0 * rows * in * out / 1e9,
                          benchmark::Counter::kIsRate);
 }
@@ -80,7 +80,7 @@ void openblas_sgemm(benchmark::State& state) {
                 w.data(), static_cast<int>(in), 0.0f, y.data(), static_cast<int>(out));
     benchmark::DoNotOptimize(y.data());
   }
-  state.counters["GFLOP/s"] =
+  state.counters["GFLOP"] =
       benchmark::Counter(static_cast<double>(state.iterations()) * 2.0 * rows * in * out / 1e9,
                          benchmark::Counter::kIsRate);
 }
@@ -110,7 +110,7 @@ void attention(benchmark::State& state) {
   state.SetLabel(sets[state.range(0)]);
   double keys = 0;
   for (int64_t t = 0; t < s.tokens; ++t) keys += static_cast<double>(s.start + t + 1);
-  state.counters["GFLOP/s"] =
+  state.counters["GFLOP"] =
       benchmark::Counter(static_cast<double>(state.iterations()) * 2.0 * s.heads * 128 * keys / 1e9,
                          benchmark::Counter::kIsRate);
 }

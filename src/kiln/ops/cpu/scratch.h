@@ -7,7 +7,14 @@
 namespace kiln::ops::cpu {
 
 // Which buffer: each slot is independent, so a kernel may hold several at once.
-enum class ScratchSlot { kPackedActivations, kStagedWeights, kPackRow, kAttentionOutput, kCount };
+enum class ScratchSlot {
+  kPackedActivations,
+  kStagedWeights,
+  kPackRow,
+  kAttentionKeys,
+  kAttentionOutput,
+  kCount
+};
 
 // At least `bytes` bytes, 64-byte aligned, owned by the calling thread and valid until its
 // next call with the same slot and a larger size. Contents are unspecified.
