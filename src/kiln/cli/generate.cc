@@ -105,6 +105,7 @@ class GenerateCommand : public Command {
   uint64_t seed_ = 0;
 };
 
-KILN_COMMAND(GenerateCommand, "generate", "continue a prompt with a model (streams text)");
+KILN_COMMAND(GenerateCommand, "generate",
+             "Continue a prompt with a model, streaming the text (tokens/s on stderr)");
 
 }  // namespace kiln::cli

@@ -89,6 +89,6 @@ class VerifyCommand : public Command {
 };
 
 KILN_COMMAND(VerifyCommand, "verify",
-             "compare a model's logits, hidden states and greedy decode with a reference dump");
+             "Compare a model's logits, hidden states and greedy decode with a reference dump");
 
 }  // namespace kiln::cli
