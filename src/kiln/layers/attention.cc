@@ -21,6 +21,7 @@ KILN_CAPABILITY("attention.kind", "gqa");
 KILN_CAPABILITY("attention.kind", "mqa");
 KILN_CAPABILITY("attention.bias", "yes");
 KILN_CAPABILITY("attention.qk_norm", "per_head");
+KILN_CAPABILITY("attention.qk_norm", "whole_projection");
 KILN_CAPABILITY("attention.scale", "yes");
 KILN_CAPABILITY("rope.local", "yes");
 
@@ -35,8 +36,6 @@ Attention::Attention(const AttentionSpec& spec, int64_t hidden, const WeightMap&
                      const std::string& module)
     : spec_(spec), module_(module), hidden_(hidden) {
   check(!spec.is_mla(), module + ": multi-head latent attention is not implemented yet");
-  check(spec.qk_norm != QkNormKind::kWholeProjection,
-        module + ": whole-projection QK norm is not implemented yet");
   check(spec.num_heads > 0 && spec.num_kv_heads > 0 && spec.head_dim > 0,
         module + ": heads, KV heads and head_dim must be positive");
   check(spec.num_heads % spec.num_kv_heads == 0,
@@ -52,8 +51,11 @@ Attention::Attention(const AttentionSpec& spec, int64_t hidden, const WeightMap&
   out_ = Linear(weights, names::child(module, "out"), spec.num_heads * value_dim_, hidden,
                 spec.o_bias);
   const NormSpec norm = qk_norm_spec(spec);
-  query_norm_ = Norm(norm, weights, names::child(module, "query_norm"), spec.head_dim);
-  key_norm_ = Norm(norm, weights, names::child(module, "key_norm"), spec.head_dim);
+  // Per head: over head_dim; whole projection (OLMo-2): over all heads at once.
+  const bool whole = spec.qk_norm == QkNormKind::kWholeProjection;
+  query_norm_ = Norm(norm, weights, names::child(module, "query_norm"),
+                     whole ? q_width : spec.head_dim);
+  key_norm_ = Norm(norm, weights, names::child(module, "key_norm"), whole ? k_width : spec.head_dim);
   if (spec.rope.type != RopeType::kNone) {
     rotary_dim_ = spec.rope.rotary_dim > 0 ? spec.rope.rotary_dim : spec.head_dim;
     ops::rope_frequencies(spec.rope, spec.head_dim, 1);  // rejects unusable settings now
@@ -77,9 +79,10 @@ void Attention::forward(const float* x, int64_t batch, int64_t tokens, int64_t s
     (*observer)(names::child(module_, "key"), k);
     (*observer)(names::child(module_, "value"), v);
   }
-  if (spec_.qk_norm == QkNormKind::kPerHead) {
-    query_norm_.forward(q.data<float>(), rows * heads, q.mutable_data<float>());
-    key_norm_.forward(k.data<float>(), rows * kv_heads, k.mutable_data<float>());
+  if (spec_.qk_norm != QkNormKind::kNone) {
+    const bool whole = spec_.qk_norm == QkNormKind::kWholeProjection;
+    query_norm_.forward(q.data<float>(), whole ? rows : rows * heads, q.mutable_data<float>());
+    key_norm_.forward(k.data<float>(), whole ? rows : rows * kv_heads, k.mutable_data<float>());
     if (observer) {
       (*observer)(names::child(module_, "query_norm"), q);
       (*observer)(names::child(module_, "key_norm"), k);

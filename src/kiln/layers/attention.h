@@ -18,7 +18,7 @@ class Attention {
  public:
   Attention() = default;
   // Reads the weights under `module` (models/weight_names.h). Throws Error for features of
-  // `spec` that are not implemented (MLA, whole-projection QK norm).
+  // `spec` that are not implemented (MLA).
   Attention(const AttentionSpec& spec, int64_t hidden, const WeightMap& weights,
             const std::string& module);
 

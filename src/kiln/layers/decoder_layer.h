@@ -1,5 +1,6 @@
-// DecoderLayer: one transformer block, norm -> attention -> residual, norm -> MLP ->
-// residual (pre-norm placement).
+// DecoderLayer: one transformer block: attention and MLP with their residuals, and norms
+// placed before (pre), after (post), around (sandwich) them, or one block computing both
+// branches from the same input (parallel).
 #pragma once
 
 #include <cstdint>
@@ -14,8 +15,15 @@ namespace kiln {
 
 class DecoderLayer {
  public:
-  // Builds layer `index` from its spec and the weights under names::layer(index). Throws
-  // Error for placements and MoE, which are not implemented yet.
+  // Builds layer `index` from its spec and the weights under names::layer(index). The norms
+  // read depend on the placement (models/weight_names.h):
+  //   pre       input_norm -> attention; post_attention_norm -> MLP
+  //   post      attention -> post_attention_norm; MLP -> post_ffw_norm
+  //   sandwich  input_norm -> attention -> post_attention_norm;
+  //             pre_ffw_norm -> MLP -> post_ffw_norm
+  //   parallel  x + attention(input_norm(x)) + MLP(post_attention_norm(x)), or MLP of the
+  //             same input_norm(x) when spec.parallel_shared_norm
+  // Throws Error for MoE, which is not implemented yet.
   DecoderLayer(const LayerSpec& spec, int64_t index, int64_t hidden, const WeightMap& weights);
 
   // Runs the block in place on the residual stream at positions [start, start + T).
@@ -23,17 +31,29 @@ class DecoderLayer {
   void forward(float* x, int64_t batch, int64_t tokens, int64_t start, LayerKvCache& cache,
                const ActivationObserver* observer) const;
 
-  const Norm& input_norm() const { return input_norm_; }
+  const Norm& input_norm() const { return attention_in_; }
   const Attention& attention() const { return attention_; }
-  const Norm& post_attention_norm() const { return post_attention_norm_; }
+  // The norm stored as post_attention_norm: the MLP's input norm (pre, parallel) or the
+  // attention output's (post, sandwich).
+  const Norm& post_attention_norm() const {
+    return placement_ == NormPlacement::kPre || placement_ == NormPlacement::kParallel
+               ? mlp_in_
+               : attention_out_;
+  }
   const Mlp& mlp() const { return mlp_; }
 
  private:
+  // Applies `norm` to x into y and reports it under `name`; false (nothing done) when the
+  // placement has no such norm.
+  bool apply_norm(const Norm& norm, const std::string& name, const float* x, Tensor& y,
+                  int64_t rows, const ActivationObserver* observer) const;
+
   int64_t index_;
   int64_t hidden_;
-  Norm input_norm_;
+  NormPlacement placement_;
+  bool shared_norm_;
+  Norm attention_in_, attention_out_, mlp_in_, mlp_out_;  // kind kNone when absent
   Attention attention_;
-  Norm post_attention_norm_;
   Mlp mlp_;
 };
 

@@ -1,5 +1,6 @@
 #include "kiln/layers/model.h"
 
+#include <cmath>
 #include <cstring>
 
 #include "kiln/core/error.h"
@@ -12,15 +13,15 @@ namespace kiln {
 
 // What the model's embedding and output compute (`kiln analyze` reports these supported).
 KILN_CAPABILITY("embedding.scale", "yes");
+KILN_CAPABILITY("embedding.positions", "learned");
+KILN_CAPABILITY("logits.softcap", "yes");
+KILN_CAPABILITY("logits.bias", "yes");
 
 namespace {
 // Rejects model-level features the forward pass does not implement yet.
 void check_implemented(const ModelSpec& spec) {
   const std::string who = "model '" + spec.architecture + "'";
-  check(!spec.learned_positions, who + ": learned position embeddings are not implemented yet");
-  check(spec.final_logit_softcap == 0.0f, who + ": logit soft-capping is not implemented yet");
   check(spec.logit_scale == 1.0f, who + ": logit scaling is not implemented yet");
-  check(!spec.lm_head_bias, who + ": an lm_head bias is not implemented yet");
   check(spec.vocab_size > 0 && spec.hidden_size > 0 && spec.num_layers() > 0,
         who + ": vocab_size, hidden_size and the layer count must be positive");
 }
@@ -31,6 +32,10 @@ Model::Model(ModelSpec spec, const WeightMap& weights) : spec_(std::move(spec)) 
   const int64_t hidden = spec_.hidden_size, vocab = spec_.vocab_size;
   embedding_ = require_weight(weights, names::embedding(names::token_embedder()), {vocab, hidden})
                    .contiguous();
+  if (spec_.learned_positions)
+    positions_ = require_weight(weights, names::embedding(names::position_embedder()),
+                                {spec_.max_position_embeddings, hidden})
+                     .contiguous();
   for (int64_t i = 0; i < spec_.num_layers(); ++i)
     layers_.emplace_back(spec_.layers[i], i, hidden, weights);
   final_norm_ = Norm(spec_.has_final_norm ? spec_.final_norm : NormSpec{NormKind::kNone, 0.0f},
@@ -59,6 +64,14 @@ Tensor Model::forward(const int32_t* tokens, int64_t batch, int64_t tokens_per_r
   float* x_data = x.mutable_data<float>();
   ops::embedding_lookup(embedding_.raw(), embedding_.dtype(), vocab, hidden, tokens, batch * T,
                         spec_.embedding_scale, x_data);
+  if (positions_.defined()) {
+    std::vector<int32_t> position_ids(batch * T);  // [B, T]
+    for (int64_t r = 0; r < batch * T; ++r) position_ids[r] = static_cast<int32_t>(start + r % T);
+    std::vector<float> position_rows(batch * T * hidden);  // [B, T, hidden]
+    ops::embedding_lookup(positions_.raw(), positions_.dtype(), spec_.max_position_embeddings,
+                          hidden, position_ids.data(), batch * T, 1.0f, position_rows.data());
+    for (int64_t i = 0; i < batch * T * hidden; ++i) x_data[i] += position_rows[i];
+  }
   if (observer) (*observer)(names::token_embedder(), x);
   for (int64_t i = 0; i < spec_.num_layers(); ++i) {
     layers_[i].forward(x_data, batch, T, start, cache.layer(i), observer);
@@ -78,6 +91,11 @@ Tensor Model::forward(const int32_t* tokens, int64_t batch, int64_t tokens_per_r
     lm_head_.forward(last.data(), batch, logits.mutable_data<float>());
   } else {
     lm_head_.forward(x_data, batch * T, logits.mutable_data<float>());
+  }
+  if (spec_.final_logit_softcap > 0.0f) {
+    const float cap = spec_.final_logit_softcap;
+    float* l = logits.mutable_data<float>();
+    for (int64_t i = 0; i < logits.numel(); ++i) l[i] = std::tanh(l[i] / cap) * cap;
   }
   if (observer) (*observer)(names::lm_head(), logits);
   return logits;

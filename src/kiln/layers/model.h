@@ -56,6 +56,7 @@ class Model {
 
   ModelSpec spec_;
   Tensor embedding_;  // [V, hidden] in its stored dtype
+  Tensor positions_;  // [max_position_embeddings, hidden] learned positions, or undefined
   std::vector<DecoderLayer> layers_;
   Norm final_norm_;
   Linear lm_head_;  // [V, hidden]; the embedding table when tied

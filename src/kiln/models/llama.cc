@@ -88,7 +88,8 @@ std::vector<WeightMapping> LlamaFamily::map_weights(const ModelSpec& spec,
     const AttentionSpec& a = layer.attention;
     const std::string hf = "model.layers." + std::to_string(i) + ".";
     const std::string attention = names::attention(i);
-    rename(names::scale(names::input_norm(i)), hf + "input_layernorm.weight", {hidden});
+    if (layer.placement != NormPlacement::kPost)
+      rename(names::scale(names::input_norm(i)), hf + "input_layernorm.weight", {hidden});
     struct Projection {
       const char* kiln;
       const char* hf;
@@ -107,14 +108,21 @@ std::vector<WeightMapping> LlamaFamily::map_weights(const ModelSpec& spec,
       rename(names::kernel(module), hf_module + ".weight", {p.out, p.in});
       if (p.bias) rename(names::bias(module), hf_module + ".bias", {p.out});
     }
-    if (a.qk_norm == QkNormKind::kPerHead) {
+    if (a.qk_norm != QkNormKind::kNone) {
+      const bool whole = a.qk_norm == QkNormKind::kWholeProjection;
       rename(names::scale(names::child(attention, "query_norm")), hf + "self_attn.q_norm.weight",
-             {a.head_dim});
+             {whole ? a.num_heads * a.head_dim : a.head_dim});
       rename(names::scale(names::child(attention, "key_norm")), hf + "self_attn.k_norm.weight",
-             {a.head_dim});
+             {whole ? a.num_kv_heads * a.head_dim : a.head_dim});
     }
     rename(names::scale(names::post_attention_norm(i)), hf + "post_attention_layernorm.weight",
            {hidden});
+    if (layer.placement == NormPlacement::kSandwich)
+      rename(names::scale(names::pre_ffw_norm(i)), hf + "pre_feedforward_layernorm.weight",
+             {hidden});
+    if (layer.placement == NormPlacement::kSandwich || layer.placement == NormPlacement::kPost)
+      rename(names::scale(names::post_ffw_norm(i)), hf + "post_feedforward_layernorm.weight",
+             {hidden});
     const int64_t inner = layer.mlp.intermediate;
     const std::pair<std::string, std::string> mlp[] = {{names::mlp_gate(i), "gate_proj"},
                                                        {names::mlp_up(i), "up_proj"}};

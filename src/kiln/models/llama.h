@@ -20,7 +20,7 @@ class LlamaFamily : public Family {
   // HF `model.*` / `lm_head` names -> Kiln names, all plain renames. Biases, QK norms and
   // lm_head follow the spec.
   std::vector<WeightMapping> map_weights(const ModelSpec& spec,
-                                         const TensorSource& source) const final;
+                                         const TensorSource& source) const override;
 
  protected:
   // What a derived family changes in the spec Llama's reading produced.

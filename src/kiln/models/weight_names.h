@@ -3,6 +3,7 @@
 // one:
 //
 //   token_embedder/embedding                                   [vocab, hidden]
+//   position_embedder/embedding                                [max_positions, hidden] (GPT-2)
 //   decoder/layers_{i}/pre_self_attention_layer_norm/scale     [hidden]  (+ /bias)
 //   decoder/layers_{i}/self_attention/query/kernel             [heads * head_dim, hidden]
 //   decoder/layers_{i}/self_attention/key/kernel               [kv_heads * head_dim, hidden]
@@ -10,7 +11,9 @@
 //   decoder/layers_{i}/self_attention/out/kernel               [hidden, heads * value_dim]
 //   decoder/layers_{i}/self_attention/{query,key,value,out}/bias           (when present)
 //   decoder/layers_{i}/self_attention/{query_norm,key_norm}/scale [head_dim] (per-head QK norm)
-//   decoder/layers_{i}/post_self_attention_layer_norm/scale    [hidden]  (the pre-MLP norm)
+//   decoder/layers_{i}/post_self_attention_layer_norm/scale    [hidden]  (the pre-MLP norm;
+//                                     with post or sandwich norms: the attention output's)
+//   decoder/layers_{i}/{pre_ffw_norm,post_ffw_norm}/scale      [hidden]  (sandwich, post norms)
 //   decoder/layers_{i}/mlp/wi_0/kernel                         [intermediate, hidden] (gate)
 //   decoder/layers_{i}/mlp/wi_1/kernel                         [intermediate, hidden] (up)
 //   decoder/layers_{i}/mlp/wo/kernel                           [hidden, intermediate] (down)
@@ -46,6 +49,10 @@ namespace kiln::names {
 inline std::string token_embedder() {
   return "token_embedder";
 }
+// Learned absolute position embeddings (GPT-2).
+inline std::string position_embedder() {
+  return "position_embedder";
+}
 inline std::string layer(int64_t i) {
   return "decoder/layers_" + std::to_string(i);
 }
@@ -57,6 +64,13 @@ inline std::string attention(int64_t i) {
 }
 inline std::string post_attention_norm(int64_t i) {
   return layer(i) + "/post_self_attention_layer_norm";
+}
+// Gemma 2/3 sandwich and OLMo-2 post norms around the MLP.
+inline std::string pre_ffw_norm(int64_t i) {
+  return layer(i) + "/pre_ffw_norm";
+}
+inline std::string post_ffw_norm(int64_t i) {
+  return layer(i) + "/post_ffw_norm";
 }
 inline std::string mlp(int64_t i) {
   return layer(i) + "/mlp";

@@ -1,0 +1,41 @@
+// Gemma 3 (text): like Gemma 2, except per-head QK norms (RMSNorm with 1 + w), a RoPE of its
+// own for sliding layers (local base, no scaling), sliding layers five out of six by
+// default, and no soft-capping unless the config asks for it.
+#include "kiln/models/gemma.h"
+#include "kiln/models/rope_config.h"
+
+namespace kiln {
+
+class Gemma3TextFamily : public Gemma2Family {
+ public:
+  std::string name() const override { return "gemma3_text"; }
+  std::vector<std::string> architectures() const override { return {"Gemma3ForCausalLM"}; }
+  std::vector<std::string> model_types() const override { return {"gemma3_text"}; }
+
+ protected:
+  int64_t default_sliding_pattern(const HfConfig& config) const override {
+    return config.get_int("sliding_window_pattern", 6);
+  }
+  void apply_differences(const HfConfig& config, ModelSpec& spec) const override {
+    Gemma2Family::apply_differences(config, spec);
+    const bool local_base_given =
+        config.has("rope_parameters") || config.has("rope_local_base_freq");
+    for (LayerSpec& layer : spec.layers) {
+      AttentionSpec& a = layer.attention;
+      a.qk_norm = QkNormKind::kPerHead;
+      const bool sliding = layer.kind == LayerKind::kSlidingAttention;
+      a.rope = rope_spec_from_config(config, sliding ? "sliding_attention" : "full_attention",
+                                     a.head_dim);
+      if (sliding && !local_base_given) {  // transformers' default local base
+        a.rope = RopeSpec{};
+        a.rope.rotary_dim = a.head_dim;
+        a.rope.theta = 10000.0;
+      }
+    }
+    config.mark_read({"_sliding_window_pattern"});
+  }
+};
+
+KILN_FAMILY(Gemma3TextFamily);
+
+}  // namespace kiln
