@@ -1,0 +1,109 @@
+// `kiln convert SRC -o DST`: a HuggingFace folder to a Kiln checkpoint (scanned or
+// unscanned) or to an Orbax checkpoint, streaming and atomic.
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <optional>
+
+#include "kiln/cli/command.h"
+#include "kiln/convert/hf_to_kiln.h"
+#include "kiln/convert/orbax_export.h"
+#include "kiln/core/error.h"
+
+namespace kiln::cli {
+namespace {
+namespace fs = std::filesystem;
+
+// Progress on stderr: a redrawn bar on a terminal, otherwise a plain line every few
+// seconds and at the end.
+class Progress {
+ public:
+  void operator()(size_t done, size_t total, uint64_t bytes) {
+    const auto now = std::chrono::steady_clock::now();
+    const double seconds = std::chrono::duration<double>(now - start_).count();
+    const bool last = done == total;
+    if (!tty_ && !last && std::chrono::duration<double>(now - printed_).count() < 2.0) return;
+    printed_ = now;
+    const double rate = seconds > 0 ? bytes / seconds / 1e6 : 0;
+    const double eta = done > 0 ? seconds * (total - done) / done : 0;
+    const int filled = static_cast<int>(30.0 * done / total);
+    std::fprintf(stderr, "%s[%-30s] %zu/%zu tensors, %.1f MB, %.1f MB/s, ETA %.0f s%s",
+                 tty_ ? "\r" : "", std::string(filled, '#').c_str(), done, total, bytes / 1e6, rate,
+                 eta, tty_ && !last ? "" : "\n");
+  }
+
+ private:
+  bool tty_ = ::isatty(2) != 0;
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point printed_ = start_;
+};
+
+class ConvertCommand : public Command {
+ public:
+  void configure(CLI::App& app) override {
+    app.add_option("source", source_, "HuggingFace model folder")->required();
+    app.add_option("-o,--output", output_, "Output folder")->required();
+    app.add_option("--layout", layout_, "Kiln layout: unscanned or scanned")
+        ->check(CLI::IsMember({"unscanned", "scanned"}));
+    app.add_option("--dtype", dtype_, "Stored dtype of floating tensors: keep, f32, bf16, f16")
+        ->check(CLI::IsMember({"keep", "f32", "bf16", "f16"}));
+    app.add_option("--format", format_, "Output format: kiln or orbax")
+        ->check(CLI::IsMember({"kiln", "orbax"}));
+    app.add_flag("--force", force_, "Replace an existing output folder");
+    app.add_flag("--orbax-zarr", orbax_zarr_, "Orbax: plain zarr files instead of OCDBT");
+    app.add_flag("--orbax-raw", orbax_raw_, "Orbax: uncompressed zarr chunks instead of zstd");
+    app.add_option("--orbax-step", orbax_step_,
+                   "Orbax: write CheckpointManager's <output>/<step>/items layout (MaxText)");
+  }
+
+  int run() override {
+    ConvertOptions options;
+    options.layout = layout_;
+    options.dtype = dtype_;
+    options.force = force_;
+    Progress progress;
+    options.progress = [&](size_t done, size_t total, uint64_t bytes) {
+      progress(done, total, bytes);
+    };
+    if (format_ == "kiln") {
+      convert_hf_to_kiln(source_, output_, options);
+      std::fprintf(stderr, "wrote %s (Kiln checkpoint, %s)\n", output_.c_str(), layout_.c_str());
+      return 0;
+    }
+    // Orbax: through an intermediate Kiln checkpoint beside the output (mmap-backed export
+    // keeps memory bounded), removed at the end; a rerun replaces a leftover one.
+    const fs::path out = fs::path(output_).lexically_normal();
+    const fs::path parent = out.has_parent_path() ? out.parent_path() : fs::path(".");
+    const std::string intermediate =
+        (parent / (".kiln-convert-" + out.filename().string())).string();
+    check(!fs::exists(output_) || force_, output_ + ": already exists (use --force to replace it)");
+    options.force = true;
+    convert_hf_to_kiln(source_, intermediate, options);
+    OrbaxWriteOptions orbax;
+    orbax.ocdbt = !orbax_zarr_;
+    orbax.zarr.zstd = !orbax_raw_;
+    orbax.manager_step = orbax_step_;
+    try {
+      export_kiln_to_orbax(intermediate, output_, orbax, force_);
+    } catch (...) {
+      fs::remove_all(intermediate);
+      throw;
+    }
+    fs::remove_all(intermediate);
+    std::fprintf(stderr, "wrote %s (Orbax checkpoint, %s)\n", output_.c_str(),
+                 orbax_zarr_ ? "zarr files" : "OCDBT");
+    return 0;
+  }
+
+ private:
+  std::string source_, output_, layout_ = "unscanned", dtype_ = "keep", format_ = "kiln";
+  bool force_ = false, orbax_zarr_ = false, orbax_raw_ = false;
+  std::optional<int64_t> orbax_step_;
+};
+
+}  // namespace
+KILN_COMMAND(ConvertCommand, "convert",
+             "Convert a HuggingFace folder to a Kiln checkpoint (scanned or unscanned) or Orbax");
+}  // namespace kiln::cli

@@ -1,0 +1,160 @@
+#include "kiln/convert/hf_to_kiln.h"
+
+#include <filesystem>
+#include <map>
+#include <optional>
+
+#include "kiln/convert/atomic_output.h"
+#include "kiln/core/error.h"
+#include "kiln/io/checkpoint_source.h"
+#include "kiln/io/hf_config.h"
+#include "kiln/io/kiln_checkpoint.h"
+#include "kiln/models/family.h"
+
+namespace kiln {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr const char* kLayerPrefix = "decoder/layers_";
+const char* const kTokenizerFiles[] = {"tokenizer.json",
+                                       "tokenizer_config.json",
+                                       "special_tokens_map.json",
+                                       "tokenizer.model",
+                                       "vocab.json",
+                                       "merges.txt",
+                                       "added_tokens.json",
+                                       "generation_config.json",
+                                       "tokenizer.json.zst"};
+
+// (layer, param) of "decoder/layers_<layer>/<param>", or nullopt for other names.
+std::optional<std::pair<int64_t, std::string>> split_layer_name(const std::string& name) {
+  if (name.rfind(kLayerPrefix, 0) != 0) return std::nullopt;
+  const size_t digits = std::string(kLayerPrefix).size();
+  const size_t slash = name.find('/', digits);
+  if (slash == std::string::npos || slash == digits) return std::nullopt;
+  const std::string number = name.substr(digits, slash - digits);
+  if (number.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
+  return std::make_pair(std::stoll(number), name.substr(slash + 1));
+}
+
+DType target_dtype(const std::string& option, DType source) {
+  if (option == "keep" || !is_float(source)) return source;
+  if (option == "f32") return DType::F32;
+  if (option == "bf16") return DType::BF16;
+  if (option == "f16") return DType::F16;
+  throw Error("--dtype must be keep, f32, bf16 or f16, not '" + option + "'");
+}
+
+// Where each mapped tensor goes: whole, or at a position of a stacked tensor.
+struct Destination {
+  std::string name;
+  int64_t position = -1;  // >= 0: layer position in a scanned tensor
+};
+
+}  // namespace
+
+void convert_hf_to_kiln(const std::string& source_dir, const std::string& destination,
+                        const ConvertOptions& options) {
+  check(options.layout == "scanned" || options.layout == "unscanned",
+        "--layout must be scanned or unscanned, not '" + options.layout + "'");
+  target_dtype(options.dtype, DType::F32);  // validates the option before any work
+  const HfConfig config = HfConfig::load(source_dir);
+  const Family& family = family_for(config);
+  const ModelSpec spec = spec_from_config(config);
+  const std::unique_ptr<TensorSource> source = open_tensor_source(source_dir);
+  const std::vector<WeightMapping> mappings = family.map_weights(spec, *source);
+
+  // Per mapping: the dtype it is stored in.
+  std::vector<DType> dtypes;
+  for (const WeightMapping& m : mappings) {
+    check(!m.hf_names.empty() && source->contains(m.hf_names[0]),
+          source->where() + ": missing tensor '" + (m.hf_names.empty() ? "" : m.hf_names[0]) +
+              "' (needed for '" + m.kiln_name + "')");
+    dtypes.push_back(target_dtype(options.dtype, source->dtype_of(m.hf_names[0])));
+  }
+
+  KilnCheckpointInfo info;
+  info.model_spec = spec.to_json();
+  info.source_config = config.json();
+  info.layout = options.layout;
+  info.dtype = options.dtype;
+  std::vector<KilnTensorPlan> plan;
+  std::vector<Destination> destinations(mappings.size());
+  if (options.layout == "unscanned") {
+    for (size_t k = 0; k < mappings.size(); ++k) {
+      plan.push_back({mappings[k].kiln_name, dtypes[k], mappings[k].shape, -1, ""});
+      destinations[k].name = mappings[k].kiln_name;
+    }
+  } else {
+    // Group layers by their parameter signature (names, shapes, dtypes).
+    std::map<int64_t, std::map<std::string, std::pair<Shape, DType>>> layers;
+    for (size_t k = 0; k < mappings.size(); ++k)
+      if (auto split = split_layer_name(mappings[k].kiln_name))
+        layers[split->first][split->second] = {mappings[k].shape, dtypes[k]};
+    std::vector<std::pair<std::map<std::string, std::pair<Shape, DType>>, std::vector<int64_t>>>
+        groups;
+    std::map<int64_t, std::pair<size_t, int64_t>> place;  // layer -> (group, position)
+    for (const auto& [layer, signature] : layers) {
+      size_t g = 0;
+      while (g < groups.size() && groups[g].first != signature) ++g;
+      if (g == groups.size()) groups.push_back({signature, {}});
+      place[layer] = {g, static_cast<int64_t>(groups[g].second.size())};
+      groups[g].second.push_back(layer);
+    }
+    auto group_name = [&](size_t g) {
+      return groups.size() == 1 ? std::string("layers") : "layers_group" + std::to_string(g);
+    };
+    for (size_t g = 0; g < groups.size(); ++g) {
+      info.layer_groups[group_name(g)] = groups[g].second;
+      const int64_t count = static_cast<int64_t>(groups[g].second.size());
+      for (const auto& [param, shape_dtype] : groups[g].first) {
+        Shape stacked = shape_dtype.first;
+        const int axis = stacked.empty() ? 0 : 1;
+        stacked.insert(stacked.begin() + axis, count);
+        plan.push_back({"decoder/" + group_name(g) + "/" + param, shape_dtype.second, stacked, axis,
+                        group_name(g)});
+      }
+    }
+    for (size_t k = 0; k < mappings.size(); ++k) {
+      if (auto split = split_layer_name(mappings[k].kiln_name)) {
+        const auto [g, position] = place.at(split->first);
+        destinations[k] = {"decoder/" + group_name(g) + "/" + split->second, position};
+      } else {
+        plan.push_back({mappings[k].kiln_name, dtypes[k], mappings[k].shape, -1, ""});
+        destinations[k].name = mappings[k].kiln_name;
+      }
+    }
+  }
+
+  AtomicOutputDir output(destination, options.force);
+  KilnCheckpointWriter writer(output.path(), info, plan, {options.max_shard_bytes});
+  uint64_t bytes = 0;
+  for (size_t k = 0; k < mappings.size(); ++k) {
+    const WeightMapping& m = mappings[k];
+    std::vector<Tensor> inputs;
+    for (const std::string& hf_name : m.hf_names) {
+      check(source->contains(hf_name), source->where() + ": missing tensor '" + hf_name +
+                                           "' (needed for '" + m.kiln_name + "')");
+      inputs.push_back(source->get(hf_name));
+    }
+    Tensor tensor = m.transform ? m.transform(inputs) : inputs[0];
+    check(tensor.shape() == m.shape, source->where() + ": tensor '" + m.hf_names[0] +
+                                         "' has shape " + tensor.shape_string() + ", expected " +
+                                         shape_to_string(m.shape) + " (for '" + m.kiln_name + "')");
+    if (tensor.dtype() != dtypes[k]) tensor = tensor.to(dtypes[k]);
+    if (destinations[k].position >= 0)
+      writer.write_layer(destinations[k].name, destinations[k].position, tensor);
+    else
+      writer.write(destinations[k].name, tensor);
+    bytes += tensor.nbytes();
+    if (options.progress) options.progress(k + 1, mappings.size(), bytes);
+  }
+  for (const char* name : kTokenizerFiles) {
+    const fs::path file = fs::path(source_dir) / name;
+    if (fs::is_regular_file(file)) writer.add_tokenizer_file(file.string());
+  }
+  writer.finish();
+  output.commit();
+}
+
+}  // namespace kiln
