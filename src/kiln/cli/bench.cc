@@ -29,6 +29,8 @@ Json to_json(const ModelBenchResult& r) {
           {"prefill_tokens_per_s", r.prefill_tokens_per_s},
           {"prefill_gflops", r.prefill_gflops},
           {"decode_seconds", r.decode_seconds},
+          {"prefill_cpu_seconds", r.prefill_cpu_seconds},
+          {"decode_cpu_seconds", r.decode_cpu_seconds},
           {"decode_tokens_per_s", r.decode_tokens_per_s},
           {"decode_weight_bytes", r.decode_weight_bytes},
           {"decode_gb_s", r.decode_gb_s},
@@ -54,6 +56,9 @@ void print_table(const ModelBenchResult& r) {
       "decode   %9.2f tokens/s  %7.1f GB/s of weights  (%.0f%% of read bandwidth %.1f GB/s)\n",
       r.decode_tokens_per_s, r.decode_gb_s, 100.0 * r.decode_bandwidth_fraction,
       r.read_bandwidth_gb_s);
+  std::printf("CPU time prefill %.2f s of %.2f s x %d threads, decode %.2f s of %.2f s x %d\n",
+              r.prefill_cpu_seconds, r.prefill_seconds, r.threads, r.decode_cpu_seconds,
+              r.decode_seconds, r.threads);
   std::printf("GEMM on the model's shapes (%lld rows): Kiln %.1f GFLOP/s, OpenBLAS %.1f GFLOP/s\n",
               static_cast<long long>(r.prompt_tokens), r.kiln_gemm_gflops, r.openblas_gflops);
   for (const GemmShapeResult& g : r.gemm_shapes)

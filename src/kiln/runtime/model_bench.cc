@@ -24,6 +24,13 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+double cpu_seconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+         static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;
+}
+
 double peak_rss_mb() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
@@ -104,16 +111,20 @@ ModelBenchResult run_model_bench(const LoadedModel& loaded, const ModelBenchOpti
   for (int64_t l = 0; l < spec.num_layers(); ++l)
     result.kv_cache_bytes +=
         static_cast<double>(cache.layer(l).keys.nbytes() + cache.layer(l).values.nbytes());
+  double cpu_start = cpu_seconds();
   auto start = std::chrono::steady_clock::now();
   Tensor logits = model.forward(prompt.data(), 1, options.prompt_tokens, cache, last_only);
   result.prefill_seconds = seconds_since(start);
+  result.prefill_cpu_seconds = cpu_seconds() - cpu_start;
   int32_t next = argmax(logits.data<float>(), spec.vocab_size);
+  cpu_start = cpu_seconds();
   start = std::chrono::steady_clock::now();
   for (int64_t g = 0; g < options.gen_tokens; ++g) {
     logits = model.forward(&next, 1, 1, cache, last_only);
     next = argmax(logits.data<float>(), spec.vocab_size);
   }
   result.decode_seconds = seconds_since(start);
+  result.decode_cpu_seconds = cpu_seconds() - cpu_start;
   result.peak_rss_mb = peak_rss_mb();
 
   const double P = static_cast<double>(options.prompt_tokens);

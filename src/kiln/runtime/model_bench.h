@@ -32,6 +32,9 @@ struct ModelBenchResult {
   int threads = 0;
   int64_t prompt_tokens = 0, gen_tokens = 0;
   double prefill_seconds = 0.0, decode_seconds = 0.0;
+  // CPU time (user + system, all threads) of the same phases: below threads x wall time,
+  // the machine was shared and the wall-clock figures understate the kernels.
+  double prefill_cpu_seconds = 0.0, decode_cpu_seconds = 0.0;
   double prefill_tokens_per_s = 0.0, decode_tokens_per_s = 0.0;
   double prefill_flops = 0.0;              // linear + attention multiply-adds x 2 of the prefill
   double prefill_gflops = 0.0;             // prefill_flops / prefill_seconds / 1e9
