@@ -77,10 +77,14 @@ void LlamaFamily::apply_qwen_sliding_window(const HfConfig& config, ModelSpec& s
 std::vector<WeightMapping> LlamaFamily::map_weights(const ModelSpec& spec,
                                                     const TensorSource&) const {
   std::vector<WeightMapping> mappings;
-  auto rename = [&](std::string kiln_name, std::string hf_name, Shape shape) {
-    mappings.push_back({std::move(kiln_name), {std::move(hf_name)}, std::move(shape), {}});
+  auto rename = [&](std::string kiln_name, const std::string& llama_name, Shape shape) {
+    mappings.push_back({std::move(kiln_name), {hf_name(llama_name)}, std::move(shape), {}});
   };
   const int64_t hidden = spec.hidden_size;
+  auto norm = [&](const std::string& module, const std::string& llama_module, NormKind kind) {
+    rename(names::scale(module), llama_module + ".weight", {hidden});
+    if (kind == NormKind::kLayerNorm) rename(names::bias(module), llama_module + ".bias", {hidden});
+  };
   rename(names::embedding(names::token_embedder()), "model.embed_tokens.weight",
          {spec.vocab_size, hidden});
   for (int64_t i = 0; i < spec.num_layers(); ++i) {
@@ -88,8 +92,9 @@ std::vector<WeightMapping> LlamaFamily::map_weights(const ModelSpec& spec,
     const AttentionSpec& a = layer.attention;
     const std::string hf = "model.layers." + std::to_string(i) + ".";
     const std::string attention = names::attention(i);
+    const NormKind kind = layer.norm.kind;
     if (layer.placement != NormPlacement::kPost)
-      rename(names::scale(names::input_norm(i)), hf + "input_layernorm.weight", {hidden});
+      norm(names::input_norm(i), hf + "input_layernorm", kind);
     struct Projection {
       const char* kiln;
       const char* hf;
@@ -115,28 +120,28 @@ std::vector<WeightMapping> LlamaFamily::map_weights(const ModelSpec& spec,
       rename(names::scale(names::child(attention, "key_norm")), hf + "self_attn.k_norm.weight",
              {whole ? a.num_kv_heads * a.head_dim : a.head_dim});
     }
-    rename(names::scale(names::post_attention_norm(i)), hf + "post_attention_layernorm.weight",
-           {hidden});
+    if (!(layer.placement == NormPlacement::kParallel && layer.parallel_shared_norm))
+      norm(names::post_attention_norm(i), hf + "post_attention_layernorm", kind);
     if (layer.placement == NormPlacement::kSandwich)
-      rename(names::scale(names::pre_ffw_norm(i)), hf + "pre_feedforward_layernorm.weight",
-             {hidden});
+      norm(names::pre_ffw_norm(i), hf + "pre_feedforward_layernorm", kind);
     if (layer.placement == NormPlacement::kSandwich || layer.placement == NormPlacement::kPost)
-      rename(names::scale(names::post_ffw_norm(i)), hf + "post_feedforward_layernorm.weight",
-             {hidden});
+      norm(names::post_ffw_norm(i), hf + "post_feedforward_layernorm", kind);
     const int64_t inner = layer.mlp.intermediate;
     const std::pair<std::string, std::string> mlp[] = {{names::mlp_gate(i), "gate_proj"},
                                                        {names::mlp_up(i), "up_proj"}};
-    for (const auto& [module, hf_name] : mlp) {
-      rename(names::kernel(module), hf + "mlp." + hf_name + ".weight", {inner, hidden});
-      if (layer.mlp.bias) rename(names::bias(module), hf + "mlp." + hf_name + ".bias", {inner});
+    for (const auto& [module, projection] : mlp) {
+      if (module == names::mlp_gate(i) && !layer.mlp.gated) continue;
+      rename(names::kernel(module), hf + "mlp." + projection + ".weight", {inner, hidden});
+      if (layer.mlp.bias) rename(names::bias(module), hf + "mlp." + projection + ".bias", {inner});
     }
     rename(names::kernel(names::mlp_down(i)), hf + "mlp.down_proj.weight", {hidden, inner});
     if (layer.mlp.bias)
       rename(names::bias(names::mlp_down(i)), hf + "mlp.down_proj.bias", {hidden});
   }
-  rename(names::scale(names::final_norm()), "model.norm.weight", {hidden});
+  if (spec.has_final_norm) norm(names::final_norm(), "model.norm", spec.final_norm.kind);
   if (!spec.tie_word_embeddings)
     rename(names::kernel(names::lm_head()), "lm_head.weight", {spec.vocab_size, hidden});
+  if (spec.lm_head_bias) rename(names::bias(names::lm_head()), "lm_head.bias", {spec.vocab_size});
   return mappings;
 }
 

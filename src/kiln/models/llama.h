@@ -17,12 +17,17 @@ class LlamaFamily : public Family {
   std::vector<std::string> model_types() const override { return {"llama"}; }
   // Llama's reading of config.json, then apply_differences().
   ModelSpec build_spec(const HfConfig& config) const final;
-  // HF `model.*` / `lm_head` names -> Kiln names, all plain renames. Biases, QK norms and
+  // HF `model.*` / `lm_head` names (through hf_name()) -> Kiln names, all plain renames.
+  // Biases (projections, LayerNorms, lm_head), QK norms, norm placement, the MLP's gate and
   // lm_head follow the spec.
   std::vector<WeightMapping> map_weights(const ModelSpec& spec,
                                          const TensorSource& source) const override;
 
  protected:
+  // The checkpoint's name of the tensor Llama calls `llama_name`
+  // ("model.layers.0.mlp.up_proj.weight", "model.norm.bias", ...): families with other module names
+  // rename here.
+  virtual std::string hf_name(const std::string& llama_name) const { return llama_name; }
   // What a derived family changes in the spec Llama's reading produced.
   virtual void apply_differences(const HfConfig& config, ModelSpec& spec) const;
   // Qwen-style sliding windows: `sliding_window` counts only when `use_sliding_window` is
