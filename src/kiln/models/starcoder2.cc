@@ -37,6 +37,7 @@ class Starcoder2Family : public LlamaFamily {
       layer.mlp.activation = activation_from_config(config, "hidden_act");
     }
     spec.final_norm = norm;
+    spec.tie_word_embeddings = config.get_bool("tie_word_embeddings", true);  // HF's default
     config.mark_read({"embedding_dropout", "residual_dropout"});
   }
 };
