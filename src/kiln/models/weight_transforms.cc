@@ -11,15 +11,6 @@ WeightTransform take_rows(int64_t begin, int64_t end) {
   };
 }
 
-WeightTransform transposed(int64_t begin, int64_t end) {
-  return [begin, end](const std::vector<Tensor>& in) {
-    const Tensor& t = in.at(0);
-    const int last = t.ndim() - 1;
-    const Tensor part = end > begin ? t.slice(last, begin, end) : t;
-    return (part.ndim() == 2 ? part.transpose(0, 1) : part).contiguous(true);
-  };
-}
-
 WeightTransform take_per_head_part(int64_t heads, int64_t parts, int64_t head_dim, int64_t part) {
   return [=](const std::vector<Tensor>& in) {
     const Tensor& t = in.at(0).contiguous();

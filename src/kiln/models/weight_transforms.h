@@ -1,5 +1,5 @@
 // Transforms that families attach to WeightMapping: taking a part of a fused HF tensor,
-// transposing HF's [in, out] layouts, regrouping per-head interleaved fused projections.
+// directly (Phi-3) or out of per-head interleaved rows (GPT-NeoX).
 #pragma once
 
 #include <cstdint>
@@ -14,11 +14,6 @@ using WeightTransform = std::function<Tensor(const std::vector<Tensor>&)>;
 
 // Rows [begin, end) of the first input (dimension 0; works for weights and biases).
 WeightTransform take_rows(int64_t begin, int64_t end);
-
-// The first input transposed ([in, out] -> [out, in]); 1-D inputs (biases) pass through.
-// With `begin` < `end`, only the outputs [begin, end) are kept (the columns of the [in, out]
-// tensor, or the elements of a bias), e.g. one of q/k/v out of GPT-2's fused Conv1D.
-WeightTransform transposed(int64_t begin = 0, int64_t end = 0);
 
 // Part `part` of `parts` out of a fused projection whose output rows are grouped per head:
 // [heads, parts, head_dim] (GPT-NeoX's query_key_value, Falcon's without multi-query). The
