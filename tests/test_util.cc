@@ -31,8 +31,10 @@ std::string make_temp_dir(const std::string& prefix) {
 std::string shell_quote(const std::string& s) {
   std::string out = "'";
   for (char c : s) {
-    if (c == '\'') out += "'\\''";
-    else out += c;
+    if (c == '\'')
+      out += "'\\''";
+    else
+      out += c;
   }
   return out + "'";
 }
@@ -44,10 +46,11 @@ static std::string slurp(const fs::path& p) {
   return s.str();
 }
 
-CommandResult run_kiln(const std::string& args) {
+CommandResult run_kiln_with_input(const std::string& args, const std::string& input) {
   std::string dir = make_temp_dir("kiln-cli");
-  fs::path out = fs::path(dir) / "out", err = fs::path(dir) / "err";
-  std::string cmd = std::string(KILN_CLI_PATH) + " " + args + " </dev/null >" +
+  fs::path in = fs::path(dir) / "in", out = fs::path(dir) / "out", err = fs::path(dir) / "err";
+  std::ofstream(in, std::ios::binary) << input;
+  std::string cmd = std::string(KILN_CLI_PATH) + " " + args + " <" + in.string() + " >" +
                     out.string() + " 2>" + err.string();
   int status = std::system(cmd.c_str());
   CommandResult r;
@@ -56,6 +59,10 @@ CommandResult run_kiln(const std::string& args) {
   r.err = slurp(err);
   fs::remove_all(dir);
   return r;
+}
+
+CommandResult run_kiln(const std::string& args) {
+  return run_kiln_with_input(args, "");
 }
 
 double max_abs_diff(const Tensor& a, const Tensor& b) {

@@ -19,6 +19,8 @@ struct CommandResult {
 };
 // Runs the kiln CLI with `args` (a shell-quoted argument string) and captures its output.
 CommandResult run_kiln(const std::string& args);
+// Same, with `input` on stdin.
+CommandResult run_kiln_with_input(const std::string& args, const std::string& input);
 // Quotes a string for the shell.
 std::string shell_quote(const std::string& s);
 
