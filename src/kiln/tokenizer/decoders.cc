@@ -144,6 +144,83 @@ class StripDecoder : public Decoder {
   size_t stop_;
 };
 
+// Metaspace: '▁' becomes ' ', except in the first token, where it is dropped (unless the
+// prepend scheme is "never").
+class MetaspaceDecoder : public Decoder {
+ public:
+  MetaspaceDecoder(std::string replacement, bool strip_first)
+      : replacement_(std::move(replacement)), strip_first_(strip_first) {}
+  void decode_chain(std::vector<std::string>& tokens) const override {
+    std::string out;
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      out.clear();
+      Pattern::literal(replacement_).replace_all(tokens[i], i == 0 && strip_first_ ? "" : " ", out);
+      tokens[i].swap(out);
+    }
+  }
+
+ private:
+  std::string replacement_;
+  bool strip_first_;
+};
+
+// WordPiece: pieces after the first lose their prefix ("##") or get a leading space; with
+// cleanup, spaces before punctuation and in contractions are removed.
+class WordPieceDecoder : public Decoder {
+ public:
+  WordPieceDecoder(std::string prefix, bool cleanup)
+      : prefix_(std::move(prefix)), cleanup_(cleanup) {}
+  void decode_chain(std::vector<std::string>& tokens) const override {
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      std::string& token = tokens[i];
+      if (i > 0) {
+        if (!prefix_.empty() && token.starts_with(prefix_)) {
+          token.erase(0, prefix_.size());
+        } else {
+          token = " " + token;
+        }
+      }
+      if (cleanup_) token = cleanup(token);
+    }
+  }
+
+  // HF's cleanup of tokenization spaces.
+  static std::string cleanup(const std::string& text) {
+    static const std::pair<const char*, const char*> kRules[] = {
+        {" .", "."},   {" ?", "?"},     {" !", "!"},    {" ,", ","},
+        {" ' ", "'"},  {" n't", "n't"}, {" 'm", "'m"},  {" do not", " don't"},
+        {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"}};
+    std::string out = text;
+    for (const auto& [from, to] : kRules) {
+      std::string replaced;
+      Pattern::literal(from).replace_all(out, to, replaced);
+      out.swap(replaced);
+    }
+    return out;
+  }
+
+ private:
+  std::string prefix_;
+  bool cleanup_;
+};
+
+// BPEDecoder: the end-of-word suffix ("</w>") becomes a space, or nothing in the last token.
+class BpeSuffixDecoder : public Decoder {
+ public:
+  explicit BpeSuffixDecoder(std::string suffix) : suffix_(std::move(suffix)) {}
+  void decode_chain(std::vector<std::string>& tokens) const override {
+    std::string out;
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      out.clear();
+      Pattern::literal(suffix_).replace_all(tokens[i], i + 1 == tokens.size() ? "" : " ", out);
+      tokens[i].swap(out);
+    }
+  }
+
+ private:
+  std::string suffix_;
+};
+
 std::vector<std::unique_ptr<Decoder>> make_decoder_list(const Json& spec,
                                                         const std::string& where) {
   const std::string list_where = child_where(where, "decoders");
@@ -183,6 +260,19 @@ std::unique_ptr<Decoder> make_decoder(const Json& spec, const std::string& where
     return std::make_unique<StripDecoder>(string_field(spec, "content", where),
                                           count_field(spec, "start", where),
                                           count_field(spec, "stop", where));
+  }
+  if (type == "Metaspace") {
+    const bool never = string_field_or(spec, "prepend_scheme", where, "always") == "never" ||
+                       !bool_field_or(spec, "add_prefix_space", where, true);
+    return std::make_unique<MetaspaceDecoder>(string_field_or(spec, "replacement", where, "\u2581"),
+                                              !never);
+  }
+  if (type == "WordPiece") {
+    return std::make_unique<WordPieceDecoder>(string_field_or(spec, "prefix", where, "##"),
+                                              bool_field_or(spec, "cleanup", where, true));
+  }
+  if (type == "BPEDecoder") {
+    return std::make_unique<BpeSuffixDecoder>(string_field_or(spec, "suffix", where, "</w>"));
   }
   throw Error(child_where(where, "type") + ": unsupported decoder '" + type + "'");
 }

@@ -4,6 +4,8 @@
 
 #include "kiln/core/error.h"
 #include "kiln/tokenizer/bpe.h"
+#include "kiln/tokenizer/unigram.h"
+#include "kiln/tokenizer/wordpiece.h"
 
 namespace kiln::tok {
 
@@ -12,6 +14,8 @@ std::unique_ptr<Model> make_model(const Json& spec, const ModelTables& tables,
   // Old files omit the type of BPE models.
   const std::string type = has_field(spec, "type") ? type_field(spec, where) : "BPE";
   if (type == "BPE") return BpeModel::from_json(spec, tables, where);
+  if (type == "Unigram") return UnigramModel::from_json(spec, tables, where);
+  if (type == "WordPiece") return WordPieceModel::from_json(spec, tables, where);
   throw Error(child_where(where, "type") + ": unsupported model '" + type + "'");
 }
 

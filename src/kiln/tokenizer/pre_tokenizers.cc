@@ -153,6 +153,46 @@ class ByteLevelPreTokenizer : public PreTokenizer {
   std::unique_ptr<Pattern> regex_;
 };
 
+// SentencePiece-style spaces: ' ' becomes the replacement ('▁'), which is prepended to the
+// text (always, or only at the start of the input), then each '▁' starts a new piece.
+class MetaspacePreTokenizer : public PreTokenizer {
+ public:
+  enum class Prepend { kAlways, kFirst, kNever };
+  MetaspacePreTokenizer(std::string replacement, Prepend prepend, bool split)
+      : replacement_(std::move(replacement)),
+        prepend_(prepend),
+        split_(split),
+        pattern_(Pattern::literal(replacement_)) {}
+  void pre_tokenize(std::vector<std::string>& pieces, bool starts_text) const override {
+    std::string replaced;
+    for (size_t i = 0; i < pieces.size(); ++i) {
+      replaced.clear();
+      Pattern::literal(" ").replace_all(pieces[i], replacement_, replaced);
+      const bool prepend =
+          prepend_ == Prepend::kAlways || (prepend_ == Prepend::kFirst && i == 0 && starts_text);
+      if (prepend && !replaced.starts_with(replacement_)) replaced = replacement_ + replaced;
+      pieces[i].swap(replaced);
+    }
+    if (split_) split_pieces(pieces, pattern_, SplitBehavior::kMergedWithNext, false);
+  }
+
+ private:
+  std::string replacement_;
+  Prepend prepend_;
+  bool split_;
+  Pattern pattern_;
+};
+
+// Rust's \w (Unicode word characters), for the Whitespace pre-tokenizer.
+constexpr std::string_view kWordClass = R"(\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\x{200C}\x{200D})";
+// ASCII punctuation and Unicode punctuation (P*), one character per match.
+constexpr std::string_view kPunctuation = R"([\p{P}!-/:-@\[-`{-~])";
+
+std::unique_ptr<PreTokenizer> regex_split(std::string_view regex, SplitBehavior behavior,
+                                          bool invert, const std::string& where) {
+  return std::make_unique<SplitPreTokenizer>(Pattern::regex(regex, where), behavior, invert);
+}
+
 }  // namespace
 
 std::unique_ptr<PreTokenizer> make_pre_tokenizer(const Json& spec, const std::string& where) {
@@ -179,6 +219,52 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const Json& spec, const std::st
     return std::make_unique<ByteLevelPreTokenizer>(
         bool_field_or(spec, "add_prefix_space", where, true),
         bool_field_or(spec, "use_regex", where, true));
+  }
+  if (type == "Metaspace") {
+    MetaspacePreTokenizer::Prepend prepend = MetaspacePreTokenizer::Prepend::kAlways;
+    if (has_field(spec, "prepend_scheme")) {
+      const std::string scheme = string_field(spec, "prepend_scheme", where);
+      if (scheme == "first")
+        prepend = MetaspacePreTokenizer::Prepend::kFirst;
+      else if (scheme == "never")
+        prepend = MetaspacePreTokenizer::Prepend::kNever;
+      else if (scheme != "always") {
+        throw Error(child_where(where, "prepend_scheme") + ": unknown scheme '" + scheme + "'");
+      }
+    } else if (!bool_field_or(spec, "add_prefix_space", where, true)) {
+      prepend = MetaspacePreTokenizer::Prepend::kNever;
+    }
+    return std::make_unique<MetaspacePreTokenizer>(
+        string_field_or(spec, "replacement", where, "\u2581"), prepend,
+        bool_field_or(spec, "split", where, true));
+  }
+  if (type == "Whitespace") {
+    const std::string word(kWordClass);
+    return regex_split("[" + word + "]+|[^" + word + "\\s]+", SplitBehavior::kRemoved, true, where);
+  }
+  if (type == "WhitespaceSplit") return regex_split("\\s+", SplitBehavior::kRemoved, false, where);
+  if (type == "Punctuation") {
+    return regex_split(kPunctuation,
+                       parse_behavior(string_field_or(spec, "behavior", where, "Isolated"),
+                                      child_where(where, "behavior")),
+                       false, where);
+  }
+  if (type == "BertPreTokenizer") {
+    std::vector<std::unique_ptr<PreTokenizer>> steps;
+    steps.push_back(regex_split("\\s+", SplitBehavior::kRemoved, false, where));
+    steps.push_back(regex_split(kPunctuation, SplitBehavior::kIsolated, false, where));
+    return std::make_unique<SequencePreTokenizer>(std::move(steps));
+  }
+  if (type == "Digits") {
+    return regex_split("\\p{N}",
+                       bool_field_or(spec, "individual_digits", where, false)
+                           ? SplitBehavior::kIsolated
+                           : SplitBehavior::kContiguous,
+                       false, where);
+  }
+  if (type == "CharDelimiterSplit") {
+    return std::make_unique<SplitPreTokenizer>(
+        Pattern::literal(string_field(spec, "delimiter", where)), SplitBehavior::kRemoved, false);
   }
   throw Error(child_where(where, "type") + ": unsupported pre-tokenizer '" + type + "'");
 }
