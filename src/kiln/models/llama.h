@@ -1,6 +1,6 @@
 // The Llama family, and the base of the families that read as "like Llama, except ..."
-// (Mistral, Qwen2, Qwen3): they override name(), the architecture lists and
-// apply_differences().
+// (Mistral, Qwen2, Qwen3, Phi, ...): they override name(), the architecture lists and
+// apply_differences(), and map_weights() where their HF tensor names differ.
 #pragma once
 
 #include <string>
