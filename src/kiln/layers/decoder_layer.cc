@@ -21,7 +21,6 @@ DecoderLayer::DecoderLayer(const LayerSpec& spec, int64_t index, int64_t hidden,
       hidden_(hidden),
       placement_(spec.placement),
       shared_norm_(spec.parallel_shared_norm) {
-  check(!spec.moe.enabled(), names::layer(index) + ": mixture-of-experts is not implemented yet");
   const NormPlacement p = spec.placement;
   auto norm_if = [&](bool present, const std::string& module) {
     return present ? Norm(spec.norm, weights, module, hidden) : Norm();
@@ -37,7 +36,7 @@ DecoderLayer::DecoderLayer(const LayerSpec& spec, int64_t index, int64_t hidden,
   mlp_out_ = norm_if(p == NormPlacement::kPost || p == NormPlacement::kSandwich,
                      names::post_ffw_norm(index));
   attention_ = Attention(spec.attention, hidden, weights, names::attention(index));
-  mlp_ = Mlp(spec.mlp, hidden, weights, names::mlp(index));
+  mlp_ = FeedForward(spec, hidden, weights, names::mlp(index));
 }
 
 bool DecoderLayer::apply_norm(const Norm& norm, const std::string& name, const float* x, Tensor& y,

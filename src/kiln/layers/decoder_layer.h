@@ -6,7 +6,7 @@
 #include <cstdint>
 
 #include "kiln/layers/attention.h"
-#include "kiln/layers/mlp.h"
+#include "kiln/layers/feed_forward.h"
 #include "kiln/layers/norm.h"
 #include "kiln/layers/observer.h"
 #include "kiln/runtime/kv_cache.h"
@@ -23,7 +23,7 @@ class DecoderLayer {
   //             pre_ffw_norm -> MLP -> post_ffw_norm
   //   parallel  x + attention(input_norm(x)) + MLP(post_attention_norm(x)), or MLP of the
   //             same input_norm(x) when spec.parallel_shared_norm
-  // Throws Error for MoE, which is not implemented yet.
+  // The feed-forward block is an MLP or, when spec.moe is enabled, a mixture of experts.
   DecoderLayer(const LayerSpec& spec, int64_t index, int64_t hidden, const WeightMap& weights);
 
   // Runs the block in place on the residual stream at positions [start, start + T).
@@ -40,7 +40,7 @@ class DecoderLayer {
                ? mlp_in_
                : attention_out_;
   }
-  const Mlp& mlp() const { return mlp_; }
+  const FeedForward& mlp() const { return mlp_; }
 
  private:
   // Applies `norm` to x into y and reports it under `name`; false (nothing done) when the
@@ -54,7 +54,7 @@ class DecoderLayer {
   bool shared_norm_;
   Norm attention_in_, attention_out_, mlp_in_, mlp_out_;  // kind kNone when absent
   Attention attention_;
-  Mlp mlp_;
+  FeedForward mlp_;  // dense MLP or mixture of experts
 };
 
 }  // namespace kiln

@@ -1,5 +1,6 @@
 #include "kiln/layers/mlp.h"
 
+#include <utility>
 #include <vector>
 
 #include "kiln/models/capabilities.h"
@@ -20,6 +21,9 @@ Mlp::Mlp(const MlpSpec& spec, int64_t hidden, const WeightMap& weights, const st
   up_ = Linear(weights, names::child(module, "wi_1"), hidden, inner, spec.bias);
   down_ = Linear(weights, names::child(module, "wo"), inner, hidden, spec.bias);
 }
+
+Mlp::Mlp(const MlpSpec& spec, Linear gate, Linear up, Linear down)
+    : spec_(spec), gate_(std::move(gate)), up_(std::move(up)), down_(std::move(down)) {}
 
 void Mlp::forward(const float* x, int64_t rows, float* y) const {
   const int64_t inner = spec_.intermediate;

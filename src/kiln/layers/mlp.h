@@ -16,6 +16,8 @@ class Mlp {
   Mlp() = default;
   // Reads `<module>/wi_0` (gate, when gated), `<module>/wi_1` (up) and `<module>/wo` (down).
   Mlp(const MlpSpec& spec, int64_t hidden, const WeightMap& weights, const std::string& module);
+  // From its projections (`gate` unused when not gated), e.g. views of stacked experts.
+  Mlp(const MlpSpec& spec, Linear gate, Linear up, Linear down);
 
   //   x: [rows, hidden] f32;  y: [rows, hidden] f32
   void forward(const float* x, int64_t rows, float* y) const;

@@ -16,7 +16,9 @@ bool register_family(std::shared_ptr<const Family> family) {
   return true;
 }
 
-const std::vector<std::shared_ptr<const Family>>& families() { return mutable_families(); }
+const std::vector<std::shared_ptr<const Family>>& families() {
+  return mutable_families();
+}
 
 const Family& family_for(const HfConfig& config) {
   std::string arch = config.architecture();

@@ -75,7 +75,7 @@ void LlamaFamily::apply_qwen_sliding_window(const HfConfig& config, ModelSpec& s
 }
 
 std::vector<WeightMapping> LlamaFamily::map_weights(const ModelSpec& spec,
-                                                    const TensorSource&) const {
+                                                    const TensorSource& source) const {
   std::vector<WeightMapping> mappings;
   auto rename = [&](std::string kiln_name, const std::string& llama_name, Shape shape) {
     mappings.push_back({std::move(kiln_name), {hf_name(llama_name)}, std::move(shape), {}});
@@ -89,60 +89,78 @@ std::vector<WeightMapping> LlamaFamily::map_weights(const ModelSpec& spec,
          {spec.vocab_size, hidden});
   for (int64_t i = 0; i < spec.num_layers(); ++i) {
     const LayerSpec& layer = spec.layers[i];
-    const AttentionSpec& a = layer.attention;
     const std::string hf = "model.layers." + std::to_string(i) + ".";
-    const std::string attention = names::attention(i);
     const NormKind kind = layer.norm.kind;
     if (layer.placement != NormPlacement::kPost)
       norm(names::input_norm(i), hf + "input_layernorm", kind);
-    struct Projection {
-      const char* kiln;
-      const char* hf;
-      int64_t out, in;
-      bool bias;
-    };
-    const Projection projections[] = {
-        {"query", "q_proj", a.num_heads * a.head_dim, hidden, a.q_bias},
-        {"key", "k_proj", a.num_kv_heads * a.head_dim, hidden, a.k_bias},
-        {"value", "v_proj", a.num_kv_heads * a.value_head_dim, hidden, a.v_bias},
-        {"out", "o_proj", hidden, a.num_heads * a.value_head_dim, a.o_bias},
-    };
-    for (const Projection& p : projections) {
-      const std::string module = names::child(attention, p.kiln);
-      const std::string hf_module = hf + "self_attn." + p.hf;
-      rename(names::kernel(module), hf_module + ".weight", {p.out, p.in});
-      if (p.bias) rename(names::bias(module), hf_module + ".bias", {p.out});
-    }
-    if (a.qk_norm != QkNormKind::kNone) {
-      const bool whole = a.qk_norm == QkNormKind::kWholeProjection;
-      rename(names::scale(names::child(attention, "query_norm")), hf + "self_attn.q_norm.weight",
-             {whole ? a.num_heads * a.head_dim : a.head_dim});
-      rename(names::scale(names::child(attention, "key_norm")), hf + "self_attn.k_norm.weight",
-             {whole ? a.num_kv_heads * a.head_dim : a.head_dim});
-    }
+    map_attention_weights(spec, i, source, mappings);
     if (!(layer.placement == NormPlacement::kParallel && layer.parallel_shared_norm))
       norm(names::post_attention_norm(i), hf + "post_attention_layernorm", kind);
     if (layer.placement == NormPlacement::kSandwich)
       norm(names::pre_ffw_norm(i), hf + "pre_feedforward_layernorm", kind);
     if (layer.placement == NormPlacement::kSandwich || layer.placement == NormPlacement::kPost)
       norm(names::post_ffw_norm(i), hf + "post_feedforward_layernorm", kind);
-    const int64_t inner = layer.mlp.intermediate;
-    const std::pair<std::string, std::string> mlp[] = {{names::mlp_gate(i), "gate_proj"},
-                                                       {names::mlp_up(i), "up_proj"}};
-    for (const auto& [module, projection] : mlp) {
-      if (module == names::mlp_gate(i) && !layer.mlp.gated) continue;
-      rename(names::kernel(module), hf + "mlp." + projection + ".weight", {inner, hidden});
-      if (layer.mlp.bias) rename(names::bias(module), hf + "mlp." + projection + ".bias", {inner});
-    }
-    rename(names::kernel(names::mlp_down(i)), hf + "mlp.down_proj.weight", {hidden, inner});
-    if (layer.mlp.bias)
-      rename(names::bias(names::mlp_down(i)), hf + "mlp.down_proj.bias", {hidden});
+    map_mlp_weights(spec, i, source, mappings);
   }
   if (spec.has_final_norm) norm(names::final_norm(), "model.norm", spec.final_norm.kind);
   if (!spec.tie_word_embeddings)
     rename(names::kernel(names::lm_head()), "lm_head.weight", {spec.vocab_size, hidden});
   if (spec.lm_head_bias) rename(names::bias(names::lm_head()), "lm_head.bias", {spec.vocab_size});
   return mappings;
+}
+
+void LlamaFamily::map_attention_weights(const ModelSpec& spec, int64_t i, const TensorSource&,
+                                        std::vector<WeightMapping>& mappings) const {
+  auto rename = [&](std::string kiln_name, const std::string& llama_name, Shape shape) {
+    mappings.push_back({std::move(kiln_name), {hf_name(llama_name)}, std::move(shape), {}});
+  };
+  const AttentionSpec& a = spec.layers[i].attention;
+  const int64_t hidden = spec.hidden_size;
+  const std::string hf = "model.layers." + std::to_string(i) + ".self_attn.";
+  const std::string attention = names::attention(i);
+  struct Projection {
+    const char* kiln;
+    const char* hf;
+    int64_t out, in;
+    bool bias;
+  };
+  const Projection projections[] = {
+      {"query", "q_proj", a.num_heads * a.head_dim, hidden, a.q_bias},
+      {"key", "k_proj", a.num_kv_heads * a.head_dim, hidden, a.k_bias},
+      {"value", "v_proj", a.num_kv_heads * a.value_head_dim, hidden, a.v_bias},
+      {"out", "o_proj", hidden, a.num_heads * a.value_head_dim, a.o_bias},
+  };
+  for (const Projection& p : projections) {
+    const std::string module = names::child(attention, p.kiln);
+    rename(names::kernel(module), hf + p.hf + ".weight", {p.out, p.in});
+    if (p.bias) rename(names::bias(module), hf + p.hf + ".bias", {p.out});
+  }
+  if (a.qk_norm != QkNormKind::kNone) {
+    const bool whole = a.qk_norm == QkNormKind::kWholeProjection;
+    rename(names::scale(names::child(attention, "query_norm")), hf + "q_norm.weight",
+           {whole ? a.num_heads * a.head_dim : a.head_dim});
+    rename(names::scale(names::child(attention, "key_norm")), hf + "k_norm.weight",
+           {whole ? a.num_kv_heads * a.head_dim : a.head_dim});
+  }
+}
+
+void LlamaFamily::map_mlp_weights(const ModelSpec& spec, int64_t i, const TensorSource&,
+                                  std::vector<WeightMapping>& mappings) const {
+  auto rename = [&](std::string kiln_name, const std::string& llama_name, Shape shape) {
+    mappings.push_back({std::move(kiln_name), {hf_name(llama_name)}, std::move(shape), {}});
+  };
+  const MlpSpec& mlp = spec.layers[i].mlp;
+  const int64_t hidden = spec.hidden_size, inner = mlp.intermediate;
+  const std::string hf = "model.layers." + std::to_string(i) + ".mlp.";
+  const std::pair<std::string, std::string> inputs[] = {{names::mlp_gate(i), "gate_proj"},
+                                                        {names::mlp_up(i), "up_proj"}};
+  for (const auto& [module, projection] : inputs) {
+    if (module == names::mlp_gate(i) && !mlp.gated) continue;
+    rename(names::kernel(module), hf + projection + ".weight", {inner, hidden});
+    if (mlp.bias) rename(names::bias(module), hf + projection + ".bias", {inner});
+  }
+  rename(names::kernel(names::mlp_down(i)), hf + "down_proj.weight", {hidden, inner});
+  if (mlp.bias) rename(names::bias(names::mlp_down(i)), hf + "down_proj.bias", {hidden});
 }
 
 KILN_FAMILY(LlamaFamily);

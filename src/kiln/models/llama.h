@@ -17,9 +17,9 @@ class LlamaFamily : public Family {
   std::vector<std::string> model_types() const override { return {"llama"}; }
   // Llama's reading of config.json, then apply_differences().
   ModelSpec build_spec(const HfConfig& config) const final;
-  // HF `model.*` / `lm_head` names (through hf_name()) -> Kiln names, all plain renames.
-  // Biases (projections, LayerNorms, lm_head), QK norms, norm placement, the MLP's gate and
-  // lm_head follow the spec.
+  // HF `model.*` / `lm_head` names (through hf_name()) -> Kiln names: embeddings, norms
+  // (biases of LayerNorms, placement), lm_head and its bias as the spec says, and per layer
+  // map_attention_weights() and map_mlp_weights().
   std::vector<WeightMapping> map_weights(const ModelSpec& spec,
                                          const TensorSource& source) const override;
 
@@ -30,6 +30,15 @@ class LlamaFamily : public Family {
   virtual std::string hf_name(const std::string& llama_name) const { return llama_name; }
   // What a derived family changes in the spec Llama's reading produced.
   virtual void apply_differences(const HfConfig& config, ModelSpec& spec) const;
+  // Appends the mappings of layer `layer`'s attention: Llama's q/k/v/o projections, their
+  // biases and QK norms as the spec says, all plain renames (through hf_name()).
+  virtual void map_attention_weights(const ModelSpec& spec, int64_t layer,
+                                     const TensorSource& source,
+                                     std::vector<WeightMapping>& mappings) const;
+  // Appends the mappings of layer `layer`'s feed-forward block: Llama's gate (when gated),
+  // up and down projections (and biases), plain renames (through hf_name()).
+  virtual void map_mlp_weights(const ModelSpec& spec, int64_t layer, const TensorSource& source,
+                               std::vector<WeightMapping>& mappings) const;
   // Qwen-style sliding windows: `sliding_window` counts only when `use_sliding_window` is
   // true, and applies to layers whose `layer_types` entry is "sliding_attention" (without
   // `layer_types`: layers from `max_window_layers` on).

@@ -1,21 +1,12 @@
-// Qwen3: like Llama, except for an RMSNorm over each head of the queries and keys (before
-// RoPE) and Qwen's sliding-window settings.
-#include "kiln/models/llama.h"
+// Qwen3: per-head QK norms and Qwen's sliding-window settings.
+#include "kiln/models/qwen3.h"
 
 namespace kiln {
 
-class Qwen3Family : public LlamaFamily {
- public:
-  std::string name() const override { return "qwen3"; }
-  std::vector<std::string> architectures() const override { return {"Qwen3ForCausalLM"}; }
-  std::vector<std::string> model_types() const override { return {"qwen3"}; }
-
- protected:
-  void apply_differences(const HfConfig& config, ModelSpec& spec) const override {
-    for (LayerSpec& layer : spec.layers) layer.attention.qk_norm = QkNormKind::kPerHead;
-    apply_qwen_sliding_window(config, spec);
-  }
-};
+void Qwen3Family::apply_differences(const HfConfig& config, ModelSpec& spec) const {
+  for (LayerSpec& layer : spec.layers) layer.attention.qk_norm = QkNormKind::kPerHead;
+  apply_qwen_sliding_window(config, spec);
+}
 
 KILN_FAMILY(Qwen3Family);
 

@@ -17,6 +17,23 @@
 //   decoder/layers_{i}/mlp/wi_0/kernel                         [intermediate, hidden] (gate)
 //   decoder/layers_{i}/mlp/wi_1/kernel                         [intermediate, hidden] (up)
 //   decoder/layers_{i}/mlp/wo/kernel                           [hidden, intermediate] (down)
+//  mixture-of-experts layers (E experts of intermediate I) instead of the three above:
+//   decoder/layers_{i}/mlp/gate/kernel                         [E, hidden] (router)
+//   decoder/layers_{i}/mlp/gate/score_correction_bias          [E] (DeepSeek-V3)
+//   decoder/layers_{i}/mlp/{wi_0,wi_1}/kernel                  [E, I, hidden] (stacked experts)
+//   decoder/layers_{i}/mlp/wo/kernel                           [E, hidden, I]
+//   decoder/layers_{i}/mlp/shared_experts/{wi_0,wi_1,wo}/kernel  (shared experts, as an MLP)
+//  multi-head latent attention layers (DeepSeek; ranks Rq, Rkv, head dims nope, rope, v)
+//  instead of query/key/value:
+//   decoder/layers_{i}/self_attention/wq_a/kernel              [Rq, hidden]
+//   decoder/layers_{i}/self_attention/q_norm/scale             [Rq]
+//   decoder/layers_{i}/self_attention/wq_b/kernel              [heads * (nope + rope), Rq]
+//   decoder/layers_{i}/self_attention/query/kernel             [heads * (nope + rope), hidden]
+//                                                              (instead of wq_a/wq_b, Rq = 0)
+//   decoder/layers_{i}/self_attention/wkv_a/kernel             [Rkv + rope, hidden]
+//   decoder/layers_{i}/self_attention/kv_norm/scale            [Rkv]
+//   decoder/layers_{i}/self_attention/wkv_b/kernel             [heads * (nope + v), Rkv]
+//   decoder/layers_{i}/self_attention/{wq_a,wkv_a,out}/bias    (when present)
 //   decoder/decoder_norm/scale                                 [hidden]
 //   decoder/logits_dense/kernel                                [vocab, hidden] (absent when tied)
 //
@@ -109,6 +126,10 @@ inline std::string bias(const std::string& module) {
 }
 inline std::string scale(const std::string& module) {
   return module + "/scale";
+}
+// The bias DeepSeek-V3's router adds to its scores to choose experts (not to weigh them).
+inline std::string score_correction_bias(const std::string& module) {
+  return module + "/score_correction_bias";
 }
 
 }  // namespace kiln::names

@@ -1,0 +1,84 @@
+#include "kiln/models/moe_weights.h"
+
+#include <cstring>
+
+#include "kiln/core/error.h"
+#include "kiln/models/weight_names.h"
+
+namespace kiln {
+
+Tensor stack_tensors(const std::vector<Tensor>& parts) {
+  check(!parts.empty(), "stack_tensors: nothing to stack");
+  Shape shape = parts[0].shape();
+  for (const Tensor& part : parts)
+    check(part.shape() == shape && part.dtype() == parts[0].dtype(),
+          "stack_tensors: parts of shape " + part.shape_string() + " and " +
+              parts[0].shape_string() + " (or of different dtypes) cannot be stacked");
+  shape.insert(shape.begin(), static_cast<int64_t>(parts.size()));
+  Tensor stacked = Tensor::zeros(parts[0].dtype(), shape);  // [parts, ...]
+  auto* out = static_cast<std::byte*>(stacked.mutable_raw());
+  for (const Tensor& part : parts) {
+    const Tensor dense = part.contiguous();
+    std::memcpy(out, dense.raw(), dense.nbytes());
+    out += dense.nbytes();
+  }
+  return stacked;
+}
+
+void map_moe_weights(const MoeSpec& spec, int64_t hidden, int64_t layer, const MoeHfNames& hf,
+                     const TensorSource& source, std::vector<WeightMapping>& mappings) {
+  const int64_t E = spec.num_experts, I = spec.expert_intermediate;
+  const std::string module = names::mlp(layer);
+  const std::string router = names::child(module, "gate");
+  mappings.push_back({names::kernel(router), {hf.router + ".weight"}, {E, hidden}, {}});
+  if (spec.score_correction_bias)
+    mappings.push_back(
+        {names::score_correction_bias(router), {hf.router + ".e_score_correction_bias"}, {E}, {}});
+
+  const std::string gate = names::kernel(names::child(module, "wi_0"));
+  const std::string up = names::kernel(names::child(module, "wi_1"));
+  const std::string down = names::kernel(names::child(module, "wo"));
+  const std::string gate_up = hf.experts + ".gate_up_proj";
+  if (source.contains(gate_up)) {
+    auto rows = [I](int64_t first) {
+      return [I, first](const std::vector<Tensor>& in) {
+        check(in[0].ndim() == 3 && in[0].dim(1) == 2 * I,
+              "gate_up_proj has shape " + in[0].shape_string() + ", expected [E, " +
+                  std::to_string(2 * I) + ", hidden]");
+        return in[0].slice(1, first, first + I).contiguous();
+      };
+    };
+    mappings.push_back({gate, {gate_up}, {E, I, hidden}, rows(0)});
+    mappings.push_back({up, {gate_up}, {E, I, hidden}, rows(I)});
+    mappings.push_back({down, {hf.experts + ".down_proj"}, {E, hidden, I}, {}});
+  } else {
+    auto per_expert = [&](const std::string& projection) {
+      std::vector<std::string> hf_names;
+      for (int64_t e = 0; e < E; ++e)
+        hf_names.push_back(hf.experts + "." + std::to_string(e) + "." + projection + ".weight");
+      return hf_names;
+    };
+    mappings.push_back({gate, per_expert(hf.gate), {E, I, hidden}, stack_tensors});
+    mappings.push_back({up, per_expert(hf.up), {E, I, hidden}, stack_tensors});
+    mappings.push_back({down, per_expert(hf.down), {E, hidden, I}, stack_tensors});
+  }
+
+  if (spec.num_shared_experts > 0) {
+    const std::string shared = names::child(module, "shared_experts");
+    const int64_t S = spec.shared_intermediate;
+    mappings.push_back({names::kernel(names::child(shared, "wi_0")),
+                        {hf.shared + ".gate_proj.weight"},
+                        {S, hidden},
+                        {}});
+    mappings.push_back({names::kernel(names::child(shared, "wi_1")),
+                        {hf.shared + ".up_proj.weight"},
+                        {S, hidden},
+                        {}});
+    mappings.push_back({names::kernel(names::child(shared, "wo")),
+                        {hf.shared + ".down_proj.weight"},
+                        {hidden, S},
+                        {}});
+  }
+}
+
+}  // namespace kiln

@@ -1,0 +1,102 @@
+#include "kiln/models/moe_weights.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <regex>
+
+#include "kiln/core/error.h"
+#include "kiln/io/safetensors.h"
+#include "kiln/layers/model.h"
+#include "kiln/models/loader.h"
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+namespace fs = std::filesystem;
+
+TEST(StackTensors, StacksAlongANewFirstDimension) {
+  const Tensor a = Tensor::from_f32({2}, {1, 2}), b = Tensor::from_f32({2}, {3, 4});
+  const Tensor stacked = stack_tensors({a, b});
+  EXPECT_EQ(stacked.shape(), (Shape{2, 2}));
+  EXPECT_EQ(stacked.item_as_double(2), 3.0);
+  EXPECT_THROW(stack_tensors({a, Tensor::from_f32({3}, {1, 2, 3})}), Error);
+}
+
+// A copy of fixture `name` whose per-expert tensors are restacked the way transformers 5
+// holds them: `<layer>.mlp.experts.gate_up_proj` [E, 2 I, hidden] (each expert's gate rows,
+// then its up rows), `<layer>.mlp.experts.down_proj` [E, hidden, I], router `<layer>.mlp.gate`.
+std::string restacked_fixture(const std::string& name) {
+  const std::string source = test::data_path("hf/" + name);
+  const std::string dir = test::make_temp_dir("kiln-restacked");
+  fs::copy_file(source + "/config.json", dir + "/config.json");
+  const SafetensorsFile file = SafetensorsFile::open(source + "/model.safetensors");
+  const std::regex expert(
+      R"((model\.layers\.\d+)\.(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(\w+)\.weight)");
+  const std::map<std::string, std::string> role = {{"w1", "gate"}, {"gate_proj", "gate"},
+                                                   {"w3", "up"},   {"up_proj", "up"},
+                                                   {"w2", "down"}, {"down_proj", "down"}};
+  // layer -> role -> expert -> tensor
+  std::map<std::string, std::map<std::string, std::map<int, Tensor>>> experts;
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const std::string& tensor_name : file.names()) {
+    std::smatch m;
+    if (std::regex_match(tensor_name, m, expert)) {
+      experts[m[1]][role.at(m[3])][std::stoi(m[2])] = file.get(tensor_name);
+      continue;
+    }
+    std::string renamed =
+        std::regex_replace(tensor_name, std::regex(R"(\.block_sparse_moe\.)"), ".mlp.");
+    tensors.emplace_back(renamed, file.get(tensor_name));
+  }
+  for (auto& [layer, parts] : experts) {
+    std::vector<Tensor> gate_up, down;
+    for (auto& [e, gate] : parts["gate"]) {
+      const Tensor& up = parts["up"].at(e);
+      Tensor both = Tensor::zeros(DType::F32, {gate.dim(0) + up.dim(0), gate.dim(1)});
+      std::memcpy(both.mutable_raw(), gate.raw(), gate.nbytes());
+      std::memcpy(static_cast<std::byte*>(both.mutable_raw()) + gate.nbytes(), up.raw(),
+                  up.nbytes());
+      gate_up.push_back(both);
+      down.push_back(parts["down"].at(e));
+    }
+    tensors.emplace_back(layer + ".mlp.experts.gate_up_proj", stack_tensors(gate_up));
+    tensors.emplace_back(layer + ".mlp.experts.down_proj", stack_tensors(down));
+  }
+  write_safetensors(dir + "/model.safetensors", tensors);
+  return dir;
+}
+
+class StackedExperts : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(StackedExperts, LoadAndGiveIdenticalLogits) {
+  const std::string original_dir = test::data_path("hf/" + GetParam());
+  const std::string restacked_dir = restacked_fixture(GetParam());
+  const Tensor input_ids =
+      SafetensorsFile::open(original_dir + "/reference.safetensors").get("input_ids");
+  std::vector<int32_t> ids;  // [B, T]
+  for (int64_t i = 0; i < input_ids.numel(); ++i)
+    ids.push_back(static_cast<int32_t>(input_ids.item_as_double(i)));
+  const int64_t batch = input_ids.dim(0), tokens = input_ids.dim(1);
+  auto logits_of = [&](const std::string& dir) {
+    const LoadedModel loaded = load_model(dir);
+    const Model model(loaded.spec, loaded.weights);
+    KvCache cache = model.make_cache(batch, tokens);
+    return model.forward(ids.data(), batch, tokens, cache);
+  };
+  const SafetensorsFile restacked = SafetensorsFile::open(restacked_dir + "/model.safetensors");
+  EXPECT_TRUE(restacked.contains("model.layers.1.mlp.experts.gate_up_proj"));
+  const double err = test::max_abs_diff(logits_of(restacked_dir), logits_of(original_dir));
+  std::cout << GetParam() << ": stacked vs per-expert logits max abs diff = " << err << std::endl;
+  EXPECT_EQ(err, 0.0);
+  fs::remove_all(restacked_dir);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, StackedExperts, ::testing::Values("mixtral", "qwen3_moe"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace kiln

@@ -1,0 +1,105 @@
+#include "kiln/ops/router.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "kiln/core/error.h"
+
+namespace kiln::ops {
+namespace {
+
+float logit(float p) {
+  return std::log(p / (1.0f - p));
+}
+
+MoeSpec spec_of(RouterKind router, int64_t experts, int64_t top_k) {
+  MoeSpec spec;
+  spec.router = router;
+  spec.num_experts = experts;
+  spec.top_k = top_k;
+  return spec;
+}
+
+TEST(Router, TopKThenSoftmaxWeighsOnlyThePicks) {
+  const MoeSpec spec = spec_of(RouterKind::kTopKSoftmax, 4, 2);
+  const float logits[] = {1.0f, 3.0f, 0.0f, 2.0f};
+  int64_t experts[2];
+  float weights[2];
+  route_tokens(spec, logits, nullptr, 1, experts, weights);
+  EXPECT_EQ(experts[0], 1);
+  EXPECT_EQ(experts[1], 3);
+  const float first = 1.0f / (1.0f + std::exp(-1.0f));  // softmax of (3, 2)
+  EXPECT_NEAR(weights[0], first, 1e-6);
+  EXPECT_NEAR(weights[1], 1.0f - first, 1e-6);
+}
+
+TEST(Router, SoftmaxThenTopKRenormalizesOnlyWithNormTopkProb) {
+  MoeSpec spec = spec_of(RouterKind::kSoftmaxTopK, 4, 2);
+  const float logits[] = {1.0f, 3.0f, 0.0f, 2.0f};
+  const float total = std::exp(1.0f) + std::exp(3.0f) + std::exp(0.0f) + std::exp(2.0f);
+  int64_t experts[2];
+  float weights[2];
+  route_tokens(spec, logits, nullptr, 1, experts, weights);
+  EXPECT_EQ(experts[0], 1);
+  EXPECT_EQ(experts[1], 3);
+  EXPECT_NEAR(weights[0], std::exp(3.0f) / total, 1e-6);
+  EXPECT_NEAR(weights[1], std::exp(2.0f) / total, 1e-6);
+  spec.norm_topk_prob = true;
+  route_tokens(spec, logits, nullptr, 1, experts, weights);
+  EXPECT_NEAR(weights[0] + weights[1], 1.0f, 1e-6);
+  EXPECT_NEAR(weights[0], 1.0f / (1.0f + std::exp(-1.0f)), 1e-6);
+}
+
+// Eight experts in four groups of two. Biased scores: group 0 {0.9, 0.1}, group 1
+// {0.62, 0.58}, group 2 {0.7, 0.2}, group 3 {0.2, 0.2}. Ranked by the sum of their two best
+// scores, groups 1 and 0 are kept (by their best alone it would be 0 and 2), so expert 4
+// (0.7) is out; inside them the bias makes expert 2 (0.42 + 0.2) beat expert 3 (0.6 - 0.02).
+// The weights use the unbiased scores.
+TEST(Router, SigmoidGroupSelectsWithBiasInBestGroupsAndWeighsWithoutBias) {
+  MoeSpec spec = spec_of(RouterKind::kSigmoidGroup, 8, 2);
+  spec.n_group = 4;
+  spec.topk_group = 2;
+  spec.norm_topk_prob = true;
+  spec.routed_scaling_factor = 2.5;
+  const std::vector<float> scores = {0.9f, 0.1f, 0.42f, 0.6f, 0.7f, 0.2f, 0.2f, 0.2f};
+  const std::vector<float> bias = {0.0f, 0.0f, 0.2f, -0.02f, 0.0f, 0.0f, 0.0f, 0.0f};
+  std::vector<float> logits;  // [1, 8]
+  for (float s : scores) logits.push_back(logit(s));
+  int64_t experts[2];
+  float weights[2];
+  route_tokens(spec, logits.data(), bias.data(), 1, experts, weights);
+  EXPECT_EQ(experts[0], 0);
+  EXPECT_EQ(experts[1], 2);
+  EXPECT_NEAR(weights[0], 0.9f / 1.32f * 2.5f, 1e-5);
+  EXPECT_NEAR(weights[1], 0.42f / 1.32f * 2.5f, 1e-5);
+
+  spec.norm_topk_prob = false;
+  route_tokens(spec, logits.data(), bias.data(), 1, experts, weights);
+  EXPECT_NEAR(weights[0], 0.9f * 2.5f, 1e-5);
+  EXPECT_NEAR(weights[1], 0.42f * 2.5f, 1e-5);
+
+  spec.n_group = 1;  // no group limit: the best biased scores overall
+  spec.topk_group = 1;
+  route_tokens(spec, logits.data(), bias.data(), 1, experts, weights);
+  EXPECT_EQ(experts[0], 0);
+  EXPECT_EQ(experts[1], 4);
+}
+
+TEST(Router, RejectsImpossibleSettings) {
+  MoeSpec spec = spec_of(RouterKind::kSigmoidGroup, 8, 9);
+  const std::vector<float> logits(8, 0.0f);
+  int64_t experts[9];
+  float weights[9];
+  EXPECT_THROW(route_tokens(spec, logits.data(), nullptr, 1, experts, weights), Error);
+  spec.top_k = 2;
+  spec.n_group = 3;
+  EXPECT_THROW(route_tokens(spec, logits.data(), nullptr, 1, experts, weights), Error);
+  spec.n_group = 4;
+  spec.topk_group = 5;
+  EXPECT_THROW(route_tokens(spec, logits.data(), nullptr, 1, experts, weights), Error);
+}
+
+}  // namespace
+}  // namespace kiln::ops
