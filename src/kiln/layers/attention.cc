@@ -35,7 +35,10 @@ NormSpec qk_norm_spec(const AttentionSpec& spec) {
 Attention::Attention(const AttentionSpec& spec, int64_t hidden, const WeightMap& weights,
                      const std::string& module)
     : spec_(spec), module_(module), hidden_(hidden) {
-  check(!spec.is_mla(), module + ": multi-head latent attention is not implemented yet");
+  if (spec.is_mla()) {
+    mla_ = Mla(spec, hidden, weights, module);
+    return;
+  }
   check(spec.num_heads > 0 && spec.num_kv_heads > 0 && spec.head_dim > 0,
         module + ": heads, KV heads and head_dim must be positive");
   check(spec.num_heads % spec.num_kv_heads == 0,
@@ -53,9 +56,10 @@ Attention::Attention(const AttentionSpec& spec, int64_t hidden, const WeightMap&
   const NormSpec norm = qk_norm_spec(spec);
   // Per head: over head_dim; whole projection (OLMo-2): over all heads at once.
   const bool whole = spec.qk_norm == QkNormKind::kWholeProjection;
-  query_norm_ = Norm(norm, weights, names::child(module, "query_norm"),
-                     whole ? q_width : spec.head_dim);
-  key_norm_ = Norm(norm, weights, names::child(module, "key_norm"), whole ? k_width : spec.head_dim);
+  query_norm_ =
+      Norm(norm, weights, names::child(module, "query_norm"), whole ? q_width : spec.head_dim);
+  key_norm_ =
+      Norm(norm, weights, names::child(module, "key_norm"), whole ? k_width : spec.head_dim);
   if (spec.rope.type != RopeType::kNone) {
     rotary_dim_ = spec.rope.rotary_dim > 0 ? spec.rope.rotary_dim : spec.head_dim;
     ops::rope_frequencies(spec.rope, spec.head_dim, 1);  // rejects unusable settings now
@@ -64,6 +68,7 @@ Attention::Attention(const AttentionSpec& spec, int64_t hidden, const WeightMap&
 
 void Attention::forward(const float* x, int64_t batch, int64_t tokens, int64_t start,
                         LayerKvCache& cache, float* out, const ActivationObserver* observer) const {
+  if (spec_.is_mla()) return mla_.forward(x, batch, tokens, start, cache, out, observer);
   const int64_t rows = batch * tokens;
   const int64_t heads = spec_.num_heads, kv_heads = spec_.num_kv_heads, head_dim = spec_.head_dim;
   const int64_t capacity = cache.keys.dim(1);

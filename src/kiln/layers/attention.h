@@ -1,11 +1,13 @@
 // Attention: projections, optional per-head QK norm, RoPE, causal attention over the KV
-// cache (GQA/MQA, sliding window, soft-cap) and the output projection.
+// cache (GQA/MQA, sliding window, soft-cap) and the output projection; multi-head latent
+// attention specs are delegated to Mla (layers/mla.h).
 #pragma once
 
 #include <cstdint>
 #include <string>
 
 #include "kiln/layers/linear.h"
+#include "kiln/layers/mla.h"
 #include "kiln/layers/norm.h"
 #include "kiln/layers/observer.h"
 #include "kiln/layers/weights.h"
@@ -17,8 +19,8 @@ namespace kiln {
 class Attention {
  public:
   Attention() = default;
-  // Reads the weights under `module` (models/weight_names.h). Throws Error for features of
-  // `spec` that are not implemented (MLA).
+  // Reads the weights under `module` (models/weight_names.h), or builds an Mla when
+  // spec.is_mla().
   Attention(const AttentionSpec& spec, int64_t hidden, const WeightMap& weights,
             const std::string& module);
 
@@ -33,6 +35,8 @@ class Attention {
   // The per-head QK norms (kind kNone when the spec has none).
   const Norm& query_norm() const { return query_norm_; }
   const Norm& key_norm() const { return key_norm_; }
+  // The latent attention that does the work when the spec is MLA.
+  const Mla& mla() const { return mla_; }
 
  private:
   AttentionSpec spec_;
@@ -42,6 +46,7 @@ class Attention {
   int64_t rotary_dim_ = 0;
   Linear query_, key_, value_, out_;
   Norm query_norm_, key_norm_;  // per head, over head_dim (kind kNone when absent)
+  Mla mla_;                     // used instead of the above when spec_.is_mla()
 };
 
 }  // namespace kiln

@@ -9,7 +9,8 @@ int64_t ModelSpec::kv_cache_bytes_per_token(int64_t bytes_per_value) const {
   for (const LayerSpec& layer : layers) {
     const AttentionSpec& a = layer.attention;
     const int64_t value_dim = a.value_head_dim > 0 ? a.value_head_dim : a.head_dim;
-    values += a.num_kv_heads * (a.head_dim + value_dim);
+    values += a.is_mla() ? a.kv_lora_rank + a.qk_rope_head_dim
+                         : a.num_kv_heads * (a.head_dim + value_dim);
   }
   return values * bytes_per_value;
 }
@@ -154,7 +155,8 @@ Json layer_json(const LayerSpec& layer) {
         {"q_lora_rank", a.q_lora_rank},
         {"kv_lora_rank", a.kv_lora_rank},
         {"qk_nope_head_dim", a.qk_nope_head_dim},
-        {"qk_rope_head_dim", a.qk_rope_head_dim}}},
+        {"qk_rope_head_dim", a.qk_rope_head_dim},
+        {"latent_norm", norm_json(a.latent_norm)}}},
       {"mlp",
        {{"intermediate", layer.mlp.intermediate},
         {"gated", layer.mlp.gated},

@@ -69,11 +69,15 @@ struct AttentionSpec {
   float softcap = 0.0f;        // attention logit soft-capping (0 = off)
   float scale = 0.0f;          // softmax scale (0 = 1/sqrt(head_dim))
   RopeSpec rope;
-  // Multi-head latent attention (DeepSeek-V2/V3); all zero when not MLA.
-  int64_t q_lora_rank = 0;
+  // Multi-head latent attention (DeepSeek-V2/V3); all zero when not MLA. Then head_dim is
+  // qk_nope_head_dim + qk_rope_head_dim, value_head_dim the value size, rope applies to the
+  // qk_rope_head_dim part, q_bias means a bias on the query down-projection (q_lora_rank > 0),
+  // k_bias on the KV down-projection, o_bias on the output projection (v_bias unused).
+  int64_t q_lora_rank = 0;  // 0: one query projection instead of down, norm, up
   int64_t kv_lora_rank = 0;
   int64_t qk_nope_head_dim = 0;
   int64_t qk_rope_head_dim = 0;
+  NormSpec latent_norm;  // the RMSNorm of the query and KV latents
   bool is_mla() const { return kv_lora_rank > 0; }
 };
 
@@ -147,7 +151,9 @@ struct ModelSpec {
   std::vector<int64_t> eos_token_ids;
 
   int64_t num_layers() const { return static_cast<int64_t>(layers.size()); }
-  // Bytes of KV cache per token (all layers) at `bytes_per_value` (4 for f32).
+  // Bytes of KV cache per token (all layers) at `bytes_per_value` (4 for f32): keys and
+  // values of every KV head, or for multi-head latent attention the latent and the rotary
+  // key (kv_lora_rank + qk_rope_head_dim values).
   int64_t kv_cache_bytes_per_token(int64_t bytes_per_value = 4) const;
   // A JSON dump of every field, for `kiln inspect` and checkpoint manifests.
   nlohmann::json to_json() const;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <string>
+#include <utility>
 
 #include "kiln/core/error.h"
 
@@ -13,10 +14,26 @@ KvCache::KvCache(const ModelSpec& spec, int64_t batch, int64_t capacity)
   token_ids_.assign(static_cast<size_t>(batch * capacity), 0);
   for (const LayerSpec& layer : spec.layers) {
     const AttentionSpec& a = layer.attention;
-    const int64_t value_dim = a.value_head_dim > 0 ? a.value_head_dim : a.head_dim;
-    layers_.push_back({Tensor::zeros(DType::F32, {batch, capacity, a.num_kv_heads, a.head_dim}),
-                       Tensor::zeros(DType::F32, {batch, capacity, a.num_kv_heads, value_dim})});
+    LayerKvCache cache;
+    if (a.is_mla()) {
+      cache.layout = KvLayout::kLatent;
+      cache.latent = Tensor::zeros(DType::F32, {batch, capacity, a.kv_lora_rank});
+      cache.rotary_keys = Tensor::zeros(DType::F32, {batch, capacity, a.qk_rope_head_dim});
+    } else {
+      const int64_t value_dim = a.value_head_dim > 0 ? a.value_head_dim : a.head_dim;
+      cache.keys = Tensor::zeros(DType::F32, {batch, capacity, a.num_kv_heads, a.head_dim});
+      cache.values = Tensor::zeros(DType::F32, {batch, capacity, a.num_kv_heads, value_dim});
+    }
+    layers_.push_back(std::move(cache));
   }
+}
+
+int64_t KvCache::bytes_per_token() const {
+  size_t bytes = 0;
+  for (const LayerKvCache& layer : layers_)
+    for (const Tensor* t : {&layer.keys, &layer.values, &layer.latent, &layer.rotary_keys})
+      if (t->defined()) bytes += t->nbytes();
+  return static_cast<int64_t>(bytes) / (batch_ * capacity_);
 }
 
 void KvCache::advance(int64_t tokens) {

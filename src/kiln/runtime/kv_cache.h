@@ -9,13 +9,24 @@
 
 namespace kiln {
 
-// Keys and values of one layer.
-struct LayerKvCache {
-  Tensor keys;    // [B, capacity, kv_heads, head_dim] f32
-  Tensor values;  // [B, capacity, kv_heads, value_dim] f32
+// What one layer keeps per position.
+enum class KvLayout {
+  kKeysValues,  // the keys and values of every KV head
+  kLatent,      // multi-head latent attention: the compressed KV latent and the rotary key
+                // shared by all heads; keys and values are (re)computed from them
 };
 
-// f32 cache for `batch` rows of up to `capacity` positions. All rows advance together
+// The cache of one layer; the tensors of the other layout are empty.
+struct LayerKvCache {
+  KvLayout layout = KvLayout::kKeysValues;
+  Tensor keys;         // kKeysValues: [B, capacity, kv_heads, head_dim] f32
+  Tensor values;       // kKeysValues: [B, capacity, kv_heads, value_dim] f32
+  Tensor latent;       // kLatent: [B, capacity, kv_lora_rank] f32 (after the KV latent norm)
+  Tensor rotary_keys;  // kLatent: [B, capacity, qk_rope_head_dim] f32 (after RoPE)
+};
+
+// f32 cache for `batch` rows of up to `capacity` positions, each layer in the layout its
+// attention needs (kLatent for multi-head latent attention). All rows advance together
 // (no padding). Model::forward writes positions [length, length + T) and then advances.
 class KvCache {
  public:
@@ -26,6 +37,8 @@ class KvCache {
   // Positions filled so far (the position of the next token).
   int64_t length() const { return length_; }
   LayerKvCache& layer(int64_t index) { return layers_.at(index); }
+  // Bytes the cache holds per token (per row and position), all layers together.
+  int64_t bytes_per_token() const;
   // Marks `tokens` more positions as filled. Throws Error when past capacity.
   void advance(int64_t tokens);
   // Forgets every position (keeps the memory).
