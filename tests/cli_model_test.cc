@@ -24,12 +24,15 @@ TEST_P(CliVerify, PassesWithTableAndJson) {
   const test::CommandResult json = test::run_kiln("verify " + dir + " --json");
   ASSERT_EQ(json.exit_code, 0) << json.out << json.err;
   const Json report = Json::parse(json.out);
-  for (const char* key : {"logits_max_abs_err", "hidden_max_abs_err", "greedy_match", "passed"})
+  for (const char* key : {"logits_max_abs_err", "hidden_max_abs_err", "greedy_match", "passed",
+                          "kv_cache_bytes_per_token"})
     EXPECT_TRUE(report.contains(key)) << key;
   EXPECT_TRUE(report["passed"].get<bool>());
   EXPECT_TRUE(report["greedy_match"].get<bool>());
   std::cout << GetParam() << ": logits " << report["logits_max_abs_err"] << ", hidden "
-            << report["hidden_max_abs_err"] << std::endl;
+            << report["hidden_max_abs_err"] << ", KV cache " << report["kv_cache_bytes_per_token"]
+            << " bytes per token" << std::endl;
+  EXPECT_NE(table.out.find("bytes per token"), std::string::npos) << table.out;
   EXPECT_LE(report["logits_max_abs_err"].get<double>(), 1e-4);
 }
 

@@ -202,6 +202,12 @@ class Detector {
           {"scale_attn_by_inverse_layer_idx"});
     } else if (!c_.get_bool("scale_attn_weights", true)) {
       add("attention.scale", "1", FeatureKind::kSwitch, {"scale_attn_weights"});
+    } else if (double mscale = mla_yarn_mscale(); mscale != 1.0) {
+      // DeepSeek multiplies 1/sqrt(head_dim) by YaRN's mscale(factor, mscale_all_dim)^2.
+      add("attention.scale",
+          attention_scale_value(mscale * mscale / std::sqrt(static_cast<double>(head_dim_)),
+                                head_dim_),
+          FeatureKind::kSwitch, {c_.has("rope_parameters") ? "rope_parameters" : "rope_scaling"});
     } else {
       // Gemma 3 defaults query_pre_attn_scalar to 256.
       add("attention.scale", gemma3() ? attention_scale_value(1.0 / 16.0, head_dim_) : "none",
@@ -221,6 +227,19 @@ class Detector {
               : "none",
           FeatureKind::kSwitch, {"attn_temperature_tuning", "floor_scale", "attn_scale"});
     }
+  }
+
+  // MLA with YaRN: 0.1 mscale_all_dim ln(factor) + 1 (1 otherwise, or when factor <= 1).
+  double mla_yarn_mscale() const {
+    if (!mla_) return 1.0;
+    const RopeParameters rope = c_.rope();
+    auto number = [&](const char* key) {
+      auto it = rope.params.find(key);
+      return it != rope.params.end() && it->is_number() ? it->get<double>() : 0.0;
+    };
+    const double factor = number("factor"), all_dim = number("mscale_all_dim");
+    if (rope.type == "default" || all_dim == 0 || factor <= 1.0) return 1.0;
+    return 0.1 * all_dim * std::log(factor) + 1.0;
   }
 
   void detect_attention_bias() {

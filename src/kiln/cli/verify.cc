@@ -1,5 +1,6 @@
 // `kiln verify MODEL`: runs a reference dump's inputs through Kiln and compares logits,
-// hidden states and the greedy continuation (KV cache) with it.
+// hidden states and the greedy continuation (KV cache) with it; reports the KV-cache bytes
+// per token.
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -31,6 +32,7 @@ class VerifyCommand : public Command {
     LoadedModel loaded = load_model(model_path_);
     Model model(loaded.spec, loaded.weights);
     const ReferenceReport report = check_against_reference(model, reference, tolerance_);
+    kv_bytes_per_token_ = model.make_cache(1, 1).bytes_per_token();
     if (json_) {
       print_json(report, reference, loaded.spec.family);
     } else {
@@ -58,6 +60,7 @@ class VerifyCommand : public Command {
                       {"expected_greedy_ids", report.expected_greedy},
                       {"greedy_ids", report.actual_greedy},
                       {"comparisons", comparisons},
+                      {"kv_cache_bytes_per_token", kv_bytes_per_token_},
                       {"passed", report.passed}};
     std::cout << out.dump() << std::endl;
   }
@@ -79,6 +82,8 @@ class VerifyCommand : public Command {
       for (int64_t id : report.actual_greedy) std::printf(" %lld", static_cast<long long>(id));
       std::printf("\n");
     }
+    std::printf("KV cache: %lld bytes per token (f32, all layers)\n",
+                static_cast<long long>(kv_bytes_per_token_));
     std::printf("%s\n", report.passed ? "PASSED" : "FAILED");
   }
 
@@ -86,6 +91,7 @@ class VerifyCommand : public Command {
   std::string reference_path_;
   bool json_ = false;
   double tolerance_ = 1e-4;
+  int64_t kv_bytes_per_token_ = 0;
 };
 
 KILN_COMMAND(VerifyCommand, "verify",

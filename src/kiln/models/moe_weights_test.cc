@@ -95,7 +95,8 @@ TEST_P(StackedExperts, LoadAndGiveIdenticalLogits) {
   fs::remove_all(restacked_dir);
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, StackedExperts, ::testing::Values("mixtral", "qwen3_moe"),
+INSTANTIATE_TEST_SUITE_P(Fixtures, StackedExperts,
+                         ::testing::Values("mixtral", "qwen3_moe", "deepseek_v3"),
                          [](const auto& info) { return info.param; });
 
 }  // namespace

@@ -35,5 +35,27 @@ TEST(KvCache, RemembersTokenIdsPerRow) {
   EXPECT_EQ(cache.tokens_with(next, 1), (std::vector<int32_t>{7, 8}));
 }
 
+// A multi-head latent attention layer caches its latent and rotary key only; the bytes per
+// token follow each layer's layout and agree with the spec's count.
+TEST(KvCache, LatentLayersKeepLatentAndRotaryKey) {
+  ModelSpec spec = tiny_spec();
+  AttentionSpec& mla = spec.layers[1].attention;
+  mla.num_heads = mla.num_kv_heads = 4;
+  mla.head_dim = 24;
+  mla.value_head_dim = 16;
+  mla.kv_lora_rank = 16;
+  mla.qk_nope_head_dim = 16;
+  mla.qk_rope_head_dim = 8;
+  KvCache cache(spec, 2, 5);
+  EXPECT_EQ(cache.layer(0).layout, KvLayout::kKeysValues);
+  EXPECT_EQ(cache.layer(1).layout, KvLayout::kLatent);
+  EXPECT_EQ(cache.layer(1).latent.shape(), (Shape{2, 5, 16}));
+  EXPECT_EQ(cache.layer(1).rotary_keys.shape(), (Shape{2, 5, 8}));
+  EXPECT_FALSE(cache.layer(1).keys.defined());
+  const int64_t expected = 4 * (1 * (4 + 4) + (16 + 8));
+  EXPECT_EQ(spec.kv_cache_bytes_per_token(), expected);
+  EXPECT_EQ(cache.bytes_per_token(), expected);
+}
+
 }  // namespace
 }  // namespace kiln

@@ -108,9 +108,7 @@ ModelBenchResult run_model_bench(const LoadedModel& loaded, const ModelBenchOpti
   }
 
   KvCache cache = model.make_cache(1, capacity);
-  for (int64_t l = 0; l < spec.num_layers(); ++l)
-    result.kv_cache_bytes +=
-        static_cast<double>(cache.layer(l).keys.nbytes() + cache.layer(l).values.nbytes());
+  result.kv_cache_bytes = static_cast<double>(cache.bytes_per_token() * capacity);
   double cpu_start = cpu_seconds();
   auto start = std::chrono::steady_clock::now();
   Tensor logits = model.forward(prompt.data(), 1, options.prompt_tokens, cache, last_only);
