@@ -18,6 +18,7 @@ TEST(CliGenerate, GreedyTinycoderMatchesGoldenText) {
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(r.out, c.at("text").get<std::string>()) << prompt;
     EXPECT_NE(r.err.find("tokens/s"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("bytes per token"), std::string::npos) << r.err;
     std::cout << r.err;
   }
 }

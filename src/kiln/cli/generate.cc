@@ -1,5 +1,5 @@
 // `kiln generate [MODEL] --prompt TEXT`: streams a continuation of the prompt to stdout and
-// reports prefill and decode speed on stderr.
+// reports prefill and decode speed and the KV-cache bytes per token on stderr.
 #include <unistd.h>
 
 #include <cstdio>
@@ -71,6 +71,8 @@ class GenerateCommand : public Command {
                  static_cast<long long>(s.prompt_tokens), s.prefill_seconds,
                  s.prefill_tokens_per_second(), static_cast<long long>(s.generated_tokens),
                  s.decode_seconds, s.decode_tokens_per_second());
+    std::fprintf(stderr, "KV cache: %lld bytes per token (f32, all layers)\n",
+                 static_cast<long long>(model.make_cache(1, 1).bytes_per_token()));
     return 0;
   }
 
