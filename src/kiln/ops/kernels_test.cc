@@ -139,7 +139,7 @@ TEST(FastKernels, SiluGatedMatchesReference) {
     for (const int64_t count : {1, 7, 16, 33, 1000, 300000}) {
       std::vector<float> gate = random_vector(rng, count), up = random_vector(rng, count);
       for (size_t i = 0; i < gate.size(); i += 97) gate[i] *= 40.0f;  // far tails of e^x
-      std::vector<float> got(count), want(count);  // [count]
+      std::vector<float> got(count), want(count);                     // [count]
       gated_activation(Activation::kSilu, gate.data(), up.data(), got.data(), count);
       silu_gated_reference(gate.data(), up.data(), want.data(), count);
       worst = std::max(worst, max_relative_error(got, want));
