@@ -36,6 +36,6 @@ std::string default_model_path();
 
 }  // namespace kiln::cli
 
-#define KILN_COMMAND(Class, name, help)                                        \
+#define KILN_COMMAND(Class, name, help)                                              \
   static const bool kiln_command_registered_##Class = ::kiln::cli::register_command( \
       {name, help, [] { return std::unique_ptr<::kiln::cli::Command>(new Class()); }})

@@ -8,7 +8,8 @@
 #include "kiln/core/error.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"Kiln: bring up new LLM architectures, verify them against the reference, run them."};
+  CLI::App app{
+      "Kiln: bring up new LLM architectures, verify them against the reference, run them."};
   app.set_version_flag("--version", std::string("kiln ") + KILN_VERSION);
   app.require_subcommand(1);
   std::vector<std::pair<CLI::App*, std::unique_ptr<kiln::cli::Command>>> commands;

@@ -24,8 +24,12 @@ constexpr std::array<DTypeInfo, 10> kInfos = {{
 }};
 }  // namespace
 
-size_t dtype_size(DType dtype) { return kInfos[static_cast<size_t>(dtype)].size; }
-std::string_view dtype_name(DType dtype) { return kInfos[static_cast<size_t>(dtype)].name; }
+size_t dtype_size(DType dtype) {
+  return kInfos[static_cast<size_t>(dtype)].size;
+}
+std::string_view dtype_name(DType dtype) {
+  return kInfos[static_cast<size_t>(dtype)].name;
+}
 std::optional<DType> dtype_from_name(std::string_view name) {
   for (const auto& info : kInfos)
     if (info.name == name) return info.dtype;
@@ -68,7 +72,7 @@ uint16_t f32_to_f16(float f) {
   uint32_t sign = (u >> 16) & 0x8000u;
   uint32_t abs = u & 0x7fffffffu;
   if (abs > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // NaN
-  if (abs >= 0x47800000u) {                                              // >= 65536: overflow
+  if (abs >= 0x47800000u) {                                             // >= 65536: overflow
     // Values that round below 65520 were handled above this threshold's range; anything
     // here is inf after rounding.
     return static_cast<uint16_t>(sign | 0x7c00u);

@@ -30,12 +30,12 @@ TEST(DType, F16RoundTripsEveryHalf) {
 
 TEST(DType, F16RoundsToNearestEvenAndOverflows) {
   EXPECT_EQ(f32_to_f16(1.0f), 0x3c00);
-  EXPECT_EQ(f32_to_f16(1.0f + 1.0f / 2048), 0x3c00);      // tie -> even
-  EXPECT_EQ(f32_to_f16(1.0f + 3.0f / 2048), 0x3c02);      // tie -> even (up)
-  EXPECT_EQ(f32_to_f16(65504.0f), 0x7bff);                 // max half
-  EXPECT_EQ(f32_to_f16(65520.0f), 0x7c00);                 // rounds to inf
-  EXPECT_EQ(f32_to_f16(1e-8f), 0x0000);                    // underflow to zero
-  EXPECT_EQ(f16_to_f32(0x0001), std::ldexp(1.0f, -24));    // smallest subnormal
+  EXPECT_EQ(f32_to_f16(1.0f + 1.0f / 2048), 0x3c00);     // tie -> even
+  EXPECT_EQ(f32_to_f16(1.0f + 3.0f / 2048), 0x3c02);     // tie -> even (up)
+  EXPECT_EQ(f32_to_f16(65504.0f), 0x7bff);               // max half
+  EXPECT_EQ(f32_to_f16(65520.0f), 0x7c00);               // rounds to inf
+  EXPECT_EQ(f32_to_f16(1e-8f), 0x0000);                  // underflow to zero
+  EXPECT_EQ(f16_to_f32(0x0001), std::ldexp(1.0f, -24));  // smallest subnormal
   EXPECT_EQ(f32_to_f16(std::ldexp(1.0f, -24)), 0x0001);
 }
 

@@ -67,8 +67,8 @@ static Shape contiguous_strides(const Shape& shape) {
 Tensor Tensor::view_of(std::shared_ptr<Storage> storage, size_t offset, DType dtype, Shape shape) {
   for (int64_t d : shape) check(d >= 0, "negative dimension in shape " + shape_to_string(shape));
   size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
-  check(offset + bytes <= storage->size(), "tensor view " + shape_to_string(shape) +
-                                               " extends past its storage");
+  check(offset + bytes <= storage->size(),
+        "tensor view " + shape_to_string(shape) + " extends past its storage");
   Tensor t;
   t.storage_ = std::move(storage);
   t.offset_ = offset;
@@ -85,9 +85,9 @@ Tensor Tensor::zeros(DType dtype, Shape shape) {
 }
 
 Tensor Tensor::from_f32(Shape shape, const std::vector<float>& values) {
-  check(shape_numel(shape) == static_cast<int64_t>(values.size()),
-        "from_f32: " + std::to_string(values.size()) + " values for shape " +
-            shape_to_string(shape));
+  check(
+      shape_numel(shape) == static_cast<int64_t>(values.size()),
+      "from_f32: " + std::to_string(values.size()) + " values for shape " + shape_to_string(shape));
   Tensor t = zeros(DType::F32, std::move(shape));
   if (!values.empty()) std::memcpy(t.mutable_raw(), values.data(), values.size() * sizeof(float));
   return t;
@@ -96,16 +96,22 @@ Tensor Tensor::from_f32(Shape shape, const std::vector<float>& values) {
 int64_t Tensor::dim(int d) const {
   int n = ndim();
   if (d < 0) d += n;
-  check(d >= 0 && d < n, "dimension " + std::to_string(d) + " out of range for shape " +
-                             shape_string());
+  check(d >= 0 && d < n,
+        "dimension " + std::to_string(d) + " out of range for shape " + shape_string());
   return shape_[d];
 }
 
-int64_t Tensor::numel() const { return shape_numel(shape_); }
+int64_t Tensor::numel() const {
+  return shape_numel(shape_);
+}
 
-bool Tensor::is_contiguous() const { return strides_ == contiguous_strides(shape_); }
+bool Tensor::is_contiguous() const {
+  return strides_ == contiguous_strides(shape_);
+}
 
-std::string Tensor::shape_string() const { return shape_to_string(shape_); }
+std::string Tensor::shape_string() const {
+  return shape_to_string(shape_);
+}
 
 Tensor Tensor::reshape(Shape shape) const {
   check(is_contiguous(), "reshape of a non-contiguous tensor " + shape_string());
@@ -213,23 +219,34 @@ double Tensor::item_as_double(int64_t flat) const {
   }
   const std::byte* p = static_cast<const std::byte*>(raw()) + off * dtype_size(dtype_);
   switch (dtype_) {
-    case DType::F32: return *reinterpret_cast<const float*>(p);
-    case DType::F64: return *reinterpret_cast<const double*>(p);
-    case DType::BF16: return bf16_to_f32(*reinterpret_cast<const uint16_t*>(p));
-    case DType::F16: return f16_to_f32(*reinterpret_cast<const uint16_t*>(p));
-    case DType::I64: return static_cast<double>(*reinterpret_cast<const int64_t*>(p));
-    case DType::I32: return *reinterpret_cast<const int32_t*>(p);
-    case DType::I16: return *reinterpret_cast<const int16_t*>(p);
-    case DType::I8: return *reinterpret_cast<const int8_t*>(p);
+    case DType::F32:
+      return *reinterpret_cast<const float*>(p);
+    case DType::F64:
+      return *reinterpret_cast<const double*>(p);
+    case DType::BF16:
+      return bf16_to_f32(*reinterpret_cast<const uint16_t*>(p));
+    case DType::F16:
+      return f16_to_f32(*reinterpret_cast<const uint16_t*>(p));
+    case DType::I64:
+      return static_cast<double>(*reinterpret_cast<const int64_t*>(p));
+    case DType::I32:
+      return *reinterpret_cast<const int32_t*>(p);
+    case DType::I16:
+      return *reinterpret_cast<const int16_t*>(p);
+    case DType::I8:
+      return *reinterpret_cast<const int8_t*>(p);
     case DType::U8:
-    case DType::BOOL: return *reinterpret_cast<const uint8_t*>(p);
+    case DType::BOOL:
+      return *reinterpret_cast<const uint8_t*>(p);
   }
   return 0;
 }
 
 void convert_to_f32(const void* src, DType src_type, float* dst, size_t count) {
   switch (src_type) {
-    case DType::F32: std::memcpy(dst, src, count * 4); return;
+    case DType::F32:
+      std::memcpy(dst, src, count * 4);
+      return;
     case DType::BF16: {
       const uint16_t* s = static_cast<const uint16_t*>(src);
       for (size_t i = 0; i < count; ++i) dst[i] = bf16_to_f32(s[i]);
@@ -241,9 +258,9 @@ void convert_to_f32(const void* src, DType src_type, float* dst, size_t count) {
       return;
     }
     default: {
-      Tensor view = Tensor::view_of(
-          Storage::borrow(nullptr, static_cast<const std::byte*>(src), count * dtype_size(src_type)),
-          0, src_type, {static_cast<int64_t>(count)});
+      Tensor view = Tensor::view_of(Storage::borrow(nullptr, static_cast<const std::byte*>(src),
+                                                    count * dtype_size(src_type)),
+                                    0, src_type, {static_cast<int64_t>(count)});
       for (size_t i = 0; i < count; ++i) dst[i] = static_cast<float>(view.item_as_double(i));
     }
   }
@@ -263,16 +280,34 @@ Tensor Tensor::to(DType dtype) const {
     double v = src.item_as_double(static_cast<int64_t>(i));
     std::byte* p = static_cast<std::byte*>(out.mutable_raw()) + i * dtype_size(dtype);
     switch (dtype) {
-      case DType::F32: *reinterpret_cast<float*>(p) = static_cast<float>(v); break;
-      case DType::F64: *reinterpret_cast<double*>(p) = v; break;
-      case DType::BF16: *reinterpret_cast<uint16_t*>(p) = f32_to_bf16(static_cast<float>(v)); break;
-      case DType::F16: *reinterpret_cast<uint16_t*>(p) = f32_to_f16(static_cast<float>(v)); break;
-      case DType::I64: *reinterpret_cast<int64_t*>(p) = static_cast<int64_t>(v); break;
-      case DType::I32: *reinterpret_cast<int32_t*>(p) = static_cast<int32_t>(v); break;
-      case DType::I16: *reinterpret_cast<int16_t*>(p) = static_cast<int16_t>(v); break;
-      case DType::I8: *reinterpret_cast<int8_t*>(p) = static_cast<int8_t>(v); break;
+      case DType::F32:
+        *reinterpret_cast<float*>(p) = static_cast<float>(v);
+        break;
+      case DType::F64:
+        *reinterpret_cast<double*>(p) = v;
+        break;
+      case DType::BF16:
+        *reinterpret_cast<uint16_t*>(p) = f32_to_bf16(static_cast<float>(v));
+        break;
+      case DType::F16:
+        *reinterpret_cast<uint16_t*>(p) = f32_to_f16(static_cast<float>(v));
+        break;
+      case DType::I64:
+        *reinterpret_cast<int64_t*>(p) = static_cast<int64_t>(v);
+        break;
+      case DType::I32:
+        *reinterpret_cast<int32_t*>(p) = static_cast<int32_t>(v);
+        break;
+      case DType::I16:
+        *reinterpret_cast<int16_t*>(p) = static_cast<int16_t>(v);
+        break;
+      case DType::I8:
+        *reinterpret_cast<int8_t*>(p) = static_cast<int8_t>(v);
+        break;
       case DType::U8:
-      case DType::BOOL: *reinterpret_cast<uint8_t*>(p) = static_cast<uint8_t>(v); break;
+      case DType::BOOL:
+        *reinterpret_cast<uint8_t*>(p) = static_cast<uint8_t>(v);
+        break;
     }
   }
   return out;
