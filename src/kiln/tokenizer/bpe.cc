@@ -52,12 +52,95 @@ BpeModel::BpeModel(Vocabulary vocab, BpeOptions options, const std::string& wher
   }
 }
 
+void BpeModel::append_merged(std::string_view left, std::string_view right,
+                             std::string& out) const {
+  const std::string& prefix = options_.continuing_subword_prefix;
+  out.append(left);
+  out.append(right.substr(right.starts_with(prefix) ? prefix.size() : 0));
+}
+
 void BpeModel::read_merges(std::string_view text, const std::string& where) {
+  if (!read_merges_fast(text, where)) read_merges_checked(text, where);
+}
+
+bool BpeModel::read_merges_fast(std::string_view text, const std::string& where) {
+  // A merge takes at least 6 characters of JSON ("a b",); only the entries written are touched.
+  struct PendingMerge {
+    uint64_t pair;
+    Merge merge;
+  };
+  ZeroedArray<PendingMerge> pending(text.size() / 6 + 1);
+  size_t count = 0;
+  try {
+    JsonReader reader(text, where);
+    reader.expect('[');
+    if (!reader.consume(']')) {
+      constexpr size_t kBlock = 32;
+      std::string scratch[2 * kBlock];    // decoded strings that have escapes
+      std::string merged;                 // the block's merged strings, back to back
+      size_t merged_end[kBlock];          // [kBlock] end of each merged string in `merged`
+      std::string_view keys[3 * kBlock];  // [kBlock, 3] left, right, merged
+      int32_t ids[3 * kBlock];            // [kBlock, 3] their ids, -1 when absent
+      bool more = true;
+      while (more) {
+        size_t n = 0;
+        merged.clear();
+        for (; n < kBlock && more; ++n) {
+          std::string_view left, right;
+          if (reader.peek() == '"') {
+            const std::string_view both = reader.read_string_view(scratch[2 * n], false);
+            const size_t space = both.find(' ');
+            if (space == std::string_view::npos || both.find(' ', space + 1) != both.npos) {
+              return false;
+            }
+            left = both.substr(0, space);
+            right = both.substr(space + 1);
+          } else {
+            reader.expect('[');
+            left = reader.read_string_view(scratch[2 * n], false);
+            reader.expect(',');
+            right = reader.read_string_view(scratch[2 * n + 1], false);
+            reader.expect(']');
+          }
+          keys[3 * n] = left;
+          keys[3 * n + 1] = right;
+          append_merged(left, right, merged);
+          merged_end[n] = merged.size();
+          more = reader.consume(',');
+        }
+        for (size_t k = 0; k < n; ++k) {
+          const size_t begin = k == 0 ? 0 : merged_end[k - 1];
+          keys[3 * k + 2] = std::string_view(merged).substr(begin, merged_end[k] - begin);
+        }
+        // Strings found in the vocabulary are valid UTF-8; any other is a fault.
+        vocab_.find_batch(keys, 3 * n, ids);
+        for (size_t k = 0; k < n; ++k) {
+          if (ids[3 * k] < 0 || ids[3 * k + 1] < 0 || ids[3 * k + 2] < 0) return false;
+          pending[count] = PendingMerge{pair_key(ids[3 * k], ids[3 * k + 1]),
+                                        Merge{static_cast<int32_t>(count), ids[3 * k + 2]}};
+          ++count;
+        }
+      }
+      reader.expect(']');
+    }
+  } catch (const Error&) {
+    return false;
+  }
+  // Insert in rank order (a repeated pair keeps its last rank, as in HF), prefetching ahead.
+  constexpr size_t kPrefetchDistance = 16;
+  merges_.reset(count);
+  for (size_t i = 0; i < count; ++i) {
+    if (i + kPrefetchDistance < count) merges_.prefetch(pending[i + kPrefetchDistance].pair);
+    merges_.insert_or_assign(pending[i].pair, pending[i].merge);
+  }
+  return true;
+}
+
+void BpeModel::read_merges_checked(std::string_view text, const std::string& where) {
   JsonReader reader(text, where);
-  merges_.reset(text.size() / 16);  // a merge takes about 16 bytes of JSON
+  merges_.reset(0);
   reader.expect('[');
   if (reader.consume(']')) return;
-  const size_t prefix_length = options_.continuing_subword_prefix.size();
   std::string left, right, merged;
   int32_t rank = 0;
   do {
@@ -76,8 +159,8 @@ void BpeModel::read_merges(std::string_view text, const std::string& where) {
     const auto right_id = vocab_.find(right);
     if (!left_id) throw Error(merge_where() + ": '" + left + "' is not in the vocabulary");
     if (!right_id) throw Error(merge_where() + ": '" + right + "' is not in the vocabulary");
-    merged.assign(left);
-    merged.append(right, right.starts_with(options_.continuing_subword_prefix) ? prefix_length : 0);
+    merged.clear();
+    append_merged(left, right, merged);
     const auto merged_id = vocab_.find(merged);
     if (!merged_id) throw Error(merge_where() + ": '" + merged + "' is not in the vocabulary");
     // A repeated pair keeps its last rank, as in HF.

@@ -38,13 +38,22 @@ class BpeModel : public Model {
 
   void tokenize(std::string_view word, std::vector<int32_t>& ids) const override;
   int64_t vocab_size() const override { return vocab_.size(); }
-  const std::string* token_of(int32_t id) const override { return vocab_.token(id); }
+  std::optional<std::string_view> token_of(int32_t id) const override { return vocab_.token(id); }
   std::optional<int32_t> id_of(std::string_view token) const override { return vocab_.find(token); }
 
  private:
   BpeModel(Vocabulary vocab, BpeOptions options, const std::string& where);
-  // Reads the merges array in `text` into merges_.
+  // Reads the merges array in `text` into merges_: the fast way, or the checked way when the
+  // fast way finds a fault.
   void read_merges(std::string_view text, const std::string& where);
+  // Reads the merges in blocks, looking up a whole block's strings in the vocabulary at once
+  // (to overlap their cache misses). Returns false, leaving merges_ in an unspecified state,
+  // when the text has any fault; it accepts only what read_merges_checked accepts.
+  bool read_merges_fast(std::string_view text, const std::string& where);
+  // Reads the merges one at a time, validating each; throws Error naming the first fault.
+  void read_merges_checked(std::string_view text, const std::string& where);
+  // The merged string of a merge's parts: `left` then `right` without its continuing prefix.
+  void append_merged(std::string_view left, std::string_view right, std::string& out) const;
   struct Merge {
     int32_t rank;
     int32_t merged_id;

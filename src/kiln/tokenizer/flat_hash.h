@@ -1,13 +1,15 @@
 // Open-addressing hash tables for the tokenizer's hot lookups: token string -> id over a
-// vocabulary's own strings, and (left id, right id) -> merge. Far fewer cache misses and
-// allocations than std::unordered_map for vocabularies of 10^5..10^6 entries.
+// vocabulary's byte arena, and (left id, right id) -> merge. Far fewer cache misses and
+// allocations than std::unordered_map for vocabularies of 10^5..10^6 entries. Both start
+// from zeroed memory (no fill pass) and expose their hashing and prefetching so that bulk
+// loaders can overlap the cache misses of many lookups.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
-#include <string>
 #include <string_view>
-#include <vector>
+
+#include "kiln/tokenizer/zeroed_array.h"
 
 namespace kiln::tok {
 
@@ -29,93 +31,119 @@ inline uint64_t hash_bytes(std::string_view bytes) {
   return h * kMultiplier ^ (h >> 29);
 }
 
-// Maps strings to ids; the strings live in a vector<std::string> indexed by id that the owner
-// keeps alive and unchanged.
+// Maps byte strings to ids. The strings live in a caller-owned byte arena, which must stay
+// alive and unchanged; each slot records where its string lies.
 class StringIdTable {
  public:
-  // Indexes every entry of `strings` with present[id]; returns the id of a string that is
-  // already indexed under another id (a duplicate), or -1.
-  int32_t build(const std::vector<std::string>* strings, const std::vector<bool>& present) {
-    strings_ = strings;
-    size_t count = 0;
-    for (bool p : present) count += p;
+  // Empties the table and sizes it for `count` strings of `arena`.
+  void reset(const char* arena, size_t count) {
     size_t capacity = 16;
     while (capacity < count * 2) capacity *= 2;
-    slots_.assign(capacity, Slot{0, -1});
+    slots_ = ZeroedArray<Slot>(capacity);
     mask_ = capacity - 1;
-    for (size_t id = 0; id < strings->size(); ++id) {
-      if (present[id] && !insert((*strings)[id], static_cast<int32_t>(id))) {
-        return static_cast<int32_t>(id);
+    arena_ = arena;
+  }
+  // Brings the first slot probed for `hash` (from hash_bytes) toward the cache.
+  void prefetch(uint64_t hash) const { __builtin_prefetch(&slots_[hash & mask_]); }
+  // The id of `key`, whose hash_bytes is `hash`, or -1.
+  int32_t find(std::string_view key, uint64_t hash) const {
+    if (slots_.size() == 0) return -1;
+    const uint32_t tag = static_cast<uint32_t>(hash >> 32);
+    for (size_t i = hash & mask_;; i = (i + 1) & mask_) {
+      const Slot& slot = slots_[i];
+      if (slot.id_plus_one == 0) return -1;
+      if (slot.tag == tag && slot.length == key.size() &&
+          std::memcmp(arena_ + slot.offset, key.data(), key.size()) == 0) {
+        return static_cast<int32_t>(slot.id_plus_one - 1);
       }
     }
-    return -1;
   }
-  // The id of `key`, or -1.
-  int32_t find(std::string_view key) const {
-    if (slots_.empty()) return -1;
-    const uint64_t h = hash_bytes(key);
-    const uint32_t tag = static_cast<uint32_t>(h >> 32);
-    for (size_t i = h & mask_;; i = (i + 1) & mask_) {
-      const Slot& slot = slots_[i];
-      if (slot.id < 0) return -1;
-      if (slot.tag == tag && (*strings_)[slot.id] == key) return slot.id;
+  int32_t find(std::string_view key) const { return find(key, hash_bytes(key)); }
+  // Looks up `count` keys into `ids` (-1 when absent), overlapping their cache misses.
+  void find_batch(const std::string_view* keys, size_t count, int32_t* ids) const {
+    if (slots_.size() == 0) {
+      for (size_t k = 0; k < count; ++k) ids[k] = -1;
+      return;
+    }
+    constexpr size_t kBatch = 64;
+    uint64_t hashes[kBatch];
+    for (size_t first = 0; first < count; first += kBatch) {
+      const size_t n = count - first < kBatch ? count - first : kBatch;
+      for (size_t k = 0; k < n; ++k) {
+        hashes[k] = hash_bytes(keys[first + k]);
+        prefetch(hashes[k]);
+      }
+      // The first probed slot is (likely) cached now; prefetch the string it points at.
+      for (size_t k = 0; k < n; ++k) {
+        const Slot& slot = slots_[hashes[k] & mask_];
+        if (slot.id_plus_one != 0) __builtin_prefetch(arena_ + slot.offset);
+      }
+      for (size_t k = 0; k < n; ++k) ids[first + k] = find(keys[first + k], hashes[k]);
     }
   }
-  // Inserts `key` -> `id`; returns false when `key` is already present.
-  bool insert(std::string_view key, int32_t id) {
-    const uint64_t h = hash_bytes(key);
-    const uint32_t tag = static_cast<uint32_t>(h >> 32);
-    for (size_t i = h & mask_;; i = (i + 1) & mask_) {
+  // Indexes arena[offset, offset + length) -> id, given its hash_bytes `hash`; returns false
+  // (and changes nothing) when an equal string is already indexed.
+  bool insert(uint32_t offset, uint32_t length, int32_t id, uint64_t hash) {
+    const uint32_t tag = static_cast<uint32_t>(hash >> 32);
+    for (size_t i = hash & mask_;; i = (i + 1) & mask_) {
       Slot& slot = slots_[i];
-      if (slot.id < 0) {
-        slot = Slot{tag, id};
+      if (slot.id_plus_one == 0) {
+        slot = Slot{tag, length, offset, static_cast<uint32_t>(id) + 1};
         return true;
       }
-      if (slot.tag == tag && (*strings_)[slot.id] == key) return false;
+      if (slot.tag == tag && slot.length == length &&
+          std::memcmp(arena_ + slot.offset, arena_ + offset, length) == 0) {
+        return false;
+      }
     }
   }
 
  private:
   struct Slot {
-    uint32_t tag;  // high half of the hash
-    int32_t id;    // -1 when empty
+    uint32_t tag;          // high half of the hash
+    uint32_t length;       // of the string in bytes
+    uint32_t offset;       // of the string in the arena
+    uint32_t id_plus_one;  // 0 when the slot is empty
   };
-  const std::vector<std::string>* strings_ = nullptr;
-  std::vector<Slot> slots_;
+  ZeroedArray<Slot> slots_;  // [capacity]
   size_t mask_ = 0;
+  const char* arena_ = nullptr;
 };
 
-// Maps a 64-bit key to a value; `Value` is trivially copyable.
+// Maps a 64-bit key (any but ~0) to a value; `Value` is trivially copyable.
 template <class Value>
 class U64Table {
  public:
   explicit U64Table(size_t expected = 0) { reset(expected); }
+  // Empties the table and sizes it for `expected` keys (it grows past that when needed).
   void reset(size_t expected) {
     size_t capacity = 16;
     while (capacity < expected * 2) capacity *= 2;
-    keys_.assign(capacity, kEmpty);
-    values_.assign(capacity, Value{});
+    slots_ = ZeroedArray<Slot>(capacity);
     mask_ = capacity - 1;
     size_ = 0;
   }
+  // Brings the first slot probed for `key` toward the cache.
+  void prefetch(uint64_t key) const { __builtin_prefetch(&slots_[mix(key) & mask_]); }
   // The value of `key`, or nullptr.
   const Value* find(uint64_t key) const {
     for (size_t i = mix(key) & mask_;; i = (i + 1) & mask_) {
-      if (keys_[i] == key) return &values_[i];
-      if (keys_[i] == kEmpty) return nullptr;
+      const Slot& slot = slots_[i];
+      if (slot.stored_key == key + 1) return &slot.value;
+      if (slot.stored_key == 0) return nullptr;
     }
   }
-  // Sets `key` to `value` (key must not be ~0).
+  // Sets `key` to `value`.
   void insert_or_assign(uint64_t key, const Value& value) {
-    if ((size_ + 1) * 2 > keys_.size()) grow();
+    if ((size_ + 1) * 2 > slots_.size()) grow();
     for (size_t i = mix(key) & mask_;; i = (i + 1) & mask_) {
-      if (keys_[i] == key) {
-        values_[i] = value;
+      Slot& slot = slots_[i];
+      if (slot.stored_key == key + 1) {
+        slot.value = value;
         return;
       }
-      if (keys_[i] == kEmpty) {
-        keys_[i] = key;
-        values_[i] = value;
+      if (slot.stored_key == 0) {
+        slot = Slot{key + 1, value};
         ++size_;
         return;
       }
@@ -123,7 +151,10 @@ class U64Table {
   }
 
  private:
-  static constexpr uint64_t kEmpty = ~uint64_t{0};
+  struct Slot {
+    uint64_t stored_key;  // key + 1; 0 when the slot is empty
+    Value value;
+  };
   static uint64_t mix(uint64_t key) {
     key ^= key >> 33;
     key *= 0xFF51AFD7ED558CCDull;
@@ -131,15 +162,13 @@ class U64Table {
     return key;
   }
   void grow() {
-    std::vector<uint64_t> keys = std::move(keys_);
-    std::vector<Value> values = std::move(values_);
-    reset(keys.size());
-    for (size_t i = 0; i < keys.size(); ++i) {
-      if (keys[i] != kEmpty) insert_or_assign(keys[i], values[i]);
+    ZeroedArray<Slot> old = std::move(slots_);
+    reset(old.size());
+    for (size_t i = 0; i < old.size(); ++i) {
+      if (old[i].stored_key != 0) insert_or_assign(old[i].stored_key - 1, old[i].value);
     }
   }
-  std::vector<uint64_t> keys_;
-  std::vector<Value> values_;
+  ZeroedArray<Slot> slots_;  // [capacity]
   size_t mask_ = 0;
   size_t size_ = 0;
 };

@@ -9,7 +9,7 @@
 
 namespace kiln::tok {
 
-std::unique_ptr<HfTokenizer> HfTokenizer::from_json_text(const std::string& text,
+std::unique_ptr<HfTokenizer> HfTokenizer::from_json_text(std::string_view text,
                                                          const std::string& path) {
   // The model's vocabulary and merges go through the fast reader; the other (small) members
   // through nlohmann::json.
@@ -93,12 +93,12 @@ std::string HfTokenizer::decode(const std::vector<int32_t>& ids, bool skip_speci
       if (!(skip_special && added->special)) tokens.push_back(added->content);
       continue;
     }
-    const std::string* token = model_->token_of(id);
-    if (token == nullptr) {
+    const std::optional<std::string_view> token = model_->token_of(id);
+    if (!token) {
       throw Error("decode: token id " + std::to_string(id) + " is outside the vocabulary (size " +
                   std::to_string(vocab_size()) + ")");
     }
-    tokens.push_back(*token);
+    tokens.emplace_back(*token);
   }
   if (decoder_) {
     decoder_->decode_chain(tokens);
@@ -120,7 +120,7 @@ int64_t HfTokenizer::vocab_size() const {
 
 std::optional<std::string> HfTokenizer::id_to_token(int32_t id) const {
   if (const AddedToken* added = added_.find(id)) return added->content;
-  if (const std::string* token = model_->token_of(id)) return *token;
+  if (const auto token = model_->token_of(id)) return std::string(*token);
   return std::nullopt;
 }
 

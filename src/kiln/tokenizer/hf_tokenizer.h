@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "kiln/tokenizer/added_vocabulary.h"
 #include "kiln/tokenizer/decoders.h"
@@ -18,7 +19,7 @@ namespace kiln::tok {
 class HfTokenizer : public Tokenizer {
  public:
   // Parses the text of a tokenizer.json; `path` names it in error messages.
-  static std::unique_ptr<HfTokenizer> from_json_text(const std::string& text,
+  static std::unique_ptr<HfTokenizer> from_json_text(std::string_view text,
                                                      const std::string& path);
 
   std::vector<int32_t> encode(std::string_view text, bool add_special) const override;

@@ -1,6 +1,9 @@
 #include "kiln/tokenizer/json_reader.h"
 
 #include <cstring>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "kiln/core/error.h"
 #include "kiln/tokenizer/utf8.h"
@@ -22,6 +25,31 @@ void JsonReader::skip_whitespace() {
     if (c != ' ' && c != '\n' && c != '\r' && c != '\t') return;
     ++pos_;
   }
+}
+
+size_t JsonReader::plain_run_end() const {
+  size_t run = pos_;
+#if defined(__SSE2__)
+  // 16 bytes at a time: a byte stops the run when it is '"', '\\' or at most 0x1F.
+  const __m128i quote = _mm_set1_epi8('"');
+  const __m128i backslash = _mm_set1_epi8('\\');
+  const __m128i control_max = _mm_set1_epi8(0x1F);
+  while (run + 16 <= text_.size()) {
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(text_.data() + run));
+    const __m128i stops =
+        _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(bytes, quote), _mm_cmpeq_epi8(bytes, backslash)),
+                     _mm_cmpeq_epi8(_mm_max_epu8(bytes, control_max), control_max));
+    const int mask = _mm_movemask_epi8(stops);
+    if (mask != 0) return run + static_cast<size_t>(__builtin_ctz(static_cast<unsigned>(mask)));
+    run += 16;
+  }
+#endif
+  while (run < text_.size()) {
+    const unsigned char c = static_cast<unsigned char>(text_[run]);
+    if (c == '"' || c == '\\' || c < 0x20) return run;
+    ++run;
+  }
+  return run;
 }
 
 char JsonReader::peek() {
@@ -68,12 +96,7 @@ void JsonReader::read_string(std::string& out) {
   const size_t start = pos_;
   while (true) {
     // Copy the run up to the next quote, backslash or control character.
-    size_t run = pos_;
-    while (run < text_.size()) {
-      const unsigned char c = static_cast<unsigned char>(text_[run]);
-      if (c == '"' || c == '\\' || c < 0x20) break;
-      ++run;
-    }
+    const size_t run = plain_run_end();
     out.append(text_.substr(pos_, run - pos_));
     pos_ = run;
     if (pos_ >= text_.size()) fail("unterminated string");
@@ -132,6 +155,22 @@ void JsonReader::read_string(std::string& out) {
   }
 }
 
+std::string_view JsonReader::read_string_view(std::string& scratch, bool validate_utf8) {
+  expect('"');
+  const size_t start = pos_;
+  const size_t end = plain_run_end();
+  if (end < text_.size() && text_[end] == '"') {
+    const std::string_view value = text_.substr(start, end - start);
+    if (validate_utf8 && utf8_valid_prefix(value) != value.size()) fail("invalid UTF-8 in string");
+    pos_ = end + 1;
+    return value;
+  }
+  // Escapes (or an error): decode the general way.
+  pos_ = start - 1;
+  read_string(scratch);
+  return scratch;
+}
+
 int64_t JsonReader::read_integer() {
   skip_whitespace();
   const size_t start = pos_;
@@ -155,7 +194,9 @@ int64_t JsonReader::read_integer() {
 void JsonReader::skip_string() {
   // Structure only: the reader or parser that later reads the value checks its contents.
   expect('"');
-  while (pos_ < text_.size()) {
+  while (true) {
+    pos_ = plain_run_end();
+    if (pos_ >= text_.size()) break;
     const char c = text_[pos_++];
     if (c == '"') return;
     if (c == '\\') ++pos_;

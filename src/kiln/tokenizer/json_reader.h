@@ -23,6 +23,10 @@ class JsonReader {
   void expect(char c);
   // Reads a string value into `out` (escapes decoded, UTF-8 validated).
   void read_string(std::string& out);
+  // Reads a string value: a view of the text when it has no escapes, else its decoded bytes
+  // in `scratch` (the view is valid until `scratch` changes). Checks UTF-8 when
+  // `validate_utf8`, or when the string has escapes.
+  std::string_view read_string_view(std::string& scratch, bool validate_utf8);
   // Reads an integer value.
   int64_t read_integer();
   // Skips one value (validating its structure) and returns its text.
@@ -35,6 +39,8 @@ class JsonReader {
 
  private:
   void skip_whitespace();
+  // The position of the first '"', '\\' or control character at or after pos_, or the end.
+  size_t plain_run_end() const;
   void skip_string();
   void skip_number();
   void skip_literal(std::string_view literal);

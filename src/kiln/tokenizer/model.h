@@ -21,8 +21,8 @@ class Model {
   virtual void tokenize(std::string_view word, std::vector<int32_t>& ids) const = 0;
   // One past the largest id of the model's vocabulary.
   virtual int64_t vocab_size() const = 0;
-  // The vocabulary string of `id`, or nullptr when the model has no such id.
-  virtual const std::string* token_of(int32_t id) const = 0;
+  // The vocabulary string of `id`, or nullopt when the model has no such id.
+  virtual std::optional<std::string_view> token_of(int32_t id) const = 0;
   virtual std::optional<int32_t> id_of(std::string_view token) const = 0;
 };
 

@@ -1,14 +1,18 @@
 #include "kiln/tokenizer/tokenizer.h"
 
+#include <zstd.h>
+
 #include <filesystem>
 #include <vector>
 
 #include "kiln/core/error.h"
+#include "kiln/core/mapped_file.h"
 #include "kiln/io/whole_file.h"
 #include "kiln/tokenizer/hf_tokenizer.h"
 #include "kiln/tokenizer/sentencepiece_tokenizer.h"
 #include "kiln/tokenizer/tiktoken_tokenizer.h"
 #include "kiln/tokenizer/utf8.h"
+#include "kiln/tokenizer/zeroed_array.h"
 
 namespace kiln {
 namespace fs = std::filesystem;
@@ -50,6 +54,45 @@ fs::path tiktoken_json_for(const fs::path& ranks) {
               "special tokens)");
 }
 
+// The bytes of a (large) tokenizer file without copies: a plain file is mapped, a .zst one is
+// decompressed in one shot into huge pages. Anything unusual (an unmappable file, a frame
+// without a recorded size, corrupt data) goes through read_whole_file, which names the fault.
+class FileText {
+ public:
+  explicit FileText(const std::string& path) {
+    try {
+      mapping_ = MappedFile::open(path);
+    } catch (const Error&) {
+      owned_ = read_whole_file(path);
+      text_ = owned_;
+      return;
+    }
+    const char* data = reinterpret_cast<const char*>(mapping_->data());
+    if (!path.ends_with(".zst")) {
+      text_ = std::string_view(data, mapping_->size());
+      return;
+    }
+    const unsigned long long size = ZSTD_getFrameContentSize(data, mapping_->size());
+    if (size != ZSTD_CONTENTSIZE_UNKNOWN && size != ZSTD_CONTENTSIZE_ERROR && size < (1ull << 34)) {
+      decompressed_ = tok::ZeroedArray<char>(size);
+      const size_t got = ZSTD_decompress(decompressed_.data(), size, data, mapping_->size());
+      if (!ZSTD_isError(got) && got == size) {
+        text_ = std::string_view(decompressed_.data(), size);
+        return;
+      }
+    }
+    owned_ = read_whole_file(path);
+    text_ = owned_;
+  }
+  std::string_view text() const { return text_; }
+
+ private:
+  std::shared_ptr<MappedFile> mapping_;
+  tok::ZeroedArray<char> decompressed_;
+  std::string owned_;
+  std::string_view text_;
+};
+
 }  // namespace
 
 std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& path) {
@@ -63,7 +106,7 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& path) {
   if (name.ends_with(".model") || name.ends_with(".model.zst")) {
     return tok::SentencePieceTokenizer::load(file.string());
   }
-  return tok::HfTokenizer::from_json_text(read_whole_file(file.string()), file.string());
+  return tok::HfTokenizer::from_json_text(FileText(file.string()).text(), file.string());
 }
 
 StreamDecoder::StreamDecoder(const Tokenizer& tokenizer, bool skip_special)

@@ -2,7 +2,6 @@
 #pragma once
 
 #include <cstdint>
-#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -11,6 +10,7 @@
 
 #include "kiln/tokenizer/flat_hash.h"
 #include "kiln/tokenizer/json_fields.h"
+#include "kiln/tokenizer/zeroed_array.h"
 
 namespace kiln::tok {
 
@@ -32,20 +32,41 @@ class Vocabulary {
     if (id < 0) return std::nullopt;
     return id;
   }
-  // The token of `id`, or nullptr.
-  const std::string* token(int32_t id) const {
-    if (id < 0 || static_cast<size_t>(id) >= tokens_->size() || !present_[id]) return nullptr;
-    return &(*tokens_)[id];
+  // Looks up `count` tokens into `ids` (-1 when absent); much faster than find() one by one
+  // for large batches.
+  void find_batch(const std::string_view* tokens, size_t count, int32_t* ids) const {
+    ids_.find_batch(tokens, count, ids);
+  }
+  // The token of `id`, or nullopt.
+  std::optional<std::string_view> token(int32_t id) const {
+    if (id < 0 || static_cast<size_t>(id) >= spans_.size()) return std::nullopt;
+    const Span& span = spans_[id];
+    if (span.length_plus_one == 0) return std::nullopt;
+    return std::string_view(bytes_.data() + span.offset, span.length_plus_one - 1);
   }
   // One past the largest id.
-  int64_t size() const { return static_cast<int64_t>(tokens_->size()); }
+  int64_t size() const { return static_cast<int64_t>(spans_.size()); }
 
  private:
-  // Heap-allocated so that the table's pointer to it survives moves of the Vocabulary.
-  std::unique_ptr<std::vector<std::string>> tokens_ =
-      std::make_unique<std::vector<std::string>>();  // [size()], "" where no token has the id
-  std::vector<bool> present_;                        // [size()]
-  StringIdTable ids_;                                // token -> id over *tokens_
+  // Where a token lies in bytes_.
+  struct Span {
+    uint32_t offset;
+    uint32_t length_plus_one;  // 0 when no token has this id
+  };
+  // A (token, id) pair read from the input, its token already in the arena.
+  struct Entry {
+    uint32_t offset;
+    uint32_t length;
+    int64_t id;
+  };
+  // Builds the vocabulary of `entries`, whose tokens lie in `bytes`; checks as from_entries.
+  static Vocabulary build(ZeroedArray<char> bytes, const Entry* entries, size_t count,
+                          const std::string& where);
+
+  ZeroedArray<char> bytes_;  // the tokens' bytes, back to back (all heap-held, so the table's
+                             // pointer into them survives moves of the Vocabulary)
+  ZeroedArray<Span> spans_;  // [size()]
+  StringIdTable ids_;        // token -> id over bytes_
 };
 
 }  // namespace kiln::tok

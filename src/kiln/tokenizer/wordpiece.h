@@ -21,7 +21,7 @@ class WordPieceModel : public Model {
 
   void tokenize(std::string_view word, std::vector<int32_t>& ids) const override;
   int64_t vocab_size() const override { return vocab_.size(); }
-  const std::string* token_of(int32_t id) const override { return vocab_.token(id); }
+  std::optional<std::string_view> token_of(int32_t id) const override { return vocab_.token(id); }
   std::optional<int32_t> id_of(std::string_view token) const override { return vocab_.find(token); }
 
  private:
