@@ -81,15 +81,22 @@ class BenchCommand : public Command {
     app.add_option("--threads", options_.threads, "Threads (0 = all cores)");
     app.add_option("--kernels", kernels_, "Kernel set: auto, reference, avx2, avx512");
     app.add_flag("--json", json_, "Print JSON");
+    app.add_flag("--mmap", mmap_,
+                 "map the weight files instead of reading them into memory (opens faster; "
+                 "decode may be slower, see docs/performance.md)");
   }
 
   int run() override {
     ops::use_kernels(kernels_);
-    const LoadedModel loaded = load_model(model_path_);
+    const LoadedModel loaded =
+        load_model(model_path_, mmap_ ? Residency::kMapped : Residency::kResident);
     const ModelBenchResult result = run_model_bench(loaded, options_);
     if (json_) {
-      std::cout << to_json(result).dump(2) << "\n";
+      Json json = to_json(result);
+      json["weights"] = mmap_ ? "mapped" : "resident";
+      std::cout << json.dump(2) << "\n";
     } else {
+      std::printf("weights  %s\n", mmap_ ? "mapped (--mmap)" : "read into memory");
       print_table(result);
     }
     return 0;
@@ -100,6 +107,7 @@ class BenchCommand : public Command {
   std::string kernels_ = "auto";
   ModelBenchOptions options_;
   bool json_ = false;
+  bool mmap_ = false;
 };
 
 }  // namespace

@@ -33,12 +33,16 @@ class GenerateCommand : public Command {
         ->check(CLI::NonNegativeNumber);
     app.add_option("--top-p", top_p_, "sample within this probability mass (0 < p <= 1)");
     app.add_option("--seed", seed_, "random seed for sampling (default 0)");
+    app.add_flag("--mmap", mmap_,
+                 "map the weight files instead of reading them into memory (opens faster; "
+                 "decode may be slower, see docs/performance.md)");
   }
 
   int run() override {
     tok::check_utf8(prompt_, "--prompt");
     if (model_path_.empty()) model_path_ = default_model_path();
-    const LoadedModel loaded = load_model(model_path_);
+    const LoadedModel loaded =
+        load_model(model_path_, mmap_ ? Residency::kMapped : Residency::kResident);
     const Model model(loaded.spec, loaded.weights);
     const std::unique_ptr<Tokenizer> tokenizer = Tokenizer::load(model_path_);
     const SamplingParams params = sampling_params();
@@ -105,6 +109,7 @@ class GenerateCommand : public Command {
   std::optional<int64_t> top_k_;
   std::optional<float> top_p_;
   uint64_t seed_ = 0;
+  bool mmap_ = false;
 };
 
 KILN_COMMAND(GenerateCommand, "generate",

@@ -27,10 +27,10 @@ std::string detect_checkpoint_format(const std::string& path) {
   return "";
 }
 
-std::unique_ptr<TensorSource> open_tensor_source(const std::string& path) {
+std::unique_ptr<TensorSource> open_tensor_source(const std::string& path, Residency residency) {
   const std::string format = detect_checkpoint_format(path);
-  if (format == "kiln") return std::make_unique<KilnCheckpoint>(path);
-  if (format == "safetensors") return std::make_unique<SafetensorsSource>(path);
+  if (format == "kiln") return std::make_unique<KilnCheckpoint>(path, residency);
+  if (format == "safetensors") return std::make_unique<SafetensorsSource>(path, residency);
   if (format == "torch_bin") return std::make_unique<TorchBinSource>(path);
   if (format == "orbax") return std::make_unique<OrbaxSource>(path);
   check(fs::exists(path), path + ": no such file or directory");

@@ -5,6 +5,7 @@
 #include <memory>
 #include <string>
 
+#include "kiln/core/mapped_file.h"
 #include "kiln/models/family.h"
 
 namespace kiln {
@@ -16,6 +17,9 @@ std::string detect_checkpoint_format(const std::string& path);
 
 // Opens the weights at `path`. Throws Error("<path>: no model weights found (looked for
 // ...)") when detect_checkpoint_format finds none, or the format reader's error.
-std::unique_ptr<TensorSource> open_tensor_source(const std::string& path);
+// `residency` says how Kiln and safetensors data files are held (see MappedFile); the other
+// formats are read as they need.
+std::unique_ptr<TensorSource> open_tensor_source(const std::string& path,
+                                                 Residency residency = Residency::kMapped);
 
 }  // namespace kiln

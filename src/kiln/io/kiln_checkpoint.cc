@@ -263,7 +263,7 @@ bool KilnCheckpoint::present_in(const std::string& dir) {
   return fs::is_regular_file(fs::path(dir) / kManifestName);
 }
 
-KilnCheckpoint::KilnCheckpoint(const std::string& dir) : dir_(dir) {
+KilnCheckpoint::KilnCheckpoint(const std::string& dir, Residency residency) : dir_(dir) {
   const std::string path = (fs::path(dir) / kManifestName).string();
   manifest_ = read_json_file(path);
   try {
@@ -291,7 +291,7 @@ KilnCheckpoint::KilnCheckpoint(const std::string& dir) : dir_(dir) {
       check(fs::file_size(file) == bytes, file + ": " + std::to_string(fs::file_size(file)) +
                                               " bytes, the manifest says " + std::to_string(bytes));
       file_index[name] = files_.size();
-      files_.push_back(SafetensorsFile::open(file));
+      files_.push_back(SafetensorsFile::open(file, residency));
     }
     for (const auto& [name, info] : manifest_.at("tensors").items()) {
       const std::string where = path + ": tensor '" + name + "'";

@@ -83,11 +83,12 @@ class KilnCheckpointWriter {
 };
 
 // A Kiln checkpoint opened for reading. The constructor parses the manifest, maps every
-// data file and checks that each tensor entry agrees with its file's safetensors header;
-// get() returns read-only views into the mapping. Checksums are checked by verify() only.
+// data file (held as `residency` says) and checks that each tensor entry agrees with its file's
+// safetensors header; get() returns read-only views into the mapping. Checksums are checked by
+// verify() only.
 class KilnCheckpoint : public TensorSource {
  public:
-  explicit KilnCheckpoint(const std::string& dir);
+  explicit KilnCheckpoint(const std::string& dir, Residency residency = Residency::kMapped);
   // True when `dir` holds kiln_checkpoint.json.
   static bool present_in(const std::string& dir);
 

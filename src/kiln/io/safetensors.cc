@@ -12,9 +12,9 @@
 namespace kiln {
 namespace fs = std::filesystem;
 
-SafetensorsFile SafetensorsFile::open(const std::string& path) {
+SafetensorsFile SafetensorsFile::open(const std::string& path, Residency residency) {
   SafetensorsFile st;
-  st.file_ = MappedFile::open(path);
+  st.file_ = MappedFile::open(path, residency);
   const size_t file_size = st.file_->size();
   check(file_size >= 8, path + ": truncated safetensors file (" + std::to_string(file_size) +
                             " bytes, no header length)");
@@ -143,12 +143,12 @@ bool SafetensorsSet::present_in(const std::string& dir) {
          fs::exists(fs::path(dir) / "model.safetensors.index.json");
 }
 
-SafetensorsSet SafetensorsSet::open(const std::string& path) {
+SafetensorsSet SafetensorsSet::open(const std::string& path, Residency residency) {
   SafetensorsSet set;
   set.where_ = path;
   fs::path p(path);
-  auto add_file = [&set](const std::string& file) {
-    set.files_.push_back(SafetensorsFile::open(file));
+  auto add_file = [&set, residency](const std::string& file) {
+    set.files_.push_back(SafetensorsFile::open(file, residency));
     size_t index = set.files_.size() - 1;
     for (const std::string& name : set.files_.back().names()) {
       check(set.location_.emplace(name, index).second,

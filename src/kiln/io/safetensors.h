@@ -20,7 +20,7 @@ namespace kiln {
 // read-only views that keep the mapping alive.
 class SafetensorsFile {
  public:
-  static SafetensorsFile open(const std::string& path);
+  static SafetensorsFile open(const std::string& path, Residency residency = Residency::kMapped);
 
   const std::string& path() const { return file_->path(); }
   // Tensor names in file order (sorted by data offset).
@@ -53,7 +53,7 @@ class SafetensorsFile {
 // index says), or a single path to a .safetensors file.
 class SafetensorsSet {
  public:
-  static SafetensorsSet open(const std::string& path);
+  static SafetensorsSet open(const std::string& path, Residency residency = Residency::kMapped);
   // True when `dir` holds model.safetensors or model.safetensors.index.json.
   static bool present_in(const std::string& dir);
 

@@ -2,7 +2,7 @@
 
 namespace kiln {
 
-SafetensorsSource::SafetensorsSource(const std::string& path)
-    : path_(path), set_(SafetensorsSet::open(path)) {}
+SafetensorsSource::SafetensorsSource(const std::string& path, Residency residency)
+    : path_(path), set_(SafetensorsSet::open(path, residency)) {}
 
 }  // namespace kiln

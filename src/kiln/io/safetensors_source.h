@@ -16,7 +16,7 @@ class SafetensorsSource : public TensorSource {
  public:
   // `path`: a .safetensors file or a folder with model.safetensors or
   // model.safetensors.index.json.
-  explicit SafetensorsSource(const std::string& path);
+  explicit SafetensorsSource(const std::string& path, Residency residency = Residency::kMapped);
 
   std::vector<std::string> names() const override { return set_.names(); }
   bool contains(const std::string& name) const override { return set_.contains(name); }

@@ -33,7 +33,7 @@ std::string file_of(const TensorSource& source, const std::string& name) {
 }
 }  // namespace
 
-LoadedModel load_model(const std::string& path) {
+LoadedModel load_model(const std::string& path, Residency residency) {
   check(fs::is_directory(path), path + ": not a model folder");
   LoadedModel loaded;
   loaded.path = path;
@@ -41,7 +41,7 @@ LoadedModel load_model(const std::string& path) {
   const Family& family = family_for(loaded.config);
   loaded.spec = spec_from_config(loaded.config);
   merge_generation_config(path, loaded.spec);
-  const std::unique_ptr<TensorSource> source = open_tensor_source(path);
+  const std::unique_ptr<TensorSource> source = open_tensor_source(path, residency);
   for (const WeightMapping& mapping : family.map_weights(loaded.spec, *source)) {
     std::vector<Tensor> inputs;
     for (const std::string& hf_name : mapping.hf_names) {

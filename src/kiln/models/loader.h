@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "kiln/core/mapped_file.h"
 #include "kiln/io/hf_config.h"
 #include "kiln/layers/weights.h"
 #include "kiln/models/model_spec.h"
@@ -21,7 +22,9 @@ struct LoadedModel {
 // generation_config.json when present) and its weights in any format open_tensor_source
 // reads (safetensors, PyTorch .bin; single or sharded). Throws
 // Error naming the file and key or tensor: unknown architecture, missing required key,
-// missing tensor, wrong shape.
-LoadedModel load_model(const std::string& path);
+// missing tensor, wrong shape. Weights are read into memory by default, as inference streams
+// them on every step (Residency::kMapped maps them instead: faster to open, may be slower to
+// run; see MappedFile).
+LoadedModel load_model(const std::string& path, Residency residency = Residency::kResident);
 
 }  // namespace kiln
