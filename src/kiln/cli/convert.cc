@@ -1,5 +1,5 @@
 // `kiln convert SRC -o DST`: a HuggingFace folder to a Kiln checkpoint (scanned or
-// unscanned) or to an Orbax checkpoint, streaming and atomic.
+// unscanned) or to an Orbax checkpoint, or an Orbax checkpoint back to Kiln; atomic.
 #include <unistd.h>
 
 #include <chrono>
@@ -43,7 +43,8 @@ class Progress {
 class ConvertCommand : public Command {
  public:
   void configure(CLI::App& app) override {
-    app.add_option("source", source_, "HuggingFace model folder")->required();
+    app.add_option("source", source_, "HuggingFace model folder, or an Orbax checkpoint")
+        ->required();
     app.add_option("-o,--output", output_, "Output folder")->required();
     app.add_option("--layout", layout_, "Kiln layout: unscanned or scanned")
         ->check(CLI::IsMember({"unscanned", "scanned"}));
@@ -67,6 +68,13 @@ class ConvertCommand : public Command {
     options.progress = [&](size_t done, size_t total, uint64_t bytes) {
       progress(done, total, bytes);
     };
+    if (OrbaxSource::present_in(source_)) {
+      // Orbax -> Kiln: layout and dtype are the ones recorded at export.
+      check(format_ == "kiln", source_ + ": an Orbax checkpoint converts to --format kiln only");
+      import_orbax_to_kiln(source_, output_, {}, force_);
+      std::fprintf(stderr, "wrote %s (Kiln checkpoint from Orbax)\n", output_.c_str());
+      return 0;
+    }
     if (format_ == "kiln") {
       convert_hf_to_kiln(source_, output_, options);
       std::fprintf(stderr, "wrote %s (Kiln checkpoint, %s)\n", output_.c_str(), layout_.c_str());
@@ -105,5 +113,6 @@ class ConvertCommand : public Command {
 
 }  // namespace
 KILN_COMMAND(ConvertCommand, "convert",
-             "Convert a HuggingFace folder to a Kiln checkpoint (scanned or unscanned) or Orbax");
+             "Convert a HuggingFace folder to a Kiln checkpoint (scanned or unscanned) or Orbax, "
+             "and Orbax back to Kiln");
 }  // namespace kiln::cli

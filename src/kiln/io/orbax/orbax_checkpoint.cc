@@ -1,5 +1,6 @@
 #include "kiln/io/orbax/orbax_checkpoint.h"
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -148,6 +149,13 @@ Tensor OrbaxSource::get(const std::string& name) const {
   return read_zarr_array(*store_, param(name).storage_name + "/");
 }
 
+Tensor OrbaxSource::get_side_array(const std::string& name) const {
+  std::string storage = name;
+  std::replace(storage.begin(), storage.end(), '/', '.');
+  if (!store_->read(storage + "/.zarray") && !store_->read(storage + "/zarr.json")) return Tensor();
+  return read_zarr_array(*store_, storage + "/");
+}
+
 OrbaxWriter::OrbaxWriter(std::string dir, OrbaxWriteOptions options)
     : dir_(std::move(dir)), options_(options) {
   check(!fs::exists(dir_) || fs::is_empty(dir_), dir_ + ": exists and is not empty");
@@ -159,7 +167,16 @@ OrbaxWriter::OrbaxWriter(std::string dir, OrbaxWriteOptions options)
 }
 
 void OrbaxWriter::add(const std::string& name, const Tensor& tensor) {
+  add_array(name, tensor, true);
+}
+
+void OrbaxWriter::add_side_array(const std::string& name, const Tensor& tensor) {
+  add_array(name, tensor, false);
+}
+
+void OrbaxWriter::add_array(const std::string& name, const Tensor& tensor, bool listed) {
   Written w;
+  w.listed = listed;
   size_t start = 0;
   for (;;) {
     const size_t slash = name.find('/', start);
@@ -194,6 +211,7 @@ void OrbaxWriter::finish() {
   const int64_t start = now_nanoseconds();
   Json tree = Json::object(), sharding = Json::object(), arrays = Json::array();
   for (const Written& w : written_) {
+    if (!w.listed) continue;
     Json keys = Json::array();
     for (const std::string& k : w.keys) keys.push_back({{"key", k}, {"key_type", 2}});
     tree[python_tuple(w.keys)] = {
@@ -228,6 +246,9 @@ void OrbaxWriter::finish() {
                            {"commit_timestamp_nsecs", now_nanoseconds()},
                            {"custom_metadata", Json::object()}};
   write_text(step_dir / "_CHECKPOINT_METADATA", checkpoint.dump());
+  // Orbax's commit marker (consulted on object stores, where renames are not atomic).
+  for (const fs::path& dir : {item, step_dir})
+    write_text(dir / "commit_success.txt", "Checkpoint commit was successful to " + dir.string());
 }
 
 }  // namespace kiln

@@ -39,6 +39,9 @@ class OrbaxSource : public TensorSource {
   std::string where() const override { return dir_; }
   // True when the arrays live in an OCDBT database.
   bool uses_ocdbt() const { return ocdbt_; }
+  // The side array at tree path `name` (written by OrbaxWriter::add_side_array; not in
+  // `_METADATA`), or an undefined tensor when there is none.
+  Tensor get_side_array(const std::string& name) const;
 
  private:
   struct Param {
@@ -64,14 +67,17 @@ struct OrbaxWriteOptions {
 
 // Writes an orbax checkpoint that orbax-checkpoint's PyTreeCheckpointer restores: zarr v2
 // arrays (raw or zstd) in files or OCDBT, `_METADATA`, `_sharding`, array metadata and
-// `_CHECKPOINT_METADATA`, as orbax 0.12 writes them. Tensors are streamed to disk as they
-// are added. `dir` must not exist or be empty. Not thread-safe.
+// `_CHECKPOINT_METADATA` and `commit_success.txt`, as orbax 0.12 writes them. Tensors are streamed
+// to disk as they are added. `dir` must not exist or be empty. Not thread-safe.
 class OrbaxWriter {
  public:
   OrbaxWriter(std::string dir, OrbaxWriteOptions options);
   // Adds the array at tree path `name` ("params/decoder/layers/mlp/wi_0/kernel"). Path parts
   // must be non-empty and free of '.', quotes and backslashes. Throws Error naming the tensor.
   void add(const std::string& name, const Tensor& tensor);
+  // Stores `tensor` like add() but leaves it out of `_METADATA` and the other orbax
+  // metadata, so orbax never sees it: data only Kiln reads (OrbaxSource::get_side_array).
+  void add_side_array(const std::string& name, const Tensor& tensor);
   // Writes the metadata files; call once after the last add().
   void finish();
   // The item directory the arrays go to (`dir`, or `dir/<step>/items`).
@@ -82,7 +88,9 @@ class OrbaxWriter {
     std::vector<std::string> keys;  // tree path parts
     Shape shape;
     Shape chunks;
+    bool listed;  // in _METADATA (false for side arrays)
   };
+  void add_array(const std::string& name, const Tensor& tensor, bool listed);
   std::string dir_;
   std::string item_dir_;
   OrbaxWriteOptions options_;
