@@ -14,7 +14,7 @@ if [ -n "${missing:-}" ]; then
 fi
 OUT=build-fuzz
 mkdir -p "$OUT"
-SOURCES=(src/kiln/tokenizer/*.cc src/kiln/io/json.cc src/kiln/io/whole_file.cc)
+SOURCES=(src/kiln/tokenizer/*.cc src/kiln/io/json.cc src/kiln/io/whole_file.cc src/kiln/core/mapped_file.cc)
 SOURCES=("${SOURCES[@]/*_test.cc/}")
 FLAGS=(-std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
        -Isrc -DKILN_TEST_DATA="\"$PWD/tests/data\"")

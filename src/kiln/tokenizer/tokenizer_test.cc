@@ -9,6 +9,7 @@
 #include <functional>
 
 #include "kiln/core/error.h"
+#include "kiln/tokenizer/hf_tokenizer.h"
 #include "kiln/tokenizer/utf8.h"
 #include "test_util.h"
 
@@ -85,6 +86,43 @@ TEST(TokenizerLoad, BadFilesGiveErrorsNamingTheKey) {
   EXPECT_EQ(error_of([&] { Tokenizer::load(dir + "/missing"); }),
             dir + "/missing: no such file or folder");
   std::filesystem::remove_all(dir);
+}
+
+TEST(TokenizerLoad, MergeFaultsNameTheMergeOrByte) {
+  // Merge lists are read by a fast path that hands any fault to the checked reader; these pin
+  // the checked reader's messages (and that faults after good merges are still found).
+  const auto error_for = [](const std::string& merges) {
+    const std::string text =
+        R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2, "c": 3}, "merges": )" +
+        merges + "}}";
+    return error_of([&] { tok::HfTokenizer::from_json_text(text, "t.json"); });
+  };
+  EXPECT_EQ(error_for(R"(["a b", "b c"])"),
+            "t.json: model.merges[1]: 'bc' is not in the vocabulary");
+  EXPECT_EQ(error_for(R"([["a", "z"]])"), "t.json: model.merges[0]: 'z' is not in the vocabulary");
+  EXPECT_EQ(error_for(R"(["a b", "ab"])"),
+            "t.json: model.merges[1]: expected \"left right\", found \"ab\"");
+  EXPECT_EQ(error_for("[[\"a\", \"b\"], [\"\xFF\", \"b\"]]"),
+            "t.json: model.merges: malformed JSON at byte 15: invalid UTF-8 in string");
+  EXPECT_EQ(error_for("[\"a b\", \"a\xC3 b\"]"),
+            "t.json: model.merges: malformed JSON at byte 9: invalid UTF-8 in string");
+  EXPECT_EQ(error_for(R"([["a", "b", "c"]])"),
+            "t.json: model.merges: malformed JSON at byte 10: expected ']'");
+  EXPECT_EQ(error_for(R"([["a", "\q"]])"),
+            "t.json: model.merges: malformed JSON at byte 10: bad escape");
+}
+
+TEST(TokenizerLoad, BpeMergesWithEscapesPrefixesAndRepeats) {
+  // Escaped merge strings, a continuing-subword prefix dropped from the merged token, and a
+  // repeated pair that keeps its last rank (so "b c" outranks it and "a bc" wins).
+  const auto tokenizer = tok::HfTokenizer::from_json_text(R"({"model": {"type": "BPE",
+      "continuing_subword_prefix": "##",
+      "vocab": {"a": 0, "##b": 1, "ab": 2, "##c": 3, "##bc": 4, "abc": 5, "##\n": 6, "a\n": 7},
+      "merges": ["a ##b", "##b ##c", ["a", "##\n"], "a\u0020##b", "a ##bc"]}})",
+                                                          "t.json");
+  EXPECT_EQ(tokenizer->encode("abc", false), (std::vector<int32_t>{5}));
+  EXPECT_EQ(tokenizer->encode("ab", false), (std::vector<int32_t>{2}));
+  EXPECT_EQ(tokenizer->encode("a\n", false), (std::vector<int32_t>{7}));
 }
 
 TEST(TokenizerDecode, RejectsIdsOutsideTheVocabulary) {
