@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kiln/core/error.h"
+#include "kiln/tokenizer/json_reader.h"
 #include "kiln/tokenizer/regex.h"
 #include "kiln/tokenizer/utf8.h"
 
@@ -88,6 +89,77 @@ AddedVocabulary AddedVocabulary::from_json(const Json& list, const std::string& 
     token.single_word = bool_field_or(item, "single_word", item_where, false);
     token.normalized = bool_field_or(item, "normalized", item_where, !token.special);
     vocab.add(std::move(token));
+  }
+  return vocab;
+}
+
+std::optional<AddedVocabulary> AddedVocabulary::from_plain_json_text(std::string_view text) {
+  AddedVocabulary vocab;
+  try {
+    JsonReader reader(text, "added_tokens");
+    reader.expect('[');
+    if (reader.consume(']'))
+      return reader.at_end() ? std::optional(std::move(vocab)) : std::nullopt;
+    std::string key, scratch;
+    do {
+      reader.expect('{');
+      AddedToken token;
+      enum Field { kId, kContent, kSpecial, kLstrip, kRstrip, kSingleWord, kNormalized };
+      unsigned seen = 0;
+      const auto read_bool = [&]() -> bool {
+        const std::string_view value = reader.skip_value();
+        if (value != "true" && value != "false") throw Error("not a boolean");
+        return value == "true";
+      };
+      if (!reader.consume('}')) {
+        do {
+          reader.read_string(key);
+          reader.expect(':');
+          Field field;
+          if (key == "id") {
+            // Digits only, without leading zeros (as JSON requires), and in range.
+            reader.peek();
+            const size_t start = reader.position();
+            const int64_t id = reader.read_integer();
+            const size_t digits = reader.position() - start;
+            if (id < 0 || id > INT32_MAX || (digits > 1 && text[start] == '0')) return std::nullopt;
+            token.id = static_cast<int32_t>(id);
+            field = kId;
+          } else if (key == "content") {
+            token.content = reader.read_string_view(scratch, /*validate_utf8=*/true);
+            if (token.content.empty()) return std::nullopt;
+            field = kContent;
+          } else if (key == "special") {
+            token.special = read_bool();
+            field = kSpecial;
+          } else if (key == "lstrip") {
+            token.lstrip = read_bool();
+            field = kLstrip;
+          } else if (key == "rstrip") {
+            token.rstrip = read_bool();
+            field = kRstrip;
+          } else if (key == "single_word") {
+            token.single_word = read_bool();
+            field = kSingleWord;
+          } else if (key == "normalized") {
+            token.normalized = read_bool();
+            field = kNormalized;
+          } else {
+            return std::nullopt;
+          }
+          if (seen & (1u << field)) return std::nullopt;
+          seen |= 1u << field;
+        } while (reader.consume(','));
+        reader.expect('}');
+      }
+      if (!(seen & (1u << kId)) || !(seen & (1u << kContent))) return std::nullopt;
+      if (!(seen & (1u << kNormalized))) token.normalized = !token.special;
+      vocab.add(std::move(token));
+    } while (reader.consume(','));
+    reader.expect(']');
+    if (!reader.at_end()) return std::nullopt;
+  } catch (const Error&) {
+    return std::nullopt;
   }
   return vocab;
 }

@@ -36,6 +36,11 @@ class AddedVocabulary {
   // Reads tokenizer.json's "added_tokens" array. Throws Error naming `where` for malformed
   // entries.
   static AddedVocabulary from_json(const Json& list, const std::string& where);
+  // Reads the JSON text of an "added_tokens" array without building a Json tree (big
+  // tokenizers list thousands), when every entry is a plain valid token object: known keys
+  // once each, an id in [0, 2^31), non-empty content, true/false flags. Returns nullopt for
+  // anything else, so that from_json can name the fault.
+  static std::optional<AddedVocabulary> from_plain_json_text(std::string_view text);
 
   // Adds a token; a later token with the same content replaces the earlier one in matching.
   void add(AddedToken token);

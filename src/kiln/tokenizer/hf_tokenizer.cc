@@ -16,6 +16,7 @@ std::unique_ptr<HfTokenizer> HfTokenizer::from_json_text(std::string_view text,
   JsonReader reader(text, path);
   Json root = Json::object();
   ModelTables tables;
+  std::optional<AddedVocabulary> plain_added;  // "added_tokens" when read without a Json tree
   const std::string where = path + ": ";
   reader.expect('{');
   if (!reader.consume('}')) {
@@ -25,6 +26,14 @@ std::unique_ptr<HfTokenizer> HfTokenizer::from_json_text(std::string_view text,
       reader.expect(':');
       if (key == "model" && reader.peek() == '{') {
         root[key] = read_model_object(reader, tables, where + key);
+      } else if (key == "added_tokens") {
+        const std::string_view value = reader.skip_value();
+        plain_added = AddedVocabulary::from_plain_json_text(value);
+        if (plain_added) {
+          root.erase(key);
+        } else {
+          root[key] = parse_json(std::string(value), where + key);
+        }
       } else {
         root[key] = parse_json(std::string(reader.skip_value()), where + key);
       }
@@ -39,7 +48,9 @@ std::unique_ptr<HfTokenizer> HfTokenizer::from_json_text(std::string_view text,
     const auto it = root.find(key);
     return it == root.end() ? null_value : *it;
   };
-  tokenizer->added_ = AddedVocabulary::from_json(member("added_tokens"), where + "added_tokens");
+  tokenizer->added_ =
+      plain_added ? std::move(*plain_added)
+                  : AddedVocabulary::from_json(member("added_tokens"), where + "added_tokens");
   tokenizer->normalizer_ = make_normalizer(member("normalizer"), where + "normalizer");
   tokenizer->pre_tokenizer_ = make_pre_tokenizer(member("pre_tokenizer"), where + "pre_tokenizer");
   tokenizer->model_ = make_model(required_field(root, "model", where), tables, where + "model");

@@ -7,8 +7,11 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <tuple>
 
 #include "kiln/core/error.h"
+#include "kiln/io/json.h"
+#include "kiln/tokenizer/added_vocabulary.h"
 #include "kiln/tokenizer/hf_tokenizer.h"
 #include "kiln/tokenizer/utf8.h"
 #include "test_util.h"
@@ -123,6 +126,32 @@ TEST(TokenizerLoad, BpeMergesWithEscapesPrefixesAndRepeats) {
   EXPECT_EQ(tokenizer->encode("abc", false), (std::vector<int32_t>{5}));
   EXPECT_EQ(tokenizer->encode("ab", false), (std::vector<int32_t>{2}));
   EXPECT_EQ(tokenizer->encode("a\n", false), (std::vector<int32_t>{7}));
+}
+
+TEST(TokenizerLoad, PlainAddedTokensReadLikeTheJsonTree) {
+  const std::string list =
+      R"([{"id": 5, "content": "<x>", "special": true},
+          {"id": 6, "content": "y\u00e9\n", "lstrip": true, "single_word": true},
+          {"id": 7, "content": "z", "special": true, "normalized": true, "rstrip": true}])";
+  const auto plain = tok::AddedVocabulary::from_plain_json_text(list);
+  ASSERT_TRUE(plain.has_value());
+  const auto tree = tok::AddedVocabulary::from_json(Json::parse(list), "added_tokens");
+  ASSERT_EQ(plain->tokens().size(), tree.tokens().size());
+  for (size_t i = 0; i < tree.tokens().size(); ++i) {
+    const tok::AddedToken& a = plain->tokens()[i];
+    const tok::AddedToken& b = tree.tokens()[i];
+    EXPECT_EQ(std::tie(a.id, a.content, a.special, a.lstrip, a.rstrip, a.single_word, a.normalized),
+              std::tie(b.id, b.content, b.special, b.lstrip, b.rstrip, b.single_word, b.normalized))
+        << "token " << i;
+  }
+  // Anything unusual is left to from_json, which names the fault.
+  for (const char* odd :
+       {R"([{"id": 5, "content": "x", "special": null}])",
+        R"([{"id": 5, "content": "x", "extra": 1}])", R"([{"id": 5, "content": "x", "id": 6}])",
+        R"([{"id": 07, "content": "x"}])", R"([{"id": -1, "content": "x"}])",
+        R"([{"id": 5, "content": ""}])", R"([{"id": 5}])", R"([5])", R"(null)"}) {
+    EXPECT_FALSE(tok::AddedVocabulary::from_plain_json_text(odd).has_value()) << odd;
+  }
 }
 
 TEST(TokenizerDecode, RejectsIdsOutsideTheVocabulary) {
