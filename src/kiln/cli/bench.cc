@@ -75,7 +75,7 @@ void print_table(const ModelBenchResult& r) {
 class BenchCommand : public Command {
  public:
   void configure(CLI::App& app) override {
-    app.add_option("model", model_path_, "HuggingFace model folder")->required();
+    app.add_option("model", model_path_, "HuggingFace model folder or Kiln checkpoint")->required();
     app.add_option("--prompt-tokens", options_.prompt_tokens, "Prompt length of the prefill");
     app.add_option("--gen-tokens", options_.gen_tokens, "Tokens to decode");
     app.add_option("--threads", options_.threads, "Threads (0 = all cores)");

@@ -22,7 +22,8 @@ namespace kiln::cli {
 class GenerateCommand : public Command {
  public:
   void configure(CLI::App& app) override {
-    app.add_option("model", model_path_, "HuggingFace model folder (default: bundled tinycoder)");
+    app.add_option("model", model_path_,
+                   "HuggingFace model folder or Kiln checkpoint (default: bundled tinycoder)");
     app.add_option("--prompt", prompt_, "text to continue")->required();
     app.add_option("--max-tokens", max_tokens_, "most tokens to generate (default 128)")
         ->check(CLI::NonNegativeNumber);

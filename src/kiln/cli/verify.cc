@@ -16,7 +16,7 @@ namespace kiln::cli {
 class VerifyCommand : public Command {
  public:
   void configure(CLI::App& app) override {
-    app.add_option("model", model_path_, "HuggingFace model folder")->required();
+    app.add_option("model", model_path_, "HuggingFace model folder or Kiln checkpoint")->required();
     app.add_option("--reference", reference_path_,
                    "reference dump (default: MODEL/reference.safetensors)");
     app.add_flag("--json", json_, "print one JSON object instead of a table");

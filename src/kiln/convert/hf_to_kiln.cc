@@ -16,15 +16,17 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kLayerPrefix = "decoder/layers_";
-const char* const kTokenizerFiles[] = {"tokenizer.json",
-                                       "tokenizer_config.json",
-                                       "special_tokens_map.json",
-                                       "tokenizer.model",
-                                       "vocab.json",
-                                       "merges.txt",
-                                       "added_tokens.json",
-                                       "generation_config.json",
-                                       "tokenizer.json.zst"};
+// Files of the source folder that travel with the checkpoint: every tokenizer format
+// Tokenizer::load reads, and generation_config.json.
+bool travels_with_checkpoint(const std::string& name) {
+  for (const char* exact :
+       {"tokenizer.json", "tokenizer.json.zst", "tokenizer_config.json", "special_tokens_map.json",
+        "vocab.json", "merges.txt", "added_tokens.json", "generation_config.json", "tiktoken.json"})
+    if (name == exact) return true;
+  for (const char* suffix : {".tiktoken", ".tiktoken.zst", ".tiktoken.json", ".model"})
+    if (name.ends_with(suffix)) return true;
+  return false;
+}
 
 // (layer, param) of "decoder/layers_<layer>/<param>", or nullopt for other names.
 std::optional<std::pair<int64_t, std::string>> split_layer_name(const std::string& name) {
@@ -149,10 +151,9 @@ void convert_hf_to_kiln(const std::string& source_dir, const std::string& destin
     bytes += tensor.nbytes();
     if (options.progress) options.progress(k + 1, mappings.size(), bytes);
   }
-  for (const char* name : kTokenizerFiles) {
-    const fs::path file = fs::path(source_dir) / name;
-    if (fs::is_regular_file(file)) writer.add_tokenizer_file(file.string());
-  }
+  for (const auto& entry : fs::directory_iterator(source_dir))
+    if (entry.is_regular_file() && travels_with_checkpoint(entry.path().filename().string()))
+      writer.add_tokenizer_file(entry.path().string());
   writer.finish();
   output.commit();
 }

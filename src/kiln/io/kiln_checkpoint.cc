@@ -296,32 +296,39 @@ KilnCheckpoint::KilnCheckpoint(const std::string& dir, Residency residency) : di
     for (const auto& [name, info] : manifest_.at("tensors").items()) {
       const std::string where = path + ": tensor '" + name + "'";
       Entry e;
-      const std::string file = info.at("file").get<std::string>();
-      check(file_index.count(file), where + ": file '" + file + "' is not in 'files'");
-      e.file = file_index[file];
-      e.offset = info.at("offset").get<uint64_t>();
-      e.nbytes = info.at("nbytes").get<uint64_t>();
-      const auto dtype = dtype_from_name(info.at("dtype").get<std::string>());
-      check(dtype.has_value(), where + ": unknown dtype");
-      e.dtype = *dtype;
-      e.shape = info.at("shape").get<Shape>();
-      e.crc = static_cast<uint32_t>(std::stoul(info.at("crc32c").get<std::string>(), nullptr, 16));
-      if (info.contains("layer_axis")) {
-        e.layer_axis = info["layer_axis"].get<int>();
-        e.layer_group = info.at("layer_group").get<std::string>();
-        check(layer_groups_.count(e.layer_group), where + ": unknown layer group");
-        check(
-            e.layer_axis >= 0 && e.layer_axis < static_cast<int>(e.shape.size()) &&
-                e.shape[e.layer_axis] == static_cast<int64_t>(layer_groups_[e.layer_group].size()),
-            where + ": layer axis does not match its layer group");
+      try {
+        const std::string file = info.at("file").get<std::string>();
+        check(file_index.count(file), where + ": file '" + file + "' is not in 'files'");
+        e.file = file_index[file];
+        e.offset = info.at("offset").get<uint64_t>();
+        e.nbytes = info.at("nbytes").get<uint64_t>();
+        const auto dtype = dtype_from_name(info.at("dtype").get<std::string>());
+        check(dtype.has_value(), where + ": unknown dtype");
+        e.dtype = *dtype;
+        e.shape = info.at("shape").get<Shape>();
+        const std::string crc = info.at("crc32c").get<std::string>();
+        check(crc.size() == 8 && crc.find_first_not_of("0123456789abcdef") == std::string::npos,
+              where + ": crc32c '" + crc + "' is not 8 lowercase hex digits");
+        e.crc = static_cast<uint32_t>(std::stoul(crc, nullptr, 16));
+        if (info.contains("layer_axis")) {
+          e.layer_axis = info["layer_axis"].get<int>();
+          e.layer_group = info.at("layer_group").get<std::string>();
+          check(layer_groups_.count(e.layer_group), where + ": unknown layer group");
+          check(e.layer_axis >= 0 && e.layer_axis < static_cast<int>(e.shape.size()) &&
+                    e.shape[e.layer_axis] ==
+                        static_cast<int64_t>(layer_groups_[e.layer_group].size()),
+                where + ": layer axis does not match its layer group");
+        }
+        check(e.offset % kAlignment == 0, where + ": offset is not a multiple of 64");
+        const SafetensorsFile& data = files_[e.file];
+        check(data.contains(name), where + ": not in " + data.path());
+        const Tensor view = data.get(name);
+        check(view.offset() == e.offset && view.nbytes() == e.nbytes && view.dtype() == e.dtype &&
+                  view.shape() == e.shape,
+              where + ": the manifest and the header of " + data.path() + " disagree");
+      } catch (const Json::exception& ex) {
+        throw Error(where + ": malformed entry: " + ex.what());
       }
-      check(e.offset % kAlignment == 0, where + ": offset is not a multiple of 64");
-      const SafetensorsFile& data = files_[e.file];
-      check(data.contains(name), where + ": not in " + data.path());
-      const Tensor view = data.get(name);
-      check(view.offset() == e.offset && view.nbytes() == e.nbytes && view.dtype() == e.dtype &&
-                view.shape() == e.shape,
-            where + ": the manifest and the header of " + data.path() + " disagree");
       tensors_.emplace(name, std::move(e));
     }
   } catch (const Json::exception& e) {
@@ -357,6 +364,30 @@ Tensor KilnCheckpoint::layer_tensor(int64_t layer, const std::string& param) con
     }
   }
   throw Error(dir_ + ": no tensor '" + param + "' for decoder layer " + std::to_string(layer));
+}
+
+std::map<std::string, Tensor> KilnCheckpoint::unscanned_tensors() const {
+  std::map<std::string, Tensor> out;
+  auto add = [&](const std::string& unscanned, Tensor tensor, const std::string& stored) {
+    check(out.emplace(unscanned, std::move(tensor)).second,
+          dir_ + ": tensor '" + stored + "' gives '" + unscanned + "' a second time");
+  };
+  for (const auto& [name, e] : tensors_) {
+    if (e.layer_axis < 0) {
+      add(name, get(name), name);
+      continue;
+    }
+    const std::string prefix = "decoder/" + e.layer_group + "/";
+    check(name.rfind(prefix, 0) == 0 && name.size() > prefix.size(),
+          dir_ + ": scanned tensor '" + name + "' is not named " + prefix + "<param>");
+    const std::string param = name.substr(prefix.size());
+    const Tensor stacked = get(name);
+    const std::vector<int64_t>& layers = layer_groups_.at(e.layer_group);
+    for (size_t j = 0; j < layers.size(); ++j)
+      add("decoder/layers_" + std::to_string(layers[j]) + "/" + param,
+          stacked.select(e.layer_axis, static_cast<int64_t>(j)), name);
+  }
+  return out;
 }
 
 void KilnCheckpoint::verify() const {

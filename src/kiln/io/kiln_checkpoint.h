@@ -105,6 +105,12 @@ class KilnCheckpoint : public TensorSource {
   // decoder/layers_<layer>/<param> when unscanned, or the select() view of the stacked
   // tensor of the layer's group when scanned. Throws Error naming the tensor when absent.
   Tensor layer_tensor(int64_t layer, const std::string& param) const;
+  // Every parameter under its unscanned name, as the model loader wants them: a scanned
+  // tensor decoder/<group>/<param> becomes one select() view per layer of its group, named
+  // decoder/layers_<i>/<param> (zero-copy, strided along the layer axis); every other
+  // tensor is its stored view. Throws Error naming the tensor when a scanned name does not
+  // start with decoder/<its group>/.
+  std::map<std::string, Tensor> unscanned_tensors() const;
   // Recomputes the CRC-32C of every tensor and tokenizer file; throws Error naming the
   // first one that differs from the manifest.
   void verify() const;

@@ -7,6 +7,7 @@
 #include "kiln/core/error.h"
 #include "kiln/io/checkpoint_source.h"
 #include "kiln/io/json.h"
+#include "kiln/io/kiln_checkpoint.h"
 #include "kiln/io/safetensors_source.h"
 #include "kiln/models/family.h"
 
@@ -31,10 +32,28 @@ std::string file_of(const TensorSource& source, const std::string& name) {
     return safetensors->set().file_of(name);
   return source.where();
 }
+
+// A Kiln checkpoint: the spec is rebuilt from the source config.json stored in the
+// manifest, the weights are the checkpoint's tensors under their unscanned names (views).
+LoadedModel load_kiln_checkpoint(const std::string& path) {
+  const KilnCheckpoint checkpoint(path);
+  const std::string source = path + "/kiln_checkpoint.json: source_config";
+  const Json& config = checkpoint.manifest().value("source_config", Json::object());
+  check(config.is_object() && !config.empty(),
+        source + " is empty; the model cannot be built without its config.json");
+  LoadedModel loaded;
+  loaded.path = path;
+  loaded.config = HfConfig::from_json(config, source);
+  loaded.spec = spec_from_config(loaded.config);
+  merge_generation_config(path, loaded.spec);
+  loaded.weights = checkpoint.unscanned_tensors();
+  return loaded;
+}
 }  // namespace
 
 LoadedModel load_model(const std::string& path, Residency residency) {
   check(fs::is_directory(path), path + ": not a model folder");
+  if (KilnCheckpoint::present_in(path)) return load_kiln_checkpoint(path);
   LoadedModel loaded;
   loaded.path = path;
   loaded.config = HfConfig::load(path);

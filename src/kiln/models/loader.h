@@ -1,5 +1,5 @@
-// Loading a HuggingFace model folder: config.json -> family -> ModelSpec, and the weights
-// mapped to Kiln names (zero-copy views where no transform applies).
+// Loading a HuggingFace model folder (config.json -> family -> ModelSpec, and the weights
+// mapped to Kiln names, zero-copy views where no transform applies) or a Kiln checkpoint.
 #pragma once
 
 #include <string>
@@ -12,15 +12,19 @@
 namespace kiln {
 
 struct LoadedModel {
-  std::string path;  // the model folder
+  std::string path;  // the model folder or Kiln checkpoint
   HfConfig config;
   ModelSpec spec;
-  WeightMap weights;  // Kiln name -> tensor, shapes checked against the family's mapping
+  // Kiln name -> tensor; from a HF folder, shapes are checked against the family's mapping
+  // (a Kiln checkpoint's are checked when the model is built from them).
+  WeightMap weights;
 };
 
 // Loads the folder `path`: its config.json (eos ids are completed from
 // generation_config.json when present) and its weights in any format open_tensor_source
-// reads (safetensors, PyTorch .bin; single or sharded). Throws
+// reads (safetensors, PyTorch .bin; single or sharded), or a Kiln checkpoint (either
+// layout; the config is the manifest's source_config, scanned tensors become per-layer
+// zero-copy views). Throws
 // Error naming the file and key or tensor: unknown architecture, missing required key,
 // missing tensor, wrong shape. Weights are read into memory by default, as inference streams
 // them on every step (Residency::kMapped maps them instead: faster to open, may be slower to
