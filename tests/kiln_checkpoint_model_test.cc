@@ -1,6 +1,6 @@
 // Models loaded from Kiln checkpoints: every HF fixture converted in both layouts (dtype
 // kept) gives logits bitwise identical to the HF folder, from weights that are views of the
-// mapped data files; the CLI runs on a converted checkpoint alone.
+// data files (mapped or resident); the CLI runs on a converted checkpoint alone.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -33,7 +33,7 @@ Tensor all_logits(const LoadedModel& loaded, const Tensor& input_ids) {  // [B, 
 
 class KilnCheckpointModel : public ::testing::TestWithParam<std::string> {};
 
-TEST_P(KilnCheckpointModel, BothLayoutsGiveBitwiseIdenticalLogitsFromMappedViews) {
+TEST_P(KilnCheckpointModel, BothLayoutsGiveBitwiseIdenticalLogitsFromViews) {
   KILN_SKIP_UNSUPPORTED_FIXTURE(GetParam());
   const std::string source = test::hf_fixture_path(GetParam());
   const std::string dir = test::make_temp_dir("kiln-ckpt-model");
@@ -45,18 +45,22 @@ TEST_P(KilnCheckpointModel, BothLayoutsGiveBitwiseIdenticalLogitsFromMappedViews
     ConvertOptions options;
     options.layout = layout;
     convert_hf_to_kiln(source, dir + "/" + layout, options);
-    const LoadedModel kiln = load_model(dir + "/" + layout);
-    EXPECT_EQ(kiln.spec.to_json(), hf.spec.to_json()) << layout;
-    ASSERT_EQ(kiln.weights.size(), hf.weights.size()) << layout;
-    for (const auto& [name, tensor] : kiln.weights) {
-      ASSERT_TRUE(hf.weights.count(name)) << layout << ": unexpected weight " << name;
-      EXPECT_EQ(tensor.dtype(), hf.weights.at(name).dtype()) << name;
-      EXPECT_FALSE(tensor.writable()) << layout << ": " << name << " is a copy, not a view";
+    for (const Residency residency : {Residency::kMapped, Residency::kResident}) {
+      const std::string how =
+          std::string(layout) + (residency == Residency::kMapped ? ", mapped" : ", resident");
+      const LoadedModel kiln = load_model(dir + "/" + layout, residency);
+      EXPECT_EQ(kiln.spec.to_json(), hf.spec.to_json()) << how;
+      ASSERT_EQ(kiln.weights.size(), hf.weights.size()) << how;
+      for (const auto& [name, tensor] : kiln.weights) {
+        ASSERT_TRUE(hf.weights.count(name)) << how << ": unexpected weight " << name;
+        EXPECT_EQ(tensor.dtype(), hf.weights.at(name).dtype()) << name;
+        EXPECT_FALSE(tensor.writable()) << how << ": " << name << " is a copy, not a view";
+      }
+      const double diff = test::max_abs_diff(all_logits(kiln, input_ids), expected);
+      std::cout << GetParam() << " (" << how << "): logits max abs diff vs HF folder = " << diff
+                << std::endl;
+      EXPECT_EQ(diff, 0.0) << how;
     }
-    const double diff = test::max_abs_diff(all_logits(kiln, input_ids), expected);
-    std::cout << GetParam() << " (" << layout << "): logits max abs diff vs HF folder = " << diff
-              << std::endl;
-    EXPECT_EQ(diff, 0.0) << layout;
   }
   fs::remove_all(dir);
 }

@@ -35,8 +35,8 @@ std::string file_of(const TensorSource& source, const std::string& name) {
 
 // A Kiln checkpoint: the spec is rebuilt from the source config.json stored in the
 // manifest, the weights are the checkpoint's tensors under their unscanned names (views).
-LoadedModel load_kiln_checkpoint(const std::string& path) {
-  const KilnCheckpoint checkpoint(path);
+LoadedModel load_kiln_checkpoint(const std::string& path, Residency residency) {
+  const KilnCheckpoint checkpoint(path, residency);
   const std::string source = path + "/kiln_checkpoint.json: source_config";
   const Json& config = checkpoint.manifest().value("source_config", Json::object());
   check(config.is_object() && !config.empty(),
@@ -53,7 +53,7 @@ LoadedModel load_kiln_checkpoint(const std::string& path) {
 
 LoadedModel load_model(const std::string& path, Residency residency) {
   check(fs::is_directory(path), path + ": not a model folder");
-  if (KilnCheckpoint::present_in(path)) return load_kiln_checkpoint(path);
+  if (KilnCheckpoint::present_in(path)) return load_kiln_checkpoint(path, residency);
   LoadedModel loaded;
   loaded.path = path;
   loaded.config = HfConfig::load(path);
