@@ -2,8 +2,11 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
+#include <exception>
 #include <nlohmann/json.hpp>
 #include <queue>
+#include <thread>
 
 #include "kiln/core/error.h"
 #include "kiln/tokenizer/json_reader.h"
@@ -52,86 +55,90 @@ BpeModel::BpeModel(Vocabulary vocab, BpeOptions options, const std::string& wher
   }
 }
 
-void BpeModel::append_merged(std::string_view left, std::string_view right,
-                             std::string& out) const {
-  const std::string& prefix = options_.continuing_subword_prefix;
-  out.append(left);
-  out.append(right.substr(right.starts_with(prefix) ? prefix.size() : 0));
-}
-
-void BpeModel::read_merges(std::string_view text, const std::string& where) {
-  if (!read_merges_fast(text, where)) read_merges_checked(text, where);
-}
-
-bool BpeModel::read_merges_fast(std::string_view text, const std::string& where) {
-  // A merge takes at least 6 characters of JSON ("a b",); only the entries written are touched.
-  struct PendingMerge {
-    uint64_t pair;
-    Merge merge;
+BpeModel::MergeStrings BpeModel::read_merge_strings(std::string_view text,
+                                                    const std::string& prefix) {
+  MergeStrings strings;
+  // Every merge has at least two quotes; its merged string and decoded parts never outgrow
+  // twice its JSON text. Only the parts of the buffers that are written get touched.
+  const size_t quotes = static_cast<size_t>(std::count(text.begin(), text.end(), '"'));
+  strings.parts = ZeroedArray<std::string_view>(3 * (quotes / 2 + 1));
+  strings.arena = ZeroedArray<char>(2 * text.size());
+  char* arena_end = strings.arena.data();
+  const auto keep = [&](std::string_view part, const std::string& scratch) {
+    if (part.data() != scratch.data()) return part;  // a view of the text
+    std::memcpy(arena_end, part.data(), part.size());
+    arena_end += part.size();
+    return std::string_view(arena_end - part.size(), part.size());
   };
-  ZeroedArray<PendingMerge> pending(text.size() / 6 + 1);
-  size_t count = 0;
   try {
-    JsonReader reader(text, where);
+    JsonReader reader(text, "merges");
     reader.expect('[');
     if (!reader.consume(']')) {
-      constexpr size_t kBlock = 32;
-      std::string scratch[2 * kBlock];    // decoded strings that have escapes
-      std::string merged;                 // the block's merged strings, back to back
-      size_t merged_end[kBlock];          // [kBlock] end of each merged string in `merged`
-      std::string_view keys[3 * kBlock];  // [kBlock, 3] left, right, merged
-      int32_t ids[3 * kBlock];            // [kBlock, 3] their ids, -1 when absent
-      bool more = true;
-      while (more) {
-        size_t n = 0;
-        merged.clear();
-        for (; n < kBlock && more; ++n) {
-          std::string_view left, right;
-          if (reader.peek() == '"') {
-            const std::string_view both = reader.read_string_view(scratch[2 * n], false);
-            const size_t space = both.find(' ');
-            if (space == std::string_view::npos || both.find(' ', space + 1) != both.npos) {
-              return false;
-            }
-            left = both.substr(0, space);
-            right = both.substr(space + 1);
-          } else {
-            reader.expect('[');
-            left = reader.read_string_view(scratch[2 * n], false);
-            reader.expect(',');
-            right = reader.read_string_view(scratch[2 * n + 1], false);
-            reader.expect(']');
+      std::string scratch;
+      do {
+        std::string_view left, right;
+        if (reader.peek() == '"') {
+          const std::string_view both = keep(reader.read_string_view(scratch, false), scratch);
+          const size_t space = both.find(' ');
+          if (space == std::string_view::npos || both.find(' ', space + 1) != both.npos) {
+            return strings;
           }
-          keys[3 * n] = left;
-          keys[3 * n + 1] = right;
-          append_merged(left, right, merged);
-          merged_end[n] = merged.size();
-          more = reader.consume(',');
+          left = both.substr(0, space);
+          right = both.substr(space + 1);
+        } else {
+          reader.expect('[');
+          left = keep(reader.read_string_view(scratch, false), scratch);
+          reader.expect(',');
+          right = keep(reader.read_string_view(scratch, false), scratch);
+          reader.expect(']');
         }
-        for (size_t k = 0; k < n; ++k) {
-          const size_t begin = k == 0 ? 0 : merged_end[k - 1];
-          keys[3 * k + 2] = std::string_view(merged).substr(begin, merged_end[k] - begin);
-        }
-        // Strings found in the vocabulary are valid UTF-8; any other is a fault.
-        vocab_.find_batch(keys, 3 * n, ids);
-        for (size_t k = 0; k < n; ++k) {
-          if (ids[3 * k] < 0 || ids[3 * k + 1] < 0 || ids[3 * k + 2] < 0) return false;
-          pending[count] = PendingMerge{pair_key(ids[3 * k], ids[3 * k + 1]),
-                                        Merge{static_cast<int32_t>(count), ids[3 * k + 2]}};
-          ++count;
-        }
-      }
+        if (right.starts_with(prefix)) right.remove_prefix(prefix.size());
+        char* merged = arena_end;
+        std::memcpy(arena_end, left.data(), left.size());
+        arena_end += left.size();
+        std::memcpy(arena_end, right.data(), right.size());
+        arena_end += right.size();
+        std::string_view* parts = &strings.parts[3 * strings.count];
+        parts[0] = left;
+        parts[1] = right;
+        parts[2] = std::string_view(merged, static_cast<size_t>(arena_end - merged));
+        ++strings.count;
+      } while (reader.consume(','));
       reader.expect(']');
     }
   } catch (const Error&) {
-    return false;
+    return strings;
+  }
+  strings.ok = true;
+  return strings;
+}
+
+bool BpeModel::resolve_merges(const MergeStrings& strings) {
+  const size_t count = strings.count;
+  ZeroedArray<int32_t> ids(3 * count);  // [count, 3] ids of the parts, -1 when absent
+  // Lookups dominate; a second thread takes the second half of the list when it is long.
+  constexpr size_t kMinMergesPerThread = 1 << 14;
+  const size_t half = count >= 2 * kMinMergesPerThread ? count / 2 : count;
+  {
+    std::jthread helper;
+    if (half < count) {
+      helper = std::jthread(
+          [&] { vocab_.find_batch(&strings.parts[3 * half], 3 * (count - half), &ids[3 * half]); });
+    }
+    vocab_.find_batch(strings.parts.data(), 3 * half, ids.data());
   }
   // Insert in rank order (a repeated pair keeps its last rank, as in HF), prefetching ahead.
   constexpr size_t kPrefetchDistance = 16;
   merges_.reset(count);
   for (size_t i = 0; i < count; ++i) {
-    if (i + kPrefetchDistance < count) merges_.prefetch(pending[i + kPrefetchDistance].pair);
-    merges_.insert_or_assign(pending[i].pair, pending[i].merge);
+    const int32_t* merge_ids = &ids[3 * i];
+    if (merge_ids[0] < 0 || merge_ids[1] < 0 || merge_ids[2] < 0) return false;
+    if (i + kPrefetchDistance < count) {
+      const int32_t* ahead = &ids[3 * (i + kPrefetchDistance)];
+      merges_.prefetch(pair_key(ahead[0], ahead[1]));
+    }
+    merges_.insert_or_assign(pair_key(merge_ids[0], merge_ids[1]),
+                             Merge{static_cast<int32_t>(i), merge_ids[2]});
   }
   return true;
 }
@@ -159,8 +166,9 @@ void BpeModel::read_merges_checked(std::string_view text, const std::string& whe
     const auto right_id = vocab_.find(right);
     if (!left_id) throw Error(merge_where() + ": '" + left + "' is not in the vocabulary");
     if (!right_id) throw Error(merge_where() + ": '" + right + "' is not in the vocabulary");
-    merged.clear();
-    append_merged(left, right, merged);
+    const std::string& prefix = options_.continuing_subword_prefix;
+    merged.assign(left);
+    merged.append(right, right.starts_with(prefix) ? prefix.size() : 0);
     const auto merged_id = vocab_.find(merged);
     if (!merged_id) throw Error(merge_where() + ": '" + merged + "' is not in the vocabulary");
     // A repeated pair keeps its last rank, as in HF.
@@ -172,6 +180,25 @@ void BpeModel::read_merges_checked(std::string_view text, const std::string& whe
 
 std::unique_ptr<BpeModel> BpeModel::from_json(const Json& spec, const ModelTables& tables,
                                               const std::string& where) {
+  // The merge strings are read on a second thread while the vocabulary is built (for big
+  // lists); a malformed prefix option only makes that work useless, the options below
+  // report it.
+  const auto prefix_field = spec.find("continuing_subword_prefix");
+  const std::string prefix = prefix_field != spec.end() && prefix_field->is_string()
+                                 ? prefix_field->get<std::string>()
+                                 : std::string();
+  constexpr size_t kMinParallelMergeText = size_t{1} << 20;
+  MergeStrings merge_strings;
+  std::exception_ptr merge_failure;  // an unexpected failure (out of memory) of the reader
+  std::jthread merge_reader;
+  const auto read_strings = [&] {
+    try {
+      merge_strings = read_merge_strings(tables.merges, prefix);
+    } catch (...) {
+      merge_failure = std::current_exception();
+    }
+  };
+  if (tables.merges.size() >= kMinParallelMergeText) merge_reader = std::jthread(read_strings);
   Vocabulary vocab = Vocabulary::from_json_text(tables.vocab, child_where(where, "vocab"));
   BpeOptions options;
   if (has_field(spec, "unk_token")) options.unk_token = string_field(spec, "unk_token", where);
@@ -184,7 +211,16 @@ std::unique_ptr<BpeModel> BpeModel::from_json(const Json& spec, const ModelTable
     throw Error(child_where(where, "dropout") + ": BPE dropout is not supported");
   }
   std::unique_ptr<BpeModel> model(new BpeModel(std::move(vocab), std::move(options), where));
-  if (!tables.merges.empty()) model->read_merges(tables.merges, child_where(where, "merges"));
+  if (tables.merges.empty()) return model;
+  if (merge_reader.joinable()) {
+    merge_reader.join();
+  } else {
+    read_strings();
+  }
+  if (merge_failure) std::rethrow_exception(merge_failure);
+  if (!merge_strings.ok || !model->resolve_merges(merge_strings)) {
+    model->read_merges_checked(tables.merges, child_where(where, "merges"));
+  }
   return model;
 }
 

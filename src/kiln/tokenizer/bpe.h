@@ -15,6 +15,7 @@
 #include "kiln/tokenizer/model.h"
 #include "kiln/tokenizer/model_tables.h"
 #include "kiln/tokenizer/vocabulary.h"
+#include "kiln/tokenizer/zeroed_array.h"
 
 namespace kiln::tok {
 
@@ -43,17 +44,24 @@ class BpeModel : public Model {
 
  private:
   BpeModel(Vocabulary vocab, BpeOptions options, const std::string& where);
-  // Reads the merges array in `text` into merges_: the fast way, or the checked way when the
-  // fast way finds a fault.
-  void read_merges(std::string_view text, const std::string& where);
-  // Reads the merges in blocks, looking up a whole block's strings in the vocabulary at once
-  // (to overlap their cache misses). Returns false, leaving merges_ in an unspecified state,
-  // when the text has any fault; it accepts only what read_merges_checked accepts.
-  bool read_merges_fast(std::string_view text, const std::string& where);
+  // The strings of a merge list, read from its JSON text without the vocabulary (so that
+  // this can run beside the vocabulary's construction).
+  struct MergeStrings {
+    ZeroedArray<std::string_view> parts;  // [count, 3] left, right and merged string
+    ZeroedArray<char> arena;              // merged strings and decoded escaped parts
+    size_t count = 0;
+    bool ok = false;  // false when the text has a fault (read_merges_checked names it)
+  };
+  // Reads the merge strings of `text`; `prefix` is the continuing-subword prefix that merged
+  // strings drop from their right part.
+  static MergeStrings read_merge_strings(std::string_view text, const std::string& prefix);
+  // Fills merges_ from `strings`, looking them up in the vocabulary (on two threads when
+  // there are many). Returns false, leaving merges_ in an unspecified state, when a string is
+  // not in the vocabulary.
+  bool resolve_merges(const MergeStrings& strings);
   // Reads the merges one at a time, validating each; throws Error naming the first fault.
   void read_merges_checked(std::string_view text, const std::string& where);
-  // The merged string of a merge's parts: `left` then `right` without its continuing prefix.
-  void append_merged(std::string_view left, std::string_view right, std::string& out) const;
+
   struct Merge {
     int32_t rank;
     int32_t merged_id;
