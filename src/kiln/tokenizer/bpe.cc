@@ -92,12 +92,13 @@ BpeModel::MergeStrings BpeModel::read_merge_strings(std::string_view text,
           right = keep(reader.read_string_view(scratch, false), scratch);
           reader.expect(']');
         }
-        if (right.starts_with(prefix)) right.remove_prefix(prefix.size());
+        const std::string_view right_rest =
+            right.substr(right.starts_with(prefix) ? prefix.size() : 0);
         char* merged = arena_end;
         std::memcpy(arena_end, left.data(), left.size());
         arena_end += left.size();
-        std::memcpy(arena_end, right.data(), right.size());
-        arena_end += right.size();
+        std::memcpy(arena_end, right_rest.data(), right_rest.size());
+        arena_end += right_rest.size();
         std::string_view* parts = &strings.parts[3 * strings.count];
         parts[0] = left;
         parts[1] = right;

@@ -37,15 +37,8 @@ class BpeModel : public Model {
   static std::unique_ptr<BpeModel> from_json(const Json& spec, const ModelTables& tables,
                                              const std::string& where);
 
-  void tokenize(std::string_view word, std::vector<int32_t>& ids) const override;
-  int64_t vocab_size() const override { return vocab_.size(); }
-  std::optional<std::string_view> token_of(int32_t id) const override { return vocab_.token(id); }
-  std::optional<int32_t> id_of(std::string_view token) const override { return vocab_.find(token); }
-
- private:
-  BpeModel(Vocabulary vocab, BpeOptions options, const std::string& where);
   // The strings of a merge list, read from its JSON text without the vocabulary (so that
-  // this can run beside the vocabulary's construction).
+  // this can run beside the vocabulary's construction). Public for tests.
   struct MergeStrings {
     ZeroedArray<std::string_view> parts;  // [count, 3] left, right and merged string
     ZeroedArray<char> arena;              // merged strings and decoded escaped parts
@@ -55,6 +48,14 @@ class BpeModel : public Model {
   // Reads the merge strings of `text`; `prefix` is the continuing-subword prefix that merged
   // strings drop from their right part.
   static MergeStrings read_merge_strings(std::string_view text, const std::string& prefix);
+
+  void tokenize(std::string_view word, std::vector<int32_t>& ids) const override;
+  int64_t vocab_size() const override { return vocab_.size(); }
+  std::optional<std::string_view> token_of(int32_t id) const override { return vocab_.token(id); }
+  std::optional<int32_t> id_of(std::string_view token) const override { return vocab_.find(token); }
+
+ private:
+  BpeModel(Vocabulary vocab, BpeOptions options, const std::string& where);
   // Fills merges_ from `strings`, looking them up in the vocabulary (on two threads when
   // there are many). Returns false, leaving merges_ in an unspecified state, when a string is
   // not in the vocabulary.
