@@ -24,43 +24,58 @@ int maxtext_layer_axis(int per_layer_rank) {
   return per_layer_rank >= 1 ? 1 : 0;
 }
 
-// Copies `layer` into position `position` of `stacked`'s axis `axis`.
-void put_layer(Tensor& stacked, int axis, int64_t position, const Tensor& layer) {
-  const Tensor src = layer.contiguous();
-  int64_t outer = 1;
-  for (int d = 0; d < axis; ++d) outer *= stacked.dim(d);
-  const int64_t count = stacked.dim(axis);
-  const size_t inner = src.nbytes() / static_cast<size_t>(outer);
-  auto* dst = static_cast<char*>(stacked.mutable_raw());
-  const auto* from = static_cast<const char*>(src.raw());
-  for (int64_t o = 0; o < outer; ++o)
-    std::memcpy(dst + (o * count + position) * inner, from + o * inner, inner);
-}
-
 bool any_nonzero(const Tensor& t) {
-  const auto* bytes = static_cast<const char*>(t.raw());
-  return std::any_of(bytes, bytes + t.nbytes(), [](char b) { return b != 0; });
+  const Tensor c = t.contiguous();
+  const auto* bytes = static_cast<const char*>(c.raw());
+  return std::any_of(bytes, bytes + c.nbytes(), [](char b) { return b != 0; });
 }
 
-// Kiln tensor `name` (whole; stacked on `kiln_axis` when >= 0) in MaxText's layout.
-MaxTextArray to_maxtext(const MaxTextLlamaLayout& layout, const std::string& name,
-                        const Tensor& tensor, int kiln_axis) {
-  if (kiln_axis < 0) return layout.to_maxtext(name, tensor);
-  MaxTextArray stacked;
+struct Written {
+  bool scaled = false;    // a query tensor: divided by the query divisor
+  bool residual = false;  // its residual side array was written
+};
+
+// Writes Kiln tensor `name` in MaxText's layout as the array `array_name`: whole, or when
+// stacked on `kiln_axis` >= 0 one layer at a time (memory holds one layer). A query's
+// residual goes to the side array `residual_name` when some element is nonzero.
+Written write_maxtext(const MaxTextLlamaLayout& layout, const std::string& name,
+                      const Tensor& tensor, int kiln_axis, const std::string& array_name,
+                      const std::string& residual_name, OrbaxWriter& writer) {
+  if (kiln_axis < 0) {
+    const MaxTextArray out = layout.to_maxtext(name, tensor);
+    writer.add(array_name, out.array);
+    Written written{out.residual.defined(), false};
+    if (written.scaled && any_nonzero(out.residual)) {
+      writer.add_side_array(residual_name, out.residual);
+      written.residual = true;
+    }
+    return written;
+  }
   const int64_t count = tensor.dim(kiln_axis);
+  Shape stacked;
+  int axis = 0;
+  Written written;
   for (int64_t j = 0; j < count; ++j) {
     const MaxTextArray layer = layout.to_maxtext(name, tensor.select(kiln_axis, j));
-    const int axis = maxtext_layer_axis(layer.array.ndim());
     if (j == 0) {
-      Shape shape = layer.array.shape();
-      shape.insert(shape.begin() + axis, count);
-      stacked.array = Tensor::zeros(layer.array.dtype(), shape);
-      if (layer.residual.defined()) stacked.residual = Tensor::zeros(DType::I8, shape);
+      axis = maxtext_layer_axis(layer.array.ndim());
+      stacked = layer.array.shape();
+      stacked.insert(stacked.begin() + axis, count);
+      writer.begin_layers(array_name, layer.array.dtype(), stacked, axis);
     }
-    put_layer(stacked.array, axis, j, layer.array);
-    if (layer.residual.defined()) put_layer(stacked.residual, axis, j, layer.residual);
+    writer.add_layer(array_name, j, layer.array);
+    written.scaled = layer.residual.defined();
+    if (!written.scaled) continue;
+    if (!written.residual && any_nonzero(layer.residual)) {
+      // The first nonzero layer: earlier layers are all zero (stored as missing chunks).
+      written.residual = true;
+      writer.begin_layers(residual_name, DType::I8, stacked, axis, false);
+      for (int64_t k = 0; k < j; ++k)
+        writer.add_layer(residual_name, k, Tensor::zeros(DType::I8, layer.residual.shape()));
+    }
+    if (written.residual) writer.add_layer(residual_name, j, layer.residual);
   }
-  return stacked;
+  return written;
 }
 
 }  // namespace
@@ -80,17 +95,13 @@ void export_kiln_to_orbax(const std::string& kiln_dir, const std::string& orbax_
       writer.add(kTreePrefix + name, tensor);
       continue;
     }
-    const MaxTextArray out =
-        to_maxtext(*layout, name, tensor, entries[name].value("layer_axis", -1));
-    writer.add(kTreePrefix + name, out.array);
     Json info = {{"kiln_shape", tensor.shape()}};
-    if (out.residual.defined()) {
+    const Written written =
+        write_maxtext(*layout, name, tensor, entries[name].value("layer_axis", -1),
+                      kTreePrefix + name, kResidualPrefix + name, writer);
+    if (written.scaled)
       info["query_divisor"] = maxtext_query_divisor(layout->head_dim(), tensor.dtype());
-      if (any_nonzero(out.residual)) {
-        writer.add_side_array(kResidualPrefix + name, out.residual);
-        info["residual"] = kResidualPrefix + name;
-      }
-    }
+    if (written.residual) info["residual"] = kResidualPrefix + name;
     maxtext_tensors[name] = info;
   }
   writer.add("step", Tensor::zeros(DType::I32, {}));  // MaxText's TrainState.step

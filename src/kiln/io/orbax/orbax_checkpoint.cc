@@ -174,9 +174,12 @@ void OrbaxWriter::add_side_array(const std::string& name, const Tensor& tensor) 
   add_array(name, tensor, false);
 }
 
-void OrbaxWriter::add_array(const std::string& name, const Tensor& tensor, bool listed) {
+std::string OrbaxWriter::start_array(const std::string& name, bool listed, Shape shape,
+                                     Shape chunks) {
   Written w;
   w.listed = listed;
+  w.shape = std::move(shape);
+  w.chunks = std::move(chunks);
   size_t start = 0;
   for (;;) {
     const size_t slash = name.find('/', start);
@@ -191,22 +194,93 @@ void OrbaxWriter::add_array(const std::string& name, const Tensor& tensor, bool 
   const std::string storage = join(w.keys, '.');
   for (const Written& other : written_)
     check(join(other.keys, '.') != storage, item_dir_ + ": tensor '" + name + "' added twice");
-  w.shape = tensor.shape();
-  w.chunks = write_zarr_v2(tensor, storage + "/", options_.zarr,
-                           [&](const std::string& key, const std::string& bytes) {
-                             if (ocdbt_) {
-                               ocdbt_->add(key, bytes);
-                               return;
-                             }
-                             const fs::path path = fs::path(item_dir_) / key;
-                             fs::create_directories(path.parent_path());
-                             write_text(path, bytes);
-                           });
   written_.push_back(std::move(w));
+  return storage;
+}
+
+void OrbaxWriter::put(const std::string& key, const std::string& bytes) {
+  if (ocdbt_) {
+    ocdbt_->add(key, bytes);
+    return;
+  }
+  const fs::path path = fs::path(item_dir_) / key;
+  fs::create_directories(path.parent_path());
+  write_text(path, bytes);
+}
+
+void OrbaxWriter::add_array(const std::string& name, const Tensor& tensor, bool listed) {
+  const std::string storage = start_array(name, listed, tensor.shape(), {});
+  written_.back().chunks =
+      write_zarr_v2(tensor, storage + "/", options_.zarr,
+                    [&](const std::string& key, const std::string& bytes) { put(key, bytes); });
+}
+
+void OrbaxWriter::begin_layers(const std::string& name, DType dtype, const Shape& shape,
+                               int layer_axis, bool listed) {
+  check((layer_axis == 0 && !shape.empty()) || (layer_axis == 1 && shape.size() >= 2),
+        item_dir_ + ": tensor '" + name + "': layers must be stacked on axis 0 or 1, not " +
+            std::to_string(layer_axis) + " of " + shape_to_string(shape));
+  Shape chunks = shape;
+  for (int64_t& c : chunks) c = std::max<int64_t>(c, 1);
+  chunks[layer_axis] = 1;
+  if (layer_axis == 1) {
+    // Rows of dimension 0 per chunk, as write_zarr_v2 splits whole arrays.
+    int64_t row_bytes = static_cast<int64_t>(dtype_size(dtype));
+    for (size_t d = 2; d < chunks.size(); ++d) row_bytes *= chunks[d];
+    chunks[0] = std::clamp<int64_t>(static_cast<int64_t>(options_.zarr.max_chunk_bytes) / row_bytes,
+                                    1, chunks[0]);
+  }
+  const std::string storage = start_array(name, listed, shape, chunks);
+  Layered l{storage + "/",
+            dtype,
+            shape,
+            chunks,
+            layer_axis,
+            listed,
+            std::vector<bool>(static_cast<size_t>(shape[layer_axis]), false)};
+  put(l.prefix + ".zarray", zarr_v2_metadata(dtype, shape, chunks, options_.zarr));
+  layered_.emplace(name, std::move(l));
+}
+
+void OrbaxWriter::add_layer(const std::string& name, int64_t position, const Tensor& layer) {
+  auto it = layered_.find(name);
+  check(it != layered_.end(), item_dir_ + ": tensor '" + name + "' was not begun as layers");
+  Layered& l = it->second;
+  Shape expected = l.shape;
+  expected.erase(expected.begin() + l.axis);
+  check(position >= 0 && position < static_cast<int64_t>(l.done.size()) && !l.done[position],
+        item_dir_ + ": tensor '" + name + "': layer " + std::to_string(position) +
+            " out of range or written twice");
+  check(layer.dtype() == l.dtype && layer.shape() == expected,
+        item_dir_ + ": tensor '" + name + "': layer of " + layer.shape_string() + " " +
+            std::string(dtype_name(layer.dtype())) + ", expected " + shape_to_string(expected) +
+            " " + std::string(dtype_name(l.dtype)));
+  l.done[position] = true;
+  const Tensor src = layer.contiguous();
+  const auto* bytes = static_cast<const char*>(src.raw());
+  const size_t chunk_bytes = static_cast<size_t>(shape_numel(l.chunks)) * dtype_size(l.dtype);
+  // Axis 1: the layer's rows split into blocks of chunks[0]; axis 0: the layer is one chunk.
+  const int64_t blocks = l.axis == 1 ? (l.shape[0] + l.chunks[0] - 1) / l.chunks[0] : 1;
+  for (int64_t b = 0; b < blocks; ++b) {
+    Shape index(l.shape.size(), 0);
+    index[l.axis] = position;
+    index[0] += l.axis == 1 ? b : 0;
+    const size_t begin = static_cast<size_t>(b) * chunk_bytes;
+    const size_t size = std::min(chunk_bytes, src.nbytes() - begin);
+    if (!l.listed &&
+        std::all_of(bytes + begin, bytes + begin + size, [](char c) { return c == 0; }))
+      continue;
+    put(zarr_v2_chunk_key(l.prefix, index),
+        zarr_v2_chunk(std::string(bytes + begin, size), chunk_bytes, options_.zarr));
+  }
 }
 
 void OrbaxWriter::finish() {
   check(!written_.empty(), item_dir_ + ": an orbax checkpoint needs at least one array");
+  for (const auto& [name, l] : layered_)
+    for (size_t j = 0; j < l.done.size(); ++j)
+      check(l.done[j], item_dir_ + ": tensor '" + name + "': layer " + std::to_string(j) +
+                           " was never written");
   if (ocdbt_) ocdbt_->finish();
   const int64_t start = now_nanoseconds();
   Json tree = Json::object(), sharding = Json::object(), arrays = Json::array();

@@ -78,6 +78,16 @@ class OrbaxWriter {
   // Stores `tensor` like add() but leaves it out of `_METADATA` and the other orbax
   // metadata, so orbax never sees it: data only Kiln reads (OrbaxSource::get_side_array).
   void add_side_array(const std::string& name, const Tensor& tensor);
+  // Starts the array `name` of `dtype` and `shape`, stacked over layers on `layer_axis` (0,
+  // or 1 for ranks >= 2), whose layers then arrive in any order through add_layer(), so
+  // memory holds one layer: each zarr chunk holds rows of one layer. When `listed` is false
+  // it is a side array (see add_side_array) and chunks that are all zero are not stored
+  // (zarr reads a missing chunk as the fill value, zero).
+  void begin_layers(const std::string& name, DType dtype, const Shape& shape, int layer_axis,
+                    bool listed = true);
+  // Writes layer `position` of an array begun with begin_layers(): `layer` has its shape
+  // without the layer axis. Every layer exactly once (finish() checks).
+  void add_layer(const std::string& name, int64_t position, const Tensor& layer);
   // Writes the metadata files; call once after the last add().
   void finish();
   // The item directory the arrays go to (`dir`, or `dir/<step>/items`).
@@ -90,12 +100,26 @@ class OrbaxWriter {
     Shape chunks;
     bool listed;  // in _METADATA (false for side arrays)
   };
+  struct Layered {
+    std::string prefix;  // "<storage name>/"
+    DType dtype;
+    Shape shape;
+    Shape chunks;
+    int axis;
+    bool listed;
+    std::vector<bool> done;
+  };
   void add_array(const std::string& name, const Tensor& tensor, bool listed);
+  // Records array `name` (checked tree path, not yet added) and returns its storage name.
+  std::string start_array(const std::string& name, bool listed, Shape shape, Shape chunks);
+  // Stores one zarr key: an OCDBT entry or a file.
+  void put(const std::string& key, const std::string& bytes);
   std::string dir_;
   std::string item_dir_;
   OrbaxWriteOptions options_;
   std::unique_ptr<OcdbtWriter> ocdbt_;
   std::vector<Written> written_;
+  std::map<std::string, Layered> layered_;  // by tree path
 };
 
 }  // namespace kiln

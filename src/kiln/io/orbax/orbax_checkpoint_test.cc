@@ -159,6 +159,63 @@ TEST_F(OrbaxWrite, RoundTripsAreBitwise) {
   }
 }
 
+TEST_F(OrbaxWrite, LayerByLayerArraysAndSideArrays) {
+  const auto tree = random_tree();
+  for (bool ocdbt : {false, true}) {
+    SCOPED_TRACE(ocdbt ? "ocdbt" : "zarr");
+    const std::string out = dir_ + (ocdbt ? "/ocdbt" : "/zarr");
+    OrbaxWriteOptions options;
+    options.ocdbt = ocdbt;
+    options.zarr.max_chunk_bytes = 500;  // several row blocks per layer
+    OrbaxWriter writer(out, options);
+    // [64, 3, 40] bf16 stacked on axis 1, and [3] per-layer scalars stacked on axis 0,
+    // written in reverse layer order.
+    const Tensor& wi = tree[1].second;
+    writer.begin_layers(tree[1].first, DType::BF16, wi.shape(), 1);
+    Tensor scalars = Tensor::from_f32({3}, {1, 2, 3});
+    writer.begin_layers("params/scalars", DType::F32, {3}, 0);
+    // A side array whose layer 1 is all zero: its chunks are not stored.
+    Tensor side = Tensor::zeros(DType::I8, {4, 3, 2});
+    for (int64_t i = 0; i < 4; ++i) side.mutable_data<int8_t>()[i * 6] = static_cast<int8_t>(i + 1);
+    writer.begin_layers("side/a", DType::I8, side.shape(), 1, false);
+    for (int64_t j = 2; j >= 0; --j) {
+      writer.add_layer(tree[1].first, j, wi.select(1, j));
+      writer.add_layer("params/scalars", j, scalars.select(0, j));
+      writer.add_layer("side/a", j, side.select(1, j));
+    }
+    EXPECT_THROW(writer.add_layer("params/scalars", 0, scalars.select(0, 0)), Error);
+    writer.finish();
+    OrbaxSource source(out);
+    EXPECT_EQ(source.names().size(), 2u) << "the side array is not listed";
+    for (const auto& [name, want] :
+         {std::pair{tree[1].first, wi}, std::pair{std::string("params/scalars"), scalars}}) {
+      const Tensor got = source.get(name);
+      ASSERT_EQ(got.shape(), want.shape());
+      EXPECT_EQ(std::memcmp(got.raw(), want.raw(), want.nbytes()), 0) << name;
+    }
+    const Tensor got_side = source.get_side_array("side/a");
+    ASSERT_EQ(got_side.shape(), side.shape());
+    EXPECT_EQ(std::memcmp(got_side.raw(), side.raw(), side.nbytes()), 0);
+    EXPECT_FALSE(source.get_side_array("side/none").defined());
+    if (!ocdbt) {
+      EXPECT_TRUE(fs::exists(out + "/side.a/0.0.0"));
+      EXPECT_FALSE(fs::exists(out + "/side.a/0.1.0")) << "an all-zero chunk was stored";
+      EXPECT_TRUE(fs::exists(out + "/params.decoder.layers.mlp.wi_0.kernel/1.2.0"))
+          << "row blocks of 6 rows";
+    }
+  }
+  OrbaxWriter incomplete(dir_ + "/incomplete", {});
+  incomplete.begin_layers("params/x", DType::F32, {2, 3, 4}, 1);
+  incomplete.add_layer("params/x", 0, Tensor::zeros(DType::F32, {2, 4}));
+  try {
+    incomplete.finish();
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    std::cout << "  error: " << e.what() << "\n";
+    EXPECT_NE(std::string(e.what()).find("layer 1 was never written"), std::string::npos);
+  }
+}
+
 TEST_F(OrbaxWrite, ManagerLayoutAsMaxTextLoadsIt) {
   const auto tree = random_tree();
   OrbaxWriteOptions options;

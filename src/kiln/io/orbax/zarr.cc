@@ -331,6 +331,36 @@ Tensor read_zarr_array(const KvStore& store, const std::string& prefix) {
   }
 }
 
+std::string zarr_v2_metadata(DType dtype, const Shape& shape, const Shape& chunks,
+                             const ZarrWriteOptions& options) {
+  const Json meta = {
+      {"chunks", chunks},
+      {"compressor", options.zstd ? Json{{"id", "zstd"}, {"level", options.zstd_level}} : Json()},
+      {"dimension_separator", "."},
+      {"dtype", zarr_v2_dtype(dtype)},
+      {"fill_value", nullptr},
+      {"filters", nullptr},
+      {"order", "C"},
+      {"shape", shape},
+      {"zarr_format", 2}};
+  return meta.dump();
+}
+
+std::string zarr_v2_chunk_key(const std::string& prefix, const Shape& index) {
+  if (index.empty()) return prefix + "0";
+  std::string key = prefix;
+  for (size_t d = 0; d < index.size(); ++d) {
+    if (d) key += '.';
+    key += std::to_string(index[d]);
+  }
+  return key;
+}
+
+std::string zarr_v2_chunk(std::string raw, size_t chunk_bytes, const ZarrWriteOptions& options) {
+  raw.resize(chunk_bytes, '\0');  // zarr v2 stores full chunks: edge chunks are zero-padded
+  return options.zstd ? zstd_compress(raw.data(), raw.size(), options.zstd_level) : raw;
+}
+
 Shape write_zarr_v2(const Tensor& tensor, const std::string& prefix,
                     const ZarrWriteOptions& options,
                     const std::function<void(const std::string&, const std::string&)>& emit) {
@@ -344,30 +374,19 @@ Shape write_zarr_v2(const Tensor& tensor, const std::string& prefix,
     const int64_t rows = static_cast<int64_t>(options.max_chunk_bytes / (row_elements * element));
     chunks[0] = std::clamp<int64_t>(rows, 1, chunks[0]);
   }
-  Json meta = {
-      {"chunks", chunks},
-      {"compressor", options.zstd ? Json{{"id", "zstd"}, {"level", options.zstd_level}} : Json()},
-      {"dimension_separator", "."},
-      {"dtype", zarr_v2_dtype(tensor.dtype())},
-      {"fill_value", nullptr},
-      {"filters", nullptr},
-      {"order", "C"},
-      {"shape", shape},
-      {"zarr_format", 2}};
-  emit(prefix + ".zarray", meta.dump());
+  emit(prefix + ".zarray", zarr_v2_metadata(tensor.dtype(), shape, chunks, options));
   if (tensor.numel() == 0) return chunks;
   const Tensor contiguous = tensor.contiguous();
   const auto* src = static_cast<const char*>(contiguous.raw());
   const int64_t chunk_count = shape.empty() ? 1 : (shape[0] + chunks[0] - 1) / chunks[0];
   const size_t chunk_bytes = static_cast<size_t>(shape_numel(chunks)) * element;
   for (int64_t c = 0; c < chunk_count; ++c) {
-    std::string key = prefix + (shape.empty() ? "0" : std::to_string(c));
-    for (size_t d = 1; d < shape.size(); ++d) key += ".0";
+    Shape index(shape.size(), 0);
+    if (!shape.empty()) index[0] = c;
     const size_t begin = static_cast<size_t>(c) * chunk_bytes;
     const size_t available = std::min(chunk_bytes, contiguous.nbytes() - begin);
-    std::string raw(src + begin, available);
-    raw.resize(chunk_bytes, '\0');  // zarr v2 stores full chunks: the last is zero-padded
-    emit(key, options.zstd ? zstd_compress(raw.data(), raw.size(), options.zstd_level) : raw);
+    emit(zarr_v2_chunk_key(prefix, index),
+         zarr_v2_chunk(std::string(src + begin, available), chunk_bytes, options));
   }
   return chunks;
 }

@@ -37,4 +37,14 @@ Shape write_zarr_v2(const Tensor& tensor, const std::string& prefix,
 // The zarr v2 dtype string of `dtype` ("<f4", "bfloat16", ...).
 std::string zarr_v2_dtype(DType dtype);
 
+// The building blocks of write_zarr_v2, for writers that produce chunks themselves:
+// the `.zarray` JSON of an array (compressor per `options`, fill value null, C order) ...
+std::string zarr_v2_metadata(DType dtype, const Shape& shape, const Shape& chunks,
+                             const ZarrWriteOptions& options);
+// ... the key of the chunk at grid position `index` ("<prefix>2.0.0"; "<prefix>0" for 0-d) ...
+std::string zarr_v2_chunk_key(const std::string& prefix, const Shape& index);
+// ... and a stored chunk: `raw` (the chunk's leading bytes in C order) zero-padded to
+// `chunk_bytes`, then zstd-compressed when `options.zstd`.
+std::string zarr_v2_chunk(std::string raw, size_t chunk_bytes, const ZarrWriteOptions& options);
+
 }  // namespace kiln
