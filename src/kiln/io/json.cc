@@ -10,7 +10,7 @@ namespace kiln {
 Json parse_json(const std::string& text, const std::string& what) {
   try {
     return Json::parse(text);
-  } catch (const Json::parse_error& e) {
+  } catch (const Json::exception& e) {  // parse errors, and numbers that overflow a double
     throw Error(what + ": malformed JSON: " + e.what());
   }
 }

@@ -86,6 +86,9 @@ TEST(TokenizerLoad, BadFilesGiveErrorsNamingTheKey) {
   EXPECT_EQ(error_of([&] { Tokenizer::load(path); }), path + ": model: missing");
   path = write("{\"model\": {");
   EXPECT_NE(error_of([&] { Tokenizer::load(path); }).find("malformed JSON"), std::string::npos);
+  path = write("{\"model\": {\"type\": \"BPE\", \"dropout\": 1e999}}");  // overflows a double
+  EXPECT_NE(error_of([&] { Tokenizer::load(path); }).find("model.dropout: malformed JSON"),
+            std::string::npos);
   EXPECT_EQ(error_of([&] { Tokenizer::load(dir + "/missing"); }),
             dir + "/missing: no such file or folder");
   std::filesystem::remove_all(dir);
