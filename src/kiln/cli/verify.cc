@@ -1,6 +1,6 @@
 // `kiln verify MODEL`: runs a reference dump's inputs through Kiln and compares logits,
-// hidden states and the greedy continuation (KV cache) with it; reports the KV-cache bytes
-// per token.
+// hidden states, every captured module and the greedy continuation (KV cache) with it;
+// reports the KV-cache bytes per token.
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -50,6 +50,15 @@ class VerifyCommand : public Command {
                              {"kiln", c.kiln},
                              {"max_abs_err", c.max_abs_err},
                              {"passed", c.passed}});
+    Json modules = Json::array();
+    for (const ModuleComparison& m : report.modules)
+      modules.push_back({{"module", m.module},
+                         {"kiln", m.kiln},
+                         {"max_abs_err", m.max_abs_err},
+                         {"max_rel_err", m.max_rel_err},
+                         {"passed", m.passed}});
+    const Json first_divergent =
+        report.first_divergent.empty() ? Json(nullptr) : Json(report.first_divergent);
     const Json out = {{"model", model_path_},
                       {"family", family},
                       {"reference", reference},
@@ -61,6 +70,15 @@ class VerifyCommand : public Command {
                       {"greedy_ids", report.actual_greedy},
                       {"comparisons", comparisons},
                       {"kv_cache_bytes_per_token", kv_bytes_per_token_},
+                      {"modules", modules},
+                      {"first_divergent_module", first_divergent},
+                      {"not_compared", report.not_compared},
+                      {"logits",
+                       {{"max_abs_err", report.logits_max_abs_err},
+                        {"kl_mean", report.kl_mean},
+                        {"kl_max", report.kl_max},
+                        {"top1_agreement", report.top1_agreement},
+                        {"greedy_match", report.greedy_match}}},
                       {"passed", report.passed}};
     std::cout << out.dump() << std::endl;
   }
@@ -73,7 +91,23 @@ class VerifyCommand : public Command {
     for (const TensorComparison& c : report.comparisons)
       std::printf("  %-18s %-34s %12.3e  %s\n", c.name.c_str(), c.kiln.c_str(), c.max_abs_err,
                   c.passed ? "ok" : "FAIL");
-    std::printf("  %-18s %-34s %12s  %s\n", "greedy_ids", "greedy decode with KV cache",
+    std::printf(
+        "  logits: KL(reference || kiln) per position mean %.3e, max %.3e; top-1 "
+        "agreement %.1f%%\n",
+        report.kl_mean, report.kl_max, 100.0 * report.top1_agreement);
+    std::printf("\n  modules of batch row 0, in execution order (act.<module>.out):\n");
+    std::printf("  %-42s %12s %12s  %s\n", "module", "max abs err", "max rel err", "status");
+    for (const ModuleComparison& m : report.modules)
+      std::printf("  %-42s %12.3e %12.3e  %s\n", m.module.c_str(), m.max_abs_err, m.max_rel_err,
+                  m.passed ? "ok" : "FAIL");
+    std::printf("  first divergent module: %s\n",
+                report.first_divergent.empty() ? "none" : report.first_divergent.c_str());
+    if (!report.not_compared.empty()) {
+      std::printf("  not compared (no Kiln counterpart):");
+      for (const std::string& m : report.not_compared) std::printf(" %s", m.c_str());
+      std::printf("\n");
+    }
+    std::printf("\n  %-18s %-34s %12s  %s\n", "greedy_ids", "greedy decode with KV cache",
                 report.greedy_match ? "identical" : "differ", report.greedy_match ? "ok" : "FAIL");
     if (!report.greedy_match) {
       std::printf("    expected:");
@@ -94,7 +128,8 @@ class VerifyCommand : public Command {
   int64_t kv_bytes_per_token_ = 0;
 };
 
-KILN_COMMAND(VerifyCommand, "verify",
-             "Compare a model's logits, hidden states and greedy decode with a reference dump");
+KILN_COMMAND(
+    VerifyCommand, "verify",
+    "Compare a model's logits, hidden states, modules and greedy decode with a reference dump");
 
 }  // namespace kiln::cli

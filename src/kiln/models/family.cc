@@ -20,6 +20,12 @@ const std::vector<std::shared_ptr<const Family>>& families() {
   return mutable_families();
 }
 
+const Family* family_named(const std::string& name) {
+  for (const auto& family : families())
+    if (family->name() == name) return family.get();
+  return nullptr;
+}
+
 const Family& family_for(const HfConfig& config) {
   std::string arch = config.architecture();
   std::string type = config.model_type();

@@ -11,6 +11,7 @@
 
 #include "kiln/core/tensor.h"
 #include "kiln/io/hf_config.h"
+#include "kiln/models/hf_module_names.h"
 #include "kiln/models/model_spec.h"
 
 namespace kiln {
@@ -72,6 +73,9 @@ class Family {
                                                  const TensorSource& source) const = 0;
   // Where the parts of each decoder layer live in the HF model (Llama's names by default).
   virtual HfLayerModules hf_layer_modules(const ModelSpec&) const { return {}; }
+  // HF's module paths for Kiln's captured activations (verify compares them with a
+  // reference's act.<module>.*). The default is the llama-style naming.
+  virtual HfModuleNames hf_modules() const { return {}; }
 };
 
 // Registers a family; returns true (for static registration).
@@ -81,6 +85,8 @@ const std::vector<std::shared_ptr<const Family>>& families();
 // The family for this config: by architectures[0], then model_type. Throws
 // Error("<config>: unknown architecture 'X' (model_type 'y'); supported: ...") when none.
 const Family& family_for(const HfConfig& config);
+// The registered family whose name() is `name`, or nullptr.
+const Family* family_named(const std::string& name);
 // Convenience: family_for(config).build_spec(config), with spec.family set.
 ModelSpec spec_from_config(const HfConfig& config);
 

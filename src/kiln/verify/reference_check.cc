@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <set>
 
 #include "kiln/core/error.h"
 #include "kiln/io/safetensors.h"
+#include "kiln/models/family.h"
 #include "kiln/models/weight_names.h"
 #include "kiln/runtime/generator.h"
 
@@ -23,6 +25,75 @@ double max_abs_error(const Tensor& actual, const Tensor& expected) {
     worst = std::max(worst, d);
   }
   return worst;
+}
+
+// Row 0 of a Kiln activation [B, T, ...] as f32 values.
+std::vector<float> first_row(const Tensor& activation) {
+  const Tensor f = activation.to(DType::F32);
+  const int64_t row = f.numel() / f.dim(0);
+  return std::vector<float>(f.data<float>(), f.data<float>() + row);
+}
+
+// `actual` (row 0 of Kiln's activation) against the reference tensor [T, ...] element by
+// element; the shapes differ only in how heads are laid out ([T, H*D] against [T, H, D]).
+ModuleComparison compare_module(const std::string& module, const std::string& kiln,
+                                const std::vector<float>& actual, const Tensor& reference,
+                                double tolerance, const std::string& reference_path) {
+  const Tensor expected = reference.to(DType::F32);
+  check(expected.numel() == static_cast<int64_t>(actual.size()),
+        reference_path + ": tensor 'act." + module + ".out' has shape " + expected.shape_string() +
+            ", the model's " + kiln + " has " + std::to_string(actual.size()) +
+            " values per batch row");
+  const float* pe = expected.data<float>();
+  double worst = 0.0, scale = 0.0;
+  for (size_t i = 0; i < actual.size(); ++i) {
+    const double d = std::fabs(static_cast<double>(actual[i]) - pe[i]);
+    worst = std::isnan(d) ? INFINITY : std::max(worst, d);
+    scale = std::max(scale, std::fabs(static_cast<double>(pe[i])));
+  }
+  ModuleComparison c{module, kiln, worst, scale > 0.0 ? worst / scale : worst, false};
+  c.passed = worst <= tolerance * std::max(1.0, scale);
+  return c;
+}
+
+// log-softmax of one row of logits, in double.
+std::vector<double> log_softmax(const float* logits, int64_t vocab) {
+  double peak = -INFINITY;
+  for (int64_t v = 0; v < vocab; ++v) peak = std::max(peak, static_cast<double>(logits[v]));
+  double sum = 0.0;
+  for (int64_t v = 0; v < vocab; ++v) sum += std::exp(logits[v] - peak);
+  const double log_sum = peak + std::log(sum);
+  std::vector<double> out(vocab);
+  for (int64_t v = 0; v < vocab; ++v) out[v] = logits[v] - log_sum;
+  return out;
+}
+
+// KL(reference || Kiln) per position and top-1 agreement, over logits [B, T, V].
+void logit_statistics(const Tensor& actual, const Tensor& expected, ReferenceReport& report) {
+  const Tensor a = actual.to(DType::F32), e = expected.to(DType::F32);
+  const int64_t vocab = a.dim(a.ndim() - 1), positions = a.numel() / vocab;
+  double kl_sum = 0.0;
+  int64_t agree = 0;
+  for (int64_t p = 0; p < positions; ++p) {
+    const float* pa = a.data<float>() + p * vocab;
+    const float* pe = e.data<float>() + p * vocab;
+    const std::vector<double> la = log_softmax(pa, vocab), le = log_softmax(pe, vocab);
+    double kl = 0.0;
+    for (int64_t v = 0; v < vocab; ++v) kl += std::exp(le[v]) * (le[v] - la[v]);
+    kl = std::max(kl, 0.0);
+    kl_sum += kl;
+    report.kl_max = std::max(report.kl_max, kl);
+    agree += std::max_element(pa, pa + vocab) - pa == std::max_element(pe, pe + vocab) - pe;
+  }
+  report.kl_mean = kl_sum / static_cast<double>(positions);
+  report.top1_agreement = static_cast<double>(agree) / static_cast<double>(positions);
+}
+
+// The module path of a reference tensor "act.<module>.in|out", or "" for other tensors.
+std::string reference_module(const std::string& name) {
+  if (name.rfind("act.", 0) != 0) return "";
+  const size_t dot = name.rfind('.');
+  return name.substr(4, dot - 4);
 }
 
 std::vector<int64_t> int_values(const Tensor& t) {
@@ -54,9 +125,20 @@ ReferenceReport check_against_reference(const Model& model, const std::string& r
     hidden_sources[names::layer(i)] = "hidden_states." + std::to_string(i + 1);
   hidden_sources[names::final_norm()] = "hidden_states." + std::to_string(layers);
   std::map<std::string, Tensor> captured;  // reference name -> Kiln activation
+  // Kiln activations with an HF counterpart, in execution order: (kiln, module, row 0).
+  struct ModuleCapture {
+    std::string kiln, module;
+    std::vector<float> row;  // [T, ...]
+  };
+  std::vector<ModuleCapture> module_captures;
+  const Family* family = family_named(spec.family);
+  const HfModuleNames hf_names = family ? family->hf_modules() : HfModuleNames{};
   ActivationObserver observer = [&](const std::string& name, const Tensor& activation) {
     auto it = hidden_sources.find(name);
     if (it != hidden_sources.end()) captured[it->second] = activation.contiguous(true);
+    const std::string module = hf_module_for(hf_names, name);
+    if (!module.empty() && reference.contains("act." + module + ".out"))
+      module_captures.push_back({name, module, first_row(activation)});
   };
   KvCache cache = model.make_cache(batch, tokens);
   ForwardOptions options;
@@ -83,6 +165,24 @@ ReferenceReport check_against_reference(const Model& model, const std::string& r
         std::max(report.hidden_max_abs_err, compare(name, kiln, captured.at(name)));
   }
 
+  logit_statistics(logits, reference.get("logits"), report);
+
+  std::set<std::string> compared;
+  for (const ModuleCapture& capture : module_captures) {
+    report.modules.push_back(compare_module(capture.module, capture.kiln, capture.row,
+                                            reference.get("act." + capture.module + ".out"),
+                                            tolerance, reference_path));
+    compared.insert(capture.module);
+    if (!report.modules.back().passed && report.first_divergent.empty())
+      report.first_divergent = capture.module;
+  }
+  std::set<std::string> not_compared;
+  for (const std::string& name : reference.names()) {
+    const std::string module = reference_module(name);
+    if (!module.empty() && !compared.count(module)) not_compared.insert(module);
+  }
+  report.not_compared.assign(not_compared.begin(), not_compared.end());
+
   report.expected_greedy = int_values(reference.get("greedy_ids"));
   const int64_t new_tokens = static_cast<int64_t>(report.expected_greedy.size()) - tokens;
   check(new_tokens >= 0, reference_path + ": tensor 'greedy_ids' is shorter than input_ids");
@@ -95,6 +195,7 @@ ReferenceReport check_against_reference(const Model& model, const std::string& r
 
   report.passed = report.greedy_match;
   for (const TensorComparison& c : report.comparisons) report.passed &= c.passed;
+  report.passed &= report.first_divergent.empty();
   return report;
 }
 

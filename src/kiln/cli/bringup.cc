@@ -1,0 +1,188 @@
+// `kiln bringup MODEL`: the bring-up checklist in one command. Runs the architecture
+// analysis, conversion (when this build has it), module-level verification against a
+// reference dump and a short greedy generation, and prints the checklist as markdown.
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kiln/analyze/analyze.h"
+#include "kiln/cli/command.h"
+#include "kiln/core/error.h"
+#include "kiln/layers/model.h"
+#include "kiln/models/loader.h"
+#include "kiln/runtime/generator.h"
+#include "kiln/tokenizer/tokenizer.h"
+#include "kiln/verify/reference_check.h"
+
+namespace kiln::cli {
+
+namespace {
+// One row of the checklist. A skipped step neither passes nor fails the bring-up.
+struct CheckItem {
+  std::string step;
+  enum class Status { kPassed, kFailed, kSkipped } status = Status::kFailed;
+  std::string detail;
+};
+
+std::string format(const char* fmt, double value) {
+  char buffer[64];
+  std::snprintf(buffer, sizeof buffer, fmt, value);
+  return buffer;
+}
+}  // namespace
+
+class BringupCommand : public Command {
+ public:
+  void configure(CLI::App& app) override {
+    app.add_option("model", model_path_, "HuggingFace model folder")->required();
+    app.add_option("--reference", reference_path_,
+                   "reference dump (default: MODEL/reference.safetensors)");
+    app.add_option("--tolerance", tolerance_, "max absolute error allowed (default 1e-4)")
+        ->check(CLI::PositiveNumber);
+  }
+
+  int run() override {
+    const std::string reference =
+        reference_path_.empty()
+            ? (std::filesystem::path(model_path_) / "reference.safetensors").string()
+            : reference_path_;
+    std::vector<CheckItem> items;
+    check_analysis(items);
+    items.push_back({"conversion", CheckItem::Status::kSkipped,
+                     "skipped (not in this build: no Kiln checkpoint writer); the HF weights "
+                     "are loaded directly"});
+    check_model(reference, items);
+
+    const bool passed = std::none_of(items.begin(), items.end(), [](const CheckItem& item) {
+      return item.status == CheckItem::Status::kFailed;
+    });
+    std::printf("# Bring-up checklist: %s\n\n", model_path_.c_str());
+    for (const CheckItem& item : items) {
+      const char* mark = item.status == CheckItem::Status::kPassed   ? "✓"
+                         : item.status == CheckItem::Status::kFailed ? "✗"
+                                                                     : "–";
+      std::printf("- %s **%s**: %s\n", mark, item.step.c_str(), item.detail.c_str());
+    }
+    std::printf("\n**%s**\n", passed ? "Bring-up complete: every check passed."
+                                     : "Bring-up incomplete: see the ✗ rows.");
+    return passed ? 0 : 1;
+  }
+
+ private:
+  void check_analysis(std::vector<CheckItem>& items) const {
+    const analyze::Analysis analysis = analyze::analyze_config(model_path_);
+    const bool has_family = !analysis.family.empty();
+    items.push_back({"architecture analysis",
+                     has_family ? CheckItem::Status::kPassed : CheckItem::Status::kFailed,
+                     analysis.architecture + " (model_type " + analysis.model_type + ") -> " +
+                         (has_family ? "family " + analysis.family : "no family in this build")});
+    std::string detail = std::to_string(analysis.features.size()) + " features, " +
+                         std::to_string(analysis.missing_count()) + " missing, " +
+                         std::to_string(analysis.unknown_keys.size()) +
+                         " config keys not understood";
+    for (const analyze::FeatureReport& f : analysis.features)
+      if (!f.supported) detail += "; missing " + f.feature.id + " -> " + f.where;
+    for (const std::string& key : analysis.unknown_keys) detail += "; unknown key " + key;
+    items.push_back(
+        {"features",
+         analysis.fully_supported() ? CheckItem::Status::kPassed : CheckItem::Status::kFailed,
+         detail + " (`kiln analyze " + model_path_ + "` for the table)"});
+  }
+
+  void check_model(const std::string& reference, std::vector<CheckItem>& items) const {
+    const std::vector<std::string> steps = {"layer checks", "logit check", "decode check"};
+    if (!std::filesystem::exists(reference)) {
+      for (const std::string& step : steps)
+        items.push_back(
+            {step, CheckItem::Status::kFailed,
+             "no reference dump at " + reference + " (write one with tools/dump_reference.py)"});
+      return;
+    }
+    try {
+      const LoadedModel loaded = load_model(model_path_);
+      const Model model(loaded.spec, loaded.weights);
+      const ReferenceReport report = check_against_reference(model, reference, tolerance_);
+      items.push_back(layer_item(report));
+      items.push_back(logit_item(report));
+      items.push_back(decode_item(report, model, loaded.spec));
+    } catch (const Error& e) {
+      for (const std::string& step : steps)
+        items.push_back({step, CheckItem::Status::kFailed, e.what()});
+    }
+  }
+
+  CheckItem layer_item(const ReferenceReport& report) const {
+    double worst = 0.0;
+    for (const ModuleComparison& m : report.modules) worst = std::max(worst, m.max_abs_err);
+    bool hidden_ok = true;
+    for (const TensorComparison& c : report.comparisons)
+      if (c.name != "logits") hidden_ok &= c.passed;
+    const bool ok = report.first_divergent.empty() && hidden_ok && !report.modules.empty();
+    std::string detail =
+        std::to_string(report.modules.size()) + " modules compared, worst max abs err " +
+        format("%.2e", worst) + ", hidden states max abs err " +
+        format("%.2e", report.hidden_max_abs_err) + ", " +
+        std::to_string(report.not_compared.size()) + " reference modules not compared";
+    if (!report.first_divergent.empty())
+      detail += "; first divergent module: " + report.first_divergent;
+    return {"layer checks", ok ? CheckItem::Status::kPassed : CheckItem::Status::kFailed, detail};
+  }
+
+  CheckItem logit_item(const ReferenceReport& report) const {
+    bool ok = true;
+    for (const TensorComparison& c : report.comparisons)
+      if (c.name == "logits") ok = c.passed;
+    ok &= report.top1_agreement == 1.0;
+    return {"logit check", ok ? CheckItem::Status::kPassed : CheckItem::Status::kFailed,
+            "max abs err " + format("%.2e", report.logits_max_abs_err) + ", KL mean " +
+                format("%.2e", report.kl_mean) + " / max " + format("%.2e", report.kl_max) +
+                ", top-1 agreement " + format("%.1f%%", 100.0 * report.top1_agreement)};
+  }
+
+  // The reference's greedy continuation decoded with the KV cache (done by the reference
+  // check), then a short timed greedy generation: from a prompt when the folder has a
+  // tokenizer, else after the greedy ids.
+  CheckItem decode_item(const ReferenceReport& report, const Model& model,
+                        const ModelSpec& spec) const {
+    size_t same = 0;
+    while (same < report.expected_greedy.size() && same < report.actual_greedy.size() &&
+           report.expected_greedy[same] == report.actual_greedy[same])
+      ++same;
+    std::string detail = "greedy ids with the KV cache " +
+                         std::string(report.greedy_match ? "identical to" : "differ from") +
+                         " the reference (" + std::to_string(same) + "/" +
+                         std::to_string(report.expected_greedy.size()) + " ids agree)";
+    Generator generator(model, SamplingParams{}, spec.eos_token_ids);
+    const int64_t new_tokens = 12;
+    std::unique_ptr<Tokenizer> tokenizer;
+    try {
+      tokenizer = Tokenizer::load(model_path_);
+    } catch (const Error&) {
+      tokenizer.reset();
+    }
+    if (tokenizer) {
+      const std::vector<int32_t> prompt_ids = tokenizer->encode("The capital of France is", true);
+      const std::vector<int32_t> out = generator.generate(prompt_ids, new_tokens);
+      detail += "; \"The capital of France is\" -> \"" + tokenizer->decode(out, true) + "\"";
+    } else {
+      const std::vector<int32_t> ids(report.actual_greedy.begin(), report.actual_greedy.end());
+      generator.generate(ids, new_tokens);
+      detail += "; no tokenizer: timed 12 more tokens after the greedy ids";
+    }
+    detail += format(", decode %.1f tokens/s", generator.stats().decode_tokens_per_second());
+    return {"decode check",
+            report.greedy_match ? CheckItem::Status::kPassed : CheckItem::Status::kFailed, detail};
+  }
+
+  std::string model_path_;
+  std::string reference_path_;
+  double tolerance_ = 1e-4;
+};
+
+KILN_COMMAND(BringupCommand, "bringup",
+             "The bring-up checklist: analyze, convert, verify modules and logits, decode");
+
+}  // namespace kiln::cli
