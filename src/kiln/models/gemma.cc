@@ -66,6 +66,19 @@ void Gemma2Family::apply_differences(const HfConfig& config, ModelSpec& spec) co
   config.mark_read({"sliding_window_size", "cache_implementation", "use_bidirectional_attention"});
 }
 
+HfModuleNames GemmaFamily::hf_modules() const {
+  HfModuleNames names;
+  names.embedding = "";  // HF scales after embed_tokens: compared through hidden_states.0
+  return names;
+}
+
+HfModuleNames Gemma2Family::hf_modules() const {
+  HfModuleNames names = GemmaFamily::hf_modules();
+  names.attention_output = "post_attention_layernorm";
+  names.mlp_output = "post_feedforward_layernorm";
+  return names;
+}
+
 KILN_FAMILY(GemmaFamily);
 KILN_FAMILY(Gemma2Family);
 

@@ -9,6 +9,13 @@ class Olmo2Family : public LlamaFamily {
   std::string name() const override { return "olmo2"; }
   std::vector<std::string> architectures() const override { return {"Olmo2ForCausalLM"}; }
   std::vector<std::string> model_types() const override { return {"olmo2"}; }
+  // Kiln reports each branch after its norm.
+  HfModuleNames hf_modules() const override {
+    HfModuleNames names;
+    names.attention_output = "post_attention_layernorm";
+    names.mlp_output = "post_feedforward_layernorm";
+    return names;
+  }
 
  protected:
   void apply_differences(const HfConfig&, ModelSpec& spec) const override {
