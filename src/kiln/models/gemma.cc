@@ -76,6 +76,7 @@ HfModuleNames Gemma2Family::hf_modules() const {
   HfModuleNames names = GemmaFamily::hf_modules();
   names.attention_output = "post_attention_layernorm";
   names.mlp_output = "post_feedforward_layernorm";
+  names.lm_head = "";  // HF soft-caps after lm_head: compared through the logits
   return names;
 }
 

@@ -35,16 +35,28 @@ std::vector<float> first_row(const Tensor& activation) {
 }
 
 // `actual` (row 0 of Kiln's activation) against the reference tensor [T, ...] element by
-// element; the shapes differ only in how heads are laid out ([T, H*D] against [T, H, D]).
+// element; the shapes may differ in how heads are laid out ([T, H*D], [T, H, D], or
+// [H, T, D], which is transposed first).
 ModuleComparison compare_module(const std::string& module, const std::string& kiln,
                                 const std::vector<float>& actual, const Tensor& reference,
-                                double tolerance, const std::string& reference_path) {
+                                int64_t tokens, double tolerance,
+                                const std::string& reference_path) {
   const Tensor expected = reference.to(DType::F32);
   check(expected.numel() == static_cast<int64_t>(actual.size()),
         reference_path + ": tensor 'act." + module + ".out' has shape " + expected.shape_string() +
             ", the model's " + kiln + " has " + std::to_string(actual.size()) +
             " values per batch row");
-  const float* pe = expected.data<float>();
+  std::vector<float> values(expected.data<float>(), expected.data<float>() + expected.numel());
+  if (expected.ndim() == 3 && expected.dim(1) == tokens && expected.dim(0) != tokens) {
+    // Heads first ([H, T, D], a norm applied after HF's transpose): to Kiln's [T, H, D].
+    const int64_t heads = expected.dim(0), depth = expected.dim(2);
+    const float* source = expected.data<float>();
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t t = 0; t < tokens; ++t)
+        for (int64_t d = 0; d < depth; ++d)
+          values[(t * heads + h) * depth + d] = source[(h * tokens + t) * depth + d];
+  }
+  const float* pe = values.data();
   double worst = 0.0, scale = 0.0;
   for (size_t i = 0; i < actual.size(); ++i) {
     const double d = std::fabs(static_cast<double>(actual[i]) - pe[i]);
@@ -170,7 +182,7 @@ ReferenceReport check_against_reference(const Model& model, const std::string& r
   std::set<std::string> compared;
   for (const ModuleCapture& capture : module_captures) {
     report.modules.push_back(compare_module(capture.module, capture.kiln, capture.row,
-                                            reference.get("act." + capture.module + ".out"),
+                                            reference.get("act." + capture.module + ".out"), tokens,
                                             tolerance, reference_path));
     compared.insert(capture.module);
     if (!report.modules.back().passed && report.first_divergent.empty())
