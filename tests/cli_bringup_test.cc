@@ -11,16 +11,21 @@ namespace kiln {
 namespace {
 namespace fs = std::filesystem;
 
-TEST(CliBringup, FixturePassesEveryCheck) {
+class CliBringupFixture : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CliBringupFixture, PassesEveryCheck) {
   const test::CommandResult r =
-      test::run_kiln("bringup " + test::shell_quote(test::data_path("hf/qwen3")));
+      test::run_kiln("bringup " + test::shell_quote(test::data_path("hf/" + GetParam())));
   std::cout << r.out;
   EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
-  for (const char* row : {"✓ **architecture analysis**", "✓ **features**", "**conversion**",
+  for (const char* row : {"✓ **architecture analysis**", "✓ **features**", "✓ **conversion**",
                           "✓ **layer checks**", "✓ **logit check**", "✓ **decode check**"})
     EXPECT_NE(r.out.find(row), std::string::npos) << row << "\n" << r.out;
   EXPECT_EQ(r.out.find("✗"), std::string::npos) << r.out;
 }
+
+// A dense model and a mixture of experts.
+INSTANTIATE_TEST_SUITE_P(Fixtures, CliBringupFixture, ::testing::Values("llama", "mixtral"));
 
 TEST(CliBringup, MissingReferenceFailsTheModelChecks) {
   const std::string dir = test::make_temp_dir("kiln-bringup");

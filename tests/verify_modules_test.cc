@@ -11,6 +11,7 @@
 #include "kiln/io/json.h"
 #include "kiln/io/safetensors.h"
 #include "kiln/layers/model.h"
+#include "kiln/models/family.h"
 #include "kiln/models/hf_module_names.h"
 #include "kiln/models/loader.h"
 #include "kiln/models/weight_names.h"
@@ -73,23 +74,25 @@ std::string llama_with_corrupted_down_proj() {
   return dir;
 }
 
-TEST(VerifyCorrupted, NamesLayerOneMlpAsFirstDivergence) {
+TEST(VerifyCorrupted, NamesLayerOneDownProjectionAsFirstDivergence) {
   const std::string dir = llama_with_corrupted_down_proj();
   const test::CommandResult r = test::run_kiln("verify " + test::shell_quote(dir) + " --json");
   EXPECT_EQ(r.exit_code, 1) << r.err;
   const Json report = Json::parse(r.out);
-  EXPECT_EQ(report["first_divergent_module"], "model.layers.1.mlp");
+  EXPECT_EQ(report["first_divergent_module"], "model.layers.1.mlp.down_proj");
   EXPECT_FALSE(report["passed"].get<bool>());
   for (const Json& m : report["modules"]) {
-    if (m["module"] == "model.layers.1.mlp") {
-      std::cout << "corrupted model.layers.1.mlp: max abs err " << m["max_abs_err"] << std::endl;
+    if (m["module"] == "model.layers.1.mlp.down_proj") {
+      std::cout << "corrupted model.layers.1.mlp.down_proj: max abs err " << m["max_abs_err"]
+                << std::endl;
       break;
     }
     EXPECT_TRUE(m["passed"].get<bool>()) << m["module"];
   }
   const test::CommandResult table = test::run_kiln("verify " + test::shell_quote(dir));
   EXPECT_EQ(table.exit_code, 1);
-  EXPECT_NE(table.out.find("first divergent module: model.layers.1.mlp"), std::string::npos)
+  EXPECT_NE(table.out.find("first divergent module: model.layers.1.mlp.down_proj"),
+            std::string::npos)
       << table.out;
 }
 
@@ -99,50 +102,66 @@ TEST(VerifyCorrupted, ListsReferenceModulesWithoutKilnCounterpart) {
   Model model(loaded.spec, loaded.weights);
   const ReferenceReport report =
       check_against_reference(model, dir + "/reference.safetensors", 1e-4);
-  const auto& nc = report.not_compared;
-  EXPECT_NE(std::find(nc.begin(), nc.end(), "model.layers.0.mlp.down_proj"), nc.end());
-  EXPECT_NE(std::find(nc.begin(), nc.end(), "model.layers.1.self_attn.o_proj"), nc.end());
-  EXPECT_EQ(std::find(nc.begin(), nc.end(), "model.layers.1.mlp"), nc.end());
+  auto reason = [&](const std::string& module) -> std::string {
+    for (const NotComparedModule& m : report.not_compared)
+      if (m.module == module) return m.reason;
+    return "";
+  };
+  EXPECT_NE(reason("model.layers.0.mlp.up_proj").find("inside model.layers.0.mlp"),
+            std::string::npos);
+  EXPECT_EQ(reason("model.layers.0.mlp.down_proj"), "");  // compared (Kiln's mlp/wo)
+  EXPECT_EQ(reason("model.layers.1.self_attn.o_proj"), "");
+  EXPECT_EQ(reason("model.layers.1.mlp"), "");
+  for (const NotComparedModule& m : report.not_compared)
+    std::cout << "not compared: " << m.module << ": " << m.reason << std::endl;
 }
+
+std::vector<std::string> modules_for(const HfModuleNames& names, const std::string& kiln) {
+  return hf_modules_for(names, kiln);
+}
+using Paths = std::vector<std::string>;
 
 TEST(HfModuleNames, LlamaDefaults) {
   const HfModuleNames llama;
-  EXPECT_EQ(hf_module_for(llama, names::token_embedder()), "model.embed_tokens");
-  EXPECT_EQ(hf_module_for(llama, names::input_norm(3)), "model.layers.3.input_layernorm");
-  EXPECT_EQ(hf_module_for(llama, names::child(names::attention(12), "query")),
-            "model.layers.12.self_attn.q_proj");
-  EXPECT_EQ(hf_module_for(llama, names::post_attention_norm(0)),
-            "model.layers.0.post_attention_layernorm");
-  EXPECT_EQ(hf_module_for(llama, names::layer(1)), "model.layers.1");
-  EXPECT_EQ(hf_module_for(llama, names::final_norm()), "model.norm");
-  EXPECT_EQ(hf_module_for(llama, names::lm_head()), "lm_head");
-  EXPECT_EQ(hf_module_for(llama, "decoder/layers_x/mlp"), "");
+  EXPECT_EQ(modules_for(llama, names::token_embedder()), Paths{"model.embed_tokens"});
+  EXPECT_EQ(modules_for(llama, names::input_norm(3)), Paths{"model.layers.3.input_layernorm"});
+  EXPECT_EQ(modules_for(llama, names::child(names::attention(12), "query")),
+            Paths{"model.layers.12.self_attn.q_proj"});
+  EXPECT_EQ(modules_for(llama, names::child(names::attention(2), "out")),
+            Paths{"model.layers.2.self_attn.o_proj"});
+  EXPECT_EQ(modules_for(llama, names::post_attention_norm(0)),
+            Paths{"model.layers.0.post_attention_layernorm"});
+  EXPECT_EQ(modules_for(llama, names::child(names::mlp(1), "wo")),
+            Paths{"model.layers.1.mlp.down_proj"});
+  EXPECT_EQ(modules_for(llama, names::child(names::mlp(1), "gate")),
+            Paths{"model.layers.1.mlp.gate"});
+  EXPECT_EQ(modules_for(llama, names::layer(1)), Paths{"model.layers.1"});
+  EXPECT_EQ(modules_for(llama, names::final_norm()), Paths{"model.norm"});
+  EXPECT_EQ(modules_for(llama, names::lm_head()), Paths{"lm_head"});
+  EXPECT_EQ(modules_for(llama, "decoder/layers_x/mlp"), Paths{});
 }
 
-TEST(HfModuleNames, OtherFamiliesByDeclaration) {
-  HfModuleNames gpt2;   // what a GPT-2 family would declare
-  gpt2.embedding = "";  // wte + wpe: compared through hidden_states.0
-  gpt2.layer = "transformer.h.{i}";
-  gpt2.input_norm = "ln_1";
-  gpt2.attention = "attn";
-  gpt2.query = gpt2.key = gpt2.value = "";  // fused c_attn
-  gpt2.post_attention_norm = "ln_2";
-  gpt2.final_norm = "transformer.ln_f";
-  EXPECT_EQ(hf_module_for(gpt2, names::attention(1)), "transformer.h.1.attn");
-  EXPECT_EQ(hf_module_for(gpt2, names::post_attention_norm(0)), "transformer.h.0.ln_2");
-  EXPECT_EQ(hf_module_for(gpt2, names::child(names::attention(0), "key")), "");
-  EXPECT_EQ(hf_module_for(gpt2, names::token_embedder()), "");
+// Every registered family declares its names through hf_modules(spec); those of GPT-2 and
+// Gemma 2 map as HF names its modules.
+TEST(HfModuleNames, FamilyDeclarations) {
+  const LoadedModel gpt2 = load_model(test::hf_fixture_path("gpt2"));
+  const HfModuleNames g = family_for(gpt2.config).hf_modules(gpt2.spec);
+  EXPECT_EQ(modules_for(g, names::attention(1)), Paths{"transformer.h.1.attn"});
+  EXPECT_EQ(modules_for(g, names::post_attention_norm(0)), Paths{"transformer.h.0.ln_2"});
+  EXPECT_EQ(modules_for(g, names::child(names::attention(0), "key")), Paths{});
+  EXPECT_EQ(modules_for(g, names::token_embedder()), Paths{});
+  EXPECT_NE(hf_not_compared_reason(g, "transformer.h.0.attn.c_attn", {}).find("fused QKV"),
+            std::string::npos);
 
-  HfModuleNames neox;
-  neox.layer = "gpt_neox.layers.{i}";
-  neox.attention = "attention";
-  neox.mlp = "mlp";
-  EXPECT_EQ(hf_module_for(neox, names::attention(2)), "gpt_neox.layers.2.attention");
-
-  HfModuleNames gemma2;
-  gemma2.post_attention_norm = "pre_feedforward_layernorm";
-  EXPECT_EQ(hf_module_for(gemma2, names::post_attention_norm(4)),
-            "model.layers.4.pre_feedforward_layernorm");
+  const LoadedModel gemma2 = load_model(test::hf_fixture_path("gemma2"));
+  const HfModuleNames g2 = family_for(gemma2.config).hf_modules(gemma2.spec);
+  EXPECT_EQ(modules_for(g2, names::attention(4)), Paths{"model.layers.4.post_attention_layernorm"});
+  EXPECT_EQ(modules_for(g2, names::child(names::attention(4), "out")),
+            (Paths{"model.layers.4.self_attn.o_proj", "model.layers.4.self_attn"}));
+  EXPECT_EQ(modules_for(g2, names::pre_ffw_norm(4)),
+            Paths{"model.layers.4.pre_feedforward_layernorm"});
+  EXPECT_EQ(hf_not_compared_reason(g2, "model.layers.0.mlp.dropout", {}),
+            "dropout: the identity at inference (its input is compared)");
 }
 
 }  // namespace

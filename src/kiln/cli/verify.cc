@@ -57,6 +57,9 @@ class VerifyCommand : public Command {
                          {"max_abs_err", m.max_abs_err},
                          {"max_rel_err", m.max_rel_err},
                          {"passed", m.passed}});
+    Json not_compared = Json::array();
+    for (const NotComparedModule& m : report.not_compared)
+      not_compared.push_back({{"module", m.module}, {"reason", m.reason}});
     const Json first_divergent =
         report.first_divergent.empty() ? Json(nullptr) : Json(report.first_divergent);
     const Json out = {{"model", model_path_},
@@ -72,7 +75,7 @@ class VerifyCommand : public Command {
                       {"kv_cache_bytes_per_token", kv_bytes_per_token_},
                       {"modules", modules},
                       {"first_divergent_module", first_divergent},
-                      {"not_compared", report.not_compared},
+                      {"not_compared", not_compared},
                       {"logits",
                        {{"max_abs_err", report.logits_max_abs_err},
                         {"kl_mean", report.kl_mean},
@@ -102,11 +105,11 @@ class VerifyCommand : public Command {
                   m.passed ? "ok" : "FAIL");
     std::printf("  first divergent module: %s\n",
                 report.first_divergent.empty() ? "none" : report.first_divergent.c_str());
-    if (!report.not_compared.empty()) {
-      std::printf("  not compared (no Kiln counterpart):");
-      for (const std::string& m : report.not_compared) std::printf(" %s", m.c_str());
-      std::printf("\n");
-    }
+    if (!report.not_compared.empty())
+      std::printf("  not compared (no Kiln counterpart): %zu reference modules\n",
+                  report.not_compared.size());
+    for (const NotComparedModule& m : report.not_compared)
+      std::printf("    %-42s %s\n", m.module.c_str(), m.reason.c_str());
     std::printf("\n  %-18s %-34s %12s  %s\n", "greedy_ids", "greedy decode with KV cache",
                 report.greedy_match ? "identical" : "differ", report.greedy_match ? "ok" : "FAIL");
     if (!report.greedy_match) {

@@ -47,6 +47,19 @@ bool DecoderLayer::apply_norm(const Norm& norm, const std::string& name, const f
   return true;
 }
 
+void DecoderLayer::feed_forward(const float* x, int64_t batch, int64_t tokens, Tensor& y,
+                                const ActivationObserver* observer) const {
+  const int64_t rows = batch * tokens;
+  if (observer && mlp_.is_moe()) {
+    const int64_t experts = mlp_.moe().spec().num_experts;
+    Tensor logits = Tensor::zeros(DType::F32, {batch, tokens, experts});  // [B, T, E]
+    mlp_.moe().router_logits(x, rows, logits.mutable_data<float>());
+    (*observer)(names::child(names::mlp(index_), "gate"), logits);
+  }
+  mlp_.forward(x, rows, y.mutable_data<float>());
+  if (observer && !mlp_.is_moe()) (*observer)(names::child(names::mlp(index_), "wo"), y);
+}
+
 void DecoderLayer::forward(float* x, int64_t batch, int64_t tokens, int64_t start,
                            LayerKvCache& cache, const ActivationObserver* observer) const {
   const int64_t rows = batch * tokens, n = rows * hidden_;
@@ -61,11 +74,12 @@ void DecoderLayer::forward(float* x, int64_t batch, int64_t tokens, int64_t star
       apply_norm(attention_in_, names::input_norm(index_), x, normed, rows, observer);
   attention_.forward(attention_normed ? normed_data : x, batch, tokens, start, cache, attended_data,
                      observer);
+  if (observer) (*observer)(names::child(names::attention(index_), "out"), attended);
   if (placement_ == NormPlacement::kParallel) {
     if (!shared_norm_)
       apply_norm(mlp_in_, names::post_attention_norm(index_), x, normed, rows, observer);
     if (observer) (*observer)(names::attention(index_), attended);
-    mlp_.forward(normed_data, rows, mlp_data);
+    feed_forward(normed_data, batch, tokens, mlp_out, observer);
     if (observer) (*observer)(names::mlp(index_), mlp_out);
     for (int64_t i = 0; i < n; ++i) x[i] += attended_data[i] + mlp_data[i];
     return;
@@ -79,7 +93,7 @@ void DecoderLayer::forward(float* x, int64_t batch, int64_t tokens, int64_t star
                                       ? names::pre_ffw_norm(index_)
                                       : names::post_attention_norm(index_);
   const bool mlp_normed = apply_norm(mlp_in_, mlp_in_name, x, normed, rows, observer);
-  mlp_.forward(mlp_normed ? normed_data : x, rows, mlp_data);
+  feed_forward(mlp_normed ? normed_data : x, batch, tokens, mlp_out, observer);
   apply_norm(mlp_out_, names::post_ffw_norm(index_), mlp_data, mlp_out, rows, nullptr);
   if (observer) (*observer)(names::mlp(index_), mlp_out);
   for (int64_t i = 0; i < n; ++i) x[i] += mlp_data[i];

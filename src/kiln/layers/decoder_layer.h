@@ -47,6 +47,11 @@ class DecoderLayer {
   // placement has no such norm.
   bool apply_norm(const Norm& norm, const std::string& name, const float* x, Tensor& y,
                   int64_t rows, const ActivationObserver* observer) const;
+  // The feed-forward block on x [B * T, hidden] into y [B, T, hidden]; reports the router's
+  // logits (`mlp/gate`, [B, T, E]) of a mixture of experts, or a dense MLP's output before
+  // any post norm (`mlp/wo`).
+  void feed_forward(const float* x, int64_t batch, int64_t tokens, Tensor& y,
+                    const ActivationObserver* observer) const;
 
   int64_t index_;
   int64_t hidden_;

@@ -20,7 +20,7 @@ class FixtureLayers : public ::testing::TestWithParam<std::string> {
     KILN_SKIP_UNSUPPORTED_FIXTURE(GetParam());
     const std::string dir = test::hf_fixture_path(GetParam());
     loaded_ = load_model(dir);
-    modules_ = family_for(loaded_.config).hf_layer_modules(loaded_.spec);
+    modules_ = family_for(loaded_.config).hf_modules(loaded_.spec);
     model_ = std::make_unique<Model>(loaded_.spec, loaded_.weights);
     reference_ =
         std::make_unique<SafetensorsFile>(SafetensorsFile::open(dir + "/reference.safetensors"));
@@ -46,7 +46,7 @@ class FixtureLayers : public ::testing::TestWithParam<std::string> {
   }
 
   LoadedModel loaded_;
-  HfLayerModules modules_;
+  HfModuleNames modules_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<SafetensorsFile> reference_;
 };

@@ -47,6 +47,13 @@ Mla::Mla(const AttentionSpec& spec, int64_t hidden, const WeightMap& weights,
   ops::rope_frequencies(spec.rope, P, 1);  // rejects unusable settings now
 }
 
+void Mla::report(const ActivationObserver* observer, const std::string& part, int64_t batch,
+                 int64_t tokens, const std::vector<float>& values) const {
+  if (!observer) return;
+  const int64_t features = static_cast<int64_t>(values.size()) / (batch * tokens);
+  (*observer)(names::child(module_, part), Tensor::from_f32({batch, tokens, features}, values));
+}
+
 void Mla::forward(const float* x, int64_t batch, int64_t tokens, int64_t start, LayerKvCache& cache,
                   float* out, const ActivationObserver* observer) const {
   forward_in_form(tokens == 1 ? MlaForm::kAbsorbed : MlaForm::kExpanded, x, batch, tokens, start,
@@ -66,7 +73,9 @@ void Mla::forward_in_form(MlaForm form, const float* x, int64_t batch, int64_t t
   if (spec_.q_lora_rank > 0) {
     std::vector<float> q_latent(rows * spec_.q_lora_rank);  // [B * T, Rq]
     query_down_.forward(x, rows, q_latent.data());
+    report(observer, "wq_a", batch, tokens, q_latent);
     query_norm_.forward(q_latent.data(), rows, q_latent.data());
+    report(observer, "q_norm", batch, tokens, q_latent);
     query_up_.forward(q_latent.data(), rows, q.mutable_data<float>());
   } else {
     query_.forward(x, rows, q.mutable_data<float>());
@@ -74,12 +83,14 @@ void Mla::forward_in_form(MlaForm form, const float* x, int64_t batch, int64_t t
   if (observer) (*observer)(names::child(module_, "query"), q);
   std::vector<float> kv(rows * (R + P));  // [B * T, R + P]: latent, then the rotary key
   kv_down_.forward(x, rows, kv.data());
+  report(observer, "wkv_a", batch, tokens, kv);
   std::vector<float> latent(rows * R), rotary_key(rows * P);  // [B * T, R], [B * T, P]
   for (int64_t r = 0; r < rows; ++r) {
     std::copy_n(kv.data() + r * (R + P), R, latent.data() + r * R);
     std::copy_n(kv.data() + r * (R + P) + R, P, rotary_key.data() + r * P);
   }
   kv_norm_.forward(latent.data(), rows, latent.data());
+  report(observer, "kv_norm", batch, tokens, latent);
 
   // RoPE on the rotary part of every query head (features [nope, nope + P) of each head:
   // the rows start nope floats in, with a head stride of nope + P) and on the rotary key.

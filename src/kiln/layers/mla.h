@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "kiln/core/tensor.h"
 #include "kiln/layers/linear.h"
@@ -48,6 +49,10 @@ class Mla {
                        LayerKvCache& cache, float* out, const ActivationObserver* observer) const;
 
  private:
+  // Reports `values` [B * T, features] to `observer` (when set) as `<module>/<part>`
+  // [B, T, features].
+  void report(const ActivationObserver* observer, const std::string& part, int64_t batch,
+              int64_t tokens, const std::vector<float>& values) const;
   // Per-head attention outputs of the new tokens over every filled position.
   //   q:     [B, T, H, nope + rope] (rotary part already rotated)
   //   mixed: [B, T, H, value_dim]

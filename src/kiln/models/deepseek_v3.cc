@@ -33,6 +33,24 @@ class DeepseekV3Family : public LlamaFamily {
   std::vector<std::string> architectures() const override { return {"DeepseekV3ForCausalLM"}; }
   std::vector<std::string> model_types() const override { return {"deepseek_v3"}; }
 
+  HfModuleNames hf_modules(const ModelSpec& spec) const override {
+    const bool query_lora = spec.layers.at(0).attention.q_lora_rank > 0;
+    HfModuleNames names;
+    names.attention_parts = {{"wq_a", "q_a_proj"},
+                             {"q_norm", "q_a_layernorm"},
+                             {"query", query_lora ? "q_b_proj" : "q_proj"},
+                             {"wkv_a", "kv_a_proj_with_mqa"},
+                             {"kv_norm", "kv_a_layernorm"},
+                             {"out", "o_proj"}};
+    names.not_compared = {
+        {"self_attn.kv_b_proj",
+         "Kiln applies wkv_b to the cached latents inside the attention (absorbed into the "
+         "query and output when decoding)"},
+        {"mlp.shared_experts",
+         "Kiln adds the shared experts inside the MoE block, whose output is compared"}};
+    return names;
+  }
+
  protected:
   void apply_differences(const HfConfig& config, ModelSpec& spec) const override {
     const int64_t nope = config.get_int("qk_nope_head_dim");

@@ -82,7 +82,7 @@ class FalconFamily : public Family {
   std::vector<WeightMapping> map_weights(const ModelSpec& spec,
                                          const TensorSource&) const override {
     const int64_t hidden = spec.hidden_size;
-    const HfLayerModules hf_modules = hf_layer_modules(spec);
+    const HfModuleNames hf_names = hf_modules(spec);
     WeightMappingList list;
     list.rename(names::embedding(names::token_embedder()), "transformer.word_embeddings.weight",
                 {spec.vocab_size, hidden});
@@ -91,9 +91,9 @@ class FalconFamily : public Family {
       const AttentionSpec& a = layer.attention;
       const std::string hf = "transformer.h." + std::to_string(i) + ".";
       const std::string attention = names::attention(i);
-      list.norm(names::input_norm(i), hf + hf_modules.input_norm, layer.norm, hidden);
+      list.norm(names::input_norm(i), hf + hf_names.input_norm, layer.norm, hidden);
       if (!layer.parallel_shared_norm)
-        list.norm(names::post_attention_norm(i), hf + hf_modules.post_attention_norm, layer.norm,
+        list.norm(names::post_attention_norm(i), hf + hf_names.post_attention_norm, layer.norm,
                   hidden);
       // query_key_value is laid out [kv_heads, heads / kv_heads + 2, head_dim] (rows).
       const int64_t queries_per_kv = a.num_heads / a.num_kv_heads;
@@ -121,18 +121,27 @@ class FalconFamily : public Family {
     return list.take();
   }
 
-  HfLayerModules hf_layer_modules(const ModelSpec& spec) const override {
+  HfModuleNames hf_modules(const ModelSpec& spec) const override {
     const LayerSpec& layer = spec.layers.at(0);
-    if (layer.placement != NormPlacement::kParallel)
-      return {"transformer.h", "input_layernorm", "self_attention", "post_attention_layernorm",
-              "mlp"};
-    HfLayerModules modules{"transformer.h", "ln_attn", "self_attention", "ln_mlp", "mlp"};
+    HfModuleNames names;
+    names.embedding = "transformer.word_embeddings";
+    names.layers = "transformer.h";
+    names.attention = "self_attention";
+    names.attention_parts = {{"out", "dense"}};
+    names.mlp_parts = {{"wo", "dense_4h_to_h"}};
+    names.final_norm = "transformer.ln_f";
+    names.not_compared = {
+        {"self_attention.query_key_value",
+         "fused QKV projection: Kiln splits it into query, key and value at load"}};
+    if (layer.placement != NormPlacement::kParallel) return names;
+    names.input_norm = "ln_attn";
+    names.post_attention_norm = "ln_mlp";
     if (layer.parallel_shared_norm) {
-      modules.input_norm = "input_layernorm";
-      modules.post_attention_norm = "";
+      names.input_norm = "input_layernorm";
+      names.post_attention_norm = "";
     }
-    modules.mlp_out_includes_attention = true;  // `mlp_output += attention_output`
-    return modules;
+    names.mlp_out_includes_attention = true;  // `mlp_output += attention_output`
+    return names;
   }
 };
 

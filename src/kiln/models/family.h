@@ -42,21 +42,6 @@ struct WeightMapping {
   std::function<Tensor(const std::vector<Tensor>&)> transform;
 };
 
-// HF module paths of the parts of decoder layer i, for checks against reference activations
-// (`act.<path>.in` / `.out`): the layer is `<layers>.<i>`, a part `<layers>.<i>.<part>`. A
-// part is empty when the family has no such module (the MLP norm of a block whose attention
-// and MLP share one norm).
-struct HfLayerModules {
-  std::string layers = "model.layers";
-  std::string input_norm = "input_layernorm";
-  std::string attention = "self_attn";
-  std::string post_attention_norm = "post_attention_layernorm";
-  std::string mlp = "mlp";
-  // HF adds the attention output into the MLP's output tensor in place (Falcon), after the
-  // reference captured it: the captured `mlp.out` is their sum.
-  bool mlp_out_includes_attention = false;
-};
-
 class Family {
  public:
   virtual ~Family() = default;
@@ -71,11 +56,10 @@ class Family {
   // (the source lets a family check optional tensors such as biases or a tied lm_head).
   virtual std::vector<WeightMapping> map_weights(const ModelSpec& spec,
                                                  const TensorSource& source) const = 0;
-  // Where the parts of each decoder layer live in the HF model (Llama's names by default).
-  virtual HfLayerModules hf_layer_modules(const ModelSpec&) const { return {}; }
-  // HF's module paths for Kiln's captured activations (verify compares them with a
-  // reference's act.<module>.*). The default is the llama-style naming.
-  virtual HfModuleNames hf_modules() const { return {}; }
+  // The HF module paths of Kiln's activations and layer parts (models/hf_module_names.h):
+  // verify compares each with a reference's act.<module>.out, layer tests feed each its
+  // act.<module>.in. Llama's names by default.
+  virtual HfModuleNames hf_modules(const ModelSpec&) const { return {}; }
 };
 
 // Registers a family; returns true (for static registration).

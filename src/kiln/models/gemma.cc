@@ -66,17 +66,22 @@ void Gemma2Family::apply_differences(const HfConfig& config, ModelSpec& spec) co
   config.mark_read({"sliding_window_size", "cache_implementation", "use_bidirectional_attention"});
 }
 
-HfModuleNames GemmaFamily::hf_modules() const {
+HfModuleNames GemmaFamily::hf_modules(const ModelSpec&) const {
   HfModuleNames names;
-  names.embedding = "";  // HF scales after embed_tokens: compared through hidden_states.0
+  names.embedding = "";
+  names.not_compared = {{"model.embed_tokens",
+                         "HF scales by sqrt(hidden) after this module: Kiln's scaled embedding is "
+                         "compared as hidden_states.0"}};
   return names;
 }
 
-HfModuleNames Gemma2Family::hf_modules() const {
-  HfModuleNames names = GemmaFamily::hf_modules();
+HfModuleNames Gemma2Family::hf_modules(const ModelSpec& spec) const {
+  HfModuleNames names = GemmaFamily::hf_modules(spec);
   names.attention_output = "post_attention_layernorm";
   names.mlp_output = "post_feedforward_layernorm";
-  names.lm_head = "";  // HF soft-caps after lm_head: compared through the logits
+  names.lm_head = "";
+  names.not_compared.push_back(
+      {"lm_head", "HF soft-caps the logits after this module: Kiln's are compared as logits"});
   return names;
 }
 

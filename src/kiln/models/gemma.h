@@ -16,7 +16,7 @@ class GemmaFamily : public LlamaFamily {
   std::string name() const override { return "gemma"; }
   std::vector<std::string> architectures() const override { return {"GemmaForCausalLM"}; }
   std::vector<std::string> model_types() const override { return {"gemma"}; }
-  HfModuleNames hf_modules() const override;
+  HfModuleNames hf_modules(const ModelSpec& spec) const override;
 
  protected:
   void apply_differences(const HfConfig& config, ModelSpec& spec) const override;
@@ -34,7 +34,7 @@ class Gemma2Family : public GemmaFamily {
   std::string name() const override { return "gemma2"; }
   std::vector<std::string> architectures() const override { return {"Gemma2ForCausalLM"}; }
   std::vector<std::string> model_types() const override { return {"gemma2"}; }
-  HfModuleNames hf_modules() const override;
+  HfModuleNames hf_modules(const ModelSpec& spec) const override;
 
  protected:
   void apply_differences(const HfConfig& config, ModelSpec& spec) const override;

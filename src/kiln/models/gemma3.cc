@@ -11,9 +11,11 @@ class Gemma3TextFamily : public Gemma2Family {
   std::string name() const override { return "gemma3_text"; }
   std::vector<std::string> architectures() const override { return {"Gemma3ForCausalLM"}; }
   std::vector<std::string> model_types() const override { return {"gemma3_text"}; }
-  HfModuleNames hf_modules() const override {
-    HfModuleNames names = Gemma2Family::hf_modules();
+  HfModuleNames hf_modules(const ModelSpec& spec) const override {
+    HfModuleNames names = Gemma2Family::hf_modules(spec);
     names.embedding = "model.embed_tokens";  // Gemma 3's embedding module scales itself
+    std::erase_if(names.not_compared,
+                  [&](const auto& note) { return note.first == names.embedding; });
     return names;
   }
 

@@ -97,8 +97,24 @@ class Gpt2Family : public Family {
     return list.take();
   }
 
-  HfLayerModules hf_layer_modules(const ModelSpec&) const override {
-    return {"transformer.h", "ln_1", "attn", "ln_2", "mlp"};
+  HfModuleNames hf_modules(const ModelSpec&) const override {
+    HfModuleNames names;
+    names.embedding = "";  // Kiln reports wte + wpe: compared as hidden_states.0
+    names.layers = "transformer.h";
+    names.input_norm = "ln_1";
+    names.attention = "attn";
+    names.attention_parts = {{"out", "c_proj"}};
+    names.post_attention_norm = "ln_2";
+    names.mlp_parts = {{"wo", "c_proj"}};
+    names.final_norm = "transformer.ln_f";
+    const std::string sum =
+        "Kiln reports the sum of token and position embeddings (compared "
+        "as hidden_states.0)";
+    names.not_compared = {
+        {"transformer.wte", sum},
+        {"transformer.wpe", sum},
+        {"attn.c_attn", "fused QKV projection: Kiln splits it into query, key and value at load"}};
+    return names;
   }
 
  private:

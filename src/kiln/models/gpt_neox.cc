@@ -32,6 +32,20 @@ class GptNeoxFamily : public LlamaFamily {
     return mappings;
   }
 
+  HfModuleNames hf_modules(const ModelSpec&) const override {
+    HfModuleNames names;
+    names.embedding = "gpt_neox.embed_in";
+    names.layers = "gpt_neox.layers";
+    names.attention = "attention";
+    names.attention_parts = {{"out", "dense"}};
+    names.mlp_parts = {{"wo", "dense_4h_to_h"}};
+    names.final_norm = "gpt_neox.final_layer_norm";
+    names.not_compared = {
+        {"attention.query_key_value",
+         "fused QKV projection: Kiln splits it into query, key and value at load"}};
+    return names;
+  }
+
  protected:
   std::string hf_name(const std::string& llama_name) const override {
     std::string name = llama_name;

@@ -10,7 +10,7 @@ class Olmo2Family : public LlamaFamily {
   std::vector<std::string> architectures() const override { return {"Olmo2ForCausalLM"}; }
   std::vector<std::string> model_types() const override { return {"olmo2"}; }
   // Kiln reports each branch after its norm.
-  HfModuleNames hf_modules() const override {
+  HfModuleNames hf_modules(const ModelSpec&) const override {
     HfModuleNames names;
     names.attention_output = "post_attention_layernorm";
     names.mlp_output = "post_feedforward_layernorm";

@@ -12,6 +12,17 @@ class PhiFamily : public LlamaFamily {
   std::vector<std::string> architectures() const override { return {"PhiForCausalLM"}; }
   std::vector<std::string> model_types() const override { return {"phi"}; }
 
+  HfModuleNames hf_modules(const ModelSpec&) const override {
+    HfModuleNames names;
+    names.attention_parts = {{"query", "q_proj"},         {"key", "k_proj"},
+                             {"value", "v_proj"},         {"query_norm", "q_layernorm"},
+                             {"key_norm", "k_layernorm"}, {"out", "dense"}};
+    names.post_attention_norm = "";  // attention and MLP share input_layernorm
+    names.mlp_parts = {{"wo", "fc2"}};
+    names.final_norm = "model.final_layernorm";
+    return names;
+  }
+
  protected:
   std::string hf_name(const std::string& llama_name) const override {
     std::string name = llama_name;

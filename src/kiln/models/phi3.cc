@@ -40,6 +40,15 @@ class Phi3Family : public LlamaFamily {
     return mappings;
   }
 
+  HfModuleNames hf_modules(const ModelSpec&) const override {
+    HfModuleNames names;
+    names.not_compared = {
+        {"self_attn.qkv_proj",
+         "fused QKV projection: Kiln splits it into query, key and value at load"},
+        {"mlp.gate_up_proj", "fused gate and up projections: Kiln splits them at load"}};
+    return names;
+  }
+
  protected:
   void apply_differences(const HfConfig& config, ModelSpec& spec) const override {
     const int64_t window = config.get_int("sliding_window", 0);

@@ -11,6 +11,12 @@ class Starcoder2Family : public LlamaFamily {
   std::vector<std::string> architectures() const override { return {"Starcoder2ForCausalLM"}; }
   std::vector<std::string> model_types() const override { return {"starcoder2"}; }
 
+  HfModuleNames hf_modules(const ModelSpec&) const override {
+    HfModuleNames names;
+    names.mlp_parts = {{"wo", "c_proj"}};
+    return names;
+  }
+
  protected:
   std::string hf_name(const std::string& llama_name) const override {
     std::string name = llama_name;

@@ -47,15 +47,21 @@
 //   decoder/layers_{i}/pre_self_attention_layer_norm input norm output
 //   decoder/layers_{i}/self_attention/{query,key,value}  projections, [B, T, heads, head_dim]
 //   decoder/layers_{i}/self_attention/{query_norm,key_norm}  after QK norm, before RoPE
-//   decoder/layers_{i}/self_attention                attention output (after out projection)
+//   decoder/layers_{i}/self_attention/{wq_a,q_norm,wkv_a,kv_norm}  latent attention's
+//                                                    down projections and their norms
+//   decoder/layers_{i}/self_attention/out            out projection output (before any norm)
+//   decoder/layers_{i}/self_attention                attention output (after any post norm)
 //   decoder/layers_{i}/post_self_attention_layer_norm  pre-MLP norm output
-//   decoder/layers_{i}/mlp                           MLP output
+//   decoder/layers_{i}/mlp/gate                      router logits [B, T, E] (mixture of experts)
+//   decoder/layers_{i}/mlp/wo                        dense MLP output (before any post norm)
+//   decoder/layers_{i}/mlp                           MLP output (after any post norm)
 //   decoder/layers_{i}                               hidden state after the layer (residual)
 //   decoder/decoder_norm                             final norm output
 //   decoder/logits_dense                             logits
 // HF's module paths correspond as: model.embed_tokens, model.layers.{i}.input_layernorm,
-// .self_attn.{q,k,v}_proj, .self_attn.{q,k}_norm, .self_attn, .post_attention_layernorm, .mlp,
-// model.layers.{i}, model.norm, lm_head.
+// .self_attn.{q,k,v}_proj, .self_attn.{q,k}_norm, .self_attn.o_proj, .self_attn,
+// .post_attention_layernorm, .mlp.gate, .mlp.down_proj, .mlp, model.layers.{i}, model.norm,
+// lm_head (Llama's names; each family declares its own in hf_modules(), hf_module_names.h).
 #pragma once
 
 #include <cstdint>

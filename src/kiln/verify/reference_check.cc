@@ -34,14 +34,19 @@ std::vector<float> first_row(const Tensor& activation) {
   return std::vector<float>(f.data<float>(), f.data<float>() + row);
 }
 
-// `actual` (row 0 of Kiln's activation) against the reference tensor [T, ...] element by
+// `row` (row 0 of Kiln's activation, [T, ...]) against the reference tensor element by
 // element; the shapes may differ in how heads are laid out ([T, H*D], [T, H, D], or
-// [H, T, D], which is transposed first).
+// [H, T, D], which is transposed first). A reference of one token's features ([E]: HF's
+// routers see the tokens flattened, so the dump kept token 0) is compared with token 0.
 ModuleComparison compare_module(const std::string& module, const std::string& kiln,
-                                const std::vector<float>& actual, const Tensor& reference,
+                                const std::vector<float>& row, const Tensor& reference,
                                 int64_t tokens, double tolerance,
                                 const std::string& reference_path) {
   const Tensor expected = reference.to(DType::F32);
+  const bool first_token_only =
+      expected.ndim() == 1 && static_cast<int64_t>(row.size()) == tokens * expected.numel();
+  const std::vector<float> actual(row.begin(),
+                                  first_token_only ? row.begin() + expected.numel() : row.end());
   check(expected.numel() == static_cast<int64_t>(actual.size()),
         reference_path + ": tensor 'act." + module + ".out' has shape " + expected.shape_string() +
             ", the model's " + kiln + " has " + std::to_string(actual.size()) +
@@ -144,13 +149,25 @@ ReferenceReport check_against_reference(const Model& model, const std::string& r
   };
   std::vector<ModuleCapture> module_captures;
   const Family* family = family_named(spec.family);
-  const HfModuleNames hf_names = family ? family->hf_modules() : HfModuleNames{};
+  const HfModuleNames hf_names = family ? family->hf_modules(spec) : HfModuleNames{};
+  std::vector<float> attention_row;  // [T, hidden]: the latest layer's attention output
   ActivationObserver observer = [&](const std::string& name, const Tensor& activation) {
     auto it = hidden_sources.find(name);
     if (it != hidden_sources.end()) captured[it->second] = activation.contiguous(true);
-    const std::string module = hf_module_for(hf_names, name);
-    if (!module.empty() && reference.contains("act." + module + ".out"))
-      module_captures.push_back({name, module, first_row(activation)});
+    const std::vector<std::string> modules = hf_modules_for(hf_names, name);
+    if (modules.empty()) return;
+    std::vector<float> row = first_row(activation);
+    if (hf_names.mlp_out_includes_attention) {
+      // HF's captured MLP output holds the attention output too (added in place).
+      for (int64_t i = 0; i < layers; ++i) {
+        if (name == names::attention(i)) attention_row = row;
+        if (name == names::mlp(i) || name == names::child(names::mlp(i), "wo"))
+          for (size_t j = 0; j < row.size(); ++j) row[j] += attention_row.at(j);
+      }
+    }
+    for (const std::string& module : modules)
+      if (reference.contains("act." + module + ".out"))
+        module_captures.push_back({name, module, row});
   };
   KvCache cache = model.make_cache(batch, tokens);
   ForwardOptions options;
@@ -193,7 +210,10 @@ ReferenceReport check_against_reference(const Model& model, const std::string& r
     const std::string module = reference_module(name);
     if (!module.empty() && !compared.count(module)) not_compared.insert(module);
   }
-  report.not_compared.assign(not_compared.begin(), not_compared.end());
+  const std::vector<std::string> compared_list(compared.begin(), compared.end());
+  for (const std::string& module : not_compared)
+    report.not_compared.push_back(
+        {module, hf_not_compared_reason(hf_names, module, compared_list)});
 
   report.expected_greedy = int_values(reference.get("greedy_ids"));
   const int64_t new_tokens = static_cast<int64_t>(report.expected_greedy.size()) - tokens;

@@ -27,15 +27,20 @@ struct ModuleComparison {
   bool passed = false;       // max_abs_err <= tolerance * max(1, max |reference|)
 };
 
+// A reference module (act.<module>.*) that no Kiln activation corresponds to, and why.
+struct NotComparedModule {
+  std::string module;
+  std::string reason;
+};
+
 struct ReferenceReport {
   double tolerance = 0.0;
   std::vector<TensorComparison> comparisons;  // logits first, then hidden_states.0..L
   double logits_max_abs_err = 0.0;
-  double hidden_max_abs_err = 0.0;        // over every hidden state
-  std::vector<ModuleComparison> modules;  // execution order: embedding, layers, norm, head
-  std::string first_divergent;            // HF path of the first failing module, "" if none
-  // Reference modules (act.<module>.*) that no Kiln activation corresponds to.
-  std::vector<std::string> not_compared;
+  double hidden_max_abs_err = 0.0;              // over every hidden state
+  std::vector<ModuleComparison> modules;        // execution order: embedding, layers, norm, head
+  std::string first_divergent;                  // HF path of the first failing module, "" if none
+  std::vector<NotComparedModule> not_compared;  // sorted by module path
   double kl_mean = 0.0;                  // KL(reference || Kiln) of next-token distributions, per
   double kl_max = 0.0;                   // position over every row and position
   double top1_agreement = 0.0;           // fraction of positions with the same argmax
@@ -50,10 +55,10 @@ struct ReferenceReport {
 // every hidden state (HF's hidden_states: the embedding output, each layer's output, and
 // for the last one the final norm's output) with `tolerance` on the max absolute error;
 // compares every activation the model reports through its observer (row 0) with the
-// reference's act.<module>.out, named by the family's hf_modules(); then prefills row 0 alone and
-// decodes greedily, one token per step with the KV cache, as many tokens as greedy_ids continues
-// it. Throws Error naming the file and tensor when the reference lacks a tensor or a shape does not
-// fit the model.
+// reference's act.<module>.out, named by the family's hf_modules(spec); then prefills row 0 alone
+// and decodes greedily, one token per step with the KV cache, as many tokens as greedy_ids
+// continues it. Throws Error naming the file and tensor when the reference lacks a tensor or a
+// shape does not fit the model.
 ReferenceReport check_against_reference(const Model& model, const std::string& reference_path,
                                         double tolerance);
 
