@@ -6,6 +6,7 @@
 
 #include "kiln/convert/atomic_output.h"
 #include "kiln/core/error.h"
+#include "kiln/core/page_release.h"
 #include "kiln/io/checkpoint_source.h"
 #include "kiln/io/hf_config.h"
 #include "kiln/io/kiln_checkpoint.h"
@@ -63,7 +64,9 @@ void convert_hf_to_kiln(const std::string& source_dir, const std::string& destin
   const HfConfig config = HfConfig::load(source_dir);
   const Family& family = family_for(config);
   const ModelSpec spec = spec_from_config(config);
-  const std::unique_ptr<TensorSource> source = open_tensor_source(source_dir);
+  // Mapped, not resident: every borrowed tensor of the source is then a view of a file
+  // mapping, whose pages are dropped once used (release_borrowed_inputs below).
+  const std::unique_ptr<TensorSource> source = open_tensor_source(source_dir, Residency::kMapped);
   const std::vector<WeightMapping> mappings = family.map_weights(spec, *source);
 
   // Per mapping: the dtype it is stored in.
@@ -129,7 +132,10 @@ void convert_hf_to_kiln(const std::string& source_dir, const std::string& destin
   }
 
   AtomicOutputDir output(destination, options.force);
-  KilnCheckpointWriter writer(output.path(), info, plan, {options.max_shard_bytes});
+  KilnCheckpointWriter::Options writer_options;
+  writer_options.max_shard_bytes = options.max_shard_bytes;
+  writer_options.release_borrowed_inputs = true;
+  KilnCheckpointWriter writer(output.path(), info, plan, writer_options);
   uint64_t bytes = 0;
   for (size_t k = 0; k < mappings.size(); ++k) {
     const WeightMapping& m = mappings[k];
@@ -148,6 +154,9 @@ void convert_hf_to_kiln(const std::string& source_dir, const std::string& destin
       writer.write_layer(destinations[k].name, destinations[k].position, tensor);
     else
       writer.write(destinations[k].name, tensor);
+    for (const Tensor& input : inputs)
+      if (!input.writable() && input.is_contiguous())
+        release_mapped_pages(input.raw(), input.nbytes());
     bytes += tensor.nbytes();
     if (options.progress) options.progress(k + 1, mappings.size(), bytes);
   }

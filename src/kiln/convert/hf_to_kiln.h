@@ -19,10 +19,12 @@ struct ConvertOptions {
 
 // Converts the model folder `source` (config.json + safetensors or .bin weights, any
 // format open_tensor_source reads) into a Kiln checkpoint at `destination`, atomically
-// (AtomicOutputDir). Memory holds one mapped tensor at a time. Tokenizer files (every
-// format Tokenizer::load reads) and generation_config.json are copied. Scanned: layer i's
-// tensor decoder/layers_i/<param> goes to decoder/<group>/<param> at the position of i in
-// its group, stacked on axis 1 (axis 0 for scalars); layers with the same parameter names,
+// (AtomicOutputDir). Memory stays bounded whatever the model size: the source is mapped and
+// its pages are dropped as soon as they are written (64 MiB at a time); only a tensor that a
+// transform or a dtype change rebuilds is held whole. Tokenizer files (every format
+// Tokenizer::load reads) and generation_config.json are copied. Scanned: layer i's tensor
+// decoder/layers_i/<param> goes to decoder/<group>/<param> at the position of i in its
+// group, stacked on axis 1 (axis 0 for scalars); layers with the same parameter names,
 // shapes and dtypes form one group ("layers" when all layers are alike, else
 // "layers_group<k>"). Errors name the tensor or file.
 void convert_hf_to_kiln(const std::string& source, const std::string& destination,

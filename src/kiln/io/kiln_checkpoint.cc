@@ -3,13 +3,14 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 
 #include "kiln/core/error.h"
-#include "kiln/core/mapped_file.h"
+#include "kiln/core/page_release.h"
 #include "kiln/io/crc32c.h"
 
 namespace kiln {
@@ -20,6 +21,9 @@ constexpr const char* kManifestName = "kiln_checkpoint.json";
 constexpr const char* kPaddingPrefix = "__padding__.";
 constexpr int kFormatVersion = 1;
 constexpr uint64_t kAlignment = 64;
+// Bytes written or checksummed per step: bounds the writer's memory (and, with
+// release_borrowed_inputs, the pages of its inputs it keeps) whatever the tensor size.
+constexpr uint64_t kChunkBytes = uint64_t{64} << 20;
 
 uint64_t align_up(uint64_t v) {
   return (v + kAlignment - 1) / kAlignment * kAlignment;
@@ -39,16 +43,42 @@ void fsync_path(const std::string& path, bool directory) {
   check(rc == 0, path + ": fsync failed");
 }
 
+// CRC-32C of `size` bytes at `offset` of the open file `fd` (named `path` in errors), read
+// through a bounded buffer so that checksumming a large file does not grow the process.
+uint32_t crc_of_range(int fd, uint64_t offset, uint64_t size, const std::string& path) {
+  std::vector<char> buffer(std::min<uint64_t>(size, kChunkBytes));  // [chunk] bytes
+  uint32_t crc = 0;
+  while (size > 0) {
+    const ssize_t n = ::pread(fd, buffer.data(), std::min<uint64_t>(size, buffer.size()),
+                              static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    check(n > 0,
+          path + ": read failed: " + (n == 0 ? "unexpected end of file" : std::strerror(errno)));
+    crc = crc32c(buffer.data(), static_cast<size_t>(n), crc);
+    offset += static_cast<uint64_t>(n);
+    size -= static_cast<uint64_t>(n);
+  }
+  return crc;
+}
+
 uint32_t file_crc(const std::string& path) {
-  auto file = MappedFile::open(path);
-  return crc32c(file->data(), file->size());
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  check(fd >= 0, path + ": cannot open: " + std::strerror(errno));
+  try {
+    const uint32_t crc = crc_of_range(fd, 0, fs::file_size(path), path);
+    ::close(fd);
+    return crc;
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
 }
 
 }  // namespace
 
 KilnCheckpointWriter::KilnCheckpointWriter(std::string dir, KilnCheckpointInfo info,
                                            std::vector<KilnTensorPlan> plan, Options options)
-    : dir_(std::move(dir)), info_(std::move(info)) {
+    : dir_(std::move(dir)), info_(std::move(info)), options_(options) {
   check(!fs::exists(dir_) || fs::is_empty(dir_), dir_ + ": exists and is not empty");
   check(info_.layout == "scanned" || info_.layout == "unscanned",
         dir_ + ": layout must be 'scanned' or 'unscanned', not '" + info_.layout + "'");
@@ -110,7 +140,7 @@ KilnCheckpointWriter::KilnCheckpointWriter(std::string dir, KilnCheckpointInfo i
     for (size_t k = 0; k < files[f].size(); ++k)
       slots_[files[f][k]].offset = header.size() + relative[k];
     const std::string path = (fs::path(dir_) / name).string();
-    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     check(fd >= 0, path + ": cannot create: " + std::strerror(errno));
     fds_.push_back(fd);
     file_sizes_.push_back(header.size() + offset);
@@ -156,7 +186,16 @@ void KilnCheckpointWriter::write(const std::string& name, const Tensor& tensor) 
             shape_to_string(s.plan.shape));
   check(!s.written_whole && s.layers_written.empty(), where + ": written twice");
   const Tensor c = tensor.contiguous();
-  write_bytes(s, c.raw(), c.nbytes(), s.offset);
+  const bool release = options_.release_borrowed_inputs && !c.writable();
+  const auto* data = static_cast<const char*>(c.raw());
+  uint32_t crc = 0;
+  for (uint64_t done = 0; done < s.nbytes; done += kChunkBytes) {
+    const uint64_t size = std::min(kChunkBytes, s.nbytes - done);
+    crc = crc32c(data + done, size, crc);
+    write_bytes(s, data + done, size, s.offset + done);
+    if (release) release_mapped_pages(data + done, size);
+  }
+  s.crc = crc;
   s.written_whole = true;
 }
 
@@ -187,6 +226,7 @@ void KilnCheckpointWriter::write_layer(const std::string& name, int64_t position
   const uint64_t layers = shape[axis];
   for (uint64_t o = 0; o < outer; ++o)
     write_bytes(s, src + o * inner, inner, s.offset + (o * layers + position) * inner);
+  if (options_.release_borrowed_inputs && !c.writable()) release_mapped_pages(src, c.nbytes());
   s.layers_written[position] = true;
 }
 
@@ -210,6 +250,10 @@ void KilnCheckpointWriter::finish() {
           dir_ + ": tensor '" + s.plan.name + "' was never written" +
               (missing.empty() ? "" : " (layer positions " + missing + " missing)"));
   }
+  // Whole tensors were checksummed as they were written; stacked ones are read back.
+  for (Slot& s : slots_)
+    if (!s.written_whole)
+      s.crc = crc_of_range(fds_[s.file], s.offset, s.nbytes, dir_ + "/" + file_names_[s.file]);
   for (size_t f = 0; f < fds_.size(); ++f) {
     check(::fsync(fds_[f]) == 0, dir_ + "/" + file_names_[f] + ": fsync failed");
     ::close(fds_[f]);
@@ -217,18 +261,12 @@ void KilnCheckpointWriter::finish() {
   }
   finished_ = true;
   Json tensors = Json::object(), files = Json::object(), tokenizer = Json::object();
-  std::vector<std::shared_ptr<MappedFile>> mapped;
-  for (size_t f = 0; f < file_names_.size(); ++f) {
-    mapped.push_back(MappedFile::open((fs::path(dir_) / file_names_[f]).string()));
+  for (size_t f = 0; f < file_names_.size(); ++f)
     files[file_names_[f]] = {{"bytes", file_sizes_[f]}};
-  }
   for (const Slot& s : slots_) {
-    Json entry = {{"file", file_names_[s.file]},
-                  {"offset", s.offset},
-                  {"nbytes", s.nbytes},
-                  {"dtype", std::string(dtype_name(s.plan.dtype))},
-                  {"shape", s.plan.shape},
-                  {"crc32c", hex32(crc32c(mapped[s.file]->data() + s.offset, s.nbytes))}};
+    Json entry = {{"file", file_names_[s.file]}, {"offset", s.offset},
+                  {"nbytes", s.nbytes},          {"dtype", std::string(dtype_name(s.plan.dtype))},
+                  {"shape", s.plan.shape},       {"crc32c", hex32(s.crc)}};
     if (s.plan.layer_axis >= 0) {
       entry["layer_axis"] = s.plan.layer_axis;
       entry["layer_group"] = s.plan.layer_group;
@@ -263,7 +301,8 @@ bool KilnCheckpoint::present_in(const std::string& dir) {
   return fs::is_regular_file(fs::path(dir) / kManifestName);
 }
 
-KilnCheckpoint::KilnCheckpoint(const std::string& dir, Residency residency) : dir_(dir) {
+KilnCheckpoint::KilnCheckpoint(const std::string& dir, Residency residency)
+    : dir_(dir), residency_(residency) {
   const std::string path = (fs::path(dir) / kManifestName).string();
   manifest_ = read_json_file(path);
   try {
@@ -393,7 +432,13 @@ std::map<std::string, Tensor> KilnCheckpoint::unscanned_tensors() const {
 void KilnCheckpoint::verify() const {
   for (const auto& [name, e] : tensors_) {
     const Tensor t = get(name);
-    const uint32_t crc = crc32c(t.raw(), t.nbytes());
+    const auto* data = static_cast<const char*>(t.raw());
+    uint32_t crc = 0;
+    for (uint64_t done = 0; done < e.nbytes; done += kChunkBytes) {
+      const uint64_t size = std::min(kChunkBytes, e.nbytes - done);
+      crc = crc32c(data + done, size, crc);
+      if (residency_ == Residency::kMapped) release_mapped_pages(data + done, size);
+    }
     check(crc == e.crc, dir_ + ": tensor '" + name + "': checksum " + hex32(crc) +
                             " differs from the manifest's " + hex32(e.crc));
   }

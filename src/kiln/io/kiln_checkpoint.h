@@ -37,12 +37,18 @@ struct KilnCheckpointInfo {
 // Writes a Kiln checkpoint into `dir` (created; must not exist or be empty). The
 // constructor validates the plan, assigns tensors to data files and writes their headers;
 // tensors then arrive in any order, whole or one layer at a time, and go straight to disk.
-// finish() checks completeness, computes checksums, copies tokenizer files and writes the
+// finish() checks completeness, computes checksums (of whole tensors as they were written;
+// stacked ones are read back in bounded chunks), copies tokenizer files and writes the
 // manifest last. Errors throw kiln::Error naming the tensor or file. Not thread-safe.
 class KilnCheckpointWriter {
  public:
   struct Options {
     uint64_t max_shard_bytes = uint64_t{4} << 30;
+    // The caller promises that every read-only (borrowed) tensor it passes is a view of a
+    // read-only file mapping (MappedFile, Residency::kMapped): the writer then drops such a
+    // tensor's pages from the process once written (release_mapped_pages), so converting a
+    // model keeps the resident set bounded however large its tensors are.
+    bool release_borrowed_inputs = false;
   };
   KilnCheckpointWriter(std::string dir, KilnCheckpointInfo info, std::vector<KilnTensorPlan> plan,
                        Options options);
@@ -66,6 +72,7 @@ class KilnCheckpointWriter {
     size_t file;
     uint64_t offset;  // absolute, in its file
     uint64_t nbytes;
+    uint32_t crc = 0;  // CRC-32C of the written bytes (whole writes: at write time)
     bool written_whole = false;
     std::vector<bool> layers_written;  // layer-wise writes of a scanned tensor
   };
@@ -73,6 +80,7 @@ class KilnCheckpointWriter {
   void write_bytes(const Slot& slot, const void* data, uint64_t size, uint64_t offset) const;
   std::string dir_;
   KilnCheckpointInfo info_;
+  Options options_;
   std::vector<Slot> slots_;
   std::map<std::string, size_t> index_;
   std::vector<std::string> file_names_;
@@ -112,7 +120,8 @@ class KilnCheckpoint : public TensorSource {
   // start with decoder/<its group>/.
   std::map<std::string, Tensor> unscanned_tensors() const;
   // Recomputes the CRC-32C of every tensor and tokenizer file; throws Error naming the
-  // first one that differs from the manifest.
+  // first one that differs from the manifest. A mapped checkpoint drops each tensor's pages
+  // once checked, so verifying does not grow the process by the model's size.
   void verify() const;
 
  private:
@@ -128,6 +137,7 @@ class KilnCheckpoint : public TensorSource {
   };
   const Entry& entry(const std::string& name) const;
   std::string dir_;
+  Residency residency_;
   Json manifest_;
   std::string layout_;
   std::map<std::string, std::vector<int64_t>> layer_groups_;
