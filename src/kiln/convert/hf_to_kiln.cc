@@ -10,6 +10,7 @@
 #include "kiln/io/checkpoint_source.h"
 #include "kiln/io/hf_config.h"
 #include "kiln/io/kiln_checkpoint.h"
+#include "kiln/io/safetensors_source.h"
 #include "kiln/models/family.h"
 
 namespace kiln {
@@ -53,6 +54,22 @@ struct Destination {
   std::string name;
   int64_t position = -1;  // >= 0: layer position in a scanned tensor
 };
+
+// Where a tensor's raw bytes lie in a file.
+struct FileLocation {
+  std::string path;
+  uint64_t offset;
+};
+
+// The file location of `tensor` (source's `name`) when the source is safetensors and the
+// tensor is a contiguous view of its mapping (view offsets are file offsets); nullopt for
+// other sources and for tensors the reader had to copy.
+std::optional<FileLocation> file_location(const TensorSource& source, const std::string& name,
+                                          const Tensor& tensor) {
+  const auto* safetensors = dynamic_cast<const SafetensorsSource*>(&source);
+  if (safetensors == nullptr || tensor.writable() || !tensor.is_contiguous()) return std::nullopt;
+  return FileLocation{safetensors->set().file_of(name), tensor.offset()};
+}
 
 }  // namespace
 
@@ -149,14 +166,25 @@ void convert_hf_to_kiln(const std::string& source_dir, const std::string& destin
     check(tensor.shape() == m.shape, source->where() + ": tensor '" + m.hf_names[0] +
                                          "' has shape " + tensor.shape_string() + ", expected " +
                                          shape_to_string(m.shape) + " (for '" + m.kiln_name + "')");
-    if (tensor.dtype() != dtypes[k]) tensor = tensor.to(dtypes[k]);
-    if (destinations[k].position >= 0)
-      writer.write_layer(destinations[k].name, destinations[k].position, tensor);
-    else
-      writer.write(destinations[k].name, tensor);
-    for (const Tensor& input : inputs)
-      if (!input.writable() && input.is_contiguous())
-        release_mapped_pages(input.raw(), input.nbytes());
+    const Destination& to = destinations[k];
+    const std::optional<FileLocation> raw = m.transform || tensor.dtype() != dtypes[k]
+                                                ? std::nullopt
+                                                : file_location(*source, m.hf_names[0], tensor);
+    if (raw && to.position >= 0) {
+      writer.write_layer_from_file(to.name, to.position, tensor.dtype(), tensor.shape(), raw->path,
+                                   raw->offset);
+    } else if (raw) {
+      writer.write_from_file(to.name, tensor.dtype(), tensor.shape(), raw->path, raw->offset);
+    } else {
+      if (tensor.dtype() != dtypes[k]) tensor = tensor.to(dtypes[k]);
+      if (to.position >= 0)
+        writer.write_layer(to.name, to.position, tensor);
+      else
+        writer.write(to.name, tensor);
+      for (const Tensor& input : inputs)
+        if (!input.writable() && input.is_contiguous())
+          release_mapped_pages(input.raw(), input.nbytes());
+    }
     bytes += tensor.nbytes();
     if (options.progress) options.progress(k + 1, mappings.size(), bytes);
   }

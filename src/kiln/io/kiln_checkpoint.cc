@@ -1,11 +1,13 @@
 #include "kiln/io/kiln_checkpoint.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
@@ -23,7 +25,8 @@ constexpr int kFormatVersion = 1;
 constexpr uint64_t kAlignment = 64;
 // Bytes written or checksummed per step: bounds the writer's memory (and, with
 // release_borrowed_inputs, the pages of its inputs it keeps) whatever the tensor size.
-constexpr uint64_t kChunkBytes = uint64_t{64} << 20;
+constexpr uint64_t kChunkBytes = uint64_t{8} << 20;
+constexpr size_t kHugePage = size_t{2} << 20;
 
 uint64_t align_up(uint64_t v) {
   return (v + kAlignment - 1) / kAlignment * kAlignment;
@@ -42,6 +45,17 @@ void fsync_path(const std::string& path, bool directory) {
   ::close(fd);
   check(rc == 0, path + ": fsync failed");
 }
+
+// An input file open for reading (RAII).
+struct InputFile {
+  explicit InputFile(const std::string& path) : fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
+    check(fd >= 0, path + ": cannot open: " + std::strerror(errno));
+  }
+  ~InputFile() { ::close(fd); }
+  InputFile(const InputFile&) = delete;
+  InputFile& operator=(const InputFile&) = delete;
+  int fd;
+};
 
 // CRC-32C of `size` bytes at `offset` of the open file `fd` (named `path` in errors), read
 // through a bounded buffer so that checksumming a large file does not grow the process.
@@ -62,16 +76,8 @@ uint32_t crc_of_range(int fd, uint64_t offset, uint64_t size, const std::string&
 }
 
 uint32_t file_crc(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  check(fd >= 0, path + ": cannot open: " + std::strerror(errno));
-  try {
-    const uint32_t crc = crc_of_range(fd, 0, fs::file_size(path), path);
-    ::close(fd);
-    return crc;
-  } catch (...) {
-    ::close(fd);
-    throw;
-  }
+  const InputFile input(path);
+  return crc_of_range(input.fd, 0, fs::file_size(path), path);
 }
 
 }  // namespace
@@ -177,57 +183,155 @@ void KilnCheckpointWriter::write_bytes(const Slot& s, const void* data, uint64_t
   }
 }
 
-void KilnCheckpointWriter::write(const std::string& name, const Tensor& tensor) {
+KilnCheckpointWriter::Slot& KilnCheckpointWriter::whole_slot(const std::string& name, DType dtype,
+                                                             const Shape& shape) {
   Slot& s = slot(name);
   const std::string where = dir_ + ": tensor '" + name + "'";
-  check(tensor.dtype() == s.plan.dtype && tensor.shape() == s.plan.shape,
-        where + ": got " + std::string(dtype_name(tensor.dtype())) + " " + tensor.shape_string() +
+  check(dtype == s.plan.dtype && shape == s.plan.shape,
+        where + ": got " + std::string(dtype_name(dtype)) + " " + shape_to_string(shape) +
             ", planned " + std::string(dtype_name(s.plan.dtype)) + " " +
             shape_to_string(s.plan.shape));
   check(!s.written_whole && s.layers_written.empty(), where + ": written twice");
-  const Tensor c = tensor.contiguous();
-  const bool release = options_.release_borrowed_inputs && !c.writable();
-  const auto* data = static_cast<const char*>(c.raw());
+  return s;
+}
+
+KilnCheckpointWriter::Slot& KilnCheckpointWriter::layer_slot(const std::string& name,
+                                                             int64_t position, DType dtype,
+                                                             const Shape& shape) {
+  Slot& s = slot(name);
+  const std::string where = dir_ + ": tensor '" + name + "'";
+  const int axis = s.plan.layer_axis;
+  check(axis >= 0, where + ": layer-wise write of a tensor without a layer axis");
+  check(position >= 0 && position < s.plan.shape[axis],
+        where + ": layer position " + std::to_string(position) + " out of range");
+  Shape expected = s.plan.shape;
+  expected.erase(expected.begin() + axis);
+  check(dtype == s.plan.dtype && shape == expected,
+        where + ": layer slice is " + std::string(dtype_name(dtype)) + " " +
+            shape_to_string(shape) + ", planned " + shape_to_string(expected));
+  check(!s.written_whole, where + ": written twice");
+  if (s.layers_written.empty()) s.layers_written.assign(s.plan.shape[axis], false);
+  check(!s.layers_written[position],
+        where + ": layer position " + std::to_string(position) + " written twice");
+  return s;
+}
+
+void KilnCheckpointWriter::write_whole(Slot& s, const ChunkReader& read) {
   uint32_t crc = 0;
   for (uint64_t done = 0; done < s.nbytes; done += kChunkBytes) {
     const uint64_t size = std::min(kChunkBytes, s.nbytes - done);
-    crc = crc32c(data + done, size, crc);
-    write_bytes(s, data + done, size, s.offset + done);
-    if (release) release_mapped_pages(data + done, size);
+    const Chunk chunk = read(done, size);
+    crc = crc32c(chunk.data, size, crc);
+    put(s, chunk, 0, size, s.offset + done);
   }
   s.crc = crc;
   s.written_whole = true;
 }
 
-void KilnCheckpointWriter::write_layer(const std::string& name, int64_t position,
-                                       const Tensor& slice) {
-  Slot& s = slot(name);
-  const std::string where = dir_ + ": tensor '" + name + "'";
-  const int axis = s.plan.layer_axis;
-  check(axis >= 0, where + ": layer-wise write of a tensor without a layer axis");
+void KilnCheckpointWriter::write_slice(Slot& s, int64_t position, const ChunkReader& read) {
+  // The slice is `outer` runs of `inner` bytes; run o lands at (o * layers + position) * inner.
   const Shape& shape = s.plan.shape;
-  check(position >= 0 && position < shape[axis],
-        where + ": layer position " + std::to_string(position) + " out of range");
-  Shape expected = shape;
-  expected.erase(expected.begin() + axis);
-  check(slice.dtype() == s.plan.dtype && slice.shape() == expected,
-        where + ": layer slice is " + std::string(dtype_name(slice.dtype())) + " " +
-            slice.shape_string() + ", planned " + shape_to_string(expected));
-  check(!s.written_whole, where + ": written twice");
-  if (s.layers_written.empty()) s.layers_written.assign(shape[axis], false);
-  check(!s.layers_written[position],
-        where + ": layer position " + std::to_string(position) + " written twice");
-  // The slice is `outer` runs of `inner` bytes, each landing at stride L * inner.
+  const int axis = s.plan.layer_axis;
   uint64_t outer = 1, inner = dtype_size(s.plan.dtype);
   for (int d = 0; d < axis; ++d) outer *= shape[d];
   for (size_t d = axis + 1; d < shape.size(); ++d) inner *= shape[d];
-  const Tensor c = slice.contiguous();
-  const auto* src = static_cast<const char*>(c.raw());
-  const uint64_t layers = shape[axis];
-  for (uint64_t o = 0; o < outer; ++o)
-    write_bytes(s, src + o * inner, inner, s.offset + (o * layers + position) * inner);
-  if (options_.release_borrowed_inputs && !c.writable()) release_mapped_pages(src, c.nbytes());
+  const uint64_t layers = shape[axis], total = outer * inner;
+  for (uint64_t begin = 0; begin < total; begin += kChunkBytes) {
+    const uint64_t end = std::min(total, begin + kChunkBytes);
+    const Chunk chunk = read(begin, end - begin);
+    for (uint64_t at = begin; at < end;) {  // the parts of runs inside [begin, end)
+      const uint64_t run = at / inner, run_end = std::min(end, (run + 1) * inner);
+      put(s, chunk, at - begin, run_end - at,
+          s.offset + (run * layers + position) * inner + (at - run * inner));
+      at = run_end;
+    }
+  }
   s.layers_written[position] = true;
+}
+
+bool KilnCheckpointWriter::releases(const Tensor& input) const {
+  return options_.release_borrowed_inputs && !input.writable();
+}
+
+KilnCheckpointWriter::ChunkReader KilnCheckpointWriter::memory_reader(
+    const Tensor& contiguous) const {
+  const auto* data = static_cast<const char*>(contiguous.raw());
+  const bool release = releases(contiguous);
+  auto previous = std::make_shared<std::pair<uint64_t, uint64_t>>(0, 0);  // the last chunk
+  return [data, release, previous](uint64_t at, uint64_t size) {
+    if (release) release_mapped_pages(data + previous->first, previous->second);
+    *previous = {at, size};
+    return Chunk{data + at};
+  };
+}
+
+void KilnCheckpointWriter::put(const Slot& s, const Chunk& chunk, uint64_t from, uint64_t size,
+                               uint64_t offset) {
+  auto in = static_cast<off_t>(chunk.file_offset + from), out = static_cast<off_t>(offset);
+  uint64_t done = 0;
+  while (chunk.fd >= 0 && copy_file_range_works_ && done < size) {
+    const ssize_t n = ::copy_file_range(chunk.fd, &in, fds_[s.file], &out, size - done, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
+      copy_file_range_works_ = false;  // e.g. across filesystems on older kernels
+      break;
+    }
+    check(n > 0, dir_ + "/" + file_names_[s.file] + ": copy failed: " +
+                     (n == 0 ? "unexpected end of the input file" : std::strerror(errno)));
+    done += static_cast<uint64_t>(n);
+  }
+  if (done < size) write_bytes(s, chunk.data + from + done, size - done, offset + done);
+}
+
+void KilnCheckpointWriter::write(const std::string& name, const Tensor& tensor) {
+  Slot& s = whole_slot(name, tensor.dtype(), tensor.shape());
+  const Tensor c = tensor.contiguous();
+  write_whole(s, memory_reader(c));
+  if (releases(c)) release_mapped_pages(c.raw(), c.nbytes());
+}
+
+void KilnCheckpointWriter::write_layer(const std::string& name, int64_t position,
+                                       const Tensor& slice) {
+  Slot& s = layer_slot(name, position, slice.dtype(), slice.shape());
+  const Tensor c = slice.contiguous();
+  write_slice(s, position, memory_reader(c));
+  if (releases(c)) release_mapped_pages(c.raw(), c.nbytes());
+}
+
+KilnCheckpointWriter::ChunkReader KilnCheckpointWriter::file_reader(const std::string& path,
+                                                                    uint64_t offset, int fd) {
+  if (buffer_ == nullptr) {
+    buffer_.reset(static_cast<char*>(std::aligned_alloc(kHugePage, kChunkBytes)));
+    check(buffer_ != nullptr, dir_ + ": cannot allocate a copy buffer");
+    ::madvise(buffer_.get(), kChunkBytes, MADV_HUGEPAGE);  // advisory
+  }
+  char* buffer = buffer_.get();
+  return [buffer, path, offset, fd](uint64_t at, uint64_t size) {
+    for (uint64_t done = 0; done < size;) {
+      const ssize_t n =
+          ::pread(fd, buffer + done, size - done, static_cast<off_t>(offset + at + done));
+      if (n < 0 && errno == EINTR) continue;
+      check(n > 0, path + ": read failed at byte " + std::to_string(offset + at + done) + ": " +
+                       (n == 0 ? "unexpected end of file" : std::strerror(errno)));
+      done += static_cast<uint64_t>(n);
+    }
+    return Chunk{buffer, fd, offset + at};
+  };
+}
+
+void KilnCheckpointWriter::write_from_file(const std::string& name, DType dtype, const Shape& shape,
+                                           const std::string& path, uint64_t offset) {
+  Slot& s = whole_slot(name, dtype, shape);
+  const InputFile input(path);
+  write_whole(s, file_reader(path, offset, input.fd));
+}
+
+void KilnCheckpointWriter::write_layer_from_file(const std::string& name, int64_t position,
+                                                 DType dtype, const Shape& shape,
+                                                 const std::string& path, uint64_t offset) {
+  Slot& s = layer_slot(name, position, dtype, shape);
+  const InputFile input(path);
+  write_slice(s, position, file_reader(path, offset, input.fd));
 }
 
 void KilnCheckpointWriter::add_tokenizer_file(const std::string& path) {

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -61,6 +63,14 @@ class KilnCheckpointWriter {
   // Writes position `position` of the layer axis of scanned tensor `name`; `slice` has the
   // plan's shape without the layer axis.
   void write_layer(const std::string& name, int64_t position, const Tensor& slice);
+  // write() and write_layer() with the bytes read from the file `path` at `offset` (`dtype`
+  // and `shape` describe them: raw, little-endian, C order) through a bounded buffer instead
+  // of a mapping: on some virtual machines, user-space reads of mapped page-cache pages run
+  // at a fraction of pread's speed. Read errors name `path`.
+  void write_from_file(const std::string& name, DType dtype, const Shape& shape,
+                       const std::string& path, uint64_t offset);
+  void write_layer_from_file(const std::string& name, int64_t position, DType dtype,
+                             const Shape& shape, const std::string& path, uint64_t offset);
   // Copies the tokenizer file at `path` into the checkpoint under its file name.
   void add_tokenizer_file(const std::string& path);
   // Completes the checkpoint (see the class comment).
@@ -76,8 +86,33 @@ class KilnCheckpointWriter {
     bool written_whole = false;
     std::vector<bool> layers_written;  // layer-wise writes of a scanned tensor
   };
+  // Bytes of an incoming tensor, valid until the next read; when `fd` >= 0 the same bytes
+  // also lie in that file from `file_offset`, so they can be copied file to file.
+  struct Chunk {
+    const char* data;
+    int fd = -1;
+    uint64_t file_offset = 0;
+  };
+  // Yields bytes [at, at + size) of the incoming tensor's C-order data (size at most one
+  // chunk).
+  using ChunkReader = std::function<Chunk(uint64_t at, uint64_t size)>;
   Slot& slot(const std::string& name);
+  // slot(name) after the checks of write() / write_layer() (dtype, shape, written twice).
+  Slot& whole_slot(const std::string& name, DType dtype, const Shape& shape);
+  Slot& layer_slot(const std::string& name, int64_t position, DType dtype, const Shape& shape);
+  // Writes a whole tensor (checksumming it) or layer `position` of a stacked one.
+  void write_whole(Slot& slot, const ChunkReader& read);
+  void write_slice(Slot& slot, int64_t position, const ChunkReader& read);
+  // Whether the pages of `input` are dropped once written (release_borrowed_inputs).
+  bool releases(const Tensor& input) const;
+  // Reads a contiguous tensor in place (dropping each chunk's pages once the next is asked
+  // for, when releases()), or a file through buffer_.
+  ChunkReader memory_reader(const Tensor& contiguous) const;
+  ChunkReader file_reader(const std::string& path, uint64_t offset, int fd);
   void write_bytes(const Slot& slot, const void* data, uint64_t size, uint64_t offset) const;
+  // Writes bytes [from, from + size) of `chunk` at `offset` of the slot's file: copy_file_range
+  // from the chunk's file when it has one (in-kernel, as cp does), else write_bytes.
+  void put(const Slot& slot, const Chunk& chunk, uint64_t from, uint64_t size, uint64_t offset);
   std::string dir_;
   KilnCheckpointInfo info_;
   Options options_;
@@ -87,6 +122,8 @@ class KilnCheckpointWriter {
   std::vector<uint64_t> file_sizes_;
   std::vector<int> fds_;
   std::vector<std::string> tokenizer_files_;
+  std::unique_ptr<char, decltype(&std::free)> buffer_{nullptr, &std::free};  // [chunk] bytes
+  bool copy_file_range_works_ = true;  // false once the filesystems refused it
   bool finished_ = false;
 };
 

@@ -257,3 +257,46 @@ TEST_F(KilnCheckpointTest, ReaderDetectsCorruption) {
 
 }  // namespace
 }  // namespace kiln
+
+namespace kiln {
+namespace {
+
+// Tensors copied from a file (whole, or one layer of a stacked tensor) read back bitwise with
+// the checksums of their bytes; a file too short for the tensor is an error naming it.
+TEST_F(KilnCheckpointTest, WritesFromFilesAndNamesAShortInput) {
+  const Tensor a = Tensor::from_f32({2, 3}, {1, 2, 3, 4, 5, 6});
+  const Tensor layer = Tensor::from_f32({2}, {7, 8});
+  const std::string input = dir_ + "/input.bin";
+  {
+    std::ofstream out(input, std::ios::binary);
+    out.write("pad!", 4);
+    out.write(static_cast<const char*>(a.raw()), static_cast<std::streamsize>(a.nbytes()));
+    out.write(static_cast<const char*>(layer.raw()), static_cast<std::streamsize>(layer.nbytes()));
+  }
+  KilnCheckpointInfo info;
+  info.layout = "scanned";
+  info.layer_groups["layers"] = {0, 1};
+  const std::string out = dir_ + "/out";
+  KilnCheckpointWriter writer(out, info,
+                              {planned("a", DType::F32, {2, 3}),
+                               planned("decoder/layers/s", DType::F32, {2, 2}, 1, "layers")},
+                              {});
+  writer.write_from_file("a", DType::F32, {2, 3}, input, 4);
+  writer.write_layer_from_file("decoder/layers/s", 0, DType::F32, {2}, input, 4 + a.nbytes());
+  EXPECT_NE(error_of([&] {
+              writer.write_layer_from_file("decoder/layers/s", 1, DType::F32, {2}, input,
+                                           4 + a.nbytes() + 4);
+            }).find(input + ": read failed"),
+            std::string::npos);
+  writer.write_layer("decoder/layers/s", 1, Tensor::from_f32({2}, {9, 10}));
+  writer.finish();
+  const KilnCheckpoint ckpt(out);
+  ckpt.verify();
+  EXPECT_EQ(test::max_abs_diff(ckpt.get("a"), a), 0.0);
+  EXPECT_EQ(
+      test::max_abs_diff(ckpt.get("decoder/layers/s"), Tensor::from_f32({2, 2}, {7, 9, 8, 10})),
+      0.0);
+}
+
+}  // namespace
+}  // namespace kiln
