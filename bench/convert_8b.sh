@@ -18,9 +18,15 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 kiln="${KILN:-$repo/build/kiln}"
 [[ -x "$kiln" ]] || { echo "convert_8b.sh: $kiln not found (build first: scripts/build.sh)" >&2; exit 1; }
 [[ -x /usr/bin/time ]] || { echo "convert_8b.sh: /usr/bin/time (GNU time) is required" >&2; exit 1; }
-work="${WORKDIR:-$(mktemp -d "${TMPDIR:-/tmp}/kiln-convert-bench.XXXXXX")}"
-mkdir -p "$work"
-cleanup() { [[ "${KEEP:-0}" == 1 ]] || rm -rf "$work/src" "$work/copy" "$work/out"; }
+if [[ -n "${WORKDIR:-}" ]]; then
+  work="$WORKDIR"
+  mkdir -p "$work"
+  made=("$work/src" "$work/copy" "$work/out" "$work/time.txt" "$work/convert.log")
+else
+  work="$(mktemp -d "${TMPDIR:-/tmp}/kiln-convert-bench.XXXXXX")"
+  made=("$work")
+fi
+cleanup() { [[ "${KEEP:-0}" == 1 ]] || rm -rf "${made[@]}"; }
 trap cleanup EXIT
 
 now() { date +%s.%N; }
@@ -69,7 +75,7 @@ awk -v bytes="$bytes" -v files="$files" -v shape="$shape" -v rss_kb="$rss_kb" \
   printf "cp -r         %7.1f s  %6.2f GB/s   (with sync: %.1f s, %.2f GB/s)\n", cp, gb / cp, cp_sync, gb / cp_sync
   printf "kiln convert  %7.1f s  %6.2f GB/s   (fsyncs its output)\n", conv, gb / conv
   printf "%-28s %10s  %-14s %s\n", "measure", "value", "target", "result"
-  printf "%-28s %7.0f MB  %-14s %s\n", "convert peak RSS", rss_mb, "< 1000 MB", rss_mb < 1000 ? "ok" : "MISSED"
-  printf "%-28s %10.2f  %-14s %s\n", "convert / cp -r throughput", ratio, ">= 0.5", ratio >= 0.5 ? "ok" : "MISSED"
+  printf "%-28s %7.0f MB  %-14s %s\n", "convert peak RSS", rss_mb, "< 1000 MB", (rss_mb < 1000 ? "ok" : "MISSED")
+  printf "%-28s %10.2f  %-14s %s\n", "convert / cp -r throughput", ratio, ">= 0.5", (ratio >= 0.5 ? "ok" : "MISSED")
   printf "%-28s %10.2f  %-14s %s\n", "convert / (cp -r + sync)", ratio_sync, "(for reference)", ""
 }'
