@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 
 #include "hf_fixtures.h"
@@ -114,6 +115,30 @@ TEST(VerifyCorrupted, ListsReferenceModulesWithoutKilnCounterpart) {
   EXPECT_EQ(reason("model.layers.1.mlp"), "");
   for (const NotComparedModule& m : report.not_compared)
     std::cout << "not compared: " << m.module << ": " << m.reason << std::endl;
+}
+
+// The worked example of docs/model_bringup.md: Qwen3 labelled as Llama runs without its QK
+// norms; verify names the attention output as the first divergence and the unrun norms.
+TEST(VerifyCorrupted, Qwen3AsLlamaNamesTheMissingQkNorms) {
+  const std::string dir = test::make_temp_dir("kiln-qwen3-as-llama");
+  for (const char* file : {"generation_config.json", "model.safetensors", "reference.safetensors"})
+    fs::copy_file(test::data_path(std::string("hf/qwen3/") + file), dir + "/" + file);
+  Json config = read_json_file(test::data_path("hf/qwen3/config.json"));
+  config["architectures"] = Json::array({"LlamaForCausalLM"});
+  config["model_type"] = "llama";
+  std::ofstream(dir + "/config.json") << config.dump(2);
+  LoadedModel loaded = load_model(dir);
+  Model model(loaded.spec, loaded.weights);
+  const ReferenceReport report =
+      check_against_reference(model, dir + "/reference.safetensors", 1e-4);
+  EXPECT_EQ(report.first_divergent, "model.layers.0.self_attn.o_proj");
+  bool named = false;
+  for (const NotComparedModule& m : report.not_compared)
+    if (m.module == "model.layers.0.self_attn.q_norm") {
+      std::cout << m.module << ": " << m.reason << std::endl;
+      named = m.reason.find("has no query_norm") != std::string::npos;
+    }
+  EXPECT_TRUE(named);
 }
 
 std::vector<std::string> modules_for(const HfModuleNames& names, const std::string& kiln) {

@@ -87,6 +87,12 @@ std::string hf_not_compared_reason(const HfModuleNames& names, const std::string
   }
   for (const auto& [path, reason] : names.not_compared)
     if (path == module || path == relative) return reason;
+  for (const auto& [parent, parts] :
+       {std::pair{names.attention, &names.attention_parts}, std::pair{names.mlp, &names.mlp_parts}})
+    for (const auto& [kiln, hf] : *parts)
+      if (relative == join(parent, hf))
+        return "the model Kiln built has no " + kiln + " in " + parent +
+               " (HF's module for it ran): a part the spec lacks";
   if (module.substr(module.rfind('.') + 1).find("dropout") != std::string::npos)
     return "dropout: the identity at inference (its input is compared)";
   for (size_t dot = module.rfind('.'); dot != std::string::npos && dot > 0;

@@ -59,7 +59,8 @@ std::vector<std::string> hf_modules_for(const HfModuleNames& names,
                                         const std::string& kiln_activation);
 
 // Why the reference module `module` is not compared, given the HF modules that are: the
-// family's note for it, "dropout" for dropouts, else the nearest compared ancestor.
+// family's note for it; a declared part the model did not report (a QK norm the spec
+// lacks); "dropout" for dropouts; else the nearest compared ancestor.
 std::string hf_not_compared_reason(const HfModuleNames& names, const std::string& module,
                                    const std::vector<std::string>& compared);
 
