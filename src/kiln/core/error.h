@@ -15,8 +15,13 @@ class Error : public std::runtime_error {
   explicit Error(const std::string& message) : std::runtime_error(message) {}
 };
 
-// Throws Error(message) when `condition` is false.
+// Throws Error(message) when `condition` is false. A message built by concatenation is
+// built on every call: hot paths (the decode loop) test and throw themselves instead.
 inline void check(bool condition, const std::string& message) {
+  if (!condition) throw Error(message);
+}
+// The same for a literal message, which costs nothing unless it is thrown.
+inline void check(bool condition, const char* message) {
   if (!condition) throw Error(message);
 }
 

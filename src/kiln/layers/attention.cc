@@ -2,7 +2,6 @@
 
 #include <cmath>
 #include <cstring>
-#include <vector>
 
 #include "kiln/core/error.h"
 #include "kiln/models/capabilities.h"
@@ -67,51 +66,55 @@ Attention::Attention(const AttentionSpec& spec, int64_t hidden, const WeightMap&
 }
 
 void Attention::forward(const float* x, int64_t batch, int64_t tokens, int64_t start,
-                        LayerKvCache& cache, float* out, const ActivationObserver* observer) const {
-  if (spec_.is_mla()) return mla_.forward(x, batch, tokens, start, cache, out, observer);
+                        LayerKvCache& cache, float* out, Workspace& workspace,
+                        const ActivationObserver* observer) const {
+  if (spec_.is_mla()) return mla_.forward(x, batch, tokens, start, cache, out, workspace, observer);
   const int64_t rows = batch * tokens;
   const int64_t heads = spec_.num_heads, kv_heads = spec_.num_kv_heads, head_dim = spec_.head_dim;
   const int64_t capacity = cache.keys.dim(1);
-  check(start + tokens <= capacity, module_ + ": positions exceed the KV cache capacity");
-  Tensor q = Tensor::zeros(DType::F32, {batch, tokens, heads, head_dim});       // [B, T, Hq, D]
-  Tensor k = Tensor::zeros(DType::F32, {batch, tokens, kv_heads, head_dim});    // [B, T, Hkv, D]
-  Tensor v = Tensor::zeros(DType::F32, {batch, tokens, kv_heads, value_dim_});  // [B, T, Hkv, Dv]
-  query_.forward(x, rows, q.mutable_data<float>());
-  key_.forward(x, rows, k.mutable_data<float>());
-  value_.forward(x, rows, v.mutable_data<float>());
+  if (start + tokens > capacity) throw Error(module_ + ": positions exceed the KV cache capacity");
+  Workspace::Scope scope(workspace);
+  float* q = workspace.take<float>(rows * heads * head_dim);       // [B, T, Hq, D]
+  float* k = workspace.take<float>(rows * kv_heads * head_dim);    // [B, T, Hkv, D]
+  float* v = workspace.take<float>(rows * kv_heads * value_dim_);  // [B, T, Hkv, Dv]
+  query_.forward(x, rows, q);
+  key_.forward(x, rows, k);
+  value_.forward(x, rows, v);
+  auto report = [&](const char* child, const float* data, int64_t width, int64_t dim) {
+    (*observer)(names::child(module_, child), workspace.view(data, {batch, tokens, width, dim}));
+  };
   if (observer) {
-    (*observer)(names::child(module_, "query"), q);
-    (*observer)(names::child(module_, "key"), k);
-    (*observer)(names::child(module_, "value"), v);
+    report("query", q, heads, head_dim);
+    report("key", k, kv_heads, head_dim);
+    report("value", v, kv_heads, value_dim_);
   }
   if (spec_.qk_norm != QkNormKind::kNone) {
     const bool whole = spec_.qk_norm == QkNormKind::kWholeProjection;
-    query_norm_.forward(q.data<float>(), whole ? rows : rows * heads, q.mutable_data<float>());
-    key_norm_.forward(k.data<float>(), whole ? rows : rows * kv_heads, k.mutable_data<float>());
+    query_norm_.forward(q, whole ? rows : rows * heads, q);
+    key_norm_.forward(k, whole ? rows : rows * kv_heads, k);
     if (observer) {
-      (*observer)(names::child(module_, "query_norm"), q);
-      (*observer)(names::child(module_, "key_norm"), k);
+      report("query_norm", q, heads, head_dim);
+      report("key_norm", k, kv_heads, head_dim);
     }
   }
   if (spec_.rope.type != RopeType::kNone) {
     // Frequencies for a sequence of start + T positions (some scalings depend on it).
-    const ops::RopeFrequencies rope = ops::rope_frequencies(spec_.rope, head_dim, start + tokens);
-    std::vector<int64_t> positions(rows);  // [B * T]
+    const ops::RopeFrequencies& rope = cache.rope_frequencies(spec_.rope, head_dim, start + tokens);
+    int64_t* positions = workspace.take<int64_t>(rows);  // [B * T]
     for (int64_t r = 0; r < rows; ++r) positions[r] = start + r % tokens;
     const bool interleaved = spec_.rope.interleaved;
-    ops::apply_rope(q.mutable_data<float>(), positions.data(), rows, heads, head_dim, rotary_dim_,
-                    rope.inv_freq.data(), rope.attention_scaling, interleaved);
-    ops::apply_rope(k.mutable_data<float>(), positions.data(), rows, kv_heads, head_dim,
-                    rotary_dim_, rope.inv_freq.data(), rope.attention_scaling, interleaved);
+    ops::apply_rope(q, positions, rows, heads, head_dim, rotary_dim_, rope.inv_freq.data(),
+                    rope.attention_scaling, interleaved);
+    ops::apply_rope(k, positions, rows, kv_heads, head_dim, rotary_dim_, rope.inv_freq.data(),
+                    rope.attention_scaling, interleaved);
   }
   float* k_cache = cache.keys.mutable_data<float>();    // [B, capacity, Hkv, D]
   float* v_cache = cache.values.mutable_data<float>();  // [B, capacity, Hkv, Dv]
   for (int64_t b = 0; b < batch; ++b) {
     std::memcpy(k_cache + (b * capacity + start) * kv_heads * head_dim,
-                k.data<float>() + b * tokens * kv_heads * head_dim,
-                sizeof(float) * tokens * kv_heads * head_dim);
+                k + b * tokens * kv_heads * head_dim, sizeof(float) * tokens * kv_heads * head_dim);
     std::memcpy(v_cache + (b * capacity + start) * kv_heads * value_dim_,
-                v.data<float>() + b * tokens * kv_heads * value_dim_,
+                v + b * tokens * kv_heads * value_dim_,
                 sizeof(float) * tokens * kv_heads * value_dim_);
   }
   ops::AttentionShape shape;
@@ -129,9 +132,9 @@ void Attention::forward(const float* x, int64_t batch, int64_t tokens, int64_t s
                     : static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
   shape.window = spec_.sliding_window;
   shape.softcap = spec_.softcap;
-  std::vector<float> mixed(rows * heads * value_dim_);  // [B, T, Hq, Dv]
-  ops::causal_attention(q.data<float>(), k_cache, v_cache, mixed.data(), shape);
-  out_.forward(mixed.data(), rows, out);
+  float* mixed = workspace.take<float>(rows * heads * value_dim_);  // [B, T, Hq, Dv]
+  ops::causal_attention(q, k_cache, v_cache, mixed, shape);
+  out_.forward(mixed, rows, out);
 }
 
 }  // namespace kiln

@@ -11,6 +11,7 @@
 #include "kiln/layers/norm.h"
 #include "kiln/layers/observer.h"
 #include "kiln/layers/weights.h"
+#include "kiln/layers/workspace.h"
 #include "kiln/models/model_spec.h"
 #include "kiln/runtime/kv_cache.h"
 
@@ -26,11 +27,12 @@ class Attention {
 
   // Attends tokens at positions [start, start + T) of every row to themselves and to the
   // cached positions before them; stores their keys and values in `cache` first.
+  // Intermediates come from `workspace`.
   //   x:   [B, T, hidden] f32 (the normed hidden states)
   //   out: [B, T, hidden] f32
   // `observer` (may be null) receives the projections and QK-norm outputs.
   void forward(const float* x, int64_t batch, int64_t tokens, int64_t start, LayerKvCache& cache,
-               float* out, const ActivationObserver* observer) const;
+               float* out, Workspace& workspace, const ActivationObserver* observer) const;
 
   // The per-head QK norms (kind kNone when the spec has none).
   const Norm& query_norm() const { return query_norm_; }

@@ -39,64 +39,75 @@ DecoderLayer::DecoderLayer(const LayerSpec& spec, int64_t index, int64_t hidden,
   mlp_ = FeedForward(spec, hidden, weights, names::mlp(index));
 }
 
-bool DecoderLayer::apply_norm(const Norm& norm, const std::string& name, const float* x, Tensor& y,
-                              int64_t rows, const ActivationObserver* observer) const {
+void DecoderLayer::report(const ActivationObserver* observer, PartName name, const float* data,
+                          int64_t batch, int64_t tokens, const Workspace& workspace) const {
+  if (observer) (*observer)(name(index_), workspace.view(data, {batch, tokens, hidden_}));
+}
+
+bool DecoderLayer::apply_norm(const Norm& norm, PartName name, const float* x, float* y,
+                              int64_t batch, int64_t tokens, const Workspace& workspace,
+                              const ActivationObserver* observer) const {
   if (norm.dim() == 0) return false;
-  norm.forward(x, rows, y.mutable_data<float>());
-  if (observer) (*observer)(name, y);
+  norm.forward(x, batch * tokens, y);
+  report(observer, name, y, batch, tokens, workspace);
   return true;
 }
 
-void DecoderLayer::feed_forward(const float* x, int64_t batch, int64_t tokens, Tensor& y,
-                                const ActivationObserver* observer) const {
+void DecoderLayer::feed_forward(const float* x, int64_t batch, int64_t tokens, float* y,
+                                Workspace& workspace, const ActivationObserver* observer) const {
   const int64_t rows = batch * tokens;
   if (observer && mlp_.is_moe()) {
+    Workspace::Scope scope(workspace);
     const int64_t experts = mlp_.moe().spec().num_experts;
-    Tensor logits = Tensor::zeros(DType::F32, {batch, tokens, experts});  // [B, T, E]
-    mlp_.moe().router_logits(x, rows, logits.mutable_data<float>());
-    (*observer)(names::child(names::mlp(index_), "gate"), logits);
+    float* logits = workspace.take<float>(rows * experts);  // [B, T, E]
+    mlp_.moe().router_logits(x, rows, logits);
+    (*observer)(names::child(names::mlp(index_), "gate"),
+                workspace.view(logits, {batch, tokens, experts}));
   }
-  mlp_.forward(x, rows, y.mutable_data<float>());
-  if (observer && !mlp_.is_moe()) (*observer)(names::child(names::mlp(index_), "wo"), y);
+  mlp_.forward(x, rows, y, workspace);
+  if (observer && !mlp_.is_moe())
+    (*observer)(names::child(names::mlp(index_), "wo"),
+                workspace.view(y, {batch, tokens, hidden_}));
 }
 
 void DecoderLayer::forward(float* x, int64_t batch, int64_t tokens, int64_t start,
-                           LayerKvCache& cache, const ActivationObserver* observer) const {
+                           LayerKvCache& cache, Workspace& workspace,
+                           const ActivationObserver* observer) const {
   const int64_t rows = batch * tokens, n = rows * hidden_;
-  Tensor normed = Tensor::zeros(DType::F32, {batch, tokens, hidden_});    // [B, T, hidden]
-  Tensor attended = Tensor::zeros(DType::F32, {batch, tokens, hidden_});  // [B, T, hidden]
-  Tensor mlp_out = Tensor::zeros(DType::F32, {batch, tokens, hidden_});   // [B, T, hidden]
-  float* normed_data = normed.mutable_data<float>();
-  float* attended_data = attended.mutable_data<float>();
-  float* mlp_data = mlp_out.mutable_data<float>();
+  Workspace::Scope scope(workspace);
+  float* normed = workspace.take<float>(n);    // [B, T, hidden]
+  float* attended = workspace.take<float>(n);  // [B, T, hidden]
+  float* mlp_out = workspace.take<float>(n);   // [B, T, hidden]
+  auto norm = [&](const Norm& which, PartName name, const float* in, float* out,
+                  const ActivationObserver* to) {
+    return apply_norm(which, name, in, out, batch, tokens, workspace, to);
+  };
 
-  const bool attention_normed =
-      apply_norm(attention_in_, names::input_norm(index_), x, normed, rows, observer);
-  attention_.forward(attention_normed ? normed_data : x, batch, tokens, start, cache, attended_data,
-                     observer);
-  if (observer) (*observer)(names::child(names::attention(index_), "out"), attended);
+  const bool attention_normed = norm(attention_in_, names::input_norm, x, normed, observer);
+  attention_.forward(attention_normed ? normed : x, batch, tokens, start, cache, attended,
+                     workspace, observer);
+  if (observer)
+    (*observer)(names::child(names::attention(index_), "out"),
+                workspace.view(attended, {batch, tokens, hidden_}));
   if (placement_ == NormPlacement::kParallel) {
-    if (!shared_norm_)
-      apply_norm(mlp_in_, names::post_attention_norm(index_), x, normed, rows, observer);
-    if (observer) (*observer)(names::attention(index_), attended);
-    feed_forward(normed_data, batch, tokens, mlp_out, observer);
-    if (observer) (*observer)(names::mlp(index_), mlp_out);
-    for (int64_t i = 0; i < n; ++i) x[i] += attended_data[i] + mlp_data[i];
+    if (!shared_norm_) norm(mlp_in_, names::post_attention_norm, x, normed, observer);
+    report(observer, names::attention, attended, batch, tokens, workspace);
+    feed_forward(normed, batch, tokens, mlp_out, workspace, observer);
+    report(observer, names::mlp, mlp_out, batch, tokens, workspace);
+    for (int64_t i = 0; i < n; ++i) x[i] += attended[i] + mlp_out[i];
     return;
   }
-  apply_norm(attention_out_, names::post_attention_norm(index_), attended_data, attended, rows,
-             nullptr);
-  if (observer) (*observer)(names::attention(index_), attended);
-  for (int64_t i = 0; i < n; ++i) x[i] += attended_data[i];
+  norm(attention_out_, names::post_attention_norm, attended, attended, nullptr);
+  report(observer, names::attention, attended, batch, tokens, workspace);
+  for (int64_t i = 0; i < n; ++i) x[i] += attended[i];
 
-  const std::string mlp_in_name = placement_ == NormPlacement::kSandwich
-                                      ? names::pre_ffw_norm(index_)
-                                      : names::post_attention_norm(index_);
-  const bool mlp_normed = apply_norm(mlp_in_, mlp_in_name, x, normed, rows, observer);
-  feed_forward(mlp_normed ? normed_data : x, batch, tokens, mlp_out, observer);
-  apply_norm(mlp_out_, names::post_ffw_norm(index_), mlp_data, mlp_out, rows, nullptr);
-  if (observer) (*observer)(names::mlp(index_), mlp_out);
-  for (int64_t i = 0; i < n; ++i) x[i] += mlp_data[i];
+  const PartName mlp_in_name =
+      placement_ == NormPlacement::kSandwich ? names::pre_ffw_norm : names::post_attention_norm;
+  const bool mlp_normed = norm(mlp_in_, mlp_in_name, x, normed, observer);
+  feed_forward(mlp_normed ? normed : x, batch, tokens, mlp_out, workspace, observer);
+  norm(mlp_out_, names::post_ffw_norm, mlp_out, mlp_out, nullptr);
+  report(observer, names::mlp, mlp_out, batch, tokens, workspace);
+  for (int64_t i = 0; i < n; ++i) x[i] += mlp_out[i];
 }
 
 }  // namespace kiln

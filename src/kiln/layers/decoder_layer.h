@@ -9,6 +9,7 @@
 #include "kiln/layers/feed_forward.h"
 #include "kiln/layers/norm.h"
 #include "kiln/layers/observer.h"
+#include "kiln/layers/workspace.h"
 #include "kiln/runtime/kv_cache.h"
 
 namespace kiln {
@@ -26,10 +27,11 @@ class DecoderLayer {
   // The feed-forward block is an MLP or, when spec.moe is enabled, a mixture of experts.
   DecoderLayer(const LayerSpec& spec, int64_t index, int64_t hidden, const WeightMap& weights);
 
-  // Runs the block in place on the residual stream at positions [start, start + T).
+  // Runs the block in place on the residual stream at positions [start, start + T), with
+  // intermediates from `workspace`.
   //   x: [B, T, hidden] f32
   void forward(float* x, int64_t batch, int64_t tokens, int64_t start, LayerKvCache& cache,
-               const ActivationObserver* observer) const;
+               Workspace& workspace, const ActivationObserver* observer) const;
 
   const Norm& input_norm() const { return attention_in_; }
   const Attention& attention() const { return attention_; }
@@ -43,14 +45,20 @@ class DecoderLayer {
   const FeedForward& mlp() const { return mlp_; }
 
  private:
-  // Applies `norm` to x into y and reports it under `name`; false (nothing done) when the
-  // placement has no such norm.
-  bool apply_norm(const Norm& norm, const std::string& name, const float* x, Tensor& y,
-                  int64_t rows, const ActivationObserver* observer) const;
+  // The module name of this layer's part (a names:: function of the layer index).
+  using PartName = std::string (*)(int64_t layer);
+  // Passes `data` [B, T, hidden] to the observer under `name` (nothing when it is null).
+  void report(const ActivationObserver* observer, PartName name, const float* data, int64_t batch,
+              int64_t tokens, const Workspace& workspace) const;
+  // Applies `norm` to x into y and reports y under `name`; false (nothing done) when the
+  // placement has no such norm.   x, y: [B, T, hidden]
+  bool apply_norm(const Norm& norm, PartName name, const float* x, float* y, int64_t batch,
+                  int64_t tokens, const Workspace& workspace,
+                  const ActivationObserver* observer) const;
   // The feed-forward block on x [B * T, hidden] into y [B, T, hidden]; reports the router's
   // logits (`mlp/gate`, [B, T, E]) of a mixture of experts, or a dense MLP's output before
   // any post norm (`mlp/wo`).
-  void feed_forward(const float* x, int64_t batch, int64_t tokens, Tensor& y,
+  void feed_forward(const float* x, int64_t batch, int64_t tokens, float* y, Workspace& workspace,
                     const ActivationObserver* observer) const;
 
   int64_t index_;

@@ -11,11 +11,11 @@ FeedForward::FeedForward(const LayerSpec& spec, int64_t hidden, const WeightMap&
     mlp_ = Mlp(spec.mlp, hidden, weights, module);
 }
 
-void FeedForward::forward(const float* x, int64_t rows, float* y) const {
+void FeedForward::forward(const float* x, int64_t rows, float* y, Workspace& workspace) const {
   if (is_moe_)
-    moe_.forward(x, rows, y);
+    moe_.forward(x, rows, y, workspace);
   else
-    mlp_.forward(x, rows, y);
+    mlp_.forward(x, rows, y, workspace);
 }
 
 }  // namespace kiln

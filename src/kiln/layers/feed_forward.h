@@ -8,6 +8,7 @@
 #include "kiln/layers/mlp.h"
 #include "kiln/layers/moe.h"
 #include "kiln/layers/weights.h"
+#include "kiln/layers/workspace.h"
 #include "kiln/models/model_spec.h"
 
 namespace kiln {
@@ -20,8 +21,9 @@ class FeedForward {
   FeedForward(const LayerSpec& spec, int64_t hidden, const WeightMap& weights,
               const std::string& module);
 
+  // Intermediates come from `workspace`.
   //   x: [rows, hidden] f32;  y: [rows, hidden] f32 (must not alias x)
-  void forward(const float* x, int64_t rows, float* y) const;
+  void forward(const float* x, int64_t rows, float* y, Workspace& workspace) const;
 
   bool is_moe() const { return is_moe_; }
   // The mixture of experts (is_moe()) or the dense MLP (otherwise).

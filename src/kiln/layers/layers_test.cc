@@ -94,8 +94,9 @@ TEST_P(FixtureLayers, SelfAttentionAtPositionsZeroToT) {
     const int64_t tokens = in.dim(0);
     KvCache cache = model_->make_cache(1, tokens);
     Tensor out = Tensor::zeros_like(in);
+    Workspace workspace;
     model_->layer(i).attention().forward(in.data<float>(), 1, tokens, 0, cache.layer(i),
-                                         out.mutable_data<float>(), nullptr);
+                                         out.mutable_data<float>(), workspace, nullptr);
     expect_close(out, act(i, modules_.attention, "out"),
                  "layer " + std::to_string(i) + " " + modules_.attention);
   }
@@ -106,7 +107,8 @@ TEST_P(FixtureLayers, Mlp) {
     const Tensor in = act(i, modules_.mlp, "in");  // [T, hidden]
     Tensor out = Tensor::zeros_like(in);
     float* out_data = out.mutable_data<float>();
-    model_->layer(i).mlp().forward(in.data<float>(), in.dim(0), out_data);
+    Workspace workspace;
+    model_->layer(i).mlp().forward(in.data<float>(), in.dim(0), out_data, workspace);
     if (modules_.mlp_out_includes_attention) {
       const Tensor attention = act(i, modules_.attention, "out");  // [T, hidden]
       for (int64_t j = 0; j < out.numel(); ++j) out_data[j] += attention.data<float>()[j];
@@ -120,7 +122,9 @@ TEST_P(FixtureLayers, WholeDecoderLayer) {
   for (int64_t i = 0; i < loaded_.spec.num_layers(); ++i) {
     Tensor x = act(i, "", "in").contiguous(true);  // [T, hidden], updated in place
     KvCache cache = model_->make_cache(1, x.dim(0));
-    model_->layer(i).forward(x.mutable_data<float>(), 1, x.dim(0), 0, cache.layer(i), nullptr);
+    Workspace workspace;
+    model_->layer(i).forward(x.mutable_data<float>(), 1, x.dim(0), 0, cache.layer(i), workspace,
+                             nullptr);
     expect_close(x, act(i, "", "out"), "layer " + std::to_string(i));
   }
 }

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <vector>
 
 #include "kiln/core/error.h"
 #include "kiln/models/capabilities.h"
@@ -47,96 +46,100 @@ Mla::Mla(const AttentionSpec& spec, int64_t hidden, const WeightMap& weights,
   ops::rope_frequencies(spec.rope, P, 1);  // rejects unusable settings now
 }
 
-void Mla::report(const ActivationObserver* observer, const std::string& part, int64_t batch,
-                 int64_t tokens, const std::vector<float>& values) const {
-  if (!observer) return;
-  const int64_t features = static_cast<int64_t>(values.size()) / (batch * tokens);
-  (*observer)(names::child(module_, part), Tensor::from_f32({batch, tokens, features}, values));
+void Mla::report(const ActivationObserver* observer, const char* part, const float* data,
+                 int64_t batch, int64_t tokens, int64_t features,
+                 const Workspace& workspace) const {
+  if (observer)
+    (*observer)(names::child(module_, part), workspace.view(data, {batch, tokens, features}));
 }
 
 void Mla::forward(const float* x, int64_t batch, int64_t tokens, int64_t start, LayerKvCache& cache,
-                  float* out, const ActivationObserver* observer) const {
+                  float* out, Workspace& workspace, const ActivationObserver* observer) const {
   forward_in_form(tokens == 1 ? MlaForm::kAbsorbed : MlaForm::kExpanded, x, batch, tokens, start,
-                  cache, out, observer);
+                  cache, out, workspace, observer);
 }
 
 void Mla::forward_in_form(MlaForm form, const float* x, int64_t batch, int64_t tokens,
-                          int64_t start, LayerKvCache& cache, float* out,
+                          int64_t start, LayerKvCache& cache, float* out, Workspace& workspace,
                           const ActivationObserver* observer) const {
-  check(cache.layout == KvLayout::kLatent, module_ + ": the KV cache layer is not a latent cache");
+  if (cache.layout != KvLayout::kLatent)
+    throw Error(module_ + ": the KV cache layer is not a latent cache");
   const int64_t rows = batch * tokens, H = spec_.num_heads, nope = spec_.qk_nope_head_dim;
   const int64_t P = spec_.qk_rope_head_dim, V = spec_.value_head_dim, R = spec_.kv_lora_rank;
   const int64_t capacity = cache.latent.dim(1);
-  check(start + tokens <= capacity, module_ + ": positions exceed the KV cache capacity");
+  if (start + tokens > capacity) throw Error(module_ + ": positions exceed the KV cache capacity");
+  Workspace::Scope scope(workspace);
 
-  Tensor q = Tensor::zeros(DType::F32, {batch, tokens, H, nope + P});  // [B, T, H, nope + P]
+  float* q = workspace.take<float>(rows * H * (nope + P));  // [B, T, H, nope + P]
   if (spec_.q_lora_rank > 0) {
-    std::vector<float> q_latent(rows * spec_.q_lora_rank);  // [B * T, Rq]
-    query_down_.forward(x, rows, q_latent.data());
-    report(observer, "wq_a", batch, tokens, q_latent);
-    query_norm_.forward(q_latent.data(), rows, q_latent.data());
-    report(observer, "q_norm", batch, tokens, q_latent);
-    query_up_.forward(q_latent.data(), rows, q.mutable_data<float>());
+    Workspace::Scope query_scope(workspace);
+    float* q_latent = workspace.take<float>(rows * spec_.q_lora_rank);  // [B * T, Rq]
+    query_down_.forward(x, rows, q_latent);
+    report(observer, "wq_a", q_latent, batch, tokens, spec_.q_lora_rank, workspace);
+    query_norm_.forward(q_latent, rows, q_latent);
+    report(observer, "q_norm", q_latent, batch, tokens, spec_.q_lora_rank, workspace);
+    query_up_.forward(q_latent, rows, q);
   } else {
-    query_.forward(x, rows, q.mutable_data<float>());
+    query_.forward(x, rows, q);
   }
-  if (observer) (*observer)(names::child(module_, "query"), q);
-  std::vector<float> kv(rows * (R + P));  // [B * T, R + P]: latent, then the rotary key
-  kv_down_.forward(x, rows, kv.data());
-  report(observer, "wkv_a", batch, tokens, kv);
-  std::vector<float> latent(rows * R), rotary_key(rows * P);  // [B * T, R], [B * T, P]
+  if (observer)
+    (*observer)(names::child(module_, "query"), workspace.view(q, {batch, tokens, H, nope + P}));
+  float* kv = workspace.take<float>(rows * (R + P));  // [B * T, R + P]: latent, then rotary key
+  kv_down_.forward(x, rows, kv);
+  report(observer, "wkv_a", kv, batch, tokens, R + P, workspace);
+  float* latent = workspace.take<float>(rows * R);      // [B * T, R]
+  float* rotary_key = workspace.take<float>(rows * P);  // [B * T, P]
   for (int64_t r = 0; r < rows; ++r) {
-    std::copy_n(kv.data() + r * (R + P), R, latent.data() + r * R);
-    std::copy_n(kv.data() + r * (R + P) + R, P, rotary_key.data() + r * P);
+    std::copy_n(kv + r * (R + P), R, latent + r * R);
+    std::copy_n(kv + r * (R + P) + R, P, rotary_key + r * P);
   }
-  kv_norm_.forward(latent.data(), rows, latent.data());
-  report(observer, "kv_norm", batch, tokens, latent);
+  kv_norm_.forward(latent, rows, latent);
+  report(observer, "kv_norm", latent, batch, tokens, R, workspace);
 
   // RoPE on the rotary part of every query head (features [nope, nope + P) of each head:
   // the rows start nope floats in, with a head stride of nope + P) and on the rotary key.
-  const ops::RopeFrequencies rope = ops::rope_frequencies(spec_.rope, P, start + tokens);
-  std::vector<int64_t> positions(rows);  // [B * T]
+  const ops::RopeFrequencies& rope = cache.rope_frequencies(spec_.rope, P, start + tokens);
+  int64_t* positions = workspace.take<int64_t>(rows);  // [B * T]
   for (int64_t r = 0; r < rows; ++r) positions[r] = start + r % tokens;
-  ops::apply_rope(q.mutable_data<float>() + nope, positions.data(), rows, H, nope + P, P,
-                  rope.inv_freq.data(), rope.attention_scaling, spec_.rope.interleaved);
-  ops::apply_rope(rotary_key.data(), positions.data(), rows, 1, P, P, rope.inv_freq.data(),
+  ops::apply_rope(q + nope, positions, rows, H, nope + P, P, rope.inv_freq.data(),
+                  rope.attention_scaling, spec_.rope.interleaved);
+  ops::apply_rope(rotary_key, positions, rows, 1, P, P, rope.inv_freq.data(),
                   rope.attention_scaling, spec_.rope.interleaved);
 
   float* latent_cache = cache.latent.mutable_data<float>();       // [B, capacity, R]
   float* rotary_cache = cache.rotary_keys.mutable_data<float>();  // [B, capacity, P]
   for (int64_t b = 0; b < batch; ++b) {
-    std::copy_n(latent.data() + b * tokens * R, tokens * R,
-                latent_cache + (b * capacity + start) * R);
-    std::copy_n(rotary_key.data() + b * tokens * P, tokens * P,
-                rotary_cache + (b * capacity + start) * P);
+    std::copy_n(latent + b * tokens * R, tokens * R, latent_cache + (b * capacity + start) * R);
+    std::copy_n(rotary_key + b * tokens * P, tokens * P, rotary_cache + (b * capacity + start) * P);
   }
 
-  std::vector<float> mixed(rows * H * V);  // [B, T, H, V]
+  float* mixed = workspace.take<float>(rows * H * V);  // [B, T, H, V]
   if (form == MlaForm::kExpanded)
-    attend_expanded(q.data<float>(), batch, tokens, start, cache, mixed.data());
+    attend_expanded(q, batch, tokens, start, cache, mixed, workspace);
   else
-    attend_absorbed(q.data<float>(), batch, tokens, start, cache, mixed.data());
-  out_.forward(mixed.data(), rows, out);
+    attend_absorbed(q, batch, tokens, start, cache, mixed, workspace);
+  out_.forward(mixed, rows, out);
 }
 
 void Mla::attend_expanded(const float* q, int64_t batch, int64_t tokens, int64_t start,
-                          const LayerKvCache& cache, float* mixed) const {
+                          const LayerKvCache& cache, float* mixed, Workspace& workspace) const {
   const int64_t H = spec_.num_heads, nope = spec_.qk_nope_head_dim, P = spec_.qk_rope_head_dim;
   const int64_t V = spec_.value_head_dim, R = spec_.kv_lora_rank, D = nope + P;
   const int64_t S = start + tokens, capacity = cache.latent.dim(1);
-  std::vector<float> up(S * H * (nope + V));     // [S, H, nope + V] of one row
-  std::vector<float> keys(batch * S * H * D);    // [B, S, H, nope + P]
-  std::vector<float> values(batch * S * H * V);  // [B, S, H, V]
+  Workspace::Scope scope(workspace);
+  float* up = workspace.take<float>(S * H * (nope + V));     // [S, H, nope + V] of one row
+  float* keys = workspace.take<float>(batch * S * H * D);    // [B, S, H, nope + P]
+  float* values = workspace.take<float>(batch * S * H * V);  // [B, S, H, V]
   for (int64_t b = 0; b < batch; ++b) {
-    kv_up_.forward(cache.latent.data<float>() + b * capacity * R, S, up.data());
+    kv_up_.forward(cache.latent.data<float>() + b * capacity * R, S, up);
     const float* rotary = cache.rotary_keys.data<float>() + b * capacity * P;  // [S, P]
     for (int64_t j = 0; j < S; ++j)
       for (int64_t h = 0; h < H; ++h) {
-        const float* from = up.data() + (j * H + h) * (nope + V);
-        float* key = keys.data() + ((b * S + j) * H + h) * D;
+        const float* from = up + (j * H + h) * (nope + V);
+        float* key = keys + ((b * S + j) * H + h) * D;
         std::copy_n(from, nope, key);
         std::copy_n(rotary + j * P, P, key + nope);
-        std::copy_n(from + nope, V, values.data() + ((b * S + j) * H + h) * V);
+        std::copy_n(from + nope, V, values + ((b * S + j) * H + h) * V);
       }
   }
   ops::AttentionShape shape;
@@ -150,21 +153,23 @@ void Mla::attend_expanded(const float* q, int64_t batch, int64_t tokens, int64_t
   shape.head_dim = D;
   shape.value_dim = V;
   shape.scale = scale_;
-  ops::causal_attention(q, keys.data(), values.data(), mixed, shape);
+  ops::causal_attention(q, keys, values, mixed, shape);
 }
 
 void Mla::attend_absorbed(const float* q, int64_t batch, int64_t tokens, int64_t start,
-                          const LayerKvCache& cache, float* mixed) const {
+                          const LayerKvCache& cache, float* mixed, Workspace& workspace) const {
   const int64_t rows = batch * tokens, H = spec_.num_heads, nope = spec_.qk_nope_head_dim;
   const int64_t P = spec_.qk_rope_head_dim, V = spec_.value_head_dim, R = spec_.kv_lora_rank;
-  std::vector<float> q_nope(rows * H * nope), q_rope(rows * H * P);  // [B*T, H, nope], [.., P]
+  Workspace::Scope scope(workspace);
+  float* q_nope = workspace.take<float>(rows * H * nope);  // [B * T, H, nope]
+  float* q_rope = workspace.take<float>(rows * H * P);     // [B * T, H, P]
   for (int64_t i = 0; i < rows * H; ++i) {
-    std::copy_n(q + i * (nope + P), nope, q_nope.data() + i * nope);
-    std::copy_n(q + i * (nope + P) + nope, P, q_rope.data() + i * P);
+    std::copy_n(q + i * (nope + P), nope, q_nope + i * nope);
+    std::copy_n(q + i * (nope + P) + nope, P, q_rope + i * P);
   }
   const ops::KvUpProjection kv_up{kv_up_weight_.raw(), kv_up_weight_.dtype(), H, nope, V, R};
-  std::vector<float> q_latent(rows * H * R);  // [B, T, H, R]
-  ops::absorb_query(q_nope.data(), kv_up, q_latent.data(), rows);
+  float* q_latent = workspace.take<float>(rows * H * R);  // [B, T, H, R]
+  ops::absorb_query(q_nope, kv_up, q_latent, rows);
   ops::LatentAttentionShape shape;
   shape.batch = batch;
   shape.tokens = tokens;
@@ -175,10 +180,10 @@ void Mla::attend_absorbed(const float* q, int64_t batch, int64_t tokens, int64_t
   shape.latent_dim = R;
   shape.rope_dim = P;
   shape.scale = scale_;
-  std::vector<float> attended(rows * H * R);  // [B, T, H, R]
-  ops::latent_attention(q_latent.data(), q_rope.data(), cache.latent.data<float>(),
-                        cache.rotary_keys.data<float>(), attended.data(), shape);
-  ops::expand_values(attended.data(), kv_up, mixed, rows);
+  float* attended = workspace.take<float>(rows * H * R);  // [B, T, H, R]
+  ops::latent_attention(q_latent, q_rope, cache.latent.data<float>(),
+                        cache.rotary_keys.data<float>(), attended, shape);
+  ops::expand_values(attended, kv_up, mixed, rows);
 }
 
 }  // namespace kiln

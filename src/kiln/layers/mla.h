@@ -7,13 +7,13 @@
 
 #include <cstdint>
 #include <string>
-#include <vector>
 
 #include "kiln/core/tensor.h"
 #include "kiln/layers/linear.h"
 #include "kiln/layers/norm.h"
 #include "kiln/layers/observer.h"
 #include "kiln/layers/weights.h"
+#include "kiln/layers/workspace.h"
 #include "kiln/models/model_spec.h"
 #include "kiln/runtime/kv_cache.h"
 
@@ -39,27 +39,28 @@ class Mla {
   // Attends tokens at positions [start, start + T) of every row to themselves and to the
   // cached positions before them; stores their latents and rotary keys in `cache` (layout
   // kLatent) first. Uses the absorbed form for single-token steps (decode) and the expanded
-  // form otherwise.
+  // form otherwise. Intermediates come from `workspace`.
   //   x:   [B, T, hidden] f32 (the normed hidden states)
   //   out: [B, T, hidden] f32
   void forward(const float* x, int64_t batch, int64_t tokens, int64_t start, LayerKvCache& cache,
-               float* out, const ActivationObserver* observer) const;
+               float* out, Workspace& workspace, const ActivationObserver* observer) const;
   // The same in the given form.
   void forward_in_form(MlaForm form, const float* x, int64_t batch, int64_t tokens, int64_t start,
-                       LayerKvCache& cache, float* out, const ActivationObserver* observer) const;
+                       LayerKvCache& cache, float* out, Workspace& workspace,
+                       const ActivationObserver* observer) const;
 
  private:
-  // Reports `values` [B * T, features] to `observer` (when set) as `<module>/<part>`
-  // [B, T, features].
-  void report(const ActivationObserver* observer, const std::string& part, int64_t batch,
-              int64_t tokens, const std::vector<float>& values) const;
+  // Reports `data` [B * T, features] (workspace memory) to `observer` (when set) as
+  // `<module>/<part>` [B, T, features].
+  void report(const ActivationObserver* observer, const char* part, const float* data,
+              int64_t batch, int64_t tokens, int64_t features, const Workspace& workspace) const;
   // Per-head attention outputs of the new tokens over every filled position.
   //   q:     [B, T, H, nope + rope] (rotary part already rotated)
   //   mixed: [B, T, H, value_dim]
   void attend_expanded(const float* q, int64_t batch, int64_t tokens, int64_t start,
-                       const LayerKvCache& cache, float* mixed) const;
+                       const LayerKvCache& cache, float* mixed, Workspace& workspace) const;
   void attend_absorbed(const float* q, int64_t batch, int64_t tokens, int64_t start,
-                       const LayerKvCache& cache, float* mixed) const;
+                       const LayerKvCache& cache, float* mixed, Workspace& workspace) const;
 
   AttentionSpec spec_;
   std::string module_;

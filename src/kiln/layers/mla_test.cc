@@ -34,9 +34,10 @@ class DeepseekMla : public ::testing::Test {
     const Tensor in = act(layer, "in");  // [T, hidden]
     KvCache cache = model_->make_cache(1, in.dim(0));
     Tensor out = Tensor::zeros_like(in);
-    model_->layer(layer).attention().mla().forward_in_form(form, in.data<float>(), 1, in.dim(0), 0,
-                                                           cache.layer(layer),
-                                                           out.mutable_data<float>(), nullptr);
+    Workspace workspace;
+    model_->layer(layer).attention().mla().forward_in_form(
+        form, in.data<float>(), 1, in.dim(0), 0, cache.layer(layer), out.mutable_data<float>(),
+        workspace, nullptr);
     return out;
   }
 
@@ -70,11 +71,12 @@ TEST_F(DeepseekMla, AbsorbedDecodeOverLatentCacheEqualsExpandedPass) {
   const Mla& mla = model_->layer(layer).attention().mla();
   KvCache cache = model_->make_cache(1, T);
   Tensor out = Tensor::zeros_like(in);  // [T, hidden]
+  Workspace workspace;
   mla.forward(in.data<float>(), 1, prefill, 0, cache.layer(layer), out.mutable_data<float>(),
-              nullptr);
+              workspace, nullptr);
   for (int64_t t = prefill; t < T; ++t)
     mla.forward(in.data<float>() + t * H, 1, 1, t, cache.layer(layer),
-                out.mutable_data<float>() + t * H, nullptr);
+                out.mutable_data<float>() + t * H, workspace, nullptr);
   const double err = test::max_abs_diff(out, run(layer, MlaForm::kExpanded));
   std::cout << "deepseek_v3: prefill + absorbed decode vs one expanded pass: " << err << std::endl;
   EXPECT_LE(err, 1e-5);

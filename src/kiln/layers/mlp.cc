@@ -1,7 +1,6 @@
 #include "kiln/layers/mlp.h"
 
 #include <utility>
-#include <vector>
 
 #include "kiln/models/capabilities.h"
 #include "kiln/models/weight_names.h"
@@ -25,18 +24,19 @@ Mlp::Mlp(const MlpSpec& spec, int64_t hidden, const WeightMap& weights, const st
 Mlp::Mlp(const MlpSpec& spec, Linear gate, Linear up, Linear down)
     : spec_(spec), gate_(std::move(gate)), up_(std::move(up)), down_(std::move(down)) {}
 
-void Mlp::forward(const float* x, int64_t rows, float* y) const {
+void Mlp::forward(const float* x, int64_t rows, float* y, Workspace& workspace) const {
   const int64_t inner = spec_.intermediate;
-  std::vector<float> up(rows * inner);  // [rows, inner]
-  up_.forward(x, rows, up.data());
+  Workspace::Scope scope(workspace);
+  float* up = workspace.take<float>(rows * inner);  // [rows, inner]
+  up_.forward(x, rows, up);
   if (spec_.gated) {
-    std::vector<float> gate(rows * inner);  // [rows, inner]
-    gate_.forward(x, rows, gate.data());
-    ops::gated_activation(spec_.activation, gate.data(), up.data(), up.data(), rows * inner);
+    float* gate = workspace.take<float>(rows * inner);  // [rows, inner]
+    gate_.forward(x, rows, gate);
+    ops::gated_activation(spec_.activation, gate, up, up, rows * inner);
   } else {
-    ops::apply_activation(spec_.activation, up.data(), rows * inner);
+    ops::apply_activation(spec_.activation, up, rows * inner);
   }
-  down_.forward(up.data(), rows, y);
+  down_.forward(up, rows, y);
 }
 
 }  // namespace kiln

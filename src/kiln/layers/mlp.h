@@ -7,6 +7,7 @@
 
 #include "kiln/layers/linear.h"
 #include "kiln/layers/weights.h"
+#include "kiln/layers/workspace.h"
 #include "kiln/models/model_spec.h"
 
 namespace kiln {
@@ -19,8 +20,9 @@ class Mlp {
   // From its projections (`gate` unused when not gated), e.g. views of stacked experts.
   Mlp(const MlpSpec& spec, Linear gate, Linear up, Linear down);
 
+  // Intermediates come from `workspace`.
   //   x: [rows, hidden] f32;  y: [rows, hidden] f32
-  void forward(const float* x, int64_t rows, float* y) const;
+  void forward(const float* x, int64_t rows, float* y, Workspace& workspace) const;
 
  private:
   MlpSpec spec_;

@@ -47,57 +47,73 @@ Model::Model(ModelSpec spec, const WeightMap& weights) : spec_(std::move(spec)) 
 
 Tensor Model::forward(const int32_t* tokens, int64_t batch, int64_t tokens_per_row, KvCache& cache,
                       const ForwardOptions& options) const {
+  Workspace workspace;
+  const float* logits = forward(tokens, batch, tokens_per_row, cache, workspace, options);
+  const int64_t out_T = options.last_position_only ? 1 : tokens_per_row;
+  Tensor out = Tensor::zeros(DType::F32, {batch, out_T, spec_.vocab_size});  // [B, out_T, V]
+  std::memcpy(out.mutable_raw(), logits, out.nbytes());
+  return out;
+}
+
+const float* Model::forward(const int32_t* tokens, int64_t batch, int64_t tokens_per_row,
+                            KvCache& cache, Workspace& workspace,
+                            const ForwardOptions& options) const {
   const int64_t T = tokens_per_row, hidden = spec_.hidden_size, vocab = spec_.vocab_size;
-  check(batch == cache.batch(), "forward: " + std::to_string(batch) +
-                                    " rows but the KV cache holds " +
-                                    std::to_string(cache.batch()));
+  if (batch != cache.batch())
+    throw Error("forward: " + std::to_string(batch) + " rows but the KV cache holds " +
+                std::to_string(cache.batch()));
   check(T > 0, "forward: no tokens");
   const int64_t start = cache.length();
-  check(start + T <= cache.capacity(), "forward: " + std::to_string(start + T) +
-                                           " positions exceed the KV cache capacity of " +
-                                           std::to_string(cache.capacity()));
-  if (start > 0 && rope_changes(start, start + T)) return recompute(tokens, T, cache, options);
+  if (start + T > cache.capacity())
+    throw Error("forward: " + std::to_string(start + T) +
+                " positions exceed the KV cache capacity of " + std::to_string(cache.capacity()));
+  if (start > 0 && rope_changes(start, start + T))
+    return recompute(tokens, T, cache, workspace, options);
   const ActivationObserver* observer = options.observer;
   cache.remember_tokens(tokens, T);
+  workspace.reset();
+  auto report = [&](const std::string& name, const float* data, int64_t rows, int64_t width) {
+    (*observer)(name, workspace.view(data, {batch, rows, width}));
+  };
 
-  Tensor x = Tensor::zeros(DType::F32, {batch, T, hidden});  // [B, T, hidden] residual stream
-  float* x_data = x.mutable_data<float>();
+  float* x = workspace.take<float>(batch * T * hidden);  // [B, T, hidden] residual stream
   ops::embedding_lookup(embedding_.raw(), embedding_.dtype(), vocab, hidden, tokens, batch * T,
-                        spec_.embedding_scale, x_data);
+                        spec_.embedding_scale, x);
   if (positions_.defined()) {
-    std::vector<int32_t> position_ids(batch * T);  // [B, T]
-    for (int64_t r = 0; r < batch * T; ++r) position_ids[r] = static_cast<int32_t>(start + r % T);
-    std::vector<float> position_rows(batch * T * hidden);  // [B, T, hidden]
-    ops::embedding_lookup(positions_.raw(), positions_.dtype(), spec_.max_position_embeddings,
-                          hidden, position_ids.data(), batch * T, 1.0f, position_rows.data());
-    for (int64_t i = 0; i < batch * T * hidden; ++i) x_data[i] += position_rows[i];
+    Workspace::Scope scope(workspace);
+    float* position_row = workspace.take<float>(hidden);  // [hidden]
+    for (int64_t r = 0; r < batch * T; ++r) {
+      const int32_t position = static_cast<int32_t>(start + r % T);
+      ops::embedding_lookup(positions_.raw(), positions_.dtype(), spec_.max_position_embeddings,
+                            hidden, &position, 1, 1.0f, position_row);
+      for (int64_t i = 0; i < hidden; ++i) x[r * hidden + i] += position_row[i];
+    }
   }
-  if (observer) (*observer)(names::token_embedder(), x);
+  if (observer) report(names::token_embedder(), x, T, hidden);
   for (int64_t i = 0; i < spec_.num_layers(); ++i) {
-    layers_[i].forward(x_data, batch, T, start, cache.layer(i), observer);
-    if (observer) (*observer)(names::layer(i), x);
+    layers_[i].forward(x, batch, T, start, cache.layer(i), workspace, observer);
+    if (observer) report(names::layer(i), x, T, hidden);
   }
-  final_norm_.forward(x_data, batch * T, x_data);
-  if (observer) (*observer)(names::final_norm(), x);
+  final_norm_.forward(x, batch * T, x);
+  if (observer) report(names::final_norm(), x, T, hidden);
   cache.advance(T);
 
   const int64_t out_T = options.last_position_only ? 1 : T;
-  Tensor logits = Tensor::zeros(DType::F32, {batch, out_T, vocab});  // [B, out_T, V]
-  if (options.last_position_only) {
-    std::vector<float> last(batch * hidden);  // [B, hidden]
+  const float* head_input = x;  // [B, out_T, hidden]
+  if (options.last_position_only && T > 1) {
+    float* last = workspace.take<float>(batch * hidden);  // [B, hidden]
     for (int64_t b = 0; b < batch; ++b)
-      std::memcpy(last.data() + b * hidden, x_data + ((b + 1) * T - 1) * hidden,
-                  sizeof(float) * hidden);
-    lm_head_.forward(last.data(), batch, logits.mutable_data<float>());
-  } else {
-    lm_head_.forward(x_data, batch * T, logits.mutable_data<float>());
+      std::memcpy(last + b * hidden, x + ((b + 1) * T - 1) * hidden, sizeof(float) * hidden);
+    head_input = last;
   }
+  float* logits = workspace.take<float>(batch * out_T * vocab);  // [B, out_T, V]
+  lm_head_.forward(head_input, batch * out_T, logits);
   if (spec_.final_logit_softcap > 0.0f) {
     const float cap = spec_.final_logit_softcap;
-    float* l = logits.mutable_data<float>();
-    for (int64_t i = 0; i < logits.numel(); ++i) l[i] = std::tanh(l[i] / cap) * cap;
+    for (int64_t i = 0; i < batch * out_T * vocab; ++i)
+      logits[i] = std::tanh(logits[i] / cap) * cap;
   }
-  if (observer) (*observer)(names::lm_head(), logits);
+  if (observer) report(names::lm_head(), logits, out_T, vocab);
   return logits;
 }
 
@@ -111,18 +127,17 @@ bool Model::rope_changes(int64_t cached_length, int64_t new_length) const {
   return false;
 }
 
-Tensor Model::recompute(const int32_t* tokens, int64_t tokens_per_row, KvCache& cache,
-                        const ForwardOptions& options) const {
+const float* Model::recompute(const int32_t* tokens, int64_t tokens_per_row, KvCache& cache,
+                              Workspace& workspace, const ForwardOptions& options) const {
   const int64_t batch = cache.batch(), T = tokens_per_row, vocab = spec_.vocab_size;
   const int64_t length = cache.length() + T;
   const std::vector<int32_t> all = cache.tokens_with(tokens, T);  // [B, length]
   cache.clear();
-  const Tensor logits = forward(all.data(), batch, length, cache, options);
-  if (options.last_position_only) return logits;              // [B, 1, V]
-  Tensor out = Tensor::zeros(DType::F32, {batch, T, vocab});  // [B, T, V]: the new positions
+  const float* logits = forward(all.data(), batch, length, cache, workspace, options);
+  if (options.last_position_only) return logits;          // [B, 1, V]
+  float* out = workspace.take<float>(batch * T * vocab);  // [B, T, V]: the new positions
   for (int64_t b = 0; b < batch; ++b)
-    std::memcpy(out.mutable_data<float>() + b * T * vocab,
-                logits.data<float>() + (b * length + length - T) * vocab,
+    std::memcpy(out + b * T * vocab, logits + (b * length + length - T) * vocab,
                 sizeof(float) * T * vocab);
   return out;
 }

@@ -11,6 +11,7 @@
 #include "kiln/layers/norm.h"
 #include "kiln/layers/observer.h"
 #include "kiln/layers/weights.h"
+#include "kiln/layers/workspace.h"
 #include "kiln/models/model_spec.h"
 #include "kiln/runtime/kv_cache.h"
 
@@ -36,9 +37,15 @@ class Model {
   // cached positions are recomputed from their token ids first, so that the result equals
   // a forward pass over the whole sequence.
   //   tokens: [B, T] token ids
-  //   returns logits [B, T, V] f32 ([B, 1, V] with last_position_only)
+  //   returns logits [B, T, V] f32 ([B, 1, V] with last_position_only), a new tensor
   Tensor forward(const int32_t* tokens, int64_t batch, int64_t tokens_per_row, KvCache& cache,
                  const ForwardOptions& options = {}) const;
+  // The same pass with every activation, and the logits, in `workspace`: it grows on first
+  // use and is then reused, so that a decode loop (equal or smaller shapes, no RoPE change)
+  // allocates nothing. Returns the logits [B, T, V] f32 ([B, 1, V] with
+  // last_position_only), valid until the workspace is used again.
+  const float* forward(const int32_t* tokens, int64_t batch, int64_t tokens_per_row, KvCache& cache,
+                       Workspace& workspace, const ForwardOptions& options = {}) const;
 
   // An empty cache for `batch` rows of up to `capacity` positions.
   KvCache make_cache(int64_t batch, int64_t capacity) const { return {spec_, batch, capacity}; }
@@ -50,9 +57,9 @@ class Model {
   // True when some layer's RoPE frequencies differ between the two sequence lengths.
   bool rope_changes(int64_t cached_length, int64_t new_length) const;
   // forward() over the cached tokens followed by `tokens`, from an emptied cache; returns
-  // the logits of the new positions only.
-  Tensor recompute(const int32_t* tokens, int64_t tokens_per_row, KvCache& cache,
-                   const ForwardOptions& options) const;
+  // the logits of the new positions only (in `workspace`).
+  const float* recompute(const int32_t* tokens, int64_t tokens_per_row, KvCache& cache,
+                         Workspace& workspace, const ForwardOptions& options) const;
 
   ModelSpec spec_;
   Tensor embedding_;  // [V, hidden] in its stored dtype

@@ -48,41 +48,44 @@ void Moe::route(const float* logits, int64_t rows, int64_t* experts, float* weig
                     rows, experts, weights);
 }
 
-void Moe::forward(const float* x, int64_t rows, float* y) const {
-  const int64_t E = spec_.num_experts, k = spec_.top_k, H = hidden_;
-  std::vector<float> logits(rows * E);  // [rows, E]
-  router_logits(x, rows, logits.data());
-  std::vector<int64_t> picks(rows * k);       // [rows, k]
-  std::vector<float> pick_weights(rows * k);  // [rows, k]
-  route(logits.data(), rows, picks.data(), pick_weights.data());
+void Moe::forward(const float* x, int64_t rows, float* y, Workspace& workspace) const {
+  const int64_t E = spec_.num_experts, k = spec_.top_k, H = hidden_, picks = rows * k;
+  Workspace::Scope scope(workspace);
+  float* logits = workspace.take<float>(rows * E);     // [rows, E]
+  int64_t* experts = workspace.take<int64_t>(picks);   // [rows, k]
+  float* pick_weights = workspace.take<float>(picks);  // [rows, k]
+  router_logits(x, rows, logits);
+  route(logits, rows, experts, pick_weights);
 
-  // The tokens of each expert, in token order, with their weights.
-  std::vector<std::vector<int64_t>> tokens(E);
-  std::vector<std::vector<float>> token_weights(E);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < k; ++j) {
-      tokens[picks[r * k + j]].push_back(r);
-      token_weights[picks[r * k + j]].push_back(pick_weights[r * k + j]);
-    }
+  // The picks (indices into [rows, k]) grouped by expert, in token order: expert e's are
+  // by_expert[first[e], first[e + 1]).
+  int64_t* first = workspace.take<int64_t>(E + 1);      // [E + 1]
+  int64_t* filled = workspace.take<int64_t>(E);         // [E]
+  int64_t* by_expert = workspace.take<int64_t>(picks);  // [rows * k]
+  std::fill(first, first + E + 1, 0);
+  for (int64_t p = 0; p < picks; ++p) ++first[experts[p] + 1];
+  for (int64_t e = 0; e < E; ++e) first[e + 1] += first[e];
+  std::copy_n(first, E, filled);
+  for (int64_t p = 0; p < picks; ++p) by_expert[filled[experts[p]]++] = p;
 
   std::fill(y, y + rows * H, 0.0f);
-  std::vector<float> gathered, expert_out;
+  float* gathered = workspace.take<float>(rows * H);    // [n, H]: an expert's tokens (n <= rows)
+  float* expert_out = workspace.take<float>(rows * H);  // [n, H]
   for (int64_t e = 0; e < E; ++e) {
-    const int64_t n = static_cast<int64_t>(tokens[e].size());
+    const int64_t* mine = by_expert + first[e];  // [n]
+    const int64_t n = first[e + 1] - first[e];
     if (n == 0) continue;
-    gathered.resize(n * H);  // [n, H]
-    for (int64_t i = 0; i < n; ++i) std::copy_n(x + tokens[e][i] * H, H, gathered.data() + i * H);
-    expert_out.resize(n * H);  // [n, H]
-    experts_[e].forward(gathered.data(), n, expert_out.data());
+    for (int64_t i = 0; i < n; ++i) std::copy_n(x + mine[i] / k * H, H, gathered + i * H);
+    experts_[e].forward(gathered, n, expert_out, workspace);
     for (int64_t i = 0; i < n; ++i) {
-      float* row = y + tokens[e][i] * H;
-      const float w = token_weights[e][i];
+      float* row = y + mine[i] / k * H;  // [H]
+      const float w = pick_weights[mine[i]];
       for (int64_t c = 0; c < H; ++c) row[c] += expert_out[i * H + c] * w;
     }
   }
   if (spec_.num_shared_experts > 0) {
-    std::vector<float> shared(rows * H);  // [rows, H]
-    shared_.forward(x, rows, shared.data());
+    float* shared = workspace.take<float>(rows * H);  // [rows, H]
+    shared_.forward(x, rows, shared, workspace);
     for (int64_t i = 0; i < rows * H; ++i) y[i] += shared[i];
   }
 }

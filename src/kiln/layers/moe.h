@@ -10,6 +10,7 @@
 #include "kiln/layers/linear.h"
 #include "kiln/layers/mlp.h"
 #include "kiln/layers/weights.h"
+#include "kiln/layers/workspace.h"
 #include "kiln/models/model_spec.h"
 
 namespace kiln {
@@ -29,9 +30,10 @@ class Moe {
       const std::string& module);
 
   // y = sum over the token's picks of weight * expert(x), plus the shared experts' output.
-  // Tokens are grouped by expert, so an expert nobody picked costs nothing.
+  // Tokens are grouped by expert, so an expert nobody picked costs nothing. Intermediates
+  // come from `workspace`.
   //   x: [rows, hidden] f32;  y: [rows, hidden] f32 (must not alias x)
-  void forward(const float* x, int64_t rows, float* y) const;
+  void forward(const float* x, int64_t rows, float* y, Workspace& workspace) const;
 
   // The router's logits.   x: [rows, hidden] f32;  logits: [rows, E] f32
   void router_logits(const float* x, int64_t rows, float* logits) const;

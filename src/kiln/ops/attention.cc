@@ -4,10 +4,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <vector>
 
 #include "kiln/core/error.h"
 #include "kiln/models/capabilities.h"
+#include "kiln/ops/cpu/scratch.h"
 #include "kiln/ops/kernels.h"
 #include "kiln/ops/softmax.h"
 
@@ -41,7 +41,8 @@ void causal_attention_reference(const float* q, const float* k_cache, const floa
       s.batch * s.tokens * s.heads * s.cache_len * s.head_dim >= (int64_t{1} << 18);
 #pragma omp parallel if (parallel)
   {
-    std::vector<float> scores(s.cache_len);  // [S]
+    auto* scores = static_cast<float*>(cpu::thread_scratch(cpu::ScratchSlot::kAttentionScores,
+                                                           sizeof(float) * s.cache_len));  // [S]
 #pragma omp for collapse(3) schedule(static)
     for (int64_t b = 0; b < s.batch; ++b) {
       for (int64_t t = 0; t < s.tokens; ++t) {
@@ -60,7 +61,7 @@ void causal_attention_reference(const float* q, const float* k_cache, const floa
             if (s.softcap > 0.0f) score = s.softcap * std::tanh(score / s.softcap);
             scores[j] = score;
           }
-          softmax(scores.data(), scores.data(), 1, count);
+          softmax(scores, scores, 1, count);
           float* o = out + ((b * s.tokens + t) * s.heads + h) * s.value_dim;  // [Dv]
           std::fill(o, o + s.value_dim, 0.0f);
           for (int64_t j = 0; j < count; ++j) {

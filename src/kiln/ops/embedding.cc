@@ -13,9 +13,9 @@ void embedding_lookup(const void* table, DType table_dtype, int64_t vocab, int64
   const auto* bytes = static_cast<const std::byte*>(table);
   const size_t row_bytes = static_cast<size_t>(dim) * dtype_size(table_dtype);
   for (int64_t n = 0; n < count; ++n) {
-    check(ids[n] >= 0 && ids[n] < vocab, "token id " + std::to_string(ids[n]) +
-                                             " is outside the vocabulary [0, " +
-                                             std::to_string(vocab) + ")");
+    if (ids[n] < 0 || ids[n] >= vocab)
+      throw Error("token id " + std::to_string(ids[n]) + " is outside the vocabulary [0, " +
+                  std::to_string(vocab) + ")");
     float* row = out + n * dim;  // [dim]
     convert_to_f32(bytes + ids[n] * row_bytes, table_dtype, row, dim);
     if (scale != 1.0f)

@@ -3,15 +3,21 @@
 #include "kiln/ops/latent_attention.h"
 
 #include <algorithm>
-#include <vector>
 
 #include "kiln/core/error.h"
 #include "kiln/core/tensor.h"
+#include "kiln/ops/cpu/scratch.h"
 #include "kiln/ops/softmax.h"
 
 namespace kiln::ops {
 
 namespace {
+// Per-thread room for one weight row.   [latent_dim]
+float* weight_row_buffer(const KvUpProjection& w) {
+  return static_cast<float*>(
+      cpu::thread_scratch(cpu::ScratchSlot::kWeightRow, sizeof(float) * w.latent_dim));
+}
+
 // Row `row` of the up-projection as f32.   out: [latent_dim]
 void weight_row(const KvUpProjection& w, int64_t row, float* out) {
   const auto* bytes = static_cast<const std::byte*>(w.weight);
@@ -25,11 +31,11 @@ void absorb_query(const float* q_nope, const KvUpProjection& w, float* q_latent,
   std::fill(q_latent, q_latent + rows * w.heads * R, 0.0f);
 #pragma omp parallel
   {
-    std::vector<float> row(R);  // [R]
+    float* row = weight_row_buffer(w);  // [R]
 #pragma omp for schedule(static)
     for (int64_t h = 0; h < w.heads; ++h) {
       for (int64_t i = 0; i < w.nope; ++i) {
-        weight_row(w, h * per_head + i, row.data());
+        weight_row(w, h * per_head + i, row);
         for (int64_t r = 0; r < rows; ++r) {
           const float q = q_nope[(r * w.heads + h) * w.nope + i];
           float* out = q_latent + (r * w.heads + h) * R;  // [R]
@@ -44,11 +50,11 @@ void expand_values(const float* attended, const KvUpProjection& w, float* out, i
   const int64_t R = w.latent_dim, per_head = w.nope + w.value_dim;
 #pragma omp parallel
   {
-    std::vector<float> row(R);  // [R]
+    float* row = weight_row_buffer(w);  // [R]
 #pragma omp for schedule(static)
     for (int64_t h = 0; h < w.heads; ++h) {
       for (int64_t j = 0; j < w.value_dim; ++j) {
-        weight_row(w, h * per_head + w.nope + j, row.data());
+        weight_row(w, h * per_head + w.nope + j, row);
         for (int64_t r = 0; r < rows; ++r) {
           const float* a = attended + (r * w.heads + h) * R;  // [R]
           float dot = 0.0f;
@@ -67,7 +73,8 @@ void latent_attention(const float* q_latent, const float* q_rope, const float* l
   const int64_t R = s.latent_dim, P = s.rope_dim;
 #pragma omp parallel
   {
-    std::vector<float> scores(s.cache_len);  // [S]
+    auto* scores = static_cast<float*>(cpu::thread_scratch(cpu::ScratchSlot::kAttentionScores,
+                                                           sizeof(float) * s.cache_len));  // [S]
 #pragma omp for collapse(3) schedule(static)
     for (int64_t b = 0; b < s.batch; ++b) {
       for (int64_t t = 0; t < s.tokens; ++t) {
@@ -84,7 +91,7 @@ void latent_attention(const float* q_latent, const float* q_rope, const float* l
             for (int64_t d = 0; d < P; ++d) dot += qr[d] * k[d];
             scores[j] = dot * s.scale;
           }
-          softmax(scores.data(), scores.data(), 1, count);
+          softmax(scores, scores, 1, count);
           float* o = attended + query * R;  // [R]
           std::fill(o, o + R, 0.0f);
           for (int64_t j = 0; j < count; ++j) {

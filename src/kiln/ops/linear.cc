@@ -3,19 +3,19 @@
 #include "kiln/ops/linear.h"
 
 #include <string>
-#include <vector>
 
 #include "kiln/core/error.h"
 #include "kiln/core/tensor.h"
 #include "kiln/ops/activation.h"
+#include "kiln/ops/cpu/scratch.h"
 #include "kiln/ops/kernels.h"
 
 namespace kiln::ops {
 
 namespace {
 void check_weight_dtype(DType weight_dtype) {
-  check(weight_dtype == DType::F32 || weight_dtype == DType::BF16 || weight_dtype == DType::F16,
-        "linear: unsupported weight dtype " + std::string(dtype_name(weight_dtype)));
+  if (weight_dtype != DType::F32 && weight_dtype != DType::BF16 && weight_dtype != DType::F16)
+    throw Error("linear: unsupported weight dtype " + std::string(dtype_name(weight_dtype)));
 }
 }  // namespace
 
@@ -34,15 +34,16 @@ void linear_reference(const float* x, const void* weight, DType weight_dtype, co
   const bool parallel = rows * in * out >= (int64_t{1} << 18);
 #pragma omp parallel if (parallel)
   {
-    std::vector<float> converted(weight_dtype == DType::F32 ? 0 : in);  // [in]
+    auto* converted = static_cast<float*>(
+        cpu::thread_scratch(cpu::ScratchSlot::kWeightRow, sizeof(float) * in));  // [in]
 #pragma omp for schedule(static)
     for (int64_t o = 0; o < out; ++o) {
       const float* w_row;  // [in]
       if (weight_dtype == DType::F32) {
         w_row = reinterpret_cast<const float*>(w_bytes + o * row_bytes);
       } else {
-        convert_to_f32(w_bytes + o * row_bytes, weight_dtype, converted.data(), in);
-        w_row = converted.data();
+        convert_to_f32(w_bytes + o * row_bytes, weight_dtype, converted, in);
+        w_row = converted;
       }
       const float b = bias ? bias[o] : 0.0f;
       for (int64_t n = 0; n < rows; ++n) {

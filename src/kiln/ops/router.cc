@@ -5,10 +5,10 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
-#include <vector>
 
 #include "kiln/core/error.h"
 #include "kiln/models/capabilities.h"
+#include "kiln/ops/cpu/scratch.h"
 #include "kiln/ops/softmax.h"
 #include "kiln/ops/top_k.h"
 
@@ -24,36 +24,63 @@ namespace {
 
 void check_settings(const MoeSpec& spec) {
   const int64_t experts = spec.num_experts;
-  check(spec.top_k >= 1 && spec.top_k <= experts, "router: top_k " + std::to_string(spec.top_k) +
-                                                      " must be in [1, " + std::to_string(experts) +
-                                                      "]");
+  if (spec.top_k < 1 || spec.top_k > experts)
+    throw Error("router: top_k " + std::to_string(spec.top_k) + " must be in [1, " +
+                std::to_string(experts) + "]");
   if (spec.router != RouterKind::kSigmoidGroup) return;
-  check(spec.n_group >= 1 && experts % spec.n_group == 0,
-        "router: n_group " + std::to_string(spec.n_group) + " does not divide " +
-            std::to_string(experts) + " experts");
-  check(spec.topk_group >= 1 && spec.topk_group <= spec.n_group,
-        "router: topk_group " + std::to_string(spec.topk_group) + " must be in [1, n_group " +
-            std::to_string(spec.n_group) + "]");
+  if (spec.n_group < 1 || experts % spec.n_group != 0)
+    throw Error("router: n_group " + std::to_string(spec.n_group) + " does not divide " +
+                std::to_string(experts) + " experts");
+  if (spec.topk_group < 1 || spec.topk_group > spec.n_group)
+    throw Error("router: topk_group " + std::to_string(spec.topk_group) +
+                " must be in [1, n_group " + std::to_string(spec.n_group) + "]");
+}
+
+// Per-token scratch of route_tokens, carved from one per-thread buffer.
+struct RoutingScratch {
+  float* scores;        // [E]
+  float* biased;        // [E]
+  float* masked;        // [E]
+  float* group_scores;  // [n_group]
+  int64_t* best;        // [max(2, n_group)]: the best members of a group, then the best groups
+};
+
+RoutingScratch routing_scratch(const MoeSpec& spec) {
+  const int64_t E = spec.num_experts, groups = std::max<int64_t>(spec.n_group, 1);
+  const size_t floats = static_cast<size_t>(3 * E + groups);
+  auto* base = static_cast<std::byte*>(
+      cpu::thread_scratch(cpu::ScratchSlot::kRouting,
+                          sizeof(float) * floats +
+                              sizeof(int64_t) * static_cast<size_t>(std::max<int64_t>(2, groups))));
+  auto* f = reinterpret_cast<float*>(base);
+  // The int64 part starts after the floats, rounded up to 8 bytes.
+  auto* best = reinterpret_cast<int64_t*>(base + (sizeof(float) * floats + 7) / 8 * 8);
+  return {f, f + E, f + 2 * E, f + 3 * E, best};
 }
 
 // DeepSeek-V3's choice for one token: the k best biased scores inside the best groups.
-std::vector<int64_t> choose_in_groups(const MoeSpec& spec, const float* scores,
-                                      const float* correction_bias) {
+//   chosen: [top_k] (out)
+void choose_in_groups(const MoeSpec& spec, const float* correction_bias,
+                      const RoutingScratch& scratch, int64_t* chosen) {
   const int64_t experts = spec.num_experts, group_size = experts / spec.n_group;
-  std::vector<float> biased(experts);  // [E]
   for (int64_t e = 0; e < experts; ++e)
-    biased[e] = scores[e] + (correction_bias ? correction_bias[e] : 0.0f);
-  std::vector<float> group_scores(spec.n_group);  // [n_group]
+    scratch.biased[e] = scratch.scores[e] + (correction_bias ? correction_bias[e] : 0.0f);
+  const int64_t two = std::min<int64_t>(2, group_size);
   for (int64_t g = 0; g < spec.n_group; ++g) {
-    const float* members = biased.data() + g * group_size;
+    const float* members = scratch.biased + g * group_size;  // [group_size]
+    top_k(members, group_size, two, scratch.best);
     float sum = 0.0f;
-    for (int64_t e : top_k(members, group_size, 2)) sum += members[e];
-    group_scores[g] = sum;
+    for (int64_t j = 0; j < two; ++j) sum += members[scratch.best[j]];
+    scratch.group_scores[g] = sum;
   }
-  std::vector<float> masked(experts, 0.0f);  // [E]: biased scores of kept groups, else 0
-  for (int64_t g : top_k(group_scores.data(), spec.n_group, spec.topk_group))
-    std::copy_n(biased.begin() + g * group_size, group_size, masked.begin() + g * group_size);
-  return top_k(masked.data(), experts, spec.top_k);
+  // Biased scores of kept groups, else 0.
+  std::fill(scratch.masked, scratch.masked + experts, 0.0f);
+  top_k(scratch.group_scores, spec.n_group, spec.topk_group, scratch.best);
+  for (int64_t j = 0; j < spec.topk_group; ++j) {
+    const int64_t g = scratch.best[j];
+    std::copy_n(scratch.biased + g * group_size, group_size, scratch.masked + g * group_size);
+  }
+  top_k(scratch.masked, experts, spec.top_k, chosen);
 }
 
 }  // namespace
@@ -63,25 +90,24 @@ void route_tokens(const MoeSpec& spec, const float* logits, const float* correct
   check_settings(spec);
   const int64_t E = spec.num_experts, k = spec.top_k;
   const float scaling = static_cast<float>(spec.routed_scaling_factor);
-  std::vector<float> scores(E);  // [E]
+  const RoutingScratch scratch = routing_scratch(spec);
   for (int64_t r = 0; r < rows; ++r) {
     const float* row = logits + r * E;  // [E]
     int64_t* chosen = experts + r * k;  // [k]
     float* weight = weights + r * k;    // [k]
-    std::vector<int64_t> picks;
     switch (spec.router) {
       case RouterKind::kTopKSoftmax: {
-        picks = top_k(row, E, k);
-        for (int64_t j = 0; j < k; ++j) weight[j] = row[picks[j]];
+        top_k(row, E, k, chosen);
+        for (int64_t j = 0; j < k; ++j) weight[j] = row[chosen[j]];
         softmax(weight, weight, 1, k);
         break;
       }
       case RouterKind::kSoftmaxTopK: {
-        softmax(row, scores.data(), 1, E);
-        picks = top_k(scores.data(), E, k);
+        softmax(row, scratch.scores, 1, E);
+        top_k(scratch.scores, E, k, chosen);
         float sum = 0.0f;
         for (int64_t j = 0; j < k; ++j) {
-          weight[j] = scores[picks[j]];
+          weight[j] = scratch.scores[chosen[j]];
           sum += weight[j];
         }
         if (spec.norm_topk_prob)
@@ -89,11 +115,11 @@ void route_tokens(const MoeSpec& spec, const float* logits, const float* correct
         break;
       }
       case RouterKind::kSigmoidGroup: {
-        for (int64_t e = 0; e < E; ++e) scores[e] = 1.0f / (1.0f + std::exp(-row[e]));
-        picks = choose_in_groups(spec, scores.data(), correction_bias);
+        for (int64_t e = 0; e < E; ++e) scratch.scores[e] = 1.0f / (1.0f + std::exp(-row[e]));
+        choose_in_groups(spec, correction_bias, scratch, chosen);
         float sum = 0.0f;
         for (int64_t j = 0; j < k; ++j) {
-          weight[j] = scores[picks[j]];
+          weight[j] = scratch.scores[chosen[j]];
           sum += weight[j];
         }
         if (spec.norm_topk_prob)
@@ -101,10 +127,7 @@ void route_tokens(const MoeSpec& spec, const float* logits, const float* correct
         break;
       }
     }
-    for (int64_t j = 0; j < k; ++j) {
-      chosen[j] = picks[j];
-      weight[j] *= scaling;
-    }
+    for (int64_t j = 0; j < k; ++j) weight[j] *= scaling;
   }
 }
 

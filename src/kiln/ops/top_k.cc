@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <numeric>
 
+#include "kiln/ops/cpu/scratch.h"
+
 namespace kiln::ops {
 
 int64_t argmax(const float* x, int64_t count) {
@@ -13,14 +15,13 @@ int64_t argmax(const float* x, int64_t count) {
   return best;
 }
 
-std::vector<int64_t> top_k(const float* x, int64_t count, int64_t k) {
-  k = std::clamp<int64_t>(k, 0, count);
-  std::vector<int64_t> order(count);
-  std::iota(order.begin(), order.end(), 0);
-  std::partial_sort(order.begin(), order.begin() + k, order.end(),
+void top_k(const float* x, int64_t count, int64_t k, int64_t* indices) {
+  auto* order = static_cast<int64_t*>(
+      cpu::thread_scratch(cpu::ScratchSlot::kTopKOrder, sizeof(int64_t) * count));  // [count]
+  std::iota(order, order + count, int64_t{0});
+  std::partial_sort(order, order + k, order + count,
                     [x](int64_t a, int64_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); });
-  order.resize(k);
-  return order;
+  std::copy_n(order, k, indices);
 }
 
 }  // namespace kiln::ops

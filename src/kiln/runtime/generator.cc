@@ -31,12 +31,15 @@ std::vector<int32_t> Generator::generate(const std::vector<int32_t>& prompt, int
   if (max_new_tokens <= 0) return generated;
   const int64_t vocab = model_.spec().vocab_size;
   KvCache cache = model_.make_cache(1, stats_.prompt_tokens + max_new_tokens);
+  Workspace workspace;  // sized by the prompt's pass, then reused by every decode step
+  generated.reserve(static_cast<size_t>(max_new_tokens));
   ForwardOptions options;
   options.last_position_only = true;
 
   auto start = Clock::now();
-  Tensor logits = model_.forward(prompt.data(), 1, stats_.prompt_tokens, cache, options);
-  int32_t next = sampler_.sample(logits.data<float>(), vocab);
+  const float* logits =
+      model_.forward(prompt.data(), 1, stats_.prompt_tokens, cache, workspace, options);
+  int32_t next = sampler_.sample(logits, vocab);
   stats_.prefill_seconds = std::chrono::duration<double>(Clock::now() - start).count();
   start = Clock::now();
   while (true) {
@@ -44,8 +47,8 @@ std::vector<int32_t> Generator::generate(const std::vector<int32_t>& prompt, int
     generated.push_back(next);
     if (on_token) on_token(next);
     if (static_cast<int64_t>(generated.size()) == max_new_tokens) break;
-    logits = model_.forward(&next, 1, 1, cache, options);  // [1, 1, V]
-    next = sampler_.sample(logits.data<float>(), vocab);
+    logits = model_.forward(&next, 1, 1, cache, workspace, options);  // [1, 1, V]
+    next = sampler_.sample(logits, vocab);
   }
   stats_.decode_seconds = std::chrono::duration<double>(Clock::now() - start).count();
   stats_.generated_tokens = static_cast<int64_t>(generated.size());

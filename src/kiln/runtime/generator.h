@@ -27,8 +27,9 @@ class Generator {
 
   // Generates up to `max_new_tokens` tokens after `prompt` (one row). A stop token ends
   // generation and is neither returned nor passed to `on_token`; every other token is
-  // passed to `on_token` (when set) as soon as it is chosen. Throws Error for an empty
-  // prompt or ids outside the vocabulary.
+  // passed to `on_token` (when set) as soon as it is chosen. After the prompt's pass, the
+  // decode steps allocate nothing (unless the RoPE scaling makes them recompute the
+  // sequence). Throws Error for an empty prompt or ids outside the vocabulary.
   std::vector<int32_t> generate(const std::vector<int32_t>& prompt, int64_t max_new_tokens,
                                 const std::function<void(int32_t)>& on_token = {});
 

@@ -36,17 +36,32 @@ int64_t KvCache::bytes_per_token() const {
   return static_cast<int64_t>(bytes) / (batch_ * capacity_);
 }
 
+const ops::RopeFrequencies& LayerKvCache::rope_frequencies(const RopeSpec& rope, int64_t head_dim,
+                                                           int64_t sequence_length) {
+  const int64_t key = ops::rope_frequency_key(rope, sequence_length);
+  if (key != rope_key_) {
+    rope_ = ops::rope_frequencies(rope, head_dim, sequence_length);
+    rope_key_ = key;
+  }
+  return rope_;
+}
+
+namespace {
+// Throws Error when `positions` exceed `capacity` (the message is built only then).
+void check_capacity(int64_t positions, int64_t capacity) {
+  if (positions > capacity)
+    throw Error("KV cache: " + std::to_string(positions) + " positions exceed its capacity of " +
+                std::to_string(capacity));
+}
+}  // namespace
+
 void KvCache::advance(int64_t tokens) {
-  check(length_ + tokens <= capacity_, "KV cache: " + std::to_string(length_ + tokens) +
-                                           " positions exceed its capacity of " +
-                                           std::to_string(capacity_));
+  check_capacity(length_ + tokens, capacity_);
   length_ += tokens;
 }
 
 void KvCache::remember_tokens(const int32_t* ids, int64_t tokens_per_row) {
-  check(length_ + tokens_per_row <= capacity_,
-        "KV cache: " + std::to_string(length_ + tokens_per_row) +
-            " positions exceed its capacity of " + std::to_string(capacity_));
+  check_capacity(length_ + tokens_per_row, capacity_);
   for (int64_t b = 0; b < batch_; ++b)
     std::copy(ids + b * tokens_per_row, ids + (b + 1) * tokens_per_row,
               token_ids_.begin() + b * capacity_ + length_);

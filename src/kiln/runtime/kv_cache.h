@@ -6,6 +6,7 @@
 
 #include "kiln/core/tensor.h"
 #include "kiln/models/model_spec.h"
+#include "kiln/ops/rope_frequencies.h"
 
 namespace kiln {
 
@@ -23,6 +24,16 @@ struct LayerKvCache {
   Tensor values;       // kKeysValues: [B, capacity, kv_heads, value_dim] f32
   Tensor latent;       // kLatent: [B, capacity, kv_lora_rank] f32 (after the KV latent norm)
   Tensor rotary_keys;  // kLatent: [B, capacity, qk_rope_head_dim] f32 (after RoPE)
+
+  // ops::rope_frequencies(rope, head_dim, sequence_length) of this layer, computed only when
+  // its ops::rope_frequency_key differs from the last call's (so once per sequence unless
+  // the scaling depends on the length); valid until the next call.
+  const ops::RopeFrequencies& rope_frequencies(const RopeSpec& rope, int64_t head_dim,
+                                               int64_t sequence_length);
+
+ private:
+  ops::RopeFrequencies rope_;  // of rope_key_
+  int64_t rope_key_ = -1;      // -1: none computed yet
 };
 
 // f32 cache for `batch` rows of up to `capacity` positions, each layer in the layout its

@@ -109,17 +109,19 @@ ModelBenchResult run_model_bench(const LoadedModel& loaded, const ModelBenchOpti
 
   KvCache cache = model.make_cache(1, capacity);
   result.kv_cache_bytes = static_cast<double>(cache.bytes_per_token() * capacity);
+  Workspace workspace;
   double cpu_start = cpu_seconds();
   auto start = std::chrono::steady_clock::now();
-  Tensor logits = model.forward(prompt.data(), 1, options.prompt_tokens, cache, last_only);
+  const float* logits =
+      model.forward(prompt.data(), 1, options.prompt_tokens, cache, workspace, last_only);
   result.prefill_seconds = seconds_since(start);
   result.prefill_cpu_seconds = cpu_seconds() - cpu_start;
-  int32_t next = argmax(logits.data<float>(), spec.vocab_size);
+  int32_t next = argmax(logits, spec.vocab_size);
   cpu_start = cpu_seconds();
   start = std::chrono::steady_clock::now();
   for (int64_t g = 0; g < options.gen_tokens; ++g) {
-    logits = model.forward(&next, 1, 1, cache, last_only);
-    next = argmax(logits.data<float>(), spec.vocab_size);
+    logits = model.forward(&next, 1, 1, cache, workspace, last_only);
+    next = argmax(logits, spec.vocab_size);
   }
   result.decode_seconds = seconds_since(start);
   result.decode_cpu_seconds = cpu_seconds() - cpu_start;

@@ -20,8 +20,11 @@ int32_t Sampler::sample(const float* logits, int64_t vocab) {
   if (params_.temperature <= 0.0f) return static_cast<int32_t>(ops::argmax(logits, vocab));
   // Candidates, most likely first: all tokens, or the top k.
   const int64_t k = params_.top_k > 0 ? std::min(params_.top_k, vocab) : vocab;
-  std::vector<int64_t> candidates = ops::top_k(logits, vocab, k);  // [k]
-  std::vector<double> probs(candidates.size());                    // [k]
+  candidates_.resize(static_cast<size_t>(k));
+  probs_.resize(static_cast<size_t>(k));
+  ops::top_k(logits, vocab, k, candidates_.data());
+  const std::vector<int64_t>& candidates = candidates_;
+  std::vector<double>& probs = probs_;
   const double max_logit = logits[candidates[0]] / params_.temperature;
   double total = 0.0;
   for (size_t i = 0; i < candidates.size(); ++i) {

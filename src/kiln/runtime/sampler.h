@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <random>
+#include <vector>
 
 namespace kiln {
 
@@ -15,7 +16,8 @@ struct SamplingParams {
 };
 
 // Applies, as HF's logits processors do, temperature, then top-k, then top-p, and draws
-// from the renormalized distribution. Not thread-safe (owns its generator).
+// from the renormalized distribution. Not thread-safe (owns its generator and buffers,
+// which grow on first use only).
 class Sampler {
  public:
   // Throws Error for a negative top_k or a top_p outside (0, 1].
@@ -26,6 +28,8 @@ class Sampler {
  private:
   SamplingParams params_;
   std::mt19937_64 rng_;
+  std::vector<int64_t> candidates_;  // [k], most likely first
+  std::vector<double> probs_;        // [k]
 };
 
 }  // namespace kiln
