@@ -96,8 +96,8 @@ Tensor Tensor::from_f32(Shape shape, const std::vector<float>& values) {
 int64_t Tensor::dim(int d) const {
   int n = ndim();
   if (d < 0) d += n;
-  check(d >= 0 && d < n,
-        "dimension " + std::to_string(d) + " out of range for shape " + shape_string());
+  if (d < 0 || d >= n)
+    throw Error("dimension " + std::to_string(d) + " out of range for shape " + shape_string());
   return shape_[d];
 }
 
