@@ -2,11 +2,12 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <map>
-#include <regex>
+#include <optional>
 
 #include "kiln/core/error.h"
 #include "kiln/io/safetensors.h"
@@ -26,6 +27,30 @@ TEST(StackTensors, StacksAlongANewFirstDimension) {
   EXPECT_THROW(stack_tensors({a, Tensor::from_f32({3}, {1, 2, 3})}), Error);
 }
 
+// The parts of a per-expert tensor name "<layer>.(block_sparse_moe|mlp).experts.<e>.<role>.weight".
+struct ExpertName {
+  std::string layer;  // "model.layers.3"
+  int expert;
+  std::string role;  // "w1", "gate_proj", ...
+};
+std::optional<ExpertName> split_expert_name(const std::string& name) {
+  const std::string suffix = ".weight";
+  if (!name.ends_with(suffix)) return std::nullopt;
+  for (const std::string marker : {".block_sparse_moe.experts.", ".mlp.experts."}) {
+    const size_t at = name.find(marker);
+    if (at == std::string::npos) continue;
+    const std::string rest =
+        name.substr(at + marker.size(), name.size() - at - marker.size() - suffix.size());
+    const size_t dot = rest.find('.');  // rest: "<e>.<role>"
+    if (dot == 0 || dot == std::string::npos || dot + 1 == rest.size()) return std::nullopt;
+    const std::string index = rest.substr(0, dot);
+    if (!std::all_of(index.begin(), index.end(), [](char c) { return c >= '0' && c <= '9'; }))
+      return std::nullopt;
+    return ExpertName{name.substr(0, at), std::stoi(index), rest.substr(dot + 1)};
+  }
+  return std::nullopt;
+}
+
 // A copy of fixture `name` whose per-expert tensors are restacked the way transformers 5
 // holds them: `<layer>.mlp.experts.gate_up_proj` [E, 2 I, hidden] (each expert's gate rows,
 // then its up rows), `<layer>.mlp.experts.down_proj` [E, hidden, I], router `<layer>.mlp.gate`.
@@ -34,8 +59,6 @@ std::string restacked_fixture(const std::string& name) {
   const std::string dir = test::make_temp_dir("kiln-restacked");
   fs::copy_file(source + "/config.json", dir + "/config.json");
   const SafetensorsFile file = SafetensorsFile::open(source + "/model.safetensors");
-  const std::regex expert(
-      R"((model\.layers\.\d+)\.(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(\w+)\.weight)");
   const std::map<std::string, std::string> role = {{"w1", "gate"}, {"gate_proj", "gate"},
                                                    {"w3", "up"},   {"up_proj", "up"},
                                                    {"w2", "down"}, {"down_proj", "down"}};
@@ -43,13 +66,14 @@ std::string restacked_fixture(const std::string& name) {
   std::map<std::string, std::map<std::string, std::map<int, Tensor>>> experts;
   std::vector<std::pair<std::string, Tensor>> tensors;
   for (const std::string& tensor_name : file.names()) {
-    std::smatch m;
-    if (std::regex_match(tensor_name, m, expert)) {
-      experts[m[1]][role.at(m[3])][std::stoi(m[2])] = file.get(tensor_name);
+    if (const auto parts = split_expert_name(tensor_name)) {
+      experts[parts->layer][role.at(parts->role)][parts->expert] = file.get(tensor_name);
       continue;
     }
-    std::string renamed =
-        std::regex_replace(tensor_name, std::regex(R"(\.block_sparse_moe\.)"), ".mlp.");
+    std::string renamed = tensor_name;
+    const std::string moe = ".block_sparse_moe.";
+    if (const size_t at = renamed.find(moe); at != std::string::npos)
+      renamed.replace(at, moe.size(), ".mlp.");
     tensors.emplace_back(renamed, file.get(tensor_name));
   }
   for (auto& [layer, parts] : experts) {
