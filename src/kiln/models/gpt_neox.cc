@@ -48,18 +48,13 @@ class GptNeoxFamily : public LlamaFamily {
 
  protected:
   std::string hf_name(const std::string& llama_name) const override {
-    std::string name = llama_name;
-    for (const auto& [from, to] :
-         {std::pair<std::string, std::string>{"model.embed_tokens.", "gpt_neox.embed_in."},
-          {"model.layers.", "gpt_neox.layers."},
-          {".self_attn.o_proj.", ".attention.dense."},
-          {".mlp.up_proj.", ".mlp.dense_h_to_4h."},
-          {".mlp.down_proj.", ".mlp.dense_4h_to_h."},
-          {"model.norm.", "gpt_neox.final_layer_norm."},
-          {"lm_head.", "embed_out."}})
-      if (const size_t at = name.find(from); at != std::string::npos)
-        name.replace(at, from.size(), to);
-    return name;
+    return replace_parts(llama_name, {{"model.embed_tokens.", "gpt_neox.embed_in."},
+                                      {"model.layers.", "gpt_neox.layers."},
+                                      {".self_attn.o_proj.", ".attention.dense."},
+                                      {".mlp.up_proj.", ".mlp.dense_h_to_4h."},
+                                      {".mlp.down_proj.", ".mlp.dense_4h_to_h."},
+                                      {"model.norm.", "gpt_neox.final_layer_norm."},
+                                      {"lm_head.", "embed_out."}});
   }
   void apply_differences(const HfConfig& config, ModelSpec& spec) const override {
     const NormSpec norm{NormKind::kLayerNorm,

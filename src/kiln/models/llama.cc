@@ -165,4 +165,13 @@ void LlamaFamily::map_mlp_weights(const ModelSpec& spec, int64_t i, const Tensor
 
 KILN_FAMILY(LlamaFamily);
 
+std::string LlamaFamily::replace_parts(
+    std::string name,
+    std::initializer_list<std::pair<std::string_view, std::string_view>> renames) {
+  for (const auto& [from, to] : renames)
+    if (const size_t at = name.find(from); at != std::string::npos)
+      name.replace(at, from.size(), to);
+  return name;
+}
+
 }  // namespace kiln

@@ -3,7 +3,10 @@
 // apply_differences(), and map_weights() where their HF tensor names differ.
 #pragma once
 
+#include <initializer_list>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "kiln/models/family.h"
@@ -28,6 +31,11 @@ class LlamaFamily : public Family {
   // ("model.layers.0.mlp.up_proj.weight", "model.norm.bias", ...): families with other module names
   // rename here.
   virtual std::string hf_name(const std::string& llama_name) const { return llama_name; }
+  // `name` with the first occurrence of each `from` replaced by its `to`, in order: the
+  // shorthand of hf_name() overrides that rename parts of Llama's names.
+  static std::string replace_parts(
+      std::string name,
+      std::initializer_list<std::pair<std::string_view, std::string_view>> renames);
   // What a derived family changes in the spec Llama's reading produced.
   virtual void apply_differences(const HfConfig& config, ModelSpec& spec) const;
   // Appends the mappings of layer `layer`'s attention: Llama's q/k/v/o projections, their

@@ -25,17 +25,12 @@ class PhiFamily : public LlamaFamily {
 
  protected:
   std::string hf_name(const std::string& llama_name) const override {
-    std::string name = llama_name;
-    for (const auto& [from, to] :
-         {std::pair<std::string, std::string>{".self_attn.o_proj.", ".self_attn.dense."},
-          {".self_attn.q_norm.", ".self_attn.q_layernorm."},
-          {".self_attn.k_norm.", ".self_attn.k_layernorm."},
-          {".mlp.up_proj.", ".mlp.fc1."},
-          {".mlp.down_proj.", ".mlp.fc2."},
-          {"model.norm.", "model.final_layernorm."}})
-      if (const size_t at = name.find(from); at != std::string::npos)
-        name.replace(at, from.size(), to);
-    return name;
+    return replace_parts(llama_name, {{".self_attn.o_proj.", ".self_attn.dense."},
+                                      {".self_attn.q_norm.", ".self_attn.q_layernorm."},
+                                      {".self_attn.k_norm.", ".self_attn.k_layernorm."},
+                                      {".mlp.up_proj.", ".mlp.fc1."},
+                                      {".mlp.down_proj.", ".mlp.fc2."},
+                                      {"model.norm.", "model.final_layernorm."}});
   }
   void apply_differences(const HfConfig& config, ModelSpec& spec) const override {
     const NormSpec norm{NormKind::kLayerNorm,

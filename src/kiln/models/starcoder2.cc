@@ -19,13 +19,8 @@ class Starcoder2Family : public LlamaFamily {
 
  protected:
   std::string hf_name(const std::string& llama_name) const override {
-    std::string name = llama_name;
-    for (const auto& [from, to] :
-         {std::pair<std::string, std::string>{".mlp.up_proj.", ".mlp.c_fc."},
-          {".mlp.down_proj.", ".mlp.c_proj."}})
-      if (const size_t at = name.find(from); at != std::string::npos)
-        name.replace(at, from.size(), to);
-    return name;
+    return replace_parts(llama_name,
+                         {{".mlp.up_proj.", ".mlp.c_fc."}, {".mlp.down_proj.", ".mlp.c_proj."}});
   }
   void apply_differences(const HfConfig& config, ModelSpec& spec) const override {
     const NormSpec norm{NormKind::kLayerNorm,
