@@ -50,10 +50,7 @@ class BringupCommand : public Command {
   }
 
   int run() override {
-    const std::string reference =
-        reference_path_.empty()
-            ? (std::filesystem::path(model_path_) / "reference.safetensors").string()
-            : reference_path_;
+    const std::string reference = reference_or_default(model_path_, reference_path_);
     std::vector<CheckItem> items;
     check_analysis(items);
     check_conversion(items);

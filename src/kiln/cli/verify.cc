@@ -2,7 +2,6 @@
 // hidden states, every captured module and the greedy continuation (KV cache) with it;
 // reports the KV-cache bytes per token.
 #include <cstdio>
-#include <filesystem>
 #include <iostream>
 
 #include "kiln/cli/command.h"
@@ -25,10 +24,7 @@ class VerifyCommand : public Command {
   }
 
   int run() override {
-    const std::string reference =
-        reference_path_.empty()
-            ? (std::filesystem::path(model_path_) / "reference.safetensors").string()
-            : reference_path_;
+    const std::string reference = reference_or_default(model_path_, reference_path_);
     LoadedModel loaded = load_model(model_path_);
     Model model(loaded.spec, loaded.weights);
     const ReferenceReport report = check_against_reference(model, reference, tolerance_);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <map>
 #include <set>
 
@@ -229,6 +230,11 @@ ReferenceReport check_against_reference(const Model& model, const std::string& r
   for (const TensorComparison& c : report.comparisons) report.passed &= c.passed;
   report.passed &= report.first_divergent.empty();
   return report;
+}
+
+std::string reference_or_default(const std::string& model_dir, const std::string& reference) {
+  if (!reference.empty()) return reference;
+  return (std::filesystem::path(model_dir) / "reference.safetensors").string();
 }
 
 }  // namespace kiln

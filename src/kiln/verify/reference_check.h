@@ -62,4 +62,7 @@ struct ReferenceReport {
 ReferenceReport check_against_reference(const Model& model, const std::string& reference_path,
                                         double tolerance);
 
+// `reference` when given, else the model's own `MODEL/reference.safetensors`.
+std::string reference_or_default(const std::string& model_dir, const std::string& reference);
+
 }  // namespace kiln
