@@ -67,14 +67,10 @@ void expect_one_line_error(const test::CommandResult& r, const std::string& frag
   EXPECT_NE(r.err.find(fragment), std::string::npos) << r.err;
 }
 
-TEST(CliModelErrors, UnknownArchitecture) {
-  const std::string dir = llama_with_config([](Json& c) {
-    c["architectures"] = {"FooForCausalLM"};
-    c["model_type"] = "foo";
-  });
-  expect_one_line_error(test::run_kiln("verify " + test::shell_quote(dir)),
-                        dir + "/config.json: unknown architecture 'FooForCausalLM'");
-  fs::remove_all(dir);
+TEST(CliModelErrors, UnknownFamilyName) {
+  expect_one_line_error(
+      test::run_kiln("verify --family foo " + test::shell_quote(test::data_path("hf/llama"))),
+      "--family: unknown family 'foo'; known: auto, ");
 }
 
 TEST(CliModelErrors, ConfigWithoutRequiredKey) {

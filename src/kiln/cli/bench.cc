@@ -76,6 +76,7 @@ class BenchCommand : public Command {
  public:
   void configure(CLI::App& app) override {
     app.add_option("model", model_path_, "HuggingFace model folder or Kiln checkpoint")->required();
+    add_family_options(app, family_);
     app.add_option("--prompt-tokens", options_.prompt_tokens, "Prompt length of the prefill");
     app.add_option("--gen-tokens", options_.gen_tokens, "Tokens to decode");
     app.add_option("--threads", options_.threads, "Threads (0 = all cores)");
@@ -89,7 +90,7 @@ class BenchCommand : public Command {
   int run() override {
     ops::use_kernels(kernels_);
     const LoadedModel loaded =
-        load_model(model_path_, mmap_ ? Residency::kMapped : Residency::kResident);
+        load_model(model_path_, mmap_ ? Residency::kMapped : Residency::kResident, family_);
     const ModelBenchResult result = run_model_bench(loaded, options_);
     if (json_) {
       Json json = to_json(result);
@@ -103,6 +104,7 @@ class BenchCommand : public Command {
   }
 
  private:
+  FamilyChoice family_;
   std::string model_path_;
   std::string kernels_ = "auto";
   ModelBenchOptions options_;

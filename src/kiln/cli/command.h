@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "kiln/models/family_file.h"
+
 namespace kiln::cli {
 
 // A subcommand: configure() declares its options on its CLI11 sub-app (binding them to
@@ -33,6 +35,10 @@ bool register_command(CommandInfo info);
 // The bundled default model folder (models/tinycoder beside the executable's source tree,
 // or $KILN_HOME/models/tinycoder).
 std::string default_model_path();
+
+// Declares `--family NAME|auto` and `--family-file PATH` (models/family_file.h), bound to
+// `choice`.
+void add_family_options(CLI::App& app, FamilyChoice& choice);
 
 }  // namespace kiln::cli
 

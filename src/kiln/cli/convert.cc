@@ -53,6 +53,7 @@ class ConvertCommand : public Command {
     app.add_option("--format", format_, "Output format: kiln or orbax")
         ->check(CLI::IsMember({"kiln", "orbax"}));
     app.add_flag("--force", force_, "Replace an existing output folder");
+    add_family_options(app, family_);
     app.add_flag("--orbax-zarr", orbax_zarr_, "Orbax: plain zarr files instead of OCDBT");
     app.add_flag("--orbax-raw", orbax_raw_, "Orbax: uncompressed zarr chunks instead of zstd");
     app.add_option("--orbax-step", orbax_step_,
@@ -64,6 +65,7 @@ class ConvertCommand : public Command {
     options.layout = layout_;
     options.dtype = dtype_;
     options.force = force_;
+    options.family = family_;
     Progress progress;
     options.progress = [&](size_t done, size_t total, uint64_t bytes) {
       progress(done, total, bytes);
@@ -106,6 +108,7 @@ class ConvertCommand : public Command {
   }
 
  private:
+  FamilyChoice family_;
   std::string source_, output_, layout_ = "unscanned", dtype_ = "keep", format_ = "kiln";
   bool force_ = false, orbax_zarr_ = false, orbax_raw_ = false;
   std::optional<int64_t> orbax_step_;

@@ -24,6 +24,7 @@ class GenerateCommand : public Command {
   void configure(CLI::App& app) override {
     app.add_option("model", model_path_,
                    "HuggingFace model folder or Kiln checkpoint (default: bundled tinycoder)");
+    add_family_options(app, family_);
     app.add_option("--prompt", prompt_, "text to continue")->required();
     app.add_option("--max-tokens", max_tokens_, "most tokens to generate (default 128)")
         ->check(CLI::NonNegativeNumber);
@@ -43,7 +44,7 @@ class GenerateCommand : public Command {
     tok::check_utf8(prompt_, "--prompt");
     if (model_path_.empty()) model_path_ = default_model_path();
     const LoadedModel loaded =
-        load_model(model_path_, mmap_ ? Residency::kMapped : Residency::kResident);
+        load_model(model_path_, mmap_ ? Residency::kMapped : Residency::kResident, family_);
     const Model model(loaded.spec, loaded.weights);
     const std::unique_ptr<Tokenizer> tokenizer = Tokenizer::load(model_path_);
     const SamplingParams params = sampling_params();
@@ -103,6 +104,7 @@ class GenerateCommand : public Command {
     return params;
   }
 
+  FamilyChoice family_;
   std::string model_path_;
   std::string prompt_;
   int64_t max_tokens_ = 128;

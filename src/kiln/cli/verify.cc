@@ -16,6 +16,7 @@ class VerifyCommand : public Command {
  public:
   void configure(CLI::App& app) override {
     app.add_option("model", model_path_, "HuggingFace model folder or Kiln checkpoint")->required();
+    add_family_options(app, family_);
     app.add_option("--reference", reference_path_,
                    "reference dump (default: MODEL/reference.safetensors)");
     app.add_flag("--json", json_, "print one JSON object instead of a table");
@@ -25,9 +26,10 @@ class VerifyCommand : public Command {
 
   int run() override {
     const std::string reference = reference_or_default(model_path_, reference_path_);
-    LoadedModel loaded = load_model(model_path_);
+    LoadedModel loaded = load_model(model_path_, Residency::kResident, family_);
     Model model(loaded.spec, loaded.weights);
-    const ReferenceReport report = check_against_reference(model, reference, tolerance_);
+    const ReferenceReport report =
+        check_against_reference(model, reference, tolerance_, loaded.family.get());
     kv_bytes_per_token_ = model.make_cache(1, 1).bytes_per_token();
     if (json_) {
       print_json(report, reference, loaded.spec.family);
@@ -120,6 +122,7 @@ class VerifyCommand : public Command {
     std::printf("%s\n", report.passed ? "PASSED" : "FAILED");
   }
 
+  FamilyChoice family_;
   std::string model_path_;
   std::string reference_path_;
   bool json_ = false;

@@ -12,6 +12,7 @@
 #include "kiln/io/kiln_checkpoint.h"
 #include "kiln/io/safetensors_source.h"
 #include "kiln/models/family.h"
+#include "kiln/models/family_file.h"
 
 namespace kiln {
 namespace fs = std::filesystem;
@@ -19,11 +20,12 @@ namespace {
 
 constexpr const char* kLayerPrefix = "decoder/layers_";
 // Files of the source folder that travel with the checkpoint: every tokenizer format
-// Tokenizer::load reads, and generation_config.json.
+// Tokenizer::load reads, generation_config.json and a family file (kiln_family.json).
 bool travels_with_checkpoint(const std::string& name) {
   for (const char* exact :
        {"tokenizer.json", "tokenizer.json.zst", "tokenizer_config.json", "special_tokens_map.json",
-        "vocab.json", "merges.txt", "added_tokens.json", "generation_config.json", "tiktoken.json"})
+        "vocab.json", "merges.txt", "added_tokens.json", "generation_config.json", "tiktoken.json",
+        kFamilyFileName})
     if (name == exact) return true;
   for (const char* suffix : {".tiktoken", ".tiktoken.zst", ".tiktoken.json", ".model"})
     if (name.ends_with(suffix)) return true;
@@ -79,11 +81,14 @@ void convert_hf_to_kiln(const std::string& source_dir, const std::string& destin
         "--layout must be scanned or unscanned, not '" + options.layout + "'");
   target_dtype(options.dtype, DType::F32);  // validates the option before any work
   const HfConfig config = HfConfig::load(source_dir);
-  const Family& family = family_for(config);
-  const ModelSpec spec = spec_from_config(config);
+  const std::shared_ptr<const Family> chosen = choose_family(config, source_dir, options.family);
+  const Family& family = *chosen;
+  ModelSpec spec = family.build_spec(config);
+  spec.family = family.name();
   // Mapped, not resident: every borrowed tensor of the source is then a view of a file
   // mapping, whose pages are dropped once used (release_borrowed_inputs below).
   const std::unique_ptr<TensorSource> source = open_tensor_source(source_dir, Residency::kMapped);
+  family.refine_spec(spec, *source);
   const std::vector<WeightMapping> mappings = family.map_weights(spec, *source);
 
   // Per mapping: the dtype it is stored in.

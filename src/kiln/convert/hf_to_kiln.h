@@ -6,12 +6,15 @@
 #include <functional>
 #include <string>
 
+#include "kiln/models/family_file.h"
+
 namespace kiln {
 
 struct ConvertOptions {
   std::string layout = "unscanned";  // or "scanned"
   std::string dtype = "keep";        // keep, f32, bf16 or f16 (floating tensors only)
   bool force = false;                // replace an existing destination
+  FamilyChoice family;               // which family maps the weights (choose_family())
   uint64_t max_shard_bytes = uint64_t{4} << 30;
   // Called after each tensor with (tensors done, tensors total, bytes written so far).
   std::function<void(size_t, size_t, uint64_t)> progress;

@@ -52,6 +52,9 @@ class Family {
   virtual std::vector<std::string> model_types() const = 0;
   // config.json -> ModelSpec. Throws Error naming the config file and key on bad values.
   virtual ModelSpec build_spec(const HfConfig& config) const = 0;
+  // What the checkpoint's tensors add to the spec build_spec() made (the generic route reads
+  // biases, norms and placement from them); built-in families need nothing.
+  virtual void refine_spec(ModelSpec&, const TensorSource&) const {}
   // Every Kiln tensor the model needs and how to get it from the HF checkpoint `source`
   // (the source lets a family check optional tensors such as biases or a tied lm_head).
   virtual std::vector<WeightMapping> map_weights(const ModelSpec& spec,

@@ -35,7 +35,8 @@ std::string file_of(const TensorSource& source, const std::string& name) {
 
 // A Kiln checkpoint: the spec is rebuilt from the source config.json stored in the
 // manifest, the weights are the checkpoint's tensors under their unscanned names (views).
-LoadedModel load_kiln_checkpoint(const std::string& path, Residency residency) {
+LoadedModel load_kiln_checkpoint(const std::string& path, Residency residency,
+                                 const FamilyChoice& choice) {
   const KilnCheckpoint checkpoint(path, residency);
   const std::string source = path + "/kiln_checkpoint.json: source_config";
   const Json& config = checkpoint.manifest().value("source_config", Json::object());
@@ -44,23 +45,40 @@ LoadedModel load_kiln_checkpoint(const std::string& path, Residency residency) {
   LoadedModel loaded;
   loaded.path = path;
   loaded.config = HfConfig::from_json(config, source);
-  loaded.spec = spec_from_config(loaded.config);
+  bool registered = true;
+  try {
+    family_for(loaded.config);
+  } catch (const Error&) {
+    registered = false;
+  }
+  if (registered || !choice.name.empty() || !choice.file.empty() ||
+      fs::exists(fs::path(path) / kFamilyFileName)) {
+    loaded.family = choose_family(loaded.config, path, choice);
+    loaded.spec = loaded.family->build_spec(loaded.config);
+    loaded.spec.family = loaded.family->name();
+  } else {  // brought up by the generic route: the manifest holds the spec it found
+    loaded.spec = ModelSpec::from_json(checkpoint.manifest().value("model_spec", Json::object()),
+                                       path + "/kiln_checkpoint.json: model_spec");
+  }
   merge_generation_config(path, loaded.spec);
   loaded.weights = checkpoint.unscanned_tensors();
   return loaded;
 }
 }  // namespace
 
-LoadedModel load_model(const std::string& path, Residency residency) {
+LoadedModel load_model(const std::string& path, Residency residency, const FamilyChoice& choice) {
   check(fs::is_directory(path), path + ": not a model folder");
-  if (KilnCheckpoint::present_in(path)) return load_kiln_checkpoint(path, residency);
+  if (KilnCheckpoint::present_in(path)) return load_kiln_checkpoint(path, residency, choice);
   LoadedModel loaded;
   loaded.path = path;
   loaded.config = HfConfig::load(path);
-  const Family& family = family_for(loaded.config);
-  loaded.spec = spec_from_config(loaded.config);
+  loaded.family = choose_family(loaded.config, path, choice);
+  const Family& family = *loaded.family;
+  loaded.spec = family.build_spec(loaded.config);
+  loaded.spec.family = family.name();
   merge_generation_config(path, loaded.spec);
   const std::unique_ptr<TensorSource> source = open_tensor_source(path, residency);
+  family.refine_spec(loaded.spec, *source);
   for (const WeightMapping& mapping : family.map_weights(loaded.spec, *source)) {
     std::vector<Tensor> inputs;
     for (const std::string& hf_name : mapping.hf_names) {

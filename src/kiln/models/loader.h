@@ -2,11 +2,13 @@
 // mapped to Kiln names, zero-copy views where no transform applies) or a Kiln checkpoint.
 #pragma once
 
+#include <memory>
 #include <string>
 
 #include "kiln/core/mapped_file.h"
 #include "kiln/io/hf_config.h"
 #include "kiln/layers/weights.h"
+#include "kiln/models/family_file.h"
 #include "kiln/models/model_spec.h"
 
 namespace kiln {
@@ -18,6 +20,9 @@ struct LoadedModel {
   // Kiln name -> tensor; from a HF folder, shapes are checked against the family's mapping
   // (a Kiln checkpoint's are checked when the model is built from them).
   WeightMap weights;
+  // The family that built it (built-in, generic or from a family file); null for a Kiln
+  // checkpoint whose spec came from its manifest.
+  std::shared_ptr<const Family> family;
 };
 
 // Loads the folder `path`: its config.json (eos ids are completed from
@@ -29,6 +34,9 @@ struct LoadedModel {
 // missing tensor, wrong shape. Weights are read into memory by default, as inference streams
 // them on every step (Residency::kMapped maps them instead: faster to open, may be slower to
 // run; see MappedFile).
-LoadedModel load_model(const std::string& path, Residency residency = Residency::kResident);
+// `choice` picks the family (choose_family(); a Kiln checkpoint of an architecture no family
+// builds runs the ModelSpec its manifest holds).
+LoadedModel load_model(const std::string& path, Residency residency = Residency::kResident,
+                       const FamilyChoice& choice = {});
 
 }  // namespace kiln

@@ -155,8 +155,21 @@ struct ModelSpec {
   // values of every KV head, or for multi-head latent attention the latent and the rotary
   // key (kv_lora_rank + qk_rope_head_dim values).
   int64_t kv_cache_bytes_per_token(int64_t bytes_per_value = 4) const;
-  // A JSON dump of every field, for `kiln inspect` and checkpoint manifests.
+  // A JSON dump of every field, for `kiln inspect`, checkpoint manifests and family files.
   nlohmann::json to_json() const;
+  // The inverse of to_json(): fields absent from `json` keep their defaults; an unknown key,
+  // a value of the wrong type or an unknown enum name throws Error naming `where` and the key
+  // path ("layers[3].attention.qk_norm").
+  static ModelSpec from_json(const nlohmann::json& json, const std::string& where);
 };
+
+// The one spelling of each enum value, used by to_json(), from_json(), family files and
+// `kiln analyze` ("rms_one_plus", "gelu_tanh", "yarn", "top_k_softmax", "sandwich", ...).
+const char* norm_kind_name(NormKind kind);
+const char* activation_name(Activation activation);
+const char* rope_type_name(RopeType type);
+const char* router_name(RouterKind router);
+const char* placement_name(NormPlacement placement);
+const char* qk_norm_name(QkNormKind kind);
 
 }  // namespace kiln

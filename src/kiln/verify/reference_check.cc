@@ -122,7 +122,7 @@ std::vector<int64_t> int_values(const Tensor& t) {
 }  // namespace
 
 ReferenceReport check_against_reference(const Model& model, const std::string& reference_path,
-                                        double tolerance) {
+                                        double tolerance, const Family* family) {
   const SafetensorsFile reference = SafetensorsFile::open(reference_path);
   const ModelSpec& spec = model.spec();
   ReferenceReport report;
@@ -149,7 +149,7 @@ ReferenceReport check_against_reference(const Model& model, const std::string& r
     std::vector<float> row;  // [T, ...]
   };
   std::vector<ModuleCapture> module_captures;
-  const Family* family = family_named(spec.family);
+  if (!family) family = family_named(spec.family);
   const HfModuleNames hf_names = family ? family->hf_modules(spec) : HfModuleNames{};
   std::vector<float> attention_row;  // [T, hidden]: the latest layer's attention output
   ActivationObserver observer = [&](const std::string& name, const Tensor& activation) {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kiln/layers/model.h"
+#include "kiln/models/family.h"
 
 namespace kiln {
 
@@ -55,12 +56,13 @@ struct ReferenceReport {
 // every hidden state (HF's hidden_states: the embedding output, each layer's output, and
 // for the last one the final norm's output) with `tolerance` on the max absolute error;
 // compares every activation the model reports through its observer (row 0) with the
-// reference's act.<module>.out, named by the family's hf_modules(spec); then prefills row 0 alone
+// reference's act.<module>.out, named by `family`'s hf_modules(spec) (the registered family
+// named spec.family when null); then prefills row 0 alone
 // and decodes greedily, one token per step with the KV cache, as many tokens as greedy_ids
 // continues it. Throws Error naming the file and tensor when the reference lacks a tensor or a
 // shape does not fit the model.
 ReferenceReport check_against_reference(const Model& model, const std::string& reference_path,
-                                        double tolerance);
+                                        double tolerance, const Family* family = nullptr);
 
 // `reference` when given, else the model's own `MODEL/reference.safetensors`.
 std::string reference_or_default(const std::string& model_dir, const std::string& reference);
