@@ -263,8 +263,16 @@ TEST(Analyze, FamilyThatDropsASettingIsReported) {
   }
   EXPECT_TRUE(found);
 
+  // ModelSpec states sinks (AttentionSpec::sinks): a spec without them is a family that
+  // dropped them.
   Feature sinks{"attention.sinks", "learned per-head sink logits", FeatureKind::kSwitch, {}, true};
-  FeatureReport r = judge_feature(sinks, &values, "testfamily");
+  FeatureReport dropped = judge_feature(sinks, &values, "testfamily");
+  EXPECT_FALSE(dropped.supported);
+  EXPECT_NE(dropped.note.find("family testfamily builds 'none'"), std::string::npos)
+      << dropped.note;
+
+  Feature quantized{"quantization", "mxfp4", FeatureKind::kChoice, {}, true};
+  FeatureReport r = judge_feature(quantized, &values, "testfamily");
   EXPECT_FALSE(r.supported);
   EXPECT_NE(r.where.find("src/kiln/models/model_spec.h"), std::string::npos) << r.where;
   EXPECT_NE(r.note.find("ModelSpec cannot express it"), std::string::npos) << r.note;

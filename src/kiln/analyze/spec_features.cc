@@ -99,6 +99,7 @@ std::map<std::string, std::string> spec_feature_values(const ModelSpec& spec) {
   v["attention.qk_norm"] = qk_norm_value(a.qk_norm);
   v["attention.softcap"] = a.softcap == 0 ? "none" : format_number(a.softcap);
   v["attention.scale"] = attention_scale_value(a.scale, a.head_dim);
+  v["attention.sinks"] = a.sinks ? "learned per-head sink logits" : "none";
 
   std::vector<int64_t> windows;
   std::vector<bool> is_moe;
@@ -135,7 +136,10 @@ std::map<std::string, std::string> spec_feature_values(const ModelSpec& spec) {
   v["norm.placement"] = placement_value(first.placement, first.parallel_shared_norm);
   const MlpSpec& mlp = (dense_layer ? *dense_layer : first).mlp;
   v["mlp.kind"] = mlp.gated ? "gated" : "plain";
-  v["mlp.activation"] = activation_value(mlp.activation);
+  v["mlp.activation"] = mlp.swiglu_limit > 0
+                            ? "clamped_swiglu (alpha " + format_number(mlp.swiglu_alpha) +
+                                  ", limit " + format_number(mlp.swiglu_limit) + ")"
+                            : activation_value(mlp.activation);
   v["mlp.bias"] = mlp.bias ? "yes" : "none";
   if (dense_layer) v["mlp.intermediate"] = std::to_string(dense_layer->mlp.intermediate);
 
@@ -159,6 +163,8 @@ std::map<std::string, std::string> spec_feature_values(const ModelSpec& spec) {
           : "none";
   v["moe.shared_expert_gate"] = moe.shared_expert_gate ? "sigmoid" : "none";
   v["moe.dense_layers"] = dense_layers_value(is_moe);
+  v["moe.router_bias"] = moe.router_bias ? "yes" : "none";
+  v["moe.expert_bias"] = moe.expert_bias ? "yes" : "none";
   return v;
 }
 

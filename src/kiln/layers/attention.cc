@@ -34,6 +34,8 @@ NormSpec qk_norm_spec(const AttentionSpec& spec) {
 Attention::Attention(const AttentionSpec& spec, int64_t hidden, const WeightMap& weights,
                      const std::string& module)
     : spec_(spec), module_(module), hidden_(hidden) {
+  check(!(spec.sinks && spec.is_mla()),
+        module + ": attention sinks with latent attention are not implemented");
   if (spec.is_mla()) {
     mla_ = Mla(spec, hidden, weights, module);
     return;
@@ -59,6 +61,7 @@ Attention::Attention(const AttentionSpec& spec, int64_t hidden, const WeightMap&
       Norm(norm, weights, names::child(module, "query_norm"), whole ? q_width : spec.head_dim);
   key_norm_ =
       Norm(norm, weights, names::child(module, "key_norm"), whole ? k_width : spec.head_dim);
+  if (spec.sinks) sinks_ = require_f32(weights, names::sinks(module), {spec.num_heads});
   if (spec.rope.type != RopeType::kNone) {
     rotary_dim_ = spec.rope.rotary_dim > 0 ? spec.rope.rotary_dim : spec.head_dim;
     ops::rope_frequencies(spec.rope, spec.head_dim, 1);  // rejects unusable settings now
@@ -132,6 +135,7 @@ void Attention::forward(const float* x, int64_t batch, int64_t tokens, int64_t s
                     : static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
   shape.window = spec_.sliding_window;
   shape.softcap = spec_.softcap;
+  shape.sinks = sinks_.empty() ? nullptr : sinks_.data();
   float* mixed = workspace.take<float>(rows * heads * value_dim_);  // [B, T, Hq, Dv]
   ops::causal_attention(q, k_cache, v_cache, mixed, shape);
   out_.forward(mixed, rows, out);

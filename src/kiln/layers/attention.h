@@ -1,10 +1,11 @@
 // Attention: projections, optional per-head QK norm, RoPE, causal attention over the KV
-// cache (GQA/MQA, sliding window, soft-cap) and the output projection; multi-head latent
+// cache (GQA/MQA, sliding window, soft-cap, sinks) and the output projection; multi-head latent
 // attention specs are delegated to Mla (layers/mla.h).
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "kiln/layers/linear.h"
 #include "kiln/layers/mla.h"
@@ -20,7 +21,8 @@ namespace kiln {
 class Attention {
  public:
   Attention() = default;
-  // Reads the weights under `module` (models/weight_names.h), or builds an Mla when
+  // Reads the weights under `module` (models/weight_names.h; `sinks` [heads] when
+  // spec.sinks), or builds an Mla when
   // spec.is_mla().
   Attention(const AttentionSpec& spec, int64_t hidden, const WeightMap& weights,
             const std::string& module);
@@ -48,6 +50,7 @@ class Attention {
   int64_t rotary_dim_ = 0;
   Linear query_, key_, value_, out_;
   Norm query_norm_, key_norm_;  // per head, over head_dim (kind kNone when absent)
+  std::vector<float> sinks_;    // [heads] sink logits when spec_.sinks, else empty
   Mla mla_;                     // used instead of the above when spec_.is_mla()
 };
 

@@ -1,5 +1,8 @@
 #include "kiln/layers/linear.h"
 
+#include <utility>
+
+#include "kiln/core/error.h"
 #include "kiln/models/weight_names.h"
 #include "kiln/ops/linear.h"
 
@@ -12,6 +15,13 @@ Linear::Linear(const WeightMap& weights, const std::string& module, int64_t in, 
 }
 
 Linear::Linear(const Tensor& weight) : weight_(weight.contiguous()) {}
+
+Linear::Linear(const Tensor& weight, std::vector<float> bias)
+    : weight_(weight.contiguous()), bias_(std::move(bias)) {
+  check(bias_.empty() || static_cast<int64_t>(bias_.size()) == weight_.dim(0),
+        "linear: a bias of " + std::to_string(bias_.size()) + " values for " +
+            std::to_string(weight_.dim(0)) + " outputs");
+}
 
 void Linear::forward(const float* x, int64_t rows, float* y) const {
   ops::linear(x, weight_.raw(), weight_.dtype(), bias_.empty() ? nullptr : bias_.data(), y, rows,

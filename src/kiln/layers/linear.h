@@ -18,6 +18,9 @@ class Linear {
          bool has_bias);
   // Wraps an existing [out, in] matrix (e.g. the embedding table as a tied lm_head).
   explicit Linear(const Tensor& weight);
+  // Wraps an existing [out, in] matrix and its bias [out] (empty for none), e.g. views of
+  // stacked experts.
+  Linear(const Tensor& weight, std::vector<float> bias);
 
   // y = x W^T + b.   x: [rows, in] f32;  y: [rows, out] f32
   void forward(const float* x, int64_t rows, float* y) const;

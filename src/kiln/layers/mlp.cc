@@ -32,7 +32,10 @@ void Mlp::forward(const float* x, int64_t rows, float* y, Workspace& workspace) 
   if (spec_.gated) {
     float* gate = workspace.take<float>(rows * inner);  // [rows, inner]
     gate_.forward(x, rows, gate);
-    ops::gated_activation(spec_.activation, gate, up, up, rows * inner);
+    if (spec_.swiglu_limit > 0.0f)
+      ops::clamped_swiglu(gate, up, up, rows * inner, spec_.swiglu_limit, spec_.swiglu_alpha);
+    else
+      ops::gated_activation(spec_.activation, gate, up, up, rows * inner);
   } else {
     ops::apply_activation(spec_.activation, up, rows * inner);
   }

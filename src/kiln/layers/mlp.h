@@ -1,5 +1,5 @@
-// Mlp: the feed-forward block, gated (act(gate x) * up x, then down) or plain (act(up x),
-// then down), with optional biases.
+// Mlp: the feed-forward block, gated (act(gate x) * up x, then down; or gpt-oss's clamped
+// SwiGLU when spec.swiglu_limit > 0) or plain (act(up x), then down), with optional biases.
 #pragma once
 
 #include <cstdint>

@@ -12,6 +12,8 @@ namespace kiln {
 KILN_CAPABILITY("moe", "yes");
 KILN_CAPABILITY("moe.shared_experts", "yes");
 KILN_CAPABILITY("moe.dense_layers", "yes");
+KILN_CAPABILITY("moe.router_bias", "yes");
+KILN_CAPABILITY("moe.expert_bias", "yes");
 
 Moe::Moe(const MoeSpec& spec, Activation activation, int64_t hidden, const WeightMap& weights,
          const std::string& module)
@@ -21,7 +23,7 @@ Moe::Moe(const MoeSpec& spec, Activation activation, int64_t hidden, const Weigh
         module + ": experts and their intermediate size must be positive");
   const int64_t E = spec.num_experts, inner = spec.expert_intermediate;
   const std::string router = names::child(module, "gate");
-  router_ = Linear(weights, router, hidden, E, false);
+  router_ = Linear(weights, router, hidden, E, spec.router_bias);
   if (spec.score_correction_bias)
     correction_bias_ = require_f32(weights, names::score_correction_bias(router), {E});
   const Tensor& gates =
@@ -30,10 +32,24 @@ Moe::Moe(const MoeSpec& spec, Activation activation, int64_t hidden, const Weigh
       require_weight(weights, names::kernel(names::child(module, "wi_1")), {E, inner, hidden});
   const Tensor& downs =
       require_weight(weights, names::kernel(names::child(module, "wo")), {E, hidden, inner});
-  const MlpSpec expert{inner, true, activation, false};
+  MlpSpec expert{inner, true, activation, spec.expert_bias};
+  expert.swiglu_limit = spec.swiglu_limit;
+  expert.swiglu_alpha = spec.swiglu_alpha;
+  // Expert biases (gpt-oss): [E, I] for gate and up, [E, hidden] for down; one row each.
+  std::vector<float> gate_bias, up_bias, down_bias;
+  if (spec.expert_bias) {
+    gate_bias = require_f32(weights, names::bias(names::child(module, "wi_0")), {E, inner});
+    up_bias = require_f32(weights, names::bias(names::child(module, "wi_1")), {E, inner});
+    down_bias = require_f32(weights, names::bias(names::child(module, "wo")), {E, hidden});
+  }
+  auto row = [](const std::vector<float>& all, int64_t e, int64_t width) {
+    if (all.empty()) return std::vector<float>();
+    return std::vector<float>(all.begin() + e * width, all.begin() + (e + 1) * width);
+  };
   for (int64_t e = 0; e < E; ++e)
-    experts_.emplace_back(expert, Linear(gates.select(0, e)), Linear(ups.select(0, e)),
-                          Linear(downs.select(0, e)));
+    experts_.emplace_back(expert, Linear(gates.select(0, e), row(gate_bias, e, inner)),
+                          Linear(ups.select(0, e), row(up_bias, e, inner)),
+                          Linear(downs.select(0, e), row(down_bias, e, hidden)));
   if (spec.num_shared_experts > 0)
     shared_ = Mlp(MlpSpec{spec.shared_intermediate, true, activation, false}, hidden, weights,
                   names::child(module, "shared_experts"));

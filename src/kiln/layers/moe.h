@@ -18,14 +18,16 @@ namespace kiln {
 class Moe {
  public:
   Moe() = default;
-  // Reads, under `module` (models/weight_names.h): the router `gate/kernel` [E, hidden] and,
+  // Reads, under `module` (models/weight_names.h): the router `gate/kernel` [E, hidden] (and
+  // `gate/bias` [E] when spec.router_bias) and,
   // when spec.score_correction_bias, `gate/score_correction_bias` [E]; the stacked experts
   // `wi_0/kernel` (gate) and `wi_1/kernel` (up) [E, expert_intermediate, hidden] and
   // `wo/kernel` [E, hidden, expert_intermediate], viewed per expert without copying; and,
   // when spec.num_shared_experts > 0, the shared experts as one MLP of
   // spec.shared_intermediate under `shared_experts`. Experts are gated MLPs with
-  // `activation`. Throws Error for a shared-expert gate (not implemented) and missing or
-  // misshapen weights.
+  // `activation` (clamped SwiGLU when spec.swiglu_limit > 0) and, when spec.expert_bias,
+  // biases `wi_0/bias`, `wi_1/bias` [E, expert_intermediate] and `wo/bias` [E, hidden]. Throws
+  // Error for a shared-expert gate (not implemented) and missing or misshapen weights.
   Moe(const MoeSpec& spec, Activation activation, int64_t hidden, const WeightMap& weights,
       const std::string& module);
 

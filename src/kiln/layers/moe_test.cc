@@ -1,11 +1,16 @@
 // The MoE layers of the fixtures against their reference activations: router logits of the
-// HF gate modules (act.model.layers.N.mlp.gate: the input of every token of batch row 0,
-// the logits of its first token), and each token's routing.
+// HF gate modules (act.model.layers.N.mlp.gate, or .mlp.router: the input of every token of
+// batch row 0, the logits of its first token), and each token's routing; and a small MoE
+// block with gpt-oss's options (router bias, expert biases, clamped SwiGLU) against the
+// formula.
 #include "kiln/layers/moe.h"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <iostream>
+#include <vector>
 
 #include "hf_fixtures.h"
 #include "kiln/io/safetensors.h"
@@ -29,7 +34,10 @@ TEST_P(FixtureRouters, LogitsMatchTheGateModulesAndRoutesAreWellFormed) {
     if (!block.is_moe()) continue;
     const Moe& moe = block.moe();
     const int64_t E = moe.spec().num_experts, k = moe.spec().top_k;
-    const std::string gate = "act.model.layers." + std::to_string(i) + ".mlp.gate";
+    // The router module: `mlp.gate` (Mixtral, Qwen, DeepSeek) or `mlp.router` (gpt-oss).
+    std::string gate = "act.model.layers." + std::to_string(i) + ".mlp.gate";
+    if (!reference.contains(gate + ".out"))
+      gate = "act.model.layers." + std::to_string(i) + ".mlp.router";
     const Tensor in = reference.get(gate + ".in").contiguous();  // [hidden] or [T, hidden]
     const Tensor expected = reference.get(gate + ".out");        // [E]: the first token
     ASSERT_EQ(expected.numel(), E);
@@ -66,12 +74,97 @@ TEST_P(FixtureRouters, LogitsMatchTheGateModulesAndRoutesAreWellFormed) {
   EXPECT_GT(checked, 0);
 }
 
+// E = 3 experts of I = 2 over hidden = 2, top-2 of the biased router logits softmaxed, experts
+// (up + 1) * g * sigmoid(alpha g) with g, up clamped and every projection biased.
+TEST(MoeOptions, RouterBiasExpertBiasesAndClampedSwigluFollowTheFormula) {
+  const int64_t E = 3, H = 2, I = 2;
+  MoeSpec spec;
+  spec.num_experts = E;
+  spec.top_k = 2;
+  spec.expert_intermediate = I;
+  spec.router = RouterKind::kTopKSoftmax;
+  spec.router_bias = spec.expert_bias = true;
+  spec.swiglu_limit = 1.5f;
+  spec.swiglu_alpha = 1.702f;
+  const std::vector<float> router = {0.5f, -1, 1, 1, -0.5f, 0.25f}, router_bias = {0.1f, 2, -0.3f};
+  std::vector<float> gate(E * I * H), up(E * I * H), down(E * H * I);
+  for (size_t i = 0; i < gate.size(); ++i) {
+    gate[i] = 0.7f * static_cast<float>(i % 5) - 1.2f;
+    up[i] = 1.3f - 0.6f * static_cast<float>(i % 4);
+    down[i] = 0.2f * static_cast<float>(i % 7) - 0.5f;
+  }
+  const std::vector<float> gate_bias = {0.1f, -0.2f, 0.3f, 0.4f, -0.5f, 0.6f};
+  const std::vector<float> up_bias = {-0.1f, 0.2f, 0.05f, -0.3f, 0.15f, 0.0f};
+  const std::vector<float> down_bias = {0.01f, -0.02f, 0.03f, 0.04f, -0.05f, 0.06f};
+  const std::string module = "moe";
+  WeightMap weights = {
+      {"moe/gate/kernel", Tensor::from_f32({E, H}, router)},
+      {"moe/gate/bias", Tensor::from_f32({E}, router_bias)},
+      {"moe/wi_0/kernel", Tensor::from_f32({E, I, H}, gate)},
+      {"moe/wi_0/bias", Tensor::from_f32({E, I}, gate_bias)},
+      {"moe/wi_1/kernel", Tensor::from_f32({E, I, H}, up)},
+      {"moe/wi_1/bias", Tensor::from_f32({E, I}, up_bias)},
+      {"moe/wo/kernel", Tensor::from_f32({E, H, I}, down)},
+      {"moe/wo/bias", Tensor::from_f32({E, H}, down_bias)},
+  };
+  const Moe moe(spec, Activation::kSilu, H, weights, module);
+  const std::vector<float> x = {1.0f, 2.0f, -1.5f, 0.5f, 3.0f, -2.0f};  // [3 tokens, H]
+  std::vector<float> y(x.size());
+  Workspace workspace;
+  moe.forward(x.data(), 3, y.data(), workspace);
+  double worst = 0.0;
+  for (int64_t t = 0; t < 3; ++t) {
+    const float* xt = x.data() + t * H;
+    double logits[E];
+    for (int64_t e = 0; e < E; ++e)
+      logits[e] = router[e * H] * xt[0] + router[e * H + 1] * xt[1] + router_bias[e];
+    float kiln_logits[E];
+    moe.router_logits(xt, 1, kiln_logits);
+    for (int64_t e = 0; e < E; ++e) EXPECT_NEAR(kiln_logits[e], logits[e], 1e-6);
+    // Top 2 of 3: all but the smallest.
+    int64_t smallest = 0;
+    for (int64_t e = 1; e < E; ++e)
+      if (logits[e] < logits[smallest]) smallest = e;
+    double top = -1e30;
+    for (int64_t e = 0; e < E; ++e)
+      if (e != smallest) top = std::max(top, logits[e]);
+    double total = 0.0;
+    for (int64_t e = 0; e < E; ++e)
+      if (e != smallest) total += std::exp(logits[e] - top);
+    for (int64_t c = 0; c < H; ++c) {
+      double want = 0.0;
+      for (int64_t e = 0; e < E; ++e) {
+        if (e == smallest) continue;
+        const double weight = std::exp(logits[e] - top) / total;
+        double out = down_bias[e * H + c];
+        for (int64_t i = 0; i < I; ++i) {
+          const int64_t r = e * I + i;
+          double g = gate[r * H] * xt[0] + gate[r * H + 1] * xt[1] + gate_bias[r];
+          double u = up[r * H] * xt[0] + up[r * H + 1] * xt[1] + up_bias[r];
+          g = std::min(g, 1.5);
+          u = std::max(std::min(u, 1.5), -1.5);
+          const double act = (u + 1.0) * g / (1.0 + std::exp(-1.702 * g));
+          out += down[(e * H + c) * I + i] * act;
+        }
+        want += weight * out;
+      }
+      worst = std::max(worst, std::fabs(y[t * H + c] - want));
+      EXPECT_NEAR(y[t * H + c], want, 1e-5) << "token " << t << " column " << c;
+    }
+  }
+  std::cout << "MoE with router bias, expert biases and clamped SwiGLU: max abs err " << worst
+            << std::endl;
+}
+
 std::vector<std::string> moe_fixtures() {
   std::vector<std::string> names;
-  for (const std::string& name : test::hf_fixture_names())
-    if (SafetensorsFile::open(test::hf_fixture_path(name) + "/reference.safetensors")
-            .contains("act.model.layers.1.mlp.gate.out"))
+  for (const std::string& name : test::hf_fixture_names()) {
+    const SafetensorsFile reference =
+        SafetensorsFile::open(test::hf_fixture_path(name) + "/reference.safetensors");
+    if (reference.contains("act.model.layers.1.mlp.gate.out") ||
+        reference.contains("act.model.layers.1.mlp.router.out"))
       names.push_back(name);
+  }
   return names;
 }
 

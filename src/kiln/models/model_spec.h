@@ -79,6 +79,10 @@ struct AttentionSpec {
   int64_t qk_rope_head_dim = 0;
   NormSpec latent_norm;  // the RMSNorm of the query and KV latents
   bool is_mla() const { return kv_lora_rank > 0; }
+  // Attention sinks (gpt-oss): a learned logit per query head (`<attention>/sinks` [heads])
+  // joins each softmax denominator with no value; the weights of the real keys then sum to
+  // less than 1.
+  bool sinks = false;
 };
 
 struct MlpSpec {
@@ -86,6 +90,11 @@ struct MlpSpec {
   bool gated = true;  // act(gate(x)) * up(x), else act(up(x))
   Activation activation = Activation::kSilu;
   bool bias = false;
+  // Clamped SwiGLU (gpt-oss), used instead of `activation` when swiglu_limit > 0 (gated only):
+  // gate = min(gate, limit), up = clamp(up, -limit, limit),
+  // act = (up + 1) * gate * sigmoid(swiglu_alpha * gate).
+  float swiglu_limit = 0.0f;  // 0 = off
+  float swiglu_alpha = 1.702f;
 };
 
 enum class RouterKind {
@@ -107,6 +116,13 @@ struct MoeSpec {
   int64_t shared_intermediate = 0;  // total intermediate size of the shared expert(s)
   bool shared_expert_gate = false;  // Qwen2-MoE-style sigmoid gate on the shared expert
   bool enabled() const { return num_experts > 0; }
+  // gpt-oss: a bias on the router logits (`gate/bias` [E]), biases on every expert's
+  // projections (`wi_0/bias`, `wi_1/bias` [E, I], `wo/bias` [E, hidden]), and the experts'
+  // clamped SwiGLU (MlpSpec::swiglu_limit, swiglu_alpha; limit 0 = off).
+  bool router_bias = false;
+  bool expert_bias = false;
+  float swiglu_limit = 0.0f;
+  float swiglu_alpha = 1.702f;
 };
 
 // Where norms sit in a block.

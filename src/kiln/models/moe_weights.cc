@@ -25,12 +25,25 @@ Tensor stack_tensors(const std::vector<Tensor>& parts) {
   return stacked;
 }
 
+Tensor interleaved_gate_up_part(const Tensor& gate_up, int64_t part) {
+  const int ndim = gate_up.ndim();
+  check((ndim == 2 || ndim == 3) && gate_up.dim(ndim - 1) % 2 == 0,
+        "gate_up_proj of shape " + gate_up.shape_string() +
+            " is not [E, hidden, 2 I] or [E, 2 I] with gate and up alternating");
+  Shape pairs = gate_up.shape();  // [..., I, 2]
+  pairs.back() /= 2;
+  pairs.push_back(2);
+  const Tensor taken = gate_up.contiguous().reshape(pairs).select(ndim, part);  // [..., I]
+  return ndim == 3 ? taken.transpose(1, 2).contiguous(true) : taken.contiguous(true);
+}
+
 void map_moe_weights(const MoeSpec& spec, int64_t hidden, int64_t layer, const MoeHfNames& hf,
                      const TensorSource& source, std::vector<WeightMapping>& mappings) {
   const int64_t E = spec.num_experts, I = spec.expert_intermediate;
   const std::string module = names::mlp(layer);
   const std::string router = names::child(module, "gate");
   mappings.push_back({names::kernel(router), {hf.router + ".weight"}, {E, hidden}, {}});
+  if (spec.router_bias) mappings.push_back({names::bias(router), {hf.router + ".bias"}, {E}, {}});
   if (spec.score_correction_bias)
     mappings.push_back(
         {names::score_correction_bias(router), {hf.router + ".e_score_correction_bias"}, {E}, {}});
@@ -39,7 +52,31 @@ void map_moe_weights(const MoeSpec& spec, int64_t hidden, int64_t layer, const M
   const std::string up = names::kernel(names::child(module, "wi_1"));
   const std::string down = names::kernel(names::child(module, "wo"));
   const std::string gate_up = hf.experts + ".gate_up_proj";
-  if (source.contains(gate_up)) {
+  if (hf.interleaved_gate_up) {
+    auto part = [](int64_t which) {
+      return
+          [which](const std::vector<Tensor>& in) { return interleaved_gate_up_part(in[0], which); };
+    };
+    auto transposed = [](const std::vector<Tensor>& in) {
+      check(in[0].ndim() == 3,
+            "down_proj has shape " + in[0].shape_string() + ", expected [E, I, hidden]");
+      return in[0].transpose(1, 2).contiguous(true);
+    };
+    mappings.push_back({gate, {gate_up}, {E, I, hidden}, part(0)});
+    mappings.push_back({up, {gate_up}, {E, I, hidden}, part(1)});
+    mappings.push_back({down, {hf.experts + ".down_proj"}, {E, hidden, I}, transposed});
+    if (spec.expert_bias) {
+      const std::string gate_up_bias = gate_up + "_bias";
+      mappings.push_back(
+          {names::bias(names::child(module, "wi_0")), {gate_up_bias}, {E, I}, part(0)});
+      mappings.push_back(
+          {names::bias(names::child(module, "wi_1")), {gate_up_bias}, {E, I}, part(1)});
+      mappings.push_back({names::bias(names::child(module, "wo")),
+                          {hf.experts + ".down_proj_bias"},
+                          {E, hidden},
+                          {}});
+    }
+  } else if (source.contains(gate_up)) {
     auto rows = [I](int64_t first) {
       return [I, first](const std::vector<Tensor>& in) {
         check(in[0].ndim() == 3 && in[0].dim(1) == 2 * I,

@@ -18,6 +18,12 @@ struct MoeHfNames {
   // The per-expert projections, `<experts>.<e>.<name>.weight` ("w1", "w3", "w2" in Mixtral).
   std::string gate = "gate_proj", up = "up_proj", down = "down_proj";
   std::string shared;  // the shared experts' module ("" when none), with gate/up/down_proj
+  // gpt-oss's stacked experts, as inputs-first matrices: `<experts>.gate_up_proj`
+  // [E, hidden, 2 I] whose columns alternate gate, up (gate_up[..., ::2] is the gate),
+  // `<experts>.down_proj` [E, I, hidden]; with spec.expert_bias also
+  // `<experts>.gate_up_proj_bias` [E, 2 I] (alternating the same way) and
+  // `<experts>.down_proj_bias` [E, hidden].
+  bool interleaved_gate_up = false;
 };
 
 // Appends the mappings of layer `layer`'s MoE block (Kiln names under names::mlp(layer),
@@ -28,9 +34,16 @@ struct MoeHfNames {
 // `<experts>.gate_up_proj` [E, 2 I, hidden] (gate rows, then up rows: transformers
 // concatenates gate then up and splits its output in that order) with
 // `<experts>.down_proj` [E, hidden, I]; and the shared experts as an MLP of
-// spec.shared_intermediate when spec.num_shared_experts > 0.
+// spec.shared_intermediate when spec.num_shared_experts > 0. With hf.interleaved_gate_up the
+// experts come from gpt-oss's layout instead (see MoeHfNames), transposed and de-interleaved;
+// the router's `<router>.bias` [E] is mapped when spec.router_bias.
 void map_moe_weights(const MoeSpec& spec, int64_t hidden, int64_t layer, const MoeHfNames& hf,
                      const TensorSource& source, std::vector<WeightMapping>& mappings);
+
+// Part `part` (0: gate, 1: up) of a gpt-oss `gate_up_proj` [E, hidden, 2 I] whose last
+// dimension alternates gate and up, as Kiln's [E, I, hidden]; or of its bias [E, 2 I], as
+// [E, I]. Throws Error for other ranks or an odd last dimension.
+Tensor interleaved_gate_up_part(const Tensor& gate_up, int64_t part);
 
 // `parts` (equal shapes and dtypes) stacked along a new first dimension, as one contiguous
 // tensor. Throws Error when the parts differ.

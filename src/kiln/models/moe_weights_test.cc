@@ -27,6 +27,32 @@ TEST(StackTensors, StacksAlongANewFirstDimension) {
   EXPECT_THROW(stack_tensors({a, Tensor::from_f32({3}, {1, 2, 3})}), Error);
 }
 
+// gpt-oss's gate_up_proj [E, hidden, 2 I] alternates gate and up columns: even columns are the
+// gate, odd ones the up projection, each returned as Kiln's [E, I, hidden]; biases [E, 2 I]
+// split the same way into [E, I].
+TEST(InterleavedGateUp, EvenColumnsAreTheGateOddOnesTheUp) {
+  const int64_t E = 2, hidden = 3, I = 2;
+  std::vector<float> values(E * hidden * 2 * I);
+  for (size_t i = 0; i < values.size(); ++i) values[i] = static_cast<float>(i);
+  const Tensor gate_up = Tensor::from_f32({E, hidden, 2 * I}, values);
+  for (int64_t part = 0; part < 2; ++part) {
+    const Tensor kiln = interleaved_gate_up_part(gate_up, part);
+    ASSERT_EQ(kiln.shape(), (Shape{E, I, hidden}));
+    for (int64_t e = 0; e < E; ++e)
+      for (int64_t i = 0; i < I; ++i)
+        for (int64_t h = 0; h < hidden; ++h)
+          EXPECT_EQ(kiln.item_as_double((e * I + i) * hidden + h),
+                    values[(e * hidden + h) * 2 * I + 2 * i + part])
+              << "part " << part << " expert " << e << " row " << i << " column " << h;
+  }
+  const Tensor bias = Tensor::from_f32({E, 2 * I}, {0, 1, 2, 3, 4, 5, 6, 7});
+  const Tensor up_bias = interleaved_gate_up_part(bias, 1);
+  EXPECT_EQ(up_bias.shape(), (Shape{E, I}));
+  EXPECT_EQ(up_bias.item_as_double(0), 1.0);
+  EXPECT_EQ(up_bias.item_as_double(3), 7.0);
+  EXPECT_THROW(interleaved_gate_up_part(Tensor::from_f32({3}, {1, 2, 3}), 0), Error);
+}
+
 // The parts of a per-expert tensor name "<layer>.(block_sparse_moe|mlp).experts.<e>.<role>.weight".
 struct ExpertName {
   std::string layer;  // "model.layers.3"

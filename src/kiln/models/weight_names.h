@@ -11,6 +11,7 @@
 //   decoder/layers_{i}/self_attention/out/kernel               [hidden, heads * value_dim]
 //   decoder/layers_{i}/self_attention/{query,key,value,out}/bias           (when present)
 //   decoder/layers_{i}/self_attention/{query_norm,key_norm}/scale [head_dim] (per-head QK norm)
+//   decoder/layers_{i}/self_attention/sinks                    [heads] (attention sinks)
 //   decoder/layers_{i}/post_self_attention_layer_norm/scale    [hidden]  (the pre-MLP norm;
 //                                     with post or sandwich norms: the attention output's)
 //   decoder/layers_{i}/{pre_ffw_norm,post_ffw_norm}/scale      [hidden]  (sandwich, post norms)
@@ -20,8 +21,10 @@
 //  mixture-of-experts layers (E experts of intermediate I) instead of the three above:
 //   decoder/layers_{i}/mlp/gate/kernel                         [E, hidden] (router)
 //   decoder/layers_{i}/mlp/gate/score_correction_bias          [E] (DeepSeek-V3)
+//   decoder/layers_{i}/mlp/gate/bias                           [E] (router bias, gpt-oss)
 //   decoder/layers_{i}/mlp/{wi_0,wi_1}/kernel                  [E, I, hidden] (stacked experts)
 //   decoder/layers_{i}/mlp/wo/kernel                           [E, hidden, I]
+//   decoder/layers_{i}/mlp/{wi_0,wi_1}/bias, wo/bias           [E, I], [E, hidden] (gpt-oss)
 //   decoder/layers_{i}/mlp/shared_experts/{wi_0,wi_1,wo}/kernel  (shared experts, as an MLP)
 //  multi-head latent attention layers (DeepSeek; ranks Rq, Rkv, head dims nope, rope, v)
 //  instead of query/key/value:
@@ -132,6 +135,10 @@ inline std::string bias(const std::string& module) {
 }
 inline std::string scale(const std::string& module) {
   return module + "/scale";
+}
+// The per-head sink logits of an attention module (gpt-oss).
+inline std::string sinks(const std::string& attention_module) {
+  return attention_module + "/sinks";
 }
 // The bias DeepSeek-V3's router adds to its scores to choose experts (not to weigh them).
 inline std::string score_correction_bias(const std::string& module) {

@@ -14,6 +14,7 @@ KILN_CAPABILITY("mlp.activation", "gelu");
 KILN_CAPABILITY("mlp.activation", "gelu_tanh");
 KILN_CAPABILITY("mlp.activation", "relu");
 KILN_CAPABILITY("mlp.activation", "relu_squared");
+KILN_CAPABILITY("mlp.activation", "clamped_swiglu");
 
 float activate(Activation activation, float x) {
   switch (activation) {
@@ -41,6 +42,15 @@ void gated_activation(Activation activation, const float* gate, const float* up,
                       int64_t count) {
   if (activation == Activation::kSilu) return active_kernels().silu_gated(gate, up, y, count);
   for (int64_t i = 0; i < count; ++i) y[i] = activate(activation, gate[i]) * up[i];
+}
+
+void clamped_swiglu(const float* gate, const float* up, float* y, int64_t count, float limit,
+                    float alpha) {
+  for (int64_t i = 0; i < count; ++i) {
+    const float g = std::fmin(gate[i], limit);
+    const float u = std::fmax(std::fmin(up[i], limit), -limit);
+    y[i] = (u + 1.0f) * (g / (1.0f + std::exp(-alpha * g)));
+  }
 }
 
 void silu_gated_reference(const float* gate, const float* up, float* y, int64_t count) {

@@ -18,6 +18,11 @@ void apply_activation(Activation activation, float* x, int64_t count);
 void gated_activation(Activation activation, const float* gate, const float* up, float* y,
                       int64_t count);
 
+// Clamped SwiGLU (gpt-oss): with g = min(gate[i], limit) and u = clamp(up[i], -limit, limit),
+// y[i] = (u + 1) * g * sigmoid(alpha * g).   gate, up, y: [count] f32 (y may alias either)
+void clamped_swiglu(const float* gate, const float* up, float* y, int64_t count, float limit,
+                    float alpha);
+
 // The reference kernel of gated_activation with SiLU.
 void silu_gated_reference(const float* gate, const float* up, float* y, int64_t count);
 

@@ -16,6 +16,7 @@ namespace kiln::ops {
 // What causal_attention computes (`kiln analyze` reports these supported).
 KILN_CAPABILITY("attention.sliding_window", "yes");
 KILN_CAPABILITY("attention.softcap", "yes");
+KILN_CAPABILITY("attention.sinks", "yes");
 
 namespace {
 void check_shape(const AttentionShape& s) {
@@ -41,8 +42,8 @@ void causal_attention_reference(const float* q, const float* k_cache, const floa
       s.batch * s.tokens * s.heads * s.cache_len * s.head_dim >= (int64_t{1} << 18);
 #pragma omp parallel if (parallel)
   {
-    auto* scores = static_cast<float*>(cpu::thread_scratch(cpu::ScratchSlot::kAttentionScores,
-                                                           sizeof(float) * s.cache_len));  // [S]
+    auto* scores = static_cast<float*>(cpu::thread_scratch(
+        cpu::ScratchSlot::kAttentionScores, sizeof(float) * (s.cache_len + 1)));  // [S + 1]
 #pragma omp for collapse(3) schedule(static)
     for (int64_t b = 0; b < s.batch; ++b) {
       for (int64_t t = 0; t < s.tokens; ++t) {
@@ -61,7 +62,9 @@ void causal_attention_reference(const float* q, const float* k_cache, const floa
             if (s.softcap > 0.0f) score = s.softcap * std::tanh(score / s.softcap);
             scores[j] = score;
           }
-          softmax(scores, scores, 1, count);
+          // A sink is one more logit in the softmax, dropped afterwards (its value is zero).
+          if (s.sinks) scores[count] = s.sinks[h];
+          softmax(scores, scores, 1, s.sinks ? count + 1 : count);
           float* o = out + ((b * s.tokens + t) * s.heads + h) * s.value_dim;  // [Dv]
           std::fill(o, o + s.value_dim, 0.0f);
           for (int64_t j = 0; j < count; ++j) {

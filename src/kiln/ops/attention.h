@@ -20,11 +20,16 @@ struct AttentionShape {
   float scale = 0.0f;     // multiplies q.k
   int64_t window = 0;     // > 0: query at position p sees keys p - window < j <= p
   float softcap = 0.0f;   // > 0: score = softcap * tanh(score / softcap)
+  // Attention sinks: [Hq] logits, one per query head, that join each softmax denominator
+  // (as a key whose value is zero), or nullptr for none.
+  const float* sinks = nullptr;
 };
 
 // out[b, t, h] = sum_j softmax_j(score(t, j)) v[b, j, h / group] over visible keys j,
 // score(t, j) = scale * q[b, t, h] . k[b, j, h / group]; key j is visible to query t when
-// j <= start + t (causal) and, with a window, j > start + t - window.
+// j <= start + t (causal) and, with a window, j > start + t - window. With sinks, the
+// softmax runs over the visible scores and sinks[h]: weights exp(score_j) / (exp(sinks[h]) +
+// sum_j' exp(score_j')).
 //   q:       [B, T, Hq, D]
 //   k_cache: [B, cache_max, Hkv, D]   (rows [0, cache_len) filled)
 //   v_cache: [B, cache_max, Hkv, Dv]

@@ -2,8 +2,13 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <iostream>
+#include <string>
 #include <vector>
+
+#include "kiln/ops/kernels.h"
 
 namespace kiln::ops {
 namespace {
@@ -53,6 +58,64 @@ TEST(CausalAttention, DecodeStepSeesTheWholeCacheAndSoftcapBoundsScores) {
   causal_attention(q.data(), k.data(), v.data(), out.data(), s);
   const double c = std::exp(std::tanh(10.0));
   EXPECT_NEAR(out[1], 3 * c / (c + 2), 1e-5);
+}
+
+// Attention sinks against their formula: a sink s_h joins the softmax denominator of head h,
+// out = sum_j exp(score_j) v_j / (exp(s_h) + sum_j exp(score_j)), in a prefill with a sliding
+// window and in a decode step over the cache, with every kernel set this machine runs.
+TEST(CausalAttention, SinksJoinTheSoftmaxDenominator) {
+  const std::vector<float> sinks = {0.5f, -1.0f};             // [Hq]
+  const std::vector<float> q = {1, 2, 0.5f, -1, 1, 1, 2, 0};  // [1, 4, 2, 1]
+  const std::vector<float> k = {0.3f, -0.2f, 0.7f, 0.1f, 0};  // [1, 5, 1, 1]
+  const std::vector<float> v = {1, 2, 3, 4, 0};               // [1, 5, 1, 1]
+  // The formula for query position t of head h with visible keys [first, t].
+  auto expected = [&](int64_t t, int64_t h, int64_t window) {
+    const int64_t first = window > 0 ? std::max<int64_t>(0, t - window + 1) : 0;
+    double numerator = 0.0, denominator = std::exp(static_cast<double>(sinks[h]));
+    for (int64_t j = first; j <= t; ++j) {
+      const double e = std::exp(static_cast<double>(q[t * 2 + h]) * k[j]);
+      numerator += e * v[j];
+      denominator += e;
+    }
+    return numerator / denominator;
+  };
+  for (const std::string& kernels : available_kernels()) {
+    use_kernels(kernels);
+    for (const int64_t window : {int64_t{0}, int64_t{2}}) {
+      AttentionShape s = mean_shape(4, window);
+      s.sinks = sinks.data();
+      std::vector<float> out(4 * 2);  // [1, 4, 2, 1]
+      causal_attention(q.data(), k.data(), v.data(), out.data(), s);
+      double worst = 0.0;
+      for (int64_t t = 0; t < 4; ++t)
+        for (int64_t h = 0; h < 2; ++h) {
+          const double err = std::fabs(out[t * 2 + h] - expected(t, h, window));
+          worst = std::max(worst, err);
+          EXPECT_LE(err, 1e-6) << kernels << " window " << window << " t " << t << " h " << h;
+        }
+      std::cout << kernels << " sinks, window " << window << ": max abs err " << worst << std::endl;
+      // Decode: the last query alone, over the cache of the first four positions.
+      AttentionShape step = s;
+      step.tokens = 1;
+      step.start = 3;
+      float last[2];
+      causal_attention(q.data() + 3 * 2, k.data(), v.data(), last, step);
+      for (int64_t h = 0; h < 2; ++h) EXPECT_NEAR(last[h], expected(3, h, window), 1e-6);
+    }
+    // A very negative sink is no sink; a very large one takes all the weight.
+    AttentionShape s = mean_shape(4, 0);
+    const std::vector<float> none = {-1e4f, -1e4f}, all = {80.0f, 80.0f};
+    std::vector<float> with(8), without(8);
+    s.sinks = none.data();
+    causal_attention(q.data(), k.data(), v.data(), with.data(), s);
+    s.sinks = nullptr;
+    causal_attention(q.data(), k.data(), v.data(), without.data(), s);
+    for (int i = 0; i < 8; ++i) EXPECT_NEAR(with[i], without[i], 1e-6) << kernels;
+    s.sinks = all.data();
+    causal_attention(q.data(), k.data(), v.data(), with.data(), s);
+    for (int i = 0; i < 8; ++i) EXPECT_NEAR(with[i], 0.0f, 1e-6) << kernels;
+  }
+  use_kernels("auto");
 }
 
 }  // namespace

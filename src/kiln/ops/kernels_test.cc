@@ -117,7 +117,12 @@ TEST(FastKernels, AttentionMatchesReferenceForEveryShape) {
           random_vector(rng, s.batch * s.cache_max * s.kv_heads * s.head_dim);  // [B, S, Hkv, D]
       const std::vector<float> values =
           random_vector(rng, s.batch * s.cache_max * s.kv_heads * s.value_dim);  // [B, S, Hkv, Dv]
-      std::vector<float> got(s.batch * s.tokens * s.heads * s.value_dim);        // [B, T, Hq, Dv]
+      // Every third case with attention sinks, drawn from their own generator so that the
+      // other cases stay as they were.
+      std::mt19937 sink_rng(static_cast<unsigned>(k));
+      const std::vector<float> sinks = random_vector(sink_rng, s.heads);  // [Hq]
+      if (k % 3 == 1) s.sinks = sinks.data();
+      std::vector<float> got(s.batch * s.tokens * s.heads * s.value_dim);  // [B, T, Hq, Dv]
       std::vector<float> want(got.size());
       use_kernels(name);
       causal_attention(q.data(), keys.data(), values.data(), got.data(), s);
