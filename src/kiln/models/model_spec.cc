@@ -78,6 +78,8 @@ const char* router_name(RouterKind router) {
       return "top_k_softmax";
     case RouterKind::kSigmoidGroup:
       return "sigmoid_group";
+    case RouterKind::kTopKSigmoid:
+      return "top_k_sigmoid";
   }
   return "?";
 }
@@ -104,6 +106,8 @@ const char* qk_norm_name(QkNormKind kind) {
       return "per_head";
     case QkNormKind::kWholeProjection:
       return "whole_projection";
+    case QkNormKind::kL2:
+      return "l2";
   }
   return "?";
 }
@@ -156,7 +160,10 @@ Json layer_json(const LayerSpec& layer) {
         {"kv_lora_rank", a.kv_lora_rank},
         {"qk_nope_head_dim", a.qk_nope_head_dim},
         {"qk_rope_head_dim", a.qk_rope_head_dim},
-        {"latent_norm", norm_json(a.latent_norm)}}},
+        {"latent_norm", norm_json(a.latent_norm)},
+        {"chunk_size", a.chunk_size},
+        {"temperature_floor_scale", a.temperature_floor_scale},
+        {"temperature_attn_scale", a.temperature_attn_scale}}},
       {"mlp",
        {{"intermediate", layer.mlp.intermediate},
         {"gated", layer.mlp.gated},
@@ -174,7 +181,8 @@ Json layer_json(const LayerSpec& layer) {
         {"score_correction_bias", m.score_correction_bias},
         {"num_shared_experts", m.num_shared_experts},
         {"shared_intermediate", m.shared_intermediate},
-        {"shared_expert_gate", m.shared_expert_gate}}},
+        {"shared_expert_gate", m.shared_expert_gate},
+        {"weight_expert_input", m.weight_expert_input}}},
       {"norm", norm_json(layer.norm)},
       {"placement", placement_name(layer.placement)},
       {"parallel_shared_norm", layer.parallel_shared_norm}};
