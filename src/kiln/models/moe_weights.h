@@ -18,6 +18,9 @@ struct MoeHfNames {
   // The per-expert projections, `<experts>.<e>.<name>.weight` ("w1", "w3", "w2" in Mixtral).
   std::string gate = "gate_proj", up = "up_proj", down = "down_proj";
   std::string shared;  // the shared experts' module ("" when none), with gate/up/down_proj
+  // Stacked experts stored input-major, as Llama 4 multiplies x @ W: `gate_up_proj`
+  // [E, hidden, 2 I] (gate columns, then up columns) and `down_proj` [E, I, hidden].
+  bool stacked_input_major = false;
 };
 
 // Appends the mappings of layer `layer`'s MoE block (Kiln names under names::mlp(layer),
@@ -28,7 +31,8 @@ struct MoeHfNames {
 // `<experts>.gate_up_proj` [E, 2 I, hidden] (gate rows, then up rows: transformers
 // concatenates gate then up and splits its output in that order) with
 // `<experts>.down_proj` [E, hidden, I]; and the shared experts as an MLP of
-// spec.shared_intermediate when spec.num_shared_experts > 0.
+// spec.shared_intermediate when spec.num_shared_experts > 0. With hf.stacked_input_major the
+// stacked tensors are read in Llama 4's transposed layout (see MoeHfNames).
 void map_moe_weights(const MoeSpec& spec, int64_t hidden, int64_t layer, const MoeHfNames& hf,
                      const TensorSource& source, std::vector<WeightMapping>& mappings);
 
