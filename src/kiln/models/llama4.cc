@@ -110,6 +110,7 @@ class Llama4TextFamily : public LlamaFamily {
     std::set<int64_t> moe_layers;
     if (config.has("moe_layers")) {
       for (int64_t i : config.get_int_list("moe_layers")) moe_layers.insert(i);
+      config.mark_read({"interleave_moe_layer_step"});  // what moe_layers overrides
     } else {
       const int64_t step = config.get_int("interleave_moe_layer_step", 1);
       check(step > 0, source + ": key 'interleave_moe_layer_step' must be positive");
