@@ -14,6 +14,8 @@
 //     expert of `intermediate_size` adds its output. Dense layers use `intermediate_size_mlp`.
 //   - the feed-forward block is named `feed_forward`, its router `router`, its stacked experts
 //     `experts.gate_up_proj` [E, hidden, 2 I] and `experts.down_proj` [E, I, hidden].
+// Llama4ForConditionalGeneration (model_type llama4): its language model, from `text_config`
+// and the tensors under `language_model.` (Kiln runs the text model only).
 #include <set>
 
 #include "kiln/core/error.h"
@@ -30,6 +32,10 @@ class Llama4TextFamily : public LlamaFamily {
 
   HfModuleNames hf_modules(const ModelSpec&) const override {
     HfModuleNames names;
+    names.embedding = prefix() + names.embedding;
+    names.layers = prefix() + names.layers;
+    names.final_norm = prefix() + names.final_norm;
+    names.lm_head = prefix() + names.lm_head;
     // One weightless qk_norm module normalizes queries, then keys; the reference keeps its
     // first call (the queries, after RoPE).
     names.attention_parts = {{"query", "q_proj"},
@@ -46,8 +52,11 @@ class Llama4TextFamily : public LlamaFamily {
   }
 
  protected:
+  // Where the checkpoint keeps the text model's tensors and modules ("" or "language_model.").
+  virtual std::string prefix() const { return ""; }
+
   std::string hf_name(const std::string& llama_name) const override {
-    return replace_parts(llama_name, {{".mlp.", ".feed_forward."}});
+    return prefix() + replace_parts(llama_name, {{".mlp.", ".feed_forward."}});
   }
 
   void apply_differences(const HfConfig& config, ModelSpec& spec) const override {
@@ -139,7 +148,7 @@ class Llama4TextFamily : public LlamaFamily {
                        std::vector<WeightMapping>& mappings) const override {
     if (!spec.layers[i].moe.enabled())
       return LlamaFamily::map_mlp_weights(spec, i, source, mappings);
-    const std::string block = "model.layers." + std::to_string(i) + ".feed_forward";
+    const std::string block = prefix() + "model.layers." + std::to_string(i) + ".feed_forward";
     MoeHfNames hf{block + ".router", block + ".experts", "gate_proj",
                   "up_proj",         "down_proj",        block + ".shared_expert"};
     hf.stacked_input_major = true;
@@ -148,5 +157,33 @@ class Llama4TextFamily : public LlamaFamily {
 };
 
 KILN_FAMILY(Llama4TextFamily);
+
+class Llama4Family : public Llama4TextFamily {
+ public:
+  std::string name() const override { return "llama4"; }
+  std::vector<std::string> architectures() const override {
+    return {"Llama4ForConditionalGeneration"};
+  }
+  std::vector<std::string> model_types() const override { return {"llama4"}; }
+  // The text model's spec from `text_config`, which takes the token ids and embedding tying
+  // from the wrapper when it lacks them.
+  ModelSpec build_spec(const HfConfig& config) const override {
+    const Json& text = config.get("text_config");
+    check(text.is_object(), config.source() + ": key 'text_config' must be an object");
+    Json merged = text;
+    for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings"})
+      if (!merged.contains(key) && config.has(key)) merged[key] = config.get(key);
+    const HfConfig text_config =
+        HfConfig::from_json(std::move(merged), config.source() + ": text_config");
+    ModelSpec spec = Llama4TextFamily::build_spec(text_config);
+    spec.architecture = config.architecture();
+    return spec;
+  }
+
+ protected:
+  std::string prefix() const override { return "language_model."; }
+};
+
+KILN_FAMILY(Llama4Family);
 
 }  // namespace kiln
