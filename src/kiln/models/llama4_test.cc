@@ -54,6 +54,15 @@ TEST(Llama4Family, DerivesNopeChunkedAndMoeLayersLikeTransformers) {
       EXPECT_EQ(layer.mlp.intermediate, 24);
     }
   }
+  // to_json states the new settings.
+  const Json json = spec.to_json();
+  EXPECT_EQ(json["layers"][0]["attention"]["chunk_size"], 16);
+  EXPECT_EQ(json["layers"][0]["attention"]["qk_norm"], "l2");
+  EXPECT_EQ(json["layers"][3]["attention"]["temperature_floor_scale"], 32.0);
+  EXPECT_EQ(json["layers"][3]["attention"]["temperature_attn_scale"], 0.2);
+  EXPECT_EQ(json["layers"][3]["attention"]["rope"]["type"], "none");
+  EXPECT_EQ(json["layers"][1]["moe"]["router"], "top_k_sigmoid");
+  EXPECT_EQ(json["layers"][1]["moe"]["weight_expert_input"], true);
   // Explicit lists win; layer_types decides which layers are chunked.
   Json config = text_config();
   config["no_rope_layers"] = Json::array({0, 1, 1, 1, 1, 1, 1, 1});
