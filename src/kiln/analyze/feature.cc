@@ -181,6 +181,8 @@ std::string router_value(RouterKind router) {
       return "topk_softmax";
     case RouterKind::kSigmoidGroup:
       return "sigmoid_group";
+    case RouterKind::kTopKSigmoid:
+      return "topk_sigmoid";
   }
   return "softmax_topk";
 }

@@ -33,6 +33,8 @@ std::string qk_norm_value(QkNormKind kind) {
       return "per_head";
     case QkNormKind::kWholeProjection:
       return "whole_projection";
+    case QkNormKind::kL2:
+      return "l2 (no weights, on RoPE layers)";
   }
   return "none";
 }
@@ -58,6 +60,39 @@ void add_rope(const RopeSpec& rope, const AttentionSpec& attention,
   if (!attention.is_mla())
     v["rope.fraction"] = rotary_fraction_value(rope.rotary_dim, attention.head_dim);
   v["rope.pairing"] = rope.interleaved ? "interleaved" : "half_split";
+}
+
+// Llama 4's attention features: chunked layers, NoPE layers (rope.skipped_layers, only when
+// some layers do use RoPE), the L2 QK norm (on any layer) and temperature tuning.
+void add_llama4_attention(const ModelSpec& spec, std::map<std::string, std::string>* out) {
+  auto& v = *out;
+  const int64_t layers = spec.num_layers();
+  int64_t chunked = 0, chunk = 0, nope = 0;
+  std::string letters;
+  const AttentionSpec* tuned = nullptr;
+  for (const LayerSpec& layer : spec.layers) {
+    const AttentionSpec& a = layer.attention;
+    if (a.chunk_size > 0) {
+      ++chunked;
+      chunk = a.chunk_size;
+    }
+    const bool skipped = a.rope.type == RopeType::kNone;
+    nope += skipped ? 1 : 0;
+    letters += skipped ? 'N' : 'R';
+    if (a.qk_norm == QkNormKind::kL2) v["attention.qk_norm"] = qk_norm_value(a.qk_norm);
+    if (a.temperature_floor_scale > 0.0 && !tuned) tuned = &a;
+  }
+  v["attention.chunked"] = chunked == 0 ? "none"
+                                        : "chunks of " + std::to_string(chunk) + " on " +
+                                              std::to_string(chunked) + " of " +
+                                              std::to_string(layers) + " layers";
+  if (nope > 0 && nope < layers && !spec.learned_positions)
+    v["rope.skipped_layers"] = std::to_string(nope) + " of " + std::to_string(layers) +
+                               " layers, " + layer_pattern(letters);
+  v["attention.temperature_tuning"] =
+      tuned ? "on NoPE layers (floor_scale " + format_number(tuned->temperature_floor_scale) +
+                  ", attn_scale " + format_number(tuned->temperature_attn_scale) + ")"
+            : "none";
 }
 
 }  // namespace
@@ -116,6 +151,7 @@ std::map<std::string, std::string> spec_feature_values(const ModelSpec& spec) {
     if (!layer.moe.enabled() && !dense_layer) dense_layer = &layer;
   }
   v["attention.sliding_window"] = windows_value(windows);
+  add_llama4_attention(spec, &v);
 
   if (!rope_layer) rope_layer = &first;
   const RopeSpec& rope = rope_layer->attention.rope;

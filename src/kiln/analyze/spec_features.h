@@ -10,7 +10,7 @@
 namespace kiln::analyze {
 
 // Feature id -> value for every feature the ModelSpec can express. Features it cannot
-// express (chunked attention, quantization, ...) are absent; a feature the
+// express (quantization, ...) are absent; a feature the
 // detector finds that is absent here cannot be carried by any family yet.
 std::map<std::string, std::string> spec_feature_values(const ModelSpec& spec);
 

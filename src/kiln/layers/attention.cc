@@ -7,6 +7,7 @@
 #include "kiln/models/capabilities.h"
 #include "kiln/models/weight_names.h"
 #include "kiln/ops/attention.h"
+#include "kiln/ops/norm.h"
 #include "kiln/ops/rope.h"
 #include "kiln/ops/rope_frequencies.h"
 
@@ -23,10 +24,15 @@ KILN_CAPABILITY("attention.qk_norm", "per_head");
 KILN_CAPABILITY("attention.qk_norm", "whole_projection");
 KILN_CAPABILITY("attention.scale", "yes");
 KILN_CAPABILITY("rope.local", "yes");
+KILN_CAPABILITY("attention.qk_norm", "l2");
+KILN_CAPABILITY("attention.temperature_tuning", "yes");
+KILN_CAPABILITY("rope.skipped_layers", "yes");  // per-layer RopeSpec type kNone
 
 namespace {
 NormSpec qk_norm_spec(const AttentionSpec& spec) {
-  if (spec.qk_norm == QkNormKind::kNone) return {NormKind::kNone, 0.0f};
+  // The weightless L2 norm is applied by forward() itself.
+  if (spec.qk_norm == QkNormKind::kNone || spec.qk_norm == QkNormKind::kL2)
+    return {NormKind::kNone, 0.0f};
   return spec.qk_norm_spec;
 }
 }  // namespace
@@ -91,7 +97,9 @@ void Attention::forward(const float* x, int64_t batch, int64_t tokens, int64_t s
     report("key", k, kv_heads, head_dim);
     report("value", v, kv_heads, value_dim_);
   }
-  if (spec_.qk_norm != QkNormKind::kNone) {
+  const bool weighted_qk_norm =
+      spec_.qk_norm != QkNormKind::kNone && spec_.qk_norm != QkNormKind::kL2;
+  if (weighted_qk_norm) {
     const bool whole = spec_.qk_norm == QkNormKind::kWholeProjection;
     query_norm_.forward(q, whole ? rows : rows * heads, q);
     key_norm_.forward(k, whole ? rows : rows * kv_heads, k);
@@ -110,6 +118,27 @@ void Attention::forward(const float* x, int64_t batch, int64_t tokens, int64_t s
                     rope.attention_scaling, interleaved);
     ops::apply_rope(k, positions, rows, kv_heads, head_dim, rotary_dim_, rope.inv_freq.data(),
                     rope.attention_scaling, interleaved);
+  }
+  if (spec_.qk_norm == QkNormKind::kL2) {  // after RoPE, as transformers' Llama 4 does
+    const float eps = spec_.qk_norm_spec.eps;
+    ops::rms_norm(q, nullptr, q, rows * heads, head_dim, eps, false);
+    ops::rms_norm(k, nullptr, k, rows * kv_heads, head_dim, eps, false);
+    if (observer) {
+      report("query_norm", q, heads, head_dim);
+      report("key_norm", k, kv_heads, head_dim);
+    }
+  }
+  if (spec_.temperature_floor_scale > 0.0) {
+    // In float32 like transformers: log1p(floor((p + 1) / floor_scale)) * attn_scale + 1.
+    const auto floor_scale = static_cast<float>(spec_.temperature_floor_scale);
+    const auto attn_scale = static_cast<float>(spec_.temperature_attn_scale);
+    for (int64_t r = 0; r < rows; ++r) {
+      const auto position = static_cast<float>(start + r % tokens);
+      const float factor =
+          std::log1p(std::floor((position + 1.0f) / floor_scale)) * attn_scale + 1.0f;
+      float* row = q + r * heads * head_dim;  // [Hq, D]
+      for (int64_t i = 0; i < heads * head_dim; ++i) row[i] *= factor;
+    }
   }
   float* k_cache = cache.keys.mutable_data<float>();    // [B, capacity, Hkv, D]
   float* v_cache = cache.values.mutable_data<float>();  // [B, capacity, Hkv, Dv]
@@ -134,6 +163,7 @@ void Attention::forward(const float* x, int64_t batch, int64_t tokens, int64_t s
                     ? spec_.scale
                     : static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
   shape.window = spec_.sliding_window;
+  shape.chunk = spec_.chunk_size;
   shape.softcap = spec_.softcap;
   shape.sinks = sinks_.empty() ? nullptr : sinks_.data();
   float* mixed = workspace.take<float>(rows * heads * value_dim_);  // [B, T, Hq, Dv]

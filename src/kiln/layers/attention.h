@@ -1,6 +1,8 @@
-// Attention: projections, optional per-head QK norm, RoPE, causal attention over the KV
-// cache (GQA/MQA, sliding window, soft-cap, sinks) and the output projection; multi-head latent
-// attention specs are delegated to Mla (layers/mla.h).
+// Attention: projections, optional per-head QK norm, RoPE (or none: NoPE layers), an
+// optional weightless L2 QK norm after RoPE and query temperature tuning (Llama 4), causal
+// attention over the KV cache (GQA/MQA, sliding window or chunks, soft-cap,
+// learned sinks) and the output
+// projection; multi-head latent attention specs are delegated to Mla (layers/mla.h).
 #pragma once
 
 #include <cstdint>

@@ -63,6 +63,15 @@ void DecoderLayer::feed_forward(const float* x, int64_t batch, int64_t tokens, f
     mlp_.moe().router_logits(x, rows, logits);
     (*observer)(names::child(names::mlp(index_), "gate"),
                 workspace.view(logits, {batch, tokens, experts}));
+    // Each token's routing weights over all experts, 0 for those not chosen.
+    const int64_t k = mlp_.moe().spec().top_k;
+    int64_t* chosen = workspace.take<int64_t>(rows * k);  // [B * T, k]
+    float* weights = workspace.take<float>(rows * k);     // [B * T, k]
+    mlp_.moe().route(logits, rows, chosen, weights);
+    std::fill(logits, logits + rows * experts, 0.0f);
+    for (int64_t p = 0; p < rows * k; ++p) logits[p / k * experts + chosen[p]] = weights[p];
+    (*observer)(names::child(names::mlp(index_), "routing"),
+                workspace.view(logits, {batch, tokens, experts}));
   }
   mlp_.forward(x, rows, y, workspace);
   if (observer && !mlp_.is_moe())

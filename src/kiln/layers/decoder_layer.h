@@ -56,8 +56,9 @@ class DecoderLayer {
                   int64_t tokens, const Workspace& workspace,
                   const ActivationObserver* observer) const;
   // The feed-forward block on x [B * T, hidden] into y [B, T, hidden]; reports the router's
-  // logits (`mlp/gate`, [B, T, E]) of a mixture of experts, or a dense MLP's output before
-  // any post norm (`mlp/wo`).
+  // logits (`mlp/gate`, [B, T, E]) and routing weights (`mlp/routing`, [B, T, E], 0 for the
+  // experts not chosen) of a mixture of experts, or a dense MLP's output before any post
+  // norm (`mlp/wo`).
   void feed_forward(const float* x, int64_t batch, int64_t tokens, float* y, Workspace& workspace,
                     const ActivationObserver* observer) const;
 

@@ -113,7 +113,9 @@ TEST_P(FixtureLayers, Mlp) {
       const Tensor attention = act(i, modules_.attention, "out");  // [T, hidden]
       for (int64_t j = 0; j < out.numel(); ++j) out_data[j] += attention.data<float>()[j];
     }
-    expect_close(out, act(i, modules_.mlp, "out"),
+    // A block that flattens its tokens (Llama 4's MoE) left only the first token's output.
+    const Tensor expected = act(i, modules_.mlp, "out");
+    expect_close(expected.ndim() == 1 ? out.select(0, 0).contiguous() : out, expected,
                  "layer " + std::to_string(i) + " " + modules_.mlp);
   }
 }

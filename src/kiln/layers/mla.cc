@@ -26,6 +26,8 @@ Mla::Mla(const AttentionSpec& spec, int64_t hidden, const WeightMap& weights,
   check(spec.sliding_window == 0 && spec.softcap == 0.0f && spec.qk_norm == QkNormKind::kNone,
         module + ": MLA with sliding windows, soft-capping or QK norms is not implemented");
   check(spec.rope.type != RopeType::kNone, module + ": MLA without RoPE is not implemented");
+  check(spec.chunk_size == 0 && spec.temperature_floor_scale == 0.0,
+        module + ": MLA with chunked attention or temperature tuning is not implemented");
   const int64_t q_width = H * (nope + P);
   if (Rq > 0) {
     query_down_ = Linear(weights, names::child(module, "wq_a"), hidden, Rq, spec.q_bias);

@@ -91,11 +91,17 @@ void Moe::forward(const float* x, int64_t rows, float* y, Workspace& workspace) 
     const int64_t* mine = by_expert + first[e];  // [n]
     const int64_t n = first[e + 1] - first[e];
     if (n == 0) continue;
-    for (int64_t i = 0; i < n; ++i) std::copy_n(x + mine[i] / k * H, H, gathered + i * H);
+    // The pick's weight scales the expert's output, or its input (weight_expert_input).
+    const bool weigh_input = spec_.weight_expert_input;
+    for (int64_t i = 0; i < n; ++i) {
+      const float* from = x + mine[i] / k * H;  // [H]
+      const float w = weigh_input ? pick_weights[mine[i]] : 1.0f;
+      for (int64_t c = 0; c < H; ++c) gathered[i * H + c] = from[c] * w;
+    }
     experts_[e].forward(gathered, n, expert_out, workspace);
     for (int64_t i = 0; i < n; ++i) {
       float* row = y + mine[i] / k * H;  // [H]
-      const float w = pick_weights[mine[i]];
+      const float w = weigh_input ? 1.0f : pick_weights[mine[i]];
       for (int64_t c = 0; c < H; ++c) row[c] += expert_out[i * H + c] * w;
     }
   }

@@ -31,7 +31,8 @@ class Moe {
   Moe(const MoeSpec& spec, Activation activation, int64_t hidden, const WeightMap& weights,
       const std::string& module);
 
-  // y = sum over the token's picks of weight * expert(x), plus the shared experts' output.
+  // y = sum over the token's picks of weight * expert(x) (expert(weight * x) when
+  // spec.weight_expert_input), plus the shared experts' output.
   // Tokens are grouped by expert, so an expert nobody picked costs nothing. Intermediates
   // come from `workspace`.
   //   x: [rows, hidden] f32;  y: [rows, hidden] f32 (must not alias x)

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <iostream>
+#include <random>
 #include <vector>
 
 #include "hf_fixtures.h"
@@ -154,6 +155,95 @@ TEST(MoeOptions, RouterBiasExpertBiasesAndClampedSwigluFollowTheFormula) {
   }
   std::cout << "MoE with router bias, expert biases and clamped SwiGLU: max abs err " << worst
             << std::endl;
+}
+
+// Llama 4's block on random weights against its formula: the top-1 logit's sigmoid s
+// scales the chosen expert's input, y = shared(x) + expert_e(s * x), with SwiGLU experts.
+TEST(MoeLlama4, SigmoidWeightScalesTheExpertInputAndTheSharedExpertAdds) {
+  const int64_t E = 3, H = 4, I = 5, rows = 6;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 0.8f);
+  auto random = [&](int64_t n) {
+    std::vector<float> v(n);
+    for (float& e : v) e = normal(rng);
+    return v;
+  };
+  const std::string module = "decoder/layers_0/mlp";
+  const std::vector<float> router = random(E * H), gates = random(E * I * H),
+                           ups = random(E * I * H), downs = random(E * H * I),
+                           shared_gate = random(I * H), shared_up = random(I * H),
+                           shared_down = random(H * I), x = random(rows * H);
+  WeightMap weights;
+  weights[module + "/gate/kernel"] = Tensor::from_f32({E, H}, router);
+  weights[module + "/wi_0/kernel"] = Tensor::from_f32({E, I, H}, gates);
+  weights[module + "/wi_1/kernel"] = Tensor::from_f32({E, I, H}, ups);
+  weights[module + "/wo/kernel"] = Tensor::from_f32({E, H, I}, downs);
+  weights[module + "/shared_experts/wi_0/kernel"] = Tensor::from_f32({I, H}, shared_gate);
+  weights[module + "/shared_experts/wi_1/kernel"] = Tensor::from_f32({I, H}, shared_up);
+  weights[module + "/shared_experts/wo/kernel"] = Tensor::from_f32({H, I}, shared_down);
+  MoeSpec spec;
+  spec.num_experts = E;
+  spec.top_k = 1;
+  spec.expert_intermediate = I;
+  spec.router = RouterKind::kTopKSigmoid;
+  spec.weight_expert_input = true;
+  spec.num_shared_experts = 1;
+  spec.shared_intermediate = I;
+
+  // down(silu(gate x) * up x) for [I, H] gate/up and [H, I] down, in double.
+  auto swiglu = [&](const float* g, const float* u, const float* d, const std::vector<double>& in) {
+    std::vector<double> inner(I), out(H, 0.0);
+    for (int64_t i = 0; i < I; ++i) {
+      double a = 0, b = 0;
+      for (int64_t h = 0; h < H; ++h) a += g[i * H + h] * in[h], b += u[i * H + h] * in[h];
+      inner[i] = a / (1 + std::exp(-a)) * b;
+    }
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < I; ++i) out[h] += d[h * I + i] * inner[i];
+    return out;
+  };
+  auto expected = [&](bool weigh_input) {
+    std::vector<double> y(rows * H);
+    for (int64_t r = 0; r < rows; ++r) {
+      std::vector<double> in(x.begin() + r * H, x.begin() + (r + 1) * H);
+      int64_t best = 0;
+      std::vector<double> logits(E, 0.0);
+      for (int64_t e = 0; e < E; ++e) {
+        for (int64_t h = 0; h < H; ++h) logits[e] += router[e * H + h] * in[h];
+        if (logits[e] > logits[best]) best = e;
+      }
+      const double s = 1 / (1 + std::exp(-logits[best]));
+      std::vector<double> scaled = in;
+      if (weigh_input)
+        for (double& v : scaled) v *= s;
+      const std::vector<double> routed =
+          swiglu(gates.data() + best * I * H, ups.data() + best * I * H,
+                 downs.data() + best * H * I, scaled);
+      const std::vector<double> shared =
+          swiglu(shared_gate.data(), shared_up.data(), shared_down.data(), in);
+      for (int64_t h = 0; h < H; ++h)
+        y[r * H + h] = shared[h] + routed[h] * (weigh_input ? 1.0 : s);
+    }
+    return y;
+  };
+  Workspace workspace;
+  auto error = [&](const MoeSpec& layer_spec, bool weigh_input) {
+    const Moe moe(layer_spec, Activation::kSilu, H, weights, module);
+    std::vector<float> y(rows * H);
+    moe.forward(x.data(), rows, y.data(), workspace);
+    const std::vector<double> want = expected(weigh_input);
+    double worst = 0;
+    for (int64_t i = 0; i < rows * H; ++i) worst = std::max(worst, std::fabs(y[i] - want[i]));
+    return worst;
+  };
+  const double err = error(spec, true);
+  std::cout << "Llama 4 MoE (input-weighted experts, shared expert): max abs err = " << err
+            << std::endl;
+  EXPECT_LE(err, 1e-5);
+  MoeSpec output_weighted = spec;
+  output_weighted.weight_expert_input = false;
+  EXPECT_LE(error(output_weighted, false), 1e-5);
+  EXPECT_GT(error(output_weighted, true), 1e-3);  // the two conventions differ
 }
 
 std::vector<std::string> moe_fixtures() {

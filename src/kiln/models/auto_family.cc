@@ -53,10 +53,16 @@ class NameIndex {
       if (layer_has(parent.empty() ? c : parent + "." + c)) return c;
     return "";
   }
-  // The first candidate top-level module with a `.weight`, or "".
+  // The first candidate top-level module with a `.weight`, or "", also under a prefix that
+  // the layers share ("language_model.model.embed_tokens").
   std::string top(Candidates candidates) const {
     for (const char* c : candidates)
       if (source_.contains(std::string(c) + ".weight")) return c;
+    const size_t dot = layers_.find('.');
+    const std::string prefix = dot == std::string::npos ? "" : layers_.substr(0, dot + 1);
+    if (!prefix.empty())
+      for (const char* c : candidates)
+        if (source_.contains(prefix + c + ".weight")) return prefix + c;
     return "";
   }
 
@@ -75,47 +81,68 @@ std::string join(const std::string& parent, const std::string& child) {
 
 }  // namespace
 
+namespace {
+// Every string field of HfTensorNames with its key in family files.
+const std::vector<std::pair<const char*, std::string HfTensorNames::*>>& name_fields() {
+  using N = HfTensorNames;
+  static const std::vector<std::pair<const char*, std::string N::*>> fields = {
+      {"embedding", &N::embedding},
+      {"positions", &N::positions},
+      {"final_norm", &N::final_norm},
+      {"lm_head", &N::lm_head},
+      {"layers", &N::layers},
+      {"input_norm", &N::input_norm},
+      {"post_attention_norm", &N::post_attention_norm},
+      {"pre_ffw_norm", &N::pre_ffw_norm},
+      {"post_ffw_norm", &N::post_ffw_norm},
+      {"attention", &N::attention},
+      {"query", &N::query},
+      {"key", &N::key},
+      {"value", &N::value},
+      {"out", &N::out},
+      {"query_norm", &N::query_norm},
+      {"key_norm", &N::key_norm},
+      {"sinks", &N::sinks},
+      {"qkv", &N::qkv},
+      {"qkv_layout", &N::qkv_layout},
+      {"q_a", &N::q_a},
+      {"q_a_norm", &N::q_a_norm},
+      {"q_b", &N::q_b},
+      {"kv_a", &N::kv_a},
+      {"kv_a_norm", &N::kv_a_norm},
+      {"kv_b", &N::kv_b},
+      {"mlp", &N::mlp},
+      {"gate", &N::gate},
+      {"up", &N::up},
+      {"down", &N::down},
+      {"gate_up", &N::gate_up},
+      {"moe", &N::moe},
+      {"router", &N::router},
+      {"experts", &N::experts},
+      {"expert_gate", &N::expert_gate},
+      {"expert_up", &N::expert_up},
+      {"expert_down", &N::expert_down},
+      {"shared", &N::shared},
+      {"shared_gate", &N::shared_gate},
+      {"expert_layout", &N::expert_layout},
+  };
+  return fields;
+}
+}  // namespace
+
 Json HfTensorNames::to_json() const {
   Json j = Json::object();
-  auto put = [&](const char* key, const std::string& value) {
-    if (!value.empty()) j[key] = value;
-  };
-#define KILN_NAME(field) put(#field, field);
-  KILN_NAME(embedding)
-  KILN_NAME(positions) KILN_NAME(final_norm) KILN_NAME(lm_head) KILN_NAME(layers)
-      KILN_NAME(input_norm) KILN_NAME(post_attention_norm) KILN_NAME(pre_ffw_norm)
-          KILN_NAME(post_ffw_norm) KILN_NAME(attention) KILN_NAME(query) KILN_NAME(key)
-              KILN_NAME(value) KILN_NAME(out) KILN_NAME(query_norm) KILN_NAME(key_norm)
-                  KILN_NAME(sinks) KILN_NAME(qkv) KILN_NAME(qkv_layout) KILN_NAME(q_a)
-                      KILN_NAME(q_a_norm) KILN_NAME(q_b) KILN_NAME(kv_a) KILN_NAME(kv_a_norm)
-                          KILN_NAME(kv_b) KILN_NAME(mlp) KILN_NAME(gate) KILN_NAME(up)
-                              KILN_NAME(down) KILN_NAME(gate_up) KILN_NAME(moe) KILN_NAME(router)
-                                  KILN_NAME(experts) KILN_NAME(expert_gate) KILN_NAME(expert_up)
-                                      KILN_NAME(expert_down) KILN_NAME(shared)
-                                          KILN_NAME(shared_gate)
-#undef KILN_NAME
-                                              if (conv1d) j["conv1d"] = true;
+  for (const auto& [key, field] : name_fields())
+    if (!(this->*field).empty()) j[key] = this->*field;
+  if (conv1d) j["conv1d"] = true;
   return j;
 }
 
 HfTensorNames HfTensorNames::from_json(const Json& json, const std::string& where) {
   check(json.is_object(), where + " must be an object of module names");
   HfTensorNames n;
-  std::map<std::string, std::string*> fields = {
-#define KILN_NAME(field) {#field, &n.field},
-      KILN_NAME(embedding) KILN_NAME(positions) KILN_NAME(final_norm) KILN_NAME(lm_head)
-          KILN_NAME(layers) KILN_NAME(input_norm) KILN_NAME(post_attention_norm)
-              KILN_NAME(pre_ffw_norm) KILN_NAME(post_ffw_norm) KILN_NAME(attention) KILN_NAME(query)
-                  KILN_NAME(key) KILN_NAME(value) KILN_NAME(out) KILN_NAME(query_norm)
-                      KILN_NAME(key_norm) KILN_NAME(sinks) KILN_NAME(qkv) KILN_NAME(qkv_layout)
-                          KILN_NAME(q_a) KILN_NAME(q_a_norm) KILN_NAME(q_b) KILN_NAME(kv_a)
-                              KILN_NAME(kv_a_norm) KILN_NAME(kv_b) KILN_NAME(mlp) KILN_NAME(gate)
-                                  KILN_NAME(up) KILN_NAME(down) KILN_NAME(gate_up) KILN_NAME(moe)
-                                      KILN_NAME(router) KILN_NAME(experts) KILN_NAME(expert_gate)
-                                          KILN_NAME(expert_up) KILN_NAME(expert_down)
-                                              KILN_NAME(shared) KILN_NAME(shared_gate)
-#undef KILN_NAME
-  };
+  std::map<std::string, std::string*> fields;
+  for (const auto& [key, field] : name_fields()) fields[key] = &(n.*field);
   for (auto it = json.begin(); it != json.end(); ++it) {
     if (it.key() == "conv1d") {
       check(it.value().is_boolean(), where + ": key 'conv1d' must be true or false");
@@ -131,10 +158,14 @@ HfTensorNames HfTensorNames::from_json(const Json& json, const std::string& wher
         where + ": keys 'layers' and 'embedding' are required");
   check(n.qkv.empty() || n.qkv_layout == "contiguous" || n.qkv_layout == "grouped",
         where + ": key 'qkv_layout' must be \"contiguous\" or \"grouped\"");
+  check(n.expert_layout.empty() || n.expert_layout == "input_major" ||
+            n.expert_layout == "input_major_interleaved",
+        where + ": key 'expert_layout' must be \"input_major\" or \"input_major_interleaved\"");
   return n;
 }
 
-HfTensorNames discover_tensor_names(const ModelSpec& spec, const TensorSource& source) {
+HfTensorNames discover_tensor_names(const ModelSpec& spec, const TensorSource& source,
+                                    const std::string& model_type) {
   const NameIndex index(source);
   HfTensorNames n;
   n.embedding = index.top({"model.embed_tokens", "transformer.wte", "gpt_neox.embed_in",
@@ -212,6 +243,15 @@ HfTensorNames discover_tensor_names(const ModelSpec& spec, const TensorSource& s
     n.expert_down = w ? "w2" : "down_proj";
     n.shared = index.layer_child(n.moe, {"shared_expert", "shared_experts"});
     n.shared_gate = index.layer_child(n.moe, {"shared_expert_gate"});
+    for (int64_t i = 0; i < spec.num_layers(); ++i) {
+      const std::string stacked = layer_prefix(n, i) + experts + ".gate_up_proj";
+      if (!spec.layers[i].moe.enabled() || !source.contains(stacked)) continue;
+      const Shape shape = source.shape_of(stacked);
+      if (shape.size() == 3 && shape[1] == spec.hidden_size &&
+          shape[2] == 2 * spec.layers[i].moe.expert_intermediate)
+        n.expert_layout = model_type == "gpt_oss" ? "input_major_interleaved" : "input_major";
+      break;
+    }
   }
 
   // GPT-2's Conv1D stores [in, out]: a non-square projection read transposed says so.
@@ -260,6 +300,7 @@ void refine_spec_from_tensors(ModelSpec& spec, const HfTensorNames& n, const Ten
     } else if (a.qk_norm == QkNormKind::kPerHead || a.qk_norm == QkNormKind::kWholeProjection) {
       a.qk_norm = QkNormKind::kNone;
     }
+    a.sinks = !n.sinks.empty() && has(att + n.sinks);
     auto present = [&](const std::string& norm) {
       return !norm.empty() && has(L + norm + ".weight");
     };
@@ -297,6 +338,11 @@ void refine_spec_from_tensors(ModelSpec& spec, const HfTensorNames& n, const Ten
       }
       m.shared_expert_gate = !n.shared_gate.empty() && has(moe + n.shared_gate + ".weight");
       m.score_correction_bias = has(moe + n.router + ".e_score_correction_bias");
+      m.router_bias = has(moe + n.router + ".bias");
+      const std::string experts = moe + n.experts + ".";
+      m.expert_bias = has(experts + "gate_up_proj_bias") ||
+                      has(experts + "0." + n.expert_gate + ".bias") ||
+                      has(experts + "0." + n.expert_up + ".bias");
     }
   }
   spec.tie_word_embeddings = n.lm_head.empty();
@@ -389,7 +435,8 @@ std::vector<WeightMapping> map_weights_by_names(const ModelSpec& spec, const HfT
     }
     linear(names::child(attention, "out"), hf_att + n.out, hidden, a.num_heads * a.value_head_dim,
            a.o_bias);
-    if (a.qk_norm != QkNormKind::kNone && !n.query_norm.empty()) {
+    if (a.sinks) list.rename(names::sinks(attention), hf_att + n.sinks, {a.num_heads});
+    if (a.qk_norm != QkNormKind::kNone && a.qk_norm != QkNormKind::kL2 && !n.query_norm.empty()) {
       const bool whole = a.qk_norm == QkNormKind::kWholeProjection;
       list.norm(names::child(attention, "query_norm"), hf_att + n.query_norm, a.qk_norm_spec,
                 whole ? q_rows : a.head_dim);
@@ -399,9 +446,11 @@ std::vector<WeightMapping> map_weights_by_names(const ModelSpec& spec, const HfT
 
     if (layer.moe.enabled()) {
       const std::string block = L + n.moe;
-      const MoeHfNames hf{join(block, n.router), join(block, n.experts),
-                          n.expert_gate,         n.expert_up,
-                          n.expert_down,         n.shared.empty() ? "" : join(block, n.shared)};
+      MoeHfNames hf{join(block, n.router), join(block, n.experts),
+                    n.expert_gate,         n.expert_up,
+                    n.expert_down,         n.shared.empty() ? "" : join(block, n.shared)};
+      hf.interleaved_gate_up = n.expert_layout == "input_major_interleaved";
+      hf.stacked_input_major = n.expert_layout == "input_major";
       map_moe_weights(layer.moe, hidden, i, hf, source, moe_mappings);
       continue;
     }
@@ -501,7 +550,12 @@ HfModuleNames module_names_from(const ModelSpec& spec, const HfTensorNames& n,
   m.mlp = n.mlp.empty() ? n.moe : n.mlp;
   m.mlp_parts.clear();
   if (!n.down.empty()) m.mlp_parts.push_back({"wo", n.down});
-  if (!n.router.empty()) m.mlp_parts.push_back({"gate", n.router});
+  // The router's output: its logits, or for routers that return their scores (Llama 4's
+  // sigmoid of the top-k) Kiln's routing weights.
+  bool sigmoid_scores = false;
+  for (const LayerSpec& layer : spec.layers)
+    sigmoid_scores = sigmoid_scores || layer.moe.router == RouterKind::kTopKSigmoid;
+  if (!n.router.empty()) m.mlp_parts.push_back({sigmoid_scores ? "routing" : "gate", n.router});
   if (!n.gate_up.empty())
     m.not_compared.push_back(
         {m.mlp + "." + n.gate_up, "fused gate and up projections: Kiln splits them at load"});
@@ -533,13 +587,13 @@ ModelSpec AutoFamily::build_spec(const HfConfig& config) const {
 }
 
 void AutoFamily::refine_spec(ModelSpec& spec, const TensorSource& source) const {
-  names_ = discover_tensor_names(spec, source);
+  names_ = discover_tensor_names(spec, source, model_type_);
   refine_spec_from_tensors(spec, names_, source);
 }
 
 std::vector<WeightMapping> AutoFamily::map_weights(const ModelSpec& spec,
                                                    const TensorSource& source) const {
-  if (names_.layers.empty()) names_ = discover_tensor_names(spec, source);
+  if (names_.layers.empty()) names_ = discover_tensor_names(spec, source, model_type_);
   return map_weights_by_names(spec, names_, source, true);
 }
 

@@ -32,6 +32,10 @@ struct HfTensorNames {
   std::string gate, up, down, gate_up;  // children of mlp
   std::string moe;                      // mixture-of-experts module
   std::string router, experts, expert_gate, expert_up, expert_down, shared, shared_gate;
+  // Stacked experts stored [E, hidden, 2 I]: "input_major" (gate columns, then up: Llama 4)
+  // or "input_major_interleaved" (gate and up alternate: gpt-oss); "" for per-expert tensors
+  // or transformers' [E, 2 I, hidden].
+  std::string expert_layout;
 
   Json to_json() const;
   // Throws Error naming `where` and the key for unknown keys or values of the wrong type.
@@ -40,12 +44,15 @@ struct HfTensorNames {
 
 // The HF module names of every tensor in `source`, found by name and shape for `spec`.
 // Throws Error when the layers or a required module cannot be found.
-HfTensorNames discover_tensor_names(const ModelSpec& spec, const TensorSource& source);
+// `model_type` settles what shapes cannot (gpt-oss interleaves its stacked gate/up columns).
+HfTensorNames discover_tensor_names(const ModelSpec& spec, const TensorSource& source,
+                                    const std::string& model_type);
 
 // What the tensors say that config.json may not: attention and MLP biases, QK norms (per
 // head or whole projection), norm placement (pre, post, sandwich, parallel with one shared
 // norm), gated or plain MLP, LayerNorm bias, tied embeddings, lm_head bias, learned
-// positions, final norm, shared experts and their gate, router correction bias.
+// positions, final norm, attention sinks, shared experts and their gate, router bias and
+// correction bias, expert biases.
 void refine_spec_from_tensors(ModelSpec& spec, const HfTensorNames& names,
                               const TensorSource& source);
 

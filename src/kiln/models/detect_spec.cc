@@ -62,17 +62,26 @@ class SpecDetector {
       spec.logit_scale = static_cast<float>(1.0 / c_.get_double("logits_scaling"));
     spec.lm_head_bias = c_.get_bool("lm_head_bias", type_ == "phi");
 
-    const std::vector<std::string> types = layer_types(layers);
+    const std::vector<bool> use_rope = rope_layers(layers);
+    const std::vector<std::string> types = layer_types(layers, use_rope);
     const std::vector<bool> moe = moe_layers(layers);
     for (int64_t i = 0; i < layers; ++i) {
       LayerSpec layer;
       layer.norm = norm;
       placement(layer);
       attention(spec, heads, i, types[i], layer.attention);
+      if (!use_rope[i]) no_rope(layer.attention);
       layer.kind = layer.attention.sliding_window > 0 ? LayerKind::kSlidingAttention
                                                       : LayerKind::kFullAttention;
       mlp(spec, layer.mlp);
+      if (type_ == "gpt_oss") {  // clamped SwiGLU
+        layer.mlp.swiglu_limit = static_cast<float>(c_.get_double("swiglu_limit", 7.0));
+        check(layer.mlp.swiglu_limit > 0.0f, c_.source() + ": key 'swiglu_limit' must be positive");
+      }
       if (moe[i]) mixture(layer);
+      // Llama 4's MoE layers: intermediate_size is the experts' (and the shared expert's).
+      if (moe[i] && c_.has("intermediate_size_mlp"))
+        layer.mlp.intermediate = c_.get_int("intermediate_size", layer.mlp.intermediate);
       spec.layers.push_back(layer);
     }
     return spec;
@@ -89,6 +98,24 @@ class SpecDetector {
   bool falcon() const { return kFalconTypes.count(type_) > 0; }
   bool plain() const { return kPlainMlpTypes.count(type_) > 0; }
   bool mla() const { return c_.has("kv_lora_rank"); }
+  bool llama4() const { return is({"llama4", "llama4_text"}); }
+
+  // Per layer: whether it applies RoPE (Llama 4's NoPE layers: `no_rope_layers` lists 1 for
+  // RoPE layers and 0 for the others, else every `no_rope_layer_interval`-th layer).
+  std::vector<bool> rope_layers(int64_t layers) const {
+    std::vector<bool> use(layers, true);
+    const std::vector<int64_t> listed = c_.get_int_list("no_rope_layers");
+    if (!listed.empty()) {
+      check(static_cast<int64_t>(listed.size()) >= layers,
+            c_.source() + ": key 'no_rope_layers' must list one entry per layer");
+      for (int64_t i = 0; i < layers; ++i) use[i] = listed[i] != 0;
+    } else if (llama4() || c_.has("no_rope_layer_interval")) {
+      const int64_t interval = c_.get_int("no_rope_layer_interval", 4);
+      check(interval > 0, c_.source() + ": key 'no_rope_layer_interval' must be positive");
+      for (int64_t i = 0; i < layers; ++i) use[i] = (i + 1) % interval != 0;
+    }
+    return use;
+  }
 
   std::string first(std::initializer_list<const char*> keys) const {
     for (const char* k : keys)
@@ -154,8 +181,8 @@ class SpecDetector {
     return c_.get_bool("multi_query", false) ? 1 : heads;
   }
 
-  // One of "full_attention" / "sliding_attention" per layer.
-  std::vector<std::string> layer_types(int64_t layers) const {
+  // One of "full_attention" / "sliding_attention" / "chunked_attention" per layer.
+  std::vector<std::string> layer_types(int64_t layers, const std::vector<bool>& use_rope) const {
     std::vector<std::string> types(layers, "full_attention");
     const Json& given = c_.get("layer_types");
     if (!given.is_null()) {
@@ -163,11 +190,20 @@ class SpecDetector {
             c_.source() + ": key 'layer_types' must list one type per layer");
       for (int64_t i = 0; i < layers; ++i) {
         const Json& t = given[i];
-        check(t == "full_attention" || t == "sliding_attention",
+        check(t == "full_attention" || t == "sliding_attention" || t == "chunked_attention",
               c_.source() + ": key 'layer_types' has unknown type " + t.dump() +
-                  " (Kiln computes full_attention and sliding_attention)");
+                  " (Kiln computes full_attention, sliding_attention and chunked_attention)");
         types[i] = t.get<std::string>();
       }
+      return types;
+    }
+    if (llama4()) {  // chunked attention on the RoPE layers
+      for (int64_t i = 0; i < layers; ++i)
+        if (use_rope[i]) types[i] = "chunked_attention";
+      return types;
+    }
+    if (type_ == "gpt_oss") {  // sliding windows on even layers
+      for (int64_t i = 0; i < layers; i += 2) types[i] = "sliding_attention";
       return types;
     }
     int64_t pattern = 0;
@@ -214,8 +250,11 @@ class SpecDetector {
     if (is({"qwen3", "qwen3_moe"}) || gemma3() || c_.get_bool("qk_layernorm", false) ||
         c_.get_bool("use_qk_norm", false))
       a.qk_norm = QkNormKind::kPerHead;
+    if (llama4() && c_.get_bool("use_qk_norm", true)) a.qk_norm = QkNormKind::kL2;
     if (is({"olmo2", "olmoe"})) a.qk_norm = QkNormKind::kWholeProjection;
     a.sliding_window = type == "sliding_attention" ? window() : 0;
+    if (type == "chunked_attention") a.chunk_size = c_.get_int("attention_chunk_size", 8192);
+    a.sinks = type_ == "gpt_oss";  // learned per-head sink logits
     a.softcap = static_cast<float>(c_.get_double("attn_logit_softcapping", 0.0));
     if (c_.has("query_pre_attn_scalar") || is({"gemma2"}) || gemma3())
       a.scale = static_cast<float>(
@@ -268,8 +307,25 @@ class SpecDetector {
       r.theta = 10000.0;
     }
     r.interleaved = c_.get_bool(
-        "rope_interleave", is({"deepseek_v2", "deepseek_v3", "gptj", "codegen", "glm", "chatglm"}));
+        "rope_interleave",
+        llama4() || is({"deepseek_v2", "deepseek_v3", "gptj", "codegen", "glm", "chatglm"}));
+    if (llama4() && !c_.has("rope_theta") && !c_.has("rope_parameters") && !c_.has("rope_scaling"))
+      r.theta = 500000.0;
     return r;
+  }
+
+  // A layer without RoPE (Llama 4's NoPE layers): full attention, no QK norm, and with
+  // `attn_temperature_tuning` the query scaled by position.
+  void no_rope(AttentionSpec& a) const {
+    a.rope = rope_spec_from_config(c_, "", a.head_dim);  // unused, kept as read
+    a.rope.type = RopeType::kNone;
+    a.chunk_size = 0;
+    if (a.qk_norm == QkNormKind::kL2) a.qk_norm = QkNormKind::kNone;
+    if (c_.get_bool("attn_temperature_tuning", llama4())) {
+      a.temperature_floor_scale = c_.get_double("floor_scale", 8192.0);
+      a.temperature_attn_scale = c_.get_double("attn_scale", 0.1);
+      check(a.temperature_floor_scale > 0.0, c_.source() + ": key 'floor_scale' must be positive");
+    }
   }
 
   // DeepSeek's multi-head latent attention.
@@ -369,11 +425,21 @@ class SpecDetector {
       m.score_correction_bias = true;
     } else if (is({"mixtral", "gpt_oss"})) {
       m.router = RouterKind::kTopKSoftmax;
+    } else if (llama4()) {  // sigmoid of the top-k logits, weighting the expert's input
+      m.router = RouterKind::kTopKSigmoid;
+      m.weight_expert_input = true;
+      m.num_shared_experts = 1;
+      m.shared_intermediate = m.expert_intermediate;
     } else {
       check(method.empty() || method == "greedy",
             c_.source() + ": key 'topk_method' is '" + method +
                 "'; Kiln's routers: greedy, noaux_tc (sigmoid, group-limited)");
       m.router = RouterKind::kSoftmaxTopK;
+    }
+    if (type_ == "gpt_oss") {
+      m.router_bias = m.expert_bias = true;
+      m.swiglu_limit = layer.mlp.swiglu_limit;
+      m.swiglu_alpha = layer.mlp.swiglu_alpha;
     }
     m.norm_topk_prob = c_.get_bool("norm_topk_prob", deepseek);
     m.routed_scaling_factor = c_.get_double("routed_scaling_factor", deepseek ? 2.5 : 1.0);
@@ -396,6 +462,19 @@ class SpecDetector {
 }  // namespace
 
 ModelSpec detect_spec(const HfConfig& config) {
+  // A multimodal wrapper (Llama 4, Gemma 3, ...): its language model, from text_config with the
+  // wrapper's token ids. The vision tower is not run.
+  const Json& text = config.get("text_config");
+  if (text.is_object() && !config.has("hidden_size") && !config.has("num_hidden_layers")) {
+    Json merged = text;
+    for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings"})
+      if (!merged.contains(key) && config.has(key)) merged[key] = config.get(key);
+    const HfConfig text_config =
+        HfConfig::from_json(std::move(merged), config.source() + ": text_config");
+    ModelSpec spec = SpecDetector(text_config).run();
+    spec.architecture = config.architecture();
+    return spec;
+  }
   return SpecDetector(config).run();
 }
 

@@ -30,7 +30,8 @@ struct HfModuleNames {
   std::string pre_ffw_norm = "pre_feedforward_layernorm";
   std::string mlp = "mlp";
   // Kiln's child activations of the feed-forward block (wo: the dense MLP's down projection
-  // before any post norm; gate: the router's logits) -> HF children of `mlp`.
+  // before any post norm; gate: the router's logits; routing: the routing weights over all
+  // experts, 0 for those not chosen) -> HF children of `mlp`.
   std::vector<std::pair<std::string, std::string>> mlp_parts = {{"wo", "down_proj"},
                                                                 {"gate", "gate"}};
   // The layer child whose output is Kiln's attention (MLP) activation, when that is not

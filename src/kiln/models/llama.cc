@@ -135,7 +135,7 @@ void LlamaFamily::map_attention_weights(const ModelSpec& spec, int64_t i, const 
     rename(names::kernel(module), hf + p.hf + ".weight", {p.out, p.in});
     if (p.bias) rename(names::bias(module), hf + p.hf + ".bias", {p.out});
   }
-  if (a.qk_norm != QkNormKind::kNone) {
+  if (a.qk_norm == QkNormKind::kPerHead || a.qk_norm == QkNormKind::kWholeProjection) {
     const bool whole = a.qk_norm == QkNormKind::kWholeProjection;
     rename(names::scale(names::child(attention, "query_norm")), hf + "q_norm.weight",
            {whole ? a.num_heads * a.head_dim : a.head_dim});

@@ -19,7 +19,7 @@ class LlamaFamily : public Family {
   std::vector<std::string> architectures() const override { return {"LlamaForCausalLM"}; }
   std::vector<std::string> model_types() const override { return {"llama"}; }
   // Llama's reading of config.json, then apply_differences().
-  ModelSpec build_spec(const HfConfig& config) const final;
+  ModelSpec build_spec(const HfConfig& config) const override;
   // HF `model.*` / `lm_head` names (through hf_name()) -> Kiln names: embeddings, norms
   // (biases of LayerNorms, placement), lm_head and its bias as the spec says, and per layer
   // map_attention_weights() and map_mlp_weights().

@@ -78,6 +78,8 @@ const char* router_name(RouterKind router) {
       return "top_k_softmax";
     case RouterKind::kSigmoidGroup:
       return "sigmoid_group";
+    case RouterKind::kTopKSigmoid:
+      return "top_k_sigmoid";
   }
   return "?";
 }
@@ -104,6 +106,8 @@ const char* qk_norm_name(QkNormKind kind) {
       return "per_head";
     case QkNormKind::kWholeProjection:
       return "whole_projection";
+    case QkNormKind::kL2:
+      return "l2";
   }
   return "?";
 }
@@ -158,7 +162,10 @@ Json layer_json(const LayerSpec& layer) {
         {"qk_nope_head_dim", a.qk_nope_head_dim},
         {"qk_rope_head_dim", a.qk_rope_head_dim},
         {"latent_norm", norm_json(a.latent_norm)},
-        {"sinks", a.sinks}}},
+        {"sinks", a.sinks},
+        {"chunk_size", a.chunk_size},
+        {"temperature_floor_scale", a.temperature_floor_scale},
+        {"temperature_attn_scale", a.temperature_attn_scale}}},
       {"mlp",
        {{"intermediate", layer.mlp.intermediate},
         {"gated", layer.mlp.gated},
@@ -182,7 +189,8 @@ Json layer_json(const LayerSpec& layer) {
         {"router_bias", m.router_bias},
         {"expert_bias", m.expert_bias},
         {"swiglu_limit", m.swiglu_limit},
-        {"swiglu_alpha", m.swiglu_alpha}}},
+        {"swiglu_alpha", m.swiglu_alpha},
+        {"weight_expert_input", m.weight_expert_input}}},
       {"norm", norm_json(layer.norm)},
       {"placement", placement_name(layer.placement)},
       {"parallel_shared_norm", layer.parallel_shared_norm}};
@@ -216,180 +224,188 @@ class SpecReader {
  public:
   explicit SpecReader(std::string where) : where_(std::move(where)) {}
 
-  template <typename T>
-  void field(const Json& object, const std::string& path, const char* key, T& out) {
-    const Json& value = object.at(key);
-    try {
-      out = value.get<T>();
-    } catch (const std::exception&) {
-      fail(path + key, "has the wrong type: " + value.dump());
-    }
-  }
-  template <typename E>
-  void enum_field(const Json& object, const std::string& path, const char* key, E& out,
-                  const char* (*name)(E)) {
-    // Enum values are numbered from 0; the name functions answer "?" past the last one.
-    int count = 0;
-    while (std::string(name(static_cast<E>(count))) != "?") ++count;
-    const Json& value = object.at(key);
-    if (value.is_string())
-      for (int i = 0; i < count; ++i)
-        if (value.get<std::string>() == name(static_cast<E>(i))) {
-          out = static_cast<E>(i);
-          return;
-        }
-    std::string known;
-    for (int i = 0; i < count; ++i)
-      known += std::string(known.empty() ? "" : ", ") + name(static_cast<E>(i));
-    fail(path + key, "is " + value.dump() + "; known: " + known);
-  }
-  // Calls `read(key)` for each key of `object`, after checking it is an object.
-  template <typename F>
-  void each(const Json& object, const std::string& path, F read) {
-    if (!object.is_object())
-      fail(path.empty() ? "spec" : path.substr(0, path.size() - 1), "must be an object");
-    for (auto it = object.begin(); it != object.end(); ++it)
-      if (!read(it.key())) fail(path + it.key(), "is not a ModelSpec field");
-  }
-  [[noreturn]] void fail(const std::string& key, const std::string& what) const {
-    throw Error(where_ + ": key '" + key + "' " + what);
-  }
-
-  void norm(const Json& json, const std::string& path, NormSpec& out) {
-    each(json, path, [&](const std::string& k) {
-      if (k == "kind")
-        enum_field(json, path, "kind", out.kind, norm_kind_name);
-      else if (k == "eps")
-        field(json, path, "eps", out.eps);
-      else
-        return false;
-      return true;
-    });
-  }
-
-  void rope(const Json& json, const std::string& path, RopeSpec& r) {
-    each(json, path, [&](const std::string& k) {
-      if (k == "type") enum_field(json, path, "type", r.type, rope_type_name);
-#define KILN_FIELD(name) else if (k == #name) field(json, path, #name, r.name);
-      KILN_FIELD(theta)
-      KILN_FIELD(rotary_dim) KILN_FIELD(interleaved) KILN_FIELD(factor)
-          KILN_FIELD(original_max_position) KILN_FIELD(max_position) KILN_FIELD(beta_fast)
-              KILN_FIELD(beta_slow) KILN_FIELD(mscale) KILN_FIELD(mscale_all_dim)
-                  KILN_FIELD(attention_factor) KILN_FIELD(truncate) KILN_FIELD(low_freq_factor)
-                      KILN_FIELD(high_freq_factor) KILN_FIELD(short_factor) KILN_FIELD(long_factor)
-#undef KILN_FIELD
-                          else return false;
-      return true;
-    });
-  }
-
-  void layer(const Json& json, const std::string& path, LayerSpec& layer) {
-    each(json, path, [&](const std::string& k) {
-      if (k == "kind") {
-        const Json& kind = json.at("kind");
-        if (kind == "full_attention")
-          layer.kind = LayerKind::kFullAttention;
-        else if (kind == "sliding_attention")
-          layer.kind = LayerKind::kSlidingAttention;
-        else
-          fail(path + "kind", "is " + kind.dump() + "; known: full_attention, sliding_attention");
-      } else if (k == "attention") {
-        attention(json.at(k), path + "attention.", layer.attention);
-      } else if (k == "mlp") {
-        const Json& m = json.at(k);
-        const std::string p = path + "mlp.";
-        each(m, p, [&](const std::string& key) {
-          if (key == "activation")
-            enum_field(m, p, "activation", layer.mlp.activation, activation_name);
-          else if (key == "intermediate")
-            field(m, p, "intermediate", layer.mlp.intermediate);
-          else if (key == "gated")
-            field(m, p, "gated", layer.mlp.gated);
-          else if (key == "bias")
-            field(m, p, "bias", layer.mlp.bias);
-          else
-            return false;
-          return true;
-        });
-      } else if (k == "moe") {
-        moe(json.at(k), path + "moe.", layer.moe);
-      } else if (k == "norm") {
-        norm(json.at(k), path + "norm.", layer.norm);
-      } else if (k == "placement") {
-        enum_field(json, path, "placement", layer.placement, placement_name);
-      } else if (k == "parallel_shared_norm") {
-        field(json, path, "parallel_shared_norm", layer.parallel_shared_norm);
-      } else {
-        return false;
-      }
-      return true;
-    });
-  }
-
-  void attention(const Json& json, const std::string& path, AttentionSpec& a) {
-    each(json, path, [&](const std::string& k) {
-      if (k == "qk_norm")
-        enum_field(json, path, "qk_norm", a.qk_norm, qk_norm_name);
-      else if (k == "qk_norm_spec")
-        norm(json.at(k), path + "qk_norm_spec.", a.qk_norm_spec);
-      else if (k == "latent_norm")
-        norm(json.at(k), path + "latent_norm.", a.latent_norm);
-      else if (k == "rope")
-        rope(json.at(k), path + "rope.", a.rope);
-#define KILN_FIELD(name) else if (k == #name) field(json, path, #name, a.name);
-      KILN_FIELD(num_heads)
-      KILN_FIELD(num_kv_heads) KILN_FIELD(head_dim) KILN_FIELD(value_head_dim) KILN_FIELD(q_bias)
-          KILN_FIELD(k_bias) KILN_FIELD(v_bias) KILN_FIELD(o_bias) KILN_FIELD(sliding_window)
-              KILN_FIELD(softcap) KILN_FIELD(scale) KILN_FIELD(q_lora_rank) KILN_FIELD(kv_lora_rank)
-                  KILN_FIELD(qk_nope_head_dim) KILN_FIELD(qk_rope_head_dim)
-#undef KILN_FIELD
-                      else return false;
-      return true;
-    });
-  }
-
-  void moe(const Json& json, const std::string& path, MoeSpec& m) {
-    each(json, path, [&](const std::string& k) {
-      if (k == "router") enum_field(json, path, "router", m.router, router_name);
-#define KILN_FIELD(name) else if (k == #name) field(json, path, #name, m.name);
-      KILN_FIELD(num_experts)
-      KILN_FIELD(top_k) KILN_FIELD(expert_intermediate) KILN_FIELD(norm_topk_prob)
-          KILN_FIELD(routed_scaling_factor) KILN_FIELD(n_group) KILN_FIELD(topk_group)
-              KILN_FIELD(score_correction_bias) KILN_FIELD(num_shared_experts)
-                  KILN_FIELD(shared_intermediate) KILN_FIELD(shared_expert_gate)
-#undef KILN_FIELD
-                      else return false;
-      return true;
-    });
-  }
-
   ModelSpec spec(const Json& json) {
     ModelSpec s;
-    each(json, "", [&](const std::string& k) {
+    each(json, "", [&](const std::string& k, const std::string& p) {
       if (k == "layers") {
         const Json& list = json.at(k);
         if (!list.is_array()) fail("layers", "must be an array");
         s.layers.resize(list.size());
         for (size_t i = 0; i < list.size(); ++i)
           layer(list[i], "layers[" + std::to_string(i) + "].", s.layers[i]);
-      } else if (k == "final_norm") {
-        norm(json.at(k), "final_norm.", s.final_norm);
+        return true;
       }
-#define KILN_FIELD(name) else if (k == #name) field(json, "", #name, s.name);
-      KILN_FIELD(family)
-      KILN_FIELD(architecture) KILN_FIELD(vocab_size) KILN_FIELD(hidden_size)
-          KILN_FIELD(max_position_embeddings) KILN_FIELD(embedding_scale)
-              KILN_FIELD(learned_positions) KILN_FIELD(tie_word_embeddings)
-                  KILN_FIELD(has_final_norm) KILN_FIELD(final_logit_softcap) KILN_FIELD(logit_scale)
-                      KILN_FIELD(lm_head_bias) KILN_FIELD(bos_token_ids) KILN_FIELD(eos_token_ids)
-#undef KILN_FIELD
-                          else return false;
-      return true;
+      return (k == "final_norm" && norm(json.at(k), p + "final_norm.", s.final_norm)) ||
+             read(json, p, k, "family", s.family) ||
+             read(json, p, k, "architecture", s.architecture) ||
+             read(json, p, k, "vocab_size", s.vocab_size) ||
+             read(json, p, k, "hidden_size", s.hidden_size) ||
+             read(json, p, k, "max_position_embeddings", s.max_position_embeddings) ||
+             read(json, p, k, "embedding_scale", s.embedding_scale) ||
+             read(json, p, k, "learned_positions", s.learned_positions) ||
+             read(json, p, k, "tie_word_embeddings", s.tie_word_embeddings) ||
+             read(json, p, k, "has_final_norm", s.has_final_norm) ||
+             read(json, p, k, "final_logit_softcap", s.final_logit_softcap) ||
+             read(json, p, k, "logit_scale", s.logit_scale) ||
+             read(json, p, k, "lm_head_bias", s.lm_head_bias) ||
+             read(json, p, k, "bos_token_ids", s.bos_token_ids) ||
+             read(json, p, k, "eos_token_ids", s.eos_token_ids);
     });
     return s;
   }
 
  private:
+  // Calls `read(key, path)` for each key of `object` (an object); a key it does not take
+  // (returns false) is an error.
+  template <typename F>
+  void each(const Json& object, const std::string& path, F read_key) {
+    if (!object.is_object())
+      fail(path.empty() ? "spec" : path.substr(0, path.size() - 1), "must be an object");
+    for (auto it = object.begin(); it != object.end(); ++it)
+      if (!read_key(it.key(), path)) fail(path + it.key(), "is not a ModelSpec field");
+  }
+  // Reads `object[key]` into `out` when `k` is `key`.
+  template <typename T>
+  bool read(const Json& object, const std::string& path, const std::string& k, const char* key,
+            T& out) {
+    if (k != key) return false;
+    const Json& value = object.at(key);
+    try {
+      out = value.get<T>();
+    } catch (const std::exception&) {
+      fail(path + key, "has the wrong type: " + value.dump());
+    }
+    return true;
+  }
+  // Reads the enum named by `object[key]` (name(E) spells each value) when `k` is `key`.
+  template <typename E>
+  bool read_enum(const Json& object, const std::string& path, const std::string& k, const char* key,
+                 E& out, const char* (*name)(E)) {
+    if (k != key) return false;
+    // Enum values are numbered from 0; the name functions answer "?" past the last one.
+    int count = 0;
+    while (std::string(name(static_cast<E>(count))) != "?") ++count;
+    const Json& value = object.at(key);
+    std::string known;
+    for (int i = 0; i < count; ++i) {
+      if (value.is_string() && value.get<std::string>() == name(static_cast<E>(i))) {
+        out = static_cast<E>(i);
+        return true;
+      }
+      known += std::string(known.empty() ? "" : ", ") + name(static_cast<E>(i));
+    }
+    fail(path + key, "is " + value.dump() + "; known: " + known);
+  }
+  [[noreturn]] void fail(const std::string& key, const std::string& what) const {
+    throw Error(where_ + ": key '" + key + "' " + what);
+  }
+
+  bool norm(const Json& json, const std::string& path, NormSpec& out) {
+    each(json, path, [&](const std::string& k, const std::string& p) {
+      return read_enum(json, p, k, "kind", out.kind, norm_kind_name) ||
+             read(json, p, k, "eps", out.eps);
+    });
+    return true;
+  }
+
+  bool rope(const Json& json, const std::string& path, RopeSpec& r) {
+    each(json, path, [&](const std::string& k, const std::string& p) {
+      return read_enum(json, p, k, "type", r.type, rope_type_name) ||
+             read(json, p, k, "theta", r.theta) || read(json, p, k, "rotary_dim", r.rotary_dim) ||
+             read(json, p, k, "interleaved", r.interleaved) ||
+             read(json, p, k, "factor", r.factor) ||
+             read(json, p, k, "original_max_position", r.original_max_position) ||
+             read(json, p, k, "max_position", r.max_position) ||
+             read(json, p, k, "beta_fast", r.beta_fast) ||
+             read(json, p, k, "beta_slow", r.beta_slow) || read(json, p, k, "mscale", r.mscale) ||
+             read(json, p, k, "mscale_all_dim", r.mscale_all_dim) ||
+             read(json, p, k, "attention_factor", r.attention_factor) ||
+             read(json, p, k, "truncate", r.truncate) ||
+             read(json, p, k, "low_freq_factor", r.low_freq_factor) ||
+             read(json, p, k, "high_freq_factor", r.high_freq_factor) ||
+             read(json, p, k, "short_factor", r.short_factor) ||
+             read(json, p, k, "long_factor", r.long_factor);
+    });
+    return true;
+  }
+
+  void layer(const Json& json, const std::string& path, LayerSpec& layer) {
+    each(json, path, [&](const std::string& k, const std::string& p) {
+      if (k == "kind") {
+        const Json& kind = json.at("kind");
+        if (kind != "full_attention" && kind != "sliding_attention")
+          fail(p + "kind", "is " + kind.dump() + "; known: full_attention, sliding_attention");
+        layer.kind =
+            kind == "full_attention" ? LayerKind::kFullAttention : LayerKind::kSlidingAttention;
+        return true;
+      }
+      return (k == "attention" && attention(json.at(k), p + "attention.", layer.attention)) ||
+             (k == "mlp" && mlp(json.at(k), p + "mlp.", layer.mlp)) ||
+             (k == "moe" && moe(json.at(k), p + "moe.", layer.moe)) ||
+             (k == "norm" && norm(json.at(k), p + "norm.", layer.norm)) ||
+             read_enum(json, p, k, "placement", layer.placement, placement_name) ||
+             read(json, p, k, "parallel_shared_norm", layer.parallel_shared_norm);
+    });
+  }
+
+  bool attention(const Json& json, const std::string& path, AttentionSpec& a) {
+    each(json, path, [&](const std::string& k, const std::string& p) {
+      return read_enum(json, p, k, "qk_norm", a.qk_norm, qk_norm_name) ||
+             (k == "qk_norm_spec" && norm(json.at(k), p + k + ".", a.qk_norm_spec)) ||
+             (k == "latent_norm" && norm(json.at(k), p + k + ".", a.latent_norm)) ||
+             (k == "rope" && rope(json.at(k), p + k + ".", a.rope)) ||
+             read(json, p, k, "num_heads", a.num_heads) ||
+             read(json, p, k, "num_kv_heads", a.num_kv_heads) ||
+             read(json, p, k, "head_dim", a.head_dim) ||
+             read(json, p, k, "value_head_dim", a.value_head_dim) ||
+             read(json, p, k, "q_bias", a.q_bias) || read(json, p, k, "k_bias", a.k_bias) ||
+             read(json, p, k, "v_bias", a.v_bias) || read(json, p, k, "o_bias", a.o_bias) ||
+             read(json, p, k, "sliding_window", a.sliding_window) ||
+             read(json, p, k, "softcap", a.softcap) || read(json, p, k, "scale", a.scale) ||
+             read(json, p, k, "q_lora_rank", a.q_lora_rank) ||
+             read(json, p, k, "kv_lora_rank", a.kv_lora_rank) ||
+             read(json, p, k, "qk_nope_head_dim", a.qk_nope_head_dim) ||
+             read(json, p, k, "qk_rope_head_dim", a.qk_rope_head_dim) ||
+             read(json, p, k, "sinks", a.sinks) || read(json, p, k, "chunk_size", a.chunk_size) ||
+             read(json, p, k, "temperature_floor_scale", a.temperature_floor_scale) ||
+             read(json, p, k, "temperature_attn_scale", a.temperature_attn_scale);
+    });
+    return true;
+  }
+
+  bool mlp(const Json& json, const std::string& path, MlpSpec& m) {
+    each(json, path, [&](const std::string& k, const std::string& p) {
+      return read_enum(json, p, k, "activation", m.activation, activation_name) ||
+             read(json, p, k, "intermediate", m.intermediate) ||
+             read(json, p, k, "gated", m.gated) || read(json, p, k, "bias", m.bias) ||
+             read(json, p, k, "swiglu_limit", m.swiglu_limit) ||
+             read(json, p, k, "swiglu_alpha", m.swiglu_alpha);
+    });
+    return true;
+  }
+
+  bool moe(const Json& json, const std::string& path, MoeSpec& m) {
+    each(json, path, [&](const std::string& k, const std::string& p) {
+      return read_enum(json, p, k, "router", m.router, router_name) ||
+             read(json, p, k, "num_experts", m.num_experts) || read(json, p, k, "top_k", m.top_k) ||
+             read(json, p, k, "expert_intermediate", m.expert_intermediate) ||
+             read(json, p, k, "norm_topk_prob", m.norm_topk_prob) ||
+             read(json, p, k, "routed_scaling_factor", m.routed_scaling_factor) ||
+             read(json, p, k, "n_group", m.n_group) ||
+             read(json, p, k, "topk_group", m.topk_group) ||
+             read(json, p, k, "score_correction_bias", m.score_correction_bias) ||
+             read(json, p, k, "num_shared_experts", m.num_shared_experts) ||
+             read(json, p, k, "shared_intermediate", m.shared_intermediate) ||
+             read(json, p, k, "shared_expert_gate", m.shared_expert_gate) ||
+             read(json, p, k, "router_bias", m.router_bias) ||
+             read(json, p, k, "expert_bias", m.expert_bias) ||
+             read(json, p, k, "swiglu_limit", m.swiglu_limit) ||
+             read(json, p, k, "swiglu_alpha", m.swiglu_alpha) ||
+             read(json, p, k, "weight_expert_input", m.weight_expert_input);
+    });
+    return true;
+  }
+
   std::string where_;
 };
 }  // namespace

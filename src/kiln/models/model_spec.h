@@ -53,7 +53,12 @@ struct RopeSpec {
   std::vector<double> short_factor, long_factor;
 };
 
-enum class QkNormKind { kNone, kPerHead, kWholeProjection };
+enum class QkNormKind {
+  kNone,
+  kPerHead,
+  kWholeProjection,
+  kL2,  // Llama 4: x / rms(x) per head, no weights (eps = qk_norm_spec.eps), after RoPE
+};
 
 enum class LayerKind { kFullAttention, kSlidingAttention };
 
@@ -78,6 +83,13 @@ struct AttentionSpec {
   int64_t qk_nope_head_dim = 0;
   int64_t qk_rope_head_dim = 0;
   NormSpec latent_norm;  // the RMSNorm of the query and KV latents
+  // Llama 4 (all zero when off). Chunked local attention: the query at position p sees only
+  // keys j <= p of its own chunk, j >= p - p % chunk_size. Temperature tuning (NoPE layers):
+  // the query at position p is multiplied by
+  //   log(floor((p + 1) / temperature_floor_scale) + 1) * temperature_attn_scale + 1.
+  int64_t chunk_size = 0;
+  double temperature_floor_scale = 0.0;
+  double temperature_attn_scale = 0.0;
   bool is_mla() const { return kv_lora_rank > 0; }
   // Attention sinks (gpt-oss): a learned logit per query head (`<attention>/sinks` [heads])
   // joins each softmax denominator with no value; the weights of the real keys then sum to
@@ -101,6 +113,7 @@ enum class RouterKind {
   kSoftmaxTopK,   // softmax over all experts, then top-k (Qwen3-MoE, ...)
   kTopKSoftmax,   // top-k logits, softmax over them (Mixtral)
   kSigmoidGroup,  // sigmoid scores, bias-corrected selection, group limit (DeepSeek-V3)
+  kTopKSigmoid,   // top-k logits, sigmoid of each (Llama 4)
 };
 
 struct MoeSpec {
@@ -115,6 +128,8 @@ struct MoeSpec {
   int64_t num_shared_experts = 0;
   int64_t shared_intermediate = 0;  // total intermediate size of the shared expert(s)
   bool shared_expert_gate = false;  // Qwen2-MoE-style sigmoid gate on the shared expert
+  // Llama 4: the routing weight multiplies the expert's input, not its output.
+  bool weight_expert_input = false;
   bool enabled() const { return num_experts > 0; }
   // gpt-oss: a bias on the router logits (`gate/bias` [E]), biases on every expert's
   // projections (`wi_0/bias`, `wi_1/bias` [E, I], `wo/bias` [E, hidden]), and the experts'

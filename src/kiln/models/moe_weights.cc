@@ -76,6 +76,23 @@ void map_moe_weights(const MoeSpec& spec, int64_t hidden, int64_t layer, const M
                           {E, hidden},
                           {}});
     }
+  } else if (source.contains(gate_up) && hf.stacked_input_major) {
+    // [E, hidden, 2 I] -> columns [first, first + I) as [E, I, hidden]
+    auto columns = [I, hidden](int64_t first) {
+      return [I, hidden, first](const std::vector<Tensor>& in) {
+        check(in[0].ndim() == 3 && in[0].dim(1) == hidden && in[0].dim(2) == 2 * I,
+              "gate_up_proj has shape " + in[0].shape_string() + ", expected [E, " +
+                  std::to_string(hidden) + ", " + std::to_string(2 * I) + "]");
+        return in[0].slice(2, first, first + I).transpose(1, 2).contiguous();
+      };
+    };
+    auto transposed = [](const std::vector<Tensor>& in) {
+      check(in[0].ndim() == 3, "down_proj has shape " + in[0].shape_string() + ", expected 3-D");
+      return in[0].transpose(1, 2).contiguous();  // [E, I, hidden] -> [E, hidden, I]
+    };
+    mappings.push_back({gate, {gate_up}, {E, I, hidden}, columns(0)});
+    mappings.push_back({up, {gate_up}, {E, I, hidden}, columns(I)});
+    mappings.push_back({down, {hf.experts + ".down_proj"}, {E, hidden, I}, transposed});
   } else if (source.contains(gate_up)) {
     auto rows = [I](int64_t first) {
       return [I, first](const std::vector<Tensor>& in) {

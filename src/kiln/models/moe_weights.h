@@ -24,6 +24,9 @@ struct MoeHfNames {
   // `<experts>.gate_up_proj_bias` [E, 2 I] (alternating the same way) and
   // `<experts>.down_proj_bias` [E, hidden].
   bool interleaved_gate_up = false;
+  // Stacked experts stored input-major, as Llama 4 multiplies x @ W: `gate_up_proj`
+  // [E, hidden, 2 I] (gate columns, then up columns) and `down_proj` [E, I, hidden].
+  bool stacked_input_major = false;
 };
 
 // Appends the mappings of layer `layer`'s MoE block (Kiln names under names::mlp(layer),
@@ -36,7 +39,8 @@ struct MoeHfNames {
 // `<experts>.down_proj` [E, hidden, I]; and the shared experts as an MLP of
 // spec.shared_intermediate when spec.num_shared_experts > 0. With hf.interleaved_gate_up the
 // experts come from gpt-oss's layout instead (see MoeHfNames), transposed and de-interleaved;
-// the router's `<router>.bias` [E] is mapped when spec.router_bias.
+// the router's `<router>.bias` [E] is mapped when spec.router_bias. With hf.stacked_input_major the
+// stacked tensors are read in Llama 4's transposed layout (see MoeHfNames).
 void map_moe_weights(const MoeSpec& spec, int64_t hidden, int64_t layer, const MoeHfNames& hf,
                      const TensorSource& source, std::vector<WeightMapping>& mappings);
 

@@ -17,6 +17,7 @@ namespace kiln::ops {
 KILN_CAPABILITY("attention.sliding_window", "yes");
 KILN_CAPABILITY("attention.softcap", "yes");
 KILN_CAPABILITY("attention.sinks", "yes");
+KILN_CAPABILITY("attention.chunked", "yes");
 
 namespace {
 void check_shape(const AttentionShape& s) {
@@ -24,6 +25,7 @@ void check_shape(const AttentionShape& s) {
         "attention: query heads must be a multiple of KV heads");
   check(s.start + s.tokens <= s.cache_len && s.cache_len <= s.cache_max,
         "attention: queries reach past the filled cache");
+  check(s.window >= 0 && s.chunk >= 0, "attention: window and chunk must not be negative");
 }
 }  // namespace
 
@@ -49,7 +51,7 @@ void causal_attention_reference(const float* q, const float* k_cache, const floa
       for (int64_t t = 0; t < s.tokens; ++t) {
         for (int64_t h = 0; h < s.heads; ++h) {
           const int64_t position = s.start + t;
-          const int64_t first = s.window > 0 ? std::max<int64_t>(0, position - s.window + 1) : 0;
+          const int64_t first = first_visible_key(s, position);
           const int64_t count = position + 1 - first;
           const int64_t kv_head = h / group;
           const float* query = q + ((b * s.tokens + t) * s.heads + h) * s.head_dim;  // [D]

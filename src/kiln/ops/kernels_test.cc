@@ -110,6 +110,7 @@ TEST(FastKernels, AttentionMatchesReferenceForEveryShape) {
       s.value_dim = k % 4 == 0 ? dims[rng() % 6] : s.head_dim;
       s.scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
       s.window = k % 5 == 0 ? 1 + rng() % 8 : 0;
+      s.chunk = k % 3 == 1 ? 1 + rng() % 12 : 0;  // chunked local attention (Llama 4)
       s.softcap = k % 7 == 0 ? 5.0f : 0.0f;
       const std::vector<float> q =
           random_vector(rng, s.batch * s.tokens * s.heads * s.head_dim);  // [B, T, Hq, D]

@@ -15,7 +15,7 @@ void rms_norm(const float* x, const float* weight, float* y, int64_t rows, int64
     const float inv_rms =
         static_cast<float>(1.0 / std::sqrt(sum_squares / static_cast<double>(dim) + eps));
     for (int64_t i = 0; i < dim; ++i) {
-      const float w = one_plus ? 1.0f + weight[i] : weight[i];
+      const float w = weight == nullptr ? 1.0f : one_plus ? 1.0f + weight[i] : weight[i];
       yr[i] = xr[i] * inv_rms * w;
     }
   }

@@ -7,7 +7,7 @@ namespace kiln::ops {
 
 // y = x / sqrt(mean(x^2) + eps) * w          (one_plus = false, Llama)
 // y = x / sqrt(mean(x^2) + eps) * (1 + w)    (one_plus = true, Gemma)
-//   x, y: [rows, dim] f32 (may alias);  weight: [dim] f32
+//   x, y: [rows, dim] f32 (may alias);  weight: [dim] f32, or nullptr (= 1: no weights)
 void rms_norm(const float* x, const float* weight, float* y, int64_t rows, int64_t dim, float eps,
               bool one_plus);
 

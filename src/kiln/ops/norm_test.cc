@@ -23,6 +23,20 @@ TEST(RmsNorm, ScalesByRootMeanSquareAndWeight) {
   EXPECT_FLOAT_EQ(y[7], 1.0f);
 }
 
+// Without weights (Llama 4's L2 QK norm): x / sqrt(mean(x^2) + eps).
+TEST(RmsNorm, WithoutWeightsDividesByRootMeanSquareOnly) {
+  const std::vector<float> x = {3, 4, 0, 0, -1, 1, -1, 1};  // [2, 4]
+  std::vector<float> y(8);
+  const float eps = 1e-5f;
+  rms_norm(x.data(), nullptr, y.data(), 2, 4, eps, false);
+  for (int r = 0; r < 2; ++r) {
+    double sum = 0;
+    for (int i = 0; i < 4; ++i) sum += x[r * 4 + i] * x[r * 4 + i];
+    const double inv = 1.0 / std::sqrt(sum / 4 + eps);
+    for (int i = 0; i < 4; ++i) EXPECT_NEAR(y[r * 4 + i], x[r * 4 + i] * inv, 1e-6) << r << i;
+  }
+}
+
 TEST(LayerNorm, ZeroMeanUnitVarianceThenAffine) {
   const std::vector<float> x = {1, 2, 3, 4};  // [1, 4]
   const std::vector<float> w = {1, 1, 2, 2}, b = {0, 1, 0, 1};

@@ -1,4 +1,4 @@
-// Reference expert routing (Mixtral, Qwen-MoE and DeepSeek-V3 routers), in float32 like
+// Reference expert routing (Mixtral, Qwen-MoE, DeepSeek-V3 and Llama 4 routers), in float32 like
 // transformers.
 #include "kiln/ops/router.h"
 
@@ -17,6 +17,7 @@ namespace kiln::ops {
 KILN_CAPABILITY("moe.router", "topk_softmax");
 KILN_CAPABILITY("moe.router", "softmax_topk");
 KILN_CAPABILITY("moe.router", "sigmoid_group");
+KILN_CAPABILITY("moe.router", "topk_sigmoid");
 KILN_CAPABILITY("moe.groups", "yes");
 KILN_CAPABILITY("moe.routed_scaling", "yes");
 
@@ -100,6 +101,11 @@ void route_tokens(const MoeSpec& spec, const float* logits, const float* correct
         top_k(row, E, k, chosen);
         for (int64_t j = 0; j < k; ++j) weight[j] = row[chosen[j]];
         softmax(weight, weight, 1, k);
+        break;
+      }
+      case RouterKind::kTopKSigmoid: {
+        top_k(row, E, k, chosen);
+        for (int64_t j = 0; j < k; ++j) weight[j] = 1.0f / (1.0f + std::exp(-row[chosen[j]]));
         break;
       }
       case RouterKind::kSoftmaxTopK: {

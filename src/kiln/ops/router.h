@@ -10,6 +10,7 @@ namespace kiln::ops {
 
 // Picks spec.top_k experts for each of `rows` tokens and weighs them, by spec.router:
 //   kTopKSoftmax   the k largest logits, softmax over those k (Mixtral)
+//   kTopKSigmoid   the k largest logits, sigmoid of each (Llama 4)
 //   kSoftmaxTopK   softmax over every expert, the k largest probabilities, renormalized to
 //                  sum to 1 when spec.norm_topk_prob (Qwen-MoE)
 //   kSigmoidGroup  scores s = sigmoid(logit); experts are *chosen* by s + correction_bias:

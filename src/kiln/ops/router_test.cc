@@ -35,6 +35,22 @@ TEST(Router, TopKThenSoftmaxWeighsOnlyThePicks) {
   EXPECT_NEAR(weights[1], 1.0f - first, 1e-6);
 }
 
+// Llama 4: the k largest logits, each weighed by its own sigmoid (no normalization).
+TEST(Router, TopKThenSigmoidWeighsEachPickBySigmoidOfItsLogit) {
+  const MoeSpec spec = spec_of(RouterKind::kTopKSigmoid, 4, 2);
+  const float logits[] = {1.0f, -3.0f, 0.5f, -0.25f, -2.0f, 0.0f, 4.0f, 1.5f};  // [2, 4]
+  int64_t experts[4];
+  float weights[4];
+  route_tokens(spec, logits, nullptr, 2, experts, weights);
+  const int64_t expected_experts[] = {0, 2, 2, 3};
+  const float expected_logits[] = {1.0f, 0.5f, 4.0f, 1.5f};
+  for (int j = 0; j < 4; ++j) {
+    EXPECT_EQ(experts[j], expected_experts[j]) << j;
+    const float sigmoid = 1.0f / (1.0f + std::exp(-expected_logits[j]));
+    EXPECT_NEAR(weights[j], sigmoid, 1e-7) << j << ": |err| = " << std::fabs(weights[j] - sigmoid);
+  }
+}
+
 TEST(Router, SoftmaxThenTopKRenormalizesOnlyWithNormTopkProb) {
   MoeSpec spec = spec_of(RouterKind::kSoftmaxTopK, 4, 2);
   const float logits[] = {1.0f, 3.0f, 0.0f, 2.0f};

@@ -49,9 +49,11 @@ double attention_flops(const ModelSpec& spec, int64_t start, int64_t tokens) {
     const int64_t value_dim = a.value_head_dim > 0 ? a.value_head_dim : a.head_dim;
     double keys = 0.0;  // visible keys summed over the new tokens
     for (int64_t t = 0; t < tokens; ++t) {
-      const int64_t visible = start + t + 1;
-      keys +=
-          static_cast<double>(a.sliding_window > 0 ? std::min(visible, a.sliding_window) : visible);
+      const int64_t position = start + t;
+      int64_t first = 0;  // the first visible key, as ops/attention.h defines it
+      if (a.sliding_window > 0) first = std::max<int64_t>(first, position - a.sliding_window + 1);
+      if (a.chunk_size > 0) first = std::max(first, position - position % a.chunk_size);
+      keys += static_cast<double>(position + 1 - first);
     }
     flops += 2.0 * static_cast<double>(a.num_heads * (a.head_dim + value_dim)) * keys;
   }
