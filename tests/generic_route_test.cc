@@ -217,5 +217,54 @@ TEST(FamilyFileErrors, MalformedAndContradictingFilesNameTheKey) {
   fs::remove_all(dir);
 }
 
+// `kiln bringup --family auto` settles the open choices against the reference and writes a
+// family file into the model folder; the default route then loads it, and its logits are those
+// of the built-in family bit for bit (verify reports the same errors to the reference).
+TEST(GenericRouteCli, BringupWritesAFamilyFileThatLoadsAutomatically) {
+  for (const std::string name : {"gpt_neox", "gemma2"}) {
+    const std::string dir = test::make_temp_dir("kiln-bringup-generic");
+    for (const auto& entry : fs::directory_iterator(test::hf_fixture_path(name)))
+      fs::copy_file(entry.path(), dir + "/" + entry.path().filename().string());
+    const test::CommandResult bringup =
+        test::run_kiln("bringup --family auto " + test::shell_quote(dir));
+    EXPECT_EQ(bringup.exit_code, 0) << bringup.out << bringup.err;
+    EXPECT_NE(bringup.out.find("Family file written: " + dir + "/kiln_family.json"),
+              std::string::npos)
+        << bringup.out;
+    const FamilyFile file = FamilyFile::load(dir + "/kiln_family.json");
+    EXPECT_EQ(file.name, name + "_generic");
+    ASSERT_FALSE(file.decisions.empty());
+    for (const Json& d : file.decisions) {
+      EXPECT_TRUE(d["verified"].get<bool>()) << d.dump();
+      EXPECT_GE(d["evidence"].size(), 2u) << d.dump();
+    }
+    const test::CommandResult mine = test::run_kiln("verify --json " + test::shell_quote(dir));
+    const test::CommandResult builtin =
+        test::run_kiln("verify --json --family " + name + " " + test::shell_quote(dir));
+    ASSERT_EQ(mine.exit_code, 0) << mine.err;
+    ASSERT_EQ(builtin.exit_code, 0) << builtin.err;
+    const Json a = parse_json(mine.out, "verify"), b = parse_json(builtin.out, "verify");
+    EXPECT_EQ(a["family"], name + "_generic");
+    EXPECT_EQ(a["comparisons"], b["comparisons"]);
+    LoadedModel from_file = load_model(dir);
+    LoadedModel reference_family = load_model(dir, Residency::kResident, {name, ""});
+    EXPECT_TRUE(
+        bitwise_equal(prefill_logits(from_file, dir), prefill_logits(reference_family, dir)));
+    fs::remove_all(dir);
+  }
+}
+
+TEST(GenericRouteCli, BringupWithoutReferenceListsUnverifiedChoicesAndWritesNothing) {
+  const std::string dir = test::make_temp_dir("kiln-bringup-noref");
+  for (const char* f : {"config.json", "model.safetensors"})
+    fs::copy_file(test::hf_fixture_path("gemma") + "/" + f, dir + "/" + f);
+  const test::CommandResult r = test::run_kiln("bringup --family auto " + test::shell_quote(dir));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.out.find("norm.weight = 1+w (unverified)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("No family file written"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(dir + "/kiln_family.json"));
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace kiln

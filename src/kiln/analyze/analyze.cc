@@ -12,6 +12,7 @@
 #include "kiln/core/error.h"
 #include "kiln/io/hf_config.h"
 #include "kiln/models/capabilities.h"
+#include "kiln/models/detect_spec.h"
 #include "kiln/models/family.h"
 
 namespace kiln::analyze {
@@ -48,6 +49,7 @@ struct FamilyResult {
   bool builds_wrapper = false;  // the family accepts the outer (wrapper) config itself
   std::string error;            // build_spec's message when it rejects the config
   std::optional<std::map<std::string, std::string>> values;
+  bool generic = false;  // no family: the detected spec's values
 };
 
 FamilyResult build_with_family(const HfConfig& outer, const HfConfig& text, bool wrapper) {
@@ -59,7 +61,15 @@ FamilyResult build_with_family(const HfConfig& outer, const HfConfig& text, bool
     result.family = find_family(text);
     source = &text;
   }
-  if (!result.family) return result;
+  if (!result.family) {
+    try {
+      result.values = spec_feature_values(detect_spec(text));
+      result.generic = true;
+    } catch (const Error& e) {
+      result.error = e.what();
+    }
+    return result;
+  }
   try {
     result.values = spec_feature_values(result.family->build_spec(*source));
   } catch (const Error& e) {
@@ -76,11 +86,18 @@ FeatureReport architecture_report(const Analysis& a, const FamilyResult& family,
                {"architectures", "model_type"},
                true};
   std::string name = a.model_type.empty() ? "new_family" : a.model_type;
-  if (!family.family) {
+  if (family.generic) {
+    r.note =
+        "no built-in family: the generic route runs it (`kiln bringup --reference` verifies "
+        "it and writes a family file)";
+  } else if (!family.family) {
     r.supported = false;
     r.where = "src/kiln/models/" + name + ".cc: a family for " + a.architecture +
               " (config.json -> ModelSpec, HF tensor names -> Kiln names)";
-    r.note = "no registered family handles this architecture";
+    r.note =
+        "no registered family handles this architecture, and the generic route cannot "
+        "read its config: " +
+        family.error;
   } else if (!family.error.empty()) {
     r.supported = false;
     r.where = "src/kiln/models/" + family.family->name() + ".cc: build_spec";
@@ -195,9 +212,12 @@ Analysis analyze_config(const std::string& path) {
 
   FamilyResult family = build_with_family(outer, text, wrapper);
   if (family.family && family.error.empty()) a.family = family.family->name();
+  a.generic_route = family.generic;
   a.features.push_back(architecture_report(a, family, wrapper));
   const auto* spec_values = family.values ? &*family.values : nullptr;
-  for (const Feature& f : features) a.features.push_back(judge_feature(f, spec_values, a.family));
+  for (const Feature& f : features)
+    a.features.push_back(
+        judge_feature(f, spec_values, family.generic ? std::string("detect_spec") : a.family));
 
   collect_keys(outer, "", &a);
   if (wrapper) collect_keys(text, "text_config.", &a);
@@ -221,6 +241,7 @@ Json Analysis::to_json() const {
   j["model_type"] = model_type;
   j["text_model"] = text_model.empty() ? Json() : Json(text_model);
   j["family"] = family.empty() ? Json() : Json(family);
+  j["route"] = !family.empty() ? "family" : generic_route ? "generic" : "none";
   j["supported"] = fully_supported();
   Json list = Json::array();
   for (const auto& r : features) {
@@ -246,7 +267,11 @@ std::string Analysis::to_markdown() const {
   out << "Architecture: " << architecture << " (model_type " << model_type << ")";
   if (!text_model.empty())
     out << " is a multimodal wrapper; this analyzes its text model (" << text_model << ")";
-  out << ".\nFamily: " << (family.empty() ? "none in this build" : family) << ".\n\n";
+  out << ".\nFamily: "
+      << (!family.empty() ? family
+          : generic_route ? "none in this build; the generic route runs it (--family auto)"
+                          : "none in this build")
+      << ".\n\n";
   out << "| feature | value | status | where it would go |\n|---|---|---|---|\n";
   auto cell = [](const std::string& text) {
     std::string escaped;

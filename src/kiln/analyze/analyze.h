@@ -33,6 +33,9 @@ struct Analysis {
   std::string text_model;
   // The registered family that builds this config, "" when none does.
   std::string family;
+  // True when no family builds it but the generic route (models/detect_spec.h, tensors placed
+  // by name) does: features are then judged against the detected ModelSpec.
+  bool generic_route = false;
   std::vector<FeatureReport> features;    // "architecture" first
   std::vector<std::string> unknown_keys;  // keys nothing in Kiln reads ("text_config.x")
   std::vector<std::string> ignored_keys;  // keys present that have no effect on inference

@@ -143,6 +143,7 @@ TEST(Analyze, DeclaredCapabilityMakesAFeatureSupported) {
   Json config = llama_config();
   config["architectures"] = {"WobbleForCausalLM"};  // no family: capabilities alone decide
   config["model_type"] = "wobble";
+  config["hidden_act"] = "wobble";  // nor the generic route (it knows no such activation)
   config["rope_scaling"] = {{"rope_type", "default"}, {"analyze_test_knob", 1}};
   std::string dir = write_config(config);
   auto knob = [&] {

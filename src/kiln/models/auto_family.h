@@ -81,6 +81,11 @@ class AutoFamily : public Family {
   HfModuleNames hf_modules(const ModelSpec& spec) const override;
   // The names found by the last refine_spec() / map_weights().
   const HfTensorNames& tensor_names() const { return names_; }
+  // Uses `names` (of a checkpoint of `model_type`) instead of discovering them.
+  void set_names(const HfTensorNames& names, const std::string& model_type) {
+    names_ = names;
+    model_type_ = model_type;
+  }
 
  private:
   mutable HfTensorNames names_;

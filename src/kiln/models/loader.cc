@@ -66,6 +66,26 @@ LoadedModel load_kiln_checkpoint(const std::string& path, Residency residency,
 }
 }  // namespace
 
+WeightMap apply_weight_mappings(const std::vector<WeightMapping>& mappings,
+                                const TensorSource& source) {
+  WeightMap weights;
+  for (const WeightMapping& mapping : mappings) {
+    std::vector<Tensor> inputs;
+    for (const std::string& hf_name : mapping.hf_names) {
+      check(source.contains(hf_name), source.where() + ": missing tensor '" + hf_name +
+                                          "' (needed for '" + mapping.kiln_name + "')");
+      inputs.push_back(source.get(hf_name));
+    }
+    Tensor tensor = mapping.transform ? mapping.transform(inputs) : inputs.at(0);
+    check(tensor.shape() == mapping.shape,
+          file_of(source, mapping.hf_names.at(0)) + ": tensor '" + mapping.hf_names.at(0) +
+              "' has shape " + tensor.shape_string() + ", expected " +
+              shape_to_string(mapping.shape) + " (for '" + mapping.kiln_name + "')");
+    weights[mapping.kiln_name] = std::move(tensor);
+  }
+  return weights;
+}
+
 LoadedModel load_model(const std::string& path, Residency residency, const FamilyChoice& choice) {
   check(fs::is_directory(path), path + ": not a model folder");
   if (KilnCheckpoint::present_in(path)) return load_kiln_checkpoint(path, residency, choice);
@@ -79,20 +99,7 @@ LoadedModel load_model(const std::string& path, Residency residency, const Famil
   merge_generation_config(path, loaded.spec);
   const std::unique_ptr<TensorSource> source = open_tensor_source(path, residency);
   family.refine_spec(loaded.spec, *source);
-  for (const WeightMapping& mapping : family.map_weights(loaded.spec, *source)) {
-    std::vector<Tensor> inputs;
-    for (const std::string& hf_name : mapping.hf_names) {
-      check(source->contains(hf_name), source->where() + ": missing tensor '" + hf_name +
-                                           "' (needed for '" + mapping.kiln_name + "')");
-      inputs.push_back(source->get(hf_name));
-    }
-    Tensor tensor = mapping.transform ? mapping.transform(inputs) : inputs.at(0);
-    check(tensor.shape() == mapping.shape,
-          file_of(*source, mapping.hf_names.at(0)) + ": tensor '" + mapping.hf_names.at(0) +
-              "' has shape " + tensor.shape_string() + ", expected " +
-              shape_to_string(mapping.shape) + " (for '" + mapping.kiln_name + "')");
-    loaded.weights[mapping.kiln_name] = std::move(tensor);
-  }
+  loaded.weights = apply_weight_mappings(family.map_weights(loaded.spec, *source), *source);
   return loaded;
 }
 

@@ -34,6 +34,11 @@ struct LoadedModel {
 // missing tensor, wrong shape. Weights are read into memory by default, as inference streams
 // them on every step (Residency::kMapped maps them instead: faster to open, may be slower to
 // run; see MappedFile).
+// The Kiln tensors `mappings` make of `source`'s tensors (transforms applied), each checked
+// against its mapping's shape. Throws Error naming the file and tensor.
+WeightMap apply_weight_mappings(const std::vector<WeightMapping>& mappings,
+                                const TensorSource& source);
+
 // `choice` picks the family (choose_family(); a Kiln checkpoint of an architecture no family
 // builds runs the ModelSpec its manifest holds).
 LoadedModel load_model(const std::string& path, Residency residency = Residency::kResident,
