@@ -100,6 +100,24 @@ TEST_P(GenericRoute, FamilyFileLoadsLikeABuiltInFamily) {
   fs::remove_all(folder);
 }
 
+// `kiln family show NAME --model DIR`: the built-in family as a family file; its discovered
+// tensor names read every Kiln tensor from the HF tensors the family's own code reads.
+TEST_P(GenericRoute, FamilyShowMatchesTheBuiltInMapping) {
+  KILN_SKIP_UNSUPPORTED_FIXTURE(GetParam());
+  const std::string dir = test::hf_fixture_path(GetParam());
+  const std::string family = family_for(HfConfig::load(dir)).name();
+  const test::CommandResult r =
+      test::run_kiln("family show " + family + " --model " + test::shell_quote(dir));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("come from the same HF tensors as in the built-in family"),
+            std::string::npos)
+      << r.out;
+  const test::CommandResult j =
+      test::run_kiln("family show " + family + " --json --model " + test::shell_quote(dir));
+  const Json shown = parse_json(j.out, "family show");
+  EXPECT_EQ(shown["spec_overrides"], Json::object()) << shown["spec_overrides"].dump();
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, GenericRoute, ::testing::ValuesIn(test::hf_fixture_names()),
                          [](const auto& info) { return info.param; });
 

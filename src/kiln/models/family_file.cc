@@ -72,6 +72,11 @@ Json spec_overrides(const ModelSpec& detected, const ModelSpec& wanted) {
   for (size_t i = 0; i < lb.size(); ++i) {
     Json diff = Json::object();
     leaf_differences(la[i], lb[i], "", diff);
+    // Without QK norms their setting computes nothing: not an override.
+    if (lb[i]["attention"]["qk_norm"] == "none") {
+      diff.erase("attention.qk_norm_spec.kind");
+      diff.erase("attention.qk_norm_spec.eps");
+    }
     per_layer.push_back(diff);
   }
   // A change every layer makes alike is written once for "layers.*".
@@ -209,7 +214,12 @@ std::shared_ptr<const Family> choose_family(const HfConfig& config, const std::s
     return std::shared_ptr<const Family>(family);
   };
   if (!choice.file.empty()) return from_file(choice.file);
-  if (choice.name == "auto") return std::make_shared<AutoFamily>();
+  if (choice.name == "auto") {
+    std::cerr << "kiln: warning: " << config.source()
+              << ": generic route (--family auto): unverified unless `kiln bringup` checked it "
+                 "against a reference\n";
+    return std::make_shared<AutoFamily>();
+  }
   if (!choice.name.empty()) {
     for (const auto& family : families())
       if (family->name() == choice.name) return family;
