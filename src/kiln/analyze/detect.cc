@@ -7,17 +7,12 @@
 #include <set>
 
 #include "kiln/core/error.h"
+#include "kiln/models/model_type.h"
 
 namespace kiln::analyze {
 namespace {
 
 using Keys = std::vector<std::string>;
-
-// Architectures whose MLP is up -> act -> down (no gate) and whose norms are LayerNorm.
-const std::set<std::string> kPlainMlpTypes = {
-    "gpt2", "gpt_neox",    "falcon", "RefinedWeb", "RefinedWebModel", "phi",     "starcoder2",
-    "gptj", "gpt_bigcode", "opt",    "bloom",      "codegen",         "gpt_neo", "persimmon"};
-const std::set<std::string> kFalconTypes = {"falcon", "RefinedWeb", "RefinedWebModel"};
 
 std::string activation_name(const std::string& hf_name) {
   static const std::map<std::string, std::string> names = {{"silu", "silu"},
@@ -43,7 +38,7 @@ std::string json_value(const Json& value) {
 class Detector {
  public:
   explicit Detector(const HfConfig& config)
-      : c_(config), type_(config.model_type()), arch_(config.architecture()) {}
+      : c_(config), type_(config.model_type()), arch_(config.architecture()), mt_(type_) {}
 
   std::vector<Feature> run() {
     read_sizes();
@@ -59,15 +54,11 @@ class Detector {
   }
 
  private:
-  bool type_is(std::initializer_list<const char*> types) const {
-    for (const char* t : types)
-      if (type_ == t) return true;
-    return false;
-  }
-  bool gemma() const { return type_.rfind("gemma", 0) == 0; }
-  bool gemma3() const { return type_ == "gemma3" || type_ == "gemma3_text"; }
-  bool llama4() const { return type_ == "llama4" || type_ == "llama4_text"; }
-  bool falcon() const { return kFalconTypes.count(type_) > 0; }
+  bool type_is(std::initializer_list<const char*> types) const { return mt_.is(types); }
+  bool gemma() const { return mt_.gemma(); }
+  bool gemma3() const { return mt_.gemma3(); }
+  bool llama4() const { return mt_.llama4(); }
+  bool falcon() const { return mt_.falcon(); }
 
   // The first of `keys` present (and not null) in the config, or "".
   std::string first_key(std::initializer_list<const char*> keys) const {
@@ -417,9 +408,7 @@ class Detector {
           {fraction_key});
     }
 
-    bool interleaved =
-        c_.get_bool("rope_interleave",
-                    type_is({"deepseek_v2", "deepseek_v3", "gptj", "codegen", "glm", "chatglm"}));
+    bool interleaved = c_.get_bool("rope_interleave", mt_.interleaved_rope());
     add("rope.pairing", interleaved ? "interleaved" : "half_split", FeatureKind::kChoice,
         {c_.has("rope_interleave") ? "rope_interleave" : ""}, false);
 
@@ -503,7 +492,7 @@ class Detector {
       keys.push_back("norm_type");
       std::string norm_type = c_.get_string("norm_type");
       kind = norm_type.find("rms") != std::string::npos ? NormKind::kRms : NormKind::kLayerNorm;
-    } else if (kPlainMlpTypes.count(type_) || (!eps_key.empty() && eps_key != "rms_norm_eps")) {
+    } else if (mt_.plain_mlp() || (!eps_key.empty() && eps_key != "rms_norm_eps")) {
       kind = NormKind::kLayerNorm;
       checkable = true;
     }
@@ -536,7 +525,7 @@ class Detector {
   }
 
   void detect_mlp() {
-    bool plain = kPlainMlpTypes.count(type_) > 0;
+    bool plain = mt_.plain_mlp();
     c_.mark_read({"mlp_type"});
     add("mlp.kind", plain ? "plain" : "gated", FeatureKind::kChoice, {});
 
@@ -568,8 +557,7 @@ class Detector {
       bias_key = "bias";
       bias = c_.get_bool("bias", false);
     } else {
-      bias = type_is({"gpt2", "gpt_neox", "phi", "gptj", "gpt_bigcode", "opt", "bloom", "persimmon",
-                      "codegen"});
+      bias = mt_.biased_mlp();
     }
     add("mlp.bias", bias ? "yes" : "none", FeatureKind::kSwitch, {bias_key});
   }
@@ -587,7 +575,7 @@ class Detector {
     if (any_dense) {
       int64_t intermediate = dense_key.empty() ? 4 * hidden_ : c_.get_int(dense_key);
       add("mlp.intermediate", std::to_string(intermediate), FeatureKind::kInfo, {dense_key},
-          !dense_key.empty() || kPlainMlpTypes.count(type_));
+          !dense_key.empty() || mt_.plain_mlp());
     }
     if (experts == 0) {
       // MoE settings that dense variants of MoE architectures still carry.
@@ -758,6 +746,7 @@ class Detector {
 
   const HfConfig& c_;
   std::string type_, arch_;
+  ModelType mt_;
   std::string hidden_key_, layers_key_, heads_key_, kv_key_, max_pos_key_, window_key_;
   int64_t hidden_ = 0, layers_ = 0, heads_ = 0, kv_heads_ = 0, head_dim_ = 0, max_pos_ = 0;
   int64_t window_ = 0;

@@ -6,26 +6,16 @@
 
 #include "kiln/core/error.h"
 #include "kiln/models/config_to_spec.h"
+#include "kiln/models/model_type.h"
 #include "kiln/models/rope_config.h"
 
 namespace kiln {
 namespace {
 
-// model_types whose MLP is up -> act -> down (no gate) with LayerNorms and biases.
-const std::set<std::string> kPlainMlpTypes = {
-    "gpt2", "gpt_neox",    "falcon", "RefinedWeb", "RefinedWebModel", "phi",     "starcoder2",
-    "gptj", "gpt_bigcode", "opt",    "bloom",      "codegen",         "gpt_neo", "persimmon"};
-const std::set<std::string> kFalconTypes = {"falcon", "RefinedWeb", "RefinedWebModel"};
-// model_types whose configs default tie_word_embeddings to true.
-const std::set<std::string> kTiedByDefault = {
-    "gemma",  "gemma2",     "gemma3",          "gemma3_text", "gpt2",
-    "falcon", "RefinedWeb", "RefinedWebModel", "starcoder2"};
-// model_types with learned absolute positions instead of RoPE.
-const std::set<std::string> kLearnedPositionTypes = {"gpt2", "gpt_neo", "gpt_bigcode", "opt"};
-
 class SpecDetector {
  public:
-  explicit SpecDetector(const HfConfig& config) : c_(config), type_(config.model_type()) {}
+  explicit SpecDetector(const HfConfig& config)
+      : c_(config), type_(config.model_type()), mt_(config.model_type()) {}
 
   ModelSpec run() {
     check(!c_.get_bool("alibi", false),
@@ -46,10 +36,10 @@ class SpecDetector {
           c_.source() + ": vocab_size, hidden size, layer count and head count must be positive");
     const std::string max_key = first({"max_position_embeddings", "n_positions", "seq_length"});
     spec.max_position_embeddings = max_key.empty() ? 2048 : c_.get_int(max_key);
-    spec.tie_word_embeddings = c_.get_bool("tie_word_embeddings", kTiedByDefault.count(type_) > 0);
+    spec.tie_word_embeddings = c_.get_bool("tie_word_embeddings", mt_.tied_by_default());
     spec.bos_token_ids = c_.get_int_list("bos_token_id");
     spec.eos_token_ids = c_.get_int_list("eos_token_id");
-    spec.learned_positions = kLearnedPositionTypes.count(type_) > 0;
+    spec.learned_positions = mt_.learned_positions();
 
     const NormSpec norm = layer_norm();
     spec.final_norm = norm;
@@ -88,17 +78,13 @@ class SpecDetector {
   }
 
  private:
-  bool is(std::initializer_list<const char*> types) const {
-    for (const char* t : types)
-      if (type_ == t) return true;
-    return false;
-  }
-  bool gemma() const { return type_.rfind("gemma", 0) == 0; }
-  bool gemma3() const { return is({"gemma3", "gemma3_text"}); }
-  bool falcon() const { return kFalconTypes.count(type_) > 0; }
-  bool plain() const { return kPlainMlpTypes.count(type_) > 0; }
+  bool is(std::initializer_list<const char*> types) const { return mt_.is(types); }
+  bool gemma() const { return mt_.gemma(); }
+  bool gemma3() const { return mt_.gemma3(); }
+  bool falcon() const { return mt_.falcon(); }
+  bool plain() const { return mt_.plain_mlp(); }
   bool mla() const { return c_.has("kv_lora_rank"); }
-  bool llama4() const { return is({"llama4", "llama4_text"}); }
+  bool llama4() const { return mt_.llama4(); }
 
   // Per layer: whether it applies RoPE (Llama 4's NoPE layers: `no_rope_layers` lists 1 for
   // RoPE layers and 0 for the others, else every `no_rope_layer_interval`-th layer).
@@ -290,7 +276,7 @@ class SpecDetector {
       qkv = c_.get_bool("qkv_bias");
     } else if (falcon()) {
       qkv = o = c_.get_bool("bias", false);
-    } else if (is({"gpt2", "gpt_neox", "phi", "gpt_bigcode", "opt", "bloom", "starcoder2"})) {
+    } else if (mt_.biased_projections()) {
       qkv = o = true;
     }
     a.q_bias = a.k_bias = a.v_bias = qkv;
@@ -306,9 +292,7 @@ class SpecDetector {
       r.rotary_dim = rotary_head_dim;
       r.theta = 10000.0;
     }
-    r.interleaved = c_.get_bool(
-        "rope_interleave",
-        llama4() || is({"deepseek_v2", "deepseek_v3", "gptj", "codegen", "glm", "chatglm"}));
+    r.interleaved = c_.get_bool("rope_interleave", mt_.interleaved_rope());
     if (llama4() && !c_.has("rope_theta") && !c_.has("rope_parameters") && !c_.has("rope_scaling"))
       r.theta = 500000.0;
     return r;
@@ -375,8 +359,7 @@ class SpecDetector {
     } else if (falcon()) {
       m.bias = c_.get_bool("bias", false);
     } else {
-      m.bias = is({"gpt2", "gpt_neox", "phi", "gptj", "gpt_bigcode", "opt", "bloom", "persimmon",
-                   "codegen", "starcoder2"});
+      m.bias = mt_.biased_mlp();
     }
   }
 
@@ -457,6 +440,7 @@ class SpecDetector {
 
   const HfConfig& c_;
   std::string type_;
+  ModelType mt_;
 };
 
 }  // namespace

@@ -1,0 +1,52 @@
+// The conventions HuggingFace architectures follow without stating them in config.json, by
+// model_type: one table for the spec detector (models/detect_spec.h) and the feature report
+// (analyze/detect.h), so that the two cannot disagree.
+#pragma once
+
+#include <initializer_list>
+#include <set>
+#include <string>
+
+namespace kiln {
+
+class ModelType {
+ public:
+  explicit ModelType(std::string type) : type_(std::move(type)) {}
+  const std::string& name() const { return type_; }
+  bool is(std::initializer_list<const char*> types) const {
+    for (const char* t : types)
+      if (type_ == t) return true;
+    return false;
+  }
+  bool gemma() const { return type_.rfind("gemma", 0) == 0; }
+  bool gemma3() const { return is({"gemma3", "gemma3_text"}); }
+  bool llama4() const { return is({"llama4", "llama4_text"}); }
+  bool falcon() const { return is({"falcon", "RefinedWeb", "RefinedWebModel"}); }
+  // MLP up -> act -> down (no gate), LayerNorms.
+  bool plain_mlp() const {
+    return falcon() || is({"gpt2", "gpt_neox", "phi", "starcoder2", "gptj", "gpt_bigcode", "opt",
+                           "bloom", "codegen", "gpt_neo", "persimmon"});
+  }
+  // Biases on every projection unless the config says otherwise.
+  bool biased_projections() const {
+    return is({"gpt2", "gpt_neox", "phi", "gpt_bigcode", "opt", "bloom", "starcoder2"});
+  }
+  // Biases on the MLP unless the config says otherwise.
+  bool biased_mlp() const {
+    return is({"gpt2", "gpt_neox", "phi", "gptj", "gpt_bigcode", "opt", "bloom", "persimmon",
+               "codegen", "starcoder2"});
+  }
+  // The config class defaults tie_word_embeddings to true.
+  bool tied_by_default() const { return gemma() || falcon() || is({"gpt2", "starcoder2"}); }
+  // Learned absolute positions instead of RoPE.
+  bool learned_positions() const { return is({"gpt2", "gpt_neo", "gpt_bigcode", "opt"}); }
+  // RoPE on pairs (2i, 2i + 1) unless `rope_interleave` says otherwise.
+  bool interleaved_rope() const {
+    return llama4() || is({"deepseek_v2", "deepseek_v3", "gptj", "codegen", "glm", "chatglm"});
+  }
+
+ private:
+  std::string type_;
+};
+
+}  // namespace kiln
