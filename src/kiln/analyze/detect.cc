@@ -474,28 +474,16 @@ class Detector {
   }
 
   void detect_norms() {
-    std::string eps_key = first_key(
-        {"rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_epsilon", "norm_eps"});
     for (const char* k : {"layer_norm_eps", "layer_norm_epsilon", "norm_epsilon"})
       c_.mark_read({k});
-    double eps = eps_key.empty() ? 1e-6 : c_.get_double(eps_key);
-    NormKind kind = NormKind::kRms;
+    const NormConvention norm = mt_.norm(c_);
+    const std::string& eps_key = norm.eps_key;
+    const double eps = eps_key.empty() ? 1e-6 : c_.get_double(eps_key);
+    const NormKind kind = norm.kind;
     Keys keys = {eps_key};
-    bool checkable = !eps_key.empty();
-    if (gemma()) {
-      kind = NormKind::kRmsOnePlus;
-    } else if (type_ == "olmo") {
-      kind = NormKind::kNonParametric;
-    } else if (type_ == "cohere") {
-      kind = NormKind::kLayerNormNoBias;
-    } else if (c_.has("norm_type")) {
-      keys.push_back("norm_type");
-      std::string norm_type = c_.get_string("norm_type");
-      kind = norm_type.find("rms") != std::string::npos ? NormKind::kRms : NormKind::kLayerNorm;
-    } else if (mt_.plain_mlp() || (!eps_key.empty() && eps_key != "rms_norm_eps")) {
-      kind = NormKind::kLayerNorm;
-      checkable = true;
-    }
+    if (norm.by_norm_type) keys.push_back("norm_type");
+    // A LayerNorm the conventions imply (not norm_type) is pinned down even without an eps.
+    const bool checkable = !eps_key.empty() || (kind == NormKind::kLayerNorm && !norm.by_norm_type);
     add("norm.kind", norm_value(kind, eps), FeatureKind::kChoice, keys, checkable);
 
     std::string placement = "pre";

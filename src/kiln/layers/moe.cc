@@ -72,6 +72,8 @@ void Moe::forward(const float* x, int64_t rows, float* y, Workspace& workspace) 
   float* pick_weights = workspace.take<float>(picks);  // [rows, k]
   router_logits(x, rows, logits);
   route(logits, rows, experts, pick_weights);
+  // The pick's weight scales the expert's output, or its input (weight_expert_input).
+  const bool weigh_input = spec_.weight_expert_input;
 
   // The picks (indices into [rows, k]) grouped by expert, in token order: expert e's are
   // by_expert[first[e], first[e + 1]).
@@ -91,11 +93,13 @@ void Moe::forward(const float* x, int64_t rows, float* y, Workspace& workspace) 
     const int64_t* mine = by_expert + first[e];  // [n]
     const int64_t n = first[e + 1] - first[e];
     if (n == 0) continue;
-    // The pick's weight scales the expert's output, or its input (weight_expert_input).
-    const bool weigh_input = spec_.weight_expert_input;
     for (int64_t i = 0; i < n; ++i) {
       const float* from = x + mine[i] / k * H;  // [H]
-      const float w = weigh_input ? pick_weights[mine[i]] : 1.0f;
+      if (!weigh_input) {
+        std::copy_n(from, H, gathered + i * H);
+        continue;
+      }
+      const float w = pick_weights[mine[i]];
       for (int64_t c = 0; c < H; ++c) gathered[i * H + c] = from[c] * w;
     }
     experts_[e].forward(gathered, n, expert_out, workspace);

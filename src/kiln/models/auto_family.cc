@@ -1,11 +1,13 @@
 #include "kiln/models/auto_family.h"
 
+#include <cctype>
 #include <initializer_list>
 #include <map>
 #include <set>
 
 #include "kiln/core/error.h"
 #include "kiln/models/detect_spec.h"
+#include "kiln/models/model_type.h"
 #include "kiln/models/moe_weights.h"
 #include "kiln/models/weight_mappings.h"
 #include "kiln/models/weight_names.h"
@@ -249,7 +251,9 @@ HfTensorNames discover_tensor_names(const ModelSpec& spec, const TensorSource& s
       const Shape shape = source.shape_of(stacked);
       if (shape.size() == 3 && shape[1] == spec.hidden_size &&
           shape[2] == 2 * spec.layers[i].moe.expert_intermediate)
-        n.expert_layout = model_type == "gpt_oss" ? "input_major_interleaved" : "input_major";
+        n.expert_layout = ModelType(model_type).interleaved_stacked_experts()
+                              ? "input_major_interleaved"
+                              : "input_major";
       break;
     }
   }
@@ -567,9 +571,8 @@ HfModuleNames module_names_from(const ModelSpec& spec, const HfTensorNames& n,
     m.mlp_output = n.post_ffw_norm;
   }
   // Falcon's HF code adds the attention output into the MLP's output tensor in place.
-  m.mlp_out_includes_attention =
-      first.placement == NormPlacement::kParallel &&
-      (model_type == "falcon" || model_type == "RefinedWeb" || model_type == "RefinedWebModel");
+  m.mlp_out_includes_attention = first.placement == NormPlacement::kParallel &&
+                                 ModelType(model_type).mlp_output_includes_attention();
   m.final_norm = n.final_norm;
   m.lm_head = n.lm_head.empty() ? "lm_head" : n.lm_head;
   if (spec.final_logit_softcap != 0.0f) {

@@ -115,23 +115,9 @@ class SpecDetector {
   }
 
   NormSpec layer_norm() const {
-    const std::string eps_key =
-        first({"rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_epsilon", "norm_eps"});
-    NormKind kind = NormKind::kRms;
-    if (gemma()) {
-      kind = NormKind::kRmsOnePlus;
-    } else if (type_ == "olmo") {
-      kind = NormKind::kNonParametric;
-    } else if (type_ == "cohere") {
-      kind = NormKind::kLayerNormNoBias;
-    } else if (c_.has("norm_type")) {
-      kind = c_.get_string("norm_type").find("rms") != std::string::npos ? NormKind::kRms
-                                                                         : NormKind::kLayerNorm;
-    } else if (plain() || (!eps_key.empty() && eps_key != "rms_norm_eps")) {
-      kind = NormKind::kLayerNorm;
-    }
-    const double fallback = kind == NormKind::kLayerNorm ? 1e-5 : 1e-6;
-    return {kind, static_cast<float>(eps_key.empty() ? fallback : c_.get_double(eps_key))};
+    const NormConvention n = mt_.norm(c_);
+    const double fallback = n.kind == NormKind::kLayerNorm ? 1e-5 : 1e-6;
+    return {n.kind, static_cast<float>(n.eps_key.empty() ? fallback : c_.get_double(n.eps_key))};
   }
 
   void placement(LayerSpec& layer) const {

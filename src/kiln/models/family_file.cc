@@ -1,7 +1,6 @@
 #include "kiln/models/family_file.h"
 
 #include <algorithm>
-#include <cstdio>
 #include <filesystem>
 #include <iostream>
 #include <set>

@@ -4,10 +4,20 @@
 #pragma once
 
 #include <initializer_list>
-#include <set>
 #include <string>
 
+#include "kiln/io/hf_config.h"
+#include "kiln/models/model_spec.h"
+
 namespace kiln {
+
+// The norm a config implies: its kind, the key its eps comes from ("" when none), and whether
+// `norm_type` decided the kind.
+struct NormConvention {
+  NormKind kind = NormKind::kRms;
+  std::string eps_key;
+  bool by_norm_type = false;
+};
 
 class ModelType {
  public:
@@ -44,6 +54,13 @@ class ModelType {
   bool interleaved_rope() const {
     return llama4() || is({"deepseek_v2", "deepseek_v3", "gptj", "codegen", "glm", "chatglm"});
   }
+  // Stacked experts [E, hidden, 2 I] with gate and up columns alternating (gpt-oss), not halves.
+  bool interleaved_stacked_experts() const { return is({"gpt_oss"}); }
+  // transformers adds the attention output into the MLP's output tensor in place (parallel
+  // Falcon blocks): a captured `mlp` output is their sum.
+  bool mlp_output_includes_attention() const { return falcon(); }
+  // The norm `config` implies for this model_type.
+  NormConvention norm(const HfConfig& config) const;
 
  private:
   std::string type_;
