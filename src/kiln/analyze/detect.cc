@@ -205,6 +205,12 @@ class Detector {
           FeatureKind::kSwitch, {}, !gemma3());
     }
 
+    if (c_.has("clip_qkv"))  // OLMo, DBRX
+      add("attention.clip_qkv", format_number(c_.get_double("clip_qkv")), FeatureKind::kSwitch,
+          {"clip_qkv"});
+    if (c_.has("residual_multiplier"))  // Granite
+      add("residual.scale", format_number(c_.get_double("residual_multiplier")),
+          FeatureKind::kSwitch, {"residual_multiplier"});
     if (c_.get_bool("use_bidirectional_attention", false))
       add("attention.bidirectional", "yes", FeatureKind::kSwitch, {"use_bidirectional_attention"});
     add("attention.sinks", type_ == "gpt_oss" ? "learned per-head sink logits" : "none",
@@ -448,7 +454,8 @@ class Detector {
         "beta_fast",        "beta_slow",
         "mscale",           "mscale_all_dim",
         "attention_factor", "low_freq_factor",
-        "high_freq_factor"};
+        "high_freq_factor", "short_mscale",
+        "long_mscale"};
     Json params = rope.params;
     // Phi-3 keeps original_max_position_embeddings beside rope_scaling.
     if (c_.has("original_max_position_embeddings") &&
@@ -662,8 +669,9 @@ class Detector {
       router = "softmax_group";
     } else if (type_is({"mixtral", "gpt_oss"})) {
       router = "topk_softmax";
-    } else if (type_ == "phimoe") {
+    } else if (type_ == "phimoe") {  // its margin is router_jitter_noise
       router = "sparsemixer";
+      keys.push_back("router_jitter_noise");
     } else if (llama4()) {
       router = "topk_sigmoid";
     } else if (!type_is({"qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2"})) {

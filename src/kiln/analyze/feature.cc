@@ -183,6 +183,8 @@ std::string router_value(RouterKind router) {
       return "sigmoid_group";
     case RouterKind::kTopKSigmoid:
       return "topk_sigmoid";
+    case RouterKind::kSparseMixer:
+      return "sparsemixer";
   }
   return "softmax_topk";
 }

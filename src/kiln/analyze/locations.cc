@@ -30,6 +30,8 @@ std::string feature_location(const std::string& id, const std::string& value) {
     return "src/kiln/ops/attention.cc: attention sinks (a learned per-head logit in the softmax)";
   if (id == "attention.temperature_tuning")
     return "src/kiln/layers/attention.cc: query temperature tuning";
+  if (id == "attention.clip_qkv") return "src/kiln/layers/attention.cc: q/k/v clipping";
+  if (id == "residual.scale") return "src/kiln/layers/decoder_layer.cc: residual branch scale";
   if (id == "attention.bidirectional") return "src/kiln/ops/attention.cc: bidirectional mask";
   if (id == "attention.layer_type") return "src/kiln/layers/: a " + word + " layer";
   if (starts("attention.")) return "src/kiln/layers/attention.cc";

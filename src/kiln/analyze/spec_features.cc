@@ -57,6 +57,8 @@ void add_rope(const RopeSpec& rope, const AttentionSpec& attention,
   v["rope.scaling.high_freq_factor"] = format_number(rope.high_freq_factor);
   v["rope.scaling.short_factor"] = list_value(rope.short_factor.size());
   v["rope.scaling.long_factor"] = list_value(rope.long_factor.size());
+  v["rope.scaling.short_mscale"] = format_number(rope.short_mscale);
+  v["rope.scaling.long_mscale"] = format_number(rope.long_mscale);
   if (!attention.is_mla())
     v["rope.fraction"] = rotary_fraction_value(rope.rotary_dim, attention.head_dim);
   v["rope.pairing"] = rope.interleaved ? "interleaved" : "half_split";
@@ -135,6 +137,8 @@ std::map<std::string, std::string> spec_feature_values(const ModelSpec& spec) {
   v["attention.softcap"] = a.softcap == 0 ? "none" : format_number(a.softcap);
   v["attention.scale"] = attention_scale_value(a.scale, a.head_dim);
   v["attention.sinks"] = a.sinks ? "learned per-head sink logits" : "none";
+  v["attention.clip_qkv"] = a.clip_qkv == 0 ? "none" : format_number(a.clip_qkv);
+  v["residual.scale"] = first.residual_scale == 1.0f ? "none" : format_number(first.residual_scale);
 
   std::vector<int64_t> windows;
   std::vector<bool> is_moe;

@@ -1,5 +1,6 @@
 #include "kiln/layers/attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -20,6 +21,7 @@ KILN_CAPABILITY("attention.kind", "mha");
 KILN_CAPABILITY("attention.kind", "gqa");
 KILN_CAPABILITY("attention.kind", "mqa");
 KILN_CAPABILITY("attention.bias", "yes");
+KILN_CAPABILITY("attention.clip_qkv", "yes");
 KILN_CAPABILITY("attention.qk_norm", "per_head");
 KILN_CAPABILITY("attention.qk_norm", "whole_projection");
 KILN_CAPABILITY("attention.scale", "yes");
@@ -42,6 +44,8 @@ Attention::Attention(const AttentionSpec& spec, int64_t hidden, const WeightMap&
     : spec_(spec), module_(module), hidden_(hidden) {
   check(!(spec.sinks && spec.is_mla()),
         module + ": attention sinks with latent attention are not implemented");
+  check(!(spec.clip_qkv > 0.0f && spec.is_mla()),
+        module + ": clip_qkv with latent attention is not implemented");
   if (spec.is_mla()) {
     mla_ = Mla(spec, hidden, weights, module);
     return;
@@ -96,6 +100,15 @@ void Attention::forward(const float* x, int64_t batch, int64_t tokens, int64_t s
     report("query", q, heads, head_dim);
     report("key", k, kv_heads, head_dim);
     report("value", v, kv_heads, value_dim_);
+  }
+  if (spec_.clip_qkv > 0.0f) {  // OLMo, DBRX: clamp the projections (the reports show them before)
+    const float c = spec_.clip_qkv;
+    auto clamp = [c](float* data, int64_t n) {
+      for (int64_t i = 0; i < n; ++i) data[i] = std::clamp(data[i], -c, c);
+    };
+    clamp(q, rows * heads * head_dim);
+    clamp(k, rows * kv_heads * head_dim);
+    clamp(v, rows * kv_heads * value_dim_);
   }
   const bool weighted_qk_norm =
       spec_.qk_norm != QkNormKind::kNone && spec_.qk_norm != QkNormKind::kL2;

@@ -1,6 +1,7 @@
 // The Attention layer's Llama 4 options against their formulas, on identity projections:
 // interleaved RoPE then a weightless L2 QK norm with chunked attention (RoPE layers), and
-// query temperature tuning without RoPE (NoPE layers), in a prefill and in decode steps.
+// query temperature tuning without RoPE (NoPE layers), in a prefill and in decode steps; and
+// clip_qkv (OLMo, DBRX).
 #include "kiln/layers/attention.h"
 
 #include <gtest/gtest.h>
@@ -38,12 +39,14 @@ WeightMap identity_projections(const std::string& module) {
   return weights;
 }
 
-// The formula, position by position in double: q = k = v = x; RoPE rotates pairs (2i, 2i+1)
-// by p * theta^(-2i/D); the L2 norm divides by sqrt(mean(x^2) + eps); temperature multiplies
-// q by log(floor((p + 1) / floor_scale) + 1) * attn_scale + 1; softmax(q.k / sqrt(D)) over
-// keys j <= p of p's chunk.
-std::vector<double> expected_attention(const AttentionSpec& a, const std::vector<float>& x,
+// The formula, position by position in double: q = k = v = x (clamped to +-clip_qkv); RoPE rotates
+// pairs (2i, 2i+1) by p * theta^(-2i/D); the L2 norm divides by sqrt(mean(x^2) + eps); temperature
+// multiplies q by log(floor((p + 1) / floor_scale) + 1) * attn_scale + 1; softmax(q.k / sqrt(D))
+// over keys j <= p of p's chunk.
+std::vector<double> expected_attention(const AttentionSpec& a, std::vector<float> x,
                                        int64_t tokens) {
+  if (a.clip_qkv > 0)  // q, k and v are x clamped to [-clip, clip]
+    for (float& e : x) e = std::min(std::max(e, -a.clip_qkv), a.clip_qkv);
   std::vector<double> q(tokens * kDim), k(tokens * kDim), out(tokens * kDim, 0.0);
   for (int64_t p = 0; p < tokens; ++p) {
     std::vector<double> row(x.begin() + p * kDim, x.begin() + (p + 1) * kDim);
@@ -145,6 +148,19 @@ TEST(AttentionLlama4, TemperatureTuningWithoutRope) {
   AttentionSpec untuned = a;
   untuned.temperature_floor_scale = 0.0;
   EXPECT_GT(worst_error(untuned, a, 11), 1e-3);
+}
+
+// OLMo / DBRX clip_qkv: the projections are clamped before RoPE and attention.
+TEST(AttentionOptions, ClipQkvClampsTheProjections) {
+  AttentionSpec a = one_head_spec();
+  a.rope.interleaved = true;  // the pairing the formula rotates
+  a.clip_qkv = 0.8f;          // inputs ~ N(0, 1.5): most values are clipped
+  const double err = worst_error(a, a, 9);
+  std::cout << "clip_qkv 0.8: max abs err = " << err << std::endl;
+  EXPECT_LE(err, 1e-5);
+  AttentionSpec unclipped = a;
+  unclipped.clip_qkv = 0.0f;
+  EXPECT_GT(worst_error(unclipped, a, 9), 1e-3);
 }
 
 }  // namespace

@@ -14,13 +14,15 @@ KILN_CAPABILITY("norm.placement", "post");
 KILN_CAPABILITY("norm.placement", "sandwich");
 KILN_CAPABILITY("norm.placement", "parallel");
 KILN_CAPABILITY("norm.placement", "parallel_shared_norm");
+KILN_CAPABILITY("residual.scale", "yes");
 
 DecoderLayer::DecoderLayer(const LayerSpec& spec, int64_t index, int64_t hidden,
                            const WeightMap& weights)
     : index_(index),
       hidden_(hidden),
       placement_(spec.placement),
-      shared_norm_(spec.parallel_shared_norm) {
+      shared_norm_(spec.parallel_shared_norm),
+      residual_scale_(spec.residual_scale) {
   const NormPlacement p = spec.placement;
   auto norm_if = [&](bool present, const std::string& module) {
     return present ? Norm(spec.norm, weights, module, hidden) : Norm();
@@ -103,12 +105,12 @@ void DecoderLayer::forward(float* x, int64_t batch, int64_t tokens, int64_t star
     report(observer, names::attention, attended, batch, tokens, workspace);
     feed_forward(normed, batch, tokens, mlp_out, workspace, observer);
     report(observer, names::mlp, mlp_out, batch, tokens, workspace);
-    for (int64_t i = 0; i < n; ++i) x[i] += attended[i] + mlp_out[i];
+    add_residual(x, attended, mlp_out, n);
     return;
   }
   norm(attention_out_, names::post_attention_norm, attended, attended, nullptr);
   report(observer, names::attention, attended, batch, tokens, workspace);
-  for (int64_t i = 0; i < n; ++i) x[i] += attended[i];
+  add_residual(x, attended, nullptr, n);
 
   const PartName mlp_in_name =
       placement_ == NormPlacement::kSandwich ? names::pre_ffw_norm : names::post_attention_norm;
@@ -116,7 +118,21 @@ void DecoderLayer::forward(float* x, int64_t batch, int64_t tokens, int64_t star
   feed_forward(mlp_normed ? normed : x, batch, tokens, mlp_out, workspace, observer);
   norm(mlp_out_, names::post_ffw_norm, mlp_out, mlp_out, nullptr);
   report(observer, names::mlp, mlp_out, batch, tokens, workspace);
-  for (int64_t i = 0; i < n; ++i) x[i] += mlp_out[i];
+  add_residual(x, mlp_out, nullptr, n);
+}
+
+void DecoderLayer::add_residual(float* x, const float* branch, const float* other,
+                                int64_t n) const {
+  const float s = residual_scale_;
+  if (other && s == 1.0f) {
+    for (int64_t i = 0; i < n; ++i) x[i] += branch[i] + other[i];
+  } else if (other) {
+    for (int64_t i = 0; i < n; ++i) x[i] += branch[i] * s + other[i] * s;
+  } else if (s == 1.0f) {
+    for (int64_t i = 0; i < n; ++i) x[i] += branch[i];
+  } else {
+    for (int64_t i = 0; i < n; ++i) x[i] += branch[i] * s;
+  }
 }
 
 }  // namespace kiln

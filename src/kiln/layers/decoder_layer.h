@@ -61,11 +61,14 @@ class DecoderLayer {
   // norm (`mlp/wo`).
   void feed_forward(const float* x, int64_t batch, int64_t tokens, float* y, Workspace& workspace,
                     const ActivationObserver* observer) const;
+  // x += (branch + other) * residual_scale (other may be null).   x, branch, other: [n]
+  void add_residual(float* x, const float* branch, const float* other, int64_t n) const;
 
   int64_t index_;
   int64_t hidden_;
   NormPlacement placement_;
   bool shared_norm_;
+  float residual_scale_;                                  // LayerSpec::residual_scale
   Norm attention_in_, attention_out_, mlp_in_, mlp_out_;  // kind kNone when absent
   Attention attention_;
   FeedForward mlp_;  // dense MLP or mixture of experts

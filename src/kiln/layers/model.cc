@@ -16,12 +16,14 @@ KILN_CAPABILITY("embedding.scale", "yes");
 KILN_CAPABILITY("embedding.positions", "learned");
 KILN_CAPABILITY("logits.softcap", "yes");
 KILN_CAPABILITY("logits.bias", "yes");
+KILN_CAPABILITY("logits.scale", "yes");
 
 namespace {
 // Rejects model-level features the forward pass does not implement yet.
 void check_implemented(const ModelSpec& spec) {
   const std::string who = "model '" + spec.architecture + "'";
-  check(spec.logit_scale == 1.0f, who + ": logit scaling is not implemented yet");
+  check(std::isfinite(spec.logit_scale) && spec.logit_scale != 0.0f,
+        who + ": logit_scale must be finite and non-zero");
   check(spec.vocab_size > 0 && spec.hidden_size > 0 && spec.num_layers() > 0,
         who + ": vocab_size, hidden_size and the layer count must be positive");
 }
@@ -108,6 +110,10 @@ const float* Model::forward(const int32_t* tokens, int64_t batch, int64_t tokens
   }
   float* logits = workspace.take<float>(batch * out_T * vocab);  // [B, out_T, V]
   lm_head_.forward(head_input, batch * out_T, logits);
+  if (spec_.logit_scale != 1.0f) {  // Cohere multiplies by logit_scale, Granite divides
+    const float scale = spec_.logit_scale;
+    for (int64_t i = 0; i < batch * out_T * vocab; ++i) logits[i] *= scale;
+  }
   if (spec_.final_logit_softcap > 0.0f) {
     const float cap = spec_.final_logit_softcap;
     for (int64_t i = 0; i < batch * out_T * vocab; ++i)

@@ -1,6 +1,7 @@
 #include "kiln/layers/moe.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "kiln/core/error.h"
 #include "kiln/models/capabilities.h"
@@ -14,11 +15,13 @@ KILN_CAPABILITY("moe.shared_experts", "yes");
 KILN_CAPABILITY("moe.dense_layers", "yes");
 KILN_CAPABILITY("moe.router_bias", "yes");
 KILN_CAPABILITY("moe.expert_bias", "yes");
+KILN_CAPABILITY("moe.shared_expert_gate", "yes");
 
 Moe::Moe(const MoeSpec& spec, Activation activation, int64_t hidden, const WeightMap& weights,
          const std::string& module)
     : spec_(spec), hidden_(hidden) {
-  check(!spec.shared_expert_gate, module + ": a gate on the shared experts is not implemented yet");
+  check(!spec.shared_expert_gate || spec.num_shared_experts > 0,
+        module + ": a shared-expert gate needs shared experts");
   check(spec.num_experts > 0 && spec.expert_intermediate > 0,
         module + ": experts and their intermediate size must be positive");
   const int64_t E = spec.num_experts, inner = spec.expert_intermediate;
@@ -53,6 +56,8 @@ Moe::Moe(const MoeSpec& spec, Activation activation, int64_t hidden, const Weigh
   if (spec.num_shared_experts > 0)
     shared_ = Mlp(MlpSpec{spec.shared_intermediate, true, activation, false}, hidden, weights,
                   names::child(module, "shared_experts"));
+  if (spec.shared_expert_gate)
+    shared_gate_ = Linear(weights, names::child(module, "shared_expert_gate"), hidden, 1, false);
 }
 
 void Moe::router_logits(const float* x, int64_t rows, float* logits) const {
@@ -112,6 +117,14 @@ void Moe::forward(const float* x, int64_t rows, float* y, Workspace& workspace) 
   if (spec_.num_shared_experts > 0) {
     float* shared = workspace.take<float>(rows * H);  // [rows, H]
     shared_.forward(x, rows, shared, workspace);
+    if (spec_.shared_expert_gate) {               // Qwen2-MoE: shared * sigmoid(x . w)
+      float* gate = workspace.take<float>(rows);  // [rows, 1]
+      shared_gate_.forward(x, rows, gate);
+      for (int64_t r = 0; r < rows; ++r) {
+        const float g = 1.0f / (1.0f + std::exp(-gate[r]));
+        for (int64_t c = 0; c < H; ++c) shared[r * H + c] *= g;
+      }
+    }
     for (int64_t i = 0; i < rows * H; ++i) y[i] += shared[i];
   }
 }

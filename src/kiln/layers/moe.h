@@ -54,6 +54,7 @@ class Moe {
   std::vector<float> correction_bias_;  // [E] or empty
   std::vector<Mlp> experts_;            // E experts, views of the stacked kernels
   Mlp shared_;                          // used when spec_.num_shared_experts > 0
+  Linear shared_gate_;                  // [1, hidden], used when spec_.shared_expert_gate
 };
 
 }  // namespace kiln

@@ -453,6 +453,7 @@ std::vector<WeightMapping> map_weights_by_names(const ModelSpec& spec, const HfT
       MoeHfNames hf{join(block, n.router), join(block, n.experts),
                     n.expert_gate,         n.expert_up,
                     n.expert_down,         n.shared.empty() ? "" : join(block, n.shared)};
+      if (!n.shared_gate.empty()) hf.shared_gate = join(block, n.shared_gate);
       hf.interleaved_gate_up = n.expert_layout == "input_major_interleaved";
       hf.stacked_input_major = n.expert_layout == "input_major";
       map_moe_weights(layer.moe, hidden, i, hf, source, moe_mappings);

@@ -21,6 +21,7 @@ namespace kiln {
 //   attention.softcap       yes
 //   attention.scale         yes                     softmax scale other than 1/sqrt(head_dim)
 //   attention.sinks         yes                     a learned per-head logit in the softmax
+//   attention.clip_qkv      yes                     q, k, v clamped after projection
 //   attention.temperature_tuning yes
 //   attention.bidirectional yes                     no causal mask
 //   attention.layer_type    <layer_types value>     a kind of layer other than full/sliding
@@ -33,6 +34,7 @@ namespace kiln {
 //   rope.scaling.<name>     yes                     a scaling parameter RopeSpec lacks
 //   norm.kind               rms, rms_one_plus, layernorm, layernorm_no_bias, non_parametric
 //   norm.placement          pre, post, sandwich, parallel, parallel_shared_norm
+//   residual.scale          yes                     branch outputs scaled before the residual add
 //   mlp.kind                gated, plain
 //   mlp.activation          silu, gelu, gelu_tanh, relu, relu_squared, clamped_swiglu, <other>
 //   mlp.bias                yes

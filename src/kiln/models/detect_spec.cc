@@ -59,6 +59,7 @@ class SpecDetector {
       LayerSpec layer;
       layer.norm = norm;
       placement(layer);
+      layer.residual_scale = static_cast<float>(c_.get_double("residual_multiplier", 1.0));
       attention(spec, heads, i, types[i], layer.attention);
       if (!use_rope[i]) no_rope(layer.attention);
       layer.kind = layer.attention.sliding_window > 0 ? LayerKind::kSlidingAttention
@@ -228,6 +229,8 @@ class SpecDetector {
     if (type == "chunked_attention") a.chunk_size = c_.get_int("attention_chunk_size", 8192);
     a.sinks = type_ == "gpt_oss";  // learned per-head sink logits
     a.softcap = static_cast<float>(c_.get_double("attn_logit_softcapping", 0.0));
+    a.clip_qkv = static_cast<float>(c_.get_double("clip_qkv", 0.0));
+    check(a.clip_qkv >= 0.0f, c_.source() + ": key 'clip_qkv' must not be negative");
     if (c_.has("query_pre_attn_scalar") || is({"gemma2"}) || gemma3())
       a.scale = static_cast<float>(
           std::pow(c_.get_double("query_pre_attn_scalar", static_cast<double>(a.head_dim)), -0.5));
@@ -399,10 +402,13 @@ class SpecDetector {
       m.weight_expert_input = true;
       m.num_shared_experts = 1;
       m.shared_intermediate = m.expert_intermediate;
+    } else if (type_ == "phimoe") {  // sparsemixer; its margin is router_jitter_noise
+      m.router = RouterKind::kSparseMixer;
+      m.sparsemixer_eps = static_cast<float>(c_.get_double("router_jitter_noise", 0.01));
     } else {
-      check(method.empty() || method == "greedy",
+      check(method.empty() || method == "greedy" || method == "group_limited_greedy",
             c_.source() + ": key 'topk_method' is '" + method +
-                "'; Kiln's routers: greedy, noaux_tc (sigmoid, group-limited)");
+                "'; Kiln's routers: greedy, group_limited_greedy (softmax), noaux_tc (sigmoid)");
       m.router = RouterKind::kSoftmaxTopK;
     }
     if (type_ == "gpt_oss") {
@@ -412,8 +418,12 @@ class SpecDetector {
     }
     m.norm_topk_prob = c_.get_bool("norm_topk_prob", deepseek);
     m.routed_scaling_factor = c_.get_double("routed_scaling_factor", deepseek ? 2.5 : 1.0);
-    m.n_group = c_.get_int("n_group", 1);
-    m.topk_group = c_.get_int("topk_group", 1);
+    // Groups limit the choice of the sigmoid router and of group_limited_greedy; plain greedy
+    // routing ignores them.
+    if (deepseek || method == "group_limited_greedy") {
+      m.n_group = c_.get_int("n_group", 1);
+      m.topk_group = c_.get_int("topk_group", 1);
+    }
     if (c_.get_int("n_shared_experts", 0) > 0) {
       m.num_shared_experts = c_.get_int("n_shared_experts");
       m.shared_intermediate = m.num_shared_experts * m.expert_intermediate;

@@ -77,6 +77,67 @@ TEST(DetectSpec, EqualsEveryFamilysSpecFieldByField) {
   EXPECT_GE(compared, 40);
 }
 
+// Options real configs state that no fixture has: Granite's μP multipliers, OLMo's clip_qkv,
+// DeepSeek-V2's group_limited_greedy routing, Qwen2-MoE's gated shared expert, and
+// Phi-3.5-MoE's sparsemixer router and LongRoPE magnitudes (its real config).
+TEST(DetectSpec, ReadsOptionsNoFixtureHas) {
+  const Json base = {{"architectures", {"X"}},   {"vocab_size", 64},
+                     {"hidden_size", 16},        {"num_hidden_layers", 2},
+                     {"num_attention_heads", 2}, {"intermediate_size", 32}};
+  auto detect = [&](const std::string& type, Json extra) {
+    Json config = base;
+    config["model_type"] = type;
+    for (auto it = extra.begin(); it != extra.end(); ++it) config[it.key()] = it.value();
+    return detect_spec(HfConfig::from_json(config, type + "/config.json"));
+  };
+  const ModelSpec granite = detect("granite", {{"embedding_multiplier", 12.0},
+                                               {"residual_multiplier", 0.22},
+                                               {"attention_multiplier", 0.0078125},
+                                               {"logits_scaling", 8.0}});
+  EXPECT_EQ(granite.embedding_scale, 12.0f);
+  EXPECT_EQ(granite.logit_scale, 0.125f);
+  for (const LayerSpec& layer : granite.layers) {
+    EXPECT_EQ(layer.residual_scale, 0.22f);
+    EXPECT_EQ(layer.attention.scale, 0.0078125f);
+  }
+  EXPECT_EQ(detect("olmo", {{"clip_qkv", 8.0}}).layers[1].attention.clip_qkv, 8.0f);
+  EXPECT_EQ(detect("olmo", {{"clip_qkv", nullptr}}).layers[1].attention.clip_qkv, 0.0f);
+  EXPECT_THROW(detect("olmo", {{"clip_qkv", -1.0}}), Error);
+
+  const Json v2 = {{"n_routed_experts", 8},
+                   {"num_experts_per_tok", 2},
+                   {"moe_intermediate_size", 8},
+                   {"n_group", 4},
+                   {"topk_group", 2},
+                   {"topk_method", "group_limited_greedy"},
+                   {"routed_scaling_factor", 16.0}};
+  const MoeSpec grouped = detect("deepseek_v2", v2).layers[1].moe;
+  EXPECT_EQ(grouped.router, RouterKind::kSoftmaxTopK);
+  EXPECT_EQ(grouped.n_group, 4);
+  EXPECT_EQ(grouped.topk_group, 2);
+  Json greedy = v2;
+  greedy["topk_method"] = "greedy";  // plain greedy routing ignores the groups
+  EXPECT_EQ(detect("deepseek_v2", greedy).layers[1].moe.n_group, 1);
+
+  const MoeSpec qwen2_moe = detect("qwen2_moe", {{"num_experts", 4},
+                                                 {"num_experts_per_tok", 2},
+                                                 {"moe_intermediate_size", 8},
+                                                 {"shared_expert_intermediate_size", 24}})
+                                .layers[0]
+                                .moe;
+  EXPECT_TRUE(qwen2_moe.shared_expert_gate);
+  EXPECT_EQ(qwen2_moe.shared_intermediate, 24);
+
+  const ModelSpec phimoe = detect_spec(
+      HfConfig::load(test::data_path("hf_configs/microsoft__Phi-3.5-MoE-instruct.json")));
+  EXPECT_EQ(phimoe.layers[0].moe.router, RouterKind::kSparseMixer);
+  EXPECT_EQ(phimoe.layers[0].moe.sparsemixer_eps, 0.01f);
+  EXPECT_NEAR(phimoe.layers[0].attention.rope.short_mscale, 1.243163, 1e-6);
+  EXPECT_NEAR(phimoe.layers[0].attention.rope.long_mscale, 1.243163, 1e-6);
+  EXPECT_EQ(phimoe.layers[0].norm.kind, NormKind::kLayerNorm);
+  EXPECT_TRUE(phimoe.lm_head_bias);
+}
+
 TEST(ModelSpecJson, RoundTripsEveryFixtureSpec) {
   for (const std::string& path : test_configs()) {
     const HfConfig config = HfConfig::load(path);

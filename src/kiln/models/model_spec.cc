@@ -1,5 +1,7 @@
 #include "kiln/models/model_spec.h"
 
+#include <set>
+
 #include "kiln/core/error.h"
 #include "kiln/io/json.h"
 
@@ -80,6 +82,8 @@ const char* router_name(RouterKind router) {
       return "sigmoid_group";
     case RouterKind::kTopKSigmoid:
       return "top_k_sigmoid";
+    case RouterKind::kSparseMixer:
+      return "sparsemixer";
   }
   return "?";
 }
@@ -94,6 +98,16 @@ const char* placement_name(NormPlacement placement) {
       return "sandwich";
     case NormPlacement::kParallel:
       return "parallel";
+  }
+  return "?";
+}
+
+const char* layer_kind_name(LayerKind kind) {
+  switch (kind) {
+    case LayerKind::kFullAttention:
+      return "full_attention";
+    case LayerKind::kSlidingAttention:
+      return "sliding_attention";
   }
   return "?";
 }
@@ -113,305 +127,253 @@ const char* qk_norm_name(QkNormKind kind) {
 }
 
 namespace {
-Json norm_json(const NormSpec& norm) {
-  return {{"kind", norm_kind_name(norm.kind)}, {"eps", norm.eps}};
+// Every ModelSpec field, once: `visit(spec, v)` calls v(key, field) for plain fields,
+// v.enumeration(key, field, name) for enums and v.object(key, field) for nested specs. The
+// writer (to_json) and the reader (from_json) below are its two visitors, so a new field is one
+// line here.
+template <typename Norm, typename V>
+void visit_norm(Norm& n, V& v) {
+  v.enumeration("kind", n.kind, norm_kind_name);
+  v("eps", n.eps);
 }
 
-Json rope_json(const RopeSpec& r) {
-  return {{"type", rope_type_name(r.type)},
-          {"theta", r.theta},
-          {"rotary_dim", r.rotary_dim},
-          {"interleaved", r.interleaved},
-          {"factor", r.factor},
-          {"original_max_position", r.original_max_position},
-          {"max_position", r.max_position},
-          {"beta_fast", r.beta_fast},
-          {"beta_slow", r.beta_slow},
-          {"mscale", r.mscale},
-          {"mscale_all_dim", r.mscale_all_dim},
-          {"attention_factor", r.attention_factor},
-          {"truncate", r.truncate},
-          {"low_freq_factor", r.low_freq_factor},
-          {"high_freq_factor", r.high_freq_factor},
-          {"short_factor", r.short_factor},
-          {"long_factor", r.long_factor}};
+template <typename Rope, typename V>
+void visit_rope(Rope& r, V& v) {
+  v.enumeration("type", r.type, rope_type_name);
+  v("theta", r.theta);
+  v("rotary_dim", r.rotary_dim);
+  v("interleaved", r.interleaved);
+  v("factor", r.factor);
+  v("original_max_position", r.original_max_position);
+  v("max_position", r.max_position);
+  v("beta_fast", r.beta_fast);
+  v("beta_slow", r.beta_slow);
+  v("mscale", r.mscale);
+  v("mscale_all_dim", r.mscale_all_dim);
+  v("attention_factor", r.attention_factor);
+  v("truncate", r.truncate);
+  v("low_freq_factor", r.low_freq_factor);
+  v("high_freq_factor", r.high_freq_factor);
+  v("short_factor", r.short_factor);
+  v("long_factor", r.long_factor);
+  v("short_mscale", r.short_mscale);
+  v("long_mscale", r.long_mscale);
 }
 
-Json layer_json(const LayerSpec& layer) {
-  const AttentionSpec& a = layer.attention;
-  const MoeSpec& m = layer.moe;
-  return {
-      {"kind", layer.kind == LayerKind::kFullAttention ? "full_attention" : "sliding_attention"},
-      {"attention",
-       {{"num_heads", a.num_heads},
-        {"num_kv_heads", a.num_kv_heads},
-        {"head_dim", a.head_dim},
-        {"value_head_dim", a.value_head_dim},
-        {"q_bias", a.q_bias},
-        {"k_bias", a.k_bias},
-        {"v_bias", a.v_bias},
-        {"o_bias", a.o_bias},
-        {"qk_norm", qk_norm_name(a.qk_norm)},
-        {"qk_norm_spec", norm_json(a.qk_norm_spec)},
-        {"sliding_window", a.sliding_window},
-        {"softcap", a.softcap},
-        {"scale", a.scale},
-        {"rope", rope_json(a.rope)},
-        {"q_lora_rank", a.q_lora_rank},
-        {"kv_lora_rank", a.kv_lora_rank},
-        {"qk_nope_head_dim", a.qk_nope_head_dim},
-        {"qk_rope_head_dim", a.qk_rope_head_dim},
-        {"latent_norm", norm_json(a.latent_norm)},
-        {"sinks", a.sinks},
-        {"chunk_size", a.chunk_size},
-        {"temperature_floor_scale", a.temperature_floor_scale},
-        {"temperature_attn_scale", a.temperature_attn_scale}}},
-      {"mlp",
-       {{"intermediate", layer.mlp.intermediate},
-        {"gated", layer.mlp.gated},
-        {"activation", activation_name(layer.mlp.activation)},
-        {"bias", layer.mlp.bias},
-        {"swiglu_limit", layer.mlp.swiglu_limit},
-        {"swiglu_alpha", layer.mlp.swiglu_alpha}}},
-      {"moe",
-       {{"num_experts", m.num_experts},
-        {"top_k", m.top_k},
-        {"expert_intermediate", m.expert_intermediate},
-        {"router", router_name(m.router)},
-        {"norm_topk_prob", m.norm_topk_prob},
-        {"routed_scaling_factor", m.routed_scaling_factor},
-        {"n_group", m.n_group},
-        {"topk_group", m.topk_group},
-        {"score_correction_bias", m.score_correction_bias},
-        {"num_shared_experts", m.num_shared_experts},
-        {"shared_intermediate", m.shared_intermediate},
-        {"shared_expert_gate", m.shared_expert_gate},
-        {"router_bias", m.router_bias},
-        {"expert_bias", m.expert_bias},
-        {"swiglu_limit", m.swiglu_limit},
-        {"swiglu_alpha", m.swiglu_alpha},
-        {"weight_expert_input", m.weight_expert_input}}},
-      {"norm", norm_json(layer.norm)},
-      {"placement", placement_name(layer.placement)},
-      {"parallel_shared_norm", layer.parallel_shared_norm}};
-}
-}  // namespace
-
-Json ModelSpec::to_json() const {
-  Json layer_list = Json::array();
-  for (const LayerSpec& layer : layers) layer_list.push_back(layer_json(layer));
-  return {{"family", family},
-          {"architecture", architecture},
-          {"vocab_size", vocab_size},
-          {"hidden_size", hidden_size},
-          {"max_position_embeddings", max_position_embeddings},
-          {"layers", layer_list},
-          {"embedding_scale", embedding_scale},
-          {"learned_positions", learned_positions},
-          {"tie_word_embeddings", tie_word_embeddings},
-          {"final_norm", norm_json(final_norm)},
-          {"has_final_norm", has_final_norm},
-          {"final_logit_softcap", final_logit_softcap},
-          {"logit_scale", logit_scale},
-          {"lm_head_bias", lm_head_bias},
-          {"bos_token_ids", bos_token_ids},
-          {"eos_token_ids", eos_token_ids}};
+template <typename Attention, typename V>
+void visit_attention(Attention& a, V& v) {
+  v("num_heads", a.num_heads);
+  v("num_kv_heads", a.num_kv_heads);
+  v("head_dim", a.head_dim);
+  v("value_head_dim", a.value_head_dim);
+  v("q_bias", a.q_bias);
+  v("k_bias", a.k_bias);
+  v("v_bias", a.v_bias);
+  v("o_bias", a.o_bias);
+  v.enumeration("qk_norm", a.qk_norm, qk_norm_name);
+  v.object("qk_norm_spec", a.qk_norm_spec, [](auto& n, auto& w) { visit_norm(n, w); });
+  v("sliding_window", a.sliding_window);
+  v("softcap", a.softcap);
+  v("scale", a.scale);
+  v("clip_qkv", a.clip_qkv);
+  v.object("rope", a.rope, [](auto& r, auto& w) { visit_rope(r, w); });
+  v("q_lora_rank", a.q_lora_rank);
+  v("kv_lora_rank", a.kv_lora_rank);
+  v("qk_nope_head_dim", a.qk_nope_head_dim);
+  v("qk_rope_head_dim", a.qk_rope_head_dim);
+  v.object("latent_norm", a.latent_norm, [](auto& n, auto& w) { visit_norm(n, w); });
+  v("sinks", a.sinks);
+  v("chunk_size", a.chunk_size);
+  v("temperature_floor_scale", a.temperature_floor_scale);
+  v("temperature_attn_scale", a.temperature_attn_scale);
 }
 
-namespace {
-// Reads a to_json() object back field by field; every key must be known.
-class SpecReader {
- public:
-  explicit SpecReader(std::string where) : where_(std::move(where)) {}
+template <typename Mlp, typename V>
+void visit_mlp(Mlp& m, V& v) {
+  v("intermediate", m.intermediate);
+  v("gated", m.gated);
+  v.enumeration("activation", m.activation, activation_name);
+  v("bias", m.bias);
+  v("swiglu_limit", m.swiglu_limit);
+  v("swiglu_alpha", m.swiglu_alpha);
+}
 
-  ModelSpec spec(const Json& json) {
-    ModelSpec s;
-    each(json, "", [&](const std::string& k, const std::string& p) {
-      if (k == "layers") {
-        const Json& list = json.at(k);
-        if (!list.is_array()) fail("layers", "must be an array");
-        s.layers.resize(list.size());
-        for (size_t i = 0; i < list.size(); ++i)
-          layer(list[i], "layers[" + std::to_string(i) + "].", s.layers[i]);
-        return true;
-      }
-      return (k == "final_norm" && norm(json.at(k), p + "final_norm.", s.final_norm)) ||
-             read(json, p, k, "family", s.family) ||
-             read(json, p, k, "architecture", s.architecture) ||
-             read(json, p, k, "vocab_size", s.vocab_size) ||
-             read(json, p, k, "hidden_size", s.hidden_size) ||
-             read(json, p, k, "max_position_embeddings", s.max_position_embeddings) ||
-             read(json, p, k, "embedding_scale", s.embedding_scale) ||
-             read(json, p, k, "learned_positions", s.learned_positions) ||
-             read(json, p, k, "tie_word_embeddings", s.tie_word_embeddings) ||
-             read(json, p, k, "has_final_norm", s.has_final_norm) ||
-             read(json, p, k, "final_logit_softcap", s.final_logit_softcap) ||
-             read(json, p, k, "logit_scale", s.logit_scale) ||
-             read(json, p, k, "lm_head_bias", s.lm_head_bias) ||
-             read(json, p, k, "bos_token_ids", s.bos_token_ids) ||
-             read(json, p, k, "eos_token_ids", s.eos_token_ids);
-    });
-    return s;
-  }
+template <typename Moe, typename V>
+void visit_moe(Moe& m, V& v) {
+  v("num_experts", m.num_experts);
+  v("top_k", m.top_k);
+  v("expert_intermediate", m.expert_intermediate);
+  v.enumeration("router", m.router, router_name);
+  v("norm_topk_prob", m.norm_topk_prob);
+  v("routed_scaling_factor", m.routed_scaling_factor);
+  v("n_group", m.n_group);
+  v("topk_group", m.topk_group);
+  v("score_correction_bias", m.score_correction_bias);
+  v("sparsemixer_eps", m.sparsemixer_eps);
+  v("num_shared_experts", m.num_shared_experts);
+  v("shared_intermediate", m.shared_intermediate);
+  v("shared_expert_gate", m.shared_expert_gate);
+  v("router_bias", m.router_bias);
+  v("expert_bias", m.expert_bias);
+  v("swiglu_limit", m.swiglu_limit);
+  v("swiglu_alpha", m.swiglu_alpha);
+  v("weight_expert_input", m.weight_expert_input);
+}
 
- private:
-  // Calls `read(key, path)` for each key of `object` (an object); a key it does not take
-  // (returns false) is an error.
-  template <typename F>
-  void each(const Json& object, const std::string& path, F read_key) {
-    if (!object.is_object())
-      fail(path.empty() ? "spec" : path.substr(0, path.size() - 1), "must be an object");
-    for (auto it = object.begin(); it != object.end(); ++it)
-      if (!read_key(it.key(), path)) fail(path + it.key(), "is not a ModelSpec field");
-  }
-  // Reads `object[key]` into `out` when `k` is `key`.
+template <typename Layer, typename V>
+void visit_layer(Layer& l, V& v) {
+  v.enumeration("kind", l.kind, layer_kind_name);
+  v.object("attention", l.attention, [](auto& a, auto& w) { visit_attention(a, w); });
+  v.object("mlp", l.mlp, [](auto& m, auto& w) { visit_mlp(m, w); });
+  v.object("moe", l.moe, [](auto& m, auto& w) { visit_moe(m, w); });
+  v.object("norm", l.norm, [](auto& n, auto& w) { visit_norm(n, w); });
+  v.enumeration("placement", l.placement, placement_name);
+  v("parallel_shared_norm", l.parallel_shared_norm);
+  v("residual_scale", l.residual_scale);
+}
+
+template <typename Spec, typename V>
+void visit_spec(Spec& s, V& v) {
+  v("family", s.family);
+  v("architecture", s.architecture);
+  v("vocab_size", s.vocab_size);
+  v("hidden_size", s.hidden_size);
+  v("max_position_embeddings", s.max_position_embeddings);
+  v.list("layers", s.layers, [](auto& l, auto& w) { visit_layer(l, w); });
+  v("embedding_scale", s.embedding_scale);
+  v("learned_positions", s.learned_positions);
+  v("tie_word_embeddings", s.tie_word_embeddings);
+  v.object("final_norm", s.final_norm, [](auto& n, auto& w) { visit_norm(n, w); });
+  v("has_final_norm", s.has_final_norm);
+  v("final_logit_softcap", s.final_logit_softcap);
+  v("logit_scale", s.logit_scale);
+  v("lm_head_bias", s.lm_head_bias);
+  v("bos_token_ids", s.bos_token_ids);
+  v("eos_token_ids", s.eos_token_ids);
+}
+
+// to_json(): each field under its key.
+struct Writer {
+  Json& out;
   template <typename T>
-  bool read(const Json& object, const std::string& path, const std::string& k, const char* key,
-            T& out) {
-    if (k != key) return false;
-    const Json& value = object.at(key);
-    try {
-      out = value.get<T>();
-    } catch (const std::exception&) {
-      fail(path + key, "has the wrong type: " + value.dump());
-    }
-    return true;
+  void operator()(const char* key, const T& value) {
+    out[key] = value;
   }
-  // Reads the enum named by `object[key]` (name(E) spells each value) when `k` is `key`.
   template <typename E>
-  bool read_enum(const Json& object, const std::string& path, const std::string& k, const char* key,
-                 E& out, const char* (*name)(E)) {
-    if (k != key) return false;
+  void enumeration(const char* key, const E& value, const char* (*name)(E)) {
+    out[key] = name(value);
+  }
+  template <typename T, typename F>
+  void object(const char* key, const T& value, F visit) {
+    Json inner = Json::object();
+    Writer writer{inner};
+    visit(value, writer);
+    out[key] = std::move(inner);
+  }
+  template <typename T, typename F>
+  void list(const char* key, const std::vector<T>& values, F visit) {
+    Json items = Json::array();
+    for (const T& value : values) {
+      Json inner = Json::object();
+      Writer writer{inner};
+      visit(value, writer);
+      items.push_back(std::move(inner));
+    }
+    out[key] = std::move(items);
+  }
+};
+
+// from_json(): fields absent from the object keep their defaults; an unknown key, a value of
+// the wrong type or an unknown enum name throws, naming the key path.
+class Reader {
+ public:
+  Reader(const Json& in, std::string path, const std::string& where)
+      : in_(in), path_(std::move(path)), where_(where) {
+    if (!in_.is_object())
+      fail(path_.empty() ? "spec" : path_.substr(0, path_.size() - 1), "must be an object");
+  }
+  template <typename T>
+  void operator()(const char* key, T& out) {
+    if (const Json* value = take(key)) {
+      try {
+        out = value->get<T>();
+      } catch (const std::exception&) {
+        fail(path_ + key, "has the wrong type: " + value->dump());
+      }
+    }
+  }
+  template <typename E>
+  void enumeration(const char* key, E& out, const char* (*name)(E)) {
+    const Json* value = take(key);
+    if (!value) return;
     // Enum values are numbered from 0; the name functions answer "?" past the last one.
-    int count = 0;
-    while (std::string(name(static_cast<E>(count))) != "?") ++count;
-    const Json& value = object.at(key);
     std::string known;
-    for (int i = 0; i < count; ++i) {
-      if (value.is_string() && value.get<std::string>() == name(static_cast<E>(i))) {
+    for (int i = 0; std::string(name(static_cast<E>(i))) != "?"; ++i) {
+      if (value->is_string() && value->get<std::string>() == name(static_cast<E>(i))) {
         out = static_cast<E>(i);
-        return true;
+        return;
       }
       known += std::string(known.empty() ? "" : ", ") + name(static_cast<E>(i));
     }
-    fail(path + key, "is " + value.dump() + "; known: " + known);
+    fail(path_ + key, "is " + value->dump() + "; known: " + known);
+  }
+  template <typename T, typename F>
+  void object(const char* key, T& out, F visit) {
+    if (const Json* value = take(key)) {
+      Reader reader(*value, path_ + key + ".", where_);
+      visit(out, reader);
+      reader.finish();
+    }
+  }
+  template <typename T, typename F>
+  void list(const char* key, std::vector<T>& out, F visit) {
+    const Json* value = take(key);
+    if (!value) return;
+    if (!value->is_array()) fail(path_ + key, "must be an array");
+    out.assign(value->size(), T{});
+    for (size_t i = 0; i < value->size(); ++i) {
+      Reader reader((*value)[i], path_ + key + "[" + std::to_string(i) + "].", where_);
+      visit(out[i], reader);
+      reader.finish();
+    }
+  }
+  // Every key of the object must have been a field.
+  void finish() const {
+    for (auto it = in_.begin(); it != in_.end(); ++it)
+      if (!taken_.count(it.key())) fail(path_ + it.key(), "is not a ModelSpec field");
+  }
+
+ private:
+  const Json* take(const char* key) {
+    auto it = in_.find(key);
+    if (it == in_.end()) return nullptr;
+    taken_.insert(key);
+    return &*it;
   }
   [[noreturn]] void fail(const std::string& key, const std::string& what) const {
     throw Error(where_ + ": key '" + key + "' " + what);
   }
 
-  bool norm(const Json& json, const std::string& path, NormSpec& out) {
-    each(json, path, [&](const std::string& k, const std::string& p) {
-      return read_enum(json, p, k, "kind", out.kind, norm_kind_name) ||
-             read(json, p, k, "eps", out.eps);
-    });
-    return true;
-  }
-
-  bool rope(const Json& json, const std::string& path, RopeSpec& r) {
-    each(json, path, [&](const std::string& k, const std::string& p) {
-      return read_enum(json, p, k, "type", r.type, rope_type_name) ||
-             read(json, p, k, "theta", r.theta) || read(json, p, k, "rotary_dim", r.rotary_dim) ||
-             read(json, p, k, "interleaved", r.interleaved) ||
-             read(json, p, k, "factor", r.factor) ||
-             read(json, p, k, "original_max_position", r.original_max_position) ||
-             read(json, p, k, "max_position", r.max_position) ||
-             read(json, p, k, "beta_fast", r.beta_fast) ||
-             read(json, p, k, "beta_slow", r.beta_slow) || read(json, p, k, "mscale", r.mscale) ||
-             read(json, p, k, "mscale_all_dim", r.mscale_all_dim) ||
-             read(json, p, k, "attention_factor", r.attention_factor) ||
-             read(json, p, k, "truncate", r.truncate) ||
-             read(json, p, k, "low_freq_factor", r.low_freq_factor) ||
-             read(json, p, k, "high_freq_factor", r.high_freq_factor) ||
-             read(json, p, k, "short_factor", r.short_factor) ||
-             read(json, p, k, "long_factor", r.long_factor);
-    });
-    return true;
-  }
-
-  void layer(const Json& json, const std::string& path, LayerSpec& layer) {
-    each(json, path, [&](const std::string& k, const std::string& p) {
-      if (k == "kind") {
-        const Json& kind = json.at("kind");
-        if (kind != "full_attention" && kind != "sliding_attention")
-          fail(p + "kind", "is " + kind.dump() + "; known: full_attention, sliding_attention");
-        layer.kind =
-            kind == "full_attention" ? LayerKind::kFullAttention : LayerKind::kSlidingAttention;
-        return true;
-      }
-      return (k == "attention" && attention(json.at(k), p + "attention.", layer.attention)) ||
-             (k == "mlp" && mlp(json.at(k), p + "mlp.", layer.mlp)) ||
-             (k == "moe" && moe(json.at(k), p + "moe.", layer.moe)) ||
-             (k == "norm" && norm(json.at(k), p + "norm.", layer.norm)) ||
-             read_enum(json, p, k, "placement", layer.placement, placement_name) ||
-             read(json, p, k, "parallel_shared_norm", layer.parallel_shared_norm);
-    });
-  }
-
-  bool attention(const Json& json, const std::string& path, AttentionSpec& a) {
-    each(json, path, [&](const std::string& k, const std::string& p) {
-      return read_enum(json, p, k, "qk_norm", a.qk_norm, qk_norm_name) ||
-             (k == "qk_norm_spec" && norm(json.at(k), p + k + ".", a.qk_norm_spec)) ||
-             (k == "latent_norm" && norm(json.at(k), p + k + ".", a.latent_norm)) ||
-             (k == "rope" && rope(json.at(k), p + k + ".", a.rope)) ||
-             read(json, p, k, "num_heads", a.num_heads) ||
-             read(json, p, k, "num_kv_heads", a.num_kv_heads) ||
-             read(json, p, k, "head_dim", a.head_dim) ||
-             read(json, p, k, "value_head_dim", a.value_head_dim) ||
-             read(json, p, k, "q_bias", a.q_bias) || read(json, p, k, "k_bias", a.k_bias) ||
-             read(json, p, k, "v_bias", a.v_bias) || read(json, p, k, "o_bias", a.o_bias) ||
-             read(json, p, k, "sliding_window", a.sliding_window) ||
-             read(json, p, k, "softcap", a.softcap) || read(json, p, k, "scale", a.scale) ||
-             read(json, p, k, "q_lora_rank", a.q_lora_rank) ||
-             read(json, p, k, "kv_lora_rank", a.kv_lora_rank) ||
-             read(json, p, k, "qk_nope_head_dim", a.qk_nope_head_dim) ||
-             read(json, p, k, "qk_rope_head_dim", a.qk_rope_head_dim) ||
-             read(json, p, k, "sinks", a.sinks) || read(json, p, k, "chunk_size", a.chunk_size) ||
-             read(json, p, k, "temperature_floor_scale", a.temperature_floor_scale) ||
-             read(json, p, k, "temperature_attn_scale", a.temperature_attn_scale);
-    });
-    return true;
-  }
-
-  bool mlp(const Json& json, const std::string& path, MlpSpec& m) {
-    each(json, path, [&](const std::string& k, const std::string& p) {
-      return read_enum(json, p, k, "activation", m.activation, activation_name) ||
-             read(json, p, k, "intermediate", m.intermediate) ||
-             read(json, p, k, "gated", m.gated) || read(json, p, k, "bias", m.bias) ||
-             read(json, p, k, "swiglu_limit", m.swiglu_limit) ||
-             read(json, p, k, "swiglu_alpha", m.swiglu_alpha);
-    });
-    return true;
-  }
-
-  bool moe(const Json& json, const std::string& path, MoeSpec& m) {
-    each(json, path, [&](const std::string& k, const std::string& p) {
-      return read_enum(json, p, k, "router", m.router, router_name) ||
-             read(json, p, k, "num_experts", m.num_experts) || read(json, p, k, "top_k", m.top_k) ||
-             read(json, p, k, "expert_intermediate", m.expert_intermediate) ||
-             read(json, p, k, "norm_topk_prob", m.norm_topk_prob) ||
-             read(json, p, k, "routed_scaling_factor", m.routed_scaling_factor) ||
-             read(json, p, k, "n_group", m.n_group) ||
-             read(json, p, k, "topk_group", m.topk_group) ||
-             read(json, p, k, "score_correction_bias", m.score_correction_bias) ||
-             read(json, p, k, "num_shared_experts", m.num_shared_experts) ||
-             read(json, p, k, "shared_intermediate", m.shared_intermediate) ||
-             read(json, p, k, "shared_expert_gate", m.shared_expert_gate) ||
-             read(json, p, k, "router_bias", m.router_bias) ||
-             read(json, p, k, "expert_bias", m.expert_bias) ||
-             read(json, p, k, "swiglu_limit", m.swiglu_limit) ||
-             read(json, p, k, "swiglu_alpha", m.swiglu_alpha) ||
-             read(json, p, k, "weight_expert_input", m.weight_expert_input);
-    });
-    return true;
-  }
-
-  std::string where_;
+  const Json& in_;
+  std::string path_;
+  const std::string& where_;
+  std::set<std::string> taken_;
 };
 }  // namespace
 
+Json ModelSpec::to_json() const {
+  Json out = Json::object();
+  Writer writer{out};
+  visit_spec(*this, writer);
+  return out;
+}
+
 ModelSpec ModelSpec::from_json(const Json& json, const std::string& where) {
-  return SpecReader(where).spec(json);
+  ModelSpec spec;
+  Reader reader(json, "", where);
+  visit_spec(spec, reader);
+  reader.finish();
+  return spec;
 }
 
 }  // namespace kiln

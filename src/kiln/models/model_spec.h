@@ -51,6 +51,10 @@ struct RopeSpec {
   double low_freq_factor = 1.0, high_freq_factor = 4.0;
   // longrope
   std::vector<double> short_factor, long_factor;
+  // LongRoPE with explicit magnitudes (Phi-3.5-MoE): cos and sin are multiplied by short_mscale
+  // while the sequence fits original_max_position, else by long_mscale, instead of the factor
+  // derived from `factor` (0 = unset).
+  double short_mscale = 0.0, long_mscale = 0.0;
 };
 
 enum class QkNormKind {
@@ -73,6 +77,7 @@ struct AttentionSpec {
   int64_t sliding_window = 0;  // 0 = full causal attention
   float softcap = 0.0f;        // attention logit soft-capping (0 = off)
   float scale = 0.0f;          // softmax scale (0 = 1/sqrt(head_dim))
+  float clip_qkv = 0.0f;  // clamp q, k and v to [-clip_qkv, clip_qkv] after projection (0 = off)
   RopeSpec rope;
   // Multi-head latent attention (DeepSeek-V2/V3); all zero when not MLA. Then head_dim is
   // qk_nope_head_dim + qk_rope_head_dim, value_head_dim the value size, rope applies to the
@@ -114,6 +119,7 @@ enum class RouterKind {
   kTopKSoftmax,   // top-k logits, softmax over them (Mixtral)
   kSigmoidGroup,  // sigmoid scores, bias-corrected selection, group limit (DeepSeek-V3)
   kTopKSigmoid,   // top-k logits, sigmoid of each (Llama 4)
+  kSparseMixer,   // Phi-3.5-MoE's top-2 sparsemixer at inference (MoeSpec::sparsemixer_eps)
 };
 
 struct MoeSpec {
@@ -123,11 +129,19 @@ struct MoeSpec {
   RouterKind router = RouterKind::kSoftmaxTopK;
   bool norm_topk_prob = false;
   double routed_scaling_factor = 1.0;
+  // Groups of experts: kSigmoidGroup ranks groups by the sum of their two best biased scores;
+  // kSoftmaxTopK with n_group > 1 is DeepSeek-V2's group_limited_greedy (groups ranked by their
+  // best score). Only the experts of the topk_group best groups can be chosen.
   int64_t n_group = 1, topk_group = 1;
   bool score_correction_bias = false;
+  // kSparseMixer: an expert is masked out of a pick's softmax when
+  // (best - score) / max(|score|, best) > 2 * sparsemixer_eps (router_jitter_noise).
+  float sparsemixer_eps = 0.0f;
   int64_t num_shared_experts = 0;
   int64_t shared_intermediate = 0;  // total intermediate size of the shared expert(s)
-  bool shared_expert_gate = false;  // Qwen2-MoE-style sigmoid gate on the shared expert
+  // Qwen2-MoE: the shared expert's output times sigmoid(x . w), w = `shared_expert_gate` [1,
+  // hidden].
+  bool shared_expert_gate = false;
   // Llama 4: the routing weight multiplies the expert's input, not its output.
   bool weight_expert_input = false;
   bool enabled() const { return num_experts > 0; }
@@ -158,6 +172,8 @@ struct LayerSpec {
   // Parallel blocks: whether the MLP branch has its own norm (GPT-NeoX) or shares the
   // attention's (Falcon-7B, Phi).
   bool parallel_shared_norm = false;
+  // Granite's residual_multiplier: each branch's output is scaled before it joins the residual.
+  float residual_scale = 1.0f;
 };
 
 struct ModelSpec {
@@ -202,5 +218,6 @@ const char* rope_type_name(RopeType type);
 const char* router_name(RouterKind router);
 const char* placement_name(NormPlacement placement);
 const char* qk_norm_name(QkNormKind kind);
+const char* layer_kind_name(LayerKind kind);
 
 }  // namespace kiln

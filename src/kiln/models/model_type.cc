@@ -17,6 +17,8 @@ NormConvention ModelType::norm(const HfConfig& config) const {
     n.kind = NormKind::kNonParametric;
   } else if (type_ == "cohere") {
     n.kind = NormKind::kLayerNormNoBias;
+  } else if (type_ == "phimoe") {  // nn.LayerNorm with bias, its eps named rms_norm_eps
+    n.kind = NormKind::kLayerNorm;
   } else if (config.has("norm_type")) {
     n.by_norm_type = true;
     n.kind = config.get_string("norm_type").find("rms") != std::string::npos ? NormKind::kRms

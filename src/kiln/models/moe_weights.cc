@@ -133,6 +133,15 @@ void map_moe_weights(const MoeSpec& spec, int64_t hidden, int64_t layer, const M
                         {hidden, S},
                         {}});
   }
+  if (spec.shared_expert_gate) {
+    check(!hf.shared_gate.empty(),
+          "layer " + std::to_string(layer) +
+              ": the MoE block has a shared-expert gate but no name for it");
+    mappings.push_back({names::kernel(names::child(module, "shared_expert_gate")),
+                        {hf.shared_gate + ".weight"},
+                        {1, hidden},
+                        {}});
+  }
 }
 
 }  // namespace kiln

@@ -18,6 +18,9 @@ struct MoeHfNames {
   // The per-expert projections, `<experts>.<e>.<name>.weight` ("w1", "w3", "w2" in Mixtral).
   std::string gate = "gate_proj", up = "up_proj", down = "down_proj";
   std::string shared;  // the shared experts' module ("" when none), with gate/up/down_proj
+  // Qwen2-MoE's gate on the shared expert (`<shared_gate>.weight` [1, hidden]), mapped when
+  // spec.shared_expert_gate.
+  std::string shared_gate = {};
   // gpt-oss's stacked experts, as inputs-first matrices: `<experts>.gate_up_proj`
   // [E, hidden, 2 I] whose columns alternate gate, up (gate_up[..., ::2] is the gate),
   // `<experts>.down_proj` [E, I, hidden]; with spec.expert_bias also

@@ -181,6 +181,8 @@ RopeSpec rope_spec_from_config(const HfConfig& config, const std::string& layer_
         spec.truncate = reader.boolean("truncate", true);
       } else {
         spec.short_factor = reader.numbers("short_factor");
+        spec.short_mscale = reader.number("short_mscale", 0.0);
+        spec.long_mscale = reader.number("long_mscale", 0.0);
         spec.long_factor = reader.numbers("long_factor");
         const size_t pairs = static_cast<size_t>(spec.rotary_dim / 2);
         if (spec.short_factor.size() != pairs)

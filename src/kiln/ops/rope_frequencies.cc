@@ -151,7 +151,9 @@ RopeFrequencies longrope(const RopeSpec& rope, int64_t dim, int64_t sequence_len
   out.inv_freq.resize(powers.size());  // [dim / 2]
   for (size_t k = 0; k < powers.size(); ++k)
     out.inv_freq[k] = 1.0f / (static_cast<float>(factors[k]) * powers[k]);
-  double scaling = rope.attention_factor;
+  // Explicit magnitudes (Phi-3.5-MoE) take the place of the derived factor.
+  const double mscale = long_sequence ? rope.long_mscale : rope.short_mscale;
+  double scaling = mscale > 0 ? mscale : rope.attention_factor;
   if (scaling == 0) {
     scaling = rope.factor <= 1.0
                   ? 1.0

@@ -165,6 +165,11 @@ TEST(RopeFrequencies, LongRopeChoosesFactorsByLength) {
   EXPECT_EQ(rope_frequency_key(rope, 1), rope_frequency_key(rope, 16));
   EXPECT_NE(rope_frequency_key(rope, 16), rope_frequency_key(rope, 17));
   EXPECT_EQ(rope_frequency_key(rope, 17), rope_frequency_key(rope, 1000));
+  // Phi-3.5-MoE's explicit magnitudes replace the derived factor, by length.
+  rope.short_mscale = 1.25;
+  rope.long_mscale = 1.5;
+  EXPECT_EQ(rope_frequencies(rope, 16, 16).attention_scaling, 1.25f);
+  EXPECT_EQ(rope_frequencies(rope, 16, 17).attention_scaling, 1.5f);
   rope.long_factor.pop_back();
   EXPECT_THROW(rope_frequencies(rope, 16, 17), Error);
 }

@@ -18,6 +18,8 @@ KILN_CAPABILITY("moe.router", "topk_softmax");
 KILN_CAPABILITY("moe.router", "softmax_topk");
 KILN_CAPABILITY("moe.router", "sigmoid_group");
 KILN_CAPABILITY("moe.router", "topk_sigmoid");
+KILN_CAPABILITY("moe.router", "softmax_group");
+KILN_CAPABILITY("moe.router", "sparsemixer");
 KILN_CAPABILITY("moe.groups", "yes");
 KILN_CAPABILITY("moe.routed_scaling", "yes");
 
@@ -28,7 +30,11 @@ void check_settings(const MoeSpec& spec) {
   if (spec.top_k < 1 || spec.top_k > experts)
     throw Error("router: top_k " + std::to_string(spec.top_k) + " must be in [1, " +
                 std::to_string(experts) + "]");
-  if (spec.router != RouterKind::kSigmoidGroup) return;
+  if (spec.router == RouterKind::kSparseMixer && spec.top_k != 2)
+    throw Error("router: sparsemixer picks 2 experts, not top_k " + std::to_string(spec.top_k));
+  if (spec.router != RouterKind::kSigmoidGroup &&
+      !(spec.router == RouterKind::kSoftmaxTopK && spec.n_group > 1))
+    return;
   if (spec.n_group < 1 || experts % spec.n_group != 0)
     throw Error("router: n_group " + std::to_string(spec.n_group) + " does not divide " +
                 std::to_string(experts) + " experts");
@@ -84,6 +90,43 @@ void choose_in_groups(const MoeSpec& spec, const float* correction_bias,
   top_k(scratch.masked, experts, spec.top_k, chosen);
 }
 
+// DeepSeek-V2's group_limited_greedy for one token: the k best scores inside the topk_group
+// groups with the best maximum score.   chosen: [top_k] (out)
+void choose_in_best_groups(const MoeSpec& spec, const RoutingScratch& scratch, int64_t* chosen) {
+  const int64_t experts = spec.num_experts, group_size = experts / spec.n_group;
+  for (int64_t g = 0; g < spec.n_group; ++g) {
+    const float* members = scratch.scores + g * group_size;  // [group_size]
+    scratch.group_scores[g] = *std::max_element(members, members + group_size);
+  }
+  std::fill(scratch.masked, scratch.masked + experts, 0.0f);
+  top_k(scratch.group_scores, spec.n_group, spec.topk_group, scratch.best);
+  for (int64_t j = 0; j < spec.topk_group; ++j) {
+    const int64_t g = scratch.best[j];
+    std::copy_n(scratch.scores + g * group_size, group_size, scratch.masked + g * group_size);
+  }
+  top_k(scratch.masked, experts, spec.top_k, chosen);
+}
+
+// One pick of Phi-3.5-MoE's sparsemixer at inference: the best of `scores` (those at -inf
+// excluded) and its softmax weight among the experts within the jitter margin of it, the
+// margin measured against `reference` (the unmasked logits).
+//   scores, reference: [E]
+void sparsemixer_pick(const float* scores, const float* reference, int64_t experts, float eps,
+                      int64_t* chosen, float* weight) {
+  int64_t best = 0;
+  for (int64_t e = 1; e < experts; ++e)
+    if (scores[e] > scores[best]) best = e;
+  const float top = scores[best];
+  float sum = 0.0f;
+  for (int64_t e = 0; e < experts; ++e) {
+    const float factor = std::max(std::fabs(reference[e]), top);
+    const bool masked = (top - reference[e]) / factor > 2.0f * eps;
+    if (!masked && scores[e] != -INFINITY) sum += std::exp(scores[e] - top);
+  }
+  *chosen = best;
+  *weight = 1.0f / sum;
+}
+
 }  // namespace
 
 void route_tokens(const MoeSpec& spec, const float* logits, const float* correction_bias,
@@ -108,9 +151,19 @@ void route_tokens(const MoeSpec& spec, const float* logits, const float* correct
         for (int64_t j = 0; j < k; ++j) weight[j] = 1.0f / (1.0f + std::exp(-row[chosen[j]]));
         break;
       }
+      case RouterKind::kSparseMixer: {
+        sparsemixer_pick(row, row, E, spec.sparsemixer_eps, chosen, weight);
+        std::copy_n(row, E, scratch.masked);
+        scratch.masked[chosen[0]] = -INFINITY;
+        sparsemixer_pick(scratch.masked, row, E, spec.sparsemixer_eps, chosen + 1, weight + 1);
+        break;
+      }
       case RouterKind::kSoftmaxTopK: {
         softmax(row, scratch.scores, 1, E);
-        top_k(scratch.scores, E, k, chosen);
+        if (spec.n_group > 1)
+          choose_in_best_groups(spec, scratch, chosen);
+        else
+          top_k(scratch.scores, E, k, chosen);
         float sum = 0.0f;
         for (int64_t j = 0; j < k; ++j) {
           weight[j] = scratch.scores[chosen[j]];

@@ -12,7 +12,13 @@ namespace kiln::ops {
 //   kTopKSoftmax   the k largest logits, softmax over those k (Mixtral)
 //   kTopKSigmoid   the k largest logits, sigmoid of each (Llama 4)
 //   kSoftmaxTopK   softmax over every expert, the k largest probabilities, renormalized to
-//                  sum to 1 when spec.norm_topk_prob (Qwen-MoE)
+//                  sum to 1 when spec.norm_topk_prob (Qwen-MoE); with spec.n_group > 1 only
+//                  the experts of the spec.topk_group groups with the best maximum probability
+//                  can be chosen (DeepSeek-V2's group_limited_greedy)
+//   kSparseMixer   two picks (Phi-3.5-MoE at inference): the best logit m, weighted by its
+//                  softmax among the experts e with (m - l_e) / max(|l_e|, m) <= 2 eps
+//                  (eps = spec.sparsemixer_eps); then the same without the first pick (the
+//                  margin still measured on every logit)
 //   kSigmoidGroup  scores s = sigmoid(logit); experts are *chosen* by s + correction_bias:
 //                  the experts form spec.n_group equal groups, a group is ranked by the sum
 //                  of its two best biased scores, the spec.topk_group best groups are kept
