@@ -1,4 +1,5 @@
 #include "kiln/analyze/analyze.h"
+#include "kiln/models/language_model.h"
 
 #include <map>
 #include <memory>
@@ -171,15 +172,10 @@ Analysis analyze_config(const std::string& path) {
   Analysis a;
   a.config_path = path;
   HfConfig outer = HfConfig::load(path);
-  const Json& text_json = outer.get("text_config");
   std::unique_ptr<HfConfig> text_holder;
-  if (text_json.is_object()) {
-    // Settings a sparse text_config leaves to the wrapper.
-    Json merged = text_json;
-    for (const char* key : kInheritedKeys)
-      if (!merged.contains(key) && outer.json().contains(key)) merged[key] = outer.json()[key];
-    text_holder = std::make_unique<HfConfig>(
-        HfConfig::from_json(std::move(merged), outer.source() + ": text_config"));
+  if (std::optional<HfConfig> text = language_model_config(outer)) {
+    // With the wrapper's settings and the text config class's defaults where it is sparse.
+    text_holder = std::make_unique<HfConfig>(std::move(*text));
     a.text_model = "text_config";
   }
   const bool wrapper = text_holder != nullptr;
@@ -207,10 +203,14 @@ Analysis analyze_config(const std::string& path) {
   }
   outer.mark_read(tower_keys);
   if (!towers.empty())
-    features.insert(features.begin(), Feature{"multimodal", towers + ": not analyzed",
-                                              FeatureKind::kSwitch, tower_keys, true});
+    features.insert(features.begin(),
+                    Feature{"multimodal", towers + ": not run (Kiln runs the language model)",
+                            FeatureKind::kSwitch, tower_keys, true});
 
   FamilyResult family = build_with_family(outer, text, wrapper);
+  // A spec for the wrapper's language model runs it; the towers are set aside when loading
+  // (LanguageModelSource), which the multimodal row says.
+  if (family.values && !towers.empty()) (*family.values)["multimodal"] = features.front().value;
   if (family.family && family.error.empty()) a.family = family.family->name();
   a.generic_route = family.generic;
   a.features.push_back(architecture_report(a, family, wrapper));

@@ -185,7 +185,12 @@ TEST(Analyze, WrapperAnalyzesItsTextModel) {
   EXPECT_EQ(report["text_model"], "text_config");
   const Json* multimodal = find_feature(report, "multimodal");
   ASSERT_NE(multimodal, nullptr);
-  EXPECT_EQ((*multimodal)["status"], "missing");
+  // The language model runs (family gemma3); the SigLIP tower is set aside.
+  EXPECT_EQ((*multimodal)["status"], "supported");
+  EXPECT_NE((*multimodal)["value"].get<std::string>().find("not run"), std::string::npos);
+  EXPECT_EQ(report["family"], "gemma3");
+  EXPECT_EQ(exit_code, 0);
+  EXPECT_EQ((*find_feature(report, "vocabulary"))["value"], "262208");  // Gemma3TextConfig's
   EXPECT_EQ((*find_feature(report, "attention.sliding_window"))["value"],
             "window 1024 on 52 of 62 layers, repeating SSSSSF");
   EXPECT_EQ((*find_feature(report, "attention.scale"))["value"], "1/sqrt(168)");

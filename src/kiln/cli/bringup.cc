@@ -19,6 +19,7 @@
 #include "kiln/io/kiln_checkpoint.h"
 #include "kiln/layers/model.h"
 #include "kiln/models/detect_spec.h"
+#include "kiln/models/language_model.h"
 #include "kiln/models/loader.h"
 #include "kiln/runtime/generator.h"
 #include "kiln/tokenizer/tokenizer.h"
@@ -146,7 +147,7 @@ class BringupCommand : public Command {
                              std::vector<Decision>& decisions) const {
     try {
       const HfConfig config = HfConfig::load(model_path_);
-      const std::unique_ptr<TensorSource> source = open_tensor_source(model_path_);
+      const std::unique_ptr<TensorSource> source = open_model_source(model_path_, config);
       AutoFamily family;
       ModelSpec spec = family.build_spec(config);
       family.refine_spec(spec, *source);

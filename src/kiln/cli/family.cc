@@ -14,6 +14,7 @@
 #include "kiln/models/auto_family.h"
 #include "kiln/models/detect_spec.h"
 #include "kiln/models/family_file.h"
+#include "kiln/models/language_model.h"
 
 namespace kiln::cli {
 
@@ -75,7 +76,7 @@ class FamilyCommand : public Command {
   // says whether the tensor names map every tensor as the family does.
   std::string describe_on_model(const Family& family, Json& out) const {
     const HfConfig config = HfConfig::load(model_);
-    const std::unique_ptr<TensorSource> source = open_tensor_source(model_);
+    const std::unique_ptr<TensorSource> source = open_model_source(model_, config);
     ModelSpec spec = family.build_spec(config);
     family.refine_spec(spec, *source);
     const HfTensorNames names = discover_tensor_names(spec, *source, config.model_type());

@@ -1,4 +1,5 @@
 #include "kiln/convert/hf_to_kiln.h"
+#include "kiln/models/language_model.h"
 
 #include <filesystem>
 #include <map>
@@ -87,7 +88,8 @@ void convert_hf_to_kiln(const std::string& source_dir, const std::string& destin
   spec.family = family.name();
   // Mapped, not resident: every borrowed tensor of the source is then a view of a file
   // mapping, whose pages are dropped once used (release_borrowed_inputs below).
-  const std::unique_ptr<TensorSource> source = open_tensor_source(source_dir, Residency::kMapped);
+  const std::unique_ptr<TensorSource> source =
+      open_model_source(source_dir, config, Residency::kMapped);
   family.refine_spec(spec, *source);
   const std::vector<WeightMapping> mappings = family.map_weights(spec, *source);
 

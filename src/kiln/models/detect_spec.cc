@@ -6,6 +6,7 @@
 
 #include "kiln/core/error.h"
 #include "kiln/models/config_to_spec.h"
+#include "kiln/models/language_model.h"
 #include "kiln/models/model_type.h"
 #include "kiln/models/rope_config.h"
 
@@ -444,14 +445,8 @@ class SpecDetector {
 ModelSpec detect_spec(const HfConfig& config) {
   // A multimodal wrapper (Llama 4, Gemma 3, ...): its language model, from text_config with the
   // wrapper's token ids. The vision tower is not run.
-  const Json& text = config.get("text_config");
-  if (text.is_object() && !config.has("hidden_size") && !config.has("num_hidden_layers")) {
-    Json merged = text;
-    for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings"})
-      if (!merged.contains(key) && config.has(key)) merged[key] = config.get(key);
-    const HfConfig text_config =
-        HfConfig::from_json(std::move(merged), config.source() + ": text_config");
-    ModelSpec spec = SpecDetector(text_config).run();
+  if (const std::optional<HfConfig> text_config = language_model_config(config)) {
+    ModelSpec spec = SpecDetector(*text_config).run();
     spec.architecture = config.architecture();
     return spec;
   }

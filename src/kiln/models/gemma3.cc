@@ -1,7 +1,9 @@
 // Gemma 3 (text): like Gemma 2, except per-head QK norms (RMSNorm with 1 + w), a RoPE of its
 // own for sliding layers (local base, no scaling), sliding layers five out of six by
 // default, and no soft-capping unless the config asks for it.
+#include "kiln/core/error.h"
 #include "kiln/models/gemma.h"
+#include "kiln/models/language_model.h"
 #include "kiln/models/rope_config.h"
 
 namespace kiln {
@@ -44,5 +46,33 @@ class Gemma3TextFamily : public Gemma2Family {
 };
 
 KILN_FAMILY(Gemma3TextFamily);
+
+// Gemma3ForConditionalGeneration (model_type gemma3): its language model, from `text_config`
+// with Gemma3TextConfig's defaults and the tensors under the wrapper's language_model read by a
+// LanguageModelSource (Kiln runs the text model; the SigLIP tower is set aside).
+class Gemma3Family : public Gemma3TextFamily {
+ public:
+  std::string name() const override { return "gemma3"; }
+  std::vector<std::string> architectures() const override {
+    return {"Gemma3ForConditionalGeneration"};
+  }
+  std::vector<std::string> model_types() const override { return {"gemma3"}; }
+  ModelSpec build_spec(const HfConfig& config) const override {
+    const std::optional<HfConfig> text_config = language_model_config(config);
+    check(text_config.has_value(),
+          config.source() + ": key 'text_config' must be an object holding the language model");
+    ModelSpec spec = Gemma3TextFamily::build_spec(*text_config);
+    spec.architecture = config.architecture();
+    return spec;
+  }
+  HfModuleNames hf_modules(const ModelSpec& spec) const override {
+    HfModuleNames names = Gemma3TextFamily::hf_modules(spec);
+    for (std::string* name : {&names.embedding, &names.layers, &names.final_norm})
+      *name = "model.language_model." + name->substr(std::string("model.").size());
+    return names;
+  }
+};
+
+KILN_FAMILY(Gemma3Family);
 
 }  // namespace kiln

@@ -15,10 +15,12 @@
 //   - the feed-forward block is named `feed_forward`, its router `router`, its stacked experts
 //     `experts.gate_up_proj` [E, hidden, 2 I] and `experts.down_proj` [E, I, hidden].
 // Llama4ForConditionalGeneration (model_type llama4): its language model, from `text_config`
-// and the tensors under `language_model.` (Kiln runs the text model only).
+// and the tensors under `language_model.` read by a LanguageModelSource (Kiln runs the text
+// model only).
 #include <set>
 
 #include "kiln/core/error.h"
+#include "kiln/models/language_model.h"
 #include "kiln/models/llama.h"
 #include "kiln/models/moe_weights.h"
 
@@ -32,10 +34,6 @@ class Llama4TextFamily : public LlamaFamily {
 
   HfModuleNames hf_modules(const ModelSpec&) const override {
     HfModuleNames names;
-    names.embedding = prefix() + names.embedding;
-    names.layers = prefix() + names.layers;
-    names.final_norm = prefix() + names.final_norm;
-    names.lm_head = prefix() + names.lm_head;
     // One weightless qk_norm module normalizes queries, then keys; the reference keeps its
     // first call (the queries, after RoPE).
     names.attention_parts = {{"query", "q_proj"},
@@ -52,11 +50,8 @@ class Llama4TextFamily : public LlamaFamily {
   }
 
  protected:
-  // Where the checkpoint keeps the text model's tensors and modules ("" or "language_model.").
-  virtual std::string prefix() const { return ""; }
-
   std::string hf_name(const std::string& llama_name) const override {
-    return prefix() + replace_parts(llama_name, {{".mlp.", ".feed_forward."}});
+    return replace_parts(llama_name, {{".mlp.", ".feed_forward."}});
   }
 
   void apply_differences(const HfConfig& config, ModelSpec& spec) const override {
@@ -148,7 +143,7 @@ class Llama4TextFamily : public LlamaFamily {
                        std::vector<WeightMapping>& mappings) const override {
     if (!spec.layers[i].moe.enabled())
       return LlamaFamily::map_mlp_weights(spec, i, source, mappings);
-    const std::string block = prefix() + "model.layers." + std::to_string(i) + ".feed_forward";
+    const std::string block = "model.layers." + std::to_string(i) + ".feed_forward";
     MoeHfNames hf{block + ".router", block + ".experts", "gate_proj",
                   "up_proj",         "down_proj",        block + ".shared_expert"};
     hf.stacked_input_major = true;
@@ -168,20 +163,21 @@ class Llama4Family : public Llama4TextFamily {
   // The text model's spec from `text_config`, which takes the token ids and embedding tying
   // from the wrapper when it lacks them.
   ModelSpec build_spec(const HfConfig& config) const override {
-    const Json& text = config.get("text_config");
-    check(text.is_object(), config.source() + ": key 'text_config' must be an object");
-    Json merged = text;
-    for (const char* key : {"bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings"})
-      if (!merged.contains(key) && config.has(key)) merged[key] = config.get(key);
-    const HfConfig text_config =
-        HfConfig::from_json(std::move(merged), config.source() + ": text_config");
-    ModelSpec spec = Llama4TextFamily::build_spec(text_config);
+    const std::optional<HfConfig> text_config = language_model_config(config);
+    check(text_config.has_value(),
+          config.source() + ": key 'text_config' must be an object holding the language model");
+    ModelSpec spec = Llama4TextFamily::build_spec(*text_config);
     spec.architecture = config.architecture();
     return spec;
   }
-
- protected:
-  std::string prefix() const override { return "language_model."; }
+  // The reference's modules sit under the wrapper's language_model (the tensors are read
+  // through a LanguageModelSource, in text-only names).
+  HfModuleNames hf_modules(const ModelSpec& spec) const override {
+    HfModuleNames names = Llama4TextFamily::hf_modules(spec);
+    for (std::string* name : {&names.embedding, &names.layers, &names.final_norm, &names.lm_head})
+      *name = "language_model." + *name;
+    return names;
+  }
 };
 
 KILN_FAMILY(Llama4Family);

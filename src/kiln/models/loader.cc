@@ -1,4 +1,5 @@
 #include "kiln/models/loader.h"
+#include "kiln/models/language_model.h"
 
 #include <algorithm>
 #include <filesystem>
@@ -97,7 +98,7 @@ LoadedModel load_model(const std::string& path, Residency residency, const Famil
   loaded.spec = family.build_spec(loaded.config);
   loaded.spec.family = family.name();
   merge_generation_config(path, loaded.spec);
-  const std::unique_ptr<TensorSource> source = open_tensor_source(path, residency);
+  const std::unique_ptr<TensorSource> source = open_model_source(path, loaded.config, residency);
   family.refine_spec(loaded.spec, *source);
   loaded.weights = apply_weight_mappings(family.map_weights(loaded.spec, *source), *source);
   return loaded;
