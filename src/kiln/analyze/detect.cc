@@ -597,7 +597,13 @@ class Detector {
     bool oss = type_ == "gpt_oss";
     add("moe.router_bias", oss ? "yes" : "none", FeatureKind::kSwitch, {});
     add("moe.expert_bias", oss ? "yes" : "none", FeatureKind::kSwitch, {});
-    int64_t groups = c_.get_int("n_group", 1);
+    // Groups limit the sigmoid router and group_limited_greedy; plain greedy ignores them.
+    const std::string method = c_.get_string("topk_method", "");
+    const bool grouped = c_.get_string("scoring_func", "softmax") == "sigmoid" ||
+                         method == "noaux_tc" || method == "group_limited_greedy" ||
+                         type_ == "deepseek_v3";
+    const int64_t stated_groups = c_.get_int("n_group", 1);
+    int64_t groups = grouped ? stated_groups : 1;
     int64_t top_groups = c_.get_int("topk_group", 1);
     add("moe.groups",
         groups > 1
@@ -661,19 +667,19 @@ class Detector {
     std::string scoring = c_.get_string("scoring_func", "softmax");
     std::string method = c_.get_string("topk_method", "");
     Keys keys = {c_.has("scoring_func") ? "scoring_func" : "", method.empty() ? "" : "topk_method"};
-    std::string router = "softmax_topk";
+    std::string router = "softmax_top_k";
     bool checkable = true;
     if (scoring == "sigmoid" || method == "noaux_tc" || type_ == "deepseek_v3") {
       router = "sigmoid_group";
-    } else if (method == "group_limited_greedy") {
-      router = "softmax_group";
+    } else if (method == "group_limited_greedy") {  // softmax top-k within groups (moe.groups)
+      router = "softmax_top_k";
     } else if (type_is({"mixtral", "gpt_oss"})) {
-      router = "topk_softmax";
+      router = "top_k_softmax";
     } else if (type_ == "phimoe") {  // its margin is router_jitter_noise
       router = "sparsemixer";
       keys.push_back("router_jitter_noise");
     } else if (llama4()) {
-      router = "topk_sigmoid";
+      router = "top_k_sigmoid";
     } else if (!type_is({"qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2"})) {
       checkable = false;
     }

@@ -80,6 +80,10 @@ TEST(AnalyzeDetect, MoeLayouts) {
   json["n_group"] = 4;
   json["topk_group"] = 2;
   auto values = detect(json);
+  EXPECT_EQ(values["moe.groups"], "none");  // greedy routing ignores the groups
+  json["topk_method"] = "group_limited_greedy";
+  values = detect(json);
+  EXPECT_EQ(values["moe.router"], "softmax_top_k");
   EXPECT_EQ(values["moe"], "8 experts, top-2, expert intermediate 32");
   EXPECT_EQ(values["moe.dense_layers"], "first 2 of 6 layers");
   EXPECT_EQ(values["moe.shared_experts"], "2 shared experts, intermediate 64");

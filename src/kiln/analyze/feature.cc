@@ -99,94 +99,25 @@ std::string rotary_fraction_value(int64_t rotary_dim, int64_t head_dim) {
 }
 
 std::string norm_value(NormKind kind, double eps) {
-  const char* name = "none";
-  switch (kind) {
-    case NormKind::kNone:
-      name = "none";
-      break;
-    case NormKind::kRms:
-      name = "rms";
-      break;
-    case NormKind::kRmsOnePlus:
-      name = "rms_one_plus";
-      break;
-    case NormKind::kLayerNorm:
-      name = "layernorm";
-      break;
-    case NormKind::kLayerNormNoBias:
-      name = "layernorm_no_bias";
-      break;
-    case NormKind::kNonParametric:
-      name = "non_parametric";
-      break;
-  }
-  return std::string(name) + " (eps " + format_number(static_cast<float>(eps)) + ")";
+  return std::string(norm_kind_name(kind)) + " (eps " + format_number(static_cast<float>(eps)) +
+         ")";
 }
 
 std::string placement_value(NormPlacement placement, bool parallel_shared_norm) {
-  switch (placement) {
-    case NormPlacement::kPre:
-      return "pre";
-    case NormPlacement::kPost:
-      return "post";
-    case NormPlacement::kSandwich:
-      return "sandwich";
-    case NormPlacement::kParallel:
-      return parallel_shared_norm ? "parallel_shared_norm" : "parallel";
-  }
-  return "pre";
+  if (placement == NormPlacement::kParallel && parallel_shared_norm) return "parallel_shared_norm";
+  return placement_name(placement);
 }
 
 std::string activation_value(Activation activation) {
-  switch (activation) {
-    case Activation::kSilu:
-      return "silu";
-    case Activation::kGeluExact:
-      return "gelu";
-    case Activation::kGeluTanh:
-      return "gelu_tanh";
-    case Activation::kRelu:
-      return "relu";
-    case Activation::kReluSquared:
-      return "relu_squared";
-  }
-  return "silu";
+  return activation_name(activation);
 }
 
 std::string rope_type_value(RopeType type) {
-  switch (type) {
-    case RopeType::kNone:
-      return "none";
-    case RopeType::kDefault:
-      return "default";
-    case RopeType::kLinear:
-      return "linear";
-    case RopeType::kDynamic:
-      return "dynamic";
-    case RopeType::kYarn:
-      return "yarn";
-    case RopeType::kLlama3:
-      return "llama3";
-    case RopeType::kLongRope:
-      return "longrope";
-  }
-  return "default";
+  return rope_type_name(type);
 }
 
 std::string router_value(RouterKind router) {
-  switch (router) {
-    case RouterKind::kSoftmaxTopK:
-      return "softmax_topk";
-    case RouterKind::kTopKSoftmax:
-      return "topk_softmax";
-    case RouterKind::kSigmoidGroup:
-      return "sigmoid_group";
-    case RouterKind::kTopKSigmoid:
-      return "topk_sigmoid";
-    case RouterKind::kSparseMixer:
-      return "sparsemixer";
-  }
-  return "softmax_topk";
+  return router_name(router);
 }
 
 std::string list_value(size_t count) {

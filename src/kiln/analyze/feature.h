@@ -49,7 +49,7 @@ std::string windows_value(const std::vector<int64_t>& windows);
 std::string dense_layers_value(const std::vector<bool>& is_moe);
 // "full" or "partial (32 of 80 dims)".
 std::string rotary_fraction_value(int64_t rotary_dim, int64_t head_dim);
-// "rms (eps 1e-06)", "rms_one_plus (eps 1e-06)", "layernorm (eps 1e-05)", ...
+// "rms (eps 1e-06)", "rms_one_plus (eps 1e-06)", "layer_norm (eps 1e-05)", ...
 std::string norm_value(NormKind kind, double eps);
 std::string placement_value(NormPlacement placement, bool parallel_shared_norm);
 std::string activation_value(Activation activation);

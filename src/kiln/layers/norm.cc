@@ -11,8 +11,8 @@ namespace kiln {
 // The norm kinds the Norm layer computes (`kiln analyze` reports these supported).
 KILN_CAPABILITY("norm.kind", "rms");
 KILN_CAPABILITY("norm.kind", "rms_one_plus");
-KILN_CAPABILITY("norm.kind", "layernorm");
-KILN_CAPABILITY("norm.kind", "layernorm_no_bias");
+KILN_CAPABILITY("norm.kind", "layer_norm");
+KILN_CAPABILITY("norm.kind", "layer_norm_no_bias");
 KILN_CAPABILITY("norm.kind", "non_parametric");
 
 Norm::Norm(const NormSpec& spec, const WeightMap& weights, const std::string& module, int64_t dim)

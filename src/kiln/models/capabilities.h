@@ -10,7 +10,7 @@
 namespace kiln {
 
 // A capability is a (feature, value) pair. The features and their values, as `kiln analyze`
-// names them (a value in <angle brackets> is free text; "yes" marks an on/off feature):
+// names them (enum values spelled as ModelSpec's *_name() functions spell them) (a value in <angle brackets> is free text; "yes" marks an on/off feature):
 //   embedding.scale         yes                     embeddings multiplied by a constant
 //   embedding.positions     rope, learned, alibi
 //   attention.kind          mha, gqa, mqa, mla
@@ -32,15 +32,15 @@ namespace kiln {
 //   rope.skipped_layers     yes                     layers without RoPE (NoPE)
 //   rope.mrope              yes                     multimodal RoPE sections
 //   rope.scaling.<name>     yes                     a scaling parameter RopeSpec lacks
-//   norm.kind               rms, rms_one_plus, layernorm, layernorm_no_bias, non_parametric
+//   norm.kind               rms, rms_one_plus, layer_norm, layer_norm_no_bias, non_parametric
 //   norm.placement          pre, post, sandwich, parallel, parallel_shared_norm
 //   residual.scale          yes                     branch outputs scaled before the residual add
 //   mlp.kind                gated, plain
 //   mlp.activation          silu, gelu, gelu_tanh, relu, relu_squared, clamped_swiglu, <other>
 //   mlp.bias                yes
 //   moe                     yes
-//   moe.router              softmax_topk, topk_softmax, sigmoid_group, softmax_group,
-//                           topk_sigmoid, sparsemixer, <other>
+//   moe.router              softmax_top_k, top_k_softmax, sigmoid_group, top_k_sigmoid,
+//                           sparsemixer, <other>
 //   moe.router_bias         yes
 //   moe.expert_bias         yes
 //   moe.groups              yes                     group-limited expert selection

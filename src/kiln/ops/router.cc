@@ -14,11 +14,10 @@
 
 namespace kiln::ops {
 
-KILN_CAPABILITY("moe.router", "topk_softmax");
-KILN_CAPABILITY("moe.router", "softmax_topk");
+KILN_CAPABILITY("moe.router", "top_k_softmax");
+KILN_CAPABILITY("moe.router", "softmax_top_k");
 KILN_CAPABILITY("moe.router", "sigmoid_group");
-KILN_CAPABILITY("moe.router", "topk_sigmoid");
-KILN_CAPABILITY("moe.router", "softmax_group");
+KILN_CAPABILITY("moe.router", "top_k_sigmoid");
 KILN_CAPABILITY("moe.router", "sparsemixer");
 KILN_CAPABILITY("moe.groups", "yes");
 KILN_CAPABILITY("moe.routed_scaling", "yes");
