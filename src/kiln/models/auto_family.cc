@@ -543,6 +543,8 @@ HfModuleNames module_names_from(const ModelSpec& spec, const HfTensorNames& n,
     part("value", n.value);
     part("query_norm", n.query_norm);
     part("key_norm", n.key_norm);
+    if (first.attention.qk_norm == QkNormKind::kL2 && n.query_norm.empty())
+      part("query_norm", ModelType(model_type).weightless_qk_norm_module());
   }
   part("out", n.out);
   if (!n.qkv.empty())

@@ -2,6 +2,24 @@
 
 namespace kiln {
 
+std::string transformers_module_path(const std::string& module) {
+  static const std::pair<const char*, const char*> kRenames[] = {
+      {"block_sparse_moe", "mlp"},
+      {"embed_out", "lm_head"},
+  };
+  std::string path = module;
+  for (const auto& [from, to] : kRenames) {
+    const std::string f = from;
+    // Whole dot-separated parts only.
+    for (size_t at = path.find(f); at != std::string::npos; at = path.find(f, at + 1)) {
+      const bool starts = at == 0 || path[at - 1] == '.';
+      const bool ends = at + f.size() == path.size() || path[at + f.size()] == '.';
+      if (starts && ends) path.replace(at, f.size(), to);
+    }
+  }
+  return path;
+}
+
 NormConvention ModelType::norm(const HfConfig& config) const {
   NormConvention n;
   for (const char* key :

@@ -59,11 +59,19 @@ class ModelType {
   // transformers adds the attention output into the MLP's output tensor in place (parallel
   // Falcon blocks): a captured `mlp` output is their sum.
   bool mlp_output_includes_attention() const { return falcon(); }
+  // The module transformers names for a weightless QK norm (it has no tensor to find it by):
+  // Llama 4's L2 norm is one `qk_norm` module called on the queries, then the keys.
+  std::string weightless_qk_norm_module() const { return llama4() ? "qk_norm" : ""; }
   // The norm `config` implies for this model_type.
   NormConvention norm(const HfConfig& config) const;
 
  private:
   std::string type_;
 };
+
+// The module path transformers (>= 5) gives the module a checkpoint names `module` after it
+// renames at load time (Mixtral's block_sparse_moe is its mlp, GPT-NeoX's embed_out its
+// lm_head), or `module` itself.
+std::string transformers_module_path(const std::string& module);
 
 }  // namespace kiln

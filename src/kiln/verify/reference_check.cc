@@ -9,6 +9,7 @@
 #include "kiln/core/error.h"
 #include "kiln/io/safetensors.h"
 #include "kiln/models/family.h"
+#include "kiln/models/model_type.h"
 #include "kiln/models/weight_names.h"
 #include "kiln/runtime/generator.h"
 
@@ -166,9 +167,14 @@ ReferenceReport check_against_reference(const Model& model, const std::string& r
           for (size_t j = 0; j < row.size(); ++j) row[j] += attention_row.at(j);
       }
     }
-    for (const std::string& module : modules)
+    for (const std::string& module : modules) {
+      // A module named after the checkpoint's tensors may carry transformers' newer name.
+      const std::string renamed = transformers_module_path(module);
       if (reference.contains("act." + module + ".out"))
         module_captures.push_back({name, module, row});
+      else if (renamed != module && reference.contains("act." + renamed + ".out"))
+        module_captures.push_back({name, renamed, row});
+    }
   };
   KvCache cache = model.make_cache(batch, tokens);
   ForwardOptions options;
