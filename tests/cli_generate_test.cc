@@ -41,5 +41,25 @@ TEST(CliGenerate, InvalidUtf8PromptIsAOneLineError) {
   EXPECT_EQ(r.err, "kiln: error: --prompt: invalid UTF-8 at byte 3\n");
 }
 
+// Non-finite or out-of-range sampling values are rejected before anything is printed, with
+// the option named and the limit said plainly.
+TEST(CliGenerate, BadSamplingValuesAreRejectedBeforeGenerating) {
+  const std::pair<const char*, const char*> cases[] = {
+      {"--temperature nan", "--temperature: must be a finite number >= 0, got nan"},
+      {"--temperature -0.5", "--temperature: must be a finite number >= 0, got -0.5"},
+      {"--max-tokens -3", "--max-tokens: must be a finite number >= 0, got -3"},
+      {"--top-k inf", "--top-k: must be a finite number >= 0, got inf"},
+      {"--top-p 2", "--top-p: must be in (0, 1], got 2"},
+      {"--top-p nan", "--top-p: must be in (0, 1], got nan"},
+  };
+  for (const auto& [option, message] : cases) {
+    const test::CommandResult r = test::run_kiln(std::string("generate --prompt hi ") + option);
+    EXPECT_NE(r.exit_code, 0) << option;
+    EXPECT_TRUE(r.out.empty()) << option << ": " << r.out;
+    EXPECT_NE(r.err.find(message), std::string::npos) << option << ": " << r.err;
+    EXPECT_LT(r.err.size(), 200u) << r.err;  // no 300-digit range
+  }
+}
+
 }  // namespace
 }  // namespace kiln

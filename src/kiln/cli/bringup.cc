@@ -50,7 +50,7 @@ class BringupCommand : public Command {
     app.add_option("--reference", reference_path_,
                    "reference dump (default: MODEL/reference.safetensors)");
     app.add_option("--tolerance", tolerance_, "max absolute error allowed (default 1e-4)")
-        ->check(CLI::PositiveNumber);
+        ->check(finite_positive());
     add_family_options(app, family_);
     app.add_option("-o,--output", output_,
                    "generic route: folder for kiln_family.json, written when every check passes "

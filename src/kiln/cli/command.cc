@@ -1,7 +1,9 @@
 #include "kiln/cli/command.h"
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <string>
 
 namespace kiln::cli {
 
@@ -20,6 +22,35 @@ std::string default_model_path() {
     return (std::filesystem::path(home) / "models" / "tinycoder").string();
   }
   return (std::filesystem::path(KILN_SOURCE_DIR) / "models" / "tinycoder").string();
+}
+
+namespace {
+// A check of the option's value read as a double; `what` completes "must be ...".
+CLI::Validator number_check(const std::string& what, bool (*ok)(double)) {
+  return CLI::Validator(
+      [what, ok](std::string& value) -> std::string {
+        double x = 0;
+        try {
+          size_t used = 0;
+          x = std::stod(value, &used);
+          if (used != value.size()) return "must be " + what + ", got '" + value + "'";
+        } catch (const std::exception&) {
+          return "must be " + what + ", got '" + value + "'";
+        }
+        return ok(x) ? "" : "must be " + what + ", got " + value;
+      },
+      what);
+}
+}  // namespace
+
+CLI::Validator finite_non_negative() {
+  return number_check("a finite number >= 0", [](double x) { return std::isfinite(x) && x >= 0; });
+}
+CLI::Validator finite_positive() {
+  return number_check("a finite number > 0", [](double x) { return std::isfinite(x) && x > 0; });
+}
+CLI::Validator unit_interval() {
+  return number_check("in (0, 1]", [](double x) { return x > 0 && x <= 1; });
 }
 
 void add_family_options(CLI::App& app, FamilyChoice& choice) {

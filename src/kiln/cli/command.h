@@ -40,6 +40,12 @@ std::string default_model_path();
 // `choice`.
 void add_family_options(CLI::App& app, FamilyChoice& choice);
 
+// Option checks with plain messages (CLI11's ranges print the double limits in full):
+// a finite number >= 0 ("must be a finite number >= 0"), > 0, or in (0, 1].
+CLI::Validator finite_non_negative();
+CLI::Validator finite_positive();
+CLI::Validator unit_interval();
+
 }  // namespace kiln::cli
 
 #define KILN_COMMAND(Class, name, help)                                              \

@@ -27,13 +27,14 @@ class GenerateCommand : public Command {
     add_family_options(app, family_);
     app.add_option("--prompt", prompt_, "text to continue")->required();
     app.add_option("--max-tokens", max_tokens_, "most tokens to generate (default 128)")
-        ->check(CLI::NonNegativeNumber);
+        ->check(finite_non_negative());
     app.add_option("--temperature", temperature_,
                    "0 = greedy (default: generation_config.json's sampling, else greedy)")
-        ->check(CLI::NonNegativeNumber);
+        ->check(finite_non_negative());
     app.add_option("--top-k", top_k_, "sample among the k most likely tokens (0 = all)")
-        ->check(CLI::NonNegativeNumber);
-    app.add_option("--top-p", top_p_, "sample within this probability mass (0 < p <= 1)");
+        ->check(finite_non_negative());
+    app.add_option("--top-p", top_p_, "sample within this probability mass (0 < p <= 1)")
+        ->check(unit_interval());
     app.add_option("--seed", seed_, "random seed for sampling (default 0)");
     app.add_flag("--mmap", mmap_,
                  "map the weight files instead of reading them into memory (opens faster; "

@@ -21,7 +21,7 @@ class VerifyCommand : public Command {
                    "reference dump (default: MODEL/reference.safetensors)");
     app.add_flag("--json", json_, "print one JSON object instead of a table");
     app.add_option("--tolerance", tolerance_, "max absolute error allowed (default 1e-4)")
-        ->check(CLI::PositiveNumber);
+        ->check(finite_positive());
   }
 
   int run() override {
