@@ -201,14 +201,65 @@ CASES = [
 ]
 
 
+def real_template_cases():
+    """The chat templates of the test tokenizer folders on conversations the goldens do not
+    cover: tools, tool calls and results, reasoning, list contents, enable_thinking."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    cases = []
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather \u00e0 la carte",
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    conversation = [
+        {"role": "system", "content": "Use tools."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "<think>\nneed tool\n</think>\n\nChecking.",
+         "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}},
+                        {"function": {"name": "get_weather", "arguments": "{\"city\": \"Lyon\"}"}}]},
+        {"role": "tool", "content": "{\"temp\": 21}"},
+        {"role": "tool", "content": "{\"temp\": 19}"},
+        {"role": "assistant", "content": "21 and 19.", "reasoning_content": "easy"},
+        {"role": "user", "content": "Thanks"},
+    ]
+    for model in ("qwen3", "llama3", "gemma3"):
+        with open(os.path.join(here, "..", "tokenizers", model, "tokenizer_config.json")) as f:
+            config = json.load(f)
+        specials = {k: v for k, v in config.items() if k in ("bos_token", "eos_token", "pad_token", "unk_token") and v}
+        variants = [
+            ("plain", {"messages": conversation[1:2] + [{"role": "assistant", "content": "Hi"}, {"role": "user", "content": "More"}]}),
+            ("parts", {"messages": [{"role": "system", "content": [{"type": "text", "text": "Sys"}]},
+                                    {"role": "user", "content": [{"type": "text", "text": " a "}, {"type": "image"}, {"type": "text", "text": "b"}]}]}),
+        ]
+        if model == "qwen3":
+            variants += [
+                ("tools", {"messages": conversation, "tools": tools}),
+                ("no_tools", {"messages": conversation}),
+                ("no_thinking", {"messages": conversation[:2], "enable_thinking": False}),
+            ]
+        for variant, context in variants:
+            for agp in (True, False):
+                ctx = {"tools": None, "documents": None, **specials, **context, "add_generation_prompt": agp}
+                name = "real_%s_%s_%s" % (model, variant, "agp" if agp else "noagp")
+                if model != "gemma3" and variant == "parts":
+                    continue  # these templates concatenate content as a string
+                cases.append((name, config["chat_template"], ctx))
+    return cases
+
+
 def main():
     env = make_env()
     out = []
+    CASES.extend(real_template_cases())
     for name, source, context in CASES:
         case = {"name": name, "template": source, "context": context}
         try:
             case["expected"] = env.from_string(source).render(**context)
             assert not name.startswith("err_"), name
+        except jinja2.exceptions.TemplateError as e:
+            if not name.startswith("err_") and name.startswith("real_"):
+                case["error"] = "%s: %s" % (type(e).__name__, e)
+                out.append(case)
+                continue
+            assert name.startswith("err_"), (name, e)
+            case["error"] = "%s: %s" % (type(e).__name__, e)
         except Exception as e:  # noqa: BLE001 - recorded as the expected failure
             assert name.startswith("err_"), (name, e)
             case["error"] = "%s: %s" % (type(e).__name__, e)
