@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -44,6 +45,7 @@ class RaisedError : public Error {
 struct RenderLimits {
   size_t max_output_bytes = size_t{64} << 20;  // output and any string built while rendering
   int max_depth = 256;                         // nested macro calls
+  int64_t max_steps = 20'000'000;              // statements and expressions evaluated
 };
 
 class Template {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -36,6 +37,21 @@ int64_t expect_int(const Value& v, const char* what) {
   if (!v.is_integral())
     fail(std::string(what) + ": '" + type_name(v) + "' object cannot be interpreted as an integer");
   return v.as_int();
+}
+
+// A non-negative decimal integer, failing (not throwing std::out_of_range) when too large.
+int64_t parse_count(const std::string& digits, const char* what) {
+  int64_t n = 0;
+  const auto result = std::from_chars(digits.data(), digits.data() + digits.size(), n);
+  if (result.ec != std::errc() || result.ptr != digits.data() + digits.size())
+    fail(std::string(what) + " too large");
+  return n;
+}
+
+// A float truncated to an int, failing when it does not fit in 64 bits.
+int64_t truncate_to_int(double d) {
+  if (!(d > -9.2e18 && d < 9.2e18)) fail("cannot convert " + float_repr(d) + " to an integer");
+  return int64_t(std::trunc(d));
 }
 
 // Python's str.isspace for one code point.
@@ -290,7 +306,7 @@ Value attribute_path(Context& ctx, const Value& item, const Value& path) {
     const size_t dot = p.find('.', pos);
     std::string part = p.substr(pos, dot == std::string::npos ? std::string::npos : dot - pos);
     const bool digits = !part.empty() && std::all_of(part.begin(), part.end(), ::isdigit);
-    v = digits ? get_item(ctx, v, Value::integer(std::stoll(part)))
+    v = digits ? get_item(ctx, v, Value::integer(parse_count(part, "attribute index")))
                : get_item(ctx, v, Value::string(part));
     if (dot == std::string::npos) return v;
     pos = dot + 1;
@@ -371,23 +387,28 @@ std::string percent_format(const std::string& fmt, const Value& values) {
       if (next >= positional.size()) fail("not enough arguments for format string");
       value = &positional[next++];
     }
-    char buffer[512];
+    // Width and precision: bounded, and counted in code points for strings.
+    size_t width = 0, precision = std::string::npos;
+    {
+      const size_t dot = spec.find('.');
+      std::string digits = spec.substr(1, dot == std::string::npos ? std::string::npos : dot - 1);
+      digits.erase(
+          std::remove_if(digits.begin(), digits.end(),
+                         [](char c) { return !std::isdigit(static_cast<unsigned char>(c)); }),
+          digits.end());
+      if (!digits.empty()) width = size_t(parse_count(digits, "format width"));
+      if (dot != std::string::npos)
+        precision = size_t(parse_count("0" + spec.substr(dot + 1), "format precision"));
+      if (width > 4096 || (precision != std::string::npos && precision > 4096))
+        fail("format width or precision too large");
+    }
+    char buffer[10000];
     switch (conv) {
       case 's':
       case 'r':
       case 'a': {
         const std::string text = conv == 's' ? to_str(*value) : to_repr(*value);
-        // Width and precision count code points: format by hand.
-        size_t width = 0, precision = std::string::npos;
-        bool left = spec.find('-') != std::string::npos;
-        const size_t dot = spec.find('.');
-        std::string digits = spec.substr(1, dot == std::string::npos ? std::string::npos : dot - 1);
-        digits.erase(
-            std::remove_if(digits.begin(), digits.end(),
-                           [](char c) { return !std::isdigit(static_cast<unsigned char>(c)); }),
-            digits.end());
-        if (!digits.empty()) width = std::stoul(digits);
-        if (dot != std::string::npos) precision = std::stoul("0" + spec.substr(dot + 1));
+        const bool left = spec.find('-') != std::string::npos;
         std::u32string cps = to_code_points(text);
         if (precision != std::string::npos && cps.size() > precision) cps.resize(precision);
         std::string body = from_code_points(cps);
@@ -405,10 +426,11 @@ std::string percent_format(const std::string& fmt, const Value& values) {
         if (!value->is_number())
           fail("%" + std::string(1, conv) + " format: a real number is required, not " +
                type_name(*value));
-        const long long n = value->kind == Value::Kind::kFloat ? (long long)std::trunc(value->f)
+        const long long n = value->kind == Value::Kind::kFloat ? truncate_to_int(value->f)
                                                                : (long long)value->as_int();
         const char c = conv == 'i' || conv == 'u' ? 'd' : conv;
         if (c == 'c') {
+          if (n < 0 || n > 0x10FFFF) fail("%c arg not in range(0x110000)");
           std::string one;
           tok::append_utf8(one, char32_t(n));
           out += one;
@@ -462,7 +484,7 @@ std::string brace_format(const std::string& fmt, const Args& args) {
         if (auto_index >= args.positional.size()) fail("Replacement index out of range");
         v = &args.positional[auto_index++];
       } else if (std::all_of(field.begin(), field.end(), ::isdigit)) {
-        const size_t index = std::stoul(field);
+        const size_t index = size_t(parse_count(field, "replacement index"));
         if (index >= args.positional.size()) fail("Replacement index out of range");
         v = &args.positional[index];
       } else {
@@ -628,6 +650,7 @@ Value method(Context& ctx, const Value& object, const std::string& name, Args& a
       if (object.list->tuple) fail("'tuple' object has no attribute 'append'");
       const Value item = arg(args, 0, "object");
       if (item.is_list() && item.list == object.list) fail("cannot append a list to itself");
+      ctx.check_size((items.size() + 1) * sizeof(Value));
       items.push_back(item);
       return Value::none();
     }
@@ -689,13 +712,15 @@ int64_t int_op(char op, int64_t a, int64_t b) {
 
 Value repeat(Context& ctx, const Value& seq, int64_t times) {
   if (times < 0) times = 0;
+  const size_t unit = seq.is_string() ? seq.s.size() : seq.list->items.size() * sizeof(Value);
+  size_t total = 0;
+  if (__builtin_mul_overflow(unit, size_t(times), &total)) total = SIZE_MAX;
+  ctx.check_size(total);
   if (seq.is_string()) {
-    ctx.check_size(seq.s.size() * size_t(times));
     std::string out;
     for (int64_t k = 0; k < times; ++k) out += seq.s;
     return Value::string(out);
   }
-  ctx.check_size(seq.list->items.size() * size_t(times));
   std::vector<Value> out;
   for (int64_t k = 0; k < times; ++k)
     out.insert(out.end(), seq.list->items.begin(), seq.list->items.end());
@@ -723,7 +748,7 @@ double py_round(double v, int64_t digits) {
 Value to_int(const Value& v, const Value& fallback, int64_t base) {
   if (v.is_integral()) return Value::integer(v.as_int());
   if (v.kind == Value::Kind::kFloat) {
-    if (!std::isfinite(v.f)) return fallback;
+    if (!(v.f > -9.2e18 && v.f < 9.2e18)) return fallback;
     return Value::integer(int64_t(std::trunc(v.f)));
   }
   if (v.is_string()) {
@@ -735,7 +760,8 @@ Value to_int(const Value& v, const Value& fallback, int64_t base) {
       const long long n = std::strtoll(text.c_str(), &end, int(base));
       if (errno == 0 && end && *end == '\0') return Value::integer(n);
       const double d = std::strtod(text.c_str(), &end);
-      if (end && *end == '\0' && std::isfinite(d)) return Value::integer(int64_t(std::trunc(d)));
+      if (end && *end == '\0' && d > -9.2e18 && d < 9.2e18)
+        return Value::integer(int64_t(std::trunc(d)));
     }
   }
   return fallback;
@@ -958,12 +984,13 @@ Value slice(const Value& object, const Value& start_v, const Value& stop_v, cons
   const int64_t stop = clamp(as_index(stop_v), step < 0 ? lower : upper);
   std::vector<Value> items;
   std::u32string text;
-  for (int64_t k = start; step > 0 ? k < stop : k > stop; k += step) {
+  for (int64_t k = start; step > 0 ? k < stop : k > stop;) {
     if (object.is_string()) {
       text += cps[size_t(k)];
     } else {
       items.push_back(object.list->items[size_t(k)]);
     }
+    if (__builtin_add_overflow(k, step, &k)) break;
   }
   if (object.is_string()) return Value::string(from_code_points(text));
   return Value::make_list(std::move(items), object.list->tuple);
@@ -1183,6 +1210,7 @@ Value apply_filter(Context& ctx, const std::string& name, Value v, Args& args) {
   if (name == "abs") {
     if (!v.is_number()) fail("bad operand type for abs(): '" + type_name(v) + "'");
     if (v.kind == Value::Kind::kFloat) return Value::number(std::fabs(v.f));
+    if (v.as_int() == INT64_MIN) fail("integer overflow");
     return Value::integer(v.as_int() < 0 ? -v.as_int() : v.as_int());
   }
   if (name == "round") {
@@ -1206,6 +1234,8 @@ Value apply_filter(Context& ctx, const std::string& name, Value v, Args& args) {
   }
   if (name == "indent") {
     const Value width = arg(args, 0, "width", Value::integer(4));
+    if (!width.is_string())
+      ctx.check_size(size_t(std::max<int64_t>(0, expect_int(width, "width"))));
     const std::string indention =
         width.is_string()
             ? width.s

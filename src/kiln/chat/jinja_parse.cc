@@ -236,6 +236,7 @@ class Lexer {
             error(line_at(start), "truncated \\x/\\u escape");
           }
         }
+        if (v > 0x10FFFF) error(line_at(start), "invalid \\U escape (beyond U+10FFFF)");
         tok::append_utf8(out, char32_t(v));
       };
       switch (e) {

@@ -10,6 +10,9 @@ namespace kiln::jinja {
 namespace {
 
 constexpr int64_t kMaxRange = 100000;  // the sandbox's MAX_RANGE
+// Nested evaluation (expressions within statements within macro calls) is bounded so that
+// the C++ stack, not only the macro depth, stays small.
+constexpr int kMaxEvalNesting = 1000;
 
 enum class Flow { kNormal, kBreak, kContinue };
 
@@ -45,11 +48,11 @@ class Renderer : public Context {
   Renderer(const Template::Impl& tpl, const RenderLimits& limits) : tpl_(tpl), limits_(limits) {}
 
   std::string run(const nlohmann::ordered_json& context) {
-    auto globals = std::make_shared<Scope>();
-    if (context.is_object())
-      for (const auto& [key, item] : context.items()) globals->set(key, Value::from_json(item));
-    top_ = child_of(globals);
     try {
+      auto globals = std::make_shared<Scope>();
+      if (context.is_object())
+        for (const auto& [key, item] : context.items()) globals->set(key, Value::from_json(item));
+      top_ = child_of(globals);
       exec_body(tpl_.body, top_);
     } catch (const Failure& f) {
       throw TemplateError(tpl_.name, line_, f.message);
@@ -84,8 +87,25 @@ class Renderer : public Context {
     return Flow::kNormal;
   }
 
+  // Counts evaluation steps and nesting for the limits.
+  struct Step {
+    explicit Step(Renderer& r) : renderer(r) {
+      if (++renderer.steps_ > renderer.limits_.max_steps)
+        fail("more than " + std::to_string(renderer.limits_.max_steps) + " evaluation steps");
+      if (++renderer.nesting_ > kMaxEvalNesting) {
+        --renderer.nesting_;
+        fail("evaluation nested deeper than " + std::to_string(kMaxEvalNesting) + " levels");
+      }
+    }
+    ~Step() { --renderer.nesting_; }
+    Step(const Step&) = delete;
+    Step& operator=(const Step&) = delete;
+    Renderer& renderer;
+  };
+
   Flow exec(const Node& node, const ScopePtr& scope) {
     line_ = node.line;
+    Step step(*this);
     switch (node.kind) {
       case Node::Kind::kText:
         write(node.text);
@@ -180,6 +200,7 @@ class Renderer : public Context {
     }
     const int64_t length = int64_t(items.size());
     for (int64_t k = 0; k < length; ++k) {
+      Step step(*this);
       auto body_scope = child_of(scope);
       Value loop = Value::make_dict();
       loop.dict->flavor = DictData::Flavor::kObject;
@@ -295,10 +316,11 @@ class Renderer : public Context {
     const int64_t step = n.size() > 2 ? n[2] : 1;
     if (step == 0) fail("range() arg 3 must not be zero");
     std::vector<Value> items;
-    for (int64_t v = start; step > 0 ? v < stop : v > stop; v += step) {
+    for (int64_t v = start; step > 0 ? v < stop : v > stop;) {
       if (int64_t(items.size()) >= kMaxRange)
         fail("Range too big. The sandbox blocks ranges larger than MAX_RANGE (100000).");
       items.push_back(Value::integer(v));
+      if (__builtin_add_overflow(v, step, &v)) break;
     }
     return Value::make_list(std::move(items));
   }
@@ -325,14 +347,21 @@ class Renderer : public Context {
     const std::time_t now = std::time(nullptr);
     std::tm local{};
     localtime_r(&now, &local);
-    std::string out(format.size() * 4 + 64, '\0');
-    const size_t n = std::strftime(out.data(), out.size(), format.c_str(), &local);
-    out.resize(n);
-    return Value::string(out);
+    // strftime returns 0 both for an empty result and for a small buffer: grow, then give up.
+    for (size_t size = format.size() * 4 + 64; size <= (size_t{1} << 20); size *= 4) {
+      std::string out(size, '\0');
+      const size_t n = std::strftime(out.data(), out.size(), format.c_str(), &local);
+      if (n > 0 || size >= (size_t{1} << 20)) {
+        out.resize(n);
+        return Value::string(out);
+      }
+    }
+    return Value::string("");
   }
 
   Value eval(const Expr& e, const ScopePtr& scope) {
     line_ = e.line;
+    Step step(*this);
     switch (e.kind) {
       case Expr::Kind::kConst:
         return e.value;
@@ -396,7 +425,9 @@ class Renderer : public Context {
         if (!v.is_number())
           fail("bad operand type for unary " + e.name + ": '" + type_name(v) + "'");
         if (e.name == "+") return v.kind == Value::Kind::kBool ? Value::integer(v.b) : v;
-        return v.kind == Value::Kind::kFloat ? Value::number(-v.f) : Value::integer(-v.as_int());
+        if (v.kind == Value::Kind::kFloat) return Value::number(-v.f);
+        if (v.as_int() == INT64_MIN) fail("integer overflow");
+        return Value::integer(-v.as_int());
       }
       case Expr::Kind::kAnd: {
         Value left = eval(*e.args[0], scope);
@@ -427,6 +458,8 @@ class Renderer : public Context {
   ScopePtr top_;
   int line_ = 1;
   int depth_ = 0;
+  int nesting_ = 0;
+  int64_t steps_ = 0;
 };
 
 }  // namespace

@@ -144,6 +144,41 @@ TEST(Jinja, RecursionAndOutputAreBounded) {
   EXPECT_EQ(error_of(nested_ifs), "t.jinja:1: template nested too deeply");
 }
 
+TEST(Jinja, PathologicalTemplatesFailCleanly) {
+  // A macro recursing through a deeply nested expression: bounded by the evaluation nesting.
+  std::string open, close;
+  for (int k = 0; k < 60; ++k) open += "1 + (", close += ")";
+  EXPECT_EQ(
+      error_of("{% macro f(n) %}{{ " + open + "f(n + 1)" + close + " }}{% endmacro %}{{ f(0) }}"),
+      "t.jinja:1: evaluation nested deeper than 1000 levels");
+  // Lists that contain each other.
+  EXPECT_EQ(error_of("{% set a = [] %}{% set b = [a] %}{% set _ = a.append(b) %}{{ a }}"),
+            "t.jinja:1: values nested deeper than 512 levels");
+  EXPECT_EQ(error_of("{% set a = [] %}{% set _ = a.append(a) %}"),
+            "t.jinja:1: cannot append a list to itself");
+  RenderLimits few_steps;
+  few_steps.max_steps = 10000;
+  EXPECT_EQ(error_of("{% for i in range(1000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}",
+                     {}, few_steps),
+            "t.jinja:1: more than 10000 evaluation steps");
+  EXPECT_EQ(error_of("{{ -(-9223372036854775807 - 1) }}"), "t.jinja:1: integer overflow");
+  EXPECT_EQ(error_of("{{ 9223372036854775807 + 1 }}"), "t.jinja:1: integer overflow");
+  EXPECT_EQ(error_of("{{ 'x' * 9223372036854775807 }}"),
+            "t.jinja:1: output larger than the limit of 67108864 bytes");
+  EXPECT_EQ(error_of("{{ '%99999d' % 1 }}"), "t.jinja:1: format width or precision too large");
+  EXPECT_EQ(error_of("{{ 'a'|indent(9223372036854775807) }}"),
+            "t.jinja:1: output larger than the limit of 67108864 bytes");
+  EXPECT_EQ(render("{{ [1, 2, 3][::9223372036854775807] }}{{ range(0, 9223372036854775807, "
+                   "9223372036854775806)|list }}"),
+            "[1][0, 9223372036854775806]");
+  // Deeply nested JSON input is refused, not a stack overflow.
+  std::string deep;
+  for (int k = 0; k < 2000; ++k) deep += "[";
+  for (int k = 0; k < 2000; ++k) deep += "]";
+  EXPECT_EQ(error_of("{{ x }}", {{"x", OrderedJson::parse(deep)}}),
+            "t.jinja:1: values nested deeper than 512 levels");
+}
+
 TEST(Jinja, ContextKeepsKeyOrderAndNumberKinds) {
   const OrderedJson context = OrderedJson::parse(R"({"x": {"z": 1, "a": 2.0, "m": [1e20, -0.5]}})");
   EXPECT_EQ(render("{{ x|tojson }} {{ x }}", context),

@@ -9,6 +9,25 @@
 #include "kiln/tokenizer/utf8.h"
 
 namespace kiln::jinja {
+namespace {
+
+// Values can nest (and, through list.append, even contain themselves): the recursive
+// functions below stop at a fixed depth instead of overflowing the stack.
+constexpr int kMaxValueNesting = 512;
+thread_local int value_nesting = 0;
+struct NestingGuard {
+  NestingGuard() {
+    if (++value_nesting > kMaxValueNesting) {
+      --value_nesting;
+      fail("values nested deeper than " + std::to_string(kMaxValueNesting) + " levels");
+    }
+  }
+  ~NestingGuard() { --value_nesting; }
+  NestingGuard(const NestingGuard&) = delete;
+  NestingGuard& operator=(const NestingGuard&) = delete;
+};
+
+}  // namespace
 
 Value Value::undefined(std::string message) {
   Value v;
@@ -66,6 +85,7 @@ Value Value::function(NativeFunction fn) {
 }
 
 Value Value::from_json(const nlohmann::ordered_json& json) {
+  NestingGuard guard;
   switch (json.type()) {
     case nlohmann::ordered_json::value_t::null:
       return none();
@@ -291,6 +311,7 @@ void json_string(const std::string& s, bool ensure_ascii, std::string& out) {
 }
 
 void json_value(const Value& v, const JsonStyle& style, int level, std::string& out) {
+  NestingGuard guard;
   const auto newline = [&](int at) {
     if (style.indent < 0 && style.indent_text.empty()) return;
     out += '\n';
@@ -382,6 +403,7 @@ std::string to_str(const Value& v) {
 }
 
 std::string to_repr(const Value& v) {
+  NestingGuard guard;
   switch (v.kind) {
     case Value::Kind::kUndefined:
       return "Undefined";
@@ -438,6 +460,7 @@ std::string to_json(const Value& v, const JsonStyle& style) {
 }
 
 bool equals(const Value& a, const Value& b) {
+  NestingGuard guard;
   if (a.is_number() && b.is_number()) {
     if (a.is_integral() && b.is_integral()) return a.as_int() == b.as_int();
     return a.as_double() == b.as_double();
@@ -476,6 +499,7 @@ bool equals(const Value& a, const Value& b) {
 }
 
 bool less(const Value& a, const Value& b) {
+  NestingGuard guard;
   if (a.is_number() && b.is_number()) {
     if (a.is_integral() && b.is_integral()) return a.as_int() < b.as_int();
     return a.as_double() < b.as_double();
