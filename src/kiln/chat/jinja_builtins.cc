@@ -115,11 +115,11 @@ std::string str_upper(const std::string& s) {
 std::string str_lower(const std::string& s) {
   bool ascii = true;
   for (unsigned char c : s) ascii = ascii && c < 0x80;
+  if (!ascii && tok::utf8_valid_prefix(s) == s.size()) return tok::to_lowercase(s);
   if (!ascii) {
-    try {
-      return tok::to_lowercase(s);
-    } catch (const Error&) {
-    }
+    std::u32string cps = to_code_points(s);
+    for (char32_t& c : cps) c = char_lower(c);
+    return from_code_points(cps);
   }
   std::string out = s;
   for (char& c : out)

@@ -179,6 +179,16 @@ TEST(Jinja, PathologicalTemplatesFailCleanly) {
             "t.jinja:1: values nested deeper than 512 levels");
 }
 
+TEST(Jinja, InvalidUtf8IsKeptByteForByte) {
+  // Python would hold such bytes as surrogate escapes; Kiln keeps them, never reads past them.
+  EXPECT_EQ(render("{{ x.lower() }}|{{ x|length }}|{{ x[1:] }}|{{ x|tojson(true) }}",
+                   {{"x", std::string("A\xff\xe2\x82\xAC"
+                                      "B\xe2")}}),
+            "a\xff\xe2\x82\xAC"
+            "b\xe2|5|\xff\xe2\x82\xAC"
+            "B\xe2|\"A\\udcff\\u20acB\\udce2\"");
+}
+
 TEST(Jinja, ContextKeepsKeyOrderAndNumberKinds) {
   const OrderedJson context = OrderedJson::parse(R"({"x": {"z": 1, "a": 2.0, "m": [1e20, -0.5]}})");
   EXPECT_EQ(render("{{ x|tojson }} {{ x }}", context),

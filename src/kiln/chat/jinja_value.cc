@@ -262,7 +262,11 @@ void json_string(const std::string& s, bool ensure_ascii, std::string& out) {
   for (size_t pos = 0; pos < s.size();) {
     const unsigned char c = s[pos];
     if (c >= 0x80 && ensure_ascii) {
-      char32_t cp = tok::next_code_point(s, pos);
+      // One code point (or one byte of invalid UTF-8, as Python's surrogateescape keeps it).
+      const size_t length = std::min(tok::utf8_sequence_length(c), s.size() - pos);
+      const std::u32string cps = to_code_points(std::string_view(s).substr(pos, length));
+      char32_t cp = cps[0];
+      pos += cps.size() == 1 ? length : 1;
       char hex[16];
       if (cp >= 0x10000) {
         cp -= 0x10000;
