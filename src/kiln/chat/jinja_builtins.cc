@@ -199,21 +199,19 @@ std::vector<std::string> split(const std::string& s, const Value& sep_value, int
         parts.push_back(from_code_points(std::u32string_view(cps).substr(b, e - b)));
       return parts;
     }
+    // Python keeps the whitespace inside and beyond the unsplit remainder.
+    const std::u32string_view all(cps);
     if (!from_right) {
       for (size_t w = 0; w < size_t(maxsplit); ++w)
-        parts.push_back(from_code_points(
-            std::u32string_view(cps).substr(words[w].first, words[w].second - words[w].first)));
-      size_t rest = words[size_t(maxsplit)].first, end = cps.size();
-      while (end > rest && is_py_space(cps[end - 1])) --end;
-      parts.push_back(from_code_points(std::u32string_view(cps).substr(rest, end - rest)));
+        parts.push_back(
+            from_code_points(all.substr(words[w].first, words[w].second - words[w].first)));
+      parts.push_back(from_code_points(all.substr(words[size_t(maxsplit)].first)));
     } else {
       const size_t first_kept = words.size() - size_t(maxsplit);
-      size_t begin = 0, end = words[first_kept - 1].second;
-      while (begin < end && is_py_space(cps[begin])) ++begin;
-      parts.push_back(from_code_points(std::u32string_view(cps).substr(begin, end - begin)));
+      parts.push_back(from_code_points(all.substr(0, words[first_kept - 1].second)));
       for (size_t w = first_kept; w < words.size(); ++w)
-        parts.push_back(from_code_points(
-            std::u32string_view(cps).substr(words[w].first, words[w].second - words[w].first)));
+        parts.push_back(
+            from_code_points(all.substr(words[w].first, words[w].second - words[w].first)));
     }
     return parts;
   }
