@@ -29,6 +29,67 @@ bool has_arg(const Args& args, size_t index, std::string_view name) {
   return index < args.positional.size();
 }
 
+// Parameter names of the filters, tests and methods, after the value (jinja2 3.1 and
+// transformers' tojson): more positional arguments than names, or an unknown keyword, is an
+// error as in Python. Variadic ones (map, select, format, ...) are checked where they run.
+struct Signature {
+  const char* name;
+  std::vector<const char*> params;
+};
+const std::vector<Signature>& filter_signatures() {
+  static const std::vector<Signature> table = {
+      {"safe", {}},
+      {"forceescape", {}},
+      {"string", {}},
+      {"default", {"default_value", "boolean"}},
+      {"d", {"default_value", "boolean"}},
+      {"length", {}},
+      {"count", {}},
+      {"tojson", {"ensure_ascii", "indent", "separators", "sort_keys"}},
+      {"trim", {"chars"}},
+      {"upper", {}},
+      {"lower", {}},
+      {"capitalize", {}},
+      {"title", {}},
+      {"first", {}},
+      {"last", {}},
+      {"join", {"d", "attribute"}},
+      {"list", {}},
+      {"items", {}},
+      {"int", {"default", "base"}},
+      {"float", {"default"}},
+      {"abs", {}},
+      {"round", {"precision", "method"}},
+      {"replace", {"old", "new", "count"}},
+      {"indent", {"width", "first", "blank"}},
+      {"center", {"width"}},
+      {"wordcount", {}},
+      {"reverse", {}},
+      {"sort", {"reverse", "case_sensitive", "attribute"}},
+      {"dictsort", {"case_sensitive", "by", "reverse"}},
+      {"unique", {"case_sensitive", "attribute"}},
+      {"min", {"case_sensitive", "attribute"}},
+      {"max", {"case_sensitive", "attribute"}},
+      {"sum", {"attribute", "start"}},
+      {"attr", {"name"}},
+      {"escape", {}},
+      {"e", {}},
+  };
+  return table;
+}
+
+void check_signature(const std::string& what, const std::vector<const char*>& params,
+                     const Args& args) {
+  if (args.positional.size() > params.size())
+    fail(what + " takes at most " + std::to_string(params.size()) + " argument(s) (" +
+         std::to_string(args.positional.size()) + " given)");
+  for (const auto& [key, value] : args.keywords) {
+    bool known = false;
+    for (const char* p : params) known = known || key == p;
+    if (!known) fail(what + " got an unexpected keyword argument '" + key + "'");
+  }
+}
+
 std::string expect_string(const Value& v, const char* what) {
   if (!v.is_string()) fail(std::string(what) + " must be str, not " + type_name(v));
   return v.s;
@@ -166,8 +227,11 @@ std::string jinja_title(const std::string& s) {
 std::string strip(const std::string& s, const Value& chars, bool left, bool right) {
   const std::u32string cps = to_code_points(s);
   std::u32string set;
-  const bool custom = !chars.is_none() && !chars.is_undefined();
-  if (custom) set = to_code_points(expect_string(chars, "strip arg"));
+  const bool custom = !chars.is_none();
+  if (custom) {
+    if (!chars.is_string()) fail("strip arg must be None or str");
+    set = to_code_points(chars.s);
+  }
   const auto drop = [&](char32_t c) {
     return custom ? set.find(c) != std::u32string::npos : is_py_space(c);
   };
@@ -424,9 +488,12 @@ std::string percent_format(const std::string& fmt, const Value& values) {
         if (!value->is_number())
           fail("%" + std::string(1, conv) + " format: a real number is required, not " +
                type_name(*value));
+        const char c = conv == 'i' || conv == 'u' ? 'd' : conv;
+        if (c != 'd' && value->kind == Value::Kind::kFloat)
+          fail(c == 'c' ? std::string("%c requires int or char")
+                        : "%" + std::string(1, conv) + " format: an integer is required, not float");
         const long long n = value->kind == Value::Kind::kFloat ? truncate_to_int(value->f)
                                                                : (long long)value->as_int();
-        const char c = conv == 'i' || conv == 'u' ? 'd' : conv;
         if (c == 'c') {
           if (n < 0 || n > 0x10FFFF) fail("%c arg not in range(0x110000)");
           std::string one;
@@ -453,7 +520,11 @@ std::string percent_format(const std::string& fmt, const Value& values) {
         fail(std::string("unsupported format character '") + conv + "'");
     }
   }
-  if (!mapping && next < positional.size())
+  // Python: leftover arguments are an error, unless the argument is mapping-like (a dict, a
+  // list, or jinja2's Undefined).
+  const bool mapping_like =
+      mapping || (values.is_list() && !values.list->tuple) || values.is_undefined();
+  if (!mapping_like && next < positional.size())
     fail("not all arguments converted during string formatting");
   return out;
 }
@@ -626,7 +697,28 @@ Value items_of(const Value& dict) {
   return Value::make_list(std::move(items));
 }
 
+size_t method_arity(const Value& object, const std::string& name) {
+  if (object.is_string()) {
+    if (name == "strip" || name == "lstrip" || name == "rstrip" || name == "splitlines" ||
+        name == "join" || name == "removeprefix" || name == "removesuffix")
+      return 1;
+    if (name == "split" || name == "rsplit") return 2;
+    if (name == "replace" || name == "startswith" || name == "endswith" || name == "find" ||
+        name == "rfind" || name == "index" || name == "rindex" || name == "count")
+      return 3;
+    if (name == "format") return SIZE_MAX;
+    return 0;
+  }
+  if (object.is_dict()) return name == "get" ? 2 : 0;
+  if (name == "index") return 3;
+  return 1;  // append, count
+}
+
 Value method(Context& ctx, const Value& object, const std::string& name, Args& args) {
+  const size_t arity = method_arity(object, name);
+  if (arity != SIZE_MAX && args.positional.size() + args.keywords.size() > arity)
+    fail(type_name(object) + "." + name + "() takes at most " + std::to_string(arity) +
+         " argument(s)");
   if (object.is_string()) return string_method(ctx, object.s, name, args);
   if (object.is_dict()) {
     if (name == "items") return items_of(object);
@@ -803,7 +895,10 @@ Value select(Context& ctx, const std::string& name, const Value& input, Args& ar
 
 Value map_filter(Context& ctx, const Value& input, Args& args) {
   std::vector<Value> out;
+  const std::vector<Value> items = iterate(input);
+  if (items.empty()) return Value::make_list();  // jinja2 maps lazily: nothing to check
   if (args.positional.empty()) {
+    check_signature("filter 'map'", {"attribute", "default"}, args);
     const Value attribute = arg(args, 99, "attribute");
     if (attribute.is_none()) fail("map requires a filter name or attribute=");
     const bool has_default = has_arg(args, 99, "default");
@@ -1061,6 +1156,7 @@ Value binary_op(Context& ctx, const std::string& op, const Value& a, const Value
     if (op == "//") return Value::number(std::floor(x / y));
     double m = std::fmod(x, y);
     if (m != 0 && ((m < 0) != (y < 0))) m += y;
+    if (m == 0) m = std::copysign(0.0, y);
     return Value::number(m);
   }
   if (op == "**") {
@@ -1081,6 +1177,15 @@ Value binary_op(Context& ctx, const std::string& op, const Value& a, const Value
 
 bool apply_test(Context& ctx, const std::string& name, const Value& v, Args& args) {
   (void)ctx;
+  static const std::vector<std::string> one_argument = {
+      "divisibleby", "equalto",     "eq", "==", "ne", "!=", "lt", "lessthan", "<",
+      "gt",          "greaterthan", ">",  "le", "<=", "ge", ">=", "in",       "sameas"};
+  const bool takes_one =
+      std::find(one_argument.begin(), one_argument.end(), name) != one_argument.end();
+  if (args.positional.size() + args.keywords.size() > (takes_one ? 1u : 0u))
+    fail("test '" + name + "' takes " + (takes_one ? "one argument" : "no arguments"));
+  if (takes_one && args.positional.size() + args.keywords.size() == 0)
+    fail("test '" + name + "' needs an argument");
   const Value other = arg(args, 0, "other");
   if (name == "defined") return !v.is_undefined();
   if (name == "undefined") return v.is_undefined();
@@ -1138,6 +1243,8 @@ bool apply_test(Context& ctx, const std::string& name, const Value& v, Args& arg
 }
 
 Value apply_filter(Context& ctx, const std::string& name, Value v, Args& args) {
+  for (const Signature& signature : filter_signatures())
+    if (name == signature.name) check_signature("filter '" + name + "'", signature.params, args);
   if (name == "safe" || name == "forceescape") return v;
   if (name == "string") return Value::string(to_str(v));
   if (name == "default" || name == "d") {
@@ -1201,6 +1308,7 @@ Value apply_filter(Context& ctx, const std::string& name, Value v, Args& args) {
       fail("Can only get item pairs from a mapping.");
     return items_of(v);
   }
+  if ((name == "int" || name == "float") && v.is_undefined()) fail(v.s);
   if (name == "int")
     return to_int(v, arg(args, 0, "default", Value::integer(0)),
                   expect_int(arg(args, 1, "base", Value::integer(10)), "base"));

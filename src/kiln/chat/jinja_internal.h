@@ -144,7 +144,8 @@ struct Expr {
     kBinary,  // args[0] name args[1]: + - * / // % ** ~ == != < <= > >= in "not in"
     kAnd,
     kOr,
-    kCond,  // args[0] if args[1] else args[2] (null: undefined)
+    kCond,     // args[0] if args[1] else args[2] (null: undefined)
+    kCompare,  // args[0] ops[0] args[1] ops[1] args[2] ...: Python's chained comparison
   };
   Kind kind;
   int line;
@@ -153,6 +154,7 @@ struct Expr {
   bool negated = false;
   std::vector<ExprPtr> args;
   std::vector<std::pair<std::string, ExprPtr>> keywords;
+  std::vector<std::string> ops;  // kCompare
 };
 
 struct Node;

@@ -32,8 +32,9 @@ struct Token {
   double float_value = 0;
 };
 
+// Python's str.isspace over ASCII (jinja2 strips with str.rstrip/lstrip).
 bool is_space(char c) {
-  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+  return c == ' ' || (c >= '\t' && c <= '\r') || (c >= '\x1c' && c <= '\x1f');
 }
 
 class Lexer {
@@ -124,6 +125,7 @@ class Lexer {
       const char end_char = block ? '%' : '}';
       if (depth == 0) {
         for (char sign : {'-', '+', '\0'}) {
+          if (sign == '+' && !block) continue;  // "+}}" is not an end; "+%}" is
           size_t at = pos + (sign ? 1 : 0);
           if (sign && (pos >= src_.size() || src_[pos] != sign)) continue;
           if (at + 1 < src_.size() && src_[at] == end_char && src_[at + 1] == '}') {
@@ -165,35 +167,44 @@ class Lexer {
     }
   }
 
+  // Numbers as jinja2 reads them: a float is digits with a fraction and/or an exponent
+  // (leading zeros allowed); an integer is [1-9] digits or zeros only ("02" is 0 then 2).
+  // Underscores may separate digits.
   size_t lex_number(size_t pos) {
     const size_t start = pos;
-    std::string digits;
-    bool is_float = false;
-    const auto take_digits = [&] {
-      while (pos < src_.size() &&
-             (std::isdigit(static_cast<unsigned char>(src_[pos])) || src_[pos] == '_')) {
-        if (src_[pos] != '_') digits += src_[pos];
-        ++pos;
-      }
+    const auto digits_end = [&](size_t p) {
+      while (p < src_.size() && (std::isdigit(static_cast<unsigned char>(src_[p])) ||
+                                 (src_[p] == '_' && p + 1 < src_.size() &&
+                                  std::isdigit(static_cast<unsigned char>(src_[p + 1])))))
+        ++p;
+      return p;
     };
-    take_digits();
-    if (pos + 1 < src_.size() && src_[pos] == '.' &&
-        std::isdigit(static_cast<unsigned char>(src_[pos + 1]))) {
+    const auto is_digit_at = [&](size_t p) {
+      return p < src_.size() && std::isdigit(static_cast<unsigned char>(src_[p]));
+    };
+    size_t end = digits_end(pos);
+    bool is_float = false;
+    if (end < src_.size() && src_[end] == '.' && is_digit_at(end + 1)) {
       is_float = true;
-      digits += '.';
-      ++pos;
-      take_digits();
+      end = digits_end(end + 1);
     }
-    if (pos < src_.size() && (src_[pos] == 'e' || src_[pos] == 'E')) {
-      size_t q = pos + 1;
+    if (end < src_.size() && (src_[end] == 'e' || src_[end] == 'E')) {
+      size_t q = end + 1;
       if (q < src_.size() && (src_[q] == '+' || src_[q] == '-')) ++q;
-      if (q < src_.size() && std::isdigit(static_cast<unsigned char>(src_[q]))) {
+      if (is_digit_at(q)) {
         is_float = true;
-        digits += src_.substr(pos, q - pos);
-        pos = q;
-        take_digits();
+        end = digits_end(q);
       }
     }
+    if (!is_float && src_[start] == '0') {
+      end = start + 1;
+      while (end < src_.size() && (src_[end] == '0' || (src_[end] == '_' && end + 1 < src_.size() &&
+                                                        src_[end + 1] == '0')))
+        ++end;
+    }
+    std::string digits;
+    for (size_t k = start; k < end; ++k)
+      if (src_[k] != '_') digits += src_[k];
     Token token{is_float ? Token::Type::kFloat : Token::Type::kInt, line_at(start), digits};
     if (is_float) {
       token.float_value = std::strtod(digits.c_str(), nullptr);
@@ -203,7 +214,7 @@ class Lexer {
       if (result.ec != std::errc()) error(line_at(start), "integer literal too large");
     }
     tokens_.push_back(std::move(token));
-    return pos;
+    return end;
   }
 
   size_t lex_string(size_t pos) {
@@ -609,7 +620,6 @@ class Parser {
     loop_depth_ = 0;
     parse_until(node->body, {"endmacro"}, "macro", line);
     loop_depth_ = saved_loops;
-    if (peek().type == Token::Type::kName) next();  // {% endmacro name %}
     expect_block_end();
     return node;
   }
@@ -697,7 +707,8 @@ class Parser {
   }
 
   ExprPtr parse_compare() {
-    ExprPtr left = parse_math1();
+    ExprPtr first = parse_math1();
+    ExprPtr compare;
     while (true) {
       const Token& t = peek();
       std::string op;
@@ -713,9 +724,14 @@ class Parser {
         next();
         next();
       } else {
-        return left;
+        return compare ? std::move(compare) : std::move(first);
       }
-      left = binary(Expr::Kind::kBinary, op, std::move(left), parse_math1(), t.line);
+      if (!compare) {
+        compare = make_expr(Expr::Kind::kCompare, t.line);
+        compare->args.push_back(std::move(first));
+      }
+      compare->ops.push_back(op);
+      compare->args.push_back(parse_math1());
     }
   }
 

@@ -442,6 +442,16 @@ class Renderer : public Context {
         if (e.args[2]) return eval(*e.args[2], scope);
         return Value::undefined("the inline if-expression on line " + std::to_string(e.line) +
                                 " evaluated to false and no else section was defined.");
+      case Expr::Kind::kCompare: {
+        Value left = eval(*e.args[0], scope);
+        for (size_t k = 0; k < e.ops.size(); ++k) {
+          Value right = eval(*e.args[k + 1], scope);
+          line_ = e.line;
+          if (!binary_op(*this, e.ops[k], left, right).truthy()) return Value::boolean(false);
+          left = std::move(right);
+        }
+        return Value::boolean(true);
+      }
       case Expr::Kind::kBinary: {
         Value left = eval(*e.args[0], scope);
         Value right = eval(*e.args[1], scope);

@@ -314,6 +314,25 @@ MISTRAL_STYLE = """{%- if messages[0]['role'] == 'system' %}
 DEEPSEEK_STYLE = """{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}{% set ns = namespace(is_first=false, is_tool=false, is_output_first=true, system_prompt='') %}{%- for message in messages %}{%- if message['role'] == 'system' %}{% set ns.system_prompt = message['content'] %}{%- endif %}{%- endfor %}{{bos_token}}{{ns.system_prompt}}{%- for message in messages %}{%- if message['role'] == 'user' %}{%- set ns.is_tool = false -%}{{'<\uff5cUser\uff5c>' + message['content']}}{%- endif %}{%- if message['role'] == 'assistant' and message['content'] is none %}{%- set ns.is_tool = false -%}{%- for tool in message['tool_calls']%}{%- if not ns.is_first %}{{'<\uff5cAssistant\uff5c><\uff5ctool\u2581calls\u2581begin\uff5c><\uff5ctool\u2581call\u2581begin\uff5c>' + tool['type'] + '<\uff5ctool\u2581sep\uff5c>' + tool['function']['name'] + '\\n' + '```json' + '\\n' + tool['function']['arguments'] + '\\n' + '```' + '<\uff5ctool\u2581call\u2581end\uff5c>'}}{%- set ns.is_first = true -%}{%- else %}{{'\\n' + '<\uff5ctool\u2581call\u2581begin\uff5c>' + tool['type'] + '<\uff5ctool\u2581sep\uff5c>' + tool['function']['name'] + '\\n' + '```json' + '\\n' + tool['function']['arguments'] + '\\n' + '```' + '<\uff5ctool\u2581call\u2581end\uff5c>'}}{{'<\uff5ctool\u2581calls\u2581end\uff5c><\uff5cend\u2581of\u2581sentence\uff5c>'}}{%- endif %}{%- endfor %}{%- endif %}{%- if message['role'] == 'assistant' and message['content'] is not none %}{%- if ns.is_tool %}{{'<\uff5ctool\u2581outputs\u2581end\uff5c>' + message['content'] + '<\uff5cend\u2581of\u2581sentence\uff5c>'}}{%- set ns.is_tool = false -%}{%- else %}{% set content = message['content'] %}{% if '</think>' in content %}{% set content = content.split('</think>')[-1] %}{% endif %}{{'<\uff5cAssistant\uff5c>' + content + '<\uff5cend\u2581of\u2581sentence\uff5c>'}}{%- endif %}{%- endif %}{%- if message['role'] == 'tool' %}{%- set ns.is_tool = true -%}{%- if ns.is_output_first %}{{'<\uff5ctool\u2581outputs\u2581begin\uff5c><\uff5ctool\u2581output\u2581begin\uff5c>' + message['content'] + '<\uff5ctool\u2581output\u2581end\uff5c>'}}{%- set ns.is_output_first = false %}{%- else %}{{'\\n<\uff5ctool\u2581output\u2581begin\uff5c>' + message['content'] + '<\uff5ctool\u2581output\u2581end\uff5c>'}}{%- endif %}{%- endif %}{%- endfor -%}{% if ns.is_tool %}{{'<\uff5ctool\u2581outputs\u2581end\uff5c>'}}{% endif %}{% if add_generation_prompt and not ns.is_tool %}{{'<\uff5cAssistant\uff5c><think>\\n'}}{% endif %}"""
 
 MORE_CASES = [
+    # found by comparing Kiln with jinja2 on fuzzed templates
+    ("chained_compare", "{{ 1 < 2 < 3 }} {{ 3 > 2 > 2 }} {{ 'a' != 0 == 1.0 }} {{ 'a' in 'a' in 'cat' }} {{ 1 == 1 in [True] }}", {}),
+    ("number_lexing", "{{ 0e3 }} {{ 00 }} {{ 0_0 }} {{ 00.5 }} {{ 1_0.2_5 }} {{ 20 != 0000 }} {{ 1E2 }}", {}),
+    ("float_mod_zero_sign", "{{ -7.0 % 7 }} {{ 7.0 % -7 }} {{ -7 / -1 % 7 }}", {}),
+    ("minus_strips_python_whitespace", "a\x1e\x1c {{- 'b' -}} \x1f\x0b c", {}),
+    ("percent_mapping_like", "{{ 'x' % [] }}{{ 'y' % {} }}{{ 'z' % nothing }}", {}),
+    ("err_number_leading_zero", "{{ 7 // 02 }}", {}),
+    ("err_plus_is_not_a_variable_end", "{{ 7 +}}", {}),
+    ("err_endmacro_with_name", "{% macro f() %}{% endmacro f %}", {}),
+    ("err_test_extra_argument", "{{ 3 is odd even }}", {}),
+    ("err_filter_unknown_keyword", "{{ [1]|sort(reversed=true) }}", {}),
+    ("err_filter_too_many_arguments", "{{ 'a'|trim('a', 'b') }}", {}),
+    ("err_map_unknown_keyword", "{{ [{}]|map(attribute='x', defualt=0)|list }}", {}),
+    ("err_method_too_many_arguments", "{{ 'a'.upper(1) }}", {}),
+    ("err_int_of_undefined", "{{ nothing|int }}", {}),
+    ("err_float_of_undefined", "{{ nothing|float }}", {}),
+    ("err_strip_undefined_chars", "{{ 'a'.strip(nothing) }}", {}),
+    ("err_percent_x_float", "{{ '%x' % 1.5 }}", {}),
+    ("err_percent_c_float", "{{ '%c' % 65.0 }}", {}),
     ("ws_indented_blocks", "<s>\n  {% for m in msgs %}\n    {% if m %}\n      [{{ m }}]\n    {% endif %}\n  {% endfor %}\n</s>\n", {"msgs": ["a", "", "b"]}),
     ("ws_tabs_lstrip", "x\n\t \t{% if true %}y\n\t{% endif %}\tz", {}),
     ("ws_tag_after_text_same_line", "a {% if true %}b {% endif %} c\n  {%- if true %} d{% endif %}", {}),
