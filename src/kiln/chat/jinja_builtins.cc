@@ -348,6 +348,7 @@ int64_t length(const Value& v) {
     case Value::Kind::kString:
       return int64_t(to_code_points(v.s).size());
     case Value::Kind::kList:
+      if (v.list->generator) break;
       return int64_t(v.list->items.size());
     case Value::Kind::kDict:
       if (v.dict->flavor == DictData::Flavor::kDict) return int64_t(v.dict->entries.size());
@@ -490,8 +491,9 @@ std::string percent_format(const std::string& fmt, const Value& values) {
                type_name(*value));
         const char c = conv == 'i' || conv == 'u' ? 'd' : conv;
         if (c != 'd' && value->kind == Value::Kind::kFloat)
-          fail(c == 'c' ? std::string("%c requires int or char")
-                        : "%" + std::string(1, conv) + " format: an integer is required, not float");
+          fail(c == 'c'
+                   ? std::string("%c requires int or char")
+                   : "%" + std::string(1, conv) + " format: an integer is required, not float");
         const long long n = value->kind == Value::Kind::kFloat ? truncate_to_int(value->f)
                                                                : (long long)value->as_int();
         if (c == 'c') {
@@ -1018,6 +1020,8 @@ Value get_item(Context& ctx, const Value& object, const Value& key) {
       break;
     case Value::Kind::kList:
     case Value::Kind::kString:
+      if (object.is_list() && object.list->generator)  // jinja2: TypeError -> undefined
+        return Value::undefined("'generator object' has no element " + to_repr(key));
       if (key.is_integral()) {
         int64_t index = key.as_int();
         if (object.is_list()) {
@@ -1044,9 +1048,14 @@ Value get_item(Context& ctx, const Value& object, const Value& key) {
 
 Value slice(const Value& object, const Value& start_v, const Value& stop_v, const Value& step_v) {
   if (object.is_undefined()) fail(object.s);
+  // As jinja2's getitem: a TypeError (not subscriptable, non-integer indices) gives undefined;
+  // a zero step still raises.
+  const Value none = Value::undefined(object_name(object) + " cannot be sliced");
+  if (!object.is_string() && !(object.is_list() && !object.list->generator)) return none;
+  for (const Value* part : {&start_v, &stop_v, &step_v})
+    if (!part->is_none() && !part->is_integral()) return none;
   const auto as_index = [](const Value& v) -> std::optional<int64_t> {
     if (v.is_none()) return std::nullopt;
-    if (!v.is_integral()) fail("slice indices must be integers or None");
     return v.as_int();
   };
   const int64_t step = as_index(step_v).value_or(1);
@@ -1056,10 +1065,8 @@ Value slice(const Value& object, const Value& start_v, const Value& stop_v, cons
   if (object.is_string()) {
     cps = to_code_points(object.s);
     n = int64_t(cps.size());
-  } else if (object.is_list()) {
-    n = int64_t(object.list->items.size());
   } else {
-    fail("'" + type_name(object) + "' object is not subscriptable");
+    n = int64_t(object.list->items.size());
   }
   const int64_t lower = step < 0 ? -1 : 0, upper = step < 0 ? n - 1 : n;
   const auto clamp = [&](std::optional<int64_t> v, int64_t fallback) {
@@ -1176,7 +1183,6 @@ Value binary_op(Context& ctx, const std::string& op, const Value& a, const Value
 }
 
 bool apply_test(Context& ctx, const std::string& name, const Value& v, Args& args) {
-  (void)ctx;
   static const std::vector<std::string> one_argument = {
       "divisibleby", "equalto",     "eq", "==", "ne", "!=", "lt", "lessthan", "<",
       "gt",          "greaterthan", ">",  "le", "<=", "ge", ">=", "in",       "sameas"};
@@ -1207,9 +1213,10 @@ bool apply_test(Context& ctx, const std::string& name, const Value& v, Args& arg
   if (name == "callable") return v.kind == Value::Kind::kFunction;
   if (name == "escaped") return false;
   if (name == "odd" || name == "even") {
-    if (!v.is_integral()) fail("'" + type_name(v) + "' object is not an integer");
-    const bool odd = (v.as_int() % 2) != 0;
-    return name == "odd" ? odd : !odd;
+    // jinja2: value % 2 == 1 (odd) or == 0 (even), with Python's %.
+    if (!v.is_number()) fail("unsupported operand type(s) for %: '" + type_name(v) + "' and 'int'");
+    const Value rest = binary_op(ctx, "%", v, Value::integer(2));
+    return equals(rest, Value::integer(name == "odd" ? 1 : 0));
   }
   if (name == "divisibleby") {
     const Value n = arg(args, 0, "num");
@@ -1221,9 +1228,9 @@ bool apply_test(Context& ctx, const std::string& name, const Value& v, Args& arg
     if (n.as_double() == 0) fail("float modulo");
     return std::fmod(v.as_double(), n.as_double()) == 0;
   }
-  if (name == "lower" || name == "upper") {
-    if (!v.is_string()) return false;
-    return name == "lower" ? str_lower(v.s) == v.s : str_upper(v.s) == v.s;
+  if (name == "lower" || name == "upper") {  // str(value).islower() / .isupper()
+    Args none;
+    return string_method(ctx, to_str(v), name == "lower" ? "islower" : "isupper", none).truthy();
   }
   if (name == "equalto" || name == "eq" || name == "==") return equals(v, other);
   if (name == "ne" || name == "!=") return !equals(v, other);
@@ -1242,7 +1249,22 @@ bool apply_test(Context& ctx, const std::string& name, const Value& v, Args& arg
   fail("no test named '" + name + "'");
 }
 
+namespace {
+Value filter_impl(Context& ctx, const std::string& name, Value v, Args& args);
+}  // namespace
+
 Value apply_filter(Context& ctx, const std::string& name, Value v, Args& args) {
+  // jinja2's lazy filters return generators; reverse of a list or dict returns an iterator.
+  const bool lazy = name == "select" || name == "reject" || name == "selectattr" ||
+                    name == "rejectattr" || name == "map" || name == "unique" || name == "items" ||
+                    (name == "reverse" && (v.is_dict() || (v.is_list() && !v.list->generator)));
+  Value result = filter_impl(ctx, name, std::move(v), args);
+  if (lazy && result.is_list()) result.list->generator = true;
+  return result;
+}
+
+namespace {
+Value filter_impl(Context& ctx, const std::string& name, Value v, Args& args) {
   for (const Signature& signature : filter_signatures())
     if (name == signature.name) check_signature("filter '" + name + "'", signature.params, args);
   if (name == "safe" || name == "forceescape") return v;
@@ -1283,6 +1305,8 @@ Value apply_filter(Context& ctx, const std::string& name, Value v, Args& args) {
   if (name == "lower") return Value::string(str_lower(to_str(v)));
   if (name == "capitalize") return Value::string(str_capitalize(to_str(v)));
   if (name == "title") return Value::string(jinja_title(to_str(v)));
+  if (name == "last" && v.is_list() && v.list->generator)
+    fail("'generator' object is not reversible");
   if (name == "first" || name == "last") {
     std::vector<Value> items = iterate(v);
     if (items.empty()) return Value::undefined("No " + name + " item, sequence was empty.");
@@ -1348,6 +1372,11 @@ Value apply_filter(Context& ctx, const std::string& name, Value v, Args& args) {
             : std::string(size_t(std::max<int64_t>(0, expect_int(width, "width"))), ' ');
     const bool first = arg(args, 1, "first", Value::boolean(false)).truthy();
     const bool blank = arg(args, 2, "blank", Value::boolean(false)).truthy();
+    // jinja2 appends "\n" to the value itself: only strings can be indented.
+    if (!v.is_string()) {
+      if (v.is_undefined()) fail(v.s);
+      fail("indent: expected a string, not " + type_name(v));
+    }
     Args none;
     Value lines_value = string_method(ctx, to_str(v) + "\n", "splitlines", none);
     const auto& lines = lines_value.list->items;
@@ -1466,5 +1495,7 @@ Value apply_filter(Context& ctx, const std::string& name, Value v, Args& args) {
   }
   fail("no filter named '" + name + "'");
 }
+
+}  // namespace
 
 }  // namespace kiln::jinja

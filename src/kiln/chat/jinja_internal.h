@@ -80,6 +80,11 @@ struct Value {
 struct ListData {
   std::vector<Value> items;
   bool tuple = false;
+  // The result of a lazy jinja2 filter (select, map, unique, items, ...), a Python
+  // generator: always true, no len(), no index, not reversible, prints as a generator. Kiln
+  // computes it eagerly (and, unlike Python, it can be iterated more than once).
+  bool generator = false;
+  std::string repr;  // how it prints when not a plain list (e.g. "range(0, 3)")
 };
 
 struct DictData {

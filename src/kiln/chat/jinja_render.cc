@@ -322,7 +322,10 @@ class Renderer : public Context {
       items.push_back(Value::integer(v));
       if (__builtin_add_overflow(v, step, &v)) break;
     }
-    return Value::make_list(std::move(items));
+    Value range = Value::make_list(std::move(items));
+    range.list->repr = "range(" + std::to_string(start) + ", " + std::to_string(stop) +
+                       (step != 1 ? ", " + std::to_string(step) : "") + ")";
+    return range;
   }
 
   static Value make_namespace(Args& args) {

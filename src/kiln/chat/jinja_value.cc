@@ -133,7 +133,7 @@ bool Value::truthy() const {
     case Kind::kString:
       return !s.empty();
     case Kind::kList:
-      return !list->items.empty();
+      return list->generator || !list->items.empty();
     case Kind::kDict:
       return dict->flavor != DictData::Flavor::kDict || !dict->entries.empty();
     case Kind::kFunction:
@@ -172,6 +172,7 @@ std::string type_name(const Value& v) {
     case Value::Kind::kString:
       return "str";
     case Value::Kind::kList:
+      if (v.list->generator) return "generator";
       return v.list->tuple ? "tuple" : "list";
     case Value::Kind::kDict:
       switch (v.dict->flavor) {
@@ -345,6 +346,7 @@ void json_value(const Value& v, const JsonStyle& style, int level, std::string& 
       json_string(v.s, style.ensure_ascii, out);
       return;
     case Value::Kind::kList: {
+      if (v.list->generator) fail("Object of type generator is not JSON serializable");
       if (v.list->items.empty()) {
         out += "[]";
         return;
@@ -422,6 +424,8 @@ std::string to_repr(const Value& v) {
     case Value::Kind::kString:
       return repr_string(v.s);
     case Value::Kind::kList: {
+      if (v.list->generator) return "<generator object>";
+      if (!v.list->repr.empty()) return v.list->repr;
       const auto& items = v.list->items;
       std::string out = v.list->tuple ? "(" : "[";
       for (size_t k = 0; k < items.size(); ++k) {
@@ -477,6 +481,7 @@ bool equals(const Value& a, const Value& b) {
     case Value::Kind::kString:
       return a.s == b.s;
     case Value::Kind::kList: {
+      if (a.list->generator || b.list->generator) return a.list == b.list;
       if (a.list->tuple != b.list->tuple) return false;
       const auto &x = a.list->items, &y = b.list->items;
       if (x.size() != y.size()) return false;
