@@ -874,6 +874,7 @@ Value to_float(const Value& v, const Value& fallback) {
 }
 
 Value select(Context& ctx, const std::string& name, const Value& input, Args& args) {
+  if (!input.truthy()) return Value::make_list();  // jinja2: "if value:" before anything
   const bool attr = name.ends_with("attr");
   const bool keep_matching = name.starts_with("select");
   size_t next = 0;
@@ -897,8 +898,7 @@ Value select(Context& ctx, const std::string& name, const Value& input, Args& ar
 
 Value map_filter(Context& ctx, const Value& input, Args& args) {
   std::vector<Value> out;
-  const std::vector<Value> items = iterate(input);
-  if (items.empty()) return Value::make_list();  // jinja2 maps lazily: nothing to check
+  if (!input.truthy()) return Value::make_list();  // jinja2: "if value:" before anything
   if (args.positional.empty()) {
     check_signature("filter 'map'", {"attribute", "default"}, args);
     const Value attribute = arg(args, 99, "attribute");
@@ -968,6 +968,7 @@ std::vector<Value> iterate(const Value& v) {
     case Value::Kind::kUndefined:
       return {};
     case Value::Kind::kList:
+      if (!v.list->deferred_error.empty()) fail(v.list->deferred_error);
       return v.list->items;
     case Value::Kind::kDict:
       if (v.dict->flavor == DictData::Flavor::kDict) {
@@ -1048,12 +1049,13 @@ Value get_item(Context& ctx, const Value& object, const Value& key) {
 
 Value slice(const Value& object, const Value& start_v, const Value& stop_v, const Value& step_v) {
   if (object.is_undefined()) fail(object.s);
-  // As jinja2's getitem: a TypeError (not subscriptable, non-integer indices) gives undefined;
-  // a zero step still raises.
-  const Value none = Value::undefined(object_name(object) + " cannot be sliced");
-  if (!object.is_string() && !(object.is_list() && !object.list->generator)) return none;
+  // jinja2 compiles a slice to a plain Python subscript: errors raise (unlike x[i]).
+  if (object.is_dict()) fail("unhashable type: 'slice'");
+  if (!object.is_string() && !(object.is_list() && !object.list->generator))
+    fail("'" + type_name(object) + "' object is not subscriptable");
   for (const Value* part : {&start_v, &stop_v, &step_v})
-    if (!part->is_none() && !part->is_integral()) return none;
+    if (!part->is_none() && !part->is_integral())
+      fail("slice indices must be integers or None or have an __index__ method");
   const auto as_index = [](const Value& v) -> std::optional<int64_t> {
     if (v.is_none()) return std::nullopt;
     return v.as_int();
@@ -1254,20 +1256,30 @@ Value filter_impl(Context& ctx, const std::string& name, Value v, Args& args);
 }  // namespace
 
 Value apply_filter(Context& ctx, const std::string& name, Value v, Args& args) {
+  for (const Signature& signature : filter_signatures())
+    if (name == signature.name) check_signature("filter '" + name + "'", signature.params, args);
   // jinja2's lazy filters return generators; reverse of a list or dict returns an iterator.
   const bool lazy = name == "select" || name == "reject" || name == "selectattr" ||
                     name == "rejectattr" || name == "map" || name == "unique" || name == "items" ||
                     (name == "reverse" && (v.is_dict() || (v.is_list() && !v.list->generator)));
-  Value result = filter_impl(ctx, name, std::move(v), args);
-  if (lazy && result.is_list()) result.list->generator = true;
-  return result;
+  if (!lazy) return filter_impl(ctx, name, std::move(v), args);
+  // Python runs a generator's body only when it is consumed: an error inside waits until then.
+  try {
+    Value result = filter_impl(ctx, name, std::move(v), args);
+    if (result.is_list()) result.list->generator = true;
+    return result;
+  } catch (const Failure& failure) {
+    Value deferred = Value::make_list();
+    deferred.list->generator = true;
+    deferred.list->deferred_error = failure.message;
+    return deferred;
+  }
 }
 
 namespace {
 Value filter_impl(Context& ctx, const std::string& name, Value v, Args& args) {
-  for (const Signature& signature : filter_signatures())
-    if (name == signature.name) check_signature("filter '" + name + "'", signature.params, args);
-  if (name == "safe" || name == "forceescape") return v;
+  if (name == "safe") return Value::string(to_str(v));  // Markup(value)
+  if (name == "forceescape") return Value::string(html_escape(to_str(v)));
   if (name == "string") return Value::string(to_str(v));
   if (name == "default" || name == "d") {
     const bool boolean = arg(args, 1, "boolean", Value::boolean(false)).truthy();

@@ -84,7 +84,8 @@ struct ListData {
   // generator: always true, no len(), no index, not reversible, prints as a generator. Kiln
   // computes it eagerly (and, unlike Python, it can be iterated more than once).
   bool generator = false;
-  std::string repr;  // how it prints when not a plain list (e.g. "range(0, 3)")
+  std::string repr;            // how it prints when not a plain list (e.g. "range(0, 3)")
+  std::string deferred_error;  // a generator whose body failed: raised when it is consumed
 };
 
 struct DictData {
