@@ -21,12 +21,13 @@ namespace {
 
 constexpr const char* kLayerPrefix = "decoder/layers_";
 // Files of the source folder that travel with the checkpoint: every tokenizer format
-// Tokenizer::load reads, generation_config.json and a family file (kiln_family.json).
+// Tokenizer::load reads, the chat template (chat/chat_template.h), generation_config.json and
+// a family file (kiln_family.json).
 bool travels_with_checkpoint(const std::string& name) {
   for (const char* exact :
        {"tokenizer.json", "tokenizer.json.zst", "tokenizer_config.json", "special_tokens_map.json",
         "vocab.json", "merges.txt", "added_tokens.json", "generation_config.json", "tiktoken.json",
-        kFamilyFileName})
+        "chat_template.jinja", "chat_template.json", kFamilyFileName})
     if (name == exact) return true;
   for (const char* suffix : {".tiktoken", ".tiktoken.zst", ".tiktoken.json", ".model"})
     if (name.ends_with(suffix)) return true;

@@ -6,7 +6,9 @@
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 
+#include "kiln/chat/chat_template.h"
 #include "kiln/core/error.h"
 #include "kiln/io/kiln_checkpoint.h"
 #include "kiln/models/loader.h"
@@ -65,6 +67,18 @@ TEST_P(ConvertTest, EveryMappedWeightIsInTheCheckpointBitwise) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, ConvertTest, ::testing::Values("llama", "qwen3"));
+
+TEST(Convert, ChatTemplateTravelsWithTheCheckpoint) {
+  const std::string dir = test::make_temp_dir("kiln-convert-chat");
+  fs::copy(test::data_path("hf/llama"), dir + "/model");
+  std::ofstream(dir + "/model/chat_template.jinja") << "{{ messages[0].content }}!";
+  convert_hf_to_kiln(dir + "/model", dir + "/out", {});
+  const auto rendered =
+      chat::ChatTemplate::load(dir + "/out")
+          .apply(nlohmann::ordered_json::parse(R"([{"role": "user", "content": "hi"}])"));
+  fs::remove_all(dir);
+  EXPECT_EQ(rendered, "hi!");
+}
 
 TEST(Convert, ExistingOutputNeedsForceAndBadOptionsAreNamed) {
   const std::string dir = test::make_temp_dir("kiln-convert");
