@@ -5,7 +5,7 @@ set -euo pipefail
 PACKAGES=(
   g++ cmake ninja-build ccache pkg-config
   nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev
-  libsentencepiece-dev libzstd-dev libpcre2-dev libopenblas-dev
+  libsentencepiece-dev libzstd-dev libpcre2-dev libopenblas-dev libcpp-httplib-dev
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -17,4 +17,17 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -q
   $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Node.js and the OpenAI client for the server tests (tests/openai), from Debian and npm.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q --no-install-recommends nodejs npm
+fi
+openai_dir="$(cd "$(dirname "$0")/.." && pwd)/tests/openai"
+if [ ! -d "$openai_dir/node_modules/openai" ]; then
+  (cd "$openai_dir" && npm ci --no-audit --no-fund >/dev/null)
 fi

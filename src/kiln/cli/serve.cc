@@ -1,0 +1,108 @@
+// `kiln serve [MODEL] [--host H] [--port P] [--parallel N] [--ctx N] [--queue N] [--api-key K]
+// [--chat-template FILE] [--name NAME]`: an OpenAI-compatible HTTP server (serve/server.h).
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+
+#include "kiln/chat/chat_template.h"
+#include "kiln/cli/command.h"
+#include "kiln/core/error.h"
+#include "kiln/models/loader.h"
+#include "kiln/serve/server.h"
+
+namespace kiln::cli {
+namespace {
+
+serve::Server* g_server = nullptr;
+
+void on_signal(int) {
+  if (g_server) g_server->stop();
+}
+
+class ServeCommand : public Command {
+ public:
+  void configure(CLI::App& app) override {
+    app.add_option("model", model_path_,
+                   "HuggingFace model folder or Kiln checkpoint (default: bundled tinycoder)");
+    add_family_options(app, family_);
+    app.add_option("--host", options_.host, "address to listen on (default 127.0.0.1)");
+    app.add_option("--port", options_.port, "port (default 8080; 0 = any free port)")
+        ->check(CLI::Range(0, 65535));
+    app.add_option("--parallel", engine_.parallel, "sequences decoded at a time (default 4)")
+        ->check(CLI::Range(1, 256));
+    app.add_option("--ctx", engine_.context,
+                   "tokens per sequence, prompt and completion (default: the model's limit)")
+        ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
+    app.add_option("--queue", engine_.max_queue,
+                   "sequences that may wait beyond --parallel; more get 503 (default 64)")
+        ->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
+    app.add_option("--api-key", options_.api_key, "require Authorization: Bearer KEY");
+    app.add_option("--chat-template", chat_template_,
+                   "a .jinja file or tokenizer_config.json whose chat template to use (default: "
+                   "the model's)");
+    app.add_option("--name", options_.model_name,
+                   "model id in /v1/models (default: the folder name)");
+    app.add_flag("--mmap", mmap_, "map the weight files instead of reading them into memory");
+  }
+
+  int run() override {
+    if (model_path_.empty()) model_path_ = default_model_path();
+    if (options_.model_name.empty())
+      options_.model_name =
+          std::filesystem::path(model_path_).lexically_normal().filename().string();
+    if (options_.model_name.empty())
+      options_.model_name = std::filesystem::path(model_path_).parent_path().filename().string();
+    // The chat template: explicit, else the model's own, else none (chat answers 400).
+    std::optional<chat::ChatTemplate> chat_template;
+    if (!chat_template_.empty()) {
+      chat_template.emplace(chat::ChatTemplate::load(chat_template_));
+    } else {
+      try {
+        chat_template.emplace(chat::ChatTemplate::load(model_path_));
+      } catch (const Error& e) {
+        std::fprintf(stderr,
+                     "kiln: note: no chat template (%s): /v1/chat/completions answers 400\n",
+                     e.what());
+      }
+    }
+    const LoadedModel loaded =
+        load_model(model_path_, mmap_ ? Residency::kMapped : Residency::kResident, family_);
+    const Model model(loaded.spec, loaded.weights);
+    const std::unique_ptr<Tokenizer> tokenizer = Tokenizer::load(model_path_);
+    serve::Engine engine(model, *tokenizer, loaded.spec.eos_token_ids, engine_);
+    serve::ChatRenderer render;
+    if (chat_template) {
+      render = [&chat_template](const std::string& messages) {
+        chat::ChatOptions options;
+        options.add_generation_prompt = true;
+        return chat_template->apply(nlohmann::ordered_json::parse(messages), options);
+      };
+    }
+    serve::Server server(engine, *tokenizer, render, options_);
+    server.bind();
+    std::printf("kiln serve: %s on http://%s:%d (context %lld, %lld parallel)\n",
+                options_.model_name.c_str(), options_.host.c_str(), server.port(),
+                static_cast<long long>(engine.context()), static_cast<long long>(engine_.parallel));
+    std::fflush(stdout);
+    g_server = &server;
+    std::signal(SIGINT, on_signal);
+    std::signal(SIGTERM, on_signal);
+    server.listen();
+    g_server = nullptr;
+    return 0;
+  }
+
+ private:
+  FamilyChoice family_;
+  std::string model_path_;
+  std::string chat_template_;
+  bool mmap_ = false;
+  serve::ServerOptions options_;
+  serve::EngineOptions engine_;
+};
+
+}  // namespace
+
+KILN_COMMAND(ServeCommand, "serve", "OpenAI-compatible HTTP server (chat and completions)");
+
+}  // namespace kiln::cli

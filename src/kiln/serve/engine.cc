@@ -1,0 +1,243 @@
+#include "kiln/serve/engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include "kiln/core/error.h"
+#include "kiln/runtime/kv_cache.h"
+
+namespace kiln::serve {
+
+void Channel::push(Event event) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    events_.push_back(std::move(event));
+  }
+  ready_.notify_one();
+}
+
+std::optional<Event> Channel::pop(int timeout_ms) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (!ready_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
+                       [&] { return !events_.empty(); }))
+    return std::nullopt;
+  Event event = std::move(events_.front());
+  events_.pop_front();
+  return event;
+}
+
+size_t held_suffix(const std::string& text, const std::vector<std::string>& stops) {
+  size_t held = 0;
+  for (const std::string& stop : stops)
+    for (size_t n = std::min(stop.size() - 1, text.size()); n > held; --n)
+      if (text.compare(text.size() - n, n, stop, 0, n) == 0) {
+        held = n;
+        break;
+      }
+  return held;
+}
+
+struct Engine::Slot {
+  SequenceRequest request;
+  std::shared_ptr<Channel> channel;
+  std::optional<KvCache> cache;
+  std::optional<Sampler> sampler;
+  std::optional<StreamDecoder> decoder;
+  std::map<int32_t, int64_t> counts;  // generated token -> times
+  std::string held;                   // decoded text not yet sent (a possible stop string)
+  int64_t generated = 0;
+  int32_t last = -1;  // the token to feed next (-1: the prompt's pass is due)
+};
+
+Engine::Engine(const Model& model, const Tokenizer& tokenizer, std::vector<int64_t> stop_ids,
+               EngineOptions options)
+    : model_(model),
+      tokenizer_(tokenizer),
+      stop_ids_(std::move(stop_ids)),
+      options_(options),
+      context_(options.context > 0 ? std::min(options.context, model.spec().max_position_embeddings)
+                                   : model.spec().max_position_embeddings) {
+  check(options_.parallel > 0, "serve: --parallel must be positive");
+  check(context_ > 1, "serve: the context must hold at least 2 tokens");
+  worker_ = std::thread([this] { run(); });
+}
+
+Engine::~Engine() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  worker_.join();
+}
+
+std::shared_ptr<Channel> Engine::submit(SequenceRequest request) {
+  const int64_t vocab = model_.spec().vocab_size;
+  check(!request.prompt.empty(), "the prompt has no tokens");
+  for (int32_t id : request.prompt)
+    check(id >= 0 && id < vocab, "token id " + std::to_string(id) +
+                                     " is outside the vocabulary of " + std::to_string(vocab));
+  const int64_t length = static_cast<int64_t>(request.prompt.size());
+  check(length < context_, "the prompt has " + std::to_string(length) +
+                               " tokens; the context holds " + std::to_string(context_) +
+                               " (prompt and completion)");
+  request.max_tokens = std::min(request.max_tokens, context_ - length);
+  Sampler check_params(request.sampling);  // rejects unusable sampling settings now
+  auto slot = std::make_unique<Slot>();
+  slot->request = std::move(request);
+  slot->channel = std::make_shared<Channel>();
+  std::shared_ptr<Channel> channel = slot->channel;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (in_flight_ >= options_.parallel + options_.max_queue)
+      throw QueueFull("the server is busy: " + std::to_string(in_flight_) +
+                      " sequences are running or queued");
+    ++in_flight_;
+    queue_.push_back(std::move(slot));
+    stats_.queued = static_cast<int64_t>(queue_.size());
+  }
+  wake_.notify_one();
+  return channel;
+}
+
+void Engine::run() {
+  std::vector<std::unique_ptr<Slot>> active;
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      wake_.wait(lock, [&] { return stopping_ || !queue_.empty() || !active.empty(); });
+      if (stopping_) break;
+      while (static_cast<int64_t>(active.size()) < options_.parallel && !queue_.empty()) {
+        active.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+      }
+      stats_.queued = static_cast<int64_t>(queue_.size());
+    }
+    stats_.active = static_cast<int64_t>(active.size());
+    int64_t kv = 0;
+    for (auto it = active.begin(); it != active.end();) {
+      Slot& slot = **it;
+      bool alive = false;
+      if (!slot.channel->cancelled()) {
+        try {
+          alive = step(slot);
+        } catch (const std::exception& e) {
+          Event last;
+          last.done = true;
+          last.error = e.what();
+          slot.channel->push(std::move(last));
+        }
+      }
+      if (alive && slot.cache) kv += slot.cache->bytes_per_token() * slot.cache->capacity();
+      if (alive) {
+        ++it;
+      } else {
+        ++stats_.sequences_done;
+        it = active.erase(it);
+        std::lock_guard<std::mutex> lock(mutex_);
+        --in_flight_;
+      }
+    }
+    stats_.kv_bytes = kv;
+    stats_.active = static_cast<int64_t>(active.size());
+  }
+  for (auto& slot : active) slot->channel->cancel();
+}
+
+namespace {
+// log-softmax of `logits` at `id`, and the best `k` alternatives (most likely first).
+void log_probabilities(const float* logits, int64_t vocab, int32_t id, int k,
+                       const Tokenizer& tokenizer, Event& event) {
+  double max = logits[0];
+  for (int64_t v = 1; v < vocab; ++v) max = std::max(max, static_cast<double>(logits[v]));
+  double sum = 0.0;
+  for (int64_t v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(logits[v]) - max);
+  const double log_sum = max + std::log(sum);
+  auto entry = [&](int32_t token) {
+    return TokenLogprob{token, tokenizer.decode({token}, false), logits[token] - log_sum};
+  };
+  event.token = entry(id);
+  if (k <= 0) return;
+  std::vector<int32_t> order(static_cast<size_t>(vocab));
+  for (int64_t v = 0; v < vocab; ++v) order[v] = static_cast<int32_t>(v);
+  const size_t n = std::min<size_t>(static_cast<size_t>(k), order.size());
+  std::partial_sort(order.begin(), order.begin() + n, order.end(), [&](int32_t a, int32_t b) {
+    return logits[a] != logits[b] ? logits[a] > logits[b] : a < b;
+  });
+  for (size_t j = 0; j < n; ++j) event.top.push_back(entry(order[j]));
+}
+}  // namespace
+
+bool Engine::step(Slot& slot) {
+  const SequenceRequest& request = slot.request;
+  const int64_t vocab = model_.spec().vocab_size;
+  auto finish = [&](const std::string& reason, Event event) {
+    if (reason == "length" && slot.decoder) slot.held += slot.decoder->finish();
+    event.text += reason == "length" ? slot.held : std::string();
+    event.done = true;
+    event.finish_reason = reason;
+    event.completion_tokens = slot.generated;
+    slot.channel->push(std::move(event));
+    return false;
+  };
+  if (request.max_tokens <= 0) return finish("length", {});
+  ForwardOptions options;
+  options.last_position_only = true;
+  thread_local Workspace workspace;
+  const float* logits;
+  if (slot.last < 0) {  // the prompt's pass
+    const int64_t length = static_cast<int64_t>(request.prompt.size());
+    slot.cache.emplace(model_.make_cache(1, length + request.max_tokens));
+    slot.sampler.emplace(request.sampling);
+    slot.decoder.emplace(tokenizer_);
+    logits = model_.forward(request.prompt.data(), 1, length, *slot.cache, workspace, options);
+    stats_.prompt_tokens += length;
+  } else {
+    logits = model_.forward(&slot.last, 1, 1, *slot.cache, workspace, options);
+  }
+  // Penalties on the generated tokens, then the sampler's choice.
+  thread_local std::vector<float> adjusted;
+  const float* choose_from = logits;
+  if (!slot.counts.empty() && (request.presence_penalty != 0 || request.frequency_penalty != 0)) {
+    adjusted.assign(logits, logits + vocab);
+    for (const auto& [token, count] : slot.counts)
+      adjusted[token] -=
+          request.presence_penalty + request.frequency_penalty * static_cast<float>(count);
+    choose_from = adjusted.data();
+  }
+  const int32_t next = slot.sampler->sample(choose_from, vocab);
+  Event event;
+  if (request.top_logprobs >= 0)
+    log_probabilities(logits, vocab, next, request.top_logprobs, tokenizer_, event);
+  if (std::find(stop_ids_.begin(), stop_ids_.end(), next) != stop_ids_.end()) {
+    // The end-of-sequence token ends the text; what was held back is text after all.
+    slot.held += slot.decoder->finish();
+    event.text = slot.held;
+    event.token.reset();
+    event.top.clear();
+    return finish("stop", std::move(event));
+  }
+  ++slot.generated;
+  ++stats_.generated_tokens;
+  ++slot.counts[next];
+  slot.last = next;
+  slot.held += slot.decoder->push(next);
+  // A stop string ends the text before it.
+  size_t cut = std::string::npos;
+  for (const std::string& stop : request.stop)
+    if (!stop.empty()) cut = std::min(cut, slot.held.find(stop));
+  if (cut != std::string::npos) {
+    event.text = slot.held.substr(0, cut);
+    slot.held.clear();
+    return finish("stop", std::move(event));
+  }
+  if (slot.generated >= request.max_tokens) return finish("length", std::move(event));
+  const size_t keep = held_suffix(slot.held, request.stop);
+  event.text = slot.held.substr(0, slot.held.size() - keep);
+  slot.held.erase(0, slot.held.size() - keep);
+  slot.channel->push(std::move(event));
+  return true;
+}
+
+}  // namespace kiln::serve

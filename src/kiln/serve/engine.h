@@ -1,0 +1,128 @@
+// The serving engine: one worker thread owns the model and runs the active sequences of every
+// request (at most `parallel` at a time, the rest queued), a step each in turn, each with its own
+// KV cache and sampler. A sequence's tokens therefore never depend on what else is running: at
+// temperature 0, or with a seed, a request gives the same tokens and log-probabilities alone or
+// among others. Each sequence reports its text (stop strings cut, never emitted), tokens and
+// log-probabilities through a Channel that the HTTP side reads; cancelling the channel (a client
+// that went away) ends the sequence at its next step.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kiln/layers/model.h"
+#include "kiln/runtime/sampler.h"
+#include "kiln/tokenizer/tokenizer.h"
+
+namespace kiln::serve {
+
+struct TokenLogprob {
+  int32_t id = 0;
+  std::string text;  // the token's own text (decode of the id alone)
+  double logprob = 0.0;
+};
+
+// One generated token (or the end of the sequence).
+struct Event {
+  std::string text;  // new text to show (may be empty: held back as a possible stop string)
+  std::optional<TokenLogprob> token;  // the token chosen at this step (absent on the last event)
+  std::vector<TokenLogprob> top;      // its top alternatives, when asked for
+  bool done = false;
+  std::string finish_reason;      // on the last event: "stop" or "length"
+  std::string error;              // on the last event when the sequence failed
+  int64_t completion_tokens = 0;  // on the last event
+};
+
+// The events of one sequence, from the engine to the request's handler.
+class Channel {
+ public:
+  void push(Event event);
+  // The next event; waits up to `timeout_ms` (nullopt when none came).
+  std::optional<Event> pop(int timeout_ms);
+  void cancel() { cancelled_ = true; }
+  bool cancelled() const { return cancelled_; }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::deque<Event> events_;
+  std::atomic<bool> cancelled_{false};
+};
+
+struct SequenceRequest {
+  std::vector<int32_t> prompt;
+  int64_t max_tokens = 16;
+  SamplingParams sampling;
+  std::vector<std::string> stop;   // strings that end the text (not included in it)
+  float presence_penalty = 0.0f;   // subtracted from the logit of every generated token seen
+  float frequency_penalty = 0.0f;  // times how often it was generated
+  int top_logprobs = -1;           // -1: no log-probabilities; k >= 0: the chosen and k best
+};
+
+struct EngineOptions {
+  int64_t parallel = 4;    // sequences decoded at a time
+  int64_t context = 0;     // tokens per sequence (prompt + completion); 0 = the model's limit
+  int64_t max_queue = 64;  // sequences waiting beyond `parallel`; more are refused
+};
+
+// Counters for /metrics.
+struct EngineStats {
+  std::atomic<int64_t> prompt_tokens{0}, generated_tokens{0}, sequences_done{0};
+  std::atomic<int64_t> active{0}, queued{0}, kv_bytes{0};
+};
+
+class QueueFull : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+class Engine {
+ public:
+  Engine(const Model& model, const Tokenizer& tokenizer, std::vector<int64_t> stop_ids,
+         EngineOptions options);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Queues a sequence; its events arrive on the returned channel. Throws QueueFull when
+  // parallel + max_queue sequences are already running or waiting, Error when the prompt is empty,
+  // has ids outside the vocabulary or leaves no room in the context.
+  std::shared_ptr<Channel> submit(SequenceRequest request);
+  // The context length sequences get (prompt + completion).
+  int64_t context() const { return context_; }
+  const EngineStats& stats() const { return stats_; }
+
+ private:
+  struct Slot;
+  void run();
+  // One step of `slot`: its prompt's pass or one decode step, then the choice of a token and
+  // its events. Returns false when the sequence ended.
+  bool step(Slot& slot);
+
+  const Model& model_;
+  const Tokenizer& tokenizer_;
+  std::vector<int64_t> stop_ids_;
+  EngineOptions options_;
+  int64_t context_;
+  EngineStats stats_;
+
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<std::unique_ptr<Slot>> queue_;
+  bool stopping_ = false;
+  int64_t in_flight_ = 0;  // sequences queued or active
+  std::thread worker_;
+};
+
+// The longest suffix of `text` that is a proper prefix of one of `stops` (text to hold back).
+size_t held_suffix(const std::string& text, const std::vector<std::string>& stops);
+
+}  // namespace kiln::serve

@@ -1,0 +1,125 @@
+// Drives a running `kiln serve` with the real OpenAI Node client. Usage:
+//   node client_test.mjs BASE_URL API_KEY
+// The server serves tinycoder with a chat template, --parallel 4 and --api-key API_KEY.
+// Prints one line per check with its measurements and exits 1 when any check fails.
+import OpenAI from "openai";
+
+const [base, key] = process.argv.slice(2);
+const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: key, maxRetries: 0 });
+let failures = 0;
+function check(name, ok, detail = "") {
+  console.log(`${ok ? "ok  " : "FAIL"} ${name}${detail ? ": " + detail : ""}`);
+  if (!ok) failures++;
+}
+async function expectError(name, promise, status, code) {
+  try {
+    await promise;
+    check(name, false, "no error");
+  } catch (e) {
+    const ok = e.status === status && (!code || e.code === code) && typeof e.message === "string";
+    check(name, ok, `status ${e.status}, code ${e.code}, message ${JSON.stringify(e.error?.message)}`);
+  }
+}
+const chatMessages = [{ role: "user", content: "def add(a, b):" }];
+
+// Models.
+const models = await client.models.list();
+check("models.list", models.data.length === 1 && models.data[0].id === "tinycoder", JSON.stringify(models.data));
+
+// Completions, greedy, JSON and streamed alike.
+const prompt = "def fibonacci(n):";
+const greedy = await client.completions.create({ model: "tinycoder", prompt, max_tokens: 24, temperature: 0 });
+check("completions greedy", greedy.choices[0].finish_reason === "length" && greedy.usage.completion_tokens === 24 &&
+  greedy.usage.total_tokens === greedy.usage.prompt_tokens + 24 && greedy.object === "text_completion",
+  JSON.stringify(greedy.choices[0].text));
+let streamed = "", ids = new Set(), usage = null, finish = null;
+for await (const chunk of await client.completions.create({ model: "tinycoder", prompt, max_tokens: 24, temperature: 0,
+  stream: true, stream_options: { include_usage: true } })) {
+  ids.add(chunk.id);
+  if (chunk.usage) usage = chunk.usage;
+  for (const c of chunk.choices) { streamed += c.text; if (c.finish_reason) finish = c.finish_reason; }
+}
+check("completions stream = JSON", streamed === greedy.choices[0].text && ids.size === 1 && finish === "length" &&
+  usage && usage.completion_tokens === 24, `ids ${ids.size}, usage ${JSON.stringify(usage)}`);
+let noUsage = null;
+for await (const chunk of await client.completions.create({ model: "tinycoder", prompt, max_tokens: 4, temperature: 0, stream: true }))
+  if (chunk.usage) noUsage = chunk.usage;
+check("stream without include_usage has no usage", noUsage === null);
+
+// Chat, greedy, JSON and streamed.
+const chat = await client.chat.completions.create({ model: "tinycoder", messages: chatMessages, max_tokens: 16, temperature: 0 });
+const message = chat.choices[0].message;
+check("chat greedy", message.role === "assistant" && typeof message.content === "string" && chat.object === "chat.completion" &&
+  ["stop", "length"].includes(chat.choices[0].finish_reason), JSON.stringify(message.content));
+let chatStreamed = "", roles = 0, chatUsage = null, chatIds = new Set();
+for await (const chunk of await client.chat.completions.create({ model: "tinycoder", messages: chatMessages, max_tokens: 16,
+  temperature: 0, stream: true, stream_options: { include_usage: true } })) {
+  chatIds.add(chunk.id);
+  if (chunk.usage) chatUsage = chunk.usage;
+  for (const c of chunk.choices) { if (c.delta.role) roles++; if (c.delta.content) chatStreamed += c.delta.content; }
+}
+check("chat stream = JSON", chatStreamed === message.content && roles === 1 && chatIds.size === 1 &&
+  chatUsage && chatUsage.completion_tokens === chat.usage.completion_tokens, `usage ${JSON.stringify(chatUsage)}`);
+
+// Stop strings never appear in the output.
+const full = greedy.choices[0].text;
+const stopWord = full.trim().split(/\s+/)[1];
+const stopped = await client.completions.create({ model: "tinycoder", prompt, max_tokens: 24, temperature: 0, stop: [stopWord, "zzz"] });
+check("stop", stopped.choices[0].finish_reason === "stop" && !stopped.choices[0].text.includes(stopWord) &&
+  full.startsWith(stopped.choices[0].text) && full.includes(stopped.choices[0].text + stopWord),
+  `stop ${JSON.stringify(stopWord)} -> ${JSON.stringify(stopped.choices[0].text)}`);
+
+// n and seed: reproducible per seed, one usage for all choices.
+const sample = (seed) => client.completions.create({ model: "tinycoder", prompt, max_tokens: 12, temperature: 1, n: 3, seed });
+const [s1, s2, s3] = [await sample(7), await sample(7), await sample(8)];
+const texts = (r) => r.choices.map((c) => c.text);
+check("n = 3", s1.choices.length === 3 && s1.choices.every((c, i) => c.index === i) &&
+  s1.usage.completion_tokens === s1.choices.length * 12, JSON.stringify(s1.usage));
+check("seed reproduces", JSON.stringify(texts(s1)) === JSON.stringify(texts(s2)));
+check("other seed differs", JSON.stringify(texts(s1)) !== JSON.stringify(texts(s3)));
+
+// Log-probabilities.
+const lp = await client.chat.completions.create({ model: "tinycoder", messages: chatMessages, max_tokens: 6, temperature: 0,
+  logprobs: true, top_logprobs: 3 });
+const content = lp.choices[0].logprobs.content;
+check("chat logprobs", content.length === lp.usage.completion_tokens && content.every((t) => t.top_logprobs.length === 3 &&
+  t.logprob <= 0 && t.top_logprobs[0].logprob >= t.logprob - 1e-9 && t.top_logprobs[0].token === t.token),
+  `first ${JSON.stringify(content[0])}`);
+const clp = await client.completions.create({ model: "tinycoder", prompt, max_tokens: 5, temperature: 0, logprobs: 2 });
+check("completion logprobs", clp.choices[0].logprobs.tokens.join("") === clp.choices[0].text &&
+  clp.choices[0].logprobs.token_logprobs.length === 5);
+
+// Errors in OpenAI's shape with the right status.
+await expectError("bad api key", new OpenAI({ baseURL: `${base}/v1`, apiKey: "wrong", maxRetries: 0 }).models.list(), 401, "invalid_api_key");
+await expectError("temperature out of range", client.completions.create({ model: "tinycoder", prompt, temperature: 5 }), 400);
+await expectError("context overflow", client.completions.create({ model: "tinycoder", prompt, max_tokens: 100000 }), 400, "context_length_exceeded");
+await expectError("empty messages", client.chat.completions.create({ model: "tinycoder", messages: [] }), 400);
+await expectError("json mode refused", client.chat.completions.create({ model: "tinycoder", messages: chatMessages,
+  response_format: { type: "json_object" } }), 400, "unsupported_response_format");
+const notFound = await fetch(`${base}/v1/nothing`, { headers: { Authorization: `Bearer ${key}` } });
+const notFoundBody = await notFound.json();
+check("unknown path", notFound.status === 404 && notFoundBody.error.type === "not_found_error", JSON.stringify(notFoundBody));
+
+// Load: 32 concurrent streaming clients x 8 requests; each response complete and equal to the
+// same request run alone (temperature 0).
+const prompts = ["def fibonacci(n):", "import os\n", "class Stack:", "# sort a list\n"];
+const alone = {};
+for (const p of prompts)
+  alone[p] = (await client.completions.create({ model: "tinycoder", prompt: p, max_tokens: 12, temperature: 0 })).choices[0].text;
+let completed = 0, mismatched = 0;
+const started = Date.now();
+await Promise.all(Array.from({ length: 32 }, async (_, c) => {
+  for (let r = 0; r < 8; r++) {
+    const p = prompts[(c + r) % prompts.length];
+    let text = "", done = false;
+    for await (const chunk of await client.completions.create({ model: "tinycoder", prompt: p, max_tokens: 12, temperature: 0, stream: true }))
+      for (const ch of chunk.choices) { text += ch.text; if (ch.finish_reason) done = true; }
+    completed += done ? 1 : 0;
+    mismatched += text === alone[p] ? 0 : 1;
+  }
+}));
+check("load 32 x 8 streams", completed === 256 && mismatched === 0,
+  `${completed} complete, ${mismatched} differ from the request alone, ${((Date.now() - started) / 1000).toFixed(1)} s`);
+
+console.log(failures ? `${failures} checks failed` : "all checks passed");
+process.exit(failures ? 1 : 0);
