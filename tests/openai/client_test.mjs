@@ -100,6 +100,28 @@ const notFound = await fetch(`${base}/v1/nothing`, { headers: { Authorization: `
 const notFoundBody = await notFound.json();
 check("unknown path", notFound.status === 404 && notFoundBody.error.type === "not_found_error", JSON.stringify(notFoundBody));
 
+// Bad input through plain HTTP: the right error, and the server keeps serving.
+const raw = async (body, contentType = "application/json") => {
+  const r = await fetch(`${base}/v1/chat/completions`, { method: "POST", body,
+    headers: { Authorization: `Bearer ${key}`, "Content-Type": contentType } });
+  return { status: r.status, body: await r.json() };
+};
+for (const [name, body] of [
+  ["malformed JSON", "{\"messages\": [}"],
+  ["invalid UTF-8", Buffer.from([0x7b, 0x22, 0x61, 0x22, 0x3a, 0x22, 0xff, 0xfe, 0x22, 0x7d])],
+  ["not an object", "[1, 2]"],
+  ["messages of the wrong type", JSON.stringify({ messages: "hi" })],
+  ["a message without a role", JSON.stringify({ messages: [{ content: "hi" }] })],
+  ["max_tokens of the wrong type", JSON.stringify({ messages: chatMessages, max_tokens: "8" })],
+  ["n too large", JSON.stringify({ messages: chatMessages, n: 99 })],
+]) {
+  const r = await raw(body);
+  check(`bad input: ${name}`, r.status === 400 && r.body.error && typeof r.body.error.message === "string",
+    `${r.status} ${JSON.stringify(r.body.error?.message)}`);
+}
+const health = await fetch(`${base}/health`);
+check("still serving after bad input", health.status === 200);
+
 // Load: 32 concurrent streaming clients x 8 requests; each response complete and equal to the
 // same request run alone (temperature 0).
 const prompts = ["def fibonacci(n):", "import os\n", "class Stack:", "# sort a list\n"];
