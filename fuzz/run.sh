@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the tokenizer and chat-template fuzz targets with clang's libFuzzer + ASan + UBSan (not part of the
-# normal build or tests) and runs each for SECONDS (default 120).
+# Builds the tokenizer and chat-template fuzz targets with clang's libFuzzer + ASan + UBSan
+# (not part of the normal build or tests) and runs each for SECONDS (default 120).
 #   fuzz/run.sh [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,7 @@ LIBS=($(pkg-config --libs libpcre2-8 libzstd sentencepiece))
 for target in tokenizer_json_fuzz tokenizer_encode_fuzz jinja_fuzz; do
   clang++ "${FLAGS[@]}" "fuzz/$target.cc" ${SOURCES[@]} "${LIBS[@]}" -o "$OUT/$target"
 done
-# Seed corpora: real tokenizer files (small ones) and the shared test strings.
+# Seed corpora: real tokenizer files (small ones), the shared test strings, the jinja cases.
 mkdir -p "$OUT/corpus_json" "$OUT/corpus_text"
 cp tests/data/tokenizers/tinycoder/tokenizer.json "$OUT/corpus_json/tinycoder.json"
 zstd -dcq tests/data/tokenizers/llama2/tokenizer.json.zst > "$OUT/corpus_json/llama2.json"

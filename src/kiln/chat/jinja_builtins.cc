@@ -1278,6 +1278,9 @@ Value apply_filter(Context& ctx, const std::string& name, Value v, Args& args) {
 
 namespace {
 Value filter_impl(Context& ctx, const std::string& name, Value v, Args& args) {
+  if ((name == "replace" && (!has_arg(args, 0, "old") || !has_arg(args, 1, "new"))) ||
+      (name == "attr" && !has_arg(args, 0, "name")))
+    fail("filter '" + name + "' is missing a required argument");
   if (name == "safe") return Value::string(to_str(v));  // Markup(value)
   if (name == "forceescape") return Value::string(html_escape(to_str(v)));
   if (name == "string") return Value::string(to_str(v));

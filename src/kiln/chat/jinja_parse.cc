@@ -49,7 +49,7 @@ class Lexer {
              src_[tag + 1] != '%' && src_[tag + 1] != '#')
         tag = src_.find('{', tag + 1);
       if (tag == std::string::npos || tag + 1 >= src_.size()) {
-        emit_text(pos, src_.size(), src_.size());
+        emit_text(pos, src_.size());
         break;
       }
       const char kind = src_[tag + 1];
@@ -63,7 +63,7 @@ class Lexer {
         while (j > pos && (src_[j - 1] == ' ' || src_[j - 1] == '\t')) --j;
         if (j == 0 || src_[j - 1] == '\n') text_end = j;
       }
-      emit_text(pos, text_end, tag);
+      emit_text(pos, text_end);
       size_t body = tag + 2 + (sign == '-' || sign == '+' ? 1 : 0);
       if (kind == '#') {
         const size_t close = src_.find("#}", body);
@@ -96,8 +96,7 @@ class Lexer {
     tokens_.push_back(Token{type, line_at(pos), std::move(text)});
   }
 
-  void emit_text(size_t begin, size_t end, size_t line_pos) {
-    (void)line_pos;
+  void emit_text(size_t begin, size_t end) {
     if (end > begin) push(Token::Type::kText, begin, src_.substr(begin, end - begin));
   }
 
@@ -337,7 +336,7 @@ class Lexer {
         while (j > pos && (src_[j - 1] == ' ' || src_[j - 1] == '\t')) --j;
         if (j == 0 || src_[j - 1] == '\n') text_end = j;
       }
-      emit_text(pos, text_end, tag);
+      emit_text(pos, text_end);
       return after_tag(q + 2, strip_after, plus, true);
     }
   }

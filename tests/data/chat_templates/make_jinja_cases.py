@@ -342,6 +342,7 @@ MORE_CASES = [
     ("err_filter_unknown_keyword", "{{ [1]|sort(reversed=true) }}", {}),
     ("err_filter_too_many_arguments", "{{ 'a'|trim('a', 'b') }}", {}),
     ("err_map_unknown_keyword", "{{ [{}]|map(attribute='x', defualt=0)|list }}", {}),
+    ("err_replace_missing_argument", "{{ 'a2b'|replace('') }}", {}),
     ("err_unique_unknown_keyword", "{% set v = [1]|unique(foo=1) %}", {}),
     ("err_method_too_many_arguments", "{{ 'a'.upper(1) }}", {}),
     ("err_int_of_undefined", "{{ nothing|int }}", {}),
