@@ -1,9 +1,12 @@
 #include "kiln/cli/command.h"
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
+
+#include "kiln/core/error.h"
 
 namespace kiln::cli {
 
@@ -51,6 +54,19 @@ CLI::Validator finite_positive() {
 }
 CLI::Validator unit_interval() {
   return number_check("in (0, 1]", [](double x) { return x > 0 && x <= 1; });
+}
+
+std::optional<chat::ChatTemplate> find_chat_template(const std::string& model_path,
+                                                     const std::string& explicit_path,
+                                                     const std::string& without) {
+  if (!explicit_path.empty()) return chat::ChatTemplate::load(explicit_path);
+  try {
+    return chat::ChatTemplate::load(model_path);
+  } catch (const Error& e) {
+    if (!without.empty())
+      std::fprintf(stderr, "kiln: note: no chat template (%s): %s\n", e.what(), without.c_str());
+    return std::nullopt;
+  }
 }
 
 void add_family_options(CLI::App& app, FamilyChoice& choice) {

@@ -5,9 +5,11 @@
 #include <CLI/CLI.hpp>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "kiln/chat/chat_template.h"
 #include "kiln/models/family_file.h"
 
 namespace kiln::cli {
@@ -39,6 +41,13 @@ std::string default_model_path();
 // Declares `--family NAME|auto` and `--family-file PATH` (models/family_file.h), bound to
 // `choice`.
 void add_family_options(CLI::App& app, FamilyChoice& choice);
+
+// The chat template to use: `explicit_path` (a .jinja file, tokenizer_config.json or folder)
+// when given (errors propagate), else the model's own, else nullopt with a note on stderr
+// saying what `without` means ("/v1/chat/completions answers 400").
+std::optional<chat::ChatTemplate> find_chat_template(const std::string& model_path,
+                                                     const std::string& explicit_path,
+                                                     const std::string& without);
 
 // Option checks with plain messages (CLI11's ranges print the double limits in full):
 // a finite number >= 0 ("must be a finite number >= 0"), > 0, or in (0, 1].

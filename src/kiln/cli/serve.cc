@@ -53,18 +53,8 @@ class ServeCommand : public Command {
     if (options_.model_name.empty())
       options_.model_name = std::filesystem::path(model_path_).parent_path().filename().string();
     // The chat template: explicit, else the model's own, else none (chat answers 400).
-    std::optional<chat::ChatTemplate> chat_template;
-    if (!chat_template_.empty()) {
-      chat_template.emplace(chat::ChatTemplate::load(chat_template_));
-    } else {
-      try {
-        chat_template.emplace(chat::ChatTemplate::load(model_path_));
-      } catch (const Error& e) {
-        std::fprintf(stderr,
-                     "kiln: note: no chat template (%s): /v1/chat/completions answers 400\n",
-                     e.what());
-      }
-    }
+    const std::optional<chat::ChatTemplate> chat_template =
+        find_chat_template(model_path_, chat_template_, "/v1/chat/completions answers 400");
     const LoadedModel loaded =
         load_model(model_path_, mmap_ ? Residency::kMapped : Residency::kResident, family_);
     const Model model(loaded.spec, loaded.weights);
