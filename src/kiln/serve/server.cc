@@ -585,6 +585,7 @@ Server::Server(Engine& engine, const Tokenizer& tokenizer, ChatRenderer chat, Se
   const int threads = impl_->options.http_threads;
   impl_->http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   impl_->http.set_payload_max_length(16 << 20);
+  impl_->http.set_keep_alive_timeout(2);
   impl_->http.set_read_timeout(30, 0);
   impl_->http.set_write_timeout(30, 0);
   impl_->routes();

@@ -21,7 +21,9 @@ struct ServerOptions {
   int port = 8080;         // 0: any free port (see Server::port())
   std::string api_key;     // "" = no key required
   std::string model_name;  // the id /v1/models lists and responses carry
-  int http_threads = 16;
+  // Connections served at once (cpp-httplib holds a thread per connection, idle keep-alive
+  // ones included, for up to 2 s).
+  int http_threads = 64;
 };
 
 // Renders a chat (a JSON array of messages) into the prompt text; throws Error (bad
