@@ -84,12 +84,41 @@ void Attention::forward(const float* x, int64_t batch, int64_t tokens, int64_t s
   if (spec_.is_mla()) return mla_.forward(x, batch, tokens, start, cache, out, workspace, observer);
   const int64_t rows = batch * tokens;
   const int64_t heads = spec_.num_heads, kv_heads = spec_.num_kv_heads, head_dim = spec_.head_dim;
-  const int64_t capacity = cache.keys.dim(1);
-  if (start + tokens > capacity) throw Error(module_ + ": positions exceed the KV cache capacity");
   Workspace::Scope scope(workspace);
   float* q = workspace.take<float>(rows * heads * head_dim);       // [B, T, Hq, D]
   float* k = workspace.take<float>(rows * kv_heads * head_dim);    // [B, T, Hkv, D]
   float* v = workspace.take<float>(rows * kv_heads * value_dim_);  // [B, T, Hkv, Dv]
+  project(x, batch, tokens, q, k, v, workspace, observer);
+  float* mixed = workspace.take<float>(rows * heads * value_dim_);  // [B, T, Hq, Dv]
+  attend(q, k, v, batch, tokens, start, cache, mixed, workspace, observer);
+  out_.forward(mixed, rows, out);
+}
+
+void Attention::forward_rows(const float* x, int64_t rows, const int64_t* starts,
+                             LayerKvCache* const* caches, float* out, Workspace& workspace) const {
+  if (spec_.is_mla()) {
+    for (int64_t r = 0; r < rows; ++r)
+      mla_.forward(x + r * hidden_, 1, 1, starts[r], *caches[r], out + r * hidden_, workspace,
+                   nullptr);
+    return;
+  }
+  const int64_t heads = spec_.num_heads, kv_heads = spec_.num_kv_heads, head_dim = spec_.head_dim;
+  Workspace::Scope scope(workspace);
+  float* q = workspace.take<float>(rows * heads * head_dim);       // [rows, Hq, D]
+  float* k = workspace.take<float>(rows * kv_heads * head_dim);    // [rows, Hkv, D]
+  float* v = workspace.take<float>(rows * kv_heads * value_dim_);  // [rows, Hkv, Dv]
+  project(x, rows, 1, q, k, v, workspace, nullptr);
+  float* mixed = workspace.take<float>(rows * heads * value_dim_);  // [rows, Hq, Dv]
+  for (int64_t r = 0; r < rows; ++r)
+    attend(q + r * heads * head_dim, k + r * kv_heads * head_dim, v + r * kv_heads * value_dim_, 1,
+           1, starts[r], *caches[r], mixed + r * heads * value_dim_, workspace, nullptr);
+  out_.forward(mixed, rows, out);
+}
+
+void Attention::project(const float* x, int64_t batch, int64_t tokens, float* q, float* k, float* v,
+                        Workspace& workspace, const ActivationObserver* observer) const {
+  const int64_t rows = batch * tokens;
+  const int64_t heads = spec_.num_heads, kv_heads = spec_.num_kv_heads, head_dim = spec_.head_dim;
   query_.forward(x, rows, q);
   key_.forward(x, rows, k);
   value_.forward(x, rows, v);
@@ -110,6 +139,18 @@ void Attention::forward(const float* x, int64_t batch, int64_t tokens, int64_t s
     clamp(k, rows * kv_heads * head_dim);
     clamp(v, rows * kv_heads * value_dim_);
   }
+}
+
+void Attention::attend(float* q, float* k, float* v, int64_t batch, int64_t tokens, int64_t start,
+                       LayerKvCache& cache, float* mixed, Workspace& workspace,
+                       const ActivationObserver* observer) const {
+  const int64_t rows = batch * tokens;
+  const int64_t heads = spec_.num_heads, kv_heads = spec_.num_kv_heads, head_dim = spec_.head_dim;
+  const int64_t capacity = cache.keys.dim(1);
+  if (start + tokens > capacity) throw Error(module_ + ": positions exceed the KV cache capacity");
+  auto report = [&](const char* child, const float* data, int64_t width, int64_t dim) {
+    (*observer)(names::child(module_, child), workspace.view(data, {batch, tokens, width, dim}));
+  };
   const bool weighted_qk_norm =
       spec_.qk_norm != QkNormKind::kNone && spec_.qk_norm != QkNormKind::kL2;
   if (weighted_qk_norm) {
@@ -179,9 +220,7 @@ void Attention::forward(const float* x, int64_t batch, int64_t tokens, int64_t s
   shape.chunk = spec_.chunk_size;
   shape.softcap = spec_.softcap;
   shape.sinks = sinks_.empty() ? nullptr : sinks_.data();
-  float* mixed = workspace.take<float>(rows * heads * value_dim_);  // [B, T, Hq, Dv]
   ops::causal_attention(q, k_cache, v_cache, mixed, shape);
-  out_.forward(mixed, rows, out);
 }
 
 }  // namespace kiln

@@ -37,6 +37,12 @@ class Attention {
   // `observer` (may be null) receives the projections and QK-norm outputs.
   void forward(const float* x, int64_t batch, int64_t tokens, int64_t start, LayerKvCache& cache,
                float* out, Workspace& workspace, const ActivationObserver* observer) const;
+  // One decode step of `rows` independent sequences: row r is the token at position starts[r]
+  // of the sequence whose cache is caches[r] (batch 1 each). The projections read each weight
+  // once for all rows; each row's result equals forward() of that row alone, bit for bit.
+  //   x, out: [rows, hidden] f32
+  void forward_rows(const float* x, int64_t rows, const int64_t* starts,
+                    LayerKvCache* const* caches, float* out, Workspace& workspace) const;
 
   // The per-head QK norms (kind kNone when the spec has none).
   const Norm& query_norm() const { return query_norm_; }
@@ -45,6 +51,15 @@ class Attention {
   const Mla& mla() const { return mla_; }
 
  private:
+  // q, k, v [B, T, heads, dim] of x [B, T, hidden] (clipped when spec_.clip_qkv); reports them.
+  void project(const float* x, int64_t batch, int64_t tokens, float* q, float* k, float* v,
+               Workspace& workspace, const ActivationObserver* observer) const;
+  // QK norms, RoPE, temperature, the cache update and the attention itself, into mixed
+  // [B, T, Hq, Dv] (before the output projection).
+  void attend(float* q, float* k, float* v, int64_t batch, int64_t tokens, int64_t start,
+              LayerKvCache& cache, float* mixed, Workspace& workspace,
+              const ActivationObserver* observer) const;
+
   AttentionSpec spec_;
   std::string module_;
   int64_t hidden_ = 0;

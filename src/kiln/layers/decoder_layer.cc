@@ -121,6 +121,34 @@ void DecoderLayer::forward(float* x, int64_t batch, int64_t tokens, int64_t star
   add_residual(x, mlp_out, nullptr, n);
 }
 
+void DecoderLayer::forward_rows(float* x, int64_t rows, const int64_t* starts,
+                                LayerKvCache* const* caches, Workspace& workspace) const {
+  const int64_t n = rows * hidden_;
+  Workspace::Scope scope(workspace);
+  float* normed = workspace.take<float>(n);    // [rows, hidden]
+  float* attended = workspace.take<float>(n);  // [rows, hidden]
+  float* mlp_out = workspace.take<float>(n);   // [rows, hidden]
+  auto norm = [&](const Norm& which, const float* in, float* out) {
+    if (which.dim() == 0) return false;
+    which.forward(in, rows, out);
+    return true;
+  };
+  const bool attention_normed = norm(attention_in_, x, normed);
+  attention_.forward_rows(attention_normed ? normed : x, rows, starts, caches, attended, workspace);
+  if (placement_ == NormPlacement::kParallel) {
+    if (!shared_norm_) norm(mlp_in_, x, normed);
+    mlp_.forward(normed, rows, mlp_out, workspace);
+    add_residual(x, attended, mlp_out, n);
+    return;
+  }
+  norm(attention_out_, attended, attended);
+  add_residual(x, attended, nullptr, n);
+  const bool mlp_normed = norm(mlp_in_, x, normed);
+  mlp_.forward(mlp_normed ? normed : x, rows, mlp_out, workspace);
+  norm(mlp_out_, mlp_out, mlp_out);
+  add_residual(x, mlp_out, nullptr, n);
+}
+
 void DecoderLayer::add_residual(float* x, const float* branch, const float* other,
                                 int64_t n) const {
   const float s = residual_scale_;

@@ -32,6 +32,11 @@ class DecoderLayer {
   //   x: [B, T, hidden] f32
   void forward(float* x, int64_t batch, int64_t tokens, int64_t start, LayerKvCache& cache,
                Workspace& workspace, const ActivationObserver* observer) const;
+  // One decode step of `rows` independent sequences (Attention::forward_rows): row r is at
+  // position starts[r] with cache caches[r]; each row's result equals forward() of it alone.
+  //   x: [rows, hidden] f32, in place
+  void forward_rows(float* x, int64_t rows, const int64_t* starts, LayerKvCache* const* caches,
+                    Workspace& workspace) const;
 
   const Norm& input_norm() const { return attention_in_; }
   const Attention& attention() const { return attention_; }

@@ -110,17 +110,83 @@ const float* Model::forward(const int32_t* tokens, int64_t batch, int64_t tokens
   }
   float* logits = workspace.take<float>(batch * out_T * vocab);  // [B, out_T, V]
   lm_head_.forward(head_input, batch * out_T, logits);
+  finish_logits(logits, batch * out_T);
+  if (observer) report(names::lm_head(), logits, out_T, vocab);
+  return logits;
+}
+
+const float* Model::decode_rows(const int32_t* tokens, int64_t rows, KvCache* const* caches,
+                                Workspace& workspace) const {
+  const int64_t hidden = spec_.hidden_size, vocab = spec_.vocab_size;
+  check(rows > 0 && rows <= kMaxDecodeRows, "decode_rows: " + std::to_string(rows) +
+                                                " rows; 1 to " + std::to_string(kMaxDecodeRows) +
+                                                " share a step");
+  workspace.reset();
+  float* logits = workspace.take<float>(rows * vocab);  // [rows, V]
+  // Sequences whose RoPE frequencies change at this length recompute alone (rare).
+  std::vector<int64_t> batched, starts;
+  for (int64_t r = 0; r < rows; ++r) {
+    KvCache& cache = *caches[r];
+    check(cache.batch() == 1, "decode_rows: each sequence needs a cache of batch 1");
+    check(cache.length() + 1 <= cache.capacity(),
+          "decode_rows: " + std::to_string(cache.length() + 1) +
+              " positions exceed the KV cache capacity of " + std::to_string(cache.capacity()));
+    if (cache.length() > 0 && rope_changes(cache.length(), cache.length() + 1)) {
+      Workspace alone;
+      ForwardOptions options;
+      options.last_position_only = true;
+      const float* row = forward(tokens + r, 1, 1, cache, alone, options);
+      std::memcpy(logits + r * vocab, row, sizeof(float) * vocab);
+      continue;
+    }
+    batched.push_back(r);
+    starts.push_back(cache.length());
+  }
+  const int64_t m = static_cast<int64_t>(batched.size());
+  if (m == 0) return logits;
+  std::vector<int32_t> ids(m);
+  for (int64_t j = 0; j < m; ++j) {
+    ids[j] = tokens[batched[j]];
+    caches[batched[j]]->remember_tokens(&ids[j], 1);
+  }
+  float* x = workspace.take<float>(m * hidden);  // [m, hidden]
+  ops::embedding_lookup(embedding_.raw(), embedding_.dtype(), vocab, hidden, ids.data(), m,
+                        spec_.embedding_scale, x);
+  if (positions_.defined()) {
+    float* position_row = workspace.take<float>(hidden);  // [hidden]
+    for (int64_t j = 0; j < m; ++j) {
+      const auto position = static_cast<int32_t>(starts[j]);
+      ops::embedding_lookup(positions_.raw(), positions_.dtype(), spec_.max_position_embeddings,
+                            hidden, &position, 1, 1.0f, position_row);
+      for (int64_t i = 0; i < hidden; ++i) x[j * hidden + i] += position_row[i];
+    }
+  }
+  std::vector<LayerKvCache*> layer_caches(m);
+  for (int64_t i = 0; i < spec_.num_layers(); ++i) {
+    for (int64_t j = 0; j < m; ++j) layer_caches[j] = &caches[batched[j]]->layer(i);
+    layers_[i].forward_rows(x, m, starts.data(), layer_caches.data(), workspace);
+  }
+  final_norm_.forward(x, m, x);
+  float* batch_logits = workspace.take<float>(m * vocab);  // [m, V]
+  lm_head_.forward(x, m, batch_logits);
+  finish_logits(batch_logits, m);
+  for (int64_t j = 0; j < m; ++j) {
+    std::memcpy(logits + batched[j] * vocab, batch_logits + j * vocab, sizeof(float) * vocab);
+    caches[batched[j]]->advance(1);
+  }
+  return logits;
+}
+
+void Model::finish_logits(float* logits, int64_t rows) const {
+  const int64_t n = rows * spec_.vocab_size;
   if (spec_.logit_scale != 1.0f) {  // Cohere multiplies by logit_scale, Granite divides
     const float scale = spec_.logit_scale;
-    for (int64_t i = 0; i < batch * out_T * vocab; ++i) logits[i] *= scale;
+    for (int64_t i = 0; i < n; ++i) logits[i] *= scale;
   }
   if (spec_.final_logit_softcap > 0.0f) {
     const float cap = spec_.final_logit_softcap;
-    for (int64_t i = 0; i < batch * out_T * vocab; ++i)
-      logits[i] = std::tanh(logits[i] / cap) * cap;
+    for (int64_t i = 0; i < n; ++i) logits[i] = std::tanh(logits[i] / cap) * cap;
   }
-  if (observer) report(names::lm_head(), logits, out_T, vocab);
-  return logits;
 }
 
 bool Model::rope_changes(int64_t cached_length, int64_t new_length) const {

@@ -47,6 +47,17 @@ class Model {
   const float* forward(const int32_t* tokens, int64_t batch, int64_t tokens_per_row, KvCache& cache,
                        Workspace& workspace, const ForwardOptions& options = {}) const;
 
+  // One decode step of `rows` independent sequences, each with its own cache (batch 1): row r
+  // feeds tokens[r] at position caches[r]->length(). Norms, projections and MLPs run over all
+  // rows at once (each weight is read once per step for up to kMaxDecodeRows rows), attention
+  // per row over its own cache; every cache advances by one. Row r's logits are bitwise those
+  // of forward() of that sequence alone (linear kernels give a row the same result whatever
+  // rows share the call, up to kMaxDecodeRows). Returns logits [rows, V] f32 in `workspace`.
+  // Throws Error when rows exceeds kMaxDecodeRows or a cache is full or not of batch 1.
+  static constexpr int64_t kMaxDecodeRows = 15;
+  const float* decode_rows(const int32_t* tokens, int64_t rows, KvCache* const* caches,
+                           Workspace& workspace) const;
+
   // An empty cache for `batch` rows of up to `capacity` positions.
   KvCache make_cache(int64_t batch, int64_t capacity) const { return {spec_, batch, capacity}; }
 
@@ -54,6 +65,8 @@ class Model {
   const DecoderLayer& layer(int64_t index) const { return layers_.at(index); }
 
  private:
+  // The logit scale and soft-cap, in place.   logits: [rows, V]
+  void finish_logits(float* logits, int64_t rows) const;
   // True when some layer's RoPE frequencies differ between the two sequence lengths.
   bool rope_changes(int64_t cached_length, int64_t new_length) const;
   // forward() over the cached tokens followed by `tokens`, from an emptied cache; returns

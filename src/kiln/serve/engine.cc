@@ -48,6 +48,7 @@ struct Engine::Slot {
   std::string held;                   // decoded text not yet sent (a possible stop string)
   int64_t generated = 0;
   int32_t last = -1;  // the token to feed next (-1: the prompt's pass is due)
+  bool ended = false;
 };
 
 Engine::Engine(const Model& model, const Tokenizer& tokenizer, std::vector<int64_t> stop_ids,
@@ -101,8 +102,24 @@ std::shared_ptr<Channel> Engine::submit(SequenceRequest request) {
   return channel;
 }
 
+void Engine::fail(Slot& slot, const std::string& message) {
+  Event last;
+  last.done = true;
+  last.error = message;
+  slot.channel->push(std::move(last));
+  slot.ended = true;
+}
+
 void Engine::run() {
+  Workspace workspace;
   std::vector<std::unique_ptr<Slot>> active;
+  auto guard = [this](Slot& slot, const std::function<void()>& work) {
+    try {
+      work();
+    } catch (const std::exception& e) {
+      fail(slot, e.what());
+    }
+  };
   while (true) {
     {
       std::unique_lock<std::mutex> lock(mutex_);
@@ -115,29 +132,52 @@ void Engine::run() {
       stats_.queued = static_cast<int64_t>(queue_.size());
     }
     stats_.active = static_cast<int64_t>(active.size());
+    // Prompts run one sequence at a time; the sequences past their prompt share one decode
+    // step (Model::decode_rows) in groups of up to kMaxDecodeRows.
+    std::vector<Slot*> decoding;
+    for (auto& slot : active) {
+      if (slot->channel->cancelled()) {
+        slot->ended = true;
+      } else if (slot->last < 0) {
+        guard(*slot, [&] { slot->ended = !prefill(*slot, workspace); });
+      } else {
+        decoding.push_back(slot.get());
+      }
+    }
+    for (size_t first = 0; first < decoding.size(); first += Model::kMaxDecodeRows) {
+      const size_t n =
+          std::min<size_t>(static_cast<size_t>(Model::kMaxDecodeRows), decoding.size() - first);
+      std::vector<int32_t> tokens(n);
+      std::vector<KvCache*> caches(n);
+      for (size_t j = 0; j < n; ++j) {
+        tokens[j] = decoding[first + j]->last;
+        caches[j] = &*decoding[first + j]->cache;
+      }
+      const float* logits = nullptr;
+      try {
+        logits =
+            model_.decode_rows(tokens.data(), static_cast<int64_t>(n), caches.data(), workspace);
+      } catch (const std::exception& e) {
+        for (size_t j = 0; j < n; ++j) fail(*decoding[first + j], e.what());
+        continue;
+      }
+      const int64_t vocab = model_.spec().vocab_size;
+      for (size_t j = 0; j < n; ++j) {
+        Slot& slot = *decoding[first + j];
+        guard(slot, [&] { slot.ended = !emit(slot, logits + j * vocab); });
+      }
+    }
     int64_t kv = 0;
     for (auto it = active.begin(); it != active.end();) {
-      Slot& slot = **it;
-      bool alive = false;
-      if (!slot.channel->cancelled()) {
-        try {
-          alive = step(slot);
-        } catch (const std::exception& e) {
-          Event last;
-          last.done = true;
-          last.error = e.what();
-          slot.channel->push(std::move(last));
-        }
-      }
-      if (alive && slot.cache) kv += slot.cache->bytes_per_token() * slot.cache->capacity();
-      if (alive) {
+      if (!(*it)->ended) {
+        kv += (*it)->cache->bytes_per_token() * (*it)->cache->capacity();
         ++it;
-      } else {
-        ++stats_.sequences_done;
-        it = active.erase(it);
-        std::lock_guard<std::mutex> lock(mutex_);
-        --in_flight_;
+        continue;
       }
+      ++stats_.sequences_done;
+      it = active.erase(it);
+      std::lock_guard<std::mutex> lock(mutex_);
+      --in_flight_;
     }
     stats_.kv_bytes = kv;
     stats_.active = static_cast<int64_t>(active.size());
@@ -169,7 +209,7 @@ void log_probabilities(const float* logits, int64_t vocab, int32_t id, int k,
 }
 }  // namespace
 
-bool Engine::step(Slot& slot) {
+bool Engine::emit(Slot& slot, const float* logits) {
   const SequenceRequest& request = slot.request;
   const int64_t vocab = model_.spec().vocab_size;
   auto finish = [&](const std::string& reason, Event event) {
@@ -181,21 +221,6 @@ bool Engine::step(Slot& slot) {
     slot.channel->push(std::move(event));
     return false;
   };
-  if (request.max_tokens <= 0) return finish("length", {});
-  ForwardOptions options;
-  options.last_position_only = true;
-  thread_local Workspace workspace;
-  const float* logits;
-  if (slot.last < 0) {  // the prompt's pass
-    const int64_t length = static_cast<int64_t>(request.prompt.size());
-    slot.cache.emplace(model_.make_cache(1, length + request.max_tokens));
-    slot.sampler.emplace(request.sampling);
-    slot.decoder.emplace(tokenizer_);
-    logits = model_.forward(request.prompt.data(), 1, length, *slot.cache, workspace, options);
-    stats_.prompt_tokens += length;
-  } else {
-    logits = model_.forward(&slot.last, 1, 1, *slot.cache, workspace, options);
-  }
   // Penalties on the generated tokens, then the sampler's choice.
   thread_local std::vector<float> adjusted;
   const float* choose_from = logits;
@@ -238,6 +263,27 @@ bool Engine::step(Slot& slot) {
   slot.held.erase(0, slot.held.size() - keep);
   slot.channel->push(std::move(event));
   return true;
+}
+
+bool Engine::prefill(Slot& slot, Workspace& workspace) {
+  const SequenceRequest& request = slot.request;
+  if (request.max_tokens <= 0) {
+    Event last;
+    last.done = true;
+    last.finish_reason = "length";
+    slot.channel->push(std::move(last));
+    return false;
+  }
+  const int64_t length = static_cast<int64_t>(request.prompt.size());
+  slot.cache.emplace(model_.make_cache(1, length + request.max_tokens));
+  slot.sampler.emplace(request.sampling);
+  slot.decoder.emplace(tokenizer_);
+  ForwardOptions options;
+  options.last_position_only = true;
+  const float* logits =
+      model_.forward(request.prompt.data(), 1, length, *slot.cache, workspace, options);
+  stats_.prompt_tokens += length;
+  return emit(slot, logits);
 }
 
 }  // namespace kiln::serve

@@ -1,8 +1,10 @@
 // The serving engine: one worker thread owns the model and runs the active sequences of every
-// request (at most `parallel` at a time, the rest queued), a step each in turn, each with its own
-// KV cache and sampler. A sequence's tokens therefore never depend on what else is running: at
-// temperature 0, or with a seed, a request gives the same tokens and log-probabilities alone or
-// among others. Each sequence reports its text (stop strings cut, never emitted), tokens and
+// request (at most `parallel` at a time, the rest queued). Each step runs the prompts of newly
+// admitted sequences one by one, then one decode step shared by every other active sequence
+// (Model::decode_rows: each weight read once for up to 15 sequences), each sequence with its own
+// KV cache and sampler. A sequence's tokens never depend on what else is running: at temperature
+// 0, or with a seed, a request gives bitwise the same tokens and log-probabilities alone or among
+// others. Each sequence reports its text (stop strings cut, never emitted), tokens and
 // log-probabilities through a Channel that the HTTP side reads; cancelling the channel (a client
 // that went away) ends the sequence at its next step.
 #pragma once
@@ -11,6 +13,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -103,9 +106,13 @@ class Engine {
  private:
   struct Slot;
   void run();
-  // One step of `slot`: its prompt's pass or one decode step, then the choice of a token and
-  // its events. Returns false when the sequence ended.
-  bool step(Slot& slot);
+  // The prompt's pass of `slot` and its first token; false when the sequence ended.
+  bool prefill(Slot& slot, Workspace& workspace);
+  // The choice of the next token from `logits` [V] and its events; false when the sequence
+  // ended.
+  bool emit(Slot& slot, const float* logits);
+  // Ends `slot` with an error event.
+  void fail(Slot& slot, const std::string& message);
 
   const Model& model_;
   const Tokenizer& tokenizer_;

@@ -9,6 +9,8 @@
 #include <mutex>
 #include <random>
 
+#include <sys/socket.h>
+
 #include "kiln/core/error.h"
 #include "kiln/io/json.h"
 
@@ -212,6 +214,7 @@ struct Server::Impl {
   ChatRenderer chat;
   ServerOptions options;
   httplib::Server http;
+  std::atomic<int> listen_socket{-1};
   std::atomic<uint64_t> next_id{1};
   std::mutex metrics_mutex;
   std::map<std::string, int64_t> requests;  // "endpoint status" -> count
@@ -586,6 +589,13 @@ Server::Server(Engine& engine, const Tokenizer& tokenizer, ChatRenderer chat, Se
   impl_->http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   impl_->http.set_payload_max_length(16 << 20);
   impl_->http.set_keep_alive_timeout(2);
+  // Remember the listening socket (httplib's default options, then its descriptor): bind()
+  // raises its backlog, which the packaged cpp-httplib fixes at 5 (more simultaneous connects
+  // than that wait a SYN retransmission, a second).
+  impl_->http.set_socket_options([impl = impl_.get()](socket_t sock) {
+    httplib::default_socket_options(sock);
+    impl->listen_socket = sock;
+  });
   impl_->http.set_read_timeout(30, 0);
   impl_->http.set_write_timeout(30, 0);
   impl_->routes();
@@ -603,6 +613,7 @@ void Server::bind() {
           "serve: cannot listen on " + o.host + ":" + std::to_string(o.port));
     port_ = o.port;
   }
+  if (impl_->listen_socket >= 0) ::listen(impl_->listen_socket, 1024);
 }
 
 void Server::listen() {
