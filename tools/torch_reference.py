@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Gradient reference for Kiln's training code: a plain-PyTorch Llama forward (no transformers).
 
+Handles the Llama, Mistral (sliding window) and Qwen2 (q/k/v biases) fixtures with the default
+RoPE, tied or untied embeddings.
+
 Needs only torch and numpy (Debian: `apt-get install python3-torch`, run with /usr/bin/python3).
 Reads a Llama-shaped HF fixture folder (config.json, model.safetensors and reference.safetensors
 with `input_ids` and `logits`), checks its own logits against the fixture's (<= 1e-4), then
@@ -11,8 +14,8 @@ writes to OUTPUT (safetensors):
                         (lr 1e-3, betas 0.9/0.95, eps 1e-8, weight decay 0.1 on matrices only,
                         none on norms and embeddings; no clipping)
 
-    /usr/bin/python3 tools/torch_reference.py tests/data/hf/llama \
-        -o tests/data/train/llama_grads.safetensors
+    for m in llama mistral qwen2; do /usr/bin/python3 tools/torch_reference.py \
+        tests/data/hf/$m -o tests/data/train/${m}_grads.safetensors; done
 
 The model is written from the formulas (HF's LlamaForCausalLM): embed -> per layer
 x + attn(rmsnorm(x)), x + mlp(rmsnorm(x)) -> rmsnorm -> lm_head, RMSNorm x / sqrt(mean(x^2) +
@@ -73,8 +76,9 @@ class Config:
     def __init__(self, path):
         with open(path) as f:
             c = json.load(f)
-        if c.get("model_type") != "llama":
-            sys.exit(f"{path}: model_type {c.get('model_type')!r} is not llama")
+        model_type = c.get("model_type")
+        if model_type not in ("llama", "mistral", "qwen2"):
+            sys.exit(f"{path}: model_type {model_type!r} is not llama, mistral or qwen2")
         rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
         if rope.get("rope_type", rope.get("type", "default")) != "default":
             sys.exit(f"{path}: only the default RoPE is written here")
@@ -86,7 +90,13 @@ class Config:
         self.head_dim = c.get("head_dim") or self.hidden // self.heads
         self.eps = c["rms_norm_eps"]
         self.theta = rope.get("rope_theta", c.get("rope_theta", 10000.0))
-        self.attention_bias = c.get("attention_bias", False)
+        # Llama: attention_bias on q, k, v and o; Qwen2: always on q, k, v, never on o.
+        self.qkv_bias = model_type == "qwen2" or c.get("attention_bias", False)
+        self.o_bias = model_type == "llama" and c.get("attention_bias", False)
+        # Mistral: key j is visible to query t when t - window < j <= t (None: all j <= t).
+        self.window = c.get("sliding_window") if model_type == "mistral" else None
+        if model_type == "qwen2" and c.get("use_sliding_window"):
+            sys.exit(f"{path}: Qwen2's sliding window is not written here")
         self.mlp_bias = c.get("mlp_bias", False)
         self.tied = c.get("tie_word_embeddings", False)
         if c.get("hidden_act", "silu") != "silu":
@@ -116,12 +126,14 @@ def forward(cfg, p, ids):
     emb = torch.cat((angles, angles), dim=-1)
     cos, sin = emb.cos(), emb.sin()  # [T, D]
     causal = torch.full((T, T), float("-inf")).triu(1)
+    if cfg.window:
+        causal = causal + torch.full((T, T), float("-inf")).tril(-cfg.window)
     for i in range(cfg.layers):
         pre = f"model.layers.{i}."
         h = rms_norm(x, p[pre + "input_layernorm.weight"], cfg.eps)
-        q = linear(p, pre + "self_attn.q_proj", h, cfg.attention_bias).view(B, T, Hq, D)
-        k = linear(p, pre + "self_attn.k_proj", h, cfg.attention_bias).view(B, T, Hkv, D)
-        v = linear(p, pre + "self_attn.v_proj", h, cfg.attention_bias).view(B, T, Hkv, D)
+        q = linear(p, pre + "self_attn.q_proj", h, cfg.qkv_bias).view(B, T, Hq, D)
+        k = linear(p, pre + "self_attn.k_proj", h, cfg.qkv_bias).view(B, T, Hkv, D)
+        v = linear(p, pre + "self_attn.v_proj", h, cfg.qkv_bias).view(B, T, Hkv, D)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
@@ -130,7 +142,7 @@ def forward(cfg, p, ids):
         scores = q @ k.transpose(-1, -2) * (D ** -0.5) + causal
         mixed = torch.softmax(scores, dim=-1) @ v  # [B, Hq, T, D]
         mixed = mixed.transpose(1, 2).reshape(B, T, Hq * D)
-        x = x + linear(p, pre + "self_attn.o_proj", mixed, cfg.attention_bias)
+        x = x + linear(p, pre + "self_attn.o_proj", mixed, cfg.o_bias)
         h = rms_norm(x, p[pre + "post_attention_layernorm.weight"], cfg.eps)
         gate = linear(p, pre + "mlp.gate_proj", h, cfg.mlp_bias)
         up = linear(p, pre + "mlp.up_proj", h, cfg.mlp_bias)

@@ -1,6 +1,6 @@
 // The training model against the inference Model (logits), against PyTorch autograd
-// (tests/data/train/llama_grads.safetensors, written by tools/torch_reference.py from the
-// tests/data/hf/llama fixture: every parameter's gradient, the loss, 10 AdamW losses), against
+// (tests/data/train/<fixture>_grads.safetensors, written by tools/torch_reference.py from the
+// tests/data/hf/<fixture> folders: every parameter's gradient, the loss, 10 AdamW losses), against
 // finite differences on a small random model with every option it handles, and its refusals.
 #include "kiln/train/train_model.h"
 
@@ -8,7 +8,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <functional>
+#include <iomanip>
 #include <iostream>
 #include <random>
 #include <string>
@@ -42,25 +44,42 @@ Batch fixture_batch(const std::string& dir) {
   return b;
 }
 
-std::string llama_dir() {
-  return test::data_path("hf/llama");
-}
-std::string grads_path() {
-  return test::data_path("train/llama_grads.safetensors");
+// The fixtures with a PyTorch gradient dump: every tests/data/train/<name>_grads.safetensors
+// (tools/torch_reference.py) for the HF fixture tests/data/hf/<name>.
+std::vector<std::string> dumped_fixtures() {
+  std::vector<std::string> names;
+  const std::string suffix = "_grads.safetensors";
+  for (const auto& entry : std::filesystem::directory_iterator(test::data_path("train"))) {
+    const std::string file = entry.path().filename().string();
+    if (file.size() > suffix.size() &&
+        file.compare(file.size() - suffix.size(), suffix.size(), suffix) == 0)
+      names.push_back(file.substr(0, file.size() - suffix.size()));
+  }
+  std::sort(names.begin(), names.end());
+  return names;
 }
 
-TEST(TrainModel, LogitsEqualTheInferenceModelOnTheLlamaFixture) {
-  const LoadedModel loaded = load_model(llama_dir());
+class TrainFixture : public ::testing::TestWithParam<std::string> {
+ protected:
+  std::string dir() const { return test::data_path("hf/" + GetParam()); }
+  std::string grads_path() const {
+    return test::data_path("train/" + GetParam() + "_grads.safetensors");
+  }
+};
+
+TEST_P(TrainFixture, LogitsEqualTheInferenceModel) {
+  const std::string fixture = dir();
+  const LoadedModel loaded = load_model(fixture);
   const TrainModel train(loaded.spec, loaded.weights);
   const Model model(loaded.spec, loaded.weights);
-  const Batch b = fixture_batch(llama_dir());
+  const Batch b = fixture_batch(fixture);
   KvCache cache = model.make_cache(b.batch, b.T);
   const Tensor expected = model.forward(b.tokens.data(), b.batch, b.T, cache);
   const Tensor actual = train.logits(b.tokens.data(), b.batch, b.T);
   const double err = test::max_abs_diff(actual, expected);
   const double ref_err = test::max_abs_diff(
-      actual, SafetensorsFile::open(llama_dir() + "/reference.safetensors").get("logits"));
-  std::cout << "training logits vs inference Model: max abs err = " << err
+      actual, SafetensorsFile::open(fixture + "/reference.safetensors").get("logits"));
+  std::cout << GetParam() << ": training logits vs inference Model: max abs err = " << err
             << "; vs the fixture's (transformers) logits: " << ref_err << std::endl;
   EXPECT_LE(err, 1e-4);
   EXPECT_LE(ref_err, 1e-4);
@@ -68,25 +87,25 @@ TEST(TrainModel, LogitsEqualTheInferenceModelOnTheLlamaFixture) {
 
 // The dump's gradients in Kiln names and layouts: the family's own weight mapping applied to
 // the HF-named gradients (a gradient transforms as its parameter does).
-WeightMap reference_gradients(const LoadedModel& loaded) {
-  const SafetensorsSource source(grads_path());
+WeightMap reference_gradients(const LoadedModel& loaded, const std::string& path) {
+  const SafetensorsSource source(path);
   return apply_weight_mappings(loaded.family->map_weights(loaded.spec, source), source);
 }
 
-TEST(TrainModel, GradientsMatchPyTorchForEveryParameter) {
-  const LoadedModel loaded = load_model(llama_dir());
+TEST_P(TrainFixture, GradientsMatchPyTorchForEveryParameter) {
+  const LoadedModel loaded = load_model(dir());
   TrainModel train(loaded.spec, loaded.weights);
-  const Batch b = fixture_batch(llama_dir());
+  const Batch b = fixture_batch(dir());
   const std::vector<int32_t> targets = next_token_targets(b.tokens.data(), nullptr, b.batch, b.T);
   train.zero_gradients();
   const double loss = train.forward_backward(b.tokens.data(), targets.data(), b.batch, b.T, 16);
   const SafetensorsFile dump = SafetensorsFile::open(grads_path());
   const double torch_loss = dump.get("loss").item_as_double(0);
-  std::cout << "loss: kiln " << loss << ", torch " << torch_loss << ", diff "
-            << std::abs(loss - torch_loss) << std::endl;
+  std::cout << std::setprecision(9) << GetParam() << ": loss kiln " << loss << ", torch "
+            << torch_loss << ", diff " << std::abs(loss - torch_loss) << std::endl;
   EXPECT_NEAR(loss, torch_loss, 1e-5);
 
-  const WeightMap expected = reference_gradients(loaded);
+  const WeightMap expected = reference_gradients(loaded, grads_path());
   ASSERT_EQ(expected.size(), train.gradients().size());
   double worst = 0.0;
   std::string worst_name;
@@ -101,15 +120,15 @@ TEST(TrainModel, GradientsMatchPyTorchForEveryParameter) {
     EXPECT_LE(rel, 1e-4) << name;
     if (rel > worst) worst = rel, worst_name = name;
   }
-  std::cout << train.gradients().size()
+  std::cout << GetParam() << ": " << train.gradients().size()
             << " gradients vs PyTorch: worst max abs diff / max |grad| = " << worst << " ("
             << worst_name << ")" << std::endl;
 }
 
-TEST(TrainModel, TenAdamWStepsGiveTheLossesOfPyTorch) {
-  const LoadedModel loaded = load_model(llama_dir());
+TEST_P(TrainFixture, TenAdamWStepsGiveTheLossesOfPyTorch) {
+  const LoadedModel loaded = load_model(dir());
   TrainModel train(loaded.spec, loaded.weights);
-  const Batch b = fixture_batch(llama_dir());
+  const Batch b = fixture_batch(dir());
   const std::vector<int32_t> targets = next_token_targets(b.tokens.data(), nullptr, b.batch, b.T);
   const Tensor expected = SafetensorsFile::open(grads_path()).get("adamw_losses");
   ASSERT_EQ(expected.numel(), 10);
@@ -119,13 +138,21 @@ TEST(TrainModel, TenAdamWStepsGiveTheLossesOfPyTorch) {
     train.zero_gradients();
     const double loss = train.forward_backward(b.tokens.data(), targets.data(), b.batch, b.T);
     const double ref = expected.item_as_double(step);
-    std::cout << "AdamW step " << step << ": loss kiln " << loss << ", torch " << ref << ", diff "
-              << std::abs(loss - ref) << std::endl;
+    std::cout << std::setprecision(9) << GetParam() << ": AdamW step " << step << ": loss kiln "
+              << loss << ", torch " << ref << ", diff " << std::abs(loss - ref) << std::endl;
     EXPECT_NEAR(loss, ref, 1e-5) << "step " << step;
     worst = std::max(worst, std::abs(loss - ref));
     optimizer.step(train.parameters(), train.gradients());
   }
-  std::cout << "10 AdamW steps: worst loss diff vs PyTorch = " << worst << std::endl;
+  std::cout << GetParam() << ": 10 AdamW steps: worst loss diff vs PyTorch = " << worst
+            << std::endl;
+}
+
+INSTANTIATE_TEST_SUITE_P(Dumps, TrainFixture, ::testing::ValuesIn(dumped_fixtures()),
+                         [](const auto& info) { return info.param; });
+
+TEST(TrainFixtures, TheDumpsIncludeLlamaMistralAndQwen2) {
+  EXPECT_EQ(dumped_fixtures(), (std::vector<std::string>{"llama", "mistral", "qwen2"}));
 }
 
 // A small model with every option TrainModel handles: tied embeddings with a scale, 1+w
