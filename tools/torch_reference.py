@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Gradient reference for Kiln's training code: a plain-PyTorch Llama forward (no transformers).
 
-Handles the Llama, Mistral (sliding window) and Qwen2 (q/k/v biases) fixtures with the default
-RoPE, tied or untied embeddings.
+Handles the Llama, Mistral (sliding window), Qwen2 (q/k/v biases) and Gemma (1+w RMSNorm, scaled
+embeddings, tanh-GELU gated MLP) fixtures with the default RoPE, tied or untied embeddings.
 
 Needs only torch and numpy (Debian: `apt-get install python3-torch`, run with /usr/bin/python3).
 Reads a Llama-shaped HF fixture folder (config.json, model.safetensors and reference.safetensors
@@ -14,7 +14,7 @@ writes to OUTPUT (safetensors):
                         (lr 1e-3, betas 0.9/0.95, eps 1e-8, weight decay 0.1 on matrices only,
                         none on norms and embeddings; no clipping)
 
-    for m in llama mistral qwen2; do /usr/bin/python3 tools/torch_reference.py \
+    for m in llama mistral qwen2 gemma; do /usr/bin/python3 tools/torch_reference.py \
         tests/data/hf/$m -o tests/data/train/${m}_grads.safetensors; done
 
 The model is written from the formulas (HF's LlamaForCausalLM): embed -> per layer
@@ -77,8 +77,11 @@ class Config:
         with open(path) as f:
             c = json.load(f)
         model_type = c.get("model_type")
-        if model_type not in ("llama", "mistral", "qwen2"):
-            sys.exit(f"{path}: model_type {model_type!r} is not llama, mistral or qwen2")
+        if model_type not in ("llama", "mistral", "qwen2", "gemma"):
+            sys.exit(f"{path}: model_type {model_type!r} is not llama, mistral, qwen2 or gemma")
+        # Gemma: RMSNorm times (1 + w), embeddings times sqrt(hidden) (an f32 constant), GeGLU
+        # with the tanh GELU.
+        self.gemma = model_type == "gemma"
         rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
         if rope.get("rope_type", rope.get("type", "default")) != "default":
             sys.exit(f"{path}: only the default RoPE is written here")
@@ -99,13 +102,15 @@ class Config:
             sys.exit(f"{path}: Qwen2's sliding window is not written here")
         self.mlp_bias = c.get("mlp_bias", False)
         self.tied = c.get("tie_word_embeddings", False)
-        if c.get("hidden_act", "silu") != "silu":
-            sys.exit(f"{path}: hidden_act must be silu")
+        act = c.get("hidden_activation") or c.get("hidden_act", "silu")
+        if act not in ("silu", "gelu_pytorch_tanh"):
+            sys.exit(f"{path}: hidden_act must be silu or gelu_pytorch_tanh")
+        self.act = act
 
 
-def rms_norm(x, weight, eps):
+def rms_norm(x, weight, eps, one_plus=False):
     variance = x.pow(2).mean(-1, keepdim=True)
-    return weight * (x * torch.rsqrt(variance + eps))
+    return (1.0 + weight if one_plus else weight) * (x * torch.rsqrt(variance + eps))
 
 
 def rotate_half(x):
@@ -121,6 +126,9 @@ def forward(cfg, p, ids):
     B, T = ids.shape
     D, Hq, Hkv = cfg.head_dim, cfg.heads, cfg.kv_heads
     x = p["model.embed_tokens.weight"][ids]  # [B, T, hidden]
+    if cfg.gemma:
+        x = x * torch.tensor(cfg.hidden ** 0.5, dtype=torch.float32)
+    act = F.silu if cfg.act == "silu" else (lambda g: F.gelu(g, approximate="tanh"))
     inv_freq = 1.0 / (cfg.theta ** (torch.arange(0, D, 2, dtype=torch.int64).float() / D))
     angles = torch.arange(T, dtype=torch.float32)[:, None] * inv_freq[None, :]  # [T, D/2]
     emb = torch.cat((angles, angles), dim=-1)
@@ -130,7 +138,7 @@ def forward(cfg, p, ids):
         causal = causal + torch.full((T, T), float("-inf")).tril(-cfg.window)
     for i in range(cfg.layers):
         pre = f"model.layers.{i}."
-        h = rms_norm(x, p[pre + "input_layernorm.weight"], cfg.eps)
+        h = rms_norm(x, p[pre + "input_layernorm.weight"], cfg.eps, cfg.gemma)
         q = linear(p, pre + "self_attn.q_proj", h, cfg.qkv_bias).view(B, T, Hq, D)
         k = linear(p, pre + "self_attn.k_proj", h, cfg.qkv_bias).view(B, T, Hkv, D)
         v = linear(p, pre + "self_attn.v_proj", h, cfg.qkv_bias).view(B, T, Hkv, D)
@@ -143,11 +151,11 @@ def forward(cfg, p, ids):
         mixed = torch.softmax(scores, dim=-1) @ v  # [B, Hq, T, D]
         mixed = mixed.transpose(1, 2).reshape(B, T, Hq * D)
         x = x + linear(p, pre + "self_attn.o_proj", mixed, cfg.o_bias)
-        h = rms_norm(x, p[pre + "post_attention_layernorm.weight"], cfg.eps)
+        h = rms_norm(x, p[pre + "post_attention_layernorm.weight"], cfg.eps, cfg.gemma)
         gate = linear(p, pre + "mlp.gate_proj", h, cfg.mlp_bias)
         up = linear(p, pre + "mlp.up_proj", h, cfg.mlp_bias)
-        x = x + linear(p, pre + "mlp.down_proj", F.silu(gate) * up, cfg.mlp_bias)
-    x = rms_norm(x, p["model.norm.weight"], cfg.eps)
+        x = x + linear(p, pre + "mlp.down_proj", act(gate) * up, cfg.mlp_bias)
+    x = rms_norm(x, p["model.norm.weight"], cfg.eps, cfg.gemma)
     head = p["model.embed_tokens.weight"] if cfg.tied else p["lm_head.weight"]
     return F.linear(x, head)  # [B, T, V]
 

@@ -57,7 +57,7 @@ void check_trainable(const ModelSpec& spec) {
     throw Error("training: " + model +
                 ": vocab_size, hidden_size and the layer count must be "
                 "positive");
-  if (spec.learned_positions) refuse(model, "learned position embeddings");
+  if (spec.learned_positions) refuse(model, "a learned position embedding table");
   if (!spec.has_final_norm) refuse(model, "a model without a final norm");
   if (!is_rms(spec.final_norm.kind))
     refuse(model, std::string("final norm kind '") + norm_kind_name(spec.final_norm.kind) + "'");

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "hf_fixtures.h"
 #include "kiln/core/error.h"
 #include "kiln/io/safetensors.h"
 #include "kiln/io/safetensors_source.h"
@@ -151,8 +152,41 @@ TEST_P(TrainFixture, TenAdamWStepsGiveTheLossesOfPyTorch) {
 INSTANTIATE_TEST_SUITE_P(Dumps, TrainFixture, ::testing::ValuesIn(dumped_fixtures()),
                          [](const auto& info) { return info.param; });
 
-TEST(TrainFixtures, TheDumpsIncludeLlamaMistralAndQwen2) {
-  EXPECT_EQ(dumped_fixtures(), (std::vector<std::string>{"llama", "mistral", "qwen2"}));
+TEST(TrainFixtures, TheDumpsIncludeGemmaLlamaMistralAndQwen2) {
+  EXPECT_EQ(dumped_fixtures(), (std::vector<std::string>{"gemma", "llama", "mistral", "qwen2"}));
+}
+
+// Every HF fixture either trains with logits equal to the inference Model's (and the
+// fixture's), or is refused with an Error that names the feature.
+TEST(TrainModel, EveryHfFixtureRunsExactlyOrIsRefusedByName) {
+  int trainable = 0;
+  for (const std::string& name : test::hf_fixture_names()) {
+    if (!test::unsupported_reason(name).empty()) continue;
+    const LoadedModel loaded = load_model(test::hf_fixture_path(name));
+    try {
+      check_trainable(loaded.spec);
+    } catch (const Error& e) {
+      std::cout << name << ": refused: " << e.what() << std::endl;
+      EXPECT_NE(std::string(e.what()).find("not supported yet"), std::string::npos) << e.what();
+      continue;
+    }
+    const TrainModel train(loaded.spec, loaded.weights);
+    const Model model(loaded.spec, loaded.weights);
+    const Batch b = fixture_batch(test::hf_fixture_path(name));
+    KvCache cache = model.make_cache(b.batch, b.T);
+    const Tensor logits = train.logits(b.tokens.data(), b.batch, b.T);
+    const double err =
+        test::max_abs_diff(logits, model.forward(b.tokens.data(), b.batch, b.T, cache));
+    const double ref_err = test::max_abs_diff(
+        logits, SafetensorsFile::open(test::hf_fixture_path(name) + "/reference.safetensors")
+                    .get("logits"));
+    std::cout << name << ": trainable; logits vs inference Model " << err << ", vs fixture "
+              << ref_err << std::endl;
+    EXPECT_LE(err, 1e-4) << name;
+    EXPECT_LE(ref_err, 1e-4) << name;
+    ++trainable;
+  }
+  EXPECT_GE(trainable, 3);
 }
 
 // A small model with every option TrainModel handles: tied embeddings with a scale, 1+w
@@ -312,7 +346,8 @@ TEST(TrainModel, RefusesSpecFeaturesItDoesNotHandleByName) {
   expect_refused([](ModelSpec& s) { s.layers[0].mlp.activation = Activation::kRelu; },
                  "MLP activation 'relu'");
   expect_refused([](ModelSpec& s) { s.layers[0].mlp.gated = false; }, "a non-gated MLP");
-  expect_refused([](ModelSpec& s) { s.learned_positions = true; }, "learned position embeddings");
+  expect_refused([](ModelSpec& s) { s.learned_positions = true; },
+                 "a learned position embedding table");
   expect_refused([](ModelSpec& s) { s.final_logit_softcap = 30.0f; }, "final logit soft-capping");
   expect_refused([](ModelSpec& s) { s.logit_scale = 0.5f; }, "a logit scale");
   // The constructor refuses before reading any weight.
