@@ -42,7 +42,8 @@ class TrainModel {
 
   const ModelSpec& spec() const { return spec_; }
   // Parameters and their gradients: the same names and shapes (the embedding table serves as
-  // the lm_head when tied; there is no lm_head entry then).
+  // the lm_head when tied; there is no lm_head entry then). Change parameter values in place
+  // only (the layers hold pointers to their storage); do not replace the tensors.
   ParameterMap& parameters() { return parameters_; }
   const ParameterMap& parameters() const { return parameters_; }
   const ParameterMap& gradients() const { return gradients_; }
@@ -50,15 +51,14 @@ class TrainModel {
 
   // Logits of B rows of T tokens from position 0: tokens [B, T] -> [B, T, V] f32.
   Tensor logits(const int32_t* tokens, int64_t batch, int64_t tokens_per_row) const;
-  // The forward pass over tokens [B, T], the mean cross-entropy over the targets [B, T] that
-  // are not kIgnoreTarget (train/backward.h: next_token_targets()), and the backward pass,
-  // whose gradients are ADDED to gradients() (call zero_gradients() first unless
-  // accumulating). The logits are made `chunk_rows` rows at a time (never [B * T, V] at once).
-  // Returns the loss (0 when every target is ignored). Throws Error for token or target ids
-  // outside the vocabulary.
-  // The same loss without the backward pass (gradients untouched).
+  // The forward pass over tokens [B, T] and the mean cross-entropy over the targets [B, T]
+  // that are not kIgnoreTarget (train/backward.h: next_token_targets()); the logits are made
+  // `chunk_rows` rows at a time (never [B * T, V] at once). Returns the loss (0 when every
+  // target is ignored). Throws Error for token or target ids outside the vocabulary.
   double loss(const int32_t* tokens, const int32_t* targets, int64_t batch, int64_t tokens_per_row,
               int64_t chunk_rows = 64) const;
+  // loss() and the backward pass, whose gradients are ADDED to gradients() (call
+  // zero_gradients() first unless accumulating).
   double forward_backward(const int32_t* tokens, const int32_t* targets, int64_t batch,
                           int64_t tokens_per_row, int64_t chunk_rows = 64);
 
