@@ -1,0 +1,390 @@
+// Every backward kernel against central finite differences of a float64 forward written here
+// from the formulas, on small random shapes. The loss is sum(y * r) for a fixed random r (so
+// dy = r), or the op's own scalar loss (cross-entropy). Error = max |analytic - numeric| /
+// max |numeric| over the tensor, printed for each.
+#include "kiln/train/backward.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <iostream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kiln/core/error.h"
+
+namespace kiln::train {
+namespace {
+
+using Vec = std::vector<double>;
+constexpr double kTolerance = 1e-4;
+
+// Values representable in f32, so that the f32 kernels and the f64 forward see the same point.
+Vec random_vec(int64_t n, std::mt19937& rng, double scale = 1.0) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  Vec v(n);
+  for (double& x : v) x = static_cast<float>(normal(rng) * scale);
+  return v;
+}
+std::vector<float> f32(const Vec& v) {
+  return {v.begin(), v.end()};
+}
+double dot(const Vec& a, const Vec& b) {
+  double s = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+  return s;
+}
+
+// Central differences of `f` at `x`, element by element, in f64.
+Vec numeric_gradient(const std::function<double(const Vec&)>& f, Vec x, double h = 1e-5) {
+  Vec g(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double saved = x[i];
+    x[i] = saved + h;
+    const double plus = f(x);
+    x[i] = saved - h;
+    const double minus = f(x);
+    x[i] = saved;
+    g[i] = (plus - minus) / (2 * h);
+  }
+  return g;
+}
+
+// Prints and checks max |analytic - numeric| / max |numeric|.
+void expect_close(const std::string& what, const std::vector<float>& analytic, const Vec& numeric) {
+  ASSERT_EQ(analytic.size(), numeric.size()) << what;
+  double max_diff = 0.0, max_ref = 0.0;
+  for (size_t i = 0; i < numeric.size(); ++i) {
+    max_diff = std::max(max_diff, std::abs(analytic[i] - numeric[i]));
+    max_ref = std::max(max_ref, std::abs(numeric[i]));
+  }
+  ASSERT_GT(max_ref, 0.0) << what << ": the numeric gradient is all zero";
+  const double rel = max_diff / max_ref;
+  std::cout << what << ": max rel err vs finite differences = " << rel << std::endl;
+  EXPECT_LE(rel, kTolerance) << what;
+}
+
+TEST(TrainBackward, Linear) {
+  std::mt19937 rng(1);
+  const int64_t rows = 3, in = 5, out = 4;
+  const Vec x = random_vec(rows * in, rng), w = random_vec(out * in, rng), b = random_vec(out, rng),
+            r = random_vec(rows * out, rng);
+  auto forward = [&](const Vec& x_, const Vec& w_, const Vec& b_) {
+    Vec y(rows * out);
+    for (int64_t n = 0; n < rows; ++n)
+      for (int64_t o = 0; o < out; ++o) {
+        double s = b_[o];
+        for (int64_t i = 0; i < in; ++i) s += x_[n * in + i] * w_[o * in + i];
+        y[n * out + o] = s;
+      }
+    return dot(y, r);
+  };
+  std::vector<float> dx(rows * in), dw(out * in), db(out);
+  linear_backward(f32(x).data(), f32(w).data(), f32(r).data(), dx.data(), dw.data(), db.data(),
+                  rows, in, out);
+  expect_close("linear dx", dx,
+               numeric_gradient([&](const Vec& v) { return forward(v, w, b); }, x));
+  expect_close("linear dW", dw,
+               numeric_gradient([&](const Vec& v) { return forward(x, v, b); }, w));
+  expect_close("linear db", db,
+               numeric_gradient([&](const Vec& v) { return forward(x, w, v); }, b));
+  // Gradients accumulate into what the buffers hold.
+  std::vector<float> again = dx;
+  linear_backward(f32(x).data(), f32(w).data(), f32(r).data(), again.data(), nullptr, nullptr, rows,
+                  in, out);
+  for (size_t i = 0; i < dx.size(); ++i) EXPECT_FLOAT_EQ(again[i], 2 * dx[i]);
+}
+
+TEST(TrainBackward, EmbeddingScatterAddsRepeatedTokens) {
+  std::mt19937 rng(2);
+  const int64_t vocab = 5, dim = 3;
+  const float scale = 1.5f;
+  const std::vector<int32_t> tokens = {1, 3, 1, 0, 1, 4};  // token 2 unused, 1 three times
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  const Vec table = random_vec(vocab * dim, rng), r = random_vec(n * dim, rng);
+  auto forward = [&](const Vec& t) {
+    double s = 0.0;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t d = 0; d < dim; ++d) s += t[tokens[i] * dim + d] * scale * r[i * dim + d];
+    return s;
+  };
+  std::vector<float> dtable(vocab * dim);
+  embedding_backward(tokens.data(), f32(r).data(), dtable.data(), n, vocab, dim, scale);
+  expect_close("embedding dtable", dtable, numeric_gradient(forward, table));
+  for (int64_t d = 0; d < dim; ++d) EXPECT_EQ(dtable[2 * dim + d], 0.0f);
+}
+
+void check_rms_norm(bool one_plus) {
+  std::mt19937 rng(3);
+  const int64_t rows = 3, dim = 8;
+  const float eps = 1e-5f;
+  const Vec x = random_vec(rows * dim, rng), w = random_vec(dim, rng),
+            r = random_vec(rows * dim, rng);
+  auto forward = [&](const Vec& x_, const Vec& w_) {
+    double s = 0.0;
+    for (int64_t n = 0; n < rows; ++n) {
+      double ms = 0.0;
+      for (int64_t i = 0; i < dim; ++i) ms += x_[n * dim + i] * x_[n * dim + i];
+      const double inv = 1.0 / std::sqrt(ms / dim + eps);
+      for (int64_t i = 0; i < dim; ++i)
+        s += x_[n * dim + i] * inv * (one_plus ? 1.0 + w_[i] : w_[i]) * r[n * dim + i];
+    }
+    return s;
+  };
+  std::vector<float> y(rows * dim), inv_rms(rows), dx(rows * dim), dw(dim);
+  rms_norm_forward(f32(x).data(), f32(w).data(), y.data(), inv_rms.data(), rows, dim, eps,
+                   one_plus);
+  rms_norm_backward(f32(x).data(), f32(w).data(), inv_rms.data(), f32(r).data(), dx.data(),
+                    dw.data(), rows, dim, one_plus);
+  const std::string name = one_plus ? "rms_norm (1+w)" : "rms_norm";
+  expect_close(name + " dx", dx, numeric_gradient([&](const Vec& v) { return forward(v, w); }, x));
+  expect_close(name + " dw", dw, numeric_gradient([&](const Vec& v) { return forward(x, v); }, w));
+}
+TEST(TrainBackward, RmsNorm) {
+  check_rms_norm(false);
+}
+TEST(TrainBackward, RmsNormOnePlus) {
+  check_rms_norm(true);
+}
+
+void check_rope(bool interleaved, int64_t rotary_dim) {
+  std::mt19937 rng(4);
+  const int64_t tokens = 3, heads = 2, head_dim = 8, pairs = rotary_dim / 2;
+  const float scaling = 1.1f;
+  const std::vector<int64_t> positions = {0, 5, 2};
+  std::vector<float> inv_freq(pairs);
+  for (int64_t k = 0; k < pairs; ++k)
+    inv_freq[k] = static_cast<float>(std::pow(100.0, -2.0 * k / rotary_dim));
+  const Vec x = random_vec(tokens * heads * head_dim, rng), r = random_vec(x.size(), rng);
+  auto forward = [&](const Vec& x_) {
+    Vec y = x_;
+    for (int64_t t = 0; t < tokens; ++t)
+      for (int64_t k = 0; k < pairs; ++k) {
+        const double angle = static_cast<float>(positions[t]) * inv_freq[k];
+        const double c = std::cos(angle) * scaling, s = std::sin(angle) * scaling;
+        const int64_t i0 = interleaved ? 2 * k : k, i1 = interleaved ? 2 * k + 1 : k + pairs;
+        for (int64_t h = 0; h < heads; ++h) {
+          const int64_t base = (t * heads + h) * head_dim;
+          y[base + i0] = x_[base + i0] * c - x_[base + i1] * s;
+          y[base + i1] = x_[base + i1] * c + x_[base + i0] * s;
+        }
+      }
+    return dot(y, r);
+  };
+  std::vector<float> d = f32(r);
+  rope_backward(d.data(), positions.data(), tokens, heads, head_dim, rotary_dim, inv_freq.data(),
+                scaling, interleaved);
+  expect_close(std::string("rope ") + (interleaved ? "interleaved" : "half-split") + " rotary " +
+                   std::to_string(rotary_dim) + "/" + std::to_string(head_dim) + " dx",
+               d, numeric_gradient(forward, x));
+}
+TEST(TrainBackward, RopeHalfSplit) {
+  check_rope(false, 8);
+}
+TEST(TrainBackward, RopeInterleaved) {
+  check_rope(true, 8);
+}
+TEST(TrainBackward, RopePartialRotary) {
+  check_rope(false, 4);
+  check_rope(true, 4);
+}
+
+void check_attention(int64_t window) {
+  std::mt19937 rng(5);
+  AttentionDims s;
+  s.batch = 2;
+  s.tokens = 5;
+  s.heads = 4;
+  s.kv_heads = 2;
+  s.head_dim = 3;
+  s.scale = 0.7f;
+  s.window = window;
+  const int64_t T = s.tokens, D = s.head_dim, group = s.heads / s.kv_heads;
+  const Vec q = random_vec(s.batch * T * s.heads * D, rng),
+            k = random_vec(s.batch * T * s.kv_heads * D, rng),
+            v = random_vec(s.batch * T * s.kv_heads * D, rng), r = random_vec(q.size(), rng);
+  auto forward = [&](const Vec& q_, const Vec& k_, const Vec& v_) {
+    double loss = 0.0;
+    for (int64_t b = 0; b < s.batch; ++b)
+      for (int64_t h = 0; h < s.heads; ++h)
+        for (int64_t t = 0; t < T; ++t) {
+          const int64_t kv = h / group,
+                        first = window > 0 ? std::max<int64_t>(0, t - window + 1) : 0;
+          Vec p(T, 0.0);
+          double max_score = -INFINITY, sum = 0.0;
+          for (int64_t j = first; j <= t; ++j) {
+            double score = 0.0;
+            for (int64_t d = 0; d < D; ++d)
+              score += q_[((b * T + t) * s.heads + h) * D + d] *
+                       k_[((b * T + j) * s.kv_heads + kv) * D + d];
+            p[j] = score * s.scale;
+            max_score = std::max(max_score, p[j]);
+          }
+          for (int64_t j = first; j <= t; ++j) sum += p[j] = std::exp(p[j] - max_score);
+          for (int64_t d = 0; d < D; ++d) {
+            double o = 0.0;
+            for (int64_t j = first; j <= t; ++j)
+              o += p[j] / sum * v_[((b * T + j) * s.kv_heads + kv) * D + d];
+            loss += o * r[((b * T + t) * s.heads + h) * D + d];
+          }
+        }
+    return loss;
+  };
+  std::vector<float> dq(q.size()), dk(k.size()), dv(v.size()), out(q.size());
+  attention_backward(f32(q).data(), f32(k).data(), f32(v).data(), f32(r).data(), dq.data(),
+                     dk.data(), dv.data(), s);
+  const std::string name = "attention (GQA 4/2" +
+                           (window > 0 ? ", window " + std::to_string(window) : std::string()) +
+                           ")";
+  expect_close(name + " dq", dq,
+               numeric_gradient([&](const Vec& x) { return forward(x, k, v); }, q));
+  expect_close(name + " dk", dk,
+               numeric_gradient([&](const Vec& x) { return forward(q, x, v); }, k));
+  expect_close(name + " dv", dv,
+               numeric_gradient([&](const Vec& x) { return forward(q, k, x); }, v));
+  // The forward (the inference kernel) agrees with the f64 forward here.
+  attention_forward(f32(q).data(), f32(k).data(), f32(v).data(), out.data(), s);
+  double loss = 0.0;
+  for (size_t i = 0; i < out.size(); ++i) loss += out[i] * r[i];
+  EXPECT_NEAR(loss, forward(q, k, v), 1e-4);
+}
+TEST(TrainBackward, CausalAttentionGqa) {
+  check_attention(0);
+}
+TEST(TrainBackward, CausalAttentionSlidingWindow) {
+  check_attention(3);
+}
+
+void check_gated(Activation activation) {
+  std::mt19937 rng(6);
+  const int64_t n = 16;
+  const Vec gate = random_vec(n, rng, 2.0), up = random_vec(n, rng), r = random_vec(n, rng);
+  auto act = [&](double x) {
+    if (activation == Activation::kSilu) return x / (1.0 + std::exp(-x));
+    return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+  };
+  auto forward = [&](const Vec& g, const Vec& u) {
+    double s = 0.0;
+    for (int64_t i = 0; i < n; ++i) s += act(g[i]) * u[i] * r[i];
+    return s;
+  };
+  std::vector<float> dgate(n), dup(n), h(n);
+  gated_backward(activation, f32(gate).data(), f32(up).data(), f32(r).data(), dgate.data(),
+                 dup.data(), n);
+  const std::string name = std::string("gated ") + activation_name(activation);
+  expect_close(name + " dgate", dgate,
+               numeric_gradient([&](const Vec& g) { return forward(g, up); }, gate));
+  expect_close(name + " dup", dup,
+               numeric_gradient([&](const Vec& u) { return forward(gate, u); }, up));
+  gated_forward(activation, f32(gate).data(), f32(up).data(), h.data(), n);
+  for (int64_t i = 0; i < n; ++i) EXPECT_NEAR(h[i], act(gate[i]) * up[i], 1e-5);
+}
+TEST(TrainBackward, SwiGlu) {
+  check_gated(Activation::kSilu);
+}
+TEST(TrainBackward, GeluTanhGated) {
+  check_gated(Activation::kGeluTanh);
+}
+TEST(TrainBackward, GatedRejectsActivationsWithoutBackward) {
+  float x = 1.0f, d = 0.0f;
+  try {
+    gated_backward(Activation::kRelu, &x, &x, &x, &d, &d, 1);
+    FAIL() << "relu has no backward here";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("relu"), std::string::npos) << e.what();
+  }
+}
+
+TEST(TrainBackward, ResidualAdd) {
+  std::mt19937 rng(7);
+  const Vec a = random_vec(6, rng), b = random_vec(6, rng), r = random_vec(6, rng);
+  auto forward = [&](const Vec& a_, const Vec& b_) {
+    double s = 0.0;
+    for (size_t i = 0; i < a_.size(); ++i) s += (a_[i] + b_[i]) * r[i];
+    return s;
+  };
+  std::vector<float> da(6), db(6);
+  add_backward(f32(r).data(), da.data(), db.data(), 6);
+  expect_close("residual add da", da,
+               numeric_gradient([&](const Vec& v) { return forward(v, b); }, a));
+  expect_close("residual add db", db,
+               numeric_gradient([&](const Vec& v) { return forward(a, v); }, b));
+}
+
+TEST(TrainBackward, NextTokenTargetsShiftAndMask) {
+  const std::vector<int32_t> tokens = {5, 6, 7, 8, 1, 2, 3, 4};  // [2, 4]
+  const std::vector<uint8_t> mask = {1, 1, 0, 1, 1, 1, 1, 1};
+  EXPECT_EQ(next_token_targets(tokens.data(), nullptr, 2, 4),
+            (std::vector<int32_t>{6, 7, 8, -1, 2, 3, 4, -1}));
+  const std::vector<int32_t> masked = next_token_targets(tokens.data(), mask.data(), 2, 4);
+  EXPECT_EQ(masked, (std::vector<int32_t>{6, -1, 8, -1, 2, 3, 4, -1}));
+  EXPECT_EQ(count_targets(masked.data(), 8), 5);
+}
+
+// Mean cross-entropy over the non-ignored rows, in f64.
+double mean_cross_entropy(const Vec& logits, const std::vector<int32_t>& targets, int64_t vocab) {
+  double total = 0.0;
+  int64_t count = 0;
+  for (size_t r = 0; r < targets.size(); ++r) {
+    if (targets[r] == kIgnoreTarget) continue;
+    double max_z = -INFINITY, sum = 0.0;
+    for (int64_t i = 0; i < vocab; ++i) max_z = std::max(max_z, logits[r * vocab + i]);
+    for (int64_t i = 0; i < vocab; ++i) sum += std::exp(logits[r * vocab + i] - max_z);
+    total += std::log(sum) + max_z - logits[r * vocab + targets[r]];
+    ++count;
+  }
+  return total / static_cast<double>(count);
+}
+
+TEST(TrainBackward, CrossEntropyWithIgnoredRows) {
+  std::mt19937 rng(8);
+  const int64_t vocab = 7;
+  const std::vector<int32_t> targets = {3, kIgnoreTarget, 0, 6};
+  const int64_t rows = static_cast<int64_t>(targets.size());
+  const Vec logits = random_vec(rows * vocab, rng, 2.0);
+  std::vector<float> dlogits(rows * vocab);
+  const double sum = cross_entropy_rows(f32(logits).data(), targets.data(), dlogits.data(), rows,
+                                        vocab, 1.0 / 3.0);
+  EXPECT_NEAR(sum / 3.0, mean_cross_entropy(logits, targets, vocab), 1e-6);
+  expect_close("cross_entropy dlogits", dlogits,
+               numeric_gradient([&](const Vec& z) { return mean_cross_entropy(z, targets, vocab); },
+                                logits));
+  for (int64_t i = 0; i < vocab; ++i) EXPECT_EQ(dlogits[vocab + i], 0.0f);
+}
+
+TEST(TrainBackward, LmHeadCrossEntropyInChunks) {
+  std::mt19937 rng(9);
+  const int64_t hidden = 4, vocab = 6;
+  const std::vector<int32_t> targets = {1, 5, kIgnoreTarget, 0, 2};
+  const int64_t rows = static_cast<int64_t>(targets.size());
+  const Vec h = random_vec(rows * hidden, rng), w = random_vec(vocab * hidden, rng);
+  auto forward = [&](const Vec& h_, const Vec& w_) {
+    Vec logits(rows * vocab);
+    for (int64_t n = 0; n < rows; ++n)
+      for (int64_t o = 0; o < vocab; ++o)
+        for (int64_t i = 0; i < hidden; ++i)
+          logits[n * vocab + o] += h_[n * hidden + i] * w_[o * hidden + i];
+    return mean_cross_entropy(logits, targets, vocab);
+  };
+  for (int64_t chunk : {2, 64}) {  // 2 rows at a time (a chunk of 1 at the end), or all at once
+    std::vector<float> dh(rows * hidden), dw(vocab * hidden);
+    const double loss = lm_head_cross_entropy(f32(h).data(), f32(w).data(), targets.data(),
+                                              dh.data(), dw.data(), rows, hidden, vocab, chunk);
+    EXPECT_NEAR(loss, forward(h, w), 1e-6);
+    const std::string name = "lm_head_cross_entropy (chunk " + std::to_string(chunk) + ")";
+    expect_close(name + " dh", dh,
+                 numeric_gradient([&](const Vec& v) { return forward(v, w); }, h));
+    expect_close(name + " dW", dw,
+                 numeric_gradient([&](const Vec& v) { return forward(h, v); }, w));
+  }
+  const std::vector<int32_t> none(rows, kIgnoreTarget);
+  EXPECT_EQ(lm_head_cross_entropy(f32(h).data(), f32(w).data(), none.data(), nullptr, nullptr, rows,
+                                  hidden, vocab),
+            0.0);
+}
+
+}  // namespace
+}  // namespace kiln::train

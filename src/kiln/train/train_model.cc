@@ -1,0 +1,330 @@
+#include "kiln/train/train_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "kiln/core/error.h"
+#include "kiln/models/weight_names.h"
+#include "kiln/ops/rope.h"
+#include "kiln/ops/rope_frequencies.h"
+#include "kiln/train/backward.h"
+
+namespace kiln::train {
+
+namespace {
+
+bool is_rms(NormKind kind) {
+  return kind == NormKind::kRms || kind == NormKind::kRmsOnePlus;
+}
+
+void refuse(const std::string& where, const std::string& feature) {
+  throw Error("training: " + where + ": " + feature + " is not supported yet");
+}
+
+void check_layer(const LayerSpec& layer, const std::string& where) {
+  const AttentionSpec& a = layer.attention;
+  if (layer.placement != NormPlacement::kPre)
+    refuse(where, std::string("norm placement '") + placement_name(layer.placement) + "'");
+  if (!is_rms(layer.norm.kind))
+    refuse(where, std::string("norm kind '") + norm_kind_name(layer.norm.kind) + "'");
+  if (layer.residual_scale != 1.0f) refuse(where, "a residual scale");
+  if (layer.moe.enabled()) refuse(where, "mixture of experts");
+  if (a.is_mla()) refuse(where, "multi-head latent attention");
+  if (a.qk_norm != QkNormKind::kNone)
+    refuse(where, std::string("QK norm '") + qk_norm_name(a.qk_norm) + "'");
+  if (a.softcap > 0.0f) refuse(where, "attention logit soft-capping");
+  if (a.clip_qkv > 0.0f) refuse(where, "clip_qkv");
+  if (a.sinks) refuse(where, "attention sinks");
+  if (a.chunk_size > 0) refuse(where, "chunked attention");
+  if (a.temperature_floor_scale > 0.0) refuse(where, "attention temperature tuning");
+  if (a.value_head_dim > 0 && a.value_head_dim != a.head_dim)
+    refuse(where, "a value head size different from head_dim");
+  if (a.num_heads <= 0 || a.num_kv_heads <= 0 || a.head_dim <= 0 ||
+      a.num_heads % a.num_kv_heads != 0)
+    throw Error("training: " + where + ": query heads must be a positive multiple of KV heads");
+  if (!layer.mlp.gated) refuse(where, "a non-gated MLP");
+  if (layer.mlp.swiglu_limit > 0.0f) refuse(where, "clamped SwiGLU");
+  if (layer.mlp.activation != Activation::kSilu && layer.mlp.activation != Activation::kGeluTanh)
+    refuse(where, std::string("MLP activation '") + activation_name(layer.mlp.activation) + "'");
+}
+
+}  // namespace
+
+void check_trainable(const ModelSpec& spec) {
+  const std::string model = "model '" + spec.architecture + "'";
+  if (spec.vocab_size <= 0 || spec.hidden_size <= 0 || spec.num_layers() <= 0)
+    throw Error("training: " + model +
+                ": vocab_size, hidden_size and the layer count must be "
+                "positive");
+  if (spec.learned_positions) refuse(model, "a learned position embedding table");
+  if (!spec.has_final_norm) refuse(model, "a model without a final norm");
+  if (!is_rms(spec.final_norm.kind))
+    refuse(model, std::string("final norm kind '") + norm_kind_name(spec.final_norm.kind) + "'");
+  if (spec.final_logit_softcap > 0.0f) refuse(model, "final logit soft-capping");
+  if (spec.logit_scale != 1.0f) refuse(model, "a logit scale");
+  if (spec.lm_head_bias) refuse(model, "an lm_head bias");
+  for (int64_t i = 0; i < spec.num_layers(); ++i)
+    check_layer(spec.layers[i], model + " layer " + std::to_string(i));
+}
+
+// What the forward keeps, per layer and at the end; rows = B * T.
+struct TrainModel::Activations {
+  struct LayerSaved {
+    std::vector<float> input;          // [rows, hidden] the residual stream entering the layer
+    std::vector<float> inv_rms1;       // [rows]
+    std::vector<float> normed1;        // [rows, hidden] attention input
+    std::vector<float> q, k, v;        // [rows, Hq * D], [rows, Hkv * D] x 2 (after RoPE)
+    std::vector<float> mixed;          // [rows, Hq * D] attention output before `out`
+    std::vector<float> middle;         // [rows, hidden] the residual after attention
+    std::vector<float> inv_rms2;       // [rows]
+    std::vector<float> normed2;        // [rows, hidden] MLP input
+    std::vector<float> gate, up, act;  // [rows, intermediate]
+  };
+  std::vector<LayerSaved> layers;
+  std::vector<float> last;          // [rows, hidden] the residual after the last layer
+  std::vector<float> inv_rms_f;     // [rows]
+  std::vector<float> final_normed;  // [rows, hidden] the lm_head's input
+  std::vector<int64_t> positions;   // [rows]
+};
+
+float* TrainModel::add_parameter(const WeightMap& weights, const std::string& name,
+                                 const Shape& shape) {
+  Tensor p = require_weight(weights, name, shape).to(DType::F32);
+  gradients_[name] = Tensor::zeros(DType::F32, shape);
+  parameters_[name] = p;
+  return p.mutable_data<float>();
+}
+
+float* TrainModel::grad(const std::string& name) {
+  return gradients_.at(name).mutable_data<float>();
+}
+
+TrainModel::LinearParams TrainModel::add_linear(const WeightMap& weights, const std::string& module,
+                                                int64_t in, int64_t out, bool bias) {
+  LinearParams l;
+  l.w = add_parameter(weights, names::kernel(module), {out, in});
+  l.dw = grad(names::kernel(module));
+  if (bias) {
+    l.b = add_parameter(weights, names::bias(module), {out});
+    l.db = grad(names::bias(module));
+  }
+  return l;
+}
+
+TrainModel::TrainModel(ModelSpec spec, const WeightMap& weights) : spec_(std::move(spec)) {
+  check_trainable(spec_);
+  const int64_t hidden = spec_.hidden_size, vocab = spec_.vocab_size;
+  const std::string embedding = names::embedding(names::token_embedder());
+  embedding_ = add_parameter(weights, embedding, {vocab, hidden});
+  for (int64_t i = 0; i < spec_.num_layers(); ++i) {
+    const LayerSpec& ls = spec_.layers[i];
+    const AttentionSpec& a = ls.attention;
+    const int64_t q_width = a.num_heads * a.head_dim, kv_width = a.num_kv_heads * a.head_dim;
+    const int64_t inner = ls.mlp.intermediate;
+    const std::string attention = names::attention(i);
+    Layer l;
+    l.attention_norm = add_parameter(weights, names::scale(names::input_norm(i)), {hidden});
+    l.d_attention_norm = grad(names::scale(names::input_norm(i)));
+    l.query = add_linear(weights, names::child(attention, "query"), hidden, q_width, a.q_bias);
+    l.key = add_linear(weights, names::child(attention, "key"), hidden, kv_width, a.k_bias);
+    l.value = add_linear(weights, names::child(attention, "value"), hidden, kv_width, a.v_bias);
+    l.out = add_linear(weights, names::child(attention, "out"), q_width, hidden, a.o_bias);
+    l.mlp_norm = add_parameter(weights, names::scale(names::post_attention_norm(i)), {hidden});
+    l.d_mlp_norm = grad(names::scale(names::post_attention_norm(i)));
+    l.gate = add_linear(weights, names::mlp_gate(i), hidden, inner, ls.mlp.bias);
+    l.up = add_linear(weights, names::mlp_up(i), hidden, inner, ls.mlp.bias);
+    l.down = add_linear(weights, names::mlp_down(i), inner, hidden, ls.mlp.bias);
+    layers_.push_back(l);
+  }
+  final_norm_ = add_parameter(weights, names::scale(names::final_norm()), {hidden});
+  lm_head_name_ = spec_.tie_word_embeddings ? embedding : names::kernel(names::lm_head());
+  lm_head_ = spec_.tie_word_embeddings ? embedding_
+                                       : add_parameter(weights, lm_head_name_, {vocab, hidden});
+}
+
+void TrainModel::zero_gradients() {
+  for (auto& [name, g] : gradients_) std::memset(g.mutable_raw(), 0, g.nbytes());
+}
+
+void TrainModel::forward(const int32_t* tokens, int64_t batch, int64_t T,
+                         Activations& saved) const {
+  check(batch > 0 && T > 0, "training: forward needs at least one row of one token");
+  const int64_t rows = batch * T, hidden = spec_.hidden_size, vocab = spec_.vocab_size;
+  for (int64_t r = 0; r < rows; ++r)
+    if (tokens[r] < 0 || tokens[r] >= vocab)
+      throw Error("training: token id " + std::to_string(tokens[r]) +
+                  " is outside the vocabulary of " + std::to_string(vocab));
+  std::vector<float> x(rows * hidden);  // [rows, hidden] the residual stream
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < hidden; ++i)
+      x[r * hidden + i] = embedding_[tokens[r] * hidden + i] * spec_.embedding_scale;
+  saved.positions.resize(rows);
+  for (int64_t r = 0; r < rows; ++r) saved.positions[r] = r % T;
+  saved.layers.assign(layers_.size(), {});
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const LayerSpec& ls = spec_.layers[i];
+    const AttentionSpec& a = ls.attention;
+    const Layer& l = layers_[i];
+    Activations::LayerSaved& s = saved.layers[i];
+    const int64_t Hq = a.num_heads, Hkv = a.num_kv_heads, D = a.head_dim;
+    const int64_t inner = ls.mlp.intermediate;
+    const bool one_plus = ls.norm.kind == NormKind::kRmsOnePlus;
+    s.input = x;
+    s.inv_rms1.resize(rows);
+    s.normed1.resize(rows * hidden);
+    rms_norm_forward(x.data(), l.attention_norm, s.normed1.data(), s.inv_rms1.data(), rows, hidden,
+                     ls.norm.eps, one_plus);
+    s.q.resize(rows * Hq * D);
+    s.k.resize(rows * Hkv * D);
+    s.v.resize(rows * Hkv * D);
+    linear_forward(s.normed1.data(), l.query.w, l.query.b, s.q.data(), rows, hidden, Hq * D);
+    linear_forward(s.normed1.data(), l.key.w, l.key.b, s.k.data(), rows, hidden, Hkv * D);
+    linear_forward(s.normed1.data(), l.value.w, l.value.b, s.v.data(), rows, hidden, Hkv * D);
+    if (a.rope.type != RopeType::kNone) {
+      const ops::RopeFrequencies rope = ops::rope_frequencies(a.rope, D, T);
+      const int64_t rotary = a.rope.rotary_dim > 0 ? a.rope.rotary_dim : D;
+      ops::apply_rope(s.q.data(), saved.positions.data(), rows, Hq, D, rotary, rope.inv_freq.data(),
+                      rope.attention_scaling, a.rope.interleaved);
+      ops::apply_rope(s.k.data(), saved.positions.data(), rows, Hkv, D, rotary,
+                      rope.inv_freq.data(), rope.attention_scaling, a.rope.interleaved);
+    }
+    AttentionDims dims{batch,
+                       T,
+                       Hq,
+                       Hkv,
+                       D,
+                       a.scale > 0.0f ? a.scale : static_cast<float>(1.0 / std::sqrt(double(D))),
+                       a.sliding_window};
+    s.mixed.resize(rows * Hq * D);
+    attention_forward(s.q.data(), s.k.data(), s.v.data(), s.mixed.data(), dims);
+    std::vector<float> branch(rows * hidden);  // [rows, hidden]
+    linear_forward(s.mixed.data(), l.out.w, l.out.b, branch.data(), rows, Hq * D, hidden);
+    for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j];
+    s.middle = x;
+    s.inv_rms2.resize(rows);
+    s.normed2.resize(rows * hidden);
+    rms_norm_forward(x.data(), l.mlp_norm, s.normed2.data(), s.inv_rms2.data(), rows, hidden,
+                     ls.norm.eps, one_plus);
+    s.gate.resize(rows * inner);
+    s.up.resize(rows * inner);
+    s.act.resize(rows * inner);
+    linear_forward(s.normed2.data(), l.gate.w, l.gate.b, s.gate.data(), rows, hidden, inner);
+    linear_forward(s.normed2.data(), l.up.w, l.up.b, s.up.data(), rows, hidden, inner);
+    gated_forward(ls.mlp.activation, s.gate.data(), s.up.data(), s.act.data(), rows * inner);
+    linear_forward(s.act.data(), l.down.w, l.down.b, branch.data(), rows, inner, hidden);
+    for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j];
+  }
+  saved.last = std::move(x);
+  saved.inv_rms_f.resize(rows);
+  saved.final_normed.resize(rows * hidden);
+  rms_norm_forward(saved.last.data(), final_norm_, saved.final_normed.data(),
+                   saved.inv_rms_f.data(), rows, hidden, spec_.final_norm.eps,
+                   spec_.final_norm.kind == NormKind::kRmsOnePlus);
+}
+
+Tensor TrainModel::logits(const int32_t* tokens, int64_t batch, int64_t T) const {
+  Activations saved;
+  forward(tokens, batch, T, saved);
+  Tensor out = Tensor::zeros(DType::F32, {batch, T, spec_.vocab_size});  // [B, T, V]
+  linear_forward(saved.final_normed.data(), lm_head_, nullptr, out.mutable_data<float>(), batch * T,
+                 spec_.hidden_size, spec_.vocab_size);
+  return out;
+}
+
+namespace {
+void check_targets(const int32_t* targets, int64_t rows, int64_t vocab) {
+  for (int64_t r = 0; r < rows; ++r)
+    if (targets[r] != kIgnoreTarget && (targets[r] < 0 || targets[r] >= vocab))
+      throw Error("training: target id " + std::to_string(targets[r]) +
+                  " is outside the vocabulary of " + std::to_string(vocab));
+}
+}  // namespace
+
+double TrainModel::loss(const int32_t* tokens, const int32_t* targets, int64_t batch, int64_t T,
+                        int64_t chunk_rows) const {
+  check_targets(targets, batch * T, spec_.vocab_size);
+  Activations saved;
+  forward(tokens, batch, T, saved);
+  return lm_head_cross_entropy(saved.final_normed.data(), lm_head_, targets, nullptr, nullptr,
+                               batch * T, spec_.hidden_size, spec_.vocab_size, chunk_rows);
+}
+
+double TrainModel::forward_backward(const int32_t* tokens, const int32_t* targets, int64_t batch,
+                                    int64_t T, int64_t chunk_rows) {
+  const int64_t rows = batch * T, hidden = spec_.hidden_size, vocab = spec_.vocab_size;
+  check_targets(targets, rows, vocab);
+  Activations saved;
+  forward(tokens, batch, T, saved);
+
+  std::vector<float> d_normed(rows * hidden);  // [rows, hidden]
+  const double loss =
+      lm_head_cross_entropy(saved.final_normed.data(), lm_head_, targets, d_normed.data(),
+                            grad(lm_head_name_), rows, hidden, vocab, chunk_rows);
+  std::vector<float> dx(rows * hidden);  // [rows, hidden] gradient of the residual stream
+  rms_norm_backward(saved.last.data(), final_norm_, saved.inv_rms_f.data(), d_normed.data(),
+                    dx.data(), grad(names::scale(names::final_norm())), rows, hidden,
+                    spec_.final_norm.kind == NormKind::kRmsOnePlus);
+
+  for (int64_t i = spec_.num_layers() - 1; i >= 0; --i) {
+    const LayerSpec& ls = spec_.layers[i];
+    const AttentionSpec& a = ls.attention;
+    const Layer& l = layers_[i];
+    const Activations::LayerSaved& s = saved.layers[i];
+    const int64_t Hq = a.num_heads, Hkv = a.num_kv_heads, D = a.head_dim;
+    const int64_t inner = ls.mlp.intermediate;
+    const bool one_plus = ls.norm.kind == NormKind::kRmsOnePlus;
+
+    // MLP branch: x_out = middle + down(act(gate(n2)) * up(n2)), n2 = norm(middle).
+    std::vector<float> d_act(rows * inner), d_gate(rows * inner), d_up(rows * inner);
+    linear_backward(s.act.data(), l.down.w, dx.data(), d_act.data(), l.down.dw, l.down.db, rows,
+                    inner, hidden);
+    gated_backward(ls.mlp.activation, s.gate.data(), s.up.data(), d_act.data(), d_gate.data(),
+                   d_up.data(), rows * inner);
+    std::fill(d_normed.begin(), d_normed.end(), 0.0f);
+    linear_backward(s.normed2.data(), l.gate.w, d_gate.data(), d_normed.data(), l.gate.dw,
+                    l.gate.db, rows, hidden, inner);
+    linear_backward(s.normed2.data(), l.up.w, d_up.data(), d_normed.data(), l.up.dw, l.up.db, rows,
+                    hidden, inner);
+    // dx holds the residual path's gradient; the norm's adds to it.
+    rms_norm_backward(s.middle.data(), l.mlp_norm, s.inv_rms2.data(), d_normed.data(), dx.data(),
+                      l.d_mlp_norm, rows, hidden, one_plus);
+
+    // Attention branch: middle = input + out(attn(rope(q(n1)), rope(k(n1)), v(n1))).
+    std::vector<float> d_mixed(rows * Hq * D), dq(rows * Hq * D), dk(rows * Hkv * D),
+        dv(rows * Hkv * D);
+    linear_backward(s.mixed.data(), l.out.w, dx.data(), d_mixed.data(), l.out.dw, l.out.db, rows,
+                    Hq * D, hidden);
+    AttentionDims dims{batch,
+                       T,
+                       Hq,
+                       Hkv,
+                       D,
+                       a.scale > 0.0f ? a.scale : static_cast<float>(1.0 / std::sqrt(double(D))),
+                       a.sliding_window};
+    attention_backward(s.q.data(), s.k.data(), s.v.data(), d_mixed.data(), dq.data(), dk.data(),
+                       dv.data(), dims);
+    if (a.rope.type != RopeType::kNone) {
+      const ops::RopeFrequencies rope = ops::rope_frequencies(a.rope, D, T);
+      const int64_t rotary = a.rope.rotary_dim > 0 ? a.rope.rotary_dim : D;
+      rope_backward(dq.data(), saved.positions.data(), rows, Hq, D, rotary, rope.inv_freq.data(),
+                    rope.attention_scaling, a.rope.interleaved);
+      rope_backward(dk.data(), saved.positions.data(), rows, Hkv, D, rotary, rope.inv_freq.data(),
+                    rope.attention_scaling, a.rope.interleaved);
+    }
+    std::fill(d_normed.begin(), d_normed.end(), 0.0f);
+    linear_backward(s.normed1.data(), l.query.w, dq.data(), d_normed.data(), l.query.dw, l.query.db,
+                    rows, hidden, Hq * D);
+    linear_backward(s.normed1.data(), l.key.w, dk.data(), d_normed.data(), l.key.dw, l.key.db, rows,
+                    hidden, Hkv * D);
+    linear_backward(s.normed1.data(), l.value.w, dv.data(), d_normed.data(), l.value.dw, l.value.db,
+                    rows, hidden, Hkv * D);
+    rms_norm_backward(s.input.data(), l.attention_norm, s.inv_rms1.data(), d_normed.data(),
+                      dx.data(), l.d_attention_norm, rows, hidden, one_plus);
+  }
+  embedding_backward(tokens, dx.data(), grad(names::embedding(names::token_embedder())), rows,
+                     vocab, hidden, spec_.embedding_scale);
+  return loss;
+}
+
+}  // namespace kiln::train

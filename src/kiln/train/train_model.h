@@ -1,0 +1,94 @@
+// TrainModel: a Llama-shaped decoder with a forward pass that keeps what its backward needs
+// and a backward pass that gives the gradient of the mean next-token cross-entropy for every
+// parameter, keyed by Kiln's weight names (models/weight_names.h). Parameters are f32 copies
+// of a LoadedModel's weights; activations are f32.
+//
+// Handled (the Llama family's subset of ModelSpec): pre-norm blocks with RMSNorm (w or 1+w),
+// grouped-query attention (MHA/GQA/MQA) with optional q/k/v/o biases, a custom softmax scale
+// and an optional sliding window, RoPE of any type (frequencies for the sequence length, as
+// the inference forward computes them from an empty cache), half-split or interleaved pairs,
+// partial rotary; gated MLPs with SiLU (SwiGLU) or GELU-tanh, with or without biases; an
+// embedding scale; a final RMSNorm; a tied or untied lm_head without bias. Anything else is
+// refused by check_trainable() with an Error naming the feature.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "kiln/core/tensor.h"
+#include "kiln/layers/weights.h"
+#include "kiln/models/model_spec.h"
+
+namespace kiln::train {
+
+// Kiln parameter name -> contiguous, writable f32 tensor.
+using ParameterMap = std::map<std::string, Tensor>;
+
+// Throws Error "training: model '<arch>'[ layer i]: <feature> is not supported yet" for the
+// first feature of `spec` that TrainModel does not compute.
+void check_trainable(const ModelSpec& spec);
+
+class TrainModel {
+ public:
+  // Copies every parameter `spec` needs from `weights` (any float dtype) to f32. Throws Error
+  // from check_trainable(), or naming a missing or misshapen tensor.
+  TrainModel(ModelSpec spec, const WeightMap& weights);
+  TrainModel(const TrainModel&) = delete;  // the layers point into the parameter storage
+  TrainModel& operator=(const TrainModel&) = delete;
+  TrainModel(TrainModel&&) = default;
+  TrainModel& operator=(TrainModel&&) = default;
+
+  const ModelSpec& spec() const { return spec_; }
+  // Parameters and their gradients: the same names and shapes (the embedding table serves as
+  // the lm_head when tied; there is no lm_head entry then). Change parameter values in place
+  // only (the layers hold pointers to their storage); do not replace the tensors.
+  ParameterMap& parameters() { return parameters_; }
+  const ParameterMap& parameters() const { return parameters_; }
+  const ParameterMap& gradients() const { return gradients_; }
+  void zero_gradients();
+
+  // Logits of B rows of T tokens from position 0: tokens [B, T] -> [B, T, V] f32.
+  Tensor logits(const int32_t* tokens, int64_t batch, int64_t tokens_per_row) const;
+  // The forward pass over tokens [B, T] and the mean cross-entropy over the targets [B, T]
+  // that are not kIgnoreTarget (train/backward.h: next_token_targets()); the logits are made
+  // `chunk_rows` rows at a time (never [B * T, V] at once). Returns the loss (0 when every
+  // target is ignored). Throws Error for token or target ids outside the vocabulary.
+  double loss(const int32_t* tokens, const int32_t* targets, int64_t batch, int64_t tokens_per_row,
+              int64_t chunk_rows = 64) const;
+  // loss() and the backward pass, whose gradients are ADDED to gradients() (call
+  // zero_gradients() first unless accumulating).
+  double forward_backward(const int32_t* tokens, const int32_t* targets, int64_t batch,
+                          int64_t tokens_per_row, int64_t chunk_rows = 64);
+
+ private:
+  // A linear module's parameters and gradients (biases null when absent).
+  struct LinearParams {
+    float *w = nullptr, *b = nullptr, *dw = nullptr, *db = nullptr;
+  };
+  // One decoder layer's parameters and gradients (pointers into the maps' storage).
+  struct Layer {
+    float *attention_norm = nullptr, *d_attention_norm = nullptr;
+    float *mlp_norm = nullptr, *d_mlp_norm = nullptr;
+    LinearParams query, key, value, out, gate, up, down;
+  };
+  struct Activations;  // what the forward keeps for the backward
+  LinearParams add_linear(const WeightMap& weights, const std::string& module, int64_t in,
+                          int64_t out, bool bias);
+  void forward(const int32_t* tokens, int64_t batch, int64_t tokens_per_row,
+               Activations& saved) const;
+  // The parameter `name` of `shape`, registered with a zero gradient.
+  float* add_parameter(const WeightMap& weights, const std::string& name, const Shape& shape);
+  float* grad(const std::string& name);
+
+  ModelSpec spec_;
+  ParameterMap parameters_, gradients_;
+  std::vector<Layer> layers_;
+  float* embedding_ = nullptr;   // [V, hidden]
+  float* final_norm_ = nullptr;  // [hidden]
+  float* lm_head_ = nullptr;     // [V, hidden]: the embedding when tied
+  std::string lm_head_name_;     // whose gradient the lm_head's goes to
+};
+
+}  // namespace kiln::train

@@ -1,0 +1,415 @@
+// The training model against the inference Model (logits), against PyTorch autograd
+// (tests/data/train/<fixture>_grads.safetensors, written by tools/torch_reference.py from the
+// tests/data/hf/<fixture> folders: every parameter's gradient, the loss, 10 AdamW losses), against
+// finite differences on a small random model with every option it handles, and its refusals.
+#include "kiln/train/train_model.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <functional>
+#include <iomanip>
+#include <iostream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "hf_fixtures.h"
+#include "kiln/core/error.h"
+#include "kiln/io/safetensors.h"
+#include "kiln/io/safetensors_source.h"
+#include "kiln/layers/model.h"
+#include "kiln/models/loader.h"
+#include "kiln/models/weight_names.h"
+#include "kiln/train/adamw.h"
+#include "kiln/train/backward.h"
+#include "test_util.h"
+
+namespace kiln::train {
+namespace {
+
+struct Batch {
+  std::vector<int32_t> tokens;  // [B, T]
+  int64_t batch = 0, T = 0;
+};
+
+Batch fixture_batch(const std::string& dir) {
+  const Tensor ids = SafetensorsFile::open(dir + "/reference.safetensors").get("input_ids");
+  Batch b;
+  b.batch = ids.dim(0);
+  b.T = ids.dim(1);
+  for (int64_t i = 0; i < ids.numel(); ++i)
+    b.tokens.push_back(static_cast<int32_t>(ids.item_as_double(i)));
+  return b;
+}
+
+// The fixtures with a PyTorch gradient dump: every tests/data/train/<name>_grads.safetensors
+// (tools/torch_reference.py) for the HF fixture tests/data/hf/<name>.
+std::vector<std::string> dumped_fixtures() {
+  std::vector<std::string> names;
+  const std::string suffix = "_grads.safetensors";
+  for (const auto& entry : std::filesystem::directory_iterator(test::data_path("train"))) {
+    const std::string file = entry.path().filename().string();
+    if (file.size() > suffix.size() &&
+        file.compare(file.size() - suffix.size(), suffix.size(), suffix) == 0)
+      names.push_back(file.substr(0, file.size() - suffix.size()));
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+class TrainFixture : public ::testing::TestWithParam<std::string> {
+ protected:
+  std::string dir() const { return test::data_path("hf/" + GetParam()); }
+  std::string grads_path() const {
+    return test::data_path("train/" + GetParam() + "_grads.safetensors");
+  }
+};
+
+TEST_P(TrainFixture, LogitsEqualTheInferenceModel) {
+  const std::string fixture = dir();
+  const LoadedModel loaded = load_model(fixture);
+  const TrainModel train(loaded.spec, loaded.weights);
+  const Model model(loaded.spec, loaded.weights);
+  const Batch b = fixture_batch(fixture);
+  KvCache cache = model.make_cache(b.batch, b.T);
+  const Tensor expected = model.forward(b.tokens.data(), b.batch, b.T, cache);
+  const Tensor actual = train.logits(b.tokens.data(), b.batch, b.T);
+  const double err = test::max_abs_diff(actual, expected);
+  const double ref_err = test::max_abs_diff(
+      actual, SafetensorsFile::open(fixture + "/reference.safetensors").get("logits"));
+  std::cout << GetParam() << ": training logits vs inference Model: max abs err = " << err
+            << "; vs the fixture's (transformers) logits: " << ref_err << std::endl;
+  EXPECT_LE(err, 1e-4);
+  EXPECT_LE(ref_err, 1e-4);
+}
+
+// The dump's gradients in Kiln names and layouts: the family's own weight mapping applied to
+// the HF-named gradients (a gradient transforms as its parameter does).
+WeightMap reference_gradients(const LoadedModel& loaded, const std::string& path) {
+  const SafetensorsSource source(path);
+  return apply_weight_mappings(loaded.family->map_weights(loaded.spec, source), source);
+}
+
+TEST_P(TrainFixture, GradientsMatchPyTorchForEveryParameter) {
+  const LoadedModel loaded = load_model(dir());
+  TrainModel train(loaded.spec, loaded.weights);
+  const Batch b = fixture_batch(dir());
+  const std::vector<int32_t> targets = next_token_targets(b.tokens.data(), nullptr, b.batch, b.T);
+  train.zero_gradients();
+  const double loss = train.forward_backward(b.tokens.data(), targets.data(), b.batch, b.T, 16);
+  const SafetensorsFile dump = SafetensorsFile::open(grads_path());
+  const double torch_loss = dump.get("loss").item_as_double(0);
+  std::cout << std::setprecision(9) << GetParam() << ": loss kiln " << loss << ", torch "
+            << torch_loss << ", diff " << std::abs(loss - torch_loss) << std::endl;
+  EXPECT_NEAR(loss, torch_loss, 1e-5);
+
+  const WeightMap expected = reference_gradients(loaded, grads_path());
+  ASSERT_EQ(expected.size(), train.gradients().size());
+  double worst = 0.0;
+  std::string worst_name;
+  for (const auto& [name, grad] : train.gradients()) {
+    ASSERT_TRUE(expected.count(name)) << name << " has no PyTorch gradient";
+    const Tensor& ref = expected.at(name);
+    ASSERT_EQ(ref.shape(), grad.shape()) << name;
+    double max_ref = 0.0;
+    for (int64_t i = 0; i < ref.numel(); ++i)
+      max_ref = std::max(max_ref, std::abs(ref.item_as_double(i)));
+    const double rel = test::max_abs_diff(grad, ref) / max_ref;
+    EXPECT_LE(rel, 1e-4) << name;
+    if (rel > worst) worst = rel, worst_name = name;
+  }
+  std::cout << GetParam() << ": " << train.gradients().size()
+            << " gradients vs PyTorch: worst max abs diff / max |grad| = " << worst << " ("
+            << worst_name << ")" << std::endl;
+}
+
+TEST_P(TrainFixture, TenAdamWStepsGiveTheLossesOfPyTorch) {
+  const LoadedModel loaded = load_model(dir());
+  TrainModel train(loaded.spec, loaded.weights);
+  const Batch b = fixture_batch(dir());
+  const std::vector<int32_t> targets = next_token_targets(b.tokens.data(), nullptr, b.batch, b.T);
+  const Tensor expected = SafetensorsFile::open(grads_path()).get("adamw_losses");
+  ASSERT_EQ(expected.numel(), 10);
+  AdamW optimizer({.lr = 1e-3, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = 0.1});
+  double worst = 0.0;
+  for (int64_t step = 0; step < 10; ++step) {
+    train.zero_gradients();
+    const double loss = train.forward_backward(b.tokens.data(), targets.data(), b.batch, b.T);
+    const double ref = expected.item_as_double(step);
+    std::cout << std::setprecision(9) << GetParam() << ": AdamW step " << step << ": loss kiln "
+              << loss << ", torch " << ref << ", diff " << std::abs(loss - ref) << std::endl;
+    EXPECT_NEAR(loss, ref, 1e-5) << "step " << step;
+    worst = std::max(worst, std::abs(loss - ref));
+    optimizer.step(train.parameters(), train.gradients());
+  }
+  std::cout << GetParam() << ": 10 AdamW steps: worst loss diff vs PyTorch = " << worst
+            << std::endl;
+}
+
+INSTANTIATE_TEST_SUITE_P(Dumps, TrainFixture, ::testing::ValuesIn(dumped_fixtures()),
+                         [](const auto& info) { return info.param; });
+
+TEST(TrainFixtures, TheDumpsIncludeGemmaLlamaMistralAndQwen2) {
+  EXPECT_EQ(dumped_fixtures(), (std::vector<std::string>{"gemma", "llama", "mistral", "qwen2"}));
+}
+
+// Every HF fixture either trains with logits equal to the inference Model's (and the
+// fixture's), or is refused with an Error that names the feature.
+TEST(TrainModel, EveryHfFixtureRunsExactlyOrIsRefusedByName) {
+  int trainable = 0;
+  for (const std::string& name : test::hf_fixture_names()) {
+    if (!test::unsupported_reason(name).empty()) continue;
+    const LoadedModel loaded = load_model(test::hf_fixture_path(name));
+    try {
+      check_trainable(loaded.spec);
+    } catch (const Error& e) {
+      std::cout << name << ": refused: " << e.what() << std::endl;
+      EXPECT_NE(std::string(e.what()).find("not supported yet"), std::string::npos) << e.what();
+      continue;
+    }
+    const TrainModel train(loaded.spec, loaded.weights);
+    const Model model(loaded.spec, loaded.weights);
+    const Batch b = fixture_batch(test::hf_fixture_path(name));
+    KvCache cache = model.make_cache(b.batch, b.T);
+    const Tensor logits = train.logits(b.tokens.data(), b.batch, b.T);
+    const double err =
+        test::max_abs_diff(logits, model.forward(b.tokens.data(), b.batch, b.T, cache));
+    const double ref_err = test::max_abs_diff(
+        logits, SafetensorsFile::open(test::hf_fixture_path(name) + "/reference.safetensors")
+                    .get("logits"));
+    std::cout << name << ": trainable; logits vs inference Model " << err << ", vs fixture "
+              << ref_err << std::endl;
+    EXPECT_LE(err, 1e-4) << name;
+    EXPECT_LE(ref_err, 1e-4) << name;
+    ++trainable;
+  }
+  EXPECT_GE(trainable, 3);
+}
+
+// A small model with every option TrainModel handles: tied embeddings with a scale, 1+w
+// norms, q/k/v/o and MLP biases, GQA and MQA, a sliding window, interleaved partial RoPE and
+// half-split RoPE, a custom softmax scale, GELU-tanh and SiLU gated MLPs.
+ModelSpec all_options_spec() {
+  ModelSpec spec;
+  spec.family = "llama";
+  spec.architecture = "TrainTestForCausalLM";
+  spec.vocab_size = 37;
+  spec.hidden_size = 16;
+  spec.max_position_embeddings = 64;
+  spec.tie_word_embeddings = true;
+  spec.embedding_scale = 1.7f;
+  spec.final_norm = {NormKind::kRmsOnePlus, 1e-5f};
+  for (int i = 0; i < 2; ++i) {
+    LayerSpec l;
+    l.norm = {NormKind::kRmsOnePlus, 1e-5f};
+    AttentionSpec& a = l.attention;
+    a.num_heads = 4;
+    a.num_kv_heads = i == 0 ? 2 : 1;
+    a.head_dim = 6;
+    a.q_bias = a.k_bias = a.v_bias = a.o_bias = true;
+    a.sliding_window = i == 0 ? 3 : 0;
+    a.scale = i == 1 ? 0.3f : 0.0f;
+    a.rope.theta = 100.0;
+    a.rope.interleaved = i == 0;
+    a.rope.rotary_dim = i == 0 ? 4 : 0;
+    l.mlp.intermediate = 24;
+    l.mlp.activation = i == 0 ? Activation::kGeluTanh : Activation::kSilu;
+    l.mlp.bias = i == 0;
+    spec.layers.push_back(l);
+  }
+  return spec;
+}
+
+// Random weights for every parameter of `spec` (as TrainModel names them).
+WeightMap random_weights(const ModelSpec& spec, std::mt19937& rng) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  WeightMap w;
+  auto add = [&](const std::string& name, const Shape& shape, float scale) {
+    std::vector<float> values(shape_numel(shape));
+    for (float& v : values) v = normal(rng) * scale;
+    w[name] = Tensor::from_f32(shape, values);
+  };
+  const int64_t H = spec.hidden_size;
+  add(names::embedding(names::token_embedder()), {spec.vocab_size, H}, 0.5f);
+  for (int64_t i = 0; i < spec.num_layers(); ++i) {
+    const AttentionSpec& a = spec.layers[i].attention;
+    const int64_t q = a.num_heads * a.head_dim, kv = a.num_kv_heads * a.head_dim;
+    const int64_t inner = spec.layers[i].mlp.intermediate;
+    auto linear = [&](const std::string& module, int64_t in, int64_t out, bool bias) {
+      add(names::kernel(module), {out, in}, 1.0f / std::sqrt(static_cast<float>(in)));
+      if (bias) add(names::bias(module), {out}, 0.1f);
+    };
+    add(names::scale(names::input_norm(i)), {H}, 0.2f);
+    linear(names::child(names::attention(i), "query"), H, q, a.q_bias);
+    linear(names::child(names::attention(i), "key"), H, kv, a.k_bias);
+    linear(names::child(names::attention(i), "value"), H, kv, a.v_bias);
+    linear(names::child(names::attention(i), "out"), q, H, a.o_bias);
+    add(names::scale(names::post_attention_norm(i)), {H}, 0.2f);
+    linear(names::mlp_gate(i), H, inner, spec.layers[i].mlp.bias);
+    linear(names::mlp_up(i), H, inner, spec.layers[i].mlp.bias);
+    linear(names::mlp_down(i), inner, H, spec.layers[i].mlp.bias);
+  }
+  add(names::scale(names::final_norm()), {H}, 0.2f);
+  return w;
+}
+
+TEST(TrainModel, EveryOptionMatchesInferenceAndFiniteDifferences) {
+  std::mt19937 rng(11);
+  const ModelSpec spec = all_options_spec();
+  const WeightMap weights = random_weights(spec, rng);
+  TrainModel train(spec, weights);
+  const int64_t B = 2, T = 7;
+  std::vector<int32_t> tokens(B * T);
+  for (int32_t& t : tokens) t = static_cast<int32_t>(rng() % spec.vocab_size);
+  std::vector<uint8_t> mask(B * T, 1);
+  mask[3] = 0;  // one ignored target
+  const std::vector<int32_t> targets = next_token_targets(tokens.data(), mask.data(), B, T);
+
+  const Model model(spec, weights);
+  KvCache cache = model.make_cache(B, T);
+  const double logits_err = test::max_abs_diff(train.logits(tokens.data(), B, T),
+                                               model.forward(tokens.data(), B, T, cache));
+  std::cout << "all-options model: logits vs inference Model max abs err = " << logits_err
+            << std::endl;
+  EXPECT_LE(logits_err, 1e-4);
+
+  train.zero_gradients();
+  train.forward_backward(tokens.data(), targets.data(), B, T, 4);
+  // Central differences of the f32 loss on a few entries of every parameter (the largest
+  // gradient and three random ones), relative to the tensor's largest gradient. f32 forward
+  // passes limit this to a wiring check (a wrong gradient is off by O(1)); the kernels are
+  // checked against f64 differences in backward_test.cc.
+  double worst = 0.0;
+  std::string worst_name;
+  for (auto& [name, param] : train.parameters()) {
+    const Tensor& grad = train.gradients().at(name);
+    const float* g = grad.data<float>();
+    float* p = param.mutable_data<float>();
+    const int64_t n = param.numel();
+    int64_t largest = 0;
+    double max_grad = 0.0;
+    for (int64_t i = 0; i < n; ++i)
+      if (std::abs(g[i]) > max_grad) max_grad = std::abs(g[i]), largest = i;
+    ASSERT_GT(max_grad, 0.0) << name;
+    std::vector<int64_t> picks = {largest};
+    for (int k = 0; k < 3; ++k) picks.push_back(static_cast<int64_t>(rng() % n));
+    double max_diff = 0.0;
+    for (int64_t i : picks) {
+      const float saved = p[i], h = 1e-2f;
+      p[i] = saved + h;
+      const double plus = train.loss(tokens.data(), targets.data(), B, T);
+      const float up = p[i];
+      p[i] = saved - h;
+      const double minus = train.loss(tokens.data(), targets.data(), B, T);
+      const double numeric = (plus - minus) / (static_cast<double>(up) - p[i]);
+      p[i] = saved;
+      max_diff = std::max(max_diff, std::abs(numeric - g[i]));
+    }
+    const double rel = max_diff / max_grad;
+    EXPECT_LE(rel, 1e-2) << name;
+    if (rel > worst) worst = rel, worst_name = name;
+  }
+  std::cout << "all-options model: " << train.parameters().size()
+            << " parameters vs f32 finite differences: worst rel err = " << worst << " ("
+            << worst_name << ")" << std::endl;
+}
+
+void expect_refused(const std::function<void(ModelSpec&)>& edit, const std::string& feature) {
+  ModelSpec spec = all_options_spec();
+  edit(spec);
+  try {
+    check_trainable(spec);
+    ADD_FAILURE() << "accepted a spec with " << feature;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(feature), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("not supported"), std::string::npos) << e.what();
+  }
+}
+
+TEST(TrainModel, RefusesSpecFeaturesItDoesNotHandleByName) {
+  expect_refused([](ModelSpec& s) { s.layers[1].placement = NormPlacement::kSandwich; },
+                 "layer 1: norm placement 'sandwich'");
+  expect_refused([](ModelSpec& s) { s.layers[0].norm.kind = NormKind::kLayerNorm; },
+                 "norm kind 'layer_norm'");
+  expect_refused([](ModelSpec& s) { s.layers[1].attention.qk_norm = QkNormKind::kPerHead; },
+                 "QK norm 'per_head'");
+  expect_refused([](ModelSpec& s) { s.layers[0].moe.num_experts = 4; }, "mixture of experts");
+  expect_refused([](ModelSpec& s) { s.layers[0].attention.kv_lora_rank = 8; },
+                 "multi-head latent attention");
+  expect_refused([](ModelSpec& s) { s.layers[0].attention.softcap = 50.0f; },
+                 "attention logit soft-capping");
+  expect_refused([](ModelSpec& s) { s.layers[0].attention.sinks = true; }, "attention sinks");
+  expect_refused([](ModelSpec& s) { s.layers[0].attention.chunk_size = 8; }, "chunked attention");
+  expect_refused([](ModelSpec& s) { s.layers[0].mlp.activation = Activation::kRelu; },
+                 "MLP activation 'relu'");
+  expect_refused([](ModelSpec& s) { s.layers[0].mlp.gated = false; }, "a non-gated MLP");
+  expect_refused([](ModelSpec& s) { s.learned_positions = true; },
+                 "a learned position embedding table");
+  expect_refused([](ModelSpec& s) { s.final_logit_softcap = 30.0f; }, "final logit soft-capping");
+  expect_refused([](ModelSpec& s) { s.logit_scale = 0.5f; }, "a logit scale");
+  // The constructor refuses before reading any weight.
+  ModelSpec spec = all_options_spec();
+  spec.layers[1].residual_scale = 0.5f;
+  try {
+    TrainModel model(spec, WeightMap{});
+    ADD_FAILURE() << "built a model with a residual scale";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model 'TrainTestForCausalLM' layer 1: a residual scale"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(TrainModel, RejectsTokensAndTargetsOutsideTheVocabulary) {
+  std::mt19937 rng(12);
+  const ModelSpec spec = all_options_spec();
+  TrainModel train(spec, random_weights(spec, rng));
+  std::vector<int32_t> tokens = {1, 2, 3}, targets = {2, 3, kIgnoreTarget};
+  tokens[1] = 37;
+  EXPECT_THROW(train.forward_backward(tokens.data(), targets.data(), 1, 3), Error);
+  tokens[1] = 2;
+  targets[0] = -5;
+  EXPECT_THROW(train.forward_backward(tokens.data(), targets.data(), 1, 3), Error);
+}
+
+TEST(AdamW, DecoupledDecayBiasCorrectionNoDecayRuleAndClipping) {
+  ParameterMap params, grads;
+  params["m/kernel"] = Tensor::from_f32({1, 2}, {1.0f, -2.0f});
+  params["n/scale"] = Tensor::from_f32({2}, {0.5f, 0.25f});
+  params["token_embedder/embedding"] = Tensor::from_f32({2, 1}, {3.0f, 4.0f});
+  grads["m/kernel"] = Tensor::from_f32({1, 2}, {3.0f, 0.0f});
+  grads["n/scale"] = Tensor::from_f32({2}, {0.0f, 4.0f});
+  grads["token_embedder/embedding"] = Tensor::from_f32({2, 1}, {0.0f, 0.0f});
+  EXPECT_TRUE(decays("m/kernel", params["m/kernel"]));
+  EXPECT_FALSE(decays("n/scale", params["n/scale"]));
+  EXPECT_FALSE(decays("token_embedder/embedding", params["token_embedder/embedding"]));
+
+  const double lr = 0.1, wd = 0.5, clip = 2.5;
+  AdamW adamw(
+      {.lr = lr, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8, .weight_decay = wd, .clip_norm = clip});
+  EXPECT_NEAR(adamw.step(params, grads), 5.0, 1e-12);  // sqrt(3^2 + 4^2)
+  // Clipped to norm 2.5: g *= 0.5 (up to the 1e-6 guard). Step 1: m = 0.1 g, v = 0.05 g^2,
+  // update = lr * (m / 0.1) / (sqrt(v / 0.05) + eps) = lr * sign(g) for g != 0.
+  auto expect = [&](const std::string& name, int64_t i, double value) {
+    EXPECT_NEAR(params[name].data<float>()[i], value, 1e-6) << name << "[" << i << "]";
+  };
+  expect("m/kernel", 0, 1.0 * (1 - lr * wd) - lr);
+  expect("m/kernel", 1, -2.0 * (1 - lr * wd));  // zero gradient: decay only
+  expect("n/scale", 0, 0.5);
+  expect("n/scale", 1, 0.25 - lr);
+  expect("token_embedder/embedding", 0, 3.0);  // no decay for embeddings
+  // Step 2 with the same gradients: m = (1 - b1^2) g', v = (1 - b2^2) g'^2 (g' = g / 2), so the
+  // bias-corrected m / sqrt(v) is sign(g) again.
+  adamw.step(params, grads);
+  expect("n/scale", 1, 0.25 - 2 * lr);
+  expect("m/kernel", 0, (1.0 * (1 - lr * wd) - lr) * (1 - lr * wd) - lr);
+  EXPECT_EQ(adamw.steps(), 2);
+  grads.erase("n/scale");
+  EXPECT_THROW(adamw.step(params, grads), Error);
+}
+
+}  // namespace
+}  // namespace kiln::train
