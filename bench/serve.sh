@@ -10,16 +10,7 @@ model="${1:-/tmp/kiln_synth_1b}"
 max_tokens="${2:-64}"
 if [ ! -d "$model" ]; then "$kiln" synth llama-3.2-1b --dtype bf16 -o "$model"; fi
 [ -d "$root/tests/openai/node_modules/openai" ] || (cd "$root/tests/openai" && npm ci --no-audit --no-fund >/dev/null)
-export NODE_PATH="$root/tests/openai/node_modules"
-log="$(mktemp)"
-"$kiln" serve "$model" --port 0 --parallel 16 --ctx 512 >"$log" 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null; rm -f "$log"' EXIT
-for _ in $(seq 1 600); do
-  port="$(sed -n 's|.*http://127.0.0.1:\([0-9]*\).*|\1|p' "$log")"
-  [ -n "$port" ] && break
-  kill -0 $server 2>/dev/null || { cat "$log"; exit 1; }
-  sleep 0.2
-done
+source "$root/tests/openai/start_server.sh"
+start_kiln_server "$kiln" "$model" --parallel 16 --ctx 512
 echo "model $model, $max_tokens tokens per request, $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
-cd "$root/tests/openai" && node "$root/bench/serve_bench.mjs" "http://127.0.0.1:$port" "$max_tokens" 1 4 8 16
+node "$root/bench/serve_bench.mjs" "http://127.0.0.1:$port" "$max_tokens" 1 4 8 16

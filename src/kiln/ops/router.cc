@@ -64,6 +64,20 @@ RoutingScratch routing_scratch(const MoeSpec& spec) {
   return {f, f + E, f + 2 * E, f + 3 * E, best};
 }
 
+// The k best of `values` [E] inside the topk_group groups with the best scratch.group_scores
+// (the others count as 0, as transformers masks them).   chosen: [top_k] (out)
+void choose_in_kept_groups(const MoeSpec& spec, const float* values, const RoutingScratch& scratch,
+                           int64_t* chosen) {
+  const int64_t experts = spec.num_experts, group_size = experts / spec.n_group;
+  std::fill(scratch.masked, scratch.masked + experts, 0.0f);
+  top_k(scratch.group_scores, spec.n_group, spec.topk_group, scratch.best);
+  for (int64_t j = 0; j < spec.topk_group; ++j) {
+    const int64_t g = scratch.best[j];
+    std::copy_n(values + g * group_size, group_size, scratch.masked + g * group_size);
+  }
+  top_k(scratch.masked, experts, spec.top_k, chosen);
+}
+
 // DeepSeek-V3's choice for one token: the k best biased scores inside the best groups.
 //   chosen: [top_k] (out)
 void choose_in_groups(const MoeSpec& spec, const float* correction_bias,
@@ -79,14 +93,7 @@ void choose_in_groups(const MoeSpec& spec, const float* correction_bias,
     for (int64_t j = 0; j < two; ++j) sum += members[scratch.best[j]];
     scratch.group_scores[g] = sum;
   }
-  // Biased scores of kept groups, else 0.
-  std::fill(scratch.masked, scratch.masked + experts, 0.0f);
-  top_k(scratch.group_scores, spec.n_group, spec.topk_group, scratch.best);
-  for (int64_t j = 0; j < spec.topk_group; ++j) {
-    const int64_t g = scratch.best[j];
-    std::copy_n(scratch.biased + g * group_size, group_size, scratch.masked + g * group_size);
-  }
-  top_k(scratch.masked, experts, spec.top_k, chosen);
+  choose_in_kept_groups(spec, scratch.biased, scratch, chosen);
 }
 
 // DeepSeek-V2's group_limited_greedy for one token: the k best scores inside the topk_group
@@ -97,13 +104,7 @@ void choose_in_best_groups(const MoeSpec& spec, const RoutingScratch& scratch, i
     const float* members = scratch.scores + g * group_size;  // [group_size]
     scratch.group_scores[g] = *std::max_element(members, members + group_size);
   }
-  std::fill(scratch.masked, scratch.masked + experts, 0.0f);
-  top_k(scratch.group_scores, spec.n_group, spec.topk_group, scratch.best);
-  for (int64_t j = 0; j < spec.topk_group; ++j) {
-    const int64_t g = scratch.best[j];
-    std::copy_n(scratch.scores + g * group_size, group_size, scratch.masked + g * group_size);
-  }
-  top_k(scratch.masked, experts, spec.top_k, chosen);
+  choose_in_kept_groups(spec, scratch.scores, scratch, chosen);
 }
 
 // One pick of Phi-3.5-MoE's sparsemixer at inference: the best of `scores` (those at -inf

@@ -1,5 +1,6 @@
 // Reference backward kernels (see backward.h). Sums that span a row accumulate in double.
 #include "kiln/train/backward.h"
+#include "kiln/ops/rope.h"
 
 #include <algorithm>
 #include <cmath>
@@ -10,6 +11,7 @@
 #include "kiln/ops/activation.h"
 #include "kiln/ops/attention.h"
 #include "kiln/ops/linear.h"
+#include "kiln/ops/rope.h"
 
 namespace kiln::train {
 
@@ -114,27 +116,12 @@ void rms_norm_backward(const float* x, const float* weight, const float* inv_rms
 void rope_backward(float* d, const int64_t* positions, int64_t tokens, int64_t heads,
                    int64_t head_dim, int64_t rotary_dim, const float* inv_freq,
                    float attention_scaling, bool interleaved) {
-  const int64_t pairs = rotary_dim / 2;
-#pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < tokens; ++t) {
-    const float position = static_cast<float>(positions[t]);
-    float* token = d + t * heads * head_dim;  // [heads, head_dim]
-    for (int64_t k = 0; k < pairs; ++k) {
-      // The forward's angle, computed as ops::apply_rope computes it.
-      const float angle = position * inv_freq[k];
-      const float cos_k = std::cos(angle) * attention_scaling;
-      const float sin_k = std::sin(angle) * attention_scaling;
-      const int64_t i0 = interleaved ? 2 * k : k;
-      const int64_t i1 = interleaved ? 2 * k + 1 : k + pairs;
-      for (int64_t h = 0; h < heads; ++h) {
-        float* head = token + h * head_dim;  // [head_dim]
-        // forward: y0 = a cos - b sin, y1 = b cos + a sin; transpose:
-        const float g0 = head[i0], g1 = head[i1];
-        head[i0] = g0 * cos_k + g1 * sin_k;
-        head[i1] = g1 * cos_k - g0 * sin_k;
-      }
-    }
-  }
+  // The transpose of a rotation by angle p * f (scaled) is the rotation by -p * f (scaled):
+  // the forward kernel at negated positions (cos is even and sin odd, also in f32).
+  std::vector<int64_t> negated(positions, positions + tokens);
+  for (int64_t& p : negated) p = -p;
+  ops::apply_rope(d, negated.data(), tokens, heads, head_dim, rotary_dim, inv_freq,
+                  attention_scaling, interleaved);
 }
 
 namespace {
