@@ -19,15 +19,20 @@ if ((${#missing[@]})); then
   $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-# Node.js and the OpenAI client for the server tests (tests/openai), from Debian and npm.
-if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+# Node.js, the OpenAI client and Chromium for the server tests (tests/openai), from Debian and
+# npm.
+web=()
+command -v node >/dev/null || web+=(nodejs)
+command -v npm >/dev/null || web+=(npm)
+[ -x /usr/bin/chromium ] || web+=(chromium)
+if ((${#web[@]})); then
   SUDO=""
   if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -q
-  $SUDO apt-get install -y -q --no-install-recommends nodejs npm
+  $SUDO apt-get install -y -q --no-install-recommends "${web[@]}"
 fi
 openai_dir="$(cd "$(dirname "$0")/.." && pwd)/tests/openai"
-if [ ! -d "$openai_dir/node_modules/openai" ]; then
+if [ ! -d "$openai_dir/node_modules/openai" ] || [ ! -d "$openai_dir/node_modules/playwright-core" ]; then
   (cd "$openai_dir" && npm ci --no-audit --no-fund >/dev/null)
 fi

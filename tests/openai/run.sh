@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Starts `kiln serve` (tinycoder, Qwen3's chat template) on a free port and runs
-# client_test.mjs with the real OpenAI client against it. Usage: run.sh KILN_BINARY
+# Starts `kiln serve` (tinycoder, Qwen3's chat template) on a free port, runs client_test.mjs
+# with the real OpenAI client against it, then page_test.mjs (the chat page in headless
+# Chromium; its screenshot goes beside the binary, chat_page.png). Usage: run.sh KILN_BINARY
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-[ -d "$here/node_modules/openai" ] || (cd "$here" && npm ci --no-audit --no-fund >/dev/null)
+[ -d "$here/node_modules/playwright-core" ] || (cd "$here" && npm ci --no-audit --no-fund >/dev/null)
 source "$here/start_server.sh"
 start_kiln_server "$1" "$root/models/tinycoder" --parallel 4 --api-key sk-kiln-test \
   --chat-template "$root/tests/data/tokenizers/qwen3/tokenizer_config.json"
 node "$here/client_test.mjs" "http://127.0.0.1:$port" sk-kiln-test
+node "$here/page_test.mjs" "http://127.0.0.1:$port" sk-kiln-test "$(dirname "$1")/chat_page.png"

@@ -13,6 +13,7 @@
 
 #include "kiln/core/error.h"
 #include "kiln/io/json.h"
+#include "kiln/serve/chat_page.h"
 
 namespace kiln::serve {
 namespace {
@@ -520,7 +521,7 @@ struct Server::Impl {
 
   void routes() {
     http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-      if (options.api_key.empty() || req.path == "/health")
+      if (options.api_key.empty() || req.path == "/health" || req.path == "/")
         return httplib::Server::HandlerResponse::Unhandled;
       if (req.get_header_value("Authorization") == "Bearer " + options.api_key)
         return httplib::Server::HandlerResponse::Unhandled;
@@ -533,6 +534,9 @@ struct Server::Impl {
       if (res.status == 404 && res.body.empty())
         send_error(res, {404, "no route for " + req.method + " " + req.path, "not_found_error",
                          "not_found"});
+    });
+    http.Get("/", [](const httplib::Request&, httplib::Response& res) {
+      res.set_content(kChatPage, "text/html; charset=utf-8");
     });
     http.Get("/health", [](const httplib::Request&, httplib::Response& res) {
       res.set_content("{\"status\":\"ok\"}", "application/json");

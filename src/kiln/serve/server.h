@@ -1,7 +1,7 @@
 // `kiln serve`: an OpenAI-compatible HTTP server over the Engine (cpp-httplib).
 //   POST /v1/completions, POST /v1/chat/completions (JSON, or server-sent events with
 //   "stream": true), GET /v1/models, GET /health, GET /metrics (Prometheus text),
-//   POST /tokenize, POST /detokenize.
+//   POST /tokenize, POST /detokenize, and GET / (a chat page, serve/chat_page.h).
 // Errors are {"error": {"message", "type", "code"}} with status 400 (bad request, context
 // overflow, a chat template that raised), 401 (API key), 404 (unknown path or model),
 // 503 (queue full).
