@@ -94,8 +94,23 @@ await expectError("bad api key", new OpenAI({ baseURL: `${base}/v1`, apiKey: "wr
 await expectError("temperature out of range", client.completions.create({ model: "tinycoder", prompt, temperature: 5 }), 400);
 await expectError("context overflow", client.completions.create({ model: "tinycoder", prompt, max_tokens: 100000 }), 400, "context_length_exceeded");
 await expectError("empty messages", client.chat.completions.create({ model: "tinycoder", messages: [] }), 400);
-await expectError("json mode refused", client.chat.completions.create({ model: "tinycoder", messages: chatMessages,
-  response_format: { type: "json_object" } }), 400, "unsupported_response_format");
+await expectError("json_schema refused", client.chat.completions.create({ model: "tinycoder", messages: chatMessages,
+  response_format: { type: "json_schema", json_schema: { name: "x", schema: {} } } }), 400, "unsupported_response_format");
+
+// JSON mode: the reply is one JSON object (complete when it stopped by itself).
+let jsonOk = 0;
+for (const seed of [1, 2, 3]) {
+  const r = await client.chat.completions.create({ model: "tinycoder", messages: [{ role: "user", content: "config = " }],
+    response_format: { type: "json_object" }, max_tokens: 80, temperature: 0.7, seed });
+  const text = r.choices[0].message.content;
+  if (r.choices[0].finish_reason === "stop") {
+    try { const v = JSON.parse(text); jsonOk += v !== null && typeof v === "object" && !Array.isArray(v) ? 1 : 0; }
+    catch (e) { console.log("not JSON:", JSON.stringify(text)); }
+  } else {
+    jsonOk += text.startsWith("{") ? 1 : 0;  // cut by max_tokens: a prefix of an object
+  }
+}
+check("json_object mode", jsonOk === 3, `${jsonOk} of 3 replies valid`);
 const notFound = await fetch(`${base}/v1/nothing`, { headers: { Authorization: `Bearer ${key}` } });
 const notFoundBody = await notFound.json();
 check("unknown path", notFound.status === 404 && notFoundBody.error.type === "not_found_error", JSON.stringify(notFoundBody));

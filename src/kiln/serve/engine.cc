@@ -6,6 +6,7 @@
 
 #include "kiln/core/error.h"
 #include "kiln/runtime/kv_cache.h"
+#include "kiln/serve/json_prefix.h"
 
 namespace kiln::serve {
 
@@ -47,7 +48,8 @@ struct Engine::Slot {
   std::map<int32_t, int64_t> counts;  // generated token -> times
   std::string held;                   // decoded text not yet sent (a possible stop string)
   int64_t generated = 0;
-  int32_t last = -1;  // the token to feed next (-1: the prompt's pass is due)
+  std::optional<JsonPrefix> json;  // when request.json_object
+  int32_t last = -1;               // the token to feed next (-1: the prompt's pass is due)
   bool ended = false;
 };
 
@@ -231,11 +233,29 @@ bool Engine::emit(Slot& slot, const float* logits) {
           request.presence_penalty + request.frequency_penalty * static_cast<float>(count);
     choose_from = adjusted.data();
   }
-  const int32_t next = slot.sampler->sample(choose_from, vocab);
+  int32_t next = 0;
+  if (!slot.json) {
+    next = slot.sampler->sample(choose_from, vocab);
+  } else {
+    // Draw; while the token would break the JSON object, remove it and draw again (sampling
+    // from the distribution restricted to the tokens that keep it valid). The end of the
+    // sequence is allowed only once the object is complete.
+    if (choose_from != adjusted.data()) adjusted.assign(logits, logits + vocab);
+    for (int64_t tries = 0;; ++tries) {
+      check(tries < vocab, "no token continues the JSON object");
+      next = slot.sampler->sample(adjusted.data(), vocab);
+      JsonPrefix probe = *slot.json;
+      if (is_stop(next) ? slot.json->complete() : probe.feed(token_text(next))) {
+        *slot.json = probe;
+        break;
+      }
+      adjusted[next] = -INFINITY;
+    }
+  }
   Event event;
   if (request.top_logprobs >= 0)
     log_probabilities(logits, vocab, next, request.top_logprobs, tokenizer_, event);
-  if (std::find(stop_ids_.begin(), stop_ids_.end(), next) != stop_ids_.end()) {
+  if (is_stop(next)) {
     // The end-of-sequence token ends the text; what was held back is text after all.
     slot.held += slot.decoder->finish();
     event.text = slot.held;
@@ -257,12 +277,29 @@ bool Engine::emit(Slot& slot, const float* logits) {
     slot.held.clear();
     return finish("stop", std::move(event));
   }
+  if (slot.json && slot.json->complete()) {  // the object closed: the reply is complete
+    slot.held += slot.decoder->finish();
+    event.text = slot.held;
+    slot.held.clear();
+    return finish("stop", std::move(event));
+  }
   if (slot.generated >= request.max_tokens) return finish("length", std::move(event));
   const size_t keep = held_suffix(slot.held, request.stop);
   event.text = slot.held.substr(0, slot.held.size() - keep);
   slot.held.erase(0, slot.held.size() - keep);
   slot.channel->push(std::move(event));
   return true;
+}
+
+const std::string& Engine::token_text(int32_t id) {
+  if (token_texts_.empty()) token_texts_.resize(static_cast<size_t>(model_.spec().vocab_size));
+  std::optional<std::string>& text = token_texts_.at(static_cast<size_t>(id));
+  if (!text) text = tokenizer_.decode({id}, false);
+  return *text;
+}
+
+bool Engine::is_stop(int32_t id) const {
+  return std::find(stop_ids_.begin(), stop_ids_.end(), id) != stop_ids_.end();
 }
 
 bool Engine::prefill(Slot& slot, Workspace& workspace) {
@@ -278,6 +315,7 @@ bool Engine::prefill(Slot& slot, Workspace& workspace) {
   slot.cache.emplace(model_.make_cache(1, length + request.max_tokens));
   slot.sampler.emplace(request.sampling);
   slot.decoder.emplace(tokenizer_);
+  if (request.json_object) slot.json.emplace();
   ForwardOptions options;
   options.last_position_only = true;
   const float* logits =

@@ -68,6 +68,10 @@ struct SequenceRequest {
   float presence_penalty = 0.0f;   // subtracted from the logit of every generated token seen
   float frequency_penalty = 0.0f;  // times how often it was generated
   int top_logprobs = -1;           // -1: no log-probabilities; k >= 0: the chosen and k best
+  // The reply is one JSON object: only tokens that keep the text a prefix of one are drawn
+  // (a token that breaks it is removed and the draw repeated), and the reply ends when the
+  // object closes.
+  bool json_object = false;
 };
 
 struct EngineOptions {
@@ -113,10 +117,14 @@ class Engine {
   bool emit(Slot& slot, const float* logits);
   // Ends `slot` with an error event.
   void fail(Slot& slot, const std::string& message);
+  // The text of token `id` alone (cached).
+  const std::string& token_text(int32_t id);
+  bool is_stop(int32_t id) const;
 
   const Model& model_;
   const Tokenizer& tokenizer_;
   std::vector<int64_t> stop_ids_;
+  std::vector<std::optional<std::string>> token_texts_;  // [V], filled on use
   EngineOptions options_;
   int64_t context_;
   EngineStats stats_;

@@ -9,7 +9,9 @@
 
 #include "kiln/cli/command.h"
 #include "kiln/core/error.h"
+#include "kiln/io/json.h"
 #include "kiln/models/loader.h"
+#include "kiln/serve/json_prefix.h"
 
 namespace kiln::serve {
 namespace {
@@ -118,6 +120,27 @@ TEST_F(EngineTest, StopStringsAreCutAcrossTokensAndNeverEmitted) {
   const Result empty = drain(*engine.submit(none));
   EXPECT_EQ(empty.text, "");
   EXPECT_EQ(empty.finish, "length");
+}
+
+// JSON mode: the reply is always a prefix of one JSON object, and a complete object when the
+// sequence ends with "stop" (tinycoder writes code, so the constraint does the work).
+TEST_F(EngineTest, JsonObjectRepliesAreValidJson) {
+  Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, {2, 0, 8});
+  for (const auto& [prompt, temperature] :
+       {std::pair{"def fibonacci(n):", 0.0f}, std::pair{"config = ", 0.8f}}) {
+    SequenceRequest r = request(prompt, 60);
+    r.json_object = true;
+    r.sampling.temperature = temperature;
+    r.sampling.seed = 3;
+    const Result result = drain(*engine.submit(r));
+    std::cout << result.finish << ": " << nlohmann::json(result.text).dump() << std::endl;
+    JsonPrefix check;
+    EXPECT_TRUE(check.feed(result.text)) << result.text;
+    if (result.finish == "stop") {
+      EXPECT_TRUE(check.complete()) << result.text;
+      EXPECT_TRUE(nlohmann::json::accept(result.text)) << result.text;
+    }
+  }
 }
 
 TEST_F(EngineTest, RefusesBadPromptsAndAFullQueue) {

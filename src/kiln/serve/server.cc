@@ -154,8 +154,11 @@ Generation parse_generation(const Json& body, bool chat) {
   if (f.has("response_format")) {
     const Json& format = f.at("response_format");
     const std::string type = format.is_object() ? format.value("type", std::string()) : "";
-    if (type != "text")
-      bad("'response_format' " + dump(format) + " is not supported by this server (only text)",
+    if (type == "json_object")
+      s.json_object = true;
+    else if (type != "text")
+      bad("'response_format' " + dump(format) +
+              " is not supported by this server (text and json_object are)",
           "unsupported_response_format");
   }
   return g;
