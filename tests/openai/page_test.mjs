@@ -34,9 +34,9 @@ try {
   await page.screenshot({ path: screenshot });
   check("screenshot after the reply", true, screenshot);
   // Stop: a long reply stopped from the page ends and the page stays usable.
-  await page.goto(`${base}/?max_tokens=400&temperature=0`);
+  await page.goto(`${base}/?max_tokens=900&temperature=0`);
   await page.fill("#key", key);
-  await page.fill("#input", "import os");
+  await page.fill("#input", "def add(a, b):");  // tinycoder never ends this reply by itself
   await page.click("#send");
   await page.waitForFunction(() => document.querySelector(".msg.assistant")?.textContent.length > 0, null, { timeout: 30000 });
   await page.click("#stop");
