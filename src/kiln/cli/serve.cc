@@ -36,6 +36,10 @@ class ServeCommand : public Command {
     app.add_option("--queue", engine_.max_queue,
                    "sequences that may wait beyond --parallel; more get 503 (default 64)")
         ->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
+    app.add_option("--kv-budget", kv_budget_mib_,
+                   "MiB of KV cache the running sequences may hold together (default: room for "
+                   "max(parallel, 16) full-context sequences)")
+        ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
     app.add_option("--api-key", options_.api_key, "require Authorization: Bearer KEY");
     app.add_option("--chat-template", chat_template_,
                    "a .jinja file or tokenizer_config.json whose chat template to use (default: "
@@ -47,6 +51,7 @@ class ServeCommand : public Command {
 
   int run() override {
     if (model_path_.empty()) model_path_ = default_model_path();
+    engine_.kv_budget = kv_budget_mib_ << 20;
     if (options_.model_name.empty())
       options_.model_name =
           std::filesystem::path(model_path_).lexically_normal().filename().string();
@@ -70,9 +75,11 @@ class ServeCommand : public Command {
     }
     serve::Server server(engine, *tokenizer, render, options_);
     server.bind();
-    std::printf("kiln serve: %s on http://%s:%d (context %lld, %lld parallel)\n",
-                options_.model_name.c_str(), options_.host.c_str(), server.port(),
-                static_cast<long long>(engine.context()), static_cast<long long>(engine_.parallel));
+    std::printf(
+        "kiln serve: %s on http://%s:%d (context %lld, %lld parallel, KV budget %lld MiB)\n",
+        options_.model_name.c_str(), options_.host.c_str(), server.port(),
+        static_cast<long long>(engine.context()), static_cast<long long>(engine_.parallel),
+        static_cast<long long>(engine.kv_budget() >> 20));
     std::fflush(stdout);
     g_server = &server;
     std::signal(SIGINT, on_signal);
@@ -87,6 +94,7 @@ class ServeCommand : public Command {
   std::string model_path_;
   std::string chat_template_;
   bool mmap_ = false;
+  int64_t kv_budget_mib_ = 0;
   serve::ServerOptions options_;
   serve::EngineOptions engine_;
 };

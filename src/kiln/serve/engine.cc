@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <map>
 
 #include "kiln/core/error.h"
@@ -26,6 +27,12 @@ std::optional<Event> Channel::pop(int timeout_ms) {
   Event event = std::move(events_.front());
   events_.pop_front();
   return event;
+}
+
+std::string mib(int64_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+  return text;
 }
 
 size_t held_suffix(const std::string& text, const std::vector<std::string>& stops) {
@@ -61,6 +68,10 @@ Engine::Engine(const Model& model, const Tokenizer& tokenizer, std::vector<int64
       options_(options),
       context_(options.context > 0 ? std::min(options.context, model.spec().max_position_embeddings)
                                    : model.spec().max_position_embeddings) {
+  kv_bytes_per_token_ = model_.make_cache(1, 1).bytes_per_token();
+  kv_budget_ = options_.kv_budget > 0
+                   ? options_.kv_budget
+                   : std::max<int64_t>(options_.parallel, 16) * context_ * kv_bytes_per_token_;
   check(options_.parallel > 0, "serve: --parallel must be positive");
   check(context_ > 1, "serve: the context must hold at least 2 tokens");
   worker_ = std::thread([this] { run(); });
@@ -87,6 +98,9 @@ std::shared_ptr<Channel> Engine::submit(SequenceRequest request) {
                                " (prompt and completion)");
   request.max_tokens = std::min(request.max_tokens, context_ - length);
   Sampler check_params(request.sampling);  // rejects unusable sampling settings now
+  const int64_t need = kv_bytes(length + request.max_tokens);
+  check(need <= kv_budget_, "the sequence needs " + mib(need) +
+                                " of KV cache; the server's budget is " + mib(kv_budget_) + " MiB");
   auto slot = std::make_unique<Slot>();
   slot->request = std::move(request);
   slot->channel = std::make_shared<Channel>();
@@ -127,7 +141,12 @@ void Engine::run() {
       std::unique_lock<std::mutex> lock(mutex_);
       wake_.wait(lock, [&] { return stopping_ || !queue_.empty() || !active.empty(); });
       if (stopping_) break;
+      // First come, first served, while a slot and the KV budget allow.
       while (static_cast<int64_t>(active.size()) < options_.parallel && !queue_.empty()) {
+        const SequenceRequest& next = queue_.front()->request;
+        const int64_t need = kv_bytes(static_cast<int64_t>(next.prompt.size()) + next.max_tokens);
+        if (!active.empty() && kv_in_use_ + need > kv_budget_) break;
+        kv_in_use_ += need;
         active.push_back(std::move(queue_.front()));
         queue_.pop_front();
       }
@@ -177,6 +196,8 @@ void Engine::run() {
         continue;
       }
       ++stats_.sequences_done;
+      kv_in_use_ -=
+          kv_bytes(static_cast<int64_t>((*it)->request.prompt.size()) + (*it)->request.max_tokens);
       it = active.erase(it);
       std::lock_guard<std::mutex> lock(mutex_);
       --in_flight_;

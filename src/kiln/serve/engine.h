@@ -78,6 +78,10 @@ struct EngineOptions {
   int64_t parallel = 4;    // sequences decoded at a time
   int64_t context = 0;     // tokens per sequence (prompt + completion); 0 = the model's limit
   int64_t max_queue = 64;  // sequences waiting beyond `parallel`; more are refused
+  // Bytes of KV cache the active sequences may hold together (each holds prompt + max_tokens
+  // positions); a sequence waits in the queue until its cache fits. 0: room for
+  // max(parallel, 16) sequences of the full context.
+  int64_t kv_budget = 0;
 };
 
 // Counters for /metrics.
@@ -105,6 +109,9 @@ class Engine {
   std::shared_ptr<Channel> submit(SequenceRequest request);
   // The context length sequences get (prompt + completion).
   int64_t context() const { return context_; }
+  // The KV cache bytes a sequence of `positions` positions holds, and the budget for all.
+  int64_t kv_bytes(int64_t positions) const { return positions * kv_bytes_per_token_; }
+  int64_t kv_budget() const { return kv_budget_; }
   const EngineStats& stats() const { return stats_; }
 
  private:
@@ -127,6 +134,9 @@ class Engine {
   std::vector<std::optional<std::string>> token_texts_;  // [V], filled on use
   EngineOptions options_;
   int64_t context_;
+  int64_t kv_bytes_per_token_;
+  int64_t kv_budget_;
+  int64_t kv_in_use_ = 0;  // bytes held by the active sequences (worker thread only)
   EngineStats stats_;
 
   std::mutex mutex_;
@@ -136,6 +146,9 @@ class Engine {
   int64_t in_flight_ = 0;  // sequences queued or active
   std::thread worker_;
 };
+
+// `bytes` as "1.5 MiB".
+std::string mib(int64_t bytes);
 
 // The longest suffix of `text` that is a proper prefix of one of `stops` (text to hold back).
 size_t held_suffix(const std::string& text, const std::vector<std::string>& stops);

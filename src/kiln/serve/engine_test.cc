@@ -143,6 +143,30 @@ TEST_F(EngineTest, JsonObjectRepliesAreValidJson) {
   }
 }
 
+// The KV budget: a sequence that cannot fit is refused; sequences that fit one at a time wait
+// for each other instead of running together, and all complete with the tokens they have alone.
+TEST_F(EngineTest, KvBudgetQueuesAndRefuses) {
+  EngineOptions options{4, 0, 8};
+  Engine probe(*model_, *tokenizer_, loaded_->spec.eos_token_ids, options);
+  const int64_t one = probe.kv_bytes(10 + 24);
+  options.kv_budget = one + one / 2;  // room for one such sequence at a time
+  Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, options);
+  EXPECT_THROW(engine.submit(request("def fibonacci(n):", 200)), Error);  // needs more than all
+  std::vector<std::shared_ptr<Channel>> channels;
+  const std::vector<std::string> prompts = {"import os\n", "class Stack:", "x = [1, 2"};
+  std::vector<Result> alone;
+  for (const std::string& p : prompts) {
+    SequenceRequest r = request(p, 24);
+    r.prompt.resize(std::min<size_t>(r.prompt.size(), 10));
+    alone.push_back(drain(*probe.submit(r)));
+    channels.push_back(engine.submit(r));
+  }
+  for (size_t i = 0; i < channels.size(); ++i) {
+    const Result r = drain(*channels[i]);
+    EXPECT_EQ(r.tokens, alone[i].tokens) << i;
+  }
+}
+
 TEST_F(EngineTest, RefusesBadPromptsAndAFullQueue) {
   Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, {1, 0, 1});
   SequenceRequest bad = request("x", 4);

@@ -314,6 +314,15 @@ struct Server::Impl {
                           std::to_string(g.sequence.max_tokens) + ") exceed the context of " +
                           std::to_string(engine.context()) + " tokens",
                       "invalid_request_error", "context_length_exceeded"};
+    const int64_t positions =
+        static_cast<int64_t>(prompt.size()) + std::min(g.sequence.max_tokens, room);
+    const int64_t need = g.n * engine.kv_bytes(positions);
+    if (need > engine.kv_budget())
+      throw HttpError{400,
+                      std::to_string(g.n) + " choices of " + std::to_string(positions) +
+                          " positions need " + mib(need) + " of KV cache; the server's budget is " +
+                          mib(engine.kv_budget()) + " (lower n or max_tokens)",
+                      "invalid_request_error", "kv_budget_exceeded"};
     std::vector<std::shared_ptr<Channel>> channels;
     try {
       for (int64_t i = 0; i < g.n; ++i) {
