@@ -100,7 +100,7 @@ std::shared_ptr<Channel> Engine::submit(SequenceRequest request) {
   Sampler check_params(request.sampling);  // rejects unusable sampling settings now
   const int64_t need = kv_bytes(length + request.max_tokens);
   check(need <= kv_budget_, "the sequence needs " + mib(need) +
-                                " of KV cache; the server's budget is " + mib(kv_budget_) + " MiB");
+                                " of KV cache; the server's budget is " + mib(kv_budget_));
   auto slot = std::make_unique<Slot>();
   slot->request = std::move(request);
   slot->channel = std::make_shared<Channel>();
