@@ -3,6 +3,7 @@
 // The server serves tinycoder with a chat template, --parallel 4 and --api-key API_KEY.
 // Prints one line per check with its measurements and exits 1 when any check fails.
 import OpenAI from "openai";
+import net from "node:net";
 
 const [base, key] = process.argv.slice(2);
 const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: key, maxRetries: 0 });
@@ -136,6 +137,43 @@ for (const [name, body] of [
 }
 const health = await fetch(`${base}/health`);
 check("still serving after bad input", health.status === 200);
+
+// Half-open and slow clients hold their own connections, not the server: with 8 of them open
+// (partial headers, never finished) a normal request is answered at once.
+const { hostname, port } = new URL(base);
+const halfOpen = await Promise.all(Array.from({ length: 8 }, () => new Promise((resolve) => {
+  const socket = net.connect(Number(port), hostname, () => {
+    socket.write("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"prompt\":");
+    resolve(socket);
+  });
+  socket.on("error", () => {});
+})));
+const t0 = performance.now();
+const during = await client.completions.create({ model: "tinycoder", prompt, max_tokens: 4, temperature: 0 });
+check("served beside half-open clients", during.choices[0].text.length > 0 && performance.now() - t0 < 5000,
+  `${(performance.now() - t0).toFixed(0)} ms`);
+for (const s of halfOpen) s.destroy();
+
+// A client that goes away mid-stream cancels its sequence: far fewer than its 900 tokens are
+// generated (this reply never ends by itself).
+const metric = async (name) => {
+  const text = await (await fetch(`${base}/metrics`, { headers: { Authorization: `Bearer ${key}` } })).text();
+  return Number(new RegExp(`${name} (\\d+)`).exec(text)[1]);
+};
+const generatedBefore = await metric("kiln_generated_tokens_total");
+const abort = new AbortController();
+try {
+  const s = await client.chat.completions.create({ model: "tinycoder", messages: chatMessages, max_tokens: 900,
+    temperature: 0, stream: true }, { signal: abort.signal });
+  for await (const _ of s) { abort.abort(); }
+} catch (e) { /* aborted */ }
+let active = -1;
+for (let i = 0; i < 50 && active !== 0; i++) {
+  active = await metric("kiln_sequences_active");
+  if (active !== 0) await new Promise((r) => setTimeout(r, 100));
+}
+const generated = (await metric("kiln_generated_tokens_total")) - generatedBefore;
+check("disconnect cancels the sequence", active === 0 && generated < 900, `${generated} tokens generated of 900`);
 
 // Load: 32 concurrent streaming clients x 8 requests; each response complete and equal to the
 // same request run alone (temperature 0).
