@@ -38,6 +38,8 @@ class AdamW {
   // Returns the global L2 norm of the gradients before clipping.
   double step(ParameterMap& parameters, const ParameterMap& gradients);
   int64_t steps() const { return steps_; }
+  // The learning rate of the next steps (schedules set it before each step).
+  void set_lr(double lr) { options_.lr = lr; }
   const AdamWOptions& options() const { return options_; }
 
  private:
