@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "hf_fixtures.h"
 #include "kiln/io/json.h"
@@ -50,6 +52,37 @@ TEST(CliTrain, FineTuningLowersTheLossAndExportsAHuggingFaceFolder) {
   ASSERT_EQ(r2.exit_code, 0) << r2.err;
   EXPECT_EQ(Json::parse(r2.out).at("last_loss"), summary.at("last_loss"));
   fs::remove_all(fs::path(out).parent_path());
+}
+
+// A run resumed from its step-3 checkpoint ends with bitwise the weights of the uninterrupted
+// run; a checkpoint of other settings or a corrupt one is refused.
+TEST(CliTrain, ResumeIsBitwiseTheUninterruptedRun) {
+  const std::string dir = test::make_temp_dir("kiln_resume_");
+  const std::string common = "train --data " + test::shell_quote(source_file()) +
+                             " --steps 6 --batch 2 --seq 32 --save-every 3 --seed 5";
+  ASSERT_EQ(test::run_kiln(common + " --lr 1e-3 -o " + dir + "/a").exit_code, 0);
+  const std::string checkpoint = dir + "/a.checkpoints/step-3";
+  ASSERT_TRUE(fs::exists(checkpoint + "/state.json"));
+  const test::CommandResult resumed =
+      test::run_kiln(common + " --lr 1e-3 -o " + dir + "/b --resume " + checkpoint);
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  std::ifstream a(dir + "/a/model.safetensors", std::ios::binary),
+      b(dir + "/b/model.safetensors", std::ios::binary);
+  const std::string bytes_a((std::istreambuf_iterator<char>(a)), {}),
+      bytes_b((std::istreambuf_iterator<char>(b)), {});
+  EXPECT_FALSE(bytes_a.empty());
+  EXPECT_TRUE(bytes_a == bytes_b) << "the resumed run's weights differ";
+  const test::CommandResult other =
+      test::run_kiln(common + " --lr 2e-3 -o " + dir + "/c --resume " + checkpoint);
+  EXPECT_EQ(other.exit_code, 1);
+  EXPECT_NE(other.err.find("a run with other settings"), std::string::npos) << other.err;
+  fs::resize_file(checkpoint + "/parameters.safetensors", 100);
+  const test::CommandResult corrupt =
+      test::run_kiln(common + " --lr 1e-3 -o " + dir + "/d --resume " + checkpoint);
+  EXPECT_EQ(corrupt.exit_code, 1);
+  EXPECT_NE(corrupt.err.find("parameters.safetensors"), std::string::npos) << corrupt.err;
+  EXPECT_FALSE(fs::exists(dir + "/d"));
+  fs::remove_all(dir);
 }
 
 TEST(CliTrain, ErrorsLeaveNothingBehind) {

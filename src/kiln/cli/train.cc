@@ -6,10 +6,12 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <numeric>
 #include <random>
+#include <sstream>
 
 #include "kiln/cli/command.h"
 #include "kiln/core/error.h"
@@ -67,6 +69,12 @@ class TrainCommand : public Command {
         ->check(CLI::Range(0, 1 << 30));
     app.add_option("--val-fraction", val_fraction_, "windows held out for validation (default 0.1)")
         ->check(CLI::Range(0.0, 0.9));
+    app.add_option("--save-every", save_every_,
+                   "write a resumable checkpoint to OUT.checkpoints/step-N every N steps")
+        ->check(CLI::Range(0, 1 << 30));
+    app.add_option("--resume", resume_,
+                   "continue from a checkpoint folder (OUT.checkpoints/step-N) of the same run")
+        ->check(CLI::ExistingDirectory);
     app.add_flag("--json", json_, "print a JSON summary at the end");
   }
 
@@ -122,12 +130,14 @@ class TrainCommand : public Command {
     std::vector<size_t> order(windows.size());
     std::iota(order.begin(), order.end(), 0);
     size_t cursor = order.size();
+    int64_t first_step = 1;
+    if (!resume_.empty()) first_step = load_checkpoint(model, optimizer, rng, order, cursor) + 1;
     std::vector<int32_t> tokens, targets;
     const auto start = std::chrono::steady_clock::now();
     int64_t seen_tokens = 0;
     double first_loss = 0, last_loss = 0, val_before = validation_loss(model, validation, pad),
            val_after = val_before;
-    for (int64_t step = 1; step <= steps_; ++step) {
+    for (int64_t step = first_step; step <= steps_; ++step) {
       std::vector<size_t> ids;
       while (static_cast<int64_t>(ids.size()) < batch_) {
         if (cursor == order.size()) {  // a new epoch, freshly shuffled
@@ -145,7 +155,7 @@ class TrainCommand : public Command {
                                      std::to_string(step) + " (lower --lr?); nothing was written");
       const double norm = optimizer.step(model.parameters(), model.gradients());
       seen_tokens += batch_ * seq_;
-      if (step == 1) first_loss = loss;
+      if (step == first_step) first_loss = loss;
       last_loss = loss;
       const double seconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -160,7 +170,10 @@ class TrainCommand : public Command {
       std::fprintf(
           stderr, "\rstep %lld/%lld  loss %.4f  lr %.2e  grad norm %.3f  %.0f tokens/s  ETA %.0f s",
           static_cast<long long>(step), static_cast<long long>(steps_), loss, lr, norm, rate,
-          seconds / static_cast<double>(step) * static_cast<double>(steps_ - step));
+          seconds / static_cast<double>(step - first_step + 1) *
+              static_cast<double>(steps_ - step));
+      if (save_every_ > 0 && step % save_every_ == 0 && step < steps_)
+        save_checkpoint(model, optimizer, rng, order, cursor, step);
     }
     std::fputc('\n', stderr);
     save(loaded, model, hf_names);
@@ -210,6 +223,93 @@ class TrainCommand : public Command {
     return count > 0 ? total / static_cast<double>(count) : 0.0;
   }
 
+  // A resumable checkpoint of the run after `step`, written to a temporary folder and renamed
+  // (a crash never leaves a partial one): the parameters and the optimizer's moments
+  // (safetensors, Kiln names), and state.json (step, optimizer steps, the data order, its cursor,
+  // the shuffling generator's state, and the settings that must not change on resume).
+  void save_checkpoint(const train::TrainModel& model, const train::AdamW& optimizer,
+                       const std::mt19937_64& rng, const std::vector<size_t>& order, size_t cursor,
+                       int64_t step) const {
+    const std::string dir = final_ + ".checkpoints/step-" + std::to_string(step);
+    const std::string tmp = dir + ".tmp";
+    fs::remove_all(tmp);
+    fs::create_directories(tmp);
+    std::vector<std::pair<std::string, Tensor>> params(model.parameters().begin(),
+                                                       model.parameters().end());
+    write_safetensors(tmp + "/parameters.safetensors", params);
+    const train::AdamW::State state = optimizer.state();
+    std::vector<std::pair<std::string, Tensor>> moments;
+    for (const auto& [name, m] : state.m) {
+      moments.emplace_back("m/" + name, Tensor::from_f32({static_cast<int64_t>(m.size())}, m));
+      moments.emplace_back("v/" + name,
+                           Tensor::from_f32({static_cast<int64_t>(m.size())}, state.v.at(name)));
+    }
+    write_safetensors(tmp + "/optimizer.safetensors", moments);
+    std::ostringstream generator;
+    generator << rng;
+    const Json json = {{"step", step},           {"optimizer_steps", state.steps},
+                       {"order", order},         {"cursor", cursor},
+                       {"rng", generator.str()}, {"settings", settings()}};
+    std::ofstream(tmp + "/state.json") << json.dump() << "\n";
+    fs::remove_all(dir);
+    fs::rename(tmp, dir);
+  }
+
+  // Restores a checkpoint; returns its step. Throws Error naming the file when it is missing,
+  // corrupt, or from a run with other settings.
+  int64_t load_checkpoint(train::TrainModel& model, train::AdamW& optimizer, std::mt19937_64& rng,
+                          std::vector<size_t>& order, size_t& cursor) const {
+    const std::string state_path = resume_ + "/state.json";
+    const Json state = read_json_file(state_path);
+    try {
+      check(state.at("settings") == settings(),
+            state_path + ": the checkpoint is of a run with other settings (" +
+                state.at("settings").dump() + "; this run: " + settings().dump() + ")");
+      const SafetensorsFile params = SafetensorsFile::open(resume_ + "/parameters.safetensors");
+      for (auto& [name, value] : model.parameters()) {
+        const Tensor saved = params.get(name);
+        check(saved.shape() == value.shape() && saved.dtype() == DType::F32,
+              resume_ + "/parameters.safetensors: tensor '" + name + "' does not match the model");
+        std::memcpy(value.mutable_raw(), saved.raw(), value.nbytes());
+      }
+      const SafetensorsFile moments = SafetensorsFile::open(resume_ + "/optimizer.safetensors");
+      train::AdamW::State restored;
+      restored.steps = state.at("optimizer_steps").get<int64_t>();
+      for (const auto& [name, value] : model.parameters()) {
+        const Tensor m = moments.get("m/" + name), v = moments.get("v/" + name);
+        check(m.numel() == value.numel() && v.numel() == value.numel(),
+              resume_ + "/optimizer.safetensors: moments of '" + name + "' do not match");
+        restored.m[name].assign(m.data<float>(), m.data<float>() + m.numel());
+        restored.v[name].assign(v.data<float>(), v.data<float>() + v.numel());
+      }
+      optimizer.set_state(std::move(restored));
+      order = state.at("order").get<std::vector<size_t>>();
+      cursor = state.at("cursor").get<size_t>();
+      std::istringstream generator(state.at("rng").get<std::string>());
+      generator >> rng;
+      check(!generator.fail(), state_path + ": key 'rng' is corrupt");
+      return state.at("step").get<int64_t>();
+    } catch (const Json::exception& e) {
+      throw Error(state_path + ": " + e.what());
+    }
+  }
+
+  // What a resumed run must share with the run that wrote the checkpoint.
+  Json settings() const {
+    return {{"data", fs::absolute(data_).lexically_normal().string()},
+            {"model", fs::absolute(model_path_).lexically_normal().string()},
+            {"batch", batch_},
+            {"seq", seq_},
+            {"steps", steps_},
+            {"lr", lr_},
+            {"warmup", warmup_},
+            {"schedule", schedule_},
+            {"weight_decay", weight_decay_},
+            {"clip", clip_},
+            {"seed", seed_},
+            {"val_fraction", val_fraction_}};
+  }
+
   // Kiln name -> the checkpoint's tensor name, for families whose tensors map one to one
   // (no split, fused or transposed tensors).
   std::map<std::string, std::string> export_names(const LoadedModel& loaded) const {
@@ -254,7 +354,8 @@ class TrainCommand : public Command {
 
   FamilyChoice family_;
   std::string model_path_, data_, output_, final_, schedule_ = "cosine";
-  int64_t steps_ = 100, batch_ = 4, seq_ = 128, warmup_ = 0, eval_every_ = 0;
+  int64_t steps_ = 100, batch_ = 4, seq_ = 128, warmup_ = 0, eval_every_ = 0, save_every_ = 0;
+  std::string resume_;
   double lr_ = 3e-4, weight_decay_ = 0.0, clip_ = 1.0, val_fraction_ = 0.1;
   uint64_t seed_ = 0;
   bool json_ = false;

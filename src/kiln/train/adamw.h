@@ -42,6 +42,18 @@ class AdamW {
   void set_lr(double lr) { options_.lr = lr; }
   const AdamWOptions& options() const { return options_; }
 
+  // The optimizer's state (for checkpoints): steps taken and the moments per parameter.
+  struct State {
+    int64_t steps = 0;
+    std::map<std::string, std::vector<float>> m, v;
+  };
+  State state() const { return {steps_, m_, v_}; }
+  void set_state(State state) {
+    steps_ = state.steps;
+    m_ = std::move(state.m);
+    v_ = std::move(state.v);
+  }
+
  private:
   AdamWOptions options_;
   int64_t steps_ = 0;
