@@ -20,9 +20,7 @@ namespace {
 class ChatCommand : public Command {
  public:
   void configure(CLI::App& app) override {
-    app.add_option("model", model_path_,
-                   "HuggingFace model folder or Kiln checkpoint (default: bundled tinycoder)");
-    add_family_options(app, family_);
+    add_model_options(app, model_path_, family_);
     app.add_option("--chat-template", chat_template_,
                    "a .jinja file or tokenizer_config.json whose chat template to use (default: "
                    "the model's)");

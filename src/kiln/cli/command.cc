@@ -69,6 +69,12 @@ std::optional<chat::ChatTemplate> find_chat_template(const std::string& model_pa
   }
 }
 
+void add_model_options(CLI::App& app, std::string& model_path, FamilyChoice& choice) {
+  app.add_option("model", model_path,
+                 "HuggingFace model folder or Kiln checkpoint (default: bundled tinycoder)");
+  add_family_options(app, choice);
+}
+
 void add_family_options(CLI::App& app, FamilyChoice& choice) {
   app.add_option("--family", choice.name,
                  "family: a built-in name, or 'auto' for the generic route (bypasses built-in "

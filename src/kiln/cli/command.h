@@ -38,6 +38,10 @@ bool register_command(CommandInfo info);
 // or $KILN_HOME/models/tinycoder).
 std::string default_model_path();
 
+// Declares the optional MODEL argument (a HuggingFace folder or Kiln checkpoint; default: the
+// bundled tinycoder, see default_model_path()) and the family options below.
+void add_model_options(CLI::App& app, std::string& model_path, FamilyChoice& choice);
+
 // Declares `--family NAME|auto` and `--family-file PATH` (models/family_file.h), bound to
 // `choice`.
 void add_family_options(CLI::App& app, FamilyChoice& choice);

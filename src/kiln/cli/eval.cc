@@ -18,9 +18,7 @@ namespace {
 class EvalCommand : public Command {
  public:
   void configure(CLI::App& app) override {
-    app.add_option("model", model_path_,
-                   "HuggingFace model folder or Kiln checkpoint (default: bundled tinycoder)");
-    add_family_options(app, family_);
+    add_model_options(app, model_path_, family_);
     app.add_option("--data", data_,
                    "a text file, a folder of files, or JSONL ({\"text\"} or {\"prompt\", "
                    "\"completion\"}: loss on the completion)")

@@ -22,9 +22,7 @@ namespace kiln::cli {
 class GenerateCommand : public Command {
  public:
   void configure(CLI::App& app) override {
-    app.add_option("model", model_path_,
-                   "HuggingFace model folder or Kiln checkpoint (default: bundled tinycoder)");
-    add_family_options(app, family_);
+    add_model_options(app, model_path_, family_);
     app.add_option("--prompt", prompt_, "text to continue")->required();
     app.add_option("--max-tokens", max_tokens_, "most tokens to generate (default 128)")
         ->check(finite_non_negative());

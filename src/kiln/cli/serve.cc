@@ -22,9 +22,7 @@ void on_signal(int) {
 class ServeCommand : public Command {
  public:
   void configure(CLI::App& app) override {
-    app.add_option("model", model_path_,
-                   "HuggingFace model folder or Kiln checkpoint (default: bundled tinycoder)");
-    add_family_options(app, family_);
+    add_model_options(app, model_path_, family_);
     app.add_option("--host", options_.host, "address to listen on (default 127.0.0.1)");
     app.add_option("--port", options_.port, "port (default 8080; 0 = any free port)")
         ->check(CLI::Range(0, 65535));

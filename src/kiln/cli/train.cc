@@ -46,8 +46,7 @@ void make_batch(const std::vector<train::Window>& windows, const std::vector<siz
 class TrainCommand : public Command {
  public:
   void configure(CLI::App& app) override {
-    app.add_option("model", model_path_, "HuggingFace model folder (default: bundled tinycoder)");
-    add_family_options(app, family_);
+    add_model_options(app, model_path_, family_);
     app.add_option("--data", data_, "a text file, a folder of files, or JSONL")->required();
     app.add_option("-o,--output", output_, "the HuggingFace folder to write")->required();
     app.add_option("--steps", steps_, "optimizer steps (default 100)")
