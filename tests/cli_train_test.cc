@@ -85,6 +85,25 @@ TEST(CliTrain, ResumeIsBitwiseTheUninterruptedRun) {
   fs::remove_all(dir);
 }
 
+// Two accumulated micro-batches of one window train like one batch of two (the same windows,
+// full-length, so the mean of the means is the mean; float sums differ only in order).
+TEST(CliTrain, GradientAccumulationMatchesTheLargerBatch) {
+  const std::string dir = test::make_temp_dir("kiln_accum_");
+  const std::string common = "train --data " + test::shell_quote(source_file()) +
+                             " --steps 4 --seq 32 --lr 1e-3 --seed 2 --val-fraction 0 --json";
+  const test::CommandResult big = test::run_kiln(common + " --batch 2 -o " + dir + "/big");
+  const test::CommandResult accum =
+      test::run_kiln(common + " --batch 1 --grad-accum 2 -o " + dir + "/accum");
+  ASSERT_EQ(big.exit_code, 0) << big.err;
+  ASSERT_EQ(accum.exit_code, 0) << accum.err;
+  const double a = Json::parse(big.out).at("last_loss").get<double>();
+  const double b = Json::parse(accum.out).at("last_loss").get<double>();
+  std::cout << "last loss: batch 2 " << a << ", 2 x 1 accumulated " << b << std::endl;
+  EXPECT_NEAR(a, b, 1e-4 * a);
+  EXPECT_EQ(Json::parse(accum.out).at("tokens"), Json::parse(big.out).at("tokens"));
+  fs::remove_all(dir);
+}
+
 TEST(CliTrain, ErrorsLeaveNothingBehind) {
   const std::string dir = test::make_temp_dir("kiln_train_bad_");
   const std::string data = " --data " + test::shell_quote(source_file());

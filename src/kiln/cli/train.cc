@@ -54,6 +54,9 @@ class TrainCommand : public Command {
     app.add_option("--batch", batch_, "windows per step (default 4)")->check(CLI::Range(1, 4096));
     app.add_option("--seq", seq_, "tokens per window (default 128)")->check(CLI::Range(2, 1 << 20));
     app.add_option("--lr", lr_, "peak learning rate (default 3e-4)")->check(finite_positive());
+    app.add_option("--grad-accum", grad_accum_,
+                   "micro-batches of --batch windows per step, gradients averaged (default 1)")
+        ->check(CLI::Range(1, 1 << 16));
     app.add_option("--warmup", warmup_, "linear warmup steps (default 0)")
         ->check(CLI::Range(0, 1 << 30));
     app.add_option("--schedule", schedule_, "after warmup: cosine (default), linear or constant")
@@ -137,23 +140,30 @@ class TrainCommand : public Command {
     double first_loss = 0, last_loss = 0, val_before = validation_loss(model, validation, pad),
            val_after = val_before;
     for (int64_t step = first_step; step <= steps_; ++step) {
-      std::vector<size_t> ids;
-      while (static_cast<int64_t>(ids.size()) < batch_) {
-        if (cursor == order.size()) {  // a new epoch, freshly shuffled
-          std::shuffle(order.begin(), order.end(), rng);
-          cursor = 0;
-        }
-        ids.push_back(order[cursor++]);
-      }
-      make_batch(windows, ids, seq_, pad, tokens, targets);
       const double lr = learning_rate(step);
       optimizer.set_lr(lr);
       model.zero_gradients();
-      const double loss = model.forward_backward(tokens.data(), targets.data(), batch_, seq_);
+      double loss = 0.0;
+      for (int64_t micro = 0; micro < grad_accum_; ++micro) {
+        std::vector<size_t> ids;
+        while (static_cast<int64_t>(ids.size()) < batch_) {
+          if (cursor == order.size()) {  // a new epoch, freshly shuffled
+            std::shuffle(order.begin(), order.end(), rng);
+            cursor = 0;
+          }
+          ids.push_back(order[cursor++]);
+        }
+        make_batch(windows, ids, seq_, pad, tokens, targets);
+        loss += model.forward_backward(tokens.data(), targets.data(), batch_, seq_);
+      }
+      if (grad_accum_ > 1) {
+        loss /= static_cast<double>(grad_accum_);
+        model.scale_gradients(1.0f / static_cast<float>(grad_accum_));
+      }
       check(std::isfinite(loss), "training: the loss is " + std::to_string(loss) + " at step " +
                                      std::to_string(step) + " (lower --lr?); nothing was written");
       const double norm = optimizer.step(model.parameters(), model.gradients());
-      seen_tokens += batch_ * seq_;
+      seen_tokens += grad_accum_ * batch_ * seq_;
       if (step == first_step) first_loss = loss;
       last_loss = loss;
       const double seconds =
@@ -298,6 +308,7 @@ class TrainCommand : public Command {
     return {{"data", fs::absolute(data_).lexically_normal().string()},
             {"model", fs::absolute(model_path_).lexically_normal().string()},
             {"batch", batch_},
+            {"grad_accum", grad_accum_},
             {"seq", seq_},
             {"steps", steps_},
             {"lr", lr_},
@@ -353,7 +364,8 @@ class TrainCommand : public Command {
 
   FamilyChoice family_;
   std::string model_path_, data_, output_, final_, schedule_ = "cosine";
-  int64_t steps_ = 100, batch_ = 4, seq_ = 128, warmup_ = 0, eval_every_ = 0, save_every_ = 0;
+  int64_t steps_ = 100, batch_ = 4, seq_ = 128, warmup_ = 0, eval_every_ = 0, save_every_ = 0,
+          grad_accum_ = 1;
   std::string resume_;
   double lr_ = 3e-4, weight_decay_ = 0.0, clip_ = 1.0, val_fraction_ = 0.1;
   uint64_t seed_ = 0;

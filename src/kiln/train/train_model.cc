@@ -147,6 +147,13 @@ void TrainModel::zero_gradients() {
   for (auto& [name, g] : gradients_) std::memset(g.mutable_raw(), 0, g.nbytes());
 }
 
+void TrainModel::scale_gradients(float factor) {
+  for (auto& [name, g] : gradients_) {
+    float* data = g.mutable_data<float>();
+    for (int64_t i = 0; i < g.numel(); ++i) data[i] *= factor;
+  }
+}
+
 void TrainModel::forward(const int32_t* tokens, int64_t batch, int64_t T,
                          Activations& saved) const {
   check(batch > 0 && T > 0, "training: forward needs at least one row of one token");

@@ -48,6 +48,8 @@ class TrainModel {
   const ParameterMap& parameters() const { return parameters_; }
   const ParameterMap& gradients() const { return gradients_; }
   void zero_gradients();
+  // Multiplies every gradient by `factor` (the mean over accumulated micro-batches).
+  void scale_gradients(float factor);
 
   // Logits of B rows of T tokens from position 0: tokens [B, T] -> [B, T, V] f32.
   Tensor logits(const int32_t* tokens, int64_t batch, int64_t tokens_per_row) const;
