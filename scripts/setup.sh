@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs every build and test dependency of Kiln from Debian 12 packages.
+# Installs every build and test dependency of Kiln: Debian 12 packages, then the npm packages of
+# the server tests (tests/openai: the OpenAI client and playwright-core, from its lockfile).
 # Idempotent and non-interactive: packages already present are not reinstalled.
 set -euo pipefail
 PACKAGES=(
@@ -11,26 +12,16 @@ missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node.js and Chromium for the server tests; a Node.js from elsewhere also serves.
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if ((${#missing[@]})); then
   SUDO=""
   if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -q
   $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
-
-# Node.js, the OpenAI client and Chromium for the server tests (tests/openai), from Debian and
-# npm.
-web=()
-command -v node >/dev/null || web+=(nodejs)
-command -v npm >/dev/null || web+=(npm)
-[ -x /usr/bin/chromium ] || web+=(chromium)
-if ((${#web[@]})); then
-  SUDO=""
-  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -q
-  $SUDO apt-get install -y -q --no-install-recommends "${web[@]}"
 fi
 openai_dir="$(cd "$(dirname "$0")/.." && pwd)/tests/openai"
 if [ ! -d "$openai_dir/node_modules/openai" ] || [ ! -d "$openai_dir/node_modules/playwright-core" ]; then

@@ -10,7 +10,8 @@
 namespace kiln {
 
 // A capability is a (feature, value) pair. The features and their values, as `kiln analyze`
-// names them (enum values spelled as ModelSpec's *_name() functions spell them) (a value in <angle brackets> is free text; "yes" marks an on/off feature):
+// names them (enum values spelled as ModelSpec's *_name() functions spell them) (a value in <angle
+// brackets> is free text; "yes" marks an on/off feature):
 //   embedding.scale         yes                     embeddings multiplied by a constant
 //   embedding.positions     rope, learned, alibi
 //   attention.kind          mha, gqa, mqa, mla
