@@ -64,24 +64,6 @@ void embedding_backward(const int32_t* tokens, const float* dy, float* dtable, i
   }
 }
 
-void rms_norm_forward(const float* x, const float* weight, float* y, float* inv_rms, int64_t rows,
-                      int64_t dim, float eps, bool one_plus) {
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * dim;  // [dim]
-    float* yr = y + r * dim;        // [dim]
-    double sum_squares = 0.0;
-    for (int64_t i = 0; i < dim; ++i) sum_squares += static_cast<double>(xr[i]) * xr[i];
-    const float inv =
-        static_cast<float>(1.0 / std::sqrt(sum_squares / static_cast<double>(dim) + eps));
-    if (inv_rms) inv_rms[r] = inv;
-    for (int64_t i = 0; i < dim; ++i) {
-      const float w = one_plus ? 1.0f + weight[i] : weight[i];
-      yr[i] = xr[i] * inv * w;
-    }
-  }
-}
-
 void rms_norm_backward(const float* x, const float* weight, const float* inv_rms, const float* dy,
                        float* dx, float* dweight, int64_t rows, int64_t dim, bool one_plus) {
   if (dx) {

@@ -31,10 +31,7 @@ void embedding_backward(const int32_t* tokens, const float* dy, float* dtable, i
                         int64_t vocab, int64_t dim, float scale);
 
 // ---- RMSNorm: y = x * r * w, r = 1 / sqrt(mean(x^2) + eps); w is (1 + scale) when one_plus ----
-// Forward, also keeping r per row for the backward:  x, y [rows, dim], weight [dim],
-// inv_rms [rows] (may be null).
-void rms_norm_forward(const float* x, const float* weight, float* y, float* inv_rms, int64_t rows,
-                      int64_t dim, float eps, bool one_plus);
+// The forward is ops::rms_norm with its inv_rms output (r per row, kept for the backward).
 //   dx += r * (g - x * r^2 * mean(g * x)),  g = dy * w
 //   dweight += sum over rows of dy * x * r
 void rms_norm_backward(const float* x, const float* weight, const float* inv_rms, const float* dy,

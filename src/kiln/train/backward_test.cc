@@ -3,6 +3,7 @@
 // dy = r), or the op's own scalar loss (cross-entropy). Error = max |analytic - numeric| /
 // max |numeric| over the tensor, printed for each.
 #include "kiln/train/backward.h"
+#include "kiln/ops/norm.h"
 
 #include <gtest/gtest.h>
 
@@ -135,8 +136,7 @@ void check_rms_norm(bool one_plus) {
     return s;
   };
   std::vector<float> y(rows * dim), inv_rms(rows), dx(rows * dim), dw(dim);
-  rms_norm_forward(f32(x).data(), f32(w).data(), y.data(), inv_rms.data(), rows, dim, eps,
-                   one_plus);
+  ops::rms_norm(f32(x).data(), f32(w).data(), y.data(), rows, dim, eps, one_plus, inv_rms.data());
   rms_norm_backward(f32(x).data(), f32(w).data(), inv_rms.data(), f32(r).data(), dx.data(),
                     dw.data(), rows, dim, one_plus);
   const std::string name = one_plus ? "rms_norm (1+w)" : "rms_norm";

@@ -6,6 +6,7 @@
 
 #include "kiln/core/error.h"
 #include "kiln/models/weight_names.h"
+#include "kiln/ops/norm.h"
 #include "kiln/ops/rope.h"
 #include "kiln/ops/rope_frequencies.h"
 #include "kiln/train/backward.h"
@@ -180,8 +181,8 @@ void TrainModel::forward(const int32_t* tokens, int64_t batch, int64_t T,
     s.input = x;
     s.inv_rms1.resize(rows);
     s.normed1.resize(rows * hidden);
-    rms_norm_forward(x.data(), l.attention_norm, s.normed1.data(), s.inv_rms1.data(), rows, hidden,
-                     ls.norm.eps, one_plus);
+    ops::rms_norm(x.data(), l.attention_norm, s.normed1.data(), rows, hidden, ls.norm.eps, one_plus,
+                  s.inv_rms1.data());
     s.q.resize(rows * Hq * D);
     s.k.resize(rows * Hkv * D);
     s.v.resize(rows * Hkv * D);
@@ -211,8 +212,8 @@ void TrainModel::forward(const int32_t* tokens, int64_t batch, int64_t T,
     s.middle = x;
     s.inv_rms2.resize(rows);
     s.normed2.resize(rows * hidden);
-    rms_norm_forward(x.data(), l.mlp_norm, s.normed2.data(), s.inv_rms2.data(), rows, hidden,
-                     ls.norm.eps, one_plus);
+    ops::rms_norm(x.data(), l.mlp_norm, s.normed2.data(), rows, hidden, ls.norm.eps, one_plus,
+                  s.inv_rms2.data());
     s.gate.resize(rows * inner);
     s.up.resize(rows * inner);
     s.act.resize(rows * inner);
@@ -225,9 +226,9 @@ void TrainModel::forward(const int32_t* tokens, int64_t batch, int64_t T,
   saved.last = std::move(x);
   saved.inv_rms_f.resize(rows);
   saved.final_normed.resize(rows * hidden);
-  rms_norm_forward(saved.last.data(), final_norm_, saved.final_normed.data(),
-                   saved.inv_rms_f.data(), rows, hidden, spec_.final_norm.eps,
-                   spec_.final_norm.kind == NormKind::kRmsOnePlus);
+  ops::rms_norm(saved.last.data(), final_norm_, saved.final_normed.data(), rows, hidden,
+                spec_.final_norm.eps, spec_.final_norm.kind == NormKind::kRmsOnePlus,
+                saved.inv_rms_f.data());
 }
 
 Tensor TrainModel::logits(const int32_t* tokens, int64_t batch, int64_t T) const {
