@@ -3,7 +3,6 @@
 // dy = r), or the op's own scalar loss (cross-entropy). Error = max |analytic - numeric| /
 // max |numeric| over the tensor, printed for each.
 #include "kiln/train/backward.h"
-#include "kiln/ops/norm.h"
 
 #include <gtest/gtest.h>
 
@@ -16,6 +15,7 @@
 #include <vector>
 
 #include "kiln/core/error.h"
+#include "kiln/ops/norm.h"
 
 namespace kiln::train {
 namespace {
