@@ -123,8 +123,12 @@ const float* Model::decode_rows(const int32_t* tokens, int64_t rows, KvCache* co
                                                 " share a step");
   workspace.reset();
   float* logits = workspace.take<float>(rows * vocab);  // [rows, V]
-  // Sequences whose RoPE frequencies change at this length recompute alone (rare).
-  std::vector<int64_t> batched, starts;
+  // Sequences whose RoPE frequencies change at this length recompute alone (rare). The
+  // per-row bookkeeping lives on the stack: a decode step allocates nothing.
+  int64_t batched[kMaxDecodeRows], starts[kMaxDecodeRows];
+  int32_t ids[kMaxDecodeRows];
+  LayerKvCache* layer_caches[kMaxDecodeRows];
+  int64_t m = 0;
   for (int64_t r = 0; r < rows; ++r) {
     KvCache& cache = *caches[r];
     check(cache.batch() == 1, "decode_rows: each sequence needs a cache of batch 1");
@@ -139,18 +143,16 @@ const float* Model::decode_rows(const int32_t* tokens, int64_t rows, KvCache* co
       std::memcpy(logits + r * vocab, row, sizeof(float) * vocab);
       continue;
     }
-    batched.push_back(r);
-    starts.push_back(cache.length());
+    batched[m] = r;
+    starts[m++] = cache.length();
   }
-  const int64_t m = static_cast<int64_t>(batched.size());
   if (m == 0) return logits;
-  std::vector<int32_t> ids(m);
   for (int64_t j = 0; j < m; ++j) {
     ids[j] = tokens[batched[j]];
     caches[batched[j]]->remember_tokens(&ids[j], 1);
   }
   float* x = workspace.take<float>(m * hidden);  // [m, hidden]
-  ops::embedding_lookup(embedding_.raw(), embedding_.dtype(), vocab, hidden, ids.data(), m,
+  ops::embedding_lookup(embedding_.raw(), embedding_.dtype(), vocab, hidden, ids, m,
                         spec_.embedding_scale, x);
   if (positions_.defined()) {
     float* position_row = workspace.take<float>(hidden);  // [hidden]
@@ -161,10 +163,9 @@ const float* Model::decode_rows(const int32_t* tokens, int64_t rows, KvCache* co
       for (int64_t i = 0; i < hidden; ++i) x[j * hidden + i] += position_row[i];
     }
   }
-  std::vector<LayerKvCache*> layer_caches(m);
   for (int64_t i = 0; i < spec_.num_layers(); ++i) {
     for (int64_t j = 0; j < m; ++j) layer_caches[j] = &caches[batched[j]]->layer(i);
-    layers_[i].forward_rows(x, m, starts.data(), layer_caches.data(), workspace);
+    layers_[i].forward_rows(x, m, starts, layer_caches, workspace);
   }
   final_norm_.forward(x, m, x);
   float* batch_logits = workspace.take<float>(m * vocab);  // [m, V]

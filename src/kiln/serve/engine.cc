@@ -136,6 +136,9 @@ void Engine::run() {
       fail(slot, e.what());
     }
   };
+  std::vector<Slot*> decoding;  // reused every step
+  std::vector<int32_t> tokens;
+  std::vector<KvCache*> caches;
   while (true) {
     {
       std::unique_lock<std::mutex> lock(mutex_);
@@ -155,7 +158,7 @@ void Engine::run() {
     stats_.active = static_cast<int64_t>(active.size());
     // Prompts run one sequence at a time; the sequences past their prompt share one decode
     // step (Model::decode_rows) in groups of up to kMaxDecodeRows.
-    std::vector<Slot*> decoding;
+    decoding.clear();
     for (auto& slot : active) {
       if (slot->channel->cancelled()) {
         slot->ended = true;
@@ -168,8 +171,8 @@ void Engine::run() {
     for (size_t first = 0; first < decoding.size(); first += Model::kMaxDecodeRows) {
       const size_t n =
           std::min<size_t>(static_cast<size_t>(Model::kMaxDecodeRows), decoding.size() - first);
-      std::vector<int32_t> tokens(n);
-      std::vector<KvCache*> caches(n);
+      tokens.resize(n);
+      caches.resize(n);
       for (size_t j = 0; j < n; ++j) {
         tokens[j] = decoding[first + j]->last;
         caches[j] = &*decoding[first + j]->cache;
@@ -222,7 +225,8 @@ void log_probabilities(const float* logits, int64_t vocab, int32_t id, int k,
   };
   event.token = entry(id);
   if (k <= 0) return;
-  std::vector<int32_t> order(static_cast<size_t>(vocab));
+  thread_local std::vector<int32_t> order;  // reused: no allocation per token
+  order.resize(static_cast<size_t>(vocab));
   for (int64_t v = 0; v < vocab; ++v) order[v] = static_cast<int32_t>(v);
   const size_t n = std::min<size_t>(static_cast<size_t>(k), order.size());
   std::partial_sort(order.begin(), order.begin() + n, order.end(), [&](int32_t a, int32_t b) {
