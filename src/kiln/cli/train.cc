@@ -185,7 +185,7 @@ class TrainCommand : public Command {
         save_checkpoint(model, optimizer, rng, order, cursor, step);
     }
     std::fputc('\n', stderr);
-    save(loaded, model, hf_names);
+    save(model, hf_names);
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (json_) {
@@ -335,7 +335,7 @@ class TrainCommand : public Command {
     return names;
   }
 
-  void save(const LoadedModel& loaded, const train::TrainModel& model,
+  void save(const train::TrainModel& model,
             const std::map<std::string, std::string>& hf_names) const {
     std::vector<std::pair<std::string, Tensor>> tensors;
     for (const auto& [name, value] : model.parameters()) {
@@ -359,7 +359,6 @@ class TrainCommand : public Command {
         fs::copy_file(entry.path(), output_ + "/" + file, fs::copy_options::overwrite_existing);
       }
     }
-    (void)loaded;
   }
 
   FamilyChoice family_;
