@@ -1,5 +1,6 @@
-// `kiln serve [MODEL] [--host H] [--port P] [--parallel N] [--ctx N] [--queue N] [--api-key K]
-// [--chat-template FILE] [--name NAME]`: an OpenAI-compatible HTTP server (serve/server.h).
+// `kiln serve [MODEL] [--host H] [--port P] [--parallel N] [--ctx N] [--queue N] [--kv-budget MiB]
+// [--kv-block N] [--kv-dtype f32|bf16] [--prefix-cache MiB] [--api-key K] [--chat-template FILE]
+// [--name NAME]`: an OpenAI-compatible HTTP server (serve/server.h).
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -38,6 +39,16 @@ class ServeCommand : public Command {
                    "MiB of KV cache the running sequences may hold together (default: room for "
                    "max(parallel, 16) full-context sequences)")
         ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+    app.add_option("--kv-block", engine_.kv_block,
+                   "positions per KV cache block, the unit in which caches grow (default 64)")
+        ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+    app.add_option("--kv-dtype", kv_dtype_,
+                   "KV cache values: f32 (default) or bf16 (half the memory, values rounded)")
+        ->check(CLI::IsMember({"f32", "bf16"}));
+    app.add_option("--prefix-cache", prefix_cache_mib_,
+                   "MiB of KV kept for prompt prefixes that later prompts reuse (default 0: off; "
+                   "not bitwise equal to prefilling the whole prompt)")
+        ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
     app.add_option("--api-key", options_.api_key, "require Authorization: Bearer KEY");
     app.add_option("--chat-template", chat_template_,
                    "a .jinja file or tokenizer_config.json whose chat template to use (default: "
@@ -50,6 +61,8 @@ class ServeCommand : public Command {
   int run() override {
     if (model_path_.empty()) model_path_ = default_model_path();
     engine_.kv_budget = kv_budget_mib_ << 20;
+    engine_.kv_dtype = kv_dtype_ == "bf16" ? DType::BF16 : DType::F32;
+    engine_.prefix_cache = prefix_cache_mib_ << 20;
     if (options_.model_name.empty())
       options_.model_name =
           std::filesystem::path(model_path_).lexically_normal().filename().string();
@@ -74,10 +87,12 @@ class ServeCommand : public Command {
     serve::Server server(engine, *tokenizer, render, options_);
     server.bind();
     std::printf(
-        "kiln serve: %s on http://%s:%d (context %lld, %lld parallel, KV budget %lld MiB)\n",
+        "kiln serve: %s on http://%s:%d (context %lld, %lld parallel, KV budget %lld MiB %s, "
+        "%lld bytes per token)\n",
         options_.model_name.c_str(), options_.host.c_str(), server.port(),
         static_cast<long long>(engine.context()), static_cast<long long>(engine_.parallel),
-        static_cast<long long>(engine.kv_budget() >> 20));
+        static_cast<long long>(engine.kv_budget() >> 20), kv_dtype_.c_str(),
+        static_cast<long long>(engine.kv_bytes_per_token()));
     std::fflush(stdout);
     g_server = &server;
     std::signal(SIGINT, on_signal);
@@ -93,6 +108,8 @@ class ServeCommand : public Command {
   std::string chat_template_;
   bool mmap_ = false;
   int64_t kv_budget_mib_ = 0;
+  int64_t prefix_cache_mib_ = 0;
+  std::string kv_dtype_ = "f32";
   serve::ServerOptions options_;
   serve::EngineOptions engine_;
 };

@@ -194,21 +194,26 @@ void Attention::attend(float* q, float* k, float* v, int64_t batch, int64_t toke
       for (int64_t i = 0; i < heads * head_dim; ++i) row[i] *= factor;
     }
   }
-  float* k_cache = cache.keys.mutable_data<float>();    // [B, capacity, Hkv, D]
-  float* v_cache = cache.values.mutable_data<float>();  // [B, capacity, Hkv, Dv]
   for (int64_t b = 0; b < batch; ++b) {
-    std::memcpy(k_cache + (b * capacity + start) * kv_heads * head_dim,
-                k + b * tokens * kv_heads * head_dim, sizeof(float) * tokens * kv_heads * head_dim);
-    std::memcpy(v_cache + (b * capacity + start) * kv_heads * value_dim_,
-                v + b * tokens * kv_heads * value_dim_,
-                sizeof(float) * tokens * kv_heads * value_dim_);
+    write_positions(cache.keys, b, start, k + b * tokens * kv_heads * head_dim, tokens);
+    write_positions(cache.values, b, start, v + b * tokens * kv_heads * value_dim_, tokens);
   }
+  // The cached keys and values as f32 (converted into the workspace when the cache is bf16).
+  const int64_t length = start + tokens;
+  const bool convert = cache.keys.dtype() != DType::F32;
+  float* k_scratch =
+      convert ? workspace.take<float>(batch * length * kv_heads * head_dim) : nullptr;
+  float* v_scratch =
+      convert ? workspace.take<float>(batch * length * kv_heads * value_dim_) : nullptr;
+  int64_t stride = 0;
+  const float* k_cache = read_positions(cache.keys, length, k_scratch, stride);
+  const float* v_cache = read_positions(cache.values, length, v_scratch, stride);
   ops::AttentionShape shape;
   shape.batch = batch;
   shape.tokens = tokens;
   shape.start = start;
   shape.cache_len = start + tokens;
-  shape.cache_max = capacity;
+  shape.cache_max = stride;
   shape.heads = heads;
   shape.kv_heads = kv_heads;
   shape.head_dim = head_dim;

@@ -108,11 +108,9 @@ void Mla::forward_in_form(MlaForm form, const float* x, int64_t batch, int64_t t
   ops::apply_rope(rotary_key, positions, rows, 1, P, P, rope.inv_freq.data(),
                   rope.attention_scaling, spec_.rope.interleaved);
 
-  float* latent_cache = cache.latent.mutable_data<float>();       // [B, capacity, R]
-  float* rotary_cache = cache.rotary_keys.mutable_data<float>();  // [B, capacity, P]
   for (int64_t b = 0; b < batch; ++b) {
-    std::copy_n(latent + b * tokens * R, tokens * R, latent_cache + (b * capacity + start) * R);
-    std::copy_n(rotary_key + b * tokens * P, tokens * P, rotary_cache + (b * capacity + start) * P);
+    write_positions(cache.latent, b, start, latent + b * tokens * R, tokens);
+    write_positions(cache.rotary_keys, b, start, rotary_key + b * tokens * P, tokens);
   }
 
   float* mixed = workspace.take<float>(rows * H * V);  // [B, T, H, V]
@@ -127,14 +125,21 @@ void Mla::attend_expanded(const float* q, int64_t batch, int64_t tokens, int64_t
                           const LayerKvCache& cache, float* mixed, Workspace& workspace) const {
   const int64_t H = spec_.num_heads, nope = spec_.qk_nope_head_dim, P = spec_.qk_rope_head_dim;
   const int64_t V = spec_.value_head_dim, R = spec_.kv_lora_rank, D = nope + P;
-  const int64_t S = start + tokens, capacity = cache.latent.dim(1);
+  const int64_t S = start + tokens;
   Workspace::Scope scope(workspace);
+  // The cached latents and rotary keys as f32 (converted when the cache is bf16).
+  const bool convert = cache.latent.dtype() != DType::F32;
+  int64_t stride = 0;
+  const float* latents = read_positions(
+      cache.latent, S, convert ? workspace.take<float>(batch * S * R) : nullptr, stride);
+  const float* rotaries = read_positions(
+      cache.rotary_keys, S, convert ? workspace.take<float>(batch * S * P) : nullptr, stride);
   float* up = workspace.take<float>(S * H * (nope + V));     // [S, H, nope + V] of one row
   float* keys = workspace.take<float>(batch * S * H * D);    // [B, S, H, nope + P]
   float* values = workspace.take<float>(batch * S * H * V);  // [B, S, H, V]
   for (int64_t b = 0; b < batch; ++b) {
-    kv_up_.forward(cache.latent.data<float>() + b * capacity * R, S, up);
-    const float* rotary = cache.rotary_keys.data<float>() + b * capacity * P;  // [S, P]
+    kv_up_.forward(latents + b * stride * R, S, up);
+    const float* rotary = rotaries + b * stride * P;  // [S, P]
     for (int64_t j = 0; j < S; ++j)
       for (int64_t h = 0; h < H; ++h) {
         const float* from = up + (j * H + h) * (nope + V);
@@ -177,14 +182,19 @@ void Mla::attend_absorbed(const float* q, int64_t batch, int64_t tokens, int64_t
   shape.tokens = tokens;
   shape.start = start;
   shape.cache_len = start + tokens;
-  shape.cache_max = cache.latent.dim(1);
+  const bool convert = cache.latent.dtype() != DType::F32;
+  const float* latents = read_positions(
+      cache.latent, shape.cache_len,
+      convert ? workspace.take<float>(batch * shape.cache_len * R) : nullptr, shape.cache_max);
+  const float* rotaries = read_positions(
+      cache.rotary_keys, shape.cache_len,
+      convert ? workspace.take<float>(batch * shape.cache_len * P) : nullptr, shape.cache_max);
   shape.heads = H;
   shape.latent_dim = R;
   shape.rope_dim = P;
   shape.scale = scale_;
   float* attended = workspace.take<float>(rows * H * R);  // [B, T, H, R]
-  ops::latent_attention(q_latent, q_rope, cache.latent.data<float>(),
-                        cache.rotary_keys.data<float>(), attended, shape);
+  ops::latent_attention(q_latent, q_rope, latents, rotaries, attended, shape);
   ops::expand_values(attended, kv_up, mixed, rows);
 }
 

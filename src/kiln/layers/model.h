@@ -58,8 +58,10 @@ class Model {
   const float* decode_rows(const int32_t* tokens, int64_t rows, KvCache* const* caches,
                            Workspace& workspace) const;
 
-  // An empty cache for `batch` rows of up to `capacity` positions.
-  KvCache make_cache(int64_t batch, int64_t capacity) const { return {spec_, batch, capacity}; }
+  // An empty cache for `batch` rows of up to `capacity` positions (f32 or bf16 values).
+  KvCache make_cache(int64_t batch, int64_t capacity, DType dtype = DType::F32) const {
+    return {spec_, batch, capacity, dtype};
+  }
 
   const ModelSpec& spec() const { return spec_; }
   const DecoderLayer& layer(int64_t index) const { return layers_.at(index); }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <list>
 #include <map>
 
 #include "kiln/core/error.h"
@@ -58,6 +59,92 @@ struct Engine::Slot {
   std::optional<JsonPrefix> json;  // when request.json_object
   int32_t last = -1;               // the token to feed next (-1: the prompt's pass is due)
   bool ended = false;
+  // The generated tokens: all but the last are in the cache (replayed when rebuilding).
+  std::vector<int32_t> output;
+  uint64_t arrival = 0;  // submission order: the largest active one is the youngest
+  int64_t reserved = 0;  // positions reserved at admission for the (re)build
+  int64_t kv_held = 0;   // bytes of KV cache counted against the budget
+  bool rebuild = false;  // preempted: the cache must be rebuilt before decoding on
+};
+
+// Block-aligned prompt prefixes and their KV, least recently used evicted beyond a size limit.
+class Engine::PrefixCache {
+ public:
+  PrefixCache(const Model& model, DType dtype, int64_t block, int64_t limit)
+      : model_(model), dtype_(dtype), block_(block), limit_(limit) {}
+
+  // Copies into `cache` the KV of the longest cached block-aligned prefix of `prompt` that
+  // leaves at least one prompt token to run; returns its length (0: none).
+  int64_t reuse(const std::vector<int32_t>& prompt, KvCache& cache) {
+    Entry* best = nullptr;
+    int64_t best_length = 0;
+    const int64_t most = (static_cast<int64_t>(prompt.size()) - 1) / block_ * block_;
+    for (Entry& e : entries_) {
+      const int64_t n = std::min(common(e.tokens, prompt), most) / block_ * block_;
+      if (n > best_length) {
+        best = &e;
+        best_length = n;
+      }
+    }
+    if (!best) return 0;
+    best->used = ++clock_;
+    cache.copy_prefix(best->kv, best_length);
+    return best_length;
+  }
+
+  // Keeps the KV of the block-aligned prefix of `prompt` from `cache` (which holds the
+  // prompt), unless an entry covers it already; entries it extends are dropped.
+  void keep(const std::vector<int32_t>& prompt, const KvCache& cache) {
+    const int64_t n = static_cast<int64_t>(prompt.size()) / block_ * block_;
+    if (n == 0 || n * cache.bytes_per_token() > limit_) return;
+    for (Entry& e : entries_)
+      if (common(e.tokens, prompt) >= n) {
+        e.used = ++clock_;
+        return;
+      }
+    for (auto it = entries_.begin(); it != entries_.end();) {
+      const auto length = static_cast<int64_t>(it->tokens.size());
+      if (common(it->tokens, prompt) == length) {  // a shorter prefix of this one
+        bytes_ -= it->kv.bytes();
+        it = entries_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    while (!entries_.empty() && bytes_ + n * cache.bytes_per_token() > limit_) {
+      auto oldest =
+          std::min_element(entries_.begin(), entries_.end(),
+                           [](const Entry& a, const Entry& b) { return a.used < b.used; });
+      bytes_ -= oldest->kv.bytes();
+      entries_.erase(oldest);
+    }
+    Entry e{std::vector<int32_t>(prompt.begin(), prompt.begin() + n),
+            model_.make_cache(1, n, dtype_), ++clock_};
+    e.kv.copy_prefix(cache, n);
+    bytes_ += e.kv.bytes();
+    entries_.push_back(std::move(e));
+  }
+
+  int64_t bytes() const { return bytes_; }
+
+ private:
+  struct Entry {
+    std::vector<int32_t> tokens;
+    KvCache kv;
+    uint64_t used = 0;
+  };
+  static int64_t common(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
+    const size_t n = std::min(a.size(), b.size());
+    return std::mismatch(a.begin(), a.begin() + static_cast<std::ptrdiff_t>(n), b.begin()).first -
+           a.begin();
+  }
+
+  const Model& model_;
+  DType dtype_;
+  int64_t block_, limit_;
+  int64_t bytes_ = 0;
+  uint64_t clock_ = 0;
+  std::list<Entry> entries_;
 };
 
 Engine::Engine(const Model& model, const Tokenizer& tokenizer, std::vector<int64_t> stop_ids,
@@ -68,12 +155,16 @@ Engine::Engine(const Model& model, const Tokenizer& tokenizer, std::vector<int64
       options_(options),
       context_(options.context > 0 ? std::min(options.context, model.spec().max_position_embeddings)
                                    : model.spec().max_position_embeddings) {
-  kv_bytes_per_token_ = model_.make_cache(1, 1).bytes_per_token();
-  kv_budget_ = options_.kv_budget > 0
-                   ? options_.kv_budget
-                   : std::max<int64_t>(options_.parallel, 16) * context_ * kv_bytes_per_token_;
   check(options_.parallel > 0, "serve: --parallel must be positive");
   check(context_ > 1, "serve: the context must hold at least 2 tokens");
+  check(options_.kv_block > 0, "serve: the KV block must hold at least one position");
+  kv_bytes_per_token_ = model_.make_cache(1, 1, options_.kv_dtype).bytes_per_token();
+  kv_budget_ = options_.kv_budget > 0
+                   ? options_.kv_budget
+                   : std::max<int64_t>(options_.parallel, 16) * kv_bytes(context_);
+  if (options_.prefix_cache > 0)
+    prefix_cache_ = std::make_unique<PrefixCache>(model_, options_.kv_dtype, options_.kv_block,
+                                                  options_.prefix_cache);
   worker_ = std::thread([this] { run(); });
 }
 
@@ -111,6 +202,7 @@ std::shared_ptr<Channel> Engine::submit(SequenceRequest request) {
       throw QueueFull("the server is busy: " + std::to_string(in_flight_) +
                       " sequences are running or queued");
     ++in_flight_;
+    slot->arrival = arrivals_++;
     queue_.push_back(std::move(slot));
     stats_.queued = static_cast<int64_t>(queue_.size());
   }
@@ -126,6 +218,11 @@ void Engine::fail(Slot& slot, const std::string& message) {
   slot.ended = true;
 }
 
+int64_t Engine::positions_to_build(const Slot& slot) {
+  const auto prompt = static_cast<int64_t>(slot.request.prompt.size());
+  return slot.rebuild ? prompt + static_cast<int64_t>(slot.output.size()) - 1 : prompt;
+}
+
 void Engine::run() {
   Workspace workspace;
   std::vector<std::unique_ptr<Slot>> active;
@@ -136,6 +233,22 @@ void Engine::run() {
       fail(slot, e.what());
     }
   };
+  // Drops the ended sequences (and their KV).
+  auto retire = [&] {
+    for (auto it = active.begin(); it != active.end();) {
+      if (!(*it)->ended) {
+        ++it;
+        continue;
+      }
+      ++stats_.sequences_done;
+      kv_in_use_ -= (*it)->kv_held;
+      it = active.erase(it);
+      std::lock_guard<std::mutex> lock(mutex_);
+      --in_flight_;
+    }
+    stats_.kv_bytes = kv_in_use_;
+    stats_.active = static_cast<int64_t>(active.size());
+  };
   std::vector<Slot*> decoding;  // reused every step
   std::vector<int32_t> tokens;
   std::vector<KvCache*> caches;
@@ -144,30 +257,77 @@ void Engine::run() {
       std::unique_lock<std::mutex> lock(mutex_);
       wake_.wait(lock, [&] { return stopping_ || !queue_.empty() || !active.empty(); });
       if (stopping_) break;
-      // First come, first served, while a slot and the KV budget allow.
+      // First come (preempted sequences first), first served, while a slot and the KV budget
+      // allow the blocks of the prompt (of the prompt and generated tokens, to rebuild). Alone,
+      // a sequence always fits (submit checks its longest cache against the budget).
       while (static_cast<int64_t>(active.size()) < options_.parallel && !queue_.empty()) {
-        const SequenceRequest& next = queue_.front()->request;
-        const int64_t need = kv_bytes(static_cast<int64_t>(next.prompt.size()) + next.max_tokens);
-        if (!active.empty() && kv_in_use_ + need > kv_budget_) break;
-        kv_in_use_ += need;
+        Slot& next = *queue_.front();
+        const int64_t positions = positions_to_build(next);
+        if (!active.empty() && kv_in_use_ + kv_bytes(positions) > kv_budget_) break;
+        next.reserved = blocks(positions) * options_.kv_block;
+        next.kv_held = kv_bytes(positions);
+        kv_in_use_ += next.kv_held;
         active.push_back(std::move(queue_.front()));
         queue_.pop_front();
       }
       stats_.queued = static_cast<int64_t>(queue_.size());
     }
     stats_.active = static_cast<int64_t>(active.size());
-    // Prompts run one sequence at a time; the sequences past their prompt share one decode
-    // step (Model::decode_rows) in groups of up to kMaxDecodeRows.
-    decoding.clear();
+    stats_.kv_bytes = kv_in_use_;
+    // Prompts (and rebuilds) run one sequence at a time.
     for (auto& slot : active) {
-      if (slot->channel->cancelled()) {
+      if (slot->channel->cancelled())
         slot->ended = true;
-      } else if (slot->last < 0) {
+      else if (!slot->cache)
         guard(*slot, [&] { slot->ended = !prefill(*slot, workspace); });
-      } else {
-        decoding.push_back(slot.get());
-      }
     }
+    retire();
+    // The block each sequence needs for this step's position, oldest first; while one does
+    // not fit the budget, the youngest sequence is preempted (requeued first, in age order).
+    decoding.clear();
+    for (auto& slot : active) decoding.push_back(slot.get());
+    std::sort(decoding.begin(), decoding.end(),
+              [](const Slot* a, const Slot* b) { return a->arrival < b->arrival; });
+    std::vector<Slot*> preempted;  // youngest first
+    for (Slot* slot : decoding) {
+      if (!slot->cache) continue;  // preempted in this step
+      KvCache& cache = *slot->cache;
+      if (cache.length() + 1 <= cache.capacity()) continue;
+      const int64_t grow = kv_bytes(cache.length() + 1) - slot->kv_held;
+      while (kv_in_use_ + grow > kv_budget_) {
+        Slot* victim = nullptr;
+        for (auto it = decoding.rbegin(); it != decoding.rend() && !victim; ++it)
+          if ((*it)->cache) victim = *it;
+        kv_in_use_ -= victim->kv_held;
+        victim->kv_held = 0;
+        victim->cache.reset();
+        victim->rebuild = true;
+        preempted.push_back(victim);
+        ++stats_.preemptions;
+        if (victim == slot) break;
+      }
+      if (!slot->cache) continue;
+      cache.reserve(blocks(cache.length() + 1) * options_.kv_block);
+      slot->kv_held += grow;
+      kv_in_use_ += grow;
+    }
+    if (!preempted.empty()) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (Slot* victim : preempted) {
+        auto it = std::find_if(active.begin(), active.end(),
+                               [&](const std::unique_ptr<Slot>& s) { return s.get() == victim; });
+        queue_.push_front(std::move(*it));
+        active.erase(it);
+      }
+      stats_.queued = static_cast<int64_t>(queue_.size());
+      decoding.erase(
+          std::remove_if(decoding.begin(), decoding.end(), [](const Slot* s) { return !s->cache; }),
+          decoding.end());
+    }
+    stats_.kv_bytes = kv_in_use_;
+    stats_.kv_peak_bytes = std::max(stats_.kv_peak_bytes.load(), kv_in_use_);
+    // The sequences past their prompt share one decode step (Model::decode_rows) in groups of
+    // up to kMaxDecodeRows.
     for (size_t first = 0; first < decoding.size(); first += Model::kMaxDecodeRows) {
       const size_t n =
           std::min<size_t>(static_cast<size_t>(Model::kMaxDecodeRows), decoding.size() - first);
@@ -191,22 +351,7 @@ void Engine::run() {
         guard(slot, [&] { slot.ended = !emit(slot, logits + j * vocab); });
       }
     }
-    int64_t kv = 0;
-    for (auto it = active.begin(); it != active.end();) {
-      if (!(*it)->ended) {
-        kv += (*it)->cache->bytes_per_token() * (*it)->cache->capacity();
-        ++it;
-        continue;
-      }
-      ++stats_.sequences_done;
-      kv_in_use_ -=
-          kv_bytes(static_cast<int64_t>((*it)->request.prompt.size()) + (*it)->request.max_tokens);
-      it = active.erase(it);
-      std::lock_guard<std::mutex> lock(mutex_);
-      --in_flight_;
-    }
-    stats_.kv_bytes = kv;
-    stats_.active = static_cast<int64_t>(active.size());
+    retire();
   }
   for (auto& slot : active) slot->channel->cancel();
 }
@@ -292,6 +437,7 @@ bool Engine::emit(Slot& slot, const float* logits) {
   ++stats_.generated_tokens;
   ++slot.counts[next];
   slot.last = next;
+  slot.output.push_back(next);
   slot.held += slot.decoder->push(next);
   // A stop string ends the text before it.
   size_t cut = std::string::npos;
@@ -337,15 +483,37 @@ bool Engine::prefill(Slot& slot, Workspace& workspace) {
     return false;
   }
   const int64_t length = static_cast<int64_t>(request.prompt.size());
-  slot.cache.emplace(model_.make_cache(1, length + request.max_tokens));
+  slot.cache.emplace(model_.make_cache(1, slot.reserved, options_.kv_dtype));
+  ForwardOptions options;
+  options.last_position_only = true;
+  if (slot.rebuild) {
+    // The same passes that built the cache before: the prompt alone, then each generated
+    // token but the last through the single-row decode path (bitwise what the shared decode
+    // steps computed). The last generated token is fed by the next decode step.
+    model_.forward(request.prompt.data(), 1, length, *slot.cache, workspace, options);
+    KvCache* cache = &*slot.cache;
+    for (size_t i = 0; i + 1 < slot.output.size(); ++i)
+      model_.decode_rows(&slot.output[i], 1, &cache, workspace);
+    stats_.replayed_tokens += length + static_cast<int64_t>(slot.output.size()) - 1;
+    slot.rebuild = false;
+    return true;
+  }
   slot.sampler.emplace(request.sampling);
   slot.decoder.emplace(tokenizer_);
   if (request.json_object) slot.json.emplace();
-  ForwardOptions options;
-  options.last_position_only = true;
-  const float* logits =
-      model_.forward(request.prompt.data(), 1, length, *slot.cache, workspace, options);
+  int64_t reused = 0;
+  if (prefix_cache_) {
+    reused = prefix_cache_->reuse(request.prompt, *slot.cache);
+    ++(reused > 0 ? stats_.prefix_hits : stats_.prefix_misses);
+    stats_.prefix_tokens_reused += reused;
+  }
+  const float* logits = model_.forward(request.prompt.data() + reused, 1, length - reused,
+                                       *slot.cache, workspace, options);
   stats_.prompt_tokens += length;
+  if (prefix_cache_) {
+    prefix_cache_->keep(request.prompt, *slot.cache);
+    stats_.prefix_cache_bytes = prefix_cache_->bytes();
+  }
   return emit(slot, logits);
 }
 

@@ -2,11 +2,16 @@
 // request (at most `parallel` at a time, the rest queued). Each step runs the prompts of newly
 // admitted sequences one by one, then one decode step shared by every other active sequence
 // (Model::decode_rows: each weight read once for up to 15 sequences), each sequence with its own
-// KV cache and sampler. A sequence's tokens never depend on what else is running: at temperature
-// 0, or with a seed, a request gives bitwise the same tokens and log-probabilities alone or among
-// others. Each sequence reports its text (stop strings cut, never emitted), tokens and
-// log-probabilities through a Channel that the HTTP side reads; cancelling the channel (a client
-// that went away) ends the sequence at its next step.
+// KV cache and sampler. KV caches grow in blocks as sequences grow; when a block does not fit
+// the KV budget the youngest sequence is preempted (its cache freed, itself requeued first) and
+// later rebuilt exactly: its prompt prefilled alone, its generated tokens replayed one by one
+// through the single-row decode path. A sequence's tokens never depend on what else is running:
+// at temperature 0, or with a seed, a request gives bitwise the same tokens and
+// log-probabilities alone or among others, preempted or not. The optional prefix cache reuses
+// the KV of earlier prompts' block-aligned prefixes (close to, but not bitwise equal to,
+// prefilling the whole prompt). Each sequence reports its text (stop strings cut, never emitted),
+// tokens and log-probabilities through a Channel that the HTTP side reads; cancelling the channel
+// (a client that went away) ends the sequence at its next step.
 #pragma once
 
 #include <atomic>
@@ -21,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include "kiln/core/dtype.h"
 #include "kiln/layers/model.h"
 #include "kiln/runtime/sampler.h"
 #include "kiln/tokenizer/tokenizer.h"
@@ -78,16 +84,26 @@ struct EngineOptions {
   int64_t parallel = 4;    // sequences decoded at a time
   int64_t context = 0;     // tokens per sequence (prompt + completion); 0 = the model's limit
   int64_t max_queue = 64;  // sequences waiting beyond `parallel`; more are refused
-  // Bytes of KV cache the active sequences may hold together (each holds prompt + max_tokens
-  // positions); a sequence waits in the queue until its cache fits. 0: room for
-  // max(parallel, 16) sequences of the full context.
+  // Bytes of KV cache the active sequences may hold together. A sequence is admitted when the
+  // blocks of its prompt fit; a decode step that needs a block beyond the budget preempts the
+  // youngest sequence. 0: room for max(parallel, 16) sequences of the full context.
   int64_t kv_budget = 0;
+  int64_t kv_block = 64;        // positions per KV block (the unit of growth and of the budget)
+  DType kv_dtype = DType::F32;  // f32 or bf16 (half the memory; values rounded)
+  int64_t prefix_cache = 0;     // bytes of KV the prefix cache may keep; 0: no prefix cache
 };
 
 // Counters for /metrics.
 struct EngineStats {
   std::atomic<int64_t> prompt_tokens{0}, generated_tokens{0}, sequences_done{0};
-  std::atomic<int64_t> active{0}, queued{0}, kv_bytes{0};
+  std::atomic<int64_t> active{0}, queued{0};
+  std::atomic<int64_t> kv_bytes{0};         // KV cache bytes allocated to active sequences
+  std::atomic<int64_t> kv_peak_bytes{0};    // the most kv_bytes reached
+  std::atomic<int64_t> preemptions{0};      // sequences preempted for KV memory
+  std::atomic<int64_t> replayed_tokens{0};  // tokens recomputed to rebuild preempted sequences
+  std::atomic<int64_t> prefix_hits{0}, prefix_misses{0};
+  std::atomic<int64_t> prefix_tokens_reused{0};  // prompt tokens whose KV came from the cache
+  std::atomic<int64_t> prefix_cache_bytes{0};    // KV bytes the prefix cache holds
 };
 
 class QueueFull : public std::runtime_error {
@@ -109,16 +125,27 @@ class Engine {
   std::shared_ptr<Channel> submit(SequenceRequest request);
   // The context length sequences get (prompt + completion).
   int64_t context() const { return context_; }
-  // The KV cache bytes a sequence of `positions` positions holds, and the budget for all.
-  int64_t kv_bytes(int64_t positions) const { return positions * kv_bytes_per_token_; }
+  // The KV cache bytes a sequence of `positions` positions holds (whole blocks), and the
+  // budget for all.
+  int64_t kv_bytes(int64_t positions) const {
+    return blocks(positions) * options_.kv_block * kv_bytes_per_token_;
+  }
   int64_t kv_budget() const { return kv_budget_; }
+  int64_t kv_bytes_per_token() const { return kv_bytes_per_token_; }
   const EngineStats& stats() const { return stats_; }
 
  private:
   struct Slot;
+  class PrefixCache;
   void run();
-  // The prompt's pass of `slot` and its first token; false when the sequence ended.
+  int64_t blocks(int64_t positions) const {
+    return (positions + options_.kv_block - 1) / options_.kv_block;
+  }
+  // The prompt's pass of `slot` and its first token; false when the sequence ended. For a
+  // preempted sequence: its cache rebuilt (the prompt, then its generated tokens one by one).
   bool prefill(Slot& slot, Workspace& workspace);
+  // The positions a queued sequence's cache needs to be (re)built.
+  static int64_t positions_to_build(const Slot& slot);
   // The choice of the next token from `logits` [V] and its events; false when the sequence
   // ended.
   bool emit(Slot& slot, const float* logits);
@@ -137,6 +164,7 @@ class Engine {
   int64_t kv_bytes_per_token_;
   int64_t kv_budget_;
   int64_t kv_in_use_ = 0;  // bytes held by the active sequences (worker thread only)
+  std::unique_ptr<PrefixCache> prefix_cache_;  // null without --prefix-cache
   EngineStats stats_;
 
   std::mutex mutex_;
@@ -144,6 +172,7 @@ class Engine {
   std::deque<std::unique_ptr<Slot>> queue_;
   bool stopping_ = false;
   int64_t in_flight_ = 0;  // sequences queued or active
+  uint64_t arrivals_ = 0;  // sequences submitted so far
   std::thread worker_;
 };
 

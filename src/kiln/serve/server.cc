@@ -512,8 +512,28 @@ struct Server::Impl {
          std::to_string(s.active.load()));
     line("kiln_sequences_queued", "gauge", "Sequences waiting for a slot.",
          std::to_string(s.queued.load()));
-    line("kiln_kv_cache_bytes", "gauge", "KV cache bytes held by active sequences.",
+    line("kiln_kv_cache_bytes", "gauge", "KV cache bytes allocated to active sequences.",
          std::to_string(s.kv_bytes.load()));
+    line("kiln_kv_cache_capacity_bytes", "gauge", "KV cache budget of the active sequences.",
+         std::to_string(engine.kv_budget()));
+    line("kiln_kv_cache_peak_bytes", "gauge", "Most KV cache bytes allocated at once.",
+         std::to_string(s.kv_peak_bytes.load()));
+    line("kiln_preemptions_total", "counter",
+         "Sequences preempted (KV freed, requeued) because a KV block did not fit the budget.",
+         std::to_string(s.preemptions.load()));
+    line("kiln_replayed_tokens_total", "counter",
+         "Tokens recomputed to rebuild the KV cache of preempted sequences.",
+         std::to_string(s.replayed_tokens.load()));
+    line("kiln_prefix_cache_hits_total", "counter",
+         "Prompts that reused the KV of a cached prefix.", std::to_string(s.prefix_hits.load()));
+    line("kiln_prefix_cache_misses_total", "counter",
+         "Prompts that found no cached prefix (with --prefix-cache).",
+         std::to_string(s.prefix_misses.load()));
+    line("kiln_prefix_cache_tokens_reused_total", "counter",
+         "Prompt tokens whose KV came from the prefix cache.",
+         std::to_string(s.prefix_tokens_reused.load()));
+    line("kiln_prefix_cache_bytes", "gauge", "KV cache bytes the prefix cache holds.",
+         std::to_string(s.prefix_cache_bytes.load()));
     std::lock_guard<std::mutex> lock(metrics_mutex);
     out +=
         "# HELP kiln_requests_total HTTP requests by endpoint and status.\n"
