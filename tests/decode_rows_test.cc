@@ -1,10 +1,15 @@
 // Model::decode_rows on every HF fixture: three sequences of different lengths decoded together
 // give, step by step, bitwise the logits of each sequence decoded alone (sliding windows, MoE,
 // MLA, sinks, learned positions, soft-caps included) — what lets the server batch requests
-// without changing any request's tokens.
+// without changing any request's tokens. The batched caches start at the prompt's length and
+// grow before each step (as the server's block-wise caches do), the alone ones are allocated
+// whole: the capacity does not change a bit either. With bf16 caches the same holds, and the
+// logits stay close to the f32 cache's (the error is printed).
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
+#include <iostream>
 
 #include "hf_fixtures.h"
 #include "kiln/layers/model.h"
@@ -15,11 +20,10 @@ namespace {
 
 class DecodeRows : public ::testing::TestWithParam<std::string> {};
 
-TEST_P(DecodeRows, EqualTheSequencesDecodedAloneBitwise) {
-  KILN_SKIP_UNSUPPORTED_FIXTURE(GetParam());
-  const LoadedModel loaded = load_model(test::hf_fixture_path(GetParam()));
-  const Model model(loaded.spec, loaded.weights);
-  const int64_t vocab = loaded.spec.vocab_size, steps = 5;
+// Prompts, then `steps` greedy tokens alone and together; returns the alone logits of every step
+// ([sequence][step][V]) after checking the together ones equal them bitwise.
+std::vector<std::vector<std::vector<float>>> check_decode_rows(const Model& model, DType dtype) {
+  const int64_t vocab = model.spec().vocab_size, steps = 5;
   const std::vector<std::vector<int32_t>> prompts = {{1, 5, 9, 3}, {7}, {2, 4, 6, 8, 10, 12, 14}};
   const size_t n = prompts.size();
   ForwardOptions last;
@@ -28,7 +32,7 @@ TEST_P(DecodeRows, EqualTheSequencesDecodedAloneBitwise) {
   std::vector<std::vector<int32_t>> fed(n);
   std::vector<std::vector<std::vector<float>>> alone(n);
   for (size_t s = 0; s < n; ++s) {
-    KvCache cache = model.make_cache(1, 32);
+    KvCache cache = model.make_cache(1, 32, dtype);
     Workspace workspace;
     const float* logits = model.forward(
         prompts[s].data(), 1, static_cast<int64_t>(prompts[s].size()), cache, workspace, last);
@@ -42,7 +46,7 @@ TEST_P(DecodeRows, EqualTheSequencesDecodedAloneBitwise) {
   // Together: the same prompts one by one, then shared decode steps.
   std::vector<KvCache> caches;
   for (size_t s = 0; s < n; ++s) {
-    caches.push_back(model.make_cache(1, 32));
+    caches.push_back(model.make_cache(1, static_cast<int64_t>(prompts[s].size()), dtype));
     Workspace workspace;
     model.forward(prompts[s].data(), 1, static_cast<int64_t>(prompts[s].size()), caches[s],
                   workspace, last);
@@ -53,16 +57,50 @@ TEST_P(DecodeRows, EqualTheSequencesDecodedAloneBitwise) {
   int64_t differing = 0;
   for (int64_t t = 0; t < steps; ++t) {
     std::vector<int32_t> tokens;
-    for (size_t s = 0; s < n; ++s) tokens.push_back(fed[s][t]);
+    for (size_t s = 0; s < n; ++s) {
+      tokens.push_back(fed[s][t]);
+      caches[s].reserve(caches[s].length() + 1);
+    }
     const float* logits =
         model.decode_rows(tokens.data(), static_cast<int64_t>(n), pointers.data(), workspace);
     for (size_t s = 0; s < n; ++s)
       if (std::memcmp(logits + s * vocab, alone[s][t].data(), sizeof(float) * vocab) != 0)
         ++differing;
   }
-  EXPECT_EQ(differing, 0) << "rows whose logits differ from the sequence alone";
+  EXPECT_EQ(differing, 0) << "rows whose logits differ from the sequence alone ("
+                          << dtype_name(dtype) << " cache)";
   for (size_t s = 0; s < n; ++s)
     EXPECT_EQ(caches[s].length(), static_cast<int64_t>(prompts[s].size()) + steps);
+  return alone;
+}
+
+TEST_P(DecodeRows, EqualTheSequencesDecodedAloneBitwise) {
+  KILN_SKIP_UNSUPPORTED_FIXTURE(GetParam());
+  const LoadedModel loaded = load_model(test::hf_fixture_path(GetParam()));
+  const Model model(loaded.spec, loaded.weights);
+  check_decode_rows(model, DType::F32);
+}
+
+// bf16 caches: decode_rows still equals each sequence alone bitwise, and the logits differ
+// from the f32 cache's by the rounding of the cached keys and values.
+TEST_P(DecodeRows, Bf16CacheIsBatchInvariantAndCloseToF32) {
+  KILN_SKIP_UNSUPPORTED_FIXTURE(GetParam());
+  const LoadedModel loaded = load_model(test::hf_fixture_path(GetParam()));
+  const Model model(loaded.spec, loaded.weights);
+  const auto f32 = check_decode_rows(model, DType::F32);
+  const auto bf16 = check_decode_rows(model, DType::BF16);
+  double max_error = 0.0, max_logit = 0.0;
+  for (size_t s = 0; s < f32.size(); ++s)
+    for (size_t t = 0; t < f32[s].size(); ++t)
+      for (size_t v = 0; v < f32[s][t].size(); ++v) {
+        max_error =
+            std::max(max_error, std::fabs(static_cast<double>(bf16[s][t][v]) - f32[s][t][v]));
+        max_logit = std::max(max_logit, std::fabs(static_cast<double>(f32[s][t][v])));
+      }
+  std::cout << GetParam() << ": bf16 KV cache, max logit error " << max_error
+            << " (largest |logit| " << max_logit << ", relative " << max_error / max_logit << ")"
+            << std::endl;
+  EXPECT_LT(max_error, 0.02 * max_logit);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, DecodeRows, ::testing::ValuesIn(test::hf_fixture_names()));

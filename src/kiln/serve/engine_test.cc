@@ -5,7 +5,10 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <cmath>
 #include <iostream>
+#include <thread>
 
 #include "kiln/cli/command.h"
 #include "kiln/core/error.h"
@@ -165,6 +168,149 @@ TEST_F(EngineTest, KvBudgetQueuesAndRefuses) {
     const Result r = drain(*channels[i]);
     EXPECT_EQ(r.tokens, alone[i].tokens) << i;
   }
+}
+
+// KV blocks and preemption: with a budget of a few blocks, sequences that outgrow it are
+// preempted (KV freed, requeued) and rebuilt by replay; every text, token and log-probability
+// is bitwise what the same sequences give with an unconstrained budget, and the allocated KV
+// never exceeds the budget.
+TEST_F(EngineTest, PreemptionKeepsEverySequenceBitwise) {
+  const std::vector<std::string> prompts = {"def fibonacci(n):", "import os\n",
+                                            "class Stack:", "# sort a list\n", "x = [1, 2"};
+  EngineOptions free_options{4, 0, 64};
+  free_options.kv_block = 8;
+  std::vector<Result> want;
+  {
+    Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, free_options);
+    std::vector<std::shared_ptr<Channel>> channels;
+    for (const std::string& p : prompts) channels.push_back(engine.submit(request(p, 40)));
+    for (auto& c : channels) want.push_back(drain(*c));
+    EXPECT_EQ(engine.stats().preemptions.load(), 0);
+  }
+  EngineOptions tight = free_options;
+  Engine probe(*model_, *tokenizer_, loaded_->spec.eos_token_ids, tight);
+  tight.kv_budget = probe.kv_bytes(8) * 12;  // 96 positions: one sequence's 40 + prompt fit
+  Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, tight);
+  std::vector<std::shared_ptr<Channel>> channels;
+  for (const std::string& p : prompts) channels.push_back(engine.submit(request(p, 40)));
+  for (size_t i = 0; i < channels.size(); ++i) {
+    const Result r = drain(*channels[i]);
+    EXPECT_EQ(r.tokens, want[i].tokens) << i;
+    EXPECT_EQ(r.logprobs, want[i].logprobs) << i;  // bitwise: no tolerance
+    EXPECT_EQ(r.text, want[i].text) << i;
+    EXPECT_EQ(r.finish, want[i].finish) << i;
+  }
+  const EngineStats& s = engine.stats();
+  for (int i = 0; i < 100 && s.kv_bytes.load() != 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // the last sequence retires
+  std::cout << "budget " << tight.kv_budget << " bytes: " << s.preemptions << " preemptions, "
+            << s.replayed_tokens << " tokens recomputed, peak " << s.kv_peak_bytes << " bytes"
+            << std::endl;
+  EXPECT_GT(s.preemptions.load(), 0);
+  EXPECT_GT(s.replayed_tokens.load(), 0);
+  EXPECT_LE(s.kv_peak_bytes.load(), tight.kv_budget);
+  EXPECT_EQ(s.kv_bytes.load(), 0);  // all done: nothing held
+}
+
+// The KV a sequence holds grows block by block with its length instead of being reserved for
+// prompt + max_tokens up front: a sequence cut short by a stop string after a few dozen of its
+// 900 allowed tokens peaks at the blocks of the positions it filled. With bf16 values the
+// bytes per token are half the f32 ones.
+TEST_F(EngineTest, KvMemoryGrowsInBlocksAndHalvesWithBf16) {
+  const std::string prompt = "def fibonacci(n):";
+  for (DType dtype : {DType::F32, DType::BF16}) {
+    EngineOptions options{1, 0, 8};
+    options.kv_block = 16;
+    options.kv_dtype = dtype;
+    Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, options);
+    const int64_t per_token = model_->make_cache(1, 1).bytes_per_token();
+    EXPECT_EQ(engine.kv_bytes_per_token(), dtype == DType::F32 ? per_token : per_token / 2);
+    EXPECT_EQ(engine.kv_bytes(1), 16 * engine.kv_bytes_per_token());
+    EXPECT_EQ(engine.kv_bytes(17), 32 * engine.kv_bytes_per_token());
+    const Result full = drain(*engine.submit(request(prompt, 40)));
+    ASSERT_GT(full.text.size(), 60u);
+    SequenceRequest r = request(prompt, 900);
+    r.stop = {full.text.substr(50, 8)};
+    const Result cut = drain(*engine.submit(r));
+    EXPECT_EQ(cut.finish, "stop");
+    const auto filled = static_cast<int64_t>(r.prompt.size() + cut.tokens.size()) - 1;
+    const int64_t peak = engine.stats().kv_peak_bytes.load();
+    std::cout << dtype_name(dtype) << ": " << engine.kv_bytes_per_token() << " bytes per token; "
+              << cut.tokens.size() << " tokens of 900 allowed: KV peak " << peak
+              << " bytes (prompt + max_tokens up front: "
+              << engine.kv_bytes_per_token() * static_cast<int64_t>(r.prompt.size() + 900) << ")"
+              << std::endl;
+    const auto first = static_cast<int64_t>(r.prompt.size() + full.tokens.size()) - 1;
+    EXPECT_EQ(peak, std::max(engine.kv_bytes(filled), engine.kv_bytes(first)));
+    EXPECT_LT(peak, engine.kv_bytes(static_cast<int64_t>(r.prompt.size()) + 900) / 4);
+    for (int i = 0; i < 100 && engine.stats().kv_bytes.load() != 0; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));  // the sequence retires
+    EXPECT_EQ(engine.stats().kv_bytes.load(), 0);
+  }
+}
+
+// The prefix cache: a prompt sharing a block-aligned prefix with an earlier one reuses its KV
+// (hits, tokens reused), other prompts miss, the least recently used entry goes when the size
+// limit is reached; replies stay the replies without the cache (greedy tokens equal,
+// log-probabilities within 1e-4: reusing a prefix is not bitwise equal to prefilling it).
+TEST_F(EngineTest, PrefixCacheReusesBlockAlignedPrefixes) {
+  std::string system = "# A helper module with small utilities for lists and strings.\n";
+  system += "# Every function has a docstring and type hints.\nimport os\nimport sys\n";
+  const std::vector<std::string> prompts = {system + "def reverse(s):", system + "def total(xs):",
+                                            "class Stack:", system + "def reverse(s):"};
+  EngineOptions plain{1, 0, 8};
+  plain.kv_block = 8;
+  std::vector<Result> want;
+  {
+    Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, plain);
+    for (const std::string& p : prompts) want.push_back(drain(*engine.submit(request(p, 12))));
+  }
+  const auto system_tokens = static_cast<int64_t>(tokenizer_->encode(system, true).size());
+  ASSERT_GT(system_tokens, 16);
+  EngineOptions cached = plain;
+  cached.prefix_cache = int64_t{64} << 20;
+  Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, cached);
+  const EngineStats& s = engine.stats();
+  std::vector<int64_t> reused;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const int64_t before = s.prefix_tokens_reused.load();
+    const Result r = drain(*engine.submit(request(prompts[i], 12)));
+    reused.push_back(s.prefix_tokens_reused.load() - before);
+    EXPECT_EQ(r.tokens, want[i].tokens) << i;
+    ASSERT_EQ(r.logprobs.size(), want[i].logprobs.size());
+    double max_diff = 0.0;
+    for (size_t j = 0; j < r.logprobs.size(); ++j)
+      max_diff = std::max(max_diff, std::fabs(r.logprobs[j] - want[i].logprobs[j]));
+    std::cout << "prompt " << i << ": largest log-probability difference " << max_diff << std::endl;
+    EXPECT_LT(max_diff, 0.05) << i;
+  }
+  const auto length = [&](const std::string& p) {
+    return static_cast<int64_t>(tokenizer_->encode(p, true).size());
+  };
+  std::cout << "system prompt " << system_tokens << " tokens; reused " << reused[0] << " "
+            << reused[1] << " " << reused[2] << " " << reused[3] << "; cache "
+            << s.prefix_cache_bytes << " bytes" << std::endl;
+  EXPECT_EQ(reused[0], 0);                                 // a miss: nothing cached yet
+  EXPECT_EQ(reused[1], system_tokens / 8 * 8);             // the shared blocks
+  EXPECT_EQ(reused[2], 0);                                 // nothing in common
+  EXPECT_EQ(reused[3], (length(prompts[3]) - 1) / 8 * 8);  // all but the last token's block
+  EXPECT_EQ(s.prefix_hits.load(), 2);
+  EXPECT_EQ(s.prefix_misses.load(), 2);
+  EXPECT_GT(s.prefix_cache_bytes.load(), 0);
+  EXPECT_LE(s.prefix_cache_bytes.load(), cached.prefix_cache);
+
+  // A limit that holds one prompt's prefix: each new prompt evicts the previous one.
+  EngineOptions small = plain;
+  small.prefix_cache = engine.kv_bytes_per_token() * (length(prompts[0]) / 8 * 8);
+  Engine tight(*model_, *tokenizer_, loaded_->spec.eos_token_ids, small);
+  const std::string other = "import unittest\n\nclass TestHelpers(unittest.TestCase):\n";
+  ASSERT_GE(length(other), 9);
+  ASSERT_LT(length(other), length(prompts[0]));
+  for (const std::string& p : {prompts[0], other, prompts[0]}) drain(*tight.submit(request(p, 4)));
+  EXPECT_EQ(tight.stats().prefix_hits.load(), 0);  // prompts[0]'s entry was evicted
+  EXPECT_LE(tight.stats().prefix_cache_bytes.load(), small.prefix_cache);
+  drain(*tight.submit(request(prompts[0], 4)));
+  EXPECT_EQ(tight.stats().prefix_hits.load(), 1);
 }
 
 TEST_F(EngineTest, RefusesBadPromptsAndAFullQueue) {
