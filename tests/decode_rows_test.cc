@@ -20,16 +20,19 @@ namespace {
 
 class DecodeRows : public ::testing::TestWithParam<std::string> {};
 
-// Prompts, then `steps` greedy tokens alone and together; returns the alone logits of every step
+// Prompts, then `steps` tokens alone and together: the tokens in `fed` ([sequence][step]), or
+// when it is empty the greedy ones (stored there). Returns the alone logits of every step
 // ([sequence][step][V]) after checking the together ones equal them bitwise.
-std::vector<std::vector<std::vector<float>>> check_decode_rows(const Model& model, DType dtype) {
+std::vector<std::vector<std::vector<float>>> check_decode_rows(
+    const Model& model, DType dtype, std::vector<std::vector<int32_t>>& fed) {
   const int64_t vocab = model.spec().vocab_size, steps = 5;
   const std::vector<std::vector<int32_t>> prompts = {{1, 5, 9, 3}, {7}, {2, 4, 6, 8, 10, 12, 14}};
   const size_t n = prompts.size();
   ForwardOptions last;
   last.last_position_only = true;
-  // Alone: the prompt, then `steps` tokens (argmax), keeping every step's logits.
-  std::vector<std::vector<int32_t>> fed(n);
+  // Alone: the prompt, then `steps` tokens, keeping every step's logits.
+  const bool greedy = fed.empty();
+  if (greedy) fed.resize(n);
   std::vector<std::vector<std::vector<float>>> alone(n);
   for (size_t s = 0; s < n; ++s) {
     KvCache cache = model.make_cache(1, 32, dtype);
@@ -37,8 +40,9 @@ std::vector<std::vector<std::vector<float>>> check_decode_rows(const Model& mode
     const float* logits = model.forward(
         prompts[s].data(), 1, static_cast<int64_t>(prompts[s].size()), cache, workspace, last);
     for (int64_t t = 0; t < steps; ++t) {
-      const auto next = static_cast<int32_t>(std::max_element(logits, logits + vocab) - logits);
-      fed[s].push_back(next);
+      if (greedy)
+        fed[s].push_back(static_cast<int32_t>(std::max_element(logits, logits + vocab) - logits));
+      const int32_t next = fed[s][t];
       logits = model.forward(&next, 1, 1, cache, workspace, last);
       alone[s].emplace_back(logits, logits + vocab);
     }
@@ -78,7 +82,8 @@ TEST_P(DecodeRows, EqualTheSequencesDecodedAloneBitwise) {
   KILN_SKIP_UNSUPPORTED_FIXTURE(GetParam());
   const LoadedModel loaded = load_model(test::hf_fixture_path(GetParam()));
   const Model model(loaded.spec, loaded.weights);
-  check_decode_rows(model, DType::F32);
+  std::vector<std::vector<int32_t>> fed;
+  check_decode_rows(model, DType::F32, fed);
 }
 
 // bf16 caches: decode_rows still equals each sequence alone bitwise, and the logits differ
@@ -87,8 +92,9 @@ TEST_P(DecodeRows, Bf16CacheIsBatchInvariantAndCloseToF32) {
   KILN_SKIP_UNSUPPORTED_FIXTURE(GetParam());
   const LoadedModel loaded = load_model(test::hf_fixture_path(GetParam()));
   const Model model(loaded.spec, loaded.weights);
-  const auto f32 = check_decode_rows(model, DType::F32);
-  const auto bf16 = check_decode_rows(model, DType::BF16);
+  std::vector<std::vector<int32_t>> fed;  // the f32 run's greedy tokens, fed to both
+  const auto f32 = check_decode_rows(model, DType::F32, fed);
+  const auto bf16 = check_decode_rows(model, DType::BF16, fed);
   double max_error = 0.0, max_logit = 0.0;
   for (size_t s = 0; s < f32.size(); ++s)
     for (size_t t = 0; t < f32[s].size(); ++t)

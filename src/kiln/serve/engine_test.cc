@@ -218,6 +218,7 @@ TEST_F(EngineTest, PreemptionKeepsEverySequenceBitwise) {
 // bytes per token are half the f32 ones.
 TEST_F(EngineTest, KvMemoryGrowsInBlocksAndHalvesWithBf16) {
   const std::string prompt = "def fibonacci(n):";
+  Result f32_full;
   for (DType dtype : {DType::F32, DType::BF16}) {
     EngineOptions options{1, 0, 8};
     options.kv_block = 16;
@@ -229,6 +230,22 @@ TEST_F(EngineTest, KvMemoryGrowsInBlocksAndHalvesWithBf16) {
     EXPECT_EQ(engine.kv_bytes(17), 32 * engine.kv_bytes_per_token());
     const Result full = drain(*engine.submit(request(prompt, 40)));
     ASSERT_GT(full.text.size(), 60u);
+    if (dtype == DType::F32) {
+      f32_full = full;
+    } else {  // bf16 against f32: the log-probabilities while the greedy tokens agree
+      size_t same = 0;
+      double max_diff = 0.0;
+      while (same < full.tokens.size() && same < f32_full.tokens.size() &&
+             full.tokens[same] == f32_full.tokens[same]) {
+        max_diff = std::max(max_diff, std::fabs(full.logprobs[same] - f32_full.logprobs[same]));
+        ++same;
+      }
+      std::cout << "bf16 KV on tinycoder: " << same << " of " << full.tokens.size()
+                << " greedy tokens as with f32, largest log-probability difference " << max_diff
+                << std::endl;
+      EXPECT_GE(same, 10u);
+      EXPECT_LT(max_diff, 0.1);
+    }
     SequenceRequest r = request(prompt, 900);
     r.stop = {full.text.substr(50, 8)};
     const Result cut = drain(*engine.submit(r));
