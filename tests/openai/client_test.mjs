@@ -174,6 +174,11 @@ for (let i = 0; i < 50 && active !== 0; i++) {
 }
 const generated = (await metric("kiln_generated_tokens_total")) - generatedBefore;
 check("disconnect cancels the sequence", active === 0 && generated < 900, `${generated} tokens generated of 900`);
+// KV metrics: nothing allocated once no sequence runs; the budget and the peak reported.
+const kvNow = await metric("kiln_kv_cache_bytes"), kvPeak = await metric("kiln_kv_cache_peak_bytes");
+const kvBudget = await metric("kiln_kv_cache_capacity_bytes");
+check("KV metrics", kvNow === 0 && kvPeak > 0 && kvPeak <= kvBudget && (await metric("kiln_preemptions_total")) === 0,
+  `now ${kvNow}, peak ${kvPeak}, budget ${kvBudget}`);
 
 // Load: 32 concurrent streaming clients x 8 requests; each response complete and equal to the
 // same request run alone (temperature 0).
