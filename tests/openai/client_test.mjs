@@ -95,8 +95,37 @@ await expectError("bad api key", new OpenAI({ baseURL: `${base}/v1`, apiKey: "wr
 await expectError("temperature out of range", client.completions.create({ model: "tinycoder", prompt, temperature: 5 }), 400);
 await expectError("context overflow", client.completions.create({ model: "tinycoder", prompt, max_tokens: 100000 }), 400, "context_length_exceeded");
 await expectError("empty messages", client.chat.completions.create({ model: "tinycoder", messages: [] }), 400);
-await expectError("json_schema refused", client.chat.completions.create({ model: "tinycoder", messages: chatMessages,
-  response_format: { type: "json_schema", json_schema: { name: "x", schema: {} } } }), 400, "unsupported_response_format");
+await expectError("response_format refused", client.chat.completions.create({ model: "tinycoder", messages: chatMessages,
+  response_format: { type: "yaml" } }), 400, "unsupported_response_format");
+try {
+  await client.chat.completions.create({ model: "tinycoder", messages: chatMessages, response_format: { type: "json_schema",
+    json_schema: { name: "x", schema: { type: "object", properties: { a: { type: "string", pattern: "x+" } } } } } });
+  check("json_schema keyword refused", false, "no error");
+} catch (e) {
+  check("json_schema keyword refused", e.status === 400 && e.code === "unsupported_json_schema" && /'pattern'/.test(e.message),
+    `status ${e.status}, code ${e.code}, message ${JSON.stringify(e.error?.message)}`);
+}
+
+// JSON schema mode: the reply matches the schema (complete when it stopped by itself).
+const schema = { type: "object", properties: { name: { type: "string" }, count: { type: "integer" },
+  ok: { type: "boolean" }, kind: { enum: ["list", "map"] } }, required: ["count", "ok", "kind"] };
+let schemaOk = 0;
+for (const seed of [1, 2, 3]) {
+  const r = await client.chat.completions.create({ model: "tinycoder", messages: [{ role: "user", content: "config = " }],
+    response_format: { type: "json_schema", json_schema: { name: "config", schema, strict: true } }, max_tokens: 80,
+    temperature: 0.7, seed });
+  const text = r.choices[0].message.content;
+  if (r.choices[0].finish_reason === "stop") {
+    try {
+      const v = JSON.parse(text);
+      schemaOk += Number.isInteger(v.count) && typeof v.ok === "boolean" && ["list", "map"].includes(v.kind) &&
+        Object.keys(v).every((k) => k in schema.properties) ? 1 : 0;
+    } catch (e) { console.log("not JSON:", JSON.stringify(text)); }
+  } else {
+    schemaOk += text.startsWith("{") ? 1 : 0;  // cut by max_tokens: a prefix of an object
+  }
+}
+check("json_schema mode", schemaOk === 3, `${schemaOk} of 3 replies valid`);
 
 // JSON mode: the reply is one JSON object (complete when it stopped by itself).
 let jsonOk = 0;

@@ -56,8 +56,9 @@ struct Engine::Slot {
   std::map<int32_t, int64_t> counts;  // generated token -> times
   std::string held;                   // decoded text not yet sent (a possible stop string)
   int64_t generated = 0;
-  std::optional<JsonPrefix> json;  // when request.json_object
-  int32_t last = -1;               // the token to feed next (-1: the prompt's pass is due)
+  std::optional<JsonPrefix> json;          // when request.json_object
+  std::optional<JsonSchemaPrefix> schema;  // when request.json_schema
+  int32_t last = -1;                       // the token to feed next (-1: the prompt's pass is due)
   bool ended = false;
   // The generated tokens: all but the last are in the cache (replayed when rebuilding).
   std::vector<int32_t> output;
@@ -404,21 +405,21 @@ bool Engine::emit(Slot& slot, const float* logits) {
     choose_from = adjusted.data();
   }
   int32_t next = 0;
-  if (!slot.json) {
+  if (!slot.json && !slot.schema) {
     next = slot.sampler->sample(choose_from, vocab);
   } else {
-    // Draw; while the token would break the JSON object, remove it and draw again (sampling
-    // from the distribution restricted to the tokens that keep it valid). The end of the
-    // sequence is allowed only once the object is complete.
+    // Draw; while the token would break the JSON object (or leave the schema), remove it and
+    // draw again (sampling from the distribution restricted to the tokens that keep it valid).
+    // The end of the sequence is allowed only once the object is complete.
     if (choose_from != adjusted.data()) adjusted.assign(logits, logits + vocab);
     for (int64_t tries = 0;; ++tries) {
       check(tries < vocab, "no token continues the JSON object");
       next = slot.sampler->sample(adjusted.data(), vocab);
-      JsonPrefix probe = *slot.json;
-      if (is_stop(next) ? slot.json->complete() : probe.feed(token_text(next))) {
-        *slot.json = probe;
-        break;
-      }
+      const bool fits =
+          is_stop(next) ? (slot.json ? slot.json->complete() : slot.schema->complete())
+                        : (slot.json ? slot.json->feed(token_text(next))
+                                     : slot.schema->feed(token_text(next)));  // unchanged if not
+      if (fits) break;
       adjusted[next] = -INFINITY;
     }
   }
@@ -448,7 +449,8 @@ bool Engine::emit(Slot& slot, const float* logits) {
     slot.held.clear();
     return finish("stop", std::move(event));
   }
-  if (slot.json && slot.json->complete()) {  // the object closed: the reply is complete
+  if ((slot.json && slot.json->complete()) || (slot.schema && slot.schema->complete())) {
+    // The object closed: the reply is complete.
     slot.held += slot.decoder->finish();
     event.text = slot.held;
     slot.held.clear();
@@ -500,7 +502,10 @@ bool Engine::prefill(Slot& slot, Workspace& workspace) {
   }
   slot.sampler.emplace(request.sampling);
   slot.decoder.emplace(tokenizer_);
-  if (request.json_object) slot.json.emplace();
+  if (request.json_schema)
+    slot.schema.emplace(request.json_schema);
+  else if (request.json_object)
+    slot.json.emplace();
   int64_t reused = 0;
   if (prefix_cache_) {
     reused = prefix_cache_->reuse(request.prompt, *slot.cache);

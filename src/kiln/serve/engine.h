@@ -29,6 +29,7 @@
 #include "kiln/core/dtype.h"
 #include "kiln/layers/model.h"
 #include "kiln/runtime/sampler.h"
+#include "kiln/serve/json_schema.h"
 #include "kiln/tokenizer/tokenizer.h"
 
 namespace kiln::serve {
@@ -78,6 +79,9 @@ struct SequenceRequest {
   // (a token that breaks it is removed and the draw repeated), and the reply ends when the
   // object closes.
   bool json_object = false;
+  // The reply is one JSON object matching this schema (as json_object, with the schema's
+  // constraints); null: none.
+  std::shared_ptr<const JsonSchema> json_schema;
 };
 
 struct EngineOptions {

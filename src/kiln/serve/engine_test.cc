@@ -146,6 +146,39 @@ TEST_F(EngineTest, JsonObjectRepliesAreValidJson) {
   }
 }
 
+// JSON schema mode: the reply is a prefix of an object matching the schema, and when the
+// sequence ends with "stop", a complete one with the required keys and the right types.
+TEST_F(EngineTest, JsonSchemaRepliesMatchTheSchema) {
+  const auto schema = JsonSchema::parse(nlohmann::json::parse(R"({
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "count": {"type": "integer"},
+                   "ok": {"type": "boolean"}, "kind": {"enum": ["list", "map"]},
+                   "sizes": {"type": "array", "items": {"type": "number"}}},
+    "required": ["count", "ok", "kind"]})"));
+  Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, {2, 0, 8});
+  int complete = 0;
+  for (const auto& [prompt, temperature] :
+       {std::pair{"def fibonacci(n):", 0.0f}, std::pair{"config = ", 0.8f},
+        std::pair{"# settings\n", 0.0f}}) {
+    SequenceRequest r = request(prompt, 80);
+    r.json_schema = schema;
+    r.sampling.temperature = temperature;
+    r.sampling.seed = 5;
+    const Result result = drain(*engine.submit(r));
+    std::cout << result.finish << ": " << nlohmann::json(result.text).dump() << std::endl;
+    JsonSchemaPrefix check(schema);
+    EXPECT_TRUE(check.feed(result.text)) << result.text;
+    if (result.finish != "stop") continue;
+    ++complete;
+    EXPECT_TRUE(check.complete()) << result.text;
+    const nlohmann::json reply = nlohmann::json::parse(result.text);
+    EXPECT_TRUE(reply.at("count").is_number_integer()) << result.text;
+    EXPECT_TRUE(reply.at("ok").is_boolean()) << result.text;
+    EXPECT_TRUE(reply.at("kind") == "list" || reply.at("kind") == "map") << result.text;
+  }
+  EXPECT_GE(complete, 1);
+}
+
 // The KV budget: a sequence that cannot fit is refused; sequences that fit one at a time wait
 // for each other instead of running together, and all complete with the tokens they have alone.
 TEST_F(EngineTest, KvBudgetQueuesAndRefuses) {

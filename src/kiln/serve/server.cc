@@ -154,12 +154,22 @@ Generation parse_generation(const Json& body, bool chat) {
   if (f.has("response_format")) {
     const Json& format = f.at("response_format");
     const std::string type = format.is_object() ? format.value("type", std::string()) : "";
-    if (type == "json_object")
+    if (type == "json_object") {
       s.json_object = true;
-    else if (type != "text")
+    } else if (type == "json_schema") {
+      const Json& spec = format.contains("json_schema") ? format.at("json_schema") : Json();
+      if (!spec.is_object() || !spec.contains("schema"))
+        bad("'response_format' of type json_schema needs 'json_schema': {\"name\", \"schema\"}");
+      try {
+        s.json_schema = JsonSchema::parse(spec.at("schema"));
+      } catch (const Error& e) {
+        bad(e.what(), "unsupported_json_schema");
+      }
+    } else if (type != "text") {
       bad("'response_format' " + dump(format) +
-              " is not supported by this server (text and json_object are)",
+              " is not supported by this server (text, json_object and json_schema are)",
           "unsupported_response_format");
+    }
   }
   return g;
 }
