@@ -259,12 +259,16 @@ void Engine::run() {
       wake_.wait(lock, [&] { return stopping_ || !queue_.empty() || !active.empty(); });
       if (stopping_) break;
       // First come (preempted sequences first), first served, while a slot and the KV budget
-      // allow the blocks of the prompt (of the prompt and generated tokens, to rebuild). Alone,
-      // a sequence always fits (submit checks its longest cache against the budget).
+      // allow the blocks of the prompt. A preempted sequence (its prompt and generated tokens
+      // to rebuild) also waits for a block of headroom per active sequence and itself, so that
+      // it is not preempted again at the next block it or another sequence needs. Alone, a
+      // sequence always fits (submit checks its longest cache against the budget).
       while (static_cast<int64_t>(active.size()) < options_.parallel && !queue_.empty()) {
         Slot& next = *queue_.front();
         const int64_t positions = positions_to_build(next);
-        if (!active.empty() && kv_in_use_ + kv_bytes(positions) > kv_budget_) break;
+        const int64_t headroom =
+            next.rebuild ? (static_cast<int64_t>(active.size()) + 1) * kv_bytes(1) : 0;
+        if (!active.empty() && kv_in_use_ + kv_bytes(positions) + headroom > kv_budget_) break;
         next.reserved = blocks(positions) * options_.kv_block;
         next.kv_held = kv_bytes(positions);
         kv_in_use_ += next.kv_held;
