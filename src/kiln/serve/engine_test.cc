@@ -286,7 +286,8 @@ TEST_F(EngineTest, KvMemoryGrowsInBlocksAndHalvesWithBf16) {
     const auto filled = static_cast<int64_t>(r.prompt.size() + cut.tokens.size()) - 1;
     const int64_t peak = engine.stats().kv_peak_bytes.load();
     std::cout << dtype_name(dtype) << ": " << engine.kv_bytes_per_token() << " bytes per token; "
-              << cut.tokens.size() << " tokens of 900 allowed: KV peak " << peak
+              << cut.tokens.size() << " tokens of 900 allowed: " << filled << " positions in "
+              << engine.kv_bytes(filled) << " bytes; KV peak of both runs " << peak
               << " bytes (prompt + max_tokens up front: "
               << engine.kv_bytes_per_token() * static_cast<int64_t>(r.prompt.size() + 900) << ")"
               << std::endl;
