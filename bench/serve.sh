@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Serving benchmark: starts `kiln serve MODEL --parallel 16` and streams completions at 1, 4, 8
 # and 16 concurrent streams (bench/serve_bench.mjs, the OpenAI Node client from tests/openai).
-# Usage: bench/serve.sh [MODEL] [MAX_TOKENS]   (default: a 1B-shaped bf16 synth model in
-# /tmp/kiln_synth_1b, written on first use; 64 tokens per request)
+# Usage: bench/serve.sh [MODEL] [MAX_TOKENS] [SERVE OPTIONS...]   (default: a 1B-shaped bf16
+# synth model in /tmp/kiln_synth_1b, written on first use; 64 tokens per request), e.g.
+# bench/serve.sh /tmp/kiln_synth_1b 64 --kv-dtype bf16 to compare the KV cache types.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 kiln="$root/build/kiln"
 model="${1:-/tmp/kiln_synth_1b}"
 max_tokens="${2:-64}"
+shift $(( $# < 2 ? $# : 2 ))
 if [ ! -d "$model" ]; then "$kiln" synth llama-3.2-1b --dtype bf16 -o "$model"; fi
 [ -d "$root/tests/openai/node_modules/openai" ] || (cd "$root/tests/openai" && npm ci --no-audit --no-fund >/dev/null)
 source "$root/tests/openai/start_server.sh"
-start_kiln_server "$kiln" "$model" --parallel 16 --ctx 512
-echo "model $model, $max_tokens tokens per request, $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
+start_kiln_server "$kiln" "$model" --parallel 16 --ctx 512 "$@"
+echo "model $model ${*:-}, $max_tokens tokens per request, $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 node "$root/bench/serve_bench.mjs" "http://127.0.0.1:$port" "$max_tokens" 1 4 8 16
