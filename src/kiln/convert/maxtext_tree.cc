@@ -242,7 +242,11 @@ struct FamilyRules {
   std::map<std::string, std::string> renames;       // Kiln per-layer prefix -> MaxText's
   std::string moe_block;                            // MaxText's MoE module name
   bool local_global_pairs = false;                  // Gemma 2: two HF layers per MaxText layer
-  int64_t scan_block = 0;                           // Gemma 3: scanned in blocks of this many
+  int64_t scan_block = 0;        // Gemma 3, gpt-oss: scanned in blocks of this many layers
+  bool block_remainder = false;  // Gemma 3: layers past the last whole block stay unstacked
+  std::string attention = "self_attention";  // MaxText's attention module
+  std::string shared_block;                  // DeepSeek: the shared experts' module
+  bool dense_moe_groups = false;             // DeepSeek: dense_layers and moe_layers
 };
 
 const std::set<std::string>& maxtext_families() {
@@ -300,6 +304,23 @@ FamilyRules rules_for(const ModelSpec& spec) {
     r.renames = {{"pre_self_attention_layer_norm", "pre_self_attention_norm"},
                  {"post_self_attention_layer_norm", "post_self_attention_norm"}};
     r.scan_block = 6;
+    r.block_remainder = true;
+    return r;
+  }
+  if (f == "deepseek_v3") {
+    r.source = std::string(kParamMapping) +
+               ": DEEPSEEK_MAXTEXT_TO_HF_PARAM_MAPPING, DEEPSEEK_MAXTEXT_TO_HF_PARAM_HOOK_FN";
+    r.moe_block = "DeepSeekMoeBlock_0/MoeBlock_0";
+    r.shared_block = "DeepSeekMoeBlock_0/shared_experts";
+    r.dense_moe_groups = true;
+    return r;
+  }
+  if (f == "gpt_oss") {
+    r.source = std::string(kParamMapping) +
+               ": GPT_OSS_MAXTEXT_TO_HF_PARAM_MAPPING, GPT_OSS_TO_HF_PARAM_HOOK_FN";
+    r.moe_block = "GptOssMlp";
+    r.attention = "GptOssAttention";
+    r.scan_block = 2;  // inhomogeneous_layer_cycle_interval in configs/models/gpt-oss-*.yml
     return r;
   }
   if (maxtext_families().count(f))
@@ -319,19 +340,36 @@ std::vector<std::pair<std::string, Shape>> kiln_layer_params(const ModelSpec& sp
   const int64_t e = spec.hidden_size, d = a.head_dim, v = a.value_head_dim ? a.value_head_dim : d;
   std::vector<std::pair<std::string, Shape>> p;
   p.push_back({"pre_self_attention_layer_norm/scale", {e}});
-  p.push_back({"self_attention/query/kernel", {a.num_heads * d, e}});
-  p.push_back({"self_attention/key/kernel", {a.num_kv_heads * d, e}});
-  p.push_back({"self_attention/value/kernel", {a.num_kv_heads * v, e}});
-  p.push_back({"self_attention/out/kernel", {e, a.num_heads * v}});
-  if (a.q_bias) p.push_back({"self_attention/query/bias", {a.num_heads * d}});
-  if (a.k_bias) p.push_back({"self_attention/key/bias", {a.num_kv_heads * d}});
-  if (a.v_bias) p.push_back({"self_attention/value/bias", {a.num_kv_heads * v}});
-  if (a.o_bias) p.push_back({"self_attention/out/bias", {e}});
-  if (a.qk_norm == QkNormKind::kPerHead) {
-    p.push_back({"self_attention/query_norm/scale", {d}});
-    p.push_back({"self_attention/key_norm/scale", {d}});
+  if (a.is_mla()) {
+    const int64_t h = a.num_heads, rq = a.q_lora_rank, rkv = a.kv_lora_rank;
+    if (rq > 0) {
+      p.push_back({"self_attention/wq_a/kernel", {rq, e}});
+      p.push_back({"self_attention/q_norm/scale", {rq}});
+      p.push_back({"self_attention/wq_b/kernel", {h * d, rq}});
+    } else {
+      p.push_back({"self_attention/query/kernel", {h * d, e}});
+    }
+    p.push_back({"self_attention/wkv_a/kernel", {rkv + a.qk_rope_head_dim, e}});
+    p.push_back({"self_attention/kv_norm/scale", {rkv}});
+    p.push_back({"self_attention/wkv_b/kernel", {h * (a.qk_nope_head_dim + v), rkv}});
+    p.push_back({"self_attention/out/kernel", {e, h * v}});
+    p.push_back({"post_self_attention_layer_norm/scale", {e}});
+  } else {
+    p.push_back({"self_attention/query/kernel", {a.num_heads * d, e}});
+    p.push_back({"self_attention/key/kernel", {a.num_kv_heads * d, e}});
+    p.push_back({"self_attention/value/kernel", {a.num_kv_heads * v, e}});
+    p.push_back({"self_attention/out/kernel", {e, a.num_heads * v}});
+    if (a.q_bias) p.push_back({"self_attention/query/bias", {a.num_heads * d}});
+    if (a.k_bias) p.push_back({"self_attention/key/bias", {a.num_kv_heads * d}});
+    if (a.v_bias) p.push_back({"self_attention/value/bias", {a.num_kv_heads * v}});
+    if (a.o_bias) p.push_back({"self_attention/out/bias", {e}});
+    if (a.qk_norm == QkNormKind::kPerHead) {
+      p.push_back({"self_attention/query_norm/scale", {d}});
+      p.push_back({"self_attention/key_norm/scale", {d}});
+    }
+    if (a.sinks) p.push_back({"self_attention/sinks", {a.num_heads}});
+    p.push_back({"post_self_attention_layer_norm/scale", {e}});
   }
-  p.push_back({"post_self_attention_layer_norm/scale", {e}});
   if (layer.placement == NormPlacement::kSandwich) {
     p.push_back({"pre_ffw_norm/scale", {e}});
     p.push_back({"post_ffw_norm/scale", {e}});
@@ -339,9 +377,22 @@ std::vector<std::pair<std::string, Shape>> kiln_layer_params(const ModelSpec& sp
   if (layer.moe.num_experts > 0) {
     const int64_t x = layer.moe.num_experts, i = layer.moe.expert_intermediate;
     p.push_back({"mlp/gate/kernel", {x, e}});
+    if (layer.moe.score_correction_bias) p.push_back({"mlp/gate/score_correction_bias", {x}});
+    if (layer.moe.router_bias) p.push_back({"mlp/gate/bias", {x}});
     p.push_back({"mlp/wi_0/kernel", {x, i, e}});
     p.push_back({"mlp/wi_1/kernel", {x, i, e}});
     p.push_back({"mlp/wo/kernel", {x, e, i}});
+    if (layer.moe.expert_bias) {
+      p.push_back({"mlp/wi_0/bias", {x, i}});
+      p.push_back({"mlp/wi_1/bias", {x, i}});
+      p.push_back({"mlp/wo/bias", {x, e}});
+    }
+    if (layer.moe.num_shared_experts > 0) {
+      const int64_t s = layer.moe.shared_intermediate;
+      p.push_back({"mlp/shared_experts/wi_0/kernel", {s, e}});
+      p.push_back({"mlp/shared_experts/wi_1/kernel", {s, e}});
+      p.push_back({"mlp/shared_experts/wo/kernel", {e, s}});
+    }
   } else {
     const int64_t m = layer.mlp.intermediate;
     p.push_back({"mlp/wi_0/kernel", {m, e}});
@@ -367,8 +418,12 @@ ParamRule layer_rule(const FamilyRules& r, const ModelSpec& spec, const LayerSpe
     t.reshape = MaxTextReshape::kHeadsBias;
   } else if (param == "self_attention/out/kernel") {
     t.reshape = MaxTextReshape::kHeadsOut;
+  } else if (param == "self_attention/wq_b/kernel" || param == "self_attention/wkv_b/kernel") {
+    t.reshape = MaxTextReshape::kHeadsIn;  // [Rank, heads, dims]
+  } else if (param == "self_attention/wq_a/kernel" || param == "self_attention/wkv_a/kernel") {
+    t.reshape = MaxTextReshape::kTransposed;
   }
-  t.heads = q || param == "self_attention/out/kernel" ? a.num_heads : a.num_kv_heads;
+  t.heads = k || v ? a.num_kv_heads : a.num_heads;
   if ((q || k) && r.rope_pairs) t.rope_pairs = true;
   if (q && r.query_op != MaxTextValueOp::kNone) {
     t.op = r.query_op;
@@ -378,20 +433,31 @@ ParamRule layer_rule(const FamilyRules& r, const ModelSpec& spec, const LayerSpe
   }
   if (ends_with(param, "/scale") && r.gemma_norms) t.op = MaxTextValueOp::kAddOne;
   const bool moe = layer.moe.num_experts > 0;
-  if (param.rfind("mlp/", 0) == 0) {
+  if (param.rfind("mlp/shared_experts/", 0) == 0) {
+    rule.maxtext = r.shared_block + param.substr(std::string("mlp/shared_experts").size());
+    t.reshape = MaxTextReshape::kTransposed;
+  } else if (param.rfind("mlp/", 0) == 0) {
     if (moe) {
-      const std::string leaf = param.substr(4);  // gate/kernel, wi_0/kernel, ...
+      const std::string leaf = param.substr(4);  // gate/kernel, wi_0/kernel, wi_0/bias, ...
+      const std::string module = leaf.substr(0, leaf.find('/'));
       if (leaf == "gate/kernel") {
         rule.maxtext = r.moe_block + "/gate/kernel";
         t.reshape = MaxTextReshape::kTransposed;
+      } else if (leaf == "gate/bias" || leaf == "gate/score_correction_bias") {
+        rule.maxtext = r.moe_block + "/gate/bias";
+      } else if (ends_with(leaf, "/bias")) {
+        rule.maxtext = r.moe_block + "/" + module + "_bias";  // wi_0_bias [X, I]
       } else {
-        rule.maxtext = r.moe_block + "/" + leaf.substr(0, leaf.find('/'));  // no /kernel
+        rule.maxtext = r.moe_block + "/" + module;  // stacked experts: no /kernel
         t.reshape = MaxTextReshape::kExpertsTransposed;
       }
     } else {
       t.reshape = MaxTextReshape::kTransposed;
     }
   }
+  if (rule.maxtext.empty() && r.attention != "self_attention" &&
+      param.rfind("self_attention/", 0) == 0)
+    rule.maxtext = r.attention + param.substr(std::string("self_attention").size());
   if (rule.maxtext.empty()) {
     rule.maxtext = param;
     for (const auto& [from, to] : r.renames)
@@ -467,12 +533,27 @@ MaxTextTree MaxTextTree::build(const Json& config, bool scanned) {
   const FamilyRules r = rules_for(spec);
   for (const LayerSpec& layer : spec.layers) {
     const AttentionSpec& a = layer.attention;
-    check(!a.is_mla() && a.qk_norm != QkNormKind::kWholeProjection && !a.rope.interleaved &&
-              (a.rope.rotary_dim == 0 || a.rope.rotary_dim == a.head_dim) && !a.sinks &&
-              (layer.moe.num_experts == 0 || !r.moe_block.empty()) && layer.mlp.gated &&
-              layer.moe.num_shared_experts == 0,
+    const bool mla_ok =
+        !a.is_mla() || (spec.family == "deepseek_v3" && !a.q_bias && !a.k_bias && !a.o_bias);
+    check(mla_ok && a.qk_norm != QkNormKind::kWholeProjection && a.qk_norm != QkNormKind::kL2 &&
+              (!a.rope.interleaved || a.is_mla()) &&
+              (a.is_mla() || a.rope.rotary_dim == 0 || a.rope.rotary_dim == a.head_dim) &&
+              (!a.sinks || spec.family == "gpt_oss") &&
+              (layer.moe.num_experts == 0 || !r.moe_block.empty()) &&
+              (layer.moe.num_experts > 0 || layer.mlp.gated) &&
+              (layer.moe.num_shared_experts == 0 || !r.shared_block.empty()) &&
+              !layer.moe.shared_expert_gate && !layer.mlp.bias,
           "MaxText tree: this " + spec.family +
               " model has a layer shape Kiln cannot map to MaxText's tree");
+  }
+  int64_t dense_prefix = 0;  // DeepSeek: the leading dense layers
+  if (r.dense_moe_groups) {
+    while (dense_prefix < spec.num_layers() && spec.layers[dense_prefix].moe.num_experts == 0)
+      ++dense_prefix;
+    for (int64_t i = dense_prefix; i < spec.num_layers(); ++i)
+      check(spec.layers[i].moe.num_experts > 0,
+            "MaxText tree: DeepSeek's dense layers must all precede its MoE layers (layer " +
+                std::to_string(i) + ")");
   }
   auto top = [&](const std::string& kiln, Shape shape, MaxTextTransform t) {
     MaxTextArraySpec s;
@@ -506,6 +587,10 @@ MaxTextTree MaxTextTree::build(const Json& config, bool scanned) {
                           std::to_string(n) + " layers");
   const int64_t block = r.scan_block;
   const int64_t scanned_layers = block > 0 ? n - n % block : n;
+  if (block > 0 && scanned && !r.block_remainder)
+    check(n % block == 0, "MaxText tree: MaxText scans " + spec.family + " in blocks of " +
+                              std::to_string(block) + " layers; " + std::to_string(n) +
+                              " layers do not divide (export unscanned)");
   for (int64_t i = 0; i < n; ++i) {
     const LayerSpec& layer = spec.layers[i];
     if (r.local_global_pairs)
@@ -518,7 +603,13 @@ MaxTextTree MaxTextTree::build(const Json& config, bool scanned) {
       bool stacked = false;
       std::string name = rule.maxtext;
       if (r.local_global_pairs) name = with_pair_suffix(name, i % 2 == 0);
-      if (!scanned) {
+      if (r.dense_moe_groups) {
+        const bool dense = i < dense_prefix;
+        const std::string group = dense ? "dense_layers" : "moe_layers";
+        path = "decoder/" + group +
+               (scanned ? "" : "_" + std::to_string(dense ? i : i - dense_prefix)) + "/" + name;
+        stacked = scanned;
+      } else if (!scanned) {
         path = "decoder/layers_" + std::to_string(r.local_global_pairs ? i / 2 : i) + "/" + name;
       } else if (block > 0) {
         if (i < scanned_layers) {

@@ -104,11 +104,17 @@ std::string write_array(const KilnCheckpoint& source, const MaxTextArraySpec& a,
 }
 
 bool scanned_tree(const OrbaxSource& source) {
-  // Stacked layers, or Gemma 3's unstacked remainder of a scanned tree.
-  const std::string scanned = std::string(kTreePrefix) + "decoder/layers/";
-  const std::string remainder = std::string(kTreePrefix) + "decoder/layers_remainder/";
-  for (const std::string& name : source.names())
-    if (name.rfind(scanned, 0) == 0 || name.rfind(remainder, 0) == 0) return true;
+  // Stacked layers (decoder/layers/, DeepSeek's decoder/dense_layers/ and moe_layers/), or
+  // Gemma 3's unstacked remainder of a scanned tree.
+  const std::string decoder = std::string(kTreePrefix) + "decoder/";
+  for (const std::string& name : source.names()) {
+    if (name.rfind(decoder, 0) != 0) continue;
+    const std::string group =
+        name.substr(decoder.size(), name.find('/', decoder.size()) - decoder.size());
+    if (group == "layers" || group == "layers_remainder" || group == "dense_layers" ||
+        group == "moe_layers")
+      return true;
+  }
   return false;
 }
 

@@ -91,6 +91,36 @@ def family_rules(name, c):
     layer += attn + [("self_attention/query_norm/scale", [D]), ("self_attention/key_norm/scale", [D])] + dense
     changes = {"token_embedder/embedding": "* bfloat16(sqrt(hidden))", "norm scales": "1 + w"}
     return source, layer, top, changes, "blocks6"
+  if name == "deepseek_v3":
+    source = PM + "DEEPSEEK_MAXTEXT_TO_HF_PARAM_MAPPING, DEEPSEEK_MAXTEXT_TO_HF_PARAM_HOOK_FN; models/deepseek.py; layers/attention_mla.py: MLA"
+    Rq, Rkv = c["q_lora_rank"], c["kv_lora_rank"]
+    nope, rope, vd = c["qk_nope_head_dim"], c["qk_rope_head_dim"], c["v_head_dim"]
+    S = c["n_shared_experts"] * I
+    mla = [("pre_self_attention_layer_norm/scale", [E]), ("post_self_attention_layer_norm/scale", [E]),
+           ("self_attention/wq_a/kernel", [E, Rq]), ("self_attention/q_norm/scale", [Rq]),
+           ("self_attention/wq_b/kernel", [Rq, H, nope + rope]),
+           ("self_attention/wkv_a/kernel", [E, Rkv + rope]), ("self_attention/kv_norm/scale", [Rkv]),
+           ("self_attention/wkv_b/kernel", [Rkv, H, nope + vd]), ("self_attention/out/kernel", [H, vd, E])]
+    X = c["n_routed_experts"]
+    moe = [("DeepSeekMoeBlock_0/MoeBlock_0/gate/kernel", [E, X]), ("DeepSeekMoeBlock_0/MoeBlock_0/gate/bias", [X]),
+           ("DeepSeekMoeBlock_0/MoeBlock_0/wi_0", [X, E, I]), ("DeepSeekMoeBlock_0/MoeBlock_0/wi_1", [X, E, I]),
+           ("DeepSeekMoeBlock_0/MoeBlock_0/wo", [X, I, E]),
+           ("DeepSeekMoeBlock_0/shared_experts/wi_0/kernel", [E, S]),
+           ("DeepSeekMoeBlock_0/shared_experts/wi_1/kernel", [E, S]),
+           ("DeepSeekMoeBlock_0/shared_experts/wo/kernel", [S, E])]
+    return source, {"dense": mla + dense, "moe": mla + moe}, top, changes, "dense_moe"
+  if name == "gpt_oss":
+    source = PM + "GPT_OSS_MAXTEXT_TO_HF_PARAM_MAPPING, GPT_OSS_TO_HF_PARAM_HOOK_FN; models/gpt_oss.py: GptOssDecoderLayer, GptOssScannableBlock"
+    a = [(p.replace("self_attention/", "GptOssAttention/"), s) for p, s in attn]
+    layer = [("pre_self_attention_layer_norm/scale", [E]), ("post_self_attention_layer_norm/scale", [E])] + a
+    layer += [("GptOssAttention/query/bias", [H, D]), ("GptOssAttention/key/bias", [K, D]),
+              ("GptOssAttention/value/bias", [K, D]), ("GptOssAttention/out/bias", [E]),
+              ("GptOssAttention/sinks", [H]),
+              ("GptOssMlp/gate/kernel", [E, X]), ("GptOssMlp/gate/bias", [X]),
+              ("GptOssMlp/wi_0", [X, E, M]), ("GptOssMlp/wi_1", [X, E, M]), ("GptOssMlp/wo", [X, M, E]),
+              ("GptOssMlp/wi_0_bias", [X, M]), ("GptOssMlp/wi_1_bias", [X, M]), ("GptOssMlp/wo_bias", [X, E])]
+    # inhomogeneous_layer_cycle_interval: 2 (configs/models/gpt-oss-20b.yml)
+    return source, layer, top, changes, "blocks2"
   return None
 
 
@@ -109,6 +139,23 @@ def tree(name, c, scanned):
       for i in range(L // 2):
         for p, s in layer:
           out[f"decoder/layers_{i}/" + p] = {"shape": s, "from": source}
+    return out
+  if grouping == "dense_moe":
+    k = c["first_k_dense_replace"]
+    for group, layers, params in (("dense_layers", range(k), layer["dense"]),
+                                  ("moe_layers", range(k, L), layer["moe"])):
+      if scanned:
+        for p, s in params:
+          out[f"decoder/{group}/" + p] = {"shape": s[:1] + [len(layers)] + s[1:], "from": source}
+      else:
+        for j, _ in enumerate(layers):
+          for p, s in params:
+            out[f"decoder/{group}_{j}/" + p] = {"shape": s, "from": source}
+    return out
+  if grouping == "blocks2" and scanned:
+    for b in range(2):
+      for p, s in layer:
+        out[f"decoder/layers/layers_{b}/" + p] = {"shape": s[:1] + [L // 2] + s[1:], "from": source}
     return out
   if grouping == "blocks6" and scanned:
     remainder = L % 6
