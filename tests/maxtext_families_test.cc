@@ -137,8 +137,8 @@ TEST_P(MaxTextFamilyTree, TreeMatchesMaxTextAndRoundTrips) {
 
 INSTANTIATE_TEST_SUITE_P(Families, MaxTextFamilyTree,
                          ::testing::Values("gemma", "gemma2", "gemma3_text", "mixtral", "qwen3",
-                                           "qwen3_moe", "deepseek_v3", "gpt_oss", "llama",
-                                           "llama_rope_llama3", "mistral", "qwen2"));
+                                           "qwen3_moe", "deepseek_v3", "gpt_oss", "llama4_text",
+                                           "llama", "llama_rope_llama3", "mistral", "qwen2"));
 
 std::string error_of(const std::function<void()>& fn) {
   try {

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <numeric>
 #include <set>
 
 #include "kiln/convert/maxtext_llama.h"
@@ -257,7 +258,7 @@ const std::set<std::string>& maxtext_families() {
   return kHas;
 }
 
-FamilyRules rules_for(const ModelSpec& spec) {
+FamilyRules rules_for(const ModelSpec& spec, const Json& config) {
   const std::string& f = spec.family;
   FamilyRules r;
   if (f == "llama" || f == "mistral" || f == "qwen2" || f == "mixtral") {
@@ -321,6 +322,20 @@ FamilyRules rules_for(const ModelSpec& spec) {
     r.moe_block = "GptOssMlp";
     r.attention = "GptOssAttention";
     r.scan_block = 2;  // inhomogeneous_layer_cycle_interval in configs/models/gpt-oss-*.yml
+    return r;
+  }
+  if (f == "llama4_text" || f == "llama4") {
+    r.source = std::string(kLlamaScript) +
+               ": _convert_huggingface_to_jax_weights (scale_query False for llama4); "
+               "standalone_scripts/llama4_ckpt_unscanned.py";
+    r.moe_block = "Llama4MoEBlock_0/MoeBlock_0";
+    r.shared_block = "Llama4MoEBlock_0/shared_experts";
+    // inhomogeneous_layer_cycle_interval: the period of the NoPE and MoE patterns
+    // (4 in configs/models/llama4-17b-*.yml).
+    const Json& text = config.contains("text_config") ? config["text_config"] : config;
+    const int64_t nope = text.value("no_rope_layer_interval", int64_t{4});
+    const int64_t moe = text.value("interleave_moe_layer_step", int64_t{1});
+    r.scan_block = std::lcm(nope, moe);
     return r;
   }
   if (maxtext_families().count(f))
@@ -530,13 +545,14 @@ MaxTextTree MaxTextTree::build(const Json& config, bool scanned) {
   const ModelSpec& spec = tree.spec_;
   tree.family_ = spec.family;
   check(!spec.layers.empty(), "MaxText tree: the model has no layers");
-  const FamilyRules r = rules_for(spec);
+  const FamilyRules r = rules_for(spec, config);
   for (const LayerSpec& layer : spec.layers) {
     const AttentionSpec& a = layer.attention;
     const bool mla_ok =
         !a.is_mla() || (spec.family == "deepseek_v3" && !a.q_bias && !a.k_bias && !a.o_bias);
-    check(mla_ok && a.qk_norm != QkNormKind::kWholeProjection && a.qk_norm != QkNormKind::kL2 &&
-              (!a.rope.interleaved || a.is_mla()) &&
+    check(mla_ok && a.qk_norm != QkNormKind::kWholeProjection &&
+              (a.qk_norm != QkNormKind::kL2 || r.shared_block.rfind("Llama4", 0) == 0) &&
+              (!a.rope.interleaved || a.is_mla() || r.shared_block.rfind("Llama4", 0) == 0) &&
               (a.is_mla() || a.rope.rotary_dim == 0 || a.rope.rotary_dim == a.head_dim) &&
               (!a.sinks || spec.family == "gpt_oss") &&
               (layer.moe.num_experts == 0 || !r.moe_block.empty()) &&

@@ -121,6 +121,22 @@ def family_rules(name, c):
               ("GptOssMlp/wi_0_bias", [X, M]), ("GptOssMlp/wi_1_bias", [X, M]), ("GptOssMlp/wo_bias", [X, E])]
     # inhomogeneous_layer_cycle_interval: 2 (configs/models/gpt-oss-20b.yml)
     return source, layer, top, changes, "blocks2"
+  if name == "llama4_text":
+    source = LLAMA_SCRIPT + " (HF input; scale_query False for llama4); standalone_scripts/llama4_ckpt_unscanned.py; models/llama4.py"
+    step = c.get("interleave_moe_layer_step", 1)
+    S = c["intermediate_size"]  # one shared expert of the expert size
+    base = [("pre_self_attention_layer_norm/scale", [E]), ("post_self_attention_layer_norm/scale", [E])] + attn
+    Xl = c["num_local_experts"]
+    moe = [("Llama4MoEBlock_0/MoeBlock_0/gate/kernel", [E, Xl]), ("Llama4MoEBlock_0/MoeBlock_0/wi_0", [Xl, E, S]),
+           ("Llama4MoEBlock_0/MoeBlock_0/wi_1", [Xl, E, S]), ("Llama4MoEBlock_0/MoeBlock_0/wo", [Xl, S, E]),
+           ("Llama4MoEBlock_0/shared_experts/wi_0/kernel", [E, S]),
+           ("Llama4MoEBlock_0/shared_experts/wi_1/kernel", [E, S]),
+           ("Llama4MoEBlock_0/shared_experts/wo/kernel", [S, E])]
+    dense_mlp = [("mlp/wi_0/kernel", [E, c["intermediate_size_mlp"]]), ("mlp/wi_1/kernel", [E, c["intermediate_size_mlp"]]),
+                 ("mlp/wo/kernel", [c["intermediate_size_mlp"], E])]
+    # layer i is dense when (i + 1) % interleave_moe_layer_step != 0
+    per_layer = [base + (dense_mlp if (i + 1) % step != 0 else moe) for i in range(c["num_hidden_layers"])]
+    return source, per_layer, top, changes, "blocks4"
   return None
 
 
@@ -151,6 +167,15 @@ def tree(name, c, scanned):
         for j, _ in enumerate(layers):
           for p, s in params:
             out[f"decoder/{group}_{j}/" + p] = {"shape": s, "from": source}
+    return out
+  if grouping == "blocks4":
+    # inhomogeneous_layer_cycle_interval 4 (configs/models/llama4-17b-*.yml)
+    for i, params in enumerate(layer):
+      for p, s in params:
+        if scanned:
+          out[f"decoder/layers/layers_{i % 4}/" + p] = {"shape": s[:1] + [L // 4] + s[1:], "from": source}
+        else:
+          out[f"decoder/layers_{i}/" + p] = {"shape": s, "from": source}
     return out
   if grouping == "blocks2" and scanned:
     for b in range(2):
