@@ -517,9 +517,9 @@ std::string MaxTextTransform::op_description() const {
     case MaxTextValueOp::kDivideRounded:
       return "x / sqrt(" + std::to_string(head_dim) + ") rounded to the array's dtype";
     case MaxTextValueOp::kMultiplyF32:
-      return "x * " + std::to_string(constant) + " (constant rounded to float32)";
+      return "x * float32(" + std::to_string(constant) + ")";
     case MaxTextValueOp::kMultiplyBf16:
-      return "x * " + std::to_string(constant) + " (constant rounded to bfloat16)";
+      return "x * bfloat16(" + std::to_string(constant) + ")";
     case MaxTextValueOp::kAddOne:
       return "1 + x";
   }
@@ -663,16 +663,37 @@ MaxTextTree MaxTextTree::build(const Json& config, bool scanned) {
   return tree;
 }
 
-std::vector<std::string> MaxTextTree::lossy_steps() const {
-  std::vector<std::string> steps;
+std::vector<MaxTextValueChange> MaxTextTree::value_changes(DType dtype) const {
+  std::vector<MaxTextValueChange> changes;
   std::set<std::string> seen;
   for (const MaxTextArraySpec& a : arrays_) {
-    const std::string d = a.transform.op_description();
-    if (d.empty()) continue;
-    const std::string leaf = a.kiln_param;
-    const std::string line = leaf + ": " + d;
-    if (seen.insert(line).second) steps.push_back(line);
+    const MaxTextTransform& t = a.transform;
+    if (t.op == MaxTextValueOp::kNone) continue;
+    MaxTextValueChange c;
+    c.param = a.kiln_param;
+    c.what = t.op_description();
+    if (t.op == MaxTextValueOp::kAddOne) {
+      c.lossy = true;
+      c.what += " (the bits of w below the last place of 1 + w are rounded away)";
+    } else {
+      const double k = op_constant(t, dtype);
+      int exponent = 0;
+      const bool power_of_two = std::frexp(k, &exponent) == 0.5;
+      c.lossy = !power_of_two;
+      c.what += power_of_two ? " (a power of two in " + std::string(dtype_name(dtype)) +
+                                   ": exact for normal values)"
+                             : " (" + std::to_string(k) + " in " + std::string(dtype_name(dtype)) +
+                                   ": each value rounded)";
+    }
+    if (seen.insert(c.param + c.what).second) changes.push_back(c);
   }
+  return changes;
+}
+
+std::vector<std::string> MaxTextTree::lossy_steps(DType dtype) const {
+  std::vector<std::string> steps;
+  for (const MaxTextValueChange& c : value_changes(dtype))
+    if (c.lossy) steps.push_back(c.param + ": " + c.what);
   return steps;
 }
 

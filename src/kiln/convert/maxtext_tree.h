@@ -68,6 +68,12 @@ struct MaxTextValue {
   Tensor residual;  // I32 for 1 + x (tiny x lose every bit), else I8; all zero: nothing lost
 };
 
+struct MaxTextValueChange {
+  std::string param;  // Kiln's per-layer (or top-level) tensor name
+  std::string what;   // the change, e.g. "1 + x"
+  bool lossy = false;
+};
+
 class MaxTextTree {
  public:
   // The tree of the model whose config.json is `config`, scanned (layers stacked as
@@ -82,9 +88,13 @@ class MaxTextTree {
   const std::string& family() const { return family_; }
   bool scanned() const { return scanned_; }
   const std::vector<MaxTextArraySpec>& arrays() const { return arrays_; }
-  // Value ops that lose information without Kiln's residual arrays (one line each, for
-  // inspect and verify reports); empty when every array is a permutation of Kiln's.
-  std::vector<std::string> lossy_steps() const;
+  // Each distinct value change of the tree for weights of `dtype`, and whether it loses
+  // information (without Kiln's residual arrays): Gemma's 1 + w always, a scale whenever its
+  // rounded constant is not a power of two.
+  std::vector<MaxTextValueChange> value_changes(DType dtype) const;
+  // The lossy ones as "<Kiln param>: <change>" lines (for inspect and verify reports); empty
+  // when MaxText's tree is HF's weights permuted, or scaled by powers of two.
+  std::vector<std::string> lossy_steps(DType dtype) const;
   const ModelSpec& spec() const { return spec_; }
 
   // Kiln tensor (per-layer shape) -> MaxText array (per-layer shape).

@@ -245,6 +245,7 @@ void import_orbax_to_kiln(const std::string& orbax_dir, const std::string& kiln_
     info.source_config = sidecar.value("source_config", Json::object());
     info.layout = sidecar.value("layout", "unscanned");
     info.dtype = sidecar.value("dtype", "keep");
+    info.provenance = sidecar.value("provenance", Json::object());
     if (sidecar.contains("layer_groups"))
       info.layer_groups =
           sidecar["layer_groups"].get<std::map<std::string, std::vector<int64_t>>>();
@@ -278,6 +279,14 @@ void import_orbax_to_kiln(const std::string& orbax_dir, const std::string& kiln_
       check_tree(source, *tree);
       info.source_config = config;
       info.model_spec = tree->spec().to_json();
+      Json lossy = Json::array();
+      const DType dtype = source.dtype_of(prefix + tree->arrays().front().path);
+      for (const std::string& step : tree->lossy_steps(dtype)) lossy.push_back(step);
+      info.provenance = {{"maxtext",
+                          {{"family", tree->family()},
+                           {"scanned", tree->scanned()},
+                           {"source", orbax_dir},
+                           {"lossy_value_changes", lossy}}}};
       for (const MaxTextArraySpec& a : tree->arrays()) {
         const DType dtype = source.dtype_of(prefix + a.path);
         if (a.layers.empty()) {
@@ -373,21 +382,35 @@ std::vector<std::string> describe_maxtext_tree(const std::string& orbax_dir, con
     return {};
   }
   if (!tree) return {};
+  const DType dtype = source.dtype_of(kTreePrefix + tree->arrays().front().path);
   std::vector<std::string> lines;
-  lines.push_back("MaxText tree: " + tree->family() + ", " +
-                  (tree->scanned() ? "scanned" : "unscanned") + ", " +
-                  std::to_string(tree->arrays().size()) + " arrays");
-  const std::vector<std::string> lossy = tree->lossy_steps();
-  if (lossy.empty()) {
-    lines.push_back("MaxText's value changes: none (a permutation of HF's weights, exact)");
-    return lines;
-  }
-  for (const std::string& step : lossy)
-    lines.push_back(std::string(has_sidecar
-                                    ? "MaxText value change (undone exactly by Kiln's residuals): "
-                                    : "MaxText value change (lossy, rounded in the array's dtype; "
-                                      "undone by arithmetic only): ") +
-                    step);
+  lines.push_back(
+      "MaxText tree: " + tree->family() + ", " + (tree->scanned() ? "scanned" : "unscanned") +
+      ", " + std::to_string(tree->arrays().size()) + " arrays, " + std::string(dtype_name(dtype)));
+  const std::vector<MaxTextValueChange> changes = tree->value_changes(dtype);
+  if (changes.empty())
+    lines.push_back("MaxText value changes: none (HF's weights permuted: exact)");
+  for (const MaxTextValueChange& c : changes)
+    lines.push_back(std::string("MaxText value change, ") +
+                    (!c.lossy      ? "exact"
+                     : has_sidecar ? "lossy in MaxText, undone exactly by Kiln's residual arrays"
+                                   : "LOSSY (undone by arithmetic only)") +
+                    ": " + c.param + ": " + c.what);
+  return lines;
+}
+
+std::vector<std::string> maxtext_provenance(const Json& manifest) {
+  if (!manifest.contains("provenance") || !manifest["provenance"].contains("maxtext")) return {};
+  const Json& m = manifest["provenance"]["maxtext"];
+  std::vector<std::string> lines;
+  lines.push_back("weights read from MaxText's " + m.value("family", std::string("?")) + " tree (" +
+                  (m.value("scanned", false) ? "scanned" : "unscanned") + ") at " +
+                  m.value("source", std::string("?")) + ", without Kiln's residuals");
+  const Json lossy = m.value("lossy_value_changes", Json::array());
+  if (lossy.empty()) lines.push_back("MaxText value changes: none lossy (exact)");
+  for (const Json& step : lossy)
+    lines.push_back("MaxText value change, LOSSY (undone by arithmetic only): " +
+                    step.get<std::string>());
   return lines;
 }
 

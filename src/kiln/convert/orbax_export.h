@@ -52,4 +52,8 @@ void import_orbax_to_kiln(const std::string& orbax_dir, const std::string& kiln_
 std::vector<std::string> describe_maxtext_tree(const std::string& orbax_dir,
                                                const Json& config = Json::object());
 
+// The same lines for a Kiln checkpoint imported from a MaxText tree without Kiln's sidecar
+// (its manifest's "provenance"); empty for any other manifest.
+std::vector<std::string> maxtext_provenance(const Json& manifest);
+
 }  // namespace kiln
