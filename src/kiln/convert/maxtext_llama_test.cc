@@ -118,11 +118,10 @@ TEST(MaxTextLlama, ShapesRopeOrderAndScaleAreMaxTexts) {
     EXPECT_EQ(lm.array.shape(), (Shape{8, 16}));  // [E, vocab]
     const MaxTextValue emb = to("token_embedder/embedding", counting(16, 8));
     EXPECT_EQ(emb.array.shape(), (Shape{16, 8}));  // [vocab, E]: unchanged
-    for (const auto& [path, kiln, out] :
-         {std::tuple{l0 + "self_attention/query/kernel", q, mq},
-          std::tuple{l1 + "self_attention/key/kernel", k, mk},
-          std::tuple{l0 + "self_attention/out/kernel", o, mo},
-          std::tuple{l0 + "mlp/wo/kernel", wo, mwo}}) {
+    for (const auto& [path, kiln, out] : {std::tuple{l0 + "self_attention/query/kernel", q, mq},
+                                          std::tuple{l1 + "self_attention/key/kernel", k, mk},
+                                          std::tuple{l0 + "self_attention/out/kernel", o, mo},
+                                          std::tuple{l0 + "mlp/wo/kernel", wo, mwo}}) {
       const Tensor back = MaxTextTree::from_maxtext(array_at(tree, path), out.array, out.residual);
       ASSERT_EQ(back.shape(), kiln.shape()) << path;
       EXPECT_EQ(std::memcmp(back.raw(), kiln.raw(), kiln.nbytes()), 0) << path;
