@@ -287,3 +287,46 @@ TEST(MaxTextFamilies, CliReadsMaxTextTreesAndReportsLossySteps) {
 
 }  // namespace
 }  // namespace kiln
+
+namespace kiln {
+namespace {
+
+// In bf16, Gemma's 1 + w norms round (MaxText's conversion is lossy there): a tree MaxText
+// wrote reads back within that rounding; Kiln's own export stays bitwise.
+TEST(MaxTextFamilies, Bf16LossyStepsStayWithinTheirRounding) {
+  const std::string dir = test::make_temp_dir("kiln-mt-bf16");
+  for (const std::string fixture : {"gemma2", "gemma3_text", "qwen3"}) {
+    const std::string hf = test::data_path("hf/" + fixture);
+    const Json config = read_json_file(hf + "/config.json");
+    ConvertOptions options;
+    options.dtype = "bf16";
+    const std::string kiln = dir + "/" + fixture;
+    convert_hf_to_kiln(hf, kiln, options);
+    export_kiln_to_orbax(kiln, kiln + "_o", {}, false);
+    import_orbax_to_kiln(kiln + "_o", kiln + "_back", {}, false);
+    expect_bitwise(kiln, kiln + "_back");
+    const std::string maxtext = without_sidecar(kiln + "_o");
+    import_orbax_to_kiln(maxtext, kiln + "_mt", {}, false, config);
+    const std::vector<std::string> lossy =
+        MaxTextTree::build(config, false).lossy_steps(DType::BF16);
+    const Tensor want = logits_of(kiln), got = logits_of(kiln + "_mt");
+    const double diff = test::max_abs_diff(want, got);
+    double scale = 0;
+    for (int64_t i = 0; i < want.numel(); ++i)
+      scale = std::max(scale, std::abs(want.item_as_double(i)));
+    std::cout << "  " << fixture << " bf16: " << lossy.size()
+              << " lossy value changes; logits of the tree read without Kiln's residuals vs "
+                 "Kiln's: max abs diff "
+              << diff << " (max |logit| " << scale << ")\n";
+    if (lossy.empty()) {
+      EXPECT_EQ(diff, 0) << fixture;
+    } else {
+      EXPECT_GT(diff, 0) << fixture << ": bf16 1 + w should round somewhere";
+      EXPECT_LE(diff, 0.02 * scale) << fixture;
+    }
+  }
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace kiln
