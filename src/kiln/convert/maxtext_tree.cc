@@ -706,7 +706,7 @@ MaxTextValue MaxTextTree::to_maxtext(const MaxTextArraySpec& spec, const Tensor&
   Tensor x;
   switch (t.reshape) {
     case MaxTextReshape::kSame:
-      x = tensor.contiguous(true);
+      x = tensor;  // no copy: the writer reads any strides
       break;
     case MaxTextReshape::kTransposed:
       x = transposed_copy(tensor);

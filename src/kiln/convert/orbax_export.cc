@@ -10,6 +10,7 @@
 #include "kiln/convert/atomic_output.h"
 #include "kiln/convert/maxtext_tree.h"
 #include "kiln/core/error.h"
+#include "kiln/core/page_release.h"
 #include "kiln/io/json.h"
 
 namespace kiln {
@@ -59,6 +60,16 @@ std::set<std::string> kiln_keys(const KilnCheckpoint& source) {
   return keys;
 }
 
+// Drops the pages of a read-only mapped view once used (any strides: the span from its first
+// to its last element), so that export keeps the resident set to about one layer. Tensors
+// that own their memory are left alone.
+void release_view(const Tensor& t) {
+  if (!t.defined() || t.writable() || t.numel() == 0) return;
+  int64_t last = 0;
+  for (int d = 0; d < t.ndim(); ++d) last += (t.dim(d) - 1) * t.strides()[d];
+  release_mapped_pages(t.raw(), static_cast<size_t>(last + 1) * dtype_size(t.dtype()));
+}
+
 void export_plain(const KilnCheckpoint& source, OrbaxWriter& writer) {
   for (const std::string& name : source.names()) writer.add(kTreePrefix + name, source.get(name));
 }
@@ -74,8 +85,10 @@ std::string write_array(const KilnCheckpoint& source, const MaxTextArraySpec& a,
                             : source.layer_tensor(a.layers[j], a.kiln_param);
   };
   if (!a.stacked) {
-    const MaxTextValue v = MaxTextTree::to_maxtext(a, kiln_tensor(0));
-    writer.add(array_name, v.array);
+    const Tensor t = kiln_tensor(0);
+    const MaxTextValue v = MaxTextTree::to_maxtext(a, t);
+    writer.add(array_name, v.array);  // may be `t` itself (no change of layout)
+    release_view(t);
     if (v.residual.defined() && any_nonzero(v.residual)) {
       writer.add_side_array(residual_name, v.residual);
       return residual_name;
@@ -86,9 +99,11 @@ std::string write_array(const KilnCheckpoint& source, const MaxTextArraySpec& a,
   const Shape stacked = a.stored_shape();
   bool residual = false;
   for (size_t j = 0; j < a.layers.size(); ++j) {
-    const MaxTextValue v = MaxTextTree::to_maxtext(a, kiln_tensor(j));
+    const Tensor t = kiln_tensor(j);
+    const MaxTextValue v = MaxTextTree::to_maxtext(a, t);
     if (j == 0) writer.begin_layers(array_name, v.array.dtype(), stacked, axis);
     writer.add_layer(array_name, static_cast<int64_t>(j), v.array);
+    release_view(t);
     if (!v.residual.defined()) continue;
     if (!residual && any_nonzero(v.residual)) {
       // The first nonzero layer: earlier layers are all zero (stored as missing chunks).
