@@ -330,3 +330,58 @@ TEST(MaxTextFamilies, Bf16LossyStepsStayWithinTheirRounding) {
 
 }  // namespace
 }  // namespace kiln
+
+namespace kiln {
+namespace {
+
+const MaxTextArraySpec& array_at(const MaxTextTree& tree, const std::string& path) {
+  for (const MaxTextArraySpec& a : tree.arrays())
+    if (a.path == path) return a;
+  throw Error("no array " + path);
+}
+
+// Gemma 3 scans in blocks of 6 with an unstacked remainder, gpt-oss in blocks of 2, DeepSeek
+// in dense and MoE groups: the grouping for more layers than the fixtures have.
+TEST(MaxTextFamilies, BlockScansGroupLayersAsMaxTextDoes) {
+  Json gemma3 = read_json_file(test::data_path("hf/gemma3_text/config.json"));
+  gemma3["num_hidden_layers"] = 13;
+  gemma3.erase("layer_types");  // from sliding_window_pattern
+  const MaxTextTree g3 = MaxTextTree::build(gemma3, true);
+  const MaxTextArraySpec& block = array_at(g3, "decoder/layers/layers_1/mlp/wo/kernel");
+  EXPECT_EQ(block.layers, (std::vector<int64_t>{1, 7}));
+  EXPECT_EQ(block.stored_shape(), (Shape{128, 2, 64}));
+  const MaxTextArraySpec& rest = array_at(g3, "decoder/layers_remainder/layers_0/mlp/wo/kernel");
+  EXPECT_EQ(rest.layers, (std::vector<int64_t>{12}));
+  EXPECT_FALSE(rest.stacked);
+  EXPECT_EQ(rest.stored_shape(), (Shape{128, 64}));
+
+  Json oss = read_json_file(test::data_path("hf/gpt_oss/config.json"));
+  oss["num_hidden_layers"] = 6;
+  oss["layer_types"] = Json::array();
+  for (int i = 0; i < 6; ++i)
+    oss["layer_types"].push_back(i % 2 ? "full_attention" : "sliding_attention");
+  const MaxTextTree g = MaxTextTree::build(oss, true);
+  EXPECT_EQ(array_at(g, "decoder/layers/layers_1/GptOssAttention/sinks").layers,
+            (std::vector<int64_t>{1, 3, 5}));
+  EXPECT_EQ(array_at(g, "decoder/layers/layers_0/GptOssMlp/wi_0").stored_shape(),
+            (Shape{4, 3, 64, 128}));  // [X, L, E, I]
+  oss["num_hidden_layers"] = 5;
+  oss["layer_types"].erase(5);
+  EXPECT_THROW(MaxTextTree::build(oss, true), Error);  // MaxText scans whole blocks only
+
+  Json ds = read_json_file(test::data_path("hf/deepseek_v3/config.json"));
+  ds["num_hidden_layers"] = 5;
+  ds["first_k_dense_replace"] = 2;
+  const MaxTextTree d = MaxTextTree::build(ds, false);
+  EXPECT_EQ(array_at(d, "decoder/dense_layers_1/mlp/wi_0/kernel").layers,
+            (std::vector<int64_t>{1}));
+  EXPECT_EQ(array_at(d, "decoder/moe_layers_2/DeepSeekMoeBlock_0/MoeBlock_0/wi_0").layers,
+            (std::vector<int64_t>{4}));
+  const MaxTextTree ds_scanned = MaxTextTree::build(ds, true);
+  EXPECT_EQ(array_at(ds_scanned, "decoder/moe_layers/DeepSeekMoeBlock_0/MoeBlock_0/gate/bias")
+                .stored_shape(),
+            (Shape{8, 3}));
+}
+
+}  // namespace
+}  // namespace kiln
