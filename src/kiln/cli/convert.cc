@@ -11,6 +11,7 @@
 #include "kiln/convert/hf_to_kiln.h"
 #include "kiln/convert/orbax_export.h"
 #include "kiln/core/error.h"
+#include "kiln/io/json.h"
 
 namespace kiln::cli {
 namespace {
@@ -56,6 +57,16 @@ class ConvertCommand : public Command {
     add_family_options(app, family_);
     app.add_flag("--orbax-zarr", orbax_zarr_, "Orbax: plain zarr files instead of OCDBT");
     app.add_flag("--orbax-raw", orbax_raw_, "Orbax: uncompressed zarr chunks instead of zstd");
+    app.add_option("--orbax-tree", orbax_tree_,
+                   "Orbax: maxtext (MaxText's tree, shapes and values; default) or plain "
+                   "(Kiln's own names and shapes, which MaxText cannot load)")
+        ->check(CLI::IsMember({"maxtext", "plain"}));
+    app.add_option("--maxtext-layout", maxtext_layout_,
+                   "Orbax: MaxText's scanned or unscanned tree (default: as --layout)")
+        ->check(CLI::IsMember({"scanned", "unscanned"}));
+    app.add_option("--config", config_,
+                   "Orbax -> Kiln without Kiln's sidecar (a checkpoint MaxText wrote): the "
+                   "model's config.json, which names the family and its MaxText tree");
     app.add_option("--orbax-step", orbax_step_,
                    "Orbax: write CheckpointManager's <output>/<step>/items layout (MaxText)");
   }
@@ -73,7 +84,8 @@ class ConvertCommand : public Command {
     if (OrbaxSource::present_in(source_)) {
       // Orbax -> Kiln: layout and dtype are the ones recorded at export.
       check(format_ == "kiln", source_ + ": an Orbax checkpoint converts to --format kiln only");
-      import_orbax_to_kiln(source_, output_, {}, force_);
+      const Json config = config_.empty() ? Json::object() : read_json_file(config_);
+      import_orbax_to_kiln(source_, output_, {}, force_, config);
       std::fprintf(stderr, "wrote %s (Kiln checkpoint from Orbax)\n", output_.c_str());
       return 0;
     }
@@ -96,7 +108,10 @@ class ConvertCommand : public Command {
     orbax.zarr.zstd = !orbax_raw_;
     orbax.manager_step = orbax_step_;
     try {
-      export_kiln_to_orbax(intermediate, output_, orbax, force_);
+      OrbaxExportOptions tree;
+      tree.tree = orbax_tree_;
+      tree.maxtext_layout = maxtext_layout_;
+      export_kiln_to_orbax(intermediate, output_, orbax, force_, tree);
     } catch (...) {
       fs::remove_all(intermediate);
       throw;
@@ -110,6 +125,7 @@ class ConvertCommand : public Command {
  private:
   FamilyChoice family_;
   std::string source_, output_, layout_ = "unscanned", dtype_ = "keep", format_ = "kiln";
+  std::string orbax_tree_ = "maxtext", maxtext_layout_, config_;
   bool force_ = false, orbax_zarr_ = false, orbax_raw_ = false;
   std::optional<int64_t> orbax_step_;
 };

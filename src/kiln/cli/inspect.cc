@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "kiln/cli/command.h"
+#include "kiln/convert/orbax_export.h"
 #include "kiln/core/error.h"
 #include "kiln/io/checkpoint_source.h"
 #include "kiln/io/json.h"
@@ -21,6 +22,9 @@ class InspectCommand : public Command {
         ->required();
     app.add_flag("--json", json_, "Print one JSON object instead of a table");
     app.add_flag("--verify", verify_, "Kiln checkpoints: recompute every checksum");
+    app.add_option("--config", config_,
+                   "Orbax checkpoints without Kiln's sidecar: the model's config.json, to "
+                   "describe its MaxText tree and the value changes MaxText's conversion made");
   }
 
   int run() override {
@@ -33,8 +37,16 @@ class InspectCommand : public Command {
     } else {
       check(!verify_, path_ + ": --verify applies to Kiln checkpoints only");
     }
-    if (auto* orbax = dynamic_cast<OrbaxSource*>(source.get()))
+    // MaxText's tree (Orbax), or the MaxText origin of a Kiln checkpoint, with every value
+    // change its conversion made and whether it lost information.
+    std::vector<std::string> maxtext;
+    if (auto* orbax = dynamic_cast<OrbaxSource*>(source.get())) {
       layout = orbax->uses_ocdbt() ? "ocdbt" : "zarr files";
+      maxtext =
+          describe_maxtext_tree(path_, config_.empty() ? Json::object() : read_json_file(config_));
+    }
+    if (auto* kiln = dynamic_cast<KilnCheckpoint*>(source.get()))
+      maxtext = maxtext_provenance(kiln->manifest());
     std::vector<std::string> names = source->names();
     std::sort(names.begin(), names.end());
     Json tensors = Json::array();
@@ -59,6 +71,7 @@ class InspectCommand : public Command {
                         {"num_tensors", names.size()},
                         {"total_bytes", total},
                         {"verified", verify_},
+                        {"maxtext", maxtext},
                         {"tensors", tensors}}
                        .dump(2)
                 << "\n";
@@ -67,6 +80,7 @@ class InspectCommand : public Command {
     std::cout << source->where() << ": " << format << ", " << layout << ", " << names.size()
               << " tensors, " << total << " bytes" << (verify_ ? ", checksums verified" : "")
               << "\n";
+    for (const std::string& line : maxtext) std::cout << "  " << line << "\n";
     for (const Json& t : tensors) {
       std::printf("  %-*s  %-4s  %-20s  %12llu\n", static_cast<int>(width),
                   t["name"].get<std::string>().c_str(), t["dtype"].get<std::string>().c_str(),
@@ -77,7 +91,7 @@ class InspectCommand : public Command {
   }
 
  private:
-  std::string path_;
+  std::string path_, config_;
   bool json_ = false, verify_ = false;
 };
 

@@ -5,7 +5,9 @@
 #include <iostream>
 
 #include "kiln/cli/command.h"
+#include "kiln/convert/orbax_export.h"
 #include "kiln/io/json.h"
+#include "kiln/io/kiln_checkpoint.h"
 #include "kiln/layers/model.h"
 #include "kiln/models/loader.h"
 #include "kiln/verify/reference_check.h"
@@ -27,6 +29,8 @@ class VerifyCommand : public Command {
   int run() override {
     const std::string reference = reference_or_default(model_path_, reference_path_);
     LoadedModel loaded = load_model(model_path_, Residency::kResident, family_);
+    if (KilnCheckpoint::present_in(model_path_))
+      provenance_ = maxtext_provenance(KilnCheckpoint(model_path_).manifest());
     Model model(loaded.spec, loaded.weights);
     const ReferenceReport report =
         check_against_reference(model, reference, tolerance_, loaded.family.get());
@@ -80,6 +84,7 @@ class VerifyCommand : public Command {
                         {"kl_max", report.kl_max},
                         {"top1_agreement", report.top1_agreement},
                         {"greedy_match", report.greedy_match}}},
+                      {"maxtext_provenance", provenance_},
                       {"passed", report.passed}};
     std::cout << out.dump() << std::endl;
   }
@@ -88,6 +93,7 @@ class VerifyCommand : public Command {
                    const std::string& family) const {
     std::printf("kiln verify: %s (family %s) against %s, tolerance %.1e\n", model_path_.c_str(),
                 family.c_str(), reference.c_str(), report.tolerance);
+    for (const std::string& line : provenance_) std::printf("  %s\n", line.c_str());
     std::printf("  %-18s %-34s %12s  %s\n", "reference", "kiln", "max abs err", "status");
     for (const TensorComparison& c : report.comparisons)
       std::printf("  %-18s %-34s %12.3e  %s\n", c.name.c_str(), c.kiln.c_str(), c.max_abs_err,
@@ -128,6 +134,7 @@ class VerifyCommand : public Command {
   bool json_ = false;
   double tolerance_ = 1e-4;
   int64_t kv_bytes_per_token_ = 0;
+  std::vector<std::string> provenance_;  // a Kiln checkpoint read from a MaxText tree
 };
 
 KILN_COMMAND(

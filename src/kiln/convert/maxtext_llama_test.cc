@@ -1,6 +1,7 @@
-// MaxText's llama layout: shapes, RoPE order and query scale as MaxText's converter writes
+// MaxText's llama tree: shapes, RoPE order and query scale as MaxText's converter writes
 // them, and an exact inverse (including the non-power-of-two query divisors).
 #include "kiln/convert/maxtext_llama.h"
+#include "kiln/convert/maxtext_tree.h"
 
 #include <gtest/gtest.h>
 
@@ -49,6 +50,13 @@ float at(const Tensor& t, std::initializer_list<int64_t> index) {
   return static_cast<float>(t.item_as_double(flat));
 }
 
+// The array of `tree` at `path`.
+const MaxTextArraySpec& array_at(const MaxTextTree& tree, const std::string& path) {
+  for (const MaxTextArraySpec& a : tree.arrays())
+    if (a.path == path) return a;
+  throw Error("no array " + path);
+}
+
 TEST(MaxTextLlama, DivisorIsSqrtHeadDimRoundedToTheDtype) {
   EXPECT_EQ(maxtext_query_divisor(128, DType::BF16), 11.3125);  // as MaxText's bf16 cast
   EXPECT_EQ(maxtext_query_divisor(128, DType::F32), static_cast<double>(std::sqrt(128.0f)));
@@ -57,24 +65,31 @@ TEST(MaxTextLlama, DivisorIsSqrtHeadDimRoundedToTheDtype) {
   EXPECT_THROW(maxtext_query_divisor(16, DType::I32), Error);
 }
 
-TEST(MaxTextLlama, OnlyLlamaShapedConfigsGetTheLayout) {
-  EXPECT_TRUE(MaxTextLlamaLayout::for_config(llama_config(2, 1, 4, false)).has_value());
+TEST(MaxTextLlama, OnlyTheLlamaConverterScalesTheQuery) {
+  const MaxTextTree llama = MaxTextTree::build(llama_config(2, 1, 4, false), false);
+  EXPECT_EQ(array_at(llama, "decoder/layers_0/self_attention/query/kernel").transform.op,
+            MaxTextValueOp::kDivideRounded);
   Json qwen3 = llama_config(2, 1, 4, false);
   qwen3["architectures"] = {"Qwen3ForCausalLM"};
   qwen3["model_type"] = "qwen3";
-  EXPECT_FALSE(MaxTextLlamaLayout::for_config(qwen3).has_value());
-  EXPECT_FALSE(MaxTextLlamaLayout::for_config(Json::object()).has_value());
+  const MaxTextTree q3 = MaxTextTree::build(qwen3, false);
+  EXPECT_EQ(array_at(q3, "decoder/layers_0/self_attention/query/kernel").transform.op,
+            MaxTextValueOp::kNone);
+  EXPECT_THROW(MaxTextTree::build(Json::object(), false), Error);
 }
 
 TEST(MaxTextLlama, ShapesRopeOrderAndScaleAreMaxTexts) {
   // 2 query heads, 1 KV head of 4: divisor 2 (exact); hidden 8.
   for (bool llama3 : {false, true}) {
     SCOPED_TRACE(llama3 ? "llama3 rope: interleaved" : "default rope: halves");
-    const auto layout = MaxTextLlamaLayout::for_config(llama_config(2, 1, 4, llama3));
-    ASSERT_TRUE(layout.has_value());
-    EXPECT_EQ(layout->rope_interleaved(), llama3);
+    const MaxTextTree tree = MaxTextTree::build(llama_config(2, 1, 4, llama3), false);
+    auto to = [&](const std::string& path, const Tensor& t) {
+      return MaxTextTree::to_maxtext(array_at(tree, path), t);
+    };
+    const std::string l0 = "decoder/layers_0/", l1 = "decoder/layers_1/";
+    EXPECT_EQ(array_at(tree, l0 + "self_attention/query/kernel").transform.rope_pairs, llama3);
     const Tensor q = counting(8, 8);  // [heads * D, E]
-    const MaxTextArray mq = layout->to_maxtext("decoder/layers_0/self_attention/query/kernel", q);
+    const MaxTextValue mq = to(l0 + "self_attention/query/kernel", q);
     ASSERT_EQ(mq.array.shape(), (Shape{8, 2, 4}));  // [E, heads, D]
     for (int64_t e = 0; e < 8; ++e)
       for (int64_t h = 0; h < 2; ++h)
@@ -84,36 +99,34 @@ TEST(MaxTextLlama, ShapesRopeOrderAndScaleAreMaxTexts) {
           EXPECT_EQ(at(mq.array, {e, h, i}), at(q, {h * 4 + hf, e}) / 2) << e << h << i;
         }
     const Tensor k = counting(4, 8);
-    const MaxTextArray mk = layout->to_maxtext("decoder/layers/self_attention/key/kernel", k);
+    const MaxTextValue mk = to(l1 + "self_attention/key/kernel", k);
     ASSERT_EQ(mk.array.shape(), (Shape{8, 1, 4}));
     EXPECT_FALSE(mk.residual.defined());
     EXPECT_EQ(at(mk.array, {3, 0, 1}), at(k, {llama3 ? 2 : 1, 3}));  // not scaled
     const Tensor v = counting(4, 8);
-    const MaxTextArray mv = layout->to_maxtext("decoder/layers_1/self_attention/value/kernel", v);
+    const MaxTextValue mv = to(l1 + "self_attention/value/kernel", v);
     EXPECT_EQ(at(mv.array, {3, 0, 1}), at(v, {1, 3}));  // never permuted
     const Tensor o = counting(8, 8);                    // [E, heads * D]
-    const MaxTextArray mo = layout->to_maxtext("decoder/layers_0/self_attention/out/kernel", o);
+    const MaxTextValue mo = to(l0 + "self_attention/out/kernel", o);
     ASSERT_EQ(mo.array.shape(), (Shape{2, 4, 8}));  // [heads, D, E]
     EXPECT_EQ(at(mo.array, {1, 2, 5}), at(o, {5, 6}));
     const Tensor wo = counting(8, 12);  // [E, mlp]
-    const MaxTextArray mwo = layout->to_maxtext("decoder/layers_0/mlp/wo/kernel", wo);
+    const MaxTextValue mwo = to(l0 + "mlp/wo/kernel", wo);
     ASSERT_EQ(mwo.array.shape(), (Shape{12, 8}));  // [mlp, E]
     EXPECT_EQ(at(mwo.array, {7, 2}), at(wo, {2, 7}));
-    const MaxTextArray lm = layout->to_maxtext("decoder/logits_dense/kernel", counting(16, 8));
+    const MaxTextValue lm = to("decoder/logits_dense/kernel", counting(16, 8));
     EXPECT_EQ(lm.array.shape(), (Shape{8, 16}));  // [E, vocab]
-    const MaxTextArray emb = layout->to_maxtext("token_embedder/embedding", counting(16, 8));
+    const MaxTextValue emb = to("token_embedder/embedding", counting(16, 8));
     EXPECT_EQ(emb.array.shape(), (Shape{16, 8}));  // [vocab, E]: unchanged
-    for (const auto& [name, kiln, out] :
-         {std::tuple{"decoder/layers_0/self_attention/query/kernel", q, mq},
-          std::tuple{"decoder/layers/self_attention/key/kernel", k, mk},
-          std::tuple{"decoder/layers_0/self_attention/out/kernel", o, mo},
-          std::tuple{"decoder/layers_0/mlp/wo/kernel", wo, mwo}}) {
-      const Tensor back = layout->from_maxtext(name, out.array, out.residual);
-      ASSERT_EQ(back.shape(), kiln.shape()) << name;
-      EXPECT_EQ(std::memcmp(back.raw(), kiln.raw(), kiln.nbytes()), 0) << name;
+    for (const auto& [path, kiln, out] : {std::tuple{l0 + "self_attention/query/kernel", q, mq},
+                                          std::tuple{l1 + "self_attention/key/kernel", k, mk},
+                                          std::tuple{l0 + "self_attention/out/kernel", o, mo},
+                                          std::tuple{l0 + "mlp/wo/kernel", wo, mwo}}) {
+      const Tensor back = MaxTextTree::from_maxtext(array_at(tree, path), out.array, out.residual);
+      ASSERT_EQ(back.shape(), kiln.shape()) << path;
+      EXPECT_EQ(std::memcmp(back.raw(), kiln.raw(), kiln.nbytes()), 0) << path;
     }
-    EXPECT_THROW(layout->to_maxtext("decoder/layers_0/self_attention/query/kernel", counting(6, 8)),
-                 Error);
+    EXPECT_THROW(to(l0 + "self_attention/query/kernel", counting(6, 8)), Error);
   }
 }
 
@@ -139,17 +152,16 @@ TEST(MaxTextLlama, QueryScaleIsUndoneBitwiseForAnyHeadDim) {
   std::mt19937 rng(11);
   for (DType dtype : {DType::BF16, DType::F16, DType::F32}) {
     for (int64_t head_dim : {128, 96, 80, 64, 16}) {
-      const auto layout = MaxTextLlamaLayout::for_config(llama_config(2, 1, head_dim, true));
-      ASSERT_TRUE(layout.has_value());
+      const MaxTextTree tree = MaxTextTree::build(llama_config(2, 1, head_dim, true), false);
+      const MaxTextArraySpec& spec = array_at(tree, "decoder/layers_0/self_attention/query/kernel");
       const Tensor q = random_finite(dtype, {2 * head_dim, 8}, rng);
-      const std::string name = "decoder/layers_0/self_attention/query/kernel";
-      const MaxTextArray m = layout->to_maxtext(name, q);
+      const MaxTextValue m = MaxTextTree::to_maxtext(spec, q);
       ASSERT_TRUE(m.residual.defined());
       int64_t corrected = 0;
       for (int64_t i = 0; i < m.residual.numel(); ++i)
         corrected += m.residual.data<int8_t>()[i] != 0;
-      const Tensor exact = layout->from_maxtext(name, m.array, m.residual);
-      const Tensor plain = layout->from_maxtext(name, m.array, Tensor());
+      const Tensor exact = MaxTextTree::from_maxtext(spec, m.array, m.residual);
+      const Tensor plain = MaxTextTree::from_maxtext(spec, m.array, Tensor());
       ASSERT_EQ(exact.shape(), q.shape());
       EXPECT_EQ(std::memcmp(exact.raw(), q.raw(), q.nbytes()), 0)
           << dtype_name(dtype) << " head_dim " << head_dim;

@@ -3,11 +3,14 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <optional>
+#include <set>
 
 #include "kiln/convert/atomic_output.h"
-#include "kiln/convert/maxtext_llama.h"
+#include "kiln/convert/maxtext_tree.h"
 #include "kiln/core/error.h"
+#include "kiln/core/page_release.h"
 #include "kiln/io/json.h"
 
 namespace kiln {
@@ -30,181 +33,400 @@ bool any_nonzero(const Tensor& t) {
   return std::any_of(bytes, bytes + c.nbytes(), [](char b) { return b != 0; });
 }
 
-struct Written {
-  bool scaled = false;    // a query tensor: divided by the query divisor
-  bool residual = false;  // its residual side array was written
-};
+// The Kiln tensors of `source` as (layer, per-layer name) keys: "<i>|<param>" for layer
+// tensors of either layout, the full name for top-level ones.
+std::set<std::string> kiln_keys(const KilnCheckpoint& source) {
+  const Json& manifest = source.manifest();
+  std::set<std::string> keys;
+  const Json groups = manifest.value("layer_groups", Json::object());
+  for (const std::string& name : source.names()) {
+    const size_t slash = name.find('/', 8);
+    if (name.rfind("decoder/", 0) == 0 && slash != std::string::npos) {
+      const std::string group = name.substr(8, slash - 8);
+      const std::string param = name.substr(slash + 1);
+      if (groups.contains(group)) {
+        for (const Json& layer : groups[group])
+          keys.insert(std::to_string(layer.get<int64_t>()) + "|" + param);
+        continue;
+      }
+      if (group.rfind("layers_", 0) == 0 &&
+          group.find_first_not_of("0123456789", 7) == std::string::npos && group.size() > 7) {
+        keys.insert(group.substr(7) + "|" + param);
+        continue;
+      }
+    }
+    keys.insert(name);
+  }
+  return keys;
+}
 
-// Writes Kiln tensor `name` in MaxText's layout as the array `array_name`: whole, or when
-// stacked on `kiln_axis` >= 0 one layer at a time (memory holds one layer). A query's
-// residual goes to the side array `residual_name` when some element is nonzero.
-Written write_maxtext(const MaxTextLlamaLayout& layout, const std::string& name,
-                      const Tensor& tensor, int kiln_axis, const std::string& array_name,
-                      const std::string& residual_name, OrbaxWriter& writer) {
-  if (kiln_axis < 0) {
-    const MaxTextArray out = layout.to_maxtext(name, tensor);
-    writer.add(array_name, out.array);
-    Written written{out.residual.defined(), false};
-    if (written.scaled && any_nonzero(out.residual)) {
-      writer.add_side_array(residual_name, out.residual);
-      written.residual = true;
+// Drops the pages of a read-only mapped view once used (any strides: the span from its first
+// to its last element), so that export keeps the resident set to about one layer. Tensors
+// that own their memory are left alone.
+void release_view(const Tensor& t) {
+  if (!t.defined() || t.writable() || t.numel() == 0) return;
+  int64_t last = 0;
+  for (int d = 0; d < t.ndim(); ++d) last += (t.dim(d) - 1) * t.strides()[d];
+  release_mapped_pages(t.raw(), static_cast<size_t>(last + 1) * dtype_size(t.dtype()));
+}
+
+void export_plain(const KilnCheckpoint& source, OrbaxWriter& writer) {
+  for (const std::string& name : source.names()) writer.add(kTreePrefix + name, source.get(name));
+}
+
+// Writes one MaxText array, layer by layer when stacked; returns the residual's name when one
+// was written.
+std::string write_array(const KilnCheckpoint& source, const MaxTextArraySpec& a,
+                        OrbaxWriter& writer) {
+  const std::string array_name = kTreePrefix + a.path;
+  const std::string residual_name = kResidualPrefix + a.path;
+  auto kiln_tensor = [&](size_t j) {
+    return a.layers.empty() ? source.get(a.kiln_param)
+                            : source.layer_tensor(a.layers[j], a.kiln_param);
+  };
+  if (!a.stacked) {
+    const Tensor t = kiln_tensor(0);
+    const MaxTextValue v = MaxTextTree::to_maxtext(a, t);
+    writer.add(array_name, v.array);  // may be `t` itself (no change of layout)
+    release_view(t);
+    if (v.residual.defined() && any_nonzero(v.residual)) {
+      writer.add_side_array(residual_name, v.residual);
+      return residual_name;
     }
-    return written;
+    return "";
   }
-  const int64_t count = tensor.dim(kiln_axis);
-  Shape stacked;
-  int axis = 0;
-  Written written;
-  for (int64_t j = 0; j < count; ++j) {
-    const MaxTextArray layer = layout.to_maxtext(name, tensor.select(kiln_axis, j));
-    if (j == 0) {
-      axis = maxtext_layer_axis(layer.array.ndim());
-      stacked = layer.array.shape();
-      stacked.insert(stacked.begin() + axis, count);
-      writer.begin_layers(array_name, layer.array.dtype(), stacked, axis);
-    }
-    writer.add_layer(array_name, j, layer.array);
-    written.scaled = layer.residual.defined();
-    if (!written.scaled) continue;
-    if (!written.residual && any_nonzero(layer.residual)) {
+  const int axis = maxtext_layer_axis(static_cast<int>(a.maxtext_shape.size()));
+  const Shape stacked = a.stored_shape();
+  bool residual = false;
+  for (size_t j = 0; j < a.layers.size(); ++j) {
+    const Tensor t = kiln_tensor(j);
+    const MaxTextValue v = MaxTextTree::to_maxtext(a, t);
+    if (j == 0) writer.begin_layers(array_name, v.array.dtype(), stacked, axis);
+    writer.add_layer(array_name, static_cast<int64_t>(j), v.array);
+    release_view(t);
+    if (!v.residual.defined()) continue;
+    if (!residual && any_nonzero(v.residual)) {
       // The first nonzero layer: earlier layers are all zero (stored as missing chunks).
-      written.residual = true;
-      writer.begin_layers(residual_name, DType::I8, stacked, axis, false);
-      for (int64_t k = 0; k < j; ++k)
-        writer.add_layer(residual_name, k, Tensor::zeros(DType::I8, layer.residual.shape()));
+      residual = true;
+      writer.begin_layers(residual_name, v.residual.dtype(), stacked, axis, false);
+      for (size_t k = 0; k < j; ++k)
+        writer.add_layer(residual_name, static_cast<int64_t>(k),
+                         Tensor::zeros(v.residual.dtype(), v.residual.shape()));
     }
-    if (written.residual) writer.add_layer(residual_name, j, layer.residual);
+    if (residual) writer.add_layer(residual_name, static_cast<int64_t>(j), v.residual);
   }
-  return written;
+  return residual ? residual_name : "";
+}
+
+bool scanned_tree(const OrbaxSource& source) {
+  // Stacked layers (decoder/layers/, DeepSeek's decoder/dense_layers/ and moe_layers/), or
+  // Gemma 3's unstacked remainder of a scanned tree.
+  const std::string decoder = std::string(kTreePrefix) + "decoder/";
+  for (const std::string& name : source.names()) {
+    if (name.rfind(decoder, 0) != 0) continue;
+    const std::string group =
+        name.substr(decoder.size(), name.find('/', decoder.size()) - decoder.size());
+    if (group == "layers" || group == "layers_remainder" || group == "dense_layers" ||
+        group == "moe_layers")
+      return true;
+  }
+  return false;
+}
+
+// Checks that `source` holds exactly the arrays of `tree` with their shapes.
+void check_tree(const OrbaxSource& source, const MaxTextTree& tree) {
+  std::set<std::string> expected;
+  for (const MaxTextArraySpec& a : tree.arrays()) {
+    const std::string name = kTreePrefix + a.path;
+    expected.insert(name);
+    check(source.contains(name), source.where() + ": MaxText's " + tree.family() + " tree (" +
+                                     (tree.scanned() ? "scanned" : "unscanned") +
+                                     ") needs the array '" + name + "', which is missing");
+    const Shape shape = source.shape_of(name);
+    const Shape want = a.stored_shape();
+    if (shape != want) {
+      auto text = [](const Shape& s) {
+        std::string t = "[";
+        for (size_t i = 0; i < s.size(); ++i) t += (i ? ", " : "") + std::to_string(s[i]);
+        return t + "]";
+      };
+      throw Error(source.where() + ": array '" + name + "' has shape " + text(shape) +
+                  ", but the config's " + tree.family() + " model needs " + text(want) + " (from " +
+                  a.source + ")");
+    }
+  }
+  for (const std::string& name : source.names())
+    check(name.rfind(kTreePrefix, 0) != 0 || expected.count(name),
+          source.where() + ": array '" + name + "' is not part of MaxText's " + tree.family() +
+              " tree for this config");
 }
 
 }  // namespace
 
 void export_kiln_to_orbax(const std::string& kiln_dir, const std::string& orbax_dir,
-                          const OrbaxWriteOptions& options, bool force) {
+                          const OrbaxWriteOptions& options, bool force,
+                          const OrbaxExportOptions& export_options) {
   const KilnCheckpoint source(kiln_dir);
-  const Json& entries = source.manifest()["tensors"];
-  const std::optional<MaxTextLlamaLayout> layout =
-      MaxTextLlamaLayout::for_config(source.manifest().value("source_config", Json::object()));
+  const Json& manifest = source.manifest();
+  const Json& entries = manifest["tensors"];
+  check(export_options.tree == "maxtext" || export_options.tree == "plain",
+        "orbax export: unknown tree '" + export_options.tree + "' (maxtext or plain)");
+  const bool plain = export_options.tree == "plain";
+  std::optional<MaxTextTree> tree;
+  if (!plain) {
+    const std::string layout = export_options.maxtext_layout.empty()
+                                   ? manifest.value("layout", "unscanned")
+                                   : export_options.maxtext_layout;
+    check(layout == "scanned" || layout == "unscanned",
+          "orbax export: unknown MaxText layout '" + layout + "'");
+    check(manifest.contains("source_config") && manifest["source_config"].is_object() &&
+              !manifest["source_config"].empty(),
+          kiln_dir +
+              ": no source_config in the manifest, so the family and MaxText's tree are "
+              "unknown (export with the plain tree instead)");
+    tree = MaxTextTree::build(manifest["source_config"], layout == "scanned");
+    // Every Kiln tensor has a place in the tree, and nothing else is asked for.
+    std::set<std::string> keys = kiln_keys(source);
+    for (const MaxTextArraySpec& a : tree->arrays()) {
+      if (a.layers.empty()) {
+        check(keys.erase(a.kiln_param) == 1, kiln_dir + ": MaxText's " + tree->family() +
+                                                 " tree needs tensor '" + a.kiln_param +
+                                                 "', which the checkpoint lacks");
+        continue;
+      }
+      for (int64_t layer : a.layers)
+        check(keys.erase(std::to_string(layer) + "|" + a.kiln_param) == 1,
+              kiln_dir + ": MaxText's " + tree->family() + " tree needs layer " +
+                  std::to_string(layer) + "'s '" + a.kiln_param + "', which the checkpoint lacks");
+    }
+    if (!keys.empty()) {
+      std::string name = *keys.begin();
+      const size_t bar = name.find('|');
+      if (bar != std::string::npos)
+        name = "decoder/layers_" + name.substr(0, bar) + "/" + name.substr(bar + 1);
+      throw Error(kiln_dir + ": tensor '" + name + "' has no place in MaxText's " + tree->family() +
+                  " tree");
+    }
+  }
   AtomicOutputDir output(orbax_dir, force);
   OrbaxWriter writer(output.path(), options);
-  Json maxtext_tensors = Json::object();
-  for (const std::string& name : source.names()) {
-    const Tensor tensor = source.get(name);
-    if (!layout) {
-      writer.add(kTreePrefix + name, tensor);
-      continue;
+  Json arrays = Json::object();
+  if (plain) {
+    export_plain(source, writer);
+  } else {
+    for (const MaxTextArraySpec& a : tree->arrays()) {
+      const std::string residual = write_array(source, a, writer);
+      Json record = Json::object();
+      if (!residual.empty()) record["residual"] = residual;
+      arrays[a.path] = record;
     }
-    Json info = {{"kiln_shape", tensor.shape()}};
-    const Written written =
-        write_maxtext(*layout, name, tensor, entries[name].value("layer_axis", -1),
-                      kTreePrefix + name, kResidualPrefix + name, writer);
-    if (written.scaled)
-      info["query_divisor"] = maxtext_query_divisor(layout->head_dim(), tensor.dtype());
-    if (written.residual) info["residual"] = kResidualPrefix + name;
-    maxtext_tensors[name] = info;
   }
   writer.add("step", Tensor::zeros(DType::I32, {}));  // MaxText's TrainState.step
   writer.finish();
-  Json sidecar = source.manifest();
+  Json sidecar = manifest;
   sidecar.erase("tensors");
   sidecar.erase("files");
   sidecar.erase("tokenizer_files");
-  Json layer_axes = Json::object();
-  for (const auto& [name, entry] : entries.items())
-    if (entry.contains("layer_axis"))
-      layer_axes[name] = {{"layer_axis", entry["layer_axis"]},
-                          {"layer_group", entry["layer_group"]}};
-  sidecar["layer_axes"] = layer_axes;
-  if (layout) {
-    sidecar["maxtext"] = layout->to_json();
-    sidecar["maxtext"]["tensors"] = maxtext_tensors;
+  Json kiln_tensors = Json::object();
+  for (const auto& [name, entry] : entries.items()) {
+    Json t = {{"shape", entry["shape"]}, {"dtype", entry["dtype"]}};
+    if (entry.contains("layer_axis")) {
+      t["layer_axis"] = entry["layer_axis"];
+      t["layer_group"] = entry["layer_group"];
+    }
+    kiln_tensors[name] = t;
   }
+  sidecar["kiln_tensors"] = kiln_tensors;
+  if (tree)
+    sidecar["maxtext"] = {
+        {"family", tree->family()}, {"scanned", tree->scanned()}, {"arrays", arrays}};
   write_json_file((fs::path(writer.item_dir()) / kSidecar).string(), sidecar);
   output.commit();
 }
 
 void import_orbax_to_kiln(const std::string& orbax_dir, const std::string& kiln_dir,
-                          const KilnCheckpointWriter::Options& options, bool force) {
+                          const KilnCheckpointWriter::Options& options, bool force,
+                          const Json& config) {
   const OrbaxSource source(orbax_dir);
   const std::string sidecar_path = (fs::path(source.where()) / kSidecar).string();
-  const Json sidecar = fs::exists(sidecar_path) ? read_json_file(sidecar_path) : Json::object();
+  const bool has_sidecar = fs::exists(sidecar_path);
+  const Json sidecar = has_sidecar ? read_json_file(sidecar_path) : Json::object();
   KilnCheckpointInfo info;
-  const Json layer_axes = sidecar.value("layer_axes", Json::object());
-  std::optional<MaxTextLlamaLayout> layout;
-  Json maxtext_tensors = Json::object();
+  std::vector<KilnTensorPlan> plan;
+  std::optional<MaxTextTree> tree;
+  Json arrays = Json::object();
   try {
     info.model_spec = sidecar.value("model_spec", Json::object());
     info.source_config = sidecar.value("source_config", Json::object());
     info.layout = sidecar.value("layout", "unscanned");
     info.dtype = sidecar.value("dtype", "keep");
+    info.provenance = sidecar.value("provenance", Json::object());
     if (sidecar.contains("layer_groups"))
       info.layer_groups =
           sidecar["layer_groups"].get<std::map<std::string, std::vector<int64_t>>>();
     if (sidecar.contains("maxtext")) {
-      layout = MaxTextLlamaLayout::from_json(sidecar["maxtext"], sidecar_path);
-      maxtext_tensors = sidecar["maxtext"].at("tensors");
+      tree = MaxTextTree::build(info.source_config, sidecar["maxtext"].at("scanned").get<bool>());
+      arrays = sidecar["maxtext"].at("arrays");
+    }
+    if (has_sidecar) {
+      check(sidecar.contains("kiln_tensors"),
+            sidecar_path + ": no kiln_tensors (written by an older Kiln; re-export it)");
+      for (const auto& [name, t] : sidecar["kiln_tensors"].items()) {
+        KilnTensorPlan p;
+        p.name = name;
+        const std::optional<DType> dtype = dtype_from_name(t.at("dtype").get<std::string>());
+        check(dtype.has_value(), sidecar_path + ": tensor '" + name + "' has an unknown dtype");
+        p.dtype = *dtype;
+        p.shape = t.at("shape").get<Shape>();
+        p.layer_axis = t.value("layer_axis", -1);
+        p.layer_group = t.value("layer_group", "");
+        plan.push_back(p);
+      }
     }
   } catch (const Json::exception& e) {
     throw Error(sidecar_path + ": malformed: " + e.what());
   }
-  std::vector<KilnTensorPlan> plan;
   const std::string prefix = kTreePrefix;
-  for (const std::string& array : source.names()) {
-    if (array.rfind(prefix, 0) != 0) continue;
-    KilnTensorPlan p;
-    p.name = array.substr(prefix.size());
-    p.dtype = source.dtype_of(array);
-    p.shape = source.shape_of(array);
-    if (layout) {
-      check(maxtext_tensors.contains(p.name) && maxtext_tensors[p.name].contains("kiln_shape"),
-            sidecar_path + ": no MaxText entry for array '" + array + "'");
-      p.shape = maxtext_tensors[p.name]["kiln_shape"].get<Shape>();
-    }
-    if (layer_axes.contains(p.name)) {
-      p.layer_axis = layer_axes[p.name].value("layer_axis", -1);
-      p.layer_group = layer_axes[p.name].value("layer_group", "");
+  if (!has_sidecar) {
+    const bool scanned = scanned_tree(source);
+    if (config.is_object() && !config.empty()) {
+      tree = MaxTextTree::build(config, scanned);
+      check_tree(source, *tree);
+      info.source_config = config;
+      info.model_spec = tree->spec().to_json();
+      Json lossy = Json::array();
+      const DType dtype = source.dtype_of(prefix + tree->arrays().front().path);
+      for (const std::string& step : tree->lossy_steps(dtype)) lossy.push_back(step);
+      info.provenance = {{"maxtext",
+                          {{"family", tree->family()},
+                           {"scanned", tree->scanned()},
+                           {"source", orbax_dir},
+                           {"lossy_value_changes", lossy}}}};
+      for (const MaxTextArraySpec& a : tree->arrays()) {
+        const DType dtype = source.dtype_of(prefix + a.path);
+        if (a.layers.empty()) {
+          plan.push_back({a.kiln_param, dtype, a.kiln_shape, -1, ""});
+          continue;
+        }
+        for (int64_t layer : a.layers)
+          plan.push_back({"decoder/layers_" + std::to_string(layer) + "/" + a.kiln_param, dtype,
+                          a.kiln_shape, -1, ""});
+      }
     } else {
-      check(p.name.rfind("decoder/layers/", 0) != 0,
-            source.where() + ": array '" + array + "' is stacked over layers, but without " +
-                kSidecar + " its layer axis is unknown (convert from the HF checkpoint instead)");
+      bool any = false;
+      for (const std::string& array : source.names()) any = any || array.rfind(prefix, 0) == 0;
+      check(any, source.where() + ": no arrays under " + prefix);
+      throw Error(source.where() + ": no " + kSidecar +
+                  " (not written by Kiln), so the family and the layout of its arrays are "
+                  "unknown: pass the model's config.json (--config) to read it as MaxText's " +
+                  (scanned ? "scanned" : "unscanned") + " tree");
     }
-    plan.push_back(std::move(p));
   }
   check(!plan.empty(), source.where() + ": no arrays under " + prefix);
+  // Where layer `layer`'s `param` goes in the Kiln layout: (tensor name, position or -1).
+  std::map<int64_t, std::pair<std::string, int64_t>> position;
+  for (const auto& [group, layers] : info.layer_groups)
+    for (size_t j = 0; j < layers.size(); ++j)
+      position[layers[j]] = {group, static_cast<int64_t>(j)};
   AtomicOutputDir output(kiln_dir, force);
   KilnCheckpointWriter writer(output.path(), info, plan, options);
-  for (const KilnTensorPlan& p : plan) {
-    const Tensor array = source.get(prefix + p.name);
-    if (!layout) {
+  auto write_kiln = [&](const MaxTextArraySpec& a, size_t j, const Tensor& t) {
+    if (a.layers.empty()) return writer.write(a.kiln_param, t);
+    const int64_t layer = a.layers[j];
+    if (info.layout == "scanned") {
+      const auto it = position.find(layer);
+      check(it != position.end(),
+            sidecar_path + ": layer " + std::to_string(layer) + " is in no layer group");
+      return writer.write_layer("decoder/" + it->second.first + "/" + a.kiln_param,
+                                it->second.second, t);
+    }
+    writer.write("decoder/layers_" + std::to_string(layer) + "/" + a.kiln_param, t);
+  };
+  if (!tree) {
+    for (const KilnTensorPlan& p : plan) {
+      const Tensor array = source.get(prefix + p.name);
+      check(array.shape() == p.shape,
+            source.where() + ": array '" + prefix + p.name + "' does not match " + kSidecar);
       writer.write(p.name, array);
-      continue;
     }
-    const Json& entry = maxtext_tensors[p.name];
-    Tensor residual;
-    if (entry.contains("query_divisor"))
-      check(entry["query_divisor"].get<double>() ==
-                maxtext_query_divisor(layout->head_dim(), array.dtype()),
-            sidecar_path + ": query divisor of '" + p.name + "' is not sqrt(head_dim) in " +
-                std::string(dtype_name(array.dtype())));
-    if (entry.contains("residual")) {
-      residual = source.get_side_array(entry["residual"].get<std::string>());
-      check(residual.defined(),
-            source.where() + ": missing side array " + entry["residual"].dump());
+  } else {
+    for (const MaxTextArraySpec& a : tree->arrays()) {
+      const std::string name = prefix + a.path;
+      check(source.contains(name), source.where() + ": missing array '" + name + "'");
+      const Tensor array = source.get(name);
+      check(array.shape() == a.stored_shape(),
+            source.where() + ": array '" + name + "' does not have MaxText's shape");
+      Tensor residual;
+      if (arrays.contains(a.path) && arrays[a.path].contains("residual")) {
+        residual = source.get_side_array(arrays[a.path]["residual"].get<std::string>());
+        check(residual.defined(),
+              source.where() + ": missing side array " + arrays[a.path]["residual"].dump());
+      }
+      if (!a.stacked) {
+        write_kiln(a, 0, MaxTextTree::from_maxtext(a, array, residual));
+        continue;
+      }
+      const int axis = maxtext_layer_axis(static_cast<int>(a.maxtext_shape.size()));
+      for (size_t j = 0; j < a.layers.size(); ++j)
+        write_kiln(
+            a, j,
+            MaxTextTree::from_maxtext(
+                a, array.select(axis, static_cast<int64_t>(j)),
+                residual.defined() ? residual.select(axis, static_cast<int64_t>(j)) : Tensor()));
     }
-    if (p.layer_axis < 0) {
-      writer.write(p.name, layout->from_maxtext(p.name, array, residual));
-      continue;
-    }
-    const int axis = maxtext_layer_axis(array.ndim() - 1);
-    for (int64_t j = 0; j < array.dim(axis); ++j)
-      writer.write_layer(
-          p.name, j,
-          layout->from_maxtext(p.name, array.select(axis, j),
-                               residual.defined() ? residual.select(axis, j) : Tensor()));
   }
   writer.finish();
   output.commit();
+}
+
+std::vector<std::string> describe_maxtext_tree(const std::string& orbax_dir, const Json& config) {
+  const OrbaxSource source(orbax_dir);
+  const std::string sidecar_path = (fs::path(source.where()) / kSidecar).string();
+  const bool has_sidecar = fs::exists(sidecar_path);
+  std::optional<MaxTextTree> tree;
+  try {
+    if (has_sidecar) {
+      const Json sidecar = read_json_file(sidecar_path);
+      if (!sidecar.contains("maxtext")) return {};
+      tree = MaxTextTree::build(sidecar.value("source_config", Json::object()),
+                                sidecar["maxtext"].value("scanned", false));
+    } else if (config.is_object() && !config.empty()) {
+      tree = MaxTextTree::build(config, scanned_tree(source));
+    }
+  } catch (const Error&) {
+    return {};
+  }
+  if (!tree) return {};
+  const DType dtype = source.dtype_of(kTreePrefix + tree->arrays().front().path);
+  std::vector<std::string> lines;
+  lines.push_back(
+      "MaxText tree: " + tree->family() + ", " + (tree->scanned() ? "scanned" : "unscanned") +
+      ", " + std::to_string(tree->arrays().size()) + " arrays, " + std::string(dtype_name(dtype)));
+  const std::vector<MaxTextValueChange> changes = tree->value_changes(dtype);
+  if (changes.empty())
+    lines.push_back("MaxText value changes: none (HF's weights permuted: exact)");
+  for (const MaxTextValueChange& c : changes)
+    lines.push_back(std::string("MaxText value change, ") +
+                    (!c.lossy      ? "exact"
+                     : has_sidecar ? "lossy in MaxText, undone exactly by Kiln's residual arrays"
+                                   : "LOSSY (undone by arithmetic only)") +
+                    ": " + c.param + ": " + c.what);
+  return lines;
+}
+
+std::vector<std::string> maxtext_provenance(const Json& manifest) {
+  if (!manifest.contains("provenance") || !manifest["provenance"].contains("maxtext")) return {};
+  const Json& m = manifest["provenance"]["maxtext"];
+  std::vector<std::string> lines;
+  lines.push_back("weights read from MaxText's " + m.value("family", std::string("?")) + " tree (" +
+                  (m.value("scanned", false) ? "scanned" : "unscanned") + ") at " +
+                  m.value("source", std::string("?")) + ", without Kiln's residuals");
+  const Json lossy = m.value("lossy_value_changes", Json::array());
+  if (lossy.empty()) lines.push_back("MaxText value changes: none lossy (exact)");
+  for (const Json& step : lossy)
+    lines.push_back("MaxText value change, LOSSY (undone by arithmetic only): " +
+                    step.get<std::string>());
+  return lines;
 }
 
 }  // namespace kiln

@@ -68,7 +68,9 @@ TEST_F(OrbaxExportTest, KilnToOrbaxToKilnIsBitwise) {
     options.ocdbt = ocdbt;
     options.zarr.zstd = !ocdbt;
     options.manager_step = 0;
-    export_kiln_to_orbax(kiln, orbax, options, false);
+    OrbaxExportOptions plain;
+    plain.tree = "plain";  // a synthetic model without a family: Kiln's own tree
+    export_kiln_to_orbax(kiln, orbax, options, false, plain);
     OrbaxSource exported(orbax);
     EXPECT_TRUE(exported.contains("params/params/decoder/layers_full/mlp/wo/kernel"));
     EXPECT_EQ(exported.names().size(), tensors_.size() + 1);  // and MaxText's step
@@ -98,6 +100,18 @@ TEST_F(OrbaxExportTest, KilnToOrbaxToKilnIsBitwise) {
   }
 }
 
+TEST_F(OrbaxExportTest, MaxTextTreeNeedsAFamily) {
+  const std::string kiln = write_kiln();
+  try {
+    export_kiln_to_orbax(kiln, dir_ + "/orbax", {}, false);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    std::cout << "  error: " << e.what() << "\n";
+    EXPECT_NE(std::string(e.what()).find("no source_config"), std::string::npos);
+  }
+  EXPECT_FALSE(fs::exists(dir_ + "/orbax"));
+}
+
 TEST_F(OrbaxExportTest, ImportNeedsLayerAxesForStackedArrays) {
   {
     OrbaxWriter writer(dir_ + "/maxtext", {});
@@ -109,7 +123,8 @@ TEST_F(OrbaxExportTest, ImportNeedsLayerAxesForStackedArrays) {
     ADD_FAILURE() << "no error";
   } catch (const Error& e) {
     std::cout << "  error: " << e.what() << "\n";
-    EXPECT_NE(std::string(e.what()).find("layer axis is unknown"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("pass the model's config.json (--config)"),
+              std::string::npos);
   }
   EXPECT_FALSE(fs::exists(dir_ + "/out"));
   try {

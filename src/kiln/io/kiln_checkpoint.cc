@@ -393,6 +393,8 @@ void KilnCheckpointWriter::finish() {
                    {"files", files},
                    {"tokenizer_files", tokenizer}};
   if (info_.layout == "scanned") manifest["layer_groups"] = info_.layer_groups;
+  if (info_.provenance.is_object() && !info_.provenance.empty())
+    manifest["provenance"] = info_.provenance;
   const fs::path manifest_path = fs::path(dir_) / kManifestName;
   const std::string temporary = manifest_path.string() + ".tmp";
   write_json_file(temporary, manifest);

@@ -34,6 +34,10 @@ struct KilnCheckpointInfo {
   std::string layout = "unscanned";                          // or "scanned"
   std::string dtype = "keep";                                // the conversion's --dtype
   std::map<std::string, std::vector<int64_t>> layer_groups;  // scanned: group -> layers
+  // Where the weights came from when not from the source config's own checkpoint (e.g. a
+  // MaxText tree and the value changes its conversion made); the manifest's "provenance",
+  // omitted when empty.
+  Json provenance = Json::object();
 };
 
 // Writes a Kiln checkpoint into `dir` (created; must not exist or be empty). The

@@ -1,0 +1,761 @@
+#include "kiln/convert/maxtext_tree.h"
+
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <numeric>
+#include <set>
+
+#include "kiln/convert/maxtext_llama.h"
+#include "kiln/core/error.h"
+#include "kiln/io/hf_config.h"
+#include "kiln/models/family.h"
+
+namespace kiln {
+namespace {
+
+constexpr const char* kParamMapping = "checkpoint_conversion/utils/param_mapping.py";
+constexpr const char* kLlamaScript =
+    "checkpoint_conversion/standalone_scripts/llama_or_mistral_ckpt.py";
+constexpr const char* kGemmaScript =
+    "checkpoint_conversion/standalone_scripts/convert_gemma_chkpt.py";
+
+// ---- value ops with residuals ---------------------------------------------------------------
+
+template <typename T, typename Bits>
+T bit_cast_to(Bits b) {
+  T t;
+  std::memcpy(&t, &b, sizeof(T));
+  return t;
+}
+
+// Position of a float on the number line as an integer (adjacent floats differ by 1; both
+// zeros are 0).
+template <typename Bits>
+int64_t ordered(Bits b) {
+  constexpr Bits kSign = Bits(1) << (8 * sizeof(Bits) - 1);
+  const int64_t magnitude = static_cast<int64_t>(b & ~kSign);
+  return (b & kSign) ? -magnitude : magnitude;
+}
+template <typename Bits>
+Bits from_ordered(int64_t key, Bits sign_of_zero) {
+  constexpr Bits kSign = Bits(1) << (8 * sizeof(Bits) - 1);
+  if (key > 0) return static_cast<Bits>(key);
+  if (key < 0) return static_cast<Bits>(kSign | static_cast<Bits>(-key));
+  return sign_of_zero & kSign;
+}
+
+template <typename Bits, typename Compute>
+struct FloatFormat {
+  Compute (*load)(Bits);
+  Bits (*store)(Compute);
+};
+
+float load_bf16(uint16_t b) {
+  return bf16_to_f32(b);
+}
+uint16_t store_bf16(float f) {
+  return f32_to_bf16(f);
+}
+float load_f16(uint16_t b) {
+  return f16_to_f32(b);
+}
+uint16_t store_f16(float f) {
+  return f32_to_f16(f);
+}
+float load_f32(uint32_t b) {
+  return bit_cast_to<float>(b);
+}
+uint32_t store_f32(float f) {
+  return bit_cast_to<uint32_t>(f);
+}
+double load_f64(uint64_t b) {
+  return bit_cast_to<double>(b);
+}
+uint64_t store_f64(double f) {
+  return bit_cast_to<uint64_t>(f);
+}
+
+template <typename Fn>
+void with_format(DType dtype, const std::string& name, Fn&& fn) {
+  switch (dtype) {
+    case DType::BF16:
+      return fn(FloatFormat<uint16_t, float>{load_bf16, store_bf16});
+    case DType::F16:
+      return fn(FloatFormat<uint16_t, float>{load_f16, store_f16});
+    case DType::F32:
+      return fn(FloatFormat<uint32_t, float>{load_f32, store_f32});
+    case DType::F64:
+      return fn(FloatFormat<uint64_t, double>{load_f64, store_f64});
+    default:
+      throw Error("MaxText array '" + name + "': a value transform needs a floating dtype, not " +
+                  std::string(dtype_name(dtype)));
+  }
+}
+
+// The constant the op applies, as MaxText rounds it (to the array's dtype, float32 or bf16).
+double op_constant(const MaxTextTransform& t, DType dtype) {
+  switch (t.op) {
+    case MaxTextValueOp::kDivideRounded:
+      return maxtext_query_divisor(t.head_dim, dtype);
+    case MaxTextValueOp::kMultiplyF32:
+      return static_cast<float>(t.constant);
+    case MaxTextValueOp::kMultiplyBf16:
+      return bf16_to_f32(f32_to_bf16(static_cast<float>(t.constant)));
+    default:
+      return 1.0;
+  }
+}
+
+template <typename Compute>
+Compute forward(MaxTextValueOp op, Compute x, Compute c) {
+  switch (op) {
+    case MaxTextValueOp::kDivideRounded:
+      return x / c;
+    case MaxTextValueOp::kMultiplyF32:
+    case MaxTextValueOp::kMultiplyBf16:
+      return x * c;
+    case MaxTextValueOp::kAddOne:
+      return x + Compute(1);
+    default:
+      return x;
+  }
+}
+template <typename Compute>
+Compute inverse(MaxTextValueOp op, Compute y, Compute c) {
+  switch (op) {
+    case MaxTextValueOp::kDivideRounded:
+      return y * c;
+    case MaxTextValueOp::kMultiplyF32:
+    case MaxTextValueOp::kMultiplyBf16:
+      return y / c;
+    case MaxTextValueOp::kAddOne:
+      return y - Compute(1);
+    default:
+      return y;
+  }
+}
+
+// Applies the op to a contiguous tensor; the residual (ordered distance from the inverse of
+// the result to the original, per element) goes to I8 when it fits, else I32.
+MaxTextValue apply_op(const MaxTextTransform& t, const Tensor& source, const std::string& name) {
+  MaxTextValue out;
+  out.array = Tensor::zeros(source.dtype(), source.shape());
+  std::vector<int64_t> distance(static_cast<size_t>(source.numel()));
+  const double c = op_constant(t, source.dtype());
+  with_format(source.dtype(), name,
+              [&]<typename Bits, typename Compute>(FloatFormat<Bits, Compute> f) {
+                const Bits* in = static_cast<const Bits*>(source.raw());
+                Bits* y = static_cast<Bits*>(out.array.mutable_raw());
+                const Compute cc = static_cast<Compute>(c);
+                for (int64_t i = 0; i < source.numel(); ++i) {
+                  y[i] = f.store(forward(t.op, f.load(in[i]), cc));
+                  const Bits back = f.store(inverse(t.op, f.load(y[i]), cc));
+                  distance[i] = ordered(in[i]) - ordered(back);
+                  if (distance[i] < INT32_MIN || distance[i] > INT32_MAX)
+                    throw Error("tensor '" + name + "': element " + std::to_string(i) +
+                                " cannot be transformed reversibly (NaN or infinity?)");
+                }
+              });
+  const bool wide = t.op == MaxTextValueOp::kAddOne;
+  out.residual = Tensor::zeros(wide ? DType::I32 : DType::I8, source.shape());
+  for (size_t i = 0; i < distance.size(); ++i) {
+    if (wide) {
+      out.residual.mutable_data<int32_t>()[i] = static_cast<int32_t>(distance[i]);
+      continue;
+    }
+    if (distance[i] < -127 || distance[i] > 127)
+      throw Error("tensor '" + name + "': element " + std::to_string(i) +
+                  " cannot be scaled reversibly (NaN or infinity?)");
+    out.residual.mutable_data<int8_t>()[i] = static_cast<int8_t>(distance[i]);
+  }
+  return out;
+}
+
+Tensor undo_op(const MaxTextTransform& t, const Tensor& array, const Tensor& residual,
+               const std::string& name) {
+  Tensor out = Tensor::zeros(array.dtype(), array.shape());
+  const double c = op_constant(t, array.dtype());
+  const Tensor r = residual.defined() ? residual.contiguous() : Tensor();
+  check(!r.defined() ||
+            ((r.dtype() == DType::I8 || r.dtype() == DType::I32) && r.shape() == array.shape()),
+        "MaxText array '" + name + "': residual of shape " + r.shape_string() + " (" +
+            std::string(r.defined() ? dtype_name(r.dtype()) : "none") + ") does not match " +
+            array.shape_string());
+  with_format(array.dtype(), name,
+              [&]<typename Bits, typename Compute>(FloatFormat<Bits, Compute> f) {
+                const Bits* y = static_cast<const Bits*>(array.raw());
+                Bits* x = static_cast<Bits*>(out.mutable_raw());
+                const Compute cc = static_cast<Compute>(c);
+                for (int64_t i = 0; i < array.numel(); ++i) {
+                  const Bits back = f.store(inverse(t.op, f.load(y[i]), cc));
+                  int64_t d = 0;
+                  if (r.defined())
+                    d = r.dtype() == DType::I8 ? r.data<int8_t>()[i] : r.data<int32_t>()[i];
+                  x[i] = d != 0 ? from_ordered<Bits>(ordered(back) + d, back) : back;
+                }
+              });
+  return out;
+}
+
+std::string shape_text(const Shape& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+// ---- reshapes ----------------------------------------------------------------------------
+
+Tensor transposed_copy(const Tensor& matrix) {
+  return matrix.transpose(0, 1).contiguous(true);
+}
+
+// Swaps the two middle axes of `t` viewed as [outer, a, b] (b = size of the last axis / a).
+Tensor swap_last_axis_blocks(const Tensor& t, int64_t a) {
+  const int64_t last = t.dim(t.ndim() - 1);
+  return t.contiguous()
+      .reshape({-1, a, last / a})
+      .transpose(1, 2)
+      .contiguous(true)
+      .reshape(t.shape());
+}
+
+// ---- the family tables ---------------------------------------------------------------------
+
+// How Kiln names a layer's parameter; what MaxText calls it and how it transforms.
+struct ParamRule {
+  std::string maxtext;  // MaxText's name inside the layer ("" = Kiln's)
+  MaxTextTransform transform;
+};
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+struct FamilyRules {
+  std::string source;  // MaxText file and function
+  // Query scale: kNone, kDivideRounded (sqrt(D) in the dtype), kMultiplyF32 (1/sqrt(D)).
+  MaxTextValueOp query_op = MaxTextValueOp::kNone;
+  bool rope_pairs = false;
+  bool gemma_norms = false;                         // norms stored as 1 + w
+  MaxTextValueOp embed_op = MaxTextValueOp::kNone;  // embedding * sqrt(hidden)
+  std::map<std::string, std::string> renames;       // Kiln per-layer prefix -> MaxText's
+  std::string moe_block;                            // MaxText's MoE module name
+  bool local_global_pairs = false;                  // Gemma 2: two HF layers per MaxText layer
+  int64_t scan_block = 0;        // Gemma 3, gpt-oss: scanned in blocks of this many layers
+  bool block_remainder = false;  // Gemma 3: layers past the last whole block stay unstacked
+  std::string attention = "self_attention";  // MaxText's attention module
+  std::string shared_block;                  // DeepSeek: the shared experts' module
+  bool dense_moe_groups = false;             // DeepSeek: dense_layers and moe_layers
+};
+
+const std::set<std::string>& maxtext_families() {
+  // Families with a MaxText decoder block (MaxText's DecoderBlockType / model configs).
+  static const std::set<std::string> kHas = {
+      "llama",  "mistral",     "qwen2",  "qwen3",       "qwen3_moe", "mixtral", "gemma",
+      "gemma2", "gemma3_text", "gemma3", "deepseek_v3", "gpt_oss",   "llama4",  "llama4_text"};
+  return kHas;
+}
+
+FamilyRules rules_for(const ModelSpec& spec, const Json& config) {
+  const std::string& f = spec.family;
+  FamilyRules r;
+  if (f == "llama" || f == "mistral" || f == "qwen2" || f == "mixtral") {
+    r.source = std::string(kLlamaScript) + ": _convert_huggingface_to_jax_weights";
+    r.query_op = MaxTextValueOp::kDivideRounded;
+    r.rope_pairs = spec.layers[0].attention.rope.type == RopeType::kLlama3;
+    if (f == "mixtral") {
+      r.moe_block = "MoeBlock_0";
+      r.source += "; " + std::string(kParamMapping) + ": MIXTRAL_MAXTEXT_TO_HF_PARAM_MAPPING";
+    }
+    return r;
+  }
+  if (f == "qwen3" || f == "qwen3_moe") {
+    r.source = std::string(kParamMapping) +
+               ": QWEN_MAXTEXT_TO_HF_PARAM_MAPPING, QWEN_MAXTEXT_TO_HF_PARAM_HOOK_FN";
+    r.moe_block = "moe_block";
+    return r;
+  }
+  if (f == "gemma") {
+    r.source = std::string(kGemmaScript) + ": main";
+    r.query_op = MaxTextValueOp::kMultiplyF32;
+    r.gemma_norms = true;
+    r.embed_op = MaxTextValueOp::kMultiplyF32;
+    r.renames = {{"pre_self_attention_layer_norm", "pre_self_attention_norm"},
+                 {"post_self_attention_layer_norm", "pre_ffw_norm"}};
+    return r;
+  }
+  if (f == "gemma2") {
+    r.source = std::string(kParamMapping) +
+               ": GEMMA2_MAXTEXT_TO_HF_PARAM_MAPPING, GEMMA2_MAXTEXT_TO_HF_PARAM_HOOK_FN";
+    r.query_op = MaxTextValueOp::kMultiplyF32;
+    r.gemma_norms = true;
+    r.embed_op = MaxTextValueOp::kMultiplyF32;
+    r.renames = {{"pre_self_attention_layer_norm", "pre_self_attention_norm"},
+                 {"post_self_attention_layer_norm", "post_self_attention_norm"}};
+    r.local_global_pairs = true;
+    return r;
+  }
+  if (f == "gemma3_text" || f == "gemma3") {
+    r.source = std::string(kParamMapping) +
+               ": GEMMA3_MAXTEXT_TO_HF_PARAM_MAPPING, GEMMA3_MAXTEXT_TO_HF_PARAM_HOOK_FN";
+    r.gemma_norms = true;
+    r.embed_op = MaxTextValueOp::kMultiplyBf16;
+    r.renames = {{"pre_self_attention_layer_norm", "pre_self_attention_norm"},
+                 {"post_self_attention_layer_norm", "post_self_attention_norm"}};
+    r.scan_block = 6;
+    r.block_remainder = true;
+    return r;
+  }
+  if (f == "deepseek_v3") {
+    r.source = std::string(kParamMapping) +
+               ": DEEPSEEK_MAXTEXT_TO_HF_PARAM_MAPPING, DEEPSEEK_MAXTEXT_TO_HF_PARAM_HOOK_FN";
+    r.moe_block = "DeepSeekMoeBlock_0/MoeBlock_0";
+    r.shared_block = "DeepSeekMoeBlock_0/shared_experts";
+    r.dense_moe_groups = true;
+    return r;
+  }
+  if (f == "gpt_oss") {
+    r.source = std::string(kParamMapping) +
+               ": GPT_OSS_MAXTEXT_TO_HF_PARAM_MAPPING, GPT_OSS_TO_HF_PARAM_HOOK_FN";
+    r.moe_block = "GptOssMlp";
+    r.attention = "GptOssAttention";
+    r.scan_block = 2;  // inhomogeneous_layer_cycle_interval in configs/models/gpt-oss-*.yml
+    return r;
+  }
+  if (f == "llama4_text" || f == "llama4") {
+    r.source = std::string(kLlamaScript) +
+               ": _convert_huggingface_to_jax_weights (scale_query False for llama4); "
+               "standalone_scripts/llama4_ckpt_unscanned.py";
+    r.moe_block = "Llama4MoEBlock_0/MoeBlock_0";
+    r.shared_block = "Llama4MoEBlock_0/shared_experts";
+    // inhomogeneous_layer_cycle_interval: the period of the NoPE and MoE patterns
+    // (4 in configs/models/llama4-17b-*.yml).
+    const Json& text = config.contains("text_config") ? config["text_config"] : config;
+    const int64_t nope = text.value("no_rope_layer_interval", int64_t{4});
+    const int64_t moe = text.value("interleave_moe_layer_step", int64_t{1});
+    r.scan_block = std::lcm(nope, moe);
+    return r;
+  }
+  if (maxtext_families().count(f))
+    throw Error("MaxText's " + f +
+                " tree is not mapped by Kiln yet (MaxText has it; export with --orbax-tree plain "
+                "for Kiln's own names, which MaxText cannot load)");
+  throw Error("MaxText has no " + f +
+              " (no MaxText decoder block or converter for it); use --orbax-tree plain for an "
+              "Orbax checkpoint in Kiln's own tree, which MaxText cannot load");
+}
+
+// Kiln's per-layer parameters of layer `layer` with their shapes (HF layout, as the family
+// files store them).
+std::vector<std::pair<std::string, Shape>> kiln_layer_params(const ModelSpec& spec,
+                                                             const LayerSpec& layer) {
+  const AttentionSpec& a = layer.attention;
+  const int64_t e = spec.hidden_size, d = a.head_dim, v = a.value_head_dim ? a.value_head_dim : d;
+  std::vector<std::pair<std::string, Shape>> p;
+  p.push_back({"pre_self_attention_layer_norm/scale", {e}});
+  if (a.is_mla()) {
+    const int64_t h = a.num_heads, rq = a.q_lora_rank, rkv = a.kv_lora_rank;
+    if (rq > 0) {
+      p.push_back({"self_attention/wq_a/kernel", {rq, e}});
+      p.push_back({"self_attention/q_norm/scale", {rq}});
+      p.push_back({"self_attention/wq_b/kernel", {h * d, rq}});
+    } else {
+      p.push_back({"self_attention/query/kernel", {h * d, e}});
+    }
+    p.push_back({"self_attention/wkv_a/kernel", {rkv + a.qk_rope_head_dim, e}});
+    p.push_back({"self_attention/kv_norm/scale", {rkv}});
+    p.push_back({"self_attention/wkv_b/kernel", {h * (a.qk_nope_head_dim + v), rkv}});
+    p.push_back({"self_attention/out/kernel", {e, h * v}});
+    p.push_back({"post_self_attention_layer_norm/scale", {e}});
+  } else {
+    p.push_back({"self_attention/query/kernel", {a.num_heads * d, e}});
+    p.push_back({"self_attention/key/kernel", {a.num_kv_heads * d, e}});
+    p.push_back({"self_attention/value/kernel", {a.num_kv_heads * v, e}});
+    p.push_back({"self_attention/out/kernel", {e, a.num_heads * v}});
+    if (a.q_bias) p.push_back({"self_attention/query/bias", {a.num_heads * d}});
+    if (a.k_bias) p.push_back({"self_attention/key/bias", {a.num_kv_heads * d}});
+    if (a.v_bias) p.push_back({"self_attention/value/bias", {a.num_kv_heads * v}});
+    if (a.o_bias) p.push_back({"self_attention/out/bias", {e}});
+    if (a.qk_norm == QkNormKind::kPerHead) {
+      p.push_back({"self_attention/query_norm/scale", {d}});
+      p.push_back({"self_attention/key_norm/scale", {d}});
+    }
+    if (a.sinks) p.push_back({"self_attention/sinks", {a.num_heads}});
+    p.push_back({"post_self_attention_layer_norm/scale", {e}});
+  }
+  if (layer.placement == NormPlacement::kSandwich) {
+    p.push_back({"pre_ffw_norm/scale", {e}});
+    p.push_back({"post_ffw_norm/scale", {e}});
+  }
+  if (layer.moe.num_experts > 0) {
+    const int64_t x = layer.moe.num_experts, i = layer.moe.expert_intermediate;
+    p.push_back({"mlp/gate/kernel", {x, e}});
+    if (layer.moe.score_correction_bias) p.push_back({"mlp/gate/score_correction_bias", {x}});
+    if (layer.moe.router_bias) p.push_back({"mlp/gate/bias", {x}});
+    p.push_back({"mlp/wi_0/kernel", {x, i, e}});
+    p.push_back({"mlp/wi_1/kernel", {x, i, e}});
+    p.push_back({"mlp/wo/kernel", {x, e, i}});
+    if (layer.moe.expert_bias) {
+      p.push_back({"mlp/wi_0/bias", {x, i}});
+      p.push_back({"mlp/wi_1/bias", {x, i}});
+      p.push_back({"mlp/wo/bias", {x, e}});
+    }
+    if (layer.moe.num_shared_experts > 0) {
+      const int64_t s = layer.moe.shared_intermediate;
+      p.push_back({"mlp/shared_experts/wi_0/kernel", {s, e}});
+      p.push_back({"mlp/shared_experts/wi_1/kernel", {s, e}});
+      p.push_back({"mlp/shared_experts/wo/kernel", {e, s}});
+    }
+  } else {
+    const int64_t m = layer.mlp.intermediate;
+    p.push_back({"mlp/wi_0/kernel", {m, e}});
+    p.push_back({"mlp/wi_1/kernel", {m, e}});
+    p.push_back({"mlp/wo/kernel", {e, m}});
+  }
+  return p;
+}
+
+// The rule for one Kiln per-layer parameter.
+ParamRule layer_rule(const FamilyRules& r, const ModelSpec& spec, const LayerSpec& layer,
+                     const std::string& param) {
+  const AttentionSpec& a = layer.attention;
+  ParamRule rule;
+  MaxTextTransform& t = rule.transform;
+  t.head_dim = a.head_dim;
+  const bool q = param.rfind("self_attention/query/", 0) == 0;
+  const bool k = param.rfind("self_attention/key/", 0) == 0;
+  const bool v = param.rfind("self_attention/value/", 0) == 0;
+  if ((q || k || v) && ends_with(param, "/kernel")) {
+    t.reshape = MaxTextReshape::kHeadsIn;
+  } else if ((q || k || v) && ends_with(param, "/bias")) {
+    t.reshape = MaxTextReshape::kHeadsBias;
+  } else if (param == "self_attention/out/kernel") {
+    t.reshape = MaxTextReshape::kHeadsOut;
+  } else if (param == "self_attention/wq_b/kernel" || param == "self_attention/wkv_b/kernel") {
+    t.reshape = MaxTextReshape::kHeadsIn;  // [Rank, heads, dims]
+  } else if (param == "self_attention/wq_a/kernel" || param == "self_attention/wkv_a/kernel") {
+    t.reshape = MaxTextReshape::kTransposed;
+  }
+  t.heads = k || v ? a.num_kv_heads : a.num_heads;
+  if ((q || k) && r.rope_pairs) t.rope_pairs = true;
+  if (q && r.query_op != MaxTextValueOp::kNone) {
+    t.op = r.query_op;
+    t.constant = r.query_op == MaxTextValueOp::kDivideRounded
+                     ? std::sqrt(static_cast<double>(a.head_dim))
+                     : 1.0 / std::sqrt(static_cast<double>(a.head_dim));
+  }
+  if (ends_with(param, "/scale") && r.gemma_norms) t.op = MaxTextValueOp::kAddOne;
+  const bool moe = layer.moe.num_experts > 0;
+  if (param.rfind("mlp/shared_experts/", 0) == 0) {
+    rule.maxtext = r.shared_block + param.substr(std::string("mlp/shared_experts").size());
+    t.reshape = MaxTextReshape::kTransposed;
+  } else if (param.rfind("mlp/", 0) == 0) {
+    if (moe) {
+      const std::string leaf = param.substr(4);  // gate/kernel, wi_0/kernel, wi_0/bias, ...
+      const std::string module = leaf.substr(0, leaf.find('/'));
+      if (leaf == "gate/kernel") {
+        rule.maxtext = r.moe_block + "/gate/kernel";
+        t.reshape = MaxTextReshape::kTransposed;
+      } else if (leaf == "gate/bias" || leaf == "gate/score_correction_bias") {
+        rule.maxtext = r.moe_block + "/gate/bias";
+      } else if (ends_with(leaf, "/bias")) {
+        rule.maxtext = r.moe_block + "/" + module + "_bias";  // wi_0_bias [X, I]
+      } else {
+        rule.maxtext = r.moe_block + "/" + module;  // stacked experts: no /kernel
+        t.reshape = MaxTextReshape::kExpertsTransposed;
+      }
+    } else {
+      t.reshape = MaxTextReshape::kTransposed;
+    }
+  }
+  if (rule.maxtext.empty() && r.attention != "self_attention" &&
+      param.rfind("self_attention/", 0) == 0)
+    rule.maxtext = r.attention + param.substr(std::string("self_attention").size());
+  if (rule.maxtext.empty()) {
+    rule.maxtext = param;
+    for (const auto& [from, to] : r.renames)
+      if (param.rfind(from + "/", 0) == 0) rule.maxtext = to + param.substr(from.size());
+  }
+  (void)spec;
+  return rule;
+}
+
+// MaxText's name of a Gemma 2 parameter in the local (sliding) or global layer of a pair:
+// the suffix goes on the module (self_attention_local/query/kernel, mlp_global/wo/kernel,
+// pre_ffw_norm_local/scale).
+std::string with_pair_suffix(const std::string& name, bool local) {
+  const size_t slash = name.find('/');
+  return name.substr(0, slash) + (local ? "_local" : "_global") + name.substr(slash);
+}
+
+Shape maxtext_shape_of(const MaxTextTransform& t, const Shape& kiln) {
+  switch (t.reshape) {
+    case MaxTextReshape::kSame:
+      return kiln;
+    case MaxTextReshape::kTransposed:
+      return {kiln[1], kiln[0]};
+    case MaxTextReshape::kHeadsIn:
+      return {kiln[1], t.heads, kiln[0] / t.heads};
+    case MaxTextReshape::kHeadsOut:
+      return {t.heads, kiln[1] / t.heads, kiln[0]};
+    case MaxTextReshape::kHeadsBias:
+      return {t.heads, kiln[0] / t.heads};
+    case MaxTextReshape::kExpertsTransposed:
+      return {kiln[0], kiln[2], kiln[1]};
+  }
+  return kiln;
+}
+
+}  // namespace
+
+std::string MaxTextTransform::op_description() const {
+  switch (op) {
+    case MaxTextValueOp::kNone:
+      return "";
+    case MaxTextValueOp::kDivideRounded:
+      return "x / sqrt(" + std::to_string(head_dim) + ") rounded to the array's dtype";
+    case MaxTextValueOp::kMultiplyF32:
+      return "x * float32(" + std::to_string(constant) + ")";
+    case MaxTextValueOp::kMultiplyBf16:
+      return "x * bfloat16(" + std::to_string(constant) + ")";
+    case MaxTextValueOp::kAddOne:
+      return "1 + x";
+  }
+  return "";
+}
+
+Shape MaxTextArraySpec::stored_shape() const {
+  Shape s = maxtext_shape;
+  if (stacked) s.insert(s.begin() + (s.empty() ? 0 : 1), static_cast<int64_t>(layers.size()));
+  return s;
+}
+
+bool MaxTextTree::maxtext_has(const std::string& family) {
+  return maxtext_families().count(family) > 0;
+}
+
+MaxTextTree MaxTextTree::build(const Json& config, bool scanned) {
+  check(config.is_object() && !config.empty(),
+        "MaxText tree: the model's config.json is needed to know its family");
+  MaxTextTree tree;
+  tree.spec_ = spec_from_config(HfConfig::from_json(config, "config.json"));
+  tree.scanned_ = scanned;
+  const ModelSpec& spec = tree.spec_;
+  tree.family_ = spec.family;
+  check(!spec.layers.empty(), "MaxText tree: the model has no layers");
+  const FamilyRules r = rules_for(spec, config);
+  for (const LayerSpec& layer : spec.layers) {
+    const AttentionSpec& a = layer.attention;
+    const bool mla_ok =
+        !a.is_mla() || (spec.family == "deepseek_v3" && !a.q_bias && !a.k_bias && !a.o_bias);
+    check(mla_ok && a.qk_norm != QkNormKind::kWholeProjection &&
+              (a.qk_norm != QkNormKind::kL2 || r.shared_block.rfind("Llama4", 0) == 0) &&
+              (!a.rope.interleaved || a.is_mla() || r.shared_block.rfind("Llama4", 0) == 0) &&
+              (a.is_mla() || a.rope.rotary_dim == 0 || a.rope.rotary_dim == a.head_dim) &&
+              (!a.sinks || spec.family == "gpt_oss") &&
+              (layer.moe.num_experts == 0 || !r.moe_block.empty()) &&
+              (layer.moe.num_experts > 0 || layer.mlp.gated) &&
+              (layer.moe.num_shared_experts == 0 || !r.shared_block.empty()) &&
+              !layer.moe.shared_expert_gate && !layer.mlp.bias,
+          "MaxText tree: this " + spec.family +
+              " model has a layer shape Kiln cannot map to MaxText's tree");
+  }
+  int64_t dense_prefix = 0;  // DeepSeek: the leading dense layers
+  if (r.dense_moe_groups) {
+    while (dense_prefix < spec.num_layers() && spec.layers[dense_prefix].moe.num_experts == 0)
+      ++dense_prefix;
+    for (int64_t i = dense_prefix; i < spec.num_layers(); ++i)
+      check(spec.layers[i].moe.num_experts > 0,
+            "MaxText tree: DeepSeek's dense layers must all precede its MoE layers (layer " +
+                std::to_string(i) + ")");
+  }
+  auto top = [&](const std::string& kiln, Shape shape, MaxTextTransform t) {
+    MaxTextArraySpec s;
+    s.path = kiln;
+    s.kiln_param = kiln;
+    s.transform = t;
+    s.kiln_shape = shape;
+    s.maxtext_shape = maxtext_shape_of(t, shape);
+    s.source = r.source;
+    tree.arrays_.push_back(s);
+  };
+  MaxTextTransform embed;
+  if (r.embed_op != MaxTextValueOp::kNone) {
+    embed.op = r.embed_op;
+    embed.constant = std::sqrt(static_cast<double>(spec.hidden_size));
+  }
+  top("token_embedder/embedding", {spec.vocab_size, spec.hidden_size}, embed);
+  MaxTextTransform norm;
+  if (r.gemma_norms) norm.op = MaxTextValueOp::kAddOne;
+  top("decoder/decoder_norm/scale", {spec.hidden_size}, norm);
+  if (!spec.tie_word_embeddings) {
+    MaxTextTransform lm;
+    lm.reshape = MaxTextReshape::kTransposed;
+    top("decoder/logits_dense/kernel", {spec.vocab_size, spec.hidden_size}, lm);
+  }
+  // Layer arrays keyed by path, in first-seen order.
+  std::map<std::string, size_t> index;
+  const int64_t n = spec.num_layers();
+  if (r.local_global_pairs)
+    check(n % 2 == 0, "MaxText tree: Gemma 2 layers come in (local, global) pairs; " +
+                          std::to_string(n) + " layers");
+  const int64_t block = r.scan_block;
+  const int64_t scanned_layers = block > 0 ? n - n % block : n;
+  if (block > 0 && scanned && !r.block_remainder)
+    check(n % block == 0, "MaxText tree: MaxText scans " + spec.family + " in blocks of " +
+                              std::to_string(block) + " layers; " + std::to_string(n) +
+                              " layers do not divide (export unscanned)");
+  for (int64_t i = 0; i < n; ++i) {
+    const LayerSpec& layer = spec.layers[i];
+    if (r.local_global_pairs)
+      check((i % 2 == 0) == (layer.kind == LayerKind::kSlidingAttention),
+            "MaxText tree: Gemma 2 needs sliding layers at even indices (layer " +
+                std::to_string(i) + ")");
+    for (const auto& [param, shape] : kiln_layer_params(spec, layer)) {
+      const ParamRule rule = layer_rule(r, spec, layer, param);
+      std::string path;
+      bool stacked = false;
+      std::string name = rule.maxtext;
+      if (r.local_global_pairs) name = with_pair_suffix(name, i % 2 == 0);
+      if (r.dense_moe_groups) {
+        const bool dense = i < dense_prefix;
+        const std::string group = dense ? "dense_layers" : "moe_layers";
+        path = "decoder/" + group +
+               (scanned ? "" : "_" + std::to_string(dense ? i : i - dense_prefix)) + "/" + name;
+        stacked = scanned;
+      } else if (!scanned) {
+        path = "decoder/layers_" + std::to_string(r.local_global_pairs ? i / 2 : i) + "/" + name;
+      } else if (block > 0) {
+        if (i < scanned_layers) {
+          path = "decoder/layers/layers_" + std::to_string(i % block) + "/" + name;
+          stacked = true;
+        } else {
+          path =
+              "decoder/layers_remainder/layers_" + std::to_string(i - scanned_layers) + "/" + name;
+        }
+      } else {
+        path = "decoder/layers/" + name;
+        stacked = true;
+      }
+      auto it = index.find(path);
+      if (it == index.end()) {
+        MaxTextArraySpec s;
+        s.path = path;
+        s.kiln_param = param;
+        s.stacked = stacked;
+        s.transform = rule.transform;
+        s.kiln_shape = shape;
+        s.maxtext_shape = maxtext_shape_of(rule.transform, shape);
+        s.source = r.source;
+        index[path] = tree.arrays_.size();
+        tree.arrays_.push_back(s);
+        it = index.find(path);
+      }
+      MaxTextArraySpec& s = tree.arrays_[it->second];
+      check(s.kiln_param == param && s.kiln_shape == shape,
+            "MaxText tree: layer " + std::to_string(i) + "'s " + param +
+                " does not stack with the other layers of " + path);
+      s.layers.push_back(i);
+    }
+  }
+  return tree;
+}
+
+std::vector<MaxTextValueChange> MaxTextTree::value_changes(DType dtype) const {
+  std::vector<MaxTextValueChange> changes;
+  std::set<std::string> seen;
+  for (const MaxTextArraySpec& a : arrays_) {
+    const MaxTextTransform& t = a.transform;
+    if (t.op == MaxTextValueOp::kNone) continue;
+    MaxTextValueChange c;
+    c.param = a.kiln_param;
+    c.what = t.op_description();
+    if (t.op == MaxTextValueOp::kAddOne) {
+      c.lossy = true;
+      c.what += " (the bits of w below the last place of 1 + w are rounded away)";
+    } else {
+      const double k = op_constant(t, dtype);
+      int exponent = 0;
+      const bool power_of_two = std::frexp(k, &exponent) == 0.5;
+      c.lossy = !power_of_two;
+      c.what += power_of_two ? " (a power of two in " + std::string(dtype_name(dtype)) +
+                                   ": exact for normal values)"
+                             : " (" + std::to_string(k) + " in " + std::string(dtype_name(dtype)) +
+                                   ": each value rounded)";
+    }
+    if (seen.insert(c.param + c.what).second) changes.push_back(c);
+  }
+  return changes;
+}
+
+std::vector<std::string> MaxTextTree::lossy_steps(DType dtype) const {
+  std::vector<std::string> steps;
+  for (const MaxTextValueChange& c : value_changes(dtype))
+    if (c.lossy) steps.push_back(c.param + ": " + c.what);
+  return steps;
+}
+
+MaxTextValue MaxTextTree::to_maxtext(const MaxTextArraySpec& spec, const Tensor& tensor) {
+  const MaxTextTransform& t = spec.transform;
+  const std::string where = "tensor '" + spec.kiln_param + "' of shape " + tensor.shape_string();
+  check(tensor.shape() == spec.kiln_shape,
+        where + ": MaxText's " + spec.path + " needs Kiln shape " + shape_text(spec.kiln_shape));
+  MaxTextValue out;
+  Tensor x;
+  switch (t.reshape) {
+    case MaxTextReshape::kSame:
+      x = tensor;  // no copy: the writer reads any strides
+      break;
+    case MaxTextReshape::kTransposed:
+      x = transposed_copy(tensor);
+      break;
+    case MaxTextReshape::kHeadsIn:
+      x = transposed_copy(tensor).reshape(spec.maxtext_shape);
+      break;
+    case MaxTextReshape::kHeadsOut:
+      x = transposed_copy(tensor).reshape(spec.maxtext_shape);
+      break;
+    case MaxTextReshape::kHeadsBias:
+      x = tensor.contiguous(true).reshape(spec.maxtext_shape);
+      break;
+    case MaxTextReshape::kExpertsTransposed:
+      x = tensor.transpose(1, 2).contiguous(true);
+      break;
+  }
+  if (t.rope_pairs) x = swap_last_axis_blocks(x, 2);
+  if (t.op == MaxTextValueOp::kNone) {
+    out.array = x;
+    return out;
+  }
+  return apply_op(t, x.contiguous(), spec.path);
+}
+
+Tensor MaxTextTree::from_maxtext(const MaxTextArraySpec& spec, const Tensor& array,
+                                 const Tensor& residual) {
+  const MaxTextTransform& t = spec.transform;
+  check(array.shape() == spec.maxtext_shape, "MaxText array '" + spec.path +
+                                                 "' has per-layer shape " + array.shape_string() +
+                                                 ", expected " + shape_text(spec.maxtext_shape));
+  Tensor x = array.contiguous();
+  if (t.op != MaxTextValueOp::kNone) x = undo_op(t, x, residual, spec.path);
+  if (t.rope_pairs) x = swap_last_axis_blocks(x, x.dim(x.ndim() - 1) / 2);
+  switch (t.reshape) {
+    case MaxTextReshape::kSame:
+      return x;
+    case MaxTextReshape::kTransposed:
+      return transposed_copy(x);
+    case MaxTextReshape::kHeadsIn:
+      return transposed_copy(x.reshape({x.dim(0), x.dim(1) * x.dim(2)}));
+    case MaxTextReshape::kHeadsOut:
+      return transposed_copy(x.reshape({x.dim(0) * x.dim(1), x.dim(2)}));
+    case MaxTextReshape::kHeadsBias:
+      return x.reshape({x.numel()});
+    case MaxTextReshape::kExpertsTransposed:
+      return x.transpose(1, 2).contiguous(true);
+  }
+  return x;
+}
+
+}  // namespace kiln

@@ -1,0 +1,114 @@
+// MaxText's parameter tree for each family MaxText implements: which MaxText array holds
+// which Kiln tensor (of which decoder layers, stacked or not), and how its shape and values
+// change (MaxText's [in, out] kernels with split head axes, RoPE order, folded query scale,
+// Gemma's (1 + w) norms and sqrt(hidden)-scaled embedding). Learned from MaxText's
+// converters (checkpoint_conversion/utils/param_mapping.py and the standalone scripts); the
+// per-family tables and their sources are in docs/checkpoint_format.md ("MaxText trees").
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kiln/core/tensor.h"
+#include "kiln/io/json.h"
+#include "kiln/models/model_spec.h"
+
+namespace kiln {
+
+// How a Kiln tensor's shape becomes MaxText's (E = hidden, D = head_dim, X = experts).
+enum class MaxTextReshape {
+  kSame,
+  kTransposed,         // [out, in] -> [in, out]
+  kHeadsIn,            // [heads * D, E] -> [E, heads, D]   (query, key, value kernels)
+  kHeadsOut,           // [E, heads * D] -> [heads, D, E]   (out kernel)
+  kHeadsBias,          // [heads * D] -> [heads, D]         (query, key, value biases)
+  kExpertsTransposed,  // [X, out, in] -> [X, in, out]      (stacked expert kernels)
+};
+
+// A change of values MaxText's converter makes (computed in float32 for 16/32-bit dtypes, as
+// numpy and ml_dtypes do; float64 for f64).
+enum class MaxTextValueOp {
+  kNone,
+  kDivideRounded,  // x / s, s = sqrt(D) rounded to the array's dtype (llama_or_mistral_ckpt.py)
+  kMultiplyF32,    // x * c, c rounded to float32 (Gemma's query and embedding scales)
+  kMultiplyBf16,   // x * c, c rounded to bfloat16 (Gemma 3's embedding scale)
+  kAddOne,         // x + 1 (Gemma's RMSNorm scales: MaxText stores 1 + w)
+};
+
+struct MaxTextTransform {
+  MaxTextReshape reshape = MaxTextReshape::kSame;
+  int64_t heads = 0;  // for the head reshapes
+  int64_t head_dim = 0;
+  bool rope_pairs = false;  // HF's rotate-half rows -> interleaved pairs
+  MaxTextValueOp op = MaxTextValueOp::kNone;
+  double constant = 0;  // the divisor / factor before rounding (kDivideRounded: sqrt(D))
+  std::string op_description() const;  // e.g. "x * 0.25 (float32)", "" for kNone
+};
+
+// One array of MaxText's tree.
+struct MaxTextArraySpec {
+  std::string path;             // tree path without the leading params/params/
+  std::string kiln_param;       // per-layer Kiln name ("self_attention/query/kernel"), or the
+                                // full Kiln name of a top-level tensor
+  std::vector<int64_t> layers;  // decoder layers in stacking order; empty: top-level
+  bool stacked = false;         // scanned: layers stacked on axis 1 (MaxText's param_scan_axis)
+  MaxTextTransform transform;
+  Shape kiln_shape;     // per layer
+  Shape maxtext_shape;  // per layer (without the layer axis)
+  std::string source;   // the MaxText file and function this array's layout comes from
+  // The full shape MaxText stores (with the layer axis when stacked).
+  Shape stored_shape() const;
+};
+
+// One Kiln tensor in MaxText's layout, with the per-element residual that undoes a value
+// op bit for bit (undefined when the op is kNone).
+struct MaxTextValue {
+  Tensor array;
+  Tensor residual;  // I32 for 1 + x (tiny x lose every bit), else I8; all zero: nothing lost
+};
+
+struct MaxTextValueChange {
+  std::string param;  // Kiln's per-layer (or top-level) tensor name
+  std::string what;   // the change, e.g. "1 + x"
+  bool lossy = false;
+};
+
+class MaxTextTree {
+ public:
+  // The tree of the model whose config.json is `config`, scanned (layers stacked as
+  // MaxText's scan_layers=True) or not, with the Kiln tensors (names and per-layer shapes,
+  // HF layout) each array holds, derived from the config. Throws Error "MaxText has no
+  // <family>" for families MaxText does not implement, and a clear Error for ones Kiln
+  // cannot map yet.
+  static MaxTextTree build(const Json& config, bool scanned);
+  // Whether MaxText implements the family at all (else export refuses it).
+  static bool maxtext_has(const std::string& family);
+
+  const std::string& family() const { return family_; }
+  bool scanned() const { return scanned_; }
+  const std::vector<MaxTextArraySpec>& arrays() const { return arrays_; }
+  // Each distinct value change of the tree for weights of `dtype`, and whether it loses
+  // information (without Kiln's residual arrays): Gemma's 1 + w always, a scale whenever its
+  // rounded constant is not a power of two.
+  std::vector<MaxTextValueChange> value_changes(DType dtype) const;
+  // The lossy ones as "<Kiln param>: <change>" lines (for inspect and verify reports); empty
+  // when MaxText's tree is HF's weights permuted, or scaled by powers of two.
+  std::vector<std::string> lossy_steps(DType dtype) const;
+  const ModelSpec& spec() const { return spec_; }
+
+  // Kiln tensor (per-layer shape) -> MaxText array (per-layer shape).
+  static MaxTextValue to_maxtext(const MaxTextArraySpec& spec, const Tensor& tensor);
+  // The inverse; `residual` may be undefined (a tree MaxText wrote: values unscaled by
+  // arithmetic, not bit for bit).
+  static Tensor from_maxtext(const MaxTextArraySpec& spec, const Tensor& array,
+                             const Tensor& residual);
+
+ private:
+  std::string family_;
+  bool scanned_ = false;
+  ModelSpec spec_;
+  std::vector<MaxTextArraySpec> arrays_;
+};
+
+}  // namespace kiln

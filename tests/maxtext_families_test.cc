@@ -1,0 +1,387 @@
+// MaxText's tree for every family Kiln maps: HF -> Kiln (either layout) -> Orbax in MaxText's
+// tree (scanned and unscanned) has exactly the arrays and shapes written down from MaxText's
+// code in tests/data/maxtext_trees/<fixture>.json; back with Kiln's sidecar it is bitwise the
+// Kiln checkpoint; without it (as MaxText would write it) `--config` reads it back, and the
+// model gives HF's logits: bitwise where MaxText changes no values, else within the rounding
+// of its scales. Families MaxText lacks are refused.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <map>
+
+#include "kiln/convert/hf_to_kiln.h"
+#include "kiln/convert/maxtext_tree.h"
+#include "kiln/convert/orbax_export.h"
+#include "kiln/core/error.h"
+#include "kiln/io/json.h"
+#include "kiln/io/kiln_checkpoint.h"
+#include "kiln/io/orbax/orbax_checkpoint.h"
+#include "kiln/layers/model.h"
+#include "kiln/models/loader.h"
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+namespace fs = std::filesystem;
+
+constexpr const char* kPrefix = "params/params/";
+
+// Logits [1, T, V] of the model at `path` for a fixed prompt.
+Tensor logits_of(const std::string& path) {
+  const LoadedModel loaded = load_model(path);
+  Model model(loaded.spec, loaded.weights);
+  std::vector<int32_t> tokens;
+  for (int32_t i = 0; i < 12; ++i) tokens.push_back((i * 37 + 5) % 200);
+  KvCache cache = model.make_cache(1, static_cast<int64_t>(tokens.size()));
+  return model.forward(tokens.data(), 1, static_cast<int64_t>(tokens.size()), cache);
+}
+
+// The arrays under params/params/ of an Orbax checkpoint with their shapes.
+std::map<std::string, Shape> tree_of(const std::string& orbax) {
+  const OrbaxSource source(orbax);
+  std::map<std::string, Shape> tree;
+  for (const std::string& name : source.names())
+    if (name.rfind(kPrefix, 0) == 0)
+      tree[name.substr(std::strlen(kPrefix))] = source.shape_of(name);
+  return tree;
+}
+
+std::map<std::string, Shape> expected_tree(const std::string& fixture, const std::string& layout) {
+  const Json j = read_json_file(test::data_path("maxtext_trees/" + fixture + ".json"));
+  std::map<std::string, Shape> tree;
+  for (const auto& [path, entry] : j.at(layout).items()) {
+    EXPECT_TRUE(entry.contains("from")) << path << ": no MaxText source cited";
+    tree[path] = entry.at("shape").get<Shape>();
+  }
+  return tree;
+}
+
+void expect_bitwise(const std::string& expected_dir, const std::string& actual_dir) {
+  const KilnCheckpoint expected(expected_dir), actual(actual_dir);
+  EXPECT_EQ(expected.names(), actual.names());
+  EXPECT_EQ(expected.layout(), actual.layout());
+  for (const std::string& name : expected.names()) {
+    const Tensor a = expected.get(name), b = actual.get(name);
+    ASSERT_EQ(a.shape(), b.shape()) << name;
+    ASSERT_EQ(a.dtype(), b.dtype()) << name;
+    EXPECT_EQ(std::memcmp(a.contiguous().raw(), b.contiguous().raw(), a.nbytes()), 0) << name;
+  }
+}
+
+// A copy of the Orbax checkpoint without Kiln's sidecar (what MaxText itself would have).
+std::string without_sidecar(const std::string& orbax) {
+  const std::string copy = orbax + "_maxtext";
+  fs::copy(orbax, copy, fs::copy_options::recursive);
+  EXPECT_TRUE(fs::remove(copy + "/kiln_manifest.json"));
+  return copy;
+}
+
+class MaxTextFamilyTree : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(MaxTextFamilyTree, TreeMatchesMaxTextAndRoundTrips) {
+  const std::string fixture = GetParam();
+  const std::string hf = test::data_path("hf/" + fixture);
+  const Json config = read_json_file(hf + "/config.json");
+  const std::string dir = test::make_temp_dir("kiln-mt-" + fixture);
+  const Tensor hf_logits = logits_of(hf);
+  for (const std::string kiln_layout : {"unscanned", "scanned"}) {
+    ConvertOptions options;
+    options.layout = kiln_layout;
+    const std::string kiln = dir + "/kiln_" + kiln_layout;
+    convert_hf_to_kiln(hf, kiln, options);
+    for (const std::string mt_layout : {"unscanned", "scanned"}) {
+      SCOPED_TRACE("Kiln " + kiln_layout + " -> MaxText " + mt_layout);
+      const std::string orbax = dir + "/orbax_" + kiln_layout + "_" + mt_layout;
+      OrbaxWriteOptions write;
+      write.ocdbt = mt_layout == "scanned";  // both storage kinds
+      OrbaxExportOptions tree;
+      tree.maxtext_layout = mt_layout;
+      export_kiln_to_orbax(kiln, orbax, write, false, tree);
+      EXPECT_EQ(tree_of(orbax), expected_tree(fixture, mt_layout));
+      EXPECT_TRUE(OrbaxSource(orbax).contains("step"));
+
+      // With Kiln's sidecar: bitwise, in the Kiln layout it came from.
+      import_orbax_to_kiln(orbax, orbax + "_back", {}, false);
+      expect_bitwise(kiln, orbax + "_back");
+
+      // As MaxText wrote it: the config names the family; values by arithmetic.
+      if (kiln_layout != "unscanned") continue;
+      const std::string maxtext = without_sidecar(orbax);
+      import_orbax_to_kiln(maxtext, maxtext + "_kiln", {}, false, config);
+      const MaxTextTree t = MaxTextTree::build(config, mt_layout == "scanned");
+      const Tensor logits = logits_of(maxtext + "_kiln");
+      const double diff = test::max_abs_diff(hf_logits, logits);
+      double scale = 0;
+      for (int64_t i = 0; i < hf_logits.numel(); ++i)
+        scale = std::max(scale, std::abs(hf_logits.item_as_double(i)));
+      const std::vector<std::string> lossy = t.lossy_steps(DType::F32);
+      if (lossy.empty()) {
+        EXPECT_EQ(diff, 0) << "MaxText changes no values here";
+      } else {
+        EXPECT_LE(diff, 1e-5 * scale) << "beyond float32 rounding of MaxText's scales";
+      }
+      std::cout << "  " << fixture << " MaxText " << mt_layout << ": " << tree_of(orbax).size()
+                << " arrays as MaxText's tree; without Kiln's sidecar logits max abs diff " << diff
+                << " (max |logit| " << scale << ", "
+                << (lossy.empty() ? "no lossy value changes"
+                                  : std::to_string(lossy.size()) + " lossy value changes")
+                << ")\n";
+      for (const std::string& line : describe_maxtext_tree(maxtext, config))
+        std::cout << "    " << line << "\n";
+    }
+  }
+  fs::remove_all(dir);
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, MaxTextFamilyTree,
+                         ::testing::Values("gemma", "gemma2", "gemma3_text", "mixtral", "qwen3",
+                                           "qwen3_moe", "deepseek_v3", "gpt_oss", "llama4_text",
+                                           "llama", "llama_rope_llama3", "mistral", "qwen2"));
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    std::cout << "  error: " << e.what() << "\n";
+    return e.what();
+  }
+  ADD_FAILURE() << "no error";
+  return "";
+}
+
+TEST(MaxTextFamilies, FamiliesMaxTextLacksAreRefused) {
+  const std::string dir = test::make_temp_dir("kiln-mt-refuse");
+  for (const std::string fixture :
+       {"gpt2", "gpt_neox", "falcon", "phi", "phi3", "olmo2", "starcoder2"}) {
+    const std::string kiln = dir + "/" + fixture;
+    convert_hf_to_kiln(test::data_path("hf/" + fixture), kiln, {});
+    const std::string e = error_of([&] { export_kiln_to_orbax(kiln, kiln + "_o", {}, false); });
+    EXPECT_NE(e.find("MaxText has no"), std::string::npos) << fixture;
+    EXPECT_FALSE(fs::exists(kiln + "_o"));
+    OrbaxExportOptions plain;
+    plain.tree = "plain";  // Kiln's own tree on request
+    export_kiln_to_orbax(kiln, kiln + "_plain", {}, false, plain);
+    import_orbax_to_kiln(kiln + "_plain", kiln + "_back", {}, false);
+    expect_bitwise(kiln, kiln + "_back");
+  }
+  fs::remove_all(dir);
+}
+
+TEST(MaxTextFamilies, ImportChecksEveryArrayAgainstTheConfig) {
+  const std::string dir = test::make_temp_dir("kiln-mt-check");
+  const std::string hf = test::data_path("hf/qwen3");
+  Json config = read_json_file(hf + "/config.json");
+  ConvertOptions options;
+  convert_hf_to_kiln(hf, dir + "/kiln", options);
+  export_kiln_to_orbax(dir + "/kiln", dir + "/o", {}, false);
+  const std::string maxtext = without_sidecar(dir + "/o");
+  // Without a config, a MaxText tree's family is unknown.
+  std::string e = error_of([&] { import_orbax_to_kiln(maxtext, dir + "/a", {}, false); });
+  EXPECT_NE(e.find("--config"), std::string::npos);
+  EXPECT_FALSE(fs::exists(dir + "/a"));
+  // A config whose shapes differ: the error names the array.
+  Json wrong = config;
+  wrong["intermediate_size"] = config["intermediate_size"].get<int64_t>() * 2;
+  e = error_of([&] { import_orbax_to_kiln(maxtext, dir + "/b", {}, false, wrong); });
+  EXPECT_NE(e.find("params/params/decoder/layers_0/mlp/wi_0/kernel"), std::string::npos);
+  EXPECT_NE(e.find("[64, 256]"), std::string::npos);
+  EXPECT_FALSE(fs::exists(dir + "/b"));
+  // Another family's config: its tree's arrays are missing.
+  const Json gemma = read_json_file(test::data_path("hf/gemma/config.json"));
+  e = error_of([&] { import_orbax_to_kiln(maxtext, dir + "/c", {}, false, gemma); });
+  EXPECT_NE(e.find("which is missing"), std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST(MaxTextFamilies, ValueChangesAreUndoneBitwiseWithResiduals) {
+  // Gemma's 1 + w norms, sqrt(hidden) embedding and 1/sqrt(D) query scale all round in
+  // float32; Kiln's residual side arrays restore every bit, and without them the values are
+  // within a few units in the last place.
+  const std::string hf = test::data_path("hf/gemma2");
+  const Json config = read_json_file(hf + "/config.json");
+  const MaxTextTree tree = MaxTextTree::build(config, false);
+  EXPECT_FALSE(tree.lossy_steps(DType::F32).empty());
+  const std::string dir = test::make_temp_dir("kiln-mt-values");
+  convert_hf_to_kiln(hf, dir + "/kiln", {});
+  const KilnCheckpoint kiln(dir + "/kiln");
+  int64_t changed = 0, total = 0;
+  double worst_ulps = 0;
+  for (const MaxTextArraySpec& a : tree.arrays()) {
+    if (a.transform.op == MaxTextValueOp::kNone) continue;
+    const Tensor x =
+        a.layers.empty() ? kiln.get(a.kiln_param) : kiln.layer_tensor(a.layers[0], a.kiln_param);
+    const MaxTextValue v = MaxTextTree::to_maxtext(a, x);
+    const Tensor exact = MaxTextTree::from_maxtext(a, v.array, v.residual);
+    const Tensor plain = MaxTextTree::from_maxtext(a, v.array, Tensor());
+    ASSERT_EQ(std::memcmp(exact.raw(), x.contiguous().raw(), x.nbytes()), 0) << a.path;
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      const double want = x.contiguous().item_as_double(i), got = plain.item_as_double(i);
+      total++;
+      if (want != got) {
+        changed++;
+        const double ulp = std::abs(want) > 0 ? std::ldexp(1.0, std::ilogb(want) - 23) : 1e-45;
+        worst_ulps = std::max(worst_ulps, std::abs(want - got) / ulp);
+      }
+    }
+  }
+  std::cout << "  gemma2 value changes: " << changed << "/" << total
+            << " elements differ without residuals, worst " << worst_ulps << " ulp\n";
+  EXPECT_GT(total, 0);
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace kiln
+
+namespace kiln {
+namespace {
+
+TEST(MaxTextFamilies, CliReadsMaxTextTreesAndReportsLossySteps) {
+  const std::string dir = test::make_temp_dir("kiln-mt-cli");
+  const std::string hf = test::data_path("hf/gemma2");
+  const std::string config = test::shell_quote(hf + "/config.json");
+  const std::string orbax = dir + "/o";
+  auto r = test::run_kiln("convert " + test::shell_quote(hf) + " -o " + test::shell_quote(orbax) +
+                          " --format orbax --layout scanned");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = test::run_kiln("inspect " + test::shell_quote(orbax));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("MaxText tree: gemma2, scanned"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("undone exactly by Kiln's residual arrays"), std::string::npos) << r.out;
+  // As MaxText would have written it: no sidecar.
+  const std::string maxtext = without_sidecar(orbax);
+  r = test::run_kiln("convert " + test::shell_quote(maxtext) + " -o " +
+                     test::shell_quote(dir + "/k"));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("--config"), std::string::npos) << r.err;
+  r = test::run_kiln("inspect " + test::shell_quote(maxtext) + " --config " + config);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::cout << r.out.substr(0, r.out.find("  params/"));
+  EXPECT_NE(r.out.find("LOSSY"), std::string::npos) << r.out;
+  r = test::run_kiln("convert " + test::shell_quote(maxtext) + " -o " +
+                     test::shell_quote(dir + "/k") + " --config " + config);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = test::run_kiln("inspect " + test::shell_quote(dir + "/k"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("weights read from MaxText's gemma2 tree (scanned)"), std::string::npos)
+      << r.out;
+  r = test::run_kiln("verify " + test::shell_quote(dir + "/k") + " --reference " +
+                     test::shell_quote(hf + "/reference.safetensors"));
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("MaxText value change, LOSSY"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("PASSED"), std::string::npos) << r.out;
+  // Families MaxText lacks: refused, unless Kiln's own tree is asked for.
+  const std::string gpt2 = test::shell_quote(test::data_path("hf/gpt2"));
+  r = test::run_kiln("convert " + gpt2 + " -o " + test::shell_quote(dir + "/g") +
+                     " --format orbax");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("MaxText has no gpt2"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir + "/g"));
+  r = test::run_kiln("convert " + gpt2 + " -o " + test::shell_quote(dir + "/g") +
+                     " --format orbax --orbax-tree plain");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace kiln
+
+namespace kiln {
+namespace {
+
+// In bf16, Gemma's 1 + w norms round (MaxText's conversion is lossy there): a tree MaxText
+// wrote reads back within that rounding; Kiln's own export stays bitwise.
+TEST(MaxTextFamilies, Bf16LossyStepsStayWithinTheirRounding) {
+  const std::string dir = test::make_temp_dir("kiln-mt-bf16");
+  for (const std::string fixture : {"gemma2", "gemma3_text", "qwen3"}) {
+    const std::string hf = test::data_path("hf/" + fixture);
+    const Json config = read_json_file(hf + "/config.json");
+    ConvertOptions options;
+    options.dtype = "bf16";
+    const std::string kiln = dir + "/" + fixture;
+    convert_hf_to_kiln(hf, kiln, options);
+    export_kiln_to_orbax(kiln, kiln + "_o", {}, false);
+    import_orbax_to_kiln(kiln + "_o", kiln + "_back", {}, false);
+    expect_bitwise(kiln, kiln + "_back");
+    const std::string maxtext = without_sidecar(kiln + "_o");
+    import_orbax_to_kiln(maxtext, kiln + "_mt", {}, false, config);
+    const std::vector<std::string> lossy =
+        MaxTextTree::build(config, false).lossy_steps(DType::BF16);
+    const Tensor want = logits_of(kiln), got = logits_of(kiln + "_mt");
+    const double diff = test::max_abs_diff(want, got);
+    double scale = 0;
+    for (int64_t i = 0; i < want.numel(); ++i)
+      scale = std::max(scale, std::abs(want.item_as_double(i)));
+    std::cout << "  " << fixture << " bf16: " << lossy.size()
+              << " lossy value changes; logits of the tree read without Kiln's residuals vs "
+                 "Kiln's: max abs diff "
+              << diff << " (max |logit| " << scale << ")\n";
+    if (lossy.empty()) {
+      EXPECT_EQ(diff, 0) << fixture;
+    } else {
+      EXPECT_GT(diff, 0) << fixture << ": bf16 1 + w should round somewhere";
+      EXPECT_LE(diff, 0.02 * scale) << fixture;
+    }
+  }
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace kiln
+
+namespace kiln {
+namespace {
+
+const MaxTextArraySpec& array_at(const MaxTextTree& tree, const std::string& path) {
+  for (const MaxTextArraySpec& a : tree.arrays())
+    if (a.path == path) return a;
+  throw Error("no array " + path);
+}
+
+// Gemma 3 scans in blocks of 6 with an unstacked remainder, gpt-oss in blocks of 2, DeepSeek
+// in dense and MoE groups: the grouping for more layers than the fixtures have.
+TEST(MaxTextFamilies, BlockScansGroupLayersAsMaxTextDoes) {
+  Json gemma3 = read_json_file(test::data_path("hf/gemma3_text/config.json"));
+  gemma3["num_hidden_layers"] = 13;
+  gemma3.erase("layer_types");  // from sliding_window_pattern
+  const MaxTextTree g3 = MaxTextTree::build(gemma3, true);
+  const MaxTextArraySpec& block = array_at(g3, "decoder/layers/layers_1/mlp/wo/kernel");
+  EXPECT_EQ(block.layers, (std::vector<int64_t>{1, 7}));
+  EXPECT_EQ(block.stored_shape(), (Shape{128, 2, 64}));
+  const MaxTextArraySpec& rest = array_at(g3, "decoder/layers_remainder/layers_0/mlp/wo/kernel");
+  EXPECT_EQ(rest.layers, (std::vector<int64_t>{12}));
+  EXPECT_FALSE(rest.stacked);
+  EXPECT_EQ(rest.stored_shape(), (Shape{128, 64}));
+
+  Json oss = read_json_file(test::data_path("hf/gpt_oss/config.json"));
+  oss["num_hidden_layers"] = 6;
+  oss["layer_types"] = Json::array();
+  for (int i = 0; i < 6; ++i)
+    oss["layer_types"].push_back(i % 2 ? "full_attention" : "sliding_attention");
+  const MaxTextTree g = MaxTextTree::build(oss, true);
+  EXPECT_EQ(array_at(g, "decoder/layers/layers_1/GptOssAttention/sinks").layers,
+            (std::vector<int64_t>{1, 3, 5}));
+  EXPECT_EQ(array_at(g, "decoder/layers/layers_0/GptOssMlp/wi_0").stored_shape(),
+            (Shape{4, 3, 64, 128}));  // [X, L, E, I]
+  oss["num_hidden_layers"] = 5;
+  oss["layer_types"].erase(5);
+  EXPECT_THROW(MaxTextTree::build(oss, true), Error);  // MaxText scans whole blocks only
+
+  Json ds = read_json_file(test::data_path("hf/deepseek_v3/config.json"));
+  ds["num_hidden_layers"] = 5;
+  ds["first_k_dense_replace"] = 2;
+  const MaxTextTree d = MaxTextTree::build(ds, false);
+  EXPECT_EQ(array_at(d, "decoder/dense_layers_1/mlp/wi_0/kernel").layers,
+            (std::vector<int64_t>{1}));
+  EXPECT_EQ(array_at(d, "decoder/moe_layers_2/DeepSeekMoeBlock_0/MoeBlock_0/wi_0").layers,
+            (std::vector<int64_t>{4}));
+  const MaxTextTree ds_scanned = MaxTextTree::build(ds, true);
+  EXPECT_EQ(array_at(ds_scanned, "decoder/moe_layers/DeepSeekMoeBlock_0/MoeBlock_0/gate/bias")
+                .stored_shape(),
+            (Shape{8, 3}));
+}
+
+}  // namespace
+}  // namespace kiln
