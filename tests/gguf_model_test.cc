@@ -1,0 +1,247 @@
+// llama.cpp GGUF files as Kiln models: tinycoder written by gguf-py (bf16) and quantized by
+// llama-quantize (Q8_0, Q4_K_M, Q4_0). The bf16 file gives the same Kiln weights, config and
+// tokenizer as the safetensors folder and so the golden greedy texts; the quantized files
+// run and stay close to llama.cpp's own greedy texts; `kiln convert` turns them into Kiln
+// checkpoints; bad metadata is an error naming the key.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "gguf_builder.h"
+#include "kiln/cli/command.h"
+#include "kiln/core/error.h"
+#include "kiln/io/checkpoint_source.h"
+#include "kiln/io/json.h"
+#include "kiln/models/gguf_model.h"
+#include "kiln/models/loader.h"
+#include "kiln/tokenizer/tokenizer.h"
+#include "test_util.h"
+
+namespace kiln {
+namespace {
+namespace fs = std::filesystem;
+
+std::string fixture(const std::string& variant) {
+  return test::data_path("gguf/tinycoder-" + variant + ".gguf");
+}
+
+// The bf16 GGUF holds exactly tinycoder's weights once llama.cpp's Q/K row order is undone.
+TEST(GgufModel, Bf16FileLoadsTinycodersExactWeightsAndSpec) {
+  const LoadedModel gguf = load_model(fixture("bf16"));
+  const LoadedModel hf = load_model(cli::default_model_path());
+  EXPECT_EQ(gguf.spec.to_json(), hf.spec.to_json());
+  EXPECT_EQ(gguf.family->name(), "llama");
+  ASSERT_EQ(gguf.weights.size(), hf.weights.size());
+  for (const auto& [name, want] : hf.weights) {
+    ASSERT_TRUE(gguf.weights.count(name)) << name;
+    const Tensor& got = gguf.weights.at(name);
+    ASSERT_EQ(got.shape(), want.shape()) << name;
+    EXPECT_EQ(test::max_abs_diff(got, want), 0.0) << name;
+  }
+  // The config carries what the GGUF metadata says.
+  const Json& c = gguf.config.json();
+  EXPECT_EQ(c.at("architectures")[0], "LlamaForCausalLM");
+  EXPECT_EQ(c.at("num_key_value_heads"), 4);
+  EXPECT_EQ(c.at("head_dim"), 32);
+  EXPECT_EQ(c.at("tie_word_embeddings"), true);
+  EXPECT_EQ(c.at("vocab_size"), 4096);
+  EXPECT_EQ(c.at("max_position_embeddings"), 1024);
+}
+
+TEST(GgufModel, TokenizerFromMetadataEncodesAsTokenizerJson) {
+  const auto gguf = Tokenizer::load(fixture("bf16"));
+  const auto hf = Tokenizer::load(cli::default_model_path());
+  EXPECT_EQ(gguf->vocab_size(), hf->vocab_size());
+  for (const std::string text :
+       {"def fibonacci(n):\n    return n", "import numpy as np\n", "  x = [1, 2, 3]  # ünïcödé ✓",
+        "<|endoftext|>class A:\n\tpass\r\n", ""}) {
+    const auto ids = gguf->encode(text, true);
+    EXPECT_EQ(ids, hf->encode(text, true)) << text;
+    EXPECT_EQ(gguf->decode(ids, false), hf->decode(ids, false)) << text;
+  }
+  EXPECT_TRUE(gguf->is_special(0));
+}
+
+TEST(GgufModel, GenerateBf16GivesTheTinycoderGoldens) {
+  const Json golden = read_json_file(cli::default_model_path() + "/golden.json").at("greedy");
+  int matched = 0;
+  for (const Json& c : golden) {
+    const std::string prompt = c.at("prompt").get<std::string>();
+    const test::CommandResult r =
+        test::run_kiln("generate " + test::shell_quote(fixture("bf16")) + " --prompt " +
+                       test::shell_quote(prompt) + " --temperature 0 --max-tokens 48");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.out, c.at("text").get<std::string>()) << prompt;
+    matched += r.out == c.at("text").get<std::string>();
+  }
+  std::cout << "  " << matched << "/" << golden.size() << " golden texts\n";
+}
+
+// Quantized files: Kiln dequantizes and computes in f32, llama.cpp also quantizes the
+// activations, so greedy texts may part after a while; they must run, produce text, and
+// agree with llama.cpp's for a good stretch.
+TEST(GgufModel, QuantizedFilesRunCloseToLlamaCppsGreedyText) {
+  const Json greedy = read_json_file(test::data_path("gguf/llamacpp_greedy.json"));
+  for (const std::string variant : {"Q8_0", "Q4_K_M", "Q4_0"}) {
+    size_t total_common = 0, total = 0, identical = 0;
+    for (const Json& c : greedy.at(variant)) {
+      const std::string prompt = c.at("prompt").get<std::string>();
+      std::string want = c.at("text").get<std::string>();
+      while (!want.empty() && want.back() == '\n') want.pop_back();  // llama.cpp's "\n\n"
+      const test::CommandResult r =
+          test::run_kiln("generate " + test::shell_quote(fixture(variant)) + " --prompt " +
+                         test::shell_quote(prompt) + " --temperature 0 --max-tokens 48");
+      ASSERT_EQ(r.exit_code, 0) << variant << ": " << r.err;
+      ASSERT_EQ(r.out.rfind(prompt, 0), 0u) << r.out;
+      EXPECT_GT(r.out.size(), prompt.size() + 60) << variant << ": " << r.out;
+      size_t common = 0;
+      while (common < want.size() && common < r.out.size() && want[common] == r.out[common])
+        ++common;
+      EXPECT_GE(common, prompt.size() + 20)
+          << variant << ": " << prompt << "\nkiln: " << r.out << "\nllama.cpp: " << want;
+      total_common += common - prompt.size();
+      total += want.size() - prompt.size();
+      identical += common == want.size();
+    }
+    std::cout << "  " << variant << ": " << total_common << " of " << total
+              << " generated characters agree with llama.cpp before the texts part; " << identical
+              << "/5 prompts agree to llama.cpp's last character\n";
+    EXPECT_GE(total_common * 2, total) << variant;
+  }
+}
+
+TEST(GgufModel, ConvertToKilnCheckpointRunsTheSame) {
+  const std::string dir = test::make_temp_dir("kiln-gguf-convert");
+  for (const std::string variant : {"bf16", "Q4_K_M"}) {
+    const std::string out = dir + "/" + variant;
+    const test::CommandResult c =
+        test::run_kiln("convert " + test::shell_quote(fixture(variant)) + " -o " + out);
+    ASSERT_EQ(c.exit_code, 0) << c.err;
+    EXPECT_TRUE(fs::exists(out + "/tokenizer.json"));
+    EXPECT_FALSE(fs::exists(out + ".tokenizer"));
+    const std::string args = " --prompt 'def add(a, b):' --temperature 0 --max-tokens 32";
+    const test::CommandResult direct =
+        test::run_kiln("generate " + test::shell_quote(fixture(variant)) + args);
+    const test::CommandResult converted = test::run_kiln("generate " + out + args);
+    ASSERT_EQ(direct.exit_code, 0) << direct.err;
+    ASSERT_EQ(converted.exit_code, 0) << converted.err;
+    EXPECT_EQ(converted.out, direct.out) << variant;
+  }
+  fs::remove_all(dir);
+}
+
+TEST(GgufModel, TensorSourceNamesHfTensors) {
+  EXPECT_EQ(detect_checkpoint_format(fixture("Q8_0")), "gguf");
+  const auto source = open_tensor_source(fixture("Q8_0"));
+  EXPECT_TRUE(source->contains("model.layers.5.mlp.down_proj.weight"));
+  EXPECT_FALSE(source->contains("lm_head.weight"));  // tied
+  EXPECT_EQ(source->shape_of("model.layers.0.self_attn.k_proj.weight"), (Shape{128, 256}));
+  EXPECT_EQ(source->dtype_of("model.layers.0.self_attn.k_proj.weight"), DType::F32);
+  EXPECT_EQ(source->dtype_of("model.norm.weight"), DType::F32);
+  EXPECT_EQ(source->names().size(), 56u);
+  EXPECT_EQ(gguf_to_hf_name("blk.12.ffn_gate.weight"), "model.layers.12.mlp.gate_proj.weight");
+  EXPECT_EQ(gguf_to_hf_name("blk.x.ffn_gate.weight"), "");
+  EXPECT_EQ(gguf_to_hf_name("rope_freqs.weight"), "");
+}
+
+// Metadata Kiln cannot turn into a model: errors name the file and the key.
+TEST(GgufModel, BadMetadataNamesTheKey) {
+  const std::string dir = test::make_temp_dir("kiln-gguf-meta");
+  const std::string path = dir + "/m.gguf";
+  auto expect = [&](const test::GgufBuilder& b, const std::string& message) {
+    b.write(path);
+    try {
+      load_model(path);
+      ADD_FAILURE() << "no error; expected " << message;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(path + ": " + message), std::string::npos) << e.what();
+    }
+  };
+  auto llama = [] {
+    test::GgufBuilder b;
+    b.kv_string("general.architecture", "llama")
+        .kv_u32("llama.embedding_length", 64)
+        .kv_u32("llama.block_count", 1)
+        .kv_u32("llama.feed_forward_length", 128)
+        .kv_u32("llama.attention.head_count", 4);
+    return b;
+  };
+  test::GgufBuilder falcon;
+  falcon.kv_string("general.architecture", "falcon");
+  expect(falcon, "metadata key 'general.architecture' is 'falcon', which Kiln does not read");
+  test::GgufBuilder no_heads;
+  no_heads.kv_string("general.architecture", "llama");
+  expect(no_heads, "missing metadata key 'llama.attention.head_count'");
+  expect(llama().kv_u32("llama.attention.head_count_kv", 0),
+         "metadata key 'llama.attention.head_count_kv' is 0, not a positive size");
+  expect(llama().kv_string("llama.rope.scaling.type", "longrope"),
+         "metadata key 'llama.rope.scaling.type' is 'longrope'");
+  test::GgufBuilder string_size;
+  string_size.kv_string("general.architecture", "llama")
+      .kv_u32("llama.attention.head_count", 4)
+      .kv_string("llama.embedding_length", "64");
+  expect(string_size, "metadata key 'llama.embedding_length' must be an integer, not string");
+  expect(llama().kv_u32("llama.vocab_size", 8),
+         "missing tensor 'model.embed_tokens.weight'");  // the loader's own message
+  test::GgufBuilder rope_freqs = llama();
+  rope_freqs.tensor("rope_freqs.weight", {8}, 0, 0).data(std::string(32, '\0'));
+  expect(rope_freqs, "tensor 'rope_freqs.weight' (llama 3 RoPE frequency factors)");
+
+  // Tokenizer metadata.
+  auto tokenizer_error = [&](const test::GgufBuilder& b, const std::string& message) {
+    b.write(path);
+    try {
+      Tokenizer::load(path);
+      ADD_FAILURE() << "no error; expected " << message;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(path + ": " + message), std::string::npos) << e.what();
+    }
+  };
+  tokenizer_error(llama().kv_string("tokenizer.ggml.model", "llama"),
+                  "metadata key 'tokenizer.ggml.model' is 'llama'");
+  tokenizer_error(llama().kv_string("tokenizer.ggml.model", "gpt2"),
+                  "missing metadata key 'tokenizer.ggml.tokens'");
+  tokenizer_error(llama()
+                      .kv_string("tokenizer.ggml.model", "gpt2")
+                      .kv_strings("tokenizer.ggml.tokens", {"a", "b"})
+                      .kv_string("tokenizer.ggml.pre", "deepseek-coder"),
+                  "metadata key 'tokenizer.ggml.pre' is 'deepseek-coder'");
+  tokenizer_error(llama()
+                      .kv_string("tokenizer.ggml.model", "gpt2")
+                      .kv_strings("tokenizer.ggml.tokens", {"a", "b"})
+                      .kv_i32s("tokenizer.ggml.token_type", {1}),
+                  "metadata key 'tokenizer.ggml.token_type' has 1 entries for 2 tokens");
+  tokenizer_error(llama()
+                      .kv_string("tokenizer.ggml.model", "gpt2")
+                      .kv_strings("tokenizer.ggml.tokens", {"a", "b"})
+                      .kv_u32("tokenizer.ggml.bos_token_id", 7)
+                      .kv_bool("tokenizer.ggml.add_bos_token", true),
+                  "metadata key 'tokenizer.ggml.bos_token_id' is 7, outside the vocabulary of 2");
+  fs::remove_all(dir);
+}
+
+// add_bos_token puts the BOS id in front, as llama.cpp does for such files.
+TEST(GgufModel, AddBosTokenPrependsBos) {
+  const std::string dir = test::make_temp_dir("kiln-gguf-bos");
+  const std::string path = dir + "/t.gguf";
+  test::GgufBuilder b;
+  b.kv_string("general.architecture", "llama")
+      .kv_string("tokenizer.ggml.model", "gpt2")
+      .kv_string("tokenizer.ggml.pre", "llama-bpe")
+      .kv_strings("tokenizer.ggml.tokens", {"<s>", "a", "b", "ab", "\xc4\xa0",
+                                            "\xc4\xa0"
+                                            "ab"})
+      .kv_i32s("tokenizer.ggml.token_type", {3, 1, 1, 1, 1, 1})
+      .kv_strings("tokenizer.ggml.merges", {"a b", "\xc4\xa0 ab"})
+      .kv_u32("tokenizer.ggml.bos_token_id", 0)
+      .kv_bool("tokenizer.ggml.add_bos_token", true);
+  b.write(path);
+  const auto tok = Tokenizer::load(path);
+  EXPECT_EQ(tok->encode("ab ab", true), (std::vector<int32_t>{0, 3, 5}));
+  EXPECT_EQ(tok->encode("ab ab", false), (std::vector<int32_t>{3, 5}));
+  EXPECT_EQ(tok->decode({0, 3, 5}, true), "ab ab");
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace kiln
