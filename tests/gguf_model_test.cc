@@ -144,6 +144,28 @@ TEST(GgufModel, TensorSourceNamesHfTensors) {
   EXPECT_EQ(gguf_to_hf_name("rope_freqs.weight"), "");
 }
 
+TEST(GgufModel, InspectAndAnalyzeDescribeTheFile) {
+  const test::CommandResult inspect = test::run_kiln("inspect " + fixture("Q4_K_M"));
+  ASSERT_EQ(inspect.exit_code, 0) << inspect.err;
+  EXPECT_NE(inspect.out.find("gguf v3, 56 tensors, 3645952 bytes stored"), std::string::npos)
+      << inspect.out;
+  EXPECT_NE(inspect.out.find("tokenizer.ggml.tokens = \"[4096 string values]\""),
+            std::string::npos);
+  EXPECT_NE(inspect.out.find("Q4_K   [256, 256]                   36864  "
+                             "model.layers.0.self_attn.q_proj.weight"),
+            std::string::npos)
+      << inspect.out;
+  const test::CommandResult json = test::run_kiln("inspect --json " + fixture("Q4_K_M"));
+  ASSERT_EQ(json.exit_code, 0) << json.err;
+  const Json j = Json::parse(json.out);
+  EXPECT_EQ(j.at("metadata").at("llama.block_count"), 6);
+  EXPECT_EQ(j.at("tensors")[1].at("type"), "Q6_K");
+  const test::CommandResult analyze = test::run_kiln("analyze " + fixture("Q8_0"));
+  EXPECT_EQ(analyze.exit_code, 0) << analyze.out << analyze.err;
+  EXPECT_NE(analyze.out.find("Family: llama."), std::string::npos) << analyze.out;
+  EXPECT_NE(analyze.out.find("8 heads, 4 KV heads, head_dim 32"), std::string::npos);
+}
+
 // Metadata Kiln cannot turn into a model: errors name the file and the key.
 TEST(GgufModel, BadMetadataNamesTheKey) {
   const std::string dir = test::make_temp_dir("kiln-gguf-meta");
