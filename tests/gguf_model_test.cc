@@ -6,12 +6,14 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 
 #include "gguf_builder.h"
 #include "kiln/cli/command.h"
 #include "kiln/core/error.h"
 #include "kiln/io/checkpoint_source.h"
 #include "kiln/io/json.h"
+#include "kiln/io/whole_file.h"
 #include "kiln/models/gguf_model.h"
 #include "kiln/models/loader.h"
 #include "kiln/tokenizer/tokenizer.h"
@@ -239,6 +241,63 @@ TEST(GgufModel, BadMetadataNamesTheKey) {
                       .kv_u32("tokenizer.ggml.bos_token_id", 7)
                       .kv_bool("tokenizer.ggml.add_bos_token", true),
                   "metadata key 'tokenizer.ggml.bos_token_id' is 7, outside the vocabulary of 2");
+  fs::remove_all(dir);
+}
+
+// A real byte-level BPE vocabulary stored as llama.cpp stores it (tokens by id, merges,
+// token types, tokenizer.ggml.pre) encodes the tokenizer's golden texts as HF does.
+TEST(GgufModel, ByteLevelVocabulariesEncodeAsTheirTokenizerJson) {
+  const std::string dir = test::make_temp_dir("kiln-gguf-vocab");
+  for (const auto& [name, pre] : std::vector<std::pair<std::string, std::string>>{
+           {"gpt2", "gpt-2"}, {"llama3", "llama-bpe"}, {"qwen3", "qwen2"}}) {
+    const std::string folder = test::data_path("tokenizers/" + name);
+    const std::string json_file =
+        folder +
+        (fs::exists(folder + "/tokenizer.json") ? "/tokenizer.json" : "/tokenizer.json.zst");
+    const std::string text = read_whole_file(json_file);  // decompresses .zst
+    const Json tj = Json::parse(text);
+    std::vector<std::string> tokens;
+    std::vector<int32_t> types;
+    auto put = [&](int64_t id, const std::string& token, int32_t type) {
+      if (static_cast<int64_t>(tokens.size()) <= id) {
+        tokens.resize(static_cast<size_t>(id) + 1, "[PAD]");
+        types.resize(static_cast<size_t>(id) + 1, 5);
+      }
+      tokens[static_cast<size_t>(id)] = token;
+      types[static_cast<size_t>(id)] = type;
+    };
+    for (const auto& [token, id] : tj.at("model").at("vocab").items()) put(id, token, 1);
+    for (const Json& a : tj.at("added_tokens"))
+      put(a.at("id"), a.at("content"), a.at("special").get<bool>() ? 3 : 4);
+    std::vector<std::string> merges;
+    for (const Json& m : tj.at("model").at("merges"))
+      merges.push_back(m.is_string() ? m.get<std::string>()
+                                     : m[0].get<std::string>() + " " + m[1].get<std::string>());
+    test::GgufBuilder b;
+    b.kv_string("general.architecture", "llama")
+        .kv_string("tokenizer.ggml.model", "gpt2")
+        .kv_string("tokenizer.ggml.pre", pre)
+        .kv_strings("tokenizer.ggml.tokens", tokens)
+        .kv_i32s("tokenizer.ggml.token_type", types)
+        .kv_strings("tokenizer.ggml.merges", merges);
+    const std::string path = dir + "/" + name + ".gguf";
+    b.write(path);
+    const auto gguf = Tokenizer::load(path);
+    const auto hf = Tokenizer::load(folder);
+    int checked = 0;
+    std::ifstream golden(folder + "/golden.jsonl");
+    for (std::string line; std::getline(golden, line);) {
+      const Json g = Json::parse(line);
+      const std::string t = g.at("text");
+      const auto ids = gguf->encode(t, false);
+      EXPECT_EQ(ids, hf->encode(t, false)) << name << ": " << t;
+      EXPECT_EQ(gguf->decode(ids, false), hf->decode(ids, false)) << name << ": " << t;
+      ++checked;
+    }
+    std::cout << "  " << name << " (pre " << pre << "): " << checked
+              << " golden texts encode as tokenizer.json\n";
+    EXPECT_GT(checked, 100);
+  }
   fs::remove_all(dir);
 }
 

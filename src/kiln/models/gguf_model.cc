@@ -245,6 +245,7 @@ std::string gguf_tokenizer_json(const GgufFile& gguf) {
   const std::string pre =
       gguf.has("tokenizer.ggml.pre") ? gguf.get_string("tokenizer.ggml.pre") : "default";
   Json pre_tokenizer;
+  Json normalizer = nullptr;
   bool ignore_merges = false;
   if (pre == "gpt-2" || pre == "default") {
     pre_tokenizer = byte_level(true);
@@ -253,6 +254,7 @@ std::string gguf_tokenizer_json(const GgufFile& gguf) {
     ignore_merges = true;
   } else if (pre == "qwen2") {
     pre_tokenizer = split_then_byte_level(kQwen2Pattern);
+    normalizer = {{"type", "NFC"}};  // as Qwen's tokenizer.json
   } else {
     throw Error(gguf.path() + ": metadata key 'tokenizer.ggml.pre' is '" + pre +
                 "'; Kiln knows the byte-level pre-tokenizers gpt-2, default, llama-bpe, qwen2");
@@ -309,7 +311,7 @@ std::string gguf_tokenizer_json(const GgufFile& gguf) {
       {"truncation", nullptr},
       {"padding", nullptr},
       {"added_tokens", added},
-      {"normalizer", nullptr},
+      {"normalizer", normalizer},
       {"pre_tokenizer", pre_tokenizer},
       {"post_processor", post},
       {"decoder",
