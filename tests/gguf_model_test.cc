@@ -13,6 +13,7 @@
 #include "kiln/core/error.h"
 #include "kiln/io/checkpoint_source.h"
 #include "kiln/io/json.h"
+#include "kiln/io/safetensors.h"
 #include "kiln/io/whole_file.h"
 #include "kiln/models/gguf_model.h"
 #include "kiln/models/loader.h"
@@ -144,6 +145,98 @@ TEST(GgufModel, TensorSourceNamesHfTensors) {
   EXPECT_EQ(gguf_to_hf_name("blk.12.ffn_gate.weight"), "model.layers.12.mlp.gate_proj.weight");
   EXPECT_EQ(gguf_to_hf_name("blk.x.ffn_gate.weight"), "");
   EXPECT_EQ(gguf_to_hf_name("rope_freqs.weight"), "");
+}
+
+// The llama.cpp name of a HF tensor (the inverse of gguf_to_hf_name for these fixtures).
+std::string hf_to_gguf(const std::string& hf) {
+  if (hf == "model.embed_tokens.weight") return "token_embd.weight";
+  if (hf == "model.norm.weight") return "output_norm.weight";
+  if (hf == "lm_head.weight") return "output.weight";
+  const std::pair<const char*, const char*> modules[] = {
+      {"input_layernorm", "attn_norm"}, {"post_attention_layernorm", "ffn_norm"},
+      {"self_attn.q_proj", "attn_q"},   {"self_attn.k_proj", "attn_k"},
+      {"self_attn.v_proj", "attn_v"},   {"self_attn.o_proj", "attn_output"},
+      {"mlp.gate_proj", "ffn_gate"},    {"mlp.up_proj", "ffn_up"},
+      {"mlp.down_proj", "ffn_down"}};
+  const size_t dot = hf.find('.', 13);  // after "model.layers."
+  const std::string layer = hf.substr(13, dot - 13), rest = hf.substr(dot + 1);
+  const size_t last = rest.rfind('.');
+  for (const auto& [from, to] : modules)
+    if (rest.substr(0, last) == from) return "blk." + layer + "." + to + rest.substr(last);
+  ADD_FAILURE() << "no llama.cpp name for " << hf;
+  return hf;
+}
+
+// An f32 HF fixture written as llama.cpp's converter writes it (names, Q/K rows permuted for
+// llama, metadata) loads into exactly the weights and spec of the HF folder.
+TEST(GgufModel, FixturesWrittenAsLlamaCppWouldLoadExactly) {
+  const std::string dir = test::make_temp_dir("kiln-gguf-fixture");
+  for (const std::string name : {"llama", "qwen2"}) {
+    const std::string folder = test::data_path("hf/" + name);
+    const HfConfig config = HfConfig::load(folder);
+    const bool permute = name == "llama";
+    const int64_t heads = config.get_int("num_attention_heads");
+    const int64_t kv_heads = config.get_int("num_key_value_heads");
+    test::GgufBuilder b;
+    const std::string p = name + ".";
+    b.kv_string("general.architecture", name)
+        .kv_u32(p + "embedding_length", static_cast<uint32_t>(config.get_int("hidden_size")))
+        .kv_u32(p + "block_count", static_cast<uint32_t>(config.get_int("num_hidden_layers")))
+        .kv_u32(p + "feed_forward_length",
+                static_cast<uint32_t>(config.get_int("intermediate_size")))
+        .kv_u32(p + "attention.head_count", static_cast<uint32_t>(heads))
+        .kv_u32(p + "attention.head_count_kv", static_cast<uint32_t>(kv_heads))
+        .kv_u32(p + "context_length",
+                static_cast<uint32_t>(config.get_int("max_position_embeddings")))
+        .kv_f32(p + "rope.freq_base", 10000.0f)
+        .kv_f32(p + "attention.layer_norm_rms_epsilon",
+                static_cast<float>(config.get_double("rms_norm_eps")))
+        .kv_u32("tokenizer.ggml.bos_token_id", 1)
+        .kv_u32("tokenizer.ggml.eos_token_id", 2);
+    if (config.has("head_dim"))
+      b.kv_u32(p + "attention.key_length", static_cast<uint32_t>(config.get_int("head_dim")));
+    const SafetensorsSet set = SafetensorsSet::open(folder);
+    std::string data;
+    for (const std::string& hf : set.names()) {
+      const Tensor t = set.get(hf).to(DType::F32);
+      const std::string g = hf_to_gguf(hf);
+      std::vector<uint64_t> dims(t.shape().rbegin(), t.shape().rend());
+      b.tensor(g, dims, 0, data.size());
+      std::string bytes(static_cast<const char*>(t.raw()), t.nbytes());
+      const bool q = g.find(".attn_q.") != std::string::npos;
+      const bool k = g.find(".attn_k.") != std::string::npos;
+      if (permute && (q || k)) {  // llama.cpp's order: row (h, 2i + j) holds HF's (h, j half + i)
+        const int64_t n = q ? heads : kv_heads, rows = t.shape()[0];
+        const int64_t hd = rows / n, half = hd / 2;
+        const size_t row = t.nbytes() / static_cast<size_t>(rows);
+        std::string out(bytes.size(), '\0');
+        for (int64_t h = 0; h < n; ++h)
+          for (int64_t i = 0; i < half; ++i)
+            for (int64_t j = 0; j < 2; ++j)
+              out.replace(static_cast<size_t>(h * hd + 2 * i + j) * row, row, bytes,
+                          static_cast<size_t>(h * hd + j * half + i) * row, row);
+        bytes = out;
+      }
+      data += bytes;
+      while (data.size() % 32 != 0) data += '\0';
+    }
+    b.data(data);
+    const std::string path = dir + "/" + name + ".gguf";
+    b.write(path);
+    const LoadedModel gguf = load_model(path);
+    const LoadedModel hf = load_model(folder);
+    EXPECT_EQ(gguf.spec.to_json(), hf.spec.to_json()) << name;
+    ASSERT_EQ(gguf.weights.size(), hf.weights.size()) << name;
+    double worst = 0;
+    for (const auto& [kiln_name, want] : hf.weights) {
+      ASSERT_TRUE(gguf.weights.count(kiln_name)) << name << ": " << kiln_name;
+      worst = std::max(worst, test::max_abs_diff(gguf.weights.at(kiln_name), want));
+    }
+    std::cout << "  " << name << ": " << hf.weights.size()
+              << " weights, max |GGUF - HF| = " << worst << "\n";
+    EXPECT_EQ(worst, 0.0) << name;
+  }
+  fs::remove_all(dir);
 }
 
 TEST(GgufModel, InspectAndAnalyzeDescribeTheFile) {
