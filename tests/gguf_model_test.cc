@@ -5,8 +5,11 @@
 // checkpoints; bad metadata is an error naming the key.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <tuple>
 
 #include "gguf_builder.h"
 #include "kiln/cli/command.h"
@@ -15,6 +18,7 @@
 #include "kiln/io/json.h"
 #include "kiln/io/safetensors.h"
 #include "kiln/io/whole_file.h"
+#include "kiln/layers/model.h"
 #include "kiln/models/gguf_model.h"
 #include "kiln/models/loader.h"
 #include "kiln/tokenizer/tokenizer.h"
@@ -110,6 +114,59 @@ TEST(GgufModel, QuantizedFilesRunCloseToLlamaCppsGreedyText) {
               << " generated characters agree with llama.cpp before the texts part; " << identical
               << "/5 prompts agree to llama.cpp's last character\n";
     EXPECT_GE(total_common * 2, total) << variant;
+  }
+}
+
+// The quantized files against the bf16 file on Python source (Kiln's own
+// tools/torch_reference.py, not tinycoder's training data): how often the greedy next token
+// agrees, and perplexity.
+TEST(GgufModel, QuantizedTopOneAgreementAndPerplexityAgainstBf16) {
+  const auto tokenizer = Tokenizer::load(fixture("bf16"));
+  const std::vector<int32_t> ids =
+      tokenizer->encode(read_whole_file(test::data_path("gguf/python_sample.py")), false);
+  const int64_t window = 256, windows = std::min<int64_t>(6, ids.size() / window);
+  ASSERT_EQ(windows, 6);
+  struct Run {
+    std::vector<int32_t> top1;
+    double nll = 0;
+  };
+  auto run = [&](const std::string& variant) {
+    const LoadedModel loaded = load_model(fixture(variant));
+    const Model model(loaded.spec, loaded.weights);
+    const int64_t vocab = loaded.spec.vocab_size;
+    Workspace workspace;
+    Run r;
+    for (int64_t w = 0; w < windows; ++w) {
+      KvCache cache = model.make_cache(1, window);
+      const float* logits = model.forward(ids.data() + w * window, 1, window, cache, workspace);
+      for (int64_t t = 0; t + 1 < window; ++t) {
+        const float* row = logits + t * vocab;
+        const float max = *std::max_element(row, row + vocab);
+        double sum = 0;
+        for (int64_t v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(row[v] - max));
+        r.nll += std::log(sum) + max - row[ids[static_cast<size_t>(w * window + t + 1)]];
+        r.top1.push_back(static_cast<int32_t>(std::max_element(row, row + vocab) - row));
+      }
+    }
+    return r;
+  };
+  const Run base = run("bf16");
+  const double n = static_cast<double>(base.top1.size());
+  const double base_ppl = std::exp(base.nll / n);
+  std::cout << "  bf16: perplexity " << base_ppl << " over " << base.top1.size()
+            << " predicted tokens\n";
+  for (const auto& [variant, min_agreement, max_ppl_change] :
+       std::vector<std::tuple<std::string, double, double>>{
+           {"Q8_0", 0.98, 0.01}, {"Q4_K_M", 0.88, 0.05}, {"Q4_0", 0.85, 0.06}}) {
+    const Run q = run(variant);
+    size_t agree = 0;
+    for (size_t i = 0; i < q.top1.size(); ++i) agree += q.top1[i] == base.top1[i];
+    const double agreement = static_cast<double>(agree) / n;
+    const double ppl = std::exp(q.nll / n);
+    std::cout << "  " << variant << ": top-1 agreement with bf16 " << 100 * agreement
+              << "%, perplexity " << ppl << " (" << 100 * (ppl / base_ppl - 1) << "%)\n";
+    EXPECT_GE(agreement, min_agreement) << variant;
+    EXPECT_LE(std::abs(ppl / base_ppl - 1), max_ppl_change) << variant;
   }
 }
 
