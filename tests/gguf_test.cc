@@ -219,6 +219,7 @@ TEST_F(GgufErrors, HeaderProblems) {
   expect_open_error("GGML\x03\0\0\0", {"not a GGUF file"});
   expect_open_error(valid().version(1).bytes(), {"GGUF version 1 is not supported"});
   expect_open_error(valid().version(4).bytes(), {"GGUF version 4"});
+  expect_open_error(valid().version(0x03000000).bytes(), {"a big-endian GGUF file"});
   std::string huge_counts = "GGUF";
   test::GgufBuilder::put_u32(huge_counts, 3);
   test::GgufBuilder::put_u64(huge_counts, 1ull << 60);

@@ -293,6 +293,8 @@ GgufFile GgufFile::open(const std::string& path, Residency residency) {
         path + ": not a GGUF file (no 'GGUF' magic at the start)");
   in.read<uint32_t>("the magic");
   g.version_ = in.read<uint32_t>("the version");
+  check(g.version_ != 0x02000000 && g.version_ != 0x03000000,
+        path + ": a big-endian GGUF file; Kiln reads little-endian GGUF only");
   check(g.version_ == 2 || g.version_ == 3, path + ": GGUF version " + std::to_string(g.version_) +
                                                 " is not supported (Kiln reads versions 2 and 3)");
   const uint64_t tensor_count = in.read<uint64_t>("the tensor count");
