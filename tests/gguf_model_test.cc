@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "gguf_builder.h"
+#include "kiln/chat/chat_template.h"
 #include "kiln/cli/command.h"
 #include "kiln/core/error.h"
 #include "kiln/io/checkpoint_source.h"
@@ -447,6 +448,38 @@ TEST(GgufModel, ByteLevelVocabulariesEncodeAsTheirTokenizerJson) {
     std::cout << "  " << name << " (pre " << pre << "): " << checked
               << " golden texts encode as tokenizer.json\n";
     EXPECT_GT(checked, 100);
+  }
+  fs::remove_all(dir);
+}
+
+TEST(GgufModel, ChatTemplateFromMetadata) {
+  const std::string dir = test::make_temp_dir("kiln-gguf-chat");
+  const std::string path = dir + "/c.gguf";
+  test::GgufBuilder b;
+  b.kv_string("general.architecture", "llama")
+      .kv_strings("tokenizer.ggml.tokens", {"<s>", "</s>", "a"})
+      .kv_u32("tokenizer.ggml.bos_token_id", 0)
+      .kv_u32("tokenizer.ggml.eos_token_id", 1)
+      .kv_string("tokenizer.chat_template",
+                 "{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}"
+                 "{{ eos_token }}{% endfor %}{% if add_generation_prompt %}[assistant] "
+                 "{% endif %}");
+  b.write(path);
+  const chat::ChatTemplate t = chat::ChatTemplate::load(path);
+  chat::ChatOptions options;
+  options.add_generation_prompt = true;
+  EXPECT_EQ(
+      t.apply(nlohmann::ordered_json::parse(R"([{"role": "user", "content": "hi"}])"), options),
+      "<s>[user] hi</s>[assistant] ");
+  test::GgufBuilder none;
+  none.kv_string("general.architecture", "llama");
+  none.write(path);
+  try {
+    chat::ChatTemplate::load(path);
+    ADD_FAILURE();
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()),
+              path + ": no metadata key 'tokenizer.chat_template' (no chat template)");
   }
   fs::remove_all(dir);
 }
