@@ -101,6 +101,11 @@ TEST(CorruptInputs, OrbaxZarr) {
   check_damage(test::data_path("orbax/pytree_zarr"), "params.token_embedder.embedding/0.0", 80);
 }
 
+TEST(CorruptInputs, Gguf) {
+  // The first 4 KiB hold the header and the vocabulary, the last the final tensor's blocks.
+  check_damage(test::data_path("gguf/tinycoder-Q4_0.gguf"), "", 60);
+}
+
 TEST(CorruptInputs, KilnCheckpoint) {
   const std::string dir = test::make_temp_dir("kiln-corrupt-src") + "/ckpt";
   {

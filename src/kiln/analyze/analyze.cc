@@ -1,4 +1,5 @@
 #include "kiln/analyze/analyze.h"
+#include "kiln/models/gguf_model.h"
 #include "kiln/models/language_model.h"
 
 #include <map>
@@ -171,7 +172,9 @@ FeatureReport judge_feature(const Feature& feature,
 Analysis analyze_config(const std::string& path) {
   Analysis a;
   a.config_path = path;
-  HfConfig outer = HfConfig::load(path);
+  // A .gguf file: the config its metadata stands for (models/gguf_model.h).
+  HfConfig outer =
+      is_gguf_model(path) ? gguf_hf_config(GgufFile::open(path)) : HfConfig::load(path);
   std::unique_ptr<HfConfig> text_holder;
   if (std::optional<HfConfig> text = language_model_config(outer)) {
     // With the wrapper's settings and the text config class's defaults where it is sparse.

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "kiln/core/error.h"
+#include "kiln/io/gguf.h"
 
 namespace kiln::chat {
 namespace {
@@ -150,6 +151,24 @@ ChatTemplate ChatTemplate::load(const std::string& path, const std::string& name
       return ChatTemplate(std::move(source), std::move(origin), special_tokens_beside(p));
     }
     throw Error(path + ": no chat_template.jinja or tokenizer_config.json (no chat template)");
+  }
+  if (p.extension() == ".gguf") {
+    // llama.cpp's file: tokenizer.chat_template, special tokens from the tokenizer.ggml ids.
+    const GgufFile gguf = GgufFile::open(path);
+    check(gguf.has("tokenizer.chat_template"),
+          path + ": no metadata key 'tokenizer.chat_template' (no chat template)");
+    OrderedJson tokens = OrderedJson::object();
+    const Json* vocab =
+        gguf.has("tokenizer.ggml.tokens") ? &gguf.get_array("tokenizer.ggml.tokens") : nullptr;
+    for (const char* name : {"bos", "eos", "unk", "pad"}) {
+      const std::optional<int64_t> id =
+          gguf.find_int(std::string("tokenizer.ggml.") + name + "_token_id");
+      if (id && vocab != nullptr && *id >= 0 && *id < static_cast<int64_t>(vocab->size()) &&
+          (*vocab)[static_cast<size_t>(*id)].is_string())
+        tokens[std::string(name) + "_token"] = (*vocab)[static_cast<size_t>(*id)];
+    }
+    return ChatTemplate(gguf.get_string("tokenizer.chat_template"),
+                        path + ": tokenizer.chat_template", std::move(tokens));
   }
   if (p.extension() == ".json") {
     const OrderedJson json = read_ordered(path);

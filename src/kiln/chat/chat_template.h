@@ -29,7 +29,9 @@ class ChatTemplate {
   //  - a folder: chat_template.jinja if present, else tokenizer_config.json's
   //    "chat_template", else chat_template.json's;
   //  - a .jinja file: that file;
-  //  - a .json file (tokenizer_config.json): its "chat_template".
+  //  - a .json file (tokenizer_config.json): its "chat_template";
+  //  - a llama.cpp .gguf file: its tokenizer.chat_template, with bos/eos/unk/pad tokens from
+  //    the tokenizer.ggml.*_token_id keys.
   // "chat_template" is a string or a list of {"name", "template"}; `name` picks one
   // (default: "default"). Special tokens come from the tokenizer_config.json (then
   // special_tokens_map.json) beside it. Throws Error naming the file and key.

@@ -13,7 +13,8 @@ constexpr int kExitMissing = 2;
 class AnalyzeCommand : public Command {
  public:
   void configure(CLI::App& app) override {
-    app.add_option("path", path_, "A HuggingFace model folder or its config.json")->required();
+    app.add_option("path", path_, "A HuggingFace model folder, its config.json, or a .gguf file")
+        ->required();
     app.add_flag("--json", json_, "Print the report as JSON instead of markdown");
     app.footer(
         "Lists every architectural feature the config implies (for a multimodal wrapper, of its "

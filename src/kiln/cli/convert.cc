@@ -44,7 +44,8 @@ class Progress {
 class ConvertCommand : public Command {
  public:
   void configure(CLI::App& app) override {
-    app.add_option("source", source_, "HuggingFace model folder, or an Orbax checkpoint")
+    app.add_option("source", source_,
+                   "HuggingFace model folder, a llama.cpp .gguf file, or an Orbax checkpoint")
         ->required();
     app.add_option("-o,--output", output_, "Output folder")->required();
     app.add_option("--layout", layout_, "Kiln layout: unscanned or scanned")

@@ -1,5 +1,5 @@
-// `kiln inspect PATH`: the tensors of a HF folder, .safetensors / .bin file, Kiln checkpoint
-// or Orbax checkpoint: names, dtypes, shapes, bytes, layout.
+// `kiln inspect PATH`: the tensors of a HF folder, .safetensors / .bin file, Kiln checkpoint,
+// Orbax checkpoint or llama.cpp .gguf file: names, dtypes, shapes, bytes, layout.
 #include <algorithm>
 #include <cstdio>
 #include <iostream>
@@ -11,6 +11,7 @@
 #include "kiln/io/json.h"
 #include "kiln/io/kiln_checkpoint.h"
 #include "kiln/io/orbax/orbax_checkpoint.h"
+#include "kiln/models/gguf_model.h"
 
 namespace kiln::cli {
 namespace {
@@ -18,7 +19,8 @@ namespace {
 class InspectCommand : public Command {
  public:
   void configure(CLI::App& app) override {
-    app.add_option("path", path_, "Model folder, weights file, Kiln or Orbax checkpoint")
+    app.add_option("path", path_,
+                   "Model folder, weights file, .gguf file, Kiln or Orbax checkpoint")
         ->required();
     app.add_flag("--json", json_, "Print one JSON object instead of a table");
     app.add_flag("--verify", verify_, "Kiln checkpoints: recompute every checksum");
@@ -29,6 +31,7 @@ class InspectCommand : public Command {
 
   int run() override {
     const std::string format = detect_checkpoint_format(path_);
+    if (format == "gguf") return inspect_gguf();
     std::unique_ptr<TensorSource> source = open_tensor_source(path_);
     std::string layout = "unscanned";
     if (auto* kiln = dynamic_cast<KilnCheckpoint*>(source.get())) {
@@ -91,6 +94,60 @@ class InspectCommand : public Command {
   }
 
  private:
+  // A GGUF file as stored: its metadata (arrays summarized) and its tensors with their ggml
+  // types, stored bytes and the HF names Kiln reads them under.
+  int inspect_gguf() {
+    check(!verify_, path_ + ": --verify applies to Kiln checkpoints only");
+    const GgufFile gguf = GgufFile::open(path_);
+    Json metadata = Json::object();
+    for (const std::string& key : gguf.keys()) {
+      const GgufValue& v = *gguf.find(key);
+      metadata[key] = v.type == GgufType::kArray && v.value.size() > 8
+                          ? Json("[" + std::to_string(v.value.size()) + " " +
+                                 gguf_type_name(v.element_type) + " values]")
+                          : v.value;
+    }
+    Json tensors = Json::array();
+    uint64_t total = 0;
+    size_t width = 4;
+    for (const GgufTensorInfo& t : gguf.tensors()) {
+      total += t.nbytes;
+      width = std::max(width, t.name.size());
+      tensors.push_back({{"name", t.name},
+                         {"type", ggml_type_name(static_cast<uint32_t>(t.type))},
+                         {"shape", t.shape},
+                         {"bytes", t.nbytes},
+                         {"hf_name", gguf_to_hf_name(t.name)}});
+    }
+    if (json_) {
+      std::cout << Json{{"path", path_},
+                        {"format", "gguf"},
+                        {"version", gguf.version()},
+                        {"alignment", gguf.alignment()},
+                        {"metadata", metadata},
+                        {"num_tensors", tensors.size()},
+                        {"total_bytes", total},
+                        {"tensors", tensors}}
+                       .dump(2, ' ', false, Json::error_handler_t::replace)
+                << "\n";
+      return 0;
+    }
+    std::cout << path_ << ": gguf v" << gguf.version() << ", " << tensors.size() << " tensors, "
+              << total << " bytes stored\n";
+    for (const auto& [key, value] : metadata.items())
+      std::cout << "  " << key << " = "
+                << value.dump(-1, ' ', false, Json::error_handler_t::replace) << "\n";
+    for (const Json& t : tensors) {
+      const std::string hf = t["hf_name"].get<std::string>();
+      std::printf("  %-*s  %-5s  %-20s  %12llu  %s\n", static_cast<int>(width),
+                  t["name"].get<std::string>().c_str(), t["type"].get<std::string>().c_str(),
+                  shape_to_string(t["shape"].get<Shape>()).c_str(),
+                  static_cast<unsigned long long>(t["bytes"].get<uint64_t>()),
+                  hf.empty() ? "(not read)" : hf.c_str());
+    }
+    return 0;
+  }
+
   std::string path_, config_;
   bool json_ = false, verify_ = false;
 };

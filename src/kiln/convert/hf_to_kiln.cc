@@ -2,6 +2,7 @@
 #include "kiln/models/language_model.h"
 
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <optional>
 
@@ -14,6 +15,7 @@
 #include "kiln/io/safetensors_source.h"
 #include "kiln/models/family.h"
 #include "kiln/models/family_file.h"
+#include "kiln/models/gguf_model.h"
 
 namespace kiln {
 namespace fs = std::filesystem;
@@ -82,8 +84,12 @@ void convert_hf_to_kiln(const std::string& source_dir, const std::string& destin
   check(options.layout == "scanned" || options.layout == "unscanned",
         "--layout must be scanned or unscanned, not '" + options.layout + "'");
   target_dtype(options.dtype, DType::F32);  // validates the option before any work
-  const HfConfig config = HfConfig::load(source_dir);
-  const std::shared_ptr<const Family> chosen = choose_family(config, source_dir, options.family);
+  // A .gguf file: its metadata is the config, its vocabulary becomes tokenizer.json.
+  const bool gguf = is_gguf_model(source_dir);
+  const HfConfig config =
+      gguf ? gguf_hf_config(GgufFile::open(source_dir)) : HfConfig::load(source_dir);
+  const std::string family_dir = gguf ? fs::path(source_dir).parent_path().string() : source_dir;
+  const std::shared_ptr<const Family> chosen = choose_family(config, family_dir, options.family);
   const Family& family = *chosen;
   ModelSpec spec = family.build_spec(config);
   spec.family = family.name();
@@ -196,9 +202,26 @@ void convert_hf_to_kiln(const std::string& source_dir, const std::string& destin
     bytes += tensor.nbytes();
     if (options.progress) options.progress(k + 1, mappings.size(), bytes);
   }
-  for (const auto& entry : fs::directory_iterator(source_dir))
-    if (entry.is_regular_file() && travels_with_checkpoint(entry.path().filename().string()))
-      writer.add_tokenizer_file(entry.path().string());
+  if (gguf) {
+    const GgufFile file = GgufFile::open(source_dir);
+    if (file.has("tokenizer.ggml.model")) {
+      // Written beside the checkpoint's staging folder, then copied in by the writer.
+      const fs::path staging = fs::path(output.path()).string() + ".tokenizer";
+      fs::create_directories(staging);
+      const fs::path json = staging / "tokenizer.json";
+      {
+        std::ofstream out(json, std::ios::binary);
+        out << gguf_tokenizer_json(file);
+        check(static_cast<bool>(out), json.string() + ": cannot write");
+      }
+      writer.add_tokenizer_file(json.string());
+      fs::remove_all(staging);
+    }
+  } else {
+    for (const auto& entry : fs::directory_iterator(source_dir))
+      if (entry.is_regular_file() && travels_with_checkpoint(entry.path().filename().string()))
+        writer.add_tokenizer_file(entry.path().string());
+  }
   writer.finish();
   output.commit();
 }

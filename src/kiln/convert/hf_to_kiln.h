@@ -31,6 +31,8 @@ struct ConvertOptions {
 // group, stacked on axis 1 (axis 0 for scalars); layers with the same parameter names,
 // shapes and dtypes form one group ("layers" when all layers are alike, else
 // "layers_group<k>"). Errors name the tensor or file.
+// `source` may also be a llama.cpp .gguf file: its metadata is the config, its vocabulary is
+// written as tokenizer.json and quantized tensors are dequantized (models/gguf_model.h).
 void convert_hf_to_kiln(const std::string& source, const std::string& destination,
                         const ConvertOptions& options);
 

@@ -7,6 +7,7 @@
 #include "kiln/io/orbax/orbax_checkpoint.h"
 #include "kiln/io/safetensors_source.h"
 #include "kiln/io/torch_bin.h"
+#include "kiln/models/gguf_model.h"
 
 namespace kiln {
 namespace fs = std::filesystem;
@@ -17,6 +18,7 @@ std::string detect_checkpoint_format(const std::string& path) {
     const std::string ext = fs::path(path).extension().string();
     if (ext == ".safetensors") return "safetensors";
     if (ext == ".bin" || ext == ".pt" || ext == ".pth") return "torch_bin";
+    if (ext == ".gguf") return "gguf";
     return "";
   }
   if (!fs::is_directory(path, ec)) return "";
@@ -33,6 +35,7 @@ std::unique_ptr<TensorSource> open_tensor_source(const std::string& path, Reside
   if (format == "safetensors") return std::make_unique<SafetensorsSource>(path, residency);
   if (format == "torch_bin") return std::make_unique<TorchBinSource>(path);
   if (format == "orbax") return std::make_unique<OrbaxSource>(path);
+  if (format == "gguf") return std::make_unique<GgufSource>(path, residency);
   check(fs::exists(path), path + ": no such file or directory");
   throw Error(path +
               ": no model weights found (looked for kiln_checkpoint.json, "

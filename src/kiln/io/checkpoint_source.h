@@ -10,8 +10,8 @@
 
 namespace kiln {
 
-// "kiln", "safetensors", "torch_bin" or "orbax" for the weights at `path` (a folder or a
-// single .safetensors / .bin file), or "" when none is recognized. A folder is checked in
+// "kiln", "safetensors", "torch_bin", "orbax" or "gguf" for the weights at `path` (a folder or
+// a single .safetensors / .bin / .gguf file), or "" when none is recognized. A folder is checked in
 // that order, so a Kiln checkpoint wins over stray files beside it.
 std::string detect_checkpoint_format(const std::string& path);
 

@@ -11,6 +11,7 @@
 #include "kiln/io/kiln_checkpoint.h"
 #include "kiln/io/safetensors_source.h"
 #include "kiln/models/family.h"
+#include "kiln/models/gguf_model.h"
 
 namespace kiln {
 namespace fs = std::filesystem;
@@ -88,7 +89,19 @@ WeightMap apply_weight_mappings(const std::vector<WeightMapping>& mappings,
 }
 
 LoadedModel load_model(const std::string& path, Residency residency, const FamilyChoice& choice) {
-  check(fs::is_directory(path), path + ": not a model folder");
+  if (is_gguf_model(path)) {
+    LoadedModel loaded;
+    loaded.path = path;
+    const GgufSource source(path, residency);
+    loaded.config = gguf_hf_config(source.gguf());
+    loaded.family = choose_family(loaded.config, fs::path(path).parent_path().string(), choice);
+    loaded.spec = loaded.family->build_spec(loaded.config);
+    loaded.spec.family = loaded.family->name();
+    loaded.family->refine_spec(loaded.spec, source);
+    loaded.weights = apply_weight_mappings(loaded.family->map_weights(loaded.spec, source), source);
+    return loaded;
+  }
+  check(fs::is_directory(path), path + ": not a model folder (nor a .gguf file)");
   if (KilnCheckpoint::present_in(path)) return load_kiln_checkpoint(path, residency, choice);
   LoadedModel loaded;
   loaded.path = path;

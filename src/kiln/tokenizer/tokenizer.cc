@@ -8,6 +8,7 @@
 #include "kiln/core/error.h"
 #include "kiln/core/mapped_file.h"
 #include "kiln/io/whole_file.h"
+#include "kiln/models/gguf_model.h"
 #include "kiln/tokenizer/hf_tokenizer.h"
 #include "kiln/tokenizer/sentencepiece_tokenizer.h"
 #include "kiln/tokenizer/tiktoken_tokenizer.h"
@@ -99,6 +100,11 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::string& path) {
   if (!fs::exists(path)) throw Error(path + ": no such file or folder");
   const fs::path file = fs::is_directory(path) ? find_tokenizer_file(path) : fs::path(path);
   const std::string name = file.filename().string();
+  if (name.ends_with(".gguf")) {
+    const GgufFile gguf = GgufFile::open(file.string());
+    return tok::HfTokenizer::from_json_text(gguf_tokenizer_json(gguf),
+                                            file.string() + ": tokenizer.ggml.*");
+  }
   if (is_tiktoken_json(file)) return tok::TiktokenTokenizer::load(file.string(), "");
   if (name.ends_with(".tiktoken") || name.ends_with(".tiktoken.zst")) {
     return tok::TiktokenTokenizer::load(tiktoken_json_for(file).string(), file.string());

@@ -17,7 +17,8 @@ class Tokenizer {
   virtual ~Tokenizer() = default;
 
   // Loads a tokenizer from `path`: a model folder (tokenizer.json, or a .tiktoken file, or
-  // tokenizer.model), or one of those files. Throws Error naming the file and key when it
+  // tokenizer.model), or one of those files, or a llama.cpp .gguf file (its tokenizer.ggml.*
+  // metadata, see models/gguf_model.h). Throws Error naming the file and key when it
   // is missing or malformed.
   static std::unique_ptr<Tokenizer> load(const std::string& path);
 

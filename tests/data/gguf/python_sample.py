@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""Gradient reference for Kiln's training code: a plain-PyTorch Llama forward (no transformers).
+
+Handles the Llama, Mistral (sliding window), Qwen2 (q/k/v biases) and Gemma (1+w RMSNorm, scaled
+embeddings, tanh-GELU gated MLP) fixtures with the default RoPE, tied or untied embeddings.
+
+Needs only torch and numpy (Debian: `apt-get install python3-torch`, run with /usr/bin/python3).
+Reads a Llama-shaped HF fixture folder (config.json, model.safetensors and reference.safetensors
+with `input_ids` and `logits`), checks its own logits against the fixture's (<= 1e-4), then
+writes to OUTPUT (safetensors):
+  <HF parameter name>   the gradient of the loss for that parameter (f32, HF layout)
+  loss                  [1] f64: mean cross-entropy of next-token targets over input_ids
+  adamw_losses          [10] f64: the loss before each of 10 AdamW steps on the same batch
+                        (lr 1e-3, betas 0.9/0.95, eps 1e-8, weight decay 0.1 on matrices only,
+                        none on norms and embeddings; no clipping)
+
+    for m in llama mistral qwen2 gemma; do /usr/bin/python3 tools/torch_reference.py \
+        tests/data/hf/$m -o tests/data/train/${m}_grads.safetensors; done
+
+The model is written from the formulas (HF's LlamaForCausalLM): embed -> per layer
+x + attn(rmsnorm(x)), x + mlp(rmsnorm(x)) -> rmsnorm -> lm_head, RMSNorm x / sqrt(mean(x^2) +
+eps) * w, RoPE on pairs (i, i + d/2) with inv_freq theta^(-2i/d), causal softmax(q k^T / sqrt(d))
+v with grouped KV heads, SwiGLU MLP down(silu(gate(x)) * up(x)).
+"""
+import argparse
+import json
+import struct
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32,
+          "F16": np.float16}
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    (header_len,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + header_len])
+    base = 8 + header_len
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = entry["data_offsets"]
+        array = np.frombuffer(data[base + begin:base + end], dtype=DTYPES[entry["dtype"]])
+        tensors[name] = array.reshape(entry["shape"]).copy()
+    return tensors
+
+
+def write_safetensors(path, tensors):
+    names = {np.float32: "F32", np.float64: "F64", np.int64: "I64"}
+    header, offset, blobs = {}, 0, []
+    # Larger elements first so that every tensor is aligned to its element size.
+    order = sorted(tensors, key=lambda n: -tensors[n].dtype.itemsize)
+    for name in order:
+        array = np.ascontiguousarray(tensors[name])
+        blob = array.tobytes()
+        header[name] = {"dtype": names[array.dtype.type], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + len(blob)]}
+        offset += len(blob)
+        blobs.append(blob)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * ((-(8 + len(text))) % 64)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for blob in blobs:
+            f.write(blob)
+
+
+class Config:
+    def __init__(self, path):
+        with open(path) as f:
+            c = json.load(f)
+        model_type = c.get("model_type")
+        if model_type not in ("llama", "mistral", "qwen2", "gemma"):
+            sys.exit(f"{path}: model_type {model_type!r} is not llama, mistral, qwen2 or gemma")
+        # Gemma: RMSNorm times (1 + w), embeddings times sqrt(hidden) (an f32 constant), GeGLU
+        # with the tanh GELU.
+        self.gemma = model_type == "gemma"
+        rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
+        if rope.get("rope_type", rope.get("type", "default")) != "default":
+            sys.exit(f"{path}: only the default RoPE is written here")
+        self.vocab = c["vocab_size"]
+        self.hidden = c["hidden_size"]
+        self.layers = c["num_hidden_layers"]
+        self.heads = c["num_attention_heads"]
+        self.kv_heads = c.get("num_key_value_heads", self.heads)
+        self.head_dim = c.get("head_dim") or self.hidden // self.heads
+        self.eps = c["rms_norm_eps"]
+        self.theta = rope.get("rope_theta", c.get("rope_theta", 10000.0))
+        # Llama: attention_bias on q, k, v and o; Qwen2: always on q, k, v, never on o.
+        self.qkv_bias = model_type == "qwen2" or c.get("attention_bias", False)
+        self.o_bias = model_type == "llama" and c.get("attention_bias", False)
+        # Mistral: key j is visible to query t when t - window < j <= t (None: all j <= t).
+        self.window = c.get("sliding_window") if model_type == "mistral" else None
+        if model_type == "qwen2" and c.get("use_sliding_window"):
+            sys.exit(f"{path}: Qwen2's sliding window is not written here")
+        self.mlp_bias = c.get("mlp_bias", False)
+        self.tied = c.get("tie_word_embeddings", False)
+        act = c.get("hidden_activation") or c.get("hidden_act", "silu")
+        if act not in ("silu", "gelu_pytorch_tanh"):
+            sys.exit(f"{path}: hidden_act must be silu or gelu_pytorch_tanh")
+        self.act = act
+
+
+def rms_norm(x, weight, eps, one_plus=False):
+    variance = x.pow(2).mean(-1, keepdim=True)
+    return (1.0 + weight if one_plus else weight) * (x * torch.rsqrt(variance + eps))
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def linear(p, name, x, bias):
+    return F.linear(x, p[name + ".weight"], p[name + ".bias"] if bias else None)
+
+
+def forward(cfg, p, ids):
+    B, T = ids.shape
+    D, Hq, Hkv = cfg.head_dim, cfg.heads, cfg.kv_heads
+    x = p["model.embed_tokens.weight"][ids]  # [B, T, hidden]
+    if cfg.gemma:
+        x = x * torch.tensor(cfg.hidden ** 0.5, dtype=torch.float32)
+    act = F.silu if cfg.act == "silu" else (lambda g: F.gelu(g, approximate="tanh"))
+    inv_freq = 1.0 / (cfg.theta ** (torch.arange(0, D, 2, dtype=torch.int64).float() / D))
+    angles = torch.arange(T, dtype=torch.float32)[:, None] * inv_freq[None, :]  # [T, D/2]
+    emb = torch.cat((angles, angles), dim=-1)
+    cos, sin = emb.cos(), emb.sin()  # [T, D]
+    causal = torch.full((T, T), float("-inf")).triu(1)
+    if cfg.window:
+        causal = causal + torch.full((T, T), float("-inf")).tril(-cfg.window)
+    for i in range(cfg.layers):
+        pre = f"model.layers.{i}."
+        h = rms_norm(x, p[pre + "input_layernorm.weight"], cfg.eps, cfg.gemma)
+        q = linear(p, pre + "self_attn.q_proj", h, cfg.qkv_bias).view(B, T, Hq, D)
+        k = linear(p, pre + "self_attn.k_proj", h, cfg.qkv_bias).view(B, T, Hkv, D)
+        v = linear(p, pre + "self_attn.v_proj", h, cfg.qkv_bias).view(B, T, Hkv, D)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        k = k.repeat_interleave(Hq // Hkv, dim=1)
+        v = v.repeat_interleave(Hq // Hkv, dim=1)
+        scores = q @ k.transpose(-1, -2) * (D ** -0.5) + causal
+        mixed = torch.softmax(scores, dim=-1) @ v  # [B, Hq, T, D]
+        mixed = mixed.transpose(1, 2).reshape(B, T, Hq * D)
+        x = x + linear(p, pre + "self_attn.o_proj", mixed, cfg.o_bias)
+        h = rms_norm(x, p[pre + "post_attention_layernorm.weight"], cfg.eps, cfg.gemma)
+        gate = linear(p, pre + "mlp.gate_proj", h, cfg.mlp_bias)
+        up = linear(p, pre + "mlp.up_proj", h, cfg.mlp_bias)
+        x = x + linear(p, pre + "mlp.down_proj", act(gate) * up, cfg.mlp_bias)
+    x = rms_norm(x, p["model.norm.weight"], cfg.eps, cfg.gemma)
+    head = p["model.embed_tokens.weight"] if cfg.tied else p["lm_head.weight"]
+    return F.linear(x, head)  # [B, T, V]
+
+
+def next_token_loss(logits, ids):
+    V = logits.shape[-1]
+    return F.cross_entropy(logits[:, :-1].reshape(-1, V), ids[:, 1:].reshape(-1))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model_dir")
+    parser.add_argument("-o", "--output", required=True)
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    cfg = Config(args.model_dir + "/config.json")
+    weights = read_safetensors(args.model_dir + "/model.safetensors")
+    reference = read_safetensors(args.model_dir + "/reference.safetensors")
+    ids = torch.from_numpy(reference["input_ids"].astype(np.int64))
+    params = {n: torch.tensor(w, dtype=torch.float32, requires_grad=True)
+              for n, w in weights.items() if not (cfg.tied and n == "lm_head.weight")}
+
+    logits = forward(cfg, params, ids)
+    err = (logits.detach() - torch.from_numpy(reference["logits"])).abs().max().item()
+    print(f"logits vs fixture: max abs err = {err:.3g}")
+    if err > 1e-4:
+        sys.exit("the reference forward does not reproduce the fixture's logits")
+    loss = next_token_loss(logits, ids)
+    loss.backward()
+    print(f"loss = {loss.item():.9f}")
+    out = {n: t.grad.numpy().astype(np.float32) for n, t in params.items()}
+    out["loss"] = np.array([loss.item()], dtype=np.float64)
+
+    # AdamW on the same batch: decay matrices only (not norms, not embeddings).
+    for t in params.values():
+        t.grad = None
+    decay = [t for n, t in params.items() if t.dim() >= 2 and "embed_tokens" not in n]
+    no_decay = [t for n, t in params.items() if not (t.dim() >= 2 and "embed_tokens" not in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=1e-3, betas=(0.9, 0.95), eps=1e-8, foreach=False)
+    losses = []
+    for step in range(args.steps):
+        optimizer.zero_grad(set_to_none=True)
+        loss = next_token_loss(forward(cfg, params, ids), ids)
+        loss.backward()
+        losses.append(loss.item())
+        optimizer.step()
+        print(f"adamw step {step}: loss = {losses[-1]:.9f}")
+    out["adamw_losses"] = np.array(losses, dtype=np.float64)
+    write_safetensors(args.output, out)
+    print(f"wrote {args.output}: {len(params)} gradients, loss, {len(losses)} AdamW losses")
+
+
+if __name__ == "__main__":
+    main()
