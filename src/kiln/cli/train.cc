@@ -4,9 +4,13 @@
 // (train/data.h) with AdamW and writes a HuggingFace folder (config, tokenizer files and the
 // trained weights in f32 under the checkpoint's own tensor names) plus metrics.jsonl. Under
 // `mpirun -np N` the ranks share each step's windows (train/data_parallel.h); rank 0 writes.
+#include <omp.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -92,6 +96,9 @@ class TrainCommand : public Command {
   int run() override {
     comm_ = train::make_collective();
     if (comm_->size() == 1) return run_rank();
+    // The ranks on one machine share its cores (unless OMP_NUM_THREADS says otherwise).
+    if (std::getenv("OMP_NUM_THREADS") == nullptr)
+      omp_set_num_threads(std::max(1, omp_get_num_procs() / comm_->local_size()));
     try {
       return run_rank();
     } catch (const std::exception& e) {

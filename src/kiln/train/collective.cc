@@ -24,6 +24,12 @@ void SingleProcess::all_gather(const float* send, float* recv, const std::vector
   std::copy(send, send + counts[0], recv);
 }
 
+void SingleProcess::all_to_all(const float* send, const std::vector<int64_t>& send_counts,
+                               float* recv, const std::vector<int64_t>& recv_counts) {
+  check(send_counts.size() == 1 && recv_counts == send_counts, "all_to_all: one count per rank");
+  std::copy(send, send + send_counts[0], recv);
+}
+
 void SingleProcess::abort(int code) {
   std::fflush(nullptr);
   std::_Exit(code);
@@ -63,6 +69,11 @@ class Mpi final : public Collective {
   Mpi() {
     MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
     MPI_Comm_size(MPI_COMM_WORLD, &size_);
+    MPI_Comm local;
+    mpi_check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local),
+              "split by host");
+    MPI_Comm_size(local, &local_size_);
+    MPI_Comm_free(&local);
     char version[MPI_MAX_LIBRARY_VERSION_STRING];
     int length = 0;
     MPI_Get_library_version(version, &length);
@@ -72,6 +83,7 @@ class Mpi final : public Collective {
   }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
+  int local_size() const override { return local_size_; }
   std::string name() const override { return name_; }
 
   void all_reduce(float* data, int64_t n) override { reduce(data, n, MPI_FLOAT); }
@@ -101,6 +113,26 @@ class Mpi final : public Collective {
               "all_gather");
   }
 
+  void all_to_all(const float* send, const std::vector<int64_t>& send_counts, float* recv,
+                  const std::vector<int64_t>& recv_counts) override {
+    check(static_cast<int>(send_counts.size()) == size_ &&
+              static_cast<int>(recv_counts.size()) == size_,
+          "all_to_all: one count per rank");
+    std::vector<int> sc(send_counts.size()), sd(sc.size()), rc(sc.size()), rd(sc.size());
+    int64_t send_offset = 0, recv_offset = 0;
+    for (size_t r = 0; r < sc.size(); ++r) {
+      sc[r] = as_int(send_counts[r], "all_to_all");
+      sd[r] = as_int(send_offset, "all_to_all");
+      rc[r] = as_int(recv_counts[r], "all_to_all");
+      rd[r] = as_int(recv_offset, "all_to_all");
+      send_offset += send_counts[r];
+      recv_offset += recv_counts[r];
+    }
+    mpi_check(MPI_Alltoallv(send, sc.data(), sd.data(), MPI_FLOAT, recv, rc.data(), rd.data(),
+                            MPI_FLOAT, MPI_COMM_WORLD),
+              "all_to_all");
+  }
+
   void broadcast(void* data, int64_t bytes, int root) override {
     auto* p = static_cast<char*>(data);
     for (int64_t start = 0; start < bytes; start += kMaxCount)
@@ -127,7 +159,7 @@ class Mpi final : public Collective {
                 "all_reduce");
   }
 
-  int rank_ = 0, size_ = 1;
+  int rank_ = 0, size_ = 1, local_size_ = 1;
   std::string name_;
 };
 

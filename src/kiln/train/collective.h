@@ -25,6 +25,8 @@ class Collective {
   // This process's rank in [0, size()) and the number of ranks.
   virtual int rank() const = 0;
   virtual int size() const = 0;
+  // The number of ranks on this machine (this one included).
+  virtual int local_size() const = 0;
   // What carries the messages, for logs: "single process", "MPI (Open MPI v4.1.4)".
   virtual std::string name() const = 0;
 
@@ -39,6 +41,11 @@ class Collective {
   // recv (sum(counts) elements) = the ranks' send buffers (counts[r] elements each) one
   // after the other in rank order.
   virtual void all_gather(const float* send, float* recv, const std::vector<int64_t>& counts) = 0;
+  // Rank r's send holds one segment per rank q in rank order (send_counts[q] elements), which
+  // lands in rank q's recv as its segment r; recv holds one segment per rank in rank order
+  // (recv_counts[q] elements from rank q). (NCCL: grouped send/recv.)
+  virtual void all_to_all(const float* send, const std::vector<int64_t>& send_counts, float* recv,
+                          const std::vector<int64_t>& recv_counts) = 0;
   // The root's `bytes` bytes at data are copied to every rank's data.
   virtual void broadcast(void* data, int64_t bytes, int root) = 0;
   // Returns when every rank has called it.
@@ -53,11 +60,14 @@ class SingleProcess final : public Collective {
  public:
   int rank() const override { return 0; }
   int size() const override { return 1; }
+  int local_size() const override { return 1; }
   std::string name() const override { return "single process"; }
   void all_reduce(float*, int64_t) override {}
   void all_reduce(double*, int64_t) override {}
   void reduce_scatter(const float* send, float* recv, const std::vector<int64_t>& counts) override;
   void all_gather(const float* send, float* recv, const std::vector<int64_t>& counts) override;
+  void all_to_all(const float* send, const std::vector<int64_t>& send_counts, float* recv,
+                  const std::vector<int64_t>& recv_counts) override;
   void broadcast(void*, int64_t, int) override {}
   void barrier() override {}
   [[noreturn]] void abort(int code) override;

@@ -19,6 +19,7 @@ TEST(Collective, SingleProcessCopiesAndKeeps) {
   SingleProcess one;
   EXPECT_EQ(one.rank(), 0);
   EXPECT_EQ(one.size(), 1);
+  EXPECT_EQ(one.local_size(), 1);
   std::vector<float> data = {1.5f, -2.0f};
   one.all_reduce(data.data(), 2);
   EXPECT_EQ(data, (std::vector<float>{1.5f, -2.0f}));
@@ -50,6 +51,7 @@ TEST(Collective, SharesCoverTheUnitsInRankOrder) {
 void check_two_ranks() {
   std::unique_ptr<Collective> comm = make_mpi_collective();
   ASSERT_EQ(comm->size(), 2);
+  EXPECT_EQ(comm->local_size(), 2);  // both on this machine
   const int r = comm->rank();
   EXPECT_NE(comm->name().find("MPI"), std::string::npos) << comm->name();
   std::vector<float> f(1000);

@@ -32,15 +32,20 @@ DataParallelOptimizer::DataParallelOptimizer(Collective& comm, ParameterMap& par
 
 std::pair<int64_t, int64_t> DataParallelOptimizer::shard_of(int rank) const {
   if (zero_ == 0) return {0, total_};
+  return block_share(rank);
+}
+
+std::pair<int64_t, int64_t> DataParallelOptimizer::block_share(int rank) const {
   const int64_t blocks = (total_ + kNormBlock - 1) / kNormBlock;
   const auto [first, last] = share(blocks, rank, comm_.size());
   return {std::min(total_, first * kNormBlock), std::min(total_, last * kNormBlock)};
 }
 
-std::vector<int64_t> DataParallelOptimizer::bucket_counts(int64_t first, int64_t last) const {
+std::vector<int64_t> DataParallelOptimizer::bucket_counts(int64_t first, int64_t last,
+                                                          bool blocks) const {
   std::vector<int64_t> counts(static_cast<size_t>(comm_.size()));
   for (int r = 0; r < comm_.size(); ++r) {
-    const auto [s, e] = shard_of(r);
+    const auto [s, e] = blocks ? block_share(r) : shard_of(r);
     counts[static_cast<size_t>(r)] = std::max<int64_t>(0, std::min(last, e) - std::max(first, s));
   }
   return counts;
@@ -87,21 +92,50 @@ double DataParallelOptimizer::accumulate(int64_t units, const std::vector<double
     std::fill(gradient_.begin(), gradient_.end(), -0.0f);
   else
     sum_units(first, last, 0, weights, compute, losses, gradient_.data());
-  // The ranks' sums, bucket by bucket.
-  for (int64_t start = 0; start < total_; start += bucket_) {
-    const int64_t end = std::min(total_, start + bucket_);
-    if (zero_ == 0) {
-      comm_.all_reduce(gradient_.data() + start, end - start);
-    } else {
-      const int64_t into = std::clamp(start, shard_first_, shard_last_) - shard_first_;
-      comm_.reduce_scatter(gradient_.data() + start, gradient_shard_.data() + into,
-                           bucket_counts(start, end));
+  // The ranks' sums, bucket by bucket: each rank receives every rank's part of its block
+  // share of the bucket (all-to-all), adds them in the fixed tree over ranks, and (without
+  // ZeRO) the sums are all-gathered: a reduce-scatter and all-gather whose association does
+  // not depend on the MPI library.
+  if (comm_.size() == 1) {
+    if (zero_ == 1) std::copy(gradient_.begin(), gradient_.end(), gradient_shard_.begin());
+  } else {
+    const auto n = static_cast<size_t>(comm_.size());
+    const auto [block_first, block_last] = block_share(comm_.rank());
+    std::vector<float> summed;
+    for (int64_t start = 0; start < total_; start += bucket_) {
+      const int64_t end = std::min(total_, start + bucket_);
+      const std::vector<int64_t> counts = bucket_counts(start, end, true);
+      const int64_t mine = counts[static_cast<size_t>(comm_.rank())];
+      parts_.resize(n * static_cast<size_t>(mine));
+      comm_.all_to_all(gradient_.data() + start, counts, parts_.data(),
+                       std::vector<int64_t>(n, mine));
+      const int64_t part_first = std::clamp(start, block_first, block_last);
+      summed.resize(static_cast<size_t>(mine));
+      float* out =
+          zero_ == 1 ? gradient_shard_.data() + (part_first - shard_first_) : summed.data();
+      sum_ranks(0, comm_.size(), 0, mine, out);
+      if (zero_ == 0) comm_.all_gather(summed.data(), gradient_.data() + start, counts);
     }
   }
   comm_.all_reduce(losses.data(), units);
   double loss = 0.0;
   for (double l : losses) loss += l;
   return loss;
+}
+
+void DataParallelOptimizer::sum_ranks(int a, int b, size_t depth, int64_t n, float* out) {
+  if (b - a == 1) {
+    const float* part = parts_.data() + static_cast<size_t>(a) * static_cast<size_t>(n);
+    std::copy(part, part + n, out);
+    return;
+  }
+  const int m = a + (b - a) / 2;
+  sum_ranks(a, m, depth + 1, n, out);
+  if (rank_scratch_.size() <= depth) rank_scratch_.resize(depth + 1);
+  rank_scratch_[depth].resize(static_cast<size_t>(n));
+  float* right = rank_scratch_[depth].data();
+  sum_ranks(m, b, depth + 1, n, right);
+  for (int64_t i = 0; i < n; ++i) out[i] += right[i];
 }
 
 const float* DataParallelOptimizer::shard_gradient() const {
@@ -165,7 +199,7 @@ void DataParallelOptimizer::gather(const std::vector<float>& shard,
   for (int64_t start = 0; start < total_; start += bucket_) {
     const int64_t end = std::min(total_, start + bucket_);
     const int64_t from = std::clamp(start, shard_first_, shard_last_) - shard_first_;
-    comm_.all_gather(shard.data() + from, full.data() + start, bucket_counts(start, end));
+    comm_.all_gather(shard.data() + from, full.data() + start, bucket_counts(start, end, false));
   }
 }
 

@@ -4,13 +4,18 @@
 // ZeRO stage 1, sharded (reduce-scatter the gradients, each rank updates its shard of the
 // parameters and keeps only that shard's moments, all-gather the parameters).
 //
-// Reproducibility: the result of a step does not depend on the number of ranks (1 or 2 give
-// bitwise the same parameters, optimizer state and loss; so do 4 when the MPI library sums in
-// a balanced tree) nor on ZeRO:
+// Reproducibility: the result of a step does not depend on the number of ranks when it is a
+// power of two (1, 2, 4, ... give bitwise the same parameters, optimizer state and loss; other
+// counts agree to rounding) nor on ZeRO:
 // - a step's gradient is a pairwise sum over its units in a fixed tree (sum(l, r) =
-//   sum(l, m) + sum(m, r), m = l + (r - l) / 2); rank r of N computes the subtree of its share
-//   share(units, r, N) (collective.h), which for N = 2 is one child of the root, and the ranks'
-//   sums are added by the collective (a + b for two ranks, exact in any order);
+//   sum(l, m) + sum(m, r), m = l + (r - l) / 2); rank r of N computes the sum of its share
+//   share(units, r, N) (collective.h) in that tree; for N a power of two the shares are the
+//   tree's nodes at depth log2(N);
+// - the ranks' sums are added in the same kind of tree over ranks (sum(a, b) = sum(a, m) +
+//   sum(m, b), m = a + (b - a) / 2), which is then the unit tree's upper levels: bucket by
+//   bucket, each rank receives every rank's part of its share of whole norm blocks
+//   (all_to_all), adds them in that order, and without ZeRO the sums are all-gathered (a
+//   reduce-scatter and all-gather whose association is ours, not the MPI library's);
 // - each unit's gradient is computed alone (the callback fills the gradients with one unit's
 //   gradient), then weighted, so it does not depend on which units share a rank;
 // - the global gradient norm is a sum of fixed blocks of kNormBlock elements, each summed in
@@ -79,8 +84,12 @@ class DataParallelOptimizer {
   };
   // The flat range of rank r's shard.
   std::pair<int64_t, int64_t> shard_of(int rank) const;
-  // counts[r] = |[first, last) ∩ shard r|.
-  std::vector<int64_t> bucket_counts(int64_t first, int64_t last) const;
+  // Rank r's share of whole norm blocks (ZeRO's shard; the part of the gradient sum it makes).
+  std::pair<int64_t, int64_t> block_share(int rank) const;
+  // counts[r] = |[first, last) ∩ block_share(r)| (blocks) or |[first, last) ∩ shard r|.
+  std::vector<int64_t> bucket_counts(int64_t first, int64_t last, bool blocks) const;
+  // The fixed pairwise sum over ranks [a, b) of parts_'s segments of n elements into out.
+  void sum_ranks(int a, int b, size_t depth, int64_t n, float* out);
   // The pairwise sum of units [l, r) into out (total_ floats); depth picks scratch buffers.
   void sum_units(int64_t l, int64_t r, size_t depth, const std::vector<double>& weights,
                  const std::function<double(int64_t)>& compute, std::vector<double>& losses,
@@ -96,8 +105,10 @@ class DataParallelOptimizer {
   std::vector<Entry> entries_;         // in ParameterMap order
   std::vector<float> gradient_;        // [total_]: the step's gradient (also the gather buffer)
   std::vector<float> gradient_shard_;  // [shard]: ZeRO's reduce-scattered gradient
-  std::vector<std::vector<float>> scratch_;  // [depth][total_]: the unit tree's right halves
-  std::vector<float> m_, v_;                 // [shard]: AdamW's moments of this rank's shard
+  std::vector<std::vector<float>> scratch_;       // [depth][total_]: the unit tree's right halves
+  std::vector<float> parts_;                      // [ranks][part]: a bucket's parts of all ranks
+  std::vector<std::vector<float>> rank_scratch_;  // [depth][part]: the rank tree's right halves
+  std::vector<float> m_, v_;                      // [shard]: AdamW's moments of this rank's shard
 };
 
 // sum over u in [0, units) of f(u), each f(u) computed by the rank whose share holds u, added

@@ -135,43 +135,53 @@ TEST(DataParallel, StateRoundTripsAndBadStateIsRefused) {
   EXPECT_THROW(DataParallelOptimizer(one, model.parameters, model.gradients, {}, 2), Error);
 }
 
-bool run_under_mpirun(const std::string& filter, std::string& output, int& code) {
+bool run_under_mpirun(const std::string& filter, int ranks, std::string& output, int& code) {
   if (std::system("command -v mpirun >/dev/null 2>&1") != 0) return false;
   const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
   const std::string log = testing::TempDir() + "/kiln_mpi_" + filter + ".log";
   const std::string command =
       "KILN_TEST_UNDER_MPI=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
-      "OMP_NUM_THREADS=1 timeout 300 mpirun --oversubscribe -np 2 " +
-      self + " --gtest_color=no --gtest_filter=" + filter + " >" + log + " 2>&1";
+      "OMP_NUM_THREADS=1 timeout 300 mpirun --oversubscribe -np " +
+      std::to_string(ranks) + " " + self + " --gtest_color=no --gtest_filter=" + filter + " >" +
+      log + " 2>&1";
   code = std::system(command.c_str());
   std::ifstream in(log);
   output.assign(std::istreambuf_iterator<char>(in), {});
   return true;
 }
 
-TEST(DataParallel, TwoRanksAreBitwiseOneProcess) {
+// Under mpirun: `ranks` ranks give one process's run bitwise; else reruns `test` under mpirun.
+void check_ranks_against_one_process(const std::string& test, int ranks) {
   if (std::getenv("KILN_TEST_UNDER_MPI") != nullptr) {
     std::unique_ptr<Collective> mpi = make_mpi_collective();
-    ASSERT_EQ(mpi->size(), 2);
+    ASSERT_EQ(mpi->size(), ranks);
     SingleProcess one;
-    for (int64_t units : {1, 2, 5, 8})
+    for (int64_t units : {1, 2, 3, 5, 6, 8})
       for (int zero : {0, 1}) {
         const std::string what = "units " + std::to_string(units) + " zero " + std::to_string(zero);
-        const Trajectory single = train(one, units, 0), two = train(*mpi, units, zero);
-        expect_same(single, two, what);
-        std::printf("rank %d: %s: losses %.17g %.17g %.17g, norms %.17g: bitwise equal\n",
-                    mpi->rank(), what.c_str(), two.losses[0], two.losses[1], two.losses[2],
-                    two.norms[2]);
+        const Trajectory single = train(one, units, 0), many = train(*mpi, units, zero);
+        expect_same(single, many, what);
+        std::printf("rank %d of %d: %s: losses %.17g %.17g %.17g, norm %.17g: bitwise equal\n",
+                    mpi->rank(), ranks, what.c_str(), many.losses[0], many.losses[1],
+                    many.losses[2], many.norms[2]);
       }
     return;
   }
   std::string output;
   int code = 0;
-  if (!run_under_mpirun("DataParallel.TwoRanksAreBitwiseOneProcess", output, code))
-    GTEST_SKIP() << "no mpirun";
+  if (!run_under_mpirun("DataParallel." + test, ranks, output, code)) GTEST_SKIP() << "no mpirun";
   std::cout << output;
   EXPECT_EQ(code, 0) << output;
   EXPECT_NE(output.find("[  PASSED  ] 1 test"), std::string::npos) << output;
+}
+
+TEST(DataParallel, TwoRanksAreBitwiseOneProcess) {
+  check_ranks_against_one_process("TwoRanksAreBitwiseOneProcess", 2);
+}
+
+// Four ranks too: the rank tree (0 + 1) + (2 + 3) is the unit tree's upper levels.
+TEST(DataParallel, FourRanksAreBitwiseOneProcess) {
+  check_ranks_against_one_process("FourRanksAreBitwiseOneProcess", 4);
 }
 
 }  // namespace
