@@ -7,6 +7,7 @@ PACKAGES=(
   g++ cmake ninja-build ccache pkg-config
   nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev libbenchmark-dev
   libsentencepiece-dev libzstd-dev libpcre2-dev libopenblas-dev libcpp-httplib-dev
+  libopenmpi-dev openmpi-bin
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -1,17 +1,23 @@
 // `kiln train [MODEL] --data PATH -o OUT [--steps N] [--batch B] [--seq T] [--lr LR]
 // [--warmup N] [--schedule cosine|linear|constant] [--weight-decay W] [--clip C] [--seed S]
-// [--eval-every N] [--val-fraction F] [--json]`: fine-tunes a model on a dataset
+// [--eval-every N] [--val-fraction F] [--zero 0|1] [--json]`: fine-tunes a model on a dataset
 // (train/data.h) with AdamW and writes a HuggingFace folder (config, tokenizer files and the
-// trained weights in f32 under the checkpoint's own tensor names) plus metrics.jsonl.
+// trained weights in f32 under the checkpoint's own tensor names) plus metrics.jsonl. Under
+// `mpirun -np N` the ranks share each step's windows (train/data_parallel.h); rank 0 writes.
+#include <omp.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <numeric>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include "kiln/cli/command.h"
 #include "kiln/core/error.h"
@@ -21,7 +27,9 @@
 #include "kiln/models/loader.h"
 #include "kiln/train/adamw.h"
 #include "kiln/train/backward.h"
+#include "kiln/train/collective.h"
 #include "kiln/train/data.h"
+#include "kiln/train/data_parallel.h"
 #include "kiln/train/train_model.h"
 
 namespace kiln::cli {
@@ -77,15 +85,40 @@ class TrainCommand : public Command {
     app.add_option("--resume", resume_,
                    "continue from a checkpoint folder (OUT.checkpoints/step-N) of the same run")
         ->check(CLI::ExistingDirectory);
+    app.add_option("--zero", zero_,
+                   "under mpirun: 1 shards AdamW's state across the ranks (ZeRO-1; default 0)")
+        ->check(CLI::Range(0, 1));
     app.add_flag("--json", json_, "print a JSON summary at the end");
   }
 
   // Writes into OUT.partial and renames it at the end: a failed run leaves nothing.
+  // Under mpirun only rank 0 touches the output; a rank that fails ends the run.
   int run() override {
+    comm_ = train::make_collective();
+    if (comm_->size() == 1) return run_rank();
+    // The ranks on one machine share its cores (unless OMP_NUM_THREADS says otherwise).
+    if (std::getenv("OMP_NUM_THREADS") == nullptr)
+      omp_set_num_threads(std::max(1, omp_get_num_procs() / comm_->local_size()));
+    try {
+      return run_rank();
+    } catch (const std::exception& e) {
+      // Rank 0 reports (and has removed OUT.partial); the others give it a moment to.
+      if (comm_->rank() != 0) std::this_thread::sleep_for(std::chrono::seconds(2));
+      std::fflush(stdout);
+      std::fprintf(stderr, "\nkiln: error (rank %d of %d): %s\n", comm_->rank(), comm_->size(),
+                   e.what());
+      comm_->abort(1);
+    }
+    return 1;  // not reached: abort() ends the process
+  }
+
+ private:
+  int run_rank() {
     if (model_path_.empty()) model_path_ = default_model_path();
-    check(!fs::exists(output_), output_ + ": already exists (choose a new output folder)");
     final_ = output_;
     output_ += ".partial";
+    if (!writer()) return train();
+    check(!fs::exists(final_), final_ + ": already exists (choose a new output folder)");
     fs::remove_all(output_);
     try {
       const int code = train();
@@ -98,7 +131,9 @@ class TrainCommand : public Command {
     }
   }
 
- private:
+  // Rank 0 writes the output, checkpoints, metrics and progress.
+  bool writer() const { return comm_->rank() == 0; }
+
   int train() {
     const LoadedModel loaded = load_model(model_path_, Residency::kResident, family_);
     check(loaded.family != nullptr,
@@ -125,9 +160,13 @@ class TrainCommand : public Command {
     windows.resize(windows.size() - held);
     check(!windows.empty(), data_ + ": no training windows left after the validation split");
 
-    fs::create_directories(output_);
-    std::ofstream metrics(output_ + "/metrics.jsonl");
-    train::AdamW optimizer({lr_, 0.9, 0.95, 1e-8, weight_decay_, clip_});
+    std::ofstream metrics;
+    if (writer()) {
+      fs::create_directories(output_);
+      metrics.open(output_ + "/metrics.jsonl");
+    }
+    train::DataParallelOptimizer optimizer(*comm_, model.parameters(), model.gradients(),
+                                           {lr_, 0.9, 0.95, 1e-8, weight_decay_, clip_}, zero_);
     const int32_t pad = eos >= 0 ? eos : 0;
     std::vector<size_t> order(windows.size());
     std::iota(order.begin(), order.end(), 0);
@@ -136,34 +175,46 @@ class TrainCommand : public Command {
     if (!resume_.empty()) first_step = load_checkpoint(model, optimizer, rng, order, cursor) + 1;
     std::vector<int32_t> tokens, targets;
     const auto start = std::chrono::steady_clock::now();
-    int64_t seen_tokens = 0;
+    int64_t seen_tokens = 0, rank_tokens = 0;
     double first_loss = 0, last_loss = 0, val_before = validation_loss(model, validation, pad),
            val_after = val_before;
+    std::vector<double> rank_rates;
+    const int64_t units = grad_accum_ * batch_;  // windows per step
     for (int64_t step = first_step; step <= steps_; ++step) {
       const double lr = learning_rate(step);
-      optimizer.set_lr(lr);
-      model.zero_gradients();
-      double loss = 0.0;
-      for (int64_t micro = 0; micro < grad_accum_; ++micro) {
-        std::vector<size_t> ids;
-        while (static_cast<int64_t>(ids.size()) < batch_) {
-          if (cursor == order.size()) {  // a new epoch, freshly shuffled
-            std::shuffle(order.begin(), order.end(), rng);
-            cursor = 0;
-          }
-          ids.push_back(order[cursor++]);
+      // The step's windows, micro-batch after micro-batch (every rank draws the same).
+      std::vector<size_t> ids;
+      while (static_cast<int64_t>(ids.size()) < units) {
+        if (cursor == order.size()) {  // a new epoch, freshly shuffled
+          std::shuffle(order.begin(), order.end(), rng);
+          cursor = 0;
         }
-        make_batch(windows, ids, seq_, pad, tokens, targets);
-        loss += model.forward_backward(tokens.data(), targets.data(), batch_, seq_);
+        ids.push_back(order[cursor++]);
       }
-      if (grad_accum_ > 1) {
-        loss /= static_cast<double>(grad_accum_);
-        model.scale_gradients(1.0f / static_cast<float>(grad_accum_));
+      // The loss is the mean over micro-batches of each one's mean over its targets: window w
+      // of micro-batch b weighs targets(w) / targets(b) / grad_accum.
+      std::vector<double> weights(static_cast<size_t>(units), 0.0);
+      for (int64_t micro = 0; micro < grad_accum_; ++micro) {
+        int64_t total = 0;
+        for (int64_t b = 0; b < batch_; ++b)
+          total += window_targets(windows[ids[micro * batch_ + b]]);
+        for (int64_t b = 0; b < batch_; ++b)
+          if (total > 0)
+            weights[micro * batch_ + b] =
+                static_cast<double>(window_targets(windows[ids[micro * batch_ + b]])) /
+                static_cast<double>(total) / static_cast<double>(grad_accum_);
       }
+      const double loss = optimizer.accumulate(units, weights, [&](int64_t u) {
+        model.zero_gradients();
+        make_batch(windows, {ids[u]}, seq_, pad, tokens, targets);
+        return model.forward_backward(tokens.data(), targets.data(), 1, seq_);
+      });
       check(std::isfinite(loss), "training: the loss is " + std::to_string(loss) + " at step " +
                                      std::to_string(step) + " (lower --lr?); nothing was written");
-      const double norm = optimizer.step(model.parameters(), model.gradients());
-      seen_tokens += grad_accum_ * batch_ * seq_;
+      const double norm = optimizer.step(lr);
+      const auto [mine_first, mine_last] = optimizer.my_units(units);
+      seen_tokens += units * seq_;
+      rank_tokens += (mine_last - mine_first) * seq_;
       if (step == first_step) first_loss = loss;
       last_loss = loss;
       const double seconds =
@@ -171,26 +222,42 @@ class TrainCommand : public Command {
       const double rate = static_cast<double>(seen_tokens) / seconds;
       Json line = {
           {"step", step}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm}, {"tokens_per_s", rate}};
+      if (comm_->size() > 1) {
+        // Each rank's own tokens per second (the windows of its share).
+        rank_rates.assign(static_cast<size_t>(comm_->size()), -0.0);
+        rank_rates[static_cast<size_t>(comm_->rank())] = static_cast<double>(rank_tokens) / seconds;
+        comm_->all_reduce(rank_rates.data(), comm_->size());
+        line["rank_tokens_per_s"] = rank_rates;
+      }
       if ((eval_every_ > 0 && step % eval_every_ == 0) || step == steps_) {
         val_after = validation_loss(model, validation, pad);
         if (!validation.empty()) line["val_loss"] = val_after;
       }
-      metrics << line.dump() << "\n";
-      std::fprintf(
-          stderr, "\rstep %lld/%lld  loss %.4f  lr %.2e  grad norm %.3f  %.0f tokens/s  ETA %.0f s",
-          static_cast<long long>(step), static_cast<long long>(steps_), loss, lr, norm, rate,
-          seconds / static_cast<double>(step - first_step + 1) *
-              static_cast<double>(steps_ - step));
+      if (writer()) {
+        metrics << line.dump() << "\n";
+        std::fprintf(stderr, "\rstep %lld/%lld  loss %.4f  lr %.2e  grad norm %.3f  %.0f tokens/s",
+                     static_cast<long long>(step), static_cast<long long>(steps_), loss, lr, norm,
+                     rate);
+        if (comm_->size() > 1)
+          std::fprintf(stderr, " (%d ranks, %.0f/rank)", comm_->size(),
+                       rate / static_cast<double>(comm_->size()));
+        std::fprintf(stderr, "  ETA %.0f s",
+                     seconds / static_cast<double>(step - first_step + 1) *
+                         static_cast<double>(steps_ - step));
+      }
       if (save_every_ > 0 && step % save_every_ == 0 && step < steps_)
         save_checkpoint(model, optimizer, rng, order, cursor, step);
     }
+    if (!writer()) return 0;
     std::fputc('\n', stderr);
     save(model, hf_names);
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (json_) {
       Json summary = {{"steps", steps_},       {"first_loss", first_loss}, {"last_loss", last_loss},
-                      {"tokens", seen_tokens}, {"seconds", seconds},       {"output", final_}};
+                      {"tokens", seen_tokens}, {"seconds", seconds},       {"output", final_},
+                      {"ranks", comm_->size()}};
+      if (comm_->size() > 1) summary["rank_tokens_per_s"] = rank_rates;
       if (!validation.empty()) {
         summary["val_loss_before"] = val_before;
         summary["val_loss_after"] = val_after;
@@ -215,30 +282,41 @@ class TrainCommand : public Command {
     return lr_;
   }
 
-  // Mean loss over the validation windows (each predicted target counts once).
+  // Mean loss over the validation windows (each predicted target counts once); the ranks
+  // share the windows.
   double validation_loss(const train::TrainModel& model, const std::vector<train::Window>& windows,
                          int32_t pad) const {
-    double total = 0.0;
     int64_t count = 0;
+    for (const train::Window& w : windows) count += window_targets(w);
     std::vector<int32_t> tokens, targets;
-    for (size_t i = 0; i < windows.size(); ++i) {
-      make_batch(windows, {i}, static_cast<int64_t>(windows[i].tokens.size()), pad, tokens,
-                 targets);
-      const int64_t n = train::count_targets(targets.data(), static_cast<int64_t>(targets.size()));
-      total += model.loss(tokens.data(), targets.data(), 1, static_cast<int64_t>(tokens.size())) *
-               static_cast<double>(n);
-      count += n;
-    }
+    const double total =
+        train::distributed_sum(*comm_, static_cast<int64_t>(windows.size()), [&](int64_t u) {
+          const auto i = static_cast<size_t>(u);
+          make_batch(windows, {i}, static_cast<int64_t>(windows[i].tokens.size()), pad, tokens,
+                     targets);
+          return model.loss(tokens.data(), targets.data(), 1, static_cast<int64_t>(tokens.size())) *
+                 static_cast<double>(window_targets(windows[i]));
+        });
     return count > 0 ? total / static_cast<double>(count) : 0.0;
+  }
+
+  // The targets a window predicts (tokens after the first that carry loss).
+  static int64_t window_targets(const train::Window& w) {
+    int64_t n = 0;
+    for (size_t t = 1; t < w.loss.size(); ++t) n += w.loss[t] != 0;
+    return n;
   }
 
   // A resumable checkpoint of the run after `step`, written to a temporary folder and renamed
   // (a crash never leaves a partial one): the parameters and the optimizer's moments
   // (safetensors, Kiln names), and state.json (step, optimizer steps, the data order, its cursor,
   // the shuffling generator's state, and the settings that must not change on resume).
-  void save_checkpoint(const train::TrainModel& model, const train::AdamW& optimizer,
-                       const std::mt19937_64& rng, const std::vector<size_t>& order, size_t cursor,
-                       int64_t step) const {
+  // Every rank calls it (the optimizer state is gathered); rank 0 writes.
+  void save_checkpoint(const train::TrainModel& model,
+                       const train::DataParallelOptimizer& optimizer, const std::mt19937_64& rng,
+                       const std::vector<size_t>& order, size_t cursor, int64_t step) const {
+    const train::AdamW::State state = optimizer.state();
+    if (!writer()) return;
     const std::string dir = final_ + ".checkpoints/step-" + std::to_string(step);
     const std::string tmp = dir + ".tmp";
     fs::remove_all(tmp);
@@ -246,7 +324,6 @@ class TrainCommand : public Command {
     std::vector<std::pair<std::string, Tensor>> params(model.parameters().begin(),
                                                        model.parameters().end());
     write_safetensors(tmp + "/parameters.safetensors", params);
-    const train::AdamW::State state = optimizer.state();
     std::vector<std::pair<std::string, Tensor>> moments;
     for (const auto& [name, m] : state.m) {
       moments.emplace_back("m/" + name, Tensor::from_f32({static_cast<int64_t>(m.size())}, m));
@@ -264,10 +341,11 @@ class TrainCommand : public Command {
     fs::rename(tmp, dir);
   }
 
-  // Restores a checkpoint; returns its step. Throws Error naming the file when it is missing,
-  // corrupt, or from a run with other settings.
-  int64_t load_checkpoint(train::TrainModel& model, train::AdamW& optimizer, std::mt19937_64& rng,
-                          std::vector<size_t>& order, size_t& cursor) const {
+  // Restores a checkpoint (every rank reads it; any number of ranks, ZeRO or not); returns its
+  // step. Throws Error naming the file when it is missing, corrupt, or from a run with other
+  // settings.
+  int64_t load_checkpoint(train::TrainModel& model, train::DataParallelOptimizer& optimizer,
+                          std::mt19937_64& rng, std::vector<size_t>& order, size_t& cursor) const {
     const std::string state_path = resume_ + "/state.json";
     const Json state = read_json_file(state_path);
     try {
@@ -291,7 +369,7 @@ class TrainCommand : public Command {
         restored.m[name].assign(m.data<float>(), m.data<float>() + m.numel());
         restored.v[name].assign(v.data<float>(), v.data<float>() + v.numel());
       }
-      optimizer.set_state(std::move(restored));
+      optimizer.set_state(restored);
       order = state.at("order").get<std::vector<size_t>>();
       cursor = state.at("cursor").get<size_t>();
       std::istringstream generator(state.at("rng").get<std::string>());
@@ -369,6 +447,8 @@ class TrainCommand : public Command {
   double lr_ = 3e-4, weight_decay_ = 0.0, clip_ = 1.0, val_fraction_ = 0.1;
   uint64_t seed_ = 0;
   bool json_ = false;
+  int zero_ = 0;
+  std::unique_ptr<train::Collective> comm_;
 };
 
 }  // namespace

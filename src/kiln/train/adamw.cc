@@ -1,5 +1,6 @@
 #include "kiln/train/adamw.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "kiln/core/error.h"
@@ -32,36 +33,44 @@ double AdamW::step(ParameterMap& parameters, const ParameterMap& gradients) {
       throw Error("AdamW: the gradient of '" + name + "' is not an f32 " + p.shape_string());
   }
   const double norm = global_norm(gradients);
-  const float clip = o.clip_norm > 0.0 && norm > 0.0
-                         ? static_cast<float>(std::min(1.0, o.clip_norm / (norm + 1e-6)))
-                         : 1.0f;
+  const float clip = clip_factor(o.clip_norm, norm);
   ++steps_;
-  const double t = static_cast<double>(steps_);
-  // The scalars in double, then f32, as PyTorch applies Python floats to f32 tensors.
-  const float bias_correction2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(o.beta2, t)));
-  const float step_size = static_cast<float>(o.lr / (1.0 - std::pow(o.beta1, t)));
-  const float beta1 = static_cast<float>(o.beta1), beta2 = static_cast<float>(o.beta2);
-  const float eps = static_cast<float>(o.eps);
   for (auto& [name, p] : parameters) {
     const int64_t n = p.numel();
-    const float* g = gradients.at(name).data<float>();
-    float* w = p.mutable_data<float>();
     std::vector<float>& m = m_[name];
     std::vector<float>& v = v_[name];
     m.resize(n);
     v.resize(n);
-    const float decay = decays(name, p) ? static_cast<float>(1.0 - o.lr * o.weight_decay) : 1.0f;
-#pragma omp parallel for schedule(static) if (n >= 4096)
-    for (int64_t i = 0; i < n; ++i) {
-      const float gi = g[i] * clip;
-      w[i] *= decay;
-      m[i] = m[i] * beta1 + gi * (1.0f - beta1);
-      v[i] = v[i] * beta2 + gi * gi * (1.0f - beta2);
-      const float denom = std::sqrt(v[i]) / bias_correction2_sqrt + eps;
-      w[i] -= step_size * (m[i] / denom);
-    }
+    adamw_update(o, steps_, clip, decays(name, p), p.mutable_data<float>(),
+                 gradients.at(name).data<float>(), m.data(), v.data(), n);
   }
   return norm;
+}
+
+float clip_factor(double clip_norm, double norm) {
+  return clip_norm > 0.0 && norm > 0.0
+             ? static_cast<float>(std::min(1.0, clip_norm / (norm + 1e-6)))
+             : 1.0f;
+}
+
+void adamw_update(const AdamWOptions& o, int64_t t, float clip, bool decay, float* w,
+                  const float* g, float* m, float* v, int64_t n) {
+  const double steps = static_cast<double>(t);
+  // The scalars in double, then f32, as PyTorch applies Python floats to f32 tensors.
+  const float bias_correction2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(o.beta2, steps)));
+  const float step_size = static_cast<float>(o.lr / (1.0 - std::pow(o.beta1, steps)));
+  const float beta1 = static_cast<float>(o.beta1), beta2 = static_cast<float>(o.beta2);
+  const float eps = static_cast<float>(o.eps);
+  const float factor = decay ? static_cast<float>(1.0 - o.lr * o.weight_decay) : 1.0f;
+#pragma omp parallel for schedule(static) if (n >= 4096)
+  for (int64_t i = 0; i < n; ++i) {
+    const float gi = g[i] * clip;
+    w[i] *= factor;
+    m[i] = m[i] * beta1 + gi * (1.0f - beta1);
+    v[i] = v[i] * beta2 + gi * gi * (1.0f - beta2);
+    const float denom = std::sqrt(v[i]) / bias_correction2_sqrt + eps;
+    w[i] -= step_size * (m[i] / denom);
+  }
 }
 
 }  // namespace kiln::train

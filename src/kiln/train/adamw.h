@@ -63,4 +63,15 @@ class AdamW {
 // sqrt(sum of every gradient element squared), accumulated in double.
 double global_norm(const ParameterMap& gradients);
 
+// The factor clip_grad_norm_ scales gradients of global norm `norm` by:
+// min(1, clip_norm / (norm + 1e-6)) when clip_norm > 0 and norm > 0, else 1.
+float clip_factor(double clip_norm, double norm);
+
+// AdamW::step's update of n elements of one parameter: step `t` (1-based) of the optimizer,
+// gradients g scaled by `clip`, weight decay when `decay`; w, m and v are updated in place.
+// Element-wise (the result of an element does not depend on n or on the thread count), so a
+// parameter may be updated in pieces (data_parallel.h updates the shard of each rank).
+void adamw_update(const AdamWOptions& options, int64_t t, float clip, bool decay, float* w,
+                  const float* g, float* m, float* v, int64_t n);
+
 }  // namespace kiln::train
