@@ -22,6 +22,7 @@
 #include "kiln/train/adamw.h"
 #include "kiln/train/backward.h"
 #include "kiln/train/data.h"
+#include "kiln/train/lora.h"
 #include "kiln/train/train_model.h"
 
 namespace kiln::cli {
@@ -78,6 +79,15 @@ class TrainCommand : public Command {
                    "continue from a checkpoint folder (OUT.checkpoints/step-N) of the same run")
         ->check(CLI::ExistingDirectory);
     app.add_flag("--json", json_, "print a JSON summary at the end");
+    app.add_option("--lora-rank", lora_rank_,
+                   "train LoRA adapters of this rank on frozen weights (default 0: all weights)")
+        ->check(CLI::Range(0, 1 << 16));
+    app.add_option("--lora-alpha", lora_alpha_, "LoRA scale numerator: alpha / rank (default 16)")
+        ->check(finite_positive());
+    app.add_option("--lora-dropout", lora_dropout_, "LoRA input dropout (default 0)")
+        ->check(CLI::Range(0.0, 0.99));
+    app.add_option("--lora-targets", lora_targets_,
+                   "modules with adapters, of q,k,v,o,gate,up,down (default q,k,v,o)");
   }
 
   // Writes into OUT.partial and renames it at the end: a failed run leaves nothing.
@@ -110,7 +120,12 @@ class TrainCommand : public Command {
               std::to_string(loaded.spec.max_position_embeddings));
     // The export plan first, so that a family it cannot export fails before training.
     const std::map<std::string, std::string> hf_names = export_names(loaded);
-    train::TrainModel model(loaded.spec, loaded.weights);
+    train::TrainModel model(loaded.spec, loaded.weights, lora_rank_ > 0);
+    std::unique_ptr<train::Lora> lora;  // LoRA: the adapters are the model's only parameters
+    if (lora_rank_ > 0)
+      lora = std::make_unique<train::Lora>(
+          model, train::LoraOptions{lora_rank_, lora_alpha_, lora_dropout_,
+                                    train::parse_lora_targets(lora_targets_), seed_});
     const std::unique_ptr<Tokenizer> tokenizer = Tokenizer::load(model_path_);
     const int32_t eos =
         loaded.spec.eos_token_ids.empty() ? -1 : static_cast<int32_t>(loaded.spec.eos_token_ids[0]);
@@ -154,6 +169,7 @@ class TrainCommand : public Command {
           ids.push_back(order[cursor++]);
         }
         make_batch(windows, ids, seq_, pad, tokens, targets);
+        if (lora) lora->set_dropout_key(static_cast<uint64_t>((step - 1) * grad_accum_ + micro));
         loss += model.forward_backward(tokens.data(), targets.data(), batch_, seq_);
       }
       if (grad_accum_ > 1) {
@@ -185,7 +201,11 @@ class TrainCommand : public Command {
         save_checkpoint(model, optimizer, rng, order, cursor, step);
     }
     std::fputc('\n', stderr);
-    save(model, hf_names);
+    if (lora) {
+      train::save_lora(output_, *lora, hf_names, fs::absolute(model_path_).string());
+    } else {
+      save(model, hf_names);
+    }
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (json_) {
@@ -305,34 +325,34 @@ class TrainCommand : public Command {
 
   // What a resumed run must share with the run that wrote the checkpoint.
   Json settings() const {
-    return {{"data", fs::absolute(data_).lexically_normal().string()},
-            {"model", fs::absolute(model_path_).lexically_normal().string()},
-            {"batch", batch_},
-            {"grad_accum", grad_accum_},
-            {"seq", seq_},
-            {"steps", steps_},
-            {"lr", lr_},
-            {"warmup", warmup_},
-            {"schedule", schedule_},
-            {"weight_decay", weight_decay_},
-            {"clip", clip_},
-            {"seed", seed_},
-            {"val_fraction", val_fraction_}};
+    Json s = {{"data", fs::absolute(data_).lexically_normal().string()},
+              {"model", fs::absolute(model_path_).lexically_normal().string()},
+              {"batch", batch_},
+              {"grad_accum", grad_accum_},
+              {"seq", seq_},
+              {"steps", steps_},
+              {"lr", lr_},
+              {"warmup", warmup_},
+              {"schedule", schedule_},
+              {"weight_decay", weight_decay_},
+              {"clip", clip_},
+              {"seed", seed_},
+              {"val_fraction", val_fraction_}};
+    if (lora_rank_ > 0)
+      s["lora"] = {{"rank", lora_rank_},
+                   {"alpha", lora_alpha_},
+                   {"dropout", lora_dropout_},
+                   {"targets", lora_targets_}};
+    return s;
   }
 
-  // Kiln name -> the checkpoint's tensor name, for families whose tensors map one to one
-  // (no split, fused or transposed tensors).
+  // Kiln name -> the checkpoint's tensor name (one-to-one families only).
   std::map<std::string, std::string> export_names(const LoadedModel& loaded) const {
-    const std::unique_ptr<TensorSource> source = open_model_source(model_path_, loaded.config);
-    std::map<std::string, std::string> names;
-    for (const WeightMapping& m : loaded.family->map_weights(loaded.spec, *source)) {
-      check(!m.transform && m.hf_names.size() == 1,
-            "training: '" + m.kiln_name + "' is made from " + std::to_string(m.hf_names.size()) +
-                " tensor(s) by a transform; exporting family '" + loaded.family->name() +
-                "' to HuggingFace names is not implemented yet");
-      names[m.kiln_name] = m.hf_names[0];
+    try {
+      return train::hf_export_names(loaded);
+    } catch (const Error& e) {
+      throw Error(std::string("training: ") + e.what());
     }
-    return names;
   }
 
   void save(const train::TrainModel& model,
@@ -369,6 +389,9 @@ class TrainCommand : public Command {
   double lr_ = 3e-4, weight_decay_ = 0.0, clip_ = 1.0, val_fraction_ = 0.1;
   uint64_t seed_ = 0;
   bool json_ = false;
+  int64_t lora_rank_ = 0;
+  double lora_alpha_ = 16.0, lora_dropout_ = 0.0;
+  std::string lora_targets_ = "q,k,v,o";
 };
 
 }  // namespace
