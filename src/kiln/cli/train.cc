@@ -1,8 +1,11 @@
 // `kiln train [MODEL] --data PATH -o OUT [--steps N] [--batch B] [--seq T] [--lr LR]
 // [--warmup N] [--schedule cosine|linear|constant] [--weight-decay W] [--clip C] [--seed S]
-// [--eval-every N] [--val-fraction F] [--json]`: fine-tunes a model on a dataset
-// (train/data.h) with AdamW and writes a HuggingFace folder (config, tokenizer files and the
-// trained weights in f32 under the checkpoint's own tensor names) plus metrics.jsonl.
+// [--eval-every N] [--val-fraction F] [--chat-template PATH] [--lora-rank R --lora-alpha A
+// --lora-dropout P --lora-targets q,k,v,o,gate,up,down] [--json]`: fine-tunes a model on a
+// dataset (train/data.h; chat JSONL, train/sft.h) with AdamW and writes a HuggingFace folder
+// (config, tokenizer files and the trained weights in f32 under the checkpoint's own tensor
+// names) plus metrics.jsonl; with --lora-rank, the base is frozen and OUT is an adapter folder
+// (train/lora.h).
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -23,6 +26,7 @@
 #include "kiln/train/backward.h"
 #include "kiln/train/data.h"
 #include "kiln/train/lora.h"
+#include "kiln/train/sft.h"
 #include "kiln/train/train_model.h"
 
 namespace kiln::cli {
@@ -79,6 +83,10 @@ class TrainCommand : public Command {
                    "continue from a checkpoint folder (OUT.checkpoints/step-N) of the same run")
         ->check(CLI::ExistingDirectory);
     app.add_flag("--json", json_, "print a JSON summary at the end");
+    app.add_option("--chat-template", chat_template_,
+                   "chat data: the template to render {\"messages\"} records with (default: "
+                   "the model's own)")
+        ->check(CLI::ExistingPath);
     app.add_option("--lora-rank", lora_rank_,
                    "train LoRA adapters of this rank on frozen weights (default 0: all weights)")
         ->check(CLI::Range(0, 1 << 16));
@@ -129,7 +137,10 @@ class TrainCommand : public Command {
     const std::unique_ptr<Tokenizer> tokenizer = Tokenizer::load(model_path_);
     const int32_t eos =
         loaded.spec.eos_token_ids.empty() ? -1 : static_cast<int32_t>(loaded.spec.eos_token_ids[0]);
-    std::vector<train::Window> windows = train::read_windows(data_, *tokenizer, seq_, eos);
+    std::vector<train::Window> windows =
+        train::is_chat_jsonl(data_)
+            ? train::read_chat_windows(data_, chat_template(), *tokenizer, seq_)
+            : train::read_windows(data_, *tokenizer, seq_, eos);
     // Shuffle by seed, hold out the validation windows.
     std::mt19937_64 rng(seed_);
     std::shuffle(windows.begin(), windows.end(), rng);
@@ -223,6 +234,14 @@ class TrainCommand : public Command {
       std::printf("; wrote %s\n", final_.c_str());
     }
     return 0;
+  }
+
+  // The template of chat data: --chat-template, else the model's own.
+  chat::ChatTemplate chat_template() const {
+    std::optional<chat::ChatTemplate> found = find_chat_template(model_path_, chat_template_, "");
+    check(found.has_value(), data_ + ": chat data needs a chat template; " + model_path_ +
+                                 " has none (give --chat-template)");
+    return *found;
   }
 
   double learning_rate(int64_t step) const {
@@ -391,7 +410,7 @@ class TrainCommand : public Command {
   bool json_ = false;
   int64_t lora_rank_ = 0;
   double lora_alpha_ = 16.0, lora_dropout_ = 0.0;
-  std::string lora_targets_ = "q,k,v,o";
+  std::string lora_targets_ = "q,k,v,o", chat_template_;
 };
 
 }  // namespace
