@@ -100,8 +100,10 @@ Lora::Lora(TrainModel& model, LoraOptions options) : model_(model), options_(std
       m.out = dims[slot].second;
       m.a = model.add_trainable(m.name + "/lora_a", {options_.rank, m.in});
       m.b = model.add_trainable(m.name + "/lora_b", {m.out, options_.rank});
-      m.da = const_cast<float*>(model.gradients().at(m.name + "/lora_a").data<float>());
-      m.db = const_cast<float*>(model.gradients().at(m.name + "/lora_b").data<float>());
+      Tensor da = model.gradients().at(m.name + "/lora_a");  // shares the gradient's storage
+      Tensor db = model.gradients().at(m.name + "/lora_b");
+      m.da = da.mutable_data<float>();
+      m.db = db.mutable_data<float>();
       const double bound = 1.0 / std::sqrt(static_cast<double>(m.in));
       float* a_data = m.a.mutable_data<float>();
       for (int64_t j = 0; j < m.a.numel(); ++j) {
