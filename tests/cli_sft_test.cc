@@ -1,6 +1,6 @@
 // `kiln train` on chat data: {"messages"} JSONL rendered with --chat-template (tinycoder has no
-// template of its own), LoRA adapters on top; the loss on the assistant tokens falls, and chat
-// data without a template is a one-line error.
+// template of its own), LoRA adapters on top, unpacked and packed (--pack); the loss on the
+// assistant tokens falls, and chat data without a template is a one-line error.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -24,6 +24,17 @@ TEST(CliSft, ChatDataTrainsWithTheTemplateAndLora) {
   std::cout << summary.dump() << std::endl;
   EXPECT_LT(summary.at("last_loss").get<double>(), summary.at("first_loss").get<double>() - 0.1);
   EXPECT_TRUE(fs::exists(dir + "/out/adapter_model.safetensors"));
+  // Packed: the four conversations share rows of 192 tokens, attention within each.
+  const test::CommandResult packed = test::run_kiln(
+      "train --data " + data + " --chat-template " +
+      test::shell_quote(test::data_path("tokenizers/qwen3")) + " -o " + dir +
+      "/packed --steps 3 --batch 1 --seq 192 --val-fraction 0 --lr 1e-2 --lora-rank 4 --pack"
+      " --seed 2 --json");
+  ASSERT_EQ(packed.exit_code, 0) << packed.err;
+  const Json packed_summary = Json::parse(packed.out);
+  std::cout << "packed: " << packed_summary.dump() << std::endl;
+  EXPECT_LT(packed_summary.at("last_loss").get<double>(),
+            packed_summary.at("first_loss").get<double>() - 0.1);
   const test::CommandResult none =
       test::run_kiln("train --data " + data + " -o " + dir + "/none --steps 1");
   EXPECT_EQ(none.exit_code, 1);

@@ -1,6 +1,6 @@
 // `kiln train [MODEL] --data PATH -o OUT [--steps N] [--batch B] [--seq T] [--lr LR]
 // [--warmup N] [--schedule cosine|linear|constant] [--weight-decay W] [--clip C] [--seed S]
-// [--eval-every N] [--val-fraction F] [--chat-template PATH] [--lora-rank R --lora-alpha A
+// [--eval-every N] [--val-fraction F] [--chat-template PATH] [--pack] [--lora-rank R --lora-alpha A
 // --lora-dropout P --lora-targets q,k,v,o,gate,up,down] [--json]`: fine-tunes a model on a
 // dataset (train/data.h; chat JSONL, train/sft.h) with AdamW and writes a HuggingFace folder
 // (config, tokenizer files and the trained weights in f32 under the checkpoint's own tensor
@@ -33,10 +33,11 @@ namespace kiln::cli {
 namespace {
 namespace fs = std::filesystem;
 
-// The windows of `ids` as one batch [B, T], padded at the end with `pad` (not predicted).
+// The windows of `ids` as one batch [B, T], padded at the end with `pad` (not predicted);
+// `segments` (when given): the packed windows' document ids, -1 on padding.
 void make_batch(const std::vector<train::Window>& windows, const std::vector<size_t>& ids,
-                int64_t T, int32_t pad, std::vector<int32_t>& tokens,
-                std::vector<int32_t>& targets) {
+                int64_t T, int32_t pad, std::vector<int32_t>& tokens, std::vector<int32_t>& targets,
+                std::vector<int32_t>* segments = nullptr) {
   const auto B = static_cast<int64_t>(ids.size());
   tokens.assign(static_cast<size_t>(B * T), pad);
   std::vector<uint8_t> mask(static_cast<size_t>(B * T), 0);
@@ -44,6 +45,16 @@ void make_batch(const std::vector<train::Window>& windows, const std::vector<siz
     const train::Window& w = windows[ids[b]];
     std::copy(w.tokens.begin(), w.tokens.end(), tokens.begin() + b * T);
     std::copy(w.loss.begin(), w.loss.end(), mask.begin() + b * T);
+  }
+  if (segments) {
+    segments->assign(static_cast<size_t>(B * T), -1);
+    for (int64_t b = 0; b < B; ++b) {
+      const train::Window& w = windows[ids[b]];
+      if (w.segment.empty())
+        std::fill_n(segments->begin() + b * T, w.tokens.size(), 0);
+      else
+        std::copy(w.segment.begin(), w.segment.end(), segments->begin() + b * T);
+    }
   }
   targets = train::next_token_targets(tokens.data(), mask.data(), B, T);
 }
@@ -87,6 +98,9 @@ class TrainCommand : public Command {
                    "chat data: the template to render {\"messages\"} records with (default: "
                    "the model's own)")
         ->check(CLI::ExistingPath);
+    app.add_flag("--pack", pack_,
+                 "pack several short windows (prompt/completion, chat) into each row; attention "
+                 "stays within each");
     app.add_option("--lora-rank", lora_rank_,
                    "train LoRA adapters of this rank on frozen weights (default 0: all weights)")
         ->check(CLI::Range(0, 1 << 16));
@@ -149,6 +163,8 @@ class TrainCommand : public Command {
     std::vector<train::Window> validation(windows.end() - static_cast<std::ptrdiff_t>(held),
                                           windows.end());
     windows.resize(windows.size() - held);
+    if (pack_)
+      windows = train::pack_windows(windows, seq_);  // after the split: validation unpacked
     check(!windows.empty(), data_ + ": no training windows left after the validation split");
 
     fs::create_directories(output_);
@@ -160,7 +176,7 @@ class TrainCommand : public Command {
     size_t cursor = order.size();
     int64_t first_step = 1;
     if (!resume_.empty()) first_step = load_checkpoint(model, optimizer, rng, order, cursor) + 1;
-    std::vector<int32_t> tokens, targets;
+    std::vector<int32_t> tokens, targets, segments;
     const auto start = std::chrono::steady_clock::now();
     int64_t seen_tokens = 0;
     double first_loss = 0, last_loss = 0, val_before = validation_loss(model, validation, pad),
@@ -179,9 +195,10 @@ class TrainCommand : public Command {
           }
           ids.push_back(order[cursor++]);
         }
-        make_batch(windows, ids, seq_, pad, tokens, targets);
+        make_batch(windows, ids, seq_, pad, tokens, targets, &segments);
         if (lora) lora->set_dropout_key(static_cast<uint64_t>((step - 1) * grad_accum_ + micro));
-        loss += model.forward_backward(tokens.data(), targets.data(), batch_, seq_);
+        loss += model.forward_backward(tokens.data(), targets.data(), batch_, seq_, 64,
+                                       pack_ ? segments.data() : nullptr);
       }
       if (grad_accum_ > 1) {
         loss /= static_cast<double>(grad_accum_);
@@ -357,6 +374,7 @@ class TrainCommand : public Command {
               {"clip", clip_},
               {"seed", seed_},
               {"val_fraction", val_fraction_}};
+    if (pack_) s["pack"] = true;
     if (lora_rank_ > 0)
       s["lora"] = {{"rank", lora_rank_},
                    {"alpha", lora_alpha_},
@@ -407,7 +425,7 @@ class TrainCommand : public Command {
   std::string resume_;
   double lr_ = 3e-4, weight_decay_ = 0.0, clip_ = 1.0, val_fraction_ = 0.1;
   uint64_t seed_ = 0;
-  bool json_ = false;
+  bool json_ = false, pack_ = false;
   int64_t lora_rank_ = 0;
   double lora_alpha_ = 16.0, lora_dropout_ = 0.0;
   std::string lora_targets_ = "q,k,v,o", chat_template_;

@@ -87,7 +87,32 @@ struct TrainModel::Activations {
   std::vector<float> inv_rms_f;     // [rows]
   std::vector<float> final_normed;  // [rows, hidden] the lm_head's input
   std::vector<int64_t> positions;   // [rows]
+  // Packed rows: the documents as (first flattened row, length); empty when not packed.
+  std::vector<std::pair<int64_t, int64_t>> documents;
 };
+
+namespace {
+// Attention over each packed document on its own (a document is a contiguous block of rows
+// of q, k, v and out), or over the whole batch when not packed.
+void attention_by_document(const std::vector<std::pair<int64_t, int64_t>>& documents,
+                           AttentionDims dims, const float* q, const float* k, const float* v,
+                           float* out, const float* dout, float* dq, float* dk, float* dv) {
+  const auto run = [&](const AttentionDims& d, int64_t row) {
+    const int64_t qo = row * d.heads * d.head_dim, ko = row * d.kv_heads * d.head_dim;
+    if (dout)
+      attention_backward(q + qo, k + ko, v + ko, dout + qo, dq + qo, dk + ko, dv + ko, d);
+    else
+      attention_forward(q + qo, k + ko, v + ko, out + qo, d);
+  };
+  if (documents.empty()) return run(dims, 0);
+  for (const auto& [row, length] : documents) {
+    AttentionDims d = dims;
+    d.batch = 1;
+    d.tokens = length;
+    run(d, row);
+  }
+}
+}  // namespace
 
 float* TrainModel::add_parameter(const WeightMap& weights, const std::string& name,
                                  const Shape& shape) {
@@ -171,7 +196,7 @@ void TrainModel::scale_gradients(float factor) {
 }
 
 void TrainModel::forward(const int32_t* tokens, int64_t batch, int64_t T, Activations& saved,
-                         bool training) const {
+                         bool training, const int32_t* segments) const {
   check(batch > 0 && T > 0, "training: forward needs at least one row of one token");
   const int64_t rows = batch * T, hidden = spec_.hidden_size, vocab = spec_.vocab_size;
   for (int64_t r = 0; r < rows; ++r)
@@ -184,6 +209,14 @@ void TrainModel::forward(const int32_t* tokens, int64_t batch, int64_t T, Activa
       x[r * hidden + i] = embedding_[tokens[r] * hidden + i] * spec_.embedding_scale;
   saved.positions.resize(rows);
   for (int64_t r = 0; r < rows; ++r) saved.positions[r] = r % T;
+  saved.documents.clear();
+  if (segments) {  // a document starts at each row's start and wherever the segment id changes
+    for (int64_t r = 0; r < rows; ++r) {
+      if (r % T == 0 || segments[r] != segments[r - 1]) saved.documents.emplace_back(r, 0);
+      saved.positions[r] = r - saved.documents.back().first;
+      ++saved.documents.back().second;
+    }
+  }
   saved.layers.assign(layers_.size(), {});
   for (size_t i = 0; i < layers_.size(); ++i) {
     const LayerSpec& ls = spec_.layers[i];
@@ -225,7 +258,8 @@ void TrainModel::forward(const int32_t* tokens, int64_t batch, int64_t T, Activa
                        a.scale > 0.0f ? a.scale : static_cast<float>(1.0 / std::sqrt(double(D))),
                        a.sliding_window};
     s.mixed.resize(rows * Hq * D);
-    attention_forward(s.q.data(), s.k.data(), s.v.data(), s.mixed.data(), dims);
+    attention_by_document(saved.documents, dims, s.q.data(), s.k.data(), s.v.data(), s.mixed.data(),
+                          nullptr, nullptr, nullptr, nullptr);
     std::vector<float> branch(rows * hidden);  // [rows, hidden]
     linear_forward(s.mixed.data(), l.out.w, l.out.b, branch.data(), rows, Hq * D, hidden);
     if (adapter_)
@@ -259,9 +293,10 @@ void TrainModel::forward(const int32_t* tokens, int64_t batch, int64_t T, Activa
                 saved.inv_rms_f.data());
 }
 
-Tensor TrainModel::logits(const int32_t* tokens, int64_t batch, int64_t T) const {
+Tensor TrainModel::logits(const int32_t* tokens, int64_t batch, int64_t T,
+                          const int32_t* segments) const {
   Activations saved;
-  forward(tokens, batch, T, saved);
+  forward(tokens, batch, T, saved, false, segments);
   Tensor out = Tensor::zeros(DType::F32, {batch, T, spec_.vocab_size});  // [B, T, V]
   linear_forward(saved.final_normed.data(), lm_head_, nullptr, out.mutable_data<float>(), batch * T,
                  spec_.hidden_size, spec_.vocab_size);
@@ -278,20 +313,20 @@ void check_targets(const int32_t* targets, int64_t rows, int64_t vocab) {
 }  // namespace
 
 double TrainModel::loss(const int32_t* tokens, const int32_t* targets, int64_t batch, int64_t T,
-                        int64_t chunk_rows) const {
+                        int64_t chunk_rows, const int32_t* segments) const {
   check_targets(targets, batch * T, spec_.vocab_size);
   Activations saved;
-  forward(tokens, batch, T, saved);
+  forward(tokens, batch, T, saved, false, segments);
   return lm_head_cross_entropy(saved.final_normed.data(), lm_head_, targets, nullptr, nullptr,
                                batch * T, spec_.hidden_size, spec_.vocab_size, chunk_rows);
 }
 
 double TrainModel::forward_backward(const int32_t* tokens, const int32_t* targets, int64_t batch,
-                                    int64_t T, int64_t chunk_rows) {
+                                    int64_t T, int64_t chunk_rows, const int32_t* segments) {
   const int64_t rows = batch * T, hidden = spec_.hidden_size, vocab = spec_.vocab_size;
   check_targets(targets, rows, vocab);
   Activations saved;
-  forward(tokens, batch, T, saved, true);
+  forward(tokens, batch, T, saved, true, segments);
 
   std::vector<float> d_normed(rows * hidden);  // [rows, hidden]
   const double loss =
@@ -347,8 +382,8 @@ double TrainModel::forward_backward(const int32_t* tokens, const int32_t* target
                        D,
                        a.scale > 0.0f ? a.scale : static_cast<float>(1.0 / std::sqrt(double(D))),
                        a.sliding_window};
-    attention_backward(s.q.data(), s.k.data(), s.v.data(), d_mixed.data(), dq.data(), dk.data(),
-                       dv.data(), dims);
+    attention_by_document(saved.documents, dims, s.q.data(), s.k.data(), s.v.data(), nullptr,
+                          d_mixed.data(), dq.data(), dk.data(), dv.data());
     if (a.rope.type != RopeType::kNone) {
       const ops::RopeFrequencies rope = ops::rope_frequencies(a.rope, D, T);
       const int64_t rotary = a.rope.rotary_dim > 0 ? a.rope.rotary_dim : D;

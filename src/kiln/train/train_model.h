@@ -79,18 +79,25 @@ class TrainModel {
   // Multiplies every gradient by `factor` (the mean over accumulated micro-batches).
   void scale_gradients(float factor);
 
+  // Packed rows: `segments` [B, T] (optional, null: one sequence per row) gives each token a
+  // document id; a document is a run of equal ids within a row. Attention stays within a
+  // document (block-diagonal causal) and positions restart at 0 at each document's start, so a
+  // row of packed documents computes what each document alone would.
+  //
   // Logits of B rows of T tokens from position 0: tokens [B, T] -> [B, T, V] f32.
-  Tensor logits(const int32_t* tokens, int64_t batch, int64_t tokens_per_row) const;
+  Tensor logits(const int32_t* tokens, int64_t batch, int64_t tokens_per_row,
+                const int32_t* segments = nullptr) const;
   // The forward pass over tokens [B, T] and the mean cross-entropy over the targets [B, T]
   // that are not kIgnoreTarget (train/backward.h: next_token_targets()); the logits are made
   // `chunk_rows` rows at a time (never [B * T, V] at once). Returns the loss (0 when every
   // target is ignored). Throws Error for token or target ids outside the vocabulary.
   double loss(const int32_t* tokens, const int32_t* targets, int64_t batch, int64_t tokens_per_row,
-              int64_t chunk_rows = 64) const;
+              int64_t chunk_rows = 64, const int32_t* segments = nullptr) const;
   // loss() and the backward pass, whose gradients are ADDED to gradients() (call
   // zero_gradients() first unless accumulating).
   double forward_backward(const int32_t* tokens, const int32_t* targets, int64_t batch,
-                          int64_t tokens_per_row, int64_t chunk_rows = 64);
+                          int64_t tokens_per_row, int64_t chunk_rows = 64,
+                          const int32_t* segments = nullptr);
 
  private:
   // A linear module's parameters and gradients (biases null when absent).
@@ -107,7 +114,7 @@ class TrainModel {
   LinearParams add_linear(const WeightMap& weights, const std::string& module, int64_t in,
                           int64_t out, bool bias);
   void forward(const int32_t* tokens, int64_t batch, int64_t tokens_per_row, Activations& saved,
-               bool training = false) const;
+               bool training = false, const int32_t* segments = nullptr) const;
   // The parameter `name` of `shape`, registered with a zero gradient.
   float* add_parameter(const WeightMap& weights, const std::string& name, const Shape& shape);
   float* grad(const std::string& name);
