@@ -17,6 +17,15 @@ writes to OUTPUT (safetensors):
     for m in llama mistral qwen2 gemma; do /usr/bin/python3 tools/torch_reference.py \
         tests/data/hf/$m -o tests/data/train/${m}_grads.safetensors; done
 
+With --lora-rank R (and --lora-alpha A), the base weights are frozen and every q/k/v/o/gate/up/down
+projection gets a LoRA adapter y += (A / R) * B (A x) (no dropout), A and B drawn from a seeded
+normal distribution (B nonzero, so that both gradients are informative). OUTPUT then holds, under
+PEFT's names (base_model.model.<module>.lora_{A,B}.weight), the adapters' values, and under
+grad.<PEFT name> their gradients, plus `loss`:
+
+    /usr/bin/python3 tools/torch_reference.py tests/data/hf/llama --lora-rank 4 --lora-alpha 8 \
+        -o tests/data/train/llama_lora.safetensors
+
 The model is written from the formulas (HF's LlamaForCausalLM): embed -> per layer
 x + attn(rmsnorm(x)), x + mlp(rmsnorm(x)) -> rmsnorm -> lm_head, RMSNorm x / sqrt(mean(x^2) +
 eps) * w, RoPE on pairs (i, i + d/2) with inv_freq theta^(-2i/d), causal softmax(q k^T / sqrt(d))
@@ -118,8 +127,15 @@ def rotate_half(x):
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+LORA = {}  # HF module name -> (A [r, in], B [out, r], scale)
+
+
 def linear(p, name, x, bias):
-    return F.linear(x, p[name + ".weight"], p[name + ".bias"] if bias else None)
+    y = F.linear(x, p[name + ".weight"], p[name + ".bias"] if bias else None)
+    if name in LORA:
+        a, b, scale = LORA[name]
+        y = y + scale * F.linear(F.linear(x, a), b)
+    return y
 
 
 def forward(cfg, p, ids):
@@ -170,6 +186,8 @@ def main():
     parser.add_argument("model_dir")
     parser.add_argument("-o", "--output", required=True)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--lora-rank", type=int, default=0)
+    parser.add_argument("--lora-alpha", type=float, default=8.0)
     args = parser.parse_args()
     torch.manual_seed(0)
     cfg = Config(args.model_dir + "/config.json")
@@ -184,6 +202,8 @@ def main():
     print(f"logits vs fixture: max abs err = {err:.3g}")
     if err > 1e-4:
         sys.exit("the reference forward does not reproduce the fixture's logits")
+    if args.lora_rank > 0:
+        return lora_main(args, cfg, params, ids)
     loss = next_token_loss(logits, ids)
     loss.backward()
     print(f"loss = {loss.item():.9f}")
@@ -209,6 +229,33 @@ def main():
     out["adamw_losses"] = np.array(losses, dtype=np.float64)
     write_safetensors(args.output, out)
     print(f"wrote {args.output}: {len(params)} gradients, loss, {len(losses)} AdamW losses")
+
+
+def lora_main(args, cfg, params, ids):
+    """Frozen base weights, LoRA adapters on every projection; dumps the adapters' gradients."""
+    r, scale = args.lora_rank, args.lora_alpha / args.lora_rank
+    generator = torch.Generator().manual_seed(1234)
+    for t in params.values():
+        t.requires_grad_(False)
+    modules = [f"model.layers.{i}.{m}" for i in range(cfg.layers)
+               for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                         "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+    for name in modules:
+        out_dim, in_dim = params[name + ".weight"].shape
+        a = (torch.randn(r, in_dim, generator=generator) / in_dim ** 0.5).requires_grad_(True)
+        b = (torch.randn(out_dim, r, generator=generator) * 0.05).requires_grad_(True)
+        LORA[name] = (a, b, scale)
+    loss = next_token_loss(forward(cfg, params, ids), ids)
+    loss.backward()
+    print(f"lora loss = {loss.item():.9f}")
+    out = {"loss": np.array([loss.item()], dtype=np.float64)}
+    for name, (a, b, _) in LORA.items():
+        for part, t in (("lora_A", a), ("lora_B", b)):
+            peft = f"base_model.model.{name}.{part}.weight"
+            out[peft] = t.detach().numpy().astype(np.float32)
+            out["grad." + peft] = t.grad.numpy().astype(np.float32)
+    write_safetensors(args.output, out)
+    print(f"wrote {args.output}: {len(LORA)} adapters (rank {r}, scale {scale}), their gradients")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-// `kiln eval [MODEL] --data PATH [--seq T] [--json]`: the model's mean next-token loss and
-// perplexity on a dataset (train/data.h), with the inference forward pass (every family).
+// `kiln eval [MODEL] --data PATH [--seq T] [--chat-template PATH] [--lora DIR] [--json]`: the
+// model's mean next-token loss and perplexity on a dataset (train/data.h; chat JSONL,
+// train/sft.h), with the inference forward pass (every family), optionally with LoRA adapters
+// merged in.
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <optional>
 
 #include "kiln/cli/command.h"
 #include "kiln/core/error.h"
@@ -11,6 +14,8 @@
 #include "kiln/models/loader.h"
 #include "kiln/train/backward.h"
 #include "kiln/train/data.h"
+#include "kiln/train/lora.h"
+#include "kiln/train/sft.h"
 
 namespace kiln::cli {
 namespace {
@@ -24,12 +29,19 @@ class EvalCommand : public Command {
                    "\"completion\"}: loss on the completion)")
         ->required();
     app.add_option("--seq", seq_, "tokens per window (default 256)")->check(CLI::Range(2, 1 << 20));
+    app.add_option("--chat-template", chat_template_,
+                   "chat data ({\"messages\"} JSONL, loss on assistant turns): the template "
+                   "(default: the model's own)")
+        ->check(CLI::ExistingPath);
+    app.add_option("--lora", lora_, "LoRA adapter folder, merged into the weights at load")
+        ->check(CLI::ExistingDirectory);
     app.add_flag("--json", json_, "print the result as JSON");
   }
 
   int run() override {
     if (model_path_.empty()) model_path_ = default_model_path();
-    const LoadedModel loaded = load_model(model_path_, Residency::kResident, family_);
+    LoadedModel loaded = load_model(model_path_, Residency::kResident, family_);
+    if (!lora_.empty()) train::merge_lora(loaded.weights, train::load_lora(lora_, loaded));
     check(seq_ <= loaded.spec.max_position_embeddings,
           "--seq " + std::to_string(seq_) + " exceeds the model's context of " +
               std::to_string(loaded.spec.max_position_embeddings));
@@ -37,7 +49,16 @@ class EvalCommand : public Command {
     const std::unique_ptr<Tokenizer> tokenizer = Tokenizer::load(model_path_);
     const int32_t eos =
         loaded.spec.eos_token_ids.empty() ? -1 : static_cast<int32_t>(loaded.spec.eos_token_ids[0]);
-    const std::vector<train::Window> windows = train::read_windows(data_, *tokenizer, seq_, eos);
+    std::vector<train::Window> windows;
+    if (train::is_chat_jsonl(data_)) {
+      const std::optional<chat::ChatTemplate> found =
+          find_chat_template(model_path_, chat_template_, "");
+      check(found.has_value(), data_ + ": chat data needs a chat template; " + model_path_ +
+                                   " has none (give --chat-template)");
+      windows = train::read_chat_windows(data_, *found, *tokenizer, seq_);
+    } else {
+      windows = train::read_windows(data_, *tokenizer, seq_, eos);
+    }
     const auto start = std::chrono::steady_clock::now();
     const int64_t vocab = loaded.spec.vocab_size;
     double total = 0.0;
@@ -78,7 +99,7 @@ class EvalCommand : public Command {
  private:
   FamilyChoice family_;
   std::string model_path_;
-  std::string data_;
+  std::string data_, chat_template_, lora_;
   int64_t seq_ = 256;
   bool json_ = false;
 };

@@ -16,6 +16,7 @@
 #include "kiln/runtime/generator.h"
 #include "kiln/tokenizer/tokenizer.h"
 #include "kiln/tokenizer/utf8.h"
+#include "kiln/train/lora.h"
 
 namespace kiln::cli {
 
@@ -34,6 +35,10 @@ class GenerateCommand : public Command {
     app.add_option("--top-p", top_p_, "sample within this probability mass (0 < p <= 1)")
         ->check(unit_interval());
     app.add_option("--seed", seed_, "random seed for sampling (default 0)");
+    app.add_option("--lora", lora_,
+                   "LoRA adapter folder (kiln train --lora-rank, or PEFT): merged into the "
+                   "weights at load")
+        ->check(CLI::ExistingDirectory);
     app.add_flag("--mmap", mmap_,
                  "map the weight files instead of reading them into memory (opens faster; "
                  "decode may be slower, see docs/performance.md)");
@@ -42,8 +47,9 @@ class GenerateCommand : public Command {
   int run() override {
     tok::check_utf8(prompt_, "--prompt");
     if (model_path_.empty()) model_path_ = default_model_path();
-    const LoadedModel loaded =
+    LoadedModel loaded =
         load_model(model_path_, mmap_ ? Residency::kMapped : Residency::kResident, family_);
+    if (!lora_.empty()) train::merge_lora(loaded.weights, train::load_lora(lora_, loaded));
     const Model model(loaded.spec, loaded.weights);
     const std::unique_ptr<Tokenizer> tokenizer = Tokenizer::load(model_path_);
     const SamplingParams params = sampling_params();
@@ -104,7 +110,7 @@ class GenerateCommand : public Command {
   }
 
   FamilyChoice family_;
-  std::string model_path_;
+  std::string model_path_, lora_;
   std::string prompt_;
   int64_t max_tokens_ = 128;
   std::optional<float> temperature_;

@@ -1,9 +1,12 @@
 // `kiln train [MODEL] --data PATH -o OUT [--steps N] [--batch B] [--seq T] [--lr LR]
 // [--warmup N] [--schedule cosine|linear|constant] [--weight-decay W] [--clip C] [--seed S]
-// [--eval-every N] [--val-fraction F] [--zero 0|1] [--json]`: fine-tunes a model on a dataset
-// (train/data.h) with AdamW and writes a HuggingFace folder (config, tokenizer files and the
-// trained weights in f32 under the checkpoint's own tensor names) plus metrics.jsonl. Under
-// `mpirun -np N` the ranks share each step's windows (train/data_parallel.h); rank 0 writes.
+// [--eval-every N] [--val-fraction F] [--zero 0|1] [--chat-template PATH] [--pack]
+// [--lora-rank R --lora-alpha A --lora-dropout P --lora-targets q,k,v,o,gate,up,down] [--json]`:
+// fine-tunes a model on a dataset (train/data.h; chat JSONL, train/sft.h) with AdamW and writes a
+// HuggingFace folder (config, tokenizer files and the trained weights in f32 under the
+// checkpoint's own tensor names) plus metrics.jsonl; with --lora-rank, the base is frozen and OUT
+// is an adapter folder (train/lora.h). Under `mpirun -np N` the ranks share each step's windows
+// (train/data_parallel.h); rank 0 writes.
 #include <omp.h>
 
 #include <algorithm>
@@ -30,16 +33,19 @@
 #include "kiln/train/collective.h"
 #include "kiln/train/data.h"
 #include "kiln/train/data_parallel.h"
+#include "kiln/train/lora.h"
+#include "kiln/train/sft.h"
 #include "kiln/train/train_model.h"
 
 namespace kiln::cli {
 namespace {
 namespace fs = std::filesystem;
 
-// The windows of `ids` as one batch [B, T], padded at the end with `pad` (not predicted).
+// The windows of `ids` as one batch [B, T], padded at the end with `pad` (not predicted);
+// `segments` (when given): the packed windows' document ids, -1 on padding.
 void make_batch(const std::vector<train::Window>& windows, const std::vector<size_t>& ids,
-                int64_t T, int32_t pad, std::vector<int32_t>& tokens,
-                std::vector<int32_t>& targets) {
+                int64_t T, int32_t pad, std::vector<int32_t>& tokens, std::vector<int32_t>& targets,
+                std::vector<int32_t>* segments = nullptr) {
   const auto B = static_cast<int64_t>(ids.size());
   tokens.assign(static_cast<size_t>(B * T), pad);
   std::vector<uint8_t> mask(static_cast<size_t>(B * T), 0);
@@ -47,6 +53,16 @@ void make_batch(const std::vector<train::Window>& windows, const std::vector<siz
     const train::Window& w = windows[ids[b]];
     std::copy(w.tokens.begin(), w.tokens.end(), tokens.begin() + b * T);
     std::copy(w.loss.begin(), w.loss.end(), mask.begin() + b * T);
+  }
+  if (segments) {
+    segments->assign(static_cast<size_t>(B * T), -1);
+    for (int64_t b = 0; b < B; ++b) {
+      const train::Window& w = windows[ids[b]];
+      if (w.segment.empty())
+        std::fill_n(segments->begin() + b * T, w.tokens.size(), 0);
+      else
+        std::copy(w.segment.begin(), w.segment.end(), segments->begin() + b * T);
+    }
   }
   targets = train::next_token_targets(tokens.data(), mask.data(), B, T);
 }
@@ -89,6 +105,22 @@ class TrainCommand : public Command {
                    "under mpirun: 1 shards AdamW's state across the ranks (ZeRO-1; default 0)")
         ->check(CLI::Range(0, 1));
     app.add_flag("--json", json_, "print a JSON summary at the end");
+    app.add_option("--chat-template", chat_template_,
+                   "chat data: the template to render {\"messages\"} records with (default: "
+                   "the model's own)")
+        ->check(CLI::ExistingPath);
+    app.add_flag("--pack", pack_,
+                 "pack several short windows (prompt/completion, chat) into each row; attention "
+                 "stays within each");
+    app.add_option("--lora-rank", lora_rank_,
+                   "train LoRA adapters of this rank on frozen weights (default 0: all weights)")
+        ->check(CLI::Range(0, 1 << 16));
+    app.add_option("--lora-alpha", lora_alpha_, "LoRA scale numerator: alpha / rank (default 16)")
+        ->check(finite_positive());
+    app.add_option("--lora-dropout", lora_dropout_, "LoRA input dropout (default 0)")
+        ->check(CLI::Range(0.0, 0.99));
+    app.add_option("--lora-targets", lora_targets_,
+                   "modules with adapters, of q,k,v,o,gate,up,down (default q,k,v,o)");
   }
 
   // Writes into OUT.partial and renames it at the end: a failed run leaves nothing.
@@ -145,11 +177,19 @@ class TrainCommand : public Command {
               std::to_string(loaded.spec.max_position_embeddings));
     // The export plan first, so that a family it cannot export fails before training.
     const std::map<std::string, std::string> hf_names = export_names(loaded);
-    train::TrainModel model(loaded.spec, loaded.weights);
+    train::TrainModel model(loaded.spec, loaded.weights, lora_rank_ > 0);
+    std::unique_ptr<train::Lora> lora;  // LoRA: the adapters are the model's only parameters
+    if (lora_rank_ > 0)
+      lora = std::make_unique<train::Lora>(
+          model, train::LoraOptions{lora_rank_, lora_alpha_, lora_dropout_,
+                                    train::parse_lora_targets(lora_targets_), seed_});
     const std::unique_ptr<Tokenizer> tokenizer = Tokenizer::load(model_path_);
     const int32_t eos =
         loaded.spec.eos_token_ids.empty() ? -1 : static_cast<int32_t>(loaded.spec.eos_token_ids[0]);
-    std::vector<train::Window> windows = train::read_windows(data_, *tokenizer, seq_, eos);
+    std::vector<train::Window> windows =
+        train::is_chat_jsonl(data_)
+            ? train::read_chat_windows(data_, chat_template(), *tokenizer, seq_)
+            : train::read_windows(data_, *tokenizer, seq_, eos);
     // Shuffle by seed, hold out the validation windows.
     std::mt19937_64 rng(seed_);
     std::shuffle(windows.begin(), windows.end(), rng);
@@ -158,6 +198,8 @@ class TrainCommand : public Command {
     std::vector<train::Window> validation(windows.end() - static_cast<std::ptrdiff_t>(held),
                                           windows.end());
     windows.resize(windows.size() - held);
+    if (pack_)
+      windows = train::pack_windows(windows, seq_);  // after the split: validation unpacked
     check(!windows.empty(), data_ + ": no training windows left after the validation split");
 
     std::ofstream metrics;
@@ -173,7 +215,7 @@ class TrainCommand : public Command {
     size_t cursor = order.size();
     int64_t first_step = 1;
     if (!resume_.empty()) first_step = load_checkpoint(model, optimizer, rng, order, cursor) + 1;
-    std::vector<int32_t> tokens, targets;
+    std::vector<int32_t> tokens, targets, segments;
     const auto start = std::chrono::steady_clock::now();
     int64_t seen_tokens = 0, rank_tokens = 0;
     double first_loss = 0, last_loss = 0, val_before = validation_loss(model, validation, pad),
@@ -206,8 +248,11 @@ class TrainCommand : public Command {
       }
       const double loss = optimizer.accumulate(units, weights, [&](int64_t u) {
         model.zero_gradients();
-        make_batch(windows, {ids[u]}, seq_, pad, tokens, targets);
-        return model.forward_backward(tokens.data(), targets.data(), 1, seq_);
+        make_batch(windows, {ids[u]}, seq_, pad, tokens, targets, &segments);
+        // LoRA dropout masks per window of the run: the same for any rank count.
+        if (lora) lora->set_dropout_key(static_cast<uint64_t>((step - 1) * units + u));
+        return model.forward_backward(tokens.data(), targets.data(), 1, seq_, 64,
+                                      pack_ ? segments.data() : nullptr);
       });
       check(std::isfinite(loss), "training: the loss is " + std::to_string(loss) + " at step " +
                                      std::to_string(step) + " (lower --lr?); nothing was written");
@@ -250,7 +295,11 @@ class TrainCommand : public Command {
     }
     if (!writer()) return 0;
     std::fputc('\n', stderr);
-    save(model, hf_names);
+    if (lora) {
+      train::save_lora(output_, *lora, hf_names, fs::absolute(model_path_).string());
+    } else {
+      save(model, hf_names);
+    }
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (json_) {
@@ -270,6 +319,14 @@ class TrainCommand : public Command {
       std::printf("; wrote %s\n", final_.c_str());
     }
     return 0;
+  }
+
+  // The template of chat data: --chat-template, else the model's own.
+  chat::ChatTemplate chat_template() const {
+    std::optional<chat::ChatTemplate> found = find_chat_template(model_path_, chat_template_, "");
+    check(found.has_value(), data_ + ": chat data needs a chat template; " + model_path_ +
+                                 " has none (give --chat-template)");
+    return *found;
   }
 
   double learning_rate(int64_t step) const {
@@ -383,34 +440,35 @@ class TrainCommand : public Command {
 
   // What a resumed run must share with the run that wrote the checkpoint.
   Json settings() const {
-    return {{"data", fs::absolute(data_).lexically_normal().string()},
-            {"model", fs::absolute(model_path_).lexically_normal().string()},
-            {"batch", batch_},
-            {"grad_accum", grad_accum_},
-            {"seq", seq_},
-            {"steps", steps_},
-            {"lr", lr_},
-            {"warmup", warmup_},
-            {"schedule", schedule_},
-            {"weight_decay", weight_decay_},
-            {"clip", clip_},
-            {"seed", seed_},
-            {"val_fraction", val_fraction_}};
+    Json s = {{"data", fs::absolute(data_).lexically_normal().string()},
+              {"model", fs::absolute(model_path_).lexically_normal().string()},
+              {"batch", batch_},
+              {"grad_accum", grad_accum_},
+              {"seq", seq_},
+              {"steps", steps_},
+              {"lr", lr_},
+              {"warmup", warmup_},
+              {"schedule", schedule_},
+              {"weight_decay", weight_decay_},
+              {"clip", clip_},
+              {"seed", seed_},
+              {"val_fraction", val_fraction_}};
+    if (pack_) s["pack"] = true;
+    if (lora_rank_ > 0)
+      s["lora"] = {{"rank", lora_rank_},
+                   {"alpha", lora_alpha_},
+                   {"dropout", lora_dropout_},
+                   {"targets", lora_targets_}};
+    return s;
   }
 
-  // Kiln name -> the checkpoint's tensor name, for families whose tensors map one to one
-  // (no split, fused or transposed tensors).
+  // Kiln name -> the checkpoint's tensor name (one-to-one families only).
   std::map<std::string, std::string> export_names(const LoadedModel& loaded) const {
-    const std::unique_ptr<TensorSource> source = open_model_source(model_path_, loaded.config);
-    std::map<std::string, std::string> names;
-    for (const WeightMapping& m : loaded.family->map_weights(loaded.spec, *source)) {
-      check(!m.transform && m.hf_names.size() == 1,
-            "training: '" + m.kiln_name + "' is made from " + std::to_string(m.hf_names.size()) +
-                " tensor(s) by a transform; exporting family '" + loaded.family->name() +
-                "' to HuggingFace names is not implemented yet");
-      names[m.kiln_name] = m.hf_names[0];
+    try {
+      return train::hf_export_names(loaded);
+    } catch (const Error& e) {
+      throw Error(std::string("training: ") + e.what());
     }
-    return names;
   }
 
   void save(const train::TrainModel& model,
@@ -446,9 +504,12 @@ class TrainCommand : public Command {
   std::string resume_;
   double lr_ = 3e-4, weight_decay_ = 0.0, clip_ = 1.0, val_fraction_ = 0.1;
   uint64_t seed_ = 0;
-  bool json_ = false;
+  bool json_ = false, pack_ = false;
   int zero_ = 0;
   std::unique_ptr<train::Collective> comm_;
+  int64_t lora_rank_ = 0;
+  double lora_alpha_ = 16.0, lora_dropout_ = 0.0;
+  std::string lora_targets_ = "q,k,v,o", chat_template_;
 };
 
 }  // namespace

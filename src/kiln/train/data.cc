@@ -112,4 +112,24 @@ std::vector<Window> read_windows(const std::string& path, const Tokenizer& token
   return windows;
 }
 
+std::vector<Window> pack_windows(const std::vector<Window>& windows, int64_t window) {
+  std::vector<Window> packed;
+  Window current;
+  int32_t documents = 0;
+  for (const Window& w : windows) {
+    check(static_cast<int64_t>(w.tokens.size()) <= window && (w.loss.empty() || !w.loss[0]),
+          "pack_windows: a window is longer than the packed size or predicts its first token");
+    if (static_cast<int64_t>(current.tokens.size() + w.tokens.size()) > window) {
+      packed.push_back(std::move(current));
+      current = Window{};
+      documents = 0;
+    }
+    current.tokens.insert(current.tokens.end(), w.tokens.begin(), w.tokens.end());
+    current.loss.insert(current.loss.end(), w.loss.begin(), w.loss.end());
+    current.segment.insert(current.segment.end(), w.tokens.size(), documents++);
+  }
+  if (!current.tokens.empty()) packed.push_back(std::move(current));
+  return packed;
+}
+
 }  // namespace kiln::train

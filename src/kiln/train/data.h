@@ -14,7 +14,15 @@ namespace kiln::train {
 struct Window {
   std::vector<int32_t> tokens;  // [<= T]
   std::vector<uint8_t> loss;    // [tokens.size()]: 1 where the token is a target
+  // Packed windows (pack_windows()): the document id of each token; empty: one document.
+  std::vector<int32_t> segment = {};
 };
+
+// Packs windows, in order, into windows of at most `window` tokens: each window is appended to
+// the current packed one while it fits (else it starts a new one), with its own segment id.
+// Every window's first token must carry no loss (readers guarantee it), so no document is
+// predicted from another. TrainModel's `segments` keeps attention within each document.
+std::vector<Window> pack_windows(const std::vector<Window>& windows, int64_t window);
 
 // Reads `path` (a .jsonl file, another file read as text, or a folder of such files in name
 // order) into windows of at most `window` tokens. Text documents are encoded with the

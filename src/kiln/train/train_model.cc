@@ -87,18 +87,57 @@ struct TrainModel::Activations {
   std::vector<float> inv_rms_f;     // [rows]
   std::vector<float> final_normed;  // [rows, hidden] the lm_head's input
   std::vector<int64_t> positions;   // [rows]
+  // Packed rows: the documents as (first flattened row, length); empty when not packed.
+  std::vector<std::pair<int64_t, int64_t>> documents;
 };
+
+namespace {
+// Attention over each packed document on its own (a document is a contiguous block of rows
+// of q, k, v and out), or over the whole batch when not packed.
+void attention_by_document(const std::vector<std::pair<int64_t, int64_t>>& documents,
+                           AttentionDims dims, const float* q, const float* k, const float* v,
+                           float* out, const float* dout, float* dq, float* dk, float* dv) {
+  const auto run = [&](const AttentionDims& d, int64_t row) {
+    const int64_t qo = row * d.heads * d.head_dim, ko = row * d.kv_heads * d.head_dim;
+    if (dout)
+      attention_backward(q + qo, k + ko, v + ko, dout + qo, dq + qo, dk + ko, dv + ko, d);
+    else
+      attention_forward(q + qo, k + ko, v + ko, out + qo, d);
+  };
+  if (documents.empty()) return run(dims, 0);
+  for (const auto& [row, length] : documents) {
+    AttentionDims d = dims;
+    d.batch = 1;
+    d.tokens = length;
+    run(d, row);
+  }
+}
+}  // namespace
 
 float* TrainModel::add_parameter(const WeightMap& weights, const std::string& name,
                                  const Shape& shape) {
   Tensor p = require_weight(weights, name, shape).to(DType::F32);
+  if (freeze_base_) {
+    frozen_[name] = p;
+    return p.mutable_data<float>();
+  }
   gradients_[name] = Tensor::zeros(DType::F32, shape);
   parameters_[name] = p;
   return p.mutable_data<float>();
 }
 
 float* TrainModel::grad(const std::string& name) {
-  return gradients_.at(name).mutable_data<float>();
+  auto it = gradients_.find(name);
+  return it == gradients_.end() ? nullptr : it->second.mutable_data<float>();
+}
+
+Tensor TrainModel::add_trainable(const std::string& name, const Shape& shape) {
+  check(!parameters_.count(name) && !frozen_.count(name),
+        "training: parameter '" + name + "' already exists");
+  Tensor p = Tensor::zeros(DType::F32, shape);
+  parameters_[name] = p;
+  gradients_[name] = Tensor::zeros(DType::F32, shape);
+  return p;
 }
 
 TrainModel::LinearParams TrainModel::add_linear(const WeightMap& weights, const std::string& module,
@@ -113,7 +152,8 @@ TrainModel::LinearParams TrainModel::add_linear(const WeightMap& weights, const 
   return l;
 }
 
-TrainModel::TrainModel(ModelSpec spec, const WeightMap& weights) : spec_(std::move(spec)) {
+TrainModel::TrainModel(ModelSpec spec, const WeightMap& weights, bool freeze_base)
+    : spec_(std::move(spec)), freeze_base_(freeze_base) {
   check_trainable(spec_);
   const int64_t hidden = spec_.hidden_size, vocab = spec_.vocab_size;
   const std::string embedding = names::embedding(names::token_embedder());
@@ -155,8 +195,8 @@ void TrainModel::scale_gradients(float factor) {
   }
 }
 
-void TrainModel::forward(const int32_t* tokens, int64_t batch, int64_t T,
-                         Activations& saved) const {
+void TrainModel::forward(const int32_t* tokens, int64_t batch, int64_t T, Activations& saved,
+                         bool training, const int32_t* segments) const {
   check(batch > 0 && T > 0, "training: forward needs at least one row of one token");
   const int64_t rows = batch * T, hidden = spec_.hidden_size, vocab = spec_.vocab_size;
   for (int64_t r = 0; r < rows; ++r)
@@ -169,6 +209,14 @@ void TrainModel::forward(const int32_t* tokens, int64_t batch, int64_t T,
       x[r * hidden + i] = embedding_[tokens[r] * hidden + i] * spec_.embedding_scale;
   saved.positions.resize(rows);
   for (int64_t r = 0; r < rows; ++r) saved.positions[r] = r % T;
+  saved.documents.clear();
+  if (segments) {  // a document starts at each row's start and wherever the segment id changes
+    for (int64_t r = 0; r < rows; ++r) {
+      if (r % T == 0 || segments[r] != segments[r - 1]) saved.documents.emplace_back(r, 0);
+      saved.positions[r] = r - saved.documents.back().first;
+      ++saved.documents.back().second;
+    }
+  }
   saved.layers.assign(layers_.size(), {});
   for (size_t i = 0; i < layers_.size(); ++i) {
     const LayerSpec& ls = spec_.layers[i];
@@ -189,6 +237,11 @@ void TrainModel::forward(const int32_t* tokens, int64_t batch, int64_t T,
     linear_forward(s.normed1.data(), l.query.w, l.query.b, s.q.data(), rows, hidden, Hq * D);
     linear_forward(s.normed1.data(), l.key.w, l.key.b, s.k.data(), rows, hidden, Hkv * D);
     linear_forward(s.normed1.data(), l.value.w, l.value.b, s.v.data(), rows, hidden, Hkv * D);
+    if (adapter_) {
+      adapter_->forward(i, LinearSlot::kQuery, s.normed1.data(), s.q.data(), rows, training);
+      adapter_->forward(i, LinearSlot::kKey, s.normed1.data(), s.k.data(), rows, training);
+      adapter_->forward(i, LinearSlot::kValue, s.normed1.data(), s.v.data(), rows, training);
+    }
     if (a.rope.type != RopeType::kNone) {
       const ops::RopeFrequencies rope = ops::rope_frequencies(a.rope, D, T);
       const int64_t rotary = a.rope.rotary_dim > 0 ? a.rope.rotary_dim : D;
@@ -205,9 +258,12 @@ void TrainModel::forward(const int32_t* tokens, int64_t batch, int64_t T,
                        a.scale > 0.0f ? a.scale : static_cast<float>(1.0 / std::sqrt(double(D))),
                        a.sliding_window};
     s.mixed.resize(rows * Hq * D);
-    attention_forward(s.q.data(), s.k.data(), s.v.data(), s.mixed.data(), dims);
+    attention_by_document(saved.documents, dims, s.q.data(), s.k.data(), s.v.data(), s.mixed.data(),
+                          nullptr, nullptr, nullptr, nullptr);
     std::vector<float> branch(rows * hidden);  // [rows, hidden]
     linear_forward(s.mixed.data(), l.out.w, l.out.b, branch.data(), rows, Hq * D, hidden);
+    if (adapter_)
+      adapter_->forward(i, LinearSlot::kOut, s.mixed.data(), branch.data(), rows, training);
     for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j];
     s.middle = x;
     s.inv_rms2.resize(rows);
@@ -219,8 +275,14 @@ void TrainModel::forward(const int32_t* tokens, int64_t batch, int64_t T,
     s.act.resize(rows * inner);
     linear_forward(s.normed2.data(), l.gate.w, l.gate.b, s.gate.data(), rows, hidden, inner);
     linear_forward(s.normed2.data(), l.up.w, l.up.b, s.up.data(), rows, hidden, inner);
+    if (adapter_) {
+      adapter_->forward(i, LinearSlot::kGate, s.normed2.data(), s.gate.data(), rows, training);
+      adapter_->forward(i, LinearSlot::kUp, s.normed2.data(), s.up.data(), rows, training);
+    }
     gated_forward(ls.mlp.activation, s.gate.data(), s.up.data(), s.act.data(), rows * inner);
     linear_forward(s.act.data(), l.down.w, l.down.b, branch.data(), rows, inner, hidden);
+    if (adapter_)
+      adapter_->forward(i, LinearSlot::kDown, s.act.data(), branch.data(), rows, training);
     for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j];
   }
   saved.last = std::move(x);
@@ -231,9 +293,10 @@ void TrainModel::forward(const int32_t* tokens, int64_t batch, int64_t T,
                 saved.inv_rms_f.data());
 }
 
-Tensor TrainModel::logits(const int32_t* tokens, int64_t batch, int64_t T) const {
+Tensor TrainModel::logits(const int32_t* tokens, int64_t batch, int64_t T,
+                          const int32_t* segments) const {
   Activations saved;
-  forward(tokens, batch, T, saved);
+  forward(tokens, batch, T, saved, false, segments);
   Tensor out = Tensor::zeros(DType::F32, {batch, T, spec_.vocab_size});  // [B, T, V]
   linear_forward(saved.final_normed.data(), lm_head_, nullptr, out.mutable_data<float>(), batch * T,
                  spec_.hidden_size, spec_.vocab_size);
@@ -250,20 +313,20 @@ void check_targets(const int32_t* targets, int64_t rows, int64_t vocab) {
 }  // namespace
 
 double TrainModel::loss(const int32_t* tokens, const int32_t* targets, int64_t batch, int64_t T,
-                        int64_t chunk_rows) const {
+                        int64_t chunk_rows, const int32_t* segments) const {
   check_targets(targets, batch * T, spec_.vocab_size);
   Activations saved;
-  forward(tokens, batch, T, saved);
+  forward(tokens, batch, T, saved, false, segments);
   return lm_head_cross_entropy(saved.final_normed.data(), lm_head_, targets, nullptr, nullptr,
                                batch * T, spec_.hidden_size, spec_.vocab_size, chunk_rows);
 }
 
 double TrainModel::forward_backward(const int32_t* tokens, const int32_t* targets, int64_t batch,
-                                    int64_t T, int64_t chunk_rows) {
+                                    int64_t T, int64_t chunk_rows, const int32_t* segments) {
   const int64_t rows = batch * T, hidden = spec_.hidden_size, vocab = spec_.vocab_size;
   check_targets(targets, rows, vocab);
   Activations saved;
-  forward(tokens, batch, T, saved);
+  forward(tokens, batch, T, saved, true, segments);
 
   std::vector<float> d_normed(rows * hidden);  // [rows, hidden]
   const double loss =
@@ -287,6 +350,8 @@ double TrainModel::forward_backward(const int32_t* tokens, const int32_t* target
     std::vector<float> d_act(rows * inner), d_gate(rows * inner), d_up(rows * inner);
     linear_backward(s.act.data(), l.down.w, dx.data(), d_act.data(), l.down.dw, l.down.db, rows,
                     inner, hidden);
+    if (adapter_)
+      adapter_->backward(i, LinearSlot::kDown, s.act.data(), dx.data(), d_act.data(), rows);
     gated_backward(ls.mlp.activation, s.gate.data(), s.up.data(), d_act.data(), d_gate.data(),
                    d_up.data(), rows * inner);
     std::fill(d_normed.begin(), d_normed.end(), 0.0f);
@@ -294,6 +359,11 @@ double TrainModel::forward_backward(const int32_t* tokens, const int32_t* target
                     l.gate.db, rows, hidden, inner);
     linear_backward(s.normed2.data(), l.up.w, d_up.data(), d_normed.data(), l.up.dw, l.up.db, rows,
                     hidden, inner);
+    if (adapter_) {
+      adapter_->backward(i, LinearSlot::kUp, s.normed2.data(), d_up.data(), d_normed.data(), rows);
+      adapter_->backward(i, LinearSlot::kGate, s.normed2.data(), d_gate.data(), d_normed.data(),
+                         rows);
+    }
     // dx holds the residual path's gradient; the norm's adds to it.
     rms_norm_backward(s.middle.data(), l.mlp_norm, s.inv_rms2.data(), d_normed.data(), dx.data(),
                       l.d_mlp_norm, rows, hidden, one_plus);
@@ -303,6 +373,8 @@ double TrainModel::forward_backward(const int32_t* tokens, const int32_t* target
         dv(rows * Hkv * D);
     linear_backward(s.mixed.data(), l.out.w, dx.data(), d_mixed.data(), l.out.dw, l.out.db, rows,
                     Hq * D, hidden);
+    if (adapter_)
+      adapter_->backward(i, LinearSlot::kOut, s.mixed.data(), dx.data(), d_mixed.data(), rows);
     AttentionDims dims{batch,
                        T,
                        Hq,
@@ -310,8 +382,8 @@ double TrainModel::forward_backward(const int32_t* tokens, const int32_t* target
                        D,
                        a.scale > 0.0f ? a.scale : static_cast<float>(1.0 / std::sqrt(double(D))),
                        a.sliding_window};
-    attention_backward(s.q.data(), s.k.data(), s.v.data(), d_mixed.data(), dq.data(), dk.data(),
-                       dv.data(), dims);
+    attention_by_document(saved.documents, dims, s.q.data(), s.k.data(), s.v.data(), nullptr,
+                          d_mixed.data(), dq.data(), dk.data(), dv.data());
     if (a.rope.type != RopeType::kNone) {
       const ops::RopeFrequencies rope = ops::rope_frequencies(a.rope, D, T);
       const int64_t rotary = a.rope.rotary_dim > 0 ? a.rope.rotary_dim : D;
@@ -327,11 +399,16 @@ double TrainModel::forward_backward(const int32_t* tokens, const int32_t* target
                     hidden, Hkv * D);
     linear_backward(s.normed1.data(), l.value.w, dv.data(), d_normed.data(), l.value.dw, l.value.db,
                     rows, hidden, Hkv * D);
+    if (adapter_) {
+      adapter_->backward(i, LinearSlot::kValue, s.normed1.data(), dv.data(), d_normed.data(), rows);
+      adapter_->backward(i, LinearSlot::kKey, s.normed1.data(), dk.data(), d_normed.data(), rows);
+      adapter_->backward(i, LinearSlot::kQuery, s.normed1.data(), dq.data(), d_normed.data(), rows);
+    }
     rms_norm_backward(s.input.data(), l.attention_norm, s.inv_rms1.data(), d_normed.data(),
                       dx.data(), l.d_attention_norm, rows, hidden, one_plus);
   }
-  embedding_backward(tokens, dx.data(), grad(names::embedding(names::token_embedder())), rows,
-                     vocab, hidden, spec_.embedding_scale);
+  if (float* d_embedding = grad(names::embedding(names::token_embedder())))
+    embedding_backward(tokens, dx.data(), d_embedding, rows, vocab, hidden, spec_.embedding_scale);
   return loss;
 }
 

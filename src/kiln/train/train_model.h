@@ -26,6 +26,25 @@ namespace kiln::train {
 // Kiln parameter name -> contiguous, writable f32 tensor.
 using ParameterMap = std::map<std::string, Tensor>;
 
+// The linear modules of a layer that a LinearAdapter (train/lora.h) may add to.
+enum class LinearSlot { kQuery, kKey, kValue, kOut, kGate, kUp, kDown };
+
+// A trainable addition to some linear modules' outputs (LoRA): TrainModel calls forward()
+// after each base linear y = x W^T + b and backward() after the base's backward, in reverse
+// order of the forwards. `training` is true in forward_backward() (dropout applies), false in
+// loss() and logits().
+class LinearAdapter {
+ public:
+  virtual ~LinearAdapter() = default;
+  // x [rows, in], y [rows, out]: y += adapter(x).
+  virtual void forward(int64_t layer, LinearSlot slot, const float* x, float* y, int64_t rows,
+                       bool training) = 0;
+  // x [rows, in] as given to forward(), dy [rows, out]: dx [rows, in] += d adapter / dx,
+  // and the adapter's own gradients are added.
+  virtual void backward(int64_t layer, LinearSlot slot, const float* x, const float* dy, float* dx,
+                        int64_t rows) = 0;
+};
+
 // Throws Error "training: model '<arch>'[ layer i]: <feature> is not supported yet" for the
 // first feature of `spec` that TrainModel does not compute.
 void check_trainable(const ModelSpec& spec);
@@ -34,7 +53,9 @@ class TrainModel {
  public:
   // Copies every parameter `spec` needs from `weights` (any float dtype) to f32. Throws Error
   // from check_trainable(), or naming a missing or misshapen tensor.
-  TrainModel(ModelSpec spec, const WeightMap& weights);
+  // `freeze_base`: the model's own weights get no gradients (they are kept apart, in
+  // frozen_parameters()); only parameters added by add_trainable() are trained (LoRA).
+  TrainModel(ModelSpec spec, const WeightMap& weights, bool freeze_base = false);
   TrainModel(const TrainModel&) = delete;  // the layers point into the parameter storage
   TrainModel& operator=(const TrainModel&) = delete;
   TrainModel(TrainModel&&) = default;
@@ -47,22 +68,36 @@ class TrainModel {
   ParameterMap& parameters() { return parameters_; }
   const ParameterMap& parameters() const { return parameters_; }
   const ParameterMap& gradients() const { return gradients_; }
+  // The frozen base weights (empty unless constructed with freeze_base).
+  const ParameterMap& frozen_parameters() const { return frozen_; }
+  // Registers a new trainable f32 parameter `name` (zero, with a zero gradient) and returns
+  // it; its storage stays put for the model's life. Throws Error when the name exists.
+  Tensor add_trainable(const std::string& name, const Shape& shape);
+  // Routes every linear module through `adapter` (not owned; null removes it).
+  void set_adapter(LinearAdapter* adapter) { adapter_ = adapter; }
   void zero_gradients();
   // Multiplies every gradient by `factor` (the mean over accumulated micro-batches).
   void scale_gradients(float factor);
 
+  // Packed rows: `segments` [B, T] (optional, null: one sequence per row) gives each token a
+  // document id; a document is a run of equal ids within a row. Attention stays within a
+  // document (block-diagonal causal) and positions restart at 0 at each document's start, so a
+  // row of packed documents computes what each document alone would.
+  //
   // Logits of B rows of T tokens from position 0: tokens [B, T] -> [B, T, V] f32.
-  Tensor logits(const int32_t* tokens, int64_t batch, int64_t tokens_per_row) const;
+  Tensor logits(const int32_t* tokens, int64_t batch, int64_t tokens_per_row,
+                const int32_t* segments = nullptr) const;
   // The forward pass over tokens [B, T] and the mean cross-entropy over the targets [B, T]
   // that are not kIgnoreTarget (train/backward.h: next_token_targets()); the logits are made
   // `chunk_rows` rows at a time (never [B * T, V] at once). Returns the loss (0 when every
   // target is ignored). Throws Error for token or target ids outside the vocabulary.
   double loss(const int32_t* tokens, const int32_t* targets, int64_t batch, int64_t tokens_per_row,
-              int64_t chunk_rows = 64) const;
+              int64_t chunk_rows = 64, const int32_t* segments = nullptr) const;
   // loss() and the backward pass, whose gradients are ADDED to gradients() (call
   // zero_gradients() first unless accumulating).
   double forward_backward(const int32_t* tokens, const int32_t* targets, int64_t batch,
-                          int64_t tokens_per_row, int64_t chunk_rows = 64);
+                          int64_t tokens_per_row, int64_t chunk_rows = 64,
+                          const int32_t* segments = nullptr);
 
  private:
   // A linear module's parameters and gradients (biases null when absent).
@@ -78,14 +113,16 @@ class TrainModel {
   struct Activations;  // what the forward keeps for the backward
   LinearParams add_linear(const WeightMap& weights, const std::string& module, int64_t in,
                           int64_t out, bool bias);
-  void forward(const int32_t* tokens, int64_t batch, int64_t tokens_per_row,
-               Activations& saved) const;
+  void forward(const int32_t* tokens, int64_t batch, int64_t tokens_per_row, Activations& saved,
+               bool training = false, const int32_t* segments = nullptr) const;
   // The parameter `name` of `shape`, registered with a zero gradient.
   float* add_parameter(const WeightMap& weights, const std::string& name, const Shape& shape);
   float* grad(const std::string& name);
 
   ModelSpec spec_;
-  ParameterMap parameters_, gradients_;
+  ParameterMap parameters_, gradients_, frozen_;
+  bool freeze_base_ = false;
+  LinearAdapter* adapter_ = nullptr;
   std::vector<Layer> layers_;
   float* embedding_ = nullptr;   // [V, hidden]
   float* final_norm_ = nullptr;  // [hidden]
