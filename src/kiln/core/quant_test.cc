@@ -84,7 +84,8 @@ TEST(Quant, Q4_1LayoutIsGgmls) {
     }
 }
 
-// Round trips stay within half a quantization step (plus the f16 rounding of d and m).
+// Round trips stay near half a quantization step of the min/max scale (the least-squares
+// refinement may shrink the range and clip an extreme value a little).
 TEST(Quant, RoundTripErrorIsWithinHalfAStep) {
   const int64_t n = 128 * 40;
   const std::vector<float> x = random_values(n, 3);
@@ -107,7 +108,7 @@ TEST(Quant, RoundTripErrorIsWithinHalfAStep) {
         worst = std::fmax(worst, std::fabs(y[i] - x[i]) / step);
     }
     std::cout << dtype_name(dtype) << ": worst round-trip error " << worst << " steps" << std::endl;
-    EXPECT_LT(worst, 0.52) << dtype_name(dtype);
+    EXPECT_LT(worst, 0.75) << dtype_name(dtype);
   }
 }
 

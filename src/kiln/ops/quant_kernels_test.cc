@@ -1,8 +1,8 @@
 // The linear kernels of every quantized weight format in every kernel set this CPU runs,
 // against the reference kernel on the same stored blocks: the integer GEMV (few rows, int8
 // activations) against the reference on the activations it rounds to, to float rounding;
-// the GEMM (many rows) against the reference on the operands it uses (exact f32, or on
-// AVX-512 both rounded to bf16); and both
+// the GEMM (many rows, f32 activations, weights dequantized per tile) against the reference on
+// the exact activations; and both
 // against the unquantized product within the quantization error.
 #include <gtest/gtest.h>
 
@@ -67,22 +67,8 @@ TEST(QuantKernels, EveryKernelSetMatchesTheReferenceForEveryFormat) {
         const bool int8_activations = name != "reference" && c.rows < 16;
         if (int8_activations)
           for (int64_t r = 0; r < c.rows; ++r) round_activations(x_ref.data() + r * c.in, c.in);
-        // The AVX-512 GEMM rounds x and the dequantized weights to bf16 (vdpbf16ps): the
-        // reference then runs on the same rounded operands.
-        if (name == "avx512" && c.rows >= 16) {
-          for (float& v : x_ref) v = bf16_to_f32(f32_to_bf16(v));
-          std::vector<float> dequantized(c.out * c.in);
-          for (int64_t o = 0; o < c.out; ++o)
-            dequantize_row(format, stored.data() + o * dtype_nbytes(format, c.in),
-                           dequantized.data() + o * c.in, c.in);
-          std::vector<uint16_t> rounded(dequantized.size());
-          for (size_t i = 0; i < rounded.size(); ++i) rounded[i] = f32_to_bf16(dequantized[i]);
-          linear_reference(x_ref.data(), rounded.data(), DType::BF16, bias.data(), want.data(),
-                           c.rows, c.in, c.out);
-        } else {
-          linear_reference(x_ref.data(), stored.data(), format, bias.data(), want.data(), c.rows,
-                           c.in, c.out);
-        }
+        linear_reference(x_ref.data(), stored.data(), format, bias.data(), want.data(), c.rows,
+                         c.in, c.out);
         // Unquantized product and term sizes.
         std::vector<float> exact(c.rows * c.out), magnitude(c.rows * c.out);
         for (int64_t r = 0; r < c.rows; ++r)

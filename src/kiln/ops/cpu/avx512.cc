@@ -108,42 +108,6 @@ struct Bf16Path {
   }
 };
 
-// The GEMM of quantized weights: each tile of weight rows is dequantized and rounded to
-// bf16 as it is staged (d * q + m needs more bits than bf16 keeps: about 2^-9 relative,
-// well under the quantization step), then multiplied like bf16 weights with vdpbf16ps.
-struct QuantizedBf16Path : Bf16Path {
-  static WeightRows<uint16_t> weights(const WeightView& weight, int64_t, int64_t o, int m,
-                                      int64_t k0, int64_t kc) {
-    auto* staged = static_cast<uint16_t*>(
-        thread_scratch(ScratchSlot::kStagedWeights,
-                       sizeof(uint16_t) * kRows * kChunkDepth));  // [kRows, kChunkDepth]
-    alignas(64) float widened[kChunkDepth];
-    const size_t skip = dtype_nbytes(weight.format, k0);
-    for (int r = 0; r < m; ++r) {
-      widen_row(weight.format,
-                static_cast<const std::byte*>(weight.data) + (o + r) * weight.row_bytes + skip,
-                widened, kc);
-      uint16_t* row = staged + r * kChunkDepth;
-      int64_t k = 0;
-      for (; k + 2 * kLanes <= kc; k += 2 * kLanes) {
-        const __m512bh both = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(widened + k + kLanes),
-                                                  _mm512_loadu_ps(widened + k));
-        _mm512_storeu_si512(row + k, reinterpret_cast<const __m512i&>(both));
-      }
-      for (; k < kc; ++k) row[k] = static_cast<uint16_t>(round_to_bf16(widened[k]));
-    }
-    return {staged, kChunkDepth};
-  }
-};
-
-// Quantized weights: the int8 GEMV (vpdpbusd) for few rows, the bf16 GEMM for many.
-template <DType kFormat>
-void quantized_linear_bf16(const float* x, const WeightView& weight, const float* bias, float* y,
-                           int64_t rows, int64_t in, int64_t out) {
-  if (rows < kGemmMinRows) return qgemv<kFormat>(x, weight, bias, y, rows, in, out);
-  gemm<QuantizedBf16Path>(x, weight, bias, y, rows, in, out);
-}
-
 void linear_bf16(const float* x, const WeightView& weight, const float* bias, float* y,
                  int64_t rows, int64_t in, int64_t out) {
   if (rows < kGemmMinRows) return gemv<DType::BF16>(x, weight, bias, y, rows, in, out);
