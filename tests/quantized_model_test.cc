@@ -272,6 +272,11 @@ TEST(QuantizedCli, ConvertKeepAndVerifyAgainst) {
                      test::shell_quote(dir + "/k") + " --keep '*'");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("--keep"), std::string::npos) << r.err;
+  r = test::run_kiln("convert " + test::shell_quote(tinycoder()) + " -o " +
+                     test::shell_quote(dir + "/o") + " --dtype int8 --format orbax");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("Orbax export takes float dtypes only"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir + "/o"));
   fs::remove_all(dir);
 }
 

@@ -79,6 +79,10 @@ class ConvertCommand : public Command {
     check((keep_.empty() && quantize_.empty()) ||
               (dtype_ == "int8" || dtype_ == "int4" || dtype_ == "int4-128"),
           "--keep and --quantize need a quantized --dtype (int8, int4 or int4-128)");
+    check(format_ == "kiln" || !(dtype_ == "int8" || dtype_ == "int4" || dtype_ == "int4-128"),
+          "--dtype " + dtype_ +
+              ": Orbax export takes float dtypes only (MaxText has no "
+              "quantized block formats)");
     options.force = force_;
     options.family = family_;
     Progress progress;
