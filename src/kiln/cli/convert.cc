@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "kiln/cli/command.h"
 #include "kiln/convert/hf_to_kiln.h"
@@ -50,8 +52,16 @@ class ConvertCommand : public Command {
     app.add_option("-o,--output", output_, "Output folder")->required();
     app.add_option("--layout", layout_, "Kiln layout: unscanned or scanned")
         ->check(CLI::IsMember({"unscanned", "scanned"}));
-    app.add_option("--dtype", dtype_, "Stored dtype of floating tensors: keep, f32, bf16, f16")
-        ->check(CLI::IsMember({"keep", "f32", "bf16", "f16"}));
+    app.add_option("--dtype", dtype_,
+                   "Stored dtype of floating tensors: keep, f32, bf16, f16; or quantized linear "
+                   "weights: int8, int4, int4-128")
+        ->check(CLI::IsMember({"keep", "f32", "bf16", "f16", "int8", "int4", "int4-128"}));
+    app.add_option("--keep", keep_,
+                   "With a quantized --dtype: leave tensors whose name matches this glob "
+                   "unquantized (repeatable)");
+    app.add_option("--quantize", quantize_,
+                   "With a quantized --dtype: also quantize tensors matching this glob, e.g. "
+                   "the embedding (repeatable)");
     app.add_option("--format", format_, "Output format: kiln or orbax")
         ->check(CLI::IsMember({"kiln", "orbax"}));
     app.add_flag("--force", force_, "Replace an existing output folder");
@@ -76,6 +86,15 @@ class ConvertCommand : public Command {
     ConvertOptions options;
     options.layout = layout_;
     options.dtype = dtype_;
+    options.keep = keep_;
+    options.quantize = quantize_;
+    check((keep_.empty() && quantize_.empty()) ||
+              (dtype_ == "int8" || dtype_ == "int4" || dtype_ == "int4-128"),
+          "--keep and --quantize need a quantized --dtype (int8, int4 or int4-128)");
+    check(format_ == "kiln" || !(dtype_ == "int8" || dtype_ == "int4" || dtype_ == "int4-128"),
+          "--dtype " + dtype_ +
+              ": Orbax export takes float dtypes only (MaxText has no "
+              "quantized block formats)");
     options.force = force_;
     options.family = family_;
     Progress progress;
@@ -129,6 +148,7 @@ class ConvertCommand : public Command {
   std::string orbax_tree_ = "maxtext", maxtext_layout_, config_;
   bool force_ = false, orbax_zarr_ = false, orbax_raw_ = false;
   std::optional<int64_t> orbax_step_;
+  std::vector<std::string> keep_, quantize_;
 };
 
 }  // namespace

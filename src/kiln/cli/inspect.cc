@@ -58,7 +58,7 @@ class InspectCommand : public Command {
     for (const std::string& name : names) {
       const Shape shape = source->shape_of(name);
       const DType dtype = source->dtype_of(name);
-      const uint64_t bytes = static_cast<uint64_t>(shape_numel(shape)) * dtype_size(dtype);
+      const uint64_t bytes = dtype_nbytes(dtype, shape_numel(shape));
       total += bytes;
       width = std::max(width, name.size());
       tensors.push_back({{"name", name},

@@ -1,8 +1,11 @@
 // `kiln verify MODEL`: runs a reference dump's inputs through Kiln and compares logits,
 // hidden states, every captured module and the greedy continuation (KV cache) with it;
-// reports the KV-cache bytes per token.
+// reports the KV-cache bytes per token. With --against BASE: compares MODEL with another
+// checkpoint of the same architecture on a text file (KL per token, top-1, perplexities).
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
+#include <memory>
 
 #include "kiln/cli/command.h"
 #include "kiln/convert/orbax_export.h"
@@ -10,6 +13,9 @@
 #include "kiln/io/kiln_checkpoint.h"
 #include "kiln/layers/model.h"
 #include "kiln/models/loader.h"
+#include "kiln/tokenizer/tokenizer.h"
+#include "kiln/train/data.h"
+#include "kiln/verify/quality.h"
 #include "kiln/verify/reference_check.h"
 
 namespace kiln::cli {
@@ -24,9 +30,17 @@ class VerifyCommand : public Command {
     app.add_flag("--json", json_, "print one JSON object instead of a table");
     app.add_option("--tolerance", tolerance_, "max absolute error allowed (default 1e-4)")
         ->check(finite_positive());
+    app.add_option("--against", base_path_,
+                   "compare with this model (e.g. the bf16 source of a quantized checkpoint) "
+                   "on --data instead of a reference dump");
+    app.add_option("--data", data_,
+                   "with --against: a text file, folder or JSONL (as kiln eval) to compare on");
+    app.add_option("--seq", seq_, "with --against: tokens per window (default 256)")
+        ->check(CLI::Range(2, 1 << 20));
   }
 
   int run() override {
+    if (!base_path_.empty()) return run_against();
     const std::string reference = reference_or_default(model_path_, reference_path_);
     LoadedModel loaded = load_model(model_path_, Residency::kResident, family_);
     if (KilnCheckpoint::present_in(model_path_))
@@ -44,6 +58,44 @@ class VerifyCommand : public Command {
   }
 
  private:
+  int run_against() {
+    check(!data_.empty(), "verify --against needs --data TEXTFILE to compare on");
+    const LoadedModel loaded = load_model(model_path_, Residency::kResident, family_);
+    const LoadedModel base_loaded = load_model(base_path_, Residency::kResident, family_);
+    const Model model(loaded.spec, loaded.weights);
+    const Model base(base_loaded.spec, base_loaded.weights);
+    const std::unique_ptr<Tokenizer> tokenizer = Tokenizer::load(model_path_);
+    const int32_t eos =
+        loaded.spec.eos_token_ids.empty() ? -1 : static_cast<int32_t>(loaded.spec.eos_token_ids[0]);
+    const int64_t seq = std::min<int64_t>(seq_, loaded.spec.max_position_embeddings);
+    const QualityReport r =
+        compare_models(model, base, train::read_windows(data_, *tokenizer, seq, eos));
+    if (json_) {
+      const Json out = {{"model", model_path_},
+                        {"against", base_path_},
+                        {"data", data_},
+                        {"positions", r.positions},
+                        {"kl_mean", r.kl_mean},
+                        {"kl_p99", r.kl_p99},
+                        {"kl_max", r.kl_max},
+                        {"top1_agreement", r.top1_agreement},
+                        {"targets", r.targets},
+                        {"perplexity", r.perplexity},
+                        {"base_perplexity", r.base_perplexity}};
+      std::cout << out.dump() << std::endl;
+      return 0;
+    }
+    std::printf("kiln verify: %s against %s on %s (%lld positions)\n", model_path_.c_str(),
+                base_path_.c_str(), data_.c_str(), static_cast<long long>(r.positions));
+    std::printf("  KL(base || model) per token: mean %.4e, p99 %.4e, max %.4e nats\n", r.kl_mean,
+                r.kl_p99, r.kl_max);
+    std::printf("  top-1 agreement: %.2f%%\n", 100.0 * r.top1_agreement);
+    std::printf("  perplexity over %lld targets: model %.4f, base %.4f (%+.2f%%)\n",
+                static_cast<long long>(r.targets), r.perplexity, r.base_perplexity,
+                100.0 * (r.perplexity / r.base_perplexity - 1.0));
+    return 0;
+  }
+
   void print_json(const ReferenceReport& report, const std::string& reference,
                   const std::string& family) const {
     Json comparisons = Json::array();
@@ -131,6 +183,8 @@ class VerifyCommand : public Command {
   FamilyChoice family_;
   std::string model_path_;
   std::string reference_path_;
+  std::string base_path_, data_;
+  int64_t seq_ = 256;
   bool json_ = false;
   double tolerance_ = 1e-4;
   int64_t kv_bytes_per_token_ = 0;
@@ -139,6 +193,7 @@ class VerifyCommand : public Command {
 
 KILN_COMMAND(
     VerifyCommand, "verify",
-    "Compare a model's logits, hidden states, modules and greedy decode with a reference dump");
+    "Compare a model's logits, hidden states, modules and greedy decode with a reference dump, "
+    "or (--against) its next-token distributions and perplexity with another checkpoint");
 
 }  // namespace kiln::cli

@@ -1,6 +1,8 @@
 #include "kiln/convert/hf_to_kiln.h"
 #include "kiln/models/language_model.h"
 
+#include <fnmatch.h>
+
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -47,12 +49,22 @@ std::optional<std::pair<int64_t, std::string>> split_layer_name(const std::strin
   return std::make_pair(std::stoll(number), name.substr(slash + 1));
 }
 
+bool is_quantized_option(const std::string& option) {
+  return option == "int8" || option == "int4" || option == "int4-128";
+}
+
 DType target_dtype(const std::string& option, DType source) {
-  if (option == "keep" || !is_float(source)) return source;
+  if (option == "keep" || !is_float(source) || is_quantized_option(option)) return source;
   if (option == "f32") return DType::F32;
   if (option == "bf16") return DType::BF16;
   if (option == "f16") return DType::F16;
-  throw Error("--dtype must be keep, f32, bf16 or f16, not '" + option + "'");
+  throw Error("--dtype must be keep, f32, bf16, f16, int8, int4 or int4-128, not '" + option + "'");
+}
+
+bool matches_any(const std::vector<std::string>& globs, const std::string& name) {
+  for (const std::string& glob : globs)
+    if (::fnmatch(glob.c_str(), name.c_str(), 0) == 0) return true;
+  return false;
 }
 
 // Where each mapped tensor goes: whole, or at a position of a stacked tensor.
@@ -78,6 +90,30 @@ std::optional<FileLocation> file_location(const TensorSource& source, const std:
 }
 
 }  // namespace
+
+DType quantized_dtype_for(const std::string& dtype, const std::string& name, const Shape& shape,
+                          DType source, const std::vector<std::string>& keep,
+                          const std::vector<std::string>& quantize) {
+  check(is_quantized_option(dtype), "--dtype '" + dtype + "' is not int8, int4 or int4-128");
+  if (!is_float(source) || matches_any(keep, name)) return source;
+  const DType format = dtype == "int8"   ? DType::Q8_0
+                       : dtype == "int4" ? DType::Q4_1
+                                         : DType::Q4_1_128;
+  // An output matrix whose rows are not whole blocks of the format: the next smaller one.
+  auto fitting = [&](DType wanted) {
+    if (shape.empty() || shape.back() % 32 != 0) return source;
+    if (shape.back() % dtype_block(wanted) != 0) return DType::Q4_1;
+    return wanted;
+  };
+  if (matches_any(quantize, name)) return fitting(format);
+  const bool linear_kernel = name.ends_with("/kernel") && (shape.size() == 2 || shape.size() == 3);
+  const bool read_elsewhere = name.ends_with("/gate/kernel") ||
+                              name.find("shared_expert_gate") != std::string::npos ||
+                              name.find("/wkv_b/") != std::string::npos;
+  if (!linear_kernel || read_elsewhere) return source;
+  if (name == "decoder/logits_dense/kernel" && format != DType::Q8_0) return fitting(DType::Q8_0);
+  return fitting(format);
+}
 
 void convert_hf_to_kiln(const std::string& source_dir, const std::string& destination,
                         const ConvertOptions& options) {
@@ -106,7 +142,11 @@ void convert_hf_to_kiln(const std::string& source_dir, const std::string& destin
     check(!m.hf_names.empty() && source->contains(m.hf_names[0]),
           source->where() + ": missing tensor '" + (m.hf_names.empty() ? "" : m.hf_names[0]) +
               "' (needed for '" + m.kiln_name + "')");
-    dtypes.push_back(target_dtype(options.dtype, source->dtype_of(m.hf_names[0])));
+    const DType stored = source->dtype_of(m.hf_names[0]);
+    dtypes.push_back(is_quantized_option(options.dtype)
+                         ? quantized_dtype_for(options.dtype, m.kiln_name, m.shape, stored,
+                                               options.keep, options.quantize)
+                         : target_dtype(options.dtype, stored));
   }
 
   KilnCheckpointInfo info;

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "kiln/models/family_file.h"
 
@@ -12,13 +13,33 @@ namespace kiln {
 
 struct ConvertOptions {
   std::string layout = "unscanned";  // or "scanned"
-  std::string dtype = "keep";        // keep, f32, bf16 or f16 (floating tensors only)
-  bool force = false;                // replace an existing destination
-  FamilyChoice family;               // which family maps the weights (choose_family())
+  // keep, f32, bf16 or f16 (floating tensors only), or a quantized format for the linear
+  // kernels: int8 (Q8_0), int4 (Q4_1, groups of 32) or int4-128 (Q4_1_128); see
+  // quantized_dtype_for().
+  std::string dtype = "keep";
+  // Quantized --dtype only: tensors whose Kiln name matches one of these globs (fnmatch, `*`
+  // also matches `/`) stay unquantized in their source dtype; tensors matching `quantize`
+  // are quantized even when they would not be by default (embeddings, routers).
+  std::vector<std::string> keep;
+  std::vector<std::string> quantize;
+  bool force = false;   // replace an existing destination
+  FamilyChoice family;  // which family maps the weights (choose_family())
   uint64_t max_shard_bytes = uint64_t{4} << 30;
   // Called after each tensor with (tensors done, tensors total, bytes written so far).
   std::function<void(size_t, size_t, uint64_t)> progress;
 };
+
+// The dtype a quantized conversion (`dtype` int8, int4 or int4-128) stores tensor `name`
+// (source dtype `source`, Kiln shape `shape`) in: the quantized format for linear kernels
+// (`.../kernel` tensors of 2 or 3 dimensions whose last dimension is whole blocks), except
+// MoE routers (`.../gate/kernel`, `shared_expert_gate`) and MLA's `wkv_b` (read outside the
+// linear kernels), and for int4 the output projection `decoder/logits_dense/kernel`, which
+// is stored in int8 (as llama.cpp keeps its output matrix at higher precision). Embeddings,
+// norms, biases and every other tensor keep `source`. `keep` globs win over `quantize`
+// globs, which win over these defaults.
+DType quantized_dtype_for(const std::string& dtype, const std::string& name, const Shape& shape,
+                          DType source, const std::vector<std::string>& keep,
+                          const std::vector<std::string>& quantize);
 
 // Converts the model folder `source` (config.json + safetensors or .bin weights, any
 // format open_tensor_source reads) into a Kiln checkpoint at `destination`, atomically

@@ -90,13 +90,13 @@ TEST(Convert, ExistingOutputNeedsForceAndBadOptionsAreNamed) {
     EXPECT_NE(std::string(e.what()).find("already exists (use --force"), std::string::npos);
   }
   ConvertOptions options;
-  options.dtype = "int4";
+  options.dtype = "int3";
   try {
     convert_hf_to_kiln(test::data_path("hf/llama"), dir + "/other", options);
     ADD_FAILURE() << "no error";
   } catch (const Error& e) {
     std::cout << "  error: " << e.what() << "\n";
-    EXPECT_NE(std::string(e.what()).find("'int4'"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("'int3'"), std::string::npos);
   }
   EXPECT_FALSE(fs::exists(dir + "/other"));
   fs::remove_all(dir);

@@ -1,16 +1,20 @@
 #include "kiln/core/dtype.h"
 
 #include <array>
+#include <string>
 #include <utility>
+
+#include "kiln/core/error.h"
 
 namespace kiln {
 namespace {
 struct DTypeInfo {
   DType dtype;
   std::string_view name;
-  size_t size;
+  size_t size;        // bytes per block
+  int64_t block = 1;  // elements per block
 };
-constexpr std::array<DTypeInfo, 10> kInfos = {{
+constexpr std::array<DTypeInfo, 13> kInfos = {{
     {DType::F32, "F32", 4},
     {DType::BF16, "BF16", 2},
     {DType::F16, "F16", 2},
@@ -21,11 +25,34 @@ constexpr std::array<DTypeInfo, 10> kInfos = {{
     {DType::I8, "I8", 1},
     {DType::U8, "U8", 1},
     {DType::BOOL, "BOOL", 1},
+    {DType::Q8_0, "Q8_0", 34, 32},
+    {DType::Q4_1, "Q4_1", 20, 32},
+    {DType::Q4_1_128, "Q4_1_128", 68, 128},
 }};
 }  // namespace
 
 size_t dtype_size(DType dtype) {
+  const DTypeInfo& info = kInfos[static_cast<size_t>(dtype)];
+  if (info.block != 1)
+    throw Error("dtype " + std::string(info.name) +
+                " is block-quantized: it has no size per element");
+  return info.size;
+}
+bool is_quantized(DType dtype) {
+  return kInfos[static_cast<size_t>(dtype)].block != 1;
+}
+int64_t dtype_block(DType dtype) {
+  return kInfos[static_cast<size_t>(dtype)].block;
+}
+size_t dtype_block_bytes(DType dtype) {
   return kInfos[static_cast<size_t>(dtype)].size;
+}
+size_t dtype_nbytes(DType dtype, int64_t count) {
+  const DTypeInfo& info = kInfos[static_cast<size_t>(dtype)];
+  if (count % info.block != 0)
+    throw Error(std::to_string(count) + " elements are not whole blocks of " +
+                std::string(info.name) + " (blocks of " + std::to_string(info.block) + ")");
+  return static_cast<size_t>(count / info.block) * info.size;
 }
 std::string_view dtype_name(DType dtype) {
   return kInfos[static_cast<size_t>(dtype)].name;

@@ -10,15 +10,41 @@
 
 namespace kiln {
 
-enum class DType : uint8_t { F32, BF16, F16, F64, I64, I32, I16, I8, U8, BOOL };
+// The last three are block-quantized weight formats (core/quant.h, docs/checkpoint_format.md):
+// elements come in blocks along the last dimension, each block stored with its own scale
+// (and minimum), byte for byte as ggml's Q8_0 and Q4_1 (Q4_1_128: Q4_1's scheme over 128).
+enum class DType : uint8_t {
+  F32,
+  BF16,
+  F16,
+  F64,
+  I64,
+  I32,
+  I16,
+  I8,
+  U8,
+  BOOL,
+  Q8_0,     // int8: blocks of 32 = f16 scale + 32 int8 (34 bytes)
+  Q4_1,     // int4: groups of 32 = f16 scale + f16 minimum + 16 bytes of nibbles (20 bytes)
+  Q4_1_128  // int4: groups of 128 = f16 scale + f16 minimum + 64 bytes of nibbles (68 bytes)
+};
 
-// Size of one element in bytes.
+// Size of one element in bytes. Throws Error for block-quantized dtypes, which have none:
+// use dtype_nbytes.
 size_t dtype_size(DType dtype);
-// Safetensors name: "F32", "BF16", ...
+// Name in manifests and safetensors headers: "F32", "BF16", ..., "Q8_0", "Q4_1", "Q4_1_128".
 std::string_view dtype_name(DType dtype);
-// Parses a safetensors dtype name; nullopt when unknown.
+// Parses a dtype name; nullopt when unknown.
 std::optional<DType> dtype_from_name(std::string_view name);
 bool is_float(DType dtype);
+// True for the block-quantized dtypes.
+bool is_quantized(DType dtype);
+// Elements per block (1 for plain dtypes) and bytes per block (the element size for plain
+// dtypes).
+int64_t dtype_block(DType dtype);
+size_t dtype_block_bytes(DType dtype);
+// Bytes of `count` elements. Throws Error when `count` is not a whole number of blocks.
+size_t dtype_nbytes(DType dtype, int64_t count);
 
 // bfloat16 <-> float32. f32 -> bf16 rounds to nearest even; NaN stays NaN.
 inline float bf16_to_f32(uint16_t bits) {

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "kiln/core/error.h"
+#include "kiln/core/quant.h"
 
 namespace kiln {
 
@@ -64,9 +65,33 @@ static Shape contiguous_strides(const Shape& shape) {
   return strides;
 }
 
+Shape byte_shape(DType dtype, const Shape& shape) {
+  if (!is_quantized(dtype)) return shape;
+  Shape bytes = shape;
+  bytes.back() = static_cast<int64_t>(dtype_nbytes(dtype, shape.back()));
+  return bytes;
+}
+
+namespace {
+// Block-quantized tensors need a last dimension of whole blocks.
+void check_blocked_shape(DType dtype, const Shape& shape) {
+  if (!is_quantized(dtype)) return;
+  check(!shape.empty() && shape.back() % dtype_block(dtype) == 0,
+        std::string(dtype_name(dtype)) + " tensor of shape " + shape_to_string(shape) +
+            ": the last dimension must be a multiple of its block of " +
+            std::to_string(dtype_block(dtype)));
+}
+// Bytes from the first element of a view to element `elements` (in elements along the
+// layout: a whole number of blocks for quantized dtypes).
+size_t element_bytes(DType dtype, int64_t elements) {
+  return dtype_nbytes(dtype, elements);
+}
+}  // namespace
+
 Tensor Tensor::view_of(std::shared_ptr<Storage> storage, size_t offset, DType dtype, Shape shape) {
   for (int64_t d : shape) check(d >= 0, "negative dimension in shape " + shape_to_string(shape));
-  size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
+  check_blocked_shape(dtype, shape);
+  size_t bytes = dtype_nbytes(dtype, shape_numel(shape));
   check(offset + bytes <= storage->size(),
         "tensor view " + shape_to_string(shape) + " extends past its storage");
   Tensor t;
@@ -80,7 +105,8 @@ Tensor Tensor::view_of(std::shared_ptr<Storage> storage, size_t offset, DType dt
 
 Tensor Tensor::zeros(DType dtype, Shape shape) {
   for (int64_t d : shape) check(d >= 0, "negative dimension in shape " + shape_to_string(shape));
-  size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
+  check_blocked_shape(dtype, shape);
+  size_t bytes = dtype_nbytes(dtype, shape_numel(shape));
   return view_of(Storage::allocate(bytes), 0, dtype, std::move(shape));
 }
 
@@ -132,6 +158,7 @@ Tensor Tensor::reshape(Shape shape) const {
   }
   check(shape_numel(shape) == numel(),
         "reshape: " + shape_string() + " cannot become " + shape_to_string(shape));
+  check_blocked_shape(dtype_, shape);
   Tensor t = *this;
   t.strides_ = contiguous_strides(shape);
   t.shape_ = std::move(shape);
@@ -145,8 +172,13 @@ Tensor Tensor::slice(int d, int64_t start, int64_t end) const {
   check(0 <= start && start <= end && end <= shape_[d],
         "slice [" + std::to_string(start) + ", " + std::to_string(end) + ") out of range for " +
             shape_string() + " dimension " + std::to_string(d));
+  if (is_quantized(dtype_) && d == n - 1)
+    check(start % dtype_block(dtype_) == 0 && end % dtype_block(dtype_) == 0,
+          "slice [" + std::to_string(start) + ", " + std::to_string(end) + ") of " +
+              std::string(dtype_name(dtype_)) + " tensor " + shape_string() +
+              " cuts a quantization block");
   Tensor t = *this;
-  t.offset_ += static_cast<size_t>(start * strides_[d]) * dtype_size(dtype_);
+  t.offset_ += element_bytes(dtype_, start * strides_[d]);
   t.shape_[d] = end - start;
   return t;
 }
@@ -165,6 +197,9 @@ Tensor Tensor::transpose(int d0, int d1) const {
   if (d0 < 0) d0 += n;
   if (d1 < 0) d1 += n;
   check(d0 >= 0 && d0 < n && d1 >= 0 && d1 < n, "transpose: bad dimensions for " + shape_string());
+  check(!is_quantized(dtype_) || (d0 != n - 1 && d1 != n - 1) || d0 == d1,
+        "transpose of the blocked last dimension of a " + std::string(dtype_name(dtype_)) +
+            " tensor " + shape_string());
   Tensor t = *this;
   std::swap(t.shape_[d0], t.shape_[d1]);
   std::swap(t.strides_[d0], t.strides_[d1]);
@@ -197,11 +232,24 @@ void for_each_offset(const Shape& shape, const Shape& strides, Fn fn) {
 Tensor Tensor::contiguous(bool force_copy) const {
   if (is_contiguous() && !force_copy) return *this;
   Tensor out = zeros(dtype_, shape_);
-  size_t es = dtype_size(dtype_);
+  const size_t es = is_quantized(dtype_) ? 0 : dtype_size(dtype_);
   const std::byte* src = static_cast<const std::byte*>(raw());
   std::byte* dst = static_cast<std::byte*>(out.mutable_raw());
   if (is_contiguous()) {
     std::memcpy(dst, src, nbytes());
+    return out;
+  }
+  if (is_quantized(dtype_)) {
+    // Whole blocks: the last dimension counted in blocks (stride 1 by construction).
+    const int64_t block = dtype_block(dtype_);
+    const size_t block_bytes = dtype_block_bytes(dtype_);
+    Shape blocks = shape_, block_strides = strides_;
+    blocks.back() /= block;
+    for (size_t d = 0; d + 1 < block_strides.size(); ++d) block_strides[d] /= block;
+    for_each_offset(blocks, block_strides, [&](int64_t off, int64_t i) {
+      std::memcpy(dst + i * block_bytes, src + off * static_cast<int64_t>(block_bytes),
+                  block_bytes);
+    });
     return out;
   }
   for_each_offset(shape_, strides_, [&](int64_t off, int64_t i) {
@@ -216,6 +264,14 @@ double Tensor::item_as_double(int64_t flat) const {
   for (int d = ndim() - 1; d >= 0; --d) {
     off += (flat % shape_[d]) * strides_[d];
     flat /= shape_[d];
+  }
+  if (is_quantized(dtype_)) {  // dequantize the block holding the element
+    const int64_t block = dtype_block(dtype_);
+    std::vector<float> values(static_cast<size_t>(block));
+    dequantize_row(dtype_,
+                   static_cast<const std::byte*>(raw()) + element_bytes(dtype_, off - off % block),
+                   values.data(), block);
+    return values[static_cast<size_t>(off % block)];
   }
   const std::byte* p = static_cast<const std::byte*>(raw()) + off * dtype_size(dtype_);
   switch (dtype_) {
@@ -238,6 +294,10 @@ double Tensor::item_as_double(int64_t flat) const {
     case DType::U8:
     case DType::BOOL:
       return *reinterpret_cast<const uint8_t*>(p);
+    case DType::Q8_0:
+    case DType::Q4_1:
+    case DType::Q4_1_128:
+      break;  // handled above
   }
   return 0;
 }
@@ -257,6 +317,11 @@ void convert_to_f32(const void* src, DType src_type, float* dst, size_t count) {
       for (size_t i = 0; i < count; ++i) dst[i] = f16_to_f32(s[i]);
       return;
     }
+    case DType::Q8_0:
+    case DType::Q4_1:
+    case DType::Q4_1_128:
+      dequantize_row(src_type, src, dst, static_cast<int64_t>(count));
+      return;
     default: {
       Tensor view = Tensor::view_of(Storage::borrow(nullptr, static_cast<const std::byte*>(src),
                                                     count * dtype_size(src_type)),
@@ -273,6 +338,19 @@ Tensor Tensor::to(DType dtype) const {
   size_t n = static_cast<size_t>(numel());
   if (dtype == DType::F32) {
     convert_to_f32(src.raw(), dtype_, out.mutable_data<float>(), n);
+    return out;
+  }
+  if (is_quantized(dtype_)) return src.to(DType::F32).to(dtype);
+  if (is_quantized(dtype)) {  // row by row along the blocked last dimension
+    const int64_t row = shape_.back();
+    std::vector<float> values(static_cast<size_t>(row));
+    const size_t row_bytes = dtype_nbytes(dtype, row);
+    for (int64_t r = 0; r * row < static_cast<int64_t>(n); ++r) {
+      convert_to_f32(static_cast<const std::byte*>(src.raw()) + element_bytes(dtype_, r * row),
+                     dtype_, values.data(), static_cast<size_t>(row));
+      quantize_row(dtype, values.data(), static_cast<std::byte*>(out.mutable_raw()) + r * row_bytes,
+                   row);
+    }
     return out;
   }
   // Any -> bf16/f16/f64/ints goes through double/float.
@@ -308,6 +386,10 @@ Tensor Tensor::to(DType dtype) const {
       case DType::BOOL:
         *reinterpret_cast<uint8_t*>(p) = static_cast<uint8_t>(v);
         break;
+      case DType::Q8_0:
+      case DType::Q4_1:
+      case DType::Q4_1_128:
+        break;  // handled above
     }
   }
   return out;

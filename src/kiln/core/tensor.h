@@ -36,9 +36,11 @@ class Storage {
   std::shared_ptr<const void> owner_;
 };
 
-// A tensor is (storage, byte offset, dtype, shape, strides in elements). Copying a Tensor
-// copies the view, not the data. Views of mmap-backed storage are read-only:
-// mutable_data() throws on them. All shape arguments are checked; errors throw kiln::Error.
+// A tensor is (storage, byte offset, dtype, shape, strides in elements). Block-quantized
+// dtypes (core/quant.h) are blocked along the last dimension, which must be a whole number
+// of blocks with stride 1; views may slice other dimensions, or the last at block bounds. Copying a
+// Tensor copies the view, not the data. Views of mmap-backed storage are read-only: mutable_data()
+// throws on them. All shape arguments are checked; errors throw kiln::Error.
 class Tensor {
  public:
   Tensor() = default;
@@ -58,7 +60,7 @@ class Tensor {
   // Size of dimension `d`; negative d counts from the end.
   int64_t dim(int d) const;
   int64_t numel() const;
-  size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype_); }
+  size_t nbytes() const { return dtype_nbytes(dtype_, numel()); }
   bool is_contiguous() const;
   bool writable() const { return storage_ && storage_->writable(); }
   const std::shared_ptr<Storage>& storage() const { return storage_; }
@@ -103,7 +105,12 @@ class Tensor {
 std::string shape_to_string(const Shape& shape);
 int64_t shape_numel(const Shape& shape);
 
-// Converts `count` elements of `src` (dtype `src_type`) to f32 into `dst`.
+// The shape a block-quantized tensor's bytes have as a U8 array: `shape` with its last
+// dimension (a whole number of blocks) replaced by its byte count; `shape` for other dtypes.
+Shape byte_shape(DType dtype, const Shape& shape);
+
+// Converts `count` elements of `src` (dtype `src_type`) to f32 into `dst` (block-quantized
+// dtypes: dequantized; `count` whole blocks).
 void convert_to_f32(const void* src, DType src_type, float* dst, size_t count);
 
 }  // namespace kiln

@@ -109,8 +109,16 @@ KilnCheckpointWriter::KilnCheckpointWriter(std::string dir, KilnCheckpointInfo i
                 " but group '" + p.layer_group + "' has " + std::to_string(group->second.size()) +
                 " layers");
     }
+    if (is_quantized(p.dtype)) {
+      check(!p.shape.empty() && p.shape.back() % dtype_block(p.dtype) == 0,
+            where + ": " + std::string(dtype_name(p.dtype)) + " needs a last dimension of whole " +
+                "blocks of " + std::to_string(dtype_block(p.dtype)) + ", not " +
+                shape_to_string(p.shape));
+      check(p.layer_axis < static_cast<int>(p.shape.size()) - 1,
+            where + ": a quantized tensor cannot be stacked along its last dimension");
+    }
     Slot s;
-    s.nbytes = static_cast<uint64_t>(shape_numel(p.shape)) * dtype_size(p.dtype);
+    s.nbytes = dtype_nbytes(p.dtype, shape_numel(p.shape));
     if (files.empty() || (current > 0 && current + s.nbytes > options.max_shard_bytes)) {
       files.emplace_back();
       current = 0;
@@ -139,7 +147,11 @@ KilnCheckpointWriter::KilnCheckpointWriter(std::string dir, KilnCheckpointInfo i
         offset += gap;
       }
       relative.push_back(offset);
-      specs.push_back({s.plan.name, {s.plan.dtype, s.plan.shape}});
+      // Quantized tensors are U8 arrays of their blocks' bytes to safetensors readers.
+      if (is_quantized(s.plan.dtype))
+        specs.push_back({s.plan.name, {DType::U8, byte_shape(s.plan.dtype, s.plan.shape)}});
+      else
+        specs.push_back({s.plan.name, {s.plan.dtype, s.plan.shape}});
       offset += s.nbytes;
     }
     const std::string header = safetensors_header(specs, {{"format", "kiln"}});
@@ -232,9 +244,11 @@ void KilnCheckpointWriter::write_slice(Slot& s, int64_t position, const ChunkRea
   // The slice is `outer` runs of `inner` bytes; run o lands at (o * layers + position) * inner.
   const Shape& shape = s.plan.shape;
   const int axis = s.plan.layer_axis;
-  uint64_t outer = 1, inner = dtype_size(s.plan.dtype);
+  uint64_t outer = 1;
+  int64_t trailing = 1;
   for (int d = 0; d < axis; ++d) outer *= shape[d];
-  for (size_t d = axis + 1; d < shape.size(); ++d) inner *= shape[d];
+  for (size_t d = axis + 1; d < shape.size(); ++d) trailing *= shape[d];
+  const uint64_t inner = dtype_nbytes(s.plan.dtype, trailing);
   const uint64_t layers = shape[axis], total = outer * inner;
   for (uint64_t begin = 0; begin < total; begin += kChunkBytes) {
     const uint64_t end = std::min(total, begin + kChunkBytes);
@@ -467,9 +481,24 @@ KilnCheckpoint::KilnCheckpoint(const std::string& dir, Residency residency)
         check(e.offset % kAlignment == 0, where + ": offset is not a multiple of 64");
         const SafetensorsFile& data = files_[e.file];
         check(data.contains(name), where + ": not in " + data.path());
+        if (is_quantized(e.dtype)) {
+          const int64_t block = dtype_block(e.dtype);
+          check(!e.shape.empty() && e.shape.back() % block == 0,
+                where + ": " + std::string(dtype_name(e.dtype)) + " shape " +
+                    shape_to_string(e.shape) + " does not end in whole blocks of " +
+                    std::to_string(block));
+          check(e.layer_axis < static_cast<int>(e.shape.size()) - 1,
+                where + ": a quantized tensor cannot be stacked along its last dimension");
+          check(e.nbytes == dtype_nbytes(e.dtype, shape_numel(e.shape)),
+                where + ": " + std::to_string(e.nbytes) + " bytes, but " +
+                    std::string(dtype_name(e.dtype)) + " " + shape_to_string(e.shape) + " needs " +
+                    std::to_string(dtype_nbytes(e.dtype, shape_numel(e.shape))));
+        }
         const Tensor view = data.get(name);
-        check(view.offset() == e.offset && view.nbytes() == e.nbytes && view.dtype() == e.dtype &&
-                  view.shape() == e.shape,
+        // Quantized tensors are stored as U8 arrays of their blocks' bytes.
+        const DType stored = is_quantized(e.dtype) ? DType::U8 : e.dtype;
+        check(view.offset() == e.offset && view.nbytes() == e.nbytes && view.dtype() == stored &&
+                  view.shape() == byte_shape(e.dtype, e.shape),
               where + ": the manifest and the header of " + data.path() + " disagree");
       } catch (const Json::exception& ex) {
         throw Error(where + ": malformed entry: " + ex.what());
@@ -494,7 +523,10 @@ const KilnCheckpoint::Entry& KilnCheckpoint::entry(const std::string& name) cons
 }
 
 Tensor KilnCheckpoint::get(const std::string& name) const {
-  return files_[entry(name).file].get(name);
+  const Entry& e = entry(name);
+  const Tensor stored = files_[e.file].get(name);
+  if (!is_quantized(e.dtype)) return stored;
+  return Tensor::view_of(stored.storage(), stored.offset(), e.dtype, e.shape);
 }
 
 Tensor KilnCheckpoint::layer_tensor(int64_t layer, const std::string& param) const {

@@ -59,7 +59,8 @@ SafetensorsFile SafetensorsFile::open(const std::string& path, Residency residen
           where + ": missing or malformed 'data_offsets'");
     std::string dtype_str = value["dtype"].get<std::string>();
     auto dtype = dtype_from_name(dtype_str);
-    check(dtype.has_value(), where + ": unknown dtype '" + dtype_str + "'");
+    check(dtype.has_value() && !is_quantized(*dtype),
+          where + ": unknown dtype '" + dtype_str + "'");
     Entry entry;
     entry.dtype = *dtype;
     // numel saturates at max_numel + 1 so that numel * element size cannot overflow.

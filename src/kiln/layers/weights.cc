@@ -11,7 +11,9 @@ const Tensor& require_weight(const WeightMap& weights, const std::string& name,
   check(it->second.shape() == shape, "weight '" + name + "' has shape " +
                                          it->second.shape_string() + ", expected " +
                                          shape_to_string(shape));
-  check(is_float(it->second.dtype()), "weight '" + name + "' is not a floating-point tensor");
+  // Block-quantized weights (core/quant.h) are floating-point values stored in blocks.
+  check(is_float(it->second.dtype()) || is_quantized(it->second.dtype()),
+        "weight '" + name + "' is not a floating-point tensor");
   return it->second;
 }
 

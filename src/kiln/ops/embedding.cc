@@ -11,7 +11,7 @@ namespace kiln::ops {
 void embedding_lookup(const void* table, DType table_dtype, int64_t vocab, int64_t dim,
                       const int32_t* ids, int64_t count, float scale, float* out) {
   const auto* bytes = static_cast<const std::byte*>(table);
-  const size_t row_bytes = static_cast<size_t>(dim) * dtype_size(table_dtype);
+  const size_t row_bytes = dtype_nbytes(table_dtype, dim);  // quantized tables: whole blocks
   for (int64_t n = 0; n < count; ++n) {
     if (ids[n] < 0 || ids[n] >= vocab)
       throw Error("token id " + std::to_string(ids[n]) + " is outside the vocabulary [0, " +

@@ -1,5 +1,5 @@
 // Run-time choice of the CPU kernel set behind ops::linear and ops::causal_attention: the
-// best one this CPU supports (AVX-512 with BF16, else AVX2, else the reference kernels),
+// best one this CPU supports (AVX-512 with BF16 and VNNI, else AVX2, else the reference kernels),
 // or the one named by the environment variable KILN_KERNELS (reference, avx2, avx512).
 #pragma once
 

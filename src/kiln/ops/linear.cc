@@ -1,5 +1,5 @@
-// The linear front (checks, then the active kernel set) and its reference kernel: one
-// weight row at a time, converted to f32 in a per-thread buffer.
+// The linear front (checks, then the active kernel set's kernel for the weight's format) and
+// its reference kernel: one weight row at a time, converted to f32 in a per-thread buffer.
 #include "kiln/ops/linear.h"
 
 #include <string>
@@ -12,24 +12,41 @@
 
 namespace kiln::ops {
 
-namespace {
-void check_weight_dtype(DType weight_dtype) {
-  if (weight_dtype != DType::F32 && weight_dtype != DType::BF16 && weight_dtype != DType::F16)
-    throw Error("linear: unsupported weight dtype " + std::string(dtype_name(weight_dtype)));
+WeightView weight_view(const void* weight, DType format, int64_t in) {
+  // (tested before building messages: this runs on every decode step)
+  if (cpu::weight_format_index(format) < 0)
+    throw Error("linear: unsupported weight dtype " + std::string(dtype_name(format)));
+  if (in % dtype_block(format) != 0)
+    throw Error("linear: " + std::string(dtype_name(format)) + " weight rows of " +
+                std::to_string(in) + " inputs are not whole blocks of " +
+                std::to_string(dtype_block(format)));
+  return {weight, format, dtype_block(format), dtype_nbytes(format, in)};
 }
-}  // namespace
+
+WeightView weight_view(const Tensor& weight) {
+  check(weight.ndim() == 2 && weight.is_contiguous(),
+        "linear: the weight must be a contiguous matrix, not " + weight.shape_string());
+  return weight_view(weight.raw(), weight.dtype(), weight.dim(1));
+}
+
+void linear(const float* x, const WeightView& weight, const float* bias, float* y, int64_t rows,
+            int64_t in, int64_t out) {
+  const int index = cpu::weight_format_index(weight.format);
+  if (index < 0 || weight.row_bytes != dtype_nbytes(weight.format, in))
+    throw Error("linear: a " + std::string(dtype_name(weight.format)) + " weight view of " +
+                std::to_string(weight.row_bytes) + " bytes per row does not hold " +
+                std::to_string(in) + " inputs");
+  active_kernels().linear[index](x, weight, bias, y, rows, in, out);
+}
 
 void linear(const float* x, const void* weight, DType weight_dtype, const float* bias, float* y,
             int64_t rows, int64_t in, int64_t out) {
-  check_weight_dtype(weight_dtype);
-  active_kernels().linear(x, weight, weight_dtype, bias, y, rows, in, out);
+  linear(x, weight_view(weight, weight_dtype, in), bias, y, rows, in, out);
 }
 
-void linear_reference(const float* x, const void* weight, DType weight_dtype, const float* bias,
-                      float* y, int64_t rows, int64_t in, int64_t out) {
-  check_weight_dtype(weight_dtype);
-  const auto* w_bytes = static_cast<const std::byte*>(weight);
-  const size_t row_bytes = static_cast<size_t>(in) * dtype_size(weight_dtype);
+void linear_reference(const float* x, const WeightView& weight, const float* bias, float* y,
+                      int64_t rows, int64_t in, int64_t out) {
+  const auto* w_bytes = static_cast<const std::byte*>(weight.data);
   // Threads pay off only when they share enough multiply-adds to amortize waking them.
   const bool parallel = rows * in * out >= (int64_t{1} << 18);
 #pragma omp parallel if (parallel)
@@ -39,10 +56,11 @@ void linear_reference(const float* x, const void* weight, DType weight_dtype, co
 #pragma omp for schedule(static)
     for (int64_t o = 0; o < out; ++o) {
       const float* w_row;  // [in]
-      if (weight_dtype == DType::F32) {
-        w_row = reinterpret_cast<const float*>(w_bytes + o * row_bytes);
+      if (weight.format == DType::F32) {
+        w_row = reinterpret_cast<const float*>(w_bytes + o * weight.row_bytes);
       } else {
-        convert_to_f32(w_bytes + o * row_bytes, weight_dtype, converted, in);
+        convert_to_f32(w_bytes + o * weight.row_bytes, weight.format, converted,
+                       static_cast<size_t>(in));
         w_row = converted;
       }
       const float b = bias ? bias[o] : 0.0f;
@@ -56,11 +74,27 @@ void linear_reference(const float* x, const void* weight, DType weight_dtype, co
   }
 }
 
+void linear_reference(const float* x, const void* weight, DType weight_dtype, const float* bias,
+                      float* y, int64_t rows, int64_t in, int64_t out) {
+  linear_reference(x, weight_view(weight, weight_dtype, in), bias, y, rows, in, out);
+}
+
 }  // namespace kiln::ops
 
 namespace kiln::ops::cpu {
+
+int weight_format_index(DType format) {
+  for (int i = 0; i < kWeightFormatCount; ++i)
+    if (kWeightFormats[i] == format) return i;
+  return -1;
+}
+
 const KernelTable& reference_table() {
-  static const KernelTable table{"reference", &linear_reference, &causal_attention_reference,
+  // One plain kernel serves every format: it dequantizes rows through convert_to_f32.
+  static const KernelTable table{"reference",
+                                 {&linear_reference, &linear_reference, &linear_reference,
+                                  &linear_reference, &linear_reference, &linear_reference},
+                                 &causal_attention_reference,
                                  &silu_gated_reference};
   return table;
 }

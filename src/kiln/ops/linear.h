@@ -1,25 +1,57 @@
-// Linear layer kernel: y = x W^T + b with W stored [out, in] in f32, bf16 or f16.
+// Linear layer kernel: y = x W^T + b with W stored [out, in] in a plain float dtype or a
+// block-quantized format, seen through a WeightView.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "kiln/core/dtype.h"
 
+namespace kiln {
+class Tensor;
+}
+
 namespace kiln::ops {
+
+// How a linear kernel reads a weight matrix [out, in]: `out` rows of `row_bytes` bytes from
+// `data`, each row `in` elements of `format` stored in blocks of `block` elements along the
+// input dimension (1 for F32, BF16, F16; 32 for Q8_0 and Q4_1; 128 for Q4_1_128). The
+// quantized formats keep each block's scale and minimum inside the block, next to its values
+// (core/quant.h), as ggml's do, so a view needs no separate scale operand.
+struct WeightView {
+  const void* data = nullptr;
+  DType format = DType::F32;
+  int64_t block = 1;
+  size_t row_bytes = 0;
+};
+
+// The view of `weight` [out, in] (`in` elements per row, stored contiguously). Throws Error
+// for formats no linear kernel reads (the integer dtypes, F64) and, for quantized formats,
+// when `in` is not a whole number of blocks.
+WeightView weight_view(const void* weight, DType format, int64_t in);
+// The same for a contiguous 2-D tensor.
+WeightView weight_view(const Tensor& weight);
 
 // y[n, o] = sum_i x[n, i] * W[o, i] + bias[o], for n < rows.
 //   x:      [rows, in]  f32
-//   weight: [out, in]   in `weight_dtype` (F32, BF16 or F16), read in place (never copied
-//                       or converted as a whole)
+//   weight: [out, in]   read in place (never copied or converted as a whole)
 //   bias:   [out]       f32, or nullptr
 //   y:      [rows, out] f32 (must not alias x)
-// Runs the active kernel set (ops/kernels.h), on all OpenMP threads. With bf16 weights and
-// at least 16 rows the AVX-512 kernel rounds x to bf16 (as a bf16 model computes); the
-// other paths keep x in f32. Throws Error for other weight dtypes.
+// Runs the active kernel set's kernel for the weight's format (ops/kernels.h), on all
+// OpenMP threads. With bf16 weights and at least 16 rows the AVX-512 kernel rounds x to bf16
+// (as a bf16 model computes); with quantized weights the AVX2 / AVX-512 kernels of fewer than
+// 16 rows quantize x per block of 32 to int8 (quantize_activations in core/quant.h) and
+// multiply in integers; the other paths keep x in f32.
+void linear(const float* x, const WeightView& weight, const float* bias, float* y, int64_t rows,
+            int64_t in, int64_t out);
+// linear() over weight_view(weight, weight_dtype, in).
 void linear(const float* x, const void* weight, DType weight_dtype, const float* bias, float* y,
             int64_t rows, int64_t in, int64_t out);
 
-// The reference kernel of linear(): plain loops, one weight row converted to f32 at a time.
+// The reference kernel of linear() for every format: plain loops, one weight row converted
+// (dequantized) to f32 at a time, x kept in f32.
+void linear_reference(const float* x, const WeightView& weight, const float* bias, float* y,
+                      int64_t rows, int64_t in, int64_t out);
 void linear_reference(const float* x, const void* weight, DType weight_dtype, const float* bias,
                       float* y, int64_t rows, int64_t in, int64_t out);
 

@@ -1,11 +1,13 @@
-// AVX2 + FMA + F16C kernels (8 f32 lanes): GEMVs widen bf16/f16 weights to f32; the GEMM
-// converts each tile of bf16/f16 weight rows to f32 and multiplies in f32. Built with the
+// AVX2 + FMA + F16C kernels (8 f32 lanes): GEMVs widen bf16/f16 weights to f32 (quantized
+// weights: int8 dot products with int8 activations); the GEMM converts each tile of
+// bf16/f16/quantized weight rows to f32 and multiplies in f32. Built with the
 // AVX2 flags set in CMakeLists.txt; called only after ops/kernels.cc has checked the CPU.
 #include <omp.h>
 
 #include <cmath>
 #include <cstdint>
 
+#include "kiln/core/quant.h"
 #include "kiln/core/tensor.h"
 #include "kiln/ops/cpu/kernel_table.h"
 #include "kiln/ops/cpu/scratch.h"
@@ -20,24 +22,18 @@ using S = Avx2;
 #include "kiln/ops/cpu/attention_kernels.inc"
 #include "kiln/ops/cpu/elementwise_kernels.inc"
 
-void linear(const float* x, const void* weight, DType dtype, const float* bias, float* y,
-            int64_t rows, int64_t in, int64_t out) {
-  switch (dtype) {
-    case DType::F32:
-      return gemv_or_gemm_f32<DType::F32>(x, weight, bias, y, rows, in, out);
-    case DType::F16:
-      return gemv_or_gemm_f32<DType::F16>(x, weight, bias, y, rows, in, out);
-    default:
-      return gemv_or_gemm_f32<DType::BF16>(x, weight, bias, y, rows, in, out);
-  }
-}
-
 }  // namespace
 }  // namespace kiln::ops::cpu::avx2
 
 namespace kiln::ops::cpu {
 const KernelTable& avx2_table() {
-  static const KernelTable table{"avx2", &avx2::linear, &avx2::attention, &avx2::silu_gated};
+  static const KernelTable table{
+      "avx2",
+      {&avx2::gemv_or_gemm_f32<DType::F32>, &avx2::gemv_or_gemm_f32<DType::BF16>,
+       &avx2::gemv_or_gemm_f32<DType::F16>, &avx2::quantized_linear<DType::Q8_0>,
+       &avx2::quantized_linear<DType::Q4_1>, &avx2::quantized_linear<DType::Q4_1_128>},
+      &avx2::attention,
+      &avx2::silu_gated};
   return table;
 }
 }  // namespace kiln::ops::cpu

@@ -1,6 +1,7 @@
 // AVX-512 kernels (16 f32 lanes) with AVX512-BF16: bf16-weight GEMMs multiply bf16 pairs
 // with vdpbf16ps (activations rounded to bf16 once, when packed); GEMVs widen bf16/f16
-// weights to f32 and keep the activations in f32. Built with the AVX-512 flags set in
+// weights to f32 and keep the activations in f32; quantized weights use int8 dot products
+// with vpdpbusd (VNNI) against int8 activations. Built with the AVX-512 flags set in
 // CMakeLists.txt; called only after ops/kernels.cc has checked the CPU.
 #include <omp.h>
 
@@ -8,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kiln/core/quant.h"
 #include "kiln/core/tensor.h"
 #include "kiln/ops/cpu/kernel_table.h"
 #include "kiln/ops/cpu/scratch.h"
@@ -67,9 +69,9 @@ struct Bf16Path {
     }
   }
 
-  static WeightRows<uint16_t> weights(const void* weight, DType, int64_t in, int64_t o, int,
+  static WeightRows<uint16_t> weights(const WeightView& weight, int64_t in, int64_t o, int,
                                       int64_t k0, int64_t) {
-    return {static_cast<const uint16_t*>(weight) + o * in + k0, in};
+    return {static_cast<const uint16_t*>(weight.data) + o * in + k0, in};
   }
 
   // tile[r][j] = sum_k w[r][k] * packed[k / 2][j] (half k % 2) for r < kM, k < kc.
@@ -106,17 +108,10 @@ struct Bf16Path {
   }
 };
 
-void linear(const float* x, const void* weight, DType dtype, const float* bias, float* y,
-            int64_t rows, int64_t in, int64_t out) {
-  switch (dtype) {
-    case DType::F32:
-      return gemv_or_gemm_f32<DType::F32>(x, weight, bias, y, rows, in, out);
-    case DType::F16:
-      return gemv_or_gemm_f32<DType::F16>(x, weight, bias, y, rows, in, out);
-    default:
-      if (rows < kGemmMinRows) return gemv<DType::BF16>(x, weight, bias, y, rows, in, out);
-      return gemm<Bf16Path>(x, weight, dtype, bias, y, rows, in, out);
-  }
+void linear_bf16(const float* x, const WeightView& weight, const float* bias, float* y,
+                 int64_t rows, int64_t in, int64_t out) {
+  if (rows < kGemmMinRows) return gemv<DType::BF16>(x, weight, bias, y, rows, in, out);
+  gemm<Bf16Path>(x, weight, bias, y, rows, in, out);
 }
 
 }  // namespace
@@ -124,8 +119,13 @@ void linear(const float* x, const void* weight, DType dtype, const float* bias, 
 
 namespace kiln::ops::cpu {
 const KernelTable& avx512_table() {
-  static const KernelTable table{"avx512", &avx512::linear, &avx512::attention,
-                                 &avx512::silu_gated};
+  static const KernelTable table{
+      "avx512",
+      {&avx512::gemv_or_gemm_f32<DType::F32>, &avx512::linear_bf16,
+       &avx512::gemv_or_gemm_f32<DType::F16>, &avx512::quantized_linear<DType::Q8_0>,
+       &avx512::quantized_linear<DType::Q4_1>, &avx512::quantized_linear<DType::Q4_1_128>},
+      &avx512::attention,
+      &avx512::silu_gated};
   return table;
 }
 }  // namespace kiln::ops::cpu

@@ -1,32 +1,43 @@
 // The CPU kernel sets, one per instruction set, as tables of plain function pointers that
-// share the contracts of ops/linear.h and ops/attention.h. ops/kernels.h picks one.
+// share the contracts of ops/linear.h and ops/attention.h: one linear kernel per weight
+// format (as ggml's type traits), so the layers and the op front never switch on a dtype.
+// ops/kernels.h picks one set.
 #pragma once
 
 #include <cstdint>
 
 #include "kiln/core/dtype.h"
 #include "kiln/ops/attention.h"
+#include "kiln/ops/linear.h"
 
 namespace kiln::ops::cpu {
 
-using LinearKernel = void (*)(const float* x, const void* weight, DType weight_dtype,
-                              const float* bias, float* y, int64_t rows, int64_t in, int64_t out);
+using LinearKernel = void (*)(const float* x, const WeightView& weight, const float* bias, float* y,
+                              int64_t rows, int64_t in, int64_t out);
 using SiluGatedKernel = void (*)(const float* gate, const float* up, float* y, int64_t count);
 using AttentionKernel = void (*)(const float* q, const float* k_cache, const float* v_cache,
                                  float* out, const AttentionShape& shape);
 
+// The weight formats linear kernels read, in the order of KernelTable::linear.
+inline constexpr int kWeightFormatCount = 6;
+inline constexpr DType kWeightFormats[kWeightFormatCount] = {
+    DType::F32, DType::BF16, DType::F16, DType::Q8_0, DType::Q4_1, DType::Q4_1_128};
+// The position of `format` in kWeightFormats, or -1 when no linear kernel reads it.
+int weight_format_index(DType format);
+
 struct KernelTable {
-  const char* name;            // "reference", "avx2", "avx512"
-  LinearKernel linear;         // contract of ops::linear
-  AttentionKernel attention;   // contract of ops::causal_attention
-  SiluGatedKernel silu_gated;  // contract of ops::gated_activation with Activation::kSilu
+  const char* name;                         // "reference", "avx2", "avx512"
+  LinearKernel linear[kWeightFormatCount];  // contract of ops::linear, per weight format
+  AttentionKernel attention;                // contract of ops::causal_attention
+  SiluGatedKernel silu_gated;               // contract of ops::gated_activation with kSilu
 };
 
 // Plain C++ kernels (ops/linear.cc, ops/attention.cc): the arbiter of every fast kernel.
 const KernelTable& reference_table();
 // AVX2 + FMA + F16C (cpu/avx2.cc). Call only when the CPU has them.
 const KernelTable& avx2_table();
-// AVX-512 F/BW/VL + AVX512-BF16 (vdpbf16ps) (cpu/avx512.cc). Call only when the CPU has them.
+// AVX-512 F/BW/VL + AVX512-BF16 (vdpbf16ps) + AVX512-VNNI (vpdpbusd) (cpu/avx512.cc). Call
+// only when the CPU has them.
 const KernelTable& avx512_table();
 
 }  // namespace kiln::ops::cpu

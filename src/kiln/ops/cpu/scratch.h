@@ -13,10 +13,11 @@ enum class ScratchSlot {
   kPackRow,
   kAttentionKeys,
   kAttentionOutput,
-  kAttentionScores,  // reference and latent attention: the scores of one query
-  kWeightRow,        // reference kernels: one weight row converted to f32
-  kTopKOrder,        // ops::top_k: the candidate order
-  kRouting,          // ops::route_tokens: per-token scores
+  kAttentionScores,       // reference and latent attention: the scores of one query
+  kWeightRow,             // reference kernels: one weight row converted to f32
+  kTopKOrder,             // ops::top_k: the candidate order
+  kRouting,               // ops::route_tokens: per-token scores
+  kQuantizedActivations,  // quantized GEMV: activations as int8 blocks
   kCount
 };
 

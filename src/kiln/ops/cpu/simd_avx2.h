@@ -74,6 +74,16 @@ struct Avx2 {
     return load_f16(buffer);
   }
 
+  // 8 int32 lanes, each the sum of 4 products of unsigned u and signed x bytes (no overflow
+  // for |x| <= 127 and u <= 128).
+  static __m256i dot_u8_i8(__m256i u, __m256i x) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1));
+  }
+  // The same for signed w and x bytes: |w| times x with w's sign.
+  static __m256i dot_i8(__m256i w, __m256i x) {
+    return dot_u8_i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+  }
+
   // e^x to about 2 ulp for x in [-87, 88]; 0 below (and for -inf).
   static Vec exp(Vec x) {
     const Vec clamped = _mm256_max_ps(_mm256_min_ps(x, set1(88.0f)), set1(-87.0f));

@@ -1,6 +1,6 @@
 // AVX-512 vector helpers (16 f32 lanes) for the kernel templates in linear_kernels.inc and
 // attention_kernels.inc. Include only from a file compiled with -mavx512f -mavx512bw
-// -mavx512vl -mavx512bf16 -mfma -mf16c (cpu/avx512.cc).
+// -mavx512vl -mavx512bf16 -mavx512vnni -mfma -mf16c (cpu/avx512.cc).
 #pragma once
 
 #include <immintrin.h>
@@ -55,6 +55,15 @@ struct Avx512 {
   }
   static Vec load_f16_partial(const uint16_t* p, int n) {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(first_lanes(n), p));
+  }
+
+  // 8 int32 lanes, each the sum of 4 products of unsigned u and signed x bytes (vpdpbusd).
+  static __m256i dot_u8_i8(__m256i u, __m256i x) {
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x);
+  }
+  // The same for signed w and x bytes: |w| times x with w's sign.
+  static __m256i dot_i8(__m256i w, __m256i x) {
+    return dot_u8_i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
   }
 
   // e^x to about 2 ulp for x in [-87, 88]; 0 below (and for -inf).

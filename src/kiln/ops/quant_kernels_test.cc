@@ -1,0 +1,132 @@
+// The linear kernels of every quantized weight format in every kernel set this CPU runs,
+// against the reference kernel on the same stored blocks: the integer GEMV (few rows, int8
+// activations) against the reference on the activations it rounds to, to float rounding;
+// the GEMM (many rows, f32 activations, weights dequantized per tile) against the reference on
+// the exact activations; and both
+// against the unquantized product within the quantization error.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <iostream>
+#include <random>
+#include <vector>
+
+#include "kiln/core/error.h"
+#include "kiln/core/quant.h"
+#include "kiln/ops/kernels.h"
+#include "kiln/ops/linear.h"
+
+namespace kiln::ops {
+namespace {
+
+std::vector<float> random_vector(std::mt19937& rng, size_t n) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = normal(rng);
+  return v;
+}
+
+struct Case {
+  int64_t rows, in, out;
+};
+
+// max |got - want| / (1 + sum_i |x_i w_i|) over outputs: the error relative to the size of
+// the terms summed.
+double scaled_error(const std::vector<float>& got, const std::vector<float>& want,
+                    const std::vector<float>& magnitude) {
+  double worst = 0.0;
+  for (size_t i = 0; i < got.size(); ++i)
+    worst = std::max(worst, std::fabs(got[i] - want[i]) / (1.0 + magnitude[i]));
+  return worst;
+}
+
+TEST(QuantKernels, EveryKernelSetMatchesTheReferenceForEveryFormat) {
+  const std::vector<Case> cases = {{1, 32, 1},    {1, 128, 7},   {2, 256, 33}, {3, 384, 5},
+                                   {4, 128, 16},  {5, 640, 9},   {7, 512, 31}, {8, 1024, 13},
+                                   {15, 256, 17}, {16, 128, 6},  {17, 640, 7}, {40, 1152, 19},
+                                   {70, 256, 13}, {257, 512, 9}, {1, 2048, 64}};
+  std::mt19937 rng(21);
+  for (const std::string& name : available_kernels()) {
+    use_kernels(name);
+    for (const DType format : {DType::Q8_0, DType::Q4_1, DType::Q4_1_128}) {
+      double worst_exact = 0.0, worst_quantization = 0.0;
+      for (const Case& c : cases) {
+        if (c.in % dtype_block(format) != 0) continue;
+        const std::vector<float> x = random_vector(rng, c.rows * c.in);  // [rows, in]
+        const std::vector<float> w = random_vector(rng, c.out * c.in);   // [out, in]
+        const std::vector<float> bias = random_vector(rng, c.out);       // [out]
+        std::vector<uint8_t> stored(c.out * dtype_nbytes(format, c.in));
+        for (int64_t o = 0; o < c.out; ++o)
+          quantize_row(format, w.data() + o * c.in, stored.data() + o * dtype_nbytes(format, c.in),
+                       c.in);
+        std::vector<float> got(c.rows * c.out), want(c.rows * c.out);  // [rows, out]
+        linear(x.data(), stored.data(), format, bias.data(), got.data(), c.rows, c.in, c.out);
+        // The integer GEMV of the fast sets computes on int8 activations.
+        std::vector<float> x_ref = x;
+        const bool int8_activations = name != "reference" && c.rows < 16;
+        if (int8_activations)
+          for (int64_t r = 0; r < c.rows; ++r) round_activations(x_ref.data() + r * c.in, c.in);
+        linear_reference(x_ref.data(), stored.data(), format, bias.data(), want.data(), c.rows,
+                         c.in, c.out);
+        // Unquantized product and term sizes.
+        std::vector<float> exact(c.rows * c.out), magnitude(c.rows * c.out);
+        for (int64_t r = 0; r < c.rows; ++r)
+          for (int64_t o = 0; o < c.out; ++o) {
+            double sum = bias[o], size = 0.0;
+            for (int64_t i = 0; i < c.in; ++i) {
+              sum += static_cast<double>(x[r * c.in + i]) * w[o * c.in + i];
+              size += std::fabs(static_cast<double>(x[r * c.in + i]) * w[o * c.in + i]);
+            }
+            exact[r * c.out + o] = static_cast<float>(sum);
+            magnitude[r * c.out + o] = static_cast<float>(size);
+          }
+        const double e = scaled_error(got, want, magnitude);
+        worst_exact = std::max(worst_exact, e);
+        EXPECT_LT(e, 2e-6) << name << " " << dtype_name(format) << " rows " << c.rows << " in "
+                           << c.in << " out " << c.out;
+        worst_quantization = std::max(worst_quantization, scaled_error(got, exact, magnitude));
+      }
+      std::cout << name << " " << dtype_name(format)
+                << ": max error vs reference (scaled by sum |x w|) " << worst_exact
+                << ", vs unquantized " << worst_quantization << std::endl;
+      // int8 weights carry about 1/254 of each block's range as error, int4 about 1/30.
+      EXPECT_LT(worst_quantization, format == DType::Q8_0 ? 0.02 : 0.12) << name;
+    }
+  }
+  use_kernels("auto");
+}
+
+// A decode row's result does not depend on the rows that share the call (the server's
+// batched decode promises each sequence the same tokens as alone).
+TEST(QuantKernels, GemvRowsAreIndependentOfTheirNeighbours) {
+  std::mt19937 rng(5);
+  const int64_t in = 256, out = 24;
+  const std::vector<float> x = random_vector(rng, 15 * in);
+  const std::vector<float> w = random_vector(rng, out * in);
+  for (const DType format : {DType::Q8_0, DType::Q4_1, DType::Q4_1_128}) {
+    std::vector<uint8_t> stored(out * dtype_nbytes(format, in));
+    for (int64_t o = 0; o < out; ++o)
+      quantize_row(format, w.data() + o * in, stored.data() + o * dtype_nbytes(format, in), in);
+    std::vector<float> all(15 * out), one(out);
+    linear(x.data(), stored.data(), format, nullptr, all.data(), 15, in, out);
+    for (int64_t r = 0; r < 15; ++r) {
+      linear(x.data() + r * in, stored.data(), format, nullptr, one.data(), 1, in, out);
+      for (int64_t o = 0; o < out; ++o) ASSERT_EQ(one[o], all[r * out + o]) << r;
+    }
+  }
+}
+
+TEST(QuantKernels, ViewsOfPartialBlocksAreRejected) {
+  std::vector<uint8_t> stored(1024);
+  std::vector<float> x(48), y(2);
+  EXPECT_THROW(linear(x.data(), stored.data(), DType::Q8_0, nullptr, y.data(), 1, 48, 2), Error);
+  EXPECT_THROW(weight_view(stored.data(), DType::Q4_1_128, 64), Error);
+  EXPECT_THROW(weight_view(stored.data(), DType::I8, 64), Error);
+  WeightView wrong = weight_view(stored.data(), DType::Q8_0, 64);
+  wrong.row_bytes = 64;
+  EXPECT_THROW(linear(x.data(), wrong, nullptr, y.data(), 1, 64, 2), Error);
+}
+
+}  // namespace
+}  // namespace kiln::ops
