@@ -92,6 +92,45 @@ TEST(FastKernels, LinearMatchesReferenceForEveryDtypeAndShape) {
   use_kernels("auto");
 }
 
+TEST(FastKernels, GemmF32MatchesReferenceInBothLayoutsAndWhenAccumulating) {
+  // ops::gemm_f32 (training's backward products): a as [rows, depth] or [depth, rows], y
+  // overwritten or added to. Shapes cross the 64-row blocks, the 256-row chunks and the
+  // 512-deep passes.
+  const std::vector<LinearCase> cases = {{1, 1, 1},     {3, 7, 5},     {16, 33, 17},
+                                         {65, 513, 7},  {300, 96, 11}, {257, 1030, 19},
+                                         {40, 2049, 6}, {130, 17, 64}};
+  std::mt19937 rng(13);
+  for (const std::string& name : fast_kernel_sets()) {
+    use_kernels(name);
+    double worst = 0.0;
+    for (const LinearCase& c : cases) {
+      const std::vector<float> a = random_vector(rng, c.rows * c.in);  // [rows, depth]
+      std::vector<float> at(c.in * c.rows);                            // [depth, rows]
+      for (int64_t j = 0; j < c.rows; ++j)
+        for (int64_t k = 0; k < c.in; ++k) at[k * c.rows + j] = a[j * c.in + k];
+      const std::vector<float> w = random_vector(rng, c.out * c.in);        // [out, depth]
+      const std::vector<float> start = random_vector(rng, c.rows * c.out);  // [rows, out]
+      for (const bool transposed : {false, true}) {
+        for (const bool accumulate : {false, true}) {
+          std::vector<float> got = start, want = start;
+          const float* operand = transposed ? at.data() : a.data();
+          gemm_f32(operand, transposed, w.data(), got.data(), c.rows, c.in, c.out, accumulate);
+          gemm_f32_reference(operand, transposed, w.data(), want.data(), c.rows, c.in, c.out,
+                             accumulate);
+          const double err = max_relative_error(got, want) / std::sqrt(static_cast<double>(c.in));
+          worst = std::max(worst, err);
+          // (Depths reach 2049, which the reference sums in one f32 accumulator.)
+          EXPECT_LE(err, 5e-6) << name << " rows " << c.rows << " depth " << c.in << " out "
+                               << c.out << " transposed " << transposed << " accumulate "
+                               << accumulate;
+        }
+      }
+    }
+    std::cout << name << " gemm_f32: max |err| / (1 + |y|) / sqrt(depth) = " << worst << std::endl;
+  }
+  use_kernels("auto");
+}
+
 TEST(FastKernels, AttentionMatchesReferenceForEveryShape) {
   std::mt19937 rng(5);
   for (const std::string& name : fast_kernel_sets()) {

@@ -274,6 +274,15 @@ double TrainModel::forward_backward(const int32_t* tokens, const int32_t* target
                     dx.data(), grad(names::scale(names::final_norm())), rows, hidden,
                     spec_.final_norm.kind == NormKind::kRmsOnePlus);
 
+  // Gradient buffers, sized for the widest layer and reused by every layer.
+  int64_t max_inner = 0, max_q = 0, max_kv = 0;
+  for (const LayerSpec& ls : spec_.layers) {
+    max_inner = std::max(max_inner, ls.mlp.intermediate);
+    max_q = std::max(max_q, ls.attention.num_heads * ls.attention.head_dim);
+    max_kv = std::max(max_kv, ls.attention.num_kv_heads * ls.attention.head_dim);
+  }
+  std::vector<float> d_act(rows * max_inner), d_gate(rows * max_inner), d_up(rows * max_inner);
+  std::vector<float> d_mixed(rows * max_q), dq(rows * max_q), dk(rows * max_kv), dv(rows * max_kv);
   for (int64_t i = spec_.num_layers() - 1; i >= 0; --i) {
     const LayerSpec& ls = spec_.layers[i];
     const AttentionSpec& a = ls.attention;
@@ -284,7 +293,9 @@ double TrainModel::forward_backward(const int32_t* tokens, const int32_t* target
     const bool one_plus = ls.norm.kind == NormKind::kRmsOnePlus;
 
     // MLP branch: x_out = middle + down(act(gate(n2)) * up(n2)), n2 = norm(middle).
-    std::vector<float> d_act(rows * inner), d_gate(rows * inner), d_up(rows * inner);
+    std::fill_n(d_act.begin(), rows * inner, 0.0f);
+    std::fill_n(d_gate.begin(), rows * inner, 0.0f);
+    std::fill_n(d_up.begin(), rows * inner, 0.0f);
     linear_backward(s.act.data(), l.down.w, dx.data(), d_act.data(), l.down.dw, l.down.db, rows,
                     inner, hidden);
     gated_backward(ls.mlp.activation, s.gate.data(), s.up.data(), d_act.data(), d_gate.data(),
@@ -299,8 +310,10 @@ double TrainModel::forward_backward(const int32_t* tokens, const int32_t* target
                       l.d_mlp_norm, rows, hidden, one_plus);
 
     // Attention branch: middle = input + out(attn(rope(q(n1)), rope(k(n1)), v(n1))).
-    std::vector<float> d_mixed(rows * Hq * D), dq(rows * Hq * D), dk(rows * Hkv * D),
-        dv(rows * Hkv * D);
+    std::fill_n(d_mixed.begin(), rows * Hq * D, 0.0f);
+    std::fill_n(dq.begin(), rows * Hq * D, 0.0f);
+    std::fill_n(dk.begin(), rows * Hkv * D, 0.0f);
+    std::fill_n(dv.begin(), rows * Hkv * D, 0.0f);
     linear_backward(s.mixed.data(), l.out.w, dx.data(), d_mixed.data(), l.out.dw, l.out.db, rows,
                     Hq * D, hidden);
     AttentionDims dims{batch,

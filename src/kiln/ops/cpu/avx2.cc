@@ -37,7 +37,8 @@ void linear(const float* x, const void* weight, DType dtype, const float* bias, 
 
 namespace kiln::ops::cpu {
 const KernelTable& avx2_table() {
-  static const KernelTable table{"avx2", &avx2::linear, &avx2::attention, &avx2::silu_gated};
+  static const KernelTable table{"avx2", &avx2::linear, &avx2::attention, &avx2::silu_gated,
+                                 &avx2::gemm_f32};
   return table;
 }
 }  // namespace kiln::ops::cpu

@@ -39,6 +39,7 @@ struct Bf16Path {
   static constexpr int64_t kTokens = kVecs * kLanes;
   static_assert(kChunkDepth % 2 == 0, "a depth chunk must hold whole pairs");
 
+  static constexpr bool kPacksTransposed = false;
   static int64_t packed_depth(int64_t in) { return (in + 1) / 2; }
   static int64_t packed_offset(int64_t k0) { return k0 / 2; }
 
@@ -124,8 +125,8 @@ void linear(const float* x, const void* weight, DType dtype, const float* bias, 
 
 namespace kiln::ops::cpu {
 const KernelTable& avx512_table() {
-  static const KernelTable table{"avx512", &avx512::linear, &avx512::attention,
-                                 &avx512::silu_gated};
+  static const KernelTable table{"avx512", &avx512::linear, &avx512::attention, &avx512::silu_gated,
+                                 &avx512::gemm_f32};
   return table;
 }
 }  // namespace kiln::ops::cpu
