@@ -77,6 +77,9 @@ class TrainCommand : public Command {
     app.add_option("--resume", resume_,
                    "continue from a checkpoint folder (OUT.checkpoints/step-N) of the same run")
         ->check(CLI::ExistingDirectory);
+    app.add_flag("--recompute", recompute_,
+                 "recompute each layer's activations in the backward pass (less memory, about "
+                 "a third more compute; the same result)");
     app.add_flag("--json", json_, "print a JSON summary at the end");
   }
 
@@ -111,6 +114,7 @@ class TrainCommand : public Command {
     // The export plan first, so that a family it cannot export fails before training.
     const std::map<std::string, std::string> hf_names = export_names(loaded);
     train::TrainModel model(loaded.spec, loaded.weights);
+    model.set_recompute(recompute_);
     const std::unique_ptr<Tokenizer> tokenizer = Tokenizer::load(model_path_);
     const int32_t eos =
         loaded.spec.eos_token_ids.empty() ? -1 : static_cast<int32_t>(loaded.spec.eos_token_ids[0]);
@@ -368,6 +372,7 @@ class TrainCommand : public Command {
   std::string resume_;
   double lr_ = 3e-4, weight_decay_ = 0.0, clip_ = 1.0, val_fraction_ = 0.1;
   uint64_t seed_ = 0;
+  bool recompute_ = false;
   bool json_ = false;
 };
 

@@ -3,6 +3,7 @@
 #include "kiln/ops/kernels.h"
 
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -127,6 +128,23 @@ TEST(FastKernels, GemmF32MatchesReferenceInBothLayoutsAndWhenAccumulating) {
       }
     }
     std::cout << name << " gemm_f32: max |err| / (1 + |y|) / sqrt(depth) = " << worst << std::endl;
+    // Bitwise the same for any thread count: 5 row blocks are split by rows on 1 and 2
+    // threads and by weight rows on 3.
+    const int64_t rows = 300, depth = 530, out = 70;
+    const std::vector<float> a = random_vector(rng, rows * depth),
+                             w = random_vector(rng, out * depth);
+    std::vector<std::vector<float>> results;
+    const int saved = omp_get_max_threads();
+    for (const int threads : {1, 2, 3}) {
+      omp_set_num_threads(threads);
+      for (const bool transposed : {false, true}) {
+        results.emplace_back(rows * out, 0.5f);
+        gemm_f32(a.data(), transposed, w.data(), results.back().data(), rows, depth, out, true);
+      }
+    }
+    omp_set_num_threads(saved);
+    for (size_t i = 2; i < results.size(); ++i)
+      EXPECT_EQ(results[i], results[i % 2]) << name << ": run " << i;
   }
   use_kernels("auto");
 }

@@ -111,6 +111,6 @@ double cross_entropy_rows(const float* logits, const int32_t* targets, float* dl
 // target is ignored).
 double lm_head_cross_entropy(const float* h, const float* weight, const int32_t* targets, float* dh,
                              float* dw, int64_t rows, int64_t hidden, int64_t vocab,
-                             int64_t chunk_rows = 64);
+                             int64_t chunk_rows = 256);
 
 }  // namespace kiln::train

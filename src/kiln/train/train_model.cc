@@ -69,20 +69,24 @@ void check_trainable(const ModelSpec& spec) {
     check_layer(spec.layers[i], model + " layer " + std::to_string(i));
 }
 
-// What the forward keeps, per layer and at the end; rows = B * T.
+// What the forward keeps of one layer; rows = B * T.
+struct TrainModel::LayerSaved {
+  std::vector<float> input;          // [rows, hidden] the residual stream entering the layer
+  std::vector<float> inv_rms1;       // [rows]
+  std::vector<float> normed1;        // [rows, hidden] attention input
+  std::vector<float> q, k, v;        // [rows, Hq * D], [rows, Hkv * D] x 2 (after RoPE)
+  std::vector<float> mixed;          // [rows, Hq * D] attention output before `out`
+  std::vector<float> middle;         // [rows, hidden] the residual after attention
+  std::vector<float> inv_rms2;       // [rows]
+  std::vector<float> normed2;        // [rows, hidden] MLP input
+  std::vector<float> gate, up, act;  // [rows, intermediate]
+};
+
+// What the forward keeps, per layer and at the end. With recomputation, only each layer's
+// `input` is kept; the rest of a layer is made again (into `work`) before its backward.
 struct TrainModel::Activations {
-  struct LayerSaved {
-    std::vector<float> input;          // [rows, hidden] the residual stream entering the layer
-    std::vector<float> inv_rms1;       // [rows]
-    std::vector<float> normed1;        // [rows, hidden] attention input
-    std::vector<float> q, k, v;        // [rows, Hq * D], [rows, Hkv * D] x 2 (after RoPE)
-    std::vector<float> mixed;          // [rows, Hq * D] attention output before `out`
-    std::vector<float> middle;         // [rows, hidden] the residual after attention
-    std::vector<float> inv_rms2;       // [rows]
-    std::vector<float> normed2;        // [rows, hidden] MLP input
-    std::vector<float> gate, up, act;  // [rows, intermediate]
-  };
   std::vector<LayerSaved> layers;
+  LayerSaved work;                  // recomputation: the layer being differentiated
   std::vector<float> last;          // [rows, hidden] the residual after the last layer
   std::vector<float> inv_rms_f;     // [rows]
   std::vector<float> final_normed;  // [rows, hidden] the lm_head's input
@@ -155,8 +159,8 @@ void TrainModel::scale_gradients(float factor) {
   }
 }
 
-void TrainModel::forward(const int32_t* tokens, int64_t batch, int64_t T,
-                         Activations& saved) const {
+void TrainModel::forward(const int32_t* tokens, int64_t batch, int64_t T, Activations& saved,
+                         bool keep_inputs_only) const {
   check(batch > 0 && T > 0, "training: forward needs at least one row of one token");
   const int64_t rows = batch * T, hidden = spec_.hidden_size, vocab = spec_.vocab_size;
   for (int64_t r = 0; r < rows; ++r)
@@ -171,57 +175,9 @@ void TrainModel::forward(const int32_t* tokens, int64_t batch, int64_t T,
   for (int64_t r = 0; r < rows; ++r) saved.positions[r] = r % T;
   saved.layers.assign(layers_.size(), {});
   for (size_t i = 0; i < layers_.size(); ++i) {
-    const LayerSpec& ls = spec_.layers[i];
-    const AttentionSpec& a = ls.attention;
-    const Layer& l = layers_[i];
-    Activations::LayerSaved& s = saved.layers[i];
-    const int64_t Hq = a.num_heads, Hkv = a.num_kv_heads, D = a.head_dim;
-    const int64_t inner = ls.mlp.intermediate;
-    const bool one_plus = ls.norm.kind == NormKind::kRmsOnePlus;
-    s.input = x;
-    s.inv_rms1.resize(rows);
-    s.normed1.resize(rows * hidden);
-    ops::rms_norm(x.data(), l.attention_norm, s.normed1.data(), rows, hidden, ls.norm.eps, one_plus,
-                  s.inv_rms1.data());
-    s.q.resize(rows * Hq * D);
-    s.k.resize(rows * Hkv * D);
-    s.v.resize(rows * Hkv * D);
-    linear_forward(s.normed1.data(), l.query.w, l.query.b, s.q.data(), rows, hidden, Hq * D);
-    linear_forward(s.normed1.data(), l.key.w, l.key.b, s.k.data(), rows, hidden, Hkv * D);
-    linear_forward(s.normed1.data(), l.value.w, l.value.b, s.v.data(), rows, hidden, Hkv * D);
-    if (a.rope.type != RopeType::kNone) {
-      const ops::RopeFrequencies rope = ops::rope_frequencies(a.rope, D, T);
-      const int64_t rotary = a.rope.rotary_dim > 0 ? a.rope.rotary_dim : D;
-      ops::apply_rope(s.q.data(), saved.positions.data(), rows, Hq, D, rotary, rope.inv_freq.data(),
-                      rope.attention_scaling, a.rope.interleaved);
-      ops::apply_rope(s.k.data(), saved.positions.data(), rows, Hkv, D, rotary,
-                      rope.inv_freq.data(), rope.attention_scaling, a.rope.interleaved);
-    }
-    AttentionDims dims{batch,
-                       T,
-                       Hq,
-                       Hkv,
-                       D,
-                       a.scale > 0.0f ? a.scale : static_cast<float>(1.0 / std::sqrt(double(D))),
-                       a.sliding_window};
-    s.mixed.resize(rows * Hq * D);
-    attention_forward(s.q.data(), s.k.data(), s.v.data(), s.mixed.data(), dims);
-    std::vector<float> branch(rows * hidden);  // [rows, hidden]
-    linear_forward(s.mixed.data(), l.out.w, l.out.b, branch.data(), rows, Hq * D, hidden);
-    for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j];
-    s.middle = x;
-    s.inv_rms2.resize(rows);
-    s.normed2.resize(rows * hidden);
-    ops::rms_norm(x.data(), l.mlp_norm, s.normed2.data(), rows, hidden, ls.norm.eps, one_plus,
-                  s.inv_rms2.data());
-    s.gate.resize(rows * inner);
-    s.up.resize(rows * inner);
-    s.act.resize(rows * inner);
-    linear_forward(s.normed2.data(), l.gate.w, l.gate.b, s.gate.data(), rows, hidden, inner);
-    linear_forward(s.normed2.data(), l.up.w, l.up.b, s.up.data(), rows, hidden, inner);
-    gated_forward(ls.mlp.activation, s.gate.data(), s.up.data(), s.act.data(), rows * inner);
-    linear_forward(s.act.data(), l.down.w, l.down.b, branch.data(), rows, inner, hidden);
-    for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j];
+    saved.layers[i].input = x;
+    forward_layer(i, batch, T, saved.positions.data(), x,
+                  keep_inputs_only ? saved.work : saved.layers[i]);
   }
   saved.last = std::move(x);
   saved.inv_rms_f.resize(rows);
@@ -231,9 +187,63 @@ void TrainModel::forward(const int32_t* tokens, int64_t batch, int64_t T,
                 saved.inv_rms_f.data());
 }
 
+void TrainModel::forward_layer(size_t i, int64_t batch, int64_t T, const int64_t* positions,
+                               std::vector<float>& x, LayerSaved& s) const {
+  const int64_t rows = batch * T, hidden = spec_.hidden_size;
+  const LayerSpec& ls = spec_.layers[i];
+  const AttentionSpec& a = ls.attention;
+  const Layer& l = layers_[i];
+  const int64_t Hq = a.num_heads, Hkv = a.num_kv_heads, D = a.head_dim;
+  const int64_t inner = ls.mlp.intermediate;
+  const bool one_plus = ls.norm.kind == NormKind::kRmsOnePlus;
+  s.inv_rms1.resize(rows);
+  s.normed1.resize(rows * hidden);
+  ops::rms_norm(x.data(), l.attention_norm, s.normed1.data(), rows, hidden, ls.norm.eps, one_plus,
+                s.inv_rms1.data());
+  s.q.resize(rows * Hq * D);
+  s.k.resize(rows * Hkv * D);
+  s.v.resize(rows * Hkv * D);
+  linear_forward(s.normed1.data(), l.query.w, l.query.b, s.q.data(), rows, hidden, Hq * D);
+  linear_forward(s.normed1.data(), l.key.w, l.key.b, s.k.data(), rows, hidden, Hkv * D);
+  linear_forward(s.normed1.data(), l.value.w, l.value.b, s.v.data(), rows, hidden, Hkv * D);
+  if (a.rope.type != RopeType::kNone) {
+    const ops::RopeFrequencies rope = ops::rope_frequencies(a.rope, D, T);
+    const int64_t rotary = a.rope.rotary_dim > 0 ? a.rope.rotary_dim : D;
+    ops::apply_rope(s.q.data(), positions, rows, Hq, D, rotary, rope.inv_freq.data(),
+                    rope.attention_scaling, a.rope.interleaved);
+    ops::apply_rope(s.k.data(), positions, rows, Hkv, D, rotary, rope.inv_freq.data(),
+                    rope.attention_scaling, a.rope.interleaved);
+  }
+  AttentionDims dims{batch,
+                     T,
+                     Hq,
+                     Hkv,
+                     D,
+                     a.scale > 0.0f ? a.scale : static_cast<float>(1.0 / std::sqrt(double(D))),
+                     a.sliding_window};
+  s.mixed.resize(rows * Hq * D);
+  attention_forward(s.q.data(), s.k.data(), s.v.data(), s.mixed.data(), dims);
+  std::vector<float> branch(rows * hidden);  // [rows, hidden]
+  linear_forward(s.mixed.data(), l.out.w, l.out.b, branch.data(), rows, Hq * D, hidden);
+  for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j];
+  s.middle = x;
+  s.inv_rms2.resize(rows);
+  s.normed2.resize(rows * hidden);
+  ops::rms_norm(x.data(), l.mlp_norm, s.normed2.data(), rows, hidden, ls.norm.eps, one_plus,
+                s.inv_rms2.data());
+  s.gate.resize(rows * inner);
+  s.up.resize(rows * inner);
+  s.act.resize(rows * inner);
+  linear_forward(s.normed2.data(), l.gate.w, l.gate.b, s.gate.data(), rows, hidden, inner);
+  linear_forward(s.normed2.data(), l.up.w, l.up.b, s.up.data(), rows, hidden, inner);
+  gated_forward(ls.mlp.activation, s.gate.data(), s.up.data(), s.act.data(), rows * inner);
+  linear_forward(s.act.data(), l.down.w, l.down.b, branch.data(), rows, inner, hidden);
+  for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j];
+}
+
 Tensor TrainModel::logits(const int32_t* tokens, int64_t batch, int64_t T) const {
   Activations saved;
-  forward(tokens, batch, T, saved);
+  forward(tokens, batch, T, saved, true);                                // only the end is used
   Tensor out = Tensor::zeros(DType::F32, {batch, T, spec_.vocab_size});  // [B, T, V]
   linear_forward(saved.final_normed.data(), lm_head_, nullptr, out.mutable_data<float>(), batch * T,
                  spec_.hidden_size, spec_.vocab_size);
@@ -253,7 +263,7 @@ double TrainModel::loss(const int32_t* tokens, const int32_t* targets, int64_t b
                         int64_t chunk_rows) const {
   check_targets(targets, batch * T, spec_.vocab_size);
   Activations saved;
-  forward(tokens, batch, T, saved);
+  forward(tokens, batch, T, saved, true);  // only the end is used
   return lm_head_cross_entropy(saved.final_normed.data(), lm_head_, targets, nullptr, nullptr,
                                batch * T, spec_.hidden_size, spec_.vocab_size, chunk_rows);
 }
@@ -263,7 +273,7 @@ double TrainModel::forward_backward(const int32_t* tokens, const int32_t* target
   const int64_t rows = batch * T, hidden = spec_.hidden_size, vocab = spec_.vocab_size;
   check_targets(targets, rows, vocab);
   Activations saved;
-  forward(tokens, batch, T, saved);
+  forward(tokens, batch, T, saved, recompute_);
 
   std::vector<float> d_normed(rows * hidden);  // [rows, hidden]
   const double loss =
@@ -287,7 +297,11 @@ double TrainModel::forward_backward(const int32_t* tokens, const int32_t* target
     const LayerSpec& ls = spec_.layers[i];
     const AttentionSpec& a = ls.attention;
     const Layer& l = layers_[i];
-    const Activations::LayerSaved& s = saved.layers[i];
+    if (recompute_) {  // this layer's forward again, from its saved input
+      std::vector<float> x = saved.layers[i].input;
+      forward_layer(i, batch, T, saved.positions.data(), x, saved.work);
+    }
+    const LayerSaved& s = recompute_ ? saved.work : saved.layers[i];
     const int64_t Hq = a.num_heads, Hkv = a.num_kv_heads, D = a.head_dim;
     const int64_t inner = ls.mlp.intermediate;
     const bool one_plus = ls.norm.kind == NormKind::kRmsOnePlus;
@@ -340,8 +354,8 @@ double TrainModel::forward_backward(const int32_t* tokens, const int32_t* target
                     hidden, Hkv * D);
     linear_backward(s.normed1.data(), l.value.w, dv.data(), d_normed.data(), l.value.dw, l.value.db,
                     rows, hidden, Hkv * D);
-    rms_norm_backward(s.input.data(), l.attention_norm, s.inv_rms1.data(), d_normed.data(),
-                      dx.data(), l.d_attention_norm, rows, hidden, one_plus);
+    rms_norm_backward(saved.layers[i].input.data(), l.attention_norm, s.inv_rms1.data(),
+                      d_normed.data(), dx.data(), l.d_attention_norm, rows, hidden, one_plus);
   }
   embedding_backward(tokens, dx.data(), grad(names::embedding(names::token_embedder())), rows,
                      vocab, hidden, spec_.embedding_scale);

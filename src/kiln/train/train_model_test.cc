@@ -319,6 +319,26 @@ TEST(TrainModel, EveryOptionMatchesInferenceAndFiniteDifferences) {
             << worst_name << ")" << std::endl;
 }
 
+TEST(TrainModel, RecomputationGivesBitwiseTheSameGradients) {
+  std::mt19937 rng(14);
+  const ModelSpec spec = all_options_spec();
+  const WeightMap weights = random_weights(spec, rng);
+  const int64_t B = 2, T = 9;
+  std::vector<int32_t> tokens(B * T);
+  for (int32_t& t : tokens) t = static_cast<int32_t>(rng() % spec.vocab_size);
+  const std::vector<int32_t> targets = next_token_targets(tokens.data(), nullptr, B, T);
+  TrainModel kept(spec, weights), recomputed(spec, weights);
+  recomputed.set_recompute(true);
+  EXPECT_TRUE(recomputed.recompute());
+  const double loss_kept = kept.forward_backward(tokens.data(), targets.data(), B, T);
+  const double loss_recomputed = recomputed.forward_backward(tokens.data(), targets.data(), B, T);
+  EXPECT_EQ(loss_kept, loss_recomputed);
+  for (const auto& [name, g] : kept.gradients()) {
+    const Tensor& other = recomputed.gradients().at(name);
+    EXPECT_EQ(std::memcmp(g.raw(), other.raw(), g.nbytes()), 0) << name;
+  }
+}
+
 TEST(TrainModel, GradientsAreBitwiseTheSameForAnyThreadCount) {
   // Large enough that every kernel runs its threaded path (GEMMs, attention blocks, norms).
   ModelSpec spec = all_options_spec();
