@@ -23,7 +23,17 @@ namespace kiln::train {
 
 void linear_forward(const float* x, const float* weight, const float* bias, float* y, int64_t rows,
                     int64_t in, int64_t out) {
-  ops::linear(x, weight, DType::F32, bias, y, rows, in, out);
+  if (rows < 16) return ops::linear(x, weight, DType::F32, bias, y, rows, in, out);  // the GEMV
+  // ops::gemm_f32 added to the bias: bitwise what ops::linear's GEMM computes (b + first depth
+  // pass, then the later passes), with one synchronization of the threads per call.
+  for (int64_t n = 0; n < rows; ++n) {
+    float* y_row = y + n * out;  // [out]
+    if (bias)
+      std::copy(bias, bias + out, y_row);
+    else
+      std::fill(y_row, y_row + out, 0.0f);
+  }
+  ops::gemm_f32(x, false, weight, y, rows, in, out, true);
 }
 
 void linear_backward_reference(const float* x, const float* weight, const float* dy, float* dx,
@@ -228,7 +238,7 @@ float* scratch(Scratch slot, int64_t n) {
 void transpose(const float* src, int64_t rows, int64_t cols, float* dst) {
   constexpr int64_t kTile = 32;
   const int64_t tiles = (rows + kTile - 1) / kTile;
-#pragma omp parallel for schedule(static) if (rows * cols >= (int64_t{1} << 16))
+#pragma omp parallel for schedule(static) if (rows * cols >= (int64_t{1} << 18))
   for (int64_t t = 0; t < tiles; ++t) {
     const int64_t r0 = t * kTile, r1 = std::min(rows, r0 + kTile);
     for (int64_t c0 = 0; c0 < cols; c0 += kTile) {

@@ -17,7 +17,8 @@
 namespace kiln::train {
 
 // ---- Linear: y = x W^T + b, W stored [out, in] (Kiln's layout) ----
-// Forward (f32 weights, the inference kernel): y [rows, out].
+// Forward (f32 weights): y [rows, out], bitwise what the inference kernel (ops::linear)
+// gives; from 16 rows on it runs ops::gemm_f32, which splits rows across threads.
 void linear_forward(const float* x, const float* weight, const float* bias, float* y, int64_t rows,
                     int64_t in, int64_t out);
 //   x [rows, in], weight [out, in], dy [rows, out]

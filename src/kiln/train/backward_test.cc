@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "kiln/core/error.h"
+#include "kiln/ops/linear.h"
 #include "kiln/ops/norm.h"
 
 namespace kiln::train {
@@ -423,6 +424,21 @@ TEST(TrainBackward, FastLinearMatchesReference) {
     EXPECT_LE(ex, 1e-5);
     EXPECT_LE(ew, 1e-5);
     EXPECT_LE(eb, 1e-6);
+  }
+}
+
+TEST(TrainBackward, LinearForwardIsBitwiseTheInferenceKernel) {
+  std::mt19937 rng(23);
+  for (const int64_t rows : {5, 16, 300}) {
+    const int64_t in = 600, out = 70;  // two depth passes of the GEMM
+    const std::vector<float> x = f32(random_vec(rows * in, rng)),
+                             w = f32(random_vec(out * in, rng)), b = f32(random_vec(out, rng));
+    for (const float* bias : {b.data(), static_cast<const float*>(nullptr)}) {
+      std::vector<float> got(rows * out), want(rows * out);
+      linear_forward(x.data(), w.data(), bias, got.data(), rows, in, out);
+      ops::linear(x.data(), w.data(), DType::F32, bias, want.data(), rows, in, out);
+      EXPECT_EQ(got, want) << "rows " << rows << (bias ? " with bias" : "");
+    }
   }
 }
 
