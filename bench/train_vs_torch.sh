@@ -1,29 +1,145 @@
 #!/usr/bin/env bash
 # Training speed of `kiln train` and of PyTorch (Debian's python3-torch, CPU) on the same model
-# shape and batch, in one run, with peak memory. Usage:
-#   bench/train_vs_torch.sh [MODEL] [STEPS] [BATCH] [SEQ]   (default: tinycoder, 6 steps, 8 x 256)
+# shape and batch, in one run, with peak memory and model FLOP utilisation against the f32 GEMM
+# peak measured in the same run. Usage:
+#   bench/train_vs_torch.sh                              both shapes of issue 14: tinycoder
+#                                                        (B=8, T=256, 6 steps) and a ~100M Llama
+#                                                        (hidden 768, 12 layers, vocab 32000,
+#                                                        B=4, T=256, 2 steps)
+#   bench/train_vs_torch.sh MODEL [STEPS] [BATCH] [SEQ]  one model folder
+# Each engine runs STEPS timed steps after one untimed warm-up step. KILN_BASE=path/to/kiln adds
+# a row for an earlier build, measured in the same run.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-kiln="$root/build/kiln"
-model="${1:-$root/models/tinycoder}"
-steps="${2:-6}"
-batch="${3:-8}"
-seq="${4:-256}"
+kiln="${KILN:-$root/build/kiln}"  # KILN=path: another build of kiln
+py=/usr/bin/python3
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 # Training text: the repository's own C++ sources, enough windows for every step.
 find "$root/src" -name '*.cc' | sort | head -60 | xargs cat > "$work/data.txt"
-echo "model $model, $steps steps of $batch x $seq tokens, $(nproc) cores:$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
-/usr/bin/time -v "$kiln" train "$model" --data "$work/data.txt" -o "$work/out" --steps "$((steps + 1))" \
-  --batch "$batch" --seq "$seq" --val-fraction 0 --lr 1e-4 >/dev/null 2>"$work/kiln.err" || { cat "$work/kiln.err"; exit 1; }
-kiln_rate="$(tail -1 "$work/out/metrics.jsonl" | /usr/bin/python3 -c 'import json,sys; print(round(json.load(sys.stdin)["tokens_per_s"], 1))')"
-kiln_rss="$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$work/kiln.err")"
-/usr/bin/time -v /usr/bin/python3 "$root/bench/train_torch.py" "$model" "$steps" "$batch" "$seq" \
-  >"$work/torch.out" 2>"$work/torch.err" || { cat "$work/torch.err"; exit 1; }
-torch_rate="$(/usr/bin/python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["tokens_per_s"], 1))' "$work/torch.out")"
-torch_rss="$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$work/torch.err")"
-echo "| engine | training tokens/s | peak RSS MiB |"
-echo "|---|---|---|"
-echo "| Kiln | $kiln_rate | $((kiln_rss / 1024)) |"
-echo "| PyTorch $(/usr/bin/python3 -c 'import torch; print(torch.__version__)') | $torch_rate | $((torch_rss / 1024)) |"
-/usr/bin/python3 -c "print(f'Kiln / PyTorch: {$kiln_rate / $torch_rate:.2f}x')"
+# Threads that wait for each other sleep instead of spinning (both engines use libgomp): on a
+# shared machine a spinning thread burns the core its descheduled sibling needs. Override with
+# OMP_WAIT_POLICY=active.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
+echo "OMP_WAIT_POLICY=$OMP_WAIT_POLICY, OMP_NUM_THREADS=${OMP_NUM_THREADS:-all}"
+echo "$(nproc) cores:$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# The f32 GEMM peak of this machine now: Kiln's packed GEMM, 512 x 2048 -> 2048, all threads.
+peak_gflops="$("$root/build/bench/kiln_kernel_bench" --benchmark_filter='linear_f32/2/512/2048/2048' \
+  --benchmark_min_time=1 --benchmark_format=json 2>/dev/null |
+  $py -c 'import json,sys; print(round(max(b["GFLOP"] for b in json.load(sys.stdin)["benchmarks"]), 1))')"
+echo "f32 GEMM peak (Kiln, 512 x 2048 -> 2048): $peak_gflops GFLOP/s"
+echo
+echo "| model | B x T | engine | training tokens/s | model GFLOP/s | MFU | peak RSS MiB |"
+echo "|---|---|---|---|---|---|---|"
+
+# A ~100M-parameter Llama folder with random bf16 weights and the tinycoder's tokenizer.
+make_llama_100m() {
+  local dir="$1"
+  mkdir -p "$dir"
+  cp "$root/models/tinycoder/tokenizer.json" "$root/models/tinycoder/tokenizer_config.json" "$dir/"
+  $py - "$dir" <<'EOF'
+import json, struct, sys
+import numpy as np
+out = sys.argv[1]
+c = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 768,
+     "intermediate_size": 2048, "num_hidden_layers": 12, "num_attention_heads": 12,
+     "num_key_value_heads": 12, "head_dim": 64, "vocab_size": 32000, "hidden_act": "silu",
+     "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+     "tie_word_embeddings": True, "attention_bias": False, "mlp_bias": False,
+     "bos_token_id": 0, "eos_token_id": 0, "torch_dtype": "bfloat16"}
+json.dump(c, open(out + "/config.json", "w"), indent=1)
+h, i, v = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
+shapes = {"model.embed_tokens.weight": [v, h], "model.norm.weight": [h]}
+for l in range(c["num_hidden_layers"]):
+    p = f"model.layers.{l}."
+    for n in ("q", "k", "v", "o"):
+        shapes[p + f"self_attn.{n}_proj.weight"] = [h, h]
+    shapes[p + "mlp.gate_proj.weight"] = [i, h]
+    shapes[p + "mlp.up_proj.weight"] = [i, h]
+    shapes[p + "mlp.down_proj.weight"] = [h, i]
+    shapes[p + "input_layernorm.weight"] = [h]
+    shapes[p + "post_attention_layernorm.weight"] = [h]
+rng = np.random.default_rng(0)
+header, blobs, offset = {}, [], 0
+for name, shape in shapes.items():
+    a = np.ones(shape, np.float32) if len(shape) == 1 else \
+        rng.standard_normal(shape, np.float32) * np.float32(0.02)
+    raw = (a.view(np.uint32) >> 16).astype(np.uint16).tobytes()
+    header[name] = {"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + len(raw)]}
+    blobs.append(raw)
+    offset += len(raw)
+head = json.dumps(header).encode()
+head += b" " * (-len(head) % 8)
+with open(out + "/model.safetensors", "wb") as f:
+    f.write(struct.pack("<Q", len(head)) + head)
+    for b in blobs:
+        f.write(b)
+EOF
+}
+
+# Model FLOPs per trained token: 6 x the matmul parameters (lm_head included) + causal attention
+# (QK^T and PV: 2 x 2 x heads x head_dim x (T + 1) / 2 per layer forward, x 3 with backward).
+flops_per_token() {
+  $py - "$1/config.json" "$2" <<'EOF'
+import json, sys
+c = json.load(open(sys.argv[1])); T = int(sys.argv[2])
+h, i, L, v = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
+hq = c["num_attention_heads"]; hkv = c.get("num_key_value_heads", hq)
+d = c.get("head_dim") or h // hq
+per_layer = h * hq * d * 2 + h * hkv * d * 2 + 3 * h * i
+print(6 * (L * per_layer + v * h) + 3 * L * 4 * hq * d * (T + 1) / 2)
+EOF
+}
+
+# Kiln's tokens/s and peak RSS KiB of the timed steps, with the kiln binary $1.
+kiln_run() {
+  local binary="$1" model="$2" steps="$3" batch="$4" seq="$5"
+  rm -rf "$work/out"
+  /usr/bin/time -v "$binary" train "$model" --data "$work/data.txt" -o "$work/out" --steps "$((steps + 1))" \
+    --batch "$batch" --seq "$seq" --val-fraction 0 --lr 1e-4 >/dev/null 2>"$work/kiln.err" || { cat "$work/kiln.err"; exit 1; }
+  # Tokens/s of the timed steps: the cumulative rates of the last and the first step give the
+  # time of steps 2..N+1.
+  $py -c '
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+tokens = int(sys.argv[2]) * int(sys.argv[3])
+first, last = lines[0], lines[-1]
+seconds = last["step"] * tokens / last["tokens_per_s"] - tokens / first["tokens_per_s"]
+print(round((last["step"] - 1) * tokens / seconds, 1), end=" ")' "$work/out/metrics.jsonl" "$batch" "$seq"
+  sed -n 's/.*Maximum resident set size (kbytes): //p' "$work/kiln.err"
+}
+
+run_shape() {
+  local label="$1" model="$2" steps="$3" batch="$4" seq="$5"
+  local kiln_rate kiln_rss torch_rate torch_rss flops base=""
+  read -r kiln_rate kiln_rss < <(kiln_run "$kiln" "$model" "$steps" "$batch" "$seq")
+  # KILN_BASE=path: an earlier build of kiln, measured in the same run for a before/after row.
+  if [ -n "${KILN_BASE:-}" ]; then base="$(kiln_run "$KILN_BASE" "$model" "$steps" "$batch" "$seq")"; fi
+  /usr/bin/time -v $py "$root/bench/train_torch.py" "$model" "$steps" "$batch" "$seq" \
+    >"$work/torch.out" 2>"$work/torch.err" || { cat "$work/torch.err"; exit 1; }
+  torch_rate="$($py -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["tokens_per_s"], 1))' "$work/torch.out")"
+  torch_rss="$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$work/torch.err")"
+  flops="$(flops_per_token "$model" "$seq")"
+  $py - "$label" "$batch x $seq" "$kiln_rate" "$torch_rate" "$kiln_rss" "$torch_rss" "$flops" "$peak_gflops" $base <<'EOF'
+import sys
+import torch
+label, shape, k, t, krss, trss, flops, peak = sys.argv[1:9]
+k, t, flops, peak = float(k), float(t), float(flops), float(peak)
+rows = [("Kiln", k, krss), (f"PyTorch {torch.__version__}", t, trss)]
+if len(sys.argv) > 9:
+    rows.append(("Kiln (KILN_BASE)", float(sys.argv[9]), sys.argv[10]))
+for engine, rate, rss in rows:
+    g = rate * flops / 1e9
+    print(f"| {label} | {shape} | {engine} | {rate:.1f} | {g:.1f} | {100 * g / peak:.0f}% | {int(rss) // 1024} |")
+print(f"| {label} | {shape} | Kiln / PyTorch | {k / t:.2f}x | | | {int(krss) / int(trss):.2f}x |")
+EOF
+}
+
+if [ $# -ge 1 ]; then
+  run_shape "$(basename "$1")" "$1" "${2:-6}" "${3:-8}" "${4:-256}"
+else
+  run_shape tinycoder "$root/models/tinycoder" 6 8 256
+  make_llama_100m "$work/llama-100m"
+  run_shape "Llama ~110M" "$work/llama-100m" 2 4 256
+fi

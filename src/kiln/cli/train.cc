@@ -104,6 +104,9 @@ class TrainCommand : public Command {
     app.add_option("--zero", zero_,
                    "under mpirun: 1 shards AdamW's state across the ranks (ZeRO-1; default 0)")
         ->check(CLI::Range(0, 1));
+    app.add_flag("--recompute", recompute_,
+                 "recompute each layer's activations in the backward pass (less memory, about "
+                 "a third more compute; the same result)");
     app.add_flag("--json", json_, "print a JSON summary at the end");
     app.add_option("--chat-template", chat_template_,
                    "chat data: the template to render {\"messages\"} records with (default: "
@@ -183,6 +186,7 @@ class TrainCommand : public Command {
       lora = std::make_unique<train::Lora>(
           model, train::LoraOptions{lora_rank_, lora_alpha_, lora_dropout_,
                                     train::parse_lora_targets(lora_targets_), seed_});
+    model.set_recompute(recompute_);
     const std::unique_ptr<Tokenizer> tokenizer = Tokenizer::load(model_path_);
     const int32_t eos =
         loaded.spec.eos_token_ids.empty() ? -1 : static_cast<int32_t>(loaded.spec.eos_token_ids[0]);
@@ -251,7 +255,7 @@ class TrainCommand : public Command {
         make_batch(windows, {ids[u]}, seq_, pad, tokens, targets, &segments);
         // LoRA dropout masks per window of the run: the same for any rank count.
         if (lora) lora->set_dropout_key(static_cast<uint64_t>((step - 1) * units + u));
-        return model.forward_backward(tokens.data(), targets.data(), 1, seq_, 64,
+        return model.forward_backward(tokens.data(), targets.data(), 1, seq_, 256,
                                       pack_ ? segments.data() : nullptr);
       });
       check(std::isfinite(loss), "training: the loss is " + std::to_string(loss) + " at step " +
@@ -504,7 +508,7 @@ class TrainCommand : public Command {
   std::string resume_;
   double lr_ = 3e-4, weight_decay_ = 0.0, clip_ = 1.0, val_fraction_ = 0.1;
   uint64_t seed_ = 0;
-  bool json_ = false, pack_ = false;
+  bool recompute_ = false, json_ = false, pack_ = false;
   int zero_ = 0;
   std::unique_ptr<train::Collective> comm_;
   int64_t lora_rank_ = 0;

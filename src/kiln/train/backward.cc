@@ -1,6 +1,8 @@
-// Reference backward kernels (see backward.h). Sums that span a row accumulate in double.
+// Backward kernels (see backward.h): the reference kernels first, then the fast ones. Sums
+// that span a row accumulate in double unless said otherwise.
 #include "kiln/train/backward.h"
-#include "kiln/ops/rope.h"
+
+#include <cblas.h>
 
 #include <algorithm>
 #include <cmath>
@@ -13,15 +15,29 @@
 #include "kiln/ops/linear.h"
 #include "kiln/ops/rope.h"
 
+// OpenBLAS's thread count (not in every cblas.h).
+extern "C" void openblas_set_num_threads(int num_threads);
+extern "C" int openblas_get_num_threads(void);
+
 namespace kiln::train {
 
 void linear_forward(const float* x, const float* weight, const float* bias, float* y, int64_t rows,
                     int64_t in, int64_t out) {
-  ops::linear(x, weight, DType::F32, bias, y, rows, in, out);
+  if (rows < 16) return ops::linear(x, weight, DType::F32, bias, y, rows, in, out);  // the GEMV
+  // ops::gemm_f32 added to the bias: bitwise what ops::linear's GEMM computes (b + first depth
+  // pass, then the later passes), with one synchronization of the threads per call.
+  for (int64_t n = 0; n < rows; ++n) {
+    float* y_row = y + n * out;  // [out]
+    if (bias)
+      std::copy(bias, bias + out, y_row);
+    else
+      std::fill(y_row, y_row + out, 0.0f);
+  }
+  ops::gemm_f32(x, false, weight, y, rows, in, out, true);
 }
 
-void linear_backward(const float* x, const float* weight, const float* dy, float* dx, float* dw,
-                     float* db, int64_t rows, int64_t in, int64_t out) {
+void linear_backward_reference(const float* x, const float* weight, const float* dy, float* dx,
+                               float* dw, float* db, int64_t rows, int64_t in, int64_t out) {
   if (dx) {
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < rows; ++n) {
@@ -86,11 +102,20 @@ void rms_norm_backward(const float* x, const float* weight, const float* inv_rms
     }
   }
   if (dweight) {
-    for (int64_t i = 0; i < dim; ++i) {
-      double sum = 0.0;
-      for (int64_t r = 0; r < rows; ++r)
-        sum += static_cast<double>(dy[r * dim + i]) * x[r * dim + i] * inv_rms[r];
-      dweight[i] += static_cast<float>(sum);
+    // Columns in fixed blocks, each summed over the rows in order (thread-count invariant).
+    constexpr int64_t kColumns = 64;
+    const int64_t blocks = (dim + kColumns - 1) / kColumns;
+#pragma omp parallel for schedule(static) if (rows * dim >= (int64_t{1} << 16))
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t i0 = blk * kColumns, i1 = std::min(dim, i0 + kColumns);
+      double sum[kColumns] = {};
+      for (int64_t r = 0; r < rows; ++r) {
+        const double inv = inv_rms[r];
+        const float* xr = x + r * dim;
+        const float* gr = dy + r * dim;
+        for (int64_t i = i0; i < i1; ++i) sum[i - i0] += static_cast<double>(gr[i]) * xr[i] * inv;
+      }
+      for (int64_t i = i0; i < i1; ++i) dweight[i] += static_cast<float>(sum[i - i0]);
     }
   }
 }
@@ -129,8 +154,8 @@ void attention_forward(const float* q, const float* k, const float* v, float* ou
   ops::causal_attention(q, k, v, out, attention_shape(dims));
 }
 
-void attention_backward(const float* q, const float* k, const float* v, const float* dout,
-                        float* dq, float* dk, float* dv, const AttentionDims& s) {
+void attention_backward_reference(const float* q, const float* k, const float* v, const float* dout,
+                                  float* dq, float* dk, float* dv, const AttentionDims& s) {
   check(s.heads > 0 && s.kv_heads > 0 && s.heads % s.kv_heads == 0,
         "attention_backward: query heads must be a multiple of KV heads");
   const int64_t T = s.tokens, D = s.head_dim, group = s.heads / s.kv_heads;
@@ -188,6 +213,145 @@ void attention_backward(const float* q, const float* k, const float* v, const fl
               }
             }
           }
+        }
+      }
+    }
+  }
+}
+
+// ---- Fast kernels ----
+
+namespace {
+
+// Grow-only f32 buffers of the calling thread, one per use, so that a training step allocates
+// only while shapes grow (its first step).
+enum class Scratch { kWeightT, kXT, kScores, kScoreGrads, kCount };
+float* scratch(Scratch slot, int64_t n) {
+  thread_local std::vector<float> buffers[static_cast<int>(Scratch::kCount)];
+  std::vector<float>& b = buffers[static_cast<int>(slot)];
+  if (static_cast<int64_t>(b.size()) < n) b.resize(n);
+  return b.data();
+}
+
+// dst [cols, rows] = src [rows, cols]^T, in 32 x 32 tiles (threads over row tiles: a copy, so
+// the result does not depend on the thread count).
+void transpose(const float* src, int64_t rows, int64_t cols, float* dst) {
+  constexpr int64_t kTile = 32;
+  const int64_t tiles = (rows + kTile - 1) / kTile;
+#pragma omp parallel for schedule(static) if (rows * cols >= (int64_t{1} << 18))
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t r0 = t * kTile, r1 = std::min(rows, r0 + kTile);
+    for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
+      const int64_t c1 = std::min(cols, c0 + kTile);
+      for (int64_t c = c0; c < c1; ++c)
+        for (int64_t r = r0; r < r1; ++r) dst[c * rows + r] = src[r * cols + c];
+    }
+  }
+}
+
+// Single-threaded OpenBLAS for the calls made inside this file's parallel regions; restores
+// the caller's setting when it goes out of scope.
+class OneBlasThread {
+ public:
+  OneBlasThread() : saved_(openblas_get_num_threads()) { openblas_set_num_threads(1); }
+  ~OneBlasThread() { openblas_set_num_threads(saved_); }
+  OneBlasThread(const OneBlasThread&) = delete;
+  OneBlasThread& operator=(const OneBlasThread&) = delete;
+
+ private:
+  int saved_;
+};
+
+}  // namespace
+
+void linear_backward(const float* x, const float* weight, const float* dy, float* dx, float* dw,
+                     float* db, int64_t rows, int64_t in, int64_t out) {
+  // Both products on ops::gemm_f32 (the active kernel set's packed GEMM), which sums every
+  // output element in an order fixed by the shapes, and adds into dx and dw.
+  if (dx) {                                            // dx[n, i] += sum_o dy[n, o] W^T[i, o]
+    float* wt = scratch(Scratch::kWeightT, in * out);  // [in, out]
+    transpose(weight, out, in, wt);
+    ops::gemm_f32(dy, false, wt, dx, rows, out, in, true);
+  }
+  if (dw) {  // dw[o, i] += sum_n dy[n, o] x^T[i, n]: dy read as [depth = rows, out] in place
+    float* xt = scratch(Scratch::kXT, in * rows);  // [in, rows]
+    transpose(x, rows, in, xt);
+    ops::gemm_f32(dy, true, xt, dw, out, rows, in, true);
+  }
+  if (db) {
+    std::vector<double> sum(out, 0.0);  // rows in order, for every thread count
+    for (int64_t n = 0; n < rows; ++n)
+      for (int64_t o = 0; o < out; ++o) sum[o] += dy[n * out + o];
+    for (int64_t o = 0; o < out; ++o) db[o] += static_cast<float>(sum[o]);
+  }
+}
+
+void attention_backward(const float* q, const float* k, const float* v, const float* dout,
+                        float* dq, float* dk, float* dv, const AttentionDims& s) {
+  check(s.heads > 0 && s.kv_heads > 0 && s.heads % s.kv_heads == 0,
+        "attention_backward: query heads must be a multiple of KV heads");
+  const int64_t T = s.tokens, D = s.head_dim, group = s.heads / s.kv_heads;
+  const int64_t q_stride = s.heads * D, kv_stride = s.kv_heads * D;  // between tokens
+  const ops::AttentionShape shape = attention_shape(s);
+  constexpr int64_t kBlock = 64;  // queries per block
+  const int kD = static_cast<int>(D), kQs = static_cast<int>(q_stride),
+            kKvs = static_cast<int>(kv_stride);
+  const OneBlasThread one_thread;
+  // One (row, KV head) per work item, in a fixed order: the item's gradients of K and V, and
+  // its query heads' gradients of Q, are summed by one thread, the same way for any count.
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < s.batch; ++b) {
+    for (int64_t kv = 0; kv < s.kv_heads; ++kv) {
+      float* scores = scratch(Scratch::kScores, kBlock * T);     // [block, keys] p
+      float* grads = scratch(Scratch::kScoreGrads, kBlock * T);  // [block, keys] dp, then ds
+      const float* kh = k + b * T * kv_stride + kv * D;          // [T, D] at stride kv_stride
+      const float* vh = v + b * T * kv_stride + kv * D;
+      float* dkh = dk ? dk + b * T * kv_stride + kv * D : nullptr;
+      float* dvh = dv ? dv + b * T * kv_stride + kv * D : nullptr;
+      for (int64_t h = kv * group; h < (kv + 1) * group; ++h) {
+        for (int64_t t0 = 0; t0 < T; t0 += kBlock) {
+          const int64_t m = std::min(kBlock, T - t0);
+          // Keys any query of the block sees: [k0, t0 + m).
+          const int64_t k0 = ops::first_visible_key(shape, t0), n = t0 + m - k0;
+          const int im = static_cast<int>(m), in = static_cast<int>(n);
+          const float* qh = q + (b * T + t0) * q_stride + h * D;  // [m, D] at stride q_stride
+          const float* gh = dout + (b * T + t0) * q_stride + h * D;
+          // scores = scale q k^T, dp = dout v^T: [m, n]
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, im, in, kD, s.scale, qh, kQs,
+                      kh + k0 * kv_stride, kKvs, 0.0f, scores, in);
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, im, in, kD, 1.0f, gh, kQs,
+                      vh + k0 * kv_stride, kKvs, 0.0f, grads, in);
+          for (int64_t i = 0; i < m; ++i) {
+            const int64_t t = t0 + i, first = ops::first_visible_key(shape, t) - k0,
+                          last = t - k0;  // visible columns [first, last]
+            float* p = scores + i * n;
+            float* ds = grads + i * n;
+            float max_score = -INFINITY;
+            for (int64_t j = first; j <= last; ++j) max_score = std::max(max_score, p[j]);
+            float sum = 0.0f;
+            for (int64_t j = first; j <= last; ++j) {
+              p[j] = std::exp(p[j] - max_score);
+              sum += p[j];
+            }
+            const float inv = 1.0f / sum;
+            float weighted = 0.0f;  // sum_j p_j dp_j
+            for (int64_t j = first; j <= last; ++j) {
+              p[j] *= inv;
+              weighted += p[j] * ds[j];
+            }
+            for (int64_t j = 0; j < first; ++j) p[j] = ds[j] = 0.0f;
+            for (int64_t j = first; j <= last; ++j) ds[j] = p[j] * (ds[j] - weighted) * s.scale;
+            for (int64_t j = last + 1; j < n; ++j) p[j] = ds[j] = 0.0f;
+          }
+          if (dq)  // dq += ds k
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, im, kD, in, 1.0f, grads, in,
+                        kh + k0 * kv_stride, kKvs, 1.0f, dq + (b * T + t0) * q_stride + h * D, kQs);
+          if (dkh)  // dk += ds^T q
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in, kD, im, 1.0f, grads, in, qh,
+                        kQs, 1.0f, dkh + k0 * kv_stride, kKvs);
+          if (dvh)  // dv += p^T dout
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in, kD, im, 1.0f, scores, in, gh,
+                        kQs, 1.0f, dvh + k0 * kv_stride, kKvs);
         }
       }
     }
@@ -252,8 +416,10 @@ double cross_entropy_rows(const float* logits, const int32_t* targets, float* dl
   for (int64_t r = 0; r < rows; ++r)
     check(targets[r] == kIgnoreTarget || (targets[r] >= 0 && targets[r] < vocab),
           "cross_entropy: target id out of range");
-  double total = 0.0;
-#pragma omp parallel for schedule(static) reduction(+ : total)
+  // Each row's loss on its own, summed in row order afterwards: the same total for any
+  // number of threads.
+  std::vector<double> row_loss(rows, 0.0);
+#pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     const float* z = logits + r * vocab;                  // [vocab]
     float* dz = dlogits ? dlogits + r * vocab : nullptr;  // [vocab]
@@ -264,16 +430,26 @@ double cross_entropy_rows(const float* logits, const int32_t* targets, float* dl
     }
     float max_z = z[0];
     for (int64_t i = 1; i < vocab; ++i) max_z = std::max(max_z, z[i]);
+    const float z_target = z[target];
+    // e^(z - max) in f32 (into dz when there is one), summed in double.
     double sum = 0.0;
-    for (int64_t i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(z[i]) - max_z);
-    const double log_sum = std::log(sum) + max_z;
-    total += log_sum - z[target];
     if (dz) {
-      for (int64_t i = 0; i < vocab; ++i)
-        dz[i] = static_cast<float>(weight * std::exp(static_cast<double>(z[i]) - log_sum));
+      for (int64_t i = 0; i < vocab; ++i) {
+        dz[i] = std::exp(z[i] - max_z);
+        sum += dz[i];
+      }
+    } else {
+      for (int64_t i = 0; i < vocab; ++i) sum += std::exp(z[i] - max_z);
+    }
+    row_loss[r] = std::log(sum) + max_z - z_target;
+    if (dz) {
+      const float factor = static_cast<float>(weight / sum);
+      for (int64_t i = 0; i < vocab; ++i) dz[i] *= factor;
       dz[target] -= static_cast<float>(weight);
     }
   }
+  double total = 0.0;
+  for (int64_t r = 0; r < rows; ++r) total += row_loss[r];
   return total;
 }
 

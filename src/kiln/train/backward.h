@@ -1,5 +1,8 @@
-// Backward passes of the ops a Llama-shaped decoder uses, as plain reference kernels: f32
-// buffers, clear loops, OpenMP over rows where rows are independent. Each takes what its
+// Backward passes of the ops a Llama-shaped decoder uses: f32 buffers, OpenMP over rows where
+// rows are independent. The matrix products (linear layers, attention) run on GEMMs, and each
+// of those kernels has a plain reference kernel (`*_reference`) that tests hold it to. Every
+// kernel gives bitwise the same result for any number of threads: work is split in pieces
+// fixed by the shapes, and sums that span pieces are taken in a fixed order. Each takes what its
 // forward saved (inputs, and small per-row statistics) and the gradient of the loss with
 // respect to the op's output, and ADDS the gradients of its inputs and parameters into the
 // buffers given (callers zero them first); a null gradient buffer is skipped. Shapes are in
@@ -14,15 +17,21 @@
 namespace kiln::train {
 
 // ---- Linear: y = x W^T + b, W stored [out, in] (Kiln's layout) ----
-// Forward (f32 weights, the inference kernel): y [rows, out].
+// Forward (f32 weights): y [rows, out], bitwise what the inference kernel (ops::linear)
+// gives; from 16 rows on it runs ops::gemm_f32, which splits rows across threads.
 void linear_forward(const float* x, const float* weight, const float* bias, float* y, int64_t rows,
                     int64_t in, int64_t out);
 //   x [rows, in], weight [out, in], dy [rows, out]
 //   dx += dy W     [rows, in]
 //   dw += dy^T x   [out, in]
 //   db += sum dy   [out]
+// Both products on ops::gemm_f32 (the active kernel set's GEMM), with transposed copies of W
+// and x as operands (dy is packed from its own layout).
 void linear_backward(const float* x, const float* weight, const float* dy, float* dx, float* dw,
                      float* db, int64_t rows, int64_t in, int64_t out);
+// The same as plain loops.
+void linear_backward_reference(const float* x, const float* weight, const float* dy, float* dx,
+                               float* dw, float* db, int64_t rows, int64_t in, int64_t out);
 
 // ---- Embedding lookup: y[n] = table[tokens[n]] * scale ----
 //   tokens [n], dy [n, dim], dtable [vocab, dim]: dtable[tokens[n]] += dy[n] * scale
@@ -60,9 +69,15 @@ void attention_forward(const float* q, const float* k, const float* v, float* ou
 // Recomputes the probabilities p of each (row, head, query) from q and k, then
 //   dv_j += p_j dout;  dp_j = dout . v_j;  ds_j = p_j (dp_j - sum_i p_i dp_i)
 //   dq += scale sum_j ds_j k_j;  dk_j += scale ds_j q
-// Threads over (row, KV head): a KV head's query heads are handled by one thread.
+// Threads over (row, KV head): a KV head's query heads are handled by one thread. Blocks of
+// 64 queries against the keys they can see: scores and dp as two GEMMs, the softmax and ds
+// row by row, then dq, dk and dv as three more (single-threaded OpenBLAS sgemm on the strided
+// heads in place).
 void attention_backward(const float* q, const float* k, const float* v, const float* dout,
                         float* dq, float* dk, float* dv, const AttentionDims& dims);
+// The same, one query at a time in plain loops.
+void attention_backward_reference(const float* q, const float* k, const float* v, const float* dout,
+                                  float* dq, float* dk, float* dv, const AttentionDims& dims);
 
 // ---- Gated MLP activation: h = act(gate) * up (SwiGLU for SiLU, GeGLU-tanh for GeluTanh) ----
 // Forward: gate, up, h [count].
@@ -97,6 +112,6 @@ double cross_entropy_rows(const float* logits, const int32_t* targets, float* dl
 // target is ignored).
 double lm_head_cross_entropy(const float* h, const float* weight, const int32_t* targets, float* dh,
                              float* dw, int64_t rows, int64_t hidden, int64_t vocab,
-                             int64_t chunk_rows = 64);
+                             int64_t chunk_rows = 256);
 
 }  // namespace kiln::train

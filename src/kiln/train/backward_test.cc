@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "kiln/core/error.h"
+#include "kiln/ops/linear.h"
 #include "kiln/ops/norm.h"
 
 namespace kiln::train {
@@ -384,6 +385,105 @@ TEST(TrainBackward, LmHeadCrossEntropyInChunks) {
   EXPECT_EQ(lm_head_cross_entropy(f32(h).data(), f32(w).data(), none.data(), nullptr, nullptr, rows,
                                   hidden, vocab),
             0.0);
+}
+
+// The fast kernels (GEMMs) against the reference kernels on shapes that cross their blocks:
+// max |fast - reference| / max |reference| per gradient, printed.
+double relative_difference(const std::vector<float>& got, const std::vector<float>& want) {
+  double max_diff = 0.0, max_ref = 0.0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    max_diff = std::max(max_diff, static_cast<double>(std::abs(got[i] - want[i])));
+    max_ref = std::max(max_ref, static_cast<double>(std::abs(want[i])));
+  }
+  return max_ref > 0.0 ? max_diff / max_ref : max_diff;
+}
+
+TEST(TrainBackward, FastLinearMatchesReference) {
+  std::mt19937 rng(21);
+  struct Case {
+    int64_t rows, in, out;
+  };
+  for (const Case c :
+       {Case{1, 3, 2}, Case{15, 17, 9}, Case{70, 33, 130}, Case{300, 96, 40}, Case{600, 520, 70}}) {
+    const std::vector<float> x = f32(random_vec(c.rows * c.in, rng)),
+                             w = f32(random_vec(c.out * c.in, rng)),
+                             dy = f32(random_vec(c.rows * c.out, rng)),
+                             start_x = f32(random_vec(c.rows * c.in, rng)),
+                             start_w = f32(random_vec(c.out * c.in, rng)),
+                             start_b = f32(random_vec(c.out, rng));
+    std::vector<float> dx = start_x, dw = start_w, db = start_b;  // the kernels add into these
+    std::vector<float> rx = start_x, rw = start_w, rb = start_b;
+    linear_backward(x.data(), w.data(), dy.data(), dx.data(), dw.data(), db.data(), c.rows, c.in,
+                    c.out);
+    linear_backward_reference(x.data(), w.data(), dy.data(), rx.data(), rw.data(), rb.data(),
+                              c.rows, c.in, c.out);
+    const double ex = relative_difference(dx, rx), ew = relative_difference(dw, rw),
+                 eb = relative_difference(db, rb);
+    std::cout << "linear_backward " << c.rows << " x " << c.in << " -> " << c.out
+              << " vs reference: dx " << ex << ", dw " << ew << ", db " << eb << std::endl;
+    EXPECT_LE(ex, 1e-5);
+    EXPECT_LE(ew, 1e-5);
+    EXPECT_LE(eb, 1e-6);
+  }
+}
+
+TEST(TrainBackward, LinearForwardIsBitwiseTheInferenceKernel) {
+  std::mt19937 rng(23);
+  for (const int64_t rows : {5, 16, 300}) {
+    const int64_t in = 600, out = 70;  // two depth passes of the GEMM
+    const std::vector<float> x = f32(random_vec(rows * in, rng)),
+                             w = f32(random_vec(out * in, rng)), b = f32(random_vec(out, rng));
+    for (const float* bias : {b.data(), static_cast<const float*>(nullptr)}) {
+      std::vector<float> got(rows * out), want(rows * out);
+      linear_forward(x.data(), w.data(), bias, got.data(), rows, in, out);
+      ops::linear(x.data(), w.data(), DType::F32, bias, want.data(), rows, in, out);
+      EXPECT_EQ(got, want) << "rows " << rows << (bias ? " with bias" : "");
+    }
+  }
+}
+
+TEST(TrainBackward, FastAttentionMatchesReference) {
+  std::mt19937 rng(22);
+  struct Case {
+    int64_t batch, tokens, heads, kv_heads, head_dim, window;
+  };
+  for (const Case c :
+       {Case{1, 1, 1, 1, 1, 0}, Case{2, 5, 4, 2, 3, 3}, Case{2, 70, 4, 1, 8, 0},
+        Case{1, 150, 6, 3, 16, 0}, Case{2, 130, 2, 2, 5, 50}, Case{1, 200, 3, 3, 32, 64}}) {
+    AttentionDims s;
+    s.batch = c.batch;
+    s.tokens = c.tokens;
+    s.heads = c.heads;
+    s.kv_heads = c.kv_heads;
+    s.head_dim = c.head_dim;
+    s.scale = 0.4f;
+    s.window = c.window;
+    const int64_t nq = c.batch * c.tokens * c.heads * c.head_dim,
+                  nkv = c.batch * c.tokens * c.kv_heads * c.head_dim;
+    const std::vector<float> q = f32(random_vec(nq, rng)), k = f32(random_vec(nkv, rng)),
+                             v = f32(random_vec(nkv, rng)), dout = f32(random_vec(nq, rng)),
+                             start_q = f32(random_vec(nq, rng)),
+                             start_kv = f32(random_vec(nkv, rng));
+    std::vector<float> dq = start_q, dk = start_kv, dv = start_kv;
+    std::vector<float> rq = start_q, rk = start_kv, rv = start_kv;
+    attention_backward(q.data(), k.data(), v.data(), dout.data(), dq.data(), dk.data(), dv.data(),
+                       s);
+    attention_backward_reference(q.data(), k.data(), v.data(), dout.data(), rq.data(), rk.data(),
+                                 rv.data(), s);
+    const double eq = relative_difference(dq, rq), ek = relative_difference(dk, rk),
+                 ev = relative_difference(dv, rv);
+    std::cout << "attention_backward B " << c.batch << " T " << c.tokens << " heads " << c.heads
+              << "/" << c.kv_heads << " D " << c.head_dim << " window " << c.window
+              << " vs reference: dq " << eq << ", dk " << ek << ", dv " << ev << std::endl;
+    EXPECT_LE(eq, 1e-5);
+    EXPECT_LE(ek, 1e-5);
+    EXPECT_LE(ev, 1e-5);
+    // Only the gradients asked for: null buffers are skipped.
+    std::vector<float> only_q = start_q;
+    attention_backward(q.data(), k.data(), v.data(), dout.data(), only_q.data(), nullptr, nullptr,
+                       s);
+    EXPECT_EQ(only_q, dq);
+  }
 }
 
 }  // namespace

@@ -69,20 +69,24 @@ void check_trainable(const ModelSpec& spec) {
     check_layer(spec.layers[i], model + " layer " + std::to_string(i));
 }
 
-// What the forward keeps, per layer and at the end; rows = B * T.
+// What the forward keeps of one layer; rows = B * T.
+struct TrainModel::LayerSaved {
+  std::vector<float> input;          // [rows, hidden] the residual stream entering the layer
+  std::vector<float> inv_rms1;       // [rows]
+  std::vector<float> normed1;        // [rows, hidden] attention input
+  std::vector<float> q, k, v;        // [rows, Hq * D], [rows, Hkv * D] x 2 (after RoPE)
+  std::vector<float> mixed;          // [rows, Hq * D] attention output before `out`
+  std::vector<float> middle;         // [rows, hidden] the residual after attention
+  std::vector<float> inv_rms2;       // [rows]
+  std::vector<float> normed2;        // [rows, hidden] MLP input
+  std::vector<float> gate, up, act;  // [rows, intermediate]
+};
+
+// What the forward keeps, per layer and at the end. With recomputation, only each layer's
+// `input` is kept; the rest of a layer is made again (into `work`) before its backward.
 struct TrainModel::Activations {
-  struct LayerSaved {
-    std::vector<float> input;          // [rows, hidden] the residual stream entering the layer
-    std::vector<float> inv_rms1;       // [rows]
-    std::vector<float> normed1;        // [rows, hidden] attention input
-    std::vector<float> q, k, v;        // [rows, Hq * D], [rows, Hkv * D] x 2 (after RoPE)
-    std::vector<float> mixed;          // [rows, Hq * D] attention output before `out`
-    std::vector<float> middle;         // [rows, hidden] the residual after attention
-    std::vector<float> inv_rms2;       // [rows]
-    std::vector<float> normed2;        // [rows, hidden] MLP input
-    std::vector<float> gate, up, act;  // [rows, intermediate]
-  };
   std::vector<LayerSaved> layers;
+  LayerSaved work;                  // recomputation: the layer being differentiated
   std::vector<float> last;          // [rows, hidden] the residual after the last layer
   std::vector<float> inv_rms_f;     // [rows]
   std::vector<float> final_normed;  // [rows, hidden] the lm_head's input
@@ -196,7 +200,7 @@ void TrainModel::scale_gradients(float factor) {
 }
 
 void TrainModel::forward(const int32_t* tokens, int64_t batch, int64_t T, Activations& saved,
-                         bool training, const int32_t* segments) const {
+                         bool training, const int32_t* segments, bool keep_inputs_only) const {
   check(batch > 0 && T > 0, "training: forward needs at least one row of one token");
   const int64_t rows = batch * T, hidden = spec_.hidden_size, vocab = spec_.vocab_size;
   for (int64_t r = 0; r < rows; ++r)
@@ -219,71 +223,8 @@ void TrainModel::forward(const int32_t* tokens, int64_t batch, int64_t T, Activa
   }
   saved.layers.assign(layers_.size(), {});
   for (size_t i = 0; i < layers_.size(); ++i) {
-    const LayerSpec& ls = spec_.layers[i];
-    const AttentionSpec& a = ls.attention;
-    const Layer& l = layers_[i];
-    Activations::LayerSaved& s = saved.layers[i];
-    const int64_t Hq = a.num_heads, Hkv = a.num_kv_heads, D = a.head_dim;
-    const int64_t inner = ls.mlp.intermediate;
-    const bool one_plus = ls.norm.kind == NormKind::kRmsOnePlus;
-    s.input = x;
-    s.inv_rms1.resize(rows);
-    s.normed1.resize(rows * hidden);
-    ops::rms_norm(x.data(), l.attention_norm, s.normed1.data(), rows, hidden, ls.norm.eps, one_plus,
-                  s.inv_rms1.data());
-    s.q.resize(rows * Hq * D);
-    s.k.resize(rows * Hkv * D);
-    s.v.resize(rows * Hkv * D);
-    linear_forward(s.normed1.data(), l.query.w, l.query.b, s.q.data(), rows, hidden, Hq * D);
-    linear_forward(s.normed1.data(), l.key.w, l.key.b, s.k.data(), rows, hidden, Hkv * D);
-    linear_forward(s.normed1.data(), l.value.w, l.value.b, s.v.data(), rows, hidden, Hkv * D);
-    if (adapter_) {
-      adapter_->forward(i, LinearSlot::kQuery, s.normed1.data(), s.q.data(), rows, training);
-      adapter_->forward(i, LinearSlot::kKey, s.normed1.data(), s.k.data(), rows, training);
-      adapter_->forward(i, LinearSlot::kValue, s.normed1.data(), s.v.data(), rows, training);
-    }
-    if (a.rope.type != RopeType::kNone) {
-      const ops::RopeFrequencies rope = ops::rope_frequencies(a.rope, D, T);
-      const int64_t rotary = a.rope.rotary_dim > 0 ? a.rope.rotary_dim : D;
-      ops::apply_rope(s.q.data(), saved.positions.data(), rows, Hq, D, rotary, rope.inv_freq.data(),
-                      rope.attention_scaling, a.rope.interleaved);
-      ops::apply_rope(s.k.data(), saved.positions.data(), rows, Hkv, D, rotary,
-                      rope.inv_freq.data(), rope.attention_scaling, a.rope.interleaved);
-    }
-    AttentionDims dims{batch,
-                       T,
-                       Hq,
-                       Hkv,
-                       D,
-                       a.scale > 0.0f ? a.scale : static_cast<float>(1.0 / std::sqrt(double(D))),
-                       a.sliding_window};
-    s.mixed.resize(rows * Hq * D);
-    attention_by_document(saved.documents, dims, s.q.data(), s.k.data(), s.v.data(), s.mixed.data(),
-                          nullptr, nullptr, nullptr, nullptr);
-    std::vector<float> branch(rows * hidden);  // [rows, hidden]
-    linear_forward(s.mixed.data(), l.out.w, l.out.b, branch.data(), rows, Hq * D, hidden);
-    if (adapter_)
-      adapter_->forward(i, LinearSlot::kOut, s.mixed.data(), branch.data(), rows, training);
-    for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j];
-    s.middle = x;
-    s.inv_rms2.resize(rows);
-    s.normed2.resize(rows * hidden);
-    ops::rms_norm(x.data(), l.mlp_norm, s.normed2.data(), rows, hidden, ls.norm.eps, one_plus,
-                  s.inv_rms2.data());
-    s.gate.resize(rows * inner);
-    s.up.resize(rows * inner);
-    s.act.resize(rows * inner);
-    linear_forward(s.normed2.data(), l.gate.w, l.gate.b, s.gate.data(), rows, hidden, inner);
-    linear_forward(s.normed2.data(), l.up.w, l.up.b, s.up.data(), rows, hidden, inner);
-    if (adapter_) {
-      adapter_->forward(i, LinearSlot::kGate, s.normed2.data(), s.gate.data(), rows, training);
-      adapter_->forward(i, LinearSlot::kUp, s.normed2.data(), s.up.data(), rows, training);
-    }
-    gated_forward(ls.mlp.activation, s.gate.data(), s.up.data(), s.act.data(), rows * inner);
-    linear_forward(s.act.data(), l.down.w, l.down.b, branch.data(), rows, inner, hidden);
-    if (adapter_)
-      adapter_->forward(i, LinearSlot::kDown, s.act.data(), branch.data(), rows, training);
-    for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j];
+    saved.layers[i].input = x;
+    forward_layer(i, batch, T, saved, training, x, keep_inputs_only ? saved.work : saved.layers[i]);
   }
   saved.last = std::move(x);
   saved.inv_rms_f.resize(rows);
@@ -293,10 +234,78 @@ void TrainModel::forward(const int32_t* tokens, int64_t batch, int64_t T, Activa
                 saved.inv_rms_f.data());
 }
 
+void TrainModel::forward_layer(size_t i, int64_t batch, int64_t T, const Activations& saved,
+                               bool training, std::vector<float>& x, LayerSaved& s) const {
+  const int64_t rows = batch * T, hidden = spec_.hidden_size;
+  const LayerSpec& ls = spec_.layers[i];
+  const AttentionSpec& a = ls.attention;
+  const Layer& l = layers_[i];
+  const int64_t Hq = a.num_heads, Hkv = a.num_kv_heads, D = a.head_dim;
+  const int64_t inner = ls.mlp.intermediate;
+  const bool one_plus = ls.norm.kind == NormKind::kRmsOnePlus;
+  s.inv_rms1.resize(rows);
+  s.normed1.resize(rows * hidden);
+  ops::rms_norm(x.data(), l.attention_norm, s.normed1.data(), rows, hidden, ls.norm.eps, one_plus,
+                s.inv_rms1.data());
+  s.q.resize(rows * Hq * D);
+  s.k.resize(rows * Hkv * D);
+  s.v.resize(rows * Hkv * D);
+  linear_forward(s.normed1.data(), l.query.w, l.query.b, s.q.data(), rows, hidden, Hq * D);
+  linear_forward(s.normed1.data(), l.key.w, l.key.b, s.k.data(), rows, hidden, Hkv * D);
+  linear_forward(s.normed1.data(), l.value.w, l.value.b, s.v.data(), rows, hidden, Hkv * D);
+  if (adapter_) {
+    adapter_->forward(i, LinearSlot::kQuery, s.normed1.data(), s.q.data(), rows, training);
+    adapter_->forward(i, LinearSlot::kKey, s.normed1.data(), s.k.data(), rows, training);
+    adapter_->forward(i, LinearSlot::kValue, s.normed1.data(), s.v.data(), rows, training);
+  }
+  if (a.rope.type != RopeType::kNone) {
+    const ops::RopeFrequencies rope = ops::rope_frequencies(a.rope, D, T);
+    const int64_t rotary = a.rope.rotary_dim > 0 ? a.rope.rotary_dim : D;
+    ops::apply_rope(s.q.data(), saved.positions.data(), rows, Hq, D, rotary, rope.inv_freq.data(),
+                    rope.attention_scaling, a.rope.interleaved);
+    ops::apply_rope(s.k.data(), saved.positions.data(), rows, Hkv, D, rotary, rope.inv_freq.data(),
+                    rope.attention_scaling, a.rope.interleaved);
+  }
+  AttentionDims dims{batch,
+                     T,
+                     Hq,
+                     Hkv,
+                     D,
+                     a.scale > 0.0f ? a.scale : static_cast<float>(1.0 / std::sqrt(double(D))),
+                     a.sliding_window};
+  s.mixed.resize(rows * Hq * D);
+  attention_by_document(saved.documents, dims, s.q.data(), s.k.data(), s.v.data(), s.mixed.data(),
+                        nullptr, nullptr, nullptr, nullptr);
+  std::vector<float> branch(rows * hidden);  // [rows, hidden]
+  linear_forward(s.mixed.data(), l.out.w, l.out.b, branch.data(), rows, Hq * D, hidden);
+  if (adapter_)
+    adapter_->forward(i, LinearSlot::kOut, s.mixed.data(), branch.data(), rows, training);
+  for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j];
+  s.middle = x;
+  s.inv_rms2.resize(rows);
+  s.normed2.resize(rows * hidden);
+  ops::rms_norm(x.data(), l.mlp_norm, s.normed2.data(), rows, hidden, ls.norm.eps, one_plus,
+                s.inv_rms2.data());
+  s.gate.resize(rows * inner);
+  s.up.resize(rows * inner);
+  s.act.resize(rows * inner);
+  linear_forward(s.normed2.data(), l.gate.w, l.gate.b, s.gate.data(), rows, hidden, inner);
+  linear_forward(s.normed2.data(), l.up.w, l.up.b, s.up.data(), rows, hidden, inner);
+  if (adapter_) {
+    adapter_->forward(i, LinearSlot::kGate, s.normed2.data(), s.gate.data(), rows, training);
+    adapter_->forward(i, LinearSlot::kUp, s.normed2.data(), s.up.data(), rows, training);
+  }
+  gated_forward(ls.mlp.activation, s.gate.data(), s.up.data(), s.act.data(), rows * inner);
+  linear_forward(s.act.data(), l.down.w, l.down.b, branch.data(), rows, inner, hidden);
+  if (adapter_)
+    adapter_->forward(i, LinearSlot::kDown, s.act.data(), branch.data(), rows, training);
+  for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j];
+}
+
 Tensor TrainModel::logits(const int32_t* tokens, int64_t batch, int64_t T,
                           const int32_t* segments) const {
   Activations saved;
-  forward(tokens, batch, T, saved, false, segments);
+  forward(tokens, batch, T, saved, false, segments, true);               // only the end is used
   Tensor out = Tensor::zeros(DType::F32, {batch, T, spec_.vocab_size});  // [B, T, V]
   linear_forward(saved.final_normed.data(), lm_head_, nullptr, out.mutable_data<float>(), batch * T,
                  spec_.hidden_size, spec_.vocab_size);
@@ -316,7 +325,7 @@ double TrainModel::loss(const int32_t* tokens, const int32_t* targets, int64_t b
                         int64_t chunk_rows, const int32_t* segments) const {
   check_targets(targets, batch * T, spec_.vocab_size);
   Activations saved;
-  forward(tokens, batch, T, saved, false, segments);
+  forward(tokens, batch, T, saved, false, segments, true);  // only the end is used
   return lm_head_cross_entropy(saved.final_normed.data(), lm_head_, targets, nullptr, nullptr,
                                batch * T, spec_.hidden_size, spec_.vocab_size, chunk_rows);
 }
@@ -326,7 +335,7 @@ double TrainModel::forward_backward(const int32_t* tokens, const int32_t* target
   const int64_t rows = batch * T, hidden = spec_.hidden_size, vocab = spec_.vocab_size;
   check_targets(targets, rows, vocab);
   Activations saved;
-  forward(tokens, batch, T, saved, true, segments);
+  forward(tokens, batch, T, saved, true, segments, recompute_);
 
   std::vector<float> d_normed(rows * hidden);  // [rows, hidden]
   const double loss =
@@ -337,17 +346,32 @@ double TrainModel::forward_backward(const int32_t* tokens, const int32_t* target
                     dx.data(), grad(names::scale(names::final_norm())), rows, hidden,
                     spec_.final_norm.kind == NormKind::kRmsOnePlus);
 
+  // Gradient buffers, sized for the widest layer and reused by every layer.
+  int64_t max_inner = 0, max_q = 0, max_kv = 0;
+  for (const LayerSpec& ls : spec_.layers) {
+    max_inner = std::max(max_inner, ls.mlp.intermediate);
+    max_q = std::max(max_q, ls.attention.num_heads * ls.attention.head_dim);
+    max_kv = std::max(max_kv, ls.attention.num_kv_heads * ls.attention.head_dim);
+  }
+  std::vector<float> d_act(rows * max_inner), d_gate(rows * max_inner), d_up(rows * max_inner);
+  std::vector<float> d_mixed(rows * max_q), dq(rows * max_q), dk(rows * max_kv), dv(rows * max_kv);
   for (int64_t i = spec_.num_layers() - 1; i >= 0; --i) {
     const LayerSpec& ls = spec_.layers[i];
     const AttentionSpec& a = ls.attention;
     const Layer& l = layers_[i];
-    const Activations::LayerSaved& s = saved.layers[i];
+    if (recompute_) {  // this layer's forward again (adapters too), from its saved input
+      std::vector<float> x = saved.layers[i].input;
+      forward_layer(static_cast<size_t>(i), batch, T, saved, true, x, saved.work);
+    }
+    const LayerSaved& s = recompute_ ? saved.work : saved.layers[i];
     const int64_t Hq = a.num_heads, Hkv = a.num_kv_heads, D = a.head_dim;
     const int64_t inner = ls.mlp.intermediate;
     const bool one_plus = ls.norm.kind == NormKind::kRmsOnePlus;
 
     // MLP branch: x_out = middle + down(act(gate(n2)) * up(n2)), n2 = norm(middle).
-    std::vector<float> d_act(rows * inner), d_gate(rows * inner), d_up(rows * inner);
+    std::fill_n(d_act.begin(), rows * inner, 0.0f);
+    std::fill_n(d_gate.begin(), rows * inner, 0.0f);
+    std::fill_n(d_up.begin(), rows * inner, 0.0f);
     linear_backward(s.act.data(), l.down.w, dx.data(), d_act.data(), l.down.dw, l.down.db, rows,
                     inner, hidden);
     if (adapter_)
@@ -369,8 +393,10 @@ double TrainModel::forward_backward(const int32_t* tokens, const int32_t* target
                       l.d_mlp_norm, rows, hidden, one_plus);
 
     // Attention branch: middle = input + out(attn(rope(q(n1)), rope(k(n1)), v(n1))).
-    std::vector<float> d_mixed(rows * Hq * D), dq(rows * Hq * D), dk(rows * Hkv * D),
-        dv(rows * Hkv * D);
+    std::fill_n(d_mixed.begin(), rows * Hq * D, 0.0f);
+    std::fill_n(dq.begin(), rows * Hq * D, 0.0f);
+    std::fill_n(dk.begin(), rows * Hkv * D, 0.0f);
+    std::fill_n(dv.begin(), rows * Hkv * D, 0.0f);
     linear_backward(s.mixed.data(), l.out.w, dx.data(), d_mixed.data(), l.out.dw, l.out.db, rows,
                     Hq * D, hidden);
     if (adapter_)
@@ -404,8 +430,8 @@ double TrainModel::forward_backward(const int32_t* tokens, const int32_t* target
       adapter_->backward(i, LinearSlot::kKey, s.normed1.data(), dk.data(), d_normed.data(), rows);
       adapter_->backward(i, LinearSlot::kQuery, s.normed1.data(), dq.data(), d_normed.data(), rows);
     }
-    rms_norm_backward(s.input.data(), l.attention_norm, s.inv_rms1.data(), d_normed.data(),
-                      dx.data(), l.d_attention_norm, rows, hidden, one_plus);
+    rms_norm_backward(saved.layers[i].input.data(), l.attention_norm, s.inv_rms1.data(),
+                      d_normed.data(), dx.data(), l.d_attention_norm, rows, hidden, one_plus);
   }
   if (float* d_embedding = grad(names::embedding(names::token_embedder())))
     embedding_backward(tokens, dx.data(), d_embedding, rows, vocab, hidden, spec_.embedding_scale);

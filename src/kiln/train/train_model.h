@@ -92,11 +92,18 @@ class TrainModel {
   // `chunk_rows` rows at a time (never [B * T, V] at once). Returns the loss (0 when every
   // target is ignored). Throws Error for token or target ids outside the vocabulary.
   double loss(const int32_t* tokens, const int32_t* targets, int64_t batch, int64_t tokens_per_row,
-              int64_t chunk_rows = 64, const int32_t* segments = nullptr) const;
+              int64_t chunk_rows = 256, const int32_t* segments = nullptr) const;
+  // Per-layer activation recomputation for forward_backward(): when on, the forward keeps
+  // only each layer's input, and each layer's forward runs again just before its backward
+  // (about one more forward pass of compute; the activations of one layer in memory instead
+  // of all). The gradients are bitwise the same either way (adapters included: their dropout
+  // masks are a function of the layer and element, so the second forward repeats the first).
+  void set_recompute(bool on) { recompute_ = on; }
+  bool recompute() const { return recompute_; }
   // loss() and the backward pass, whose gradients are ADDED to gradients() (call
   // zero_gradients() first unless accumulating).
   double forward_backward(const int32_t* tokens, const int32_t* targets, int64_t batch,
-                          int64_t tokens_per_row, int64_t chunk_rows = 64,
+                          int64_t tokens_per_row, int64_t chunk_rows = 256,
                           const int32_t* segments = nullptr);
 
  private:
@@ -110,11 +117,18 @@ class TrainModel {
     float *mlp_norm = nullptr, *d_mlp_norm = nullptr;
     LinearParams query, key, value, out, gate, up, down;
   };
+  struct LayerSaved;   // what the forward keeps of one layer
   struct Activations;  // what the forward keeps for the backward
   LinearParams add_linear(const WeightMap& weights, const std::string& module, int64_t in,
                           int64_t out, bool bias);
+  // keep_inputs_only: each layer's input, the rest of every layer in saved.work (overwritten).
   void forward(const int32_t* tokens, int64_t batch, int64_t tokens_per_row, Activations& saved,
-               bool training = false, const int32_t* segments = nullptr) const;
+               bool training = false, const int32_t* segments = nullptr,
+               bool keep_inputs_only = false) const;
+  // Layer i on the residual stream x (updated in place), keeping what its backward needs in s;
+  // the positions and packed documents are saved's (set by forward()).
+  void forward_layer(size_t i, int64_t batch, int64_t tokens_per_row, const Activations& saved,
+                     bool training, std::vector<float>& x, LayerSaved& s) const;
   // The parameter `name` of `shape`, registered with a zero gradient.
   float* add_parameter(const WeightMap& weights, const std::string& name, const Shape& shape);
   float* grad(const std::string& name);
@@ -128,6 +142,7 @@ class TrainModel {
   float* final_norm_ = nullptr;  // [hidden]
   float* lm_head_ = nullptr;     // [V, hidden]: the embedding when tied
   std::string lm_head_name_;     // whose gradient the lm_head's goes to
+  bool recompute_ = false;
 };
 
 }  // namespace kiln::train

@@ -5,9 +5,11 @@
 #include "kiln/train/train_model.h"
 
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <iomanip>
@@ -315,6 +317,65 @@ TEST(TrainModel, EveryOptionMatchesInferenceAndFiniteDifferences) {
   std::cout << "all-options model: " << train.parameters().size()
             << " parameters vs f32 finite differences: worst rel err = " << worst << " ("
             << worst_name << ")" << std::endl;
+}
+
+TEST(TrainModel, RecomputationGivesBitwiseTheSameGradients) {
+  std::mt19937 rng(14);
+  const ModelSpec spec = all_options_spec();
+  const WeightMap weights = random_weights(spec, rng);
+  const int64_t B = 2, T = 9;
+  std::vector<int32_t> tokens(B * T);
+  for (int32_t& t : tokens) t = static_cast<int32_t>(rng() % spec.vocab_size);
+  const std::vector<int32_t> targets = next_token_targets(tokens.data(), nullptr, B, T);
+  TrainModel kept(spec, weights), recomputed(spec, weights);
+  recomputed.set_recompute(true);
+  EXPECT_TRUE(recomputed.recompute());
+  const double loss_kept = kept.forward_backward(tokens.data(), targets.data(), B, T);
+  const double loss_recomputed = recomputed.forward_backward(tokens.data(), targets.data(), B, T);
+  EXPECT_EQ(loss_kept, loss_recomputed);
+  for (const auto& [name, g] : kept.gradients()) {
+    const Tensor& other = recomputed.gradients().at(name);
+    EXPECT_EQ(std::memcmp(g.raw(), other.raw(), g.nbytes()), 0) << name;
+  }
+}
+
+TEST(TrainModel, GradientsAreBitwiseTheSameForAnyThreadCount) {
+  // Large enough that every kernel runs its threaded path (GEMMs, attention blocks, norms).
+  ModelSpec spec = all_options_spec();
+  spec.vocab_size = 300;
+  spec.hidden_size = 64;
+  for (LayerSpec& l : spec.layers) {
+    l.attention.head_dim = 16;
+    l.attention.sliding_window = 0;
+    l.mlp.intermediate = 160;
+  }
+  spec.layers[0].attention.sliding_window = 40;
+  std::mt19937 rng(12);
+  const WeightMap weights = random_weights(spec, rng);
+  const int64_t B = 3, T = 90;
+  std::vector<int32_t> tokens(B * T);
+  for (int32_t& t : tokens) t = static_cast<int32_t>(rng() % spec.vocab_size);
+  const std::vector<int32_t> targets = next_token_targets(tokens.data(), nullptr, B, T);
+  const int saved_threads = omp_get_max_threads();
+  std::vector<double> losses;
+  std::vector<ParameterMap> gradients;
+  for (const int threads : {1, 2, 3}) {
+    omp_set_num_threads(threads);
+    TrainModel train(spec, weights);
+    losses.push_back(train.forward_backward(tokens.data(), targets.data(), B, T));
+    gradients.push_back(train.gradients());
+  }
+  omp_set_num_threads(saved_threads);
+  for (size_t run = 1; run < losses.size(); ++run) {
+    EXPECT_EQ(losses[run], losses[0]) << "threads " << run + 1;
+    for (const auto& [name, g] : gradients[0]) {
+      const Tensor& other = gradients[run].at(name);
+      EXPECT_EQ(std::memcmp(g.raw(), other.raw(), g.nbytes()), 0)
+          << name << " differs between 1 and " << run + 1 << " threads";
+    }
+  }
+  std::cout << "loss with 1, 2 and 3 threads: " << std::setprecision(17) << losses[0] << ", "
+            << losses[1] << ", " << losses[2] << std::endl;
 }
 
 void expect_refused(const std::function<void(ModelSpec&)>& edit, const std::string& feature) {

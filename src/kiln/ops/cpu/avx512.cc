@@ -41,6 +41,7 @@ struct Bf16Path {
   static constexpr int64_t kTokens = kVecs * kLanes;
   static_assert(kChunkDepth % 2 == 0, "a depth chunk must hold whole pairs");
 
+  static constexpr bool kPacksTransposed = false;
   static int64_t packed_depth(int64_t in) { return (in + 1) / 2; }
   static int64_t packed_offset(int64_t k0) { return k0 / 2; }
 
@@ -125,7 +126,8 @@ const KernelTable& avx512_table() {
        &avx512::gemv_or_gemm_f32<DType::F16>, &avx512::quantized_linear<DType::Q8_0>,
        &avx512::quantized_linear<DType::Q4_1>, &avx512::quantized_linear<DType::Q4_1_128>},
       &avx512::attention,
-      &avx512::silu_gated};
+      &avx512::silu_gated,
+      &avx512::gemm_f32};
   return table;
 }
 }  // namespace kiln::ops::cpu

@@ -14,6 +14,8 @@ namespace kiln::ops::cpu {
 
 using LinearKernel = void (*)(const float* x, const WeightView& weight, const float* bias, float* y,
                               int64_t rows, int64_t in, int64_t out);
+using GemmF32Kernel = void (*)(const float* a, bool a_transposed, const float* w, float* y,
+                               int64_t rows, int64_t depth, int64_t out, bool accumulate);
 using SiluGatedKernel = void (*)(const float* gate, const float* up, float* y, int64_t count);
 using AttentionKernel = void (*)(const float* q, const float* k_cache, const float* v_cache,
                                  float* out, const AttentionShape& shape);
@@ -30,6 +32,7 @@ struct KernelTable {
   LinearKernel linear[kWeightFormatCount];  // contract of ops::linear, per weight format
   AttentionKernel attention;                // contract of ops::causal_attention
   SiluGatedKernel silu_gated;               // contract of ops::gated_activation with kSilu
+  GemmF32Kernel gemm_f32;                   // contract of ops::gemm_f32
 };
 
 // Plain C++ kernels (ops/linear.cc, ops/attention.cc): the arbiter of every fast kernel.
