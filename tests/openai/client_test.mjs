@@ -197,7 +197,7 @@ try {
   for await (const _ of s) { abort.abort(); }
 } catch (e) { /* aborted */ }
 let active = -1;
-for (let i = 0; i < 50 && active !== 0; i++) {
+for (let i = 0; i < 200 && active !== 0; i++) {
   active = await metric("kiln_sequences_active");
   if (active !== 0) await new Promise((r) => setTimeout(r, 100));
 }

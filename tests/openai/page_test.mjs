@@ -17,7 +17,7 @@ try {
   const page = await browser.newPage({ viewport: { width: 900, height: 600 } });
   await page.goto(`${base}/?max_tokens=12&temperature=0`);
   await page.fill("#key", key);
-  await page.waitForFunction(() => document.getElementById("model").textContent === "tinycoder", null, { timeout: 10000 });
+  await page.waitForFunction(() => document.getElementById("model").textContent === "tinycoder", null, { timeout: 30000 });
   check("model name shown", true);
   await page.fill("#input", "def add(a, b):");
   await page.click("#send");
@@ -40,7 +40,7 @@ try {
   await page.click("#send");
   await page.waitForFunction(() => document.querySelector(".msg.assistant")?.textContent.length > 0, null, { timeout: 30000 });
   await page.click("#stop");
-  await page.waitForSelector('.msg.assistant[data-done="stopped"]', { timeout: 10000 });
+  await page.waitForSelector('.msg.assistant[data-done="stopped"]', { timeout: 30000 });
   check("stop button ends the reply", !(await page.isDisabled("#send")));
 } catch (e) {
   check("page", false, String(e));
