@@ -1,18 +1,12 @@
 #include "kiln/serve/json_prefix.h"
 
+#include "kiln/serve/json_lex.h"
+
 namespace kiln::serve {
 
-namespace {
-bool is_space(unsigned char c) {
-  return c == ' ' || c == '\t' || c == '\n' || c == '\r';
-}
-bool is_digit(unsigned char c) {
-  return c >= '0' && c <= '9';
-}
-bool is_hex(unsigned char c) {
-  return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-}
-}  // namespace
+using json_lex::is_digit;
+using json_lex::is_hex;
+using json_lex::is_space;
 
 bool JsonPrefix::feed(std::string_view text) {
   const JsonPrefix saved = *this;
@@ -67,32 +61,15 @@ bool JsonPrefix::step(unsigned char c) {
       if (*++literal_ == '\0') value_done();
       return true;
     case Mode::kNumber: {
-      const int s = number_;
-      if (is_digit(c)) {
-        if (s == 0)
-          number_ = c == '0' ? 1 : 2;
-        else if (s == 1)
-          return false;  // no leading zeros
-        else if (s == 3)
-          number_ = 4;
-        else if (s == 5 || s == 6)
-          number_ = 7;
-        return true;
+      switch (json_lex::number_step(number_, c, false)) {
+        case json_lex::NumberStep::kTaken:
+          return true;
+        case json_lex::NumberStep::kRejected:
+          return false;
+        case json_lex::NumberStep::kEnded:
+          break;
       }
-      if (c == '.' && (s == 1 || s == 2)) {
-        number_ = 3;
-        return true;
-      }
-      if ((c == 'e' || c == 'E') && (s == 1 || s == 2 || s == 4)) {
-        number_ = 5;
-        return true;
-      }
-      if ((c == '+' || c == '-') && s == 5) {
-        number_ = 6;
-        return true;
-      }
-      // Anything else ends the number, when it is complete, and is read after it.
-      if (s != 1 && s != 2 && s != 4 && s != 7) return false;
+      // The number is complete; the byte is read after it.
       value_done();
       return step(c);
     }
@@ -164,7 +141,7 @@ bool JsonPrefix::step(unsigned char c) {
       }
       if (c == '-' || is_digit(c)) {
         mode_ = Mode::kNumber;
-        number_ = c == '-' ? 0 : (c == '0' ? 1 : 2);
+        number_ = json_lex::number_start(c);
         return true;
       }
       if (c == 't' || c == 'f' || c == 'n') {

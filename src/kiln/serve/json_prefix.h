@@ -41,9 +41,7 @@ class JsonPrefix {
   Mode mode_ = Mode::kValue;
   bool string_is_key_ = false;
   int hex_left_ = 0;
-  // Number states: 0 after '-', 1 after '0', 2 in integer digits, 3 after '.', 4 in fraction
-  // digits, 5 after 'e', 6 after the exponent sign, 7 in exponent digits.
-  int number_ = 0;
+  int number_ = 0;                 // the number's state (json_lex.h)
   const char* literal_ = nullptr;  // the rest of "true" / "false" / "null" to come
   bool started_ = false;           // the object's '{' was seen
   int blanks_ = 0;                 // whitespace bytes in a row outside strings

@@ -4,19 +4,15 @@
 #include <set>
 
 #include "kiln/core/error.h"
+#include "kiln/serve/json_lex.h"
 
 namespace kiln::serve {
 
+using json_lex::is_digit;
+using json_lex::is_hex;
+using json_lex::is_space;
+
 namespace {
-bool is_space(unsigned char c) {
-  return c == ' ' || c == '\t' || c == '\n' || c == '\r';
-}
-bool is_digit(unsigned char c) {
-  return c >= '0' && c <= '9';
-}
-bool is_hex(unsigned char c) {
-  return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-}
 bool starts_with(const std::string& s, const std::string& prefix) {
   return s.compare(0, prefix.size(), prefix) == 0;
 }
@@ -172,7 +168,7 @@ bool JsonSchemaPrefix::start_value(int node, unsigned char c) {
     case JsonSchema::Kind::kInteger:
       if (c != '-' && !is_digit(c)) return false;
       f.state = State::kNumber;
-      f.number = c == '-' ? 0 : (c == '0' ? 1 : 2);
+      f.number = json_lex::number_start(c);
       break;
     case JsonSchema::Kind::kEnum:
       f.state = State::kEnum;
@@ -249,33 +245,16 @@ bool JsonSchemaPrefix::step(unsigned char c) {
       return false;
     }
     case State::kNumber: {
-      const int s = f.number;
       const bool integer = n.kind == JsonSchema::Kind::kInteger;
-      if (is_digit(c)) {
-        if (s == 0)
-          f.number = c == '0' ? 1 : 2;
-        else if (s == 1)
-          return false;  // no leading zeros
-        else if (s == 3)
-          f.number = 4;
-        else if (s == 5 || s == 6)
-          f.number = 7;
-        return true;
+      switch (json_lex::number_step(f.number, c, integer)) {
+        case json_lex::NumberStep::kTaken:
+          return true;
+        case json_lex::NumberStep::kRejected:
+          return false;
+        case json_lex::NumberStep::kEnded:
+          break;
       }
-      if (!integer && c == '.' && (s == 1 || s == 2)) {
-        f.number = 3;
-        return true;
-      }
-      if (!integer && (c == 'e' || c == 'E') && (s == 1 || s == 2 || s == 4)) {
-        f.number = 5;
-        return true;
-      }
-      if ((c == '+' || c == '-') && s == 5) {
-        f.number = 6;
-        return true;
-      }
-      // Anything else ends the number, when it is complete, and is read after it.
-      if (s != 1 && s != 2 && s != 4 && s != 7) return false;
+      // The number is complete; the byte is read after it.
       value_done();
       return step(c);
     }

@@ -76,7 +76,7 @@ class JsonSchemaPrefix {
     int member = -1;         // objects: the property being written
     std::string text;        // kInKey / kEnum: the bytes so far
     int hex_left = 0;
-    int number = 0;  // JsonPrefix's number states
+    int number = 0;  // the number's state (json_lex.h)
   };
   bool step(unsigned char c);
   // Starts a value of `node` with byte `c` on a new frame.
