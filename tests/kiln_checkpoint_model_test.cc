@@ -20,17 +20,6 @@ namespace kiln {
 namespace {
 namespace fs = std::filesystem;
 
-// Logits at every position for the reference dump's input_ids.
-Tensor all_logits(const LoadedModel& loaded, const Tensor& input_ids) {  // [B, T, V]
-  const Model model(loaded.spec, loaded.weights);
-  const int64_t batch = input_ids.dim(0), length = input_ids.dim(1);
-  std::vector<int32_t> tokens(batch * length);  // [B, T]
-  for (int64_t i = 0; i < batch * length; ++i)
-    tokens[i] = static_cast<int32_t>(input_ids.item_as_double(i));
-  KvCache cache = model.make_cache(batch, length);
-  return model.forward(tokens.data(), batch, length, cache);
-}
-
 class KilnCheckpointModel : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(KilnCheckpointModel, BothLayoutsGiveBitwiseIdenticalLogitsFromViews) {
@@ -40,7 +29,7 @@ TEST_P(KilnCheckpointModel, BothLayoutsGiveBitwiseIdenticalLogitsFromViews) {
   const Tensor input_ids =
       SafetensorsFile::open(source + "/reference.safetensors").get("input_ids");
   const LoadedModel hf = load_model(source);
-  const Tensor expected = all_logits(hf, input_ids);
+  const Tensor expected = test::all_logits(hf, input_ids);
   for (const char* layout : {"unscanned", "scanned"}) {
     ConvertOptions options;
     options.layout = layout;
@@ -56,7 +45,7 @@ TEST_P(KilnCheckpointModel, BothLayoutsGiveBitwiseIdenticalLogitsFromViews) {
         EXPECT_EQ(tensor.dtype(), hf.weights.at(name).dtype()) << name;
         EXPECT_FALSE(tensor.writable()) << how << ": " << name << " is a copy, not a view";
       }
-      const double diff = test::max_abs_diff(all_logits(kiln, input_ids), expected);
+      const double diff = test::max_abs_diff(test::all_logits(kiln, input_ids), expected);
       std::cout << GetParam() << " (" << how << "): logits max abs diff vs HF folder = " << diff
                 << std::endl;
       EXPECT_EQ(diff, 0.0) << how;

@@ -91,17 +91,6 @@ INSTANTIATE_TEST_SUITE_P(Formats, TinycoderQuantized,
                            return name;
                          });
 
-// Logits at every position for the reference dump's input_ids.
-Tensor all_logits(const LoadedModel& loaded, const Tensor& input_ids) {  // [B, T, V]
-  const Model model(loaded.spec, loaded.weights);
-  const int64_t batch = input_ids.dim(0), length = input_ids.dim(1);
-  std::vector<int32_t> tokens(batch * length);  // [B, T]
-  for (int64_t i = 0; i < batch * length; ++i)
-    tokens[i] = static_cast<int32_t>(input_ids.item_as_double(i));
-  KvCache cache = model.make_cache(batch, length);
-  return model.forward(tokens.data(), batch, length, cache);
-}
-
 double max_abs(const Tensor& t) {
   double m = 0.0;
   for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::fabs(t.item_as_double(i)));
@@ -135,8 +124,8 @@ TEST_P(Int8Fixture, LogitsStayWithinTheBound) {
     quantized_tensors += is_quantized(tensor.dtype());
     routed = routed || name.ends_with("/mlp/gate/kernel");
   }
-  const Tensor expected = all_logits(load_model(source), input_ids);
-  const Tensor got = all_logits(quantized, input_ids);
+  const Tensor expected = test::all_logits(load_model(source), input_ids);
+  const Tensor got = test::all_logits(quantized, input_ids);
   const double diff = test::max_abs_diff(got, expected), scale = max_abs(expected);
   std::cout << GetParam() << " int8 (" << quantized_tensors
             << " quantized tensors): logits max abs diff " << diff << " of max |logit| " << scale

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "kiln/core/error.h"
+#include "kiln/layers/model.h"
 
 namespace kiln::test {
 namespace fs = std::filesystem;
@@ -78,6 +79,16 @@ double max_abs_diff(const Tensor& a, const Tensor& b) {
     m = std::max(m, d);
   }
   return m;
+}
+
+Tensor all_logits(const LoadedModel& loaded, const Tensor& input_ids) {
+  const Model model(loaded.spec, loaded.weights);
+  const int64_t batch = input_ids.dim(0), length = input_ids.dim(1);
+  std::vector<int32_t> tokens(batch * length);  // [B, T]
+  for (int64_t i = 0; i < batch * length; ++i)
+    tokens[i] = static_cast<int32_t>(input_ids.item_as_double(i));
+  KvCache cache = model.make_cache(batch, length);
+  return model.forward(tokens.data(), batch, length, cache);
 }
 
 }  // namespace kiln::test

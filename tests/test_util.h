@@ -4,6 +4,7 @@
 #include <string>
 
 #include "kiln/core/tensor.h"
+#include "kiln/models/loader.h"
 
 namespace kiln::test {
 
@@ -26,5 +27,9 @@ std::string shell_quote(const std::string& s);
 
 // Max |a - b| over all elements (shapes must match; any float dtypes).
 double max_abs_diff(const Tensor& a, const Tensor& b);
+
+// The logits at every position of `input_ids` ([B, T], any integer or float dtype) from one
+// forward pass of `loaded` from position 0: [B, T, V].
+Tensor all_logits(const LoadedModel& loaded, const Tensor& input_ids);
 
 }  // namespace kiln::test
