@@ -5,6 +5,7 @@
 #include <map>
 
 #include "kiln/core/error.h"
+#include "kiln/io/hf_quantized.h"
 #include "kiln/io/json.h"
 #include "kiln/models/capabilities.h"
 
@@ -140,7 +141,12 @@ std::string LanguageModelSource::skipped_note() const {
 std::unique_ptr<TensorSource> open_model_source(const std::string& path, const HfConfig& config,
                                                 Residency residency) {
   std::unique_ptr<TensorSource> source = open_tensor_source(path, residency);
-  if (detect_checkpoint_format(path) == "kiln" || !language_model_config(config)) return source;
+  const std::string format = detect_checkpoint_format(path);
+  if (format == "kiln") return source;
+  if (format != "gguf")
+    source = dequantizing_source(std::move(source), config, DType::BF16,
+                                 residency == Residency::kMapped);
+  if (!language_model_config(config)) return source;
   auto language_model = std::make_unique<LanguageModelSource>(std::move(source));
   if (const std::string note = language_model->skipped_note(); !note.empty())
     std::cerr << "kiln: note: " << path << ": " << note << "\n";
