@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 
 #include "kiln/analyze/analyze.h"
 #include "kiln/convert/hf_to_kiln.h"
@@ -34,9 +35,12 @@ struct QuantFixture {
   double logits_bound;   // max |logits - HF's logits of the unquantized model|
 };
 
-// Bounds measured with margin: fp8 keeps ~4 significant bits per weight, MXFP4 ~2.
-const QuantFixture kFixtures[] = {{"deepseek_v3_fp8", "deepseek_v3", 72, 0.05},
-                                  {"gpt_oss_mxfp4", "gpt_oss", 4, 0.5}};
+// Bounds: measured (fp8 3.2, MXFP4 2.1) with margin. They are large because these tiny random
+// MoE models route by small differences: rounding the dequantized fp8 weights to bf16 alone
+// moves deepseek_v3's logits by 2.3 (see ConvertDequantizesToTheChosenDtype). Exactness is
+// what the bitwise tests guard; this one guards against gross misreadings.
+const QuantFixture kFixtures[] = {{"deepseek_v3_fp8", "deepseek_v3", 72, 5.0},
+                                  {"gpt_oss_mxfp4", "gpt_oss", 4, 4.0}};
 
 std::string quant_path(const QuantFixture& f) {
   return test::data_path("hf_quantized/" + f.name);
@@ -148,14 +152,22 @@ TEST(QuantizedCheckpoint, ConvertDequantizesToTheChosenDtype) {
       EXPECT_TRUE(saw_quantized) << f.name;
       const LoadedModel converted = load_model(out);
       const Tensor got = test::all_logits(converted, input_ids);
-      // keep: the same bf16 weights; f32: the exact products, closer to the unquantized model.
-      const double diff = test::max_abs_diff(got, expected);
-      std::cout << f.name << " converted with --dtype " << dtype << ": logits max diff " << diff
-                << " from the quantized folder's" << std::endl;
-      if (dtype == "keep")
-        EXPECT_TRUE(bitwise_equal(got, expected)) << diff;
-      else
-        EXPECT_LE(diff, 1e-2);
+      // keep: the bf16 weights the loader makes; f32: the exact f32 products, the weights of
+      // the quantized folder read with f32 dequantization.
+      LoadedModel reference = quantized;
+      if (dtype == "f32") {
+        const std::unique_ptr<TensorSource> source =
+            open_model_source(quant_path(f), quantized.config);
+        dynamic_cast<QuantizedHfSource&>(*source).set_dequantized_dtype(DType::F32);
+        reference.weights =
+            apply_weight_mappings(reference.family->map_weights(reference.spec, *source), *source);
+      }
+      const Tensor want = dtype == "f32" ? test::all_logits(reference, input_ids) : expected;
+      std::cout << f.name << " converted with --dtype " << dtype << ": logits max diff "
+                << test::max_abs_diff(got, want) << " from the quantized folder's ("
+                << test::max_abs_diff(got, expected) << " from its bf16 dequantization)"
+                << std::endl;
+      EXPECT_TRUE(bitwise_equal(got, want)) << test::max_abs_diff(got, want);
     }
     fs::remove_all(dir);
   }
@@ -184,12 +196,22 @@ TEST(QuantizedCheckpoint, AnalyzeReportsThemSupported) {
 TEST(QuantizedCheckpoint, BadCheckpointsFailNamingTheTensor) {
   const QuantFixture& f = kFixtures[0];
   const std::string dir = test::make_temp_dir("kiln-quant-bad");
-  const SafetensorsFile model = SafetensorsFile::open(quant_path(f) + "/model.safetensors");
+  // The fixture with one entry removed from its header (its bytes stay, unreferenced).
   const std::string dropped = "model.layers.1.self_attn.o_proj.weight_scale_inv";
-  std::vector<std::pair<std::string, Tensor>> tensors;
-  for (const std::string& name : model.names())
-    if (name != dropped) tensors.push_back({name, model.get(name)});
-  write_safetensors(dir + "/model.safetensors", tensors);
+  {
+    std::ifstream in(quant_path(f) + "/model.safetensors", std::ios::binary);
+    const std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    uint64_t length = 0;
+    std::memcpy(&length, file.data(), 8);
+    Json header = Json::parse(file.substr(8, length));
+    ASSERT_EQ(header.erase(dropped), 1u);
+    std::string text = header.dump();
+    text.append((8 + text.size() + 63) / 64 * 64 - 8 - text.size(), ' ');
+    uint64_t new_length = text.size();
+    std::ofstream out(dir + "/model.safetensors", std::ios::binary);
+    out.write(reinterpret_cast<const char*>(&new_length), 8);
+    out << text << file.substr(8 + length);
+  }
   fs::copy_file(quant_path(f) + "/config.json", dir + "/config.json");
   try {
     load_model(dir);

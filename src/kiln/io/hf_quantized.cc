@@ -60,45 +60,57 @@ Shape fp8_scale_shape(const Shape& shape, int64_t block_rows, int64_t block_cols
   return scale;
 }
 
-// The fp8 checks shared by the constructor (shapes from headers) and dequantize_fp8_blocks.
-void check_fp8(const std::string& name, DType weight_dtype, const Shape& weight,
-               const std::string& scale_name, DType scale_dtype, const Shape& scale,
-               int64_t block_rows, int64_t block_cols) {
-  check(weight_dtype == DType::U8,
-        name + ": expected F8_E4M3 bytes (U8), got " + std::string(dtype_name(weight_dtype)));
+// "<where>: tensor '<name>'" (just "tensor '<name>'" without a file).
+std::string label(const std::string& where, const std::string& name) {
+  return (where.empty() ? "" : where + ": ") + "tensor '" + name + "'";
+}
+
+// The fp8 checks shared by the constructor (shapes from headers) and dequantize_fp8_blocks;
+// `*_where` name the files holding the tensors ("" when unknown).
+void check_fp8(const std::string& where, const std::string& name, DType weight_dtype,
+               const Shape& weight, const std::string& scale_where, const std::string& scale_name,
+               DType scale_dtype, const Shape& scale, int64_t block_rows, int64_t block_cols) {
+  check(weight_dtype == DType::U8, label(where, name) + ": expected F8_E4M3 bytes (U8), got " +
+                                       std::string(dtype_name(weight_dtype)));
   check(weight.size() >= 2,
-        name + ": an fp8 block-quantized tensor needs at least 2 dimensions, got shape " +
+        label(where, name) + ": an fp8 block-quantized tensor needs at least 2 dimensions, got " +
             shape_to_string(weight));
-  check(is_float(scale_dtype), scale_name + ": the block scales of '" + name +
+  check(is_float(scale_dtype), label(scale_where, scale_name) + ": the block scales of '" + name +
                                    "' must be a float dtype, got " +
                                    std::string(dtype_name(scale_dtype)));
   const Shape expected = fp8_scale_shape(weight, block_rows, block_cols);
-  check(scale == expected,
-        scale_name + ": block scales of shape " + shape_to_string(scale) + ", expected " +
-            shape_to_string(expected) + " for '" + name + "' of shape " + shape_to_string(weight) +
-            " in " + std::to_string(block_rows) + "x" + std::to_string(block_cols) + " blocks");
+  check(scale == expected, label(scale_where, scale_name) + ": block scales of shape " +
+                               shape_to_string(scale) + ", expected " + shape_to_string(expected) +
+                               " for '" + name + "' of shape " + shape_to_string(weight) + " in " +
+                               std::to_string(block_rows) + "x" + std::to_string(block_cols) +
+                               " blocks");
 }
 
-// The MXFP4 checks: blocks U8 [E, rows, G, 16], scales U8 [E, rows, G].
-void check_mxfp4(const std::string& blocks_name, DType blocks_dtype, const Shape& blocks,
+// The MXFP4 checks: blocks U8 [..., G, 16] ([E, rows, G, 16] for `expert_stack`), scales U8
+// [..., G].
+void check_mxfp4(const std::string& where, const std::string& blocks_name, DType blocks_dtype,
+                 const Shape& blocks, const std::string& scales_where,
                  const std::string& scales_name, DType scales_dtype, const Shape& scales,
                  bool expert_stack) {
-  check(blocks_dtype == DType::U8,
-        blocks_name + ": MXFP4 blocks must be U8, got " + std::string(dtype_name(blocks_dtype)));
-  check(scales_dtype == DType::U8,
-        scales_name + ": MXFP4 scales must be U8, got " + std::string(dtype_name(scales_dtype)));
+  check(blocks_dtype == DType::U8, label(where, blocks_name) + ": MXFP4 blocks must be U8, got " +
+                                       std::string(dtype_name(blocks_dtype)));
+  check(scales_dtype == DType::U8, label(scales_where, scales_name) +
+                                       ": MXFP4 scales must be U8, got " +
+                                       std::string(dtype_name(scales_dtype)));
   check(blocks.size() >= 2 && blocks.back() == 16,
-        blocks_name +
+        label(where, blocks_name) +
             ": MXFP4 blocks have shape [..., blocks, 16] (32 fp4 values in 16 bytes), got " +
             shape_to_string(blocks));
   if (expert_stack)
     check(blocks.size() == 4,
-          blocks_name + ": MXFP4 expert blocks have shape [experts, rows, blocks, 16], got " +
+          label(where, blocks_name) +
+              ": MXFP4 expert blocks have shape [experts, rows, blocks, 16], got " +
               shape_to_string(blocks));
   const Shape expected(blocks.begin(), blocks.end() - 1);
-  check(scales == expected, scales_name + ": MXFP4 scales of shape " + shape_to_string(scales) +
-                                ", expected " + shape_to_string(expected) + " for '" + blocks_name +
-                                "' of shape " + shape_to_string(blocks));
+  check(scales == expected, label(scales_where, scales_name) + ": MXFP4 scales of shape " +
+                                shape_to_string(scales) + ", expected " +
+                                shape_to_string(expected) + " for '" + blocks_name + "' of shape " +
+                                shape_to_string(blocks));
 }
 
 }  // namespace
@@ -184,7 +196,7 @@ Tensor dequantize_fp8_blocks(const Tensor& weight, const Tensor& scale_inv, int6
                              int64_t block_cols, DType out, const std::string& name) {
   check_out_dtype(out, name);
   check(block_rows > 0 && block_cols > 0, name + ": block sizes must be positive");
-  check_fp8(name, weight.dtype(), weight.shape(), name + kScaleInv, scale_inv.dtype(),
+  check_fp8("", name, weight.dtype(), weight.shape(), "", name + kScaleInv, scale_inv.dtype(),
             scale_inv.shape(), block_rows, block_cols);
   const Tensor w = weight.contiguous();
   const Tensor s =
@@ -213,8 +225,8 @@ Tensor dequantize_fp8_blocks(const Tensor& weight, const Tensor& scale_inv, int6
 Tensor dequantize_mxfp4(const Tensor& blocks, const Tensor& scales, DType out,
                         const std::string& name) {
   check_out_dtype(out, name);
-  check_mxfp4(name + kBlocks, blocks.dtype(), blocks.shape(), name + kScales, scales.dtype(),
-              scales.shape(), false);
+  check_mxfp4("", name + kBlocks, blocks.dtype(), blocks.shape(), "", name + kScales,
+              scales.dtype(), scales.shape(), false);
   const Tensor b = blocks.contiguous();
   const Tensor s = scales.contiguous();
   Shape shape(b.shape().begin(), b.shape().end() - 1);
@@ -287,9 +299,9 @@ QuantizedHfSource::QuantizedHfSource(std::unique_ptr<TensorSource> inner,
       const std::string scale = name + kScaleInv;
       check(inner_->contains(scale), file_of(*inner_, name) + ": F8_E4M3 tensor '" + name +
                                          "' has no block scales '" + scale + "'");
-      check_fp8(file_of(*inner_, name) + ": tensor '" + name + "'", dtype, inner_->shape_of(name),
-                file_of(*inner_, scale) + ": tensor '" + scale + "'", inner_->dtype_of(scale),
-                inner_->shape_of(scale), quantization_.block_rows, quantization_.block_cols);
+      check_fp8(file_of(*inner_, name), name, dtype, inner_->shape_of(name),
+                file_of(*inner_, scale), scale, inner_->dtype_of(scale), inner_->shape_of(scale),
+                quantization_.block_rows, quantization_.block_cols);
       quantized_[name] = {false, name, scale, inner_->shape_of(name)};
       hidden.push_back(scale);
     } else if (mxfp4 && ends_with(name, kBlocks)) {
@@ -298,9 +310,8 @@ QuantizedHfSource::QuantizedHfSource(std::unique_ptr<TensorSource> inner,
       check(inner_->contains(scales), file_of(*inner_, name) + ": MXFP4 tensor '" + name +
                                           "' has no scales '" + scales + "'");
       const Shape blocks = inner_->shape_of(name);
-      check_mxfp4(file_of(*inner_, name) + ": tensor '" + name + "'", dtype, blocks,
-                  file_of(*inner_, scales) + ": tensor '" + scales + "'", inner_->dtype_of(scales),
-                  inner_->shape_of(scales), true);
+      check_mxfp4(file_of(*inner_, name), name, dtype, blocks, file_of(*inner_, scales), scales,
+                  inner_->dtype_of(scales), inner_->shape_of(scales), true);
       check(!inner_->contains(base), file_of(*inner_, name) + ": tensor '" + base +
                                          "' is stored both whole and as MXFP4 '" + name + "'");
       quantized_[base] = {true, name, scales, {blocks[0], blocks[2] * 32, blocks[1]}};
@@ -343,7 +354,8 @@ Tensor QuantizedHfSource::get(const std::string& name) const {
   const Quantized& q = it->second;
   const Tensor data = inner_->get(q.data);
   const Tensor scale = inner_->get(q.scale);
-  const std::string label = file_of(*inner_, q.data) + ": tensor '" + name + "'";
+  // Shapes and dtypes were checked when the source was opened.
+  const std::string& label = name;
   Tensor result;
   if (q.mxfp4) {
     // [E, rows, 32 G] -> [E, 32 G, rows]: the unquantized checkpoints' [experts, in, out].

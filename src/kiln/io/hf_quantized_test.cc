@@ -83,8 +83,8 @@ TEST(Fp8E4M3, EncodesToNearestEvenAndSaturates) {
   EXPECT_EQ(f32_to_f8e4m3(464.0f), 0x7e);                  // beyond 448: saturates
   EXPECT_EQ(f32_to_f8e4m3(-std::numeric_limits<float>::infinity()), 0xfe);
   EXPECT_EQ(f32_to_f8e4m3(std::nanf("")) & 0x7f, 0x7f);
-  EXPECT_EQ(f32_to_f8e4m3(0.3f), 0x2a);  // 1.25 * 2^-2 = 0.3125
-  EXPECT_EQ(f32_to_f8e4m3(-2.75f), 0xc6);
+  EXPECT_EQ(f32_to_f8e4m3(0.3f), 0x2a);    // 1.25 * 2^-2 = 0.3125
+  EXPECT_EQ(f32_to_f8e4m3(-2.75f), 0xc3);  // -(1 + 3/8) * 2^(8 - 7)
 }
 
 // Known values -> known bytes: a [3, 130] weight quantized the way DeepSeek's are (per
@@ -267,9 +267,11 @@ TEST(HfQuantized, CheckpointErrorsNameTheTensor) {
           {"a.weight_scale_inv", Tensor::zeros(DType::F32, {2, 2})}},
          fp8);
   });
-  EXPECT_NE(e.find("'a.weight_scale_inv': block scales of shape [2, 2], expected [2, 3] for "
-                   "'a.weight' of shape [200, 300] in 128x128 blocks"),
-            std::string::npos)
+  EXPECT_NE(
+      e.find(
+          "memory: tensor 'a.weight_scale_inv': block scales of shape [2, 2], expected [2, 3] for "
+          "'a.weight' of shape [200, 300] in 128x128 blocks"),
+      std::string::npos)
       << e;
   e = error_of([&] {
     open({{"a.weight", bytes(DType::U8, {4, 4}, 0)},
@@ -294,21 +296,23 @@ TEST(HfQuantized, CheckpointErrorsNameTheTensor) {
           {"x_scales", bytes(DType::U8, {1, 2, 3}, 0)}},
          mxfp4);
   });
-  EXPECT_NE(e.find("'x_scales': MXFP4 scales of shape [1, 2, 3], expected [1, 2, 2] for "
-                   "'x_blocks'"),
-            std::string::npos)
+  EXPECT_NE(
+      e.find("memory: tensor 'x_scales': MXFP4 scales of shape [1, 2, 3], expected [1, 2, 2] for "
+             "'x_blocks'"),
+      std::string::npos)
       << e;
   e = error_of([&] {
     open({{"x_blocks", bytes(DType::U8, {2, 2, 8}, 0)}, {"x_scales", bytes(DType::U8, {2, 2}, 0)}},
          mxfp4);
   });
-  EXPECT_NE(e.find("'x_blocks': MXFP4 blocks have shape [..., blocks, 16]"), std::string::npos)
+  EXPECT_NE(e.find("memory: tensor 'x_blocks': MXFP4 blocks have shape [..., blocks, 16]"),
+            std::string::npos)
       << e;
   e = error_of([] {
     dequantize_fp8_blocks(Tensor::zeros(DType::F32, {2, 2}), Tensor::zeros(DType::F32, {1, 1}), 128,
                           128, DType::F32, "u");
   });
-  EXPECT_NE(e.find("u: expected F8_E4M3 bytes (U8), got F32"), std::string::npos) << e;
+  EXPECT_NE(e.find("tensor 'u': expected F8_E4M3 bytes (U8), got F32"), std::string::npos) << e;
 }
 
 }  // namespace
