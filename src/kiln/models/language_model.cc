@@ -140,8 +140,13 @@ std::string LanguageModelSource::skipped_note() const {
 
 std::unique_ptr<TensorSource> open_model_source(const std::string& path, const HfConfig& config,
                                                 Residency residency) {
-  std::unique_ptr<TensorSource> source = open_tensor_source(path, residency);
   const std::string format = detect_checkpoint_format(path);
+  // A pre-quantized checkpoint (io/hf_quantized.h) is always mapped: its quantized bytes are
+  // read once, dequantized, and their pages dropped, so that memory holds the dequantized
+  // model and not the quantized files besides.
+  if (format == "safetensors" && !hf_quantization(config).method.empty())
+    residency = Residency::kMapped;
+  std::unique_ptr<TensorSource> source = open_tensor_source(path, residency);
   if (format == "kiln") return source;
   if (format != "gguf")
     source = dequantizing_source(std::move(source), config, DType::BF16,
