@@ -191,6 +191,29 @@ TEST(QuantizedCheckpoint, AnalyzeReportsThemSupported) {
   }
 }
 
+// `kiln inspect` lists the checkpoint as stored: fp8 tensors as F8_E4M3 beside their scales,
+// MXFP4 blocks and scales as U8.
+TEST(QuantizedCheckpoint, InspectShowsThemAsStored) {
+  // The listing's line for `name`.
+  auto line_of = [](const std::string& out, const std::string& name) {
+    const size_t at = out.find("  " + name + " ");
+    return at == std::string::npos ? std::string() : out.substr(at, out.find('\n', at) - at);
+  };
+  test::CommandResult r = test::run_kiln("inspect " + quant_path(kFixtures[0]));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(line_of(r.out, "model.layers.0.mlp.down_proj.weight").find("F8_E4M3  [64, 128]"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(line_of(r.out, "model.layers.0.mlp.down_proj.weight_scale_inv").find("F32"),
+            std::string::npos)
+      << r.out;
+  r = test::run_kiln("inspect " + quant_path(kFixtures[1]));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(line_of(r.out, "model.layers.0.mlp.experts.down_proj_blocks").find("U8"),
+            std::string::npos)
+      << r.out;
+}
+
 // A real fp8 checkpoint with a scale missing, and a config with a method Kiln does not read:
 // the loader's errors name the file and tensor (key).
 TEST(QuantizedCheckpoint, BadCheckpointsFailNamingTheTensor) {
