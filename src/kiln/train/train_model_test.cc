@@ -372,7 +372,7 @@ WeightMap random_weights(const ModelSpec& spec, std::mt19937& rng) {
 // differences of the f32 loss on a few entries (the largest gradient and three random ones),
 // relative to the tensor's largest gradient. f32 forward passes limit this to a wiring check (a
 // wrong gradient is off by O(1)); the kernels are checked against f64 differences in
-// backward_test.cc and family_backward_test.cc.
+// backward_test.cc.
 void check_wiring(const std::string& label, const ModelSpec& spec, uint32_t seed) {
   std::mt19937 rng(seed);
   const WeightMap weights = random_weights(spec, rng);
