@@ -1,23 +1,30 @@
 #!/usr/bin/env python3
-"""Gradient reference for Kiln's training code: a plain-PyTorch Llama forward (no transformers).
+"""Gradient reference for Kiln's training code: plain-PyTorch forwards of the dense families (no
+transformers).
 
-Handles the Llama, Mistral (sliding window), Qwen2 (q/k/v biases) and Gemma (1+w RMSNorm, scaled
-embeddings, tanh-GELU gated MLP) fixtures with the default RoPE, tied or untied embeddings.
+Handles the fixtures of FAMILIES: llama (with its linear, dynamic, llama3 and yarn RoPE
+variants), mistral, qwen2, qwen3 (QK norm per head), gemma, gemma2 (sandwich norms, attention
+and final soft-caps, query_pre_attn_scalar), gemma3_text (sandwich norms, QK norm, local/global
+layers with their own RoPE), olmo2 (post norms, QK norm over the whole projection), phi3 (fused
+qkv and gate_up, LongRoPE), starcoder2 and gpt2 (LayerNorm, non-gated MLP, biases; GPT-2's
+learned positions and Conv1D), gpt_neox, phi and falcon (parallel blocks, partial rotary).
 
 Needs only torch and numpy (Debian: `apt-get install python3-torch`, run with /usr/bin/python3).
-Reads a Llama-shaped HF fixture folder (config.json, model.safetensors and reference.safetensors
+Reads an HF fixture folder (config.json, model.safetensors and reference.safetensors
 with `input_ids` and `logits`), checks its own logits against the fixture's (<= 1e-4), then
 writes to OUTPUT (safetensors):
   <HF parameter name>   the gradient of the loss for that parameter (f32, HF layout)
   loss                  [1] f64: mean cross-entropy of next-token targets over input_ids
   adamw_losses          [10] f64: the loss before each of 10 AdamW steps on the same batch
                         (lr 1e-3, betas 0.9/0.95, eps 1e-8, weight decay 0.1 on matrices only,
-                        none on norms and embeddings; no clipping)
+                        none on norms, biases and embedding tables; no clipping)
 
-    for m in llama mistral qwen2 gemma; do /usr/bin/python3 tools/torch_reference.py \
+    for m in llama mistral qwen2 gemma qwen3 olmo2 gemma2 gemma3_text llama_rope_linear \
+        llama_rope_dynamic llama_rope_llama3 llama_rope_yarn phi3 starcoder2 gpt2 gpt_neox phi \
+        falcon; do /usr/bin/python3 tools/torch_reference.py \
         tests/data/hf/$m -o tests/data/train/${m}_grads.safetensors; done
 
-With --lora-rank R (and --lora-alpha A), the base weights are frozen and every q/k/v/o/gate/up/down
+With --lora-rank R (and --lora-alpha A; Llama-named projections only), the base weights are frozen and every q/k/v/o/gate/up/down
 projection gets a LoRA adapter y += (A / R) * B (A x) (no dropout), A and B drawn from a seeded
 normal distribution (B nonzero, so that both gradients are informative). OUTPUT then holds, under
 PEFT's names (base_model.model.<module>.lora_{A,B}.weight), the adapters' values, and under
@@ -26,10 +33,15 @@ grad.<PEFT name> their gradients, plus `loss`:
     /usr/bin/python3 tools/torch_reference.py tests/data/hf/llama --lora-rank 4 --lora-alpha 8 \
         -o tests/data/train/llama_lora.safetensors
 
-The model is written from the formulas (HF's LlamaForCausalLM): embed -> per layer
-x + attn(rmsnorm(x)), x + mlp(rmsnorm(x)) -> rmsnorm -> lm_head, RMSNorm x / sqrt(mean(x^2) +
-eps) * w, RoPE on pairs (i, i + d/2) with inv_freq theta^(-2i/d), causal softmax(q k^T / sqrt(d))
-v with grouped KV heads, SwiGLU MLP down(silu(gate(x)) * up(x)).
+Each model is written from the formulas of its HF modeling file: embed (times sqrt(hidden) for
+the Gemmas, plus learned positions for GPT-2) -> per layer the placement's residual blocks
+(pre: x + attn(n(x)), x + mlp(n(x)); post: x + n(attn(x)), x + n(mlp(x)); sandwich:
+x + n(attn(n(x))), x + n(mlp(n(x))); parallel: x + attn(n1(x)) + mlp(n2(x))) -> final norm ->
+lm_head (optional bias, optional soft-cap). RMSNorm x / sqrt(mean(x^2) + eps) * w (or 1 + w),
+LayerNorm F.layer_norm; RoPE on pairs (i, i + r/2) of the first r features with the rope type's
+inv_freq and attention scaling; causal softmax(cap tanh(q k^T s / cap)) v with grouped KV heads
+and an optional window t - window < j <= t; gated MLP down(act(gate(x)) * up(x)) or plain
+fc2(act(fc1(x))).
 """
 import argparse
 import json
