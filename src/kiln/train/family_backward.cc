@@ -25,11 +25,11 @@ void layer_norm_forward(const float* x, const float* weight, const float* bias, 
     const double inv = 1.0 / std::sqrt(var / static_cast<double>(dim) + eps);
     mean[r] = static_cast<float>(mu);
     inv_std[r] = static_cast<float>(inv);
-    for (int64_t i = 0; i < dim; ++i) {
-      double v = (xr[i] - mu) * inv;
+    for (int64_t i = 0; i < dim; ++i) {  // rounded as ops::layer_norm does (bitwise the same)
+      float v = static_cast<float>((xr[i] - mu) * inv);
       if (weight) v *= weight[i];
       if (bias) v += bias[i];
-      yr[i] = static_cast<float>(v);
+      yr[i] = v;
     }
   }
 }
