@@ -379,16 +379,17 @@ void TrainModel::mlp_forward(size_t i, int64_t rows, bool training, const float*
   const int64_t inner = mlp.intermediate;
   s.up.resize(rows * inner);
   s.act.resize(rows * inner);
-  linear_forward(in, l.up.w, l.up.b, s.up.data(), rows, hidden, inner);
-  if (adapter_) adapter_->forward(i, LinearSlot::kUp, in, s.up.data(), rows, training);
-  if (mlp.gated) {
+  if (mlp.gated) {  // gate before up (adapters see the forwards in this order)
     s.gate.resize(rows * inner);
     linear_forward(in, l.gate.w, l.gate.b, s.gate.data(), rows, hidden, inner);
     if (adapter_) adapter_->forward(i, LinearSlot::kGate, in, s.gate.data(), rows, training);
-    gated_forward(mlp.activation, s.gate.data(), s.up.data(), s.act.data(), rows * inner);
-  } else {
-    activation_forward(mlp.activation, s.up.data(), s.act.data(), rows * inner);
   }
+  linear_forward(in, l.up.w, l.up.b, s.up.data(), rows, hidden, inner);
+  if (adapter_) adapter_->forward(i, LinearSlot::kUp, in, s.up.data(), rows, training);
+  if (mlp.gated)
+    gated_forward(mlp.activation, s.gate.data(), s.up.data(), s.act.data(), rows * inner);
+  else
+    activation_forward(mlp.activation, s.up.data(), s.act.data(), rows * inner);
   linear_forward(s.act.data(), l.down.w, l.down.b, out, rows, inner, hidden);
   if (adapter_) adapter_->forward(i, LinearSlot::kDown, s.act.data(), out, rows, training);
 }
