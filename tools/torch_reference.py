@@ -1,23 +1,30 @@
 #!/usr/bin/env python3
-"""Gradient reference for Kiln's training code: a plain-PyTorch Llama forward (no transformers).
+"""Gradient reference for Kiln's training code: plain-PyTorch forwards of the dense families (no
+transformers).
 
-Handles the Llama, Mistral (sliding window), Qwen2 (q/k/v biases) and Gemma (1+w RMSNorm, scaled
-embeddings, tanh-GELU gated MLP) fixtures with the default RoPE, tied or untied embeddings.
+Handles the fixtures of FAMILIES: llama (with its linear, dynamic, llama3 and yarn RoPE
+variants), mistral, qwen2, qwen3 (QK norm per head), gemma, gemma2 (sandwich norms, attention
+and final soft-caps, query_pre_attn_scalar), gemma3_text (sandwich norms, QK norm, local/global
+layers with their own RoPE), olmo2 (post norms, QK norm over the whole projection), phi3 (fused
+qkv and gate_up, LongRoPE), starcoder2 and gpt2 (LayerNorm, non-gated MLP, biases; GPT-2's
+learned positions and Conv1D), gpt_neox, phi and falcon (parallel blocks, partial rotary).
 
 Needs only torch and numpy (Debian: `apt-get install python3-torch`, run with /usr/bin/python3).
-Reads a Llama-shaped HF fixture folder (config.json, model.safetensors and reference.safetensors
+Reads an HF fixture folder (config.json, model.safetensors and reference.safetensors
 with `input_ids` and `logits`), checks its own logits against the fixture's (<= 1e-4), then
 writes to OUTPUT (safetensors):
   <HF parameter name>   the gradient of the loss for that parameter (f32, HF layout)
   loss                  [1] f64: mean cross-entropy of next-token targets over input_ids
   adamw_losses          [10] f64: the loss before each of 10 AdamW steps on the same batch
                         (lr 1e-3, betas 0.9/0.95, eps 1e-8, weight decay 0.1 on matrices only,
-                        none on norms and embeddings; no clipping)
+                        none on norms, biases and embedding tables; no clipping)
 
-    for m in llama mistral qwen2 gemma; do /usr/bin/python3 tools/torch_reference.py \
+    for m in llama mistral qwen2 gemma qwen3 olmo2 gemma2 gemma3_text llama_rope_linear \
+        llama_rope_dynamic llama_rope_llama3 llama_rope_yarn phi3 starcoder2 gpt2 gpt_neox phi \
+        falcon; do /usr/bin/python3 tools/torch_reference.py \
         tests/data/hf/$m -o tests/data/train/${m}_grads.safetensors; done
 
-With --lora-rank R (and --lora-alpha A), the base weights are frozen and every q/k/v/o/gate/up/down
+With --lora-rank R (and --lora-alpha A; Llama-named projections only), the base weights are frozen and every q/k/v/o/gate/up/down
 projection gets a LoRA adapter y += (A / R) * B (A x) (no dropout), A and B drawn from a seeded
 normal distribution (B nonzero, so that both gradients are informative). OUTPUT then holds, under
 PEFT's names (base_model.model.<module>.lora_{A,B}.weight), the adapters' values, and under
@@ -26,13 +33,19 @@ grad.<PEFT name> their gradients, plus `loss`:
     /usr/bin/python3 tools/torch_reference.py tests/data/hf/llama --lora-rank 4 --lora-alpha 8 \
         -o tests/data/train/llama_lora.safetensors
 
-The model is written from the formulas (HF's LlamaForCausalLM): embed -> per layer
-x + attn(rmsnorm(x)), x + mlp(rmsnorm(x)) -> rmsnorm -> lm_head, RMSNorm x / sqrt(mean(x^2) +
-eps) * w, RoPE on pairs (i, i + d/2) with inv_freq theta^(-2i/d), causal softmax(q k^T / sqrt(d))
-v with grouped KV heads, SwiGLU MLP down(silu(gate(x)) * up(x)).
+Each model is written from the formulas of its HF modeling file: embed (times sqrt(hidden) for
+the Gemmas, plus learned positions for GPT-2) -> per layer the placement's residual blocks
+(pre: x + attn(n(x)), x + mlp(n(x)); post: x + n(attn(x)), x + n(mlp(x)); sandwich:
+x + n(attn(n(x))), x + n(mlp(n(x))); parallel: x + attn(n1(x)) + mlp(n2(x))) -> final norm ->
+lm_head (optional bias, optional soft-cap). RMSNorm x / sqrt(mean(x^2) + eps) * w (or 1 + w),
+LayerNorm F.layer_norm; RoPE on pairs (i, i + r/2) of the first r features with the rope type's
+inv_freq and attention scaling; causal softmax(cap tanh(q k^T s / cap)) v with grouped KV heads
+and an optional window t - window < j <= t; gated MLP down(act(gate(x)) * up(x)) or plain
+fc2(act(fc1(x))).
 """
 import argparse
 import json
+import math
 import struct
 import sys
 
@@ -81,40 +94,159 @@ def write_safetensors(path, tensors):
             f.write(blob)
 
 
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo2",
+            "phi3", "starcoder2", "gpt2", "gpt_neox", "phi", "falcon")
+
+
 class Config:
+    """The architecture of a fixture, read from config.json: which norms, where, which attention
+    and MLP options, and the HF parameter names of each part."""
+
     def __init__(self, path):
         with open(path) as f:
             c = json.load(f)
-        model_type = c.get("model_type")
-        if model_type not in ("llama", "mistral", "qwen2", "gemma"):
-            sys.exit(f"{path}: model_type {model_type!r} is not llama, mistral, qwen2 or gemma")
-        # Gemma: RMSNorm times (1 + w), embeddings times sqrt(hidden) (an f32 constant), GeGLU
-        # with the tanh GELU.
-        self.gemma = model_type == "gemma"
-        rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
-        if rope.get("rope_type", rope.get("type", "default")) != "default":
-            sys.exit(f"{path}: only the default RoPE is written here")
+        t = c.get("model_type")
+        if t not in FAMILIES:
+            sys.exit(f"{path}: model_type {t!r} is not one of {', '.join(FAMILIES)}")
+        self.type = t
+        get = lambda *keys, default=None: next((c[k] for k in keys if c.get(k) is not None),
+                                               default)
         self.vocab = c["vocab_size"]
-        self.hidden = c["hidden_size"]
-        self.layers = c["num_hidden_layers"]
-        self.heads = c["num_attention_heads"]
-        self.kv_heads = c.get("num_key_value_heads", self.heads)
+        self.hidden = get("hidden_size", "n_embd")
+        self.layers = get("num_hidden_layers", "n_layer")
+        self.heads = get("num_attention_heads", "n_head")
+        self.kv_heads = get("num_key_value_heads", default=self.heads)
+        if t == "falcon":
+            self.kv_heads = 1 if c.get("multi_query") else get("num_kv_heads", default=self.heads)
         self.head_dim = c.get("head_dim") or self.hidden // self.heads
-        self.eps = c["rms_norm_eps"]
-        self.theta = rope.get("rope_theta", c.get("rope_theta", 10000.0))
-        # Llama: attention_bias on q, k, v and o; Qwen2: always on q, k, v, never on o.
-        self.qkv_bias = model_type == "qwen2" or c.get("attention_bias", False)
-        self.o_bias = model_type == "llama" and c.get("attention_bias", False)
-        # Mistral: key j is visible to query t when t - window < j <= t (None: all j <= t).
-        self.window = c.get("sliding_window") if model_type == "mistral" else None
-        if model_type == "qwen2" and c.get("use_sliding_window"):
-            sys.exit(f"{path}: Qwen2's sliding window is not written here")
-        self.mlp_bias = c.get("mlp_bias", False)
+        self.inner = get("intermediate_size", "n_inner", "ffn_hidden_size",
+                         default=4 * self.hidden)
+        self.eps = get("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_epsilon")
         self.tied = c.get("tie_word_embeddings", False)
-        act = c.get("hidden_activation") or c.get("hidden_act", "silu")
-        if act not in ("silu", "gelu_pytorch_tanh"):
-            sys.exit(f"{path}: hidden_act must be silu or gelu_pytorch_tanh")
-        self.act = act
+        # Norms: RMSNorm (w, or 1 + w for the Gemmas) or LayerNorm (with bias).
+        self.layer_norm = t in ("starcoder2", "gpt2", "gpt_neox", "phi", "falcon")
+        self.one_plus = t.startswith("gemma")
+        # Placement: pre (Llama), post (OLMo-2: norms on the branch outputs), sandwich (Gemma 2/3:
+        # both), parallel (GPT-NeoX: two norms; Phi, Falcon: one shared norm).
+        self.placement = {"olmo2": "post", "gemma2": "sandwich", "gemma3_text": "sandwich",
+                          "gpt_neox": "parallel", "phi": "parallel",
+                          "falcon": "parallel"}.get(t, "pre")
+        if t == "gpt_neox" and not c.get("use_parallel_residual", True):
+            self.placement = "pre"
+        if t == "falcon" and (c.get("new_decoder_architecture") or not c.get("parallel_attn")):
+            sys.exit(f"{path}: only Falcon's parallel block with one norm is written here")
+        # QK norm: per head (Qwen3, Gemma 3) or over the whole projection (OLMo-2).
+        self.qk_norm = {"qwen3": "head", "gemma3_text": "head", "olmo2": "whole"}.get(t)
+        # Biases.
+        self.qkv_bias = (t in ("qwen2", "starcoder2", "gpt2", "gpt_neox", "phi") or
+                         (t == "llama" and c.get("attention_bias", False)))
+        self.o_bias = (t in ("starcoder2", "gpt2", "gpt_neox", "phi") or
+                       (t == "llama" and c.get("attention_bias", False)))
+        self.mlp_bias = t in ("starcoder2", "gpt2", "gpt_neox", "phi") or c.get("mlp_bias", False)
+        if t == "starcoder2" and not c.get("use_bias", True):
+            self.qkv_bias = self.o_bias = self.mlp_bias = False
+        if t == "falcon" and c.get("bias"):
+            sys.exit(f"{path}: Falcon with biases is not written here")
+        self.lm_head_bias = t == "phi"
+        # MLP: gated (act(gate) * up) or not (act(fc)).
+        self.gated = t not in ("starcoder2", "gpt2", "gpt_neox", "phi", "falcon")
+        act = get("hidden_activation", "hidden_act", "activation_function", "activation",
+                  default="silu")
+        acts = {"silu": F.silu, "gelu": F.gelu,
+                "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+                "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
+        if act not in acts:
+            sys.exit(f"{path}: activation {act!r} is not written here")
+        self.act = acts[act]
+        # Attention: scale, soft-cap, sliding window per layer.
+        self.scale = c["query_pre_attn_scalar"] ** -0.5 if t.startswith("gemma") and \
+            t != "gemma" else self.head_dim ** -0.5
+        self.attn_softcap = c.get("attn_logit_softcapping") if t == "gemma2" else None
+        self.final_softcap = c.get("final_logit_softcapping") if t == "gemma2" else None
+        types = c.get("layer_types") or ["full_attention"] * self.layers
+        window = c.get("sliding_window")
+        if t in ("mistral", "starcoder2"):
+            self.windows = [window] * self.layers
+        elif t in ("gemma2", "gemma3_text"):
+            self.windows = [window if k == "sliding_attention" else None for k in types]
+        else:
+            if c.get("use_sliding_window"):
+                sys.exit(f"{path}: a Qwen sliding window is not written here")
+            self.windows = [None] * self.layers
+        # Embeddings: Gemma's sqrt(hidden) scale, GPT-2's learned positions.
+        self.embed_scale = t.startswith("gemma")
+        self.learned_positions = t == "gpt2"
+        # RoPE per layer (Gemma 3: by layer type).
+        rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
+        if t == "gemma3_text":
+            self.ropes = [self.rope_frequencies(c, rope[k]) for k in types]
+        elif t == "gpt2":
+            self.ropes = [None] * self.layers
+        else:
+            self.ropes = [self.rope_frequencies(c, rope)] * self.layers
+
+    def rope_frequencies(self, c, rope):
+        """(inv_freq [rotary / 2], attention scaling, rotary dim) for a sequence of SEQ tokens,
+        the HF rope_type formulas (learned from transformers' modeling_rope_utils)."""
+        theta = rope.get("rope_theta", c.get("rope_theta", 10000.0))
+        partial = rope.get("partial_rotary_factor", c.get("partial_rotary_factor", 1.0))
+        dim = int(self.head_dim * partial)
+        kind = rope.get("rope_type", rope.get("type", "default"))
+        powers = theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)
+        inv_freq, scaling = 1.0 / powers, 1.0
+        max_pos = c.get("max_position_embeddings")
+        original = rope.get("original_max_position_embeddings",
+                            c.get("original_max_position_embeddings"))
+        if kind == "linear":
+            inv_freq = inv_freq / rope["factor"]
+        elif kind == "dynamic":
+            if SEQ > max_pos:  # NTK: theta grown for the longer sequence
+                factor = rope["factor"]
+                grown = theta * ((factor * torch.tensor(float(SEQ)) / max_pos) -
+                                 (factor - 1)) ** (dim / (dim - 2))
+                inv_freq = 1.0 / (grown ** (torch.arange(0, dim, 2, dtype=torch.int64).float() /
+                                            dim))
+        elif kind == "llama3":
+            factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+            wavelength = 2 * math.pi / inv_freq
+            scaled = torch.where(wavelength > original / low, inv_freq / factor, inv_freq)
+            smooth = (original / wavelength - low) / (high - low)
+            smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+            medium = (wavelength >= original / high) & (wavelength <= original / low)
+            inv_freq = torch.where(medium, smoothed, scaled)
+        elif kind == "yarn":
+            factor = rope["factor"]
+            fast, slow = rope.get("beta_fast", 32.0), rope.get("beta_slow", 1.0)
+            turns = lambda r: dim * math.log(original / (r * 2 * math.pi)) / (2 * math.log(theta))
+            low, high = math.floor(turns(fast)), math.ceil(turns(slow))
+            low, high = max(low, 0), min(high, dim - 1)
+            if low == high:
+                high += 0.001
+            ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+            keep = 1 - ramp
+            inv_freq = (1.0 / (factor * powers)) * (1 - keep) + (1.0 / powers) * keep
+            scaling = rope.get("attention_factor") or (0.1 * math.log(factor) + 1.0
+                                                       if factor > 1 else 1.0)
+        elif kind == "longrope":
+            factors = rope["long_factor"] if SEQ > original else rope["short_factor"]
+            inv_freq = 1.0 / (torch.tensor(factors, dtype=torch.float32) * powers)
+            factor = max_pos / original
+            scaling = rope.get("attention_factor") or (
+                math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1 else 1.0)
+        elif kind != "default":
+            sys.exit(f"rope_type {kind!r} is not written here")
+        return inv_freq, scaling, dim
+
+
+SEQ = 0  # the fixture's sequence length (some RoPE types depend on it)
+
+
+def norm(cfg, p, name, x, dim_weight=None):
+    """The family's norm of x over its last dimension with the parameters `name`.weight/bias."""
+    w = p[name + ".weight"]
+    if cfg.layer_norm:
+        return F.layer_norm(x, (x.shape[-1],), w, p.get(name + ".bias"), cfg.eps)
+    return rms_norm(x, w, cfg.eps, cfg.one_plus)
 
 
 def rms_norm(x, weight, eps, one_plus=False):
@@ -138,42 +270,142 @@ def linear(p, name, x, bias):
     return y
 
 
-def forward(cfg, p, ids):
-    B, T = ids.shape
+def conv1d(p, name, x):
+    """GPT-2's Conv1D: y = x W + b with W stored [in, out]."""
+    return x @ p[name + ".weight"] + p[name + ".bias"]
+
+
+def project_qkv(cfg, p, pre, h):
+    """q [B, T, Hq, D], k and v [B, T, Hkv, D] from the normed input h, under each family's
+    names (separate projections, or one fused projection split its own way)."""
+    B, T, _ = h.shape
     D, Hq, Hkv = cfg.head_dim, cfg.heads, cfg.kv_heads
-    x = p["model.embed_tokens.weight"][ids]  # [B, T, hidden]
-    if cfg.gemma:
-        x = x * torch.tensor(cfg.hidden ** 0.5, dtype=torch.float32)
-    act = F.silu if cfg.act == "silu" else (lambda g: F.gelu(g, approximate="tanh"))
-    inv_freq = 1.0 / (cfg.theta ** (torch.arange(0, D, 2, dtype=torch.int64).float() / D))
-    angles = torch.arange(T, dtype=torch.float32)[:, None] * inv_freq[None, :]  # [T, D/2]
-    emb = torch.cat((angles, angles), dim=-1)
-    cos, sin = emb.cos(), emb.sin()  # [T, D]
-    causal = torch.full((T, T), float("-inf")).triu(1)
-    if cfg.window:
-        causal = causal + torch.full((T, T), float("-inf")).tril(-cfg.window)
-    for i in range(cfg.layers):
-        pre = f"model.layers.{i}."
-        h = rms_norm(x, p[pre + "input_layernorm.weight"], cfg.eps, cfg.gemma)
-        q = linear(p, pre + "self_attn.q_proj", h, cfg.qkv_bias).view(B, T, Hq, D)
-        k = linear(p, pre + "self_attn.k_proj", h, cfg.qkv_bias).view(B, T, Hkv, D)
-        v = linear(p, pre + "self_attn.v_proj", h, cfg.qkv_bias).view(B, T, Hkv, D)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-        k = k.repeat_interleave(Hq // Hkv, dim=1)
-        v = v.repeat_interleave(Hq // Hkv, dim=1)
-        scores = q @ k.transpose(-1, -2) * (D ** -0.5) + causal
-        mixed = torch.softmax(scores, dim=-1) @ v  # [B, Hq, T, D]
-        mixed = mixed.transpose(1, 2).reshape(B, T, Hq * D)
-        x = x + linear(p, pre + "self_attn.o_proj", mixed, cfg.o_bias)
-        h = rms_norm(x, p[pre + "post_attention_layernorm.weight"], cfg.eps, cfg.gemma)
+    t = cfg.type
+    if t == "gpt2":
+        q, k, v = conv1d(p, pre + "attn.c_attn", h).split(cfg.hidden, dim=-1)
+    elif t == "phi3":  # rows [q; k; v]
+        q, k, v = linear(p, pre + "self_attn.qkv_proj", h, False).split(
+            [Hq * D, Hkv * D, Hkv * D], dim=-1)
+    elif t == "gpt_neox":  # per head [q_h; k_h; v_h]
+        qkv = linear(p, pre + "attention.query_key_value", h, True).view(B, T, Hq, 3 * D)
+        q, k, v = qkv.split(D, dim=-1)
+    elif t == "falcon":  # [q heads; k heads; v heads] (multi-query: one k and one v head)
+        qkv = linear(p, pre + "self_attention.query_key_value", h, False).view(
+            B, T, Hq + 2 * Hkv, D)
+        q, k, v = qkv[:, :, :Hq], qkv[:, :, Hq:Hq + Hkv], qkv[:, :, Hq + Hkv:]
+    else:
+        q = linear(p, pre + "self_attn.q_proj", h, cfg.qkv_bias)
+        k = linear(p, pre + "self_attn.k_proj", h, cfg.qkv_bias)
+        v = linear(p, pre + "self_attn.v_proj", h, cfg.qkv_bias)
+    if cfg.qk_norm == "whole":  # OLMo-2: over all heads, before the split into heads
+        q = rms_norm(q, p[pre + "self_attn.q_norm.weight"], cfg.eps)
+        k = rms_norm(k, p[pre + "self_attn.k_norm.weight"], cfg.eps)
+    q, k, v = q.reshape(B, T, Hq, D), k.reshape(B, T, Hkv, D), v.reshape(B, T, Hkv, D)
+    if cfg.qk_norm == "head":  # Qwen3, Gemma 3: over head_dim
+        q = rms_norm(q, p[pre + "self_attn.q_norm.weight"], cfg.eps, cfg.one_plus)
+        k = rms_norm(k, p[pre + "self_attn.k_norm.weight"], cfg.eps, cfg.one_plus)
+    return q, k, v
+
+
+def attention(cfg, p, i, pre, h):
+    B, T, _ = h.shape
+    D, Hq, Hkv = cfg.head_dim, cfg.heads, cfg.kv_heads
+    q, k, v = project_qkv(cfg, p, pre, h)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
+    if cfg.ropes[i] is not None:  # on the first `rotary` features, pairs (j, j + rotary / 2)
+        inv_freq, scaling, rotary = cfg.ropes[i]
+        angles = torch.arange(T, dtype=torch.float32)[:, None] * inv_freq[None, :]
+        emb = torch.cat((angles, angles), dim=-1)
+        cos, sin = emb.cos() * scaling, emb.sin() * scaling  # [T, rotary]
+        rot = lambda x: torch.cat((x[..., :rotary] * cos + rotate_half(x[..., :rotary]) * sin,
+                                   x[..., rotary:]), dim=-1)
+        q, k = rot(q), rot(k)
+    k = k.repeat_interleave(Hq // Hkv, dim=1)
+    v = v.repeat_interleave(Hq // Hkv, dim=1)
+    scores = q @ k.transpose(-1, -2) * cfg.scale
+    if cfg.attn_softcap:
+        scores = torch.tanh(scores / cfg.attn_softcap) * cfg.attn_softcap
+    mask = torch.full((T, T), float("-inf")).triu(1)
+    if cfg.windows[i]:  # key j is visible to query t when t - window < j <= t
+        mask = mask + torch.full((T, T), float("-inf")).tril(-cfg.windows[i])
+    mixed = torch.softmax(scores + mask, dim=-1) @ v  # [B, Hq, T, D]
+    mixed = mixed.transpose(1, 2).reshape(B, T, Hq * D)
+    if cfg.type == "gpt2":
+        return conv1d(p, pre + "attn.c_proj", mixed)
+    out = {"gpt_neox": "attention.dense", "falcon": "self_attention.dense",
+           "phi": "self_attn.dense"}.get(cfg.type, "self_attn.o_proj")
+    return linear(p, pre + out, mixed, cfg.o_bias)
+
+
+def mlp(cfg, p, pre, h):
+    t = cfg.type
+    if t == "gpt2":
+        return conv1d(p, pre + "mlp.c_proj", cfg.act(conv1d(p, pre + "mlp.c_fc", h)))
+    if not cfg.gated:
+        fc, out = {"starcoder2": ("mlp.c_fc", "mlp.c_proj"), "phi": ("mlp.fc1", "mlp.fc2"),
+                   "gpt_neox": ("mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
+                   "falcon": ("mlp.dense_h_to_4h", "mlp.dense_4h_to_h")}[t]
+        return linear(p, pre + out, cfg.act(linear(p, pre + fc, h, cfg.mlp_bias)), cfg.mlp_bias)
+    if t == "phi3":  # rows [gate; up]
+        gate, up = linear(p, pre + "mlp.gate_up_proj", h, False).chunk(2, dim=-1)
+    else:
         gate = linear(p, pre + "mlp.gate_proj", h, cfg.mlp_bias)
         up = linear(p, pre + "mlp.up_proj", h, cfg.mlp_bias)
-        x = x + linear(p, pre + "mlp.down_proj", act(gate) * up, cfg.mlp_bias)
-    x = rms_norm(x, p["model.norm.weight"], cfg.eps, cfg.gemma)
-    head = p["model.embed_tokens.weight"] if cfg.tied else p["lm_head.weight"]
-    return F.linear(x, head)  # [B, T, V]
+    return linear(p, pre + "mlp.down_proj", cfg.act(gate) * up, cfg.mlp_bias)
+
+
+# HF names: the token table, the position table, the layer prefix, the layer norms (attention
+# in, MLP in, post-attention, post-MLP), the final norm, the lm_head.
+def names(cfg):
+    t = cfg.type
+    if t == "gpt2":
+        return ("transformer.wte", "transformer.wpe", "transformer.h.", "ln_1", "ln_2", None,
+                None, "transformer.ln_f", None)
+    if t == "gpt_neox":
+        return ("gpt_neox.embed_in", None, "gpt_neox.layers.", "input_layernorm",
+                "post_attention_layernorm", None, None, "gpt_neox.final_layer_norm", "embed_out")
+    if t == "falcon":
+        return ("transformer.word_embeddings", None, "transformer.h.", "input_layernorm", None,
+                None, None, "transformer.ln_f", "lm_head")
+    final = "model.final_layernorm" if t == "phi" else "model.norm"
+    if cfg.placement == "post":
+        return ("model.embed_tokens", None, "model.layers.", None, None,
+                "post_attention_layernorm", "post_feedforward_layernorm", final, "lm_head")
+    if cfg.placement == "sandwich":
+        return ("model.embed_tokens", None, "model.layers.", "input_layernorm",
+                "pre_feedforward_layernorm", "post_attention_layernorm",
+                "post_feedforward_layernorm", final, "lm_head")
+    if t == "phi":
+        return ("model.embed_tokens", None, "model.layers.", "input_layernorm", None, None, None,
+                final, "lm_head")
+    return ("model.embed_tokens", None, "model.layers.", "input_layernorm",
+            "post_attention_layernorm", None, None, final, "lm_head")
+
+
+def forward(cfg, p, ids):
+    B, T = ids.shape
+    embed, positions, layer, attn_in, mlp_in, attn_out, mlp_out, final, head = names(cfg)
+    x = p[embed + ".weight"][ids]  # [B, T, hidden]
+    if cfg.embed_scale:
+        x = x * torch.tensor(cfg.hidden ** 0.5, dtype=torch.float32)
+    if positions:
+        x = x + p[positions + ".weight"][torch.arange(T)][None]
+    for i in range(cfg.layers):
+        pre = f"{layer}{i}."
+        h = norm(cfg, p, pre + attn_in, x) if attn_in else x
+        a = attention(cfg, p, i, pre, h)
+        if cfg.placement == "parallel":  # x + attn(n1(x)) + mlp(n2(x)) (n2 = n1 when shared)
+            x = x + a + mlp(cfg, p, pre, norm(cfg, p, pre + mlp_in, x) if mlp_in else h)
+            continue
+        x = x + (norm(cfg, p, pre + attn_out, a) if attn_out else a)
+        m = mlp(cfg, p, pre, norm(cfg, p, pre + mlp_in, x) if mlp_in else x)
+        x = x + (norm(cfg, p, pre + mlp_out, m) if mlp_out else m)
+    x = norm(cfg, p, final, x)
+    weight = p[embed + ".weight"] if cfg.tied else p[head + ".weight"]
+    logits = F.linear(x, weight, p[head + ".bias"] if cfg.lm_head_bias else None)  # [B, T, V]
+    if cfg.final_softcap:
+        logits = torch.tanh(logits / cfg.final_softcap) * cfg.final_softcap
+    return logits
 
 
 def next_token_loss(logits, ids):
@@ -190,10 +422,12 @@ def main():
     parser.add_argument("--lora-alpha", type=float, default=8.0)
     args = parser.parse_args()
     torch.manual_seed(0)
-    cfg = Config(args.model_dir + "/config.json")
     weights = read_safetensors(args.model_dir + "/model.safetensors")
     reference = read_safetensors(args.model_dir + "/reference.safetensors")
     ids = torch.from_numpy(reference["input_ids"].astype(np.int64))
+    global SEQ
+    SEQ = ids.shape[1]
+    cfg = Config(args.model_dir + "/config.json")
     params = {n: torch.tensor(w, dtype=torch.float32, requires_grad=True)
               for n, w in weights.items() if not (cfg.tied and n == "lm_head.weight")}
 
@@ -210,11 +444,13 @@ def main():
     out = {n: t.grad.numpy().astype(np.float32) for n, t in params.items()}
     out["loss"] = np.array([loss.item()], dtype=np.float64)
 
-    # AdamW on the same batch: decay matrices only (not norms, not embeddings).
+    # AdamW on the same batch: decay matrices only (not norms, biases, embedding tables).
     for t in params.values():
         t.grad = None
-    decay = [t for n, t in params.items() if t.dim() >= 2 and "embed_tokens" not in n]
-    no_decay = [t for n, t in params.items() if not (t.dim() >= 2 and "embed_tokens" not in n)]
+    tables = {names(cfg)[0] + ".weight", f"{names(cfg)[1]}.weight"}
+    decays = lambda n, t: t.dim() >= 2 and n not in tables
+    decay = [t for n, t in params.items() if decays(n, t)]
+    no_decay = [t for n, t in params.items() if not decays(n, t)]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
         lr=1e-3, betas=(0.9, 0.95), eps=1e-8, foreach=False)
