@@ -1,9 +1,8 @@
 // The linear kernels of every quantized weight format in every kernel set this CPU runs,
-// against the reference kernel on the same stored blocks: the integer GEMV (few rows, int8
-// activations) against the reference on the activations it rounds to, to float rounding;
-// the GEMM (many rows, f32 activations, weights dequantized per tile) against the reference on
-// the exact activations; and both
-// against the unquantized product within the quantization error.
+// against the reference kernel on the same stored blocks: the integer GEMV (few rows) and
+// the integer GEMM (16 rows or more), both on int8 activations, against the reference on the
+// activations they round to, to float rounding; and both against the unquantized product
+// within the quantization error (weights and activations).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -62,9 +61,9 @@ TEST(QuantKernels, EveryKernelSetMatchesTheReferenceForEveryFormat) {
                        c.in);
         std::vector<float> got(c.rows * c.out), want(c.rows * c.out);  // [rows, out]
         linear(x.data(), stored.data(), format, bias.data(), got.data(), c.rows, c.in, c.out);
-        // The integer GEMV of the fast sets computes on int8 activations.
+        // The fast sets (GEMV and GEMM) compute on int8 activations.
         std::vector<float> x_ref = x;
-        const bool int8_activations = name != "reference" && c.rows < 16;
+        const bool int8_activations = name != "reference";
         if (int8_activations)
           for (int64_t r = 0; r < c.rows; ++r) round_activations(x_ref.data() + r * c.in, c.in);
         linear_reference(x_ref.data(), stored.data(), format, bias.data(), want.data(), c.rows,
