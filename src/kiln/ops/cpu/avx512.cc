@@ -191,9 +191,61 @@ struct Qgemv512 {
     }
   }
 
+  // Q4: four blocks per step. The activations are reordered once per call so that one
+  // register holds elements 0..15 of four blocks and the next elements 16..31, as one
+  // register of 64 stored bytes unpacks (low nibbles, high nibbles).
+  //   reordered: [rows][quads][2][64] int8 (quads = blocks rounded up to 4, zero padded)
+  template <bool kWhole>
+  static void quad(const int8_t* reordered, int64_t quads, const std::byte* row, int64_t b,
+                   int valid_blocks, int first, const __m512* scales, __m512 (*acc)[2]) {
+    __m512i bytes;
+    if constexpr (kFormat == DType::Q4_1_128) {
+      bytes = _mm512_loadu_si512(row + values_offset<kFormat>(b));
+    } else {
+      bytes = _mm512_setzero_si512();
+      for (int i = 0; i < 4; ++i)
+        if (kWhole || i < valid_blocks)
+          bytes = _mm512_mask_loadu_epi32(
+              bytes, static_cast<__mmask16>(0xfu << (4 * i)),
+              reinterpret_cast<const int*>(row + values_offset<kFormat>(b + i)) - 4 * i);
+    }
+    const __m512i mask = _mm512_set1_epi8(0x0f);
+    const __m512i low = _mm512_and_si512(bytes, mask);
+    const __m512i high = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), mask);
+    const __m512i index =
+        _mm512_add_epi32(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
+                         _mm512_set1_epi32(first));
+    for (int r = 0; r < kRows; ++r) {
+      const int8_t* xq = reordered + (r * quads + b / 4) * 128;
+      const __m512i dot = _mm512_dpbusd_epi32(
+          _mm512_dpbusd_epi32(_mm512_setzero_si512(), low, _mm512_loadu_si512(xq)), high,
+          _mm512_loadu_si512(xq + 64));
+      acc[r][(first >> 2) & 1] =
+          _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(index, scales[r]),
+                          acc[r][(first >> 2) & 1]);
+    }
+  }
+
   static void run(const QuantizedRows& x, const WeightView& weight, const float* bias, float* y,
                   int64_t out, int64_t o_begin, int64_t o_end) {
     const int64_t blocks = x.in / 32;
+    const int64_t quads = (blocks + 3) / 4;
+    int8_t* reordered = nullptr;
+    if constexpr (!kQ8) {
+      reordered = static_cast<int8_t*>(thread_scratch(ScratchSlot::kPackRow, kRows * quads * 128));
+      for (int r = 0; r < kRows; ++r)
+        for (int64_t g = 0; g < quads; ++g) {
+          const int8_t* src = x.q + r * x.in + 128 * g;
+          const int n = static_cast<int>(smaller(4, blocks - 4 * g));
+          const __mmask64 first = n >= 2 ? ~0ull : 0xffffffffull;
+          const __mmask64 second = n >= 4 ? ~0ull : n == 3 ? 0xffffffffull : 0;
+          const __m512i a = _mm512_maskz_loadu_epi8(first, src);
+          const __m512i c = _mm512_maskz_loadu_epi8(second, src + 64);
+          int8_t* dst = reordered + (r * quads + g) * 128;
+          _mm512_storeu_si512(dst, _mm512_shuffle_i64x2(a, c, _MM_SHUFFLE(2, 0, 2, 0)));
+          _mm512_storeu_si512(dst + 64, _mm512_shuffle_i64x2(a, c, _MM_SHUFFLE(3, 1, 3, 1)));
+        }
+    }
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512i gather_offsets =
         kFormat == DType::Q8_0 ? _mm512_mullo_epi32(lane, _mm512_set1_epi32(34))
@@ -222,6 +274,12 @@ struct Qgemv512 {
             minimum[r] = _mm512_fmadd_ps(mw, _mm512_maskz_loadu_ps(valid, x.sum + r * blocks + b0),
                                          minimum[r]);
           }
+        }
+        if constexpr (!kQ8) {
+          int i = 0;
+          for (; i + 4 <= n; i += 4) quad<true>(reordered, quads, row, b0 + i, 4, i, scales, acc);
+          if (i < n) quad<false>(reordered, quads, row, b0 + i, n - i, i, scales, acc);
+          continue;
         }
         int p = 0;
         for (; 2 * p + 1 < n; ++p) {
