@@ -7,7 +7,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 
 #include "kiln/core/quant.h"
@@ -124,15 +123,6 @@ constexpr int64_t scale_offset(int64_t b) {
   if constexpr (kFormat == DType::Q8_0) return 34 * b;
   if constexpr (kFormat == DType::Q4_1) return 20 * b;
   return 68 * (b >> 2);
-}
-
-// Bytes ahead of the current block that the GEMV asks the cache to fetch.
-int64_t prefetch_distance() {
-  static const int64_t distance = [] {
-    const char* v = std::getenv("KILN_QPREFETCH");
-    return v ? std::atoll(v) : 0;
-  }();
-  return distance;
 }
 
 // The row kernel of qgemv on AVX-512: two blocks of 32 per 512-bit register (one vpdpbusd
@@ -252,7 +242,6 @@ struct Qgemv512 {
         : kFormat == DType::Q4_1
             ? _mm512_mullo_epi32(lane, _mm512_set1_epi32(20))
             : _mm512_mullo_epi32(_mm512_srli_epi32(lane, 2), _mm512_set1_epi32(68));
-    const int64_t ahead = prefetch_distance();
     for (int64_t o = o_begin; o < o_end; ++o) {
       const std::byte* row = static_cast<const std::byte*>(weight.data) + o * weight.row_bytes;
       __m512 acc[kRows][2], minimum[kRows];
@@ -260,9 +249,6 @@ struct Qgemv512 {
       for (int64_t b0 = 0; b0 < blocks; b0 += 16) {
         const int n = static_cast<int>(smaller(16, blocks - b0));
         const __mmask16 valid = static_cast<__mmask16>((1u << n) - 1u);
-        if (ahead)
-          _mm_prefetch(reinterpret_cast<const char*>(row + scale_offset<kFormat>(b0)) + ahead,
-                       _MM_HINT_T0);
         const __m512i halves = _mm512_mask_i32gather_epi32(
             _mm512_setzero_si512(), valid, gather_offsets, row + scale_offset<kFormat>(b0), 1);
         const __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(halves));
@@ -282,13 +268,7 @@ struct Qgemv512 {
           continue;
         }
         int p = 0;
-        for (; 2 * p + 1 < n; ++p) {
-          if (ahead)
-            _mm_prefetch(
-                reinterpret_cast<const char*>(row + values_offset<kFormat>(b0 + 2 * p)) + ahead,
-                _MM_HINT_T0);
-          pair<true>(x, row, b0 + 2 * p, 2 * p, scales, acc);
-        }
+        for (; 2 * p + 1 < n; ++p) pair<true>(x, row, b0 + 2 * p, 2 * p, scales, acc);
         if (2 * p < n) pair<false>(x, row, b0 + 2 * p, 2 * p, scales, acc);
       }
       const float b = bias ? bias[o] : 0.0f;
