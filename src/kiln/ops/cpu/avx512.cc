@@ -1,7 +1,8 @@
 // AVX-512 kernels (16 f32 lanes) with AVX512-BF16: bf16-weight GEMMs multiply bf16 pairs
 // with vdpbf16ps (activations rounded to bf16 once, when packed); GEMVs widen bf16/f16
 // weights to f32 and keep the activations in f32; quantized weights use int8 dot products
-// with vpdpbusd (VNNI) against int8 activations. Built with the AVX-512 flags set in
+// with vpdpbusd (VNNI) against int8 activations, in the GEMV (512-bit, below) and the GEMM
+// (linear_kernels.inc). Built with the AVX-512 flags set in
 // CMakeLists.txt; called only after ops/kernels.cc has checked the CPU.
 #include <omp.h>
 
