@@ -192,13 +192,21 @@ struct Qgemv512 {
     __m512i bytes;
     if constexpr (kFormat == DType::Q4_1_128) {
       bytes = _mm512_loadu_si512(row + values_offset<kFormat>(b));
+    } else if constexpr (kWhole) {
+      const auto set = [&](int i) {
+        return _mm_loadu_si128(
+            reinterpret_cast<const __m128i*>(row + values_offset<kFormat>(b + i)));
+      };
+      bytes = _mm512_inserti32x4(
+          _mm512_inserti32x4(_mm512_inserti32x4(_mm512_castsi128_si512(set(0)), set(1), 1), set(2),
+                             2),
+          set(3), 3);
     } else {
       bytes = _mm512_setzero_si512();
-      for (int i = 0; i < 4; ++i)
-        if (kWhole || i < valid_blocks)
-          bytes = _mm512_mask_loadu_epi32(
-              bytes, static_cast<__mmask16>(0xfu << (4 * i)),
-              reinterpret_cast<const int*>(row + values_offset<kFormat>(b + i)) - 4 * i);
+      for (int i = 0; i < valid_blocks; ++i)
+        bytes = _mm512_mask_loadu_epi32(
+            bytes, static_cast<__mmask16>(0xfu << (4 * i)),
+            reinterpret_cast<const int*>(row + values_offset<kFormat>(b + i)) - 4 * i);
     }
     const __m512i mask = _mm512_set1_epi8(0x0f);
     const __m512i low = _mm512_and_si512(bytes, mask);
