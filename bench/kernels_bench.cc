@@ -4,11 +4,13 @@
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 
+#include <array>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "kiln/core/dtype.h"
+#include "kiln/core/quant.h"
 #include "kiln/ops/attention.h"
 #include "kiln/ops/kernels.h"
 #include "kiln/ops/linear.h"
@@ -69,6 +71,32 @@ void linear_f32(benchmark::State& state) {
                          benchmark::Counter::kIsRate);
 }
 
+// Args: kernel set index, format (0 Q8_0, 1 Q4_1, 2 Q4_1_128), rows, in, out. Weights
+// quantized from random normals. weight_GB counts the stored (quantized) bytes.
+void linear_quantized(benchmark::State& state) {
+  const auto sets = ops::available_kernels();
+  if (state.range(0) >= static_cast<int64_t>(sets.size())) return state.SkipWithError("no CPU");
+  ops::use_kernels(sets[state.range(0)]);
+  const DType format = std::array{DType::Q8_0, DType::Q4_1, DType::Q4_1_128}[state.range(1)];
+  const int64_t rows = state.range(2), in = state.range(3), out = state.range(4);
+  const std::vector<float> x = random_floats(rows * in), w = random_floats(out * in);
+  const size_t row_bytes = dtype_nbytes(format, in);
+  std::vector<uint8_t> stored(out * row_bytes);  // [out] rows of blocks
+  for (int64_t o = 0; o < out; ++o)
+    quantize_row(format, w.data() + o * in, stored.data() + o * row_bytes, in);
+  std::vector<float> y(rows * out);  // [rows, out]
+  for (auto _ : state) {
+    ops::linear(x.data(), stored.data(), format, nullptr, y.data(), rows, in, out);
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetLabel(sets[state.range(0)] + " " + std::string(dtype_name(format)));
+  const double iterations = static_cast<double>(state.iterations());
+  state.counters["weight_GB"] = benchmark::Counter(
+      iterations * static_cast<double>(stored.size()) / 1e9, benchmark::Counter::kIsRate);
+  state.counters["GFLOP"] =
+      benchmark::Counter(iterations * 2.0 * rows * in * out / 1e9, benchmark::Counter::kIsRate);
+}
+
 // The same product with OpenBLAS on f32: y[rows, out] = x[rows, in] W^T.
 void openblas_sgemm(benchmark::State& state) {
   const int64_t rows = state.range(1), in = state.range(2), out = state.range(3);
@@ -127,6 +155,19 @@ void prefill_shapes(benchmark::internal::Benchmark* b) {
       b->Args({set, 512, in, out});
 }
 
+// Quantized formats on the decode shapes (1 row) and a 512-row prefill, fast sets only.
+void quantized_shapes(benchmark::internal::Benchmark* b) {
+  for (int64_t set : {1, 2})
+    for (int64_t format : {0, 1, 2})
+      for (int64_t rows : {1, 512})
+        for (auto [in, out] : {std::pair<int64_t, int64_t>{2048, 8192}, {8192, 2048}})
+          b->Args({set, format, rows, in, out});
+  // A weight that stays in L2 (under 0.6 MB): the GEMV's arithmetic rate, not the memory's.
+  for (int64_t set : {1, 2})
+    for (int64_t format : {0, 1, 2}) b->Args({set, format, 1, 2048, 256});
+}
+
+BENCHMARK(linear_quantized)->Apply(quantized_shapes)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(linear_bf16)->Apply(decode_shapes)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(linear_bf16)->Apply(prefill_shapes)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(linear_f32)->Apply(prefill_shapes)->UseRealTime()->Unit(benchmark::kMillisecond);

@@ -97,14 +97,16 @@ double max_abs(const Tensor& t) {
   return m;
 }
 
-// The bound: int8 weights move every logit by at most 5% of the largest logit magnitude
-// (measured: 3-4.3% on the dense fixtures, whose random weights make every layer's error
-// count). Fixtures with routed experts get 50%: there the quantization error of attention alone
-// (experts kept in f32 give the same error) flips some top-k routing choices of the random
-// routers, which moves logits by a large amount (measured 19-41% on deepseek_v3, gpt_oss and
-// qwen3_moe; mixtral 3.9%).
-constexpr double kInt8LogitBound = 0.05;
-constexpr double kInt8RoutedLogitBound = 0.5;
+// The bound: int8 weights, with the fast kernels' int8 activations (quantized per block of
+// 32 in the GEMV and the GEMM alike, as llama.cpp does), move every logit by at most 10% of the
+// largest logit magnitude (measured 1.7-7.2% on the dense fixtures, whose random weights make
+// every layer's error count; 3-4.3% with the reference kernels' f32 activations). Fixtures with
+// routed experts get 60%: there the quantization error of attention alone (experts kept in f32
+// give the same error) flips some top-k routing choices of the random routers, which moves
+// logits by a large amount (measured 18-53% on deepseek_v3, gpt_oss, qwen3_moe and mixtral).
+// The quality of a trained model is checked by TinycoderQuantized above.
+constexpr double kInt8LogitBound = 0.10;
+constexpr double kInt8RoutedLogitBound = 0.6;
 
 class Int8Fixture : public ::testing::TestWithParam<std::string> {};
 

@@ -39,8 +39,8 @@ WeightView weight_view(const Tensor& weight);
 //   y:      [rows, out] f32 (must not alias x)
 // Runs the active kernel set's kernel for the weight's format (ops/kernels.h), on all
 // OpenMP threads. With bf16 weights and at least 16 rows the AVX-512 kernel rounds x to bf16
-// (as a bf16 model computes); with quantized weights the AVX2 / AVX-512 kernels of fewer than
-// 16 rows quantize x per block of 32 to int8 (quantize_activations in core/quant.h) and
+// (as a bf16 model computes); with quantized weights the AVX2 / AVX-512 kernels (GEMV and
+// GEMM alike) quantize x per block of 32 to int8 (quantize_activations in core/quant.h) and
 // multiply in integers; the other paths keep x in f32.
 void linear(const float* x, const WeightView& weight, const float* bias, float* y, int64_t rows,
             int64_t in, int64_t out);

@@ -1,9 +1,8 @@
 // The linear kernels of every quantized weight format in every kernel set this CPU runs,
-// against the reference kernel on the same stored blocks: the integer GEMV (few rows, int8
-// activations) against the reference on the activations it rounds to, to float rounding;
-// the GEMM (many rows, f32 activations, weights dequantized per tile) against the reference on
-// the exact activations; and both
-// against the unquantized product within the quantization error.
+// against the reference kernel on the same stored blocks: the integer GEMV (few rows) and
+// the integer GEMM (16 rows or more), both on int8 activations, against the reference on the
+// activations they round to, to float rounding; and both against the unquantized product
+// within the quantization error (weights and activations).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -42,15 +41,32 @@ double scaled_error(const std::vector<float>& got, const std::vector<float>& wan
 }
 
 TEST(QuantKernels, EveryKernelSetMatchesTheReferenceForEveryFormat) {
-  const std::vector<Case> cases = {{1, 32, 1},    {1, 128, 7},   {2, 256, 33}, {3, 384, 5},
-                                   {4, 128, 16},  {5, 640, 9},   {7, 512, 31}, {8, 1024, 13},
-                                   {15, 256, 17}, {16, 128, 6},  {17, 640, 7}, {40, 1152, 19},
-                                   {70, 256, 13}, {257, 512, 9}, {1, 2048, 64}};
+  const std::vector<Case> cases = {{1, 32, 1},
+                                   {1, 128, 7},
+                                   {2, 256, 33},
+                                   {3, 384, 5},
+                                   {4, 128, 16},
+                                   {5, 640, 9},
+                                   {7, 512, 31},
+                                   {8, 1024, 13},
+                                   {15, 256, 17},
+                                   {16, 128, 6},
+                                   {17, 640, 7},
+                                   {40, 1152, 19},
+                                   {70, 256, 13},
+                                   {257, 512, 9},
+                                   {1, 2048, 64},
+                                   // blocks not in whole pairs, quads or groups of 16
+                                   {2, 224, 5},
+                                   {3, 1120, 7},
+                                   {4, 2080, 3},
+                                   {1, 96, 2},
+                                   {24, 1120, 11}};
   std::mt19937 rng(21);
   for (const std::string& name : available_kernels()) {
     use_kernels(name);
     for (const DType format : {DType::Q8_0, DType::Q4_1, DType::Q4_1_128}) {
-      double worst_exact = 0.0, worst_quantization = 0.0;
+      double worst_gemv = 0.0, worst_gemm = 0.0, worst_quantization = 0.0;
       for (const Case& c : cases) {
         if (c.in % dtype_block(format) != 0) continue;
         const std::vector<float> x = random_vector(rng, c.rows * c.in);  // [rows, in]
@@ -62,9 +78,9 @@ TEST(QuantKernels, EveryKernelSetMatchesTheReferenceForEveryFormat) {
                        c.in);
         std::vector<float> got(c.rows * c.out), want(c.rows * c.out);  // [rows, out]
         linear(x.data(), stored.data(), format, bias.data(), got.data(), c.rows, c.in, c.out);
-        // The integer GEMV of the fast sets computes on int8 activations.
+        // The fast sets (GEMV and GEMM) compute on int8 activations.
         std::vector<float> x_ref = x;
-        const bool int8_activations = name != "reference" && c.rows < 16;
+        const bool int8_activations = name != "reference";
         if (int8_activations)
           for (int64_t r = 0; r < c.rows; ++r) round_activations(x_ref.data() + r * c.in, c.in);
         linear_reference(x_ref.data(), stored.data(), format, bias.data(), want.data(), c.rows,
@@ -82,14 +98,15 @@ TEST(QuantKernels, EveryKernelSetMatchesTheReferenceForEveryFormat) {
             magnitude[r * c.out + o] = static_cast<float>(size);
           }
         const double e = scaled_error(got, want, magnitude);
-        worst_exact = std::max(worst_exact, e);
+        double& worst = c.rows < 16 ? worst_gemv : worst_gemm;
+        worst = std::max(worst, e);
         EXPECT_LT(e, 2e-6) << name << " " << dtype_name(format) << " rows " << c.rows << " in "
                            << c.in << " out " << c.out;
         worst_quantization = std::max(worst_quantization, scaled_error(got, exact, magnitude));
       }
       std::cout << name << " " << dtype_name(format)
-                << ": max error vs reference (scaled by sum |x w|) " << worst_exact
-                << ", vs unquantized " << worst_quantization << std::endl;
+                << ": max error vs reference (scaled by sum |x w|) GEMV " << worst_gemv << ", GEMM "
+                << worst_gemm << "; vs unquantized " << worst_quantization << std::endl;
       // int8 weights carry about 1/254 of each block's range as error, int4 about 1/30.
       EXPECT_LT(worst_quantization, format == DType::Q8_0 ? 0.02 : 0.12) << name;
     }

@@ -1,6 +1,6 @@
-// AVX2 + FMA + F16C kernels (8 f32 lanes): GEMVs widen bf16/f16 weights to f32 (quantized
-// weights: int8 dot products with int8 activations); the GEMM converts each tile of
-// bf16/f16/quantized weight rows to f32 and multiplies in f32. Built with the
+// AVX2 + FMA + F16C kernels (8 f32 lanes): GEMVs widen bf16/f16 weights to f32; the GEMM
+// converts each tile of bf16/f16 weight rows to f32 and multiplies in f32; quantized weights
+// use int8 dot products (vpmaddubsw + vpmaddwd) with int8 activations in both. Built with the
 // AVX2 flags set in CMakeLists.txt; called only after ops/kernels.cc has checked the CPU.
 #include <omp.h>
 

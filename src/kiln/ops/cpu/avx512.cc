@@ -1,7 +1,8 @@
 // AVX-512 kernels (16 f32 lanes) with AVX512-BF16: bf16-weight GEMMs multiply bf16 pairs
 // with vdpbf16ps (activations rounded to bf16 once, when packed); GEMVs widen bf16/f16
 // weights to f32 and keep the activations in f32; quantized weights use int8 dot products
-// with vpdpbusd (VNNI) against int8 activations. Built with the AVX-512 flags set in
+// with vpdpbusd (VNNI) against int8 activations, in the GEMV (512-bit, below) and the GEMM
+// (linear_kernels.inc). Built with the AVX-512 flags set in
 // CMakeLists.txt; called only after ops/kernels.cc has checked the CPU.
 #include <omp.h>
 
@@ -109,6 +110,184 @@ struct Bf16Path {
   }
 };
 
+// ---- The quantized GEMV on 512-bit registers -------------------------------------------
+// Where block b (of 32 inputs) of a weight row keeps its values and its f16 scale (and
+// minimum: the 2 bytes after the scale), in bytes from the row's start.
+template <DType kFormat>
+constexpr int64_t values_offset(int64_t b) {
+  if constexpr (kFormat == DType::Q8_0) return 34 * b + 2;
+  if constexpr (kFormat == DType::Q4_1) return 20 * b + 4;
+  return 68 * (b >> 2) + 4 + 16 * (b & 3);
+}
+template <DType kFormat>
+constexpr int64_t scale_offset(int64_t b) {
+  if constexpr (kFormat == DType::Q8_0) return 34 * b;
+  if constexpr (kFormat == DType::Q4_1) return 20 * b;
+  return 68 * (b >> 2);
+}
+
+// The row kernel of qgemv on AVX-512: two blocks of 32 per 512-bit register (one vpdpbusd
+// multiplies 64 byte pairs); the scales of 16 blocks are gathered at once and multiplied by
+// the activations' scales in one instruction, then spread to each pair's lanes (vpermps).
+// Each row's sums are formed in the same order whatever rows share the call.
+template <DType kFormat, int kRows>
+struct Qgemv512 {
+  static constexpr bool kQ8 = kFormat == DType::Q8_0;
+
+  // The 64 weight bytes of blocks b and b + 1 (zeros for b + 1 unless kBoth): Q8_0 as stored
+  // (signed), Q4 as levels 0..15.
+  template <bool kBoth>
+  static __m512i pair_weights(const std::byte* row, int64_t b) {
+    if constexpr (kQ8) {
+      const __m256i low =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + values_offset<kFormat>(b)));
+      const __m256i high = kBoth ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
+                                       row + values_offset<kFormat>(b + 1)))
+                                 : _mm256_setzero_si256();
+      return _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
+    } else {
+      const __m128i low =
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + values_offset<kFormat>(b)));
+      const __m128i high = kBoth ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(
+                                       row + values_offset<kFormat>(b + 1)))
+                                 : _mm_setzero_si128();
+      const __m512i both = _mm512_castsi256_si512(_mm256_set_m128i(high, low));
+      // 128-bit lanes: low nibbles of b, high nibbles of b, then the same for b + 1.
+      const __m512i spread = _mm512_shuffle_i64x2(both, both, _MM_SHUFFLE(1, 1, 0, 0));
+      const __m512i shifted = _mm512_srlv_epi64(spread, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4));
+      return _mm512_and_si512(shifted, _mm512_set1_epi8(0x0f));
+    }
+  }
+
+  template <bool kBoth>
+  static void pair(const QuantizedRows& x, const std::byte* row, int64_t b, int p,
+                   const __m512* scales, __m512 (*acc)[2]) {
+    const __m512i w = pair_weights<kBoth>(row, b);
+    const __m512i index =
+        _mm512_add_epi32(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+                         _mm512_set1_epi32(p & 15));
+    __m512i magnitude = w;
+    __mmask64 negative = 0;
+    if constexpr (kQ8) {
+      magnitude = _mm512_abs_epi8(w);
+      negative = _mm512_movepi8_mask(w);
+    }
+    for (int r = 0; r < kRows; ++r) {
+      const int8_t* xq = x.q + r * x.in + 32 * b;
+      __m512i xv = kBoth ? _mm512_loadu_si512(xq) : _mm512_maskz_loadu_epi8(0xffffffffull, xq);
+      if constexpr (kQ8) xv = _mm512_mask_sub_epi8(xv, negative, _mm512_setzero_si512(), xv);
+      const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), magnitude, xv);
+      acc[r][(p >> 1) & 1] = _mm512_fmadd_ps(
+          _mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(index, scales[r]), acc[r][(p >> 1) & 1]);
+    }
+  }
+
+  // Q4: four blocks per step. The activations are reordered once per call so that one
+  // register holds elements 0..15 of four blocks and the next elements 16..31, as one
+  // register of 64 stored bytes unpacks (low nibbles, high nibbles).
+  //   reordered: [rows][quads][2][64] int8 (quads = blocks rounded up to 4, zero padded)
+  template <bool kWhole>
+  static void quad(const int8_t* reordered, int64_t quads, const std::byte* row, int64_t b,
+                   int valid_blocks, int first, const __m512* scales, __m512 (*acc)[2]) {
+    __m512i bytes;
+    if constexpr (kFormat == DType::Q4_1_128) {
+      bytes = _mm512_loadu_si512(row + values_offset<kFormat>(b));
+    } else if constexpr (kWhole) {
+      const auto set = [&](int i) {
+        return _mm_loadu_si128(
+            reinterpret_cast<const __m128i*>(row + values_offset<kFormat>(b + i)));
+      };
+      bytes = _mm512_inserti32x4(
+          _mm512_inserti32x4(_mm512_inserti32x4(_mm512_castsi128_si512(set(0)), set(1), 1), set(2),
+                             2),
+          set(3), 3);
+    } else {
+      bytes = _mm512_setzero_si512();
+      for (int i = 0; i < valid_blocks; ++i)
+        bytes = _mm512_mask_loadu_epi32(
+            bytes, static_cast<__mmask16>(0xfu << (4 * i)),
+            reinterpret_cast<const int*>(row + values_offset<kFormat>(b + i)) - 4 * i);
+    }
+    const __m512i mask = _mm512_set1_epi8(0x0f);
+    const __m512i low = _mm512_and_si512(bytes, mask);
+    const __m512i high = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), mask);
+    const __m512i index =
+        _mm512_add_epi32(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
+                         _mm512_set1_epi32(first));
+    for (int r = 0; r < kRows; ++r) {
+      const int8_t* xq = reordered + (r * quads + b / 4) * 128;
+      const __m512i dot = _mm512_dpbusd_epi32(
+          _mm512_dpbusd_epi32(_mm512_setzero_si512(), low, _mm512_loadu_si512(xq)), high,
+          _mm512_loadu_si512(xq + 64));
+      acc[r][(first >> 2) & 1] =
+          _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(index, scales[r]),
+                          acc[r][(first >> 2) & 1]);
+    }
+  }
+
+  static void run(const QuantizedRows& x, const WeightView& weight, const float* bias, float* y,
+                  int64_t out, int64_t o_begin, int64_t o_end) {
+    const int64_t blocks = x.in / 32;
+    const int64_t quads = (blocks + 3) / 4;
+    int8_t* reordered = nullptr;
+    if constexpr (!kQ8) {
+      reordered = static_cast<int8_t*>(thread_scratch(ScratchSlot::kPackRow, kRows * quads * 128));
+      for (int r = 0; r < kRows; ++r)
+        for (int64_t g = 0; g < quads; ++g) {
+          const int8_t* src = x.q + r * x.in + 128 * g;
+          const int n = static_cast<int>(smaller(4, blocks - 4 * g));
+          const __mmask64 first = n >= 2 ? ~0ull : 0xffffffffull;
+          const __mmask64 second = n >= 4 ? ~0ull : n == 3 ? 0xffffffffull : 0;
+          const __m512i a = _mm512_maskz_loadu_epi8(first, src);
+          const __m512i c = _mm512_maskz_loadu_epi8(second, src + 64);
+          int8_t* dst = reordered + (r * quads + g) * 128;
+          _mm512_storeu_si512(dst, _mm512_shuffle_i64x2(a, c, _MM_SHUFFLE(2, 0, 2, 0)));
+          _mm512_storeu_si512(dst + 64, _mm512_shuffle_i64x2(a, c, _MM_SHUFFLE(3, 1, 3, 1)));
+        }
+    }
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i gather_offsets =
+        kFormat == DType::Q8_0 ? _mm512_mullo_epi32(lane, _mm512_set1_epi32(34))
+        : kFormat == DType::Q4_1
+            ? _mm512_mullo_epi32(lane, _mm512_set1_epi32(20))
+            : _mm512_mullo_epi32(_mm512_srli_epi32(lane, 2), _mm512_set1_epi32(68));
+    for (int64_t o = o_begin; o < o_end; ++o) {
+      const std::byte* row = static_cast<const std::byte*>(weight.data) + o * weight.row_bytes;
+      __m512 acc[kRows][2], minimum[kRows];
+      for (int r = 0; r < kRows; ++r) acc[r][0] = acc[r][1] = minimum[r] = _mm512_setzero_ps();
+      for (int64_t b0 = 0; b0 < blocks; b0 += 16) {
+        const int n = static_cast<int>(smaller(16, blocks - b0));
+        const __mmask16 valid = static_cast<__mmask16>((1u << n) - 1u);
+        const __m512i halves = _mm512_mask_i32gather_epi32(
+            _mm512_setzero_si512(), valid, gather_offsets, row + scale_offset<kFormat>(b0), 1);
+        const __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(halves));
+        __m512 scales[kRows];
+        for (int r = 0; r < kRows; ++r) {
+          scales[r] = _mm512_mul_ps(dw, _mm512_maskz_loadu_ps(valid, x.d + r * blocks + b0));
+          if constexpr (!kQ8) {
+            const __m512 mw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(halves, 16)));
+            minimum[r] = _mm512_fmadd_ps(mw, _mm512_maskz_loadu_ps(valid, x.sum + r * blocks + b0),
+                                         minimum[r]);
+          }
+        }
+        if constexpr (!kQ8) {
+          int i = 0;
+          for (; i + 4 <= n; i += 4) quad<true>(reordered, quads, row, b0 + i, 4, i, scales, acc);
+          if (i < n) quad<false>(reordered, quads, row, b0 + i, n - i, i, scales, acc);
+          continue;
+        }
+        int p = 0;
+        for (; 2 * p + 1 < n; ++p) pair<true>(x, row, b0 + 2 * p, 2 * p, scales, acc);
+        if (2 * p < n) pair<false>(x, row, b0 + 2 * p, 2 * p, scales, acc);
+      }
+      const float b = bias ? bias[o] : 0.0f;
+      for (int r = 0; r < kRows; ++r)
+        y[r * out + o] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1])) +
+                         _mm512_reduce_add_ps(minimum[r]) + b;
+    }
+  }
+};
+
 void linear_bf16(const float* x, const WeightView& weight, const float* bias, float* y,
                  int64_t rows, int64_t in, int64_t out) {
   if (rows < kGemmMinRows) return gemv<DType::BF16>(x, weight, bias, y, rows, in, out);
@@ -120,14 +299,15 @@ void linear_bf16(const float* x, const WeightView& weight, const float* bias, fl
 
 namespace kiln::ops::cpu {
 const KernelTable& avx512_table() {
-  static const KernelTable table{
-      "avx512",
-      {&avx512::gemv_or_gemm_f32<DType::F32>, &avx512::linear_bf16,
-       &avx512::gemv_or_gemm_f32<DType::F16>, &avx512::quantized_linear<DType::Q8_0>,
-       &avx512::quantized_linear<DType::Q4_1>, &avx512::quantized_linear<DType::Q4_1_128>},
-      &avx512::attention,
-      &avx512::silu_gated,
-      &avx512::gemm_f32};
+  static const KernelTable table{"avx512",
+                                 {&avx512::gemv_or_gemm_f32<DType::F32>, &avx512::linear_bf16,
+                                  &avx512::gemv_or_gemm_f32<DType::F16>,
+                                  &avx512::quantized_linear<DType::Q8_0, avx512::Qgemv512>,
+                                  &avx512::quantized_linear<DType::Q4_1, avx512::Qgemv512>,
+                                  &avx512::quantized_linear<DType::Q4_1_128, avx512::Qgemv512>},
+                                 &avx512::attention,
+                                 &avx512::silu_gated,
+                                 &avx512::gemm_f32};
   return table;
 }
 }  // namespace kiln::ops::cpu

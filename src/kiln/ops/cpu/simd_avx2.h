@@ -74,6 +74,25 @@ struct Avx2 {
     return load_f16(buffer);
   }
 
+  // Integer tile of the int8 GEMM (quantized weights): kRows weight rows x kVecs vectors of
+  // tokens. vpmaddubsw saturates at 16 bits, so Q8_0 weights stay signed and their signs move
+  // onto the activations (|w| <= 127 keeps every pair sum in range).
+  using IVec = __m256i;
+  static constexpr int kQGemmRows = 3;
+  static constexpr int kQGemmVecs = 2;
+  static constexpr bool kOffsetQ8 = false;
+  static IVec izero() { return _mm256_setzero_si256(); }
+  static IVec iload(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+  static IVec iset1(int32_t v) { return _mm256_set1_epi32(v); }
+  static Vec to_float(IVec v) { return _mm256_cvtepi32_ps(v); }
+  static Vec as_float(IVec v) { return _mm256_castsi256_ps(v); }
+  static IVec dot_accumulate(IVec acc, IVec u, IVec x) {
+    return _mm256_add_epi32(acc,
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1)));
+  }
+  static IVec sign_i8(IVec x, IVec w) { return _mm256_sign_epi8(x, w); }
+  static IVec abs_i8(IVec w) { return _mm256_abs_epi8(w); }
+
   // 8 int32 lanes, each the sum of 4 products of unsigned u and signed x bytes (no overflow
   // for |x| <= 127 and u <= 128).
   static __m256i dot_u8_i8(__m256i u, __m256i x) {

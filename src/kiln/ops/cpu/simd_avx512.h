@@ -57,6 +57,28 @@ struct Avx512 {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(first_lanes(n), p));
   }
 
+  // Integer tile of the int8 GEMM (quantized weights): kRows weight rows x kVecs vectors of
+  // tokens. Q8_0 weights are staged as unsigned bytes w + 128 (vpdpbusd multiplies unsigned
+  // by signed bytes); the accumulators start at -128 * sum(x) to take the offset back out.
+  using IVec = __m512i;
+  static constexpr int kQGemmRows = 6;
+  static constexpr int kQGemmVecs = 2;
+  static constexpr bool kOffsetQ8 = true;
+  static IVec izero() { return _mm512_setzero_si512(); }
+  static IVec iload(const void* p) { return _mm512_loadu_si512(p); }
+  static IVec iset1(int32_t v) { return _mm512_set1_epi32(v); }
+  static Vec to_float(IVec v) { return _mm512_cvtepi32_ps(v); }
+  static Vec as_float(IVec v) { return _mm512_castsi512_ps(v); }
+  // acc + per int32 lane the sum of 4 products of unsigned u and signed x bytes.
+  static IVec dot_accumulate(IVec acc, IVec u, IVec x) { return _mm512_dpbusd_epi32(acc, u, x); }
+  // x with the sign of w (0 where w is 0), and |w| (signed-by-signed dot products).
+  static IVec sign_i8(IVec x, IVec w) {
+    const __mmask64 negative = _mm512_movepi8_mask(w);
+    const IVec flipped = _mm512_mask_sub_epi8(x, negative, _mm512_setzero_si512(), x);
+    return _mm512_maskz_mov_epi8(_mm512_test_epi8_mask(w, w), flipped);
+  }
+  static IVec abs_i8(IVec w) { return _mm512_abs_epi8(w); }
+
   // 8 int32 lanes, each the sum of 4 products of unsigned u and signed x bytes (vpdpbusd).
   static __m256i dot_u8_i8(__m256i u, __m256i x) {
     return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x);
