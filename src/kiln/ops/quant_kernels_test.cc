@@ -64,7 +64,7 @@ TEST(QuantKernels, EveryKernelSetMatchesTheReferenceForEveryFormat) {
         linear(x.data(), stored.data(), format, bias.data(), got.data(), c.rows, c.in, c.out);
         // The integer GEMV of the fast sets computes on int8 activations.
         std::vector<float> x_ref = x;
-        const bool int8_activations = name != "reference" && c.rows < 16;
+        const bool int8_activations = name != "reference" && c.rows <= kGemvMaxRows;
         if (int8_activations)
           for (int64_t r = 0; r < c.rows; ++r) round_activations(x_ref.data() + r * c.in, c.in);
         linear_reference(x_ref.data(), stored.data(), format, bias.data(), want.data(), c.rows,
