@@ -149,6 +149,11 @@ void decode_shapes(benchmark::internal::Benchmark* b) {
     for (auto [in, out] : {std::pair<int64_t, int64_t>{2048, 8192}, {8192, 2048}, {2048, 512}})
       b->Args({set, 1, in, out});
 }
+// The server's batched decode steps: 1 to 16 rows through the GEMV (AVX2, AVX-512).
+void batched_decode_shapes(benchmark::internal::Benchmark* b) {
+  for (int64_t set : {1, 2})
+    for (int64_t rows : {1, 4, 8, 16}) b->Args({set, rows, 2048, 8192});
+}
 void prefill_shapes(benchmark::internal::Benchmark* b) {
   for (int64_t set : {1, 2})
     for (auto [in, out] : {std::pair<int64_t, int64_t>{2048, 2048}, {2048, 8192}, {8192, 2048}})
@@ -169,6 +174,7 @@ void quantized_shapes(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(linear_quantized)->Apply(quantized_shapes)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(linear_bf16)->Apply(decode_shapes)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(linear_bf16)->Apply(batched_decode_shapes)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(linear_bf16)->Apply(prefill_shapes)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(linear_f32)->Apply(prefill_shapes)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(openblas_sgemm)->Apply(prefill_shapes)->UseRealTime()->Unit(benchmark::kMillisecond);

@@ -13,6 +13,9 @@ shift $(( $# < 2 ? $# : 2 ))
 if [ ! -d "$model" ]; then "$kiln" synth llama-3.2-1b --dtype bf16 -o "$model"; fi
 [ -d "$root/tests/openai/node_modules/openai" ] || (cd "$root/tests/openai" && npm ci --no-audit --no-fund >/dev/null)
 source "$root/tests/openai/start_server.sh"
+# Passive OpenMP waits (as bench/train_vs_torch.sh): on a shared, oversubscribed machine
+# spinning threads stall every parallel region of a decode step (docs/performance.md).
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
 start_kiln_server "$kiln" "$model" --parallel 16 --ctx 512 "$@"
 echo "model $model ${*:-}, $max_tokens tokens per request, $(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 node "$root/bench/serve_bench.mjs" "http://127.0.0.1:$port" "$max_tokens" 1 4 8 16

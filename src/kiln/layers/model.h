@@ -13,6 +13,7 @@
 #include "kiln/layers/weights.h"
 #include "kiln/layers/workspace.h"
 #include "kiln/models/model_spec.h"
+#include "kiln/ops/linear.h"
 #include "kiln/runtime/kv_cache.h"
 
 namespace kiln {
@@ -54,7 +55,7 @@ class Model {
   // of forward() of that sequence alone (linear kernels give a row the same result whatever
   // rows share the call, up to kMaxDecodeRows). Returns logits [rows, V] f32 in `workspace`.
   // Throws Error when rows exceeds kMaxDecodeRows or a cache is full or not of batch 1.
-  static constexpr int64_t kMaxDecodeRows = 15;
+  static constexpr int64_t kMaxDecodeRows = ops::kGemvMaxRows;
   const float* decode_rows(const int32_t* tokens, int64_t rows, KvCache* const* caches,
                            Workspace& workspace) const;
 

@@ -7,11 +7,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <iostream>
 #include <random>
 #include <vector>
 
 #include "kiln/core/error.h"
+#include "kiln/core/quant.h"
 #include "kiln/ops/activation.h"
 #include "kiln/ops/attention.h"
 #include "kiln/ops/linear.h"
@@ -77,7 +79,7 @@ TEST(FastKernels, LinearMatchesReferenceForEveryDtypeAndShape) {
         // The AVX-512 GEMM with bf16 weights rounds x to bf16: compare it with the reference
         // on the same rounded x, so that only summation order differs.
         std::vector<float> x_ref = x;
-        if (name == "avx512" && dtype == DType::BF16 && c.rows >= 16)
+        if (name == "avx512" && dtype == DType::BF16 && c.rows > kGemvMaxRows)
           for (float& v : x_ref) v = bf16_to_f32(f32_to_bf16(v));
         linear_reference(x_ref.data(), stored.data(), dtype, bias.data(), want.data(), c.rows, c.in,
                          c.out);
@@ -88,6 +90,65 @@ TEST(FastKernels, LinearMatchesReferenceForEveryDtypeAndShape) {
       }
       std::cout << name << " linear " << dtype_name(dtype)
                 << ": max |err| / (1 + |y|) / sqrt(in) = " << worst << std::endl;
+    }
+  }
+  use_kernels("auto");
+}
+
+// Batch invariance of the GEMV (the server's decode steps share one call for up to 16
+// sequences, Model::kMaxDecodeRows, and promise each the same tokens as alone): for every
+// kernel set, weight format and 1 to 16 rows, each row of the call is bitwise the row computed
+// alone. Odd depths (every tail of a vector or a pair), output counts that leave partial tiles
+// per thread, with and without bias.
+TEST(FastKernels, GemvRowsAreBitwiseTheSameAloneOrBatched) {
+  std::mt19937 rng(23);
+  constexpr int64_t kRows = 16;
+  struct Shape {
+    int64_t in, out;
+  };
+  for (const std::string& name : available_kernels()) {
+    use_kernels(name);
+    for (const DType dtype :
+         {DType::F32, DType::BF16, DType::F16, DType::Q8_0, DType::Q4_1, DType::Q4_1_128}) {
+      const bool quantized = dtype_block(dtype) > 1;
+      const std::vector<Shape> shapes =
+          quantized ? std::vector<Shape>{{128, 13}, {256, 67}, {384, 3}}
+                    : std::vector<Shape>{{1, 5}, {33, 67}, {100, 13}, {1030, 7}, {64, 1}};
+      int64_t compared = 0;
+      for (const Shape& s : shapes) {
+        const std::vector<float> x = random_vector(rng, kRows * s.in);  // [kRows, in]
+        const std::vector<float> w = random_vector(rng, s.out * s.in);  // [out, in]
+        const std::vector<float> bias = random_vector(rng, s.out);      // [out]
+        const size_t row_bytes = dtype_nbytes(dtype, s.in);
+        std::vector<uint8_t> stored(s.out * row_bytes);
+        if (quantized) {
+          for (int64_t o = 0; o < s.out; ++o)
+            quantize_row(dtype, w.data() + o * s.in, stored.data() + o * row_bytes, s.in);
+        } else {
+          const std::vector<uint32_t> words = weights_of(w, dtype);
+          std::memcpy(stored.data(), words.data(), stored.size());
+        }
+        for (const float* b : {bias.data(), static_cast<const float*>(nullptr)}) {
+          std::vector<float> alone(kRows * s.out);  // [kRows, out]
+          for (int64_t r = 0; r < kRows; ++r)
+            linear(x.data() + r * s.in, stored.data(), dtype, b, alone.data() + r * s.out, 1, s.in,
+                   s.out);
+          for (int64_t rows = 2; rows <= kRows; ++rows) {
+            // Rows [first, first + rows) of x in one call, first varying so that every row
+            // meets different neighbours.
+            const int64_t first = (rows * 7) % (kRows - rows + 1);
+            std::vector<float> batched(rows * s.out);  // [rows, out]
+            linear(x.data() + first * s.in, stored.data(), dtype, b, batched.data(), rows, s.in,
+                   s.out);
+            ASSERT_EQ(0, std::memcmp(batched.data(), alone.data() + first * s.out,
+                                     sizeof(float) * rows * s.out))
+                << name << " " << dtype_name(dtype) << " rows " << rows << " in " << s.in << " out "
+                << s.out;
+            ++compared;
+          }
+        }
+      }
+      EXPECT_GT(compared, 0);
     }
   }
   use_kernels("auto");

@@ -32,14 +32,19 @@ WeightView weight_view(const void* weight, DType format, int64_t in);
 // The same for a contiguous 2-D tensor.
 WeightView weight_view(const Tensor& weight);
 
+// Up to this many rows, linear() runs the GEMV, which sums every row exactly as it sums it
+// alone (batch invariance: the server's decode steps share one call for up to this many
+// sequences); more rows take the GEMM.
+inline constexpr int64_t kGemvMaxRows = 16;
+
 // y[n, o] = sum_i x[n, i] * W[o, i] + bias[o], for n < rows.
 //   x:      [rows, in]  f32
 //   weight: [out, in]   read in place (never copied or converted as a whole)
 //   bias:   [out]       f32, or nullptr
 //   y:      [rows, out] f32 (must not alias x)
 // Runs the active kernel set's kernel for the weight's format (ops/kernels.h), on all
-// OpenMP threads. With bf16 weights and at least 16 rows the AVX-512 kernel rounds x to bf16
-// (as a bf16 model computes); with quantized weights the AVX2 / AVX-512 kernels (GEMV and
+// OpenMP threads. With bf16 weights and more than kGemvMaxRows rows the AVX-512 kernel rounds x to
+// bf16 (as a bf16 model computes); with quantized weights the AVX2 / AVX-512 kernels (GEMV and
 // GEMM alike) quantize x per block of 32 to int8 (quantize_activations in core/quant.h) and
 // multiply in integers; the other paths keep x in f32.
 void linear(const float* x, const WeightView& weight, const float* bias, float* y, int64_t rows,

@@ -98,7 +98,7 @@ TEST(QuantKernels, EveryKernelSetMatchesTheReferenceForEveryFormat) {
             magnitude[r * c.out + o] = static_cast<float>(size);
           }
         const double e = scaled_error(got, want, magnitude);
-        double& worst = c.rows < 16 ? worst_gemv : worst_gemm;
+        double& worst = c.rows <= kGemvMaxRows ? worst_gemv : worst_gemm;
         worst = std::max(worst, e);
         EXPECT_LT(e, 2e-6) << name << " " << dtype_name(format) << " rows " << c.rows << " in "
                            << c.in << " out " << c.out;

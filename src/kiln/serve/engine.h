@@ -1,7 +1,7 @@
 // The serving engine: one worker thread owns the model and runs the active sequences of every
 // request (at most `parallel` at a time, the rest queued). Each step runs the prompts of newly
 // admitted sequences one by one, then one decode step shared by every other active sequence
-// (Model::decode_rows: each weight read once for up to 15 sequences), each sequence with its own
+// (Model::decode_rows: each weight read once for up to 16 sequences), each sequence with its own
 // KV cache and sampler. KV caches grow in blocks as sequences grow; when a block does not fit
 // the KV budget the youngest sequence is preempted (its cache freed, itself requeued first) and
 // later rebuilt exactly: its prompt prefilled alone, its generated tokens replayed one by one

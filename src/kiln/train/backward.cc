@@ -23,7 +23,8 @@ namespace kiln::train {
 
 void linear_forward(const float* x, const float* weight, const float* bias, float* y, int64_t rows,
                     int64_t in, int64_t out) {
-  if (rows < 16) return ops::linear(x, weight, DType::F32, bias, y, rows, in, out);  // the GEMV
+  if (rows <= ops::kGemvMaxRows)  // the GEMV
+    return ops::linear(x, weight, DType::F32, bias, y, rows, in, out);
   // ops::gemm_f32 added to the bias: bitwise what ops::linear's GEMM computes (b + first depth
   // pass, then the later passes), with one synchronization of the threads per call.
   for (int64_t n = 0; n < rows; ++n) {

@@ -16,6 +16,9 @@ struct Avx2 {
   // Register tile of the f32 GEMM micro-kernel: kRows weight rows x kVecs vectors of tokens.
   static constexpr int kGemmRows = 4;
   static constexpr int kGemmVecs = 3;
+  // Accumulators of a GEMV tile (weight rows x activation rows), leaving registers for the
+  // weight vectors and an activation vector.
+  static constexpr int kGemvAccumulators = 12;
 
   static Vec zero() { return _mm256_setzero_ps(); }
   static Vec set1(float v) { return _mm256_set1_ps(v); }

@@ -15,6 +15,9 @@ struct Avx512 {
   // Register tile of the f32 GEMM micro-kernel: kRows weight rows x kVecs vectors of tokens.
   static constexpr int kGemmRows = 6;
   static constexpr int kGemmVecs = 4;
+  // Accumulators of a GEMV tile (weight rows x activation rows), leaving registers for the
+  // weight vectors and an activation vector.
+  static constexpr int kGemvAccumulators = 24;
 
   static Vec zero() { return _mm512_setzero_ps(); }
   static Vec set1(float v) { return _mm512_set1_ps(v); }
@@ -32,7 +35,17 @@ struct Avx512 {
   static Vec mul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
   static Vec div(Vec a, Vec b) { return _mm512_div_ps(a, b); }
   static Vec max(Vec a, Vec b) { return _mm512_max_ps(a, b); }
-  static float reduce_add(Vec v) { return _mm512_reduce_add_ps(v); }
+  // The sum of the lanes by _mm512_reduce_add_ps's tree (halves, quarters, pairs, neighbours),
+  // spelled with zero-masked shuffles (all lanes kept): GCC 12 flags the undefined sources of
+  // the intrinsic's extracts as uninitialized where it inlines into some kernels.
+  static float reduce_add(Vec v) {
+    constexpr __mmask16 kAll = 0xffff;
+    v = _mm512_add_ps(v, _mm512_maskz_shuffle_f32x4(kAll, v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+    v = _mm512_add_ps(v, _mm512_maskz_shuffle_f32x4(kAll, v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+    v = _mm512_add_ps(v, _mm512_maskz_permute_ps(kAll, v, _MM_SHUFFLE(1, 0, 3, 2)));
+    v = _mm512_add_ps(v, _mm512_maskz_permute_ps(kAll, v, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm512_cvtss_f32(v);
+  }
   static float reduce_max(Vec v) { return _mm512_reduce_max_ps(v); }
   // Lanes outside [begin, end) replaced by `fill`.
   static Vec keep_lanes(Vec v, int begin, int end, float fill) {
