@@ -109,15 +109,26 @@ TEST(FastKernels, GemmF32MatchesReferenceInBothLayoutsAndWhenAccumulating) {
       std::vector<float> at(c.in * c.rows);                            // [depth, rows]
       for (int64_t j = 0; j < c.rows; ++j)
         for (int64_t k = 0; k < c.in; ++k) at[k * c.rows + j] = a[j * c.in + k];
-      const std::vector<float> w = random_vector(rng, c.out * c.in);        // [out, depth]
+      const std::vector<float> w = random_vector(rng, c.out * c.in);  // [out, depth]
+      std::vector<float> wt(c.in * c.out);                            // [depth, out]
+      for (int64_t o = 0; o < c.out; ++o)
+        for (int64_t k = 0; k < c.in; ++k) wt[k * c.out + o] = w[o * c.in + k];
       const std::vector<float> start = random_vector(rng, c.rows * c.out);  // [rows, out]
       for (const bool transposed : {false, true}) {
         for (const bool accumulate : {false, true}) {
-          std::vector<float> got = start, want = start;
+          std::vector<float> got = start, want = start, got_wt = start, want_wt = start;
           const float* operand = transposed ? at.data() : a.data();
-          gemm_f32(operand, transposed, w.data(), got.data(), c.rows, c.in, c.out, accumulate);
-          gemm_f32_reference(operand, transposed, w.data(), want.data(), c.rows, c.in, c.out,
+          gemm_f32(operand, transposed, w.data(), false, got.data(), c.rows, c.in, c.out,
+                   accumulate);
+          gemm_f32_reference(operand, transposed, w.data(), false, want.data(), c.rows, c.in, c.out,
                              accumulate);
+          // The weight stored transposed: bitwise the same sums, reference and fast.
+          gemm_f32(operand, transposed, wt.data(), true, got_wt.data(), c.rows, c.in, c.out,
+                   accumulate);
+          gemm_f32_reference(operand, transposed, wt.data(), true, want_wt.data(), c.rows, c.in,
+                             c.out, accumulate);
+          EXPECT_EQ(got_wt, got) << name << " rows " << c.rows << " depth " << c.in;
+          EXPECT_EQ(want_wt, want) << name << " rows " << c.rows << " depth " << c.in;
           const double err = max_relative_error(got, want) / std::sqrt(static_cast<double>(c.in));
           worst = std::max(worst, err);
           // (Depths reach 2049, which the reference sums in one f32 accumulator.)
@@ -139,7 +150,8 @@ TEST(FastKernels, GemmF32MatchesReferenceInBothLayoutsAndWhenAccumulating) {
       omp_set_num_threads(threads);
       for (const bool transposed : {false, true}) {
         results.emplace_back(rows * out, 0.5f);
-        gemm_f32(a.data(), transposed, w.data(), results.back().data(), rows, depth, out, true);
+        gemm_f32(a.data(), transposed, w.data(), false, results.back().data(), rows, depth, out,
+                 true);
       }
     }
     omp_set_num_threads(saved);

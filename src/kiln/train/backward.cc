@@ -33,7 +33,7 @@ void linear_forward(const float* x, const float* weight, const float* bias, floa
     else
       std::fill(y_row, y_row + out, 0.0f);
   }
-  ops::gemm_f32(x, false, weight, y, rows, in, out, true);
+  ops::gemm_f32(x, false, weight, false, y, rows, in, out, true);
 }
 
 void linear_backward_reference(const float* x, const float* weight, const float* dy, float* dx,
@@ -225,28 +225,12 @@ namespace {
 
 // Grow-only f32 buffers of the calling thread, one per use, so that a training step allocates
 // only while shapes grow (its first step).
-enum class Scratch { kWeightT, kXT, kScores, kScoreGrads, kCount };
+enum class Scratch { kScores, kScoreGrads, kCount };
 float* scratch(Scratch slot, int64_t n) {
   thread_local std::vector<float> buffers[static_cast<int>(Scratch::kCount)];
   std::vector<float>& b = buffers[static_cast<int>(slot)];
   if (static_cast<int64_t>(b.size()) < n) b.resize(n);
   return b.data();
-}
-
-// dst [cols, rows] = src [rows, cols]^T, in 32 x 32 tiles (threads over row tiles: a copy, so
-// the result does not depend on the thread count).
-void transpose(const float* src, int64_t rows, int64_t cols, float* dst) {
-  constexpr int64_t kTile = 32;
-  const int64_t tiles = (rows + kTile - 1) / kTile;
-#pragma omp parallel for schedule(static) if (rows * cols >= (int64_t{1} << 18))
-  for (int64_t t = 0; t < tiles; ++t) {
-    const int64_t r0 = t * kTile, r1 = std::min(rows, r0 + kTile);
-    for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
-      const int64_t c1 = std::min(cols, c0 + kTile);
-      for (int64_t c = c0; c < c1; ++c)
-        for (int64_t r = r0; r < r1; ++r) dst[c * rows + r] = src[r * cols + c];
-    }
-  }
 }
 
 // Single-threaded OpenBLAS for the calls made inside this file's parallel regions; restores
@@ -267,17 +251,12 @@ class OneBlasThread {
 void linear_backward(const float* x, const float* weight, const float* dy, float* dx, float* dw,
                      float* db, int64_t rows, int64_t in, int64_t out) {
   // Both products on ops::gemm_f32 (the active kernel set's packed GEMM), which sums every
-  // output element in an order fixed by the shapes, and adds into dx and dw.
-  if (dx) {                                            // dx[n, i] += sum_o dy[n, o] W^T[i, o]
-    float* wt = scratch(Scratch::kWeightT, in * out);  // [in, out]
-    transpose(weight, out, in, wt);
-    ops::gemm_f32(dy, false, wt, dx, rows, out, in, true);
-  }
-  if (dw) {  // dw[o, i] += sum_n dy[n, o] x^T[i, n]: dy read as [depth = rows, out] in place
-    float* xt = scratch(Scratch::kXT, in * rows);  // [in, rows]
-    transpose(x, rows, in, xt);
-    ops::gemm_f32(dy, true, xt, dw, out, rows, in, true);
-  }
+  // output element in an order fixed by the shapes, reads W, x and dy in place (any of them
+  // transposed) and adds into dx and dw.
+  if (dx)  // dx[n, i] += sum_o dy[n, o] W[o, i]: W read as [depth = out, in]
+    ops::gemm_f32(dy, false, weight, true, dx, rows, out, in, true);
+  if (dw)  // dw[o, i] += sum_n dy[n, o] x[n, i]: dy as [depth = rows, out], x as [rows, in]
+    ops::gemm_f32(dy, true, x, true, dw, out, rows, in, true);
   if (db) {
     std::vector<double> sum(out, 0.0);  // rows in order, for every thread count
     for (int64_t n = 0; n < rows; ++n)

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "kiln/core/quant.h"
 #include "kiln/core/tensor.h"

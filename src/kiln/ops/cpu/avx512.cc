@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "kiln/core/quant.h"
 #include "kiln/core/tensor.h"

@@ -14,8 +14,8 @@ namespace kiln::ops::cpu {
 
 using LinearKernel = void (*)(const float* x, const WeightView& weight, const float* bias, float* y,
                               int64_t rows, int64_t in, int64_t out);
-using GemmF32Kernel = void (*)(const float* a, bool a_transposed, const float* w, float* y,
-                               int64_t rows, int64_t depth, int64_t out, bool accumulate);
+using GemmF32Kernel = void (*)(const float* a, bool a_transposed, const float* w, bool w_transposed,
+                               float* y, int64_t rows, int64_t depth, int64_t out, bool accumulate);
 using SiluGatedKernel = void (*)(const float* gate, const float* up, float* y, int64_t count);
 using AttentionKernel = void (*)(const float* q, const float* k_cache, const float* v_cache,
                                  float* out, const AttentionShape& shape);
