@@ -7,6 +7,7 @@
 // checkpoint's own tensor names) plus metrics.jsonl; with --lora-rank, the base is frozen and OUT
 // is an adapter folder (train/lora.h). Under `mpirun -np N` the ranks share each step's windows
 // (train/data_parallel.h); rank 0 writes.
+#include <malloc.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -139,6 +140,11 @@ class TrainCommand : public Command {
     // The ranks on one machine share its cores (unless OMP_NUM_THREADS says otherwise).
     if (std::getenv("OMP_NUM_THREADS") == nullptr)
       omp_set_num_threads(std::max(1, omp_get_num_procs() / comm_->local_size()));
+    // Every step allocates and frees the same activation buffers: keep freed memory in the
+    // heap (no mmap per large buffer, no trimming) so that a step reuses the pages of the last
+    // one instead of faulting in and zeroing fresh ones.
+    mallopt(M_MMAP_THRESHOLD, 1 << 30);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
     try {
       return run_rank();
     } catch (const std::exception& e) {

@@ -276,9 +276,10 @@ void attention_backward(const float* q, const float* k, const float* v, const fl
   const int kD = static_cast<int>(D), kQs = static_cast<int>(q_stride),
             kKvs = static_cast<int>(kv_stride);
   const OneBlasThread one_thread;
-  // One (row, KV head) per work item, in a fixed order: the item's gradients of K and V, and
-  // its query heads' gradients of Q, are summed by one thread, the same way for any count.
-#pragma omp parallel for collapse(2) schedule(static)
+  // One (row, KV head) per work item: the item's gradients of K and V, and its query heads'
+  // gradients of Q, are summed by one thread, the same way for any count (items are handed
+  // out as threads come free).
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
   for (int64_t b = 0; b < s.batch; ++b) {
     for (int64_t kv = 0; kv < s.kv_heads; ++kv) {
       float* scores = scratch(Scratch::kScores, kBlock * T);     // [block, keys] p
