@@ -225,6 +225,33 @@ TEST(FastKernels, SiluGatedMatchesReference) {
   use_kernels("auto");
 }
 
+TEST(FastKernels, SiluGatedBackwardMatchesReference) {
+  std::mt19937 rng(21);
+  for (const std::string& name : fast_kernel_sets()) {
+    use_kernels(name);
+    double worst = 0.0;
+    for (const int64_t count : {1, 7, 16, 33, 1000, 300000}) {
+      std::vector<float> gate = random_vector(rng, count), up = random_vector(rng, count),
+                         dy = random_vector(rng, count);
+      for (size_t i = 0; i < gate.size(); i += 97) gate[i] *= 40.0f;  // far tails of e^x
+      const std::vector<float> start = random_vector(rng, count);     // added to
+      std::vector<float> got_gate = start, got_up = start, want_gate = start, want_up = start;
+      silu_gated_backward(gate.data(), up.data(), dy.data(), got_gate.data(), got_up.data(), count);
+      silu_gated_backward_reference(gate.data(), up.data(), dy.data(), want_gate.data(),
+                                    want_up.data(), count);
+      worst = std::max(
+          {worst, max_relative_error(got_gate, want_gate), max_relative_error(got_up, want_up)});
+      // Either output alone: the other stays untouched.
+      std::vector<float> only_up = start;
+      silu_gated_backward(gate.data(), up.data(), dy.data(), nullptr, only_up.data(), count);
+      EXPECT_EQ(only_up, got_up) << name << " count " << count;
+    }
+    std::cout << name << " silu_gated_backward: max |err| / (1 + |y|) = " << worst << std::endl;
+    EXPECT_LE(worst, 1e-6) << name;
+  }
+  use_kernels("auto");
+}
+
 TEST(FastKernels, UnknownKernelSetIsRejected) {
   EXPECT_THROW(use_kernels("avx9000"), Error);
   EXPECT_EQ(available_kernels().front(), "reference");

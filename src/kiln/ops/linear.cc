@@ -116,7 +116,8 @@ const KernelTable& reference_table() {
                                   &linear_reference, &linear_reference, &linear_reference},
                                  &causal_attention_reference,
                                  &silu_gated_reference,
-                                 &gemm_f32_reference};
+                                 &gemm_f32_reference,
+                                 &silu_gated_backward_reference};
   return table;
 }
 }  // namespace kiln::ops::cpu

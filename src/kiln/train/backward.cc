@@ -348,6 +348,8 @@ void gated_backward(Activation activation, const float* gate, const float* up, c
   check(activation == Activation::kSilu || activation == Activation::kGeluTanh,
         std::string("gated_backward: activation '") + activation_name(activation) +
             "' has no backward yet (silu and gelu_tanh do)");
+  if (activation == Activation::kSilu)  // the active kernel set's vector kernel
+    return ops::silu_gated_backward(gate, up, dh, dgate, dup, count);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < count; ++i) {
     const float x = gate[i];

@@ -128,7 +128,8 @@ const KernelTable& avx512_table() {
        &avx512::quantized_linear<DType::Q4_1>, &avx512::quantized_linear<DType::Q4_1_128>},
       &avx512::attention,
       &avx512::silu_gated,
-      &avx512::gemm_f32};
+      &avx512::gemm_f32,
+      &avx512::silu_gated_backward};
   return table;
 }
 }  // namespace kiln::ops::cpu
