@@ -48,6 +48,9 @@ def read_folder(model_dir):
 
 def main():
     model_dir, steps, batch, seq = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    # All the cores Kiln uses (OMP_NUM_THREADS, else every core of the affinity mask): Debian's
+    # torch 1.13 otherwise picks one intra-op thread on the 2-core machine.
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0))))
     torch.manual_seed(0)
     cfg = ref.Config(os.path.join(model_dir, "config.json"))
     weights = read_folder(model_dir)

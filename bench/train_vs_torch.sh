@@ -119,14 +119,16 @@ run_shape() {
   /usr/bin/time -v $py "$root/bench/train_torch.py" "$model" "$steps" "$batch" "$seq" \
     >"$work/torch.out" 2>"$work/torch.err" || { cat "$work/torch.err"; exit 1; }
   torch_rate="$($py -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["tokens_per_s"], 1))' "$work/torch.out")"
+  export TORCH_THREADS="$($py -c 'import json,sys; print(json.load(open(sys.argv[1]))["threads"])' "$work/torch.out")"
   torch_rss="$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$work/torch.err")"
   flops="$(flops_per_token "$model" "$seq")"
   $py - "$label" "$batch x $seq" "$kiln_rate" "$torch_rate" "$kiln_rss" "$torch_rss" "$flops" "$peak_gflops" $base <<'EOF'
+import os
 import sys
 import torch
 label, shape, k, t, krss, trss, flops, peak = sys.argv[1:9]
 k, t, flops, peak = float(k), float(t), float(flops), float(peak)
-rows = [("Kiln", k, krss), (f"PyTorch {torch.__version__}", t, trss)]
+rows = [("Kiln", k, krss), (f"PyTorch {torch.__version__} ({os.environ['TORCH_THREADS']} threads)", t, trss)]
 if len(sys.argv) > 9:
     rows.append(("Kiln (KILN_BASE)", float(sys.argv[9]), sys.argv[10]))
 for engine, rate, rss in rows:

@@ -104,6 +104,35 @@ TEST(CliTrain, GradientAccumulationMatchesTheLargerBatch) {
   fs::remove_all(dir);
 }
 
+// The leaves of a step's gradient sum: a batch of 4 windows computed as one leaf (the
+// default), as 4 leaves of one window and as 2 leaves of 2 (the last one with the odd window
+// of a 3-window batch too) train alike: the same mean, summed in another order.
+TEST(CliTrain, LeafSizeChangesOnlyTheSummationOrder) {
+  const std::string dir = test::make_temp_dir("kiln_leaf_");
+  const std::string common = "train --data " + test::shell_quote(source_file()) +
+                             " --steps 3 --seq 32 --lr 1e-3 --seed 3 --val-fraction 0 --json";
+  for (const std::string batch : {"4", "3"}) {
+    double reference = 0.0;
+    for (const std::string leaf : {"", "1", "2"}) {
+      const std::string out = dir + "/b" + batch + "_leaf" + leaf;
+      const test::CommandResult r =
+          test::run_kiln(common + " --batch " + batch +
+                         (leaf.empty() ? "" : " --leaf-windows " + leaf) + " -o " + out);
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+      const double loss = Json::parse(r.out).at("last_loss").get<double>();
+      if (leaf.empty()) reference = loss;
+      std::cout << "batch " << batch << ", leaf " << (leaf.empty() ? batch : leaf) << ": last loss "
+                << loss << " (relative difference " << std::abs(loss - reference) / reference << ")"
+                << std::endl;
+      EXPECT_NEAR(loss, reference, 1e-5 * reference) << "batch " << batch << " leaf " << leaf;
+    }
+  }
+  const test::CommandResult bad = test::run_kiln(common + " --leaf-windows 0 -o " + dir + "/bad");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("--leaf-windows"), std::string::npos) << bad.err;
+  fs::remove_all(dir);
+}
+
 TEST(CliTrain, ErrorsLeaveNothingBehind) {
   const std::string dir = test::make_temp_dir("kiln_train_bad_");
   const std::string data = " --data " + test::shell_quote(source_file());

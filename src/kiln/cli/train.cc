@@ -7,6 +7,7 @@
 // checkpoint's own tensor names) plus metrics.jsonl; with --lora-rank, the base is frozen and OUT
 // is an adapter folder (train/lora.h). Under `mpirun -np N` the ranks share each step's windows
 // (train/data_parallel.h); rank 0 writes.
+#include <malloc.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -81,6 +82,11 @@ class TrainCommand : public Command {
     app.add_option("--grad-accum", grad_accum_,
                    "micro-batches of --batch windows per step, gradients averaged (default 1)")
         ->check(CLI::Range(1, 1 << 16));
+    app.add_option("--leaf-windows", leaf_windows_,
+                   "windows computed together as one batch (a leaf of the gradient sum; "
+                   "default: all --batch windows of a micro-batch; under mpirun, ranks share "
+                   "whole leaves)")
+        ->check(CLI::Range(1, 4096));
     app.add_option("--warmup", warmup_, "linear warmup steps (default 0)")
         ->check(CLI::Range(0, 1 << 30));
     app.add_option("--schedule", schedule_, "after warmup: cosine (default), linear or constant")
@@ -134,6 +140,11 @@ class TrainCommand : public Command {
     // The ranks on one machine share its cores (unless OMP_NUM_THREADS says otherwise).
     if (std::getenv("OMP_NUM_THREADS") == nullptr)
       omp_set_num_threads(std::max(1, omp_get_num_procs() / comm_->local_size()));
+    // Every step allocates and frees the same activation buffers: keep freed memory in the
+    // heap (no mmap per large buffer, no trimming) so that a step reuses the pages of the last
+    // one instead of faulting in and zeroing fresh ones.
+    mallopt(M_MMAP_THRESHOLD, 1 << 30);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
     try {
       return run_rank();
     } catch (const std::exception& e) {
@@ -227,6 +238,12 @@ class TrainCommand : public Command {
            val_after = val_before;
     std::vector<double> rank_rates;
     const int64_t units = grad_accum_ * batch_;  // windows per step
+    // The leaves of the step's gradient sum: runs of up to `leaf` consecutive windows of one
+    // micro-batch, computed as one batch. They depend on the settings only (never on the rank
+    // count), so ranks that share whole leaves sum them in the same tree.
+    const int64_t leaf = std::min(batch_, leaf_windows_ > 0 ? leaf_windows_ : batch_);
+    const int64_t leaves_per_micro = (batch_ + leaf - 1) / leaf;
+    const int64_t leaves = grad_accum_ * leaves_per_micro;
     for (int64_t step = first_step; step <= steps_; ++step) {
       const double lr = learning_rate(step);
       // The step's windows, micro-batch after micro-batch (every rank draws the same).
@@ -238,33 +255,44 @@ class TrainCommand : public Command {
         }
         ids.push_back(order[cursor++]);
       }
-      // The loss is the mean over micro-batches of each one's mean over its targets: window w
-      // of micro-batch b weighs targets(w) / targets(b) / grad_accum.
-      std::vector<double> weights(static_cast<size_t>(units), 0.0);
+      // The loss is the mean over micro-batches of each one's mean over its targets: a leaf
+      // (its mean over its own targets) of micro-batch b weighs targets(leaf) / targets(b) /
+      // grad_accum.
+      std::vector<double> weights(static_cast<size_t>(leaves), 0.0);
+      std::vector<std::vector<size_t>> leaf_ids(static_cast<size_t>(leaves));
       for (int64_t micro = 0; micro < grad_accum_; ++micro) {
         int64_t total = 0;
         for (int64_t b = 0; b < batch_; ++b)
           total += window_targets(windows[ids[micro * batch_ + b]]);
-        for (int64_t b = 0; b < batch_; ++b)
+        for (int64_t j = 0; j < leaves_per_micro; ++j) {
+          const auto u = static_cast<size_t>(micro * leaves_per_micro + j);
+          int64_t targets_of_leaf = 0;
+          for (int64_t b = j * leaf; b < std::min(batch_, (j + 1) * leaf); ++b) {
+            leaf_ids[u].push_back(ids[micro * batch_ + b]);
+            targets_of_leaf += window_targets(windows[ids[micro * batch_ + b]]);
+          }
           if (total > 0)
-            weights[micro * batch_ + b] =
-                static_cast<double>(window_targets(windows[ids[micro * batch_ + b]])) /
-                static_cast<double>(total) / static_cast<double>(grad_accum_);
+            weights[u] = static_cast<double>(targets_of_leaf) / static_cast<double>(total) /
+                         static_cast<double>(grad_accum_);
+        }
       }
-      const double loss = optimizer.accumulate(units, weights, [&](int64_t u) {
+      const double loss = optimizer.accumulate(leaves, weights, [&](int64_t u) {
         model.zero_gradients();
-        make_batch(windows, {ids[u]}, seq_, pad, tokens, targets, &segments);
-        // LoRA dropout masks per window of the run: the same for any rank count.
-        if (lora) lora->set_dropout_key(static_cast<uint64_t>((step - 1) * units + u));
-        return model.forward_backward(tokens.data(), targets.data(), 1, seq_, 256,
+        const std::vector<size_t>& batch = leaf_ids[static_cast<size_t>(u)];
+        make_batch(windows, batch, seq_, pad, tokens, targets, &segments);
+        // LoRA dropout masks per leaf of the run: the same for any rank count.
+        if (lora) lora->set_dropout_key(static_cast<uint64_t>((step - 1) * leaves + u));
+        return model.forward_backward(tokens.data(), targets.data(),
+                                      static_cast<int64_t>(batch.size()), seq_, 256,
                                       pack_ ? segments.data() : nullptr);
       });
       check(std::isfinite(loss), "training: the loss is " + std::to_string(loss) + " at step " +
                                      std::to_string(step) + " (lower --lr?); nothing was written");
       const double norm = optimizer.step(lr);
-      const auto [mine_first, mine_last] = optimizer.my_units(units);
+      const auto [mine_first, mine_last] = optimizer.my_units(leaves);
       seen_tokens += units * seq_;
-      rank_tokens += (mine_last - mine_first) * seq_;
+      for (int64_t u = mine_first; u < mine_last; ++u)
+        rank_tokens += static_cast<int64_t>(leaf_ids[static_cast<size_t>(u)].size()) * seq_;
       if (step == first_step) first_loss = loss;
       last_loss = loss;
       const double seconds =
@@ -459,6 +487,7 @@ class TrainCommand : public Command {
               {"seed", seed_},
               {"val_fraction", val_fraction_}};
     if (pack_) s["pack"] = true;
+    if (leaf_windows_ > 0 && leaf_windows_ < batch_) s["leaf_windows"] = leaf_windows_;
     if (lora_rank_ > 0)
       s["lora"] = {{"rank", lora_rank_},
                    {"alpha", lora_alpha_},
@@ -505,7 +534,7 @@ class TrainCommand : public Command {
   FamilyChoice family_;
   std::string model_path_, data_, output_, final_, schedule_ = "cosine";
   int64_t steps_ = 100, batch_ = 4, seq_ = 128, warmup_ = 0, eval_every_ = 0, save_every_ = 0,
-          grad_accum_ = 1;
+          grad_accum_ = 1, leaf_windows_ = 0;
   std::string resume_;
   double lr_ = 3e-4, weight_decay_ = 0.0, clip_ = 1.0, val_fraction_ = 0.1;
   uint64_t seed_ = 0;

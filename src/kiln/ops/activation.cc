@@ -57,4 +57,20 @@ void silu_gated_reference(const float* gate, const float* up, float* y, int64_t 
   for (int64_t i = 0; i < count; ++i) y[i] = activate(Activation::kSilu, gate[i]) * up[i];
 }
 
+void silu_gated_backward(const float* gate, const float* up, const float* dy, float* dgate,
+                         float* dup, int64_t count) {
+  active_kernels().silu_gated_backward(gate, up, dy, dgate, dup, count);
+}
+
+void silu_gated_backward_reference(const float* gate, const float* up, const float* dy,
+                                   float* dgate, float* dup, int64_t count) {
+#pragma omp parallel for schedule(static) if (count >= (int64_t{1} << 16))
+  for (int64_t i = 0; i < count; ++i) {
+    const float x = gate[i];
+    const float s = 1.0f / (1.0f + std::exp(-x));
+    if (dgate) dgate[i] += dy[i] * up[i] * (s * (1.0f + x * (1.0f - s)));
+    if (dup) dup[i] += dy[i] * (x * s);
+  }
+}
+
 }  // namespace kiln::ops

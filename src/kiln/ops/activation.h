@@ -26,4 +26,14 @@ void clamped_swiglu(const float* gate, const float* up, float* y, int64_t count,
 // The reference kernel of gated_activation with SiLU.
 void silu_gated_reference(const float* gate, const float* up, float* y, int64_t count);
 
+// The backward of y = silu(gate) * up (training): with s = sigmoid(gate[i]),
+//   dgate[i] += dy[i] * up[i] * s * (1 + gate[i] * (1 - s)),   dup[i] += dy[i] * gate[i] * s.
+// gate, up, dy, dgate, dup: [count] f32; dgate or dup may be null (not computed). Runs the
+// active kernel set (ops/kernels.h).
+void silu_gated_backward(const float* gate, const float* up, const float* dy, float* dgate,
+                         float* dup, int64_t count);
+// Its reference kernel.
+void silu_gated_backward_reference(const float* gate, const float* up, const float* dy,
+                                   float* dgate, float* dup, int64_t count);
+
 }  // namespace kiln::ops

@@ -170,15 +170,26 @@ TEST(FastKernels, GemmF32MatchesReferenceInBothLayoutsAndWhenAccumulating) {
       std::vector<float> at(c.in * c.rows);                            // [depth, rows]
       for (int64_t j = 0; j < c.rows; ++j)
         for (int64_t k = 0; k < c.in; ++k) at[k * c.rows + j] = a[j * c.in + k];
-      const std::vector<float> w = random_vector(rng, c.out * c.in);        // [out, depth]
+      const std::vector<float> w = random_vector(rng, c.out * c.in);  // [out, depth]
+      std::vector<float> wt(c.in * c.out);                            // [depth, out]
+      for (int64_t o = 0; o < c.out; ++o)
+        for (int64_t k = 0; k < c.in; ++k) wt[k * c.out + o] = w[o * c.in + k];
       const std::vector<float> start = random_vector(rng, c.rows * c.out);  // [rows, out]
       for (const bool transposed : {false, true}) {
         for (const bool accumulate : {false, true}) {
-          std::vector<float> got = start, want = start;
+          std::vector<float> got = start, want = start, got_wt = start, want_wt = start;
           const float* operand = transposed ? at.data() : a.data();
-          gemm_f32(operand, transposed, w.data(), got.data(), c.rows, c.in, c.out, accumulate);
-          gemm_f32_reference(operand, transposed, w.data(), want.data(), c.rows, c.in, c.out,
+          gemm_f32(operand, transposed, w.data(), false, got.data(), c.rows, c.in, c.out,
+                   accumulate);
+          gemm_f32_reference(operand, transposed, w.data(), false, want.data(), c.rows, c.in, c.out,
                              accumulate);
+          // The weight stored transposed: bitwise the same sums, reference and fast.
+          gemm_f32(operand, transposed, wt.data(), true, got_wt.data(), c.rows, c.in, c.out,
+                   accumulate);
+          gemm_f32_reference(operand, transposed, wt.data(), true, want_wt.data(), c.rows, c.in,
+                             c.out, accumulate);
+          EXPECT_EQ(got_wt, got) << name << " rows " << c.rows << " depth " << c.in;
+          EXPECT_EQ(want_wt, want) << name << " rows " << c.rows << " depth " << c.in;
           const double err = max_relative_error(got, want) / std::sqrt(static_cast<double>(c.in));
           worst = std::max(worst, err);
           // (Depths reach 2049, which the reference sums in one f32 accumulator.)
@@ -200,7 +211,8 @@ TEST(FastKernels, GemmF32MatchesReferenceInBothLayoutsAndWhenAccumulating) {
       omp_set_num_threads(threads);
       for (const bool transposed : {false, true}) {
         results.emplace_back(rows * out, 0.5f);
-        gemm_f32(a.data(), transposed, w.data(), results.back().data(), rows, depth, out, true);
+        gemm_f32(a.data(), transposed, w.data(), false, results.back().data(), rows, depth, out,
+                 true);
       }
     }
     omp_set_num_threads(saved);
@@ -269,6 +281,33 @@ TEST(FastKernels, SiluGatedMatchesReference) {
       worst = std::max(worst, max_relative_error(got, want));
     }
     std::cout << name << " silu_gated: max |err| / (1 + |y|) = " << worst << std::endl;
+    EXPECT_LE(worst, 1e-6) << name;
+  }
+  use_kernels("auto");
+}
+
+TEST(FastKernels, SiluGatedBackwardMatchesReference) {
+  std::mt19937 rng(21);
+  for (const std::string& name : fast_kernel_sets()) {
+    use_kernels(name);
+    double worst = 0.0;
+    for (const int64_t count : {1, 7, 16, 33, 1000, 300000}) {
+      std::vector<float> gate = random_vector(rng, count), up = random_vector(rng, count),
+                         dy = random_vector(rng, count);
+      for (size_t i = 0; i < gate.size(); i += 97) gate[i] *= 40.0f;  // far tails of e^x
+      const std::vector<float> start = random_vector(rng, count);     // added to
+      std::vector<float> got_gate = start, got_up = start, want_gate = start, want_up = start;
+      silu_gated_backward(gate.data(), up.data(), dy.data(), got_gate.data(), got_up.data(), count);
+      silu_gated_backward_reference(gate.data(), up.data(), dy.data(), want_gate.data(),
+                                    want_up.data(), count);
+      worst = std::max(
+          {worst, max_relative_error(got_gate, want_gate), max_relative_error(got_up, want_up)});
+      // Either output alone: the other stays untouched.
+      std::vector<float> only_up = start;
+      silu_gated_backward(gate.data(), up.data(), dy.data(), nullptr, only_up.data(), count);
+      EXPECT_EQ(only_up, got_up) << name << " count " << count;
+    }
+    std::cout << name << " silu_gated_backward: max |err| / (1 + |y|) = " << worst << std::endl;
     EXPECT_LE(worst, 1e-6) << name;
   }
   use_kernels("auto");

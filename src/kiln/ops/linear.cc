@@ -79,23 +79,21 @@ void linear_reference(const float* x, const void* weight, DType weight_dtype, co
   linear_reference(x, weight_view(weight, weight_dtype, in), bias, y, rows, in, out);
 }
 
-void gemm_f32(const float* a, bool a_transposed, const float* w, float* y, int64_t rows,
-              int64_t depth, int64_t out, bool accumulate) {
-  active_kernels().gemm_f32(a, a_transposed, w, y, rows, depth, out, accumulate);
+void gemm_f32(const float* a, bool a_transposed, const float* w, bool w_transposed, float* y,
+              int64_t rows, int64_t depth, int64_t out, bool accumulate) {
+  active_kernels().gemm_f32(a, a_transposed, w, w_transposed, y, rows, depth, out, accumulate);
 }
 
-void gemm_f32_reference(const float* a, bool a_transposed, const float* w, float* y, int64_t rows,
-                        int64_t depth, int64_t out, bool accumulate) {
+void gemm_f32_reference(const float* a, bool a_transposed, const float* w, bool w_transposed,
+                        float* y, int64_t rows, int64_t depth, int64_t out, bool accumulate) {
 #pragma omp parallel for schedule(static) if (rows * depth * out >= (int64_t{1} << 18))
   for (int64_t o = 0; o < out; ++o) {
-    const float* w_row = w + o * depth;  // [depth]
+    // w(o, k): w[o * depth + k], or w[k * out + o] when transposed
+    const int64_t w_first = w_transposed ? o : o * depth, w_step = w_transposed ? out : 1;
     for (int64_t j = 0; j < rows; ++j) {
       float sum = 0.0f;
-      if (a_transposed) {
-        for (int64_t k = 0; k < depth; ++k) sum += a[k * rows + j] * w_row[k];
-      } else {
-        for (int64_t k = 0; k < depth; ++k) sum += a[j * depth + k] * w_row[k];
-      }
+      for (int64_t k = 0; k < depth; ++k)
+        sum += (a_transposed ? a[k * rows + j] : a[j * depth + k]) * w[w_first + k * w_step];
       y[j * out + o] = accumulate ? y[j * out + o] + sum : sum;
     }
   }
@@ -118,7 +116,8 @@ const KernelTable& reference_table() {
                                   &linear_reference, &linear_reference, &linear_reference},
                                  &causal_attention_reference,
                                  &silu_gated_reference,
-                                 &gemm_f32_reference};
+                                 &gemm_f32_reference,
+                                 &silu_gated_backward_reference};
   return table;
 }
 }  // namespace kiln::ops::cpu

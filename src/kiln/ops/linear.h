@@ -61,16 +61,18 @@ void linear_reference(const float* x, const void* weight, DType weight_dtype, co
                       float* y, int64_t rows, int64_t in, int64_t out);
 
 // The f32 GEMM of linear() with two options that training's backward uses:
-//   y[j, o] (+)= sum_k a(j, k) * w[o, k]   for j < rows, o < out, k < depth
+//   y[j, o] (+)= sum_k a(j, k) * w(o, k)   for j < rows, o < out, k < depth
 //   a(j, k) = a[j * depth + k] ([rows, depth]), or a[k * rows + j] when a_transposed
 //   ([depth, rows]: the GEMM packs its panels from either layout, no transposed copy);
-//   w: [out, depth] f32;  y: [rows, out], overwritten, or added to when `accumulate`.
+//   w(o, k) = w[o * depth + k] ([out, depth]), or w[k * out + o] when w_transposed
+//   ([depth, out]: read in place, the same sums either way);
+//   y: [rows, out], overwritten, or added to when `accumulate`.
 // Every output element is summed in an order that depends on the shapes only (never on the
-// thread count). Runs the active kernel set on all OpenMP threads.
-void gemm_f32(const float* a, bool a_transposed, const float* w, float* y, int64_t rows,
-              int64_t depth, int64_t out, bool accumulate);
+// thread count or the layouts). Runs the active kernel set on all OpenMP threads.
+void gemm_f32(const float* a, bool a_transposed, const float* w, bool w_transposed, float* y,
+              int64_t rows, int64_t depth, int64_t out, bool accumulate);
 // Its reference kernel: plain loops.
-void gemm_f32_reference(const float* a, bool a_transposed, const float* w, float* y, int64_t rows,
-                        int64_t depth, int64_t out, bool accumulate);
+void gemm_f32_reference(const float* a, bool a_transposed, const float* w, bool w_transposed,
+                        float* y, int64_t rows, int64_t depth, int64_t out, bool accumulate);
 
 }  // namespace kiln::ops

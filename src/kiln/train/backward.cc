@@ -34,7 +34,7 @@ void linear_forward(const float* x, const float* weight, const float* bias, floa
     else
       std::fill(y_row, y_row + out, 0.0f);
   }
-  ops::gemm_f32(x, false, weight, y, rows, in, out, true);
+  ops::gemm_f32(x, false, weight, false, y, rows, in, out, true);
 }
 
 void linear_backward_reference(const float* x, const float* weight, const float* dy, float* dx,
@@ -226,28 +226,12 @@ namespace {
 
 // Grow-only f32 buffers of the calling thread, one per use, so that a training step allocates
 // only while shapes grow (its first step).
-enum class Scratch { kWeightT, kXT, kScores, kScoreGrads, kCount };
+enum class Scratch { kScores, kScoreGrads, kCount };
 float* scratch(Scratch slot, int64_t n) {
   thread_local std::vector<float> buffers[static_cast<int>(Scratch::kCount)];
   std::vector<float>& b = buffers[static_cast<int>(slot)];
   if (static_cast<int64_t>(b.size()) < n) b.resize(n);
   return b.data();
-}
-
-// dst [cols, rows] = src [rows, cols]^T, in 32 x 32 tiles (threads over row tiles: a copy, so
-// the result does not depend on the thread count).
-void transpose(const float* src, int64_t rows, int64_t cols, float* dst) {
-  constexpr int64_t kTile = 32;
-  const int64_t tiles = (rows + kTile - 1) / kTile;
-#pragma omp parallel for schedule(static) if (rows * cols >= (int64_t{1} << 18))
-  for (int64_t t = 0; t < tiles; ++t) {
-    const int64_t r0 = t * kTile, r1 = std::min(rows, r0 + kTile);
-    for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
-      const int64_t c1 = std::min(cols, c0 + kTile);
-      for (int64_t c = c0; c < c1; ++c)
-        for (int64_t r = r0; r < r1; ++r) dst[c * rows + r] = src[r * cols + c];
-    }
-  }
 }
 
 // Single-threaded OpenBLAS for the calls made inside this file's parallel regions; restores
@@ -268,17 +252,12 @@ class OneBlasThread {
 void linear_backward(const float* x, const float* weight, const float* dy, float* dx, float* dw,
                      float* db, int64_t rows, int64_t in, int64_t out) {
   // Both products on ops::gemm_f32 (the active kernel set's packed GEMM), which sums every
-  // output element in an order fixed by the shapes, and adds into dx and dw.
-  if (dx) {                                            // dx[n, i] += sum_o dy[n, o] W^T[i, o]
-    float* wt = scratch(Scratch::kWeightT, in * out);  // [in, out]
-    transpose(weight, out, in, wt);
-    ops::gemm_f32(dy, false, wt, dx, rows, out, in, true);
-  }
-  if (dw) {  // dw[o, i] += sum_n dy[n, o] x^T[i, n]: dy read as [depth = rows, out] in place
-    float* xt = scratch(Scratch::kXT, in * rows);  // [in, rows]
-    transpose(x, rows, in, xt);
-    ops::gemm_f32(dy, true, xt, dw, out, rows, in, true);
-  }
+  // output element in an order fixed by the shapes, reads W, x and dy in place (any of them
+  // transposed) and adds into dx and dw.
+  if (dx)  // dx[n, i] += sum_o dy[n, o] W[o, i]: W read as [depth = out, in]
+    ops::gemm_f32(dy, false, weight, true, dx, rows, out, in, true);
+  if (dw)  // dw[o, i] += sum_n dy[n, o] x[n, i]: dy as [depth = rows, out], x as [rows, in]
+    ops::gemm_f32(dy, true, x, true, dw, out, rows, in, true);
   if (db) {
     std::vector<double> sum(out, 0.0);  // rows in order, for every thread count
     for (int64_t n = 0; n < rows; ++n)
@@ -298,9 +277,10 @@ void attention_backward(const float* q, const float* k, const float* v, const fl
   const int kD = static_cast<int>(D), kQs = static_cast<int>(q_stride),
             kKvs = static_cast<int>(kv_stride);
   const OneBlasThread one_thread;
-  // One (row, KV head) per work item, in a fixed order: the item's gradients of K and V, and
-  // its query heads' gradients of Q, are summed by one thread, the same way for any count.
-#pragma omp parallel for collapse(2) schedule(static)
+  // One (row, KV head) per work item: the item's gradients of K and V, and its query heads'
+  // gradients of Q, are summed by one thread, the same way for any count (items are handed
+  // out as threads come free).
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
   for (int64_t b = 0; b < s.batch; ++b) {
     for (int64_t kv = 0; kv < s.kv_heads; ++kv) {
       float* scores = scratch(Scratch::kScores, kBlock * T);     // [block, keys] p
@@ -369,6 +349,8 @@ void gated_backward(Activation activation, const float* gate, const float* up, c
   check(activation == Activation::kSilu || activation == Activation::kGeluTanh,
         std::string("gated_backward: activation '") + activation_name(activation) +
             "' has no backward yet (silu and gelu_tanh do)");
+  if (activation == Activation::kSilu)  // the active kernel set's vector kernel
+    return ops::silu_gated_backward(gate, up, dh, dgate, dup, count);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < count; ++i) {
     const float x = gate[i];

@@ -25,8 +25,8 @@ void linear_forward(const float* x, const float* weight, const float* bias, floa
 //   dx += dy W     [rows, in]
 //   dw += dy^T x   [out, in]
 //   db += sum dy   [out]
-// Both products on ops::gemm_f32 (the active kernel set's GEMM), with transposed copies of W
-// and x as operands (dy is packed from its own layout).
+// Both products on ops::gemm_f32 (the active kernel set's GEMM), which reads W, x and dy in
+// their own layouts (no transposed copies).
 void linear_backward(const float* x, const float* weight, const float* dy, float* dx, float* dw,
                      float* db, int64_t rows, int64_t in, int64_t out);
 // The same as plain loops.

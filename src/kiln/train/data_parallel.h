@@ -1,8 +1,9 @@
 // Data-parallel training over a Collective (collective.h): each rank computes the gradients
-// of its share of a step's units (windows), the ranks sum them, and AdamW updates the
-// parameters, either replicated (every rank keeps the whole optimizer state) or, with
-// ZeRO stage 1, sharded (reduce-scatter the gradients, each rank updates its shard of the
-// parameters and keeps only that shard's moments, all-gather the parameters).
+// of its share of a step's units (in `kiln train`, leaves: runs of windows computed as one
+// batch), the ranks sum them, and AdamW updates the parameters, either replicated (every rank
+// keeps the whole optimizer state) or, with ZeRO stage 1, sharded (reduce-scatter the
+// gradients, each rank updates its shard of the parameters and keeps only that shard's
+// moments, all-gather the parameters).
 //
 // Reproducibility: the result of a step does not depend on the number of ranks when it is a
 // power of two (1, 2, 4, ... give bitwise the same parameters, optimizer state and loss; other

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "kiln/core/quant.h"
 #include "kiln/core/tensor.h"
@@ -34,7 +35,8 @@ const KernelTable& avx2_table() {
        &avx2::quantized_linear<DType::Q4_1>, &avx2::quantized_linear<DType::Q4_1_128>},
       &avx2::attention,
       &avx2::silu_gated,
-      &avx2::gemm_f32};
+      &avx2::gemm_f32,
+      &avx2::silu_gated_backward};
   return table;
 }
 }  // namespace kiln::ops::cpu

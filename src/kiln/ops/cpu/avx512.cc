@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "kiln/core/quant.h"
 #include "kiln/core/tensor.h"
@@ -307,7 +308,8 @@ const KernelTable& avx512_table() {
                                   &avx512::quantized_linear<DType::Q4_1_128, avx512::Qgemv512>},
                                  &avx512::attention,
                                  &avx512::silu_gated,
-                                 &avx512::gemm_f32};
+                                 &avx512::gemm_f32,
+                                 &avx512::silu_gated_backward};
   return table;
 }
 }  // namespace kiln::ops::cpu

@@ -14,9 +14,11 @@ namespace kiln::ops::cpu {
 
 using LinearKernel = void (*)(const float* x, const WeightView& weight, const float* bias, float* y,
                               int64_t rows, int64_t in, int64_t out);
-using GemmF32Kernel = void (*)(const float* a, bool a_transposed, const float* w, float* y,
-                               int64_t rows, int64_t depth, int64_t out, bool accumulate);
+using GemmF32Kernel = void (*)(const float* a, bool a_transposed, const float* w, bool w_transposed,
+                               float* y, int64_t rows, int64_t depth, int64_t out, bool accumulate);
 using SiluGatedKernel = void (*)(const float* gate, const float* up, float* y, int64_t count);
+using SiluGatedBackwardKernel = void (*)(const float* gate, const float* up, const float* dy,
+                                         float* dgate, float* dup, int64_t count);
 using AttentionKernel = void (*)(const float* q, const float* k_cache, const float* v_cache,
                                  float* out, const AttentionShape& shape);
 
@@ -28,11 +30,12 @@ inline constexpr DType kWeightFormats[kWeightFormatCount] = {
 int weight_format_index(DType format);
 
 struct KernelTable {
-  const char* name;                         // "reference", "avx2", "avx512"
-  LinearKernel linear[kWeightFormatCount];  // contract of ops::linear, per weight format
-  AttentionKernel attention;                // contract of ops::causal_attention
-  SiluGatedKernel silu_gated;               // contract of ops::gated_activation with kSilu
-  GemmF32Kernel gemm_f32;                   // contract of ops::gemm_f32
+  const char* name;                             // "reference", "avx2", "avx512"
+  LinearKernel linear[kWeightFormatCount];      // contract of ops::linear, per weight format
+  AttentionKernel attention;                    // contract of ops::causal_attention
+  SiluGatedKernel silu_gated;                   // contract of ops::gated_activation with kSilu
+  GemmF32Kernel gemm_f32;                       // contract of ops::gemm_f32
+  SiluGatedBackwardKernel silu_gated_backward;  // contract of ops::silu_gated_backward
 };
 
 // Plain C++ kernels (ops/linear.cc, ops/attention.cc): the arbiter of every fast kernel.
