@@ -253,6 +253,25 @@ TEST(GgufModel, DirectQuantizedWeightsRunAsTheirDequantization) {
   }
 }
 
+// The commands' --gguf-weights: f32 and direct give the same greedy text here (the first
+// tokens at least; decode's int8 activations may part them later); a bad name is refused.
+TEST(GgufModel, GgufWeightsOption) {
+  const std::string args = " --prompt 'def add(a, b):' --temperature 0 --max-tokens 8";
+  const test::CommandResult direct = test::run_kiln("generate " + fixture("Q8_0") + args);
+  const test::CommandResult f32 =
+      test::run_kiln("generate " + fixture("Q8_0") + args + " --gguf-weights f32");
+  const test::CommandResult bf16 =
+      test::run_kiln("generate " + fixture("Q8_0") + args + " --gguf-weights bf16");
+  ASSERT_EQ(direct.exit_code, 0) << direct.err;
+  ASSERT_EQ(f32.exit_code, 0) << f32.err;
+  ASSERT_EQ(bf16.exit_code, 0) << bf16.err;
+  EXPECT_EQ(direct.out.substr(0, 20), f32.out.substr(0, 20));
+  const test::CommandResult bad =
+      test::run_kiln("generate " + fixture("Q8_0") + args + " --gguf-weights int3");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("--gguf-weights"), std::string::npos) << bad.err;
+}
+
 TEST(GgufModel, ConvertToKilnCheckpointRunsTheSame) {
   const std::string dir = test::make_temp_dir("kiln-gguf-convert");
   for (const std::string variant : {"bf16", "Q4_K_M"}) {
