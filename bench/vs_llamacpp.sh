@@ -80,8 +80,16 @@ if [ ! -f "$work/l1b-bf16.gguf" ]; then
     --real-tokenizer >/dev/null
   mv "$work/l1b-bf16.gguf.tmp" "$work/l1b-bf16.gguf"
 fi
+needed=" "  # the llama.cpp files the rows need
+for p in $pairs; do
+  case "$p" in
+    int8) needed+="Q8_0 " ;;
+    int4) needed+="Q4_K_M " ;;
+    gguf-*) needed+="${p#gguf-} " ;;
+  esac
+done
 for q in Q8_0 Q4_K_M Q4_0; do
-  case " $pairs " in *"$q"*) ;; *) continue ;; esac
+  case "$needed" in *" $q "*) ;; *) continue ;; esac
   if [ ! -f "$work/l1b-$q.gguf" ]; then
     step "llama-quantize $q"
     "$llama_quantize" "$work/l1b-bf16.gguf" "$work/l1b-$q.gguf.tmp" "$q" "$threads" \
