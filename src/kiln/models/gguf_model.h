@@ -1,7 +1,7 @@
 // A llama.cpp GGUF file seen as a HuggingFace model: its metadata as a config.json, its
-// tensors under HF names (llama.cpp's Q/K row order for RoPE undone, quantized tensors
-// dequantized one at a time) and its vocabulary as a tokenizer.json, so the families, the
-// loader and the converter read it like any model folder.
+// tensors under HF names (llama.cpp's Q/K row order for RoPE undone, quantized tensors kept
+// in Kiln's block formats or dequantized one at a time) and its vocabulary as a tokenizer.json, so
+// the families, the loader and the converter read it like any model folder.
 #pragma once
 
 #include <map>
