@@ -171,6 +171,107 @@ TEST(GgufModel, QuantizedTopOneAgreementAndPerplexityAgainstBf16) {
   }
 }
 
+// `--gguf-weights direct` (load_model's default) against `f32` (everything dequantized):
+// Q8_0 and Q4_0 tensors stay in Kiln's Q8_0 / Q4_1 blocks, the weights take a quarter (Q8_0)
+// or a sixth (Q4_0) of the bytes, and the logits stay within a bound of the dequantized run:
+// a 64-token prefill (f32 activations: the same products, summed in another order) and 24
+// decode steps (one row: the int8 kernels quantize the activations per block of 32, as
+// llama.cpp's do).
+TEST(GgufModel, DirectQuantizedWeightsRunAsTheirDequantization) {
+  const auto tokenizer = Tokenizer::load(fixture("bf16"));
+  std::vector<int32_t> ids =
+      tokenizer->encode(read_whole_file(test::data_path("gguf/python_sample.py")), false);
+  ids.resize(64);
+  const int64_t steps = 24;
+  auto weight_bytes = [](const LoadedModel& m) {
+    size_t total = 0;
+    for (const auto& [name, t] : m.weights) total += t.nbytes();
+    return total;
+  };
+  // Prefill logits of `ids` and the logits of `steps` one-token decode steps after it.
+  auto run = [&](const LoadedModel& loaded, std::vector<float>& prefill,
+                 std::vector<float>& decode) {
+    const Model model(loaded.spec, loaded.weights);
+    const int64_t vocab = loaded.spec.vocab_size, n = static_cast<int64_t>(ids.size());
+    Workspace workspace;
+    KvCache cache = model.make_cache(1, n);
+    const float* logits = model.forward(ids.data(), 1, n, cache, workspace);
+    prefill.assign(logits, logits + n * vocab);
+    KvCache step_cache = model.make_cache(1, steps);
+    decode.clear();
+    for (int64_t t = 0; t < steps; ++t) {
+      logits = model.forward(ids.data() + t, 1, 1, step_cache, workspace);
+      decode.insert(decode.end(), logits, logits + vocab);
+    }
+  };
+  auto max_diff = [](const std::vector<float>& a, const std::vector<float>& b) {
+    double m = 0;
+    for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::abs(double{a[i]} - b[i]));
+    return m;
+  };
+  auto max_abs = [](const std::vector<float>& a) {
+    double m = 0;
+    for (float v : a) m = std::max(m, std::abs(double{v}));
+    return m;
+  };
+  for (const auto& [variant, kiln_dtype, prefill_bound, decode_bound] :
+       std::vector<std::tuple<std::string, DType, double, double>>{
+           {"Q8_0", DType::Q8_0, 1e-4, 0.5}, {"Q4_0", DType::Q4_1, 1e-4, 0.5}}) {
+    ASSERT_EQ(gguf_weights(), GgufWeights::kDirect);  // the default
+    const LoadedModel direct = load_model(fixture(variant));
+    set_gguf_weights(GgufWeights::kF32);
+    const LoadedModel f32 = load_model(fixture(variant));
+    set_gguf_weights(GgufWeights::kDirect);
+    EXPECT_EQ(direct.weights.at("decoder/layers_0/self_attention/query/kernel").dtype(),
+              kiln_dtype);
+    EXPECT_EQ(direct.weights.at("decoder/layers_3/mlp/wo/kernel").dtype(), kiln_dtype);
+    EXPECT_EQ(f32.weights.at("decoder/layers_0/self_attention/query/kernel").dtype(), DType::F32);
+    const size_t direct_bytes = weight_bytes(direct), f32_bytes = weight_bytes(f32);
+    std::vector<float> dp, dd, fp, fd;
+    run(direct, dp, dd);
+    run(f32, fp, fd);
+    const double prefill = max_diff(dp, fp), decode = max_diff(dd, fd);
+    std::cout << "  " << variant << " direct: weights " << direct_bytes << " bytes vs " << f32_bytes
+              << " dequantized (" << 100.0 * direct_bytes / f32_bytes
+              << "%); max |logit difference| prefill " << prefill << ", decode " << decode
+              << " (logits up to " << max_abs(fp) << ")\n";
+    EXPECT_LT(direct_bytes * 3, f32_bytes) << variant;
+    EXPECT_LE(prefill, prefill_bound) << variant;
+    EXPECT_LE(decode, decode_bound) << variant;
+    EXPECT_GT(decode, 0.0) << variant << ": the decode steps should run the int8 kernels";
+    // The greedy choices of the decode steps agree.
+    const int64_t vocab = direct.spec.vocab_size;
+    int agree = 0;
+    for (int64_t t = 0; t < steps; ++t) {
+      const auto argmax = [&](const std::vector<float>& v) {
+        return std::max_element(v.begin() + t * vocab, v.begin() + (t + 1) * vocab) - v.begin();
+      };
+      agree += argmax(dd) == argmax(fd);
+    }
+    std::cout << "    greedy choice agrees at " << agree << "/" << steps << " decode steps\n";
+    EXPECT_GE(agree, steps - 2) << variant;
+  }
+}
+
+// The commands' --gguf-weights: f32 and direct give the same greedy text here (the first
+// tokens at least; decode's int8 activations may part them later); a bad name is refused.
+TEST(GgufModel, GgufWeightsOption) {
+  const std::string args = " --prompt 'def add(a, b):' --temperature 0 --max-tokens 8";
+  const test::CommandResult direct = test::run_kiln("generate " + fixture("Q8_0") + args);
+  const test::CommandResult f32 =
+      test::run_kiln("generate " + fixture("Q8_0") + args + " --gguf-weights f32");
+  const test::CommandResult bf16 =
+      test::run_kiln("generate " + fixture("Q8_0") + args + " --gguf-weights bf16");
+  ASSERT_EQ(direct.exit_code, 0) << direct.err;
+  ASSERT_EQ(f32.exit_code, 0) << f32.err;
+  ASSERT_EQ(bf16.exit_code, 0) << bf16.err;
+  EXPECT_EQ(direct.out.substr(0, 20), f32.out.substr(0, 20));
+  const test::CommandResult bad =
+      test::run_kiln("generate " + fixture("Q8_0") + args + " --gguf-weights int3");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("--gguf-weights"), std::string::npos) << bad.err;
+}
+
 TEST(GgufModel, ConvertToKilnCheckpointRunsTheSame) {
   const std::string dir = test::make_temp_dir("kiln-gguf-convert");
   for (const std::string variant : {"bf16", "Q4_K_M"}) {

@@ -4,14 +4,20 @@
 // file and the key or tensor.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
+#include <optional>
 #include <random>
+#include <utility>
 
 #include "gguf_builder.h"
 #include "kiln/core/error.h"
+#include "kiln/core/quant.h"
 #include "kiln/io/gguf.h"
+#include "kiln/io/gguf_direct.h"
 #include "kiln/io/json.h"
 #include "kiln/io/npy.h"
 #include "test_util.h"
@@ -41,6 +47,16 @@ size_t bit_differences(const float* a, const float* b, size_t n) {
   size_t differ = 0;
   for (size_t i = 0; i < n; ++i) differ += std::memcmp(a + i, b + i, 4) != 0;
   return differ;
+}
+
+// Elements whose values differ (-0 equals +0), and elements that are zeros of opposite signs.
+std::pair<size_t, size_t> value_differences(const float* a, const float* b, size_t n) {
+  size_t values = 0, zeros = 0;
+  for (size_t i = 0; i < n; ++i) {
+    values += !(a[i] == b[i]) && !(std::isnan(a[i]) && std::isnan(b[i]));
+    zeros += a[i] == 0.0f && b[i] == 0.0f && std::signbit(a[i]) != std::signbit(b[i]);
+  }
+  return {values, zeros};
 }
 
 std::vector<float> dequantized(const GgufFile& file, const GgufTensorInfo& info) {
@@ -162,6 +178,104 @@ TEST(Gguf, FixtureTensorsDequantizeAsGgufPyBitForBit) {
   EXPECT_GE(per_type["Q6_K"], 5);
   EXPECT_GE(per_type["Q4_0"], 40);
   EXPECT_GE(per_type["BF16"], 40);
+}
+
+// Direct reads: Q8_0, Q4_1 and Q4_0 tensors in Kiln's block formats hold ggml's dequantized
+// values (Kiln's own dequantization of the direct tensor against ggml_dequantize, itself
+// checked against gguf-py above): Q8_0 and Q4_1 bit for bit, as views of the file; Q4_0 as
+// Q4_1 value for value, the one bit difference being the sign of a zero (q = 8 with d < 0:
+// ggml's (q - 8) * d is -0, Q4_1's d * q + m is +0; no sum but an all-zero one sees it). The
+// other quantized types have no direct form.
+TEST(Gguf, DirectReadsHoldGgmlsValues) {
+  std::map<std::string, int> per_type;
+  std::map<std::string, size_t> signed_zeros;
+  for (const std::string& file :
+       {kReference + "synthetic.gguf", std::string("gguf/tinycoder-Q8_0.gguf"),
+        std::string("gguf/tinycoder-Q4_0.gguf"), std::string("gguf/tinycoder-Q4_K_M.gguf")}) {
+    const GgufFile f = GgufFile::open(test::data_path(file));
+    for (const GgufTensorInfo& info : f.tensors()) {
+      const std::optional<DType> kiln = ggml_direct_dtype(info.type);
+      if (!kiln) {
+        EXPECT_THROW((void)gguf_read_direct(f, info), Error) << info.name;
+        continue;
+      }
+      const Tensor direct = gguf_read_direct(f, info);
+      EXPECT_EQ(direct.shape(), info.shape) << info.name;
+      EXPECT_EQ(direct.dtype(), *kiln) << info.name;
+      const std::string type = ggml_type_name(static_cast<uint32_t>(info.type));
+      ++per_type[type];
+      if (info.type != GgmlType::kQ4_0) {  // the same bytes: a view of the file
+        EXPECT_EQ(direct.raw(), static_cast<const void*>(f.tensor_data(info))) << info.name;
+      }
+      const std::vector<float> want = dequantized(f, info);
+      const Tensor got = direct.to(DType::F32);
+      const auto [values, zeros] = value_differences(got.data<float>(), want.data(), want.size());
+      EXPECT_EQ(values, 0u) << file << ": " << info.name << " (" << type << ")";
+      if (info.type != GgmlType::kQ4_0) {
+        EXPECT_EQ(zeros, 0u) << info.name;
+      }
+      signed_zeros[type] += zeros;
+    }
+  }
+  std::cout << "  direct tensors equal to ggml's values (tensors, zeros of the other sign): ";
+  for (const auto& [type, n] : per_type)
+    std::cout << type << " " << n << ", " << signed_zeros[type] << "; ";
+  std::cout << "\n";
+  EXPECT_GE(per_type["Q8_0"], 40);
+  EXPECT_GE(per_type["Q4_0"], 40);
+  EXPECT_GE(per_type["Q4_1"], 1);
+}
+
+// Q4_0 -> Q4_1 keeps every value, including subnormal and the largest scales; a scale whose
+// -8 d overflows f16 has no exact Q4_1 form and is an error naming the tensor.
+TEST(Gguf, Q4_0RepacksExactlyOrNamesTheTensor) {
+  std::mt19937 rng(7);
+  for (const uint16_t d : {uint16_t{0x0001}, uint16_t{0x03ff}, uint16_t{0x3c00}, uint16_t{0xbc00},
+                           uint16_t{0x6ffc} /* 8188 */, uint16_t{0x0000}, uint16_t{0x8000}}) {
+    std::byte block[18];
+    std::memcpy(block, &d, 2);
+    for (int i = 2; i < 18; ++i) block[i] = static_cast<std::byte>(rng() & 255);
+    std::byte repacked[20];
+    ggml_q4_0_to_q4_1(block, 1, repacked, "t");
+    float want[32], got[32];
+    ggml_dequantize(GgmlType::kQ4_0, block, 32, want);
+    dequantize_row(DType::Q4_1, repacked, got, 32);
+    EXPECT_EQ(value_differences(got, want, 32).first, 0u) << "d bits " << d;
+  }
+  for (const uint16_t d :
+       {uint16_t{0x7000} /* 8192 */, uint16_t{0x7c00} /* inf */, uint16_t{0x7e00} /* nan */}) {
+    std::byte block[18] = {};
+    std::memcpy(block, &d, 2);
+    std::byte repacked[20];
+    try {
+      ggml_q4_0_to_q4_1(block, 1, repacked, "m.gguf: tensor 'blk.0.attn_q.weight'");
+      ADD_FAILURE() << "no error for d bits " << d;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("tensor 'blk.0.attn_q.weight': Q4_0 block 0"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+  // Through the reader: the file and tensor are named.
+  const std::string dir = test::make_temp_dir("kiln-gguf-q4_0");
+  test::GgufBuilder b;
+  b.kv_string("general.architecture", "llama");
+  b.tensor("big", {32, 1}, 2, 0);
+  std::string bytes(18, '\0');
+  bytes[0] = '\x00';
+  bytes[1] = '\x74';  // d = 16384
+  b.data(bytes + std::string(14, '\0'));
+  b.write(dir + "/big.gguf");
+  const GgufFile f = GgufFile::open(dir + "/big.gguf");
+  EXPECT_EQ(f.read("big").to(DType::F32).data<float>()[0], -8 * 16384.0f);  // dequantizing works
+  try {
+    (void)gguf_read_direct(f, f.tensor_info("big"));
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("big.gguf: tensor 'big': Q4_0 block 0"), std::string::npos)
+        << e.what();
+  }
+  fs::remove_all(dir);
 }
 
 // A plain tensor is a view of the mapped file.

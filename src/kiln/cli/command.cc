@@ -7,6 +7,7 @@
 #include <string>
 
 #include "kiln/core/error.h"
+#include "kiln/models/gguf_model.h"
 
 namespace kiln::cli {
 
@@ -81,6 +82,12 @@ void add_family_options(CLI::App& app, FamilyChoice& choice) {
                  "families); default: MODEL/kiln_family.json, else the built-in family, else auto");
   app.add_option("--family-file", choice.file, "a family file written by `kiln bringup`")
       ->check(CLI::ExistingFile);
+  app.add_option_function<std::string>(
+         "--gguf-weights",
+         [](const std::string& name) { set_gguf_weights(parse_gguf_weights(name)); },
+         "a .gguf model's quantized tensors: direct (Q8_0, Q4_0, Q4_1 run on Kiln's int8 and "
+         "int4 kernels, other types as f32; default), f32 or bf16 (all dequantized)")
+      ->check(CLI::IsMember({"direct", "f32", "bf16"}));
 }
 
 }  // namespace kiln::cli

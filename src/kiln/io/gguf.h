@@ -2,7 +2,8 @@
 // key/values of every GGUF value type and the tensor directory, read from a mapped file and
 // checked before any tensor is touched. Quantized tensors (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
 // Q4_K, Q5_K, Q6_K) are dequantized on read, one tensor at a time, exactly as ggml defines
-// the block formats; F32, F16, BF16 and the integer types are zero-copy views.
+// the block formats (or kept in Kiln's block formats: gguf_direct.h); F32, F16, BF16 and the
+// integer types are zero-copy views.
 #pragma once
 
 #include <cstddef>
@@ -123,6 +124,8 @@ class GgufFile {
   const GgufTensorInfo& tensor_info(const std::string& name) const;  // throws when absent
   // The raw bytes of a tensor (blocks for quantized types).
   const std::byte* tensor_data(const GgufTensorInfo& info) const;
+  // The file's bytes (mapped or read into memory) that tensor views share.
+  const std::shared_ptr<Storage>& storage() const { return storage_; }
   // The DType read() returns for `info` given `dequantized` (the dtype quantized tensors
   // become: F32 keeps ggml's values exactly, BF16 rounds them).
   static DType read_dtype(const GgufTensorInfo& info, DType dequantized);

@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "kiln/core/error.h"
+#include "kiln/io/gguf_direct.h"
 
 namespace kiln {
 namespace {
@@ -358,6 +359,41 @@ GgufSource::GgufSource(const std::string& path, Residency residency, DType dequa
   }
 }
 
+GgufSource::GgufSource(const std::string& path, Residency residency, GgufWeights weights)
+    : GgufSource(path, residency, weights == GgufWeights::kBF16 ? DType::BF16 : DType::F32) {
+  direct_ = weights == GgufWeights::kDirect;
+}
+
+const char* gguf_weights_name(GgufWeights weights) {
+  switch (weights) {
+    case GgufWeights::kDirect:
+      return "direct";
+    case GgufWeights::kF32:
+      return "f32";
+    case GgufWeights::kBF16:
+      return "bf16";
+  }
+  return "?";
+}
+
+GgufWeights parse_gguf_weights(const std::string& name) {
+  for (GgufWeights w : {GgufWeights::kDirect, GgufWeights::kF32, GgufWeights::kBF16})
+    if (name == gguf_weights_name(w)) return w;
+  throw Error("--gguf-weights '" + name + "' is not direct, f32 or bf16");
+}
+
+namespace {
+GgufWeights g_gguf_weights = GgufWeights::kDirect;
+}  // namespace
+
+GgufWeights gguf_weights() {
+  return g_gguf_weights;
+}
+
+void set_gguf_weights(GgufWeights weights) {
+  g_gguf_weights = weights;
+}
+
 bool GgufSource::contains(const std::string& name) const {
   return to_gguf_.count(name) != 0;
 }
@@ -373,12 +409,16 @@ Shape GgufSource::shape_of(const std::string& name) const {
 }
 
 DType GgufSource::dtype_of(const std::string& name) const {
-  return GgufFile::read_dtype(gguf_tensor(name), dequantized_);
+  const GgufTensorInfo& info = gguf_tensor(name);
+  if (direct_)
+    if (const std::optional<DType> kiln = ggml_direct_dtype(info.type)) return *kiln;
+  return GgufFile::read_dtype(info, dequantized_);
 }
 
 Tensor GgufSource::get(const std::string& name) const {
   const GgufTensorInfo& info = gguf_tensor(name);
-  Tensor t = gguf_->read(info.name, dequantized_);
+  Tensor t = direct_ && ggml_direct_dtype(info.type) ? gguf_read_direct(*gguf_, info)
+                                                     : gguf_->read(info.name, dequantized_);
   const bool q = info.name.ends_with(".attn_q.weight") || info.name.ends_with(".attn_q.bias");
   const bool k = info.name.ends_with(".attn_k.weight") || info.name.ends_with(".attn_k.bias");
   if (!permuted_qk_ || (!q && !k)) return t;

@@ -1,7 +1,7 @@
 // A llama.cpp GGUF file seen as a HuggingFace model: its metadata as a config.json, its
-// tensors under HF names (llama.cpp's Q/K row order for RoPE undone, quantized tensors
-// dequantized one at a time) and its vocabulary as a tokenizer.json, so the families, the
-// loader and the converter read it like any model folder.
+// tensors under HF names (llama.cpp's Q/K row order for RoPE undone, quantized tensors kept
+// in Kiln's block formats or dequantized one at a time) and its vocabulary as a tokenizer.json, so
+// the families, the loader and the converter read it like any model folder.
 #pragma once
 
 #include <map>
@@ -36,14 +36,31 @@ HfConfig gguf_hf_config(const GgufFile& gguf);
 // the key for other tokenizer models or pre-tokenizers.
 std::string gguf_tokenizer_json(const GgufFile& gguf);
 
-// The GGUF's tensors under HF names with HF shapes. get() dequantizes quantized tensors into
-// `dequantized` (F32: ggml's values exactly; BF16: rounded) and un-permutes attn_q / attn_k
-// rows of llama-architecture files; plain F32/F16/BF16 tensors are views of the mapping.
-// Tensors llama.cpp adds that HF checkpoints lack are not listed.
+// How a GGUF model's quantized tensors load:
+//   kDirect: the types with a Kiln block format (gguf_direct.h: Q8_0, Q4_1, Q4_0) in that
+//            format, ggml's values exactly, run by Kiln's int8 / int4 kernels; the other
+//            quantized types (K-quants, Q5_0, Q5_1) dequantized to F32;
+//   kF32:    every quantized tensor dequantized to F32 (ggml's values exactly);
+//   kBF16:   every quantized tensor dequantized and rounded to BF16.
+enum class GgufWeights { kDirect, kF32, kBF16 };
+// "direct", "f32", "bf16"; parse_gguf_weights throws Error for other names.
+const char* gguf_weights_name(GgufWeights weights);
+GgufWeights parse_gguf_weights(const std::string& name);
+// The process-wide choice load_model() makes for .gguf models (kDirect unless set; the
+// commands' `--gguf-weights`). Not safe while another thread is loading a model.
+GgufWeights gguf_weights();
+void set_gguf_weights(GgufWeights weights);
+
+// The GGUF's tensors under HF names with HF shapes. get() reads quantized tensors as
+// `weights` says (the first constructor: dequantized into `dequantized`, F32: ggml's values
+// exactly; BF16: rounded) and un-permutes attn_q / attn_k rows of llama-architecture files
+// (whole rows, so whole blocks of any format); plain F32/F16/BF16 tensors are views of the
+// mapping. Tensors llama.cpp adds that HF checkpoints lack are not listed.
 class GgufSource : public TensorSource {
  public:
   explicit GgufSource(const std::string& path, Residency residency = Residency::kMapped,
                       DType dequantized = DType::F32);
+  GgufSource(const std::string& path, Residency residency, GgufWeights weights);
 
   std::vector<std::string> names() const override { return hf_names_; }
   bool contains(const std::string& name) const override;
@@ -59,6 +76,7 @@ class GgufSource : public TensorSource {
  private:
   std::shared_ptr<GgufFile> gguf_;
   DType dequantized_;
+  bool direct_ = false;
   bool permuted_qk_ = false;
   int64_t heads_ = 0, kv_heads_ = 0;
   std::vector<std::string> hf_names_;

@@ -92,7 +92,7 @@ LoadedModel load_model(const std::string& path, Residency residency, const Famil
   if (is_gguf_model(path)) {
     LoadedModel loaded;
     loaded.path = path;
-    const GgufSource source(path, residency);
+    const GgufSource source(path, residency, gguf_weights());
     loaded.config = gguf_hf_config(source.gguf());
     loaded.family = choose_family(loaded.config, fs::path(path).parent_path().string(), choice);
     loaded.spec = loaded.family->build_spec(loaded.config);

@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# Kiln against llama.cpp on the same 1B weights, in one run: prefill and decode speed of
+# `kiln bench` and `llama-bench` (prompt 512 tokens, 64 decoded, 2 threads by default), for
+#   Kiln int8 (`kiln convert --dtype int8`)         vs llama.cpp Q8_0
+#   Kiln int4 (`kiln convert --dtype int4`)         vs llama.cpp Q4_K_M
+#   Kiln reading llama.cpp's Q8_0 / Q4_K_M / Q4_0 .gguf files (`--gguf-weights direct`)
+#                                                   vs llama.cpp on the same file
+# and a table of the speed ratios Kiln / llama.cpp against the target 1.2.
+#
+# Usage: bench/vs_llamacpp.sh LLAMA_CPP_DIR [WORK_DIR]
+#   LLAMA_CPP_DIR: a llama.cpp source tree with its gguf-py/ and a build holding llama-bench and
+#                  llama-quantize (in build/bin/, bin/ or the folder itself). Nothing of
+#                  llama.cpp is part of this repository; see docs/performance.md for the build.
+#   WORK_DIR:      where the models go (default /tmp/kiln-vs-llamacpp, about 9 GB); models
+#                  already there are reused.
+# Environment: KILN (the kiln binary, default build/kiln), THREADS (2), PROMPT (512), GEN (64),
+# REPS (llama-bench repetitions, 1), PAIRS (which rows, default "int8 int4 gguf-Q8_0
+# gguf-Q4_K_M gguf-Q4_0").
+#
+# The 1B model is `kiln synth llama-3.2-1b` (random bf16 weights, Llama 3.2 1B's shapes). Its
+# weights are written as a bf16 GGUF by tools/hf_llama_to_gguf.py (llama.cpp's gguf-py, Debian
+# python3-numpy; llama.cpp's names and Q/K row order, the synth's byte-level vocabulary), which
+# llama-quantize turns into Q8_0, Q4_K_M and Q4_0.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+llama="${1:?usage: bench/vs_llamacpp.sh LLAMA_CPP_DIR [WORK_DIR]}"
+work="${2:-/tmp/kiln-vs-llamacpp}"
+kiln="${KILN:-$root/build/kiln}"
+threads="${THREADS:-2}"
+prompt="${PROMPT:-512}"
+gen="${GEN:-64}"
+reps="${REPS:-1}"
+pairs="${PAIRS:-int8 int4 gguf-Q8_0 gguf-Q4_K_M gguf-Q4_0}"
+py=/usr/bin/python3
+
+find_tool() {
+  local d
+  for d in "$llama/build/bin" "$llama/bin" "$llama"; do
+    if [ -x "$d/$1" ]; then
+      echo "$d/$1"
+      return
+    fi
+  done
+  echo "bench/vs_llamacpp.sh: no $1 under $llama (build/bin, bin)" >&2
+  exit 1
+}
+llama_bench="$(find_tool llama-bench)"
+llama_quantize="$(find_tool llama-quantize)"
+[ -d "$llama/gguf-py/gguf" ] || {
+  echo "bench/vs_llamacpp.sh: no gguf-py under $llama" >&2
+  exit 1
+}
+[ -x "$kiln" ] || {
+  echo "bench/vs_llamacpp.sh: no kiln binary at $kiln (scripts/build.sh)" >&2
+  exit 1
+}
+mkdir -p "$work"
+log="$work/log"
+mkdir -p "$log"
+
+# Threads that wait for each other sleep instead of spinning (both engines use libgomp): on a
+# shared machine a spinning thread burns the core its descheduled sibling needs.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
+echo "$(nproc) cores:$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)," \
+  "load average $(cut -d' ' -f1-3 /proc/loadavg), OMP_WAIT_POLICY=$OMP_WAIT_POLICY"
+echo "llama.cpp: $llama_bench"
+echo "prompt $prompt tokens, $gen decoded, $threads threads, llama-bench repetitions $reps"
+
+step() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+
+# --- models ---------------------------------------------------------------------------------
+hf="$work/l1b"
+if [ ! -f "$hf/config.json" ]; then
+  step "kiln synth llama-3.2-1b"
+  "$kiln" synth llama-3.2-1b -o "$hf" --force >/dev/null
+fi
+if [ ! -f "$work/l1b-bf16.gguf" ]; then
+  step "writing l1b-bf16.gguf (gguf-py)"
+  GGUF_PY="$llama/gguf-py" $py "$root/tools/hf_llama_to_gguf.py" "$hf" "$work/l1b-bf16.gguf.tmp" \
+    --real-tokenizer >/dev/null
+  mv "$work/l1b-bf16.gguf.tmp" "$work/l1b-bf16.gguf"
+fi
+needed=" "  # the llama.cpp files the rows need
+for p in $pairs; do
+  case "$p" in
+    int8) needed+="Q8_0 " ;;
+    int4) needed+="Q4_K_M " ;;
+    gguf-*) needed+="${p#gguf-} " ;;
+  esac
+done
+for q in Q8_0 Q4_K_M Q4_0; do
+  case "$needed" in *" $q "*) ;; *) continue ;; esac
+  if [ ! -f "$work/l1b-$q.gguf" ]; then
+    step "llama-quantize $q"
+    "$llama_quantize" "$work/l1b-bf16.gguf" "$work/l1b-$q.gguf.tmp" "$q" "$threads" \
+      >"$log/quantize-$q.txt" 2>&1
+    mv "$work/l1b-$q.gguf.tmp" "$work/l1b-$q.gguf"
+  fi
+done
+for d in int8 int4; do
+  case " $pairs " in *" $d "*) ;; *) continue ;; esac
+  if [ ! -f "$work/l1b-$d/kiln_checkpoint.json" ]; then
+    step "kiln convert --dtype $d"
+    rm -rf "$work/l1b-$d"
+    "$kiln" convert "$hf" -o "$work/l1b-$d" --dtype "$d" >/dev/null
+  fi
+done
+
+# --- measurements -----------------------------------------------------------------------------
+declare -A measured  # llama.cpp results measured in this run
+run_llama() {  # $1 = gguf file, $2 = result name
+  step "llama-bench $(basename "$1")"
+  measured[$2]=1
+  "$llama_bench" -m "$1" -p "$prompt" -n "$gen" -t "$threads" -r "$reps" -o json \
+    >"$log/$2.json" 2>"$log/$2.err"
+}
+run_kiln() {  # $1 = model, $2 = result name
+  step "kiln bench $(basename "$1")"
+  "$kiln" bench "$1" --prompt-tokens "$prompt" --gen-tokens "$gen" --threads "$threads" --json \
+    >"$log/$2.json" 2>"$log/$2.err"
+}
+rows=()
+for p in $pairs; do
+  case "$p" in
+    int8)
+      run_kiln "$work/l1b-int8" kiln-int8
+      run_llama "$work/l1b-Q8_0.gguf" llama-Q8_0
+      rows+=("Kiln int8 (Q8_0 checkpoint)|kiln-int8|llama.cpp Q8_0|llama-Q8_0")
+      ;;
+    int4)
+      run_kiln "$work/l1b-int4" kiln-int4
+      run_llama "$work/l1b-Q4_K_M.gguf" llama-Q4_K_M
+      rows+=("Kiln int4 (Q4_1 checkpoint)|kiln-int4|llama.cpp Q4_K_M|llama-Q4_K_M")
+      ;;
+    gguf-*)
+      q="${p#gguf-}"
+      run_kiln "$work/l1b-$q.gguf" "kiln-gguf-$q"
+      [ -n "${measured[llama-$q]:-}" ] || run_llama "$work/l1b-$q.gguf" "llama-$q"
+      rows+=("Kiln reading l1b-$q.gguf|kiln-gguf-$q|llama.cpp, same file|llama-$q")
+      ;;
+    *)
+      echo "bench/vs_llamacpp.sh: unknown pair '$p'" >&2
+      exit 1
+      ;;
+  esac
+done
+echo "load average after the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# --- table ------------------------------------------------------------------------------------
+$py - "$log" "$prompt" "$gen" "${rows[@]}" <<'EOF'
+import json, os, sys
+log, prompt, gen, rows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+target = 1.2
+
+def kiln(name):
+    r = json.load(open(os.path.join(log, name + ".json")))
+    return r["prefill_tokens_per_s"], r["decode_tokens_per_s"], r["peak_rss_mb"], r["weight_bytes"]
+
+def llama(name):
+    runs = json.load(open(os.path.join(log, name + ".json")))
+    pp = next(r for r in runs if r["n_prompt"] == prompt and r["n_gen"] == 0)
+    tg = next(r for r in runs if r["n_gen"] == gen and r["n_prompt"] == 0)
+    return pp["avg_ts"], tg["avg_ts"], pp["model_size"]
+
+def verdict(ratio):
+    return f"**{ratio:.2f}**" + (" ✓" if ratio >= target else "")
+
+print()
+print(f"| Kiln | llama.cpp | Kiln prefill tok/s | llama.cpp pp{prompt} tok/s | prefill ratio "
+      f"(target {target}) | Kiln decode tok/s | llama.cpp tg{gen} tok/s | decode ratio "
+      f"(target {target}) | Kiln weights / peak RSS | llama.cpp model size |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for row in rows:
+    kname, kfile, lname, lfile = row.split("|")
+    kp, kd, rss, wbytes = kiln(kfile)
+    lp, ld, lsize = llama(lfile)
+    print(f"| {kname} | {lname} | {kp:.1f} | {lp:.1f} | {verdict(kp / lp)} | {kd:.2f} | {ld:.2f} "
+          f"| {verdict(kd / ld)} | {wbytes / 2**20:.0f} MiB / {rss:.0f} MB "
+          f"| {lsize / 2**20:.0f} MiB |")
+EOF
