@@ -174,9 +174,8 @@ TEST(GgufModel, QuantizedTopOneAgreementAndPerplexityAgainstBf16) {
 // `--gguf-weights direct` (load_model's default) against `f32` (everything dequantized):
 // Q8_0 and Q4_0 tensors stay in Kiln's Q8_0 / Q4_1 blocks, the weights take a quarter (Q8_0)
 // or a sixth (Q4_0) of the bytes, and the logits stay within a bound of the dequantized run:
-// a 64-token prefill (f32 activations: the same products, summed in another order) and 24
-// decode steps (one row: the int8 kernels quantize the activations per block of 32, as
-// llama.cpp's do).
+// a 64-token prefill and 24 decode steps (the int8 GEMV and GEMM alike quantize the
+// activations per block of 32, as llama.cpp's do; measured 0.33 for both, logits up to 20.7).
 TEST(GgufModel, DirectQuantizedWeightsRunAsTheirDequantization) {
   const auto tokenizer = Tokenizer::load(fixture("bf16"));
   std::vector<int32_t> ids =
@@ -216,7 +215,7 @@ TEST(GgufModel, DirectQuantizedWeightsRunAsTheirDequantization) {
   };
   for (const auto& [variant, kiln_dtype, prefill_bound, decode_bound] :
        std::vector<std::tuple<std::string, DType, double, double>>{
-           {"Q8_0", DType::Q8_0, 1e-4, 0.5}, {"Q4_0", DType::Q4_1, 1e-4, 0.5}}) {
+           {"Q8_0", DType::Q8_0, 0.5, 0.5}, {"Q4_0", DType::Q4_1, 0.5, 0.5}}) {
     ASSERT_EQ(gguf_weights(), GgufWeights::kDirect);  // the default
     const LoadedModel direct = load_model(fixture(variant));
     set_gguf_weights(GgufWeights::kF32);
@@ -239,6 +238,7 @@ TEST(GgufModel, DirectQuantizedWeightsRunAsTheirDequantization) {
     EXPECT_LE(prefill, prefill_bound) << variant;
     EXPECT_LE(decode, decode_bound) << variant;
     EXPECT_GT(decode, 0.0) << variant << ": the decode steps should run the int8 kernels";
+    EXPECT_GT(prefill, 0.0) << variant << ": the prefill should run the int8 GEMM";
     // The greedy choices of the decode steps agree.
     const int64_t vocab = direct.spec.vocab_size;
     int agree = 0;
