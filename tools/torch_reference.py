@@ -33,6 +33,7 @@ v with grouped KV heads, SwiGLU MLP down(silu(gate(x)) * up(x)).
 """
 import argparse
 import json
+import math
 import struct
 import sys
 
@@ -86,14 +87,19 @@ class Config:
         with open(path) as f:
             c = json.load(f)
         model_type = c.get("model_type")
-        if model_type not in ("llama", "mistral", "qwen2", "gemma"):
-            sys.exit(f"{path}: model_type {model_type!r} is not llama, mistral, qwen2 or gemma")
+        known = ("llama", "mistral", "qwen2", "gemma", "mixtral", "qwen3_moe", "deepseek_v3")
+        if model_type not in known:
+            sys.exit(f"{path}: model_type {model_type!r} is not one of {', '.join(known)}")
+        self.model_type = model_type
         # Gemma: RMSNorm times (1 + w), embeddings times sqrt(hidden) (an f32 constant), GeGLU
         # with the tanh GELU.
         self.gemma = model_type == "gemma"
         rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
-        if rope.get("rope_type", rope.get("type", "default")) != "default":
-            sys.exit(f"{path}: only the default RoPE is written here")
+        self.rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if self.rope_type == "yarn" and model_type == "deepseek_v3":
+            self.yarn = rope
+        elif self.rope_type != "default":
+            sys.exit(f"{path}: only the default RoPE (and DeepSeek-V3's YaRN) is written here")
         self.vocab = c["vocab_size"]
         self.hidden = c["hidden_size"]
         self.layers = c["num_hidden_layers"]
@@ -109,12 +115,35 @@ class Config:
         self.window = c.get("sliding_window") if model_type == "mistral" else None
         if model_type == "qwen2" and c.get("use_sliding_window"):
             sys.exit(f"{path}: Qwen2's sliding window is not written here")
+        if model_type == "qwen3_moe" and (c.get("use_sliding_window") or c.get("mlp_only_layers")
+                                          or c.get("decoder_sparse_step", 1) != 1):
+            sys.exit(f"{path}: Qwen3-MoE's sliding window and dense layers are not written here")
         self.mlp_bias = c.get("mlp_bias", False)
         self.tied = c.get("tie_word_embeddings", False)
         act = c.get("hidden_activation") or c.get("hidden_act", "silu")
         if act not in ("silu", "gelu_pytorch_tanh"):
             sys.exit(f"{path}: hidden_act must be silu or gelu_pytorch_tanh")
         self.act = act
+        # Qwen3-MoE: an RMSNorm (weight [head_dim]) on every query and key head before RoPE.
+        self.qk_norm = model_type == "qwen3_moe"
+        # Mixture of experts: which layers, the router and the experts.
+        self.experts = c.get("num_local_experts") or c.get("n_routed_experts") or 0
+        self.top_k = c.get("num_experts_per_tok", 0)
+        self.norm_topk = model_type == "mixtral" or c.get("norm_topk_prob", False)
+        self.expert_inner = c.get("moe_intermediate_size") or c.get("intermediate_size")
+        self.first_dense = c.get("first_k_dense_replace", 0) if model_type == "deepseek_v3" else 0
+        if model_type == "deepseek_v3":
+            self.n_group, self.topk_group = c["n_group"], c["topk_group"]
+            self.routed_scaling = c["routed_scaling_factor"]
+            self.shared_inner = c["n_shared_experts"] * c["moe_intermediate_size"]
+            self.q_rank, self.kv_rank = c["q_lora_rank"], c["kv_lora_rank"]
+            self.nope, self.rope_dim = c["qk_nope_head_dim"], c["qk_rope_head_dim"]
+            self.v_dim = c["v_head_dim"]
+            if not c.get("rope_interleave", True) or c.get("moe_layer_freq", 1) != 1:
+                sys.exit(f"{path}: only interleaved RoPE and moe_layer_freq 1 are written here")
+
+    def is_moe(self, layer):
+        return self.experts > 0 and layer >= self.first_dense
 
 
 def rms_norm(x, weight, eps, one_plus=False):
@@ -138,9 +167,142 @@ def linear(p, name, x, bias):
     return y
 
 
+def yarn_inv_freq(cfg, dim):
+    """DeepSeek-V3's YaRN: frequencies blended between theta^(-2i/d) and that over factor
+    along a linear ramp between the correction dims of beta_fast and beta_slow turns; the
+    cos/sin magnitude is mscale(factor, mscale) / mscale(factor, mscale_all_dim)."""
+    y = cfg.yarn
+    factor, context = y["factor"], y["original_max_position_embeddings"]
+    fast, slow = y.get("beta_fast", 32.0), y.get("beta_slow", 1.0)
+
+    def mscale(m):
+        return 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
+
+    def correction_dim(turns):
+        return dim * math.log(context / (turns * 2 * math.pi)) / (2 * math.log(cfg.theta))
+
+    low, high = correction_dim(fast), correction_dim(slow)
+    if y.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    powers = cfg.theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    keep = 1 - ramp
+    inv_freq = (1.0 / (factor * powers)) * (1 - keep) + (1.0 / powers) * keep
+    if y.get("mscale") and y.get("mscale_all_dim"):
+        magnitude = mscale(y["mscale"]) / mscale(y["mscale_all_dim"])
+    else:
+        magnitude = mscale(1.0)
+    return inv_freq, magnitude
+
+
+def rope_interleaved(x, cos, sin):
+    """RoPE on pairs (2i, 2i + 1): x [..., T, P], cos/sin [T, P/2]."""
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
+
+
+def attend(q, k, v, causal, scale):
+    """q [B, Hq, T, D], k [B, Hkv, T, D], v [B, Hkv, T, Dv] -> [B, T, Hq * Dv]."""
+    B, Hq, T, _ = q.shape
+    k = k.repeat_interleave(Hq // k.shape[1], dim=1)
+    v = v.repeat_interleave(Hq // v.shape[1], dim=1)
+    scores = q @ k.transpose(-1, -2) * scale + causal
+    return (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(B, T, -1)
+
+
+def mla_attention(cfg, p, pre, h, causal):
+    """DeepSeek-V3's multi-head latent attention (q_lora_rank > 0)."""
+    B, T, _ = h.shape
+    H, nope, P, V, R = cfg.heads, cfg.nope, cfg.rope_dim, cfg.v_dim, cfg.kv_rank
+    a = pre + "self_attn."
+    q_latent = rms_norm(F.linear(h, p[a + "q_a_proj.weight"]), p[a + "q_a_layernorm.weight"], 1e-6)
+    q = F.linear(q_latent, p[a + "q_b_proj.weight"]).view(B, T, H, nope + P).transpose(1, 2)
+    kv = F.linear(h, p[a + "kv_a_proj_with_mqa.weight"])  # [B, T, R + P]
+    latent = rms_norm(kv[..., :R], p[a + "kv_a_layernorm.weight"], 1e-6)
+    up = F.linear(latent, p[a + "kv_b_proj.weight"]).view(B, T, H, nope + V).transpose(1, 2)
+    inv_freq, magnitude = yarn_inv_freq(cfg, P)
+    angles = torch.arange(T, dtype=torch.float32)[:, None] * inv_freq[None, :]  # [T, P/2]
+    cos, sin = angles.cos() * magnitude, angles.sin() * magnitude
+    q_rot = rope_interleaved(q[..., nope:], cos, sin)
+    k_rot = rope_interleaved(kv[..., R:], cos, sin)[:, None].expand(B, H, T, P)
+    query = torch.cat((q[..., :nope], q_rot), dim=-1)
+    key = torch.cat((up[..., :nope], k_rot), dim=-1)
+    scale = (nope + P) ** -0.5
+    y = cfg.yarn
+    if y.get("mscale_all_dim"):
+        m = 0.1 * y["mscale_all_dim"] * math.log(y["factor"]) + 1.0 if y["factor"] > 1 else 1.0
+        scale = scale * m * m
+    mixed = attend(query, key, up[..., nope:], causal, scale)
+    return F.linear(mixed, p[a + "o_proj.weight"])
+
+
+def gqa_attention(cfg, p, pre, h, causal, cos, sin):
+    B, T, _ = h.shape
+    D, Hq, Hkv = cfg.head_dim, cfg.heads, cfg.kv_heads
+    q = linear(p, pre + "self_attn.q_proj", h, cfg.qkv_bias).view(B, T, Hq, D)
+    k = linear(p, pre + "self_attn.k_proj", h, cfg.qkv_bias).view(B, T, Hkv, D)
+    v = linear(p, pre + "self_attn.v_proj", h, cfg.qkv_bias).view(B, T, Hkv, D)
+    if cfg.qk_norm:  # per head, before RoPE
+        q = rms_norm(q, p[pre + "self_attn.q_norm.weight"], cfg.eps)
+        k = rms_norm(k, p[pre + "self_attn.k_norm.weight"], cfg.eps)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
+    q = q * cos + rotate_half(q) * sin
+    k = k * cos + rotate_half(k) * sin
+    mixed = attend(q, k, v, causal, D ** -0.5)
+    return linear(p, pre + "self_attn.o_proj", mixed, cfg.o_bias)
+
+
+def gated_mlp(p, module, h, act, bias=False, names=("gate_proj", "up_proj", "down_proj")):
+    gate = linear(p, f"{module}.{names[0]}", h, bias)
+    up = linear(p, f"{module}.{names[1]}", h, bias)
+    return linear(p, f"{module}.{names[2]}", act(gate) * up, bias)
+
+
+def moe(cfg, p, pre, h, act):
+    """Routed experts (plus DeepSeek's shared experts). The weights of the chosen experts
+    carry the router's gradient; the choice itself is not differentiated (top-k indices)."""
+    B, T, hidden = h.shape
+    x = h.reshape(-1, hidden)
+    if cfg.model_type == "mixtral":
+        block, names = pre + "block_sparse_moe", ("w1", "w3", "w2")
+    else:
+        block, names = pre + "mlp", ("gate_proj", "up_proj", "down_proj")
+    logits = F.linear(x, p[block + ".gate.weight"])  # [rows, E]
+    if cfg.model_type == "deepseek_v3":
+        scores = torch.sigmoid(logits)
+        biased = scores.detach() + p[block + ".gate.e_score_correction_bias"]
+        E, G = cfg.experts, cfg.n_group
+        group_scores = biased.view(-1, G, E // G).topk(2, dim=-1)[0].sum(dim=-1)
+        groups = group_scores.topk(cfg.topk_group, dim=-1)[1]
+        keep = torch.zeros_like(group_scores).scatter_(1, groups, 1.0)
+        keep = keep[:, :, None].expand(-1, G, E // G).reshape(-1, E)
+        chosen = biased.masked_fill(keep == 0, 0.0).topk(cfg.top_k, dim=-1)[1]
+        weights = scores.gather(1, chosen)
+        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        weights = weights * cfg.routed_scaling
+    else:
+        probs = torch.softmax(logits, dim=-1)
+        weights, chosen = probs.topk(cfg.top_k, dim=-1)
+        if cfg.norm_topk:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+    out = torch.zeros_like(x)
+    for e in range(cfg.experts):
+        rows, slot = (chosen == e).nonzero(as_tuple=True)
+        if rows.numel() == 0:
+            continue
+        y = gated_mlp(p, f"{block}.experts.{e}", x[rows], act, names=names)
+        out = out.index_add(0, rows, y * weights[rows, slot, None])
+    if cfg.model_type == "deepseek_v3":
+        out = out + gated_mlp(p, block + ".shared_experts", x, act)
+    return out.view(B, T, hidden)
+
+
 def forward(cfg, p, ids):
     B, T = ids.shape
-    D, Hq, Hkv = cfg.head_dim, cfg.heads, cfg.kv_heads
+    D = cfg.head_dim
     x = p["model.embed_tokens.weight"][ids]  # [B, T, hidden]
     if cfg.gemma:
         x = x * torch.tensor(cfg.hidden ** 0.5, dtype=torch.float32)
@@ -155,22 +317,15 @@ def forward(cfg, p, ids):
     for i in range(cfg.layers):
         pre = f"model.layers.{i}."
         h = rms_norm(x, p[pre + "input_layernorm.weight"], cfg.eps, cfg.gemma)
-        q = linear(p, pre + "self_attn.q_proj", h, cfg.qkv_bias).view(B, T, Hq, D)
-        k = linear(p, pre + "self_attn.k_proj", h, cfg.qkv_bias).view(B, T, Hkv, D)
-        v = linear(p, pre + "self_attn.v_proj", h, cfg.qkv_bias).view(B, T, Hkv, D)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-        k = k.repeat_interleave(Hq // Hkv, dim=1)
-        v = v.repeat_interleave(Hq // Hkv, dim=1)
-        scores = q @ k.transpose(-1, -2) * (D ** -0.5) + causal
-        mixed = torch.softmax(scores, dim=-1) @ v  # [B, Hq, T, D]
-        mixed = mixed.transpose(1, 2).reshape(B, T, Hq * D)
-        x = x + linear(p, pre + "self_attn.o_proj", mixed, cfg.o_bias)
+        if cfg.model_type == "deepseek_v3":
+            x = x + mla_attention(cfg, p, pre, h, causal)
+        else:
+            x = x + gqa_attention(cfg, p, pre, h, causal, cos, sin)
         h = rms_norm(x, p[pre + "post_attention_layernorm.weight"], cfg.eps, cfg.gemma)
-        gate = linear(p, pre + "mlp.gate_proj", h, cfg.mlp_bias)
-        up = linear(p, pre + "mlp.up_proj", h, cfg.mlp_bias)
-        x = x + linear(p, pre + "mlp.down_proj", act(gate) * up, cfg.mlp_bias)
+        if cfg.is_moe(i):
+            x = x + moe(cfg, p, pre, h, act)
+        else:
+            x = x + gated_mlp(p, pre + "mlp", h, act, cfg.mlp_bias)
     x = rms_norm(x, p["model.norm.weight"], cfg.eps, cfg.gemma)
     head = p["model.embed_tokens.weight"] if cfg.tied else p["lm_head.weight"]
     return F.linear(x, head)  # [B, T, V]
@@ -194,7 +349,10 @@ def main():
     weights = read_safetensors(args.model_dir + "/model.safetensors")
     reference = read_safetensors(args.model_dir + "/reference.safetensors")
     ids = torch.from_numpy(reference["input_ids"].astype(np.int64))
-    params = {n: torch.tensor(w, dtype=torch.float32, requires_grad=True)
+    # DeepSeek-V3's e_score_correction_bias is a buffer in transformers (no gradient): it only
+    # steers the choice of experts.
+    params = {n: torch.tensor(w, dtype=torch.float32,
+                              requires_grad=not n.endswith("e_score_correction_bias"))
               for n, w in weights.items() if not (cfg.tied and n == "lm_head.weight")}
 
     logits = forward(cfg, params, ids)
@@ -207,14 +365,15 @@ def main():
     loss = next_token_loss(logits, ids)
     loss.backward()
     print(f"loss = {loss.item():.9f}")
-    out = {n: t.grad.numpy().astype(np.float32) for n, t in params.items()}
+    out = {n: t.grad.numpy().astype(np.float32) for n, t in params.items() if t.requires_grad}
     out["loss"] = np.array([loss.item()], dtype=np.float64)
 
     # AdamW on the same batch: decay matrices only (not norms, not embeddings).
     for t in params.values():
         t.grad = None
-    decay = [t for n, t in params.items() if t.dim() >= 2 and "embed_tokens" not in n]
-    no_decay = [t for n, t in params.items() if not (t.dim() >= 2 and "embed_tokens" not in n)]
+    trained = {n: t for n, t in params.items() if t.requires_grad}
+    decay = [t for n, t in trained.items() if t.dim() >= 2 and "embed_tokens" not in n]
+    no_decay = [t for n, t in trained.items() if not (t.dim() >= 2 and "embed_tokens" not in n)]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
         lr=1e-3, betas=(0.9, 0.95), eps=1e-8, foreach=False)
@@ -223,12 +382,18 @@ def main():
         optimizer.zero_grad(set_to_none=True)
         loss = next_token_loss(forward(cfg, params, ids), ids)
         loss.backward()
+        # An expert that no token chose has no gradient (None), and PyTorch's AdamW would skip
+        # it (no decay, no momentum). Kiln steps every parameter, with a zero gradient there, as
+        # PyTorch does after zero_grad(set_to_none=False): give it that zero gradient.
+        for t in trained.values():
+            if t.grad is None:
+                t.grad = torch.zeros_like(t)
         losses.append(loss.item())
         optimizer.step()
         print(f"adamw step {step}: loss = {losses[-1]:.9f}")
     out["adamw_losses"] = np.array(losses, dtype=np.float64)
     write_safetensors(args.output, out)
-    print(f"wrote {args.output}: {len(params)} gradients, loss, {len(losses)} AdamW losses")
+    print(f"wrote {args.output}: {len(trained)} gradients, loss, {len(losses)} AdamW losses")
 
 
 def lora_main(args, cfg, params, ids):

@@ -10,6 +10,8 @@
 #include "kiln/ops/rope.h"
 #include "kiln/ops/rope_frequencies.h"
 #include "kiln/train/backward.h"
+#include "kiln/train/mla_backward.h"
+#include "kiln/train/moe_backward.h"
 
 namespace kiln::train {
 
@@ -30,20 +32,27 @@ void check_layer(const LayerSpec& layer, const std::string& where) {
   if (!is_rms(layer.norm.kind))
     refuse(where, std::string("norm kind '") + norm_kind_name(layer.norm.kind) + "'");
   if (layer.residual_scale != 1.0f) refuse(where, "a residual scale");
-  if (layer.moe.enabled()) refuse(where, "mixture of experts");
-  if (a.is_mla()) refuse(where, "multi-head latent attention");
-  if (a.qk_norm != QkNormKind::kNone)
+  if (layer.moe.enabled()) check_moe_trainable(layer.moe, layer.mlp.activation, where);
+  if (a.qk_norm != QkNormKind::kNone && a.qk_norm != QkNormKind::kPerHead)
     refuse(where, std::string("QK norm '") + qk_norm_name(a.qk_norm) + "'");
+  if (a.qk_norm == QkNormKind::kPerHead && !is_rms(a.qk_norm_spec.kind))
+    refuse(where, std::string("QK norm kind '") + norm_kind_name(a.qk_norm_spec.kind) + "'");
   if (a.softcap > 0.0f) refuse(where, "attention logit soft-capping");
   if (a.clip_qkv > 0.0f) refuse(where, "clip_qkv");
   if (a.sinks) refuse(where, "attention sinks");
   if (a.chunk_size > 0) refuse(where, "chunked attention");
   if (a.temperature_floor_scale > 0.0) refuse(where, "attention temperature tuning");
-  if (a.value_head_dim > 0 && a.value_head_dim != a.head_dim)
-    refuse(where, "a value head size different from head_dim");
-  if (a.num_heads <= 0 || a.num_kv_heads <= 0 || a.head_dim <= 0 ||
-      a.num_heads % a.num_kv_heads != 0)
-    throw Error("training: " + where + ": query heads must be a positive multiple of KV heads");
+  if (a.is_mla()) {
+    if (a.qk_norm != QkNormKind::kNone) refuse(where, "QK norm with latent attention");
+    check_mla_trainable(a, where);
+  } else {
+    if (a.value_head_dim > 0 && a.value_head_dim != a.head_dim)
+      refuse(where, "a value head size different from head_dim");
+    if (a.num_heads <= 0 || a.num_kv_heads <= 0 || a.head_dim <= 0 ||
+        a.num_heads % a.num_kv_heads != 0)
+      throw Error("training: " + where + ": query heads must be a positive multiple of KV heads");
+  }
+  if (layer.moe.enabled()) return;  // the MoE block replaces the MLP
   if (!layer.mlp.gated) refuse(where, "a non-gated MLP");
   if (layer.mlp.swiglu_limit > 0.0f) refuse(where, "clamped SwiGLU");
   if (layer.mlp.activation != Activation::kSilu && layer.mlp.activation != Activation::kGeluTanh)
@@ -80,6 +89,10 @@ struct TrainModel::LayerSaved {
   std::vector<float> inv_rms2;       // [rows]
   std::vector<float> normed2;        // [rows, hidden] MLP input
   std::vector<float> gate, up, act;  // [rows, intermediate]
+  // Per-head QK norm: q and k before it, 1 / rms per head.
+  std::vector<float> q_raw, k_raw, q_inv_rms, k_inv_rms;  // [rows * H * D] x 2, [rows * H] x 2
+  MoeSaved moe;                                           // MoE layers (gate, up, act unused)
+  MlaSaved mla;  // latent attention layers (q, k, v, mixed unused)
 };
 
 // What the forward keeps, per layer and at the end. With recomputation, only each layer's
@@ -156,6 +169,81 @@ TrainModel::LinearParams TrainModel::add_linear(const WeightMap& weights, const 
   return l;
 }
 
+const float* TrainModel::add_constant(const WeightMap& weights, const std::string& name,
+                                      const Shape& shape) {
+  Tensor p = require_weight(weights, name, shape).to(DType::F32);
+  frozen_[name] = p;
+  return p.data<float>();
+}
+
+namespace {
+LinearRef ref(const float* w, float* dw, const float* b = nullptr, float* db = nullptr) {
+  return LinearRef{w, b, dw, db};
+}
+}  // namespace
+
+MoeParams TrainModel::add_moe(const WeightMap& weights, int64_t i) {
+  const MoeSpec& m = spec_.layers[i].moe;
+  const int64_t H = spec_.hidden_size, E = m.num_experts, I = m.expert_intermediate;
+  const std::string module = names::mlp(i);
+  auto linear = [&](const std::string& child, const Shape& shape, bool bias, const Shape& bshape) {
+    const std::string name = names::child(module, child);
+    LinearRef l;
+    l.w = add_parameter(weights, names::kernel(name), shape);
+    l.dw = grad(names::kernel(name));
+    if (bias) {
+      l.b = add_parameter(weights, names::bias(name), bshape);
+      l.db = grad(names::bias(name));
+    }
+    return l;
+  };
+  MoeParams p;
+  p.router = linear("gate", {E, H}, m.router_bias, {E});
+  if (m.score_correction_bias)
+    p.correction_bias =
+        add_constant(weights, names::score_correction_bias(names::child(module, "gate")), {E});
+  p.gate = linear("wi_0", {E, I, H}, m.expert_bias, {E, I});
+  p.up = linear("wi_1", {E, I, H}, m.expert_bias, {E, I});
+  p.down = linear("wo", {E, H, I}, m.expert_bias, {E, H});
+  if (m.num_shared_experts > 0) {
+    const int64_t S = m.shared_intermediate;
+    p.shared_gate = linear("shared_experts/wi_0", {S, H}, false, {});
+    p.shared_up = linear("shared_experts/wi_1", {S, H}, false, {});
+    p.shared_down = linear("shared_experts/wo", {H, S}, false, {});
+  }
+  return p;
+}
+
+MlaParams TrainModel::add_mla(const WeightMap& weights, int64_t i) {
+  const AttentionSpec& a = spec_.layers[i].attention;
+  const int64_t hidden = spec_.hidden_size, H = a.num_heads, P = a.qk_rope_head_dim;
+  const int64_t D = a.qk_nope_head_dim + P, V = a.value_head_dim, R = a.kv_lora_rank;
+  const std::string attention = names::attention(i);
+  auto linear = [&](const std::string& child, int64_t in, int64_t out, bool bias) {
+    const LinearParams l = add_linear(weights, names::child(attention, child), in, out, bias);
+    return ref(l.w, l.dw, l.b, l.db);
+  };
+  auto norm = [&](const std::string& child, int64_t dim, float*& d) {
+    const std::string name = names::scale(names::child(attention, child));
+    const float* w = add_parameter(weights, name, {dim});
+    d = grad(name);
+    return w;
+  };
+  MlaParams p;
+  if (a.q_lora_rank > 0) {
+    p.query_down = linear("wq_a", hidden, a.q_lora_rank, a.q_bias);
+    p.query_norm = norm("q_norm", a.q_lora_rank, p.d_query_norm);
+    p.query_up = linear("wq_b", a.q_lora_rank, H * D, false);
+  } else {
+    p.query = linear("query", hidden, H * D, false);
+  }
+  p.kv_down = linear("wkv_a", hidden, R + P, a.k_bias);
+  p.kv_norm = norm("kv_norm", R, p.d_kv_norm);
+  p.kv_up = linear("wkv_b", R, H * (a.qk_nope_head_dim + V), false);
+  p.out = linear("out", H * V, hidden, a.o_bias);
+  return p;
+}
+
 TrainModel::TrainModel(ModelSpec spec, const WeightMap& weights, bool freeze_base)
     : spec_(std::move(spec)), freeze_base_(freeze_base) {
   check_trainable(spec_);
@@ -171,15 +259,31 @@ TrainModel::TrainModel(ModelSpec spec, const WeightMap& weights, bool freeze_bas
     Layer l;
     l.attention_norm = add_parameter(weights, names::scale(names::input_norm(i)), {hidden});
     l.d_attention_norm = grad(names::scale(names::input_norm(i)));
-    l.query = add_linear(weights, names::child(attention, "query"), hidden, q_width, a.q_bias);
-    l.key = add_linear(weights, names::child(attention, "key"), hidden, kv_width, a.k_bias);
-    l.value = add_linear(weights, names::child(attention, "value"), hidden, kv_width, a.v_bias);
-    l.out = add_linear(weights, names::child(attention, "out"), q_width, hidden, a.o_bias);
+    if (a.is_mla()) {
+      l.mla = add_mla(weights, i);
+    } else {
+      l.query = add_linear(weights, names::child(attention, "query"), hidden, q_width, a.q_bias);
+      l.key = add_linear(weights, names::child(attention, "key"), hidden, kv_width, a.k_bias);
+      l.value = add_linear(weights, names::child(attention, "value"), hidden, kv_width, a.v_bias);
+      l.out = add_linear(weights, names::child(attention, "out"), q_width, hidden, a.o_bias);
+    }
+    if (a.qk_norm == QkNormKind::kPerHead) {
+      const std::string qn = names::scale(names::child(attention, "query_norm"));
+      const std::string kn = names::scale(names::child(attention, "key_norm"));
+      l.query_norm = add_parameter(weights, qn, {a.head_dim});
+      l.d_query_norm = grad(qn);
+      l.key_norm = add_parameter(weights, kn, {a.head_dim});
+      l.d_key_norm = grad(kn);
+    }
     l.mlp_norm = add_parameter(weights, names::scale(names::post_attention_norm(i)), {hidden});
     l.d_mlp_norm = grad(names::scale(names::post_attention_norm(i)));
-    l.gate = add_linear(weights, names::mlp_gate(i), hidden, inner, ls.mlp.bias);
-    l.up = add_linear(weights, names::mlp_up(i), hidden, inner, ls.mlp.bias);
-    l.down = add_linear(weights, names::mlp_down(i), inner, hidden, ls.mlp.bias);
+    if (ls.moe.enabled()) {
+      l.moe = add_moe(weights, i);
+    } else {
+      l.gate = add_linear(weights, names::mlp_gate(i), hidden, inner, ls.mlp.bias);
+      l.up = add_linear(weights, names::mlp_up(i), hidden, inner, ls.mlp.bias);
+      l.down = add_linear(weights, names::mlp_down(i), inner, hidden, ls.mlp.bias);
+    }
     layers_.push_back(l);
   }
   final_norm_ = add_parameter(weights, names::scale(names::final_norm()), {hidden});
@@ -240,13 +344,53 @@ void TrainModel::forward_layer(size_t i, int64_t batch, int64_t T, const Activat
   const LayerSpec& ls = spec_.layers[i];
   const AttentionSpec& a = ls.attention;
   const Layer& l = layers_[i];
-  const int64_t Hq = a.num_heads, Hkv = a.num_kv_heads, D = a.head_dim;
-  const int64_t inner = ls.mlp.intermediate;
   const bool one_plus = ls.norm.kind == NormKind::kRmsOnePlus;
   s.inv_rms1.resize(rows);
   s.normed1.resize(rows * hidden);
   ops::rms_norm(x.data(), l.attention_norm, s.normed1.data(), rows, hidden, ls.norm.eps, one_plus,
                 s.inv_rms1.data());
+  std::vector<float> branch(rows * hidden);  // [rows, hidden]
+  if (a.is_mla())
+    mla_forward(a, l.mla, s.normed1.data(), batch, T, hidden, saved.positions.data(),
+                saved.documents, branch.data(), s.mla);
+  else
+    attention_forward_layer(i, batch, T, saved, training, s, branch.data());
+  for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j];
+  s.middle = x;
+  s.inv_rms2.resize(rows);
+  s.normed2.resize(rows * hidden);
+  ops::rms_norm(x.data(), l.mlp_norm, s.normed2.data(), rows, hidden, ls.norm.eps, one_plus,
+                s.inv_rms2.data());
+  if (ls.moe.enabled()) {
+    moe_forward(ls.moe, ls.mlp.activation, l.moe, s.normed2.data(), rows, hidden, branch.data(),
+                s.moe);
+    for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j];
+    return;
+  }
+  const int64_t inner = ls.mlp.intermediate;
+  s.gate.resize(rows * inner);
+  s.up.resize(rows * inner);
+  s.act.resize(rows * inner);
+  linear_forward(s.normed2.data(), l.gate.w, l.gate.b, s.gate.data(), rows, hidden, inner);
+  linear_forward(s.normed2.data(), l.up.w, l.up.b, s.up.data(), rows, hidden, inner);
+  if (adapter_) {
+    adapter_->forward(i, LinearSlot::kGate, s.normed2.data(), s.gate.data(), rows, training);
+    adapter_->forward(i, LinearSlot::kUp, s.normed2.data(), s.up.data(), rows, training);
+  }
+  gated_forward(ls.mlp.activation, s.gate.data(), s.up.data(), s.act.data(), rows * inner);
+  linear_forward(s.act.data(), l.down.w, l.down.b, branch.data(), rows, inner, hidden);
+  if (adapter_)
+    adapter_->forward(i, LinearSlot::kDown, s.act.data(), branch.data(), rows, training);
+  for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j];
+}
+
+void TrainModel::attention_forward_layer(size_t i, int64_t batch, int64_t T,
+                                         const Activations& saved, bool training, LayerSaved& s,
+                                         float* branch) const {
+  const int64_t rows = batch * T, hidden = spec_.hidden_size;
+  const AttentionSpec& a = spec_.layers[i].attention;
+  const Layer& l = layers_[i];
+  const int64_t Hq = a.num_heads, Hkv = a.num_kv_heads, D = a.head_dim;
   s.q.resize(rows * Hq * D);
   s.k.resize(rows * Hkv * D);
   s.v.resize(rows * Hkv * D);
@@ -257,6 +401,18 @@ void TrainModel::forward_layer(size_t i, int64_t batch, int64_t T, const Activat
     adapter_->forward(i, LinearSlot::kQuery, s.normed1.data(), s.q.data(), rows, training);
     adapter_->forward(i, LinearSlot::kKey, s.normed1.data(), s.k.data(), rows, training);
     adapter_->forward(i, LinearSlot::kValue, s.normed1.data(), s.v.data(), rows, training);
+  }
+  if (l.query_norm) {  // per-head RMSNorm before RoPE (Qwen3-MoE)
+    const float eps = a.qk_norm_spec.eps;
+    const bool plus = a.qk_norm_spec.kind == NormKind::kRmsOnePlus;
+    s.q_raw = s.q;
+    s.k_raw = s.k;
+    s.q_inv_rms.resize(rows * Hq);
+    s.k_inv_rms.resize(rows * Hkv);
+    ops::rms_norm(s.q_raw.data(), l.query_norm, s.q.data(), rows * Hq, D, eps, plus,
+                  s.q_inv_rms.data());
+    ops::rms_norm(s.k_raw.data(), l.key_norm, s.k.data(), rows * Hkv, D, eps, plus,
+                  s.k_inv_rms.data());
   }
   if (a.rope.type != RopeType::kNone) {
     const ops::RopeFrequencies rope = ops::rope_frequencies(a.rope, D, T);
@@ -276,30 +432,8 @@ void TrainModel::forward_layer(size_t i, int64_t batch, int64_t T, const Activat
   s.mixed.resize(rows * Hq * D);
   attention_by_document(saved.documents, dims, s.q.data(), s.k.data(), s.v.data(), s.mixed.data(),
                         nullptr, nullptr, nullptr, nullptr);
-  std::vector<float> branch(rows * hidden);  // [rows, hidden]
-  linear_forward(s.mixed.data(), l.out.w, l.out.b, branch.data(), rows, Hq * D, hidden);
-  if (adapter_)
-    adapter_->forward(i, LinearSlot::kOut, s.mixed.data(), branch.data(), rows, training);
-  for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j];
-  s.middle = x;
-  s.inv_rms2.resize(rows);
-  s.normed2.resize(rows * hidden);
-  ops::rms_norm(x.data(), l.mlp_norm, s.normed2.data(), rows, hidden, ls.norm.eps, one_plus,
-                s.inv_rms2.data());
-  s.gate.resize(rows * inner);
-  s.up.resize(rows * inner);
-  s.act.resize(rows * inner);
-  linear_forward(s.normed2.data(), l.gate.w, l.gate.b, s.gate.data(), rows, hidden, inner);
-  linear_forward(s.normed2.data(), l.up.w, l.up.b, s.up.data(), rows, hidden, inner);
-  if (adapter_) {
-    adapter_->forward(i, LinearSlot::kGate, s.normed2.data(), s.gate.data(), rows, training);
-    adapter_->forward(i, LinearSlot::kUp, s.normed2.data(), s.up.data(), rows, training);
-  }
-  gated_forward(ls.mlp.activation, s.gate.data(), s.up.data(), s.act.data(), rows * inner);
-  linear_forward(s.act.data(), l.down.w, l.down.b, branch.data(), rows, inner, hidden);
-  if (adapter_)
-    adapter_->forward(i, LinearSlot::kDown, s.act.data(), branch.data(), rows, training);
-  for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j];
+  linear_forward(s.mixed.data(), l.out.w, l.out.b, branch, rows, Hq * D, hidden);
+  if (adapter_) adapter_->forward(i, LinearSlot::kOut, s.mixed.data(), branch, rows, training);
 }
 
 Tensor TrainModel::logits(const int32_t* tokens, int64_t batch, int64_t T,
@@ -330,6 +464,59 @@ double TrainModel::loss(const int32_t* tokens, const int32_t* targets, int64_t b
                                batch * T, spec_.hidden_size, spec_.vocab_size, chunk_rows);
 }
 
+void TrainModel::attention_backward_layer(size_t i, int64_t batch, int64_t T,
+                                          const Activations& saved, const LayerSaved& s,
+                                          const float* d_branch, float* d_normed) {
+  const int64_t rows = batch * T, hidden = spec_.hidden_size;
+  const AttentionSpec& a = spec_.layers[i].attention;
+  const Layer& l = layers_[i];
+  const int64_t Hq = a.num_heads, Hkv = a.num_kv_heads, D = a.head_dim;
+  std::vector<float> d_mixed(rows * Hq * D), dq(rows * Hq * D), dk(rows * Hkv * D),
+      dv(rows * Hkv * D);
+  linear_backward(s.mixed.data(), l.out.w, d_branch, d_mixed.data(), l.out.dw, l.out.db, rows,
+                  Hq * D, hidden);
+  if (adapter_)
+    adapter_->backward(i, LinearSlot::kOut, s.mixed.data(), d_branch, d_mixed.data(), rows);
+  AttentionDims dims{batch,
+                     T,
+                     Hq,
+                     Hkv,
+                     D,
+                     a.scale > 0.0f ? a.scale : static_cast<float>(1.0 / std::sqrt(double(D))),
+                     a.sliding_window};
+  attention_by_document(saved.documents, dims, s.q.data(), s.k.data(), s.v.data(), nullptr,
+                        d_mixed.data(), dq.data(), dk.data(), dv.data());
+  if (a.rope.type != RopeType::kNone) {
+    const ops::RopeFrequencies rope = ops::rope_frequencies(a.rope, D, T);
+    const int64_t rotary = a.rope.rotary_dim > 0 ? a.rope.rotary_dim : D;
+    rope_backward(dq.data(), saved.positions.data(), rows, Hq, D, rotary, rope.inv_freq.data(),
+                  rope.attention_scaling, a.rope.interleaved);
+    rope_backward(dk.data(), saved.positions.data(), rows, Hkv, D, rotary, rope.inv_freq.data(),
+                  rope.attention_scaling, a.rope.interleaved);
+  }
+  if (l.query_norm) {  // per-head QK norm: back to the projections' outputs
+    const bool plus = a.qk_norm_spec.kind == NormKind::kRmsOnePlus;
+    std::vector<float> dq_raw(dq.size(), 0.0f), dk_raw(dk.size(), 0.0f);
+    rms_norm_backward(s.q_raw.data(), l.query_norm, s.q_inv_rms.data(), dq.data(), dq_raw.data(),
+                      l.d_query_norm, rows * Hq, D, plus);
+    rms_norm_backward(s.k_raw.data(), l.key_norm, s.k_inv_rms.data(), dk.data(), dk_raw.data(),
+                      l.d_key_norm, rows * Hkv, D, plus);
+    dq.swap(dq_raw);
+    dk.swap(dk_raw);
+  }
+  linear_backward(s.normed1.data(), l.query.w, dq.data(), d_normed, l.query.dw, l.query.db, rows,
+                  hidden, Hq * D);
+  linear_backward(s.normed1.data(), l.key.w, dk.data(), d_normed, l.key.dw, l.key.db, rows, hidden,
+                  Hkv * D);
+  linear_backward(s.normed1.data(), l.value.w, dv.data(), d_normed, l.value.dw, l.value.db, rows,
+                  hidden, Hkv * D);
+  if (adapter_) {
+    adapter_->backward(i, LinearSlot::kValue, s.normed1.data(), dv.data(), d_normed, rows);
+    adapter_->backward(i, LinearSlot::kKey, s.normed1.data(), dk.data(), d_normed, rows);
+    adapter_->backward(i, LinearSlot::kQuery, s.normed1.data(), dq.data(), d_normed, rows);
+  }
+}
+
 double TrainModel::forward_backward(const int32_t* tokens, const int32_t* targets, int64_t batch,
                                     int64_t T, int64_t chunk_rows, const int32_t* segments) {
   const int64_t rows = batch * T, hidden = spec_.hidden_size, vocab = spec_.vocab_size;
@@ -346,15 +533,11 @@ double TrainModel::forward_backward(const int32_t* tokens, const int32_t* target
                     dx.data(), grad(names::scale(names::final_norm())), rows, hidden,
                     spec_.final_norm.kind == NormKind::kRmsOnePlus);
 
-  // Gradient buffers, sized for the widest layer and reused by every layer.
-  int64_t max_inner = 0, max_q = 0, max_kv = 0;
-  for (const LayerSpec& ls : spec_.layers) {
-    max_inner = std::max(max_inner, ls.mlp.intermediate);
-    max_q = std::max(max_q, ls.attention.num_heads * ls.attention.head_dim);
-    max_kv = std::max(max_kv, ls.attention.num_kv_heads * ls.attention.head_dim);
-  }
+  // Gradient buffers of the dense MLPs, sized for the widest layer and reused by every layer.
+  int64_t max_inner = 0;
+  for (const LayerSpec& ls : spec_.layers)
+    if (!ls.moe.enabled()) max_inner = std::max(max_inner, ls.mlp.intermediate);
   std::vector<float> d_act(rows * max_inner), d_gate(rows * max_inner), d_up(rows * max_inner);
-  std::vector<float> d_mixed(rows * max_q), dq(rows * max_q), dk(rows * max_kv), dv(rows * max_kv);
   for (int64_t i = spec_.num_layers() - 1; i >= 0; --i) {
     const LayerSpec& ls = spec_.layers[i];
     const AttentionSpec& a = ls.attention;
@@ -364,72 +547,47 @@ double TrainModel::forward_backward(const int32_t* tokens, const int32_t* target
       forward_layer(static_cast<size_t>(i), batch, T, saved, true, x, saved.work);
     }
     const LayerSaved& s = recompute_ ? saved.work : saved.layers[i];
-    const int64_t Hq = a.num_heads, Hkv = a.num_kv_heads, D = a.head_dim;
     const int64_t inner = ls.mlp.intermediate;
     const bool one_plus = ls.norm.kind == NormKind::kRmsOnePlus;
 
     // MLP branch: x_out = middle + down(act(gate(n2)) * up(n2)), n2 = norm(middle).
-    std::fill_n(d_act.begin(), rows * inner, 0.0f);
-    std::fill_n(d_gate.begin(), rows * inner, 0.0f);
-    std::fill_n(d_up.begin(), rows * inner, 0.0f);
-    linear_backward(s.act.data(), l.down.w, dx.data(), d_act.data(), l.down.dw, l.down.db, rows,
-                    inner, hidden);
-    if (adapter_)
-      adapter_->backward(i, LinearSlot::kDown, s.act.data(), dx.data(), d_act.data(), rows);
-    gated_backward(ls.mlp.activation, s.gate.data(), s.up.data(), d_act.data(), d_gate.data(),
-                   d_up.data(), rows * inner);
     std::fill(d_normed.begin(), d_normed.end(), 0.0f);
-    linear_backward(s.normed2.data(), l.gate.w, d_gate.data(), d_normed.data(), l.gate.dw,
-                    l.gate.db, rows, hidden, inner);
-    linear_backward(s.normed2.data(), l.up.w, d_up.data(), d_normed.data(), l.up.dw, l.up.db, rows,
-                    hidden, inner);
-    if (adapter_) {
-      adapter_->backward(i, LinearSlot::kUp, s.normed2.data(), d_up.data(), d_normed.data(), rows);
-      adapter_->backward(i, LinearSlot::kGate, s.normed2.data(), d_gate.data(), d_normed.data(),
-                         rows);
+    if (ls.moe.enabled()) {
+      moe_backward(ls.moe, ls.mlp.activation, l.moe, s.normed2.data(), s.moe, dx.data(),
+                   d_normed.data(), rows, hidden);
+    } else {
+      std::fill_n(d_act.begin(), rows * inner, 0.0f);
+      std::fill_n(d_gate.begin(), rows * inner, 0.0f);
+      std::fill_n(d_up.begin(), rows * inner, 0.0f);
+      linear_backward(s.act.data(), l.down.w, dx.data(), d_act.data(), l.down.dw, l.down.db, rows,
+                      inner, hidden);
+      if (adapter_)
+        adapter_->backward(i, LinearSlot::kDown, s.act.data(), dx.data(), d_act.data(), rows);
+      gated_backward(ls.mlp.activation, s.gate.data(), s.up.data(), d_act.data(), d_gate.data(),
+                     d_up.data(), rows * inner);
+      linear_backward(s.normed2.data(), l.gate.w, d_gate.data(), d_normed.data(), l.gate.dw,
+                      l.gate.db, rows, hidden, inner);
+      linear_backward(s.normed2.data(), l.up.w, d_up.data(), d_normed.data(), l.up.dw, l.up.db,
+                      rows, hidden, inner);
+      if (adapter_) {
+        adapter_->backward(i, LinearSlot::kUp, s.normed2.data(), d_up.data(), d_normed.data(),
+                           rows);
+        adapter_->backward(i, LinearSlot::kGate, s.normed2.data(), d_gate.data(), d_normed.data(),
+                           rows);
+      }
     }
     // dx holds the residual path's gradient; the norm's adds to it.
     rms_norm_backward(s.middle.data(), l.mlp_norm, s.inv_rms2.data(), d_normed.data(), dx.data(),
                       l.d_mlp_norm, rows, hidden, one_plus);
 
-    // Attention branch: middle = input + out(attn(rope(q(n1)), rope(k(n1)), v(n1))).
-    std::fill_n(d_mixed.begin(), rows * Hq * D, 0.0f);
-    std::fill_n(dq.begin(), rows * Hq * D, 0.0f);
-    std::fill_n(dk.begin(), rows * Hkv * D, 0.0f);
-    std::fill_n(dv.begin(), rows * Hkv * D, 0.0f);
-    linear_backward(s.mixed.data(), l.out.w, dx.data(), d_mixed.data(), l.out.dw, l.out.db, rows,
-                    Hq * D, hidden);
-    if (adapter_)
-      adapter_->backward(i, LinearSlot::kOut, s.mixed.data(), dx.data(), d_mixed.data(), rows);
-    AttentionDims dims{batch,
-                       T,
-                       Hq,
-                       Hkv,
-                       D,
-                       a.scale > 0.0f ? a.scale : static_cast<float>(1.0 / std::sqrt(double(D))),
-                       a.sliding_window};
-    attention_by_document(saved.documents, dims, s.q.data(), s.k.data(), s.v.data(), nullptr,
-                          d_mixed.data(), dq.data(), dk.data(), dv.data());
-    if (a.rope.type != RopeType::kNone) {
-      const ops::RopeFrequencies rope = ops::rope_frequencies(a.rope, D, T);
-      const int64_t rotary = a.rope.rotary_dim > 0 ? a.rope.rotary_dim : D;
-      rope_backward(dq.data(), saved.positions.data(), rows, Hq, D, rotary, rope.inv_freq.data(),
-                    rope.attention_scaling, a.rope.interleaved);
-      rope_backward(dk.data(), saved.positions.data(), rows, Hkv, D, rotary, rope.inv_freq.data(),
-                    rope.attention_scaling, a.rope.interleaved);
-    }
+    // Attention branch: middle = input + attention(n1), n1 = norm(input).
     std::fill(d_normed.begin(), d_normed.end(), 0.0f);
-    linear_backward(s.normed1.data(), l.query.w, dq.data(), d_normed.data(), l.query.dw, l.query.db,
-                    rows, hidden, Hq * D);
-    linear_backward(s.normed1.data(), l.key.w, dk.data(), d_normed.data(), l.key.dw, l.key.db, rows,
-                    hidden, Hkv * D);
-    linear_backward(s.normed1.data(), l.value.w, dv.data(), d_normed.data(), l.value.dw, l.value.db,
-                    rows, hidden, Hkv * D);
-    if (adapter_) {
-      adapter_->backward(i, LinearSlot::kValue, s.normed1.data(), dv.data(), d_normed.data(), rows);
-      adapter_->backward(i, LinearSlot::kKey, s.normed1.data(), dk.data(), d_normed.data(), rows);
-      adapter_->backward(i, LinearSlot::kQuery, s.normed1.data(), dq.data(), d_normed.data(), rows);
-    }
+    if (a.is_mla())
+      mla_backward(a, l.mla, s.normed1.data(), s.mla, batch, T, hidden, saved.positions.data(),
+                   saved.documents, dx.data(), d_normed.data());
+    else
+      attention_backward_layer(static_cast<size_t>(i), batch, T, saved, s, dx.data(),
+                               d_normed.data());
     rms_norm_backward(saved.layers[i].input.data(), l.attention_norm, s.inv_rms1.data(),
                       d_normed.data(), dx.data(), l.d_attention_norm, rows, hidden, one_plus);
   }

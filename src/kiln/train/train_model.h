@@ -8,8 +8,11 @@
 // and an optional sliding window, RoPE of any type (frequencies for the sequence length, as
 // the inference forward computes them from an empty cache), half-split or interleaved pairs,
 // partial rotary; gated MLPs with SiLU (SwiGLU) or GELU-tanh, with or without biases; an
-// embedding scale; a final RMSNorm; a tied or untied lm_head without bias. Anything else is
-// refused by check_trainable() with an Error naming the feature.
+// embedding scale; a final RMSNorm; a tied or untied lm_head without bias. Also (hooks into
+// train/moe_backward.h and train/mla_backward.h): mixture-of-experts blocks (every router but
+// sparsemixer, shared experts, dense layers between them), multi-head latent attention, and a
+// per-head QK RMSNorm before RoPE (Qwen3-MoE). Anything else is refused by check_trainable()
+// with an Error naming the feature.
 #pragma once
 
 #include <cstdint>
@@ -20,6 +23,8 @@
 #include "kiln/core/tensor.h"
 #include "kiln/layers/weights.h"
 #include "kiln/models/model_spec.h"
+#include "kiln/train/mla_backward.h"
+#include "kiln/train/moe_backward.h"
 
 namespace kiln::train {
 
@@ -68,7 +73,8 @@ class TrainModel {
   ParameterMap& parameters() { return parameters_; }
   const ParameterMap& parameters() const { return parameters_; }
   const ParameterMap& gradients() const { return gradients_; }
-  // The frozen base weights (empty unless constructed with freeze_base).
+  // The frozen base weights (empty unless constructed with freeze_base), and weights that are
+  // never trained (DeepSeek-V3's score correction bias, a buffer in transformers too).
   const ParameterMap& frozen_parameters() const { return frozen_; }
   // Registers a new trainable f32 parameter `name` (zero, with a zero gradient) and returns
   // it; its storage stays put for the model's life. Throws Error when the name exists.
@@ -116,6 +122,11 @@ class TrainModel {
     float *attention_norm = nullptr, *d_attention_norm = nullptr;
     float *mlp_norm = nullptr, *d_mlp_norm = nullptr;
     LinearParams query, key, value, out, gate, up, down;
+    // Per-head QK RMSNorm [head_dim] (null when the layer has none).
+    float *query_norm = nullptr, *key_norm = nullptr;
+    float *d_query_norm = nullptr, *d_key_norm = nullptr;
+    MoeParams moe;  // when spec.moe.enabled() (gate, up, down unused)
+    MlaParams mla;  // when spec.attention.is_mla() (query, key, value, out unused)
   };
   struct LayerSaved;   // what the forward keeps of one layer
   struct Activations;  // what the forward keeps for the backward
@@ -129,8 +140,22 @@ class TrainModel {
   // the positions and packed documents are saved's (set by forward()).
   void forward_layer(size_t i, int64_t batch, int64_t tokens_per_row, const Activations& saved,
                      bool training, std::vector<float>& x, LayerSaved& s) const;
+  // The attention of layer i (not MLA) on s.normed1: branch [rows, hidden] (overwritten).
+  void attention_forward_layer(size_t i, int64_t batch, int64_t tokens_per_row,
+                               const Activations& saved, bool training, LayerSaved& s,
+                               float* branch) const;
+  // The attention of layer i's backward: from d_branch [rows, hidden] to d_normed [rows,
+  // hidden] (added), parameter gradients added.
+  void attention_backward_layer(size_t i, int64_t batch, int64_t tokens_per_row,
+                                const Activations& saved, const LayerSaved& s,
+                                const float* d_branch, float* d_normed);
   // The parameter `name` of `shape`, registered with a zero gradient.
   float* add_parameter(const WeightMap& weights, const std::string& name, const Shape& shape);
+  // A weight that is never trained (kept in frozen_, no gradient).
+  const float* add_constant(const WeightMap& weights, const std::string& name, const Shape& shape);
+  // The MoE block and latent attention parameters of layer i.
+  MoeParams add_moe(const WeightMap& weights, int64_t i);
+  MlaParams add_mla(const WeightMap& weights, int64_t i);
   float* grad(const std::string& name);
 
   ModelSpec spec_;
