@@ -345,6 +345,43 @@ TEST(TrainModel, RecomputationGivesBitwiseTheSameGradients) {
   }
 }
 
+// The MoE and latent-attention layers (DeepSeek-V3: MLA everywhere, a dense first layer, then
+// routed and shared experts) recompute bitwise, give the same gradients for any thread count,
+// and attend per document when rows are packed.
+TEST(TrainModel, MoeAndMlaRecomputeBitwiseAndPackDocuments) {
+  for (const std::string name : {"deepseek_v3", "mixtral", "qwen3_moe"}) {
+    const LoadedModel loaded = load_model(test::hf_fixture_path(name));
+    const Batch b = fixture_batch(test::hf_fixture_path(name));
+    ASSERT_GE(b.batch, 2);
+    const std::vector<int32_t> targets = next_token_targets(b.tokens.data(), nullptr, b.batch, b.T);
+    TrainModel kept(loaded.spec, loaded.weights), recomputed(loaded.spec, loaded.weights);
+    recomputed.set_recompute(true);
+    const double loss = kept.forward_backward(b.tokens.data(), targets.data(), b.batch, b.T);
+    EXPECT_EQ(loss, recomputed.forward_backward(b.tokens.data(), targets.data(), b.batch, b.T))
+        << name;
+    for (const auto& [param, g] : kept.gradients())
+      EXPECT_EQ(std::memcmp(g.raw(), recomputed.gradients().at(param).raw(), g.nbytes()), 0)
+          << name << " " << param;
+    const int saved_threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+    TrainModel one(loaded.spec, loaded.weights);
+    EXPECT_EQ(loss, one.forward_backward(b.tokens.data(), targets.data(), b.batch, b.T)) << name;
+    omp_set_num_threads(saved_threads);
+    for (const auto& [param, g] : kept.gradients())
+      EXPECT_EQ(std::memcmp(g.raw(), one.gradients().at(param).raw(), g.nbytes()), 0)
+          << name << " " << param << " differs with 1 thread";
+    // The first two rows packed into one row of two documents: the same loss.
+    std::vector<int32_t> segments(2 * b.T);
+    for (int64_t t = 0; t < 2 * b.T; ++t) segments[t] = t < b.T ? 0 : 1;
+    const double two_rows = kept.loss(b.tokens.data(), targets.data(), 2, b.T);
+    const double packed =
+        kept.loss(b.tokens.data(), targets.data(), 1, 2 * b.T, 256, segments.data());
+    std::cout << name << ": loss of 2 rows " << two_rows << ", packed in one row " << packed
+              << ", diff " << std::abs(two_rows - packed) << std::endl;
+    EXPECT_NEAR(two_rows, packed, 1e-5) << name;
+  }
+}
+
 TEST(TrainModel, GradientsAreBitwiseTheSameForAnyThreadCount) {
   // Large enough that every kernel runs its threaded path (GEMMs, attention blocks, norms).
   ModelSpec spec = all_options_spec();
