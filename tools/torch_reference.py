@@ -87,7 +87,8 @@ class Config:
         with open(path) as f:
             c = json.load(f)
         model_type = c.get("model_type")
-        known = ("llama", "mistral", "qwen2", "gemma", "mixtral", "qwen3_moe", "deepseek_v3")
+        known = ("llama", "mistral", "qwen2", "gemma", "mixtral", "qwen3_moe", "deepseek_v3",
+                 "gpt_oss")
         if model_type not in known:
             sys.exit(f"{path}: model_type {model_type!r} is not one of {', '.join(known)}")
         self.model_type = model_type
@@ -96,7 +97,7 @@ class Config:
         self.gemma = model_type == "gemma"
         rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
         self.rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if self.rope_type == "yarn" and model_type == "deepseek_v3":
+        if self.rope_type == "yarn" and model_type in ("deepseek_v3", "gpt_oss"):
             self.yarn = rope
         elif self.rope_type != "default":
             sys.exit(f"{path}: only the default RoPE (and DeepSeek-V3's YaRN) is written here")
@@ -110,9 +111,19 @@ class Config:
         self.theta = rope.get("rope_theta", c.get("rope_theta", 10000.0))
         # Llama: attention_bias on q, k, v and o; Qwen2: always on q, k, v, never on o.
         self.qkv_bias = model_type == "qwen2" or c.get("attention_bias", False)
-        self.o_bias = model_type == "llama" and c.get("attention_bias", False)
+        self.o_bias = model_type in ("llama", "gpt_oss") and c.get("attention_bias", False)
         # Mistral: key j is visible to query t when t - window < j <= t (None: all j <= t).
         self.window = c.get("sliding_window") if model_type == "mistral" else None
+        # gpt-oss: layers alternate sliding-window and full attention; every attention has a
+        # learned sink logit per head; clamped SwiGLU experts behind a biased router.
+        self.layer_windows = [self.window] * self.layers
+        self.sinks = model_type == "gpt_oss"
+        if model_type == "gpt_oss":
+            types = c.get("layer_types") or ["sliding_attention" if i % 2 == 0 else
+                                             "full_attention" for i in range(self.layers)]
+            self.layer_windows = [c["sliding_window"] if t == "sliding_attention" else None
+                                  for t in types]
+            self.swiglu_limit, self.swiglu_alpha = c.get("swiglu_limit", 7.0), 1.702
         if model_type == "qwen2" and c.get("use_sliding_window"):
             sys.exit(f"{path}: Qwen2's sliding window is not written here")
         if model_type == "qwen3_moe" and (c.get("use_sliding_window") or c.get("mlp_only_layers")
@@ -204,13 +215,19 @@ def rope_interleaved(x, cos, sin):
     return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
 
 
-def attend(q, k, v, causal, scale):
-    """q [B, Hq, T, D], k [B, Hkv, T, D], v [B, Hkv, T, Dv] -> [B, T, Hq * Dv]."""
+def attend(q, k, v, causal, scale, sinks=None):
+    """q [B, Hq, T, D], k [B, Hkv, T, D], v [B, Hkv, T, Dv] -> [B, T, Hq * Dv]. sinks [Hq]: a
+    logit per head that joins every softmax with no value."""
     B, Hq, T, _ = q.shape
     k = k.repeat_interleave(Hq // k.shape[1], dim=1)
     v = v.repeat_interleave(Hq // v.shape[1], dim=1)
     scores = q @ k.transpose(-1, -2) * scale + causal
-    return (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(B, T, -1)
+    if sinks is None:
+        probs = torch.softmax(scores, dim=-1)
+    else:
+        sink = sinks.reshape(1, Hq, 1, 1).expand(B, Hq, T, 1)
+        probs = torch.softmax(torch.cat((scores, sink), dim=-1), dim=-1)[..., :-1]
+    return (probs @ v).transpose(1, 2).reshape(B, T, -1)
 
 
 def mla_attention(cfg, p, pre, h, causal):
@@ -251,7 +268,8 @@ def gqa_attention(cfg, p, pre, h, causal, cos, sin):
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
     q = q * cos + rotate_half(q) * sin
     k = k * cos + rotate_half(k) * sin
-    mixed = attend(q, k, v, causal, D ** -0.5)
+    sinks = p[pre + "self_attn.sinks"] if cfg.sinks else None
+    mixed = attend(q, k, v, causal, D ** -0.5, sinks)
     return linear(p, pre + "self_attn.o_proj", mixed, cfg.o_bias)
 
 
@@ -266,6 +284,8 @@ def moe(cfg, p, pre, h, act):
     carry the router's gradient; the choice itself is not differentiated (top-k indices)."""
     B, T, hidden = h.shape
     x = h.reshape(-1, hidden)
+    if cfg.model_type == "gpt_oss":
+        return gpt_oss_experts(cfg, p, pre + "mlp", h)
     if cfg.model_type == "mixtral":
         block, names = pre + "block_sparse_moe", ("w1", "w3", "w2")
     else:
@@ -300,6 +320,31 @@ def moe(cfg, p, pre, h, act):
     return out.view(B, T, hidden)
 
 
+def gpt_oss_experts(cfg, p, block, h):
+    """gpt-oss: softmax over the top-k of the biased router logits; experts stacked with gate
+    and up interleaved in gate_up_proj [E, H, 2I] (x @ W layout), biases, clamped SwiGLU
+    (up + 1) * g * sigmoid(alpha g), g = min(gate, limit), up clamped to [-limit, limit]."""
+    B, T, hidden = h.shape
+    x = h.reshape(-1, hidden)
+    logits = F.linear(x, p[block + ".router.weight"], p[block + ".router.bias"])
+    top, chosen = logits.topk(cfg.top_k, dim=-1)
+    weights = torch.softmax(top, dim=-1)
+    limit, alpha = cfg.swiglu_limit, cfg.swiglu_alpha
+    out = torch.zeros_like(x)
+    for e in range(cfg.experts):
+        rows, slot = (chosen == e).nonzero(as_tuple=True)
+        if rows.numel() == 0:
+            continue
+        gate_up = x[rows] @ p[block + ".experts.gate_up_proj"][e] + \
+            p[block + ".experts.gate_up_proj_bias"][e]
+        gate = gate_up[..., 0::2].clamp(max=limit)
+        up = gate_up[..., 1::2].clamp(min=-limit, max=limit)
+        act = (up + 1) * (gate * torch.sigmoid(gate * alpha))
+        y = act @ p[block + ".experts.down_proj"][e] + p[block + ".experts.down_proj_bias"][e]
+        out = out.index_add(0, rows, y * weights[rows, slot, None])
+    return out.view(B, T, hidden)
+
+
 def forward(cfg, p, ids):
     B, T = ids.shape
     D = cfg.head_dim
@@ -307,14 +352,18 @@ def forward(cfg, p, ids):
     if cfg.gemma:
         x = x * torch.tensor(cfg.hidden ** 0.5, dtype=torch.float32)
     act = F.silu if cfg.act == "silu" else (lambda g: F.gelu(g, approximate="tanh"))
-    inv_freq = 1.0 / (cfg.theta ** (torch.arange(0, D, 2, dtype=torch.int64).float() / D))
+    magnitude = 1.0
+    if cfg.model_type == "gpt_oss":
+        inv_freq, magnitude = yarn_inv_freq(cfg, D)
+    else:
+        inv_freq = 1.0 / (cfg.theta ** (torch.arange(0, D, 2, dtype=torch.int64).float() / D))
     angles = torch.arange(T, dtype=torch.float32)[:, None] * inv_freq[None, :]  # [T, D/2]
     emb = torch.cat((angles, angles), dim=-1)
-    cos, sin = emb.cos(), emb.sin()  # [T, D]
-    causal = torch.full((T, T), float("-inf")).triu(1)
-    if cfg.window:
-        causal = causal + torch.full((T, T), float("-inf")).tril(-cfg.window)
+    cos, sin = emb.cos() * magnitude, emb.sin() * magnitude  # [T, D]
     for i in range(cfg.layers):
+        causal = torch.full((T, T), float("-inf")).triu(1)
+        if cfg.layer_windows[i]:
+            causal = causal + torch.full((T, T), float("-inf")).tril(-cfg.layer_windows[i])
         pre = f"model.layers.{i}."
         h = rms_norm(x, p[pre + "input_layernorm.weight"], cfg.eps, cfg.gemma)
         if cfg.model_type == "deepseek_v3":

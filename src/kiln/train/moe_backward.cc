@@ -35,12 +35,38 @@ void gather_inputs(const float* x, const MoeSaved& s, int64_t e, int64_t k, int6
   }
 }
 
+// The experts' activation h = act(gate) * up, or gpt-oss's clamped SwiGLU when
+// spec.swiglu_limit > 0: h = (u + 1) g sigmoid(alpha g), g = min(gate, limit),
+// u = clamp(up, -limit, limit).   gate, up, h [n]
+void expert_forward(const MoeSpec& spec, Activation activation, const float* gate, const float* up,
+                    float* h, int64_t n) {
+  if (spec.swiglu_limit <= 0.0f) return gated_forward(activation, gate, up, h, n);
+  const float limit = spec.swiglu_limit, alpha = spec.swiglu_alpha;
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = std::min(gate[i], limit), u = std::clamp(up[i], -limit, limit);
+    h[i] = (u + 1.0f) * (g / (1.0f + std::exp(-alpha * g)));
+  }
+}
+
+// Its backward; the clamps pass the gradient where the input is within them (bounds included,
+// as torch.clamp's backward does).
+void expert_backward(const MoeSpec& spec, Activation activation, const float* gate, const float* up,
+                     const float* dh, float* dgate, float* dup, int64_t n) {
+  if (spec.swiglu_limit <= 0.0f) return gated_backward(activation, gate, up, dh, dgate, dup, n);
+  const float limit = spec.swiglu_limit, alpha = spec.swiglu_alpha;
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = std::min(gate[i], limit), u = std::clamp(up[i], -limit, limit);
+    const float sig = 1.0f / (1.0f + std::exp(-alpha * g));
+    if (gate[i] <= limit) dgate[i] += dh[i] * (u + 1.0f) * (sig + alpha * g * sig * (1.0f - sig));
+    if (up[i] >= -limit && up[i] <= limit) dup[i] += dh[i] * g * sig;
+  }
+}
+
 }  // namespace
 
 void check_moe_trainable(const MoeSpec& spec, Activation activation, const std::string& where) {
   if (spec.router == RouterKind::kSparseMixer)
     refuse(where, std::string("MoE router '") + router_name(spec.router) + "'");
-  if (spec.swiglu_limit > 0.0f) refuse(where, "clamped SwiGLU experts");
   if (spec.shared_expert_gate) refuse(where, "a shared-expert gate");
   if (activation != Activation::kSilu && activation != Activation::kGeluTanh)
     refuse(where, std::string("expert activation '") + activation_name(activation) + "'");
@@ -84,7 +110,7 @@ void moe_forward(const MoeSpec& spec, Activation activation, const MoeParams& p,
     linear_forward(gathered.data(), slice(p.gate.w, e, I * H), slice(p.gate.b, e, I), gate, n, H,
                    I);
     linear_forward(gathered.data(), slice(p.up.w, e, I * H), slice(p.up.b, e, I), up, n, H, I);
-    gated_forward(activation, gate, up, act, n * I);
+    expert_forward(spec, activation, gate, up, act, n * I);
     linear_forward(act, slice(p.down.w, e, H * I), slice(p.down.b, e, H), out, n, I, H);
     for (int64_t i = 0; i < n; ++i) {
       const int64_t pick = s.by_expert[begin + i];
@@ -152,7 +178,7 @@ void moe_backward(const MoeSpec& spec, Activation activation, const MoeParams& p
     const float* act = s.act.data() + begin * I;
     linear_backward(act, slice(p.down.w, e, H * I), d_out.data(), d_act.data(),
                     slice(p.down.dw, e, H * I), slice(p.down.db, e, H), n, I, H);
-    gated_backward(activation, gate, up, d_act.data(), d_gate.data(), d_up.data(), n * I);
+    expert_backward(spec, activation, gate, up, d_act.data(), d_gate.data(), d_up.data(), n * I);
     gather_inputs(x, s, e, k, H, weigh_input, gathered.data());
     linear_backward(gathered.data(), slice(p.gate.w, e, I * H), d_gate.data(), d_in.data(),
                     slice(p.gate.dw, e, I * H), slice(p.gate.db, e, I), n, H, I);

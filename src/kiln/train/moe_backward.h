@@ -44,8 +44,8 @@ struct MoeSaved {
 };
 
 // Throws Error "training: <where>: <feature> is not supported yet" for MoE settings the
-// functions below do not compute (sparsemixer router, clamped SwiGLU experts, a shared-expert
-// gate, activations without a backward).
+// functions below do not compute (sparsemixer router, a shared-expert gate, activations
+// without a backward). Experts with spec.swiglu_limit > 0 use gpt-oss's clamped SwiGLU.
 void check_moe_trainable(const MoeSpec& spec, Activation activation, const std::string& where);
 
 // y = sum over the token's picks of weight * expert(x) (expert(weight * x) when

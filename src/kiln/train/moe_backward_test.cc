@@ -194,12 +194,19 @@ double block_loss(const Block& b, const std::vector<int64_t>& chosen, const Vec&
   // A gated SiLU MLP on `in` [H] with weights at the given offsets.
   auto mlp = [&](const double* in, const double* g, const double* u, const double* d,
                  const double* gbias, const double* ubias, const double* dbias, int64_t inner,
-                 double* out) {
+                 double* out, bool clamped) {
     std::vector<double> h(inner);
     for (int64_t i = 0; i < inner; ++i) {
       double gv = gbias ? gbias[i] : 0.0, uv = ubias ? ubias[i] : 0.0;
       for (int64_t c = 0; c < H; ++c) gv += in[c] * g[i * H + c], uv += in[c] * u[i * H + c];
-      h[i] = silu(gv) * uv;
+      if (clamped) {  // gpt-oss: (u + 1) g sigmoid(alpha g), g and u clamped
+        const double limit = s.swiglu_limit;
+        gv = std::min(gv, limit);
+        uv = std::clamp(uv, -limit, limit);
+        h[i] = (uv + 1.0) * gv / (1.0 + std::exp(-s.swiglu_alpha * gv));
+      } else {
+        h[i] = silu(gv) * uv;
+      }
     }
     for (int64_t c = 0; c < H; ++c) {
       double v = dbias ? dbias[c] : 0.0;
@@ -218,12 +225,12 @@ double block_loss(const Block& b, const std::vector<int64_t>& chosen, const Vec&
       const bool bias = s.expert_bias;
       mlp(in.data(), gate.data() + e * I * H, up.data() + e * I * H, down.data() + e * H * I,
           bias ? gb.data() + e * I : nullptr, bias ? ub.data() + e * I : nullptr,
-          bias ? db.data() + e * H : nullptr, I, out.data());
+          bias ? db.data() + e * H : nullptr, I, out.data(), s.swiglu_limit > 0.0f);
       for (int64_t c = 0; c < H; ++c) y[c] += out[c] * (s.weight_expert_input ? 1.0 : wj);
     }
     if (s.num_shared_experts > 0) {
       mlp(x.data() + n * H, sg.data(), su.data(), sd.data(), nullptr, nullptr, nullptr,
-          s.shared_intermediate, out.data());
+          s.shared_intermediate, out.data(), false);
       for (int64_t c = 0; c < H; ++c) y[c] += out[c];
     }
     for (int64_t c = 0; c < H; ++c) loss += y[c] * b.r[n * H + c];
@@ -286,6 +293,18 @@ void check_block(const MoeSpec& spec, const std::string& name) {
   std::vector<float> y(b.rows * H);
   moe_forward(spec, Activation::kSilu, p, x.v32.data(), b.rows, H, y.data(), saved);
   const std::vector<int64_t> chosen = saved.experts;
+  if (spec.swiglu_limit > 0.0f) {  // the clamps are exercised (both sides of each)
+    int64_t gates = 0, ups = 0;
+    for (size_t i = 0; i < saved.gate.size(); ++i) {
+      gates += saved.gate[i] > spec.swiglu_limit;
+      ups += std::abs(saved.up[i]) > spec.swiglu_limit;
+    }
+    std::cout << name << ": " << gates << " gates and " << ups << " ups of " << saved.gate.size()
+              << " clamped" << std::endl;
+    EXPECT_GT(gates, 0);
+    EXPECT_GT(ups, 0);
+    EXPECT_LT(gates, static_cast<int64_t>(saved.gate.size()));
+  }
   // The forward against the f64 one: loss = sum(y * r).
   double f32_loss = 0.0;
   for (int64_t i = 0; i < b.rows * H; ++i) f32_loss += y[i] * b.r[i];
@@ -322,6 +341,19 @@ TEST(MoeBackward, BlockTopKSoftmaxWithBiasesAndSharedExperts) {
   s.shared_intermediate = 6;
   check_block(s, "moe top_k_softmax + biases + shared");
 }
+// gpt-oss's experts: a biased router, expert biases, clamped SwiGLU with a limit that clamps
+// some of the gates and ups (the count is checked).
+TEST(MoeBackward, BlockClampedSwiGluExperts) {
+  MoeSpec s = router_spec(RouterKind::kTopKSoftmax, false, 1.0);
+  s.num_experts = 4;
+  s.top_k = 2;
+  s.router_bias = true;
+  s.expert_bias = true;
+  s.swiglu_limit = 0.9f;
+  s.swiglu_alpha = 1.702f;
+  check_block(s, "moe clamped SwiGLU (limit 0.9)");
+}
+
 TEST(MoeBackward, BlockSigmoidGroupWithScaling) {
   MoeSpec s = router_spec(RouterKind::kSigmoidGroup, true, 2.5);
   s.num_experts = 4;

@@ -12,6 +12,7 @@
 #include "kiln/train/backward.h"
 #include "kiln/train/mla_backward.h"
 #include "kiln/train/moe_backward.h"
+#include "kiln/train/sink_attention.h"
 
 namespace kiln::train {
 
@@ -39,7 +40,7 @@ void check_layer(const LayerSpec& layer, const std::string& where) {
     refuse(where, std::string("QK norm kind '") + norm_kind_name(a.qk_norm_spec.kind) + "'");
   if (a.softcap > 0.0f) refuse(where, "attention logit soft-capping");
   if (a.clip_qkv > 0.0f) refuse(where, "clip_qkv");
-  if (a.sinks) refuse(where, "attention sinks");
+  if (a.sinks && a.is_mla()) refuse(where, "attention sinks with latent attention");
   if (a.chunk_size > 0) refuse(where, "chunked attention");
   if (a.temperature_floor_scale > 0.0) refuse(where, "attention temperature tuning");
   if (a.is_mla()) {
@@ -111,12 +112,20 @@ struct TrainModel::Activations {
 namespace {
 // Attention over each packed document on its own (a document is a contiguous block of rows
 // of q, k, v and out), or over the whole batch when not packed.
+// With `sinks` [Hq] (gpt-oss), the attention with sinks (train/sink_attention.h), whose
+// gradient adds to d_sinks.
 void attention_by_document(const std::vector<std::pair<int64_t, int64_t>>& documents,
                            AttentionDims dims, const float* q, const float* k, const float* v,
-                           float* out, const float* dout, float* dq, float* dk, float* dv) {
+                           float* out, const float* dout, float* dq, float* dk, float* dv,
+                           const float* sinks = nullptr, float* d_sinks = nullptr) {
   const auto run = [&](const AttentionDims& d, int64_t row) {
     const int64_t qo = row * d.heads * d.head_dim, ko = row * d.kv_heads * d.head_dim;
-    if (dout)
+    if (sinks && dout)
+      sink_attention_backward(q + qo, k + ko, v + ko, sinks, dout + qo, dq + qo, dk + ko, dv + ko,
+                              d_sinks, d);
+    else if (sinks)
+      sink_attention_forward(q + qo, k + ko, v + ko, sinks, out + qo, d);
+    else if (dout)
       attention_backward(q + qo, k + ko, v + ko, dout + qo, dq + qo, dk + ko, dv + ko, d);
     else
       attention_forward(q + qo, k + ko, v + ko, out + qo, d);
@@ -266,6 +275,10 @@ TrainModel::TrainModel(ModelSpec spec, const WeightMap& weights, bool freeze_bas
       l.key = add_linear(weights, names::child(attention, "key"), hidden, kv_width, a.k_bias);
       l.value = add_linear(weights, names::child(attention, "value"), hidden, kv_width, a.v_bias);
       l.out = add_linear(weights, names::child(attention, "out"), q_width, hidden, a.o_bias);
+    }
+    if (a.sinks) {
+      l.sinks = add_parameter(weights, names::sinks(attention), {a.num_heads});
+      l.d_sinks = grad(names::sinks(attention));
     }
     if (a.qk_norm == QkNormKind::kPerHead) {
       const std::string qn = names::scale(names::child(attention, "query_norm"));
@@ -431,7 +444,7 @@ void TrainModel::attention_forward_layer(size_t i, int64_t batch, int64_t T,
                      a.sliding_window};
   s.mixed.resize(rows * Hq * D);
   attention_by_document(saved.documents, dims, s.q.data(), s.k.data(), s.v.data(), s.mixed.data(),
-                        nullptr, nullptr, nullptr, nullptr);
+                        nullptr, nullptr, nullptr, nullptr, l.sinks);
   linear_forward(s.mixed.data(), l.out.w, l.out.b, branch, rows, Hq * D, hidden);
   if (adapter_) adapter_->forward(i, LinearSlot::kOut, s.mixed.data(), branch, rows, training);
 }
@@ -485,7 +498,7 @@ void TrainModel::attention_backward_layer(size_t i, int64_t batch, int64_t T,
                      a.scale > 0.0f ? a.scale : static_cast<float>(1.0 / std::sqrt(double(D))),
                      a.sliding_window};
   attention_by_document(saved.documents, dims, s.q.data(), s.k.data(), s.v.data(), nullptr,
-                        d_mixed.data(), dq.data(), dk.data(), dv.data());
+                        d_mixed.data(), dq.data(), dk.data(), dv.data(), l.sinks, l.d_sinks);
   if (a.rope.type != RopeType::kNone) {
     const ops::RopeFrequencies rope = ops::rope_frequencies(a.rope, D, T);
     const int64_t rotary = a.rope.rotary_dim > 0 ? a.rope.rotary_dim : D;

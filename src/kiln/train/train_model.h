@@ -10,8 +10,9 @@
 // partial rotary; gated MLPs with SiLU (SwiGLU) or GELU-tanh, with or without biases; an
 // embedding scale; a final RMSNorm; a tied or untied lm_head without bias. Also (hooks into
 // train/moe_backward.h and train/mla_backward.h): mixture-of-experts blocks (every router but
-// sparsemixer, shared experts, dense layers between them), multi-head latent attention, and a
-// per-head QK RMSNorm before RoPE (Qwen3-MoE). Anything else is refused by check_trainable()
+// sparsemixer, shared experts, dense layers between them, gpt-oss's clamped SwiGLU experts),
+// multi-head latent attention, attention sinks (train/sink_attention.h), and a per-head QK
+// RMSNorm before RoPE (Qwen3-MoE). Anything else is refused by check_trainable()
 // with an Error naming the feature.
 #pragma once
 
@@ -125,7 +126,8 @@ class TrainModel {
     // Per-head QK RMSNorm [head_dim] (null when the layer has none).
     float *query_norm = nullptr, *key_norm = nullptr;
     float *d_query_norm = nullptr, *d_key_norm = nullptr;
-    MoeParams moe;  // when spec.moe.enabled() (gate, up, down unused)
+    float *sinks = nullptr, *d_sinks = nullptr;  // attention sinks [heads] (gpt-oss)
+    MoeParams moe;                               // when spec.moe.enabled() (gate, up, down unused)
     MlaParams mla;  // when spec.attention.is_mla() (query, key, value, out unused)
   };
   struct LayerSaved;   // what the forward keeps of one layer
