@@ -88,7 +88,7 @@ class Config:
             c = json.load(f)
         model_type = c.get("model_type")
         known = ("llama", "mistral", "qwen2", "gemma", "mixtral", "qwen3_moe", "deepseek_v3",
-                 "gpt_oss")
+                 "gpt_oss", "llama4_text")
         if model_type not in known:
             sys.exit(f"{path}: model_type {model_type!r} is not one of {', '.join(known)}")
         self.model_type = model_type
@@ -124,6 +124,20 @@ class Config:
             self.layer_windows = [c["sliding_window"] if t == "sliding_attention" else None
                                   for t in types]
             self.swiglu_limit, self.swiglu_alpha = c.get("swiglu_limit", 7.0), 1.702
+        # Llama 4: interleaved RoPE only on the layers whose no_rope_layers entry is 1 (they
+        # attend within chunks and L2-normalize q and k after RoPE); the others (NoPE) attend to
+        # everything and scale the query by the temperature of its position; MoE layers
+        # (moe_layers) with a sigmoid top-k router weighing the experts' inputs, a shared expert.
+        self.llama4 = model_type == "llama4_text"
+        if self.llama4:
+            self.use_rope = [bool(u) for u in c["no_rope_layers"]]
+            self.chunk = c["attention_chunk_size"]
+            self.layer_windows = [None] * self.layers
+            self.l2_qk = c.get("use_qk_norm", False)
+            self.tuning = c.get("attn_temperature_tuning", False)
+            self.floor_scale, self.attn_scale = c["floor_scale"], c["attn_scale"]
+            self.moe_layers = set(c["moe_layers"])
+            self.dense_inner = c["intermediate_size_mlp"]
         if model_type == "qwen2" and c.get("use_sliding_window"):
             sys.exit(f"{path}: Qwen2's sliding window is not written here")
         if model_type == "qwen3_moe" and (c.get("use_sliding_window") or c.get("mlp_only_layers")
@@ -137,6 +151,7 @@ class Config:
         self.act = act
         # Qwen3-MoE: an RMSNorm (weight [head_dim]) on every query and key head before RoPE.
         self.qk_norm = model_type == "qwen3_moe"
+        self.llama4 = model_type == "llama4_text"
         # Mixture of experts: which layers, the router and the experts.
         self.experts = c.get("num_local_experts") or c.get("n_routed_experts") or 0
         self.top_k = c.get("num_experts_per_tok", 0)
@@ -154,6 +169,8 @@ class Config:
                 sys.exit(f"{path}: only interleaved RoPE and moe_layer_freq 1 are written here")
 
     def is_moe(self, layer):
+        if self.model_type == "llama4_text":
+            return layer in self.moe_layers
         return self.experts > 0 and layer >= self.first_dense
 
 
@@ -345,6 +362,53 @@ def gpt_oss_experts(cfg, p, block, h):
     return out.view(B, T, hidden)
 
 
+def llama4_attention(cfg, p, pre, h, i, inv_freq):
+    B, T, _ = h.shape
+    D, Hq, Hkv = cfg.head_dim, cfg.heads, cfg.kv_heads
+    a = pre + "self_attn."
+    q = F.linear(h, p[a + "q_proj.weight"]).view(B, T, Hq, D).transpose(1, 2)
+    k = F.linear(h, p[a + "k_proj.weight"]).view(B, T, Hkv, D).transpose(1, 2)
+    v = F.linear(h, p[a + "v_proj.weight"]).view(B, T, Hkv, D).transpose(1, 2)
+    positions = torch.arange(T)
+    causal = torch.full((T, T), float("-inf")).triu(1)
+    if cfg.use_rope[i]:
+        angles = positions[:, None].float() * inv_freq[None, :]  # [T, D/2]
+        q = rope_interleaved(q, angles.cos(), angles.sin())
+        k = rope_interleaved(k, angles.cos(), angles.sin())
+        if cfg.l2_qk:
+            q = q * torch.rsqrt(q.pow(2).mean(-1, keepdim=True) + cfg.eps)
+            k = k * torch.rsqrt(k.pow(2).mean(-1, keepdim=True) + cfg.eps)
+        # Chunked: key j is visible to query t in the same chunk only.
+        chunk_of = positions // cfg.chunk
+        causal = causal.masked_fill(chunk_of[:, None] != chunk_of[None, :], float("-inf"))
+    elif cfg.tuning:
+        scales = torch.log1p(torch.floor((positions.float() + 1) / cfg.floor_scale)) * \
+            cfg.attn_scale + 1.0
+        q = q * scales[None, None, :, None]
+    mixed = attend(q, k, v, causal, D ** -0.5)
+    return F.linear(mixed, p[a + "o_proj.weight"])
+
+
+def llama4_moe(cfg, p, block, h):
+    """Top-k router logits through a sigmoid weigh the chosen experts' inputs; experts stacked
+    with gate and up as the halves of gate_up_proj [E, H, 2I]; plus the shared expert."""
+    B, T, hidden = h.shape
+    x = h.reshape(-1, hidden)
+    logits = F.linear(x, p[block + ".router.weight"])
+    top, chosen = logits.topk(cfg.top_k, dim=-1)
+    weights = torch.sigmoid(top)
+    out = gated_mlp(p, block + ".shared_expert", x, F.silu)
+    for e in range(cfg.experts):
+        rows, slot = (chosen == e).nonzero(as_tuple=True)
+        if rows.numel() == 0:
+            continue
+        gate, up = (x[rows] * weights[rows, slot, None] @
+                    p[block + ".experts.gate_up_proj"][e]).chunk(2, dim=-1)
+        y = (F.silu(gate) * up) @ p[block + ".experts.down_proj"][e]
+        out = out.index_add(0, rows, y)
+    return out.view(B, T, hidden)
+
+
 def forward(cfg, p, ids):
     B, T = ids.shape
     D = cfg.head_dim
@@ -368,10 +432,15 @@ def forward(cfg, p, ids):
         h = rms_norm(x, p[pre + "input_layernorm.weight"], cfg.eps, cfg.gemma)
         if cfg.model_type == "deepseek_v3":
             x = x + mla_attention(cfg, p, pre, h, causal)
+        elif cfg.model_type == "llama4_text":
+            x = x + llama4_attention(cfg, p, pre, h, i, inv_freq)
         else:
             x = x + gqa_attention(cfg, p, pre, h, causal, cos, sin)
         h = rms_norm(x, p[pre + "post_attention_layernorm.weight"], cfg.eps, cfg.gemma)
-        if cfg.is_moe(i):
+        if cfg.llama4:
+            x = x + (llama4_moe(cfg, p, pre + "feed_forward", h) if cfg.is_moe(i) else
+                     gated_mlp(p, pre + "feed_forward", h, act))
+        elif cfg.is_moe(i):
             x = x + moe(cfg, p, pre, h, act)
         else:
             x = x + gated_mlp(p, pre + "mlp", h, act, cfg.mlp_bias)

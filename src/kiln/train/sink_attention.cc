@@ -14,7 +14,7 @@ double probabilities(const float* q, const float* k, const float* sinks, const A
                      int64_t b, int64_t h, int64_t t, int64_t first, std::vector<double>& p) {
   const int64_t Hq = d.heads, Hkv = d.kv_heads, D = d.head_dim, g = h / (Hq / Hkv);
   const float* qv = q + ((b * d.tokens + t) * Hq + h) * D;
-  double top = sinks[h];
+  double top = sinks ? sinks[h] : -INFINITY;
   for (int64_t j = first; j <= t; ++j) {
     const float* kv = k + ((b * d.tokens + j) * Hkv + g) * D;
     double dot = 0.0;
@@ -22,21 +22,23 @@ double probabilities(const float* q, const float* k, const float* sinks, const A
     p[j] = dot * d.scale;
     top = std::max(top, p[j]);
   }
-  const double sink = std::exp(sinks[h] - top);
+  const double sink = sinks ? std::exp(sinks[h] - top) : 0.0;
   double sum = sink;
   for (int64_t j = first; j <= t; ++j) sum += p[j] = std::exp(p[j] - top);
   for (int64_t j = first; j <= t; ++j) p[j] /= sum;
   return sink / sum;
 }
 
-int64_t first_key(const AttentionDims& d, int64_t t) {
-  return d.window > 0 ? std::max<int64_t>(0, t - d.window + 1) : 0;
+int64_t first_key(const AttentionDims& d, int64_t chunk, int64_t t) {
+  int64_t first = d.window > 0 ? std::max<int64_t>(0, t - d.window + 1) : 0;
+  if (chunk > 0) first = std::max(first, t - t % chunk);
+  return first;
 }
 
 }  // namespace
 
 void sink_attention_forward(const float* q, const float* k, const float* v, const float* sinks,
-                            float* out, const AttentionDims& d) {
+                            float* out, const AttentionDims& d, int64_t chunk) {
   const int64_t Hq = d.heads, Hkv = d.kv_heads, D = d.head_dim;
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t b = 0; b < d.batch; ++b)
@@ -44,7 +46,7 @@ void sink_attention_forward(const float* q, const float* k, const float* v, cons
       std::vector<double> p(d.tokens), acc(D);
       const int64_t g = h / (Hq / Hkv);
       for (int64_t t = 0; t < d.tokens; ++t) {
-        const int64_t first = first_key(d, t);
+        const int64_t first = first_key(d, chunk, t);
         probabilities(q, k, sinks, d, b, h, t, first, p);
         std::fill(acc.begin(), acc.end(), 0.0);
         for (int64_t j = first; j <= t; ++j) {
@@ -59,7 +61,7 @@ void sink_attention_forward(const float* q, const float* k, const float* v, cons
 
 void sink_attention_backward(const float* q, const float* k, const float* v, const float* sinks,
                              const float* dout, float* dq, float* dk, float* dv, float* d_sinks,
-                             const AttentionDims& d) {
+                             const AttentionDims& d, int64_t chunk) {
   const int64_t Hq = d.heads, Hkv = d.kv_heads, D = d.head_dim, group = Hq / Hkv;
   std::vector<double> sink_parts(d.batch * Hq, 0.0);  // [B, Hq], summed in order below
 #pragma omp parallel for collapse(2) schedule(static)
@@ -68,7 +70,7 @@ void sink_attention_backward(const float* q, const float* k, const float* v, con
       std::vector<double> p(d.tokens), dp(d.tokens);
       for (int64_t h = g * group; h < (g + 1) * group; ++h)
         for (int64_t t = 0; t < d.tokens; ++t) {
-          const int64_t first = first_key(d, t);
+          const int64_t first = first_key(d, chunk, t);
           const double p_sink = probabilities(q, k, sinks, d, b, h, t, first, p);
           const int64_t qi = ((b * d.tokens + t) * Hq + h) * D;
           double c = 0.0;

@@ -34,15 +34,15 @@ void check_layer(const LayerSpec& layer, const std::string& where) {
     refuse(where, std::string("norm kind '") + norm_kind_name(layer.norm.kind) + "'");
   if (layer.residual_scale != 1.0f) refuse(where, "a residual scale");
   if (layer.moe.enabled()) check_moe_trainable(layer.moe, layer.mlp.activation, where);
-  if (a.qk_norm != QkNormKind::kNone && a.qk_norm != QkNormKind::kPerHead)
+  if (a.qk_norm == QkNormKind::kWholeProjection)
     refuse(where, std::string("QK norm '") + qk_norm_name(a.qk_norm) + "'");
   if (a.qk_norm == QkNormKind::kPerHead && !is_rms(a.qk_norm_spec.kind))
     refuse(where, std::string("QK norm kind '") + norm_kind_name(a.qk_norm_spec.kind) + "'");
   if (a.softcap > 0.0f) refuse(where, "attention logit soft-capping");
   if (a.clip_qkv > 0.0f) refuse(where, "clip_qkv");
   if (a.sinks && a.is_mla()) refuse(where, "attention sinks with latent attention");
-  if (a.chunk_size > 0) refuse(where, "chunked attention");
-  if (a.temperature_floor_scale > 0.0) refuse(where, "attention temperature tuning");
+  if (a.is_mla() && (a.chunk_size > 0 || a.temperature_floor_scale > 0.0))
+    refuse(where, "chunked attention or temperature tuning with latent attention");
   if (a.is_mla()) {
     if (a.qk_norm != QkNormKind::kNone) refuse(where, "QK norm with latent attention");
     check_mla_trainable(a, where);
@@ -112,19 +112,33 @@ struct TrainModel::Activations {
 namespace {
 // Attention over each packed document on its own (a document is a contiguous block of rows
 // of q, k, v and out), or over the whole batch when not packed.
+// Llama 4's temperature tuning: the query at position p is multiplied by
+// log1p(floor((p + 1) / floor_scale)) * attn_scale + 1 (float32, as transformers).   [rows]
+std::vector<float> temperatures(const AttentionSpec& a, const std::vector<int64_t>& positions) {
+  const auto floor_scale = static_cast<float>(a.temperature_floor_scale);
+  const auto attn_scale = static_cast<float>(a.temperature_attn_scale);
+  std::vector<float> factor(positions.size());
+  for (size_t r = 0; r < positions.size(); ++r)
+    factor[r] = std::log1p(std::floor((static_cast<float>(positions[r]) + 1.0f) / floor_scale)) *
+                    attn_scale +
+                1.0f;
+  return factor;
+}
+
 // With `sinks` [Hq] (gpt-oss), the attention with sinks (train/sink_attention.h), whose
 // gradient adds to d_sinks.
 void attention_by_document(const std::vector<std::pair<int64_t, int64_t>>& documents,
                            AttentionDims dims, const float* q, const float* k, const float* v,
                            float* out, const float* dout, float* dq, float* dk, float* dv,
-                           const float* sinks = nullptr, float* d_sinks = nullptr) {
+                           const float* sinks = nullptr, float* d_sinks = nullptr,
+                           int64_t chunk = 0) {
   const auto run = [&](const AttentionDims& d, int64_t row) {
     const int64_t qo = row * d.heads * d.head_dim, ko = row * d.kv_heads * d.head_dim;
-    if (sinks && dout)
+    if ((sinks || chunk > 0) && dout)
       sink_attention_backward(q + qo, k + ko, v + ko, sinks, dout + qo, dq + qo, dk + ko, dv + ko,
-                              d_sinks, d);
-    else if (sinks)
-      sink_attention_forward(q + qo, k + ko, v + ko, sinks, out + qo, d);
+                              d_sinks, d, chunk);
+    else if (sinks || chunk > 0)
+      sink_attention_forward(q + qo, k + ko, v + ko, sinks, out + qo, d, chunk);
     else if (dout)
       attention_backward(q + qo, k + ko, v + ko, dout + qo, dq + qo, dk + ko, dv + ko, d);
     else
@@ -435,6 +449,21 @@ void TrainModel::attention_forward_layer(size_t i, int64_t batch, int64_t T,
     ops::apply_rope(s.k.data(), saved.positions.data(), rows, Hkv, D, rotary, rope.inv_freq.data(),
                     rope.attention_scaling, a.rope.interleaved);
   }
+  if (a.qk_norm == QkNormKind::kL2) {  // Llama 4: x / rms(x) per head, after RoPE
+    s.q_raw = s.q;
+    s.k_raw = s.k;
+    s.q_inv_rms.resize(rows * Hq);
+    s.k_inv_rms.resize(rows * Hkv);
+    ops::rms_norm(s.q_raw.data(), nullptr, s.q.data(), rows * Hq, D, a.qk_norm_spec.eps, false,
+                  s.q_inv_rms.data());
+    ops::rms_norm(s.k_raw.data(), nullptr, s.k.data(), rows * Hkv, D, a.qk_norm_spec.eps, false,
+                  s.k_inv_rms.data());
+  }
+  if (a.temperature_floor_scale > 0.0) {
+    const std::vector<float> factor = temperatures(a, saved.positions);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < Hq * D; ++j) s.q[r * Hq * D + j] *= factor[r];
+  }
   AttentionDims dims{batch,
                      T,
                      Hq,
@@ -444,7 +473,7 @@ void TrainModel::attention_forward_layer(size_t i, int64_t batch, int64_t T,
                      a.sliding_window};
   s.mixed.resize(rows * Hq * D);
   attention_by_document(saved.documents, dims, s.q.data(), s.k.data(), s.v.data(), s.mixed.data(),
-                        nullptr, nullptr, nullptr, nullptr, l.sinks);
+                        nullptr, nullptr, nullptr, nullptr, l.sinks, nullptr, a.chunk_size);
   linear_forward(s.mixed.data(), l.out.w, l.out.b, branch, rows, Hq * D, hidden);
   if (adapter_) adapter_->forward(i, LinearSlot::kOut, s.mixed.data(), branch, rows, training);
 }
@@ -498,7 +527,23 @@ void TrainModel::attention_backward_layer(size_t i, int64_t batch, int64_t T,
                      a.scale > 0.0f ? a.scale : static_cast<float>(1.0 / std::sqrt(double(D))),
                      a.sliding_window};
   attention_by_document(saved.documents, dims, s.q.data(), s.k.data(), s.v.data(), nullptr,
-                        d_mixed.data(), dq.data(), dk.data(), dv.data(), l.sinks, l.d_sinks);
+                        d_mixed.data(), dq.data(), dk.data(), dv.data(), l.sinks, l.d_sinks,
+                        a.chunk_size);
+  if (a.temperature_floor_scale > 0.0) {
+    const std::vector<float> factor = temperatures(a, saved.positions);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < Hq * D; ++j) dq[r * Hq * D + j] *= factor[r];
+  }
+  if (a.qk_norm == QkNormKind::kL2) {
+    const std::vector<float> ones(D, 1.0f);
+    std::vector<float> dq_raw(dq.size(), 0.0f), dk_raw(dk.size(), 0.0f);
+    rms_norm_backward(s.q_raw.data(), ones.data(), s.q_inv_rms.data(), dq.data(), dq_raw.data(),
+                      nullptr, rows * Hq, D, false);
+    rms_norm_backward(s.k_raw.data(), ones.data(), s.k_inv_rms.data(), dk.data(), dk_raw.data(),
+                      nullptr, rows * Hkv, D, false);
+    dq.swap(dq_raw);
+    dk.swap(dk_raw);
+  }
   if (a.rope.type != RopeType::kNone) {
     const ops::RopeFrequencies rope = ops::rope_frequencies(a.rope, D, T);
     const int64_t rotary = a.rope.rotary_dim > 0 ? a.rope.rotary_dim : D;
@@ -507,7 +552,7 @@ void TrainModel::attention_backward_layer(size_t i, int64_t batch, int64_t T,
     rope_backward(dk.data(), saved.positions.data(), rows, Hkv, D, rotary, rope.inv_freq.data(),
                   rope.attention_scaling, a.rope.interleaved);
   }
-  if (l.query_norm) {  // per-head QK norm: back to the projections' outputs
+  if (l.query_norm) {  // per-head QK norm (before RoPE): back to the projections' outputs
     const bool plus = a.qk_norm_spec.kind == NormKind::kRmsOnePlus;
     std::vector<float> dq_raw(dq.size(), 0.0f), dk_raw(dk.size(), 0.0f);
     rms_norm_backward(s.q_raw.data(), l.query_norm, s.q_inv_rms.data(), dq.data(), dq_raw.data(),

@@ -11,8 +11,9 @@
 // embedding scale; a final RMSNorm; a tied or untied lm_head without bias. Also (hooks into
 // train/moe_backward.h and train/mla_backward.h): mixture-of-experts blocks (every router but
 // sparsemixer, shared experts, dense layers between them, gpt-oss's clamped SwiGLU experts),
-// multi-head latent attention, attention sinks (train/sink_attention.h), and a per-head QK
-// RMSNorm before RoPE (Qwen3-MoE). Anything else is refused by check_trainable()
+// multi-head latent attention, attention sinks and chunked attention (train/sink_attention.h),
+// a per-head QK RMSNorm before RoPE (Qwen3-MoE), Llama 4's weightless QK L2 norm after RoPE and
+// its query temperature tuning. Anything else is refused by check_trainable()
 // with an Error naming the feature.
 #pragma once
 
