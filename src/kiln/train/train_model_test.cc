@@ -346,11 +346,11 @@ TEST(TrainModel, RecomputationGivesBitwiseTheSameGradients) {
   }
 }
 
-// The MoE and latent-attention layers (DeepSeek-V3: MLA everywhere, a dense first layer, then
-// routed and shared experts) recompute bitwise, give the same gradients for any thread count,
+// The MoE, latent-attention, sink and chunked-attention layers (DeepSeek-V3, gpt-oss, Llama 4,
+// Mixtral, Qwen3-MoE) recompute bitwise, give the same gradients for any thread count,
 // and attend per document when rows are packed.
 TEST(TrainModel, MoeAndMlaRecomputeBitwiseAndPackDocuments) {
-  for (const std::string name : {"deepseek_v3", "mixtral", "qwen3_moe"}) {
+  for (const std::string name : {"deepseek_v3", "gpt_oss", "llama4_text", "mixtral", "qwen3_moe"}) {
     const LoadedModel loaded = load_model(test::hf_fixture_path(name));
     const Batch b = fixture_batch(test::hf_fixture_path(name));
     ASSERT_GE(b.batch, 2);
