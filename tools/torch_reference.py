@@ -1,21 +1,31 @@
 #!/usr/bin/env python3
-"""Gradient reference for Kiln's training code: a plain-PyTorch Llama forward (no transformers).
+"""Gradient reference for Kiln's training code: a plain-PyTorch forward (no transformers).
 
 Handles the Llama, Mistral (sliding window), Qwen2 (q/k/v biases) and Gemma (1+w RMSNorm, scaled
-embeddings, tanh-GELU gated MLP) fixtures with the default RoPE, tied or untied embeddings.
+embeddings, tanh-GELU gated MLP) fixtures with the default RoPE, tied or untied embeddings, and
+the mixture-of-experts families: Mixtral (top-k softmax router), Qwen3-MoE (softmax then top-k,
+renormalized; per-head QK RMSNorm), DeepSeek-V3 (multi-head latent attention with YaRN and
+interleaved RoPE; sigmoid router with bias-corrected group top-k, routed scaling, shared
+experts, a dense first layer), gpt-oss (attention sinks, alternating sliding/full layers, YaRN,
+biased router, clamped SwiGLU experts with biases) and Llama 4 (chunked attention, QK L2 norm
+after interleaved RoPE, NoPE layers with temperature tuning, sigmoid top-k router weighing the
+experts' inputs, a shared expert). As autograd does on the HF formulas, the choice of experts is
+not differentiated: the router's gradient flows through the chosen experts' weights.
 
 Needs only torch and numpy (Debian: `apt-get install python3-torch`, run with /usr/bin/python3).
-Reads a Llama-shaped HF fixture folder (config.json, model.safetensors and reference.safetensors
+Reads an HF fixture folder (config.json, model.safetensors and reference.safetensors
 with `input_ids` and `logits`), checks its own logits against the fixture's (<= 1e-4), then
 writes to OUTPUT (safetensors):
   <HF parameter name>   the gradient of the loss for that parameter (f32, HF layout)
   loss                  [1] f64: mean cross-entropy of next-token targets over input_ids
   adamw_losses          [10] f64: the loss before each of 10 AdamW steps on the same batch
                         (lr 1e-3, betas 0.9/0.95, eps 1e-8, weight decay 0.1 on matrices only,
-                        none on norms and embeddings; no clipping)
+                        none on norms and embeddings; no clipping; an expert no token chose
+                        gets a zero gradient, as Kiln steps every parameter)
 
-    for m in llama mistral qwen2 gemma; do /usr/bin/python3 tools/torch_reference.py \
-        tests/data/hf/$m -o tests/data/train/${m}_grads.safetensors; done
+    for m in llama mistral qwen2 gemma mixtral qwen3_moe deepseek_v3 gpt_oss llama4_text; do
+        /usr/bin/python3 tools/torch_reference.py tests/data/hf/$m \
+            -o tests/data/train/${m}_grads.safetensors; done
 
 With --lora-rank R (and --lora-alpha A), the base weights are frozen and every q/k/v/o/gate/up/down
 projection gets a LoRA adapter y += (A / R) * B (A x) (no dropout), A and B drawn from a seeded
