@@ -108,8 +108,8 @@ TEST(CliTrain, ErrorsLeaveNothingBehind) {
   const std::string dir = test::make_temp_dir("kiln_train_bad_");
   const std::string data = " --data " + test::shell_quote(source_file());
   const std::pair<std::string, std::string> cases[] = {
-      {test::shell_quote(test::hf_fixture_path("qwen3")) + data + " -o " + dir + "/q",
-       "QK norm 'per_head' is not supported yet"},
+      {test::shell_quote(test::hf_fixture_path("olmo2")) + data + " -o " + dir + "/q",
+       "norm placement 'post' is not supported yet"},
       {data + " -o " + dir + " --steps 1", "already exists"},
       {data + " -o " + dir + "/nan --steps 3 --lr 1e12 --clip 0", "the loss is"},
   };

@@ -77,7 +77,7 @@ void mla_forward(const AttentionSpec& a, const MlaParams& p, const float* x, int
                  const std::vector<std::pair<int64_t, int64_t>>& documents, float* out,
                  MlaSaved& s) {
   const Shape z = shape_of(a);
-  const int64_t rows = batch * T, eps_rows = rows;
+  const int64_t rows = batch * T;
   const float eps = a.latent_norm.eps;
   std::vector<float> q(rows * z.H * z.D);  // [rows, H, D]
   if (z.Rq > 0) {
@@ -85,8 +85,8 @@ void mla_forward(const AttentionSpec& a, const MlaParams& p, const float* x, int
     s.q_latent.resize(rows * z.Rq);
     s.q_inv_rms.resize(rows);
     linear_forward(x, p.query_down.w, p.query_down.b, s.q_latent_raw.data(), rows, hidden, z.Rq);
-    ops::rms_norm(s.q_latent_raw.data(), p.query_norm, s.q_latent.data(), eps_rows, z.Rq, eps,
-                  false, s.q_inv_rms.data());
+    ops::rms_norm(s.q_latent_raw.data(), p.query_norm, s.q_latent.data(), rows, z.Rq, eps, false,
+                  s.q_inv_rms.data());
     linear_forward(s.q_latent.data(), p.query_up.w, nullptr, q.data(), rows, z.Rq, z.H * z.D);
   } else {
     linear_forward(x, p.query.w, nullptr, q.data(), rows, hidden, z.H * z.D);

@@ -17,7 +17,7 @@
 namespace kiln::train {
 
 struct MlaParams {
-  LinearRef query_down, query_up;     // q_lora_rank > 0: [Rq, H], [heads * D, Rq]
+  LinearRef query_down, query_up;     // q_lora_rank > 0: [Rq, hidden], [heads * D, Rq]
   LinearRef query;                    // q_lora_rank == 0: [heads * D, hidden]
   const float* query_norm = nullptr;  // [Rq]
   float* d_query_norm = nullptr;
