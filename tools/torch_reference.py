@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
-"""Gradient reference for Kiln's training code: a plain-PyTorch forward (no transformers).
+"""Gradient reference for Kiln's training code: plain-PyTorch forwards of every trainable family
+(no transformers).
 
-Handles the Llama, Mistral (sliding window), Qwen2 (q/k/v biases) and Gemma (1+w RMSNorm, scaled
-embeddings, tanh-GELU gated MLP) fixtures with the default RoPE, tied or untied embeddings, and
-the mixture-of-experts families: Mixtral (top-k softmax router), Qwen3-MoE (softmax then top-k,
-renormalized; per-head QK RMSNorm), DeepSeek-V3 (multi-head latent attention with YaRN and
+Handles the fixtures of FAMILIES: llama (with its linear, dynamic, llama3 and yarn RoPE
+variants), mistral, qwen2, qwen3 (QK norm per head), gemma, gemma2 (sandwich norms, attention
+and final soft-caps, query_pre_attn_scalar), gemma3_text (sandwich norms, QK norm, local/global
+layers with their own RoPE), olmo2 (post norms, QK norm over the whole projection), phi3 (fused
+qkv and gate_up, LongRoPE), starcoder2 and gpt2 (LayerNorm, non-gated MLP, biases; GPT-2's
+learned positions and Conv1D), gpt_neox, phi and falcon (parallel blocks, partial rotary); and
+the mixture-of-experts families: mixtral (top-k softmax router), qwen3_moe (softmax then top-k,
+renormalized; per-head QK norm), deepseek_v3 (multi-head latent attention with YaRN and
 interleaved RoPE; sigmoid router with bias-corrected group top-k, routed scaling, shared
-experts, a dense first layer), gpt-oss (attention sinks, alternating sliding/full layers, YaRN,
-biased router, clamped SwiGLU experts with biases) and Llama 4 (chunked attention, QK L2 norm
+experts, a dense first layer), gpt_oss (attention sinks, alternating sliding/full layers, YaRN,
+biased router, clamped SwiGLU experts with biases) and llama4_text (chunked attention, QK L2 norm
 after interleaved RoPE, NoPE layers with temperature tuning, sigmoid top-k router weighing the
 experts' inputs, a shared expert). As autograd does on the HF formulas, the choice of experts is
 not differentiated: the router's gradient flows through the chosen experts' weights.
@@ -20,14 +25,18 @@ writes to OUTPUT (safetensors):
   loss                  [1] f64: mean cross-entropy of next-token targets over input_ids
   adamw_losses          [10] f64: the loss before each of 10 AdamW steps on the same batch
                         (lr 1e-3, betas 0.9/0.95, eps 1e-8, weight decay 0.1 on matrices only,
-                        none on norms and embeddings; no clipping; an expert no token chose
-                        gets a zero gradient, as Kiln steps every parameter)
+                        none on norms, biases and embedding tables; no clipping; an expert no
+                        token chose gets a zero gradient, as Kiln steps every parameter)
+DeepSeek-V3's e_score_correction_bias is a buffer in transformers: it gets no gradient (and is
+not in OUTPUT).
 
-    for m in llama mistral qwen2 gemma mixtral qwen3_moe deepseek_v3 gpt_oss llama4_text; do
-        /usr/bin/python3 tools/torch_reference.py tests/data/hf/$m \
-            -o tests/data/train/${m}_grads.safetensors; done
+    for m in llama mistral qwen2 gemma qwen3 olmo2 gemma2 gemma3_text llama_rope_linear \
+        llama_rope_dynamic llama_rope_llama3 llama_rope_yarn phi3 starcoder2 gpt2 gpt_neox phi \
+        falcon mixtral qwen3_moe deepseek_v3 gpt_oss llama4_text; do \
+        /usr/bin/python3 tools/torch_reference.py \
+        tests/data/hf/$m -o tests/data/train/${m}_grads.safetensors; done
 
-With --lora-rank R (and --lora-alpha A), the base weights are frozen and every q/k/v/o/gate/up/down
+With --lora-rank R (and --lora-alpha A; Llama-named projections only), the base weights are frozen and every q/k/v/o/gate/up/down
 projection gets a LoRA adapter y += (A / R) * B (A x) (no dropout), A and B drawn from a seeded
 normal distribution (B nonzero, so that both gradients are informative). OUTPUT then holds, under
 PEFT's names (base_model.model.<module>.lora_{A,B}.weight), the adapters' values, and under
@@ -36,10 +45,16 @@ grad.<PEFT name> their gradients, plus `loss`:
     /usr/bin/python3 tools/torch_reference.py tests/data/hf/llama --lora-rank 4 --lora-alpha 8 \
         -o tests/data/train/llama_lora.safetensors
 
-The model is written from the formulas (HF's LlamaForCausalLM): embed -> per layer
-x + attn(rmsnorm(x)), x + mlp(rmsnorm(x)) -> rmsnorm -> lm_head, RMSNorm x / sqrt(mean(x^2) +
-eps) * w, RoPE on pairs (i, i + d/2) with inv_freq theta^(-2i/d), causal softmax(q k^T / sqrt(d))
-v with grouped KV heads, SwiGLU MLP down(silu(gate(x)) * up(x)).
+Each model is written from the formulas of its HF modeling file: embed (times sqrt(hidden) for
+the Gemmas, plus learned positions for GPT-2) -> per layer the placement's residual blocks
+(pre: x + attn(n(x)), x + mlp(n(x)); post: x + n(attn(x)), x + n(mlp(x)); sandwich:
+x + n(attn(n(x))), x + n(mlp(n(x))); parallel: x + attn(n1(x)) + mlp(n2(x))) -> final norm ->
+lm_head (optional bias, optional soft-cap). RMSNorm x / sqrt(mean(x^2) + eps) * w (or 1 + w),
+LayerNorm F.layer_norm; RoPE on pairs (i, i + r/2) of the first r features with the rope type's
+inv_freq and attention scaling; causal softmax(cap tanh(q k^T s / cap)) v with grouped KV heads
+and an optional window t - window < j <= t; gated MLP down(act(gate(x)) * up(x)) or plain
+fc2(act(fc1(x))); the MoE families' attention and expert blocks replace those of the layers
+that have them (mla_attention, llama4_attention, moe, gpt_oss_experts, llama4_moe below).
 """
 import argparse
 import json
@@ -92,96 +107,210 @@ def write_safetensors(path, tensors):
             f.write(blob)
 
 
+MOE_FAMILIES = ("mixtral", "qwen3_moe", "deepseek_v3", "gpt_oss", "llama4_text")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo2",
+            "phi3", "starcoder2", "gpt2", "gpt_neox", "phi", "falcon") + MOE_FAMILIES
+
+
 class Config:
+    """The architecture of a fixture, read from config.json: which norms, where, which attention
+    and MLP options, and the HF parameter names of each part."""
+
     def __init__(self, path):
         with open(path) as f:
             c = json.load(f)
-        model_type = c.get("model_type")
-        known = ("llama", "mistral", "qwen2", "gemma", "mixtral", "qwen3_moe", "deepseek_v3",
-                 "gpt_oss", "llama4_text")
-        if model_type not in known:
-            sys.exit(f"{path}: model_type {model_type!r} is not one of {', '.join(known)}")
-        self.model_type = model_type
-        # Gemma: RMSNorm times (1 + w), embeddings times sqrt(hidden) (an f32 constant), GeGLU
-        # with the tanh GELU.
-        self.gemma = model_type == "gemma"
-        rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
-        self.rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if self.rope_type == "yarn" and model_type in ("deepseek_v3", "gpt_oss"):
-            self.yarn = rope
-        elif self.rope_type != "default":
-            sys.exit(f"{path}: only the default RoPE (and DeepSeek-V3's YaRN) is written here")
+        t = c.get("model_type")
+        if t not in FAMILIES:
+            sys.exit(f"{path}: model_type {t!r} is not one of {', '.join(FAMILIES)}")
+        self.type = t
+        get = lambda *keys, default=None: next((c[k] for k in keys if c.get(k) is not None),
+                                               default)
         self.vocab = c["vocab_size"]
-        self.hidden = c["hidden_size"]
-        self.layers = c["num_hidden_layers"]
-        self.heads = c["num_attention_heads"]
-        self.kv_heads = c.get("num_key_value_heads", self.heads)
+        self.hidden = get("hidden_size", "n_embd")
+        self.layers = get("num_hidden_layers", "n_layer")
+        self.heads = get("num_attention_heads", "n_head")
+        self.kv_heads = get("num_key_value_heads", default=self.heads)
+        if t == "falcon":
+            self.kv_heads = 1 if c.get("multi_query") else get("num_kv_heads", default=self.heads)
         self.head_dim = c.get("head_dim") or self.hidden // self.heads
-        self.eps = c["rms_norm_eps"]
-        self.theta = rope.get("rope_theta", c.get("rope_theta", 10000.0))
-        # Llama: attention_bias on q, k, v and o; Qwen2: always on q, k, v, never on o.
-        self.qkv_bias = model_type == "qwen2" or c.get("attention_bias", False)
-        self.o_bias = model_type in ("llama", "gpt_oss") and c.get("attention_bias", False)
-        # Mistral: key j is visible to query t when t - window < j <= t (None: all j <= t).
-        self.window = c.get("sliding_window") if model_type == "mistral" else None
-        # gpt-oss: layers alternate sliding-window and full attention; every attention has a
-        # learned sink logit per head; clamped SwiGLU experts behind a biased router.
-        self.layer_windows = [self.window] * self.layers
-        self.sinks = model_type == "gpt_oss"
-        if model_type == "gpt_oss":
-            types = c.get("layer_types") or ["sliding_attention" if i % 2 == 0 else
-                                             "full_attention" for i in range(self.layers)]
-            self.layer_windows = [c["sliding_window"] if t == "sliding_attention" else None
-                                  for t in types]
+        self.inner = get("intermediate_size", "n_inner", "ffn_hidden_size",
+                         default=4 * self.hidden)
+        self.eps = get("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_epsilon")
+        self.tied = c.get("tie_word_embeddings", False)
+        # Norms: RMSNorm (w, or 1 + w for the Gemmas) or LayerNorm (with bias).
+        self.layer_norm = t in ("starcoder2", "gpt2", "gpt_neox", "phi", "falcon")
+        self.one_plus = t.startswith("gemma")
+        # Placement: pre (Llama), post (OLMo-2: norms on the branch outputs), sandwich (Gemma 2/3:
+        # both), parallel (GPT-NeoX: two norms; Phi, Falcon: one shared norm).
+        self.placement = {"olmo2": "post", "gemma2": "sandwich", "gemma3_text": "sandwich",
+                          "gpt_neox": "parallel", "phi": "parallel",
+                          "falcon": "parallel"}.get(t, "pre")
+        if t == "gpt_neox" and not c.get("use_parallel_residual", True):
+            self.placement = "pre"
+        if t == "falcon" and (c.get("new_decoder_architecture") or not c.get("parallel_attn")):
+            sys.exit(f"{path}: only Falcon's parallel block with one norm is written here")
+        # QK norm: per head (Qwen3, Qwen3-MoE, Gemma 3) or over the whole projection (OLMo-2);
+        # Llama 4's weightless L2 norm after RoPE is llama4_attention's.
+        self.qk_norm = {"qwen3": "head", "qwen3_moe": "head", "gemma3_text": "head",
+                        "olmo2": "whole"}.get(t)
+        # Biases.
+        self.qkv_bias = (t in ("qwen2", "starcoder2", "gpt2", "gpt_neox", "phi") or
+                         (t in ("llama",) + MOE_FAMILIES and c.get("attention_bias", False)))
+        self.o_bias = (t in ("starcoder2", "gpt2", "gpt_neox", "phi") or
+                       (t in ("llama", "gpt_oss") and c.get("attention_bias", False)))
+        self.mlp_bias = t in ("starcoder2", "gpt2", "gpt_neox", "phi") or c.get("mlp_bias", False)
+        if t == "starcoder2" and not c.get("use_bias", True):
+            self.qkv_bias = self.o_bias = self.mlp_bias = False
+        if t == "falcon" and c.get("bias"):
+            sys.exit(f"{path}: Falcon with biases is not written here")
+        self.lm_head_bias = t == "phi"
+        # MLP: gated (act(gate) * up) or not (act(fc)).
+        self.gated = t not in ("starcoder2", "gpt2", "gpt_neox", "phi", "falcon")
+        act = get("hidden_activation", "hidden_act", "activation_function", "activation",
+                  default="silu")
+        acts = {"silu": F.silu, "gelu": F.gelu,
+                "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+                "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
+        if act not in acts:
+            sys.exit(f"{path}: activation {act!r} is not written here")
+        self.act = acts[act]
+        # Attention: scale, soft-cap, sliding window per layer.
+        self.scale = c["query_pre_attn_scalar"] ** -0.5 if t.startswith("gemma") and \
+            t != "gemma" else self.head_dim ** -0.5
+        self.attn_softcap = c.get("attn_logit_softcapping") if t == "gemma2" else None
+        self.final_softcap = c.get("final_logit_softcapping") if t == "gemma2" else None
+        types = c.get("layer_types") or ["full_attention"] * self.layers
+        window = c.get("sliding_window")
+        if t in ("mistral", "starcoder2"):
+            self.windows = [window] * self.layers
+        elif t in ("gemma2", "gemma3_text", "gpt_oss"):
+            self.windows = [window if k == "sliding_attention" else None for k in types]
+        else:
+            if c.get("use_sliding_window"):
+                sys.exit(f"{path}: a Qwen sliding window is not written here")
+            self.windows = [None] * self.layers
+        # Embeddings: Gemma's sqrt(hidden) scale, GPT-2's learned positions.
+        self.embed_scale = t.startswith("gemma")
+        self.learned_positions = t == "gpt2"
+        # RoPE per layer (Gemma 3: by layer type).
+        rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
+        if t == "gemma3_text":
+            self.ropes = [self.rope_frequencies(c, rope[k]) for k in types]
+        elif t in ("gpt2", "deepseek_v3"):  # DeepSeek-V3: mla_attention's own
+            self.ropes = [None] * self.layers
+        else:
+            self.ropes = [self.rope_frequencies(c, rope)] * self.layers
+        self.moe_config(c, t, path, rope)
+
+    def moe_config(self, c, t, path, rope):
+        """The MoE families' router, experts and attention variants."""
+        self.sinks = t == "gpt_oss"  # a learned sink logit per head joins every softmax
+        if t == "gpt_oss":  # clamped SwiGLU experts behind a biased router
             self.swiglu_limit, self.swiglu_alpha = c.get("swiglu_limit", 7.0), 1.702
         # Llama 4: interleaved RoPE only on the layers whose no_rope_layers entry is 1 (they
         # attend within chunks and L2-normalize q and k after RoPE); the others (NoPE) attend to
         # everything and scale the query by the temperature of its position; MoE layers
         # (moe_layers) with a sigmoid top-k router weighing the experts' inputs, a shared expert.
-        self.llama4 = model_type == "llama4_text"
+        self.llama4 = t == "llama4_text"
         if self.llama4:
             self.use_rope = [bool(u) for u in c["no_rope_layers"]]
             self.chunk = c["attention_chunk_size"]
-            self.layer_windows = [None] * self.layers
             self.l2_qk = c.get("use_qk_norm", False)
             self.tuning = c.get("attn_temperature_tuning", False)
             self.floor_scale, self.attn_scale = c["floor_scale"], c["attn_scale"]
             self.moe_layers = set(c["moe_layers"])
-            self.dense_inner = c["intermediate_size_mlp"]
-        if model_type == "qwen2" and c.get("use_sliding_window"):
-            sys.exit(f"{path}: Qwen2's sliding window is not written here")
-        if model_type == "qwen3_moe" and (c.get("use_sliding_window") or c.get("mlp_only_layers")
-                                          or c.get("decoder_sparse_step", 1) != 1):
-            sys.exit(f"{path}: Qwen3-MoE's sliding window and dense layers are not written here")
-        self.mlp_bias = c.get("mlp_bias", False)
-        self.tied = c.get("tie_word_embeddings", False)
-        act = c.get("hidden_activation") or c.get("hidden_act", "silu")
-        if act not in ("silu", "gelu_pytorch_tanh"):
-            sys.exit(f"{path}: hidden_act must be silu or gelu_pytorch_tanh")
-        self.act = act
-        # Qwen3-MoE: an RMSNorm (weight [head_dim]) on every query and key head before RoPE.
-        self.qk_norm = model_type == "qwen3_moe"
-        self.llama4 = model_type == "llama4_text"
-        # Mixture of experts: which layers, the router and the experts.
-        self.experts = c.get("num_local_experts") or c.get("n_routed_experts") or 0
+        if t == "qwen3_moe" and (c.get("mlp_only_layers") or c.get("decoder_sparse_step", 1) != 1):
+            sys.exit(f"{path}: Qwen3-MoE's dense layers are not written here")
+        self.experts = (c.get("num_local_experts") or c.get("n_routed_experts") or 0
+                        if t in MOE_FAMILIES else 0)
         self.top_k = c.get("num_experts_per_tok", 0)
-        self.norm_topk = model_type == "mixtral" or c.get("norm_topk_prob", False)
-        self.expert_inner = c.get("moe_intermediate_size") or c.get("intermediate_size")
-        self.first_dense = c.get("first_k_dense_replace", 0) if model_type == "deepseek_v3" else 0
-        if model_type == "deepseek_v3":
+        self.norm_topk = t == "mixtral" or c.get("norm_topk_prob", False)
+        self.first_dense = c.get("first_k_dense_replace", 0) if t == "deepseek_v3" else 0
+        if t == "deepseek_v3":
             self.n_group, self.topk_group = c["n_group"], c["topk_group"]
             self.routed_scaling = c["routed_scaling_factor"]
-            self.shared_inner = c["n_shared_experts"] * c["moe_intermediate_size"]
             self.q_rank, self.kv_rank = c["q_lora_rank"], c["kv_lora_rank"]
             self.nope, self.rope_dim = c["qk_nope_head_dim"], c["qk_rope_head_dim"]
             self.v_dim = c["v_head_dim"]
             if not c.get("rope_interleave", True) or c.get("moe_layer_freq", 1) != 1:
                 sys.exit(f"{path}: only interleaved RoPE and moe_layer_freq 1 are written here")
+            # (inv_freq, cos/sin magnitude, rotary dim) of the rotary part of q and k.
+            self.mla_rope = self.rope_frequencies(c, rope, self.rope_dim)
+            self.mla_yarn = rope
 
     def is_moe(self, layer):
-        if self.model_type == "llama4_text":
+        if self.llama4:
             return layer in self.moe_layers
         return self.experts > 0 and layer >= self.first_dense
+
+    def rope_frequencies(self, c, rope, dim=None):
+        """(inv_freq [rotary / 2], attention scaling, rotary dim) for a sequence of SEQ tokens,
+        the HF rope_type formulas (learned from transformers' modeling_rope_utils). `dim`: the
+        rotary dim when it is not head_dim times the partial rotary factor (MLA's)."""
+        theta = rope.get("rope_theta", c.get("rope_theta", 10000.0))
+        partial = rope.get("partial_rotary_factor", c.get("partial_rotary_factor", 1.0))
+        dim = dim or int(self.head_dim * partial)
+        kind = rope.get("rope_type", rope.get("type", "default"))
+        powers = theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)
+        inv_freq, scaling = 1.0 / powers, 1.0
+        max_pos = c.get("max_position_embeddings")
+        original = rope.get("original_max_position_embeddings",
+                            c.get("original_max_position_embeddings"))
+        if kind == "linear":
+            inv_freq = inv_freq / rope["factor"]
+        elif kind == "dynamic":
+            if SEQ > max_pos:  # NTK: theta grown for the longer sequence
+                factor = rope["factor"]
+                grown = theta * ((factor * torch.tensor(float(SEQ)) / max_pos) -
+                                 (factor - 1)) ** (dim / (dim - 2))
+                inv_freq = 1.0 / (grown ** (torch.arange(0, dim, 2, dtype=torch.int64).float() /
+                                            dim))
+        elif kind == "llama3":
+            factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+            wavelength = 2 * math.pi / inv_freq
+            scaled = torch.where(wavelength > original / low, inv_freq / factor, inv_freq)
+            smooth = (original / wavelength - low) / (high - low)
+            smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+            medium = (wavelength >= original / high) & (wavelength <= original / low)
+            inv_freq = torch.where(medium, smoothed, scaled)
+        elif kind == "yarn":
+            factor = rope["factor"]
+            fast, slow = rope.get("beta_fast", 32.0), rope.get("beta_slow", 1.0)
+            turns = lambda r: dim * math.log(original / (r * 2 * math.pi)) / (2 * math.log(theta))
+            low, high = turns(fast), turns(slow)
+            if rope.get("truncate", True):  # gpt-oss: False
+                low, high = math.floor(low), math.ceil(high)
+            low, high = max(low, 0), min(high, dim - 1)
+            if low == high:
+                high += 0.001
+            ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+            keep = 1 - ramp
+            inv_freq = (1.0 / (factor * powers)) * (1 - keep) + (1.0 / powers) * keep
+            mscale = lambda m: 0.1 * m * math.log(factor) + 1.0 if factor > 1 else 1.0
+            if rope.get("mscale") and rope.get("mscale_all_dim"):  # DeepSeek-V3
+                scaling = mscale(rope["mscale"]) / mscale(rope["mscale_all_dim"])
+            else:
+                scaling = rope.get("attention_factor") or mscale(1.0)
+        elif kind == "longrope":
+            factors = rope["long_factor"] if SEQ > original else rope["short_factor"]
+            inv_freq = 1.0 / (torch.tensor(factors, dtype=torch.float32) * powers)
+            factor = max_pos / original
+            scaling = rope.get("attention_factor") or (
+                math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1 else 1.0)
+        elif kind != "default":
+            sys.exit(f"rope_type {kind!r} is not written here")
+        return inv_freq, scaling, dim
+
+
+SEQ = 0  # the fixture's sequence length (some RoPE types depend on it)
+
+
+def norm(cfg, p, name, x, dim_weight=None):
+    """The family's norm of x over its last dimension with the parameters `name`.weight/bias."""
+    w = p[name + ".weight"]
+    if cfg.layer_norm:
+        return F.layer_norm(x, (x.shape[-1],), w, p.get(name + ".bias"), cfg.eps)
+    return rms_norm(x, w, cfg.eps, cfg.one_plus)
 
 
 def rms_norm(x, weight, eps, one_plus=False):
@@ -205,35 +334,102 @@ def linear(p, name, x, bias):
     return y
 
 
-def yarn_inv_freq(cfg, dim):
-    """DeepSeek-V3's YaRN: frequencies blended between theta^(-2i/d) and that over factor
-    along a linear ramp between the correction dims of beta_fast and beta_slow turns; the
-    cos/sin magnitude is mscale(factor, mscale) / mscale(factor, mscale_all_dim)."""
-    y = cfg.yarn
-    factor, context = y["factor"], y["original_max_position_embeddings"]
-    fast, slow = y.get("beta_fast", 32.0), y.get("beta_slow", 1.0)
+def conv1d(p, name, x):
+    """GPT-2's Conv1D: y = x W + b with W stored [in, out]."""
+    return x @ p[name + ".weight"] + p[name + ".bias"]
 
-    def mscale(m):
-        return 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
 
-    def correction_dim(turns):
-        return dim * math.log(context / (turns * 2 * math.pi)) / (2 * math.log(cfg.theta))
-
-    low, high = correction_dim(fast), correction_dim(slow)
-    if y.get("truncate", True):
-        low, high = math.floor(low), math.ceil(high)
-    low, high = max(low, 0), min(high, dim - 1)
-    if low == high:
-        high += 0.001
-    powers = cfg.theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)
-    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
-    keep = 1 - ramp
-    inv_freq = (1.0 / (factor * powers)) * (1 - keep) + (1.0 / powers) * keep
-    if y.get("mscale") and y.get("mscale_all_dim"):
-        magnitude = mscale(y["mscale"]) / mscale(y["mscale_all_dim"])
+def project_qkv(cfg, p, pre, h):
+    """q [B, T, Hq, D], k and v [B, T, Hkv, D] from the normed input h, under each family's
+    names (separate projections, or one fused projection split its own way)."""
+    B, T, _ = h.shape
+    D, Hq, Hkv = cfg.head_dim, cfg.heads, cfg.kv_heads
+    t = cfg.type
+    if t == "gpt2":
+        q, k, v = conv1d(p, pre + "attn.c_attn", h).split(cfg.hidden, dim=-1)
+    elif t == "phi3":  # rows [q; k; v]
+        q, k, v = linear(p, pre + "self_attn.qkv_proj", h, False).split(
+            [Hq * D, Hkv * D, Hkv * D], dim=-1)
+    elif t == "gpt_neox":  # per head [q_h; k_h; v_h]
+        qkv = linear(p, pre + "attention.query_key_value", h, True).view(B, T, Hq, 3 * D)
+        q, k, v = qkv.split(D, dim=-1)
+    elif t == "falcon":  # [q heads; k heads; v heads] (multi-query: one k and one v head)
+        qkv = linear(p, pre + "self_attention.query_key_value", h, False).view(
+            B, T, Hq + 2 * Hkv, D)
+        q, k, v = qkv[:, :, :Hq], qkv[:, :, Hq:Hq + Hkv], qkv[:, :, Hq + Hkv:]
     else:
-        magnitude = mscale(1.0)
-    return inv_freq, magnitude
+        q = linear(p, pre + "self_attn.q_proj", h, cfg.qkv_bias)
+        k = linear(p, pre + "self_attn.k_proj", h, cfg.qkv_bias)
+        v = linear(p, pre + "self_attn.v_proj", h, cfg.qkv_bias)
+    if cfg.qk_norm == "whole":  # OLMo-2: over all heads, before the split into heads
+        q = rms_norm(q, p[pre + "self_attn.q_norm.weight"], cfg.eps)
+        k = rms_norm(k, p[pre + "self_attn.k_norm.weight"], cfg.eps)
+    q, k, v = q.reshape(B, T, Hq, D), k.reshape(B, T, Hkv, D), v.reshape(B, T, Hkv, D)
+    if cfg.qk_norm == "head":  # Qwen3, Gemma 3: over head_dim
+        q = rms_norm(q, p[pre + "self_attn.q_norm.weight"], cfg.eps, cfg.one_plus)
+        k = rms_norm(k, p[pre + "self_attn.k_norm.weight"], cfg.eps, cfg.one_plus)
+    return q, k, v
+
+
+def attention(cfg, p, i, pre, h):
+    if cfg.type == "deepseek_v3":
+        return mla_attention(cfg, p, pre, h)
+    if cfg.llama4:
+        return llama4_attention(cfg, p, pre, h, i)
+    B, T, _ = h.shape
+    D, Hq, Hkv = cfg.head_dim, cfg.heads, cfg.kv_heads
+    q, k, v = project_qkv(cfg, p, pre, h)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
+    if cfg.ropes[i] is not None:  # on the first `rotary` features, pairs (j, j + rotary / 2)
+        inv_freq, scaling, rotary = cfg.ropes[i]
+        angles = torch.arange(T, dtype=torch.float32)[:, None] * inv_freq[None, :]
+        emb = torch.cat((angles, angles), dim=-1)
+        cos, sin = emb.cos() * scaling, emb.sin() * scaling  # [T, rotary]
+        rot = lambda x: torch.cat((x[..., :rotary] * cos + rotate_half(x[..., :rotary]) * sin,
+                                   x[..., rotary:]), dim=-1)
+        q, k = rot(q), rot(k)
+    k = k.repeat_interleave(Hq // Hkv, dim=1)
+    v = v.repeat_interleave(Hq // Hkv, dim=1)
+    scores = q @ k.transpose(-1, -2) * cfg.scale
+    if cfg.attn_softcap:
+        scores = torch.tanh(scores / cfg.attn_softcap) * cfg.attn_softcap
+    mask = torch.full((T, T), float("-inf")).triu(1)
+    if cfg.windows[i]:  # key j is visible to query t when t - window < j <= t
+        mask = mask + torch.full((T, T), float("-inf")).tril(-cfg.windows[i])
+    if cfg.sinks:  # gpt-oss: a logit per head that joins every softmax with no value
+        sink = p[pre + "self_attn.sinks"].reshape(1, Hq, 1, 1).expand(B, Hq, T, 1)
+        probs = torch.softmax(torch.cat((scores + mask, sink), dim=-1), dim=-1)[..., :-1]
+    else:
+        probs = torch.softmax(scores + mask, dim=-1)
+    mixed = probs @ v  # [B, Hq, T, D]
+    mixed = mixed.transpose(1, 2).reshape(B, T, Hq * D)
+    if cfg.type == "gpt2":
+        return conv1d(p, pre + "attn.c_proj", mixed)
+    out = {"gpt_neox": "attention.dense", "falcon": "self_attention.dense",
+           "phi": "self_attn.dense"}.get(cfg.type, "self_attn.o_proj")
+    return linear(p, pre + out, mixed, cfg.o_bias)
+
+
+def mlp(cfg, p, i, pre, h):
+    t = cfg.type
+    if cfg.llama4:
+        return (llama4_moe(cfg, p, pre + "feed_forward", h) if cfg.is_moe(i) else
+                gated_mlp(p, pre + "feed_forward", h, cfg.act))
+    if cfg.is_moe(i):
+        return moe(cfg, p, pre, h, cfg.act)
+    if t == "gpt2":
+        return conv1d(p, pre + "mlp.c_proj", cfg.act(conv1d(p, pre + "mlp.c_fc", h)))
+    if not cfg.gated:
+        fc, out = {"starcoder2": ("mlp.c_fc", "mlp.c_proj"), "phi": ("mlp.fc1", "mlp.fc2"),
+                   "gpt_neox": ("mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
+                   "falcon": ("mlp.dense_h_to_4h", "mlp.dense_4h_to_h")}[t]
+        return linear(p, pre + out, cfg.act(linear(p, pre + fc, h, cfg.mlp_bias)), cfg.mlp_bias)
+    if t == "phi3":  # rows [gate; up]
+        gate, up = linear(p, pre + "mlp.gate_up_proj", h, False).chunk(2, dim=-1)
+    else:
+        gate = linear(p, pre + "mlp.gate_proj", h, cfg.mlp_bias)
+        up = linear(p, pre + "mlp.up_proj", h, cfg.mlp_bias)
+    return linear(p, pre + "mlp.down_proj", cfg.act(gate) * up, cfg.mlp_bias)
 
 
 def rope_interleaved(x, cos, sin):
@@ -242,22 +438,16 @@ def rope_interleaved(x, cos, sin):
     return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
 
 
-def attend(q, k, v, causal, scale, sinks=None):
-    """q [B, Hq, T, D], k [B, Hkv, T, D], v [B, Hkv, T, Dv] -> [B, T, Hq * Dv]. sinks [Hq]: a
-    logit per head that joins every softmax with no value."""
+def attend(q, k, v, causal, scale):
+    """q [B, Hq, T, D], k [B, Hkv, T, D], v [B, Hkv, T, Dv] -> [B, T, Hq * Dv]."""
     B, Hq, T, _ = q.shape
     k = k.repeat_interleave(Hq // k.shape[1], dim=1)
     v = v.repeat_interleave(Hq // v.shape[1], dim=1)
-    scores = q @ k.transpose(-1, -2) * scale + causal
-    if sinks is None:
-        probs = torch.softmax(scores, dim=-1)
-    else:
-        sink = sinks.reshape(1, Hq, 1, 1).expand(B, Hq, T, 1)
-        probs = torch.softmax(torch.cat((scores, sink), dim=-1), dim=-1)[..., :-1]
+    probs = torch.softmax(q @ k.transpose(-1, -2) * scale + causal, dim=-1)
     return (probs @ v).transpose(1, 2).reshape(B, T, -1)
 
 
-def mla_attention(cfg, p, pre, h, causal):
+def mla_attention(cfg, p, pre, h):
     """DeepSeek-V3's multi-head latent attention (q_lora_rank > 0)."""
     B, T, _ = h.shape
     H, nope, P, V, R = cfg.heads, cfg.nope, cfg.rope_dim, cfg.v_dim, cfg.kv_rank
@@ -267,7 +457,7 @@ def mla_attention(cfg, p, pre, h, causal):
     kv = F.linear(h, p[a + "kv_a_proj_with_mqa.weight"])  # [B, T, R + P]
     latent = rms_norm(kv[..., :R], p[a + "kv_a_layernorm.weight"], 1e-6)
     up = F.linear(latent, p[a + "kv_b_proj.weight"]).view(B, T, H, nope + V).transpose(1, 2)
-    inv_freq, magnitude = yarn_inv_freq(cfg, P)
+    inv_freq, magnitude, _ = cfg.mla_rope
     angles = torch.arange(T, dtype=torch.float32)[:, None] * inv_freq[None, :]  # [T, P/2]
     cos, sin = angles.cos() * magnitude, angles.sin() * magnitude
     q_rot = rope_interleaved(q[..., nope:], cos, sin)
@@ -275,29 +465,40 @@ def mla_attention(cfg, p, pre, h, causal):
     query = torch.cat((q[..., :nope], q_rot), dim=-1)
     key = torch.cat((up[..., :nope], k_rot), dim=-1)
     scale = (nope + P) ** -0.5
-    y = cfg.yarn
+    y = cfg.mla_yarn
     if y.get("mscale_all_dim"):
         m = 0.1 * y["mscale_all_dim"] * math.log(y["factor"]) + 1.0 if y["factor"] > 1 else 1.0
         scale = scale * m * m
+    causal = torch.full((T, T), float("-inf")).triu(1)
     mixed = attend(query, key, up[..., nope:], causal, scale)
     return F.linear(mixed, p[a + "o_proj.weight"])
 
 
-def gqa_attention(cfg, p, pre, h, causal, cos, sin):
+def llama4_attention(cfg, p, pre, h, i):
     B, T, _ = h.shape
     D, Hq, Hkv = cfg.head_dim, cfg.heads, cfg.kv_heads
-    q = linear(p, pre + "self_attn.q_proj", h, cfg.qkv_bias).view(B, T, Hq, D)
-    k = linear(p, pre + "self_attn.k_proj", h, cfg.qkv_bias).view(B, T, Hkv, D)
-    v = linear(p, pre + "self_attn.v_proj", h, cfg.qkv_bias).view(B, T, Hkv, D)
-    if cfg.qk_norm:  # per head, before RoPE
-        q = rms_norm(q, p[pre + "self_attn.q_norm.weight"], cfg.eps)
-        k = rms_norm(k, p[pre + "self_attn.k_norm.weight"], cfg.eps)
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
-    q = q * cos + rotate_half(q) * sin
-    k = k * cos + rotate_half(k) * sin
-    sinks = p[pre + "self_attn.sinks"] if cfg.sinks else None
-    mixed = attend(q, k, v, causal, D ** -0.5, sinks)
-    return linear(p, pre + "self_attn.o_proj", mixed, cfg.o_bias)
+    a = pre + "self_attn."
+    q = F.linear(h, p[a + "q_proj.weight"]).view(B, T, Hq, D).transpose(1, 2)
+    k = F.linear(h, p[a + "k_proj.weight"]).view(B, T, Hkv, D).transpose(1, 2)
+    v = F.linear(h, p[a + "v_proj.weight"]).view(B, T, Hkv, D).transpose(1, 2)
+    positions = torch.arange(T)
+    causal = torch.full((T, T), float("-inf")).triu(1)
+    if cfg.use_rope[i]:
+        angles = positions[:, None].float() * cfg.ropes[i][0][None, :]  # [T, D/2]
+        q = rope_interleaved(q, angles.cos(), angles.sin())
+        k = rope_interleaved(k, angles.cos(), angles.sin())
+        if cfg.l2_qk:
+            q = q * torch.rsqrt(q.pow(2).mean(-1, keepdim=True) + cfg.eps)
+            k = k * torch.rsqrt(k.pow(2).mean(-1, keepdim=True) + cfg.eps)
+        # Chunked: key j is visible to query t in the same chunk only.
+        chunk_of = positions // cfg.chunk
+        causal = causal.masked_fill(chunk_of[:, None] != chunk_of[None, :], float("-inf"))
+    elif cfg.tuning:
+        scales = torch.log1p(torch.floor((positions.float() + 1) / cfg.floor_scale)) * \
+            cfg.attn_scale + 1.0
+        q = q * scales[None, None, :, None]
+    mixed = attend(q, k, v, causal, D ** -0.5)
+    return F.linear(mixed, p[a + "o_proj.weight"])
 
 
 def gated_mlp(p, module, h, act, bias=False, names=("gate_proj", "up_proj", "down_proj")):
@@ -311,14 +512,14 @@ def moe(cfg, p, pre, h, act):
     carry the router's gradient; the choice itself is not differentiated (top-k indices)."""
     B, T, hidden = h.shape
     x = h.reshape(-1, hidden)
-    if cfg.model_type == "gpt_oss":
+    if cfg.type == "gpt_oss":
         return gpt_oss_experts(cfg, p, pre + "mlp", h)
-    if cfg.model_type == "mixtral":
+    if cfg.type == "mixtral":
         block, names = pre + "block_sparse_moe", ("w1", "w3", "w2")
     else:
         block, names = pre + "mlp", ("gate_proj", "up_proj", "down_proj")
     logits = F.linear(x, p[block + ".gate.weight"])  # [rows, E]
-    if cfg.model_type == "deepseek_v3":
+    if cfg.type == "deepseek_v3":
         scores = torch.sigmoid(logits)
         biased = scores.detach() + p[block + ".gate.e_score_correction_bias"]
         E, G = cfg.experts, cfg.n_group
@@ -342,7 +543,7 @@ def moe(cfg, p, pre, h, act):
             continue
         y = gated_mlp(p, f"{block}.experts.{e}", x[rows], act, names=names)
         out = out.index_add(0, rows, y * weights[rows, slot, None])
-    if cfg.model_type == "deepseek_v3":
+    if cfg.type == "deepseek_v3":
         out = out + gated_mlp(p, block + ".shared_experts", x, act)
     return out.view(B, T, hidden)
 
@@ -372,33 +573,6 @@ def gpt_oss_experts(cfg, p, block, h):
     return out.view(B, T, hidden)
 
 
-def llama4_attention(cfg, p, pre, h, i, inv_freq):
-    B, T, _ = h.shape
-    D, Hq, Hkv = cfg.head_dim, cfg.heads, cfg.kv_heads
-    a = pre + "self_attn."
-    q = F.linear(h, p[a + "q_proj.weight"]).view(B, T, Hq, D).transpose(1, 2)
-    k = F.linear(h, p[a + "k_proj.weight"]).view(B, T, Hkv, D).transpose(1, 2)
-    v = F.linear(h, p[a + "v_proj.weight"]).view(B, T, Hkv, D).transpose(1, 2)
-    positions = torch.arange(T)
-    causal = torch.full((T, T), float("-inf")).triu(1)
-    if cfg.use_rope[i]:
-        angles = positions[:, None].float() * inv_freq[None, :]  # [T, D/2]
-        q = rope_interleaved(q, angles.cos(), angles.sin())
-        k = rope_interleaved(k, angles.cos(), angles.sin())
-        if cfg.l2_qk:
-            q = q * torch.rsqrt(q.pow(2).mean(-1, keepdim=True) + cfg.eps)
-            k = k * torch.rsqrt(k.pow(2).mean(-1, keepdim=True) + cfg.eps)
-        # Chunked: key j is visible to query t in the same chunk only.
-        chunk_of = positions // cfg.chunk
-        causal = causal.masked_fill(chunk_of[:, None] != chunk_of[None, :], float("-inf"))
-    elif cfg.tuning:
-        scales = torch.log1p(torch.floor((positions.float() + 1) / cfg.floor_scale)) * \
-            cfg.attn_scale + 1.0
-        q = q * scales[None, None, :, None]
-    mixed = attend(q, k, v, causal, D ** -0.5)
-    return F.linear(mixed, p[a + "o_proj.weight"])
-
-
 def llama4_moe(cfg, p, block, h):
     """Top-k router logits through a sigmoid weigh the chosen experts' inputs; experts stacked
     with gate and up as the halves of gate_up_proj [E, H, 2I]; plus the shared expert."""
@@ -419,44 +593,58 @@ def llama4_moe(cfg, p, block, h):
     return out.view(B, T, hidden)
 
 
+# HF names: the token table, the position table, the layer prefix, the layer norms (attention
+# in, MLP in, post-attention, post-MLP), the final norm, the lm_head.
+def names(cfg):
+    t = cfg.type
+    if t == "gpt2":
+        return ("transformer.wte", "transformer.wpe", "transformer.h.", "ln_1", "ln_2", None,
+                None, "transformer.ln_f", None)
+    if t == "gpt_neox":
+        return ("gpt_neox.embed_in", None, "gpt_neox.layers.", "input_layernorm",
+                "post_attention_layernorm", None, None, "gpt_neox.final_layer_norm", "embed_out")
+    if t == "falcon":
+        return ("transformer.word_embeddings", None, "transformer.h.", "input_layernorm", None,
+                None, None, "transformer.ln_f", "lm_head")
+    final = "model.final_layernorm" if t == "phi" else "model.norm"
+    if cfg.placement == "post":
+        return ("model.embed_tokens", None, "model.layers.", None, None,
+                "post_attention_layernorm", "post_feedforward_layernorm", final, "lm_head")
+    if cfg.placement == "sandwich":
+        return ("model.embed_tokens", None, "model.layers.", "input_layernorm",
+                "pre_feedforward_layernorm", "post_attention_layernorm",
+                "post_feedforward_layernorm", final, "lm_head")
+    if t == "phi":
+        return ("model.embed_tokens", None, "model.layers.", "input_layernorm", None, None, None,
+                final, "lm_head")
+    return ("model.embed_tokens", None, "model.layers.", "input_layernorm",
+            "post_attention_layernorm", None, None, final, "lm_head")
+
+
 def forward(cfg, p, ids):
     B, T = ids.shape
-    D = cfg.head_dim
-    x = p["model.embed_tokens.weight"][ids]  # [B, T, hidden]
-    if cfg.gemma:
+    embed, positions, layer, attn_in, mlp_in, attn_out, mlp_out, final, head = names(cfg)
+    x = p[embed + ".weight"][ids]  # [B, T, hidden]
+    if cfg.embed_scale:
         x = x * torch.tensor(cfg.hidden ** 0.5, dtype=torch.float32)
-    act = F.silu if cfg.act == "silu" else (lambda g: F.gelu(g, approximate="tanh"))
-    magnitude = 1.0
-    if cfg.model_type == "gpt_oss":
-        inv_freq, magnitude = yarn_inv_freq(cfg, D)
-    else:
-        inv_freq = 1.0 / (cfg.theta ** (torch.arange(0, D, 2, dtype=torch.int64).float() / D))
-    angles = torch.arange(T, dtype=torch.float32)[:, None] * inv_freq[None, :]  # [T, D/2]
-    emb = torch.cat((angles, angles), dim=-1)
-    cos, sin = emb.cos() * magnitude, emb.sin() * magnitude  # [T, D]
+    if positions:
+        x = x + p[positions + ".weight"][torch.arange(T)][None]
     for i in range(cfg.layers):
-        causal = torch.full((T, T), float("-inf")).triu(1)
-        if cfg.layer_windows[i]:
-            causal = causal + torch.full((T, T), float("-inf")).tril(-cfg.layer_windows[i])
-        pre = f"model.layers.{i}."
-        h = rms_norm(x, p[pre + "input_layernorm.weight"], cfg.eps, cfg.gemma)
-        if cfg.model_type == "deepseek_v3":
-            x = x + mla_attention(cfg, p, pre, h, causal)
-        elif cfg.model_type == "llama4_text":
-            x = x + llama4_attention(cfg, p, pre, h, i, inv_freq)
-        else:
-            x = x + gqa_attention(cfg, p, pre, h, causal, cos, sin)
-        h = rms_norm(x, p[pre + "post_attention_layernorm.weight"], cfg.eps, cfg.gemma)
-        if cfg.llama4:
-            x = x + (llama4_moe(cfg, p, pre + "feed_forward", h) if cfg.is_moe(i) else
-                     gated_mlp(p, pre + "feed_forward", h, act))
-        elif cfg.is_moe(i):
-            x = x + moe(cfg, p, pre, h, act)
-        else:
-            x = x + gated_mlp(p, pre + "mlp", h, act, cfg.mlp_bias)
-    x = rms_norm(x, p["model.norm.weight"], cfg.eps, cfg.gemma)
-    head = p["model.embed_tokens.weight"] if cfg.tied else p["lm_head.weight"]
-    return F.linear(x, head)  # [B, T, V]
+        pre = f"{layer}{i}."
+        h = norm(cfg, p, pre + attn_in, x) if attn_in else x
+        a = attention(cfg, p, i, pre, h)
+        if cfg.placement == "parallel":  # x + attn(n1(x)) + mlp(n2(x)) (n2 = n1 when shared)
+            x = x + a + mlp(cfg, p, i, pre, norm(cfg, p, pre + mlp_in, x) if mlp_in else h)
+            continue
+        x = x + (norm(cfg, p, pre + attn_out, a) if attn_out else a)
+        m = mlp(cfg, p, i, pre, norm(cfg, p, pre + mlp_in, x) if mlp_in else x)
+        x = x + (norm(cfg, p, pre + mlp_out, m) if mlp_out else m)
+    x = norm(cfg, p, final, x)
+    weight = p[embed + ".weight"] if cfg.tied else p[head + ".weight"]
+    logits = F.linear(x, weight, p[head + ".bias"] if cfg.lm_head_bias else None)  # [B, T, V]
+    if cfg.final_softcap:
+        logits = torch.tanh(logits / cfg.final_softcap) * cfg.final_softcap
+    return logits
 
 
 def next_token_loss(logits, ids):
@@ -473,10 +661,12 @@ def main():
     parser.add_argument("--lora-alpha", type=float, default=8.0)
     args = parser.parse_args()
     torch.manual_seed(0)
-    cfg = Config(args.model_dir + "/config.json")
     weights = read_safetensors(args.model_dir + "/model.safetensors")
     reference = read_safetensors(args.model_dir + "/reference.safetensors")
     ids = torch.from_numpy(reference["input_ids"].astype(np.int64))
+    global SEQ
+    SEQ = ids.shape[1]
+    cfg = Config(args.model_dir + "/config.json")
     # DeepSeek-V3's e_score_correction_bias is a buffer in transformers (no gradient): it only
     # steers the choice of experts.
     params = {n: torch.tensor(w, dtype=torch.float32,
@@ -496,12 +686,14 @@ def main():
     out = {n: t.grad.numpy().astype(np.float32) for n, t in params.items() if t.requires_grad}
     out["loss"] = np.array([loss.item()], dtype=np.float64)
 
-    # AdamW on the same batch: decay matrices only (not norms, not embeddings).
+    # AdamW on the same batch: decay matrices only (not norms, biases, embedding tables).
     for t in params.values():
         t.grad = None
+    tables = {names(cfg)[0] + ".weight", f"{names(cfg)[1]}.weight"}
+    decays = lambda n, t: t.dim() >= 2 and n not in tables
     trained = {n: t for n, t in params.items() if t.requires_grad}
-    decay = [t for n, t in trained.items() if t.dim() >= 2 and "embed_tokens" not in n]
-    no_decay = [t for n, t in trained.items() if not (t.dim() >= 2 and "embed_tokens" not in n)]
+    decay = [t for n, t in trained.items() if decays(n, t)]
+    no_decay = [t for n, t in trained.items() if not decays(n, t)]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
         lr=1e-3, betas=(0.9, 0.95), eps=1e-8, foreach=False)

@@ -13,6 +13,7 @@
 #include "kiln/analyze/spec_features.h"
 #include "kiln/core/error.h"
 #include "kiln/io/hf_config.h"
+#include "kiln/io/hf_quantized.h"
 #include "kiln/models/capabilities.h"
 #include "kiln/models/detect_spec.h"
 #include "kiln/models/family.h"
@@ -214,6 +215,17 @@ Analysis analyze_config(const std::string& path) {
   // A spec for the wrapper's language model runs it; the towers are set aside when loading
   // (LanguageModelSource), which the multimodal row says.
   if (family.values && !towers.empty()) (*family.values)["multimodal"] = features.front().value;
+  // A pre-quantized checkpoint whose format the loader reads is dequantized on load
+  // (io/hf_quantized.h) whatever the family: the quantization row is then carried.
+  if (family.values) {
+    bool readable = false;
+    try {
+      readable = !hf_quantization(outer).method.empty();
+    } catch (const Error&) {  // a method Kiln does not read: the row stays missing
+    }
+    for (const Feature& f : features)
+      if (readable && f.id == "quantization") (*family.values)["quantization"] = f.value;
+  }
   if (family.family && family.error.empty()) a.family = family.family->name();
   a.generic_route = family.generic;
   a.features.push_back(architecture_report(a, family, wrapper));

@@ -66,7 +66,8 @@ std::string feature_location(const std::string& id, const std::string& value) {
   if (id == "logits.scale") return "src/kiln/layers/model.cc: logit scale";
   if (id == "logits.bias") return "src/kiln/layers/model.cc: lm_head bias";
   if (id == "quantization")
-    return "src/kiln/convert/: dequantize " + word + " weights on load (src/kiln/core/dtype.cc)";
+    return "src/kiln/io/hf_quantized.cc: read and dequantize " + word +
+           " weights on load, as fp8 and mxfp4 are";
   return "src/kiln/";
 }
 

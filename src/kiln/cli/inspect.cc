@@ -8,6 +8,7 @@
 #include "kiln/convert/orbax_export.h"
 #include "kiln/core/error.h"
 #include "kiln/io/checkpoint_source.h"
+#include "kiln/io/hf_quantized.h"
 #include "kiln/io/json.h"
 #include "kiln/io/kiln_checkpoint.h"
 #include "kiln/io/orbax/orbax_checkpoint.h"
@@ -52,6 +53,8 @@ class InspectCommand : public Command {
       maxtext = maxtext_provenance(kiln->manifest());
     std::vector<std::string> names = source->names();
     std::sort(names.begin(), names.end());
+    // fp8 tensors (pre-quantized checkpoints) read as U8 bytes: shown as stored.
+    const std::set<std::string> fp8 = safetensors_fp8_tensors(*source);
     Json tensors = Json::array();
     uint64_t total = 0;
     size_t width = 4;
@@ -62,7 +65,8 @@ class InspectCommand : public Command {
       total += bytes;
       width = std::max(width, name.size());
       tensors.push_back({{"name", name},
-                         {"dtype", std::string(dtype_name(dtype))},
+                         {"dtype", fp8.count(name) != 0 ? std::string("F8_E4M3")
+                                                        : std::string(dtype_name(dtype))},
                          {"shape", shape},
                          {"bytes", bytes}});
     }

@@ -178,7 +178,8 @@ class TrainCommand : public Command {
     check(seq_ <= loaded.spec.max_position_embeddings,
           "--seq " + std::to_string(seq_) + " exceeds the model's context of " +
               std::to_string(loaded.spec.max_position_embeddings));
-    // The export plan first, so that a family it cannot export fails before training.
+    // What it cannot train, then the export plan, so that either fails before training.
+    train::check_trainable(loaded.spec);
     const std::map<std::string, std::string> hf_names = export_names(loaded);
     train::TrainModel model(loaded.spec, loaded.weights, lora_rank_ > 0);
     std::unique_ptr<train::Lora> lora;  // LoRA: the adapters are the model's only parameters

@@ -13,6 +13,7 @@
 #include "kiln/core/page_release.h"
 #include "kiln/io/checkpoint_source.h"
 #include "kiln/io/hf_config.h"
+#include "kiln/io/hf_quantized.h"
 #include "kiln/io/kiln_checkpoint.h"
 #include "kiln/io/safetensors_source.h"
 #include "kiln/models/family.h"
@@ -84,8 +85,12 @@ struct FileLocation {
 // other sources and for tensors the reader had to copy.
 std::optional<FileLocation> file_location(const TensorSource& source, const std::string& name,
                                           const Tensor& tensor) {
+  if (tensor.writable() || !tensor.is_contiguous()) return std::nullopt;
+  // The tensors a pre-quantized checkpoint stores unquantized are views of its files.
+  if (const auto* quantized = dynamic_cast<const QuantizedHfSource*>(&source))
+    return file_location(quantized->inner(), name, tensor);
   const auto* safetensors = dynamic_cast<const SafetensorsSource*>(&source);
-  if (safetensors == nullptr || tensor.writable() || !tensor.is_contiguous()) return std::nullopt;
+  if (safetensors == nullptr) return std::nullopt;
   return FileLocation{safetensors->set().file_of(name), tensor.offset()};
 }
 
@@ -131,8 +136,14 @@ void convert_hf_to_kiln(const std::string& source_dir, const std::string& destin
   spec.family = family.name();
   // Mapped, not resident: every borrowed tensor of the source is then a view of a file
   // mapping, whose pages are dropped once used (release_borrowed_inputs below).
+  // Pre-quantized (fp8, MXFP4) weights are dequantized: to bf16 for --dtype keep/bf16 (what
+  // the published models' own bf16 casts hold), else to f32, the exact product, from which the
+  // target dtype is rounded once.
   const std::unique_ptr<TensorSource> source =
       open_model_source(source_dir, config, Residency::kMapped);
+  if (auto* quantized = dynamic_cast<QuantizedHfSource*>(source.get()))
+    quantized->set_dequantized_dtype(
+        options.dtype == "keep" || options.dtype == "bf16" ? DType::BF16 : DType::F32);
   family.refine_spec(spec, *source);
   const std::vector<WeightMapping> mappings = family.map_weights(spec, *source);
 

@@ -5,6 +5,7 @@
 #include <map>
 
 #include "kiln/core/error.h"
+#include "kiln/io/hf_quantized.h"
 #include "kiln/io/json.h"
 #include "kiln/models/capabilities.h"
 
@@ -139,8 +140,18 @@ std::string LanguageModelSource::skipped_note() const {
 
 std::unique_ptr<TensorSource> open_model_source(const std::string& path, const HfConfig& config,
                                                 Residency residency) {
+  const std::string format = detect_checkpoint_format(path);
+  // A pre-quantized checkpoint (io/hf_quantized.h) is always mapped: its quantized bytes are
+  // read once, dequantized, and their pages dropped, so that memory holds the dequantized
+  // model and not the quantized files besides.
+  if (format == "safetensors" && !hf_quantization(config).method.empty())
+    residency = Residency::kMapped;
   std::unique_ptr<TensorSource> source = open_tensor_source(path, residency);
-  if (detect_checkpoint_format(path) == "kiln" || !language_model_config(config)) return source;
+  if (format == "kiln") return source;
+  if (format != "gguf")
+    source = dequantizing_source(std::move(source), config, DType::BF16,
+                                 residency == Residency::kMapped);
+  if (!language_model_config(config)) return source;
   auto language_model = std::make_unique<LanguageModelSource>(std::move(source));
   if (const std::string note = language_model->skipped_note(); !note.empty())
     std::cerr << "kiln: note: " << path << ": " << note << "\n";

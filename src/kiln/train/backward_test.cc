@@ -17,6 +17,7 @@
 #include "kiln/core/error.h"
 #include "kiln/ops/linear.h"
 #include "kiln/ops/norm.h"
+#include "kiln/train/family_backward.h"
 
 namespace kiln::train {
 namespace {
@@ -483,6 +484,206 @@ TEST(TrainBackward, FastAttentionMatchesReference) {
     attention_backward(q.data(), k.data(), v.data(), dout.data(), only_q.data(), nullptr, nullptr,
                        s);
     EXPECT_EQ(only_q, dq);
+  }
+}
+
+// ---- The ops of train/family_backward.h ----
+
+void check_layer_norm(bool affine) {
+  std::mt19937 rng(21);
+  const int64_t rows = 3, dim = 8;
+  const float eps = 1e-5f;
+  const Vec x = random_vec(rows * dim, rng, 2.0), w = random_vec(dim, rng),
+            b = random_vec(dim, rng), r = random_vec(rows * dim, rng);
+  auto forward = [&](const Vec& x_, const Vec& w_, const Vec& b_) {
+    double s = 0.0;
+    for (int64_t n = 0; n < rows; ++n) {
+      double mean = 0.0, var = 0.0;
+      for (int64_t i = 0; i < dim; ++i) mean += x_[n * dim + i] / dim;
+      for (int64_t i = 0; i < dim; ++i)
+        var += (x_[n * dim + i] - mean) * (x_[n * dim + i] - mean) / dim;
+      for (int64_t i = 0; i < dim; ++i) {
+        double y = (x_[n * dim + i] - mean) / std::sqrt(var + eps);
+        if (affine) y = y * w_[i] + b_[i];
+        s += y * r[n * dim + i];
+      }
+    }
+    return s;
+  };
+  const std::vector<float> xf = f32(x), wf = f32(w), bf = f32(b);
+  const float* wp = affine ? wf.data() : nullptr;
+  const float* bp = affine ? bf.data() : nullptr;
+  std::vector<float> y(rows * dim), mean(rows), inv(rows), dx(rows * dim), dw(dim), db(dim);
+  layer_norm_forward(xf.data(), wp, bp, y.data(), rows, dim, eps, mean.data(), inv.data());
+  std::vector<float> expected(rows * dim);  // the inference kernel
+  ops::layer_norm(xf.data(), wp, bp, expected.data(), rows, dim, eps);
+  for (int64_t i = 0; i < rows * dim; ++i) EXPECT_NEAR(y[i], expected[i], 1e-5) << i;
+  layer_norm_backward(xf.data(), wp, mean.data(), inv.data(), f32(r).data(), dx.data(),
+                      affine ? dw.data() : nullptr, affine ? db.data() : nullptr, rows, dim);
+  const std::string name = affine ? "layer_norm" : "layer_norm (no parameters)";
+  expect_close(name + " dx", dx,
+               numeric_gradient([&](const Vec& v) { return forward(v, w, b); }, x));
+  if (!affine) return;
+  expect_close(name + " dw", dw,
+               numeric_gradient([&](const Vec& v) { return forward(x, v, b); }, w));
+  expect_close(name + " db", db,
+               numeric_gradient([&](const Vec& v) { return forward(x, w, v); }, b));
+}
+TEST(TrainBackward, LayerNorm) {
+  check_layer_norm(true);
+}
+TEST(TrainBackward, LayerNormWithoutParameters) {
+  check_layer_norm(false);
+}
+
+TEST(TrainBackward, SoftCap) {
+  std::mt19937 rng(22);
+  const int64_t n = 12;
+  const float cap = 1.5f;
+  const Vec x = random_vec(n, rng, 3.0), r = random_vec(n, rng);
+  auto forward = [&](const Vec& x_) {
+    double s = 0.0;
+    for (int64_t i = 0; i < n; ++i) s += cap * std::tanh(x_[i] / cap) * r[i];
+    return s;
+  };
+  std::vector<float> y = f32(x), d = f32(r);
+  softcap_forward(y.data(), n, cap);
+  for (int64_t i = 0; i < n; ++i) EXPECT_NEAR(y[i], cap * std::tanh(x[i] / cap), 1e-6);
+  softcap_backward(y.data(), d.data(), n, cap);
+  expect_close("softcap dx", d, numeric_gradient(forward, x));
+}
+
+void check_capped_attention(float cap, int64_t window) {
+  std::mt19937 rng(23);
+  AttentionDims s;
+  s.batch = 2;
+  s.tokens = 5;
+  s.heads = 4;
+  s.kv_heads = 2;
+  s.head_dim = 3;
+  s.scale = 0.9f;
+  s.window = window;
+  const int64_t T = s.tokens, D = s.head_dim, group = s.heads / s.kv_heads;
+  const Vec q = random_vec(s.batch * T * s.heads * D, rng, 1.5),
+            k = random_vec(s.batch * T * s.kv_heads * D, rng, 1.5),
+            v = random_vec(s.batch * T * s.kv_heads * D, rng), r = random_vec(q.size(), rng);
+  auto forward = [&](const Vec& q_, const Vec& k_, const Vec& v_) {
+    double loss = 0.0;
+    for (int64_t b = 0; b < s.batch; ++b)
+      for (int64_t h = 0; h < s.heads; ++h)
+        for (int64_t t = 0; t < T; ++t) {
+          const int64_t kv = h / group,
+                        first = window > 0 ? std::max<int64_t>(0, t - window + 1) : 0;
+          Vec p(T, 0.0);
+          double max_logit = -INFINITY, sum = 0.0;
+          for (int64_t j = first; j <= t; ++j) {
+            double score = 0.0;
+            for (int64_t d = 0; d < D; ++d)
+              score += q_[((b * T + t) * s.heads + h) * D + d] *
+                       k_[((b * T + j) * s.kv_heads + kv) * D + d];
+            score *= s.scale;
+            p[j] = cap > 0.0f ? cap * std::tanh(score / cap) : score;
+            max_logit = std::max(max_logit, p[j]);
+          }
+          for (int64_t j = first; j <= t; ++j) sum += p[j] = std::exp(p[j] - max_logit);
+          for (int64_t d = 0; d < D; ++d) {
+            double o = 0.0;
+            for (int64_t j = first; j <= t; ++j)
+              o += p[j] / sum * v_[((b * T + j) * s.kv_heads + kv) * D + d];
+            loss += o * r[((b * T + t) * s.heads + h) * D + d];
+          }
+        }
+    return loss;
+  };
+  std::vector<float> dq(q.size()), dk(k.size()), dv(v.size()), out(q.size());
+  capped_attention_backward(f32(q).data(), f32(k).data(), f32(v).data(), f32(r).data(), dq.data(),
+                            dk.data(), dv.data(), s, cap);
+  const std::string name =
+      "capped attention (cap " + std::to_string(cap) + ", window " + std::to_string(window) + ")";
+  expect_close(name + " dq", dq,
+               numeric_gradient([&](const Vec& x) { return forward(x, k, v); }, q));
+  expect_close(name + " dk", dk,
+               numeric_gradient([&](const Vec& x) { return forward(q, x, v); }, k));
+  expect_close(name + " dv", dv,
+               numeric_gradient([&](const Vec& x) { return forward(q, k, x); }, v));
+  capped_attention_forward(f32(q).data(), f32(k).data(), f32(v).data(), out.data(), s, cap);
+  double loss = 0.0;
+  for (size_t i = 0; i < out.size(); ++i) loss += out[i] * r[i];
+  EXPECT_NEAR(loss, forward(q, k, v), 1e-4);
+}
+TEST(TrainBackward, SoftCappedAttention) {
+  check_capped_attention(1.0f, 0);
+  check_capped_attention(2.0f, 3);
+  check_capped_attention(0.0f, 2);  // no cap: the plain attention's gradients
+}
+
+TEST(TrainBackward, NonGatedActivations) {
+  std::mt19937 rng(24);
+  const int64_t n = 16;
+  const Vec x = random_vec(n, rng, 2.0), r = random_vec(n, rng);
+  for (const Activation activation :
+       {Activation::kSilu, Activation::kGeluExact, Activation::kGeluTanh, Activation::kRelu,
+        Activation::kReluSquared}) {
+    auto act = [&](double z) {
+      switch (activation) {
+        case Activation::kSilu:
+          return z / (1.0 + std::exp(-z));
+        case Activation::kGeluExact:
+          return 0.5 * z * (1.0 + std::erf(z / std::sqrt(2.0)));
+        case Activation::kGeluTanh:
+          return 0.5 * z * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (z + 0.044715 * z * z * z)));
+        case Activation::kRelu:
+          return std::max(z, 0.0);
+        case Activation::kReluSquared:
+          return z > 0.0 ? z * z : 0.0;
+      }
+      return 0.0;
+    };
+    auto forward = [&](const Vec& x_) {
+      double s = 0.0;
+      for (int64_t i = 0; i < n; ++i) s += act(x_[i]) * r[i];
+      return s;
+    };
+    std::vector<float> h(n), dx(n);
+    activation_forward(activation, f32(x).data(), h.data(), n);
+    for (int64_t i = 0; i < n; ++i) EXPECT_NEAR(h[i], act(x[i]), 1e-5);
+    activation_backward(activation, f32(x).data(), f32(r).data(), dx.data(), n);
+    expect_close(std::string("activation ") + activation_name(activation) + " dx", dx,
+                 numeric_gradient(forward, x));
+  }
+}
+
+TEST(TrainBackward, LmHeadCrossEntropyWithBiasAndSoftCap) {
+  std::mt19937 rng(25);
+  const int64_t hidden = 4, vocab = 6;
+  const float cap = 2.5f;
+  const std::vector<int32_t> targets = {1, 5, kIgnoreTarget, 0, 2};
+  const int64_t rows = static_cast<int64_t>(targets.size());
+  const Vec h = random_vec(rows * hidden, rng, 2.0), w = random_vec(vocab * hidden, rng),
+            b = random_vec(vocab, rng);
+  auto forward = [&](const Vec& h_, const Vec& w_, const Vec& b_) {
+    Vec logits(rows * vocab);
+    for (int64_t n = 0; n < rows; ++n)
+      for (int64_t o = 0; o < vocab; ++o) {
+        double z = b_[o];
+        for (int64_t i = 0; i < hidden; ++i) z += h_[n * hidden + i] * w_[o * hidden + i];
+        logits[n * vocab + o] = cap * std::tanh(z / cap);
+      }
+    return mean_cross_entropy(logits, targets, vocab);
+  };
+  for (int64_t chunk : {2, 64}) {
+    std::vector<float> dh(rows * hidden), dw(vocab * hidden), db(vocab);
+    const double loss = lm_head_cross_entropy_capped(f32(h).data(), f32(w).data(), f32(b).data(),
+                                                     targets.data(), dh.data(), dw.data(),
+                                                     db.data(), rows, hidden, vocab, cap, chunk);
+    EXPECT_NEAR(loss, forward(h, w, b), 1e-6);
+    const std::string name = "lm_head + bias + soft-cap (chunk " + std::to_string(chunk) + ")";
+    expect_close(name + " dh", dh,
+                 numeric_gradient([&](const Vec& v) { return forward(v, w, b); }, h));
+    expect_close(name + " dw", dw,
+                 numeric_gradient([&](const Vec& v) { return forward(h, v, b); }, w));
+    expect_close(name + " db", db,
+                 numeric_gradient([&](const Vec& v) { return forward(h, w, v); }, b));
   }
 }
 

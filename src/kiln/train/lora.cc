@@ -111,6 +111,9 @@ Lora::Lora(TrainModel& model, LoraOptions options) : model_(model), options_(std
                                                  {q, hidden},    {hidden, inner}, {hidden, inner},
                                                  {inner, hidden}};
     for (int slot : slots) {
+      check(static_cast<LinearSlot>(slot) != LinearSlot::kGate || spec.layers[i].mlp.gated,
+            "--lora-targets: 'gate': layer " + std::to_string(i) +
+                " has a non-gated MLP (no gate projection)");
       Module m;
       m.name = lora_module(i, static_cast<LinearSlot>(slot));
       m.in = dims[slot].first;

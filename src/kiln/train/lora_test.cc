@@ -265,6 +265,19 @@ TEST(Lora, BadOptionsAndAdaptersAreClearErrors) {
   TrainModel model(loaded.spec, loaded.weights, true);
   EXPECT_THROW(Lora(model, {0, 8.0, 0.0, {"q"}, 0}), Error);
   EXPECT_THROW(Lora(model, {4, 8.0, 1.0, {"q"}, 0}), Error);
+  {  // a model without gate projections (GPT-2's non-gated MLP) has no 'gate' to adapt
+    const LoadedModel gpt2 = load_model(test::data_path("hf/gpt2"));
+    TrainModel plain(gpt2.spec, gpt2.weights, true);
+    try {
+      Lora lora(plain, {4, 8.0, 0.0, {"q", "gate"}, 0});
+      ADD_FAILURE() << "adapted a gate projection GPT-2 does not have";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("layer 0 has a non-gated MLP"), std::string::npos)
+          << e.what();
+    }
+    Lora up(plain, {4, 8.0, 0.0, {"up", "down"}, 0});  // its MLP's two projections are fine
+    EXPECT_EQ(up.adapters().size(), 4u);
+  }
 
   const std::string out = test::make_temp_dir("kiln_lora_bad_");
   auto expect_error = [&](const std::string& needle) {

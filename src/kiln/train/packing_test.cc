@@ -71,21 +71,32 @@ TEST_P(Packing, PackedDocumentsComputeWhatEachAloneDoes) {
     }
   }
   double worst = 0.0;
+  std::string worst_name;
   for (const auto& [name, w] : weighted) {
-    double max_ref = 1e-30;
+    double max_ref = 0.0;
     for (int64_t i = 0; i < w.numel(); ++i)
       max_ref = std::max(max_ref, std::abs(w.item_as_double(i)));
-    worst = std::max(worst, test::max_abs_diff(packed_grads.at(name), w) / max_ref);
+    const double diff = test::max_abs_diff(packed_grads.at(name), w);
+    if (max_ref < 1e-6) {
+      // A gradient that is exactly 0 (GPT-2's key bias: q . b_k shifts all of a query's logits
+      // alike) is f32 noise on both sides, compared in absolute terms.
+      EXPECT_LE(diff, 1e-6) << name;
+      continue;
+    }
+    const double rel = diff / max_ref;
+    if (rel > worst) worst = rel, worst_name = name;
   }
   std::cout << GetParam() << " packed vs alone: logits max abs diff " << logit_err << ", loss "
             << packed << " vs " << expected << ", worst gradient diff / max |grad| " << worst
-            << std::endl;
+            << " (" << worst_name << ")" << std::endl;
   EXPECT_LE(logit_err, 1e-5);
   EXPECT_NEAR(packed, expected, 1e-6);
   EXPECT_LE(worst, 1e-5);
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, Packing, ::testing::Values("llama", "mistral", "gemma"));
+INSTANTIATE_TEST_SUITE_P(Fixtures, Packing,
+                         ::testing::Values("llama", "mistral", "gemma", "gemma2", "gemma3_text",
+                                           "olmo2", "qwen3", "gpt2", "gpt_neox", "phi", "falcon"));
 
 TEST(PackWindows, FillsRowsGreedilyWithOneSegmentPerWindow) {
   auto window = [](size_t n) {

@@ -10,6 +10,7 @@
 #include "kiln/ops/rope.h"
 #include "kiln/ops/rope_frequencies.h"
 #include "kiln/train/backward.h"
+#include "kiln/train/family_backward.h"
 #include "kiln/train/mla_backward.h"
 #include "kiln/train/moe_backward.h"
 #include "kiln/train/sink_attention.h"
@@ -28,23 +29,21 @@ void refuse(const std::string& where, const std::string& feature) {
 
 void check_layer(const LayerSpec& layer, const std::string& where) {
   const AttentionSpec& a = layer.attention;
-  if (layer.placement != NormPlacement::kPre)
-    refuse(where, std::string("norm placement '") + placement_name(layer.placement) + "'");
-  if (!is_rms(layer.norm.kind))
-    refuse(where, std::string("norm kind '") + norm_kind_name(layer.norm.kind) + "'");
+  if (layer.norm.kind == NormKind::kNone) refuse(where, "norm kind 'none'");
   if (layer.residual_scale != 1.0f) refuse(where, "a residual scale");
   if (layer.moe.enabled()) check_moe_trainable(layer.moe, layer.mlp.activation, where);
-  if (a.qk_norm == QkNormKind::kWholeProjection)
-    refuse(where, std::string("QK norm '") + qk_norm_name(a.qk_norm) + "'");
-  if (a.qk_norm == QkNormKind::kPerHead && !is_rms(a.qk_norm_spec.kind))
+  if (a.qk_norm != QkNormKind::kNone && a.qk_norm != QkNormKind::kL2 &&
+      !is_rms(a.qk_norm_spec.kind))
     refuse(where, std::string("QK norm kind '") + norm_kind_name(a.qk_norm_spec.kind) + "'");
-  if (a.softcap > 0.0f) refuse(where, "attention logit soft-capping");
   if (a.clip_qkv > 0.0f) refuse(where, "clip_qkv");
-  if (a.sinks && a.is_mla()) refuse(where, "attention sinks with latent attention");
-  if (a.is_mla() && (a.chunk_size > 0 || a.temperature_floor_scale > 0.0))
-    refuse(where, "chunked attention or temperature tuning with latent attention");
+  if ((a.sinks || a.chunk_size > 0) && a.softcap > 0.0f)
+    refuse(where, "attention sinks or chunked attention with logit soft-capping");
   if (a.is_mla()) {
+    if (a.sinks) refuse(where, "attention sinks with latent attention");
+    if (a.chunk_size > 0 || a.temperature_floor_scale > 0.0)
+      refuse(where, "chunked attention or temperature tuning with latent attention");
     if (a.qk_norm != QkNormKind::kNone) refuse(where, "QK norm with latent attention");
+    if (a.softcap > 0.0f) refuse(where, "attention logit soft-capping with latent attention");
     check_mla_trainable(a, where);
   } else {
     if (a.value_head_dim > 0 && a.value_head_dim != a.head_dim)
@@ -54,10 +53,11 @@ void check_layer(const LayerSpec& layer, const std::string& where) {
       throw Error("training: " + where + ": query heads must be a positive multiple of KV heads");
   }
   if (layer.moe.enabled()) return;  // the MoE block replaces the MLP
-  if (!layer.mlp.gated) refuse(where, "a non-gated MLP");
   if (layer.mlp.swiglu_limit > 0.0f) refuse(where, "clamped SwiGLU");
-  if (layer.mlp.activation != Activation::kSilu && layer.mlp.activation != Activation::kGeluTanh)
-    refuse(where, std::string("MLP activation '") + activation_name(layer.mlp.activation) + "'");
+  if (layer.mlp.gated && layer.mlp.activation != Activation::kSilu &&
+      layer.mlp.activation != Activation::kGeluTanh)
+    refuse(where,
+           std::string("gated MLP activation '") + activation_name(layer.mlp.activation) + "'");
 }
 
 }  // namespace
@@ -68,32 +68,40 @@ void check_trainable(const ModelSpec& spec) {
     throw Error("training: " + model +
                 ": vocab_size, hidden_size and the layer count must be "
                 "positive");
-  if (spec.learned_positions) refuse(model, "a learned position embedding table");
+  if (spec.learned_positions && spec.max_position_embeddings <= 0)
+    throw Error("training: " + model +
+                ": a learned position table needs max_position_embeddings > 0");
   if (!spec.has_final_norm) refuse(model, "a model without a final norm");
-  if (!is_rms(spec.final_norm.kind))
-    refuse(model, std::string("final norm kind '") + norm_kind_name(spec.final_norm.kind) + "'");
-  if (spec.final_logit_softcap > 0.0f) refuse(model, "final logit soft-capping");
+  if (spec.final_norm.kind == NormKind::kNone) refuse(model, "final norm kind 'none'");
   if (spec.logit_scale != 1.0f) refuse(model, "a logit scale");
-  if (spec.lm_head_bias) refuse(model, "an lm_head bias");
   for (int64_t i = 0; i < spec.num_layers(); ++i)
     check_layer(spec.layers[i], model + " layer " + std::to_string(i));
 }
 
-// What the forward keeps of one layer; rows = B * T.
+// A norm's statistics per row: 1 / rms (RMSNorm), or the mean and 1 / std (LayerNorm).
+struct TrainModel::NormStats {
+  std::vector<float> mean, inv;  // [rows]
+};
+
+// What the forward keeps of one layer; rows = B * T. Buffers of parts the layer lacks stay empty.
 struct TrainModel::LayerSaved {
   std::vector<float> input;          // [rows, hidden] the residual stream entering the layer
-  std::vector<float> inv_rms1;       // [rows]
-  std::vector<float> normed1;        // [rows, hidden] attention input
+  NormStats n1;                      // attention_in
+  std::vector<float> normed1;        // [rows, hidden] attention input (the input without a norm)
+  std::vector<float> q_raw, k_raw;   // [rows, Hq * D], [rows, Hkv * D] before the QK norm
+  NormStats qn, kn;                  // QK norm
   std::vector<float> q, k, v;        // [rows, Hq * D], [rows, Hkv * D] x 2 (after RoPE)
   std::vector<float> mixed;          // [rows, Hq * D] attention output before `out`
+  std::vector<float> attn_raw;       // [rows, hidden] attention branch before attention_out
+  NormStats n_attn_out;              // attention_out
   std::vector<float> middle;         // [rows, hidden] the residual after attention
-  std::vector<float> inv_rms2;       // [rows]
-  std::vector<float> normed2;        // [rows, hidden] MLP input
-  std::vector<float> gate, up, act;  // [rows, intermediate]
-  // Per-head QK norm: q and k before it, 1 / rms per head.
-  std::vector<float> q_raw, k_raw, q_inv_rms, k_inv_rms;  // [rows * H * D] x 2, [rows * H] x 2
-  MoeSaved moe;                                           // MoE layers (gate, up, act unused)
-  MlaSaved mla;  // latent attention layers (q, k, v, mixed unused)
+  NormStats n2;                      // mlp_in
+  std::vector<float> normed2;        // [rows, hidden] MLP input (not kept when it is normed1)
+  std::vector<float> gate, up, act;  // [rows, intermediate] (gate: gated MLPs only)
+  std::vector<float> mlp_raw;        // [rows, hidden] MLP branch before mlp_out
+  NormStats n_mlp_out;               // mlp_out
+  MoeSaved moe;                      // MoE layers (gate, up, act unused)
+  MlaSaved mla;                      // latent attention layers (q_raw .. mixed unused)
 };
 
 // What the forward keeps, per layer and at the end. With recomputation, only each layer's
@@ -102,16 +110,56 @@ struct TrainModel::Activations {
   std::vector<LayerSaved> layers;
   LayerSaved work;                  // recomputation: the layer being differentiated
   std::vector<float> last;          // [rows, hidden] the residual after the last layer
-  std::vector<float> inv_rms_f;     // [rows]
+  NormStats final_stats;            // the final norm's
   std::vector<float> final_normed;  // [rows, hidden] the lm_head's input
   std::vector<int64_t> positions;   // [rows]
   // Packed rows: the documents as (first flattened row, length); empty when not packed.
   std::vector<std::pair<int64_t, int64_t>> documents;
 };
 
+// Gradient buffers of the backward, sized for the widest layer and reused by every layer.
+struct TrainModel::Scratch {
+  std::vector<float> d_raw, d_normed1, d_normed2;          // [rows, hidden]
+  std::vector<float> d_act, d_gate, d_up;                  // [rows, intermediate]
+  std::vector<float> d_mixed, dq, dk, dv, dq_raw, dk_raw;  // [rows, Hq or Hkv * D]
+};
+
 namespace {
 // Attention over each packed document on its own (a document is a contiguous block of rows
-// of q, k, v and out), or over the whole batch when not packed.
+// of q, k, v and out), or over the whole batch when not packed. Soft-capped logits (cap > 0)
+// take the capped kernels; attention sinks [Hq] (gpt-oss, their gradient added to d_sinks) or
+// chunked attention (chunk > 0, Llama 4) the kernels of train/sink_attention.h.
+void attention_by_document(const std::vector<std::pair<int64_t, int64_t>>& documents,
+                           AttentionDims dims, float cap, const float* q, const float* k,
+                           const float* v, float* out, const float* dout, float* dq, float* dk,
+                           float* dv, const float* sinks = nullptr, float* d_sinks = nullptr,
+                           int64_t chunk = 0) {
+  const auto run = [&](const AttentionDims& d, int64_t row) {
+    const int64_t qo = row * d.heads * d.head_dim, ko = row * d.kv_heads * d.head_dim;
+    if ((sinks || chunk > 0) && dout)
+      sink_attention_backward(q + qo, k + ko, v + ko, sinks, dout + qo, dq + qo, dk + ko, dv + ko,
+                              d_sinks, d, chunk);
+    else if (sinks || chunk > 0)
+      sink_attention_forward(q + qo, k + ko, v + ko, sinks, out + qo, d, chunk);
+    else if (dout && cap > 0.0f)
+      capped_attention_backward(q + qo, k + ko, v + ko, dout + qo, dq + qo, dk + ko, dv + ko, d,
+                                cap);
+    else if (dout)
+      attention_backward(q + qo, k + ko, v + ko, dout + qo, dq + qo, dk + ko, dv + ko, d);
+    else if (cap > 0.0f)
+      capped_attention_forward(q + qo, k + ko, v + ko, out + qo, d, cap);
+    else
+      attention_forward(q + qo, k + ko, v + ko, out + qo, d);
+  };
+  if (documents.empty()) return run(dims, 0);
+  for (const auto& [row, length] : documents) {
+    AttentionDims d = dims;
+    d.batch = 1;
+    d.tokens = length;
+    run(d, row);
+  }
+}
+
 // Llama 4's temperature tuning: the query at position p is multiplied by
 // log1p(floor((p + 1) / floor_scale)) * attn_scale + 1 (float32, as transformers).   [rows]
 std::vector<float> temperatures(const AttentionSpec& a, const std::vector<int64_t>& positions) {
@@ -125,34 +173,37 @@ std::vector<float> temperatures(const AttentionSpec& a, const std::vector<int64_
   return factor;
 }
 
-// With `sinks` [Hq] (gpt-oss), the attention with sinks (train/sink_attention.h), whose
-// gradient adds to d_sinks.
-void attention_by_document(const std::vector<std::pair<int64_t, int64_t>>& documents,
-                           AttentionDims dims, const float* q, const float* k, const float* v,
-                           float* out, const float* dout, float* dq, float* dk, float* dv,
-                           const float* sinks = nullptr, float* d_sinks = nullptr,
-                           int64_t chunk = 0) {
-  const auto run = [&](const AttentionDims& d, int64_t row) {
-    const int64_t qo = row * d.heads * d.head_dim, ko = row * d.kv_heads * d.head_dim;
-    if ((sinks || chunk > 0) && dout)
-      sink_attention_backward(q + qo, k + ko, v + ko, sinks, dout + qo, dq + qo, dk + ko, dv + ko,
-                              d_sinks, d, chunk);
-    else if (sinks || chunk > 0)
-      sink_attention_forward(q + qo, k + ko, v + ko, sinks, out + qo, d, chunk);
-    else if (dout)
-      attention_backward(q + qo, k + ko, v + ko, dout + qo, dq + qo, dk + ko, dv + ko, d);
-    else
-      attention_forward(q + qo, k + ko, v + ko, out + qo, d);
-  };
-  if (documents.empty()) return run(dims, 0);
-  for (const auto& [row, length] : documents) {
-    AttentionDims d = dims;
-    d.batch = 1;
-    d.tokens = length;
-    run(d, row);
-  }
+AttentionDims attention_dims(const AttentionSpec& a, int64_t batch, int64_t T) {
+  return {batch,
+          T,
+          a.num_heads,
+          a.num_kv_heads,
+          a.head_dim,
+          a.scale > 0.0f ? a.scale : static_cast<float>(1.0 / std::sqrt(double(a.head_dim))),
+          a.sliding_window};
 }
 }  // namespace
+
+void TrainModel::norm_forward(const NormParams& n, const float* x, float* y, int64_t rows,
+                              NormStats& st) {
+  st.inv.resize(rows);
+  if (is_rms(n.spec.kind)) {
+    ops::rms_norm(x, n.w, y, rows, n.dim, n.spec.eps, n.spec.kind == NormKind::kRmsOnePlus,
+                  st.inv.data());
+  } else {
+    st.mean.resize(rows);
+    layer_norm_forward(x, n.w, n.b, y, rows, n.dim, n.spec.eps, st.mean.data(), st.inv.data());
+  }
+}
+
+void TrainModel::norm_backward(const NormParams& n, const float* x, const NormStats& st,
+                               const float* dy, float* dx, int64_t rows) {
+  if (is_rms(n.spec.kind))
+    rms_norm_backward(x, n.w, st.inv.data(), dy, dx, n.dw, rows, n.dim,
+                      n.spec.kind == NormKind::kRmsOnePlus);
+  else
+    layer_norm_backward(x, n.w, st.mean.data(), st.inv.data(), dy, dx, n.dw, n.db, rows, n.dim);
+}
 
 float* TrainModel::add_parameter(const WeightMap& weights, const std::string& name,
                                  const Shape& shape) {
@@ -190,6 +241,22 @@ TrainModel::LinearParams TrainModel::add_linear(const WeightMap& weights, const 
     l.db = grad(names::bias(module));
   }
   return l;
+}
+
+TrainModel::NormParams TrainModel::add_norm(const WeightMap& weights, const std::string& module,
+                                            const NormSpec& spec, int64_t dim) {
+  NormParams n;
+  n.spec = spec;
+  n.dim = dim;
+  if (spec.kind != NormKind::kNonParametric) {
+    n.w = add_parameter(weights, names::scale(module), {dim});
+    n.dw = grad(names::scale(module));
+  }
+  if (spec.kind == NormKind::kLayerNorm) {
+    n.b = add_parameter(weights, names::bias(module), {dim});
+    n.db = grad(names::bias(module));
+  }
+  return n;
 }
 
 const float* TrainModel::add_constant(const WeightMap& weights, const std::string& name,
@@ -273,15 +340,20 @@ TrainModel::TrainModel(ModelSpec spec, const WeightMap& weights, bool freeze_bas
   const int64_t hidden = spec_.hidden_size, vocab = spec_.vocab_size;
   const std::string embedding = names::embedding(names::token_embedder());
   embedding_ = add_parameter(weights, embedding, {vocab, hidden});
+  if (spec_.learned_positions)
+    positions_ = add_parameter(weights, names::embedding(names::position_embedder()),
+                               {spec_.max_position_embeddings, hidden});
   for (int64_t i = 0; i < spec_.num_layers(); ++i) {
     const LayerSpec& ls = spec_.layers[i];
     const AttentionSpec& a = ls.attention;
+    const NormPlacement p = ls.placement;
     const int64_t q_width = a.num_heads * a.head_dim, kv_width = a.num_kv_heads * a.head_dim;
     const int64_t inner = ls.mlp.intermediate;
     const std::string attention = names::attention(i);
+    // The norms of the placement, under the names the inference DecoderLayer reads.
     Layer l;
-    l.attention_norm = add_parameter(weights, names::scale(names::input_norm(i)), {hidden});
-    l.d_attention_norm = grad(names::scale(names::input_norm(i)));
+    if (p != NormPlacement::kPost)
+      l.attention_in = add_norm(weights, names::input_norm(i), ls.norm, hidden);
     if (a.is_mla()) {
       l.mla = add_mla(weights, i);
     } else {
@@ -294,29 +366,38 @@ TrainModel::TrainModel(ModelSpec spec, const WeightMap& weights, bool freeze_bas
       l.sinks = add_parameter(weights, names::sinks(attention), {a.num_heads});
       l.d_sinks = grad(names::sinks(attention));
     }
-    if (a.qk_norm == QkNormKind::kPerHead) {
-      const std::string qn = names::scale(names::child(attention, "query_norm"));
-      const std::string kn = names::scale(names::child(attention, "key_norm"));
-      l.query_norm = add_parameter(weights, qn, {a.head_dim});
-      l.d_query_norm = grad(qn);
-      l.key_norm = add_parameter(weights, kn, {a.head_dim});
-      l.d_key_norm = grad(kn);
+    if (a.qk_norm == QkNormKind::kPerHead || a.qk_norm == QkNormKind::kWholeProjection) {
+      const bool whole = a.qk_norm == QkNormKind::kWholeProjection;
+      l.query_norm = add_norm(weights, names::child(attention, "query_norm"), a.qk_norm_spec,
+                              whole ? q_width : a.head_dim);
+      l.key_norm = add_norm(weights, names::child(attention, "key_norm"), a.qk_norm_spec,
+                            whole ? kv_width : a.head_dim);
     }
-    l.mlp_norm = add_parameter(weights, names::scale(names::post_attention_norm(i)), {hidden});
-    l.d_mlp_norm = grad(names::scale(names::post_attention_norm(i)));
+    if (p == NormPlacement::kPost || p == NormPlacement::kSandwich)
+      l.attention_out = add_norm(weights, names::post_attention_norm(i), ls.norm, hidden);
+    if (p == NormPlacement::kSandwich)
+      l.mlp_in = add_norm(weights, names::pre_ffw_norm(i), ls.norm, hidden);
+    else if (p == NormPlacement::kPre ||
+             (p == NormPlacement::kParallel && !ls.parallel_shared_norm))
+      l.mlp_in = add_norm(weights, names::post_attention_norm(i), ls.norm, hidden);
     if (ls.moe.enabled()) {
       l.moe = add_moe(weights, i);
     } else {
-      l.gate = add_linear(weights, names::mlp_gate(i), hidden, inner, ls.mlp.bias);
+      if (ls.mlp.gated)
+        l.gate = add_linear(weights, names::mlp_gate(i), hidden, inner, ls.mlp.bias);
       l.up = add_linear(weights, names::mlp_up(i), hidden, inner, ls.mlp.bias);
       l.down = add_linear(weights, names::mlp_down(i), inner, hidden, ls.mlp.bias);
     }
+    if (p == NormPlacement::kPost || p == NormPlacement::kSandwich)
+      l.mlp_out = add_norm(weights, names::post_ffw_norm(i), ls.norm, hidden);
     layers_.push_back(l);
   }
-  final_norm_ = add_parameter(weights, names::scale(names::final_norm()), {hidden});
+  final_norm_ = add_norm(weights, names::final_norm(), spec_.final_norm, hidden);
   lm_head_name_ = spec_.tie_word_embeddings ? embedding : names::kernel(names::lm_head());
   lm_head_ = spec_.tie_word_embeddings ? embedding_
                                        : add_parameter(weights, lm_head_name_, {vocab, hidden});
+  if (!spec_.tie_word_embeddings && spec_.lm_head_bias)
+    lm_head_bias_ = add_parameter(weights, names::bias(names::lm_head()), {vocab});
 }
 
 void TrainModel::zero_gradients() {
@@ -352,94 +433,52 @@ void TrainModel::forward(const int32_t* tokens, int64_t batch, int64_t T, Activa
       ++saved.documents.back().second;
     }
   }
+  if (positions_) {  // learned absolute positions (restarting with each packed document)
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t p = saved.positions[r];
+      if (p >= spec_.max_position_embeddings)
+        throw Error("training: position " + std::to_string(p) +
+                    " is beyond the learned position table of " +
+                    std::to_string(spec_.max_position_embeddings));
+      for (int64_t i = 0; i < hidden; ++i) x[r * hidden + i] += positions_[p * hidden + i];
+    }
+  }
   saved.layers.assign(layers_.size(), {});
   for (size_t i = 0; i < layers_.size(); ++i) {
     saved.layers[i].input = x;
     forward_layer(i, batch, T, saved, training, x, keep_inputs_only ? saved.work : saved.layers[i]);
   }
   saved.last = std::move(x);
-  saved.inv_rms_f.resize(rows);
   saved.final_normed.resize(rows * hidden);
-  ops::rms_norm(saved.last.data(), final_norm_, saved.final_normed.data(), rows, hidden,
-                spec_.final_norm.eps, spec_.final_norm.kind == NormKind::kRmsOnePlus,
-                saved.inv_rms_f.data());
+  norm_forward(final_norm_, saved.last.data(), saved.final_normed.data(), rows, saved.final_stats);
 }
 
-void TrainModel::forward_layer(size_t i, int64_t batch, int64_t T, const Activations& saved,
-                               bool training, std::vector<float>& x, LayerSaved& s) const {
-  const int64_t rows = batch * T, hidden = spec_.hidden_size;
-  const LayerSpec& ls = spec_.layers[i];
-  const AttentionSpec& a = ls.attention;
-  const Layer& l = layers_[i];
-  const bool one_plus = ls.norm.kind == NormKind::kRmsOnePlus;
-  s.inv_rms1.resize(rows);
-  s.normed1.resize(rows * hidden);
-  ops::rms_norm(x.data(), l.attention_norm, s.normed1.data(), rows, hidden, ls.norm.eps, one_plus,
-                s.inv_rms1.data());
-  std::vector<float> branch(rows * hidden);  // [rows, hidden]
-  if (a.is_mla())
-    mla_forward(a, l.mla, s.normed1.data(), batch, T, hidden, saved.positions.data(),
-                saved.documents, branch.data(), s.mla);
-  else
-    attention_forward_layer(i, batch, T, saved, training, s, branch.data());
-  for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j];
-  s.middle = x;
-  s.inv_rms2.resize(rows);
-  s.normed2.resize(rows * hidden);
-  ops::rms_norm(x.data(), l.mlp_norm, s.normed2.data(), rows, hidden, ls.norm.eps, one_plus,
-                s.inv_rms2.data());
-  if (ls.moe.enabled()) {
-    moe_forward(ls.moe, ls.mlp.activation, l.moe, s.normed2.data(), rows, hidden, branch.data(),
-                s.moe);
-    for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j];
-    return;
-  }
-  const int64_t inner = ls.mlp.intermediate;
-  s.gate.resize(rows * inner);
-  s.up.resize(rows * inner);
-  s.act.resize(rows * inner);
-  linear_forward(s.normed2.data(), l.gate.w, l.gate.b, s.gate.data(), rows, hidden, inner);
-  linear_forward(s.normed2.data(), l.up.w, l.up.b, s.up.data(), rows, hidden, inner);
-  if (adapter_) {
-    adapter_->forward(i, LinearSlot::kGate, s.normed2.data(), s.gate.data(), rows, training);
-    adapter_->forward(i, LinearSlot::kUp, s.normed2.data(), s.up.data(), rows, training);
-  }
-  gated_forward(ls.mlp.activation, s.gate.data(), s.up.data(), s.act.data(), rows * inner);
-  linear_forward(s.act.data(), l.down.w, l.down.b, branch.data(), rows, inner, hidden);
-  if (adapter_)
-    adapter_->forward(i, LinearSlot::kDown, s.act.data(), branch.data(), rows, training);
-  for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j];
-}
-
-void TrainModel::attention_forward_layer(size_t i, int64_t batch, int64_t T,
-                                         const Activations& saved, bool training, LayerSaved& s,
-                                         float* branch) const {
+void TrainModel::attention_forward(size_t i, int64_t batch, int64_t T, const Activations& saved,
+                                   bool training, const float* in, float* out,
+                                   LayerSaved& s) const {
   const int64_t rows = batch * T, hidden = spec_.hidden_size;
   const AttentionSpec& a = spec_.layers[i].attention;
   const Layer& l = layers_[i];
+  if (a.is_mla())
+    return mla_forward(a, l.mla, in, batch, T, hidden, saved.positions.data(), saved.documents, out,
+                       s.mla);
   const int64_t Hq = a.num_heads, Hkv = a.num_kv_heads, D = a.head_dim;
   s.q.resize(rows * Hq * D);
   s.k.resize(rows * Hkv * D);
   s.v.resize(rows * Hkv * D);
-  linear_forward(s.normed1.data(), l.query.w, l.query.b, s.q.data(), rows, hidden, Hq * D);
-  linear_forward(s.normed1.data(), l.key.w, l.key.b, s.k.data(), rows, hidden, Hkv * D);
-  linear_forward(s.normed1.data(), l.value.w, l.value.b, s.v.data(), rows, hidden, Hkv * D);
+  linear_forward(in, l.query.w, l.query.b, s.q.data(), rows, hidden, Hq * D);
+  linear_forward(in, l.key.w, l.key.b, s.k.data(), rows, hidden, Hkv * D);
+  linear_forward(in, l.value.w, l.value.b, s.v.data(), rows, hidden, Hkv * D);
   if (adapter_) {
-    adapter_->forward(i, LinearSlot::kQuery, s.normed1.data(), s.q.data(), rows, training);
-    adapter_->forward(i, LinearSlot::kKey, s.normed1.data(), s.k.data(), rows, training);
-    adapter_->forward(i, LinearSlot::kValue, s.normed1.data(), s.v.data(), rows, training);
+    adapter_->forward(i, LinearSlot::kQuery, in, s.q.data(), rows, training);
+    adapter_->forward(i, LinearSlot::kKey, in, s.k.data(), rows, training);
+    adapter_->forward(i, LinearSlot::kValue, in, s.v.data(), rows, training);
   }
-  if (l.query_norm) {  // per-head RMSNorm before RoPE (Qwen3-MoE)
-    const float eps = a.qk_norm_spec.eps;
-    const bool plus = a.qk_norm_spec.kind == NormKind::kRmsOnePlus;
+  if (l.query_norm.dim > 0) {  // QK norm before RoPE: rows of head_dim, or of all heads
     s.q_raw = s.q;
     s.k_raw = s.k;
-    s.q_inv_rms.resize(rows * Hq);
-    s.k_inv_rms.resize(rows * Hkv);
-    ops::rms_norm(s.q_raw.data(), l.query_norm, s.q.data(), rows * Hq, D, eps, plus,
-                  s.q_inv_rms.data());
-    ops::rms_norm(s.k_raw.data(), l.key_norm, s.k.data(), rows * Hkv, D, eps, plus,
-                  s.k_inv_rms.data());
+    norm_forward(l.query_norm, s.q_raw.data(), s.q.data(), rows * Hq * D / l.query_norm.dim, s.qn);
+    norm_forward(l.key_norm, s.k_raw.data(), s.k.data(), rows * Hkv * D / l.key_norm.dim, s.kn);
   }
   if (a.rope.type != RopeType::kNone) {
     const ops::RopeFrequencies rope = ops::rope_frequencies(a.rope, D, T);
@@ -449,33 +488,101 @@ void TrainModel::attention_forward_layer(size_t i, int64_t batch, int64_t T,
     ops::apply_rope(s.k.data(), saved.positions.data(), rows, Hkv, D, rotary, rope.inv_freq.data(),
                     rope.attention_scaling, a.rope.interleaved);
   }
-  if (a.qk_norm == QkNormKind::kL2) {  // Llama 4: x / rms(x) per head, after RoPE
+  if (a.qk_norm == QkNormKind::kL2) {  // Llama 4: x / rms(x) per head, after RoPE, no weight
     s.q_raw = s.q;
     s.k_raw = s.k;
-    s.q_inv_rms.resize(rows * Hq);
-    s.k_inv_rms.resize(rows * Hkv);
+    s.qn.inv.resize(rows * Hq);
+    s.kn.inv.resize(rows * Hkv);
     ops::rms_norm(s.q_raw.data(), nullptr, s.q.data(), rows * Hq, D, a.qk_norm_spec.eps, false,
-                  s.q_inv_rms.data());
+                  s.qn.inv.data());
     ops::rms_norm(s.k_raw.data(), nullptr, s.k.data(), rows * Hkv, D, a.qk_norm_spec.eps, false,
-                  s.k_inv_rms.data());
+                  s.kn.inv.data());
   }
   if (a.temperature_floor_scale > 0.0) {
     const std::vector<float> factor = temperatures(a, saved.positions);
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t j = 0; j < Hq * D; ++j) s.q[r * Hq * D + j] *= factor[r];
   }
-  AttentionDims dims{batch,
-                     T,
-                     Hq,
-                     Hkv,
-                     D,
-                     a.scale > 0.0f ? a.scale : static_cast<float>(1.0 / std::sqrt(double(D))),
-                     a.sliding_window};
   s.mixed.resize(rows * Hq * D);
-  attention_by_document(saved.documents, dims, s.q.data(), s.k.data(), s.v.data(), s.mixed.data(),
-                        nullptr, nullptr, nullptr, nullptr, l.sinks, nullptr, a.chunk_size);
-  linear_forward(s.mixed.data(), l.out.w, l.out.b, branch, rows, Hq * D, hidden);
-  if (adapter_) adapter_->forward(i, LinearSlot::kOut, s.mixed.data(), branch, rows, training);
+  attention_by_document(saved.documents, attention_dims(a, batch, T), a.softcap, s.q.data(),
+                        s.k.data(), s.v.data(), s.mixed.data(), nullptr, nullptr, nullptr, nullptr,
+                        l.sinks, nullptr, a.chunk_size);
+  linear_forward(s.mixed.data(), l.out.w, l.out.b, out, rows, Hq * D, hidden);
+  if (adapter_) adapter_->forward(i, LinearSlot::kOut, s.mixed.data(), out, rows, training);
+}
+
+void TrainModel::mlp_forward(size_t i, int64_t rows, bool training, const float* in, float* out,
+                             LayerSaved& s) const {
+  const int64_t hidden = spec_.hidden_size;
+  const MlpSpec& mlp = spec_.layers[i].mlp;
+  const Layer& l = layers_[i];
+  if (spec_.layers[i].moe.enabled())
+    return moe_forward(spec_.layers[i].moe, mlp.activation, l.moe, in, rows, hidden, out, s.moe);
+  const int64_t inner = mlp.intermediate;
+  s.up.resize(rows * inner);
+  s.act.resize(rows * inner);
+  if (mlp.gated) {  // gate before up (adapters see the forwards in this order)
+    s.gate.resize(rows * inner);
+    linear_forward(in, l.gate.w, l.gate.b, s.gate.data(), rows, hidden, inner);
+    if (adapter_) adapter_->forward(i, LinearSlot::kGate, in, s.gate.data(), rows, training);
+  }
+  linear_forward(in, l.up.w, l.up.b, s.up.data(), rows, hidden, inner);
+  if (adapter_) adapter_->forward(i, LinearSlot::kUp, in, s.up.data(), rows, training);
+  if (mlp.gated)
+    gated_forward(mlp.activation, s.gate.data(), s.up.data(), s.act.data(), rows * inner);
+  else
+    activation_forward(mlp.activation, s.up.data(), s.act.data(), rows * inner);
+  linear_forward(s.act.data(), l.down.w, l.down.b, out, rows, inner, hidden);
+  if (adapter_) adapter_->forward(i, LinearSlot::kDown, s.act.data(), out, rows, training);
+}
+
+void TrainModel::forward_layer(size_t i, int64_t batch, int64_t T, const Activations& saved,
+                               bool training, std::vector<float>& x, LayerSaved& s) const {
+  const int64_t rows = batch * T, hidden = spec_.hidden_size;
+  const LayerSpec& ls = spec_.layers[i];
+  const Layer& l = layers_[i];
+  s.normed1.resize(rows * hidden);
+  if (l.attention_in.dim > 0)
+    norm_forward(l.attention_in, x.data(), s.normed1.data(), rows, s.n1);
+  else
+    std::copy(x.begin(), x.end(), s.normed1.begin());
+  std::vector<float> branch(rows * hidden);  // [rows, hidden]
+  attention_forward(i, batch, T, saved, training, s.normed1.data(), branch.data(), s);
+  if (ls.placement == NormPlacement::kParallel) {  // x + attn(n1(x)) + mlp(n2(x))
+    const float* mlp_in = s.normed1.data();
+    if (l.mlp_in.dim > 0) {
+      s.normed2.resize(rows * hidden);
+      norm_forward(l.mlp_in, x.data(), s.normed2.data(), rows, s.n2);
+      mlp_in = s.normed2.data();
+    }
+    std::vector<float> mlp(rows * hidden);  // [rows, hidden]
+    mlp_forward(i, rows, training, mlp_in, mlp.data(), s);
+    for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j] + mlp[j];
+    return;
+  }
+  if (l.attention_out.dim > 0) {
+    s.attn_raw = branch;
+    norm_forward(l.attention_out, s.attn_raw.data(), branch.data(), rows, s.n_attn_out);
+  }
+  for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j];
+  s.middle = x;
+  s.normed2.resize(rows * hidden);
+  if (l.mlp_in.dim > 0)
+    norm_forward(l.mlp_in, x.data(), s.normed2.data(), rows, s.n2);
+  else
+    std::copy(x.begin(), x.end(), s.normed2.begin());
+  mlp_forward(i, rows, training, s.normed2.data(), branch.data(), s);
+  if (l.mlp_out.dim > 0) {
+    s.mlp_raw = branch;
+    norm_forward(l.mlp_out, s.mlp_raw.data(), branch.data(), rows, s.n_mlp_out);
+  }
+  for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j];
+}
+
+void TrainModel::head_logits(const float* h, float* logits, int64_t rows) const {
+  linear_forward(h, lm_head_, lm_head_bias_, logits, rows, spec_.hidden_size, spec_.vocab_size);
+  if (spec_.final_logit_softcap > 0.0f)
+    softcap_forward(logits, rows * spec_.vocab_size, spec_.final_logit_softcap);
 }
 
 Tensor TrainModel::logits(const int32_t* tokens, int64_t batch, int64_t T,
@@ -483,8 +590,7 @@ Tensor TrainModel::logits(const int32_t* tokens, int64_t batch, int64_t T,
   Activations saved;
   forward(tokens, batch, T, saved, false, segments, true);               // only the end is used
   Tensor out = Tensor::zeros(DType::F32, {batch, T, spec_.vocab_size});  // [B, T, V]
-  linear_forward(saved.final_normed.data(), lm_head_, nullptr, out.mutable_data<float>(), batch * T,
-                 spec_.hidden_size, spec_.vocab_size);
+  head_logits(saved.final_normed.data(), out.mutable_data<float>(), batch * T);
   return out;
 }
 
@@ -502,77 +608,154 @@ double TrainModel::loss(const int32_t* tokens, const int32_t* targets, int64_t b
   check_targets(targets, batch * T, spec_.vocab_size);
   Activations saved;
   forward(tokens, batch, T, saved, false, segments, true);  // only the end is used
+  if (lm_head_bias_ || spec_.final_logit_softcap > 0.0f)
+    return lm_head_cross_entropy_capped(saved.final_normed.data(), lm_head_, lm_head_bias_, targets,
+                                        nullptr, nullptr, nullptr, batch * T, spec_.hidden_size,
+                                        spec_.vocab_size, spec_.final_logit_softcap, chunk_rows);
   return lm_head_cross_entropy(saved.final_normed.data(), lm_head_, targets, nullptr, nullptr,
                                batch * T, spec_.hidden_size, spec_.vocab_size, chunk_rows);
 }
 
-void TrainModel::attention_backward_layer(size_t i, int64_t batch, int64_t T,
-                                          const Activations& saved, const LayerSaved& s,
-                                          const float* d_branch, float* d_normed) {
+void TrainModel::attention_backward(size_t i, int64_t batch, int64_t T, const Activations& saved,
+                                    const float* in, const LayerSaved& s, const float* d_out,
+                                    float* d_in, Scratch& g) {
   const int64_t rows = batch * T, hidden = spec_.hidden_size;
   const AttentionSpec& a = spec_.layers[i].attention;
   const Layer& l = layers_[i];
+  if (a.is_mla())
+    return mla_backward(a, l.mla, in, s.mla, batch, T, hidden, saved.positions.data(),
+                        saved.documents, d_out, d_in);
   const int64_t Hq = a.num_heads, Hkv = a.num_kv_heads, D = a.head_dim;
-  std::vector<float> d_mixed(rows * Hq * D), dq(rows * Hq * D), dk(rows * Hkv * D),
-      dv(rows * Hkv * D);
-  linear_backward(s.mixed.data(), l.out.w, d_branch, d_mixed.data(), l.out.dw, l.out.db, rows,
+  std::fill_n(g.d_mixed.begin(), rows * Hq * D, 0.0f);
+  std::fill_n(g.dq.begin(), rows * Hq * D, 0.0f);
+  std::fill_n(g.dk.begin(), rows * Hkv * D, 0.0f);
+  std::fill_n(g.dv.begin(), rows * Hkv * D, 0.0f);
+  linear_backward(s.mixed.data(), l.out.w, d_out, g.d_mixed.data(), l.out.dw, l.out.db, rows,
                   Hq * D, hidden);
   if (adapter_)
-    adapter_->backward(i, LinearSlot::kOut, s.mixed.data(), d_branch, d_mixed.data(), rows);
-  AttentionDims dims{batch,
-                     T,
-                     Hq,
-                     Hkv,
-                     D,
-                     a.scale > 0.0f ? a.scale : static_cast<float>(1.0 / std::sqrt(double(D))),
-                     a.sliding_window};
-  attention_by_document(saved.documents, dims, s.q.data(), s.k.data(), s.v.data(), nullptr,
-                        d_mixed.data(), dq.data(), dk.data(), dv.data(), l.sinks, l.d_sinks,
-                        a.chunk_size);
+    adapter_->backward(i, LinearSlot::kOut, s.mixed.data(), d_out, g.d_mixed.data(), rows);
+  attention_by_document(saved.documents, attention_dims(a, batch, T), a.softcap, s.q.data(),
+                        s.k.data(), s.v.data(), nullptr, g.d_mixed.data(), g.dq.data(), g.dk.data(),
+                        g.dv.data(), l.sinks, l.d_sinks, a.chunk_size);
   if (a.temperature_floor_scale > 0.0) {
     const std::vector<float> factor = temperatures(a, saved.positions);
     for (int64_t r = 0; r < rows; ++r)
-      for (int64_t j = 0; j < Hq * D; ++j) dq[r * Hq * D + j] *= factor[r];
+      for (int64_t j = 0; j < Hq * D; ++j) g.dq[r * Hq * D + j] *= factor[r];
   }
-  if (a.qk_norm == QkNormKind::kL2) {
+  if (a.qk_norm == QkNormKind::kL2) {  // back through the weightless norm, then RoPE
     const std::vector<float> ones(D, 1.0f);
-    std::vector<float> dq_raw(dq.size(), 0.0f), dk_raw(dk.size(), 0.0f);
-    rms_norm_backward(s.q_raw.data(), ones.data(), s.q_inv_rms.data(), dq.data(), dq_raw.data(),
+    std::fill_n(g.dq_raw.begin(), rows * Hq * D, 0.0f);
+    std::fill_n(g.dk_raw.begin(), rows * Hkv * D, 0.0f);
+    rms_norm_backward(s.q_raw.data(), ones.data(), s.qn.inv.data(), g.dq.data(), g.dq_raw.data(),
                       nullptr, rows * Hq, D, false);
-    rms_norm_backward(s.k_raw.data(), ones.data(), s.k_inv_rms.data(), dk.data(), dk_raw.data(),
+    rms_norm_backward(s.k_raw.data(), ones.data(), s.kn.inv.data(), g.dk.data(), g.dk_raw.data(),
                       nullptr, rows * Hkv, D, false);
-    dq.swap(dq_raw);
-    dk.swap(dk_raw);
+    std::copy_n(g.dq_raw.begin(), rows * Hq * D, g.dq.begin());
+    std::copy_n(g.dk_raw.begin(), rows * Hkv * D, g.dk.begin());
   }
   if (a.rope.type != RopeType::kNone) {
     const ops::RopeFrequencies rope = ops::rope_frequencies(a.rope, D, T);
     const int64_t rotary = a.rope.rotary_dim > 0 ? a.rope.rotary_dim : D;
-    rope_backward(dq.data(), saved.positions.data(), rows, Hq, D, rotary, rope.inv_freq.data(),
+    rope_backward(g.dq.data(), saved.positions.data(), rows, Hq, D, rotary, rope.inv_freq.data(),
                   rope.attention_scaling, a.rope.interleaved);
-    rope_backward(dk.data(), saved.positions.data(), rows, Hkv, D, rotary, rope.inv_freq.data(),
+    rope_backward(g.dk.data(), saved.positions.data(), rows, Hkv, D, rotary, rope.inv_freq.data(),
                   rope.attention_scaling, a.rope.interleaved);
   }
-  if (l.query_norm) {  // per-head QK norm (before RoPE): back to the projections' outputs
-    const bool plus = a.qk_norm_spec.kind == NormKind::kRmsOnePlus;
-    std::vector<float> dq_raw(dq.size(), 0.0f), dk_raw(dk.size(), 0.0f);
-    rms_norm_backward(s.q_raw.data(), l.query_norm, s.q_inv_rms.data(), dq.data(), dq_raw.data(),
-                      l.d_query_norm, rows * Hq, D, plus);
-    rms_norm_backward(s.k_raw.data(), l.key_norm, s.k_inv_rms.data(), dk.data(), dk_raw.data(),
-                      l.d_key_norm, rows * Hkv, D, plus);
-    dq.swap(dq_raw);
-    dk.swap(dk_raw);
+  float* dq = g.dq.data();
+  float* dk = g.dk.data();
+  if (l.query_norm.dim > 0) {  // back through the QK norm
+    std::fill_n(g.dq_raw.begin(), rows * Hq * D, 0.0f);
+    std::fill_n(g.dk_raw.begin(), rows * Hkv * D, 0.0f);
+    norm_backward(l.query_norm, s.q_raw.data(), s.qn, g.dq.data(), g.dq_raw.data(),
+                  rows * Hq * D / l.query_norm.dim);
+    norm_backward(l.key_norm, s.k_raw.data(), s.kn, g.dk.data(), g.dk_raw.data(),
+                  rows * Hkv * D / l.key_norm.dim);
+    dq = g.dq_raw.data();
+    dk = g.dk_raw.data();
   }
-  linear_backward(s.normed1.data(), l.query.w, dq.data(), d_normed, l.query.dw, l.query.db, rows,
-                  hidden, Hq * D);
-  linear_backward(s.normed1.data(), l.key.w, dk.data(), d_normed, l.key.dw, l.key.db, rows, hidden,
-                  Hkv * D);
-  linear_backward(s.normed1.data(), l.value.w, dv.data(), d_normed, l.value.dw, l.value.db, rows,
-                  hidden, Hkv * D);
+  linear_backward(in, l.query.w, dq, d_in, l.query.dw, l.query.db, rows, hidden, Hq * D);
+  linear_backward(in, l.key.w, dk, d_in, l.key.dw, l.key.db, rows, hidden, Hkv * D);
+  linear_backward(in, l.value.w, g.dv.data(), d_in, l.value.dw, l.value.db, rows, hidden, Hkv * D);
   if (adapter_) {
-    adapter_->backward(i, LinearSlot::kValue, s.normed1.data(), dv.data(), d_normed, rows);
-    adapter_->backward(i, LinearSlot::kKey, s.normed1.data(), dk.data(), d_normed, rows);
-    adapter_->backward(i, LinearSlot::kQuery, s.normed1.data(), dq.data(), d_normed, rows);
+    adapter_->backward(i, LinearSlot::kValue, in, g.dv.data(), d_in, rows);
+    adapter_->backward(i, LinearSlot::kKey, in, dk, d_in, rows);
+    adapter_->backward(i, LinearSlot::kQuery, in, dq, d_in, rows);
   }
+}
+
+void TrainModel::mlp_backward(size_t i, int64_t rows, const float* in, const LayerSaved& s,
+                              const float* d_out, float* d_in, Scratch& g) {
+  const int64_t hidden = spec_.hidden_size;
+  const MlpSpec& mlp = spec_.layers[i].mlp;
+  const Layer& l = layers_[i];
+  if (spec_.layers[i].moe.enabled())
+    return moe_backward(spec_.layers[i].moe, mlp.activation, l.moe, in, s.moe, d_out, d_in, rows,
+                        hidden);
+  const int64_t inner = mlp.intermediate;
+  std::fill_n(g.d_act.begin(), rows * inner, 0.0f);
+  std::fill_n(g.d_gate.begin(), rows * inner, 0.0f);
+  std::fill_n(g.d_up.begin(), rows * inner, 0.0f);
+  linear_backward(s.act.data(), l.down.w, d_out, g.d_act.data(), l.down.dw, l.down.db, rows, inner,
+                  hidden);
+  if (adapter_) adapter_->backward(i, LinearSlot::kDown, s.act.data(), d_out, g.d_act.data(), rows);
+  if (mlp.gated)
+    gated_backward(mlp.activation, s.gate.data(), s.up.data(), g.d_act.data(), g.d_gate.data(),
+                   g.d_up.data(), rows * inner);
+  else
+    activation_backward(mlp.activation, s.up.data(), g.d_act.data(), g.d_up.data(), rows * inner);
+  if (mlp.gated)
+    linear_backward(in, l.gate.w, g.d_gate.data(), d_in, l.gate.dw, l.gate.db, rows, hidden, inner);
+  linear_backward(in, l.up.w, g.d_up.data(), d_in, l.up.dw, l.up.db, rows, hidden, inner);
+  if (adapter_) {
+    adapter_->backward(i, LinearSlot::kUp, in, g.d_up.data(), d_in, rows);
+    if (mlp.gated) adapter_->backward(i, LinearSlot::kGate, in, g.d_gate.data(), d_in, rows);
+  }
+}
+
+void TrainModel::backward_layer(size_t i, int64_t batch, int64_t T, const Activations& saved,
+                                const LayerSaved& s, std::vector<float>& dx, Scratch& g) {
+  const int64_t rows = batch * T, n = rows * spec_.hidden_size;
+  const LayerSpec& ls = spec_.layers[i];
+  const Layer& l = layers_[i];
+  const float* input = saved.layers[i].input.data();
+  std::fill_n(g.d_normed1.begin(), n, 0.0f);
+  if (ls.placement == NormPlacement::kParallel) {  // x + attn(n1(x)) + mlp(n2(x))
+    // dx is both branches' output gradient and the residual path's.
+    const bool own_norm = l.mlp_in.dim > 0;
+    std::fill_n(g.d_normed2.begin(), n, 0.0f);
+    mlp_backward(i, rows, own_norm ? s.normed2.data() : s.normed1.data(), s, dx.data(),
+                 own_norm ? g.d_normed2.data() : g.d_normed1.data(), g);
+    attention_backward(i, batch, T, saved, s.normed1.data(), s, dx.data(), g.d_normed1.data(), g);
+    if (own_norm) norm_backward(l.mlp_in, input, s.n2, g.d_normed2.data(), dx.data(), rows);
+    norm_backward(l.attention_in, input, s.n1, g.d_normed1.data(), dx.data(), rows);
+    return;
+  }
+  // MLP branch: out = middle + mlp_out(mlp(mlp_in(middle))).
+  const float* d_branch = dx.data();
+  if (l.mlp_out.dim > 0) {
+    std::fill_n(g.d_raw.begin(), n, 0.0f);
+    norm_backward(l.mlp_out, s.mlp_raw.data(), s.n_mlp_out, dx.data(), g.d_raw.data(), rows);
+    d_branch = g.d_raw.data();
+  }
+  std::fill_n(g.d_normed2.begin(), n, 0.0f);
+  mlp_backward(i, rows, s.normed2.data(), s, d_branch, g.d_normed2.data(), g);
+  if (l.mlp_in.dim > 0)  // dx holds the residual path's gradient; the norm's adds to it
+    norm_backward(l.mlp_in, s.middle.data(), s.n2, g.d_normed2.data(), dx.data(), rows);
+  else
+    for (int64_t j = 0; j < n; ++j) dx[j] += g.d_normed2[j];
+  // Attention branch: middle = input + attention_out(attn(attention_in(input))).
+  d_branch = dx.data();
+  if (l.attention_out.dim > 0) {
+    std::fill_n(g.d_raw.begin(), n, 0.0f);
+    norm_backward(l.attention_out, s.attn_raw.data(), s.n_attn_out, dx.data(), g.d_raw.data(),
+                  rows);
+    d_branch = g.d_raw.data();
+  }
+  attention_backward(i, batch, T, saved, s.normed1.data(), s, d_branch, g.d_normed1.data(), g);
+  if (l.attention_in.dim > 0)
+    norm_backward(l.attention_in, input, s.n1, g.d_normed1.data(), dx.data(), rows);
+  else
+    for (int64_t j = 0; j < n; ++j) dx[j] += g.d_normed1[j];
 }
 
 double TrainModel::forward_backward(const int32_t* tokens, const int32_t* targets, int64_t batch,
@@ -584,73 +767,45 @@ double TrainModel::forward_backward(const int32_t* tokens, const int32_t* target
 
   std::vector<float> d_normed(rows * hidden);  // [rows, hidden]
   const double loss =
-      lm_head_cross_entropy(saved.final_normed.data(), lm_head_, targets, d_normed.data(),
-                            grad(lm_head_name_), rows, hidden, vocab, chunk_rows);
+      lm_head_bias_ || spec_.final_logit_softcap > 0.0f
+          ? lm_head_cross_entropy_capped(
+                saved.final_normed.data(), lm_head_, lm_head_bias_, targets, d_normed.data(),
+                grad(lm_head_name_), lm_head_bias_ ? grad(names::bias(names::lm_head())) : nullptr,
+                rows, hidden, vocab, spec_.final_logit_softcap, chunk_rows)
+          : lm_head_cross_entropy(saved.final_normed.data(), lm_head_, targets, d_normed.data(),
+                                  grad(lm_head_name_), rows, hidden, vocab, chunk_rows);
   std::vector<float> dx(rows * hidden);  // [rows, hidden] gradient of the residual stream
-  rms_norm_backward(saved.last.data(), final_norm_, saved.inv_rms_f.data(), d_normed.data(),
-                    dx.data(), grad(names::scale(names::final_norm())), rows, hidden,
-                    spec_.final_norm.kind == NormKind::kRmsOnePlus);
+  norm_backward(final_norm_, saved.last.data(), saved.final_stats, d_normed.data(), dx.data(),
+                rows);
 
-  // Gradient buffers of the dense MLPs, sized for the widest layer and reused by every layer.
-  int64_t max_inner = 0;
-  for (const LayerSpec& ls : spec_.layers)
+  // Gradient buffers, sized for the widest layer and reused by every layer.
+  int64_t max_inner = 0, max_q = 0, max_kv = 0;
+  for (const LayerSpec& ls : spec_.layers) {
     if (!ls.moe.enabled()) max_inner = std::max(max_inner, ls.mlp.intermediate);
-  std::vector<float> d_act(rows * max_inner), d_gate(rows * max_inner), d_up(rows * max_inner);
+    if (ls.attention.is_mla()) continue;  // latent attention keeps its own buffers
+    max_q = std::max(max_q, ls.attention.num_heads * ls.attention.head_dim);
+    max_kv = std::max(max_kv, ls.attention.num_kv_heads * ls.attention.head_dim);
+  }
+  Scratch g;
+  for (auto* b : {&g.d_raw, &g.d_normed1, &g.d_normed2}) b->resize(rows * hidden);
+  for (auto* b : {&g.d_act, &g.d_gate, &g.d_up}) b->resize(rows * max_inner);
+  for (auto* b : {&g.d_mixed, &g.dq, &g.dq_raw}) b->resize(rows * max_q);
+  for (auto* b : {&g.dk, &g.dv, &g.dk_raw}) b->resize(rows * max_kv);
   for (int64_t i = spec_.num_layers() - 1; i >= 0; --i) {
-    const LayerSpec& ls = spec_.layers[i];
-    const AttentionSpec& a = ls.attention;
-    const Layer& l = layers_[i];
     if (recompute_) {  // this layer's forward again (adapters too), from its saved input
       std::vector<float> x = saved.layers[i].input;
       forward_layer(static_cast<size_t>(i), batch, T, saved, true, x, saved.work);
     }
     const LayerSaved& s = recompute_ ? saved.work : saved.layers[i];
-    const int64_t inner = ls.mlp.intermediate;
-    const bool one_plus = ls.norm.kind == NormKind::kRmsOnePlus;
-
-    // MLP branch: x_out = middle + down(act(gate(n2)) * up(n2)), n2 = norm(middle).
-    std::fill(d_normed.begin(), d_normed.end(), 0.0f);
-    if (ls.moe.enabled()) {
-      moe_backward(ls.moe, ls.mlp.activation, l.moe, s.normed2.data(), s.moe, dx.data(),
-                   d_normed.data(), rows, hidden);
-    } else {
-      std::fill_n(d_act.begin(), rows * inner, 0.0f);
-      std::fill_n(d_gate.begin(), rows * inner, 0.0f);
-      std::fill_n(d_up.begin(), rows * inner, 0.0f);
-      linear_backward(s.act.data(), l.down.w, dx.data(), d_act.data(), l.down.dw, l.down.db, rows,
-                      inner, hidden);
-      if (adapter_)
-        adapter_->backward(i, LinearSlot::kDown, s.act.data(), dx.data(), d_act.data(), rows);
-      gated_backward(ls.mlp.activation, s.gate.data(), s.up.data(), d_act.data(), d_gate.data(),
-                     d_up.data(), rows * inner);
-      linear_backward(s.normed2.data(), l.gate.w, d_gate.data(), d_normed.data(), l.gate.dw,
-                      l.gate.db, rows, hidden, inner);
-      linear_backward(s.normed2.data(), l.up.w, d_up.data(), d_normed.data(), l.up.dw, l.up.db,
-                      rows, hidden, inner);
-      if (adapter_) {
-        adapter_->backward(i, LinearSlot::kUp, s.normed2.data(), d_up.data(), d_normed.data(),
-                           rows);
-        adapter_->backward(i, LinearSlot::kGate, s.normed2.data(), d_gate.data(), d_normed.data(),
-                           rows);
-      }
-    }
-    // dx holds the residual path's gradient; the norm's adds to it.
-    rms_norm_backward(s.middle.data(), l.mlp_norm, s.inv_rms2.data(), d_normed.data(), dx.data(),
-                      l.d_mlp_norm, rows, hidden, one_plus);
-
-    // Attention branch: middle = input + attention(n1), n1 = norm(input).
-    std::fill(d_normed.begin(), d_normed.end(), 0.0f);
-    if (a.is_mla())
-      mla_backward(a, l.mla, s.normed1.data(), s.mla, batch, T, hidden, saved.positions.data(),
-                   saved.documents, dx.data(), d_normed.data());
-    else
-      attention_backward_layer(static_cast<size_t>(i), batch, T, saved, s, dx.data(),
-                               d_normed.data());
-    rms_norm_backward(saved.layers[i].input.data(), l.attention_norm, s.inv_rms1.data(),
-                      d_normed.data(), dx.data(), l.d_attention_norm, rows, hidden, one_plus);
+    backward_layer(static_cast<size_t>(i), batch, T, saved, s, dx, g);
   }
   if (float* d_embedding = grad(names::embedding(names::token_embedder())))
     embedding_backward(tokens, dx.data(), d_embedding, rows, vocab, hidden, spec_.embedding_scale);
+  if (positions_)
+    if (float* d_positions = grad(names::embedding(names::position_embedder())))
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < hidden; ++j)
+          d_positions[saved.positions[r] * hidden + j] += dx[r * hidden + j];
   return loss;
 }
 

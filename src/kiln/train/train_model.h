@@ -1,20 +1,25 @@
-// TrainModel: a Llama-shaped decoder with a forward pass that keeps what its backward needs
-// and a backward pass that gives the gradient of the mean next-token cross-entropy for every
+// TrainModel: a decoder with a forward pass that keeps what its backward needs and a
+// backward pass that gives the gradient of the mean next-token cross-entropy for every
 // parameter, keyed by Kiln's weight names (models/weight_names.h). Parameters are f32 copies
 // of a LoadedModel's weights; activations are f32.
 //
-// Handled (the Llama family's subset of ModelSpec): pre-norm blocks with RMSNorm (w or 1+w),
-// grouped-query attention (MHA/GQA/MQA) with optional q/k/v/o biases, a custom softmax scale
-// and an optional sliding window, RoPE of any type (frequencies for the sequence length, as
-// the inference forward computes them from an empty cache), half-split or interleaved pairs,
-// partial rotary; gated MLPs with SiLU (SwiGLU) or GELU-tanh, with or without biases; an
-// embedding scale; a final RMSNorm; a tied or untied lm_head without bias. Also (hooks into
-// train/moe_backward.h and train/mla_backward.h): mixture-of-experts blocks (every router but
+// Handled: blocks with the norms before (pre), after (post), around (sandwich) the attention and
+// MLP, or parallel attention and MLP (with one shared norm
+// or two); RMSNorm (w or 1+w), LayerNorm (with or without bias, or non-parametric); grouped-query
+// attention (MHA/GQA/MQA) with optional q/k/v/o biases, QK norm per head or over the whole
+// projection, a custom softmax scale, an optional sliding window and attention logit
+// soft-capping, RoPE of any type per layer (frequencies for the sequence length, as the
+// inference forward computes them from an empty cache), half-split or interleaved pairs,
+// partial rotary; gated MLPs with SiLU (SwiGLU) or GELU-tanh, non-gated MLPs with any
+// activation, with or without biases; an embedding scale, a learned position table; a final
+// norm; a tied or untied lm_head (an untied one with an optional bias); final logit
+// soft-capping. Also (hooked into attention_forward/backward and mlp_forward/backward):
+// mixture-of-experts blocks in place of the MLP (train/moe_backward.h: every router but
 // sparsemixer, shared experts, dense layers between them, gpt-oss's clamped SwiGLU experts),
-// multi-head latent attention, attention sinks and chunked attention (train/sink_attention.h),
-// a per-head QK RMSNorm before RoPE (Qwen3-MoE), Llama 4's weightless QK L2 norm after RoPE and
-// its query temperature tuning. Anything else is refused by check_trainable()
-// with an Error naming the feature.
+// multi-head latent attention (train/mla_backward.h), attention sinks and chunked attention
+// (train/sink_attention.h), Llama 4's weightless QK L2 norm after RoPE and its query
+// temperature tuning. Anything else (sparsemixer routers, clip_qkv, ...) is refused by
+// check_trainable() with an Error naming the feature.
 #pragma once
 
 #include <cstdint>
@@ -119,22 +124,40 @@ class TrainModel {
   struct LinearParams {
     float *w = nullptr, *b = nullptr, *dw = nullptr, *db = nullptr;
   };
-  // One decoder layer's parameters and gradients (pointers into the maps' storage).
-  struct Layer {
-    float *attention_norm = nullptr, *d_attention_norm = nullptr;
-    float *mlp_norm = nullptr, *d_mlp_norm = nullptr;
-    LinearParams query, key, value, out, gate, up, down;
-    // Per-head QK RMSNorm [head_dim] (null when the layer has none).
-    float *query_norm = nullptr, *key_norm = nullptr;
-    float *d_query_norm = nullptr, *d_key_norm = nullptr;
-    float *sinks = nullptr, *d_sinks = nullptr;  // attention sinks [heads] (gpt-oss)
-    MoeParams moe;                               // when spec.moe.enabled() (gate, up, down unused)
-    MlaParams mla;  // when spec.attention.is_mla() (query, key, value, out unused)
+  // A norm's spec, size, parameters and gradients (dim 0: no norm there, the identity;
+  // parameters null when the kind has none).
+  struct NormParams {
+    NormSpec spec = {};
+    int64_t dim = 0;
+    float *w = nullptr, *b = nullptr, *dw = nullptr, *db = nullptr;
   };
+  // One decoder layer's parameters and gradients (pointers into the maps' storage). The norms
+  // present depend on the layer's placement (absent ones have dim 0): attention_in and mlp_in
+  // before the attention and the MLP (pre, sandwich, parallel; a parallel block with a shared
+  // norm has no mlp_in), attention_out and mlp_out on their outputs (post, sandwich).
+  struct Layer {
+    NormParams attention_in, attention_out, mlp_in, mlp_out;
+    NormParams query_norm, key_norm;  // QK norm: over head_dim, or over all heads (whole)
+    LinearParams query, key, value, out, gate, up, down;  // gate: gated MLPs only
+    float *sinks = nullptr, *d_sinks = nullptr;  // attention sinks [heads] (gpt-oss), or null
+    MoeParams moe;  // when the layer's moe is enabled (gate, up, down unused)
+    MlaParams mla;  // latent attention layers (query, key, value, out and the QK norms unused)
+  };
+  struct NormStats;    // a norm's per-row statistics
   struct LayerSaved;   // what the forward keeps of one layer
   struct Activations;  // what the forward keeps for the backward
+  struct Scratch;      // the backward's gradient buffers
   LinearParams add_linear(const WeightMap& weights, const std::string& module, int64_t in,
                           int64_t out, bool bias);
+  NormParams add_norm(const WeightMap& weights, const std::string& module, const NormSpec& spec,
+                      int64_t dim);
+  // y = norm(x) over rows of n.dim values (n.dim > 0), keeping the statistics.
+  static void norm_forward(const NormParams& n, const float* x, float* y, int64_t rows,
+                           NormStats& st);
+  // dx [rows, dim] += d norm / d x for dy (x and st: what the forward was given and kept); the
+  // parameters' gradients are added.
+  static void norm_backward(const NormParams& n, const float* x, const NormStats& st,
+                            const float* dy, float* dx, int64_t rows);
   // keep_inputs_only: each layer's input, the rest of every layer in saved.work (overwritten).
   void forward(const int32_t* tokens, int64_t batch, int64_t tokens_per_row, Activations& saved,
                bool training = false, const int32_t* segments = nullptr,
@@ -143,15 +166,27 @@ class TrainModel {
   // the positions and packed documents are saved's (set by forward()).
   void forward_layer(size_t i, int64_t batch, int64_t tokens_per_row, const Activations& saved,
                      bool training, std::vector<float>& x, LayerSaved& s) const;
-  // The attention of layer i (not MLA) on s.normed1: branch [rows, hidden] (overwritten).
-  void attention_forward_layer(size_t i, int64_t batch, int64_t tokens_per_row,
-                               const Activations& saved, bool training, LayerSaved& s,
-                               float* branch) const;
-  // The attention of layer i's backward: from d_branch [rows, hidden] to d_normed [rows,
-  // hidden] (added), parameter gradients added.
-  void attention_backward_layer(size_t i, int64_t batch, int64_t tokens_per_row,
-                                const Activations& saved, const LayerSaved& s,
-                                const float* d_branch, float* d_normed);
+  // The attention of layer i on its input `in` [rows, hidden] into `out` [rows, hidden]
+  // (projections, QK norm, RoPE, attention with its sinks or chunks, output projection; or latent
+  // attention), keeping what its backward needs.
+  void attention_forward(size_t i, int64_t batch, int64_t tokens_per_row, const Activations& saved,
+                         bool training, const float* in, float* out, LayerSaved& s) const;
+  // Its backward: d_in [rows, hidden] += d attention / d in for d_out [rows, hidden].
+  void attention_backward(size_t i, int64_t batch, int64_t tokens_per_row, const Activations& saved,
+                          const float* in, const LayerSaved& s, const float* d_out, float* d_in,
+                          Scratch& scratch);
+  // The MLP (or MoE block) of layer i on `in` into `out` (both [rows, hidden]), and its backward.
+  void mlp_forward(size_t i, int64_t rows, bool training, const float* in, float* out,
+                   LayerSaved& s) const;
+  void mlp_backward(size_t i, int64_t rows, const float* in, const LayerSaved& s,
+                    const float* d_out, float* d_in, Scratch& scratch);
+  // Layer i's backward: dx [rows, hidden] holds the gradient of its output on entry and of its
+  // input on return.
+  void backward_layer(size_t i, int64_t batch, int64_t tokens_per_row, const Activations& saved,
+                      const LayerSaved& s, std::vector<float>& dx, Scratch& scratch);
+  // The lm_head's logits of rows of final-norm outputs h [rows, hidden] -> [rows, V] (bias and
+  // final soft-cap included).
+  void head_logits(const float* h, float* logits, int64_t rows) const;
   // The parameter `name` of `shape`, registered with a zero gradient.
   float* add_parameter(const WeightMap& weights, const std::string& name, const Shape& shape);
   // A weight that is never trained (kept in frozen_, no gradient).
@@ -166,10 +201,12 @@ class TrainModel {
   bool freeze_base_ = false;
   LinearAdapter* adapter_ = nullptr;
   std::vector<Layer> layers_;
-  float* embedding_ = nullptr;   // [V, hidden]
-  float* final_norm_ = nullptr;  // [hidden]
-  float* lm_head_ = nullptr;     // [V, hidden]: the embedding when tied
-  std::string lm_head_name_;     // whose gradient the lm_head's goes to
+  float* embedding_ = nullptr;     // [V, hidden]
+  float* positions_ = nullptr;     // [max_position_embeddings, hidden] learned positions, or null
+  NormParams final_norm_;          // [hidden]
+  float* lm_head_ = nullptr;       // [V, hidden]: the embedding when tied
+  float* lm_head_bias_ = nullptr;  // [V] (untied lm_head with a bias), or null
+  std::string lm_head_name_;       // whose gradient the lm_head's goes to
   bool recompute_ = false;
 };
 
