@@ -136,9 +136,22 @@ TEST(CliTrain, LeafSizeChangesOnlyTheSummationOrder) {
 TEST(CliTrain, ErrorsLeaveNothingBehind) {
   const std::string dir = test::make_temp_dir("kiln_train_bad_");
   const std::string data = " --data " + test::shell_quote(source_file());
+  // Every HF fixture trains; a refused model: Llama with a ReLU-gated MLP (no backward for it).
+  const std::string refused = test::make_temp_dir("kiln_train_relu_");
+  fs::copy(test::hf_fixture_path("llama"), refused, fs::copy_options::recursive);
+  {
+    std::ifstream in(refused + "/config.json");
+    std::string config((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    in.close();
+    const std::string silu = "\"hidden_act\": \"silu\"";
+    const size_t at = config.find(silu);
+    ASSERT_NE(at, std::string::npos) << config;
+    config.replace(at, silu.size(), "\"hidden_act\": \"relu\"");
+    std::ofstream(refused + "/config.json") << config;
+  }
   const std::pair<std::string, std::string> cases[] = {
-      {test::shell_quote(test::hf_fixture_path("llama4_text")) + data + " -o " + dir + "/q",
-       "QK norm 'l2' is not supported yet"},
+      {test::shell_quote(refused) + data + " -o " + dir + "/q",
+       "gated MLP activation 'relu' is not supported yet"},
       {data + " -o " + dir + " --steps 1", "already exists"},
       {data + " -o " + dir + "/nan --steps 3 --lr 1e12 --clip 0", "the loss is"},
   };
@@ -151,6 +164,7 @@ TEST(CliTrain, ErrorsLeaveNothingBehind) {
   EXPECT_FALSE(fs::exists(dir + "/nan"));
   EXPECT_FALSE(fs::exists(dir + "/nan.partial"));
   fs::remove_all(dir);
+  fs::remove_all(refused);
 }
 
 }  // namespace

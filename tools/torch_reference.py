@@ -1,13 +1,21 @@
 #!/usr/bin/env python3
-"""Gradient reference for Kiln's training code: plain-PyTorch forwards of the dense families (no
-transformers).
+"""Gradient reference for Kiln's training code: plain-PyTorch forwards of every trainable family
+(no transformers).
 
 Handles the fixtures of FAMILIES: llama (with its linear, dynamic, llama3 and yarn RoPE
 variants), mistral, qwen2, qwen3 (QK norm per head), gemma, gemma2 (sandwich norms, attention
 and final soft-caps, query_pre_attn_scalar), gemma3_text (sandwich norms, QK norm, local/global
 layers with their own RoPE), olmo2 (post norms, QK norm over the whole projection), phi3 (fused
 qkv and gate_up, LongRoPE), starcoder2 and gpt2 (LayerNorm, non-gated MLP, biases; GPT-2's
-learned positions and Conv1D), gpt_neox, phi and falcon (parallel blocks, partial rotary).
+learned positions and Conv1D), gpt_neox, phi and falcon (parallel blocks, partial rotary); and
+the mixture-of-experts families: mixtral (top-k softmax router), qwen3_moe (softmax then top-k,
+renormalized; per-head QK norm), deepseek_v3 (multi-head latent attention with YaRN and
+interleaved RoPE; sigmoid router with bias-corrected group top-k, routed scaling, shared
+experts, a dense first layer), gpt_oss (attention sinks, alternating sliding/full layers, YaRN,
+biased router, clamped SwiGLU experts with biases) and llama4_text (chunked attention, QK L2 norm
+after interleaved RoPE, NoPE layers with temperature tuning, sigmoid top-k router weighing the
+experts' inputs, a shared expert). As autograd does on the HF formulas, the choice of experts is
+not differentiated: the router's gradient flows through the chosen experts' weights.
 
 Needs only torch and numpy (Debian: `apt-get install python3-torch`, run with /usr/bin/python3).
 Reads an HF fixture folder (config.json, model.safetensors and reference.safetensors
@@ -17,11 +25,15 @@ writes to OUTPUT (safetensors):
   loss                  [1] f64: mean cross-entropy of next-token targets over input_ids
   adamw_losses          [10] f64: the loss before each of 10 AdamW steps on the same batch
                         (lr 1e-3, betas 0.9/0.95, eps 1e-8, weight decay 0.1 on matrices only,
-                        none on norms, biases and embedding tables; no clipping)
+                        none on norms, biases and embedding tables; no clipping; an expert no
+                        token chose gets a zero gradient, as Kiln steps every parameter)
+DeepSeek-V3's e_score_correction_bias is a buffer in transformers: it gets no gradient (and is
+not in OUTPUT).
 
     for m in llama mistral qwen2 gemma qwen3 olmo2 gemma2 gemma3_text llama_rope_linear \
         llama_rope_dynamic llama_rope_llama3 llama_rope_yarn phi3 starcoder2 gpt2 gpt_neox phi \
-        falcon; do /usr/bin/python3 tools/torch_reference.py \
+        falcon mixtral qwen3_moe deepseek_v3 gpt_oss llama4_text; do \
+        /usr/bin/python3 tools/torch_reference.py \
         tests/data/hf/$m -o tests/data/train/${m}_grads.safetensors; done
 
 With --lora-rank R (and --lora-alpha A; Llama-named projections only), the base weights are frozen and every q/k/v/o/gate/up/down
@@ -41,7 +53,8 @@ lm_head (optional bias, optional soft-cap). RMSNorm x / sqrt(mean(x^2) + eps) * 
 LayerNorm F.layer_norm; RoPE on pairs (i, i + r/2) of the first r features with the rope type's
 inv_freq and attention scaling; causal softmax(cap tanh(q k^T s / cap)) v with grouped KV heads
 and an optional window t - window < j <= t; gated MLP down(act(gate(x)) * up(x)) or plain
-fc2(act(fc1(x))).
+fc2(act(fc1(x))); the MoE families' attention and expert blocks replace those of the layers
+that have them (mla_attention, llama4_attention, moe, gpt_oss_experts, llama4_moe below).
 """
 import argparse
 import json
@@ -94,8 +107,9 @@ def write_safetensors(path, tensors):
             f.write(blob)
 
 
+MOE_FAMILIES = ("mixtral", "qwen3_moe", "deepseek_v3", "gpt_oss", "llama4_text")
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo2",
-            "phi3", "starcoder2", "gpt2", "gpt_neox", "phi", "falcon")
+            "phi3", "starcoder2", "gpt2", "gpt_neox", "phi", "falcon") + MOE_FAMILIES
 
 
 class Config:
@@ -135,13 +149,15 @@ class Config:
             self.placement = "pre"
         if t == "falcon" and (c.get("new_decoder_architecture") or not c.get("parallel_attn")):
             sys.exit(f"{path}: only Falcon's parallel block with one norm is written here")
-        # QK norm: per head (Qwen3, Gemma 3) or over the whole projection (OLMo-2).
-        self.qk_norm = {"qwen3": "head", "gemma3_text": "head", "olmo2": "whole"}.get(t)
+        # QK norm: per head (Qwen3, Qwen3-MoE, Gemma 3) or over the whole projection (OLMo-2);
+        # Llama 4's weightless L2 norm after RoPE is llama4_attention's.
+        self.qk_norm = {"qwen3": "head", "qwen3_moe": "head", "gemma3_text": "head",
+                        "olmo2": "whole"}.get(t)
         # Biases.
         self.qkv_bias = (t in ("qwen2", "starcoder2", "gpt2", "gpt_neox", "phi") or
-                         (t == "llama" and c.get("attention_bias", False)))
+                         (t in ("llama",) + MOE_FAMILIES and c.get("attention_bias", False)))
         self.o_bias = (t in ("starcoder2", "gpt2", "gpt_neox", "phi") or
-                       (t == "llama" and c.get("attention_bias", False)))
+                       (t in ("llama", "gpt_oss") and c.get("attention_bias", False)))
         self.mlp_bias = t in ("starcoder2", "gpt2", "gpt_neox", "phi") or c.get("mlp_bias", False)
         if t == "starcoder2" and not c.get("use_bias", True):
             self.qkv_bias = self.o_bias = self.mlp_bias = False
@@ -167,7 +183,7 @@ class Config:
         window = c.get("sliding_window")
         if t in ("mistral", "starcoder2"):
             self.windows = [window] * self.layers
-        elif t in ("gemma2", "gemma3_text"):
+        elif t in ("gemma2", "gemma3_text", "gpt_oss"):
             self.windows = [window if k == "sliding_attention" else None for k in types]
         else:
             if c.get("use_sliding_window"):
@@ -180,17 +196,60 @@ class Config:
         rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
         if t == "gemma3_text":
             self.ropes = [self.rope_frequencies(c, rope[k]) for k in types]
-        elif t == "gpt2":
+        elif t in ("gpt2", "deepseek_v3"):  # DeepSeek-V3: mla_attention's own
             self.ropes = [None] * self.layers
         else:
             self.ropes = [self.rope_frequencies(c, rope)] * self.layers
+        self.moe_config(c, t, path, rope)
 
-    def rope_frequencies(self, c, rope):
+    def moe_config(self, c, t, path, rope):
+        """The MoE families' router, experts and attention variants."""
+        self.sinks = t == "gpt_oss"  # a learned sink logit per head joins every softmax
+        if t == "gpt_oss":  # clamped SwiGLU experts behind a biased router
+            self.swiglu_limit, self.swiglu_alpha = c.get("swiglu_limit", 7.0), 1.702
+        # Llama 4: interleaved RoPE only on the layers whose no_rope_layers entry is 1 (they
+        # attend within chunks and L2-normalize q and k after RoPE); the others (NoPE) attend to
+        # everything and scale the query by the temperature of its position; MoE layers
+        # (moe_layers) with a sigmoid top-k router weighing the experts' inputs, a shared expert.
+        self.llama4 = t == "llama4_text"
+        if self.llama4:
+            self.use_rope = [bool(u) for u in c["no_rope_layers"]]
+            self.chunk = c["attention_chunk_size"]
+            self.l2_qk = c.get("use_qk_norm", False)
+            self.tuning = c.get("attn_temperature_tuning", False)
+            self.floor_scale, self.attn_scale = c["floor_scale"], c["attn_scale"]
+            self.moe_layers = set(c["moe_layers"])
+        if t == "qwen3_moe" and (c.get("mlp_only_layers") or c.get("decoder_sparse_step", 1) != 1):
+            sys.exit(f"{path}: Qwen3-MoE's dense layers are not written here")
+        self.experts = (c.get("num_local_experts") or c.get("n_routed_experts") or 0
+                        if t in MOE_FAMILIES else 0)
+        self.top_k = c.get("num_experts_per_tok", 0)
+        self.norm_topk = t == "mixtral" or c.get("norm_topk_prob", False)
+        self.first_dense = c.get("first_k_dense_replace", 0) if t == "deepseek_v3" else 0
+        if t == "deepseek_v3":
+            self.n_group, self.topk_group = c["n_group"], c["topk_group"]
+            self.routed_scaling = c["routed_scaling_factor"]
+            self.q_rank, self.kv_rank = c["q_lora_rank"], c["kv_lora_rank"]
+            self.nope, self.rope_dim = c["qk_nope_head_dim"], c["qk_rope_head_dim"]
+            self.v_dim = c["v_head_dim"]
+            if not c.get("rope_interleave", True) or c.get("moe_layer_freq", 1) != 1:
+                sys.exit(f"{path}: only interleaved RoPE and moe_layer_freq 1 are written here")
+            # (inv_freq, cos/sin magnitude, rotary dim) of the rotary part of q and k.
+            self.mla_rope = self.rope_frequencies(c, rope, self.rope_dim)
+            self.mla_yarn = rope
+
+    def is_moe(self, layer):
+        if self.llama4:
+            return layer in self.moe_layers
+        return self.experts > 0 and layer >= self.first_dense
+
+    def rope_frequencies(self, c, rope, dim=None):
         """(inv_freq [rotary / 2], attention scaling, rotary dim) for a sequence of SEQ tokens,
-        the HF rope_type formulas (learned from transformers' modeling_rope_utils)."""
+        the HF rope_type formulas (learned from transformers' modeling_rope_utils). `dim`: the
+        rotary dim when it is not head_dim times the partial rotary factor (MLA's)."""
         theta = rope.get("rope_theta", c.get("rope_theta", 10000.0))
         partial = rope.get("partial_rotary_factor", c.get("partial_rotary_factor", 1.0))
-        dim = int(self.head_dim * partial)
+        dim = dim or int(self.head_dim * partial)
         kind = rope.get("rope_type", rope.get("type", "default"))
         powers = theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)
         inv_freq, scaling = 1.0 / powers, 1.0
@@ -218,15 +277,20 @@ class Config:
             factor = rope["factor"]
             fast, slow = rope.get("beta_fast", 32.0), rope.get("beta_slow", 1.0)
             turns = lambda r: dim * math.log(original / (r * 2 * math.pi)) / (2 * math.log(theta))
-            low, high = math.floor(turns(fast)), math.ceil(turns(slow))
+            low, high = turns(fast), turns(slow)
+            if rope.get("truncate", True):  # gpt-oss: False
+                low, high = math.floor(low), math.ceil(high)
             low, high = max(low, 0), min(high, dim - 1)
             if low == high:
                 high += 0.001
             ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
             keep = 1 - ramp
             inv_freq = (1.0 / (factor * powers)) * (1 - keep) + (1.0 / powers) * keep
-            scaling = rope.get("attention_factor") or (0.1 * math.log(factor) + 1.0
-                                                       if factor > 1 else 1.0)
+            mscale = lambda m: 0.1 * m * math.log(factor) + 1.0 if factor > 1 else 1.0
+            if rope.get("mscale") and rope.get("mscale_all_dim"):  # DeepSeek-V3
+                scaling = mscale(rope["mscale"]) / mscale(rope["mscale_all_dim"])
+            else:
+                scaling = rope.get("attention_factor") or mscale(1.0)
         elif kind == "longrope":
             factors = rope["long_factor"] if SEQ > original else rope["short_factor"]
             inv_freq = 1.0 / (torch.tensor(factors, dtype=torch.float32) * powers)
@@ -308,6 +372,10 @@ def project_qkv(cfg, p, pre, h):
 
 
 def attention(cfg, p, i, pre, h):
+    if cfg.type == "deepseek_v3":
+        return mla_attention(cfg, p, pre, h)
+    if cfg.llama4:
+        return llama4_attention(cfg, p, pre, h, i)
     B, T, _ = h.shape
     D, Hq, Hkv = cfg.head_dim, cfg.heads, cfg.kv_heads
     q, k, v = project_qkv(cfg, p, pre, h)
@@ -328,7 +396,12 @@ def attention(cfg, p, i, pre, h):
     mask = torch.full((T, T), float("-inf")).triu(1)
     if cfg.windows[i]:  # key j is visible to query t when t - window < j <= t
         mask = mask + torch.full((T, T), float("-inf")).tril(-cfg.windows[i])
-    mixed = torch.softmax(scores + mask, dim=-1) @ v  # [B, Hq, T, D]
+    if cfg.sinks:  # gpt-oss: a logit per head that joins every softmax with no value
+        sink = p[pre + "self_attn.sinks"].reshape(1, Hq, 1, 1).expand(B, Hq, T, 1)
+        probs = torch.softmax(torch.cat((scores + mask, sink), dim=-1), dim=-1)[..., :-1]
+    else:
+        probs = torch.softmax(scores + mask, dim=-1)
+    mixed = probs @ v  # [B, Hq, T, D]
     mixed = mixed.transpose(1, 2).reshape(B, T, Hq * D)
     if cfg.type == "gpt2":
         return conv1d(p, pre + "attn.c_proj", mixed)
@@ -337,8 +410,13 @@ def attention(cfg, p, i, pre, h):
     return linear(p, pre + out, mixed, cfg.o_bias)
 
 
-def mlp(cfg, p, pre, h):
+def mlp(cfg, p, i, pre, h):
     t = cfg.type
+    if cfg.llama4:
+        return (llama4_moe(cfg, p, pre + "feed_forward", h) if cfg.is_moe(i) else
+                gated_mlp(p, pre + "feed_forward", h, cfg.act))
+    if cfg.is_moe(i):
+        return moe(cfg, p, pre, h, cfg.act)
     if t == "gpt2":
         return conv1d(p, pre + "mlp.c_proj", cfg.act(conv1d(p, pre + "mlp.c_fc", h)))
     if not cfg.gated:
@@ -352,6 +430,167 @@ def mlp(cfg, p, pre, h):
         gate = linear(p, pre + "mlp.gate_proj", h, cfg.mlp_bias)
         up = linear(p, pre + "mlp.up_proj", h, cfg.mlp_bias)
     return linear(p, pre + "mlp.down_proj", cfg.act(gate) * up, cfg.mlp_bias)
+
+
+def rope_interleaved(x, cos, sin):
+    """RoPE on pairs (2i, 2i + 1): x [..., T, P], cos/sin [T, P/2]."""
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
+
+
+def attend(q, k, v, causal, scale):
+    """q [B, Hq, T, D], k [B, Hkv, T, D], v [B, Hkv, T, Dv] -> [B, T, Hq * Dv]."""
+    B, Hq, T, _ = q.shape
+    k = k.repeat_interleave(Hq // k.shape[1], dim=1)
+    v = v.repeat_interleave(Hq // v.shape[1], dim=1)
+    probs = torch.softmax(q @ k.transpose(-1, -2) * scale + causal, dim=-1)
+    return (probs @ v).transpose(1, 2).reshape(B, T, -1)
+
+
+def mla_attention(cfg, p, pre, h):
+    """DeepSeek-V3's multi-head latent attention (q_lora_rank > 0)."""
+    B, T, _ = h.shape
+    H, nope, P, V, R = cfg.heads, cfg.nope, cfg.rope_dim, cfg.v_dim, cfg.kv_rank
+    a = pre + "self_attn."
+    q_latent = rms_norm(F.linear(h, p[a + "q_a_proj.weight"]), p[a + "q_a_layernorm.weight"], 1e-6)
+    q = F.linear(q_latent, p[a + "q_b_proj.weight"]).view(B, T, H, nope + P).transpose(1, 2)
+    kv = F.linear(h, p[a + "kv_a_proj_with_mqa.weight"])  # [B, T, R + P]
+    latent = rms_norm(kv[..., :R], p[a + "kv_a_layernorm.weight"], 1e-6)
+    up = F.linear(latent, p[a + "kv_b_proj.weight"]).view(B, T, H, nope + V).transpose(1, 2)
+    inv_freq, magnitude, _ = cfg.mla_rope
+    angles = torch.arange(T, dtype=torch.float32)[:, None] * inv_freq[None, :]  # [T, P/2]
+    cos, sin = angles.cos() * magnitude, angles.sin() * magnitude
+    q_rot = rope_interleaved(q[..., nope:], cos, sin)
+    k_rot = rope_interleaved(kv[..., R:], cos, sin)[:, None].expand(B, H, T, P)
+    query = torch.cat((q[..., :nope], q_rot), dim=-1)
+    key = torch.cat((up[..., :nope], k_rot), dim=-1)
+    scale = (nope + P) ** -0.5
+    y = cfg.mla_yarn
+    if y.get("mscale_all_dim"):
+        m = 0.1 * y["mscale_all_dim"] * math.log(y["factor"]) + 1.0 if y["factor"] > 1 else 1.0
+        scale = scale * m * m
+    causal = torch.full((T, T), float("-inf")).triu(1)
+    mixed = attend(query, key, up[..., nope:], causal, scale)
+    return F.linear(mixed, p[a + "o_proj.weight"])
+
+
+def llama4_attention(cfg, p, pre, h, i):
+    B, T, _ = h.shape
+    D, Hq, Hkv = cfg.head_dim, cfg.heads, cfg.kv_heads
+    a = pre + "self_attn."
+    q = F.linear(h, p[a + "q_proj.weight"]).view(B, T, Hq, D).transpose(1, 2)
+    k = F.linear(h, p[a + "k_proj.weight"]).view(B, T, Hkv, D).transpose(1, 2)
+    v = F.linear(h, p[a + "v_proj.weight"]).view(B, T, Hkv, D).transpose(1, 2)
+    positions = torch.arange(T)
+    causal = torch.full((T, T), float("-inf")).triu(1)
+    if cfg.use_rope[i]:
+        angles = positions[:, None].float() * cfg.ropes[i][0][None, :]  # [T, D/2]
+        q = rope_interleaved(q, angles.cos(), angles.sin())
+        k = rope_interleaved(k, angles.cos(), angles.sin())
+        if cfg.l2_qk:
+            q = q * torch.rsqrt(q.pow(2).mean(-1, keepdim=True) + cfg.eps)
+            k = k * torch.rsqrt(k.pow(2).mean(-1, keepdim=True) + cfg.eps)
+        # Chunked: key j is visible to query t in the same chunk only.
+        chunk_of = positions // cfg.chunk
+        causal = causal.masked_fill(chunk_of[:, None] != chunk_of[None, :], float("-inf"))
+    elif cfg.tuning:
+        scales = torch.log1p(torch.floor((positions.float() + 1) / cfg.floor_scale)) * \
+            cfg.attn_scale + 1.0
+        q = q * scales[None, None, :, None]
+    mixed = attend(q, k, v, causal, D ** -0.5)
+    return F.linear(mixed, p[a + "o_proj.weight"])
+
+
+def gated_mlp(p, module, h, act, bias=False, names=("gate_proj", "up_proj", "down_proj")):
+    gate = linear(p, f"{module}.{names[0]}", h, bias)
+    up = linear(p, f"{module}.{names[1]}", h, bias)
+    return linear(p, f"{module}.{names[2]}", act(gate) * up, bias)
+
+
+def moe(cfg, p, pre, h, act):
+    """Routed experts (plus DeepSeek's shared experts). The weights of the chosen experts
+    carry the router's gradient; the choice itself is not differentiated (top-k indices)."""
+    B, T, hidden = h.shape
+    x = h.reshape(-1, hidden)
+    if cfg.type == "gpt_oss":
+        return gpt_oss_experts(cfg, p, pre + "mlp", h)
+    if cfg.type == "mixtral":
+        block, names = pre + "block_sparse_moe", ("w1", "w3", "w2")
+    else:
+        block, names = pre + "mlp", ("gate_proj", "up_proj", "down_proj")
+    logits = F.linear(x, p[block + ".gate.weight"])  # [rows, E]
+    if cfg.type == "deepseek_v3":
+        scores = torch.sigmoid(logits)
+        biased = scores.detach() + p[block + ".gate.e_score_correction_bias"]
+        E, G = cfg.experts, cfg.n_group
+        group_scores = biased.view(-1, G, E // G).topk(2, dim=-1)[0].sum(dim=-1)
+        groups = group_scores.topk(cfg.topk_group, dim=-1)[1]
+        keep = torch.zeros_like(group_scores).scatter_(1, groups, 1.0)
+        keep = keep[:, :, None].expand(-1, G, E // G).reshape(-1, E)
+        chosen = biased.masked_fill(keep == 0, 0.0).topk(cfg.top_k, dim=-1)[1]
+        weights = scores.gather(1, chosen)
+        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        weights = weights * cfg.routed_scaling
+    else:
+        probs = torch.softmax(logits, dim=-1)
+        weights, chosen = probs.topk(cfg.top_k, dim=-1)
+        if cfg.norm_topk:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+    out = torch.zeros_like(x)
+    for e in range(cfg.experts):
+        rows, slot = (chosen == e).nonzero(as_tuple=True)
+        if rows.numel() == 0:
+            continue
+        y = gated_mlp(p, f"{block}.experts.{e}", x[rows], act, names=names)
+        out = out.index_add(0, rows, y * weights[rows, slot, None])
+    if cfg.type == "deepseek_v3":
+        out = out + gated_mlp(p, block + ".shared_experts", x, act)
+    return out.view(B, T, hidden)
+
+
+def gpt_oss_experts(cfg, p, block, h):
+    """gpt-oss: softmax over the top-k of the biased router logits; experts stacked with gate
+    and up interleaved in gate_up_proj [E, H, 2I] (x @ W layout), biases, clamped SwiGLU
+    (up + 1) * g * sigmoid(alpha g), g = min(gate, limit), up clamped to [-limit, limit]."""
+    B, T, hidden = h.shape
+    x = h.reshape(-1, hidden)
+    logits = F.linear(x, p[block + ".router.weight"], p[block + ".router.bias"])
+    top, chosen = logits.topk(cfg.top_k, dim=-1)
+    weights = torch.softmax(top, dim=-1)
+    limit, alpha = cfg.swiglu_limit, cfg.swiglu_alpha
+    out = torch.zeros_like(x)
+    for e in range(cfg.experts):
+        rows, slot = (chosen == e).nonzero(as_tuple=True)
+        if rows.numel() == 0:
+            continue
+        gate_up = x[rows] @ p[block + ".experts.gate_up_proj"][e] + \
+            p[block + ".experts.gate_up_proj_bias"][e]
+        gate = gate_up[..., 0::2].clamp(max=limit)
+        up = gate_up[..., 1::2].clamp(min=-limit, max=limit)
+        act = (up + 1) * (gate * torch.sigmoid(gate * alpha))
+        y = act @ p[block + ".experts.down_proj"][e] + p[block + ".experts.down_proj_bias"][e]
+        out = out.index_add(0, rows, y * weights[rows, slot, None])
+    return out.view(B, T, hidden)
+
+
+def llama4_moe(cfg, p, block, h):
+    """Top-k router logits through a sigmoid weigh the chosen experts' inputs; experts stacked
+    with gate and up as the halves of gate_up_proj [E, H, 2I]; plus the shared expert."""
+    B, T, hidden = h.shape
+    x = h.reshape(-1, hidden)
+    logits = F.linear(x, p[block + ".router.weight"])
+    top, chosen = logits.topk(cfg.top_k, dim=-1)
+    weights = torch.sigmoid(top)
+    out = gated_mlp(p, block + ".shared_expert", x, F.silu)
+    for e in range(cfg.experts):
+        rows, slot = (chosen == e).nonzero(as_tuple=True)
+        if rows.numel() == 0:
+            continue
+        gate, up = (x[rows] * weights[rows, slot, None] @
+                    p[block + ".experts.gate_up_proj"][e]).chunk(2, dim=-1)
+        y = (F.silu(gate) * up) @ p[block + ".experts.down_proj"][e]
+        out = out.index_add(0, rows, y)
+    return out.view(B, T, hidden)
 
 
 # HF names: the token table, the position table, the layer prefix, the layer norms (attention
@@ -395,10 +634,10 @@ def forward(cfg, p, ids):
         h = norm(cfg, p, pre + attn_in, x) if attn_in else x
         a = attention(cfg, p, i, pre, h)
         if cfg.placement == "parallel":  # x + attn(n1(x)) + mlp(n2(x)) (n2 = n1 when shared)
-            x = x + a + mlp(cfg, p, pre, norm(cfg, p, pre + mlp_in, x) if mlp_in else h)
+            x = x + a + mlp(cfg, p, i, pre, norm(cfg, p, pre + mlp_in, x) if mlp_in else h)
             continue
         x = x + (norm(cfg, p, pre + attn_out, a) if attn_out else a)
-        m = mlp(cfg, p, pre, norm(cfg, p, pre + mlp_in, x) if mlp_in else x)
+        m = mlp(cfg, p, i, pre, norm(cfg, p, pre + mlp_in, x) if mlp_in else x)
         x = x + (norm(cfg, p, pre + mlp_out, m) if mlp_out else m)
     x = norm(cfg, p, final, x)
     weight = p[embed + ".weight"] if cfg.tied else p[head + ".weight"]
@@ -428,7 +667,10 @@ def main():
     global SEQ
     SEQ = ids.shape[1]
     cfg = Config(args.model_dir + "/config.json")
-    params = {n: torch.tensor(w, dtype=torch.float32, requires_grad=True)
+    # DeepSeek-V3's e_score_correction_bias is a buffer in transformers (no gradient): it only
+    # steers the choice of experts.
+    params = {n: torch.tensor(w, dtype=torch.float32,
+                              requires_grad=not n.endswith("e_score_correction_bias"))
               for n, w in weights.items() if not (cfg.tied and n == "lm_head.weight")}
 
     logits = forward(cfg, params, ids)
@@ -441,7 +683,7 @@ def main():
     loss = next_token_loss(logits, ids)
     loss.backward()
     print(f"loss = {loss.item():.9f}")
-    out = {n: t.grad.numpy().astype(np.float32) for n, t in params.items()}
+    out = {n: t.grad.numpy().astype(np.float32) for n, t in params.items() if t.requires_grad}
     out["loss"] = np.array([loss.item()], dtype=np.float64)
 
     # AdamW on the same batch: decay matrices only (not norms, biases, embedding tables).
@@ -449,8 +691,9 @@ def main():
         t.grad = None
     tables = {names(cfg)[0] + ".weight", f"{names(cfg)[1]}.weight"}
     decays = lambda n, t: t.dim() >= 2 and n not in tables
-    decay = [t for n, t in params.items() if decays(n, t)]
-    no_decay = [t for n, t in params.items() if not decays(n, t)]
+    trained = {n: t for n, t in params.items() if t.requires_grad}
+    decay = [t for n, t in trained.items() if decays(n, t)]
+    no_decay = [t for n, t in trained.items() if not decays(n, t)]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
         lr=1e-3, betas=(0.9, 0.95), eps=1e-8, foreach=False)
@@ -459,12 +702,18 @@ def main():
         optimizer.zero_grad(set_to_none=True)
         loss = next_token_loss(forward(cfg, params, ids), ids)
         loss.backward()
+        # An expert that no token chose has no gradient (None), and PyTorch's AdamW would skip
+        # it (no decay, no momentum). Kiln steps every parameter, with a zero gradient there, as
+        # PyTorch does after zero_grad(set_to_none=False): give it that zero gradient.
+        for t in trained.values():
+            if t.grad is None:
+                t.grad = torch.zeros_like(t)
         losses.append(loss.item())
         optimizer.step()
         print(f"adamw step {step}: loss = {losses[-1]:.9f}")
     out["adamw_losses"] = np.array(losses, dtype=np.float64)
     write_safetensors(args.output, out)
-    print(f"wrote {args.output}: {len(params)} gradients, loss, {len(losses)} AdamW losses")
+    print(f"wrote {args.output}: {len(trained)} gradients, loss, {len(losses)} AdamW losses")
 
 
 def lora_main(args, cfg, params, ids):

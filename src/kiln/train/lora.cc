@@ -88,6 +88,23 @@ Lora::Lora(TrainModel& model, LoraOptions options) : model_(model), options_(std
   std::mt19937_64 rng(options_.seed);
   for (int64_t i = 0; i < spec.num_layers(); ++i) {
     const AttentionSpec& a = spec.layers[i].attention;
+    // Only the dense projections have adapters: not the stacked experts of an MoE block
+    // (targets gate, up, down) nor the projections of latent attention (q, k, v, o).
+    for (int slot : slots) {
+      const auto s = static_cast<LinearSlot>(slot);
+      const bool mlp = s == LinearSlot::kGate || s == LinearSlot::kUp || s == LinearSlot::kDown;
+      if (mlp && spec.layers[i].moe.enabled())
+        throw Error("lora: layer " + std::to_string(i) +
+                    " is a mixture of experts: LoRA on expert weights (target '" +
+                    kTargetNames[slot] + "') is not supported yet; target the attention (q,k,v,o)");
+      if (!mlp && a.is_mla())
+        throw Error("lora: layer " + std::to_string(i) +
+                    " uses multi-head latent attention: LoRA on its projections (target '" +
+                    kTargetNames[slot] + "') is not supported yet");
+    }
+  }
+  for (int64_t i = 0; i < spec.num_layers(); ++i) {
+    const AttentionSpec& a = spec.layers[i].attention;
     const int64_t hidden = spec.hidden_size, q = a.num_heads * a.head_dim,
                   kv = a.num_kv_heads * a.head_dim, inner = spec.layers[i].mlp.intermediate;
     const std::pair<int64_t, int64_t> dims[7] = {{hidden, q},    {hidden, kv},    {hidden, kv},

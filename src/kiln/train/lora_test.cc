@@ -311,3 +311,46 @@ TEST(Lora, BadOptionsAndAdaptersAreClearErrors) {
 
 }  // namespace
 }  // namespace kiln::train
+
+namespace kiln::train {
+namespace {
+
+// MoE experts and latent attention have no adapters: asking for them is a clear error that
+// names the layer and target; the dense projections of the same models still train.
+TEST(Lora, RefusesMoeExpertsAndLatentAttentionByName) {
+  const LoadedModel mixtral = load_model(test::data_path("hf/mixtral"));
+  {
+    TrainModel model(mixtral.spec, mixtral.weights, true);
+    try {
+      Lora lora(model, {4, 8.0, 0.0, {"q", "up"}, 0});
+      ADD_FAILURE() << "LoRA on the experts of an MoE layer was accepted";
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("layer 0 is a mixture of experts"), std::string::npos) << what;
+      EXPECT_NE(what.find("'up'"), std::string::npos) << what;
+      EXPECT_NE(what.find("not supported yet"), std::string::npos) << what;
+    }
+    EXPECT_TRUE(model.parameters().empty());  // refused before adding any adapter
+  }
+  TrainModel model(mixtral.spec, mixtral.weights, true);
+  Lora lora(model, {4, 8.0, 0.0, {"q", "k", "v", "o"}, 0});
+  const Batch b = fixture_batch(test::data_path("hf/mixtral"));
+  const std::vector<int32_t> targets = next_token_targets(b.tokens.data(), nullptr, b.batch, b.T);
+  const double loss = model.forward_backward(b.tokens.data(), targets.data(), b.batch, b.T);
+  EXPECT_TRUE(std::isfinite(loss));
+  EXPECT_EQ(model.parameters().size(), 2u * 4u * 2u);  // A and B, 4 targets, 2 layers
+
+  const LoadedModel deepseek = load_model(test::data_path("hf/deepseek_v3"));
+  TrainModel latent(deepseek.spec, deepseek.weights, true);
+  try {
+    Lora bad(latent, {4, 8.0, 0.0, {"q"}, 0});
+    ADD_FAILURE() << "LoRA on latent attention was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("layer 0 uses multi-head latent attention"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace kiln::train

@@ -11,6 +11,9 @@
 #include "kiln/ops/rope_frequencies.h"
 #include "kiln/train/backward.h"
 #include "kiln/train/family_backward.h"
+#include "kiln/train/mla_backward.h"
+#include "kiln/train/moe_backward.h"
+#include "kiln/train/sink_attention.h"
 
 namespace kiln::train {
 
@@ -28,20 +31,28 @@ void check_layer(const LayerSpec& layer, const std::string& where) {
   const AttentionSpec& a = layer.attention;
   if (layer.norm.kind == NormKind::kNone) refuse(where, "norm kind 'none'");
   if (layer.residual_scale != 1.0f) refuse(where, "a residual scale");
-  if (layer.moe.enabled()) refuse(where, "mixture of experts");
-  if (a.is_mla()) refuse(where, "multi-head latent attention");
-  if (a.qk_norm == QkNormKind::kL2) refuse(where, "QK norm 'l2'");
-  if (a.qk_norm != QkNormKind::kNone && !is_rms(a.qk_norm_spec.kind))
+  if (layer.moe.enabled()) check_moe_trainable(layer.moe, layer.mlp.activation, where);
+  if (a.qk_norm != QkNormKind::kNone && a.qk_norm != QkNormKind::kL2 &&
+      !is_rms(a.qk_norm_spec.kind))
     refuse(where, std::string("QK norm kind '") + norm_kind_name(a.qk_norm_spec.kind) + "'");
   if (a.clip_qkv > 0.0f) refuse(where, "clip_qkv");
-  if (a.sinks) refuse(where, "attention sinks");
-  if (a.chunk_size > 0) refuse(where, "chunked attention");
-  if (a.temperature_floor_scale > 0.0) refuse(where, "attention temperature tuning");
-  if (a.value_head_dim > 0 && a.value_head_dim != a.head_dim)
-    refuse(where, "a value head size different from head_dim");
-  if (a.num_heads <= 0 || a.num_kv_heads <= 0 || a.head_dim <= 0 ||
-      a.num_heads % a.num_kv_heads != 0)
-    throw Error("training: " + where + ": query heads must be a positive multiple of KV heads");
+  if ((a.sinks || a.chunk_size > 0) && a.softcap > 0.0f)
+    refuse(where, "attention sinks or chunked attention with logit soft-capping");
+  if (a.is_mla()) {
+    if (a.sinks) refuse(where, "attention sinks with latent attention");
+    if (a.chunk_size > 0 || a.temperature_floor_scale > 0.0)
+      refuse(where, "chunked attention or temperature tuning with latent attention");
+    if (a.qk_norm != QkNormKind::kNone) refuse(where, "QK norm with latent attention");
+    if (a.softcap > 0.0f) refuse(where, "attention logit soft-capping with latent attention");
+    check_mla_trainable(a, where);
+  } else {
+    if (a.value_head_dim > 0 && a.value_head_dim != a.head_dim)
+      refuse(where, "a value head size different from head_dim");
+    if (a.num_heads <= 0 || a.num_kv_heads <= 0 || a.head_dim <= 0 ||
+        a.num_heads % a.num_kv_heads != 0)
+      throw Error("training: " + where + ": query heads must be a positive multiple of KV heads");
+  }
+  if (layer.moe.enabled()) return;  // the MoE block replaces the MLP
   if (layer.mlp.swiglu_limit > 0.0f) refuse(where, "clamped SwiGLU");
   if (layer.mlp.gated && layer.mlp.activation != Activation::kSilu &&
       layer.mlp.activation != Activation::kGeluTanh)
@@ -89,6 +100,8 @@ struct TrainModel::LayerSaved {
   std::vector<float> gate, up, act;  // [rows, intermediate] (gate: gated MLPs only)
   std::vector<float> mlp_raw;        // [rows, hidden] MLP branch before mlp_out
   NormStats n_mlp_out;               // mlp_out
+  MoeSaved moe;                      // MoE layers (gate, up, act unused)
+  MlaSaved mla;                      // latent attention layers (q_raw .. mixed unused)
 };
 
 // What the forward keeps, per layer and at the end. With recomputation, only each layer's
@@ -114,14 +127,21 @@ struct TrainModel::Scratch {
 namespace {
 // Attention over each packed document on its own (a document is a contiguous block of rows
 // of q, k, v and out), or over the whole batch when not packed. Soft-capped logits (cap > 0)
-// take the capped kernels.
+// take the capped kernels; attention sinks [Hq] (gpt-oss, their gradient added to d_sinks) or
+// chunked attention (chunk > 0, Llama 4) the kernels of train/sink_attention.h.
 void attention_by_document(const std::vector<std::pair<int64_t, int64_t>>& documents,
                            AttentionDims dims, float cap, const float* q, const float* k,
                            const float* v, float* out, const float* dout, float* dq, float* dk,
-                           float* dv) {
+                           float* dv, const float* sinks = nullptr, float* d_sinks = nullptr,
+                           int64_t chunk = 0) {
   const auto run = [&](const AttentionDims& d, int64_t row) {
     const int64_t qo = row * d.heads * d.head_dim, ko = row * d.kv_heads * d.head_dim;
-    if (dout && cap > 0.0f)
+    if ((sinks || chunk > 0) && dout)
+      sink_attention_backward(q + qo, k + ko, v + ko, sinks, dout + qo, dq + qo, dk + ko, dv + ko,
+                              d_sinks, d, chunk);
+    else if (sinks || chunk > 0)
+      sink_attention_forward(q + qo, k + ko, v + ko, sinks, out + qo, d, chunk);
+    else if (dout && cap > 0.0f)
       capped_attention_backward(q + qo, k + ko, v + ko, dout + qo, dq + qo, dk + ko, dv + ko, d,
                                 cap);
     else if (dout)
@@ -138,6 +158,19 @@ void attention_by_document(const std::vector<std::pair<int64_t, int64_t>>& docum
     d.tokens = length;
     run(d, row);
   }
+}
+
+// Llama 4's temperature tuning: the query at position p is multiplied by
+// log1p(floor((p + 1) / floor_scale)) * attn_scale + 1 (float32, as transformers).   [rows]
+std::vector<float> temperatures(const AttentionSpec& a, const std::vector<int64_t>& positions) {
+  const auto floor_scale = static_cast<float>(a.temperature_floor_scale);
+  const auto attn_scale = static_cast<float>(a.temperature_attn_scale);
+  std::vector<float> factor(positions.size());
+  for (size_t r = 0; r < positions.size(); ++r)
+    factor[r] = std::log1p(std::floor((static_cast<float>(positions[r]) + 1.0f) / floor_scale)) *
+                    attn_scale +
+                1.0f;
+  return factor;
 }
 
 AttentionDims attention_dims(const AttentionSpec& a, int64_t batch, int64_t T) {
@@ -226,6 +259,81 @@ TrainModel::NormParams TrainModel::add_norm(const WeightMap& weights, const std:
   return n;
 }
 
+const float* TrainModel::add_constant(const WeightMap& weights, const std::string& name,
+                                      const Shape& shape) {
+  Tensor p = require_weight(weights, name, shape).to(DType::F32);
+  frozen_[name] = p;
+  return p.data<float>();
+}
+
+namespace {
+LinearRef ref(const float* w, float* dw, const float* b = nullptr, float* db = nullptr) {
+  return LinearRef{w, b, dw, db};
+}
+}  // namespace
+
+MoeParams TrainModel::add_moe(const WeightMap& weights, int64_t i) {
+  const MoeSpec& m = spec_.layers[i].moe;
+  const int64_t H = spec_.hidden_size, E = m.num_experts, I = m.expert_intermediate;
+  const std::string module = names::mlp(i);
+  auto linear = [&](const std::string& child, const Shape& shape, bool bias, const Shape& bshape) {
+    const std::string name = names::child(module, child);
+    LinearRef l;
+    l.w = add_parameter(weights, names::kernel(name), shape);
+    l.dw = grad(names::kernel(name));
+    if (bias) {
+      l.b = add_parameter(weights, names::bias(name), bshape);
+      l.db = grad(names::bias(name));
+    }
+    return l;
+  };
+  MoeParams p;
+  p.router = linear("gate", {E, H}, m.router_bias, {E});
+  if (m.score_correction_bias)
+    p.correction_bias =
+        add_constant(weights, names::score_correction_bias(names::child(module, "gate")), {E});
+  p.gate = linear("wi_0", {E, I, H}, m.expert_bias, {E, I});
+  p.up = linear("wi_1", {E, I, H}, m.expert_bias, {E, I});
+  p.down = linear("wo", {E, H, I}, m.expert_bias, {E, H});
+  if (m.num_shared_experts > 0) {
+    const int64_t S = m.shared_intermediate;
+    p.shared_gate = linear("shared_experts/wi_0", {S, H}, false, {});
+    p.shared_up = linear("shared_experts/wi_1", {S, H}, false, {});
+    p.shared_down = linear("shared_experts/wo", {H, S}, false, {});
+  }
+  return p;
+}
+
+MlaParams TrainModel::add_mla(const WeightMap& weights, int64_t i) {
+  const AttentionSpec& a = spec_.layers[i].attention;
+  const int64_t hidden = spec_.hidden_size, H = a.num_heads, P = a.qk_rope_head_dim;
+  const int64_t D = a.qk_nope_head_dim + P, V = a.value_head_dim, R = a.kv_lora_rank;
+  const std::string attention = names::attention(i);
+  auto linear = [&](const std::string& child, int64_t in, int64_t out, bool bias) {
+    const LinearParams l = add_linear(weights, names::child(attention, child), in, out, bias);
+    return ref(l.w, l.dw, l.b, l.db);
+  };
+  auto norm = [&](const std::string& child, int64_t dim, float*& d) {
+    const std::string name = names::scale(names::child(attention, child));
+    const float* w = add_parameter(weights, name, {dim});
+    d = grad(name);
+    return w;
+  };
+  MlaParams p;
+  if (a.q_lora_rank > 0) {
+    p.query_down = linear("wq_a", hidden, a.q_lora_rank, a.q_bias);
+    p.query_norm = norm("q_norm", a.q_lora_rank, p.d_query_norm);
+    p.query_up = linear("wq_b", a.q_lora_rank, H * D, false);
+  } else {
+    p.query = linear("query", hidden, H * D, false);
+  }
+  p.kv_down = linear("wkv_a", hidden, R + P, a.k_bias);
+  p.kv_norm = norm("kv_norm", R, p.d_kv_norm);
+  p.kv_up = linear("wkv_b", R, H * (a.qk_nope_head_dim + V), false);
+  p.out = linear("out", H * V, hidden, a.o_bias);
+  return p;
+}
+
 TrainModel::TrainModel(ModelSpec spec, const WeightMap& weights, bool freeze_base)
     : spec_(std::move(spec)), freeze_base_(freeze_base) {
   check_trainable(spec_);
@@ -246,11 +354,19 @@ TrainModel::TrainModel(ModelSpec spec, const WeightMap& weights, bool freeze_bas
     Layer l;
     if (p != NormPlacement::kPost)
       l.attention_in = add_norm(weights, names::input_norm(i), ls.norm, hidden);
-    l.query = add_linear(weights, names::child(attention, "query"), hidden, q_width, a.q_bias);
-    l.key = add_linear(weights, names::child(attention, "key"), hidden, kv_width, a.k_bias);
-    l.value = add_linear(weights, names::child(attention, "value"), hidden, kv_width, a.v_bias);
-    l.out = add_linear(weights, names::child(attention, "out"), q_width, hidden, a.o_bias);
-    if (a.qk_norm != QkNormKind::kNone) {
+    if (a.is_mla()) {
+      l.mla = add_mla(weights, i);
+    } else {
+      l.query = add_linear(weights, names::child(attention, "query"), hidden, q_width, a.q_bias);
+      l.key = add_linear(weights, names::child(attention, "key"), hidden, kv_width, a.k_bias);
+      l.value = add_linear(weights, names::child(attention, "value"), hidden, kv_width, a.v_bias);
+      l.out = add_linear(weights, names::child(attention, "out"), q_width, hidden, a.o_bias);
+    }
+    if (a.sinks) {
+      l.sinks = add_parameter(weights, names::sinks(attention), {a.num_heads});
+      l.d_sinks = grad(names::sinks(attention));
+    }
+    if (a.qk_norm == QkNormKind::kPerHead || a.qk_norm == QkNormKind::kWholeProjection) {
       const bool whole = a.qk_norm == QkNormKind::kWholeProjection;
       l.query_norm = add_norm(weights, names::child(attention, "query_norm"), a.qk_norm_spec,
                               whole ? q_width : a.head_dim);
@@ -264,9 +380,14 @@ TrainModel::TrainModel(ModelSpec spec, const WeightMap& weights, bool freeze_bas
     else if (p == NormPlacement::kPre ||
              (p == NormPlacement::kParallel && !ls.parallel_shared_norm))
       l.mlp_in = add_norm(weights, names::post_attention_norm(i), ls.norm, hidden);
-    if (ls.mlp.gated) l.gate = add_linear(weights, names::mlp_gate(i), hidden, inner, ls.mlp.bias);
-    l.up = add_linear(weights, names::mlp_up(i), hidden, inner, ls.mlp.bias);
-    l.down = add_linear(weights, names::mlp_down(i), inner, hidden, ls.mlp.bias);
+    if (ls.moe.enabled()) {
+      l.moe = add_moe(weights, i);
+    } else {
+      if (ls.mlp.gated)
+        l.gate = add_linear(weights, names::mlp_gate(i), hidden, inner, ls.mlp.bias);
+      l.up = add_linear(weights, names::mlp_up(i), hidden, inner, ls.mlp.bias);
+      l.down = add_linear(weights, names::mlp_down(i), inner, hidden, ls.mlp.bias);
+    }
     if (p == NormPlacement::kPost || p == NormPlacement::kSandwich)
       l.mlp_out = add_norm(weights, names::post_ffw_norm(i), ls.norm, hidden);
     layers_.push_back(l);
@@ -338,6 +459,9 @@ void TrainModel::attention_forward(size_t i, int64_t batch, int64_t T, const Act
   const int64_t rows = batch * T, hidden = spec_.hidden_size;
   const AttentionSpec& a = spec_.layers[i].attention;
   const Layer& l = layers_[i];
+  if (a.is_mla())
+    return mla_forward(a, l.mla, in, batch, T, hidden, saved.positions.data(), saved.documents, out,
+                       s.mla);
   const int64_t Hq = a.num_heads, Hkv = a.num_kv_heads, D = a.head_dim;
   s.q.resize(rows * Hq * D);
   s.k.resize(rows * Hkv * D);
@@ -364,9 +488,25 @@ void TrainModel::attention_forward(size_t i, int64_t batch, int64_t T, const Act
     ops::apply_rope(s.k.data(), saved.positions.data(), rows, Hkv, D, rotary, rope.inv_freq.data(),
                     rope.attention_scaling, a.rope.interleaved);
   }
+  if (a.qk_norm == QkNormKind::kL2) {  // Llama 4: x / rms(x) per head, after RoPE, no weight
+    s.q_raw = s.q;
+    s.k_raw = s.k;
+    s.qn.inv.resize(rows * Hq);
+    s.kn.inv.resize(rows * Hkv);
+    ops::rms_norm(s.q_raw.data(), nullptr, s.q.data(), rows * Hq, D, a.qk_norm_spec.eps, false,
+                  s.qn.inv.data());
+    ops::rms_norm(s.k_raw.data(), nullptr, s.k.data(), rows * Hkv, D, a.qk_norm_spec.eps, false,
+                  s.kn.inv.data());
+  }
+  if (a.temperature_floor_scale > 0.0) {
+    const std::vector<float> factor = temperatures(a, saved.positions);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < Hq * D; ++j) s.q[r * Hq * D + j] *= factor[r];
+  }
   s.mixed.resize(rows * Hq * D);
   attention_by_document(saved.documents, attention_dims(a, batch, T), a.softcap, s.q.data(),
-                        s.k.data(), s.v.data(), s.mixed.data(), nullptr, nullptr, nullptr, nullptr);
+                        s.k.data(), s.v.data(), s.mixed.data(), nullptr, nullptr, nullptr, nullptr,
+                        l.sinks, nullptr, a.chunk_size);
   linear_forward(s.mixed.data(), l.out.w, l.out.b, out, rows, Hq * D, hidden);
   if (adapter_) adapter_->forward(i, LinearSlot::kOut, s.mixed.data(), out, rows, training);
 }
@@ -376,6 +516,8 @@ void TrainModel::mlp_forward(size_t i, int64_t rows, bool training, const float*
   const int64_t hidden = spec_.hidden_size;
   const MlpSpec& mlp = spec_.layers[i].mlp;
   const Layer& l = layers_[i];
+  if (spec_.layers[i].moe.enabled())
+    return moe_forward(spec_.layers[i].moe, mlp.activation, l.moe, in, rows, hidden, out, s.moe);
   const int64_t inner = mlp.intermediate;
   s.up.resize(rows * inner);
   s.act.resize(rows * inner);
@@ -480,6 +622,9 @@ void TrainModel::attention_backward(size_t i, int64_t batch, int64_t T, const Ac
   const int64_t rows = batch * T, hidden = spec_.hidden_size;
   const AttentionSpec& a = spec_.layers[i].attention;
   const Layer& l = layers_[i];
+  if (a.is_mla())
+    return mla_backward(a, l.mla, in, s.mla, batch, T, hidden, saved.positions.data(),
+                        saved.documents, d_out, d_in);
   const int64_t Hq = a.num_heads, Hkv = a.num_kv_heads, D = a.head_dim;
   std::fill_n(g.d_mixed.begin(), rows * Hq * D, 0.0f);
   std::fill_n(g.dq.begin(), rows * Hq * D, 0.0f);
@@ -491,7 +636,23 @@ void TrainModel::attention_backward(size_t i, int64_t batch, int64_t T, const Ac
     adapter_->backward(i, LinearSlot::kOut, s.mixed.data(), d_out, g.d_mixed.data(), rows);
   attention_by_document(saved.documents, attention_dims(a, batch, T), a.softcap, s.q.data(),
                         s.k.data(), s.v.data(), nullptr, g.d_mixed.data(), g.dq.data(), g.dk.data(),
-                        g.dv.data());
+                        g.dv.data(), l.sinks, l.d_sinks, a.chunk_size);
+  if (a.temperature_floor_scale > 0.0) {
+    const std::vector<float> factor = temperatures(a, saved.positions);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < Hq * D; ++j) g.dq[r * Hq * D + j] *= factor[r];
+  }
+  if (a.qk_norm == QkNormKind::kL2) {  // back through the weightless norm, then RoPE
+    const std::vector<float> ones(D, 1.0f);
+    std::fill_n(g.dq_raw.begin(), rows * Hq * D, 0.0f);
+    std::fill_n(g.dk_raw.begin(), rows * Hkv * D, 0.0f);
+    rms_norm_backward(s.q_raw.data(), ones.data(), s.qn.inv.data(), g.dq.data(), g.dq_raw.data(),
+                      nullptr, rows * Hq, D, false);
+    rms_norm_backward(s.k_raw.data(), ones.data(), s.kn.inv.data(), g.dk.data(), g.dk_raw.data(),
+                      nullptr, rows * Hkv, D, false);
+    std::copy_n(g.dq_raw.begin(), rows * Hq * D, g.dq.begin());
+    std::copy_n(g.dk_raw.begin(), rows * Hkv * D, g.dk.begin());
+  }
   if (a.rope.type != RopeType::kNone) {
     const ops::RopeFrequencies rope = ops::rope_frequencies(a.rope, D, T);
     const int64_t rotary = a.rope.rotary_dim > 0 ? a.rope.rotary_dim : D;
@@ -527,6 +688,9 @@ void TrainModel::mlp_backward(size_t i, int64_t rows, const float* in, const Lay
   const int64_t hidden = spec_.hidden_size;
   const MlpSpec& mlp = spec_.layers[i].mlp;
   const Layer& l = layers_[i];
+  if (spec_.layers[i].moe.enabled())
+    return moe_backward(spec_.layers[i].moe, mlp.activation, l.moe, in, s.moe, d_out, d_in, rows,
+                        hidden);
   const int64_t inner = mlp.intermediate;
   std::fill_n(g.d_act.begin(), rows * inner, 0.0f);
   std::fill_n(g.d_gate.begin(), rows * inner, 0.0f);
@@ -617,7 +781,8 @@ double TrainModel::forward_backward(const int32_t* tokens, const int32_t* target
   // Gradient buffers, sized for the widest layer and reused by every layer.
   int64_t max_inner = 0, max_q = 0, max_kv = 0;
   for (const LayerSpec& ls : spec_.layers) {
-    max_inner = std::max(max_inner, ls.mlp.intermediate);
+    if (!ls.moe.enabled()) max_inner = std::max(max_inner, ls.mlp.intermediate);
+    if (ls.attention.is_mla()) continue;  // latent attention keeps its own buffers
     max_q = std::max(max_q, ls.attention.num_heads * ls.attention.head_dim);
     max_kv = std::max(max_kv, ls.attention.num_kv_heads * ls.attention.head_dim);
   }

@@ -1,10 +1,10 @@
-// TrainModel: a dense decoder with a forward pass that keeps what its backward needs and a
+// TrainModel: a decoder with a forward pass that keeps what its backward needs and a
 // backward pass that gives the gradient of the mean next-token cross-entropy for every
 // parameter, keyed by Kiln's weight names (models/weight_names.h). Parameters are f32 copies
 // of a LoadedModel's weights; activations are f32.
 //
-// Handled (the dense subset of ModelSpec): blocks with the norms before (pre), after (post),
-// around (sandwich) the attention and MLP, or parallel attention and MLP (with one shared norm
+// Handled: blocks with the norms before (pre), after (post), around (sandwich) the attention and
+// MLP, or parallel attention and MLP (with one shared norm
 // or two); RMSNorm (w or 1+w), LayerNorm (with or without bias, or non-parametric); grouped-query
 // attention (MHA/GQA/MQA) with optional q/k/v/o biases, QK norm per head or over the whole
 // projection, a custom softmax scale, an optional sliding window and attention logit
@@ -13,8 +13,13 @@
 // partial rotary; gated MLPs with SiLU (SwiGLU) or GELU-tanh, non-gated MLPs with any
 // activation, with or without biases; an embedding scale, a learned position table; a final
 // norm; a tied or untied lm_head (an untied one with an optional bias); final logit
-// soft-capping. Anything else (MoE, MLA, sinks, ...) is refused by check_trainable() with an
-// Error naming the feature.
+// soft-capping. Also (hooked into attention_forward/backward and mlp_forward/backward):
+// mixture-of-experts blocks in place of the MLP (train/moe_backward.h: every router but
+// sparsemixer, shared experts, dense layers between them, gpt-oss's clamped SwiGLU experts),
+// multi-head latent attention (train/mla_backward.h), attention sinks and chunked attention
+// (train/sink_attention.h), Llama 4's weightless QK L2 norm after RoPE and its query
+// temperature tuning. Anything else (sparsemixer routers, clip_qkv, ...) is refused by
+// check_trainable() with an Error naming the feature.
 #pragma once
 
 #include <cstdint>
@@ -25,6 +30,8 @@
 #include "kiln/core/tensor.h"
 #include "kiln/layers/weights.h"
 #include "kiln/models/model_spec.h"
+#include "kiln/train/mla_backward.h"
+#include "kiln/train/moe_backward.h"
 
 namespace kiln::train {
 
@@ -73,7 +80,8 @@ class TrainModel {
   ParameterMap& parameters() { return parameters_; }
   const ParameterMap& parameters() const { return parameters_; }
   const ParameterMap& gradients() const { return gradients_; }
-  // The frozen base weights (empty unless constructed with freeze_base).
+  // The frozen base weights (empty unless constructed with freeze_base), and weights that are
+  // never trained (DeepSeek-V3's score correction bias, a buffer in transformers too).
   const ParameterMap& frozen_parameters() const { return frozen_; }
   // Registers a new trainable f32 parameter `name` (zero, with a zero gradient) and returns
   // it; its storage stays put for the model's life. Throws Error when the name exists.
@@ -131,6 +139,9 @@ class TrainModel {
     NormParams attention_in, attention_out, mlp_in, mlp_out;
     NormParams query_norm, key_norm;  // QK norm: over head_dim, or over all heads (whole)
     LinearParams query, key, value, out, gate, up, down;  // gate: gated MLPs only
+    float *sinks = nullptr, *d_sinks = nullptr;  // attention sinks [heads] (gpt-oss), or null
+    MoeParams moe;  // when the layer's moe is enabled (gate, up, down unused)
+    MlaParams mla;  // latent attention layers (query, key, value, out and the QK norms unused)
   };
   struct NormStats;    // a norm's per-row statistics
   struct LayerSaved;   // what the forward keeps of one layer
@@ -156,14 +167,15 @@ class TrainModel {
   void forward_layer(size_t i, int64_t batch, int64_t tokens_per_row, const Activations& saved,
                      bool training, std::vector<float>& x, LayerSaved& s) const;
   // The attention of layer i on its input `in` [rows, hidden] into `out` [rows, hidden]
-  // (projections, QK norm, RoPE, attention, output projection), keeping what its backward needs.
+  // (projections, QK norm, RoPE, attention with its sinks or chunks, output projection; or latent
+  // attention), keeping what its backward needs.
   void attention_forward(size_t i, int64_t batch, int64_t tokens_per_row, const Activations& saved,
                          bool training, const float* in, float* out, LayerSaved& s) const;
   // Its backward: d_in [rows, hidden] += d attention / d in for d_out [rows, hidden].
   void attention_backward(size_t i, int64_t batch, int64_t tokens_per_row, const Activations& saved,
                           const float* in, const LayerSaved& s, const float* d_out, float* d_in,
                           Scratch& scratch);
-  // The MLP of layer i on `in` into `out` (both [rows, hidden]), and its backward.
+  // The MLP (or MoE block) of layer i on `in` into `out` (both [rows, hidden]), and its backward.
   void mlp_forward(size_t i, int64_t rows, bool training, const float* in, float* out,
                    LayerSaved& s) const;
   void mlp_backward(size_t i, int64_t rows, const float* in, const LayerSaved& s,
@@ -177,6 +189,11 @@ class TrainModel {
   void head_logits(const float* h, float* logits, int64_t rows) const;
   // The parameter `name` of `shape`, registered with a zero gradient.
   float* add_parameter(const WeightMap& weights, const std::string& name, const Shape& shape);
+  // A weight that is never trained (kept in frozen_, no gradient).
+  const float* add_constant(const WeightMap& weights, const std::string& name, const Shape& shape);
+  // The MoE block and latent attention parameters of layer i.
+  MoeParams add_moe(const WeightMap& weights, int64_t i);
+  MlaParams add_mla(const WeightMap& weights, int64_t i);
   float* grad(const std::string& name);
 
   ModelSpec spec_;
