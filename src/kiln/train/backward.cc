@@ -156,14 +156,17 @@ void attention_forward(const float* q, const float* k, const float* v, float* ou
 }
 
 void attention_backward_reference(const float* q, const float* k, const float* v, const float* dout,
-                                  float* dq, float* dk, float* dv, const AttentionDims& s) {
+                                  float* dq, float* dk, float* dv, const AttentionDims& s,
+                                  float cap) {
   check(s.heads > 0 && s.kv_heads > 0 && s.heads % s.kv_heads == 0,
         "attention_backward: query heads must be a multiple of KV heads");
   const int64_t T = s.tokens, D = s.head_dim, group = s.heads / s.kv_heads;
-  const ops::AttentionShape shape = attention_shape(s);
+  ops::AttentionShape shape = attention_shape(s);
+  shape.softcap = cap;
 #pragma omp parallel
   {
-    std::vector<float> p(T), dp(T);  // [T] probabilities and their gradients for one query
+    // One query's capped logits, probabilities and probability gradients over its keys.
+    std::vector<float> c(T), p(T), dp(T);
 #pragma omp for collapse(2) schedule(static)
     for (int64_t b = 0; b < s.batch; ++b) {
       for (int64_t kv = 0; kv < s.kv_heads; ++kv) {
@@ -174,17 +177,18 @@ void attention_backward_reference(const float* q, const float* k, const float* v
             const float* g = dout + ((b * T + t) * s.heads + h) * D;   // [D]
             auto key = [&](int64_t j) { return k + ((b * T + j) * s.kv_heads + kv) * D; };
             auto value = [&](int64_t j) { return v + ((b * T + j) * s.kv_heads + kv) * D; };
-            float max_score = -INFINITY;
+            float max_logit = -INFINITY;
             for (int64_t j = 0; j < count; ++j) {
               const float* kj = key(first + j);
               float dot = 0.0f;
               for (int64_t d = 0; d < D; ++d) dot += query[d] * kj[d];
-              p[j] = dot * s.scale;
-              max_score = std::max(max_score, p[j]);
+              c[j] = dot * s.scale;
+              if (cap > 0.0f) c[j] = std::tanh(c[j] / cap) * cap;
+              max_logit = std::max(max_logit, c[j]);
             }
             double sum = 0.0;
             for (int64_t j = 0; j < count; ++j) {
-              p[j] = std::exp(p[j] - max_score);
+              p[j] = std::exp(c[j] - max_logit);
               sum += p[j];
             }
             double weighted = 0.0;  // sum_j p_j dp_j
@@ -203,7 +207,12 @@ void attention_backward_reference(const float* q, const float* k, const float* v
                 float* dvj = dv + ((b * T + pos) * s.kv_heads + kv) * D;
                 for (int64_t d = 0; d < D; ++d) dvj[d] += p[j] * g[d];
               }
-              const float ds = static_cast<float>(p[j] * (dp[j] - weighted)) * s.scale;
+              float ds = static_cast<float>(p[j] * (dp[j] - weighted));
+              if (cap > 0.0f) {
+                const float th = c[j] / cap;
+                ds *= 1.0f - th * th;
+              }
+              ds *= s.scale;
               if (dqh) {
                 const float* kj = key(pos);
                 for (int64_t d = 0; d < D; ++d) dqh[d] += ds * kj[d];

@@ -75,9 +75,11 @@ void attention_forward(const float* q, const float* k, const float* v, float* ou
 // heads in place).
 void attention_backward(const float* q, const float* k, const float* v, const float* dout,
                         float* dq, float* dk, float* dv, const AttentionDims& dims);
-// The same, one query at a time in plain loops.
+// The same, one query at a time in plain loops; with cap > 0 on soft-capped logits
+// (family_backward.h's capped_attention_backward).
 void attention_backward_reference(const float* q, const float* k, const float* v, const float* dout,
-                                  float* dq, float* dk, float* dv, const AttentionDims& dims);
+                                  float* dq, float* dk, float* dv, const AttentionDims& dims,
+                                  float cap = 0.0f);
 
 // ---- Gated MLP activation: h = act(gate) * up (SwiGLU for SiLU, GeGLU-tanh for GeluTanh) ----
 // Forward: gate, up, h [count].

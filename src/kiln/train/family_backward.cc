@@ -121,75 +121,9 @@ void capped_attention_forward(const float* q, const float* k, const float* v, fl
 }
 
 void capped_attention_backward(const float* q, const float* k, const float* v, const float* dout,
-                               float* dq, float* dk, float* dv, const AttentionDims& s, float cap) {
-  check(s.heads > 0 && s.kv_heads > 0 && s.heads % s.kv_heads == 0,
-        "capped_attention_backward: query heads must be a multiple of KV heads");
-  const int64_t T = s.tokens, D = s.head_dim, group = s.heads / s.kv_heads;
-  const ops::AttentionShape shape = capped_shape(s, cap);
-#pragma omp parallel
-  {
-    // One query's capped logits, probabilities and probability gradients over its keys.
-    std::vector<float> c(T), p(T), dp(T);
-#pragma omp for collapse(2) schedule(static)
-    for (int64_t b = 0; b < s.batch; ++b) {
-      for (int64_t kv = 0; kv < s.kv_heads; ++kv) {
-        for (int64_t h = kv * group; h < (kv + 1) * group; ++h) {
-          for (int64_t t = 0; t < T; ++t) {
-            const int64_t first = ops::first_visible_key(shape, t), count = t + 1 - first;
-            const float* query = q + ((b * T + t) * s.heads + h) * D;  // [D]
-            const float* g = dout + ((b * T + t) * s.heads + h) * D;   // [D]
-            auto key = [&](int64_t j) { return k + ((b * T + j) * s.kv_heads + kv) * D; };
-            auto value = [&](int64_t j) { return v + ((b * T + j) * s.kv_heads + kv) * D; };
-            float max_logit = -INFINITY;
-            for (int64_t j = 0; j < count; ++j) {
-              const float* kj = key(first + j);
-              float dot = 0.0f;
-              for (int64_t d = 0; d < D; ++d) dot += query[d] * kj[d];
-              c[j] = dot * s.scale;
-              if (cap > 0.0f) c[j] = std::tanh(c[j] / cap) * cap;
-              max_logit = std::max(max_logit, c[j]);
-            }
-            double sum = 0.0;
-            for (int64_t j = 0; j < count; ++j) {
-              p[j] = std::exp(c[j] - max_logit);
-              sum += p[j];
-            }
-            double weighted = 0.0;  // sum_j p_j dp_j
-            for (int64_t j = 0; j < count; ++j) {
-              p[j] = static_cast<float>(p[j] / sum);
-              const float* vj = value(first + j);
-              float dot = 0.0f;
-              for (int64_t d = 0; d < D; ++d) dot += g[d] * vj[d];
-              dp[j] = dot;
-              weighted += static_cast<double>(p[j]) * dot;
-            }
-            float* dqh = dq ? dq + ((b * T + t) * s.heads + h) * D : nullptr;  // [D]
-            for (int64_t j = 0; j < count; ++j) {
-              const int64_t pos = first + j;
-              if (dv) {
-                float* dvj = dv + ((b * T + pos) * s.kv_heads + kv) * D;
-                for (int64_t d = 0; d < D; ++d) dvj[d] += p[j] * g[d];
-              }
-              float ds = static_cast<float>(p[j] * (dp[j] - weighted));
-              if (cap > 0.0f) {
-                const float th = c[j] / cap;
-                ds *= 1.0f - th * th;
-              }
-              ds *= s.scale;
-              if (dqh) {
-                const float* kj = key(pos);
-                for (int64_t d = 0; d < D; ++d) dqh[d] += ds * kj[d];
-              }
-              if (dk) {
-                float* dkj = dk + ((b * T + pos) * s.kv_heads + kv) * D;
-                for (int64_t d = 0; d < D; ++d) dkj[d] += ds * query[d];
-              }
-            }
-          }
-        }
-      }
-    }
-  }
+                               float* dq, float* dk, float* dv, const AttentionDims& dims,
+                               float cap) {
+  attention_backward_reference(q, k, v, dout, dq, dk, dv, dims, cap);
 }
 
 void activation_forward(Activation activation, const float* x, float* h, int64_t count) {
