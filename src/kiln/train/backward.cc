@@ -151,8 +151,10 @@ ops::AttentionShape attention_shape(const AttentionDims& s) {
 }  // namespace
 
 void attention_forward(const float* q, const float* k, const float* v, float* out,
-                       const AttentionDims& dims) {
-  ops::causal_attention(q, k, v, out, attention_shape(dims));
+                       const AttentionDims& dims, float cap) {
+  ops::AttentionShape shape = attention_shape(dims);
+  shape.softcap = cap;
+  ops::causal_attention(q, k, v, out, shape);
 }
 
 void attention_backward_reference(const float* q, const float* k, const float* v, const float* dout,

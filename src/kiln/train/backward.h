@@ -62,10 +62,11 @@ struct AttentionDims {
   float scale = 0.0f;               // multiplies q . k
   int64_t window = 0;               // > 0: query t sees keys t - window < j <= t
 };
-// out = softmax(scale q k^T, causal) v   (ops::causal_attention)
+// out = softmax(scale q k^T, causal) v   (ops::causal_attention); with cap > 0 the logits are
+// soft-capped first (family_backward.h's capped_attention_forward).
 //   q [B, T, Hq, D], k, v [B, T, Hkv, D], out [B, T, Hq, D]
 void attention_forward(const float* q, const float* k, const float* v, float* out,
-                       const AttentionDims& dims);
+                       const AttentionDims& dims, float cap = 0.0f);
 // Recomputes the probabilities p of each (row, head, query) from q and k, then
 //   dv_j += p_j dout;  dp_j = dout . v_j;  ds_j = p_j (dp_j - sum_i p_i dp_i)
 //   dq += scale sum_j ds_j k_j;  dk_j += scale ds_j q

@@ -3,6 +3,7 @@
 // dy = r), or the op's own scalar loss (cross-entropy). Error = max |analytic - numeric| /
 // max |numeric| over the tensor, printed for each.
 #include "kiln/train/backward.h"
+#include "kiln/train/gradient_check.h"
 
 #include <gtest/gtest.h>
 
@@ -12,6 +13,7 @@
 #include <iostream>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kiln/core/error.h"
@@ -22,19 +24,11 @@
 namespace kiln::train {
 namespace {
 
-using Vec = std::vector<double>;
+using gradient_check::f32;
+using gradient_check::random_vec;
+using gradient_check::Vec;
 constexpr double kTolerance = 1e-4;
 
-// Values representable in f32, so that the f32 kernels and the f64 forward see the same point.
-Vec random_vec(int64_t n, std::mt19937& rng, double scale = 1.0) {
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  Vec v(n);
-  for (double& x : v) x = static_cast<float>(normal(rng) * scale);
-  return v;
-}
-std::vector<float> f32(const Vec& v) {
-  return {v.begin(), v.end()};
-}
 double dot(const Vec& a, const Vec& b) {
   double s = 0.0;
   for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
@@ -43,31 +37,12 @@ double dot(const Vec& a, const Vec& b) {
 
 // Central differences of `f` at `x`, element by element, in f64.
 Vec numeric_gradient(const std::function<double(const Vec&)>& f, Vec x, double h = 1e-5) {
-  Vec g(x.size());
-  for (size_t i = 0; i < x.size(); ++i) {
-    const double saved = x[i];
-    x[i] = saved + h;
-    const double plus = f(x);
-    x[i] = saved - h;
-    const double minus = f(x);
-    x[i] = saved;
-    g[i] = (plus - minus) / (2 * h);
-  }
-  return g;
+  return gradient_check::numeric_gradient(f, std::move(x), h);
 }
 
 // Prints and checks max |analytic - numeric| / max |numeric|.
 void expect_close(const std::string& what, const std::vector<float>& analytic, const Vec& numeric) {
-  ASSERT_EQ(analytic.size(), numeric.size()) << what;
-  double max_diff = 0.0, max_ref = 0.0;
-  for (size_t i = 0; i < numeric.size(); ++i) {
-    max_diff = std::max(max_diff, std::abs(analytic[i] - numeric[i]));
-    max_ref = std::max(max_ref, std::abs(numeric[i]));
-  }
-  ASSERT_GT(max_ref, 0.0) << what << ": the numeric gradient is all zero";
-  const double rel = max_diff / max_ref;
-  std::cout << what << ": max rel err vs finite differences = " << rel << std::endl;
-  EXPECT_LE(rel, kTolerance) << what;
+  gradient_check::expect_close(what, analytic, numeric, kTolerance);
 }
 
 TEST(TrainBackward, Linear) {

@@ -7,7 +7,6 @@
 
 #include "kiln/core/error.h"
 #include "kiln/ops/activation.h"
-#include "kiln/ops/attention.h"
 
 namespace kiln::train {
 
@@ -96,28 +95,9 @@ void softcap_backward(const float* y, float* d, int64_t count, float cap) {
   }
 }
 
-namespace {
-ops::AttentionShape capped_shape(const AttentionDims& s, float cap) {
-  ops::AttentionShape shape;
-  shape.batch = s.batch;
-  shape.tokens = s.tokens;
-  shape.start = 0;
-  shape.cache_len = s.tokens;
-  shape.cache_max = s.tokens;
-  shape.heads = s.heads;
-  shape.kv_heads = s.kv_heads;
-  shape.head_dim = s.head_dim;
-  shape.value_dim = s.head_dim;
-  shape.scale = s.scale;
-  shape.window = s.window;
-  shape.softcap = cap;
-  return shape;
-}
-}  // namespace
-
 void capped_attention_forward(const float* q, const float* k, const float* v, float* out,
                               const AttentionDims& dims, float cap) {
-  ops::causal_attention(q, k, v, out, capped_shape(dims, cap));
+  attention_forward(q, k, v, out, dims, cap);
 }
 
 void capped_attention_backward(const float* q, const float* k, const float* v, const float* dout,

@@ -4,6 +4,7 @@
 // value heads of another size than the query/key heads). Error = max |analytic - numeric| /
 // max |numeric| per tensor, printed for each.
 #include "kiln/train/mla_backward.h"
+#include "kiln/train/gradient_check.h"
 
 #include <gtest/gtest.h>
 
@@ -22,14 +23,8 @@
 namespace kiln::train {
 namespace {
 
-using Vec = std::vector<double>;
-
-Vec random_vec(int64_t n, std::mt19937& rng, double scale = 1.0) {
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  Vec v(n);
-  for (double& x : v) x = static_cast<float>(normal(rng) * scale);
-  return v;
-}
+using gradient_check::random_vec;
+using gradient_check::Vec;
 
 // y [rows, out] = x [rows, in] W^T (+ b).
 Vec linear(const Vec& x, const Vec& w, const Vec* b, int64_t rows, int64_t in, int64_t out) {

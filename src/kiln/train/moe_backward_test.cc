@@ -4,6 +4,7 @@
 // The choice of experts is fixed at the unperturbed point, as autograd treats top-k. Error =
 // max |analytic - numeric| / max |numeric| per tensor, printed for each.
 #include "kiln/train/moe_backward.h"
+#include "kiln/train/gradient_check.h"
 
 #include <gtest/gtest.h>
 
@@ -13,6 +14,7 @@
 #include <iostream>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kiln/core/error.h"
@@ -21,45 +23,17 @@
 namespace kiln::train {
 namespace {
 
-using Vec = std::vector<double>;
-
-Vec random_vec(int64_t n, std::mt19937& rng, double scale = 1.0) {
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  Vec v(n);
-  for (double& x : v) x = static_cast<float>(normal(rng) * scale);
-  return v;
-}
-std::vector<float> f32(const Vec& v) {
-  return {v.begin(), v.end()};
-}
+using gradient_check::f32;
+using gradient_check::random_vec;
+using gradient_check::Vec;
 
 Vec numeric_gradient(const std::function<double(const Vec&)>& f, Vec x, double h = 1e-6) {
-  Vec g(x.size());
-  for (size_t i = 0; i < x.size(); ++i) {
-    const double saved = x[i];
-    x[i] = saved + h;
-    const double plus = f(x);
-    x[i] = saved - h;
-    const double minus = f(x);
-    x[i] = saved;
-    g[i] = (plus - minus) / (2 * h);
-  }
-  return g;
+  return gradient_check::numeric_gradient(f, std::move(x), h);
 }
 
 double expect_close(const std::string& what, const std::vector<float>& analytic, const Vec& numeric,
                     double tolerance = 1e-4) {
-  EXPECT_EQ(analytic.size(), numeric.size()) << what;
-  double max_diff = 0.0, max_ref = 0.0;
-  for (size_t i = 0; i < numeric.size(); ++i) {
-    max_diff = std::max(max_diff, std::abs(analytic[i] - numeric[i]));
-    max_ref = std::max(max_ref, std::abs(numeric[i]));
-  }
-  EXPECT_GT(max_ref, 0.0) << what << ": the numeric gradient is all zero";
-  const double rel = max_diff / max_ref;
-  std::cout << what << ": max rel err vs finite differences = " << rel << std::endl;
-  EXPECT_LE(rel, tolerance) << what;
-  return rel;
+  return gradient_check::expect_close(what, analytic, numeric, tolerance);
 }
 
 // The weights of the chosen experts from the logits (f64), as route_tokens defines them.

@@ -2,6 +2,7 @@
 // forward written here (causal, grouped KV heads, sliding window or not), and, with sinks far
 // below every score, against the plain attention kernel.
 #include "kiln/train/sink_attention.h"
+#include "kiln/train/gradient_check.h"
 
 #include <gtest/gtest.h>
 
@@ -16,17 +17,9 @@
 namespace kiln::train {
 namespace {
 
-using Vec = std::vector<double>;
-
-Vec random_vec(int64_t n, std::mt19937& rng, double scale = 1.0) {
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  Vec v(n);
-  for (double& x : v) x = static_cast<float>(normal(rng) * scale);
-  return v;
-}
-std::vector<float> f32(const Vec& v) {
-  return {v.begin(), v.end()};
-}
+using gradient_check::f32;
+using gradient_check::random_vec;
+using gradient_check::Vec;
 
 // sum(out * r) in f64.
 double loss64(const AttentionDims& d, const Vec& q, const Vec& k, const Vec& v, const Vec& sinks,
