@@ -219,6 +219,17 @@ void convert_hf_to_kiln(const std::string& source_dir, const std::string& destin
   writer_options.release_borrowed_inputs = true;
   KilnCheckpointWriter writer(output.path(), info, plan, writer_options);
   uint64_t bytes = 0;
+  struct Stacked {
+    std::vector<std::pair<std::string, uint64_t>> sources;  // per layer position
+    std::vector<bool> have;
+    size_t count = 0;
+    DType dtype = DType::F32;
+    Shape layer_shape;
+  };
+  std::map<std::string, Stacked> stacked;
+  std::map<std::string, int64_t> stacked_layers;  // scanned tensor -> layers
+  for (const KilnTensorPlan& p : plan)
+    if (p.layer_axis >= 0) stacked_layers[p.name] = p.shape[p.layer_axis];
   for (size_t k = 0; k < mappings.size(); ++k) {
     const WeightMapping& m = mappings[k];
     std::vector<Tensor> inputs;
@@ -236,8 +247,25 @@ void convert_hf_to_kiln(const std::string& source_dir, const std::string& destin
                                                 ? std::nullopt
                                                 : file_location(*source, m.hf_names[0], tensor);
     if (raw && to.position >= 0) {
-      writer.write_layer_from_file(to.name, to.position, tensor.dtype(), tensor.shape(), raw->path,
-                                   raw->offset);
+      // Gathered until every layer of the stacked tensor is known, then written in file order.
+      Stacked& st = stacked[to.name];
+      if (st.sources.empty()) {
+        st.sources.resize(static_cast<size_t>(stacked_layers.at(to.name)));
+        st.have.resize(st.sources.size(), false);
+        st.dtype = tensor.dtype();
+        st.layer_shape = tensor.shape();
+      }
+      if (!st.have[to.position] && st.dtype == tensor.dtype() && st.layer_shape == tensor.shape()) {
+        st.sources[to.position] = {raw->path, raw->offset};
+        st.have[to.position] = true;
+        if (++st.count == st.sources.size()) {
+          writer.write_stacked_from_files(to.name, st.dtype, st.layer_shape, st.sources);
+          stacked.erase(to.name);
+        }
+      } else {  // let the writer report the mismatch
+        writer.write_layer_from_file(to.name, to.position, tensor.dtype(), tensor.shape(),
+                                     raw->path, raw->offset);
+      }
     } else if (raw) {
       writer.write_from_file(to.name, tensor.dtype(), tensor.shape(), raw->path, raw->offset);
     } else {
@@ -253,6 +281,13 @@ void convert_hf_to_kiln(const std::string& source_dir, const std::string& destin
     bytes += tensor.nbytes();
     if (options.progress) options.progress(k + 1, mappings.size(), bytes);
   }
+  // Stacked tensors some of whose layers were rebuilt (a transform, another dtype): their
+  // file-backed layers one by one.
+  for (const auto& [name, st] : stacked)
+    for (size_t j = 0; j < st.sources.size(); ++j)
+      if (st.have[j])
+        writer.write_layer_from_file(name, static_cast<int64_t>(j), st.dtype, st.layer_shape,
+                                     st.sources[j].first, st.sources[j].second);
   if (gguf) {
     const GgufFile file = GgufFile::open(source_dir);
     if (file.has("tokenizer.ggml.model")) {

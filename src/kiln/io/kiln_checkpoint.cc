@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -346,6 +347,92 @@ void KilnCheckpointWriter::write_layer_from_file(const std::string& name, int64_
   Slot& s = layer_slot(name, position, dtype, shape);
   const InputFile input(path);
   write_slice(s, position, file_reader(path, offset, input.fd));
+}
+
+void KilnCheckpointWriter::write_stacked_from_files(
+    const std::string& name, DType dtype, const Shape& layer_shape,
+    const std::vector<std::pair<std::string, uint64_t>>& sources) {
+  Slot& s = slot(name);
+  const std::string where = dir_ + ": tensor '" + name + "'";
+  const int axis = s.plan.layer_axis;
+  check(axis >= 0, where + ": stacked write of a tensor without a layer axis");
+  check(static_cast<int64_t>(sources.size()) == s.plan.shape[axis],
+        where + ": " + std::to_string(sources.size()) + " layers given, planned " +
+            std::to_string(s.plan.shape[axis]));
+  for (size_t j = 0; j < sources.size(); ++j)
+    layer_slot(name, static_cast<int64_t>(j), dtype, layer_shape);
+  // The tensor is `outer` runs of L * `inner` bytes; run o holds row o of every layer.
+  uint64_t outer = 1;
+  int64_t trailing = 1;
+  for (int d = 0; d < axis; ++d) outer *= s.plan.shape[d];
+  for (size_t d = axis + 1; d < s.plan.shape.size(); ++d) trailing *= s.plan.shape[d];
+  const uint64_t inner = dtype_nbytes(s.plan.dtype, trailing);
+  const uint64_t layers = sources.size();
+  // Each distinct source file mapped once (read-only); its pages are dropped block by block.
+  struct Mapping {
+    const char* data = nullptr;
+    size_t size = 0;
+    ~Mapping() {
+      if (data != nullptr) ::munmap(const_cast<char*>(data), size);
+    }
+  };
+  std::map<std::string, Mapping> maps;
+  std::vector<const char*> layer_data(layers);
+  for (size_t j = 0; j < layers; ++j) {
+    Mapping& m = maps[sources[j].first];
+    if (m.data == nullptr) {
+      const InputFile input(sources[j].first);
+      m.size = fs::file_size(sources[j].first);
+      void* p = ::mmap(nullptr, std::max<size_t>(m.size, 1), PROT_READ, MAP_SHARED, input.fd, 0);
+      check(p != MAP_FAILED, sources[j].first + ": cannot map: " + std::strerror(errno));
+      m.data = static_cast<const char*>(p);
+    }
+    check(sources[j].second + outer * inner <= m.size, sources[j].first + ": layer " +
+                                                           std::to_string(j) + " of '" + name +
+                                                           "' extends past the end of the file");
+    layer_data[j] = m.data + sources[j].second;
+  }
+  // Blocks of whole runs, about kChunkBytes each, written with vectored writes straight from
+  // the mapped sources (one copy, in the kernel, as write() of a buffer would do).
+  const uint64_t run_bytes = layers * inner;
+  const uint64_t runs_per_block =
+      std::max<uint64_t>(1, kChunkBytes / std::max<uint64_t>(run_bytes, 1));
+  const size_t iov_max = static_cast<size_t>(std::max(16L, ::sysconf(_SC_IOV_MAX)));
+  std::vector<iovec> iov;
+  uint32_t crc = 0;
+  for (uint64_t o0 = 0; o0 < outer && inner > 0; o0 += runs_per_block) {
+    const uint64_t runs = std::min(runs_per_block, outer - o0);
+    iov.clear();
+    for (uint64_t o = o0; o < o0 + runs; ++o)
+      for (uint64_t j = 0; j < layers; ++j) {
+        iov.push_back({const_cast<char*>(layer_data[j] + o * inner), inner});
+        crc = crc32c(layer_data[j] + o * inner, inner, crc);
+      }
+    uint64_t offset = s.offset + o0 * run_bytes;
+    for (size_t first = 0; first < iov.size();) {
+      const int count = static_cast<int>(std::min(iov_max, iov.size() - first));
+      const ssize_t n =
+          ::pwritev(fds_[s.file], iov.data() + first, count, static_cast<off_t>(offset));
+      if (n < 0 && errno == EINTR) continue;
+      check(n > 0, dir_ + "/" + file_names_[s.file] + ": write failed: " + std::strerror(errno));
+      offset += static_cast<uint64_t>(n);
+      for (uint64_t left = static_cast<uint64_t>(n); left > 0;) {  // skip what was written
+        if (left >= iov[first].iov_len) {
+          left -= iov[first].iov_len;
+          ++first;
+        } else {
+          iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + left;
+          iov[first].iov_len -= left;
+          left = 0;
+        }
+      }
+    }
+    for (uint64_t j = 0; j < layers; ++j)
+      release_mapped_pages(layer_data[j] + o0 * inner, runs * inner);
+  }
+  s.crc = crc;
+  s.written_whole = true;  // checksummed here: finish() need not read it back
+  s.layers_written.assign(layers, true);
 }
 
 void KilnCheckpointWriter::add_tokenizer_file(const std::string& path) {

@@ -75,6 +75,14 @@ class KilnCheckpointWriter {
                        const std::string& path, uint64_t offset);
   void write_layer_from_file(const std::string& name, int64_t position, DType dtype,
                              const Shape& shape, const std::string& path, uint64_t offset);
+  // Every layer of scanned tensor `name` at once, layer j's bytes read from
+  // `sources[j]` = (path, offset) as in write_layer_from_file, and written in file order: each
+  // block of the stacked tensor (a few MiB, all layers' rows of it) is gathered with vectored
+  // reads (each source tensor is read once, front to back) and written with one large write,
+  // checksummed on the way. Stacking on axis 1 interleaves the layers' rows, so layer-wise
+  // writes of it are one small write per row; this is the fast path for scanned conversion.
+  void write_stacked_from_files(const std::string& name, DType dtype, const Shape& layer_shape,
+                                const std::vector<std::pair<std::string, uint64_t>>& sources);
   // Copies the tokenizer file at `path` into the checkpoint under its file name.
   void add_tokenizer_file(const std::string& path);
   // Completes the checkpoint (see the class comment).
