@@ -102,6 +102,24 @@ TEST_P(MaxTextFamilyTree, TreeMatchesMaxTextAndRoundTrips) {
       EXPECT_EQ(tree_of(orbax), expected_tree(fixture, mt_layout));
       EXPECT_TRUE(OrbaxSource(orbax).contains("step"));
 
+      // Straight from the HF folder, as `kiln convert --format orbax` exports (no
+      // intermediate checkpoint): the same arrays, and the same Kiln checkpoint back.
+      const std::string direct = orbax + "_direct";
+      export_to_orbax(*open_hf_as_kiln(hf, options), direct, write, false, tree);
+      {
+        const OrbaxSource a(orbax), b(direct);
+        EXPECT_EQ(a.names(), b.names());
+        for (const std::string& name : a.names()) {
+          const Tensor x = a.get(name), y = b.get(name);
+          ASSERT_EQ(x.shape(), y.shape()) << name;
+          EXPECT_EQ(std::memcmp(x.raw(), y.raw(), x.nbytes()), 0) << name;
+        }
+        EXPECT_EQ(read_json_file(a.where() + "/kiln_manifest.json"),
+                  read_json_file(b.where() + "/kiln_manifest.json"));
+      }
+      import_orbax_to_kiln(direct, direct + "_back", {}, false);
+      expect_bitwise(kiln, direct + "_back");
+
       // With Kiln's sidecar: bitwise, in the Kiln layout it came from.
       import_orbax_to_kiln(orbax, orbax + "_back", {}, false);
       expect_bitwise(kiln, orbax + "_back");

@@ -114,8 +114,24 @@ class ConvertCommand : public Command {
       std::fprintf(stderr, "wrote %s (Kiln checkpoint, %s)\n", output_.c_str(), layout_.c_str());
       return 0;
     }
-    // Orbax: through an intermediate Kiln checkpoint beside the output (mmap-backed export
-    // keeps memory bounded), removed at the end; a rerun replaces a leftover one.
+    OrbaxWriteOptions orbax;
+    orbax.ocdbt = !orbax_zarr_;
+    orbax.zarr.zstd = !orbax_raw_;
+    orbax.manager_step = orbax_step_;
+    OrbaxExportOptions tree;
+    tree.tree = orbax_tree_;
+    tree.maxtext_layout = maxtext_layout_;
+    if (orbax_tree_ == "maxtext") {
+      // MaxText's tree is assembled layer by layer: straight from the source files, each
+      // Kiln tensor computed when its array is written (no intermediate checkpoint).
+      export_to_orbax(*open_hf_as_kiln(source_, options), output_, orbax, force_, tree);
+      std::fprintf(stderr, "wrote %s (Orbax checkpoint, %s)\n", output_.c_str(),
+                   orbax_zarr_ ? "zarr files" : "OCDBT");
+      return 0;
+    }
+    // The plain tree stores Kiln's tensors as they are (scanned ones stacked): through an
+    // intermediate Kiln checkpoint beside the output (mmap-backed export keeps memory
+    // bounded), removed at the end; a rerun replaces a leftover one.
     const fs::path out = fs::path(output_).lexically_normal();
     const fs::path parent = out.has_parent_path() ? out.parent_path() : fs::path(".");
     const std::string intermediate =
@@ -123,14 +139,7 @@ class ConvertCommand : public Command {
     check(!fs::exists(output_) || force_, output_ + ": already exists (use --force to replace it)");
     options.force = true;
     convert_hf_to_kiln(source_, intermediate, options);
-    OrbaxWriteOptions orbax;
-    orbax.ocdbt = !orbax_zarr_;
-    orbax.zarr.zstd = !orbax_raw_;
-    orbax.manager_step = orbax_step_;
     try {
-      OrbaxExportOptions tree;
-      tree.tree = orbax_tree_;
-      tree.maxtext_layout = maxtext_layout_;
       export_kiln_to_orbax(intermediate, output_, orbax, force_, tree);
     } catch (...) {
       fs::remove_all(intermediate);

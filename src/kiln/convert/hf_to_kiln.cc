@@ -120,35 +120,72 @@ DType quantized_dtype_for(const std::string& dtype, const std::string& name, con
   return fitting(format);
 }
 
-void convert_hf_to_kiln(const std::string& source_dir, const std::string& destination,
-                        const ConvertOptions& options) {
+namespace {
+
+// Everything convert_hf_to_kiln decides before writing: the source, the family's mappings,
+// each mapping's stored dtype and destination, and the checkpoint's plan.
+struct HfKilnPlan {
+  bool gguf = false;
+  std::shared_ptr<const Family> family;
+  ModelSpec spec;
+  std::unique_ptr<TensorSource> source;
+  std::vector<WeightMapping> mappings;
+  std::vector<DType> dtypes;
+  KilnCheckpointInfo info;
+  std::vector<KilnTensorPlan> plan;
+  std::vector<Destination> destinations;
+
+  // Mapping k's tensor in its Kiln shape, before any dtype change; `inputs` receives the
+  // source tensors it was made from.
+  Tensor tensor(size_t k, std::vector<Tensor>& inputs) const {
+    const WeightMapping& m = mappings[k];
+    inputs.clear();
+    for (const std::string& hf_name : m.hf_names) {
+      check(source->contains(hf_name), source->where() + ": missing tensor '" + hf_name +
+                                           "' (needed for '" + m.kiln_name + "')");
+      inputs.push_back(source->get(hf_name));
+    }
+    Tensor t = m.transform ? m.transform(inputs) : inputs[0];
+    check(t.shape() == m.shape, source->where() + ": tensor '" + m.hf_names[0] + "' has shape " +
+                                    t.shape_string() + ", expected " + shape_to_string(m.shape) +
+                                    " (for '" + m.kiln_name + "')");
+    return t;
+  }
+};
+
+HfKilnPlan plan_hf_to_kiln(const std::string& source_dir, const ConvertOptions& options) {
+  HfKilnPlan out;
   check(options.layout == "scanned" || options.layout == "unscanned",
         "--layout must be scanned or unscanned, not '" + options.layout + "'");
   target_dtype(options.dtype, DType::F32);  // validates the option before any work
   // A .gguf file: its metadata is the config, its vocabulary becomes tokenizer.json.
   const bool gguf = is_gguf_model(source_dir);
+  out.gguf = gguf;
   const HfConfig config =
       gguf ? gguf_hf_config(GgufFile::open(source_dir)) : HfConfig::load(source_dir);
   const std::string family_dir = gguf ? fs::path(source_dir).parent_path().string() : source_dir;
   const std::shared_ptr<const Family> chosen = choose_family(config, family_dir, options.family);
   const Family& family = *chosen;
-  ModelSpec spec = family.build_spec(config);
+  out.family = chosen;
+  ModelSpec& spec = out.spec;
+  spec = family.build_spec(config);
   spec.family = family.name();
   // Mapped, not resident: every borrowed tensor of the source is then a view of a file
   // mapping, whose pages are dropped once used (release_borrowed_inputs below).
   // Pre-quantized (fp8, MXFP4) weights are dequantized: to bf16 for --dtype keep/bf16 (what
   // the published models' own bf16 casts hold), else to f32, the exact product, from which the
   // target dtype is rounded once.
-  const std::unique_ptr<TensorSource> source =
-      open_model_source(source_dir, config, Residency::kMapped);
+  out.source = open_model_source(source_dir, config, Residency::kMapped);
+  const std::unique_ptr<TensorSource>& source = out.source;
   if (auto* quantized = dynamic_cast<QuantizedHfSource*>(source.get()))
     quantized->set_dequantized_dtype(
         options.dtype == "keep" || options.dtype == "bf16" ? DType::BF16 : DType::F32);
   family.refine_spec(spec, *source);
-  const std::vector<WeightMapping> mappings = family.map_weights(spec, *source);
+  out.mappings = family.map_weights(spec, *source);
+  const std::vector<WeightMapping>& mappings = out.mappings;
 
   // Per mapping: the dtype it is stored in.
-  std::vector<DType> dtypes;
+  std::vector<DType>& dtypes = out.dtypes;
   for (const WeightMapping& m : mappings) {
     check(!m.hf_names.empty() && source->contains(m.hf_names[0]),
           source->where() + ": missing tensor '" + (m.hf_names.empty() ? "" : m.hf_names[0]) +
@@ -160,13 +197,14 @@ void convert_hf_to_kiln(const std::string& source_dir, const std::string& destin
                          : target_dtype(options.dtype, stored));
   }
 
-  KilnCheckpointInfo info;
+  KilnCheckpointInfo& info = out.info;
   info.model_spec = spec.to_json();
   info.source_config = config.json();
   info.layout = options.layout;
   info.dtype = options.dtype;
-  std::vector<KilnTensorPlan> plan;
-  std::vector<Destination> destinations(mappings.size());
+  std::vector<KilnTensorPlan>& plan = out.plan;
+  std::vector<Destination>& destinations = out.destinations;
+  destinations.resize(mappings.size());
   if (options.layout == "unscanned") {
     for (size_t k = 0; k < mappings.size(); ++k) {
       plan.push_back({mappings[k].kiln_name, dtypes[k], mappings[k].shape, -1, ""});
@@ -213,6 +251,21 @@ void convert_hf_to_kiln(const std::string& source_dir, const std::string& destin
     }
   }
 
+  return out;
+}
+
+}  // namespace
+
+void convert_hf_to_kiln(const std::string& source_dir, const std::string& destination,
+                        const ConvertOptions& options) {
+  HfKilnPlan p = plan_hf_to_kiln(source_dir, options);
+  const bool gguf = p.gguf;
+  const std::unique_ptr<TensorSource>& source = p.source;
+  const std::vector<WeightMapping>& mappings = p.mappings;
+  const std::vector<DType>& dtypes = p.dtypes;
+  const KilnCheckpointInfo& info = p.info;
+  const std::vector<KilnTensorPlan>& plan = p.plan;
+  const std::vector<Destination>& destinations = p.destinations;
   AtomicOutputDir output(destination, options.force);
   KilnCheckpointWriter::Options writer_options;
   writer_options.max_shard_bytes = options.max_shard_bytes;
@@ -233,15 +286,7 @@ void convert_hf_to_kiln(const std::string& source_dir, const std::string& destin
   for (size_t k = 0; k < mappings.size(); ++k) {
     const WeightMapping& m = mappings[k];
     std::vector<Tensor> inputs;
-    for (const std::string& hf_name : m.hf_names) {
-      check(source->contains(hf_name), source->where() + ": missing tensor '" + hf_name +
-                                           "' (needed for '" + m.kiln_name + "')");
-      inputs.push_back(source->get(hf_name));
-    }
-    Tensor tensor = m.transform ? m.transform(inputs) : inputs[0];
-    check(tensor.shape() == m.shape, source->where() + ": tensor '" + m.hf_names[0] +
-                                         "' has shape " + tensor.shape_string() + ", expected " +
-                                         shape_to_string(m.shape) + " (for '" + m.kiln_name + "')");
+    Tensor tensor = p.tensor(k, inputs);
     const Destination& to = destinations[k];
     const std::optional<FileLocation> raw = m.transform || tensor.dtype() != dtypes[k]
                                                 ? std::nullopt
@@ -310,6 +355,83 @@ void convert_hf_to_kiln(const std::string& source_dir, const std::string& destin
   }
   writer.finish();
   output.commit();
+}
+
+namespace {
+
+class HfAsKiln : public KilnTensorSet {
+ public:
+  HfAsKiln(const std::string& source_dir, const ConvertOptions& options)
+      : plan_(plan_hf_to_kiln(source_dir, options)), where_(source_dir) {
+    check(!is_quantized_option(options.dtype),
+          source_dir + ": --dtype " + options.dtype +
+              " is a quantized format; only float dtypes are served without conversion");
+    const KilnCheckpointInfo& info = plan_.info;
+    Json tensors = Json::object();
+    for (const KilnTensorPlan& t : plan_.plan) {
+      Json entry = {{"dtype", std::string(dtype_name(t.dtype))}, {"shape", t.shape}};
+      if (t.layer_axis >= 0) {
+        entry["layer_axis"] = t.layer_axis;
+        entry["layer_group"] = t.layer_group;
+      }
+      tensors[t.name] = entry;
+      names_.push_back(t.name);
+    }
+    manifest_ = {{"format", "kiln-checkpoint"},
+                 {"format_version", 1},
+                 {"kiln_version", KILN_VERSION},
+                 {"model_spec", info.model_spec},
+                 {"source_config", info.source_config},
+                 {"layout", info.layout},
+                 {"dtype", info.dtype},
+                 {"tensors", tensors}};
+    if (info.layout == "scanned") manifest_["layer_groups"] = info.layer_groups;
+    for (size_t k = 0; k < plan_.mappings.size(); ++k) by_name_[plan_.mappings[k].kiln_name] = k;
+  }
+
+  const Json& manifest() const override { return manifest_; }
+  std::vector<std::string> names() const override { return names_; }
+  std::string where() const override { return where_; }
+
+  Tensor get(const std::string& name) const override {
+    const auto it = by_name_.find(name);
+    check(it != by_name_.end() && plan_.destinations[it->second].position < 0,
+          where_ + ": no unstacked Kiln tensor '" + name + "'");
+    return compute(it->second);
+  }
+
+  Tensor layer_tensor(int64_t layer, const std::string& param) const override {
+    const std::string name = std::string(kLayerPrefix) + std::to_string(layer) + "/" + param;
+    const auto it = by_name_.find(name);
+    check(it != by_name_.end(), where_ + ": no Kiln tensor '" + name + "'");
+    return compute(it->second);
+  }
+
+ private:
+  Tensor compute(size_t k) const {
+    std::vector<Tensor> inputs;
+    Tensor t = plan_.tensor(k, inputs);
+    const bool rebuilt = plan_.mappings[k].transform || t.dtype() != plan_.dtypes[k];
+    if (t.dtype() != plan_.dtypes[k]) t = t.to(plan_.dtypes[k]);
+    if (rebuilt)
+      for (const Tensor& input : inputs)  // the source's pages are no longer needed
+        if (!input.writable() && input.is_contiguous())
+          release_mapped_pages(input.raw(), input.nbytes());
+    return t;
+  }
+
+  HfKilnPlan plan_;
+  std::string where_;
+  Json manifest_;
+  std::vector<std::string> names_;
+  std::map<std::string, size_t> by_name_;
+};
+
+}  // namespace
+
+std::unique_ptr<KilnTensorSet> open_hf_as_kiln(const std::string& source,
+                                               const ConvertOptions& options) {
+  return std::make_unique<HfAsKiln>(source, options);
 }
 
 }  // namespace kiln

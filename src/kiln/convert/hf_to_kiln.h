@@ -4,9 +4,11 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "kiln/convert/kiln_tensor_set.h"
 #include "kiln/models/family_file.h"
 
 namespace kiln {
@@ -56,5 +58,15 @@ DType quantized_dtype_for(const std::string& dtype, const std::string& name, con
 // written as tokenizer.json and quantized tensors are dequantized (models/gguf_model.h).
 void convert_hf_to_kiln(const std::string& source, const std::string& destination,
                         const ConvertOptions& options);
+
+// The Kiln checkpoint convert_hf_to_kiln(source, ..., options) would write, without writing
+// it: its manifest (without files, offsets or checksums) and its tensors, each computed when
+// asked for (a view of the source's mapping when stored unchanged; the family transform
+// and dtype change applied otherwise, the inputs' pages dropped). Scanned tensors are not
+// materialized: get() of a stacked name is an Error; layer_tensor() serves every layer.
+// Float dtypes only (keep, f32, bf16, f16). Lets an exporter (Orbax) stream a model straight
+// from its HuggingFace files.
+std::unique_ptr<KilnTensorSet> open_hf_as_kiln(const std::string& source,
+                                               const ConvertOptions& options);
 
 }  // namespace kiln

@@ -35,7 +35,7 @@ bool any_nonzero(const Tensor& t) {
 
 // The Kiln tensors of `source` as (layer, per-layer name) keys: "<i>|<param>" for layer
 // tensors of either layout, the full name for top-level ones.
-std::set<std::string> kiln_keys(const KilnCheckpoint& source) {
+std::set<std::string> kiln_keys(const KilnTensorSet& source) {
   const Json& manifest = source.manifest();
   std::set<std::string> keys;
   const Json groups = manifest.value("layer_groups", Json::object());
@@ -70,13 +70,13 @@ void release_view(const Tensor& t) {
   release_mapped_pages(t.raw(), static_cast<size_t>(last + 1) * dtype_size(t.dtype()));
 }
 
-void export_plain(const KilnCheckpoint& source, OrbaxWriter& writer) {
+void export_plain(const KilnTensorSet& source, OrbaxWriter& writer) {
   for (const std::string& name : source.names()) writer.add(kTreePrefix + name, source.get(name));
 }
 
 // Writes one MaxText array, layer by layer when stacked; returns the residual's name when one
 // was written.
-std::string write_array(const KilnCheckpoint& source, const MaxTextArraySpec& a,
+std::string write_array(const KilnTensorSet& source, const MaxTextArraySpec& a,
                         OrbaxWriter& writer) {
   const std::string array_name = kTreePrefix + a.path;
   const std::string residual_name = kResidualPrefix + a.path;
@@ -163,10 +163,36 @@ void check_tree(const OrbaxSource& source, const MaxTextTree& tree) {
 
 }  // namespace
 
+namespace {
+
+// A Kiln checkpoint on disk as a KilnTensorSet.
+class CheckpointTensors : public KilnTensorSet {
+ public:
+  explicit CheckpointTensors(const std::string& dir) : checkpoint_(dir) {}
+  const Json& manifest() const override { return checkpoint_.manifest(); }
+  std::vector<std::string> names() const override { return checkpoint_.names(); }
+  Tensor get(const std::string& name) const override { return checkpoint_.get(name); }
+  Tensor layer_tensor(int64_t layer, const std::string& param) const override {
+    return checkpoint_.layer_tensor(layer, param);
+  }
+  std::string where() const override { return checkpoint_.where(); }
+
+ private:
+  KilnCheckpoint checkpoint_;
+};
+
+}  // namespace
+
 void export_kiln_to_orbax(const std::string& kiln_dir, const std::string& orbax_dir,
                           const OrbaxWriteOptions& options, bool force,
                           const OrbaxExportOptions& export_options) {
-  const KilnCheckpoint source(kiln_dir);
+  export_to_orbax(CheckpointTensors(kiln_dir), orbax_dir, options, force, export_options);
+}
+
+void export_to_orbax(const KilnTensorSet& source, const std::string& orbax_dir,
+                     const OrbaxWriteOptions& options, bool force,
+                     const OrbaxExportOptions& export_options) {
+  const std::string kiln_dir = source.where();
   const Json& manifest = source.manifest();
   const Json& entries = manifest["tensors"];
   check(export_options.tree == "maxtext" || export_options.tree == "plain",
@@ -209,7 +235,9 @@ void export_kiln_to_orbax(const std::string& kiln_dir, const std::string& orbax_
     }
   }
   AtomicOutputDir output(orbax_dir, force);
-  OrbaxWriter writer(output.path(), options);
+  OrbaxWriteOptions write_options = options;
+  write_options.release_borrowed_inputs = true;  // the sources' tensors are views of mappings
+  OrbaxWriter writer(output.path(), write_options);
   Json arrays = Json::object();
   if (plain) {
     export_plain(source, writer);

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "kiln/convert/kiln_tensor_set.h"
 #include "kiln/io/kiln_checkpoint.h"
 #include "kiln/io/orbax/orbax_checkpoint.h"
 
@@ -32,6 +33,12 @@ struct OrbaxExportOptions {
 void export_kiln_to_orbax(const std::string& kiln_dir, const std::string& orbax_dir,
                           const OrbaxWriteOptions& options, bool force,
                           const OrbaxExportOptions& export_options = {});
+// The same from any KilnTensorSet, e.g. a HuggingFace folder seen as the Kiln checkpoint it
+// converts to (open_hf_as_kiln): `kiln convert --format orbax` streams the model straight
+// from its source files, without an intermediate checkpoint. Errors name source.where().
+void export_to_orbax(const KilnTensorSet& source, const std::string& orbax_dir,
+                     const OrbaxWriteOptions& options, bool force,
+                     const OrbaxExportOptions& export_options = {});
 
 // Writes the Orbax checkpoint at `orbax_dir` (any layout resolve_orbax_item_dir accepts) as
 // a Kiln checkpoint at `kiln_dir` (atomically; an existing one only with `force`). With

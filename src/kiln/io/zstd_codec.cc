@@ -45,4 +45,21 @@ std::string zstd_compress(const void* data, size_t size, int level) {
   return out;
 }
 
+ZstdCompressor::ZstdCompressor(int level) : level_(level), ctx_(ZSTD_createCCtx()) {
+  check(ctx_ != nullptr, "cannot create a zstd encoder");
+}
+
+ZstdCompressor::~ZstdCompressor() {
+  ZSTD_freeCCtx(static_cast<ZSTD_CCtx*>(ctx_));
+}
+
+std::pair<const char*, size_t> ZstdCompressor::compress(const void* data, size_t size) {
+  const size_t bound = ZSTD_compressBound(size);
+  if (out_.size() < bound) out_.resize(bound);
+  const size_t n = ZSTD_compressCCtx(static_cast<ZSTD_CCtx*>(ctx_), out_.data(), out_.size(), data,
+                                     size, level_);
+  if (ZSTD_isError(n)) throw Error(std::string("zstd compression failed: ") + ZSTD_getErrorName(n));
+  return {out_.data(), n};
+}
+
 }  // namespace kiln

@@ -2,7 +2,9 @@
 #pragma once
 
 #include <cstddef>
+#include <memory>
 #include <string>
+#include <vector>
 
 namespace kiln {
 
@@ -11,5 +13,22 @@ namespace kiln {
 std::string zstd_decompress(const void* data, size_t size, const std::string& where);
 // Compresses `size` bytes at `level` (1..19) into one frame that records its content size.
 std::string zstd_compress(const void* data, size_t size, int level);
+
+// zstd_compress with one compression context and output buffer reused across calls, so
+// compressing many chunks allocates nothing after the largest: the same frames.
+class ZstdCompressor {
+ public:
+  explicit ZstdCompressor(int level);
+  ~ZstdCompressor();
+  ZstdCompressor(const ZstdCompressor&) = delete;
+  ZstdCompressor& operator=(const ZstdCompressor&) = delete;
+  // The frame of `size` bytes at `data`, valid until the next call.
+  std::pair<const char*, size_t> compress(const void* data, size_t size);
+
+ private:
+  int level_;
+  void* ctx_ = nullptr;  // ZSTD_CCtx
+  std::vector<char> out_;
+};
 
 }  // namespace kiln

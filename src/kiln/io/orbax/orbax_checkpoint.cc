@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
 #include "kiln/core/error.h"
+#include "kiln/core/page_release.h"
 #include "kiln/io/json.h"
 
 namespace kiln {
@@ -198,21 +200,53 @@ std::string OrbaxWriter::start_array(const std::string& name, bool listed, Shape
   return storage;
 }
 
-void OrbaxWriter::put(const std::string& key, const std::string& bytes) {
+void OrbaxWriter::put(const std::string& key, const char* bytes, size_t size) {
   if (ocdbt_) {
-    ocdbt_->add(key, bytes);
+    ocdbt_->add(key, bytes, size);
     return;
   }
   const fs::path path = fs::path(item_dir_) / key;
   fs::create_directories(path.parent_path());
-  write_text(path, bytes);
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes, static_cast<std::streamsize>(size));
+  out.flush();
+  check(out.good(), path.string() + ": write failed");
+}
+
+void OrbaxWriter::put_chunk(const std::string& key, const char* raw, size_t size,
+                            size_t chunk_bytes) {
+  if (size < chunk_bytes) {  // zarr v2 stores full chunks: edge chunks are zero-padded
+    if (pad_.size() < chunk_bytes) pad_.resize(chunk_bytes);
+    std::memcpy(pad_.data(), raw, size);
+    std::memset(pad_.data() + size, 0, chunk_bytes - size);
+    raw = pad_.data();
+  }
+  if (!options_.zarr.zstd) return put(key, raw, chunk_bytes);
+  if (!zstd_) zstd_ = std::make_unique<ZstdCompressor>(options_.zarr.zstd_level);
+  const auto [frame, frame_size] = zstd_->compress(raw, chunk_bytes);
+  put(key, frame, frame_size);
 }
 
 void OrbaxWriter::add_array(const std::string& name, const Tensor& tensor, bool listed) {
-  const std::string storage = start_array(name, listed, tensor.shape(), {});
-  written_.back().chunks =
-      write_zarr_v2(tensor, storage + "/", options_.zarr,
-                    [&](const std::string& key, const std::string& bytes) { put(key, bytes); });
+  const Shape chunks = zarr_v2_chunk_shape(tensor.dtype(), tensor.shape(), options_.zarr);
+  const std::string storage = start_array(name, listed, tensor.shape(), chunks);
+  const std::string prefix = storage + "/";
+  put(prefix + ".zarray", zarr_v2_metadata(tensor.dtype(), tensor.shape(), chunks, options_.zarr));
+  if (tensor.numel() == 0) return;
+  const Tensor contiguous = tensor.contiguous();
+  const auto* src = static_cast<const char*>(contiguous.raw());
+  const Shape& shape = tensor.shape();
+  const int64_t chunk_count = shape.empty() ? 1 : (shape[0] + chunks[0] - 1) / chunks[0];
+  const size_t chunk_bytes = static_cast<size_t>(shape_numel(chunks)) * dtype_size(tensor.dtype());
+  for (int64_t c = 0; c < chunk_count; ++c) {
+    Shape index(shape.size(), 0);
+    if (!shape.empty()) index[0] = c;
+    const size_t begin = static_cast<size_t>(c) * chunk_bytes;
+    const size_t size = std::min(chunk_bytes, contiguous.nbytes() - begin);
+    put_chunk(zarr_v2_chunk_key(prefix, index), src + begin, size, chunk_bytes);
+    if (options_.release_borrowed_inputs && !contiguous.writable())
+      release_mapped_pages(src + begin, size);
+  }
 }
 
 void OrbaxWriter::begin_layers(const std::string& name, DType dtype, const Shape& shape,
@@ -270,8 +304,9 @@ void OrbaxWriter::add_layer(const std::string& name, int64_t position, const Ten
     if (!l.listed &&
         std::all_of(bytes + begin, bytes + begin + size, [](char c) { return c == 0; }))
       continue;
-    put(zarr_v2_chunk_key(l.prefix, index),
-        zarr_v2_chunk(std::string(bytes + begin, size), chunk_bytes, options_.zarr));
+    put_chunk(zarr_v2_chunk_key(l.prefix, index), bytes + begin, size, chunk_bytes);
+    if (options_.release_borrowed_inputs && !src.writable())
+      release_mapped_pages(bytes + begin, size);
   }
 }
 

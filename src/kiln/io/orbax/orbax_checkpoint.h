@@ -13,6 +13,7 @@
 #include "kiln/io/orbax/kvstore.h"
 #include "kiln/io/orbax/ocdbt.h"
 #include "kiln/io/orbax/zarr.h"
+#include "kiln/io/zstd_codec.h"
 #include "kiln/models/family.h"
 
 namespace kiln {
@@ -63,6 +64,10 @@ struct OrbaxWriteOptions {
   ZarrWriteOptions zarr{.zstd = true, .zstd_level = 1};
   // When set, write CheckpointManager's layout: <dir>/<step>/items/... (as MaxText loads).
   std::optional<int64_t> manager_step;
+  // The caller promises that every read-only (borrowed) tensor it adds is a view of a
+  // read-only file mapping: its pages are then dropped chunk by chunk once written
+  // (release_mapped_pages), so a large array never stays resident.
+  bool release_borrowed_inputs = false;
 };
 
 // Writes an orbax checkpoint that orbax-checkpoint's PyTreeCheckpointer restores: zarr v2
@@ -113,7 +118,15 @@ class OrbaxWriter {
   // Records array `name` (checked tree path, not yet added) and returns its storage name.
   std::string start_array(const std::string& name, bool listed, Shape shape, Shape chunks);
   // Stores one zarr key: an OCDBT entry or a file.
-  void put(const std::string& key, const std::string& bytes);
+  void put(const std::string& key, const char* bytes, size_t size);
+  void put(const std::string& key, const std::string& bytes) {
+    put(key, bytes.data(), bytes.size());
+  }
+  // Stores the chunk `key` from its first `size` raw bytes (zero-padded to `chunk_bytes`,
+  // compressed per the options) through buffers reused from chunk to chunk.
+  void put_chunk(const std::string& key, const char* raw, size_t size, size_t chunk_bytes);
+  std::unique_ptr<ZstdCompressor> zstd_;
+  std::vector<char> pad_;
   std::string dir_;
   std::string item_dir_;
   OrbaxWriteOptions options_;

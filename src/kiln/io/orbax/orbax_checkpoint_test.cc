@@ -8,6 +8,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
+#include <map>
 #include <random>
 
 #include "kiln/core/error.h"
@@ -292,6 +294,44 @@ TEST_F(OrbaxWrite, RejectsBadNamesAndExistingOutput) {
   EXPECT_NE(message.find("added twice"), std::string::npos);
   message = error_of([&] { OrbaxWriter again(test::data_path("orbax/pytree_zarr"), {}); });
   EXPECT_NE(message.find("not empty"), std::string::npos);
+}
+
+// Values larger than the data file's write staging (8 MiB), odd sizes, inline values in
+// between: every byte reads back (direct I/O where the filesystem allows it, the tail cut
+// back to the data's end).
+TEST(Ocdbt, LargeValuesStreamThroughTheDataFile) {
+  const std::string dir = test::make_temp_dir("kiln-ocdbt-large");
+  std::mt19937 rng(11);
+  std::map<std::string, std::string> values;
+  for (size_t size : {size_t{20} << 20, size_t{3}, size_t{9} << 20 | 4097, size_t{1000},
+                      size_t{4096}, size_t{12345}}) {
+    std::string v(size, '\0');
+    for (char& c : v) c = static_cast<char>(rng());
+    values["key" + std::to_string(values.size())] = v;
+  }
+  {
+    OcdbtWriter writer(dir, {});
+    for (const auto& [key, value] : values) writer.add(key, value);
+    writer.finish();
+  }
+  const auto store = OcdbtKvStore::open(dir);
+  uint64_t data_bytes = 0;
+  for (const auto& entry : fs::directory_iterator(fs::path(dir) / "d"))
+    data_bytes += fs::file_size(entry.path());
+  uint64_t indirect = 0;
+  for (const auto& [key, value] : values) {
+    const auto got = store->read(key);
+    ASSERT_TRUE(got.has_value()) << key;
+    EXPECT_EQ(got->size(), value.size()) << key;
+    EXPECT_TRUE(*got == value) << key;
+    if (value.size() > 1024) indirect += value.size();
+  }
+  // The data file holds the indirect values and the B+tree node, nothing padded.
+  EXPECT_GT(data_bytes, indirect);
+  EXPECT_LT(data_bytes, indirect + 4096);
+  std::cout << "  OCDBT data file: " << data_bytes << " bytes for " << indirect
+            << " bytes of indirect values\n";
+  fs::remove_all(dir);
 }
 
 }  // namespace

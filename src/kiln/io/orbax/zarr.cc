@@ -361,19 +361,25 @@ std::string zarr_v2_chunk(std::string raw, size_t chunk_bytes, const ZarrWriteOp
   return options.zstd ? zstd_compress(raw.data(), raw.size(), options.zstd_level) : raw;
 }
 
-Shape write_zarr_v2(const Tensor& tensor, const std::string& prefix,
-                    const ZarrWriteOptions& options,
-                    const std::function<void(const std::string&, const std::string&)>& emit) {
-  const Shape& shape = tensor.shape();
-  const size_t element = dtype_size(tensor.dtype());
+Shape zarr_v2_chunk_shape(DType dtype, const Shape& shape, const ZarrWriteOptions& options) {
   Shape chunks(shape.size());
   for (size_t d = 0; d < shape.size(); ++d) chunks[d] = std::max<int64_t>(shape[d], 1);
   int64_t row_elements = 1;
   for (size_t d = 1; d < shape.size(); ++d) row_elements *= chunks[d];
   if (!shape.empty()) {
-    const int64_t rows = static_cast<int64_t>(options.max_chunk_bytes / (row_elements * element));
+    const int64_t rows =
+        static_cast<int64_t>(options.max_chunk_bytes / (row_elements * dtype_size(dtype)));
     chunks[0] = std::clamp<int64_t>(rows, 1, chunks[0]);
   }
+  return chunks;
+}
+
+Shape write_zarr_v2(const Tensor& tensor, const std::string& prefix,
+                    const ZarrWriteOptions& options,
+                    const std::function<void(const std::string&, const std::string&)>& emit) {
+  const Shape& shape = tensor.shape();
+  const size_t element = dtype_size(tensor.dtype());
+  const Shape chunks = zarr_v2_chunk_shape(tensor.dtype(), shape, options);
   emit(prefix + ".zarray", zarr_v2_metadata(tensor.dtype(), shape, chunks, options));
   if (tensor.numel() == 0) return chunks;
   const Tensor contiguous = tensor.contiguous();

@@ -23,8 +23,14 @@ struct ZarrWriteOptions {
   bool zstd = false;  // compressor: zstd, or none (raw chunks)
   int zstd_level = 1;
   // Chunks split dimension 0 so that no chunk exceeds this many bytes (one row at least).
-  size_t max_chunk_bytes = size_t{256} << 20;
+  // 16 MiB: large enough for efficient reads and compression, small enough that a writer
+  // holds little (orbax itself writes an unsharded array as one chunk; any chunking reads).
+  size_t max_chunk_bytes = size_t{16} << 20;
 };
+
+// The chunk shape write_zarr_v2 uses for an array: whole rows of dimension 0, at most
+// `options.max_chunk_bytes` (one row at least).
+Shape zarr_v2_chunk_shape(DType dtype, const Shape& shape, const ZarrWriteOptions& options);
 
 // Writes `tensor` as a zarr v2 array under `prefix`: `emit(key, bytes)` is called for
 // `<prefix>.zarray` and for every chunk, one chunk in memory at a time. Chunks are C-order,
