@@ -42,9 +42,14 @@ Model::Model(ModelSpec spec, const WeightMap& weights) : spec_(std::move(spec)) 
     layers_.emplace_back(spec_.layers[i], i, hidden, weights);
   final_norm_ = Norm(spec_.has_final_norm ? spec_.final_norm : NormSpec{NormKind::kNone, 0.0f},
                      weights, names::final_norm(), hidden);
-  lm_head_ = spec_.tie_word_embeddings
+  // A tied embedding is the output matrix, unless the checkpoint also holds a quantized copy
+  // of it as the head (`kiln convert --dtype int8|int4`: the lookup reads the table, the
+  // head the copy).
+  const bool head_copy = weights.count(names::kernel(names::lm_head())) != 0;
+  lm_head_ = spec_.tie_word_embeddings && !head_copy
                  ? Linear(embedding_)
-                 : Linear(weights, names::lm_head(), hidden, vocab, spec_.lm_head_bias);
+                 : Linear(weights, names::lm_head(), hidden, vocab,
+                          spec_.lm_head_bias && !spec_.tie_word_embeddings);
 }
 
 Tensor Model::forward(const int32_t* tokens, int64_t batch, int64_t tokens_per_row, KvCache& cache,

@@ -92,7 +92,8 @@ ModelBenchResult run_model_bench(const LoadedModel& loaded, const ModelBenchOpti
   double per_token_linear_params = 0.0;  // weights every prompt token multiplies with
   for (const auto& [name, tensor] : loaded.weights) {
     result.weight_bytes += static_cast<double>(tensor.nbytes());
-    if (name != embedding || spec.tie_word_embeddings)
+    // (a tied embedding is read whole per token, unless a head copy is read instead)
+    if (name != embedding || (spec.tie_word_embeddings && !loaded.weights.count(lm_head)))
       result.decode_weight_bytes += static_cast<double>(tensor.nbytes());
     if (tensor.ndim() >= 2 && name != embedding && name != lm_head)
       per_token_linear_params += static_cast<double>(tensor.numel());
