@@ -17,6 +17,7 @@
 #include "kiln/ops/activation.h"
 #include "kiln/ops/attention.h"
 #include "kiln/ops/linear.h"
+#include "kiln/ops/softmax.h"
 
 namespace kiln::ops {
 namespace {
@@ -308,6 +309,80 @@ TEST(FastKernels, SiluGatedBackwardMatchesReference) {
       EXPECT_EQ(only_up, got_up) << name << " count " << count;
     }
     std::cout << name << " silu_gated_backward: max |err| / (1 + |y|) = " << worst << std::endl;
+    EXPECT_LE(worst, 1e-6) << name;
+  }
+  use_kernels("auto");
+}
+
+TEST(FastKernels, AttentionProbsMatchReference) {
+  std::mt19937 rng(31);
+  for (const std::string& name : fast_kernel_sets()) {
+    use_kernels(name);
+    double worst = 0.0;
+    for (const int64_t cols : {1, 7, 16, 33, 64, 200}) {
+      const int64_t rows = 5;
+      std::vector<int64_t> begin(rows), end(rows);
+      for (int64_t i = 0; i < rows; ++i) {  // visible windows of every kind, the last all
+        begin[i] = i == rows - 1 ? 0 : static_cast<int64_t>(rng() % cols);
+        end[i] =
+            i == rows - 1 ? cols : begin[i] + 1 + static_cast<int64_t>(rng() % (cols - begin[i]));
+      }
+      std::vector<float> scores = random_vector(rng, rows * cols),
+                         dp = random_vector(rng, rows * cols);
+      for (float& x : scores) x *= 8.0f;
+      std::vector<float> got = scores, want = scores, got_stats(2 * rows), want_stats(2 * rows);
+      attention_probs(got.data(), rows, cols, begin.data(), end.data(), got_stats.data());
+      attention_probs_reference(want.data(), rows, cols, begin.data(), end.data(),
+                                want_stats.data());
+      worst = std::max(
+          {worst, max_relative_error(got, want), max_relative_error(got_stats, want_stats)});
+      for (int64_t i = 0; i < rows; ++i) {  // zeros outside the visible columns
+        for (int64_t j = 0; j < cols; ++j)
+          if (j < begin[i] || j >= end[i]) {
+            EXPECT_EQ(got[i * cols + j], 0.0f) << name;
+          }
+      }
+      // The backward from the same scores and the reference's statistics.
+      std::vector<float> got_p = scores, want_p = scores, got_ds = dp, want_ds = dp;
+      attention_probs_backward(got_p.data(), got_ds.data(), rows, cols, begin.data(), end.data(),
+                               want_stats.data(), 0.3f);
+      attention_probs_backward_reference(want_p.data(), want_ds.data(), rows, cols, begin.data(),
+                                         end.data(), want_stats.data(), 0.3f);
+      worst = std::max({worst, max_relative_error(got_p, want_p), max_relative_error(got_p, want),
+                        max_relative_error(got_ds, want_ds)});
+    }
+    std::cout << name << " attention_probs (+ backward): max |err| / (1 + |y|) = " << worst
+              << std::endl;
+    EXPECT_LE(worst, 1e-6) << name;
+  }
+  use_kernels("auto");
+}
+
+TEST(FastKernels, AdamWMatchesReference) {
+  std::mt19937 rng(32);
+  for (const std::string& name : fast_kernel_sets()) {
+    use_kernels(name);
+    double worst = 0.0;
+    for (const int64_t n : {1, 7, 16, 33, 5000}) {
+      const std::vector<float> w = random_vector(rng, n), g = random_vector(rng, n),
+                               m = random_vector(rng, n);
+      std::vector<float> v = random_vector(rng, n);
+      for (float& x : v) x = x * x;
+      AdamWScalars s;
+      s.clip = 0.7f;
+      s.decay = 0.999f;
+      s.beta1 = 0.9f;
+      s.beta2 = 0.95f;
+      s.step_size = 1e-3f;
+      s.bias_correction2_sqrt = 0.3f;
+      std::vector<float> gw = w, gm = m, gv = v, rw = w, rm = m, rv = v;
+      adamw_update(gw.data(), g.data(), gm.data(), gv.data(), n, s);
+      adamw_update_reference(rw.data(), g.data(), rm.data(), rv.data(), n, s);
+      worst = std::max({worst, max_relative_error(gw, rw), max_relative_error(gm, rm),
+                        max_relative_error(gv, rv)});
+      EXPECT_NE(gw, w) << name;  // it moved
+    }
+    std::cout << name << " adamw_update: max |err| / (1 + |y|) = " << worst << std::endl;
     EXPECT_LE(worst, 1e-6) << name;
   }
   use_kernels("auto");

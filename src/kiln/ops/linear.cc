@@ -117,7 +117,10 @@ const KernelTable& reference_table() {
                                  &causal_attention_reference,
                                  &silu_gated_reference,
                                  &gemm_f32_reference,
-                                 &silu_gated_backward_reference};
+                                 &silu_gated_backward_reference,
+                                 &attention_probs_reference,
+                                 &attention_probs_backward_reference,
+                                 &adamw_update_reference};
   return table;
 }
 }  // namespace kiln::ops::cpu

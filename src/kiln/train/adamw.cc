@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "kiln/core/error.h"
+#include "kiln/ops/softmax.h"
 
 namespace kiln::train {
 
@@ -59,18 +60,15 @@ void adamw_update(const AdamWOptions& o, int64_t t, float clip, bool decay, floa
   // The scalars in double, then f32, as PyTorch applies Python floats to f32 tensors.
   const float bias_correction2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(o.beta2, steps)));
   const float step_size = static_cast<float>(o.lr / (1.0 - std::pow(o.beta1, steps)));
-  const float beta1 = static_cast<float>(o.beta1), beta2 = static_cast<float>(o.beta2);
-  const float eps = static_cast<float>(o.eps);
-  const float factor = decay ? static_cast<float>(1.0 - o.lr * o.weight_decay) : 1.0f;
-#pragma omp parallel for schedule(static) if (n >= 4096)
-  for (int64_t i = 0; i < n; ++i) {
-    const float gi = g[i] * clip;
-    w[i] *= factor;
-    m[i] = m[i] * beta1 + gi * (1.0f - beta1);
-    v[i] = v[i] * beta2 + gi * gi * (1.0f - beta2);
-    const float denom = std::sqrt(v[i]) / bias_correction2_sqrt + eps;
-    w[i] -= step_size * (m[i] / denom);
-  }
+  ops::AdamWScalars s;
+  s.clip = clip;
+  s.decay = decay ? static_cast<float>(1.0 - o.lr * o.weight_decay) : 1.0f;
+  s.beta1 = static_cast<float>(o.beta1);
+  s.beta2 = static_cast<float>(o.beta2);
+  s.eps = static_cast<float>(o.eps);
+  s.step_size = step_size;
+  s.bias_correction2_sqrt = bias_correction2_sqrt;
+  ops::adamw_update(w, g, m, v, n, s);  // the active kernel set's vector kernel
 }
 
 }  // namespace kiln::train

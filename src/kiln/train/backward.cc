@@ -14,6 +14,7 @@
 #include "kiln/ops/attention.h"
 #include "kiln/ops/linear.h"
 #include "kiln/ops/rope.h"
+#include "kiln/ops/softmax.h"
 
 // OpenBLAS's thread count (not in every cblas.h).
 extern "C" void openblas_set_num_threads(int num_threads);
@@ -277,14 +278,72 @@ void linear_backward(const float* x, const float* weight, const float* dy, float
   }
 }
 
-void attention_backward(const float* q, const float* k, const float* v, const float* dout,
-                        float* dq, float* dk, float* dv, const AttentionDims& s) {
+namespace {
+constexpr int64_t kAttentionBlock = 64;  // queries per block of the training attention
+
+// The visible key columns [begin[i], end[i]) of the queries t0 .. t0 + m - 1, relative to k0.
+void visible_columns(const ops::AttentionShape& shape, int64_t t0, int64_t m, int64_t k0,
+                     int64_t* begin, int64_t* end) {
+  for (int64_t i = 0; i < m; ++i) {
+    begin[i] = ops::first_visible_key(shape, t0 + i) - k0;
+    end[i] = t0 + i + 1 - k0;
+  }
+}
+}  // namespace
+
+void attention_forward_train(const float* q, const float* k, const float* v, float* out,
+                             float* stats, const AttentionDims& s) {
   check(s.heads > 0 && s.kv_heads > 0 && s.heads % s.kv_heads == 0,
-        "attention_backward: query heads must be a multiple of KV heads");
+        "attention_forward: query heads must be a multiple of KV heads");
   const int64_t T = s.tokens, D = s.head_dim, group = s.heads / s.kv_heads;
   const int64_t q_stride = s.heads * D, kv_stride = s.kv_heads * D;  // between tokens
   const ops::AttentionShape shape = attention_shape(s);
-  constexpr int64_t kBlock = 64;  // queries per block
+  const int64_t blocks = (T + kAttentionBlock - 1) / kAttentionBlock;
+  const int64_t items = s.batch * s.heads * blocks;
+  const int kD = static_cast<int>(D), kQs = static_cast<int>(q_stride),
+            kKvs = static_cast<int>(kv_stride);
+  const OneBlasThread one_thread;
+  // One (row, query head, block of queries) per work item, the longest blocks first; each
+  // output element is summed by one thread, the same way for any thread count.
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t item = 0; item < items; ++item) {
+    const int64_t block = blocks - 1 - item % blocks, h = (item / blocks) % s.heads;
+    const int64_t b = item / blocks / s.heads, kv = h / group;
+    const int64_t t0 = block * kAttentionBlock, m = std::min(kAttentionBlock, T - t0);
+    const int64_t k0 = ops::first_visible_key(shape, t0), n = t0 + m - k0;
+    float* scores = scratch(Scratch::kScores, kAttentionBlock * T);  // [m, n]
+    int64_t begin[kAttentionBlock], end[kAttentionBlock];
+    float block_stats[2 * kAttentionBlock];
+    visible_columns(shape, t0, m, k0, begin, end);
+    const float* qh = q + (b * T + t0) * q_stride + h * D;    // [m, D] at stride q_stride
+    const float* kh = k + (b * T + k0) * kv_stride + kv * D;  // [n, D] at stride kv_stride
+    const float* vh = v + (b * T + k0) * kv_stride + kv * D;
+    const int im = static_cast<int>(m), in = static_cast<int>(n);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, im, in, kD, s.scale, qh, kQs, kh, kKvs,
+                0.0f, scores, in);
+    ops::attention_probs(scores, m, n, begin, end, block_stats);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, im, kD, in, 1.0f, scores, in, vh, kKvs,
+                0.0f, out + (b * T + t0) * q_stride + h * D, kQs);
+    if (stats)
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t c = 0; c < 2; ++c)
+          stats[((b * T + t0 + i) * s.heads + h) * 2 + c] = block_stats[2 * i + c];
+  }
+}
+
+void attention_backward(const float* q, const float* k, const float* v, const float* dout,
+                        float* dq, float* dk, float* dv, const AttentionDims& s,
+                        const float* stats) {
+  check(s.heads > 0 && s.kv_heads > 0 && s.heads % s.kv_heads == 0,
+        "attention_backward: query heads must be a multiple of KV heads");
+  const int64_t T = s.tokens, D = s.head_dim, group = s.heads / s.kv_heads;
+  if (!stats) {  // the forward's statistics first
+    std::vector<float> o(s.batch * T * s.heads * D), l(s.batch * T * s.heads * 2);
+    attention_forward_train(q, k, v, o.data(), l.data(), s);
+    return attention_backward(q, k, v, dout, dq, dk, dv, s, l.data());
+  }
+  const int64_t q_stride = s.heads * D, kv_stride = s.kv_heads * D;  // between tokens
+  const ops::AttentionShape shape = attention_shape(s);
   const int kD = static_cast<int>(D), kQs = static_cast<int>(q_stride),
             kKvs = static_cast<int>(kv_stride);
   const OneBlasThread one_thread;
@@ -294,47 +353,33 @@ void attention_backward(const float* q, const float* k, const float* v, const fl
 #pragma omp parallel for collapse(2) schedule(dynamic, 1)
   for (int64_t b = 0; b < s.batch; ++b) {
     for (int64_t kv = 0; kv < s.kv_heads; ++kv) {
-      float* scores = scratch(Scratch::kScores, kBlock * T);     // [block, keys] p
-      float* grads = scratch(Scratch::kScoreGrads, kBlock * T);  // [block, keys] dp, then ds
-      const float* kh = k + b * T * kv_stride + kv * D;          // [T, D] at stride kv_stride
+      float* scores = scratch(Scratch::kScores, kAttentionBlock * T);     // [block, keys] p
+      float* grads = scratch(Scratch::kScoreGrads, kAttentionBlock * T);  // [block, keys] dp, ds
+      const float* kh = k + b * T * kv_stride + kv * D;  // [T, D] at stride kv_stride
       const float* vh = v + b * T * kv_stride + kv * D;
       float* dkh = dk ? dk + b * T * kv_stride + kv * D : nullptr;
       float* dvh = dv ? dv + b * T * kv_stride + kv * D : nullptr;
       for (int64_t h = kv * group; h < (kv + 1) * group; ++h) {
-        for (int64_t t0 = 0; t0 < T; t0 += kBlock) {
-          const int64_t m = std::min(kBlock, T - t0);
+        for (int64_t t0 = 0; t0 < T; t0 += kAttentionBlock) {
+          const int64_t m = std::min(kAttentionBlock, T - t0);
           // Keys any query of the block sees: [k0, t0 + m).
           const int64_t k0 = ops::first_visible_key(shape, t0), n = t0 + m - k0;
           const int im = static_cast<int>(m), in = static_cast<int>(n);
           const float* qh = q + (b * T + t0) * q_stride + h * D;  // [m, D] at stride q_stride
           const float* gh = dout + (b * T + t0) * q_stride + h * D;
+          int64_t begin[kAttentionBlock], end[kAttentionBlock];
+          float block_stats[2 * kAttentionBlock];
+          visible_columns(shape, t0, m, k0, begin, end);
+          for (int64_t i = 0; i < m; ++i)
+            for (int64_t c = 0; c < 2; ++c)
+              block_stats[2 * i + c] = stats[((b * T + t0 + i) * s.heads + h) * 2 + c];
           // scores = scale q k^T, dp = dout v^T: [m, n]
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, im, in, kD, s.scale, qh, kQs,
                       kh + k0 * kv_stride, kKvs, 0.0f, scores, in);
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, im, in, kD, 1.0f, gh, kQs,
                       vh + k0 * kv_stride, kKvs, 0.0f, grads, in);
-          for (int64_t i = 0; i < m; ++i) {
-            const int64_t t = t0 + i, first = ops::first_visible_key(shape, t) - k0,
-                          last = t - k0;  // visible columns [first, last]
-            float* p = scores + i * n;
-            float* ds = grads + i * n;
-            float max_score = -INFINITY;
-            for (int64_t j = first; j <= last; ++j) max_score = std::max(max_score, p[j]);
-            float sum = 0.0f;
-            for (int64_t j = first; j <= last; ++j) {
-              p[j] = std::exp(p[j] - max_score);
-              sum += p[j];
-            }
-            const float inv = 1.0f / sum;
-            float weighted = 0.0f;  // sum_j p_j dp_j
-            for (int64_t j = first; j <= last; ++j) {
-              p[j] *= inv;
-              weighted += p[j] * ds[j];
-            }
-            for (int64_t j = 0; j < first; ++j) p[j] = ds[j] = 0.0f;
-            for (int64_t j = first; j <= last; ++j) ds[j] = p[j] * (ds[j] - weighted) * s.scale;
-            for (int64_t j = last + 1; j < n; ++j) p[j] = ds[j] = 0.0f;
-          }
+          // p = e^(scores - max) / sum, ds = p (dp - sum_j p_j dp_j) scale
+          ops::attention_probs_backward(scores, grads, m, n, begin, end, block_stats, s.scale);
           if (dq)  // dq += ds k
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, im, kD, in, 1.0f, grads, in,
                         kh + k0 * kv_stride, kKvs, 1.0f, dq + (b * T + t0) * q_stride + h * D, kQs);
@@ -422,25 +467,25 @@ double cross_entropy_rows(const float* logits, const int32_t* targets, float* dl
       if (dz) std::fill(dz, dz + vocab, 0.0f);
       continue;
     }
+    const float z_target = z[target];
+    if (dz) {  // the softmax by the active kernel set's vector kernel, in place in dz
+      if (dz != z) std::copy(z, z + vocab, dz);
+      const int64_t begin = 0, end = vocab;
+      float stats[2];  // max z, 1 / sum e^(z - max)
+      ops::attention_probs(dz, 1, vocab, &begin, &end, stats);
+      row_loss[r] = static_cast<double>(stats[0]) - std::log(static_cast<double>(stats[1])) -
+                    static_cast<double>(z_target);
+      const auto w = static_cast<float>(weight);
+      for (int64_t i = 0; i < vocab; ++i) dz[i] *= w;
+      dz[target] -= w;
+      continue;
+    }
     float max_z = z[0];
     for (int64_t i = 1; i < vocab; ++i) max_z = std::max(max_z, z[i]);
-    const float z_target = z[target];
-    // e^(z - max) in f32 (into dz when there is one), summed in double.
+    // e^(z - max) in f32, summed in double.
     double sum = 0.0;
-    if (dz) {
-      for (int64_t i = 0; i < vocab; ++i) {
-        dz[i] = std::exp(z[i] - max_z);
-        sum += dz[i];
-      }
-    } else {
-      for (int64_t i = 0; i < vocab; ++i) sum += std::exp(z[i] - max_z);
-    }
+    for (int64_t i = 0; i < vocab; ++i) sum += std::exp(z[i] - max_z);
     row_loss[r] = std::log(sum) + max_z - z_target;
-    if (dz) {
-      const float factor = static_cast<float>(weight / sum);
-      for (int64_t i = 0; i < vocab; ++i) dz[i] *= factor;
-      dz[target] -= static_cast<float>(weight);
-    }
   }
   double total = 0.0;
   for (int64_t r = 0; r < rows; ++r) total += row_loss[r];

@@ -67,15 +67,23 @@ struct AttentionDims {
 //   q [B, T, Hq, D], k, v [B, T, Hkv, D], out [B, T, Hq, D]
 void attention_forward(const float* q, const float* k, const float* v, float* out,
                        const AttentionDims& dims, float cap = 0.0f);
-// Recomputes the probabilities p of each (row, head, query) from q and k, then
-//   dv_j += p_j dout;  dp_j = dout . v_j;  ds_j = p_j (dp_j - sum_i p_i dp_i)
-//   dq += scale sum_j ds_j k_j;  dk_j += scale ds_j q
-// Threads over (row, KV head): a KV head's query heads are handled by one thread. Blocks of
-// 64 queries against the keys they can see: scores and dp as two GEMMs, the softmax and ds
-// row by row, then dq, dk and dv as three more (single-threaded OpenBLAS sgemm on the strided
-// heads in place).
+// The training forward: the same attention (causal, windowed; no soft-cap) in blocks of 64
+// queries, each a (row, query head, block) work item: scores = scale q k^T and out = p v as
+// single-threaded OpenBLAS sgemm on the strided heads, the softmax a vector kernel
+// (ops::attention_probs). Also writes stats [B, T, Hq, 2], each query's softmax statistics
+// (its largest score and 1 / its softmax denominator), for attention_backward; may be null.
+void attention_forward_train(const float* q, const float* k, const float* v, float* out,
+                             float* stats, const AttentionDims& dims);
+// With the forward's `stats` (attention_forward_train), for each query, p as the forward made it:
+//   p_j = e^(scale q . k_j - max) / sum;  dv_j += p_j dout;  dp_j = dout . v_j;
+//   ds_j = p_j (dp_j - sum_i p_i dp_i);  dq += scale sum_j ds_j k_j;  dk_j += scale ds_j q
+// Null `stats`: the forward is run first to make them. Threads over (row, KV head): a KV head's
+// query heads are handled by one thread. Blocks of 64 queries against the keys they can see:
+// scores and dp as two GEMMs, p and ds by a vector kernel (ops::attention_probs_backward), then
+// dq, dk and dv as three more (single-threaded OpenBLAS sgemm on the strided heads in place).
 void attention_backward(const float* q, const float* k, const float* v, const float* dout,
-                        float* dq, float* dk, float* dv, const AttentionDims& dims);
+                        float* dq, float* dk, float* dv, const AttentionDims& dims,
+                        const float* stats = nullptr);
 // The same, one query at a time in plain loops; with cap > 0 on soft-capped logits
 // (family_backward.h's capped_attention_backward).
 void attention_backward_reference(const float* q, const float* k, const float* v, const float* dout,

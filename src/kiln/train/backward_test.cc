@@ -459,6 +459,20 @@ TEST(TrainBackward, FastAttentionMatchesReference) {
     attention_backward(q.data(), k.data(), v.data(), dout.data(), only_q.data(), nullptr, nullptr,
                        s);
     EXPECT_EQ(only_q, dq);
+    // The blocked training forward against the inference kernel, and the backward from its
+    // saved softmax statistics: bitwise what the backward gives when it makes them itself.
+    std::vector<float> out(nq), want(nq), stats(c.batch * c.tokens * c.heads * 2);
+    attention_forward_train(q.data(), k.data(), v.data(), out.data(), stats.data(), s);
+    attention_forward(q.data(), k.data(), v.data(), want.data(), s);
+    const double eo = relative_difference(out, want);
+    std::cout << "  attention_forward_train vs the inference kernel: " << eo << std::endl;
+    EXPECT_LE(eo, 1e-5);
+    std::vector<float> sq = start_q, sk = start_kv, sv = start_kv;
+    attention_backward(q.data(), k.data(), v.data(), dout.data(), sq.data(), sk.data(), sv.data(),
+                       s, stats.data());
+    EXPECT_EQ(sq, dq);
+    EXPECT_EQ(sk, dk);
+    EXPECT_EQ(sv, dv);
   }
 }
 

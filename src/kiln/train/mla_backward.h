@@ -31,8 +31,9 @@ struct MlaParams {
 struct MlaSaved {
   std::vector<float> q_latent_raw, q_latent, q_inv_rms;  // [rows, Rq] x 2, [rows]
   std::vector<float> latent_raw, latent, kv_inv_rms;     // [rows, R] x 2, [rows]
-  std::vector<float> q, k, v;  // [rows, heads, Dp] (rotated, zero-padded; Dp = max(D, V))
-  std::vector<float> mixed;    // [rows, heads * V] the attention output before `out`
+  std::vector<float> q, k, v;        // [rows, heads, Dp] (rotated, zero-padded; Dp = max(D, V))
+  std::vector<float> mixed;          // [rows, heads * V] the attention output before `out`
+  std::vector<float> softmax_stats;  // [rows, heads, 2] each query's softmax max and 1 / sum
 };
 
 // Throws Error "training: <where>: <feature> is not supported yet" for MLA settings the

@@ -92,6 +92,7 @@ struct TrainModel::LayerSaved {
   NormStats qn, kn;                  // QK norm
   std::vector<float> q, k, v;        // [rows, Hq * D], [rows, Hkv * D] x 2 (after RoPE)
   std::vector<float> mixed;          // [rows, Hq * D] attention output before `out`
+  std::vector<float> softmax_stats;  // [rows, Hq, 2] each query's softmax max and 1 / sum
   std::vector<float> attn_raw;       // [rows, hidden] attention branch before attention_out
   NormStats n_attn_out;              // attention_out
   std::vector<float> middle;         // [rows, hidden] the residual after attention
@@ -128,14 +129,17 @@ namespace {
 // Attention over each packed document on its own (a document is a contiguous block of rows
 // of q, k, v and out), or over the whole batch when not packed. Soft-capped logits (cap > 0)
 // take the capped kernels; attention sinks [Hq] (gpt-oss, their gradient added to d_sinks) or
-// chunked attention (chunk > 0, Llama 4) the kernels of train/sink_attention.h.
+// chunked attention (chunk > 0, Llama 4) the kernels of train/sink_attention.h; the rest the
+// blocked kernels, whose forward writes each query's softmax statistics [rows, Hq, 2] into
+// `stats` and whose backward reads them from `saved_stats`.
 void attention_by_document(const std::vector<std::pair<int64_t, int64_t>>& documents,
                            AttentionDims dims, float cap, const float* q, const float* k,
                            const float* v, float* out, const float* dout, float* dq, float* dk,
-                           float* dv, const float* sinks = nullptr, float* d_sinks = nullptr,
-                           int64_t chunk = 0) {
+                           float* dv, const float* sinks, float* d_sinks, int64_t chunk,
+                           float* stats, const float* saved_stats) {
   const auto run = [&](const AttentionDims& d, int64_t row) {
     const int64_t qo = row * d.heads * d.head_dim, ko = row * d.kv_heads * d.head_dim;
+    const int64_t so = row * d.heads * 2;
     if ((sinks || chunk > 0) && dout)
       sink_attention_backward(q + qo, k + ko, v + ko, sinks, dout + qo, dq + qo, dk + ko, dv + ko,
                               d_sinks, d, chunk);
@@ -145,11 +149,12 @@ void attention_by_document(const std::vector<std::pair<int64_t, int64_t>>& docum
       capped_attention_backward(q + qo, k + ko, v + ko, dout + qo, dq + qo, dk + ko, dv + ko, d,
                                 cap);
     else if (dout)
-      attention_backward(q + qo, k + ko, v + ko, dout + qo, dq + qo, dk + ko, dv + ko, d);
+      attention_backward(q + qo, k + ko, v + ko, dout + qo, dq + qo, dk + ko, dv + ko, d,
+                         saved_stats + so);
     else if (cap > 0.0f)
       capped_attention_forward(q + qo, k + ko, v + ko, out + qo, d, cap);
     else
-      attention_forward(q + qo, k + ko, v + ko, out + qo, d);
+      attention_forward_train(q + qo, k + ko, v + ko, out + qo, stats + so, d);
   };
   if (documents.empty()) return run(dims, 0);
   for (const auto& [row, length] : documents) {
@@ -504,9 +509,10 @@ void TrainModel::attention_forward(size_t i, int64_t batch, int64_t T, const Act
       for (int64_t j = 0; j < Hq * D; ++j) s.q[r * Hq * D + j] *= factor[r];
   }
   s.mixed.resize(rows * Hq * D);
+  s.softmax_stats.resize(rows * Hq * 2);
   attention_by_document(saved.documents, attention_dims(a, batch, T), a.softcap, s.q.data(),
                         s.k.data(), s.v.data(), s.mixed.data(), nullptr, nullptr, nullptr, nullptr,
-                        l.sinks, nullptr, a.chunk_size);
+                        l.sinks, nullptr, a.chunk_size, s.softmax_stats.data(), nullptr);
   linear_forward(s.mixed.data(), l.out.w, l.out.b, out, rows, Hq * D, hidden);
   if (adapter_) adapter_->forward(i, LinearSlot::kOut, s.mixed.data(), out, rows, training);
 }
@@ -636,7 +642,8 @@ void TrainModel::attention_backward(size_t i, int64_t batch, int64_t T, const Ac
     adapter_->backward(i, LinearSlot::kOut, s.mixed.data(), d_out, g.d_mixed.data(), rows);
   attention_by_document(saved.documents, attention_dims(a, batch, T), a.softcap, s.q.data(),
                         s.k.data(), s.v.data(), nullptr, g.d_mixed.data(), g.dq.data(), g.dk.data(),
-                        g.dv.data(), l.sinks, l.d_sinks, a.chunk_size);
+                        g.dv.data(), l.sinks, l.d_sinks, a.chunk_size, nullptr,
+                        s.softmax_stats.data());
   if (a.temperature_floor_scale > 0.0) {
     const std::vector<float> factor = temperatures(a, saved.positions);
     for (int64_t r = 0; r < rows; ++r)

@@ -36,7 +36,10 @@ const KernelTable& avx2_table() {
       &avx2::attention,
       &avx2::silu_gated,
       &avx2::gemm_f32,
-      &avx2::silu_gated_backward};
+      &avx2::silu_gated_backward,
+      &avx2::attention_probs,
+      &avx2::attention_probs_backward,
+      &avx2::adamw_update};
   return table;
 }
 }  // namespace kiln::ops::cpu

@@ -363,7 +363,10 @@ const KernelTable& avx512_table() {
                                  &avx512::attention,
                                  &avx512::silu_gated,
                                  &avx512::gemm_f32,
-                                 &avx512::silu_gated_backward};
+                                 &avx512::silu_gated_backward,
+                                 &avx512::attention_probs,
+                                 &avx512::attention_probs_backward,
+                                 &avx512::adamw_update};
   return table;
 }
 }  // namespace kiln::ops::cpu

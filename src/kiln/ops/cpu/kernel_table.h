@@ -9,6 +9,7 @@
 #include "kiln/core/dtype.h"
 #include "kiln/ops/attention.h"
 #include "kiln/ops/linear.h"
+#include "kiln/ops/softmax.h"
 
 namespace kiln::ops::cpu {
 
@@ -19,6 +20,13 @@ using GemmF32Kernel = void (*)(const float* a, bool a_transposed, const float* w
 using SiluGatedKernel = void (*)(const float* gate, const float* up, float* y, int64_t count);
 using SiluGatedBackwardKernel = void (*)(const float* gate, const float* up, const float* dy,
                                          float* dgate, float* dup, int64_t count);
+using AttentionProbsKernel = void (*)(float* s, int64_t rows, int64_t cols, const int64_t* begin,
+                                      const int64_t* end, float* stats);
+using AttentionProbsBackwardKernel = void (*)(float* s, float* dp, int64_t rows, int64_t cols,
+                                              const int64_t* begin, const int64_t* end,
+                                              const float* stats, float scale);
+using AdamWKernel = void (*)(float* w, const float* g, float* m, float* v, int64_t n,
+                             const AdamWScalars& s);
 using AttentionKernel = void (*)(const float* q, const float* k_cache, const float* v_cache,
                                  float* out, const AttentionShape& shape);
 
@@ -36,6 +44,9 @@ struct KernelTable {
   SiluGatedKernel silu_gated;                   // contract of ops::gated_activation with kSilu
   GemmF32Kernel gemm_f32;                       // contract of ops::gemm_f32
   SiluGatedBackwardKernel silu_gated_backward;  // contract of ops::silu_gated_backward
+  AttentionProbsKernel attention_probs;         // contract of ops::attention_probs
+  AttentionProbsBackwardKernel attention_probs_backward;  // ops::attention_probs_backward
+  AdamWKernel adamw_update;                               // contract of ops::adamw_update
 };
 
 // Plain C++ kernels (ops/linear.cc, ops/attention.cc): the arbiter of every fast kernel.

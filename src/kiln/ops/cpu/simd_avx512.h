@@ -34,6 +34,7 @@ struct Avx512 {
   static Vec sub(Vec a, Vec b) { return _mm512_sub_ps(a, b); }
   static Vec mul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
   static Vec div(Vec a, Vec b) { return _mm512_div_ps(a, b); }
+  static Vec sqrt(Vec a) { return _mm512_sqrt_ps(a); }
   static Vec max(Vec a, Vec b) { return _mm512_max_ps(a, b); }
   // The sum of the lanes by _mm512_reduce_add_ps's tree (halves, quarters, pairs, neighbours),
   // spelled with zero-masked shuffles (all lanes kept): GCC 12 flags the undefined sources of
