@@ -3,8 +3,9 @@
 // [--eval-every N] [--val-fraction F] [--zero 0|1] [--chat-template PATH] [--pack]
 // [--lora-rank R --lora-alpha A --lora-dropout P --lora-targets q,k,v,o,gate,up,down] [--json]`:
 // fine-tunes a model on a dataset (train/data.h; chat JSONL, train/sft.h) with AdamW and writes a
-// HuggingFace folder (config, tokenizer files and the trained weights in f32 under the
-// checkpoint's own tensor names) plus metrics.jsonl; with --lora-rank, the base is frozen and OUT
+// HuggingFace folder (config, tokenizer files and the trained weights, f32 or --save-dtype, as
+// the checkpoint's own tensors: the family's mapping inverted, train/hf_export.h) plus
+// metrics.jsonl; with --lora-rank, the base is frozen and OUT
 // is an adapter folder (train/lora.h). Under `mpirun -np N` the ranks share each step's windows
 // (train/data_parallel.h); rank 0 writes.
 #include <malloc.h>
@@ -34,6 +35,7 @@
 #include "kiln/train/collective.h"
 #include "kiln/train/data.h"
 #include "kiln/train/data_parallel.h"
+#include "kiln/train/hf_export.h"
 #include "kiln/train/lora.h"
 #include "kiln/train/sft.h"
 #include "kiln/train/train_model.h"
@@ -114,6 +116,10 @@ class TrainCommand : public Command {
                  "recompute each layer's activations in the backward pass (less memory, about "
                  "a third more compute; the same result)");
     app.add_flag("--json", json_, "print a JSON summary at the end");
+    app.add_option("--save-dtype", save_dtype_,
+                   "dtype of the exported weights: f32 (default), bf16, f16, or source (each "
+                   "tensor's dtype in the model read)")
+        ->check(CLI::IsMember({"f32", "bf16", "f16", "source"}));
     app.add_option("--chat-template", chat_template_,
                    "chat data: the template to render {\"messages\"} records with (default: "
                    "the model's own)")
@@ -191,7 +197,12 @@ class TrainCommand : public Command {
               std::to_string(loaded.spec.max_position_embeddings));
     // What it cannot train, then the export plan, so that either fails before training.
     train::check_trainable(loaded.spec);
-    const std::map<std::string, std::string> hf_names = export_names(loaded);
+    const std::optional<DType> save_dtype = parse_save_dtype();
+    std::map<std::string, std::string> hf_names;  // LoRA: the adapted modules' HF names
+    if (lora_rank_ > 0)
+      hf_names = export_names(loaded);
+    else
+      train::check_hf_exportable(loaded);
     train::TrainModel model(loaded.spec, loaded.weights, lora_rank_ > 0);
     std::unique_ptr<train::Lora> lora;  // LoRA: the adapters are the model's only parameters
     if (lora_rank_ > 0)
@@ -331,7 +342,7 @@ class TrainCommand : public Command {
     if (lora) {
       train::save_lora(output_, *lora, hf_names, fs::absolute(model_path_).string());
     } else {
-      save(model, hf_names);
+      train::write_hf_folder(loaded, model, output_, save_dtype);
     }
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -496,7 +507,7 @@ class TrainCommand : public Command {
     return s;
   }
 
-  // Kiln name -> the checkpoint's tensor name (one-to-one families only).
+  // Kiln name -> the checkpoint's tensor name, for LoRA adapters (one-to-one families only).
   std::map<std::string, std::string> export_names(const LoadedModel& loaded) const {
     try {
       return train::hf_export_names(loaded);
@@ -505,30 +516,12 @@ class TrainCommand : public Command {
     }
   }
 
-  void save(const train::TrainModel& model,
-            const std::map<std::string, std::string>& hf_names) const {
-    std::vector<std::pair<std::string, Tensor>> tensors;
-    for (const auto& [name, value] : model.parameters()) {
-      auto it = hf_names.find(name);
-      check(it != hf_names.end(), "training: no checkpoint name for '" + name + "'");
-      tensors.emplace_back(it->second, value);
-    }
-    write_safetensors(output_ + "/model.safetensors", tensors, {{"format", "pt"}});
-    // The source's other files: config (weights now f32), generation config, tokenizer.
-    for (const auto& entry : fs::directory_iterator(model_path_)) {
-      const std::string file = entry.path().filename().string();
-      const bool weights = entry.path().extension() == ".safetensors" ||
-                           entry.path().extension() == ".bin" ||
-                           file.find(".index.json") != std::string::npos;
-      if (!entry.is_regular_file() || weights) continue;
-      if (file == "config.json") {
-        Json config = read_json_file(entry.path().string());
-        config["torch_dtype"] = "float32";
-        std::ofstream(output_ + "/config.json") << config.dump(2) << "\n";
-      } else {
-        fs::copy_file(entry.path(), output_ + "/" + file, fs::copy_options::overwrite_existing);
-      }
-    }
+  // --save-dtype: f32 (default), bf16, f16, or the source's own dtypes (empty).
+  std::optional<DType> parse_save_dtype() const {
+    if (save_dtype_ == "source") return std::nullopt;
+    if (save_dtype_ == "bf16") return DType::BF16;
+    if (save_dtype_ == "f16") return DType::F16;
+    return DType::F32;
   }
 
   FamilyChoice family_;
@@ -543,7 +536,7 @@ class TrainCommand : public Command {
   std::unique_ptr<train::Collective> comm_;
   int64_t lora_rank_ = 0;
   double lora_alpha_ = 16.0, lora_dropout_ = 0.0;
-  std::string lora_targets_ = "q,k,v,o", chat_template_;
+  std::string lora_targets_ = "q,k,v,o", chat_template_, save_dtype_ = "f32";
 };
 
 }  // namespace
