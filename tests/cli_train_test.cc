@@ -4,12 +4,16 @@
 // leave nothing behind.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <tuple>
 
 #include "hf_fixtures.h"
 #include "kiln/io/json.h"
+#include "kiln/io/safetensors.h"
 #include "test_util.h"
 
 namespace kiln {
@@ -52,6 +56,69 @@ TEST(CliTrain, FineTuningLowersTheLossAndExportsAHuggingFaceFolder) {
   ASSERT_EQ(r2.exit_code, 0) << r2.err;
   EXPECT_EQ(Json::parse(r2.out).at("last_loss"), summary.at("last_loss"));
   fs::remove_all(fs::path(out).parent_path());
+}
+
+// --save-dtype source: tinycoder's sharded bf16 checkpoint comes back as one model.safetensors
+// with every tensor of the source's index, in bf16, and config.json says so; the default is f32.
+TEST(CliTrain, SaveDtypeWritesTheSourceTensorsInTheirDtype) {
+  const std::string dir = test::make_temp_dir("kiln_save_dtype_");
+  const std::string common = "train --data " + test::shell_quote(source_file()) +
+                             " --steps 1 --batch 1 --seq 16 --val-fraction 0 --json -o ";
+  ASSERT_EQ(test::run_kiln(common + dir + "/bf16 --save-dtype source").exit_code, 0);
+  ASSERT_EQ(test::run_kiln(common + dir + "/f32").exit_code, 0);
+  const Json index =
+      read_json_file(test::data_path("../../models/tinycoder/model.safetensors.index.json"));
+  for (const auto& [name, dtype, torch] :
+       {std::tuple{"bf16", DType::BF16, "bfloat16"}, std::tuple{"f32", DType::F32, "float32"}}) {
+    const std::string out = dir + "/" + name;
+    EXPECT_EQ(read_json_file(out + "/config.json").at("torch_dtype"), torch);
+    const SafetensorsFile file = SafetensorsFile::open(out + "/model.safetensors");
+    EXPECT_EQ(file.names().size(), index.at("weight_map").size()) << name;
+    for (const auto& [tensor, shard] : index.at("weight_map").items()) {
+      ASSERT_TRUE(file.contains(tensor)) << name << ": " << tensor;
+      EXPECT_EQ(file.get(tensor).dtype(), dtype) << name << ": " << tensor;
+    }
+    EXPECT_FALSE(fs::exists(out + "/model.safetensors.index.json"));
+    EXPECT_GT(eval_loss(test::shell_quote(out)), 0.0);
+  }
+  fs::remove_all(dir);
+}
+
+// --weights-dtype bf16 (bf16 weights rounded from f32 masters that AdamW updates) tracks the f32
+// run: tinycoder's weights are bf16 already, so step 1 is the same; after that the losses differ
+// by the rounding of the updated weights only. The folder is written in bf16.
+TEST(CliTrain, Bf16WeightsWithF32MastersTrackTheF32Run) {
+  const std::string dir = test::make_temp_dir("kiln_bf16_weights_");
+  const std::string common =
+      "train --data " + test::shell_quote(source_file()) +
+      " --steps 6 --batch 2 --seq 32 --lr 2e-3 --seed 2 --val-fraction 0 -o ";
+  ASSERT_EQ(test::run_kiln(common + dir + "/f32").exit_code, 0);
+  const test::CommandResult r = test::run_kiln(common + dir + "/bf16 --weights-dtype bf16");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto losses = [](const std::string& out) {
+    std::vector<double> v;
+    std::ifstream in(out + "/metrics.jsonl");
+    for (std::string line; std::getline(in, line);)
+      v.push_back(Json::parse(line).at("loss").get<double>());
+    return v;
+  };
+  const std::vector<double> f32 = losses(dir + "/f32"), bf16 = losses(dir + "/bf16");
+  ASSERT_EQ(f32.size(), 6u);
+  ASSERT_EQ(bf16.size(), 6u);
+  EXPECT_EQ(f32[0], bf16[0]);
+  double worst = 0.0;
+  for (size_t i = 0; i < f32.size(); ++i) {
+    const double rel = std::abs(f32[i] - bf16[i]) / f32[i];
+    std::cout << "step " << i + 1 << ": loss f32 " << f32[i] << ", bf16 weights " << bf16[i]
+              << " (relative difference " << rel << ")" << std::endl;
+    worst = std::max(worst, rel);
+  }
+  EXPECT_LE(worst, 1e-2);
+  EXPECT_LT(bf16.back(), bf16.front());
+  const SafetensorsFile file = SafetensorsFile::open(dir + "/bf16/model.safetensors");
+  for (const std::string& name : file.names()) EXPECT_EQ(file.get(name).dtype(), DType::BF16);
+  EXPECT_EQ(read_json_file(dir + "/bf16/config.json").at("torch_dtype"), "bfloat16");
+  fs::remove_all(dir);
 }
 
 // A run resumed from its step-3 checkpoint ends with bitwise the weights of the uninterrupted

@@ -9,31 +9,24 @@
 #include "kiln/core/error.h"
 #include "kiln/io/safetensors.h"
 #include "kiln/models/loader.h"
+#include "kiln/train/hf_export.h"
 #include "kiln/train/lora.h"
 
 namespace kiln::cli {
 namespace {
 namespace fs = std::filesystem;
 
-// Writes `weights` under their HF names and the base folder's other files into `dir`.
+// Writes the merged weights as the base's checkpoint tensors (in their dtypes) and the base
+// folder's other files into `dir`.
 void write_hf_folder(const LoadedModel& loaded, const std::string& dir) {
-  const std::map<std::string, std::string> hf_names = train::hf_export_names(loaded);
-  std::vector<std::pair<std::string, Tensor>> tensors;
-  for (const auto& [name, hf] : hf_names) {
-    auto it = loaded.weights.find(name);
-    check(it != loaded.weights.end(), loaded.path + ": no weight '" + name + "' was loaded");
-    tensors.emplace_back(hf, it->second.contiguous());
-  }
   fs::create_directories(dir);
-  write_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}});
-  for (const auto& entry : fs::directory_iterator(loaded.path)) {
-    const std::string file = entry.path().filename().string();
-    const bool weights = entry.path().extension() == ".safetensors" ||
-                         entry.path().extension() == ".bin" ||
-                         file.find(".index.json") != std::string::npos;
-    if (entry.is_regular_file() && !weights)
-      fs::copy_file(entry.path(), dir + "/" + file, fs::copy_options::overwrite_existing);
-  }
+  train::write_hf_folder(
+      loaded,
+      [&](const std::string& name) -> const Tensor* {
+        auto it = loaded.weights.find(name);
+        return it == loaded.weights.end() ? nullptr : &it->second;
+      },
+      dir, std::nullopt);
 }
 
 class MergeCommand : public Command {

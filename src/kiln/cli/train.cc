@@ -1,10 +1,12 @@
 // `kiln train [MODEL] --data PATH -o OUT [--steps N] [--batch B] [--seq T] [--lr LR]
 // [--warmup N] [--schedule cosine|linear|constant] [--weight-decay W] [--clip C] [--seed S]
 // [--eval-every N] [--val-fraction F] [--zero 0|1] [--chat-template PATH] [--pack]
+// [--weights-dtype f32|bf16] [--save-dtype f32|bf16|f16|source]
 // [--lora-rank R --lora-alpha A --lora-dropout P --lora-targets q,k,v,o,gate,up,down] [--json]`:
 // fine-tunes a model on a dataset (train/data.h; chat JSONL, train/sft.h) with AdamW and writes a
-// HuggingFace folder (config, tokenizer files and the trained weights in f32 under the
-// checkpoint's own tensor names) plus metrics.jsonl; with --lora-rank, the base is frozen and OUT
+// HuggingFace folder (config, tokenizer files and the trained weights, f32 or --save-dtype, as
+// the checkpoint's own tensors: the family's mapping inverted, train/hf_export.h) plus
+// metrics.jsonl; with --lora-rank, the base is frozen and OUT
 // is an adapter folder (train/lora.h). Under `mpirun -np N` the ranks share each step's windows
 // (train/data_parallel.h); rank 0 writes.
 #include <malloc.h>
@@ -34,6 +36,7 @@
 #include "kiln/train/collective.h"
 #include "kiln/train/data.h"
 #include "kiln/train/data_parallel.h"
+#include "kiln/train/hf_export.h"
 #include "kiln/train/lora.h"
 #include "kiln/train/sft.h"
 #include "kiln/train/train_model.h"
@@ -114,6 +117,14 @@ class TrainCommand : public Command {
                  "recompute each layer's activations in the backward pass (less memory, about "
                  "a third more compute; the same result)");
     app.add_flag("--json", json_, "print a JSON summary at the end");
+    app.add_option("--save-dtype", save_dtype_,
+                   "dtype of the exported weights: f32, bf16, f16, or source (each tensor's dtype "
+                   "in the model read); default: f32, bf16 with --weights-dtype bf16")
+        ->check(CLI::IsMember({"f32", "bf16", "f16", "source"}));
+    app.add_option("--weights-dtype", weights_dtype_,
+                   "f32 (default), or bf16: the passes read the weights rounded to bf16 from f32 "
+                   "master copies that AdamW updates")
+        ->check(CLI::IsMember({"f32", "bf16"}));
     app.add_option("--chat-template", chat_template_,
                    "chat data: the template to render {\"messages\"} records with (default: "
                    "the model's own)")
@@ -191,7 +202,12 @@ class TrainCommand : public Command {
               std::to_string(loaded.spec.max_position_embeddings));
     // What it cannot train, then the export plan, so that either fails before training.
     train::check_trainable(loaded.spec);
-    const std::map<std::string, std::string> hf_names = export_names(loaded);
+    const std::optional<DType> save_dtype = parse_save_dtype();
+    std::map<std::string, std::string> hf_names;  // LoRA: the adapted modules' HF names
+    if (lora_rank_ > 0)
+      hf_names = export_names(loaded);
+    else
+      train::check_hf_exportable(loaded);
     train::TrainModel model(loaded.spec, loaded.weights, lora_rank_ > 0);
     std::unique_ptr<train::Lora> lora;  // LoRA: the adapters are the model's only parameters
     if (lora_rank_ > 0)
@@ -223,14 +239,30 @@ class TrainCommand : public Command {
       fs::create_directories(output_);
       metrics.open(output_ + "/metrics.jsonl");
     }
-    train::DataParallelOptimizer optimizer(*comm_, model.parameters(), model.gradients(),
+    // --weights-dtype bf16: the forward and backward read the weights rounded to bf16 from f32
+    // master copies, which AdamW updates (and checkpoints hold); f32: trained in place.
+    train::ParameterMap masters;
+    if (weights_dtype_ == "bf16")
+      for (const auto& [name, value] : model.parameters()) masters[name] = value.contiguous(true);
+    train::ParameterMap& trained = masters.empty() ? model.parameters() : masters;
+    const auto round_weights = [&]() {
+      for (const auto& [name, master] : masters) {
+        const Tensor rounded = master.to(DType::BF16).to(DType::F32);
+        std::memcpy(model.parameters().at(name).mutable_raw(), rounded.raw(), rounded.nbytes());
+      }
+    };
+    round_weights();
+    train::DataParallelOptimizer optimizer(*comm_, trained, model.gradients(),
                                            {lr_, 0.9, 0.95, 1e-8, weight_decay_, clip_}, zero_);
     const int32_t pad = eos >= 0 ? eos : 0;
     std::vector<size_t> order(windows.size());
     std::iota(order.begin(), order.end(), 0);
     size_t cursor = order.size();
     int64_t first_step = 1;
-    if (!resume_.empty()) first_step = load_checkpoint(model, optimizer, rng, order, cursor) + 1;
+    if (!resume_.empty()) {
+      first_step = load_checkpoint(trained, optimizer, rng, order, cursor) + 1;
+      round_weights();
+    }
     std::vector<int32_t> tokens, targets, segments;
     const auto start = std::chrono::steady_clock::now();
     int64_t seen_tokens = 0, rank_tokens = 0;
@@ -289,6 +321,7 @@ class TrainCommand : public Command {
       check(std::isfinite(loss), "training: the loss is " + std::to_string(loss) + " at step " +
                                      std::to_string(step) + " (lower --lr?); nothing was written");
       const double norm = optimizer.step(lr);
+      round_weights();
       const auto [mine_first, mine_last] = optimizer.my_units(leaves);
       seen_tokens += units * seq_;
       for (int64_t u = mine_first; u < mine_last; ++u)
@@ -324,14 +357,14 @@ class TrainCommand : public Command {
                          static_cast<double>(steps_ - step));
       }
       if (save_every_ > 0 && step % save_every_ == 0 && step < steps_)
-        save_checkpoint(model, optimizer, rng, order, cursor, step);
+        save_checkpoint(trained, optimizer, rng, order, cursor, step);
     }
     if (!writer()) return 0;
     std::fputc('\n', stderr);
     if (lora) {
       train::save_lora(output_, *lora, hf_names, fs::absolute(model_path_).string());
     } else {
-      save(model, hf_names);
+      train::write_hf_folder(loaded, model, output_, save_dtype);
     }
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -402,7 +435,7 @@ class TrainCommand : public Command {
   // (safetensors, Kiln names), and state.json (step, optimizer steps, the data order, its cursor,
   // the shuffling generator's state, and the settings that must not change on resume).
   // Every rank calls it (the optimizer state is gathered); rank 0 writes.
-  void save_checkpoint(const train::TrainModel& model,
+  void save_checkpoint(const train::ParameterMap& parameters,
                        const train::DataParallelOptimizer& optimizer, const std::mt19937_64& rng,
                        const std::vector<size_t>& order, size_t cursor, int64_t step) const {
     const train::AdamW::State state = optimizer.state();
@@ -411,8 +444,7 @@ class TrainCommand : public Command {
     const std::string tmp = dir + ".tmp";
     fs::remove_all(tmp);
     fs::create_directories(tmp);
-    std::vector<std::pair<std::string, Tensor>> params(model.parameters().begin(),
-                                                       model.parameters().end());
+    std::vector<std::pair<std::string, Tensor>> params(parameters.begin(), parameters.end());
     write_safetensors(tmp + "/parameters.safetensors", params);
     std::vector<std::pair<std::string, Tensor>> moments;
     for (const auto& [name, m] : state.m) {
@@ -434,7 +466,7 @@ class TrainCommand : public Command {
   // Restores a checkpoint (every rank reads it; any number of ranks, ZeRO or not); returns its
   // step. Throws Error naming the file when it is missing, corrupt, or from a run with other
   // settings.
-  int64_t load_checkpoint(train::TrainModel& model, train::DataParallelOptimizer& optimizer,
+  int64_t load_checkpoint(train::ParameterMap& parameters, train::DataParallelOptimizer& optimizer,
                           std::mt19937_64& rng, std::vector<size_t>& order, size_t& cursor) const {
     const std::string state_path = resume_ + "/state.json";
     const Json state = read_json_file(state_path);
@@ -443,7 +475,7 @@ class TrainCommand : public Command {
             state_path + ": the checkpoint is of a run with other settings (" +
                 state.at("settings").dump() + "; this run: " + settings().dump() + ")");
       const SafetensorsFile params = SafetensorsFile::open(resume_ + "/parameters.safetensors");
-      for (auto& [name, value] : model.parameters()) {
+      for (auto& [name, value] : parameters) {
         const Tensor saved = params.get(name);
         check(saved.shape() == value.shape() && saved.dtype() == DType::F32,
               resume_ + "/parameters.safetensors: tensor '" + name + "' does not match the model");
@@ -452,7 +484,7 @@ class TrainCommand : public Command {
       const SafetensorsFile moments = SafetensorsFile::open(resume_ + "/optimizer.safetensors");
       train::AdamW::State restored;
       restored.steps = state.at("optimizer_steps").get<int64_t>();
-      for (const auto& [name, value] : model.parameters()) {
+      for (const auto& [name, value] : parameters) {
         const Tensor m = moments.get("m/" + name), v = moments.get("v/" + name);
         check(m.numel() == value.numel() && v.numel() == value.numel(),
               resume_ + "/optimizer.safetensors: moments of '" + name + "' do not match");
@@ -487,6 +519,7 @@ class TrainCommand : public Command {
               {"seed", seed_},
               {"val_fraction", val_fraction_}};
     if (pack_) s["pack"] = true;
+    if (weights_dtype_ != "f32") s["weights_dtype"] = weights_dtype_;
     if (leaf_windows_ > 0 && leaf_windows_ < batch_) s["leaf_windows"] = leaf_windows_;
     if (lora_rank_ > 0)
       s["lora"] = {{"rank", lora_rank_},
@@ -496,7 +529,7 @@ class TrainCommand : public Command {
     return s;
   }
 
-  // Kiln name -> the checkpoint's tensor name (one-to-one families only).
+  // Kiln name -> the checkpoint's tensor name, for LoRA adapters (one-to-one families only).
   std::map<std::string, std::string> export_names(const LoadedModel& loaded) const {
     try {
       return train::hf_export_names(loaded);
@@ -505,30 +538,14 @@ class TrainCommand : public Command {
     }
   }
 
-  void save(const train::TrainModel& model,
-            const std::map<std::string, std::string>& hf_names) const {
-    std::vector<std::pair<std::string, Tensor>> tensors;
-    for (const auto& [name, value] : model.parameters()) {
-      auto it = hf_names.find(name);
-      check(it != hf_names.end(), "training: no checkpoint name for '" + name + "'");
-      tensors.emplace_back(it->second, value);
-    }
-    write_safetensors(output_ + "/model.safetensors", tensors, {{"format", "pt"}});
-    // The source's other files: config (weights now f32), generation config, tokenizer.
-    for (const auto& entry : fs::directory_iterator(model_path_)) {
-      const std::string file = entry.path().filename().string();
-      const bool weights = entry.path().extension() == ".safetensors" ||
-                           entry.path().extension() == ".bin" ||
-                           file.find(".index.json") != std::string::npos;
-      if (!entry.is_regular_file() || weights) continue;
-      if (file == "config.json") {
-        Json config = read_json_file(entry.path().string());
-        config["torch_dtype"] = "float32";
-        std::ofstream(output_ + "/config.json") << config.dump(2) << "\n";
-      } else {
-        fs::copy_file(entry.path(), output_ + "/" + file, fs::copy_options::overwrite_existing);
-      }
-    }
+  // --save-dtype: f32 (the default for f32 weights), bf16 (for bf16 weights), f16, or the
+  // source's own dtypes (empty).
+  std::optional<DType> parse_save_dtype() const {
+    if (save_dtype_ == "source") return std::nullopt;
+    if (save_dtype_.empty()) return weights_dtype_ == "bf16" ? DType::BF16 : DType::F32;
+    if (save_dtype_ == "bf16") return DType::BF16;
+    if (save_dtype_ == "f16") return DType::F16;
+    return DType::F32;
   }
 
   FamilyChoice family_;
@@ -543,7 +560,7 @@ class TrainCommand : public Command {
   std::unique_ptr<train::Collective> comm_;
   int64_t lora_rank_ = 0;
   double lora_alpha_ = 16.0, lora_dropout_ = 0.0;
-  std::string lora_targets_ = "q,k,v,o", chat_template_;
+  std::string lora_targets_ = "q,k,v,o", chat_template_, save_dtype_, weights_dtype_ = "f32";
 };
 
 }  // namespace

@@ -2,8 +2,12 @@
 // mapped to Kiln names, zero-copy views where no transform applies) or a Kiln checkpoint.
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "kiln/core/mapped_file.h"
 #include "kiln/io/hf_config.h"
@@ -38,6 +42,29 @@ struct LoadedModel {
 // against its mapping's shape. Throws Error naming the file and tensor.
 WeightMap apply_weight_mappings(const std::vector<WeightMapping>& mappings,
                                 const TensorSource& source);
+
+// The inverse of apply_weight_mappings(): `source`'s tensors rebuilt from Kiln tensors, under
+// their own names and shapes, in source.names() order. `kiln(name)` gives the Kiln tensor of a
+// mapping (any float dtype; nullptr is an Error naming it). One mechanism for every family:
+// a transform must only select elements (rename, slice, split a fused tensor, transpose,
+// de-interleave, stack experts, ...); it is run once on probe inputs whose elements hold their
+// own indices, which says where each element of its output comes from, and the Kiln tensor's
+// elements are written back there. A transform that changes values, or an element that two
+// Kiln tensors write with different bits (tied copies trained apart), is an Error naming the
+// tensors; the rebuilt tensors are then mapped forward again and must give the Kiln tensors
+// back bitwise (in the output dtype). Elements no mapping reads keep the source's values, and
+// tensors no mapping reads are copied from the source. `dtype`: the dtype of every float
+// tensor written (empty: each keeps its dtype in the source; a quantized source's tensors
+// are its dequantized ones).
+std::vector<std::pair<std::string, Tensor>> invert_weight_mappings(
+    const std::vector<WeightMapping>& mappings, const TensorSource& source,
+    const std::function<const Tensor*(const std::string&)>& kiln,
+    std::optional<DType> dtype = std::nullopt);
+
+// Runs the probes of invert_weight_mappings() without Kiln tensors: throws the same Error for
+// a transform that is not a selection (so a caller can refuse before training).
+void check_weight_mappings_invertible(const std::vector<WeightMapping>& mappings,
+                                      const TensorSource& source);
 
 // `choice` picks the family (choose_family(); a Kiln checkpoint of an architecture no family
 // builds runs the ModelSpec its manifest holds).

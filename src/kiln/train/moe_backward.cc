@@ -67,7 +67,8 @@ void expert_backward(const MoeSpec& spec, Activation activation, const float* ga
 void check_moe_trainable(const MoeSpec& spec, Activation activation, const std::string& where) {
   if (spec.router == RouterKind::kSparseMixer)
     refuse(where, std::string("MoE router '") + router_name(spec.router) + "'");
-  if (spec.shared_expert_gate) refuse(where, "a shared-expert gate");
+  if (spec.shared_expert_gate && spec.num_shared_experts <= 0)
+    throw Error("training: " + where + ": a shared-expert gate without shared experts");
   if (activation != Activation::kSilu && activation != Activation::kGeluTanh)
     refuse(where, std::string("expert activation '") + activation_name(activation) + "'");
   if (spec.top_k < 1 || spec.top_k > spec.num_experts || spec.expert_intermediate <= 0)
@@ -131,6 +132,16 @@ void moe_forward(const MoeSpec& spec, Activation activation, const MoeParams& p,
                   rows * S);
     linear_forward(s.shared_act.data(), p.shared_down.w, p.shared_down.b, shared.data(), rows, S,
                    H);
+    if (spec.shared_expert_gate) {  // Qwen2-MoE: shared * sigmoid(x . w), as the inference Moe
+      s.shared_out = shared;
+      s.shared_sigmoid.resize(rows);
+      linear_forward(x, p.shared_expert_gate.w, nullptr, s.shared_sigmoid.data(), rows, H, 1);
+      for (int64_t r = 0; r < rows; ++r) {
+        const float g = 1.0f / (1.0f + std::exp(-s.shared_sigmoid[r]));
+        s.shared_sigmoid[r] = g;
+        for (int64_t c = 0; c < H; ++c) shared[r * H + c] *= g;
+      }
+    }
     for (int64_t j = 0; j < rows * H; ++j) y[j] += shared[j];
   }
 }
@@ -142,7 +153,25 @@ void moe_backward(const MoeSpec& spec, Activation activation, const MoeParams& p
   if (spec.num_shared_experts > 0) {
     const int64_t S = spec.shared_intermediate;
     std::vector<float> d_act(rows * S), d_gate(rows * S), d_up(rows * S);
-    linear_backward(s.shared_act.data(), p.shared_down.w, dy, d_act.data(), p.shared_down.dw,
+    const float* d_shared = dy;  // the shared experts' output gradient
+    std::vector<float> gated;
+    if (spec.shared_expert_gate) {  // y += shared * g, g = sigmoid(x . w)
+      gated.resize(rows * H);
+      std::vector<float> d_logit(rows);
+      for (int64_t r = 0; r < rows; ++r) {
+        const float g = s.shared_sigmoid[r];
+        double dg = 0.0;
+        for (int64_t c = 0; c < H; ++c) {
+          dg += static_cast<double>(dy[r * H + c]) * s.shared_out[r * H + c];
+          gated[r * H + c] = dy[r * H + c] * g;
+        }
+        d_logit[r] = static_cast<float>(dg * g * (1.0f - g));
+      }
+      linear_backward(x, p.shared_expert_gate.w, d_logit.data(), dx, p.shared_expert_gate.dw,
+                      nullptr, rows, H, 1);
+      d_shared = gated.data();
+    }
+    linear_backward(s.shared_act.data(), p.shared_down.w, d_shared, d_act.data(), p.shared_down.dw,
                     p.shared_down.db, rows, S, H);
     gated_backward(activation, s.shared_gate.data(), s.shared_up.data(), d_act.data(),
                    d_gate.data(), d_up.data(), rows * S);

@@ -29,6 +29,7 @@ struct MoeParams {
   const float* correction_bias = nullptr;  // [E] or null: steers the choice only, no gradient
   LinearRef gate, up, down;                // stacked experts
   LinearRef shared_gate, shared_up, shared_down;  // shared experts, one MLP (when any)
+  LinearRef shared_expert_gate;  // Qwen2-MoE's gate on the shared experts [1, H] (when any)
 };
 
 // What moe_forward keeps for moe_backward.
@@ -41,15 +42,19 @@ struct MoeSaved {
   std::vector<float> gate, up, act;  // [rows * k, I] per pick, in by_expert order
   std::vector<float> out;            // [rows * k, H] each pick's expert output (unweighted)
   std::vector<float> shared_gate, shared_up, shared_act;  // [rows, shared_intermediate]
+  // With a shared-expert gate: the shared experts' output before the gate [rows, H], and the
+  // gate sigmoid(x . w) [rows].
+  std::vector<float> shared_out, shared_sigmoid;
 };
 
 // Throws Error "training: <where>: <feature> is not supported yet" for MoE settings the
-// functions below do not compute (sparsemixer router, a shared-expert gate, activations
-// without a backward). Experts with spec.swiglu_limit > 0 use gpt-oss's clamped SwiGLU.
+// functions below do not compute (sparsemixer router, activations without a backward). Experts with
+// spec.swiglu_limit > 0 use gpt-oss's clamped SwiGLU.
 void check_moe_trainable(const MoeSpec& spec, Activation activation, const std::string& where);
 
 // y = sum over the token's picks of weight * expert(x) (expert(weight * x) when
-// spec.weight_expert_input) + shared(x).   x [rows, H] -> y [rows, H] (overwritten).
+// spec.weight_expert_input) + shared(x), the shared part times sigmoid(x . w) with
+// spec.shared_expert_gate (Qwen2-MoE).   x [rows, H] -> y [rows, H] (overwritten).
 void moe_forward(const MoeSpec& spec, Activation activation, const MoeParams& p, const float* x,
                  int64_t rows, int64_t hidden, float* y, MoeSaved& saved);
 

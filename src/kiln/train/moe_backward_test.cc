@@ -143,7 +143,7 @@ TEST(MoeBackward, SparseMixerHasNoBackward) {
 struct Block {
   MoeSpec spec;
   int64_t rows = 6, H = 7;
-  Vec x, router, router_bias, gate, up, down, gate_b, up_b, down_b, sg, su, sd, r;
+  Vec x, router, router_bias, gate, up, down, gate_b, up_b, down_b, sg, su, sd, seg, r;
 };
 
 double silu(double v) {
@@ -154,7 +154,7 @@ double silu(double v) {
 double block_loss(const Block& b, const std::vector<int64_t>& chosen, const Vec& x,
                   const Vec& router, const Vec& rbias, const Vec& gate, const Vec& up,
                   const Vec& down, const Vec& gb, const Vec& ub, const Vec& db, const Vec& sg,
-                  const Vec& su, const Vec& sd) {
+                  const Vec& su, const Vec& sd, const Vec& seg) {
   const MoeSpec& s = b.spec;
   const int64_t E = s.num_experts, k = s.top_k, I = s.expert_intermediate, H = b.H;
   Vec logits(b.rows * E);
@@ -205,7 +205,13 @@ double block_loss(const Block& b, const std::vector<int64_t>& chosen, const Vec&
     if (s.num_shared_experts > 0) {
       mlp(x.data() + n * H, sg.data(), su.data(), sd.data(), nullptr, nullptr, nullptr,
           s.shared_intermediate, out.data(), false);
-      for (int64_t c = 0; c < H; ++c) y[c] += out[c];
+      double g = 1.0;  // Qwen2-MoE's shared-expert gate sigmoid(x . w)
+      if (s.shared_expert_gate) {
+        double dot = 0.0;
+        for (int64_t c = 0; c < H; ++c) dot += x[n * H + c] * seg[c];
+        g = 1.0 / (1.0 + std::exp(-dot));
+      }
+      for (int64_t c = 0; c < H; ++c) y[c] += out[c] * g;
     }
     for (int64_t c = 0; c < H; ++c) loss += y[c] * b.r[n * H + c];
   }
@@ -234,6 +240,7 @@ void check_block(const MoeSpec& spec, const std::string& name) {
     b.su = random_vec(S * H, rng, 0.5);
     b.sd = random_vec(H * S, rng, 0.5);
   }
+  if (spec.shared_expert_gate) b.seg = random_vec(H, rng, 0.7);
   b.r = random_vec(b.rows * H, rng);
   // f32 copies the kernels read, and their gradients.
   struct Param {
@@ -247,7 +254,7 @@ void check_block(const MoeSpec& spec, const std::string& name) {
   };
   Param x = make(b.x), router = make(b.router), rbias = make(b.router_bias), gate = make(b.gate),
         up = make(b.up), down = make(b.down), gb = make(b.gate_b), ub = make(b.up_b),
-        db = make(b.down_b), sg = make(b.sg), su = make(b.su), sd = make(b.sd);
+        db = make(b.down_b), sg = make(b.sg), su = make(b.su), sd = make(b.sd), seg = make(b.seg);
   auto lin = [](Param& w, Param& bias) {
     return LinearRef{w.v32.data(), bias.v32.empty() ? nullptr : bias.v32.data(), w.grad.data(),
                      bias.v32.empty() ? nullptr : bias.grad.data()};
@@ -263,6 +270,7 @@ void check_block(const MoeSpec& spec, const std::string& name) {
     p.shared_up = lin(su, none);
     p.shared_down = lin(sd, none);
   }
+  if (spec.shared_expert_gate) p.shared_expert_gate = lin(seg, none);
   MoeSaved saved;
   std::vector<float> y(b.rows * H);
   moe_forward(spec, Activation::kSilu, p, x.v32.data(), b.rows, H, y.data(), saved);
@@ -286,17 +294,26 @@ void check_block(const MoeSpec& spec, const std::string& name) {
     auto pick = [&](const Vec& v) -> const Vec& { return &v == which ? value : v; };
     return block_loss(b, chosen, pick(b.x), pick(b.router), pick(b.router_bias), pick(b.gate),
                       pick(b.up), pick(b.down), pick(b.gate_b), pick(b.up_b), pick(b.down_b),
-                      pick(b.sg), pick(b.su), pick(b.sd));
+                      pick(b.sg), pick(b.su), pick(b.sd), pick(b.seg));
   };
   EXPECT_NEAR(f32_loss, loss(nullptr, {}), 1e-4) << name;
   moe_backward(spec, Activation::kSilu, p, x.v32.data(), saved, f32(b.r).data(), x.grad.data(),
                b.rows, H);
   // Every expert was chosen at least once (else its gradients are zero and say nothing).
   for (int64_t e = 0; e < E; ++e) EXPECT_GT(saved.first[e + 1], saved.first[e]) << name << " " << e;
-  const std::pair<const char*, Param*> all[] = {
-      {"x", &x},          {"router", &router},  {"router bias", &rbias}, {"gate", &gate},
-      {"up", &up},        {"down", &down},      {"gate bias", &gb},      {"up bias", &ub},
-      {"down bias", &db}, {"shared gate", &sg}, {"shared up", &su},      {"shared down", &sd}};
+  const std::pair<const char*, Param*> all[] = {{"x", &x},
+                                                {"router", &router},
+                                                {"router bias", &rbias},
+                                                {"gate", &gate},
+                                                {"up", &up},
+                                                {"down", &down},
+                                                {"gate bias", &gb},
+                                                {"up bias", &ub},
+                                                {"down bias", &db},
+                                                {"shared gate", &sg},
+                                                {"shared up", &su},
+                                                {"shared down", &sd},
+                                                {"shared-expert gate", &seg}};
   for (const auto& [part, param] : all) {
     if (param->value->empty()) continue;
     expect_close(
@@ -314,6 +331,17 @@ TEST(MoeBackward, BlockTopKSoftmaxWithBiasesAndSharedExperts) {
   s.num_shared_experts = 1;
   s.shared_intermediate = 6;
   check_block(s, "moe top_k_softmax + biases + shared");
+}
+// Qwen2-MoE: softmax over all experts then top-k (not renormalized), a shared expert whose
+// output is scaled by sigmoid(x . w).
+TEST(MoeBackward, BlockSharedExpertGate) {
+  MoeSpec s = router_spec(RouterKind::kSoftmaxTopK, false, 1.0);
+  s.num_experts = 4;
+  s.top_k = 2;
+  s.num_shared_experts = 1;
+  s.shared_intermediate = 5;
+  s.shared_expert_gate = true;
+  check_block(s, "moe softmax_top_k + gated shared expert");
 }
 // gpt-oss's experts: a biased router, expert biases, clamped SwiGLU with a limit that clamps
 // some of the gates and ups (the count is checked).

@@ -30,12 +30,11 @@ void refuse(const std::string& where, const std::string& feature) {
 void check_layer(const LayerSpec& layer, const std::string& where) {
   const AttentionSpec& a = layer.attention;
   if (layer.norm.kind == NormKind::kNone) refuse(where, "norm kind 'none'");
-  if (layer.residual_scale != 1.0f) refuse(where, "a residual scale");
   if (layer.moe.enabled()) check_moe_trainable(layer.moe, layer.mlp.activation, where);
   if (a.qk_norm != QkNormKind::kNone && a.qk_norm != QkNormKind::kL2 &&
       !is_rms(a.qk_norm_spec.kind))
     refuse(where, std::string("QK norm kind '") + norm_kind_name(a.qk_norm_spec.kind) + "'");
-  if (a.clip_qkv > 0.0f) refuse(where, "clip_qkv");
+  if (a.clip_qkv > 0.0f && a.is_mla()) refuse(where, "clip_qkv with latent attention");
   if ((a.sinks || a.chunk_size > 0) && a.softcap > 0.0f)
     refuse(where, "attention sinks or chunked attention with logit soft-capping");
   if (a.is_mla()) {
@@ -73,7 +72,8 @@ void check_trainable(const ModelSpec& spec) {
                 ": a learned position table needs max_position_embeddings > 0");
   if (!spec.has_final_norm) refuse(model, "a model without a final norm");
   if (spec.final_norm.kind == NormKind::kNone) refuse(model, "final norm kind 'none'");
-  if (spec.logit_scale != 1.0f) refuse(model, "a logit scale");
+  if (spec.logit_scale != 1.0f && spec.lm_head_bias)
+    refuse(model, "a logit scale with an lm_head bias");
   for (int64_t i = 0; i < spec.num_layers(); ++i)
     check_layer(spec.layers[i], model + " layer " + std::to_string(i));
 }
@@ -89,6 +89,7 @@ struct TrainModel::LayerSaved {
   NormStats n1;                      // attention_in
   std::vector<float> normed1;        // [rows, hidden] attention input (the input without a norm)
   std::vector<float> q_raw, k_raw;   // [rows, Hq * D], [rows, Hkv * D] before the QK norm
+  std::vector<uint8_t> clipped;      // clip_qkv: 1 where q, k, v (in a row) were clamped
   NormStats qn, kn;                  // QK norm
   std::vector<float> q, k, v;        // [rows, Hq * D], [rows, Hkv * D] x 2 (after RoPE)
   std::vector<float> mixed;          // [rows, Hq * D] attention output before `out`
@@ -306,6 +307,7 @@ MoeParams TrainModel::add_moe(const WeightMap& weights, int64_t i) {
     p.shared_up = linear("shared_experts/wi_1", {S, H}, false, {});
     p.shared_down = linear("shared_experts/wo", {H, S}, false, {});
   }
+  if (m.shared_expert_gate) p.shared_expert_gate = linear("shared_expert_gate", {1, H}, false, {});
   return p;
 }
 
@@ -479,6 +481,16 @@ void TrainModel::attention_forward(size_t i, int64_t batch, int64_t T, const Act
     adapter_->forward(i, LinearSlot::kKey, in, s.k.data(), rows, training);
     adapter_->forward(i, LinearSlot::kValue, in, s.v.data(), rows, training);
   }
+  if (a.clip_qkv > 0.0f) {  // OLMo, DBRX: clamp the projections (gradient 0 where clamped)
+    const float c = a.clip_qkv;
+    s.clipped.resize(rows * (Hq + 2 * Hkv) * D);
+    uint8_t* mask = s.clipped.data();
+    for (std::vector<float>* t : {&s.q, &s.k, &s.v})
+      for (float& e : *t) {
+        *mask++ = e < -c || e > c;
+        e = std::clamp(e, -c, c);
+      }
+  }
   if (l.query_norm.dim > 0) {  // QK norm before RoPE: rows of head_dim, or of all heads
     s.q_raw = s.q;
     s.k_raw = s.k;
@@ -563,14 +575,15 @@ void TrainModel::forward_layer(size_t i, int64_t batch, int64_t T, const Activat
     }
     std::vector<float> mlp(rows * hidden);  // [rows, hidden]
     mlp_forward(i, rows, training, mlp_in, mlp.data(), s);
-    for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j] + mlp[j];
+    const float rs = ls.residual_scale;  // Granite's residual_multiplier (1: exact)
+    for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j] * rs + mlp[j] * rs;
     return;
   }
   if (l.attention_out.dim > 0) {
     s.attn_raw = branch;
     norm_forward(l.attention_out, s.attn_raw.data(), branch.data(), rows, s.n_attn_out);
   }
-  for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j];
+  for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j] * ls.residual_scale;
   s.middle = x;
   s.normed2.resize(rows * hidden);
   if (l.mlp_in.dim > 0)
@@ -582,11 +595,13 @@ void TrainModel::forward_layer(size_t i, int64_t batch, int64_t T, const Activat
     s.mlp_raw = branch;
     norm_forward(l.mlp_out, s.mlp_raw.data(), branch.data(), rows, s.n_mlp_out);
   }
-  for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j];
+  for (int64_t j = 0; j < rows * hidden; ++j) x[j] += branch[j] * ls.residual_scale;
 }
 
 void TrainModel::head_logits(const float* h, float* logits, int64_t rows) const {
   linear_forward(h, lm_head_, lm_head_bias_, logits, rows, spec_.hidden_size, spec_.vocab_size);
+  if (spec_.logit_scale != 1.0f)  // as the inference Model: the logits times the scale
+    for (int64_t j = 0; j < rows * spec_.vocab_size; ++j) logits[j] *= spec_.logit_scale;
   if (spec_.final_logit_softcap > 0.0f)
     softcap_forward(logits, rows * spec_.vocab_size, spec_.final_logit_softcap);
 }
@@ -598,6 +613,14 @@ Tensor TrainModel::logits(const int32_t* tokens, int64_t batch, int64_t T,
   Tensor out = Tensor::zeros(DType::F32, {batch, T, spec_.vocab_size});  // [B, T, V]
   head_logits(saved.final_normed.data(), out.mutable_data<float>(), batch * T);
   return out;
+}
+
+// A logit scale s (Cohere, Granite's 1 / logits_scaling) as the lm_head input times s: the loss
+// kernels then see (s h) W = s (h W) (no lm_head bias, check_trainable()), rounded once more
+// than the inference Model's logits times s.
+void TrainModel::scale_for_logits(std::vector<float>& h) const {
+  if (spec_.logit_scale != 1.0f)
+    for (float& e : h) e *= spec_.logit_scale;
 }
 
 namespace {
@@ -614,6 +637,7 @@ double TrainModel::loss(const int32_t* tokens, const int32_t* targets, int64_t b
   check_targets(targets, batch * T, spec_.vocab_size);
   Activations saved;
   forward(tokens, batch, T, saved, false, segments, true);  // only the end is used
+  scale_for_logits(saved.final_normed);
   if (lm_head_bias_ || spec_.final_logit_softcap > 0.0f)
     return lm_head_cross_entropy_capped(saved.final_normed.data(), lm_head_, lm_head_bias_, targets,
                                         nullptr, nullptr, nullptr, batch * T, spec_.hidden_size,
@@ -680,6 +704,13 @@ void TrainModel::attention_backward(size_t i, int64_t batch, int64_t T, const Ac
     dq = g.dq_raw.data();
     dk = g.dk_raw.data();
   }
+  if (a.clip_qkv > 0.0f) {  // torch.clamp: the gradient passes only where nothing was clamped
+    const uint8_t* mask = s.clipped.data();
+    for (auto [d, n] : {std::pair{dq, rows * Hq * D}, std::pair{dk, rows * Hkv * D},
+                        std::pair{g.dv.data(), rows * Hkv * D}})
+      for (int64_t j = 0; j < n; ++j)
+        if (*mask++) d[j] = 0.0f;
+  }
   linear_backward(in, l.query.w, dq, d_in, l.query.dw, l.query.db, rows, hidden, Hq * D);
   linear_backward(in, l.key.w, dk, d_in, l.key.dw, l.key.db, rows, hidden, Hkv * D);
   linear_backward(in, l.value.w, g.dv.data(), d_in, l.value.dw, l.value.db, rows, hidden, Hkv * D);
@@ -725,23 +756,32 @@ void TrainModel::backward_layer(size_t i, int64_t batch, int64_t T, const Activa
   const LayerSpec& ls = spec_.layers[i];
   const Layer& l = layers_[i];
   const float* input = saved.layers[i].input.data();
+  // The branches' output gradient: dx times the residual scale (Granite), or dx itself.
+  std::vector<float> scaled;
+  const auto branch_grad = [&]() -> const float* {
+    if (ls.residual_scale == 1.0f) return dx.data();
+    scaled.resize(n);
+    for (int64_t j = 0; j < n; ++j) scaled[j] = dx[j] * ls.residual_scale;
+    return scaled.data();
+  };
   std::fill_n(g.d_normed1.begin(), n, 0.0f);
   if (ls.placement == NormPlacement::kParallel) {  // x + attn(n1(x)) + mlp(n2(x))
     // dx is both branches' output gradient and the residual path's.
     const bool own_norm = l.mlp_in.dim > 0;
+    const float* d_out = branch_grad();
     std::fill_n(g.d_normed2.begin(), n, 0.0f);
-    mlp_backward(i, rows, own_norm ? s.normed2.data() : s.normed1.data(), s, dx.data(),
+    mlp_backward(i, rows, own_norm ? s.normed2.data() : s.normed1.data(), s, d_out,
                  own_norm ? g.d_normed2.data() : g.d_normed1.data(), g);
-    attention_backward(i, batch, T, saved, s.normed1.data(), s, dx.data(), g.d_normed1.data(), g);
+    attention_backward(i, batch, T, saved, s.normed1.data(), s, d_out, g.d_normed1.data(), g);
     if (own_norm) norm_backward(l.mlp_in, input, s.n2, g.d_normed2.data(), dx.data(), rows);
     norm_backward(l.attention_in, input, s.n1, g.d_normed1.data(), dx.data(), rows);
     return;
   }
   // MLP branch: out = middle + mlp_out(mlp(mlp_in(middle))).
-  const float* d_branch = dx.data();
+  const float* d_branch = branch_grad();
   if (l.mlp_out.dim > 0) {
     std::fill_n(g.d_raw.begin(), n, 0.0f);
-    norm_backward(l.mlp_out, s.mlp_raw.data(), s.n_mlp_out, dx.data(), g.d_raw.data(), rows);
+    norm_backward(l.mlp_out, s.mlp_raw.data(), s.n_mlp_out, d_branch, g.d_raw.data(), rows);
     d_branch = g.d_raw.data();
   }
   std::fill_n(g.d_normed2.begin(), n, 0.0f);
@@ -751,11 +791,10 @@ void TrainModel::backward_layer(size_t i, int64_t batch, int64_t T, const Activa
   else
     for (int64_t j = 0; j < n; ++j) dx[j] += g.d_normed2[j];
   // Attention branch: middle = input + attention_out(attn(attention_in(input))).
-  d_branch = dx.data();
+  d_branch = branch_grad();
   if (l.attention_out.dim > 0) {
     std::fill_n(g.d_raw.begin(), n, 0.0f);
-    norm_backward(l.attention_out, s.attn_raw.data(), s.n_attn_out, dx.data(), g.d_raw.data(),
-                  rows);
+    norm_backward(l.attention_out, s.attn_raw.data(), s.n_attn_out, d_branch, g.d_raw.data(), rows);
     d_branch = g.d_raw.data();
   }
   attention_backward(i, batch, T, saved, s.normed1.data(), s, d_branch, g.d_normed1.data(), g);
@@ -771,6 +810,7 @@ double TrainModel::forward_backward(const int32_t* tokens, const int32_t* target
   check_targets(targets, rows, vocab);
   Activations saved;
   forward(tokens, batch, T, saved, true, segments, recompute_);
+  scale_for_logits(saved.final_normed);
 
   std::vector<float> d_normed(rows * hidden);  // [rows, hidden]
   const double loss =
@@ -781,6 +821,8 @@ double TrainModel::forward_backward(const int32_t* tokens, const int32_t* target
                 rows, hidden, vocab, spec_.final_logit_softcap, chunk_rows)
           : lm_head_cross_entropy(saved.final_normed.data(), lm_head_, targets, d_normed.data(),
                                   grad(lm_head_name_), rows, hidden, vocab, chunk_rows);
+  if (spec_.logit_scale != 1.0f)  // back through h * scale
+    for (float& d : d_normed) d *= spec_.logit_scale;
   std::vector<float> dx(rows * hidden);  // [rows, hidden] gradient of the residual stream
   norm_backward(final_norm_, saved.last.data(), saved.final_stats, d_normed.data(), dx.data(),
                 rows);

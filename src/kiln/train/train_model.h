@@ -187,6 +187,8 @@ class TrainModel {
   // The lm_head's logits of rows of final-norm outputs h [rows, hidden] -> [rows, V] (bias and
   // final soft-cap included).
   void head_logits(const float* h, float* logits, int64_t rows) const;
+  // The lm_head input times spec.logit_scale (in place; nothing when it is 1).
+  void scale_for_logits(std::vector<float>& h) const;
   // The parameter `name` of `shape`, registered with a zero gradient.
   float* add_parameter(const WeightMap& weights, const std::string& name, const Shape& shape);
   // A weight that is never trained (kept in frozen_, no gradient).
