@@ -172,10 +172,11 @@ TEST(GgufModel, QuantizedTopOneAgreementAndPerplexityAgainstBf16) {
 }
 
 // `--gguf-weights direct` (load_model's default) against `f32` (everything dequantized):
-// Q8_0 and Q4_0 tensors stay in Kiln's Q8_0 / Q4_1 blocks, the weights take a quarter (Q8_0)
-// or a sixth (Q4_0) of the bytes, and the logits stay within a bound of the dequantized run:
-// a 64-token prefill and 24 decode steps (the int8 GEMV and GEMM alike quantize the
-// activations per block of 32, as llama.cpp's do; measured 0.33 for both, logits up to 20.7).
+// Q8_0, Q4_0 and K-quant tensors stay in Kiln's Q8_0 / Q4_1 / Q4_K / Q6_K blocks, the weights
+// take a quarter (Q8_0) or a sixth (Q4_0, Q4_K_M) of the bytes, and the logits stay within a
+// bound of the dequantized run: a 64-token prefill and 24 decode steps (the int8 GEMV and
+// GEMM alike quantize the activations per block of 32, as llama.cpp's do; measured 0.33
+// (Q8_0), 0.31 (Q4_0), 0.26 (Q4_K_M), logits up to 20.7).
 TEST(GgufModel, DirectQuantizedWeightsRunAsTheirDequantization) {
   const auto tokenizer = Tokenizer::load(fixture("bf16"));
   std::vector<int32_t> ids =
@@ -227,7 +228,9 @@ TEST(GgufModel, DirectQuantizedWeightsRunAsTheirDequantization) {
               kiln_dtype);
     // (Q4_K_M: some layers' mlp/wo and value weights are Q6_K, the embedding Q6_K)
     for (const auto& [name, t] : direct.weights)
-      if (t.ndim() == 2) EXPECT_TRUE(is_quantized(t.dtype())) << variant << " " << name;
+      if (t.ndim() == 2) {
+        EXPECT_TRUE(is_quantized(t.dtype())) << variant << " " << name;
+      }
     EXPECT_EQ(f32.weights.at("decoder/layers_0/self_attention/query/kernel").dtype(), DType::F32);
     const size_t direct_bytes = weight_bytes(direct), f32_bytes = weight_bytes(f32);
     std::vector<float> dp, dd, fp, fd;
