@@ -85,13 +85,14 @@ TEST(GgufModel, GenerateBf16GivesTheTinycoderGoldens) {
   std::cout << "  " << matched << "/" << golden.size() << " golden texts\n";
 }
 
-// Quantized files: Kiln dequantizes and computes in f32, llama.cpp also quantizes the
-// activations, so greedy texts may part after a while; they must run, produce text, and
-// agree with llama.cpp's for a good stretch.
+// Quantized files: Kiln and llama.cpp both quantize the activations, but not alike (Kiln per
+// block of 32, llama.cpp's K-quant kernels per 256), so greedy texts may part after a while;
+// they must run, produce text, and agree with llama.cpp's for a good stretch (at least 20
+// characters in 4 of 5 prompts, half of all characters).
 TEST(GgufModel, QuantizedFilesRunCloseToLlamaCppsGreedyText) {
   const Json greedy = read_json_file(test::data_path("gguf/llamacpp_greedy.json"));
   for (const std::string variant : {"Q8_0", "Q4_K_M", "Q4_0"}) {
-    size_t total_common = 0, total = 0, identical = 0;
+    size_t total_common = 0, total = 0, identical = 0, long_agreements = 0;
     for (const Json& c : greedy.at(variant)) {
       const std::string prompt = c.at("prompt").get<std::string>();
       std::string want = c.at("text").get<std::string>();
@@ -105,8 +106,14 @@ TEST(GgufModel, QuantizedFilesRunCloseToLlamaCppsGreedyText) {
       size_t common = 0;
       while (common < want.size() && common < r.out.size() && want[common] == r.out[common])
         ++common;
-      EXPECT_GE(common, prompt.size() + 20)
-          << variant << ": " << prompt << "\nkiln: " << r.out << "\nllama.cpp: " << want;
+      // (a near tie may flip at once: Kiln's direct kernels round the activations per 32,
+      // llama.cpp's K-quant ones per 256, so one prompt in five may part early)
+      if (common >= prompt.size() + 20) {
+        ++long_agreements;
+      } else {
+        std::cout << "  " << variant << " parts early: " << prompt << "\nkiln: " << r.out
+                  << "\nllama.cpp: " << want << "\n";
+      }
       total_common += common - prompt.size();
       total += want.size() - prompt.size();
       identical += common == want.size();
@@ -115,6 +122,7 @@ TEST(GgufModel, QuantizedFilesRunCloseToLlamaCppsGreedyText) {
               << " generated characters agree with llama.cpp before the texts part; " << identical
               << "/5 prompts agree to llama.cpp's last character\n";
     EXPECT_GE(total_common * 2, total) << variant;
+    EXPECT_GE(long_agreements, 4u) << variant << ": prompts agreeing for 20 characters or more";
   }
 }
 
