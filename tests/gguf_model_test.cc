@@ -85,13 +85,14 @@ TEST(GgufModel, GenerateBf16GivesTheTinycoderGoldens) {
   std::cout << "  " << matched << "/" << golden.size() << " golden texts\n";
 }
 
-// Quantized files: Kiln dequantizes and computes in f32, llama.cpp also quantizes the
-// activations, so greedy texts may part after a while; they must run, produce text, and
-// agree with llama.cpp's for a good stretch.
+// Quantized files: Kiln and llama.cpp both quantize the activations, but not alike (Kiln per
+// block of 32, llama.cpp's K-quant kernels per 256), so greedy texts may part after a while;
+// they must run, produce text, and agree with llama.cpp's for a good stretch (at least 20
+// characters in 4 of 5 prompts, half of all characters).
 TEST(GgufModel, QuantizedFilesRunCloseToLlamaCppsGreedyText) {
   const Json greedy = read_json_file(test::data_path("gguf/llamacpp_greedy.json"));
   for (const std::string variant : {"Q8_0", "Q4_K_M", "Q4_0"}) {
-    size_t total_common = 0, total = 0, identical = 0;
+    size_t total_common = 0, total = 0, identical = 0, long_agreements = 0;
     for (const Json& c : greedy.at(variant)) {
       const std::string prompt = c.at("prompt").get<std::string>();
       std::string want = c.at("text").get<std::string>();
@@ -105,8 +106,14 @@ TEST(GgufModel, QuantizedFilesRunCloseToLlamaCppsGreedyText) {
       size_t common = 0;
       while (common < want.size() && common < r.out.size() && want[common] == r.out[common])
         ++common;
-      EXPECT_GE(common, prompt.size() + 20)
-          << variant << ": " << prompt << "\nkiln: " << r.out << "\nllama.cpp: " << want;
+      // (a near tie may flip at once: Kiln's direct kernels round the activations per 32,
+      // llama.cpp's K-quant ones per 256, so one prompt in five may part early)
+      if (common >= prompt.size() + 20) {
+        ++long_agreements;
+      } else {
+        std::cout << "  " << variant << " parts early: " << prompt << "\nkiln: " << r.out
+                  << "\nllama.cpp: " << want << "\n";
+      }
       total_common += common - prompt.size();
       total += want.size() - prompt.size();
       identical += common == want.size();
@@ -115,6 +122,7 @@ TEST(GgufModel, QuantizedFilesRunCloseToLlamaCppsGreedyText) {
               << " generated characters agree with llama.cpp before the texts part; " << identical
               << "/5 prompts agree to llama.cpp's last character\n";
     EXPECT_GE(total_common * 2, total) << variant;
+    EXPECT_GE(long_agreements, 4u) << variant << ": prompts agreeing for 20 characters or more";
   }
 }
 
@@ -172,10 +180,11 @@ TEST(GgufModel, QuantizedTopOneAgreementAndPerplexityAgainstBf16) {
 }
 
 // `--gguf-weights direct` (load_model's default) against `f32` (everything dequantized):
-// Q8_0 and Q4_0 tensors stay in Kiln's Q8_0 / Q4_1 blocks, the weights take a quarter (Q8_0)
-// or a sixth (Q4_0) of the bytes, and the logits stay within a bound of the dequantized run:
-// a 64-token prefill and 24 decode steps (the int8 GEMV and GEMM alike quantize the
-// activations per block of 32, as llama.cpp's do; measured 0.33 for both, logits up to 20.7).
+// Q8_0, Q4_0 and K-quant tensors stay in Kiln's Q8_0 / Q4_1 / Q4_K / Q6_K blocks, the weights
+// take a quarter (Q8_0) or a sixth (Q4_0, Q4_K_M) of the bytes, and the logits stay within a
+// bound of the dequantized run: a 64-token prefill and 24 decode steps (the int8 GEMV and
+// GEMM alike quantize the activations per block of 32, as llama.cpp's do; measured 0.33
+// (Q8_0), 0.31 (Q4_0), 0.26 (Q4_K_M), logits up to 20.7).
 TEST(GgufModel, DirectQuantizedWeightsRunAsTheirDequantization) {
   const auto tokenizer = Tokenizer::load(fixture("bf16"));
   std::vector<int32_t> ids =
@@ -215,7 +224,9 @@ TEST(GgufModel, DirectQuantizedWeightsRunAsTheirDequantization) {
   };
   for (const auto& [variant, kiln_dtype, prefill_bound, decode_bound] :
        std::vector<std::tuple<std::string, DType, double, double>>{
-           {"Q8_0", DType::Q8_0, 0.5, 0.5}, {"Q4_0", DType::Q4_1, 0.5, 0.5}}) {
+           {"Q8_0", DType::Q8_0, 0.5, 0.5},
+           {"Q4_0", DType::Q4_1, 0.5, 0.5},
+           {"Q4_K_M", DType::Q4_K, 0.5, 0.5}}) {
     ASSERT_EQ(gguf_weights(), GgufWeights::kDirect);  // the default
     const LoadedModel direct = load_model(fixture(variant));
     set_gguf_weights(GgufWeights::kF32);
@@ -223,7 +234,11 @@ TEST(GgufModel, DirectQuantizedWeightsRunAsTheirDequantization) {
     set_gguf_weights(GgufWeights::kDirect);
     EXPECT_EQ(direct.weights.at("decoder/layers_0/self_attention/query/kernel").dtype(),
               kiln_dtype);
-    EXPECT_EQ(direct.weights.at("decoder/layers_3/mlp/wo/kernel").dtype(), kiln_dtype);
+    // (Q4_K_M: some layers' mlp/wo and value weights are Q6_K, the embedding Q6_K)
+    for (const auto& [name, t] : direct.weights)
+      if (t.ndim() == 2) {
+        EXPECT_TRUE(is_quantized(t.dtype())) << variant << " " << name;
+      }
     EXPECT_EQ(f32.weights.at("decoder/layers_0/self_attention/query/kernel").dtype(), DType::F32);
     const size_t direct_bytes = weight_bytes(direct), f32_bytes = weight_bytes(f32);
     std::vector<float> dp, dd, fp, fd;

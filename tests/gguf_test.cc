@@ -224,6 +224,9 @@ TEST(Gguf, DirectReadsHoldGgmlsValues) {
   EXPECT_GE(per_type["Q8_0"], 40);
   EXPECT_GE(per_type["Q4_0"], 40);
   EXPECT_GE(per_type["Q4_1"], 1);
+  EXPECT_GE(per_type["Q4_K"], 30);  // Q4_K_M's tensors and the synthetic file's
+  EXPECT_GE(per_type["Q6_K"], 5);
+  EXPECT_GE(per_type["Q5_K"], 1);
 }
 
 // Q4_0 -> Q4_1 keeps every value, including subnormal and the largest scales; a scale whose

@@ -14,7 +14,7 @@ struct DTypeInfo {
   size_t size;        // bytes per block
   int64_t block = 1;  // elements per block
 };
-constexpr std::array<DTypeInfo, 13> kInfos = {{
+constexpr std::array<DTypeInfo, 16> kInfos = {{
     {DType::F32, "F32", 4},
     {DType::BF16, "BF16", 2},
     {DType::F16, "F16", 2},
@@ -28,6 +28,9 @@ constexpr std::array<DTypeInfo, 13> kInfos = {{
     {DType::Q8_0, "Q8_0", 34, 32},
     {DType::Q4_1, "Q4_1", 20, 32},
     {DType::Q4_1_128, "Q4_1_128", 68, 128},
+    {DType::Q4_K, "Q4_K", 144, 256},
+    {DType::Q5_K, "Q5_K", 176, 256},
+    {DType::Q6_K, "Q6_K", 210, 256},
 }};
 }  // namespace
 

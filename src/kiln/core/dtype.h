@@ -10,9 +10,10 @@
 
 namespace kiln {
 
-// The last three are block-quantized weight formats (core/quant.h, docs/checkpoint_format.md):
+// From Q8_0 on, block-quantized weight formats (core/quant.h, docs/checkpoint_format.md):
 // elements come in blocks along the last dimension, each block stored with its own scale
-// (and minimum), byte for byte as ggml's Q8_0 and Q4_1 (Q4_1_128: Q4_1's scheme over 128).
+// (and minimum), byte for byte as ggml's Q8_0 and Q4_1 (Q4_1_128: Q4_1's scheme over 128),
+// and ggml's K-quants as read from GGUF files (core/kquant.h; Kiln does not write them).
 enum class DType : uint8_t {
   F32,
   BF16,
@@ -24,15 +25,20 @@ enum class DType : uint8_t {
   I8,
   U8,
   BOOL,
-  Q8_0,     // int8: blocks of 32 = f16 scale + 32 int8 (34 bytes)
-  Q4_1,     // int4: groups of 32 = f16 scale + f16 minimum + 16 bytes of nibbles (20 bytes)
-  Q4_1_128  // int4: groups of 128 = f16 scale + f16 minimum + 64 bytes of nibbles (68 bytes)
+  Q8_0,      // int8: blocks of 32 = f16 scale + 32 int8 (34 bytes)
+  Q4_1,      // int4: groups of 32 = f16 scale + f16 minimum + 16 bytes of nibbles (20 bytes)
+  Q4_1_128,  // int4: groups of 128 = f16 scale + f16 minimum + 64 bytes of nibbles (68 bytes)
+  // ggml's K-quants (core/kquant.h), super-blocks of 256 as llama.cpp's GGUF files store them
+  Q4_K,  // 144 bytes: f16 d, f16 dmin, 8 six-bit scales and minimums, 256 nibbles
+  Q5_K,  // 176 bytes: Q4_K with a fifth bit per value
+  Q6_K   // 210 bytes: 256 six-bit values, 16 int8 scales, f16 d
 };
 
 // Size of one element in bytes. Throws Error for block-quantized dtypes, which have none:
 // use dtype_nbytes.
 size_t dtype_size(DType dtype);
-// Name in manifests and safetensors headers: "F32", "BF16", ..., "Q8_0", "Q4_1", "Q4_1_128".
+// Name in manifests and safetensors headers: "F32", "BF16", ..., "Q8_0", "Q4_1", "Q4_1_128",
+// "Q4_K", "Q5_K", "Q6_K".
 std::string_view dtype_name(DType dtype);
 // Parses a dtype name; nullopt when unknown.
 std::optional<DType> dtype_from_name(std::string_view name);

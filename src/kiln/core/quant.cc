@@ -5,6 +5,7 @@
 #include <string>
 
 #include "kiln/core/error.h"
+#include "kiln/core/kquant.h"
 
 namespace kiln {
 namespace {
@@ -114,6 +115,9 @@ void check_blocks(DType dtype, int64_t count, const char* what) {
 
 void quantize_row(DType dtype, const float* x, void* dst, int64_t count) {
   check_blocks(dtype, count, "quantize");
+  check(dtype == DType::Q8_0 || dtype == DType::Q4_1 || dtype == DType::Q4_1_128,
+        "quantize: Kiln does not quantize into " + std::string(dtype_name(dtype)) +
+            " (K-quant weights are read from GGUF files)");
   const int64_t blocks = count / dtype_block(dtype);
   for (int64_t b = 0; b < blocks; ++b) {
     if (dtype == DType::Q8_0) {
@@ -131,6 +135,28 @@ void quantize_row(DType dtype, const float* x, void* dst, int64_t count) {
 void dequantize_row(DType dtype, const void* src, float* y, int64_t count) {
   check_blocks(dtype, count, "dequantize");
   const int64_t blocks = count / dtype_block(dtype);
+  if (dtype == DType::Q4_K || dtype == DType::Q5_K || dtype == DType::Q6_K) {
+    // (copies: rows of a mapped file need not be aligned for the block structs)
+    const auto* bytes = static_cast<const std::byte*>(src);
+    const size_t size = dtype_block_bytes(dtype);
+    for (int64_t b = 0; b < blocks; ++b) {
+      const std::byte* block = bytes + b * size;
+      if (dtype == DType::Q4_K) {
+        BlockQ4_K k;
+        std::memcpy(&k, block, sizeof(k));
+        dequantize_q4_k(k, y + 256 * b);
+      } else if (dtype == DType::Q5_K) {
+        BlockQ5_K k;
+        std::memcpy(&k, block, sizeof(k));
+        dequantize_q5_k(k, y + 256 * b);
+      } else {
+        BlockQ6_K k;
+        std::memcpy(&k, block, sizeof(k));
+        dequantize_q6_k(k, y + 256 * b);
+      }
+    }
+    return;
+  }
   for (int64_t b = 0; b < blocks; ++b) {
     if (dtype == DType::Q8_0) {
       const BlockQ8_0& block = static_cast<const BlockQ8_0*>(src)[b];

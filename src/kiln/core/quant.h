@@ -39,9 +39,10 @@ static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_1) == 20 && sizeof(Block
 // q = round((x - m) / d) clamped to [0, 15]; then a few rounds of the least-squares scale
 // (and minimum) for those levels and requantizing, keeping the smallest squared error (d and
 // m rounded to f16 before use, so the stored values are the ones dequantization uses).
-// Throws Error for other dtypes or partial blocks.
+// Throws Error for other dtypes (also the K-quants, which Kiln only reads) or partial blocks.
 void quantize_row(DType dtype, const float* x, void* dst, int64_t count);
-// The inverse: `count` values of `dtype` blocks as f32.
+// The inverse: `count` values of `dtype` blocks as f32 (also the K-quants, core/kquant.h:
+// exactly ggml's values).
 void dequantize_row(DType dtype, const void* src, float* y, int64_t count);
 
 // Activations quantized per block of 32 to int8 as the quantized kernels use them

@@ -297,6 +297,9 @@ double Tensor::item_as_double(int64_t flat) const {
     case DType::Q8_0:
     case DType::Q4_1:
     case DType::Q4_1_128:
+    case DType::Q4_K:
+    case DType::Q5_K:
+    case DType::Q6_K:
       break;  // handled above
   }
   return 0;
@@ -320,6 +323,9 @@ void convert_to_f32(const void* src, DType src_type, float* dst, size_t count) {
     case DType::Q8_0:
     case DType::Q4_1:
     case DType::Q4_1_128:
+    case DType::Q4_K:
+    case DType::Q5_K:
+    case DType::Q6_K:
       dequantize_row(src_type, src, dst, static_cast<int64_t>(count));
       return;
     default: {
@@ -389,6 +395,9 @@ Tensor Tensor::to(DType dtype) const {
       case DType::Q8_0:
       case DType::Q4_1:
       case DType::Q4_1_128:
+      case DType::Q4_K:
+      case DType::Q5_K:
+      case DType::Q6_K:
         break;  // handled above
     }
   }

@@ -5,13 +5,13 @@
 
 #include "kiln/core/dtype.h"
 #include "kiln/core/error.h"
+#include "kiln/core/kquant.h"
 #include "kiln/io/gguf.h"
 
 namespace kiln {
 namespace {
 
-constexpr int64_t kQK = 32;    // elements per block of the simple formats
-constexpr int64_t kQKK = 256;  // elements per super-block of the K formats
+constexpr int64_t kQK = 32;  // elements per block of the simple formats
 
 float half(const std::byte* p) {
   uint16_t bits;
@@ -82,78 +82,13 @@ void q8_0(const std::byte* b, float* y) {
   for (int j = 0; j < kQK; ++j) y[j] = static_cast<float>(static_cast<int8_t>(byte(b + 2, j))) * d;
 }
 
-// The 6-bit scale and minimum of sub-block j (0..7) of a Q4_K / Q5_K super-block, packed in
-// 12 bytes: j < 4 in the low 6 bits of bytes j and j + 4; j >= 4 in the nibbles of byte
-// j + 4 with their top 2 bits in the high bits of bytes j - 4 and j.
-void scale_min_k4(int j, const std::byte* s, uint8_t& scale, uint8_t& min) {
-  if (j < 4) {
-    scale = byte(s, j) & 63;
-    min = byte(s, j + 4) & 63;
-  } else {
-    scale = static_cast<uint8_t>((byte(s, j + 4) & 0x0F) | ((byte(s, j - 4) >> 6) << 4));
-    min = static_cast<uint8_t>((byte(s, j + 4) >> 4) | ((byte(s, j) >> 6) << 4));
-  }
-}
-
-// Q4_K: f16 d, f16 dmin, 12 scale bytes, 128 bytes of nibbles; 8 sub-blocks of 32, sub-block
-// j in the low (even j) or high (odd j) nibbles of bytes 32 (j / 2) ...; value
-// (d * scale) * q - (dmin * min).
-void q4_k(const std::byte* b, float* y) {
-  const float d = half(b), dmin = half(b + 2);
-  const std::byte* scales = b + 4;
-  const std::byte* qs = b + 16;
-  for (int j = 0; j < 8; ++j) {
-    uint8_t sc, m;
-    scale_min_k4(j, scales, sc, m);
-    const float d1 = d * static_cast<float>(sc);
-    const float m1 = dmin * static_cast<float>(m);
-    const std::byte* q = qs + 32 * (j / 2);
-    const int shift = 4 * (j % 2);
-    for (int l = 0; l < 32; ++l) {
-      const float p = d1 * static_cast<float>((byte(q, l) >> shift) & 0x0F);
-      y[32 * j + l] = p - m1;
-    }
-  }
-}
-
-// Q5_K: Q4_K's layout with 32 bytes of fifth bits (bit j of byte l for sub-block j, element
-// l) between the scales and the nibbles.
-void q5_k(const std::byte* b, float* y) {
-  const float d = half(b), dmin = half(b + 2);
-  const std::byte* scales = b + 4;
-  const std::byte* qh = b + 16;
-  const std::byte* qs = b + 48;
-  for (int j = 0; j < 8; ++j) {
-    uint8_t sc, m;
-    scale_min_k4(j, scales, sc, m);
-    const float d1 = d * static_cast<float>(sc);
-    const float m1 = dmin * static_cast<float>(m);
-    const std::byte* q = qs + 32 * (j / 2);
-    const int shift = 4 * (j % 2);
-    for (int l = 0; l < 32; ++l) {
-      const int v = ((byte(q, l) >> shift) & 0x0F) | (((byte(qh, l) >> j) & 1) << 4);
-      const float p = d1 * static_cast<float>(v);
-      y[32 * j + l] = p - m1;
-    }
-  }
-}
-
-// Q6_K: 128 bytes of low nibbles, 64 bytes of high 2-bit pairs, 16 int8 scales, f16 d. Element
-// e = 128 h + 32 k + l (h < 2, k < 4, l < 32): low nibble of byte 64 h + 32 (k % 2) + l
-// (high nibble when k >= 2), high bits 2k..2k+1 of byte 32 h + l; value (d * scale[e / 16]) *
-// (q - 32).
-void q6_k(const std::byte* b, float* y) {
-  const std::byte* ql = b;
-  const std::byte* qh = b + 128;
-  const std::byte* sc = b + 192;
-  const float d = half(b + 208);
-  for (int e = 0; e < kQKK; ++e) {
-    const int h = e / 128, k = (e % 128) / 32, l = e % 32;
-    const int low = (byte(ql, 64 * h + 32 * (k % 2) + l) >> (4 * (k / 2))) & 0x0F;
-    const int high = (byte(qh, 32 * h + l) >> (2 * k)) & 3;
-    const float ds = d * static_cast<float>(static_cast<int8_t>(byte(sc, e / 16)));
-    y[e] = ds * static_cast<float>((low | (high << 4)) - 32);
-  }
+// The K formats: core/kquant.h (the same arithmetic, also built with -ffp-contract=off), on
+// a copy of the block (the file's blocks need not be aligned for the structs).
+template <class Block, void (*kDequantize)(const Block&, float*)>
+void k_block(const std::byte* b, float* y) {
+  Block block;
+  std::memcpy(&block, b, sizeof(Block));
+  kDequantize(block, y);
 }
 
 }  // namespace
@@ -195,13 +130,13 @@ void ggml_dequantize(GgmlType type, const std::byte* blocks, int64_t count, floa
       one = q8_0;
       break;
     case GgmlType::kQ4_K:
-      one = q4_k;
+      one = k_block<BlockQ4_K, dequantize_q4_k>;
       break;
     case GgmlType::kQ5_K:
-      one = q5_k;
+      one = k_block<BlockQ5_K, dequantize_q5_k>;
       break;
     case GgmlType::kQ6_K:
-      one = q6_k;
+      one = k_block<BlockQ6_K, dequantize_q6_k>;
       break;
     default:
       throw Error("ggml_dequantize: " + ggml_type_name(static_cast<uint32_t>(type)) +

@@ -15,6 +15,12 @@ std::optional<DType> ggml_direct_dtype(GgmlType type) {
     case GgmlType::kQ4_0:
     case GgmlType::kQ4_1:
       return DType::Q4_1;
+    case GgmlType::kQ4_K:
+      return DType::Q4_K;
+    case GgmlType::kQ5_K:
+      return DType::Q5_K;
+    case GgmlType::kQ6_K:
+      return DType::Q6_K;
     default:
       return std::nullopt;
   }
@@ -52,7 +58,8 @@ Tensor gguf_read_direct(const GgufFile& file, const GgufTensorInfo& info) {
                       static_cast<std::byte*>(out.mutable_raw()), what);
     return out;
   }
-  // Q8_0 and Q4_1: ggml's blocks are Kiln's, byte for byte (f16 fields: 2-byte aligned).
+  // Q8_0, Q4_1 and the K-quants: ggml's blocks are Kiln's, byte for byte (f16 fields: 2-byte
+  // aligned).
   if (info.offset % 2 == 0) return Tensor::view_of(file.storage(), info.offset, *dtype, info.shape);
   Tensor out = Tensor::zeros(*dtype, info.shape);
   std::memcpy(out.mutable_raw(), file.tensor_data(info), info.nbytes);

@@ -37,9 +37,9 @@ HfConfig gguf_hf_config(const GgufFile& gguf);
 std::string gguf_tokenizer_json(const GgufFile& gguf);
 
 // How a GGUF model's quantized tensors load:
-//   kDirect: the types with a Kiln block format (gguf_direct.h: Q8_0, Q4_1, Q4_0) in that
-//            format, ggml's values exactly, run by Kiln's int8 / int4 kernels; the other
-//            quantized types (K-quants, Q5_0, Q5_1) dequantized to F32;
+//   kDirect: the types with a Kiln block format (gguf_direct.h: Q8_0, Q4_1, Q4_0, Q4_K, Q5_K,
+//            Q6_K) in that format, ggml's values exactly, run by Kiln's quantized kernels;
+//            the other quantized types (Q5_0, Q5_1) dequantized to F32;
 //   kF32:    every quantized tensor dequantized to F32 (ggml's values exactly);
 //   kBF16:   every quantized tensor dequantized and rounded to BF16.
 enum class GgufWeights { kDirect, kF32, kBF16 };

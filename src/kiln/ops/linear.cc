@@ -113,6 +113,7 @@ const KernelTable& reference_table() {
   // One plain kernel serves every format: it dequantizes rows through convert_to_f32.
   static const KernelTable table{"reference",
                                  {&linear_reference, &linear_reference, &linear_reference,
+                                  &linear_reference, &linear_reference, &linear_reference,
                                   &linear_reference, &linear_reference, &linear_reference},
                                  &causal_attention_reference,
                                  &silu_gated_reference,

@@ -7,11 +7,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <iostream>
 #include <random>
 #include <vector>
 
 #include "kiln/core/error.h"
+#include "kiln/core/kquant.h"
 #include "kiln/core/quant.h"
 #include "kiln/ops/kernels.h"
 #include "kiln/ops/linear.h"
@@ -142,11 +144,112 @@ TEST(QuantKernels, GemvRowsAreIndependentOfTheirNeighbours) {
   use_kernels("auto");
 }
 
+// Rows of random K-quant super-blocks (every byte random, so every level, scale and minimum
+// code occurs; f16 super-scales set so the values are of order 1): Kiln does not quantize
+// into these formats, it reads them from GGUF files.
+std::vector<uint8_t> random_kquant_rows(std::mt19937& rng, DType format, int64_t out, int64_t in) {
+  std::vector<uint8_t> stored(out * dtype_nbytes(format, in));
+  for (uint8_t& b : stored) b = static_cast<uint8_t>(rng() & 255);
+  std::uniform_real_distribution<float> scale(0.5f, 1.5f);
+  const size_t bytes = dtype_block_bytes(format);
+  for (size_t at = 0; at < stored.size(); at += bytes) {
+    if (format == DType::Q6_K) {  // |scale * (q - 32)| up to 128 * 32
+      const uint16_t d = f32_to_f16(scale(rng) / 2048.0f);
+      std::memcpy(&stored[at + 208], &d, 2);
+    } else {  // d * sc * q up to 63 * 31, dmin * m up to 63
+      const uint16_t d = f32_to_f16(scale(rng) / (format == DType::Q4_K ? 500.0f : 1000.0f));
+      const uint16_t dmin = f32_to_f16(scale(rng) / 60.0f);
+      std::memcpy(&stored[at], &d, 2);
+      std::memcpy(&stored[at + 2], &dmin, 2);
+    }
+  }
+  return stored;
+}
+
+// The K-quant kernels (GEMV and GEMM of every set) against the reference kernel on the
+// activations they round to (per block of 32, as for Q8_0 / Q4_1), to float rounding; the
+// reference itself against the f64 product of ggml's dequantized values.
+TEST(QuantKernels, KQuantKernelsMatchTheReference) {
+  const std::vector<Case> cases = {
+      {1, 256, 1},   {1, 512, 7},   {2, 768, 33},  {3, 256, 5},    {4, 1024, 16}, {5, 256, 9},
+      {7, 1280, 31}, {8, 2048, 13}, {15, 512, 17}, {16, 256, 6},   {17, 768, 7},  {40, 1280, 19},
+      {70, 256, 13}, {257, 512, 9}, {1, 4096, 64}, {24, 2304, 11}, {33, 1536, 25}};
+  std::mt19937 rng(17);
+  for (const std::string& name : available_kernels()) {
+    use_kernels(name);
+    for (const DType format : {DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+      double worst_gemv = 0.0, worst_gemm = 0.0, worst_exact = 0.0;
+      for (const Case& c : cases) {
+        const std::vector<float> x = random_vector(rng, c.rows * c.in);  // [rows, in]
+        const std::vector<float> bias = random_vector(rng, c.out);       // [out]
+        const std::vector<uint8_t> stored = random_kquant_rows(rng, format, c.out, c.in);
+        std::vector<float> w(c.out * c.in);  // [out, in] ggml's values
+        dequantize_row(format, stored.data(), w.data(), c.out * c.in);
+        std::vector<float> got(c.rows * c.out), want(c.rows * c.out);  // [rows, out]
+        linear(x.data(), stored.data(), format, bias.data(), got.data(), c.rows, c.in, c.out);
+        std::vector<float> x_ref = x;
+        if (name != "reference")
+          for (int64_t r = 0; r < c.rows; ++r) round_activations(x_ref.data() + r * c.in, c.in);
+        linear_reference(x_ref.data(), stored.data(), format, bias.data(), want.data(), c.rows,
+                         c.in, c.out);
+        std::vector<float> exact(c.rows * c.out), magnitude(c.rows * c.out);
+        for (int64_t r = 0; r < c.rows; ++r)
+          for (int64_t o = 0; o < c.out; ++o) {
+            double sum = bias[o], size = 0.0;
+            for (int64_t i = 0; i < c.in; ++i) {
+              const double term = static_cast<double>(x_ref[r * c.in + i]) * w[o * c.in + i];
+              sum += term;
+              size += std::fabs(term);
+            }
+            exact[r * c.out + o] = static_cast<float>(sum);
+            magnitude[r * c.out + o] = static_cast<float>(size);
+          }
+        const double e = scaled_error(got, want, magnitude);
+        (c.rows <= kGemvMaxRows ? worst_gemv : worst_gemm) =
+            std::max(c.rows <= kGemvMaxRows ? worst_gemv : worst_gemm, e);
+        EXPECT_LT(e, 2e-6) << name << " " << dtype_name(format) << " rows " << c.rows << " in "
+                           << c.in << " out " << c.out;
+        worst_exact = std::max(worst_exact, scaled_error(want, exact, magnitude));
+      }
+      std::cout << name << " " << dtype_name(format)
+                << ": max error vs reference (scaled by sum |x w|) GEMV " << worst_gemv << ", GEMM "
+                << worst_gemm << "; reference vs f64 " << worst_exact << std::endl;
+      EXPECT_LT(worst_exact, 2e-6) << name;
+    }
+  }
+  use_kernels("auto");
+}
+
+// The same batch invariance for the K-quant GEMV.
+TEST(QuantKernels, KQuantGemvRowsAreIndependentOfTheirNeighbours) {
+  std::mt19937 rng(9);
+  const int64_t in = 512, out = 24;
+  const std::vector<float> x = random_vector(rng, 16 * in);
+  for (const std::string& name : available_kernels()) {
+    use_kernels(name);
+    for (const DType format : {DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+      const std::vector<uint8_t> stored = random_kquant_rows(rng, format, out, in);
+      for (const int64_t rows : {2, 3, 4, 5, 8, 16}) {
+        std::vector<float> all(rows * out), one(out);
+        linear(x.data(), stored.data(), format, nullptr, all.data(), rows, in, out);
+        for (int64_t r = 0; r < rows; ++r) {
+          linear(x.data() + r * in, stored.data(), format, nullptr, one.data(), 1, in, out);
+          for (int64_t o = 0; o < out; ++o)
+            ASSERT_EQ(one[o], all[r * out + o]) << name << " " << dtype_name(format) << " " << r;
+        }
+      }
+    }
+  }
+  use_kernels("auto");
+}
+
 TEST(QuantKernels, ViewsOfPartialBlocksAreRejected) {
   std::vector<uint8_t> stored(1024);
   std::vector<float> x(48), y(2);
   EXPECT_THROW(linear(x.data(), stored.data(), DType::Q8_0, nullptr, y.data(), 1, 48, 2), Error);
   EXPECT_THROW(weight_view(stored.data(), DType::Q4_1_128, 64), Error);
+  EXPECT_THROW(weight_view(stored.data(), DType::Q4_K, 128), Error);
+  EXPECT_THROW(weight_view(stored.data(), DType::Q6_K, 768 + 32), Error);
   EXPECT_THROW(weight_view(stored.data(), DType::I8, 64), Error);
   WeightView wrong = weight_view(stored.data(), DType::Q8_0, 64);
   wrong.row_bytes = 64;

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "kiln/core/quant.h"
@@ -22,6 +23,8 @@ using S = Avx2;
 // (after linear_kernels.inc: uses its Vec and kLanes)
 #include "kiln/ops/cpu/attention_kernels.inc"
 #include "kiln/ops/cpu/elementwise_kernels.inc"
+// (after linear_kernels.inc: uses its GEMV, GEMM and Int8Path)
+#include "kiln/ops/cpu/kquant_kernels.inc"
 
 }  // namespace
 }  // namespace kiln::ops::cpu::avx2
@@ -32,7 +35,9 @@ const KernelTable& avx2_table() {
       "avx2",
       {&avx2::gemv_or_gemm_f32<DType::F32>, &avx2::gemv_or_gemm_f32<DType::BF16>,
        &avx2::gemv_or_gemm_f32<DType::F16>, &avx2::quantized_linear<DType::Q8_0>,
-       &avx2::quantized_linear<DType::Q4_1>, &avx2::quantized_linear<DType::Q4_1_128>},
+       &avx2::quantized_linear<DType::Q4_1>, &avx2::quantized_linear<DType::Q4_1_128>,
+       &avx2::kquant_linear<DType::Q4_K>, &avx2::kquant_linear<DType::Q5_K>,
+       &avx2::kquant_linear<DType::Q6_K>},
       &avx2::attention,
       &avx2::silu_gated,
       &avx2::gemm_f32,

@@ -25,6 +25,8 @@ using S = Avx512;
 // (after linear_kernels.inc: uses its Vec and kLanes)
 #include "kiln/ops/cpu/attention_kernels.inc"
 #include "kiln/ops/cpu/elementwise_kernels.inc"
+// (after linear_kernels.inc: uses its GEMV, GEMM and Int8Path)
+#include "kiln/ops/cpu/kquant_kernels.inc"
 
 // f32 -> bf16, rounding to nearest even (finite inputs; as vcvtneps2bf16 does).
 inline uint32_t round_to_bf16(float f) {
@@ -354,19 +356,22 @@ void linear_bf16(const float* x, const WeightView& weight, const float* bias, fl
 
 namespace kiln::ops::cpu {
 const KernelTable& avx512_table() {
-  static const KernelTable table{"avx512",
-                                 {&avx512::gemv_or_gemm_f32<DType::F32>, &avx512::linear_bf16,
-                                  &avx512::gemv_or_gemm_f32<DType::F16>,
-                                  &avx512::quantized_linear<DType::Q8_0, avx512::Qgemv512>,
-                                  &avx512::quantized_linear<DType::Q4_1, avx512::Qgemv512>,
-                                  &avx512::quantized_linear<DType::Q4_1_128, avx512::Qgemv512>},
-                                 &avx512::attention,
-                                 &avx512::silu_gated,
-                                 &avx512::gemm_f32,
-                                 &avx512::silu_gated_backward,
-                                 &avx512::attention_probs,
-                                 &avx512::attention_probs_backward,
-                                 &avx512::adamw_update};
+  static const KernelTable table{
+      "avx512",
+      {&avx512::gemv_or_gemm_f32<DType::F32>, &avx512::linear_bf16,
+       &avx512::gemv_or_gemm_f32<DType::F16>,
+       &avx512::quantized_linear<DType::Q8_0, avx512::Qgemv512>,
+       &avx512::quantized_linear<DType::Q4_1, avx512::Qgemv512>,
+       &avx512::quantized_linear<DType::Q4_1_128, avx512::Qgemv512>,
+       &avx512::kquant_linear_512<DType::Q4_K>, &avx512::kquant_linear_512<DType::Q5_K>,
+       &avx512::kquant_linear_512<DType::Q6_K>},
+      &avx512::attention,
+      &avx512::silu_gated,
+      &avx512::gemm_f32,
+      &avx512::silu_gated_backward,
+      &avx512::attention_probs,
+      &avx512::attention_probs_backward,
+      &avx512::adamw_update};
   return table;
 }
 }  // namespace kiln::ops::cpu
