@@ -46,9 +46,12 @@ class ServeCommand : public Command {
                    "KV cache values: f32 (default) or bf16 (half the memory, values rounded)")
         ->check(CLI::IsMember({"f32", "bf16"}));
     app.add_option("--prefix-cache", prefix_cache_mib_,
-                   "MiB of KV kept for prompt prefixes that later prompts reuse (default 0: off; "
-                   "not bitwise equal to prefilling the whole prompt)")
+                   "MiB of KV kept for prompt prefixes that later prompts reuse (default 0: off)")
         ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
+    app.add_option("--prefill-chunk", engine_.prefill_chunk,
+                   "prompt tokens a step takes in beside the decoding sequences (default 0: "
+                   "fill the step's last pass of 16 rows, at least 4)")
+        ->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
     app.add_option("--api-key", options_.api_key, "require Authorization: Bearer KEY");
     app.add_option("--chat-template", chat_template_,
                    "a .jinja file or tokenizer_config.json whose chat template to use (default: "

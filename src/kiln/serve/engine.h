@@ -1,17 +1,18 @@
 // The serving engine: one worker thread owns the model and runs the active sequences of every
-// request (at most `parallel` at a time, the rest queued). Each step runs the prompts of newly
-// admitted sequences one by one, then one decode step shared by every other active sequence
-// (Model::decode_rows: each weight read once for up to 16 sequences), each sequence with its own
-// KV cache and sampler. KV caches grow in blocks as sequences grow; when a block does not fit
-// the KV budget the youngest sequence is preempted (its cache freed, itself requeued first) and
-// later rebuilt exactly: its prompt prefilled alone, its generated tokens replayed one by one
-// through the single-row decode path. A sequence's tokens never depend on what else is running:
-// at temperature 0, or with a seed, a request gives bitwise the same tokens and
-// log-probabilities alone or among others, preempted or not. The optional prefix cache reuses
-// the KV of earlier prompts' block-aligned prefixes (close to, but not bitwise equal to,
-// prefilling the whole prompt). Each sequence reports its text (stop strings cut, never emitted),
-// tokens and log-probabilities through a Channel that the HTTP side reads; cancelling the channel
-// (a client that went away) ends the sequence at its next step.
+// request (at most `parallel` at a time, the rest queued). Each step is one batched pass
+// (Model::step_rows: each weight read once for up to 16 rows; more rows take more passes) over
+// a row per decoding sequence plus a bounded chunk of the prompts being taken in
+// (--prefill-chunk), so that a new prompt does not stall the other streams. Every row computes
+// exactly what feeding its sequence alone one token at a time computes, whatever rows share the
+// pass and however a prompt is cut: at temperature 0, or with a seed, a request gives bitwise
+// the same tokens and log-probabilities alone or among others, preempted or not, with or without
+// a prefix-cache hit. KV caches grow in blocks as sequences grow; when a block does not fit the
+// KV budget the youngest sequence is preempted (its cache freed, itself requeued first) and
+// later rebuilt exactly by feeding its prompt and generated tokens again. The optional prefix
+// cache reuses the KV of earlier prompts' block-aligned prefixes. Each sequence reports its
+// text (stop strings cut, never emitted), tokens and log-probabilities through a Channel that
+// the HTTP side reads; cancelling the channel (a client that went away) ends the sequence at
+// its next step.
 #pragma once
 
 #include <atomic>
@@ -95,6 +96,10 @@ struct EngineOptions {
   int64_t kv_block = 64;        // positions per KV block (the unit of growth and of the budget)
   DType kv_dtype = DType::F32;  // f32 or bf16 (half the memory; values rounded)
   int64_t prefix_cache = 0;     // bytes of KV the prefix cache may keep; 0: no prefix cache
+  // Prompt tokens a step takes in beside the decode rows (a prompt is fed in chunks over
+  // several steps); 0: auto, filling the step's last pass of Model::kMaxDecodeRows rows, at
+  // least a quarter of a pass.
+  int64_t prefill_chunk = 0;
 };
 
 // Counters for /metrics.
@@ -108,6 +113,9 @@ struct EngineStats {
   std::atomic<int64_t> prefix_hits{0}, prefix_misses{0};
   std::atomic<int64_t> prefix_tokens_reused{0};  // prompt tokens whose KV came from the cache
   std::atomic<int64_t> prefix_cache_bytes{0};    // KV bytes the prefix cache holds
+  std::atomic<int64_t> steps{0};                 // engine steps run
+  std::atomic<int64_t> step_rows{0};             // rows (decode and prompt tokens) they ran
+  std::atomic<int64_t> step_microseconds{0};     // time spent in them
 };
 
 class QueueFull : public std::runtime_error {
@@ -145,9 +153,28 @@ class Engine {
   int64_t blocks(int64_t positions) const {
     return (positions + options_.kv_block - 1) / options_.kv_block;
   }
-  // The prompt's pass of `slot` and its first token; false when the sequence ended. For a
-  // preempted sequence: its cache rebuilt (the prompt, then its generated tokens one by one).
-  bool prefill(Slot& slot, Workspace& workspace);
+  // One row of a step: a token fed to a sequence's cache (a decode token, or one of a prompt
+  // chunk), and whether its logits are needed.
+  struct Row {
+    Slot* slot = nullptr;
+    int32_t token = 0;
+    bool prompt = false;  // part of the tokens to take in (Slot::feed)
+    bool want = false;
+  };
+  // Sets up a sequence just admitted: its cache (the reserved blocks, a prefix-cache hit
+  // copied in) and the tokens to take in; at its first admission its sampler and decoder.
+  // False when the sequence ended (max_tokens 0).
+  bool admit(Slot& slot);
+  // The prompt tokens a step takes in beside `decoding` decode rows (--prefill-chunk).
+  int64_t prompt_budget(int64_t decoding) const;
+  // Runs the rows of step_ (Model::step_rows, passes of up to kMaxDecodeRows rows) and
+  // hands each sequence its logits.
+  void run_step(Workspace& workspace);
+  // A sequence whose tokens are all in: its prompt offered to the prefix cache, and its first
+  // token chosen from `logits` (null when rebuilding: it has one already).
+  void after_ingest(Slot& slot, const float* logits);
+  // Runs `work`, failing `slot` with the message of what it throws.
+  void guard(Slot& slot, const std::function<void()>& work);
   // The positions a queued sequence's cache needs to be (re)built.
   static int64_t positions_to_build(const Slot& slot);
   // The choice of the next token from `logits` [V] and its events; false when the sequence
@@ -177,6 +204,7 @@ class Engine {
   bool stopping_ = false;
   int64_t in_flight_ = 0;  // sequences queued or active
   uint64_t arrivals_ = 0;  // sequences submitted so far
+  std::vector<Row> step_;  // the rows of the current step (worker thread only)
   std::thread worker_;
 };
 

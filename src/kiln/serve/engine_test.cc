@@ -106,6 +106,76 @@ TEST_F(EngineTest, BatchedSequencesEqualTheSequenceAloneBitwise) {
   }
 }
 
+// Chunked prefill: prompts (one of 60 tokens) taken in a few tokens per step beside other
+// sequences' decode rows give bitwise the tokens and log-probabilities of each request run
+// alone, whatever the chunk size.
+TEST_F(EngineTest, ChunkedPrefillIsBitwiseWhateverTheChunk) {
+  const std::string text =
+      "# A helper module with small utilities for lists and strings.\n"
+      "# Every function has a docstring and type hints.\nimport os\n"
+      "import sys\nimport re\n\n\ndef reverse(s: str) -> str:\n"
+      "    \"\"\"Return s reversed.\"\"\"\n    return s[::-1]\n\n\ndef total(";
+  SequenceRequest long_prompt = request(text, 16);
+  ASSERT_GE(long_prompt.prompt.size(), 60u);
+  long_prompt.prompt.resize(60);
+  std::vector<SequenceRequest> requests = {request("def fibonacci(n):", 16), long_prompt,
+                                           request("import os\n", 16), request("class Stack:", 16)};
+  std::vector<Result> alone;
+  {
+    Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, {1, 0, 64});
+    for (const SequenceRequest& r : requests) alone.push_back(drain(*engine.submit(r)));
+  }
+  for (int64_t chunk : {1, 3, 0, 16, 64}) {
+    EngineOptions options{4, 0, 64};
+    options.prefill_chunk = chunk;
+    Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, options);
+    std::vector<std::shared_ptr<Channel>> channels;
+    for (int round = 0; round < 2; ++round)
+      for (const SequenceRequest& r : requests) channels.push_back(engine.submit(r));
+    for (size_t i = 0; i < channels.size(); ++i) {
+      const Result r = drain(*channels[i]);
+      const Result& want = alone[i % requests.size()];
+      EXPECT_EQ(r.tokens, want.tokens) << "chunk " << chunk << ", request " << i;
+      EXPECT_EQ(r.logprobs, want.logprobs) << "chunk " << chunk << ", request " << i;
+      EXPECT_EQ(r.text, want.text) << "chunk " << chunk << ", request " << i;
+    }
+    const EngineStats& s = engine.stats();
+    std::cout << "prefill chunk " << chunk << ": " << s.steps << " steps, " << s.step_rows
+              << " rows" << std::endl;
+  }
+}
+
+// A prompt taken in while another sequence decodes shares that sequence's steps: with a chunk
+// of 4, sequence A (a 10-token prompt, 200 tokens) runs 3 steps for its prompt and 199 decode
+// steps, and B's 60-token prompt, submitted once A decodes, adds rows to 15 of those steps but
+// no step of its own.
+TEST_F(EngineTest, PromptChunksShareStepsWithDecoding) {
+  EngineOptions options{2, 0, 8};
+  options.prefill_chunk = 4;
+  Engine engine(*model_, *tokenizer_, {}, options);  // no EOS: A runs its 200 tokens
+  const std::string text =
+      "# A helper module with small utilities for lists and strings.\n"
+      "# Every function has a docstring and type hints.\nimport os\n"
+      "import sys\nimport re\n\n\ndef reverse(s: str) -> str:\n"
+      "    \"\"\"Return s reversed.\"\"\"\n    return s[::-1]\n";
+  SequenceRequest a = request(text, 200);
+  a.prompt.resize(10);
+  SequenceRequest b = request(text, 1);
+  ASSERT_GE(b.prompt.size(), 60u);
+  b.prompt.resize(60);
+  auto channel_a = engine.submit(a);
+  std::optional<Event> first = channel_a->pop(30000);
+  ASSERT_TRUE(first && first->token);
+  const Result result_b = drain(*engine.submit(b));
+  EXPECT_EQ(result_b.tokens.size(), 1u);
+  const Result rest_a = drain(*channel_a);
+  ASSERT_EQ(rest_a.tokens.size(), 199u) << "A ended early: " << rest_a.finish;
+  const EngineStats& s = engine.stats();
+  std::cout << s.steps << " steps, " << s.step_rows << " rows" << std::endl;
+  EXPECT_EQ(s.steps.load(), 3 + 199);
+  EXPECT_EQ(s.step_rows.load(), 10 + 199 + 60);
+}
+
 TEST_F(EngineTest, StopStringsAreCutAcrossTokensAndNeverEmitted) {
   Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, {2, 0, 8});
   const Result full = drain(*engine.submit(request("def fibonacci(n):", 30)));
@@ -302,8 +372,8 @@ TEST_F(EngineTest, KvMemoryGrowsInBlocksAndHalvesWithBf16) {
 
 // The prefix cache: a prompt sharing a block-aligned prefix with an earlier one reuses its KV
 // (hits, tokens reused), other prompts miss, the least recently used entry goes when the size
-// limit is reached; replies stay the replies without the cache (greedy tokens equal,
-// log-probabilities within 1e-4: reusing a prefix is not bitwise equal to prefilling it).
+// limit is reached; replies are bitwise the replies without the cache (a prompt's positions
+// are computed row by row, so reused KV is exactly what prefilling them computes).
 TEST_F(EngineTest, PrefixCacheReusesBlockAlignedPrefixes) {
   std::string system = "# A helper module with small utilities for lists and strings.\n";
   system += "# Every function has a docstring and type hints.\nimport os\nimport sys\n";
@@ -328,12 +398,7 @@ TEST_F(EngineTest, PrefixCacheReusesBlockAlignedPrefixes) {
     const Result r = drain(*engine.submit(request(prompts[i], 12)));
     reused.push_back(s.prefix_tokens_reused.load() - before);
     EXPECT_EQ(r.tokens, want[i].tokens) << i;
-    ASSERT_EQ(r.logprobs.size(), want[i].logprobs.size());
-    double max_diff = 0.0;
-    for (size_t j = 0; j < r.logprobs.size(); ++j)
-      max_diff = std::max(max_diff, std::fabs(r.logprobs[j] - want[i].logprobs[j]));
-    std::cout << "prompt " << i << ": largest log-probability difference " << max_diff << std::endl;
-    EXPECT_LT(max_diff, 0.05) << i;
+    EXPECT_EQ(r.logprobs, want[i].logprobs) << i;  // bitwise: no tolerance
   }
   const auto length = [&](const std::string& p) {
     return static_cast<int64_t>(tokenizer_->encode(p, true).size());
