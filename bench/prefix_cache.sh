@@ -6,7 +6,7 @@
 # Usage: bench/prefix_cache.sh [MODEL] [REQUESTS]   (default: models/tinycoder, 9 requests)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-kiln="$root/build/kiln"
+kiln="${KILN:-$root/build/kiln}"  # KILN=path: another build
 model="${1:-$root/models/tinycoder}"
 requests="${2:-9}"
 source "$root/tests/openai/start_server.sh"

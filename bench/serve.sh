@@ -6,10 +6,11 @@
 # Usage: bench/serve.sh [MODEL] [MAX_TOKENS] [SERVE OPTIONS...]   (default: a 1B-shaped bf16
 # synth model in /tmp/kiln_synth_1b, written on first use; 64 tokens per request). Without
 # --kv-dtype in the options it runs twice, with --kv-dtype f32 and bf16; e.g.
-# bench/serve.sh /tmp/kiln_synth_1b 64 --prefill-chunk 8. KV_DTYPES="f32" runs one.
+# bench/serve.sh /tmp/kiln_synth_1b 64 --prefill-chunk 8. KV_DTYPES="f32" runs one; KILN=PATH
+# runs another kiln binary.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-kiln="$root/build/kiln"
+kiln="${KILN:-$root/build/kiln}"  # KILN=path: another build (e.g. a baseline)
 model="${1:-/tmp/kiln_synth_1b}"
 max_tokens="${2:-64}"
 shift $(( $# < 2 ? $# : 2 ))
