@@ -50,7 +50,8 @@ class ServeCommand : public Command {
         ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
     app.add_option("--prefill-chunk", engine_.prefill_chunk,
                    "prompt tokens a step takes in beside the decoding sequences (default 0: "
-                   "fill the step's last pass of 16 rows, at least 4)")
+                   "fill the step's last pass of 16 rows, or one more pass when under 4 "
+                   "rows are left)")
         ->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
     app.add_option("--api-key", options_.api_key, "require Authorization: Bearer KEY");
     app.add_option("--chat-template", chat_template_,

@@ -361,10 +361,11 @@ void Engine::run() {
 int64_t Engine::prompt_budget(int64_t decoding) const {
   if (options_.prefill_chunk > 0) return options_.prefill_chunk;
   // Auto: fill the room left in the step's last pass of kMaxDecodeRows rows (a whole pass when
-  // nothing decodes), at least a quarter pass so that a long prompt keeps moving.
+  // nothing decodes); when that is under a quarter pass, one more whole pass, so that passes
+  // stay full and prompts keep moving while many sequences decode.
   const int64_t pass = Model::kMaxDecodeRows;
   const int64_t room = decoding == 0 ? pass : (pass - decoding % pass) % pass;
-  return std::max(room, pass / 4);
+  return room >= pass / 4 ? room : room + pass;
 }
 
 void Engine::run_step(Workspace& workspace) {

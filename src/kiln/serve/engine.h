@@ -97,8 +97,8 @@ struct EngineOptions {
   DType kv_dtype = DType::F32;  // f32 or bf16 (half the memory; values rounded)
   int64_t prefix_cache = 0;     // bytes of KV the prefix cache may keep; 0: no prefix cache
   // Prompt tokens a step takes in beside the decode rows (a prompt is fed in chunks over
-  // several steps); 0: auto, filling the step's last pass of Model::kMaxDecodeRows rows, at
-  // least a quarter of a pass.
+  // several steps); 0: auto, filling the step's last pass of Model::kMaxDecodeRows rows (and
+  // one more pass when under a quarter of a pass is left).
   int64_t prefill_chunk = 0;
 };
 

@@ -146,19 +146,19 @@ TEST_F(EngineTest, ChunkedPrefillIsBitwiseWhateverTheChunk) {
 }
 
 // A prompt taken in while another sequence decodes shares that sequence's steps: with a chunk
-// of 4, sequence A (a 10-token prompt, 200 tokens) runs 3 steps for its prompt and 199 decode
+// of 4, sequence A (a 10-token prompt, 400 tokens) runs 3 steps for its prompt and 399 decode
 // steps, and B's 60-token prompt, submitted once A decodes, adds rows to 15 of those steps but
 // no step of its own.
 TEST_F(EngineTest, PromptChunksShareStepsWithDecoding) {
   EngineOptions options{2, 0, 8};
   options.prefill_chunk = 4;
-  Engine engine(*model_, *tokenizer_, {}, options);  // no EOS: A runs its 200 tokens
+  Engine engine(*model_, *tokenizer_, {}, options);  // no EOS: A runs its 400 tokens
   const std::string text =
       "# A helper module with small utilities for lists and strings.\n"
       "# Every function has a docstring and type hints.\nimport os\n"
       "import sys\nimport re\n\n\ndef reverse(s: str) -> str:\n"
       "    \"\"\"Return s reversed.\"\"\"\n    return s[::-1]\n";
-  SequenceRequest a = request(text, 200);
+  SequenceRequest a = request(text, 400);
   a.prompt.resize(10);
   SequenceRequest b = request(text, 1);
   ASSERT_GE(b.prompt.size(), 60u);
@@ -169,11 +169,11 @@ TEST_F(EngineTest, PromptChunksShareStepsWithDecoding) {
   const Result result_b = drain(*engine.submit(b));
   EXPECT_EQ(result_b.tokens.size(), 1u);
   const Result rest_a = drain(*channel_a);
-  ASSERT_EQ(rest_a.tokens.size(), 199u) << "A ended early: " << rest_a.finish;
+  ASSERT_EQ(rest_a.tokens.size(), 399u) << "A ended early: " << rest_a.finish;
   const EngineStats& s = engine.stats();
   std::cout << s.steps << " steps, " << s.step_rows << " rows" << std::endl;
-  EXPECT_EQ(s.steps.load(), 3 + 199);
-  EXPECT_EQ(s.step_rows.load(), 10 + 199 + 60);
+  EXPECT_EQ(s.steps.load(), 3 + 399);
+  EXPECT_EQ(s.step_rows.load(), 10 + 399 + 60);
 }
 
 TEST_F(EngineTest, StopStringsAreCutAcrossTokensAndNeverEmitted) {
@@ -257,7 +257,13 @@ TEST_F(EngineTest, KvBudgetQueuesAndRefuses) {
   const int64_t one = probe.kv_bytes(10 + 24);
   options.kv_budget = one + one / 2;  // room for one such sequence at a time
   Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, options);
-  EXPECT_THROW(engine.submit(request("def fibonacci(n):", 200)), Error);  // needs more than all
+  try {  // needs more than the whole budget
+    engine.submit(request("def fibonacci(n):", 200));
+    ADD_FAILURE() << "a sequence beyond the KV budget was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("of KV cache; the server's budget is"), std::string::npos)
+        << e.what();
+  }
   std::vector<std::shared_ptr<Channel>> channels;
   const std::vector<std::string> prompts = {"import os\n", "class Stack:", "x = [1, 2"};
   std::vector<Result> alone;
