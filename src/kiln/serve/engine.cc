@@ -167,6 +167,8 @@ Engine::Engine(const Model& model, const Tokenizer& tokenizer, std::vector<int64
   check(options_.parallel > 0, "serve: --parallel must be positive");
   check(context_ > 1, "serve: the context must hold at least 2 tokens");
   check(options_.kv_block > 0, "serve: the KV block must hold at least one position");
+  check(options_.prefill_chunk >= 0 || options_.prefill_chunk == EngineOptions::kPrefillChunkAuto,
+        "serve: the prefill chunk must be 0 (one-shot), a positive number of tokens or auto");
   kv_bytes_per_token_ = model_.make_cache(1, 1, options_.kv_dtype).bytes_per_token();
   kv_budget_ = options_.kv_budget > 0
                    ? options_.kv_budget
@@ -290,7 +292,9 @@ void Engine::run() {
       if (slot->channel->cancelled())
         slot->ended = true;
       else if (!slot->cache)
-        guard(*slot, [&] { slot->ended = !admit(*slot); });
+        guard(*slot, [&] {
+          slot->ended = !(options_.chunked() ? admit(*slot) : prefill(*slot, workspace));
+        });
     }
     retire();
     // The block each decoding sequence needs for this step's position, oldest first; while one
@@ -338,8 +342,8 @@ void Engine::run() {
     }
     stats_.kv_bytes = kv_in_use_;
     stats_.kv_peak_bytes = std::max(stats_.kv_peak_bytes.load(), kv_in_use_);
-    // This step's rows: one per decoding sequence (its last token), then chunks of the
-    // prompts being taken in, oldest first, up to the prompt budget.
+    // This step's rows: one per decoding sequence (its last token), then (chunked mode) chunks
+    // of the prompts being taken in, oldest first, up to the prompt budget.
     step_.clear();
     int64_t decoding = 0;
     for (Slot* slot : order)
@@ -359,6 +363,7 @@ void Engine::run() {
 }
 
 int64_t Engine::prompt_budget(int64_t decoding) const {
+  if (!options_.chunked()) return 0;  // one-shot: prompts were prefilled before the step
   if (options_.prefill_chunk > 0) return options_.prefill_chunk;
   // Auto: fill the room left in the step's last pass of kMaxDecodeRows rows (a whole pass when
   // nothing decodes); when that is under a quarter pass, one more whole pass, so that passes
@@ -531,6 +536,54 @@ const std::string& Engine::token_text(int32_t id) {
 
 bool Engine::is_stop(int32_t id) const {
   return std::find(stop_ids_.begin(), stop_ids_.end(), id) != stop_ids_.end();
+}
+
+bool Engine::prefill(Slot& slot, Workspace& workspace) {
+  const SequenceRequest& request = slot.request;
+  if (request.max_tokens <= 0) {
+    Event last;
+    last.done = true;
+    last.finish_reason = "length";
+    slot.channel->push(std::move(last));
+    return false;
+  }
+  const int64_t length = static_cast<int64_t>(request.prompt.size());
+  slot.cache.emplace(model_.make_cache(1, slot.reserved, options_.kv_dtype));
+  ForwardOptions options;
+  options.last_position_only = true;
+  if (slot.rebuild) {
+    // The same passes that built the cache before: the prompt alone, then each generated
+    // token but the last through the single-row decode path (bitwise what the shared decode
+    // steps computed). The last generated token is fed by the next decode step.
+    model_.forward(request.prompt.data(), 1, length, *slot.cache, workspace, options);
+    KvCache* cache = &*slot.cache;
+    for (size_t i = 0; i + 1 < slot.output.size(); ++i)
+      model_.decode_rows(&slot.output[i], 1, &cache, workspace);
+    stats_.replayed_tokens += length + static_cast<int64_t>(slot.output.size()) - 1;
+    slot.rebuild = false;
+    return true;
+  }
+  slot.sampler.emplace(request.sampling);
+  slot.decoder.emplace(tokenizer_);
+  if (request.json_schema)
+    slot.schema.emplace(request.json_schema);
+  else if (request.json_object)
+    slot.json.emplace();
+  slot.started = true;
+  int64_t reused = 0;
+  if (prefix_cache_) {
+    reused = prefix_cache_->reuse(request.prompt, *slot.cache);
+    ++(reused > 0 ? stats_.prefix_hits : stats_.prefix_misses);
+    stats_.prefix_tokens_reused += reused;
+  }
+  const float* logits = model_.forward(request.prompt.data() + reused, 1, length - reused,
+                                       *slot.cache, workspace, options);
+  stats_.prompt_tokens += length;
+  if (prefix_cache_) {
+    prefix_cache_->keep(request.prompt, *slot.cache);
+    stats_.prefix_cache_bytes = prefix_cache_->bytes();
+  }
+  return emit(slot, logits);
 }
 
 bool Engine::admit(Slot& slot) {

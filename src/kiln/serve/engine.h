@@ -1,18 +1,28 @@
 // The serving engine: one worker thread owns the model and runs the active sequences of every
 // request (at most `parallel` at a time, the rest queued). Each step is one batched pass
-// (Model::step_rows: each weight read once for up to 16 rows; more rows take more passes) over
-// a row per decoding sequence plus a bounded chunk of the prompts being taken in
-// (--prefill-chunk), so that a new prompt does not stall the other streams. Every row computes
-// exactly what feeding its sequence alone one token at a time computes, whatever rows share the
-// pass and however a prompt is cut: at temperature 0, or with a seed, a request gives bitwise
-// the same tokens and log-probabilities alone or among others, preempted or not, with or without
-// a prefix-cache hit. KV caches grow in blocks as sequences grow; when a block does not fit the
-// KV budget the youngest sequence is preempted (its cache freed, itself requeued first) and
-// later rebuilt exactly by feeding its prompt and generated tokens again. The optional prefix
-// cache reuses the KV of earlier prompts' block-aligned prefixes. Each sequence reports its
-// text (stop strings cut, never emitted), tokens and log-probabilities through a Channel that
-// the HTTP side reads; cancelling the channel (a client that went away) ends the sequence at
-// its next step.
+// (Model::step_rows: each weight read once for up to 16 rows; more rows take more passes) with a
+// row per decoding sequence, each sequence with its own KV cache and sampler. Prompts go in one
+// of two ways (EngineOptions::prefill_chunk):
+// - one-shot (the default): each newly admitted prompt runs alone, in one pass through the GEMM
+//   prefill path (Model::forward), between decode steps. Fast for long prompts; the other
+//   streams wait for it.
+// - chunked (--prefill-chunk N or auto): a bounded chunk of the prompts being taken in shares
+//   each step with the decode rows, so a new prompt does not stall the other streams; prompts
+//   go through the row path, slower than the GEMM for long prompts.
+// Decode rows compute exactly what feeding their sequence alone computes, whatever rows share
+// the pass; a prompt goes through the same path whatever else runs. So at temperature 0, or with
+// a seed, a request gives bitwise the same tokens and log-probabilities alone or among others,
+// preempted or not (in a given mode). KV caches grow in blocks as sequences grow; when a block
+// does not fit the KV budget the youngest sequence is preempted (its cache freed, itself
+// requeued first) and later rebuilt exactly by the passes that built it: one-shot, its prompt
+// prefilled alone and its generated tokens replayed one by one through the decode path;
+// chunked, its prompt and generated tokens fed again row by row. The optional prefix cache
+// reuses the KV of earlier prompts' block-aligned prefixes: chunked, bitwise (a prompt's
+// positions are computed row by row however it is cut); one-shot, close to but not bitwise
+// equal to prefilling the whole prompt (the GEMM's sums depend on the rows in the pass). Each
+// sequence reports its text (stop strings cut, never emitted), tokens and log-probabilities
+// through a Channel that the HTTP side reads; cancelling the channel (a client that went away)
+// ends the sequence at its next step.
 #pragma once
 
 #include <atomic>
@@ -96,10 +106,13 @@ struct EngineOptions {
   int64_t kv_block = 64;        // positions per KV block (the unit of growth and of the budget)
   DType kv_dtype = DType::F32;  // f32 or bf16 (half the memory; values rounded)
   int64_t prefix_cache = 0;     // bytes of KV the prefix cache may keep; 0: no prefix cache
-  // Prompt tokens a step takes in beside the decode rows (a prompt is fed in chunks over
-  // several steps); 0: auto, filling the step's last pass of Model::kMaxDecodeRows rows (and
-  // one more pass when under a quarter of a pass is left).
+  // How prompts go in. 0 (default): one-shot, each prompt alone in one GEMM pass between decode
+  // steps. N > 0: chunked, up to N prompt tokens per step beside the decode rows (a prompt is
+  // fed in chunks over several steps). kPrefillChunkAuto: chunked, filling the step's last pass
+  // of Model::kMaxDecodeRows rows (and one more pass when under a quarter of a pass is left).
+  static constexpr int64_t kPrefillChunkAuto = -1;
   int64_t prefill_chunk = 0;
+  bool chunked() const { return prefill_chunk != 0; }
 };
 
 // Counters for /metrics.
@@ -161,9 +174,13 @@ class Engine {
     bool prompt = false;  // part of the tokens to take in (Slot::feed)
     bool want = false;
   };
-  // Sets up a sequence just admitted: its cache (the reserved blocks, a prefix-cache hit
-  // copied in) and the tokens to take in; at its first admission its sampler and decoder.
-  // False when the sequence ended (max_tokens 0).
+  // One-shot mode: the prompt's pass of `slot` (Model::forward, alone) and its first token;
+  // false when the sequence ended. For a preempted sequence: its cache rebuilt (the prompt, then
+  // its generated tokens one by one through the decode path).
+  bool prefill(Slot& slot, Workspace& workspace);
+  // Chunked mode: sets up a sequence just admitted: its cache (the reserved blocks, a prefix-cache
+  // hit copied in) and the tokens to take in; at its first admission its sampler and decoder. False
+  // when the sequence ended (max_tokens 0).
   bool admit(Slot& slot);
   // The prompt tokens a step takes in beside `decoding` decode rows (--prefill-chunk).
   int64_t prompt_budget(int64_t decoding) const;
