@@ -3,16 +3,18 @@
 # timed to its answer (max_tokens 1: the time is the prompt's pass), alternating between a
 # server without and one with --prefix-cache (so both see the same machine load). Prints the
 # times, their medians and the second server's /metrics prefix counters.
-# Usage: bench/prefix_cache.sh [MODEL] [REQUESTS]   (default: models/tinycoder, 9 requests)
+# Usage: bench/prefix_cache.sh [MODEL] [REQUESTS] [SERVER OPTIONS...]   (default:
+# models/tinycoder, 9 requests), e.g. bench/prefix_cache.sh models/tinycoder 9 --prefill-chunk auto
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-kiln="$root/build/kiln"
+kiln="${KILN:-$root/build/kiln}"  # KILN=path: another build
 model="${1:-$root/models/tinycoder}"
 requests="${2:-9}"
+extra=("${@:3}")  # more `kiln serve` options for both servers
 source "$root/tests/openai/start_server.sh"
-start_kiln_server "$kiln" "$model" --parallel 1
+start_kiln_server "$kiln" "$model" --parallel 1 "${extra[@]}"
 plain_server=$server plain_port=$port
-start_kiln_server "$kiln" "$model" --parallel 1 --prefix-cache 64 --kv-block 16
+start_kiln_server "$kiln" "$model" --parallel 1 --prefix-cache 64 --kv-block 16 "${extra[@]}"
 trap "kill $plain_server $server 2>/dev/null" EXIT
 # A system prompt of about 600 tokens (tinycoder's context is 1024).
 system="# Project conventions for the helper library.\n"

@@ -109,6 +109,97 @@ TEST_P(DecodeRows, Bf16CacheIsBatchInvariantAndCloseToF32) {
   EXPECT_LT(max_error, 0.02 * max_logit);
 }
 
+// Chunked prefill as the server runs it: a prompt cut into chunks that share step_rows calls
+// with other sequences' prompt chunks and decode tokens gives, at every position, bitwise the
+// logits of feeding the sequence alone one token at a time, however it is cut; the decode steps
+// after it (which read every cached key and value) too. Runs with both cache types. Token by
+// token is close to one forward pass over the whole sequence (the difference is printed).
+TEST_P(DecodeRows, PromptChunksSharingAStepEqualTokenByToken) {
+  KILN_SKIP_UNSUPPORTED_FIXTURE(GetParam());
+  const LoadedModel loaded = load_model(test::hf_fixture_path(GetParam()));
+  const Model model(loaded.spec, loaded.weights);
+  const int64_t vocab = model.spec().vocab_size;
+  // Sequence 0: a 10-token prompt then 2 decode tokens; sequence 1: a 3-token prompt then 4.
+  const std::vector<std::vector<int32_t>> seqs = {{1, 5, 9, 3, 11, 2, 7, 4, 6, 8, 12, 3},
+                                                  {7, 2, 9, 5, 1, 4, 10}};
+  for (DType dtype : {DType::F32, DType::BF16}) {
+    // Alone, one token at a time: the logits of every position.
+    std::vector<std::vector<std::vector<float>>> alone(seqs.size());
+    ForwardOptions last;
+    last.last_position_only = true;
+    double max_error = 0.0, max_logit = 0.0;  // against one pass over the whole sequence
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      KvCache cache = model.make_cache(1, 32, dtype);
+      Workspace workspace;
+      for (int32_t token : seqs[s]) {
+        const float* logits = model.forward(&token, 1, 1, cache, workspace, last);
+        alone[s].emplace_back(logits, logits + vocab);
+      }
+      KvCache whole_cache = model.make_cache(1, 32, dtype);
+      const auto length = static_cast<int64_t>(seqs[s].size());
+      const float* whole = model.forward(seqs[s].data(), 1, length, whole_cache, workspace);
+      for (int64_t t = 0; t < length; ++t)
+        for (int64_t v = 0; v < vocab; ++v) {
+          max_error = std::max(
+              max_error, std::fabs(static_cast<double>(alone[s][t][v]) - whole[t * vocab + v]));
+          max_logit = std::max(max_logit, std::fabs(static_cast<double>(whole[t * vocab + v])));
+        }
+    }
+    // Token by token (the server's path) is close to, not bitwise, one pass over the prompt.
+    std::cout << GetParam() << " (" << dtype_name(dtype)
+              << " cache): token by token against one pass, max logit difference " << max_error
+              << " (largest |logit| " << max_logit << ")" << std::endl;
+    EXPECT_LT(max_error, 1e-3 * max_logit);
+    // Together: each step a list of (sequence, tokens); logits wanted for every row or only
+    // for the last row of each sequence.
+    using Step = std::vector<std::pair<size_t, int64_t>>;
+    const std::vector<std::vector<Step>> schedules = {
+        {{{0, 4}, {1, 1}}, {{1, 2}, {0, 6}}, {{0, 1}, {1, 1}}, {{1, 1}, {0, 1}}, {{1, 2}}},
+        {{{1, 3}, {0, 1}}, {{0, 9}, {1, 1}}, {{0, 2}, {1, 3}}},
+        {{{0, 12}, {1, 4}}, {{1, 3}}}};
+    for (size_t k = 0; k < schedules.size(); ++k)
+      for (bool every_row : {true, false}) {
+        std::vector<KvCache> caches;
+        for (size_t s = 0; s < seqs.size(); ++s) caches.push_back(model.make_cache(1, 32, dtype));
+        std::vector<int64_t> fed(seqs.size(), 0);
+        Workspace workspace;
+        int64_t compared = 0, differing = 0;
+        for (const Step& step : schedules[k]) {
+          std::vector<int32_t> tokens;
+          std::vector<KvCache*> rows;
+          std::vector<std::pair<size_t, int64_t>> where;  // (sequence, position) per row
+          bool want[Model::kMaxDecodeRows] = {};
+          size_t wanted = 0;
+          for (const auto& [s, n] : step)
+            for (int64_t i = 0; i < n; ++i) {
+              tokens.push_back(seqs[s][fed[s] + i]);
+              rows.push_back(&caches[s]);
+              where.emplace_back(s, fed[s] + i);
+              want[wanted++] = every_row || i + 1 == n;
+            }
+          for (const auto& [s, n] : step) fed[s] += n;
+          const float* logits = model.step_rows(tokens.data(), static_cast<int64_t>(tokens.size()),
+                                                rows.data(), want, workspace);
+          for (size_t r = 0, j = 0; r < tokens.size(); ++r) {
+            if (!want[r]) continue;
+            const auto& [s, position] = where[r];
+            ++compared;
+            differing += std::memcmp(logits + j++ * vocab, alone[s][position].data(),
+                                     sizeof(float) * vocab) != 0;
+          }
+        }
+        for (size_t s = 0; s < seqs.size(); ++s) {
+          EXPECT_EQ(fed[s], static_cast<int64_t>(seqs[s].size()));
+          EXPECT_EQ(caches[s].length(), static_cast<int64_t>(seqs[s].size()));
+        }
+        EXPECT_GE(compared, 3);
+        EXPECT_EQ(differing, 0) << "schedule " << k << (every_row ? ", every row" : ", last rows")
+                                << ", " << dtype_name(dtype) << " cache: " << differing << " of "
+                                << compared << " rows differ from the sequence fed alone";
+      }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, DecodeRows, ::testing::ValuesIn(test::hf_fixture_names()));
 
 }  // namespace

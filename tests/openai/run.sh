@@ -7,6 +7,11 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 [ -d "$here/node_modules/playwright-core" ] || (cd "$here" && npm ci --no-audit --no-fund >/dev/null)
 source "$here/start_server.sh"
+# --prefill-chunk takes 0, a number of tokens or auto; anything else is refused by name.
+if out="$("$1" serve "$root/models/tinycoder" --prefill-chunk fast 2>&1)"; then
+  echo "kiln serve accepted --prefill-chunk fast"; exit 1
+fi
+grep -q "must be auto or a number of tokens" <<<"$out" || { echo "$out"; exit 1; }
 start_kiln_server "$1" "$root/models/tinycoder" --parallel 4 --api-key sk-kiln-test \
   --chat-template "$root/tests/data/tokenizers/qwen3/tokenizer_config.json"
 node "$here/client_test.mjs" "http://127.0.0.1:$port" sk-kiln-test

@@ -10,7 +10,7 @@ start_kiln_server() {
   server=$!
   trap "kill $server 2>/dev/null; rm -f '$log'" EXIT
   port=""
-  for _ in $(seq 1 600); do
+  for _ in $(seq 1 3000); do  # up to 5 minutes: a 1B model on a loaded machine
     port="$(sed -n 's|.*http://127.0.0.1:\([0-9]*\).*|\1|p' "$log")"
     [ -n "$port" ] && return 0
     kill -0 $server 2>/dev/null || { cat "$log"; return 1; }

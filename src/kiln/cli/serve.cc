@@ -1,9 +1,11 @@
 // `kiln serve [MODEL] [--host H] [--port P] [--parallel N] [--ctx N] [--queue N] [--kv-budget MiB]
-// [--kv-block N] [--kv-dtype f32|bf16] [--prefix-cache MiB] [--api-key K] [--chat-template FILE]
-// [--name NAME]`: an OpenAI-compatible HTTP server (serve/server.h).
+// [--kv-block N] [--kv-dtype f32|bf16] [--prefix-cache MiB] [--prefill-chunk 0|N|auto]
+// [--api-key K] [--chat-template FILE] [--name NAME]`: an OpenAI-compatible HTTP server
+// (serve/server.h).
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <string>
 
 #include "kiln/chat/chat_template.h"
 #include "kiln/cli/command.h"
@@ -46,9 +48,25 @@ class ServeCommand : public Command {
                    "KV cache values: f32 (default) or bf16 (half the memory, values rounded)")
         ->check(CLI::IsMember({"f32", "bf16"}));
     app.add_option("--prefix-cache", prefix_cache_mib_,
-                   "MiB of KV kept for prompt prefixes that later prompts reuse (default 0: off; "
-                   "not bitwise equal to prefilling the whole prompt)")
+                   "MiB of KV kept for prompt prefixes that later prompts reuse (default 0: off)")
         ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
+    app.add_option("--prefill-chunk", prefill_chunk_,
+                   "how prompts go in. 0 (default): one-shot, each new prompt prefilled alone in "
+                   "one pass through the GEMM between decode steps (fastest prompts; the other "
+                   "streams pause meanwhile). N: chunked, up to N prompt tokens per step share "
+                   "the step with the decoding sequences (steadier inter-token latency under "
+                   "load; long prompts several times slower). auto: chunked, filling the step's "
+                   "last pass of 16 rows, or one more pass when under 4 rows are left")
+        ->check([](const std::string& value) -> std::string {
+          if (value == "auto") return "";
+          try {
+            size_t used = 0;
+            const long long n = std::stoll(value, &used);
+            if (used == value.size() && n >= 0 && n <= (1LL << 20)) return "";
+          } catch (const std::exception&) {
+          }
+          return "must be auto or a number of tokens from 0 to 1048576, not " + value;
+        });
     app.add_option("--api-key", options_.api_key, "require Authorization: Bearer KEY");
     app.add_option("--chat-template", chat_template_,
                    "a .jinja file or tokenizer_config.json whose chat template to use (default: "
@@ -63,6 +81,8 @@ class ServeCommand : public Command {
     engine_.kv_budget = kv_budget_mib_ << 20;
     engine_.kv_dtype = kv_dtype_ == "bf16" ? DType::BF16 : DType::F32;
     engine_.prefix_cache = prefix_cache_mib_ << 20;
+    engine_.prefill_chunk = prefill_chunk_ == "auto" ? serve::EngineOptions::kPrefillChunkAuto
+                                                     : std::stoll(prefill_chunk_);
     if (options_.model_name.empty())
       options_.model_name =
           std::filesystem::path(model_path_).lexically_normal().filename().string();
@@ -109,6 +129,7 @@ class ServeCommand : public Command {
   bool mmap_ = false;
   int64_t kv_budget_mib_ = 0;
   int64_t prefix_cache_mib_ = 0;
+  std::string prefill_chunk_ = "0";
   std::string kv_dtype_ = "f32";
   serve::ServerOptions options_;
   serve::EngineOptions engine_;

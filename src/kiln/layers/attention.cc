@@ -109,9 +109,11 @@ void Attention::forward_rows(const float* x, int64_t rows, const int64_t* starts
   float* v = workspace.take<float>(rows * kv_heads * value_dim_);  // [rows, Hkv, Dv]
   project(x, rows, 1, q, k, v, workspace, nullptr);
   float* mixed = workspace.take<float>(rows * heads * value_dim_);  // [rows, Hq, Dv]
-  for (int64_t r = 0; r < rows; ++r)
+  for (int64_t r = 0; r < rows; ++r) {
+    Workspace::Scope row_scope(workspace);  // a row's positions and converted cache
     attend(q + r * heads * head_dim, k + r * kv_heads * head_dim, v + r * kv_heads * value_dim_, 1,
            1, starts[r], *caches[r], mixed + r * heads * value_dim_, workspace, nullptr);
+  }
   out_.forward(mixed, rows, out);
 }
 

@@ -38,8 +38,10 @@ class Attention {
   void forward(const float* x, int64_t batch, int64_t tokens, int64_t start, LayerKvCache& cache,
                float* out, Workspace& workspace, const ActivationObserver* observer) const;
   // One decode step of `rows` independent sequences: row r is the token at position starts[r]
-  // of the sequence whose cache is caches[r] (batch 1 each). The projections read each weight
-  // once for all rows; each row's result equals forward() of that row alone, bit for bit.
+  // of the sequence whose cache is caches[r] (batch 1 each; rows of one sequence, at
+  // consecutive positions, attend in row order, each to the keys of the rows before it). The
+  // projections read each weight once for all rows; each row's result equals forward() of that
+  // row alone, bit for bit.
   //   x, out: [rows, hidden] f32
   void forward_rows(const float* x, int64_t rows, const int64_t* starts,
                     LayerKvCache* const* caches, float* out, Workspace& workspace) const;

@@ -1,5 +1,6 @@
 #include "kiln/layers/model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -120,42 +121,53 @@ const float* Model::forward(const int32_t* tokens, int64_t batch, int64_t tokens
   return logits;
 }
 
-const float* Model::decode_rows(const int32_t* tokens, int64_t rows, KvCache* const* caches,
-                                Workspace& workspace) const {
+const float* Model::step_rows(const int32_t* tokens, int64_t rows, KvCache* const* caches,
+                              const bool* want, Workspace& workspace) const {
   const int64_t hidden = spec_.hidden_size, vocab = spec_.vocab_size;
-  check(rows > 0 && rows <= kMaxDecodeRows, "decode_rows: " + std::to_string(rows) +
-                                                " rows; 1 to " + std::to_string(kMaxDecodeRows) +
-                                                " share a step");
+  check(rows > 0 && rows <= kMaxDecodeRows, "step_rows: " + std::to_string(rows) + " rows; 1 to " +
+                                                std::to_string(kMaxDecodeRows) + " share a step");
   workspace.reset();
-  float* logits = workspace.take<float>(rows * vocab);  // [rows, V]
-  // Sequences whose RoPE frequencies change at this length recompute alone (rare). The
-  // per-row bookkeeping lives on the stack: a decode step allocates nothing.
+  // The per-row bookkeeping lives on the stack: a step allocates nothing.
+  int64_t positions[kMaxDecodeRows], out_row[kMaxDecodeRows];
+  bool alone[kMaxDecodeRows];
+  int64_t wanted = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    KvCache& cache = *caches[r];
+    check(cache.batch() == 1, "step_rows: each sequence needs a cache of batch 1");
+    int64_t earlier = 0;  // rows of the same sequence before this one
+    for (int64_t q = 0; q < r; ++q) earlier += caches[q] == caches[r];
+    positions[r] = cache.length() + earlier;
+    check(positions[r] + 1 <= cache.capacity(), "step_rows: " + std::to_string(positions[r] + 1) +
+                                                    " positions exceed the KV cache capacity of " +
+                                                    std::to_string(cache.capacity()));
+    out_row[r] = !want || want[r] ? wanted++ : -1;
+    alone[r] = false;
+  }
+  float* logits = workspace.take<float>(std::max<int64_t>(wanted, 1) * vocab);  // [wanted, V]
+  // A sequence whose RoPE frequencies change at one of its positions runs its rows alone, one
+  // token at a time (forward() recomputes its cache; rare).
+  for (int64_t r = 0; r < rows; ++r)
+    if (positions[r] > 0 && rope_changes(positions[r], positions[r] + 1))
+      for (int64_t q = 0; q < rows; ++q) alone[q] = alone[q] || caches[q] == caches[r];
   int64_t batched[kMaxDecodeRows], starts[kMaxDecodeRows];
   int32_t ids[kMaxDecodeRows];
   LayerKvCache* layer_caches[kMaxDecodeRows];
-  int64_t m = 0;
+  int64_t m = 0, m_wanted = 0;
   for (int64_t r = 0; r < rows; ++r) {
-    KvCache& cache = *caches[r];
-    check(cache.batch() == 1, "decode_rows: each sequence needs a cache of batch 1");
-    check(cache.length() + 1 <= cache.capacity(),
-          "decode_rows: " + std::to_string(cache.length() + 1) +
-              " positions exceed the KV cache capacity of " + std::to_string(cache.capacity()));
-    if (cache.length() > 0 && rope_changes(cache.length(), cache.length() + 1)) {
-      Workspace alone;
+    if (alone[r]) {
+      Workspace own;
       ForwardOptions options;
       options.last_position_only = true;
-      const float* row = forward(tokens + r, 1, 1, cache, alone, options);
-      std::memcpy(logits + r * vocab, row, sizeof(float) * vocab);
+      const float* row = forward(tokens + r, 1, 1, *caches[r], own, options);
+      if (out_row[r] >= 0) std::memcpy(logits + out_row[r] * vocab, row, sizeof(float) * vocab);
       continue;
     }
     batched[m] = r;
-    starts[m++] = cache.length();
+    ids[m] = tokens[r];
+    starts[m++] = positions[r];
+    m_wanted += out_row[r] >= 0;
   }
   if (m == 0) return logits;
-  for (int64_t j = 0; j < m; ++j) {
-    ids[j] = tokens[batched[j]];
-    caches[batched[j]]->remember_tokens(&ids[j], 1);
-  }
   float* x = workspace.take<float>(m * hidden);  // [m, hidden]
   ops::embedding_lookup(embedding_.raw(), embedding_.dtype(), vocab, hidden, ids, m,
                         spec_.embedding_scale, x);
@@ -172,13 +184,29 @@ const float* Model::decode_rows(const int32_t* tokens, int64_t rows, KvCache* co
     for (int64_t j = 0; j < m; ++j) layer_caches[j] = &caches[batched[j]]->layer(i);
     layers_[i].forward_rows(x, m, starts, layer_caches, workspace);
   }
-  final_norm_.forward(x, m, x);
-  float* batch_logits = workspace.take<float>(m * vocab);  // [m, V]
-  lm_head_.forward(x, m, batch_logits);
-  finish_logits(batch_logits, m);
-  for (int64_t j = 0; j < m; ++j) {
-    std::memcpy(logits + batched[j] * vocab, batch_logits + j * vocab, sizeof(float) * vocab);
-    caches[batched[j]]->advance(1);
+  // The final norm and lm_head over the wanted rows only (a prompt's rows but its last need
+  // no logits).
+  float* head_input = x;  // [m_wanted, hidden]
+  if (m_wanted < m) {
+    head_input = workspace.take<float>(std::max<int64_t>(m_wanted, 1) * hidden);
+    for (int64_t j = 0, k = 0; j < m; ++j)
+      if (out_row[batched[j]] >= 0)
+        std::memcpy(head_input + k++ * hidden, x + j * hidden, sizeof(float) * hidden);
+  }
+  if (m_wanted > 0) {
+    final_norm_.forward(head_input, m_wanted, head_input);
+    float* batch_logits = workspace.take<float>(m_wanted * vocab);  // [m_wanted, V]
+    lm_head_.forward(head_input, m_wanted, batch_logits);
+    finish_logits(batch_logits, m_wanted);
+    for (int64_t j = 0, k = 0; j < m; ++j)
+      if (out_row[batched[j]] >= 0)
+        std::memcpy(logits + out_row[batched[j]] * vocab, batch_logits + k++ * vocab,
+                    sizeof(float) * vocab);
+  }
+  for (int64_t j = 0; j < m; ++j) {  // row order: a sequence's positions in order
+    KvCache& cache = *caches[batched[j]];
+    cache.remember_tokens(&ids[j], 1);
+    cache.advance(1);
   }
   return logits;
 }

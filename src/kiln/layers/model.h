@@ -48,16 +48,26 @@ class Model {
   const float* forward(const int32_t* tokens, int64_t batch, int64_t tokens_per_row, KvCache& cache,
                        Workspace& workspace, const ForwardOptions& options = {}) const;
 
-  // One decode step of `rows` independent sequences, each with its own cache (batch 1): row r
-  // feeds tokens[r] at position caches[r]->length(). Norms, projections and MLPs run over all
+  // One step of `rows` rows, each one token of a sequence with its own cache (batch 1): row r
+  // feeds tokens[r] at the next position of caches[r]. A cache may appear in several rows:
+  // they are its next positions in row order (a chunk of a prompt), so that prompt chunks and
+  // decode tokens of other sequences share one pass. Norms, projections and MLPs run over all
   // rows at once (each weight is read once per step for up to kMaxDecodeRows rows), attention
-  // per row over its own cache; every cache advances by one. Row r's logits are bitwise those
-  // of forward() of that sequence alone (linear kernels give a row the same result whatever
-  // rows share the call, up to kMaxDecodeRows). Returns logits [rows, V] f32 in `workspace`.
-  // Throws Error when rows exceeds kMaxDecodeRows or a cache is full or not of batch 1.
+  // per row over its own cache; every cache advances by its rows. Each row's results (logits,
+  // keys and values) are bitwise those of forward() feeding that sequence's tokens one at a
+  // time, whatever other rows share the call and however a prompt is cut into chunks (linear
+  // kernels give a row the same result whatever rows share the call, up to kMaxDecodeRows).
+  // `want` [rows] (null: every row) selects the rows whose logits are computed; returns them
+  // packed, [wanted rows, V] f32 in `workspace`. Throws Error when rows exceeds
+  // kMaxDecodeRows or a cache is full or not of batch 1.
   static constexpr int64_t kMaxDecodeRows = ops::kGemvMaxRows;
+  const float* step_rows(const int32_t* tokens, int64_t rows, KvCache* const* caches,
+                         const bool* want, Workspace& workspace) const;
+  // step_rows with one row per sequence, every row's logits: [rows, V].
   const float* decode_rows(const int32_t* tokens, int64_t rows, KvCache* const* caches,
-                           Workspace& workspace) const;
+                           Workspace& workspace) const {
+    return step_rows(tokens, rows, caches, nullptr, workspace);
+  }
 
   // An empty cache for `batch` rows of up to `capacity` positions (f32 or bf16 values).
   KvCache make_cache(int64_t batch, int64_t capacity, DType dtype = DType::F32) const {

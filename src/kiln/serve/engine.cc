@@ -1,6 +1,7 @@
 #include "kiln/serve/engine.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <list>
@@ -66,6 +67,13 @@ struct Engine::Slot {
   int64_t reserved = 0;  // positions reserved at admission for the (re)build
   int64_t kv_held = 0;   // bytes of KV cache counted against the budget
   bool rebuild = false;  // preempted: the cache must be rebuilt before decoding on
+  bool started = false;  // sampler, decoder and constraints made (at the first admission)
+  // The tokens to put into the cache before decoding (the prompt; rebuilding, the prompt and
+  // the generated tokens but the last) and how many are in: fed in chunks, a few per step.
+  std::vector<int32_t> feed;
+  size_t fed = 0;
+  bool kept = false;  // the prompt's prefix offered to the prefix cache
+  bool ingesting() const { return fed < feed.size(); }
 };
 
 // Block-aligned prompt prefixes and their KV, least recently used evicted beyond a size limit.
@@ -159,6 +167,8 @@ Engine::Engine(const Model& model, const Tokenizer& tokenizer, std::vector<int64
   check(options_.parallel > 0, "serve: --parallel must be positive");
   check(context_ > 1, "serve: the context must hold at least 2 tokens");
   check(options_.kv_block > 0, "serve: the KV block must hold at least one position");
+  check(options_.prefill_chunk >= 0 || options_.prefill_chunk == EngineOptions::kPrefillChunkAuto,
+        "serve: the prefill chunk must be 0 (one-shot), a positive number of tokens or auto");
   kv_bytes_per_token_ = model_.make_cache(1, 1, options_.kv_dtype).bytes_per_token();
   kv_budget_ = options_.kv_budget > 0
                    ? options_.kv_budget
@@ -219,21 +229,22 @@ void Engine::fail(Slot& slot, const std::string& message) {
   slot.ended = true;
 }
 
+void Engine::guard(Slot& slot, const std::function<void()>& work) {
+  try {
+    work();
+  } catch (const std::exception& e) {
+    fail(slot, e.what());
+  }
+}
+
 int64_t Engine::positions_to_build(const Slot& slot) {
   const auto prompt = static_cast<int64_t>(slot.request.prompt.size());
-  return slot.rebuild ? prompt + static_cast<int64_t>(slot.output.size()) - 1 : prompt;
+  return prompt + std::max<int64_t>(static_cast<int64_t>(slot.output.size()) - 1, 0);
 }
 
 void Engine::run() {
   Workspace workspace;
   std::vector<std::unique_ptr<Slot>> active;
-  auto guard = [this](Slot& slot, const std::function<void()>& work) {
-    try {
-      work();
-    } catch (const std::exception& e) {
-      fail(slot, e.what());
-    }
-  };
   // Drops the ended sequences (and their KV).
   auto retire = [&] {
     for (auto it = active.begin(); it != active.end();) {
@@ -250,9 +261,7 @@ void Engine::run() {
     stats_.kv_bytes = kv_in_use_;
     stats_.active = static_cast<int64_t>(active.size());
   };
-  std::vector<Slot*> decoding;  // reused every step
-  std::vector<int32_t> tokens;
-  std::vector<KvCache*> caches;
+  std::vector<Slot*> order;  // the active sequences, oldest first (reused every step)
   while (true) {
     {
       std::unique_lock<std::mutex> lock(mutex_);
@@ -279,29 +288,31 @@ void Engine::run() {
     }
     stats_.active = static_cast<int64_t>(active.size());
     stats_.kv_bytes = kv_in_use_;
-    // Prompts (and rebuilds) run one sequence at a time.
     for (auto& slot : active) {
       if (slot->channel->cancelled())
         slot->ended = true;
       else if (!slot->cache)
-        guard(*slot, [&] { slot->ended = !prefill(*slot, workspace); });
+        guard(*slot, [&] {
+          slot->ended = !(options_.chunked() ? admit(*slot) : prefill(*slot, workspace));
+        });
     }
     retire();
-    // The block each sequence needs for this step's position, oldest first; while one does
-    // not fit the budget, the youngest sequence is preempted (requeued first, in age order).
-    decoding.clear();
-    for (auto& slot : active) decoding.push_back(slot.get());
-    std::sort(decoding.begin(), decoding.end(),
+    // The block each decoding sequence needs for this step's position, oldest first; while one
+    // does not fit the budget, the youngest sequence is preempted (requeued first, in age
+    // order). Sequences still taking in their prompt hold its blocks already.
+    order.clear();
+    for (auto& slot : active) order.push_back(slot.get());
+    std::sort(order.begin(), order.end(),
               [](const Slot* a, const Slot* b) { return a->arrival < b->arrival; });
     std::vector<Slot*> preempted;  // youngest first
-    for (Slot* slot : decoding) {
-      if (!slot->cache) continue;  // preempted in this step
+    for (Slot* slot : order) {
+      if (!slot->cache || slot->ingesting()) continue;  // preempted in this step, or ingesting
       KvCache& cache = *slot->cache;
       if (cache.length() + 1 <= cache.capacity()) continue;
       const int64_t grow = kv_bytes(cache.length() + 1) - slot->kv_held;
       while (kv_in_use_ + grow > kv_budget_) {
         Slot* victim = nullptr;
-        for (auto it = decoding.rbegin(); it != decoding.rend() && !victim; ++it)
+        for (auto it = order.rbegin(); it != order.rend() && !victim; ++it)
           if ((*it)->cache) victim = *it;
         kv_in_use_ -= victim->kv_held;
         victim->kv_held = 0;
@@ -325,40 +336,88 @@ void Engine::run() {
         active.erase(it);
       }
       stats_.queued = static_cast<int64_t>(queue_.size());
-      decoding.erase(
-          std::remove_if(decoding.begin(), decoding.end(), [](const Slot* s) { return !s->cache; }),
-          decoding.end());
+      order.erase(
+          std::remove_if(order.begin(), order.end(), [](const Slot* s) { return !s->cache; }),
+          order.end());
     }
     stats_.kv_bytes = kv_in_use_;
     stats_.kv_peak_bytes = std::max(stats_.kv_peak_bytes.load(), kv_in_use_);
-    // The sequences past their prompt share one decode step (Model::decode_rows) in groups of
-    // up to kMaxDecodeRows.
-    for (size_t first = 0; first < decoding.size(); first += Model::kMaxDecodeRows) {
-      const size_t n =
-          std::min<size_t>(static_cast<size_t>(Model::kMaxDecodeRows), decoding.size() - first);
-      tokens.resize(n);
-      caches.resize(n);
-      for (size_t j = 0; j < n; ++j) {
-        tokens[j] = decoding[first + j]->last;
-        caches[j] = &*decoding[first + j]->cache;
+    // This step's rows: one per decoding sequence (its last token), then (chunked mode) chunks
+    // of the prompts being taken in, oldest first, up to the prompt budget.
+    step_.clear();
+    int64_t decoding = 0;
+    for (Slot* slot : order)
+      if (!slot->ingesting()) {
+        step_.push_back({slot, slot->last, false, true});
+        ++decoding;
       }
-      const float* logits = nullptr;
-      try {
-        logits =
-            model_.decode_rows(tokens.data(), static_cast<int64_t>(n), caches.data(), workspace);
-      } catch (const std::exception& e) {
-        for (size_t j = 0; j < n; ++j) fail(*decoding[first + j], e.what());
-        continue;
-      }
-      const int64_t vocab = model_.spec().vocab_size;
-      for (size_t j = 0; j < n; ++j) {
-        Slot& slot = *decoding[first + j];
-        guard(slot, [&] { slot.ended = !emit(slot, logits + j * vocab); });
-      }
-    }
+    int64_t budget = prompt_budget(decoding);
+    for (Slot* slot : order)
+      for (size_t i = slot->fed; budget > 0 && i < slot->feed.size(); --budget, ++i)
+        step_.push_back(
+            {slot, slot->feed[i], true, i + 1 == slot->feed.size() && slot->output.empty()});
+    run_step(workspace);
     retire();
   }
   for (auto& slot : active) slot->channel->cancel();
+}
+
+int64_t Engine::prompt_budget(int64_t decoding) const {
+  if (!options_.chunked()) return 0;  // one-shot: prompts were prefilled before the step
+  if (options_.prefill_chunk > 0) return options_.prefill_chunk;
+  // Auto: fill the room left in the step's last pass of kMaxDecodeRows rows (a whole pass when
+  // nothing decodes); when that is under a quarter pass, one more whole pass, so that passes
+  // stay full and prompts keep moving while many sequences decode.
+  const int64_t pass = Model::kMaxDecodeRows;
+  const int64_t room = decoding == 0 ? pass : (pass - decoding % pass) % pass;
+  return room >= pass / 4 ? room : room + pass;
+}
+
+void Engine::run_step(Workspace& workspace) {
+  const int64_t vocab = model_.spec().vocab_size;
+  const auto rows = static_cast<int64_t>(step_.size());
+  if (rows == 0) return;
+  ++stats_.steps;
+  stats_.step_rows += rows;
+  const auto t0 = std::chrono::steady_clock::now();
+  int32_t tokens[Model::kMaxDecodeRows];
+  KvCache* caches[Model::kMaxDecodeRows];
+  bool want[Model::kMaxDecodeRows];
+  Row* members[Model::kMaxDecodeRows];
+  // Passes of up to kMaxDecodeRows rows, in row order (a sequence's chunk may span two).
+  for (int64_t first = 0; first < rows;) {
+    int64_t n = 0;
+    for (; first < rows && n < Model::kMaxDecodeRows; ++first) {
+      Row& row = step_[static_cast<size_t>(first)];
+      if (row.slot->ended) continue;  // failed in an earlier pass of this step
+      members[n] = &row;
+      tokens[n] = row.token;
+      caches[n] = &*row.slot->cache;
+      want[n++] = row.want;
+    }
+    if (n == 0) break;
+    const float* logits = nullptr;
+    try {
+      logits = model_.step_rows(tokens, n, caches, want, workspace);
+    } catch (const std::exception& e) {
+      for (int64_t j = 0; j < n; ++j)
+        if (!members[j]->slot->ended) fail(*members[j]->slot, e.what());
+      continue;
+    }
+    for (int64_t j = 0, k = 0; j < n; ++j) {
+      Slot& slot = *members[j]->slot;
+      const float* row_logits = want[j] ? logits + k++ * vocab : nullptr;
+      if (members[j]->prompt) {
+        ++slot.fed;
+        if (!slot.ingesting()) guard(slot, [&] { after_ingest(slot, row_logits); });
+      } else {
+        guard(slot, [&] { slot.ended = !emit(slot, row_logits); });
+      }
+    }
+  }
+  stats_.step_microseconds +=
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0)
+          .count();
 }
 
 namespace {
@@ -510,6 +569,7 @@ bool Engine::prefill(Slot& slot, Workspace& workspace) {
     slot.schema.emplace(request.json_schema);
   else if (request.json_object)
     slot.json.emplace();
+  slot.started = true;
   int64_t reused = 0;
   if (prefix_cache_) {
     reused = prefix_cache_->reuse(request.prompt, *slot.cache);
@@ -524,6 +584,56 @@ bool Engine::prefill(Slot& slot, Workspace& workspace) {
     stats_.prefix_cache_bytes = prefix_cache_->bytes();
   }
   return emit(slot, logits);
+}
+
+bool Engine::admit(Slot& slot) {
+  const SequenceRequest& request = slot.request;
+  if (!slot.started) {
+    if (request.max_tokens <= 0) {
+      Event last;
+      last.done = true;
+      last.finish_reason = "length";
+      slot.channel->push(std::move(last));
+      return false;
+    }
+    slot.sampler.emplace(request.sampling);
+    slot.decoder.emplace(tokenizer_);
+    if (request.json_schema)
+      slot.schema.emplace(request.json_schema);
+    else if (request.json_object)
+      slot.json.emplace();
+    slot.started = true;
+    stats_.prompt_tokens += static_cast<int64_t>(request.prompt.size());
+  }
+  slot.cache.emplace(model_.make_cache(1, slot.reserved, options_.kv_dtype));
+  // The prompt, and when rebuilding a preempted sequence its generated tokens but the last
+  // (the next decode step feeds that one): fed through the same per-row passes as before, so
+  // the rebuilt cache is bitwise the one that was freed.
+  slot.feed = request.prompt;
+  if (!slot.output.empty())
+    slot.feed.insert(slot.feed.end(), slot.output.begin(), slot.output.end() - 1);
+  slot.fed = 0;
+  slot.kept = false;
+  if (prefix_cache_) {
+    const int64_t reused = prefix_cache_->reuse(request.prompt, *slot.cache);
+    slot.fed = static_cast<size_t>(reused);
+    if (!slot.rebuild) {
+      ++(reused > 0 ? stats_.prefix_hits : stats_.prefix_misses);
+      stats_.prefix_tokens_reused += reused;
+    }
+  }
+  if (slot.rebuild) stats_.replayed_tokens += static_cast<int64_t>(slot.feed.size() - slot.fed);
+  slot.rebuild = false;
+  return true;
+}
+
+void Engine::after_ingest(Slot& slot, const float* logits) {
+  if (prefix_cache_ && !slot.kept) {
+    prefix_cache_->keep(slot.request.prompt, *slot.cache);
+    stats_.prefix_cache_bytes = prefix_cache_->bytes();
+    slot.kept = true;
+  }
+  if (logits) slot.ended = !emit(slot, logits);  // the first token
 }
 
 }  // namespace kiln::serve

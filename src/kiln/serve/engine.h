@@ -1,17 +1,28 @@
 // The serving engine: one worker thread owns the model and runs the active sequences of every
-// request (at most `parallel` at a time, the rest queued). Each step runs the prompts of newly
-// admitted sequences one by one, then one decode step shared by every other active sequence
-// (Model::decode_rows: each weight read once for up to 16 sequences), each sequence with its own
-// KV cache and sampler. KV caches grow in blocks as sequences grow; when a block does not fit
-// the KV budget the youngest sequence is preempted (its cache freed, itself requeued first) and
-// later rebuilt exactly: its prompt prefilled alone, its generated tokens replayed one by one
-// through the single-row decode path. A sequence's tokens never depend on what else is running:
-// at temperature 0, or with a seed, a request gives bitwise the same tokens and
-// log-probabilities alone or among others, preempted or not. The optional prefix cache reuses
-// the KV of earlier prompts' block-aligned prefixes (close to, but not bitwise equal to,
-// prefilling the whole prompt). Each sequence reports its text (stop strings cut, never emitted),
-// tokens and log-probabilities through a Channel that the HTTP side reads; cancelling the channel
-// (a client that went away) ends the sequence at its next step.
+// request (at most `parallel` at a time, the rest queued). Each step is one batched pass
+// (Model::step_rows: each weight read once for up to 16 rows; more rows take more passes) with a
+// row per decoding sequence, each sequence with its own KV cache and sampler. Prompts go in one
+// of two ways (EngineOptions::prefill_chunk):
+// - one-shot (the default): each newly admitted prompt runs alone, in one pass through the GEMM
+//   prefill path (Model::forward), between decode steps. Fast for long prompts; the other
+//   streams wait for it.
+// - chunked (--prefill-chunk N or auto): a bounded chunk of the prompts being taken in shares
+//   each step with the decode rows, so a new prompt does not stall the other streams; prompts
+//   go through the row path, slower than the GEMM for long prompts.
+// Decode rows compute exactly what feeding their sequence alone computes, whatever rows share
+// the pass; a prompt goes through the same path whatever else runs. So at temperature 0, or with
+// a seed, a request gives bitwise the same tokens and log-probabilities alone or among others,
+// preempted or not (in a given mode). KV caches grow in blocks as sequences grow; when a block
+// does not fit the KV budget the youngest sequence is preempted (its cache freed, itself
+// requeued first) and later rebuilt exactly by the passes that built it: one-shot, its prompt
+// prefilled alone and its generated tokens replayed one by one through the decode path;
+// chunked, its prompt and generated tokens fed again row by row. The optional prefix cache
+// reuses the KV of earlier prompts' block-aligned prefixes: chunked, bitwise (a prompt's
+// positions are computed row by row however it is cut); one-shot, close to but not bitwise
+// equal to prefilling the whole prompt (the GEMM's sums depend on the rows in the pass). Each
+// sequence reports its text (stop strings cut, never emitted), tokens and log-probabilities
+// through a Channel that the HTTP side reads; cancelling the channel (a client that went away)
+// ends the sequence at its next step.
 #pragma once
 
 #include <atomic>
@@ -95,6 +106,13 @@ struct EngineOptions {
   int64_t kv_block = 64;        // positions per KV block (the unit of growth and of the budget)
   DType kv_dtype = DType::F32;  // f32 or bf16 (half the memory; values rounded)
   int64_t prefix_cache = 0;     // bytes of KV the prefix cache may keep; 0: no prefix cache
+  // How prompts go in. 0 (default): one-shot, each prompt alone in one GEMM pass between decode
+  // steps. N > 0: chunked, up to N prompt tokens per step beside the decode rows (a prompt is
+  // fed in chunks over several steps). kPrefillChunkAuto: chunked, filling the step's last pass
+  // of Model::kMaxDecodeRows rows (and one more pass when under a quarter of a pass is left).
+  static constexpr int64_t kPrefillChunkAuto = -1;
+  int64_t prefill_chunk = 0;
+  bool chunked() const { return prefill_chunk != 0; }
 };
 
 // Counters for /metrics.
@@ -108,6 +126,9 @@ struct EngineStats {
   std::atomic<int64_t> prefix_hits{0}, prefix_misses{0};
   std::atomic<int64_t> prefix_tokens_reused{0};  // prompt tokens whose KV came from the cache
   std::atomic<int64_t> prefix_cache_bytes{0};    // KV bytes the prefix cache holds
+  std::atomic<int64_t> steps{0};                 // engine steps run
+  std::atomic<int64_t> step_rows{0};             // rows (decode and prompt tokens) they ran
+  std::atomic<int64_t> step_microseconds{0};     // time spent in them
 };
 
 class QueueFull : public std::runtime_error {
@@ -145,9 +166,32 @@ class Engine {
   int64_t blocks(int64_t positions) const {
     return (positions + options_.kv_block - 1) / options_.kv_block;
   }
-  // The prompt's pass of `slot` and its first token; false when the sequence ended. For a
-  // preempted sequence: its cache rebuilt (the prompt, then its generated tokens one by one).
+  // One row of a step: a token fed to a sequence's cache (a decode token, or one of a prompt
+  // chunk), and whether its logits are needed.
+  struct Row {
+    Slot* slot = nullptr;
+    int32_t token = 0;
+    bool prompt = false;  // part of the tokens to take in (Slot::feed)
+    bool want = false;
+  };
+  // One-shot mode: the prompt's pass of `slot` (Model::forward, alone) and its first token;
+  // false when the sequence ended. For a preempted sequence: its cache rebuilt (the prompt, then
+  // its generated tokens one by one through the decode path).
   bool prefill(Slot& slot, Workspace& workspace);
+  // Chunked mode: sets up a sequence just admitted: its cache (the reserved blocks, a prefix-cache
+  // hit copied in) and the tokens to take in; at its first admission its sampler and decoder. False
+  // when the sequence ended (max_tokens 0).
+  bool admit(Slot& slot);
+  // The prompt tokens a step takes in beside `decoding` decode rows (--prefill-chunk).
+  int64_t prompt_budget(int64_t decoding) const;
+  // Runs the rows of step_ (Model::step_rows, passes of up to kMaxDecodeRows rows) and
+  // hands each sequence its logits.
+  void run_step(Workspace& workspace);
+  // A sequence whose tokens are all in: its prompt offered to the prefix cache, and its first
+  // token chosen from `logits` (null when rebuilding: it has one already).
+  void after_ingest(Slot& slot, const float* logits);
+  // Runs `work`, failing `slot` with the message of what it throws.
+  void guard(Slot& slot, const std::function<void()>& work);
   // The positions a queued sequence's cache needs to be (re)built.
   static int64_t positions_to_build(const Slot& slot);
   // The choice of the next token from `logits` [V] and its events; false when the sequence
@@ -177,6 +221,7 @@ class Engine {
   bool stopping_ = false;
   int64_t in_flight_ = 0;  // sequences queued or active
   uint64_t arrivals_ = 0;  // sequences submitted so far
+  std::vector<Row> step_;  // the rows of the current step (worker thread only)
   std::thread worker_;
 };
 

@@ -83,27 +83,138 @@ TEST(HeldSuffix, KeepsTheLongestPossibleStartOfAStopString) {
   EXPECT_EQ(held_suffix("", {"a"}), 0u);
 }
 
+// Both prompt modes: the default one-shot prefill (each prompt alone through the GEMM) and
+// chunked prefill (auto chunk); within a mode, a request alone and among others is bitwise equal.
 TEST_F(EngineTest, BatchedSequencesEqualTheSequenceAloneBitwise) {
   const std::vector<std::string> prompts = {"def fibonacci(n):", "import os\n",
                                             "class Stack:", "# sort a list\n", "x = [1, 2"};
+  for (int64_t chunk : {int64_t{0}, EngineOptions::kPrefillChunkAuto}) {
+    EngineOptions one{1, 0, 64}, four{4, 0, 64};
+    one.prefill_chunk = four.prefill_chunk = chunk;
+    std::vector<Result> alone;
+    {
+      Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, one);
+      for (const std::string& p : prompts) alone.push_back(drain(*engine.submit(request(p, 20))));
+    }
+    Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, four);
+    std::vector<std::shared_ptr<Channel>> channels;
+    for (int round = 0; round < 3; ++round)
+      for (const std::string& p : prompts) channels.push_back(engine.submit(request(p, 20)));
+    for (size_t i = 0; i < channels.size(); ++i) {
+      const Result r = drain(*channels[i]);
+      const Result& want = alone[i % prompts.size()];
+      EXPECT_EQ(r.tokens, want.tokens) << "chunk " << chunk << ", request " << i;
+      EXPECT_EQ(r.logprobs, want.logprobs) << "chunk " << chunk << ", request " << i;  // bitwise
+      EXPECT_EQ(r.text, want.text) << "chunk " << chunk << ", request " << i;
+      EXPECT_EQ(r.finish, "length");
+      EXPECT_EQ(r.tokens.size(), 20u);
+    }
+  }
+}
+
+// The default mode prefills a prompt in one pass through the GEMM, not row by row: no engine
+// step runs for it (only the decode steps), and its reply stays close to the chunked one (the
+// GEMM's sums differ in order from the row path's: greedy tokens equal, log-probabilities close).
+TEST_F(EngineTest, DefaultModePrefillsPromptsInOnePass) {
+  const std::string text =
+      "# A helper module with small utilities for lists and strings.\n"
+      "# Every function has a docstring and type hints.\nimport os\n";
+  SequenceRequest r = request(text, 8);
+  ASSERT_GE(r.prompt.size(), 20u);
+  Result results[2];
+  for (int64_t chunk : {int64_t{0}, int64_t{4}}) {
+    EngineOptions options{1, 0, 8};
+    options.prefill_chunk = chunk;
+    Engine engine(*model_, *tokenizer_, {}, options);  // no EOS: 8 tokens
+    results[chunk == 0 ? 0 : 1] = drain(*engine.submit(r));
+    const EngineStats& s = engine.stats();
+    std::cout << "prefill chunk " << chunk << ": " << s.steps << " steps, " << s.step_rows
+              << " rows" << std::endl;
+    const auto prompt_steps = static_cast<int64_t>(chunk == 0 ? 0 : (r.prompt.size() + 3) / 4);
+    EXPECT_EQ(s.steps.load(), prompt_steps + 7) << "chunk " << chunk;
+    EXPECT_EQ(s.prompt_tokens.load(), static_cast<int64_t>(r.prompt.size()));
+  }
+  ASSERT_EQ(results[0].tokens.size(), 8u);
+  double max_diff = 0.0;
+  for (size_t j = 0; j < 8 && results[0].tokens[j] == results[1].tokens[j]; ++j)
+    max_diff = std::max(max_diff, std::fabs(results[0].logprobs[j] - results[1].logprobs[j]));
+  std::cout << "one-shot against chunked: largest log-probability difference " << max_diff
+            << std::endl;
+  EXPECT_EQ(results[0].tokens, results[1].tokens);
+  EXPECT_LT(max_diff, 0.05);
+}
+
+// Chunked prefill: prompts (one of 60 tokens) taken in a few tokens per step beside other
+// sequences' decode rows give bitwise the tokens and log-probabilities of each request run
+// alone, whatever the chunk size.
+TEST_F(EngineTest, ChunkedPrefillIsBitwiseWhateverTheChunk) {
+  const std::string text =
+      "# A helper module with small utilities for lists and strings.\n"
+      "# Every function has a docstring and type hints.\nimport os\n"
+      "import sys\nimport re\n\n\ndef reverse(s: str) -> str:\n"
+      "    \"\"\"Return s reversed.\"\"\"\n    return s[::-1]\n\n\ndef total(";
+  SequenceRequest long_prompt = request(text, 16);
+  ASSERT_GE(long_prompt.prompt.size(), 60u);
+  long_prompt.prompt.resize(60);
+  std::vector<SequenceRequest> requests = {request("def fibonacci(n):", 16), long_prompt,
+                                           request("import os\n", 16), request("class Stack:", 16)};
   std::vector<Result> alone;
   {
-    Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, {1, 0, 64});
-    for (const std::string& p : prompts) alone.push_back(drain(*engine.submit(request(p, 20))));
+    EngineOptions options{1, 0, 64};
+    options.prefill_chunk = 7;
+    Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, options);
+    for (const SequenceRequest& r : requests) alone.push_back(drain(*engine.submit(r)));
   }
-  Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, {4, 0, 64});
-  std::vector<std::shared_ptr<Channel>> channels;
-  for (int round = 0; round < 3; ++round)
-    for (const std::string& p : prompts) channels.push_back(engine.submit(request(p, 20)));
-  for (size_t i = 0; i < channels.size(); ++i) {
-    const Result r = drain(*channels[i]);
-    const Result& want = alone[i % prompts.size()];
-    EXPECT_EQ(r.tokens, want.tokens) << i;
-    EXPECT_EQ(r.logprobs, want.logprobs) << i;  // bitwise: no tolerance
-    EXPECT_EQ(r.text, want.text) << i;
-    EXPECT_EQ(r.finish, "length");
-    EXPECT_EQ(r.tokens.size(), 20u);
+  for (int64_t chunk :
+       {int64_t{1}, int64_t{3}, EngineOptions::kPrefillChunkAuto, int64_t{16}, int64_t{64}}) {
+    EngineOptions options{4, 0, 64};
+    options.prefill_chunk = chunk;
+    Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, options);
+    std::vector<std::shared_ptr<Channel>> channels;
+    for (int round = 0; round < 2; ++round)
+      for (const SequenceRequest& r : requests) channels.push_back(engine.submit(r));
+    for (size_t i = 0; i < channels.size(); ++i) {
+      const Result r = drain(*channels[i]);
+      const Result& want = alone[i % requests.size()];
+      EXPECT_EQ(r.tokens, want.tokens) << "chunk " << chunk << ", request " << i;
+      EXPECT_EQ(r.logprobs, want.logprobs) << "chunk " << chunk << ", request " << i;
+      EXPECT_EQ(r.text, want.text) << "chunk " << chunk << ", request " << i;
+    }
+    const EngineStats& s = engine.stats();
+    std::cout << "prefill chunk " << chunk << ": " << s.steps << " steps, " << s.step_rows
+              << " rows" << std::endl;
   }
+}
+
+// A prompt taken in while another sequence decodes shares that sequence's steps: with a chunk
+// of 4, sequence A (a 10-token prompt, 400 tokens) runs 3 steps for its prompt and 399 decode
+// steps, and B's 60-token prompt, submitted once A decodes, adds rows to 15 of those steps but
+// no step of its own.
+TEST_F(EngineTest, PromptChunksShareStepsWithDecoding) {
+  EngineOptions options{2, 0, 8};
+  options.prefill_chunk = 4;
+  Engine engine(*model_, *tokenizer_, {}, options);  // no EOS: A runs its 400 tokens
+  const std::string text =
+      "# A helper module with small utilities for lists and strings.\n"
+      "# Every function has a docstring and type hints.\nimport os\n"
+      "import sys\nimport re\n\n\ndef reverse(s: str) -> str:\n"
+      "    \"\"\"Return s reversed.\"\"\"\n    return s[::-1]\n";
+  SequenceRequest a = request(text, 400);
+  a.prompt.resize(10);
+  SequenceRequest b = request(text, 1);
+  ASSERT_GE(b.prompt.size(), 60u);
+  b.prompt.resize(60);
+  auto channel_a = engine.submit(a);
+  std::optional<Event> first = channel_a->pop(30000);
+  ASSERT_TRUE(first && first->token);
+  const Result result_b = drain(*engine.submit(b));
+  EXPECT_EQ(result_b.tokens.size(), 1u);
+  const Result rest_a = drain(*channel_a);
+  ASSERT_EQ(rest_a.tokens.size(), 399u) << "A ended early: " << rest_a.finish;
+  const EngineStats& s = engine.stats();
+  std::cout << s.steps << " steps, " << s.step_rows << " rows" << std::endl;
+  EXPECT_EQ(s.steps.load(), 3 + 399);
+  EXPECT_EQ(s.step_rows.load(), 10 + 399 + 60);
 }
 
 TEST_F(EngineTest, StopStringsAreCutAcrossTokensAndNeverEmitted) {
@@ -187,7 +298,13 @@ TEST_F(EngineTest, KvBudgetQueuesAndRefuses) {
   const int64_t one = probe.kv_bytes(10 + 24);
   options.kv_budget = one + one / 2;  // room for one such sequence at a time
   Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, options);
-  EXPECT_THROW(engine.submit(request("def fibonacci(n):", 200)), Error);  // needs more than all
+  try {  // needs more than the whole budget
+    engine.submit(request("def fibonacci(n):", 200));
+    ADD_FAILURE() << "a sequence beyond the KV budget was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("of KV cache; the server's budget is"), std::string::npos)
+        << e.what();
+  }
   std::vector<std::shared_ptr<Channel>> channels;
   const std::vector<std::string> prompts = {"import os\n", "class Stack:", "x = [1, 2"};
   std::vector<Result> alone;
@@ -203,46 +320,50 @@ TEST_F(EngineTest, KvBudgetQueuesAndRefuses) {
   }
 }
 
-// KV blocks and preemption: with a budget of a few blocks, sequences that outgrow it are
-// preempted (KV freed, requeued) and rebuilt by replay; every text, token and log-probability
-// is bitwise what the same sequences give with an unconstrained budget, and the allocated KV
-// never exceeds the budget.
+// KV blocks and preemption (both prompt modes): with a budget of a few blocks, sequences that
+// outgrow it are preempted (KV freed, requeued) and rebuilt by replay; every text, token and
+// log-probability is bitwise what the same sequences give with an unconstrained budget, and the
+// allocated KV never exceeds the budget.
 TEST_F(EngineTest, PreemptionKeepsEverySequenceBitwise) {
-  const std::vector<std::string> prompts = {"def fibonacci(n):", "import os\n",
-                                            "class Stack:", "# sort a list\n", "x = [1, 2"};
-  EngineOptions free_options{4, 0, 64};
-  free_options.kv_block = 8;
-  std::vector<Result> want;
-  {
-    Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, free_options);
+  for (int64_t chunk : {int64_t{0}, EngineOptions::kPrefillChunkAuto}) {
+    SCOPED_TRACE("prefill chunk " + std::to_string(chunk));
+    const std::vector<std::string> prompts = {"def fibonacci(n):", "import os\n",
+                                              "class Stack:", "# sort a list\n", "x = [1, 2"};
+    EngineOptions free_options{4, 0, 64};
+    free_options.kv_block = 8;
+    free_options.prefill_chunk = chunk;
+    std::vector<Result> want;
+    {
+      Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, free_options);
+      std::vector<std::shared_ptr<Channel>> channels;
+      for (const std::string& p : prompts) channels.push_back(engine.submit(request(p, 40)));
+      for (auto& c : channels) want.push_back(drain(*c));
+      EXPECT_EQ(engine.stats().preemptions.load(), 0);
+    }
+    EngineOptions tight = free_options;
+    Engine probe(*model_, *tokenizer_, loaded_->spec.eos_token_ids, tight);
+    tight.kv_budget = probe.kv_bytes(8) * 12;  // 96 positions: one sequence's 40 + prompt fit
+    Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, tight);
     std::vector<std::shared_ptr<Channel>> channels;
     for (const std::string& p : prompts) channels.push_back(engine.submit(request(p, 40)));
-    for (auto& c : channels) want.push_back(drain(*c));
-    EXPECT_EQ(engine.stats().preemptions.load(), 0);
+    for (size_t i = 0; i < channels.size(); ++i) {
+      const Result r = drain(*channels[i]);
+      EXPECT_EQ(r.tokens, want[i].tokens) << i;
+      EXPECT_EQ(r.logprobs, want[i].logprobs) << i;  // bitwise: no tolerance
+      EXPECT_EQ(r.text, want[i].text) << i;
+      EXPECT_EQ(r.finish, want[i].finish) << i;
+    }
+    const EngineStats& s = engine.stats();
+    for (int i = 0; i < 100 && s.kv_bytes.load() != 0; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));  // the last sequence retires
+    std::cout << "budget " << tight.kv_budget << " bytes: " << s.preemptions << " preemptions, "
+              << s.replayed_tokens << " tokens recomputed, peak " << s.kv_peak_bytes << " bytes"
+              << std::endl;
+    EXPECT_GT(s.preemptions.load(), 0);
+    EXPECT_GT(s.replayed_tokens.load(), 0);
+    EXPECT_LE(s.kv_peak_bytes.load(), tight.kv_budget);
+    EXPECT_EQ(s.kv_bytes.load(), 0);  // all done: nothing held
   }
-  EngineOptions tight = free_options;
-  Engine probe(*model_, *tokenizer_, loaded_->spec.eos_token_ids, tight);
-  tight.kv_budget = probe.kv_bytes(8) * 12;  // 96 positions: one sequence's 40 + prompt fit
-  Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, tight);
-  std::vector<std::shared_ptr<Channel>> channels;
-  for (const std::string& p : prompts) channels.push_back(engine.submit(request(p, 40)));
-  for (size_t i = 0; i < channels.size(); ++i) {
-    const Result r = drain(*channels[i]);
-    EXPECT_EQ(r.tokens, want[i].tokens) << i;
-    EXPECT_EQ(r.logprobs, want[i].logprobs) << i;  // bitwise: no tolerance
-    EXPECT_EQ(r.text, want[i].text) << i;
-    EXPECT_EQ(r.finish, want[i].finish) << i;
-  }
-  const EngineStats& s = engine.stats();
-  for (int i = 0; i < 100 && s.kv_bytes.load() != 0; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // the last sequence retires
-  std::cout << "budget " << tight.kv_budget << " bytes: " << s.preemptions << " preemptions, "
-            << s.replayed_tokens << " tokens recomputed, peak " << s.kv_peak_bytes << " bytes"
-            << std::endl;
-  EXPECT_GT(s.preemptions.load(), 0);
-  EXPECT_GT(s.replayed_tokens.load(), 0);
-  EXPECT_LE(s.kv_peak_bytes.load(), tight.kv_budget);
-  EXPECT_EQ(s.kv_bytes.load(), 0);  // all done: nothing held
 }
 
 // The KV a sequence holds grows block by block with its length instead of being reserved for
@@ -302,57 +423,67 @@ TEST_F(EngineTest, KvMemoryGrowsInBlocksAndHalvesWithBf16) {
 
 // The prefix cache: a prompt sharing a block-aligned prefix with an earlier one reuses its KV
 // (hits, tokens reused), other prompts miss, the least recently used entry goes when the size
-// limit is reached; replies stay the replies without the cache (greedy tokens equal,
-// log-probabilities within 1e-4: reusing a prefix is not bitwise equal to prefilling it).
+// limit is reached. Replies against the replies without the cache: with chunked prefill,
+// bitwise (a prompt's positions are computed row by row, so reused KV is exactly what
+// prefilling them computes); with the default one-shot prefill, greedy tokens equal and
+// log-probabilities within 0.05 (the GEMM's sums over the prompt's rows differ in order).
 TEST_F(EngineTest, PrefixCacheReusesBlockAlignedPrefixes) {
   std::string system = "# A helper module with small utilities for lists and strings.\n";
   system += "# Every function has a docstring and type hints.\nimport os\nimport sys\n";
   const std::vector<std::string> prompts = {system + "def reverse(s):", system + "def total(xs):",
                                             "class Stack:", system + "def reverse(s):"};
-  EngineOptions plain{1, 0, 8};
-  plain.kv_block = 8;
-  std::vector<Result> want;
-  {
-    Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, plain);
-    for (const std::string& p : prompts) want.push_back(drain(*engine.submit(request(p, 12))));
-  }
-  const auto system_tokens = static_cast<int64_t>(tokenizer_->encode(system, true).size());
-  ASSERT_GT(system_tokens, 16);
-  EngineOptions cached = plain;
-  cached.prefix_cache = int64_t{64} << 20;
-  Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, cached);
-  const EngineStats& s = engine.stats();
-  std::vector<int64_t> reused;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    const int64_t before = s.prefix_tokens_reused.load();
-    const Result r = drain(*engine.submit(request(prompts[i], 12)));
-    reused.push_back(s.prefix_tokens_reused.load() - before);
-    EXPECT_EQ(r.tokens, want[i].tokens) << i;
-    ASSERT_EQ(r.logprobs.size(), want[i].logprobs.size());
-    double max_diff = 0.0;
-    for (size_t j = 0; j < r.logprobs.size(); ++j)
-      max_diff = std::max(max_diff, std::fabs(r.logprobs[j] - want[i].logprobs[j]));
-    std::cout << "prompt " << i << ": largest log-probability difference " << max_diff << std::endl;
-    EXPECT_LT(max_diff, 0.05) << i;
-  }
   const auto length = [&](const std::string& p) {
     return static_cast<int64_t>(tokenizer_->encode(p, true).size());
   };
-  std::cout << "system prompt " << system_tokens << " tokens; reused " << reused[0] << " "
-            << reused[1] << " " << reused[2] << " " << reused[3] << "; cache "
-            << s.prefix_cache_bytes << " bytes" << std::endl;
-  EXPECT_EQ(reused[0], 0);                                 // a miss: nothing cached yet
-  EXPECT_EQ(reused[1], system_tokens / 8 * 8);             // the shared blocks
-  EXPECT_EQ(reused[2], 0);                                 // nothing in common
-  EXPECT_EQ(reused[3], (length(prompts[3]) - 1) / 8 * 8);  // all but the last token's block
-  EXPECT_EQ(s.prefix_hits.load(), 2);
-  EXPECT_EQ(s.prefix_misses.load(), 2);
-  EXPECT_GT(s.prefix_cache_bytes.load(), 0);
-  EXPECT_LE(s.prefix_cache_bytes.load(), cached.prefix_cache);
+  for (int64_t chunk : {int64_t{0}, EngineOptions::kPrefillChunkAuto}) {
+    EngineOptions plain{1, 0, 8};
+    plain.kv_block = 8;
+    plain.prefill_chunk = chunk;
+    std::vector<Result> want;
+    {
+      Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, plain);
+      for (const std::string& p : prompts) want.push_back(drain(*engine.submit(request(p, 12))));
+    }
+    const auto system_tokens = static_cast<int64_t>(tokenizer_->encode(system, true).size());
+    ASSERT_GT(system_tokens, 16);
+    EngineOptions cached = plain;
+    cached.prefix_cache = int64_t{64} << 20;
+    Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, cached);
+    const EngineStats& s = engine.stats();
+    std::vector<int64_t> reused;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      const int64_t before = s.prefix_tokens_reused.load();
+      const Result r = drain(*engine.submit(request(prompts[i], 12)));
+      reused.push_back(s.prefix_tokens_reused.load() - before);
+      EXPECT_EQ(r.tokens, want[i].tokens) << i;
+      ASSERT_EQ(r.logprobs.size(), want[i].logprobs.size());
+      double max_diff = 0.0;
+      for (size_t j = 0; j < r.logprobs.size(); ++j)
+        max_diff = std::max(max_diff, std::fabs(r.logprobs[j] - want[i].logprobs[j]));
+      std::cout << "prefill chunk " << chunk << ", prompt " << i
+                << ": largest log-probability difference " << max_diff << std::endl;
+      if (chunk == 0)
+        EXPECT_LT(max_diff, 0.05) << i;  // one-shot: close
+      else
+        EXPECT_EQ(r.logprobs, want[i].logprobs) << i;  // chunked: bitwise, no tolerance
+    }
+    std::cout << "system prompt " << system_tokens << " tokens; reused " << reused[0] << " "
+              << reused[1] << " " << reused[2] << " " << reused[3] << "; cache "
+              << s.prefix_cache_bytes << " bytes" << std::endl;
+    EXPECT_EQ(reused[0], 0);                                 // a miss: nothing cached yet
+    EXPECT_EQ(reused[1], system_tokens / 8 * 8);             // the shared blocks
+    EXPECT_EQ(reused[2], 0);                                 // nothing in common
+    EXPECT_EQ(reused[3], (length(prompts[3]) - 1) / 8 * 8);  // all but the last token's block
+    EXPECT_EQ(s.prefix_hits.load(), 2);
+    EXPECT_EQ(s.prefix_misses.load(), 2);
+    EXPECT_GT(s.prefix_cache_bytes.load(), 0);
+    EXPECT_LE(s.prefix_cache_bytes.load(), cached.prefix_cache);
+  }
 
   // A limit that holds one prompt's prefix: each new prompt evicts the previous one.
-  EngineOptions small = plain;
-  small.prefix_cache = engine.kv_bytes_per_token() * (length(prompts[0]) / 8 * 8);
+  EngineOptions small{1, 0, 8};
+  small.kv_block = 8;
+  small.prefix_cache = model_->make_cache(1, 1).bytes_per_token() * (length(prompts[0]) / 8 * 8);
   Engine tight(*model_, *tokenizer_, loaded_->spec.eos_token_ids, small);
   const std::string other = "import unittest\n\nclass TestHelpers(unittest.TestCase):\n";
   ASSERT_GE(length(other), 9);

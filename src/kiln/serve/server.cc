@@ -518,7 +518,7 @@ struct Server::Impl {
          std::to_string(s.generated_tokens.load()));
     line("kiln_sequences_done_total", "counter", "Sequences finished.",
          std::to_string(s.sequences_done.load()));
-    line("kiln_sequences_active", "gauge", "Sequences being decoded.",
+    line("kiln_sequences_active", "gauge", "Sequences taking in their prompt or decoding.",
          std::to_string(s.active.load()));
     line("kiln_sequences_queued", "gauge", "Sequences waiting for a slot.",
          std::to_string(s.queued.load()));
@@ -544,6 +544,14 @@ struct Server::Impl {
          std::to_string(s.prefix_tokens_reused.load()));
     line("kiln_prefix_cache_bytes", "gauge", "KV cache bytes the prefix cache holds.",
          std::to_string(s.prefix_cache_bytes.load()));
+    line("kiln_engine_steps_total", "counter",
+         "Engine steps (batched passes over decode rows and prompt chunks).",
+         std::to_string(s.steps.load()));
+    line("kiln_engine_step_rows_total", "counter",
+         "Rows the steps ran: one per decoding sequence, one per prompt token taken in.",
+         std::to_string(s.step_rows.load()));
+    line("kiln_engine_step_seconds_total", "counter", "Time spent running steps.",
+         std::to_string(static_cast<double>(s.step_microseconds.load()) * 1e-6));
     std::lock_guard<std::mutex> lock(metrics_mutex);
     out +=
         "# HELP kiln_requests_total HTTP requests by endpoint and status.\n"
