@@ -13,25 +13,10 @@
 #include <set>
 
 #include "kiln/core/error.h"
+#include "map_source.h"
 
 namespace kiln {
 namespace {
-
-// An in-memory TensorSource.
-class MapSource : public TensorSource {
- public:
-  std::map<std::string, Tensor> tensors;
-  std::vector<std::string> names() const override {
-    std::vector<std::string> out;
-    for (const auto& [name, t] : tensors) out.push_back(name);
-    return out;
-  }
-  bool contains(const std::string& name) const override { return tensors.count(name) != 0; }
-  Tensor get(const std::string& name) const override { return tensors.at(name); }
-  Shape shape_of(const std::string& name) const override { return tensors.at(name).shape(); }
-  DType dtype_of(const std::string& name) const override { return tensors.at(name).dtype(); }
-  std::string where() const override { return "memory"; }
-};
 
 Tensor bytes(DType dtype, Shape shape, uint8_t fill) {
   Tensor t = Tensor::zeros(dtype, std::move(shape));
@@ -188,7 +173,7 @@ TEST(HfQuantizedMxfp4, NibblesAndExponents) {
   EXPECT_EQ(v[64 + 31], 0.0f);
 
   // Through the source: `X_blocks` + `X_scales` read as `X`, transposed to [E, in, out].
-  auto inner = std::make_unique<MapSource>();
+  auto inner = std::make_unique<test::MapSource>();
   inner->tensors["m.experts.down_proj_blocks"] = blocks;
   inner->tensors["m.experts.down_proj_scales"] = scales;
   inner->tensors["m.experts.down_proj_bias"] = Tensor::zeros(DType::F32, {1, 2});
@@ -208,7 +193,7 @@ TEST(HfQuantizedMxfp4, NibblesAndExponents) {
 }
 
 TEST(HfQuantizedFp8, SourceHidesScalesAndDequantizes) {
-  auto inner = std::make_unique<MapSource>();
+  auto inner = std::make_unique<test::MapSource>();
   Tensor scale = Tensor::from_f32({1, 1}, {0.5f});
   inner->tensors["a.weight"] = bytes(DType::U8, {3, 4}, 0x40);  // 2.0
   inner->tensors["a.weight_scale_inv"] = scale;
@@ -251,7 +236,7 @@ TEST(HfQuantized, CheckpointErrorsNameTheTensor) {
   mxfp4.method = "mxfp4";
   // Tensors named `*.weight` are the fp8 ones (as a safetensors header would say).
   auto open = [](std::map<std::string, Tensor> tensors, const HfQuantization& q) {
-    auto inner = std::make_unique<MapSource>();
+    auto inner = std::make_unique<test::MapSource>();
     std::set<std::string> fp8;
     for (const auto& [name, t] : tensors)
       if (name.ends_with(".weight")) fp8.insert(name);

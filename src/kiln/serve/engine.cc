@@ -538,7 +538,7 @@ bool Engine::is_stop(int32_t id) const {
   return std::find(stop_ids_.begin(), stop_ids_.end(), id) != stop_ids_.end();
 }
 
-bool Engine::prefill(Slot& slot, Workspace& workspace) {
+bool Engine::begin(Slot& slot) {
   const SequenceRequest& request = slot.request;
   if (request.max_tokens <= 0) {
     Event last;
@@ -547,6 +547,20 @@ bool Engine::prefill(Slot& slot, Workspace& workspace) {
     slot.channel->push(std::move(last));
     return false;
   }
+  slot.sampler.emplace(request.sampling);
+  slot.decoder.emplace(tokenizer_);
+  if (request.json_schema)
+    slot.schema.emplace(request.json_schema);
+  else if (request.json_object)
+    slot.json.emplace();
+  slot.started = true;
+  stats_.prompt_tokens += static_cast<int64_t>(request.prompt.size());
+  return true;
+}
+
+bool Engine::prefill(Slot& slot, Workspace& workspace) {
+  const SequenceRequest& request = slot.request;
+  if (!slot.started && !begin(slot)) return false;
   const int64_t length = static_cast<int64_t>(request.prompt.size());
   slot.cache.emplace(model_.make_cache(1, slot.reserved, options_.kv_dtype));
   ForwardOptions options;
@@ -563,13 +577,6 @@ bool Engine::prefill(Slot& slot, Workspace& workspace) {
     slot.rebuild = false;
     return true;
   }
-  slot.sampler.emplace(request.sampling);
-  slot.decoder.emplace(tokenizer_);
-  if (request.json_schema)
-    slot.schema.emplace(request.json_schema);
-  else if (request.json_object)
-    slot.json.emplace();
-  slot.started = true;
   int64_t reused = 0;
   if (prefix_cache_) {
     reused = prefix_cache_->reuse(request.prompt, *slot.cache);
@@ -578,7 +585,6 @@ bool Engine::prefill(Slot& slot, Workspace& workspace) {
   }
   const float* logits = model_.forward(request.prompt.data() + reused, 1, length - reused,
                                        *slot.cache, workspace, options);
-  stats_.prompt_tokens += length;
   if (prefix_cache_) {
     prefix_cache_->keep(request.prompt, *slot.cache);
     stats_.prefix_cache_bytes = prefix_cache_->bytes();
@@ -588,23 +594,7 @@ bool Engine::prefill(Slot& slot, Workspace& workspace) {
 
 bool Engine::admit(Slot& slot) {
   const SequenceRequest& request = slot.request;
-  if (!slot.started) {
-    if (request.max_tokens <= 0) {
-      Event last;
-      last.done = true;
-      last.finish_reason = "length";
-      slot.channel->push(std::move(last));
-      return false;
-    }
-    slot.sampler.emplace(request.sampling);
-    slot.decoder.emplace(tokenizer_);
-    if (request.json_schema)
-      slot.schema.emplace(request.json_schema);
-    else if (request.json_object)
-      slot.json.emplace();
-    slot.started = true;
-    stats_.prompt_tokens += static_cast<int64_t>(request.prompt.size());
-  }
+  if (!slot.started && !begin(slot)) return false;
   slot.cache.emplace(model_.make_cache(1, slot.reserved, options_.kv_dtype));
   // The prompt, and when rebuilding a preempted sequence its generated tokens but the last
   // (the next decode step feeds that one): fed through the same per-row passes as before, so

@@ -177,6 +177,9 @@ class Engine {
   // One-shot mode: the prompt's pass of `slot` (Model::forward, alone) and its first token;
   // false when the sequence ended. For a preempted sequence: its cache rebuilt (the prompt, then
   // its generated tokens one by one through the decode path).
+  // A request's first admission: its sampler, decoder and output constraint. False (after
+  // its final event) when it asks for no tokens.
+  bool begin(Slot& slot);
   bool prefill(Slot& slot, Workspace& workspace);
   // Chunked mode: sets up a sequence just admitted: its cache (the reserved blocks, a prefix-cache
   // hit copied in) and the tokens to take in; at its first admission its sampler and decoder. False

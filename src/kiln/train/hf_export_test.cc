@@ -22,6 +22,7 @@
 #include "kiln/models/weight_mappings.h"
 #include "kiln/train/adamw.h"
 #include "kiln/train/backward.h"
+#include "map_source.h"
 #include "test_util.h"
 
 namespace kiln::train {
@@ -156,24 +157,8 @@ TEST(HfExportDtype, Bf16ExportHoldsTheRoundedWeights) {
   fs::remove_all(out);
 }
 
-// An in-memory TensorSource.
-class MapSource : public TensorSource {
- public:
-  std::map<std::string, Tensor> tensors;
-  std::vector<std::string> names() const override {
-    std::vector<std::string> out;
-    for (const auto& [name, t] : tensors) out.push_back(name);
-    return out;
-  }
-  bool contains(const std::string& name) const override { return tensors.count(name) != 0; }
-  Tensor get(const std::string& name) const override { return tensors.at(name); }
-  Shape shape_of(const std::string& name) const override { return tensors.at(name).shape(); }
-  DType dtype_of(const std::string& name) const override { return tensors.at(name).dtype(); }
-  std::string where() const override { return "memory"; }
-};
-
 TEST(InvertWeightMappings, RefusesTransformsThatComputeAndTiedCopiesThatDiffer) {
-  MapSource source;
+  test::MapSource source;
   source.tensors["w"] = Tensor::from_f32({2, 3}, {1, 2, 3, 4, 5, 6});
   WeightMap kiln;
   kiln["a"] = Tensor::from_f32({2, 3}, {1, 2, 3, 4, 5, 6});

@@ -8,6 +8,7 @@
 #include "kiln/ops/rope.h"
 #include "kiln/ops/rope_frequencies.h"
 #include "kiln/train/backward.h"
+#include "kiln/train/sink_attention.h"
 
 namespace kiln::train {
 
@@ -15,29 +16,6 @@ namespace {
 
 void refuse(const std::string& where, const std::string& feature) {
   throw Error("training: " + where + ": " + feature + " is not supported yet");
-}
-
-// The attention of every packed document on its own, or of the whole batch; the forward
-// writes each query's softmax statistics [rows, heads, 2] into `stats`, the backward reads them.
-void attend(const std::vector<std::pair<int64_t, int64_t>>& documents, AttentionDims dims,
-            const float* q, const float* k, const float* v, float* out, const float* dout,
-            float* dq, float* dk, float* dv, float* stats, const float* saved_stats) {
-  const auto run = [&](const AttentionDims& d, int64_t row) {
-    const int64_t o = row * d.heads * d.head_dim;  // heads == kv_heads here
-    const int64_t so = row * d.heads * 2;
-    if (dout)
-      attention_backward(q + o, k + o, v + o, dout + o, dq + o, dk + o, dv + o, d,
-                         saved_stats + so);
-    else
-      attention_forward_train(q + o, k + o, v + o, out + o, stats + so, d);
-  };
-  if (documents.empty()) return run(dims, 0);
-  for (const auto& [row, length] : documents) {
-    AttentionDims d = dims;
-    d.batch = 1;
-    d.tokens = length;
-    run(d, row);
-  }
 }
 
 struct Shape {
@@ -130,8 +108,9 @@ void mla_forward(const AttentionSpec& a, const MlaParams& p, const float* x, int
     }
   std::vector<float> mixed(rows * z.H * z.Dp);  // [rows, H, Dp]
   s.softmax_stats.resize(rows * z.H * 2);
-  attend(documents, dims_of(z, batch, T), s.q.data(), s.k.data(), s.v.data(), mixed.data(), nullptr,
-         nullptr, nullptr, nullptr, s.softmax_stats.data(), nullptr);
+  attention_by_document(documents, dims_of(z, batch, T), 0.0f, s.q.data(), s.k.data(), s.v.data(),
+                        mixed.data(), nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, 0,
+                        s.softmax_stats.data(), nullptr);
   s.mixed.resize(rows * z.H * z.V);
   for (int64_t i = 0; i < rows * z.H; ++i)
     std::copy_n(mixed.data() + i * z.Dp, z.V, s.mixed.data() + i * z.V);
@@ -152,8 +131,9 @@ void mla_backward(const AttentionSpec& a, const MlaParams& p, const float* x, co
     std::copy_n(d_mixed.data() + i * z.V, z.V, d_padded.data() + i * z.Dp);
   std::vector<float> dq(rows * z.H * z.Dp, 0.0f), dk(rows * z.H * z.Dp, 0.0f),
       dv(rows * z.H * z.Dp, 0.0f);
-  attend(documents, dims_of(z, batch, T), s.q.data(), s.k.data(), s.v.data(), nullptr,
-         d_padded.data(), dq.data(), dk.data(), dv.data(), nullptr, s.softmax_stats.data());
+  attention_by_document(documents, dims_of(z, batch, T), 0.0f, s.q.data(), s.k.data(), s.v.data(),
+                        nullptr, d_padded.data(), dq.data(), dk.data(), dv.data(), nullptr, nullptr,
+                        0, nullptr, s.softmax_stats.data());
 
   // Back to the projections: the query [rows, H, D], the expanded keys and values
   // [rows, H, nope + V] and the rotary key shared by the heads [rows, P].

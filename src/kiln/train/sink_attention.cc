@@ -4,6 +4,8 @@
 #include <cmath>
 #include <vector>
 
+#include "kiln/train/family_backward.h"
+
 namespace kiln::train {
 
 namespace {
@@ -99,6 +101,39 @@ void sink_attention_backward(const float* q, const float* k, const float* v, con
       for (int64_t b = 0; b < d.batch; ++b) sum += sink_parts[b * Hq + h];
       d_sinks[h] += static_cast<float>(sum);
     }
+}
+
+void attention_by_document(const std::vector<std::pair<int64_t, int64_t>>& documents,
+                           AttentionDims dims, float cap, const float* q, const float* k,
+                           const float* v, float* out, const float* dout, float* dq, float* dk,
+                           float* dv, const float* sinks, float* d_sinks, int64_t chunk,
+                           float* stats, const float* saved_stats) {
+  const auto run = [&](const AttentionDims& d, int64_t row) {
+    const int64_t qo = row * d.heads * d.head_dim, ko = row * d.kv_heads * d.head_dim;
+    const int64_t so = row * d.heads * 2;
+    if ((sinks || chunk > 0) && dout)
+      sink_attention_backward(q + qo, k + ko, v + ko, sinks, dout + qo, dq + qo, dk + ko, dv + ko,
+                              d_sinks, d, chunk);
+    else if (sinks || chunk > 0)
+      sink_attention_forward(q + qo, k + ko, v + ko, sinks, out + qo, d, chunk);
+    else if (dout && cap > 0.0f)
+      capped_attention_backward(q + qo, k + ko, v + ko, dout + qo, dq + qo, dk + ko, dv + ko, d,
+                                cap);
+    else if (dout)
+      attention_backward(q + qo, k + ko, v + ko, dout + qo, dq + qo, dk + ko, dv + ko, d,
+                         saved_stats + so);
+    else if (cap > 0.0f)
+      capped_attention_forward(q + qo, k + ko, v + ko, out + qo, d, cap);
+    else
+      attention_forward_train(q + qo, k + ko, v + ko, out + qo, stats + so, d);
+  };
+  if (documents.empty()) return run(dims, 0);
+  for (const auto& [row, length] : documents) {
+    AttentionDims d = dims;
+    d.batch = 1;
+    d.tokens = length;
+    run(d, row);
+  }
 }
 
 }  // namespace kiln::train

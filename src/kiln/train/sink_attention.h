@@ -8,6 +8,9 @@
 // sums), threads over (row, KV head); bitwise the same for any thread count.
 #pragma once
 
+#include <utility>
+#include <vector>
+
 #include "kiln/train/backward.h"
 
 namespace kiln::train {
@@ -21,5 +24,17 @@ void sink_attention_forward(const float* q, const float* k, const float* v, cons
 void sink_attention_backward(const float* q, const float* k, const float* v, const float* sinks,
                              const float* dout, float* dq, float* dk, float* dv, float* d_sinks,
                              const AttentionDims& dims, int64_t chunk = 0);
+
+// Attention over each packed document on its own (a document is a contiguous block of rows
+// of q, k, v and out), or over the whole batch when not packed. Soft-capped logits (cap > 0)
+// take the capped kernels; attention sinks [Hq] (gpt-oss, their gradient added to d_sinks) or
+// chunked attention (chunk > 0, Llama 4) the sink kernels above; the rest (latent attention too)
+// the blocked kernels, whose forward writes each query's softmax statistics [rows, Hq, 2] into
+// `stats` and whose backward reads them from `saved_stats`.
+void attention_by_document(const std::vector<std::pair<int64_t, int64_t>>& documents,
+                           AttentionDims dims, float cap, const float* q, const float* k,
+                           const float* v, float* out, const float* dout, float* dq, float* dk,
+                           float* dv, const float* sinks, float* d_sinks, int64_t chunk,
+                           float* stats, const float* saved_stats);
 
 }  // namespace kiln::train

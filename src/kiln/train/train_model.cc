@@ -127,45 +127,6 @@ struct TrainModel::Scratch {
 };
 
 namespace {
-// Attention over each packed document on its own (a document is a contiguous block of rows
-// of q, k, v and out), or over the whole batch when not packed. Soft-capped logits (cap > 0)
-// take the capped kernels; attention sinks [Hq] (gpt-oss, their gradient added to d_sinks) or
-// chunked attention (chunk > 0, Llama 4) the kernels of train/sink_attention.h; the rest the
-// blocked kernels, whose forward writes each query's softmax statistics [rows, Hq, 2] into
-// `stats` and whose backward reads them from `saved_stats`.
-void attention_by_document(const std::vector<std::pair<int64_t, int64_t>>& documents,
-                           AttentionDims dims, float cap, const float* q, const float* k,
-                           const float* v, float* out, const float* dout, float* dq, float* dk,
-                           float* dv, const float* sinks, float* d_sinks, int64_t chunk,
-                           float* stats, const float* saved_stats) {
-  const auto run = [&](const AttentionDims& d, int64_t row) {
-    const int64_t qo = row * d.heads * d.head_dim, ko = row * d.kv_heads * d.head_dim;
-    const int64_t so = row * d.heads * 2;
-    if ((sinks || chunk > 0) && dout)
-      sink_attention_backward(q + qo, k + ko, v + ko, sinks, dout + qo, dq + qo, dk + ko, dv + ko,
-                              d_sinks, d, chunk);
-    else if (sinks || chunk > 0)
-      sink_attention_forward(q + qo, k + ko, v + ko, sinks, out + qo, d, chunk);
-    else if (dout && cap > 0.0f)
-      capped_attention_backward(q + qo, k + ko, v + ko, dout + qo, dq + qo, dk + ko, dv + ko, d,
-                                cap);
-    else if (dout)
-      attention_backward(q + qo, k + ko, v + ko, dout + qo, dq + qo, dk + ko, dv + ko, d,
-                         saved_stats + so);
-    else if (cap > 0.0f)
-      capped_attention_forward(q + qo, k + ko, v + ko, out + qo, d, cap);
-    else
-      attention_forward_train(q + qo, k + ko, v + ko, out + qo, stats + so, d);
-  };
-  if (documents.empty()) return run(dims, 0);
-  for (const auto& [row, length] : documents) {
-    AttentionDims d = dims;
-    d.batch = 1;
-    d.tokens = length;
-    run(d, row);
-  }
-}
-
 // Llama 4's temperature tuning: the query at position p is multiplied by
 // log1p(floor((p + 1) / floor_scale)) * attn_scale + 1 (float32, as transformers).   [rows]
 std::vector<float> temperatures(const AttentionSpec& a, const std::vector<int64_t>& positions) {
