@@ -646,16 +646,17 @@ TEST(TrainModel, RefusesSpecFeaturesItDoesNotHandleByName) {
         s.layers[0].attention.qk_norm_spec.kind = NormKind::kLayerNorm;
       },
       "QK norm kind 'layer_norm'");
-  expect_refused(
-      [](ModelSpec& s) {
-        AttentionSpec& a = s.layers[1].attention;
-        a.kv_lora_rank = 8;
-        a.qk_nope_head_dim = 4;
-        a.qk_rope_head_dim = 2;
-        a.value_head_dim = 4;
-        a.clip_qkv = 8.0f;
-      },
-      "layer 1: clip_qkv with latent attention");
+  // Layer 1 with latent attention (MLA).
+  const auto mla = [](ModelSpec& s) -> AttentionSpec& {
+    AttentionSpec& a = s.layers[1].attention;
+    a.kv_lora_rank = 8;
+    a.qk_nope_head_dim = 4;
+    a.qk_rope_head_dim = 2;
+    a.value_head_dim = 4;
+    return a;
+  };
+  expect_refused([&](ModelSpec& s) { mla(s).clip_qkv = 8.0f; },
+                 "layer 1: clip_qkv with latent attention");
   auto moe = [](ModelSpec& s) {
     s.layers[0].moe.num_experts = 4;
     s.layers[0].moe.top_k = 2;
@@ -667,23 +668,11 @@ TEST(TrainModel, RefusesSpecFeaturesItDoesNotHandleByName) {
         s.layers[0].moe.router = RouterKind::kSparseMixer;
       },
       "layer 0: MoE router 'sparsemixer'");
+  expect_refused([&](ModelSpec& s) { mla(s).sliding_window = 5; },
+                 "layer 1: a sliding window with latent attention");
   expect_refused(
-      [](ModelSpec& s) {
-        AttentionSpec& a = s.layers[1].attention;
-        a.kv_lora_rank = 8;
-        a.qk_nope_head_dim = 4;
-        a.qk_rope_head_dim = 2;
-        a.value_head_dim = 4;
-        a.sliding_window = 5;
-      },
-      "layer 1: a sliding window with latent attention");
-  expect_refused(
-      [](ModelSpec& s) {
-        AttentionSpec& a = s.layers[1].attention;
-        a.kv_lora_rank = 8;
-        a.qk_nope_head_dim = 4;
-        a.qk_rope_head_dim = 2;
-        a.value_head_dim = 4;
+      [&](ModelSpec& s) {
+        AttentionSpec& a = mla(s);
         a.sliding_window = 0;
         a.softcap = 30.0f;
       },
