@@ -14,6 +14,7 @@
 #include "kiln/ops/cpu/kernel_table.h"
 #include "kiln/ops/cpu/scratch.h"
 #include "kiln/ops/cpu/simd_avx2.h"
+#include "kiln/ops/cpu/train_gemm_bf16.h"
 
 namespace kiln::ops::cpu::avx2 {
 namespace {
@@ -26,10 +27,18 @@ using S = Avx2;
 // (after linear_kernels.inc: uses its GEMV, GEMM and Int8Path)
 #include "kiln/ops/cpu/kquant_kernels.inc"
 
+// (after linear_kernels.inc) the bf16 GEMM of mixed-precision training
+#include "kiln/ops/cpu/train_gemm_bf16.inc"
+
 }  // namespace
 }  // namespace kiln::ops::cpu::avx2
 
 namespace kiln::ops::cpu {
+void avx2_gemm_bf16(const float* a, bool a_transposed, const float* w, bool w_transposed, float* y,
+                    int64_t rows, int64_t depth, int64_t out, bool accumulate) {
+  avx2::train_bf16::gemm(a, a_transposed, w, w_transposed, y, rows, depth, out, accumulate);
+}
+
 const KernelTable& avx2_table() {
   static const KernelTable table{
       "avx2",

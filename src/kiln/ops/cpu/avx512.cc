@@ -16,6 +16,7 @@
 #include "kiln/ops/cpu/kernel_table.h"
 #include "kiln/ops/cpu/scratch.h"
 #include "kiln/ops/cpu/simd_avx512.h"
+#include "kiln/ops/cpu/train_gemm_bf16.h"
 
 namespace kiln::ops::cpu::avx512 {
 namespace {
@@ -351,10 +352,18 @@ void linear_bf16(const float* x, const WeightView& weight, const float* bias, fl
   gemm<Bf16Path>(x, weight, bias, y, rows, in, out);
 }
 
+// (after linear_kernels.inc) the bf16 GEMM of mixed-precision training
+#include "kiln/ops/cpu/train_gemm_bf16.inc"
+
 }  // namespace
 }  // namespace kiln::ops::cpu::avx512
 
 namespace kiln::ops::cpu {
+void avx512_gemm_bf16(const float* a, bool a_transposed, const float* w, bool w_transposed,
+                      float* y, int64_t rows, int64_t depth, int64_t out, bool accumulate) {
+  avx512::train_bf16::gemm(a, a_transposed, w, w_transposed, y, rows, depth, out, accumulate);
+}
+
 const KernelTable& avx512_table() {
   static const KernelTable table{
       "avx512",
