@@ -4,6 +4,7 @@
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 
+#include <algorithm>
 #include <array>
 #include <random>
 #include <string>
@@ -12,6 +13,7 @@
 #include "kiln/core/dtype.h"
 #include "kiln/core/quant.h"
 #include "kiln/ops/attention.h"
+#include "kiln/ops/gemm_bf16.h"
 #include "kiln/ops/kernels.h"
 #include "kiln/ops/linear.h"
 
@@ -68,6 +70,33 @@ void linear_f32(benchmark::State& state) {
   state.SetLabel(sets[state.range(0)]);
   state.counters["GFLOP"] =
       benchmark::Counter(static_cast<double>(state.iterations()) * 2.0 * rows * in * out / 1e9,
+                         benchmark::Counter::kIsRate);
+}
+
+// Training's products (train/backward.cc) in f32 (ops::gemm_f32) and with bf16 operands
+// (ops::gemm_bf16, `kiln train --compute-dtype bf16`). Args: kernel set index, dtype (0 f32,
+// 1 bf16), product (0 forward y = x W^T, 1 dx = dy W, 2 dW = dy^T x), tokens, in, out (W is
+// [out, in]).
+void train_gemm(benchmark::State& state) {
+  const auto sets = ops::available_kernels();
+  if (state.range(0) >= static_cast<int64_t>(sets.size())) return state.SkipWithError("no CPU");
+  ops::use_kernels(sets[state.range(0)]);
+  const bool bf16 = state.range(1) == 1;
+  const int64_t product = state.range(2), tokens = state.range(3), in = state.range(4),
+                out = state.range(5);
+  const std::vector<float> x = random_floats(tokens * in), w = random_floats(out * in),
+                           dy = random_floats(tokens * out);
+  std::vector<float> y(std::max(tokens * std::max(in, out), out * in));
+  auto gemm = bf16 ? &ops::gemm_bf16 : &ops::gemm_f32;
+  for (auto _ : state) {
+    if (product == 0) gemm(x.data(), false, w.data(), false, y.data(), tokens, in, out, false);
+    if (product == 1) gemm(dy.data(), false, w.data(), true, y.data(), tokens, out, in, true);
+    if (product == 2) gemm(dy.data(), true, x.data(), true, y.data(), out, tokens, in, true);
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetLabel(sets[state.range(0)] + (bf16 ? " bf16" : " f32"));
+  state.counters["GFLOP"] =
+      benchmark::Counter(static_cast<double>(state.iterations()) * 2.0 * tokens * in * out / 1e9,
                          benchmark::Counter::kIsRate);
 }
 
@@ -178,6 +207,17 @@ BENCHMARK(linear_bf16)->Apply(batched_decode_shapes)->UseRealTime()->Unit(benchm
 BENCHMARK(linear_bf16)->Apply(prefill_shapes)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(linear_f32)->Apply(prefill_shapes)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(openblas_sgemm)->Apply(prefill_shapes)->UseRealTime()->Unit(benchmark::kMillisecond);
+// tinycoder's MLP up (256 -> 768) and the ~110M Llama's (768 -> 2048) at 2048 and 1024
+// tokens, fast sets only.
+void train_shapes(benchmark::internal::Benchmark* b) {
+  for (int64_t set : {1, 2})
+    for (int64_t dtype : {0, 1})
+      for (int64_t product : {0, 1, 2}) {
+        b->Args({set, dtype, product, 2048, 256, 768});
+        b->Args({set, dtype, product, 1024, 768, 2048});
+      }
+}
+BENCHMARK(train_gemm)->Apply(train_shapes)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(attention)
     ->Args({0, 512, 0})
     ->Args({1, 512, 0})

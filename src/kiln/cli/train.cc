@@ -1,7 +1,7 @@
 // `kiln train [MODEL] --data PATH -o OUT [--steps N] [--batch B] [--seq T] [--lr LR]
 // [--warmup N] [--schedule cosine|linear|constant] [--weight-decay W] [--clip C] [--seed S]
 // [--eval-every N] [--val-fraction F] [--zero 0|1] [--chat-template PATH] [--pack]
-// [--weights-dtype f32|bf16] [--save-dtype f32|bf16|f16|source]
+// [--weights-dtype f32|bf16] [--compute-dtype f32|bf16] [--save-dtype f32|bf16|f16|source]
 // [--lora-rank R --lora-alpha A --lora-dropout P --lora-targets q,k,v,o,gate,up,down] [--json]`:
 // fine-tunes a model on a dataset (train/data.h; chat JSONL, train/sft.h) with AdamW and writes a
 // HuggingFace folder (config, tokenizer files and the trained weights, f32 or --save-dtype, as
@@ -125,6 +125,12 @@ class TrainCommand : public Command {
                    "f32 (default), or bf16: the passes read the weights rounded to bf16 from f32 "
                    "master copies that AdamW updates")
         ->check(CLI::IsMember({"f32", "bf16"}));
+    app.add_option("--compute-dtype", compute_dtype_,
+                   "f32 (default), or bf16: the linear layers' products (forward, and the "
+                   "backward's dx and dw) take operands rounded to bf16 and sum in f32 "
+                   "(vdpbf16ps on AVX512_BF16); weights, activations, gradients, norms, "
+                   "attention, loss and AdamW stay f32")
+        ->check(CLI::IsMember({"f32", "bf16"}));
     app.add_option("--chat-template", chat_template_,
                    "chat data: the template to render {\"messages\"} records with (default: "
                    "the model's own)")
@@ -215,6 +221,9 @@ class TrainCommand : public Command {
           model, train::LoraOptions{lora_rank_, lora_alpha_, lora_dropout_,
                                     train::parse_lora_targets(lora_targets_), seed_});
     model.set_recompute(recompute_);
+    // --compute-dtype for this run (restored after it: tests run commands in one process)
+    const train::ComputeDtypeScope compute_dtype(compute_dtype_ == "bf16" ? DType::BF16
+                                                                          : DType::F32);
     const std::unique_ptr<Tokenizer> tokenizer = Tokenizer::load(model_path_);
     const int32_t eos =
         loaded.spec.eos_token_ids.empty() ? -1 : static_cast<int32_t>(loaded.spec.eos_token_ids[0]);
@@ -520,6 +529,7 @@ class TrainCommand : public Command {
               {"val_fraction", val_fraction_}};
     if (pack_) s["pack"] = true;
     if (weights_dtype_ != "f32") s["weights_dtype"] = weights_dtype_;
+    if (compute_dtype_ != "f32") s["compute_dtype"] = compute_dtype_;
     if (leaf_windows_ > 0 && leaf_windows_ < batch_) s["leaf_windows"] = leaf_windows_;
     if (lora_rank_ > 0)
       s["lora"] = {{"rank", lora_rank_},
@@ -560,7 +570,8 @@ class TrainCommand : public Command {
   std::unique_ptr<train::Collective> comm_;
   int64_t lora_rank_ = 0;
   double lora_alpha_ = 16.0, lora_dropout_ = 0.0;
-  std::string lora_targets_ = "q,k,v,o", chat_template_, save_dtype_, weights_dtype_ = "f32";
+  std::string lora_targets_ = "q,k,v,o", chat_template_, save_dtype_, weights_dtype_ = "f32",
+              compute_dtype_ = "f32";
 };
 
 }  // namespace

@@ -5,13 +5,16 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "kiln/core/dtype.h"
 #include "kiln/core/error.h"
 #include "kiln/ops/activation.h"
 #include "kiln/ops/attention.h"
+#include "kiln/ops/gemm_bf16.h"
 #include "kiln/ops/linear.h"
 #include "kiln/ops/rope.h"
 #include "kiln/ops/softmax.h"
@@ -22,8 +25,32 @@ extern "C" int openblas_get_num_threads(void);
 
 namespace kiln::train {
 
+namespace {
+std::atomic<DType> matmul_dtype{DType::F32};
+}  // namespace
+
+void set_compute_dtype(DType dtype) {
+  check(dtype == DType::F32 || dtype == DType::BF16,
+        "training compute dtype must be f32 or bf16, not " + std::string(dtype_name(dtype)));
+  matmul_dtype.store(dtype);
+}
+
+DType compute_dtype() {
+  return matmul_dtype.load();
+}
+
 void linear_forward(const float* x, const float* weight, const float* bias, float* y, int64_t rows,
                     int64_t in, int64_t out) {
+  if (compute_dtype() == DType::BF16) {
+    for (int64_t n = 0; n < rows; ++n) {
+      float* y_row = y + n * out;  // [out]
+      if (bias)
+        std::copy(bias, bias + out, y_row);
+      else
+        std::fill(y_row, y_row + out, 0.0f);
+    }
+    return ops::gemm_bf16(x, false, weight, false, y, rows, in, out, true);
+  }
   if (rows <= ops::kGemvMaxRows)  // the GEMV
     return ops::linear(x, weight, DType::F32, bias, y, rows, in, out);
   // ops::gemm_f32 added to the bias: bitwise what ops::linear's GEMM computes (b + first depth
@@ -266,10 +293,11 @@ void linear_backward(const float* x, const float* weight, const float* dy, float
   // Both products on ops::gemm_f32 (the active kernel set's packed GEMM), which sums every
   // output element in an order fixed by the shapes, reads W, x and dy in place (any of them
   // transposed) and adds into dx and dw.
+  const auto gemm = compute_dtype() == DType::BF16 ? &ops::gemm_bf16 : &ops::gemm_f32;
   if (dx)  // dx[n, i] += sum_o dy[n, o] W[o, i]: W read as [depth = out, in]
-    ops::gemm_f32(dy, false, weight, true, dx, rows, out, in, true);
+    gemm(dy, false, weight, true, dx, rows, out, in, true);
   if (dw)  // dw[o, i] += sum_n dy[n, o] x[n, i]: dy as [depth = rows, out], x as [rows, in]
-    ops::gemm_f32(dy, true, x, true, dw, out, rows, in, true);
+    gemm(dy, true, x, true, dw, out, rows, in, true);
   if (db) {
     std::vector<double> sum(out, 0.0);  // rows in order, for every thread count
     for (int64_t n = 0; n < rows; ++n)

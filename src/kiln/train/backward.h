@@ -12,13 +12,36 @@
 #include <cstdint>
 #include <vector>
 
+#include "kiln/core/dtype.h"
 #include "kiln/models/model_spec.h"
 
 namespace kiln::train {
 
+// ---- The dtype of the linear layers' matrix products (mixed precision) ----
+// F32 (the default): linear_forward / linear_backward below run ops::gemm_f32. BF16: they run
+// ops::gemm_bf16 (ops/gemm_bf16.h): the forward product and both backward products (dx and dw)
+// take their operands rounded to bf16 and sum in f32, as MaxText's dtype=bfloat16 with f32
+// weights; everything else (parameters and their AdamW state, activations, gradients, norms,
+// softmax, attention, the loss) stays f32. `kiln train --compute-dtype bf16`. Process-wide; set
+// it between passes, not while one runs. Any other dtype is an Error.
+void set_compute_dtype(DType dtype);
+DType compute_dtype();
+// Sets the compute dtype for its lifetime and restores the previous one (tests).
+class ComputeDtypeScope {
+ public:
+  explicit ComputeDtypeScope(DType dtype) : saved_(compute_dtype()) { set_compute_dtype(dtype); }
+  ~ComputeDtypeScope() { set_compute_dtype(saved_); }
+  ComputeDtypeScope(const ComputeDtypeScope&) = delete;
+  ComputeDtypeScope& operator=(const ComputeDtypeScope&) = delete;
+
+ private:
+  DType saved_;
+};
+
 // ---- Linear: y = x W^T + b, W stored [out, in] (Kiln's layout) ----
 // Forward (f32 weights): y [rows, out], bitwise what the inference kernel (ops::linear)
-// gives; from 16 rows on it runs ops::gemm_f32, which splits rows across threads.
+// gives; from 16 rows on it runs ops::gemm_f32, which splits rows across threads. With the
+// compute dtype BF16: b + ops::gemm_bf16 for any number of rows.
 void linear_forward(const float* x, const float* weight, const float* bias, float* y, int64_t rows,
                     int64_t in, int64_t out);
 //   x [rows, in], weight [out, in], dy [rows, out]
@@ -26,7 +49,8 @@ void linear_forward(const float* x, const float* weight, const float* bias, floa
 //   dw += dy^T x   [out, in]
 //   db += sum dy   [out]
 // Both products on ops::gemm_f32 (the active kernel set's GEMM), which reads W, x and dy in
-// their own layouts (no transposed copies).
+// their own layouts (no transposed copies); on ops::gemm_bf16 with the compute dtype BF16 (db
+// is an f32 sum either way).
 void linear_backward(const float* x, const float* weight, const float* dy, float* dx, float* dw,
                      float* db, int64_t rows, int64_t in, int64_t out);
 // The same as plain loops.
