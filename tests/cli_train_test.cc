@@ -121,6 +121,47 @@ TEST(CliTrain, Bf16WeightsWithF32MastersTrackTheF32Run) {
   fs::remove_all(dir);
 }
 
+// --compute-dtype bf16 (the linear layers' products with bf16 operands, f32 sums; everything
+// else f32) follows the f32 run's loss curve: every step's loss within 1e-2 relative of the
+// f32 run's, and the loss falls. The folder is written in f32 (the masters are f32).
+TEST(CliTrain, Bf16ComputeTracksTheF32LossCurve) {
+  const std::string dir = test::make_temp_dir("kiln_bf16_compute_");
+  const std::string common =
+      "train --data " + test::shell_quote(source_file()) +
+      " --steps 6 --batch 2 --seq 32 --lr 2e-3 --seed 2 --val-fraction 0 -o ";
+  ASSERT_EQ(test::run_kiln(common + dir + "/f32").exit_code, 0);
+  const test::CommandResult r = test::run_kiln(common + dir + "/bf16 --compute-dtype bf16");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto losses = [](const std::string& out) {
+    std::vector<double> v;
+    std::ifstream in(out + "/metrics.jsonl");
+    for (std::string line; std::getline(in, line);)
+      v.push_back(Json::parse(line).at("loss").get<double>());
+    return v;
+  };
+  const std::vector<double> f32 = losses(dir + "/f32"), bf16 = losses(dir + "/bf16");
+  ASSERT_EQ(f32.size(), 6u);
+  ASSERT_EQ(bf16.size(), 6u);
+  double worst = 0.0;
+  for (size_t i = 0; i < f32.size(); ++i) {
+    const double rel = std::abs(f32[i] - bf16[i]) / f32[i];
+    std::cout << "step " << i + 1 << ": loss f32 " << f32[i] << ", bf16 compute " << bf16[i]
+              << " (relative difference " << rel << ")" << std::endl;
+    worst = std::max(worst, rel);
+  }
+  std::cout << "worst relative loss difference over 6 steps: " << worst << std::endl;
+  EXPECT_LE(worst, 1e-2);
+  EXPECT_GT(worst, 0.0);  // the products were rounded
+  EXPECT_LT(bf16.back(), bf16.front());
+  const SafetensorsFile file = SafetensorsFile::open(dir + "/bf16/model.safetensors");
+  for (const std::string& name : file.names()) EXPECT_EQ(file.get(name).dtype(), DType::F32);
+  // The setting is part of the run's identity for --resume.
+  const test::CommandResult bad = test::run_kiln(common + dir + "/x --compute-dtype f16");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("compute-dtype"), std::string::npos) << bad.err;
+  fs::remove_all(dir);
+}
+
 // A run resumed from its step-3 checkpoint ends with bitwise the weights of the uninterrupted
 // run; a checkpoint of other settings or a corrupt one is refused.
 TEST(CliTrain, ResumeIsBitwiseTheUninterruptedRun) {
