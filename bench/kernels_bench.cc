@@ -87,7 +87,9 @@ void train_gemm(benchmark::State& state) {
   const std::vector<float> x = random_floats(tokens * in), w = random_floats(out * in),
                            dy = random_floats(tokens * out);
   std::vector<float> y(std::max(tokens * std::max(in, out), out * in));
-  auto gemm = bf16 ? &ops::gemm_bf16 : &ops::gemm_f32;
+  using Gemm =
+      void (*)(const float*, bool, const float*, bool, float*, int64_t, int64_t, int64_t, bool);
+  const Gemm gemm = bf16 ? Gemm{&ops::gemm_bf16} : Gemm{&ops::gemm_f32};
   for (auto _ : state) {
     if (product == 0) gemm(x.data(), false, w.data(), false, y.data(), tokens, in, out, false);
     if (product == 1) gemm(dy.data(), false, w.data(), true, y.data(), tokens, out, in, true);

@@ -1,9 +1,12 @@
 """PyTorch's training speed on a model folder, for bench/train_vs_torch.sh: the plain-PyTorch
 Llama forward of tools/torch_reference.py, cross-entropy, backward and AdamW (f32) on random
-token batches; prints one JSON line with tokens/s.
+token batches; prints one JSON line with tokens/s. With the fifth argument bf16 the forward and
+loss run under torch.cpu.amp.autocast(dtype=torch.bfloat16) (matrix products in bf16, f32
+parameters, gradients and AdamW: PyTorch's mixed precision on the CPU).
 
-Usage: /usr/bin/python3 bench/train_torch.py MODEL_DIR STEPS BATCH SEQ
+Usage: /usr/bin/python3 bench/train_torch.py MODEL_DIR STEPS BATCH SEQ [f32|bf16]
 """
+import contextlib
 import json
 import os
 import struct
@@ -48,6 +51,8 @@ def read_folder(model_dir):
 
 def main():
     model_dir, steps, batch, seq = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    dtype = sys.argv[5] if len(sys.argv) > 5 else "f32"
+    assert dtype in ("f32", "bf16"), dtype
     # All the cores Kiln uses (OMP_NUM_THREADS, else every core of the affinity mask): Debian's
     # torch 1.13 otherwise picks one intra-op thread on the 2-core machine.
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0))))
@@ -64,12 +69,14 @@ def main():
         if step == 1:
             start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss = ref.next_token_loss(ref.forward(cfg, params, ids), ids)
+        with (torch.cpu.amp.autocast(dtype=torch.bfloat16) if dtype == "bf16"
+              else contextlib.nullcontext()):
+            loss = ref.next_token_loss(ref.forward(cfg, params, ids), ids)
         loss.backward()
         optimizer.step()
     seconds = time.perf_counter() - start
     print(json.dumps({"tokens_per_s": steps * batch * seq / seconds, "threads": torch.get_num_threads(),
-                      "loss": loss.item()}))
+                      "loss": loss.item(), "dtype": dtype}))
 
 
 if __name__ == "__main__":

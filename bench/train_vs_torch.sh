@@ -7,8 +7,10 @@
 #                                                        (hidden 768, 12 layers, vocab 32000,
 #                                                        B=4, T=256, 2 steps)
 #   bench/train_vs_torch.sh MODEL [STEPS] [BATCH] [SEQ]  one model folder
-# Each engine runs STEPS timed steps after one untimed warm-up step. KILN_BASE=path/to/kiln adds
-# a row for an earlier build, measured in the same run.
+# Each engine runs STEPS timed steps after one untimed warm-up step, Kiln in f32 and with
+# --compute-dtype bf16, PyTorch in f32 and under bf16 autocast. KILN_BASE=path/to/kiln adds a
+# row for an earlier build, measured in the same run. MFU is against the f32 GEMM peak for
+# every row (bf16 products can exceed it).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 kiln="${KILN:-$root/build/kiln}"  # KILN=path: another build of kiln
@@ -92,12 +94,14 @@ print(6 * (L * per_layer + v * h) + 3 * L * 4 * hq * d * (T + 1) / 2)
 EOF
 }
 
-# Kiln's tokens/s and peak RSS KiB of the timed steps, with the kiln binary $1.
+# Kiln's tokens/s and peak RSS KiB of the timed steps, with the kiln binary $1 (more arguments
+# after SEQ go to `kiln train`).
 kiln_run() {
   local binary="$1" model="$2" steps="$3" batch="$4" seq="$5"
+  shift 5
   rm -rf "$work/out"
   /usr/bin/time -v "$binary" train "$model" --data "$work/data.txt" -o "$work/out" --steps "$((steps + 1))" \
-    --batch "$batch" --seq "$seq" --val-fraction 0 --lr 1e-4 >/dev/null 2>"$work/kiln.err" || { cat "$work/kiln.err"; exit 1; }
+    --batch "$batch" --seq "$seq" --val-fraction 0 --lr 1e-4 "$@" >/dev/null 2>"$work/kiln.err" || { cat "$work/kiln.err"; exit 1; }
   # Tokens/s of the timed steps: the cumulative rates of the last and the first step give the
   # time of steps 2..N+1.
   $py -c '
@@ -110,31 +114,54 @@ print(round((last["step"] - 1) * tokens / seconds, 1), end=" ")' "$work/out/metr
   sed -n 's/.*Maximum resident set size (kbytes): //p' "$work/kiln.err"
 }
 
+# PyTorch's tokens/s, thread count and peak RSS KiB (bench/train_torch.py; $5: f32, or bf16 for
+# autocast).
+torch_run() {
+  local model="$1" steps="$2" batch="$3" seq="$4" dtype="$5"
+  /usr/bin/time -v $py "$root/bench/train_torch.py" "$model" "$steps" "$batch" "$seq" "$dtype" \
+    >"$work/torch.out" 2>"$work/torch.err" || { cat "$work/torch.err"; exit 1; }
+  $py -c 'import json,sys; r = json.load(open(sys.argv[1])); print(round(r["tokens_per_s"], 1), r["threads"], end=" ")' "$work/torch.out"
+  sed -n 's/.*Maximum resident set size (kbytes): //p' "$work/torch.err"
+}
+
+# Rows: Kiln f32 (the default), Kiln with --compute-dtype bf16 (bf16 products, f32 masters),
+# PyTorch f32, PyTorch under bf16 autocast (TORCH_BF16=0 skips it: a PyTorch without a CPU bf16
+# path fails there), and with KILN_BASE an earlier build (f32); then the ratios.
 run_shape() {
   local label="$1" model="$2" steps="$3" batch="$4" seq="$5"
-  local kiln_rate kiln_rss torch_rate torch_rss flops base=""
-  read -r kiln_rate kiln_rss < <(kiln_run "$kiln" "$model" "$steps" "$batch" "$seq")
+  local k32 k32_rss k16 k16_rss t32 threads t32_rss t16="" t16_rss="" flops base="" base_rss=""
+  read -r k32 k32_rss < <(kiln_run "$kiln" "$model" "$steps" "$batch" "$seq")
+  read -r k16 k16_rss < <(kiln_run "$kiln" "$model" "$steps" "$batch" "$seq" --compute-dtype bf16)
   # KILN_BASE=path: an earlier build of kiln, measured in the same run for a before/after row.
-  if [ -n "${KILN_BASE:-}" ]; then base="$(kiln_run "$KILN_BASE" "$model" "$steps" "$batch" "$seq")"; fi
-  /usr/bin/time -v $py "$root/bench/train_torch.py" "$model" "$steps" "$batch" "$seq" \
-    >"$work/torch.out" 2>"$work/torch.err" || { cat "$work/torch.err"; exit 1; }
-  torch_rate="$($py -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["tokens_per_s"], 1))' "$work/torch.out")"
-  export TORCH_THREADS="$($py -c 'import json,sys; print(json.load(open(sys.argv[1]))["threads"])' "$work/torch.out")"
-  torch_rss="$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$work/torch.err")"
+  if [ -n "${KILN_BASE:-}" ]; then
+    read -r base base_rss < <(kiln_run "$KILN_BASE" "$model" "$steps" "$batch" "$seq")
+  fi
+  read -r t32 threads t32_rss < <(torch_run "$model" "$steps" "$batch" "$seq" f32)
+  if [ "${TORCH_BF16:-1}" != 0 ]; then
+    read -r t16 threads t16_rss < <(torch_run "$model" "$steps" "$batch" "$seq" bf16)
+  fi
   flops="$(flops_per_token "$model" "$seq")"
-  $py - "$label" "$batch x $seq" "$kiln_rate" "$torch_rate" "$kiln_rss" "$torch_rss" "$flops" "$peak_gflops" $base <<'EOF'
-import os
+  $py - "$label" "$batch x $seq" "$flops" "$peak_gflops" "$threads" \
+    "Kiln f32:$k32:$k32_rss" "Kiln bf16 compute:$k16:$k16_rss" "PyTorch f32:$t32:$t32_rss" \
+    "PyTorch bf16 autocast:$t16:$t16_rss" "Kiln f32 (KILN_BASE):$base:$base_rss" <<'EOF'
 import sys
 import torch
-label, shape, k, t, krss, trss, flops, peak = sys.argv[1:9]
-k, t, flops, peak = float(k), float(t), float(flops), float(peak)
-rows = [("Kiln", k, krss), (f"PyTorch {torch.__version__} ({os.environ['TORCH_THREADS']} threads)", t, trss)]
-if len(sys.argv) > 9:
-    rows.append(("Kiln (KILN_BASE)", float(sys.argv[9]), sys.argv[10]))
-for engine, rate, rss in rows:
+label, shape, flops, peak, threads = sys.argv[1:6]
+flops, peak = float(flops), float(peak)
+rows = {}
+for arg in sys.argv[6:]:
+    engine, rate, rss = arg.split(":")
+    if rate:
+        rows[engine] = (float(rate), int(rss))
+for engine, (rate, rss) in rows.items():
     g = rate * flops / 1e9
-    print(f"| {label} | {shape} | {engine} | {rate:.1f} | {g:.1f} | {100 * g / peak:.0f}% | {int(rss) // 1024} |")
-print(f"| {label} | {shape} | Kiln / PyTorch | {k / t:.2f}x | | | {int(krss) / int(trss):.2f}x |")
+    name = engine.replace("PyTorch", f"PyTorch {torch.__version__} ({threads} threads)")
+    print(f"| {label} | {shape} | {name} | {rate:.1f} | {g:.1f} | {100 * g / peak:.0f}% | {rss // 1024} |")
+for a, b in (("Kiln f32", "PyTorch f32"), ("Kiln bf16 compute", "PyTorch f32"),
+             ("Kiln bf16 compute", "PyTorch bf16 autocast"), ("Kiln bf16 compute", "Kiln f32")):
+    if a in rows and b in rows:
+        print(f"| {label} | {shape} | {a} / {b} | {rows[a][0] / rows[b][0]:.2f}x | | | "
+              f"{rows[a][1] / rows[b][1]:.2f}x |")
 EOF
 }
 

@@ -2,6 +2,8 @@
 // reference.
 #include "kiln/ops/gemm_bf16.h"
 
+#include "kiln/core/error.h"
+
 #include "kiln/core/dtype.h"
 #include "kiln/ops/cpu/train_gemm_bf16.h"
 #include "kiln/ops/kernels.h"
@@ -18,6 +20,32 @@ void gemm_bf16(const float* a, bool a_transposed, const float* w, bool w_transpo
   if (active == &cpu::avx2_table())
     return cpu::avx2_gemm_bf16(a, a_transposed, w, w_transposed, y, rows, depth, out, accumulate);
   gemm_bf16_reference(a, a_transposed, w, w_transposed, y, rows, depth, out, accumulate);
+}
+
+Bf16Weight::Bf16Weight(const float* w, bool w_transposed, int64_t out, int64_t depth)
+    : kernel_set_(&active_kernels()), w_(w), w_transposed_(w_transposed), out_(out), depth_(depth) {
+  if (kernel_set_ == &cpu::avx512_table()) {
+    words_.resize(static_cast<size_t>(cpu::avx512_bf16_weight_words(out, depth)));
+    cpu::avx512_pack_bf16_weight(w, w_transposed, out, depth, words_.data());
+  } else if (kernel_set_ == &cpu::avx2_table()) {
+    words_.resize(static_cast<size_t>(cpu::avx2_bf16_weight_words(out, depth)));
+    cpu::avx2_pack_bf16_weight(w, w_transposed, out, depth, words_.data());
+  }
+}
+
+void gemm_bf16(const float* a, bool a_transposed, const Bf16Weight& w, float* y, int64_t rows,
+               bool accumulate) {
+  const cpu::KernelTable* active = &active_kernels();
+  check(active == w.kernel_set_,
+        "gemm_bf16: the packed weight was made for another kernel set than the active one");
+  if (active == &cpu::avx512_table())
+    return cpu::avx512_gemm_bf16_packed(a, a_transposed, w.words_.data(), y, rows, w.depth_, w.out_,
+                                        accumulate);
+  if (active == &cpu::avx2_table())
+    return cpu::avx2_gemm_bf16_packed(a, a_transposed, w.words_.data(), y, rows, w.depth_, w.out_,
+                                      accumulate);
+  gemm_bf16_reference(a, a_transposed, w.w_, w.w_transposed_, y, rows, w.depth_, w.out_,
+                      accumulate);
 }
 
 void gemm_bf16_reference(const float* a, bool a_transposed, const float* w, bool w_transposed,

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace kiln::ops {
 
@@ -20,6 +21,28 @@ namespace kiln::ops {
 // calling thread's scratch buffers). Runs on all OpenMP threads.
 void gemm_bf16(const float* a, bool a_transposed, const float* w, bool w_transposed, float* y,
                int64_t rows, int64_t depth, int64_t out, bool accumulate);
+
+// A weight operand w(o, k) rounded and packed once for several gemm_bf16 products with the same
+// w (the lm_head's row chunks): out * depth * 2 bytes, for the kernel set active when it was
+// made (using it under another set is an Error). The reference set keeps a pointer to w (which
+// must then outlive it). The same results as gemm_bf16 with w itself, bitwise.
+class Bf16Weight {
+ public:
+  Bf16Weight(const float* w, bool w_transposed, int64_t out, int64_t depth);
+  int64_t out() const { return out_; }
+  int64_t depth() const { return depth_; }
+
+ private:
+  friend void gemm_bf16(const float* a, bool a_transposed, const Bf16Weight& w, float* y,
+                        int64_t rows, bool accumulate);
+  const void* kernel_set_ = nullptr;
+  const float* w_ = nullptr;
+  bool w_transposed_ = false;
+  int64_t out_ = 0, depth_ = 0;
+  std::vector<uint32_t> words_;
+};
+void gemm_bf16(const float* a, bool a_transposed, const Bf16Weight& w, float* y, int64_t rows,
+               bool accumulate);
 
 // Its reference: plain loops over the rounded operands, each sum in double (the exact sum of
 // the exact products, rounded once to f32 and then added to y).

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "kiln/core/dtype.h"
+#include "kiln/core/error.h"
 #include "kiln/ops/kernels.h"
 #include "kiln/ops/linear.h"
 
@@ -157,6 +158,43 @@ TEST(GemmBf16, BitwiseTheSameForAnyThreadCount) {
     omp_set_num_threads(saved);
     for (size_t i = 4; i < results.size(); ++i)
       EXPECT_EQ(results[i], results[i % 4]) << name << ": run " << i;
+  }
+  use_kernels("auto");
+}
+
+}  // namespace
+}  // namespace kiln::ops
+
+namespace kiln::ops {
+namespace {
+
+// A weight packed once (Bf16Weight) gives bitwise what gemm_bf16 gives with w itself, for
+// both layouts of w and of a; using it under another kernel set is an Error.
+TEST(GemmBf16, PackedWeightGivesBitwiseTheSameProducts) {
+  std::mt19937 rng(11);
+  for (const std::string& name : available_kernels()) {
+    use_kernels(name);
+    for (const Shape& c : kShapes) {
+      const std::vector<float> a = random_vector(rng, c.rows * c.depth);
+      const std::vector<float> w = random_vector(rng, c.out * c.depth);
+      for (const bool w_t : {false, true}) {
+        const Bf16Weight packed(w.data(), w_t, c.out, c.depth);
+        for (const bool a_t : {false, true}) {
+          std::vector<float> got(c.rows * c.out, 0.25f), want = got;
+          gemm_bf16(a.data(), a_t, packed, got.data(), c.rows, true);
+          gemm_bf16(a.data(), a_t, w.data(), w_t, want.data(), c.rows, c.depth, c.out, true);
+          EXPECT_EQ(got, want) << name << " rows " << c.rows << " depth " << c.depth;
+        }
+      }
+    }
+  }
+  use_kernels("reference");
+  const std::vector<float> w(12, 1.0f), a(12, 1.0f);
+  const Bf16Weight packed(w.data(), false, 3, 4);
+  std::vector<float> y(9);
+  if (available_kernels().size() > 1) {
+    use_kernels("auto");
+    EXPECT_THROW(gemm_bf16(a.data(), false, packed, y.data(), 3, false), Error);
   }
   use_kernels("auto");
 }

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -293,7 +294,9 @@ void linear_backward(const float* x, const float* weight, const float* dy, float
   // Both products on ops::gemm_f32 (the active kernel set's packed GEMM), which sums every
   // output element in an order fixed by the shapes, reads W, x and dy in place (any of them
   // transposed) and adds into dx and dw.
-  const auto gemm = compute_dtype() == DType::BF16 ? &ops::gemm_bf16 : &ops::gemm_f32;
+  using Gemm =
+      void (*)(const float*, bool, const float*, bool, float*, int64_t, int64_t, int64_t, bool);
+  const Gemm gemm = compute_dtype() == DType::BF16 ? Gemm{&ops::gemm_bf16} : Gemm{&ops::gemm_f32};
   if (dx)  // dx[n, i] += sum_o dy[n, o] W[o, i]: W read as [depth = out, in]
     gemm(dy, false, weight, true, dx, rows, out, in, true);
   if (dw)  // dw[o, i] += sum_n dy[n, o] x[n, i]: dy as [depth = rows, out], x as [rows, in]
@@ -528,15 +531,34 @@ double lm_head_cross_entropy(const float* h, const float* weight, const int32_t*
   if (count == 0) return 0.0;
   const double weight_per_target = 1.0 / static_cast<double>(count);
   std::vector<float> logits(std::min(chunk_rows, rows) * vocab);  // [chunk, vocab]
+  // Compute dtype bf16: the weight rounded and packed once for every chunk, as [vocab, hidden]
+  // for the logits and as [hidden, vocab] for dh (the same products as linear_forward and
+  // linear_backward, bitwise, without packing the whole table again per chunk).
+  std::optional<ops::Bf16Weight> packed, packed_transposed;
+  if (compute_dtype() == DType::BF16) {
+    packed.emplace(weight, false, vocab, hidden);
+    if (dh) packed_transposed.emplace(weight, true, hidden, vocab);
+  }
   double total = 0.0;
   for (int64_t start = 0; start < rows; start += chunk_rows) {
     const int64_t n = std::min(chunk_rows, rows - start);
     const float* hc = h + start * hidden;  // [n, hidden]
-    linear_forward(hc, weight, nullptr, logits.data(), n, hidden, vocab);
+    if (packed) {
+      std::fill(logits.begin(), logits.begin() + n * vocab, 0.0f);
+      ops::gemm_bf16(hc, false, *packed, logits.data(), n, true);
+    } else {
+      linear_forward(hc, weight, nullptr, logits.data(), n, hidden, vocab);
+    }
     total += cross_entropy_rows(logits.data(), targets + start, logits.data(), n, vocab,
                                 weight_per_target);
-    linear_backward(hc, weight, logits.data(), dh ? dh + start * hidden : nullptr, dw, nullptr, n,
-                    hidden, vocab);
+    if (packed) {
+      if (dh)
+        ops::gemm_bf16(logits.data(), false, *packed_transposed, dh + start * hidden, n, true);
+      if (dw) ops::gemm_bf16(logits.data(), true, hc, true, dw, vocab, n, hidden, true);
+    } else {
+      linear_backward(hc, weight, logits.data(), dh ? dh + start * hidden : nullptr, dw, nullptr, n,
+                      hidden, vocab);
+    }
   }
   return total / static_cast<double>(count);
 }

@@ -38,6 +38,17 @@ void avx2_gemm_bf16(const float* a, bool a_transposed, const float* w, bool w_tr
                     int64_t rows, int64_t depth, int64_t out, bool accumulate) {
   avx2::train_bf16::gemm(a, a_transposed, w, w_transposed, y, rows, depth, out, accumulate);
 }
+int64_t avx2_bf16_weight_words(int64_t out, int64_t depth) {
+  return avx2::train_bf16::packed_weight_words(out, depth);
+}
+void avx2_pack_bf16_weight(const float* w, bool w_transposed, int64_t out, int64_t depth,
+                           uint32_t* dst) {
+  avx2::train_bf16::pack_weight(w, w_transposed, out, depth, dst);
+}
+void avx2_gemm_bf16_packed(const float* a, bool a_transposed, const uint32_t* w, float* y,
+                           int64_t rows, int64_t depth, int64_t out, bool accumulate) {
+  avx2::train_bf16::gemm_packed(a, a_transposed, w, y, rows, depth, out, accumulate);
+}
 
 const KernelTable& avx2_table() {
   static const KernelTable table{
