@@ -9,8 +9,8 @@
 #   bench/train_vs_torch.sh MODEL [STEPS] [BATCH] [SEQ]  one model folder
 # Each engine runs STEPS timed steps after one untimed warm-up step, Kiln in f32 and with
 # --compute-dtype bf16, PyTorch in f32 and under bf16 autocast. KILN_BASE=path/to/kiln adds a
-# row for an earlier build, measured in the same run. MFU is against the f32 GEMM peak for
-# every row (bf16 products can exceed it).
+# row for an earlier build, measured in the same run. MFU is against Kiln's f32 GEMM peak for
+# every row (bf16 products can exceed it) and, for the bf16 rows, against its bf16 GEMM's.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 kiln="${KILN:-$root/build/kiln}"  # KILN=path: another build of kiln
@@ -31,9 +31,15 @@ peak_gflops="$("$root/build/bench/kiln_kernel_bench" --benchmark_filter='linear_
   --benchmark_min_time=1 --benchmark_format=json 2>/dev/null |
   $py -c 'import json,sys; print(round(max(b["GFLOP"] for b in json.load(sys.stdin)["benchmarks"]), 1))')"
 echo "f32 GEMM peak (Kiln, 512 x 2048 -> 2048): $peak_gflops GFLOP/s"
+# The bf16-operand GEMM of --compute-dtype bf16 (ops::gemm_bf16, 1024 x 768 -> 2048, the
+# AVX-512 set; none without AVX512_BF16): the peak of the bf16 rows' MFU.
+bf16_peak="$("$root/build/bench/kiln_kernel_bench" --benchmark_filter='train_gemm/2/1/0/1024/768/2048' \
+  --benchmark_min_time=1 --benchmark_format=json 2>/dev/null |
+  $py -c 'import json,sys; r = [b["GFLOP"] for b in json.load(sys.stdin)["benchmarks"] if "GFLOP" in b]; print(round(max(r), 1) if r else "")')"
+echo "bf16 GEMM peak (Kiln gemm_bf16, 1024 x 768 -> 2048): ${bf16_peak:-none (no AVX512_BF16)} GFLOP/s"
 echo
-echo "| model | B x T | engine | training tokens/s | model GFLOP/s | MFU | peak RSS MiB |"
-echo "|---|---|---|---|---|---|---|"
+echo "| model | B x T | engine | training tokens/s | model GFLOP/s | MFU (f32 peak) | MFU (bf16 peak) | peak RSS MiB |"
+echo "|---|---|---|---|---|---|---|---|"
 
 # A ~100M-parameter Llama folder with random bf16 weights and the tinycoder's tokenizer.
 make_llama_100m() {
@@ -141,26 +147,27 @@ run_shape() {
     read -r t16 threads t16_rss < <(torch_run "$model" "$steps" "$batch" "$seq" bf16)
   fi
   flops="$(flops_per_token "$model" "$seq")"
-  $py - "$label" "$batch x $seq" "$flops" "$peak_gflops" "$threads" \
+  $py - "$label" "$batch x $seq" "$flops" "$peak_gflops" "$threads" "${bf16_peak:-0}" \
     "Kiln f32:$k32:$k32_rss" "Kiln bf16 compute:$k16:$k16_rss" "PyTorch f32:$t32:$t32_rss" \
     "PyTorch bf16 autocast:$t16:$t16_rss" "Kiln f32 (KILN_BASE):$base:$base_rss" <<'EOF'
 import sys
 import torch
-label, shape, flops, peak, threads = sys.argv[1:6]
-flops, peak = float(flops), float(peak)
+label, shape, flops, peak, threads, bf16_peak = sys.argv[1:7]
+flops, peak, bf16_peak = float(flops), float(peak), float(bf16_peak)
 rows = {}
-for arg in sys.argv[6:]:
+for arg in sys.argv[7:]:
     engine, rate, rss = arg.split(":")
     if rate:
         rows[engine] = (float(rate), int(rss))
 for engine, (rate, rss) in rows.items():
     g = rate * flops / 1e9
     name = engine.replace("PyTorch", f"PyTorch {torch.__version__} ({threads} threads)")
-    print(f"| {label} | {shape} | {name} | {rate:.1f} | {g:.1f} | {100 * g / peak:.0f}% | {rss // 1024} |")
+    mfu16 = f"{100 * g / bf16_peak:.0f}%" if "bf16" in engine and bf16_peak > 0 else ""
+    print(f"| {label} | {shape} | {name} | {rate:.1f} | {g:.1f} | {100 * g / peak:.0f}% | {mfu16} | {rss // 1024} |")
 for a, b in (("Kiln f32", "PyTorch f32"), ("Kiln bf16 compute", "PyTorch f32"),
              ("Kiln bf16 compute", "PyTorch bf16 autocast"), ("Kiln bf16 compute", "Kiln f32")):
     if a in rows and b in rows:
-        print(f"| {label} | {shape} | {a} / {b} | {rows[a][0] / rows[b][0]:.2f}x | | | "
+        print(f"| {label} | {shape} | {a} / {b} | {rows[a][0] / rows[b][0]:.2f}x | | | | "
               f"{rows[a][1] / rows[b][1]:.2f}x |")
 EOF
 }
