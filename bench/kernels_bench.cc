@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -102,19 +103,32 @@ void train_gemm(benchmark::State& state) {
                          benchmark::Counter::kIsRate);
 }
 
-// Args: kernel set index, format (0 Q8_0, 1 Q4_1, 2 Q4_1_128), rows, in, out. Weights
-// quantized from random normals. weight_GB counts the stored (quantized) bytes.
+// Args: kernel set index, format (0 Q8_0, 1 Q4_1, 2 Q4_1_128, 3 Q4_K, 4 Q6_K), rows, in, out.
+// Weights quantized from random normals (K-quants, which Kiln only reads: random bytes with
+// f16 super-scales of order 1 / 256). weight_GB counts the stored (quantized) bytes.
 void linear_quantized(benchmark::State& state) {
   const auto sets = ops::available_kernels();
   if (state.range(0) >= static_cast<int64_t>(sets.size())) return state.SkipWithError("no CPU");
   ops::use_kernels(sets[state.range(0)]);
-  const DType format = std::array{DType::Q8_0, DType::Q4_1, DType::Q4_1_128}[state.range(1)];
+  const DType format = std::array{DType::Q8_0, DType::Q4_1, DType::Q4_1_128, DType::Q4_K,
+                                  DType::Q6_K}[state.range(1)];
   const int64_t rows = state.range(2), in = state.range(3), out = state.range(4);
   const std::vector<float> x = random_floats(rows * in), w = random_floats(out * in);
   const size_t row_bytes = dtype_nbytes(format, in);
   std::vector<uint8_t> stored(out * row_bytes);  // [out] rows of blocks
-  for (int64_t o = 0; o < out; ++o)
-    quantize_row(format, w.data() + o * in, stored.data() + o * row_bytes, in);
+  if (format == DType::Q4_K || format == DType::Q6_K) {
+    std::mt19937 rng(5);
+    for (uint8_t& b : stored) b = static_cast<uint8_t>(rng() & 255);
+    const uint16_t scale = f32_to_f16(1.0f / 256.0f);
+    const size_t block = dtype_block_bytes(format);
+    for (size_t at = 0; at < stored.size(); at += block) {
+      std::memcpy(&stored[at + (format == DType::Q6_K ? 208 : 0)], &scale, 2);
+      if (format == DType::Q4_K) std::memcpy(&stored[at + 2], &scale, 2);
+    }
+  } else {
+    for (int64_t o = 0; o < out; ++o)
+      quantize_row(format, w.data() + o * in, stored.data() + o * row_bytes, in);
+  }
   std::vector<float> y(rows * out);  // [rows, out]
   for (auto _ : state) {
     ops::linear(x.data(), stored.data(), format, nullptr, y.data(), rows, in, out);
@@ -202,8 +216,18 @@ void quantized_shapes(benchmark::internal::Benchmark* b) {
   for (int64_t set : {1, 2})
     for (int64_t format : {0, 1, 2}) b->Args({set, format, 1, 2048, 256});
 }
+// K-quants (Q4_K, Q6_K): the GEMV from DRAM, from L2 (2048 x 256: 295 / 430 KB), 4 rows.
+void kquant_shapes(benchmark::internal::Benchmark* b) {
+  for (int64_t set : {1, 2})
+    for (int64_t format : {3, 4}) {
+      b->Args({set, format, 1, 2048, 8192});
+      b->Args({set, format, 1, 2048, 256});
+      b->Args({set, format, 4, 2048, 8192});
+    }
+}
 
 BENCHMARK(linear_quantized)->Apply(quantized_shapes)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(linear_quantized)->Apply(kquant_shapes)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(linear_bf16)->Apply(decode_shapes)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(linear_bf16)->Apply(batched_decode_shapes)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(linear_bf16)->Apply(prefill_shapes)->UseRealTime()->Unit(benchmark::kMillisecond);

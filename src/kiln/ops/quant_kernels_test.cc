@@ -220,6 +220,46 @@ TEST(QuantKernels, KQuantKernelsMatchTheReference) {
   use_kernels("auto");
 }
 
+// Activations that all round to +-127 (every block's values of one magnitude, signs mixed):
+// the largest integer sums the K-quant kernels meet (Q6_K's GEMV: unsigned q up to 63 times
+// 127, pairs summed in int16 on AVX2, lanes started from -32 * sum(x_q)), against the
+// reference on the same rounded activations.
+TEST(QuantKernels, KQuantKernelsHoldFullScaleActivations) {
+  std::mt19937 rng(23);
+  const int64_t in = 1024, out = 9;
+  for (const std::string& name : available_kernels()) {
+    use_kernels(name);
+    for (const DType format : {DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+      const std::vector<uint8_t> stored = random_kquant_rows(rng, format, out, in);
+      for (const int64_t rows : {1, 3, 40}) {  // GEMV, and the GEMM past kGemvMaxRows
+        std::vector<float> x(rows * in);       // [rows, in]
+        for (float& v : x) v = (rng() & 1) ? 1.5f : -1.5f;
+        for (int64_t i = 0; i < in; i += 64) x[i] = 1.5f;  // and runs of one sign
+        for (int64_t i = 0; i < in / 2; ++i) x[i] = std::fabs(x[i]);
+        std::vector<float> got(rows * out), want(rows * out), magnitude(rows * out);
+        linear(x.data(), stored.data(), format, nullptr, got.data(), rows, in, out);
+        std::vector<float> x_ref = x;
+        if (name != "reference")
+          for (int64_t r = 0; r < rows; ++r) round_activations(x_ref.data() + r * in, in);
+        linear_reference(x_ref.data(), stored.data(), format, nullptr, want.data(), rows, in, out);
+        std::vector<float> w(out * in);  // [out, in]
+        dequantize_row(format, stored.data(), w.data(), out * in);
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t o = 0; o < out; ++o) {
+            double size = 0.0;
+            for (int64_t i = 0; i < in; ++i) size += std::fabs(x[r * in + i] * w[o * in + i]);
+            magnitude[r * out + o] = static_cast<float>(size);
+          }
+        const double e = scaled_error(got, want, magnitude);
+        EXPECT_LT(e, 2e-6) << name << " " << dtype_name(format) << " rows " << rows;
+        std::cout << name << " " << dtype_name(format) << " rows " << rows
+                  << ": full-scale activations, scaled error " << e << std::endl;
+      }
+    }
+  }
+  use_kernels("auto");
+}
+
 // The same batch invariance for the K-quant GEMV.
 TEST(QuantKernels, KQuantGemvRowsAreIndependentOfTheirNeighbours) {
   std::mt19937 rng(9);
