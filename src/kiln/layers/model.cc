@@ -53,7 +53,8 @@ Model::Model(ModelSpec spec, const WeightMap& weights) : spec_(std::move(spec)) 
                  : Linear(weights, names::lm_head(), hidden, vocab,
                           spec_.lm_head_bias && !spec_.tie_word_embeddings);
   // A quantized copy of an unquantized tied table: the table refines each row's top logits
-  // (its weight quantization alone moves tinycoder's top-1 at 0.4% of positions).
+  // (the copy's rounding of weights and activations alone flips tinycoder's int8 top token
+  // at 0.5-0.9% of positions, docs/performance.md).
   refine_head_ = spec_.tie_word_embeddings && head_copy &&
                  is_quantized(weights.at(names::kernel(names::lm_head())).dtype()) &&
                  !is_quantized(embedding_.dtype());
