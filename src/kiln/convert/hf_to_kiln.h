@@ -57,8 +57,8 @@ DType quantized_dtype_for(const std::string& dtype, const std::string& name, con
 // `source` may also be a llama.cpp .gguf file: its metadata is the config, its vocabulary is
 // written as tokenizer.json and quantized tensors are dequantized (models/gguf_model.h).
 // With a quantized dtype, a tied embedding that stays unquantized is also written as the
-// output matrix `decoder/logits_dense/kernel` in Q8_0 (int4, int4-128; int8 only when
-// `quantize` matches that name; never when `keep` does), which Model then multiplies with
+// output matrix `decoder/logits_dense/kernel` in Q8_0 (never when `keep` matches that name),
+// which Model then multiplies with, refining each row's top logits from the table
 // (docs/checkpoint_format.md).
 void convert_hf_to_kiln(const std::string& source, const std::string& destination,
                         const ConvertOptions& options);

@@ -8,6 +8,7 @@
 #include "kiln/models/capabilities.h"
 #include "kiln/models/weight_names.h"
 #include "kiln/ops/embedding.h"
+#include "kiln/ops/linear.h"
 #include "kiln/ops/rope_frequencies.h"
 
 namespace kiln {
@@ -51,6 +52,12 @@ Model::Model(ModelSpec spec, const WeightMap& weights) : spec_(std::move(spec)) 
                  ? Linear(embedding_)
                  : Linear(weights, names::lm_head(), hidden, vocab,
                           spec_.lm_head_bias && !spec_.tie_word_embeddings);
+  // A quantized copy of an unquantized tied table: the table refines each row's top logits
+  // (the copy's rounding of weights and activations alone flips tinycoder's int8 top token
+  // at 0.5-0.9% of positions, docs/performance.md).
+  refine_head_ = spec_.tie_word_embeddings && head_copy &&
+                 is_quantized(weights.at(names::kernel(names::lm_head())).dtype()) &&
+                 !is_quantized(embedding_.dtype());
 }
 
 Tensor Model::forward(const int32_t* tokens, int64_t batch, int64_t tokens_per_row, KvCache& cache,
@@ -115,7 +122,7 @@ const float* Model::forward(const int32_t* tokens, int64_t batch, int64_t tokens
     head_input = last;
   }
   float* logits = workspace.take<float>(batch * out_T * vocab);  // [B, out_T, V]
-  lm_head_.forward(head_input, batch * out_T, logits);
+  head(head_input, batch * out_T, logits);
   finish_logits(logits, batch * out_T);
   if (observer) report(names::lm_head(), logits, out_T, vocab);
   return logits;
@@ -196,7 +203,7 @@ const float* Model::step_rows(const int32_t* tokens, int64_t rows, KvCache* cons
   if (m_wanted > 0) {
     final_norm_.forward(head_input, m_wanted, head_input);
     float* batch_logits = workspace.take<float>(m_wanted * vocab);  // [m_wanted, V]
-    lm_head_.forward(head_input, m_wanted, batch_logits);
+    head(head_input, m_wanted, batch_logits);
     finish_logits(batch_logits, m_wanted);
     for (int64_t j = 0, k = 0; j < m; ++j)
       if (out_row[batched[j]] >= 0)
@@ -209,6 +216,13 @@ const float* Model::step_rows(const int32_t* tokens, int64_t rows, KvCache* cons
     cache.advance(1);
   }
   return logits;
+}
+
+void Model::head(const float* x, int64_t rows, float* logits) const {
+  lm_head_.forward(x, rows, logits);
+  if (refine_head_)
+    ops::linear_refine_top(x, ops::weight_view(embedding_), logits, rows, spec_.hidden_size,
+                           spec_.vocab_size, kHeadRefined);
 }
 
 void Model::finish_logits(float* logits, int64_t rows) const {

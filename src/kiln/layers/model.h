@@ -78,6 +78,10 @@ class Model {
   const DecoderLayer& layer(int64_t index) const { return layers_.at(index); }
 
  private:
+  // The logits of `rows` final hidden states: the output matrix, then (refine_head_) its top
+  // kHeadRefined of each row recomputed from the unquantized tied table.
+  //   x: [rows, hidden];  logits: [rows, V]
+  void head(const float* x, int64_t rows, float* logits) const;
   // The logit scale and soft-cap, in place.   logits: [rows, V]
   void finish_logits(float* logits, int64_t rows) const;
   // True when some layer's RoPE frequencies differ between the two sequence lengths.
@@ -93,6 +97,13 @@ class Model {
   std::vector<DecoderLayer> layers_;
   Norm final_norm_;
   Linear lm_head_;  // [V, hidden]; the embedding table when tied
+  // Logits per row recomputed from the unquantized table when refine_head_ (measured on
+  // tinycoder: 2 already give the table's argmax at every position; 16 bring the KL from the
+  // table's logits to a third of the copy's alone, docs/performance.md).
+  static constexpr int64_t kHeadRefined = 16;
+  // The output matrix is a quantized copy of the tied, unquantized embedding table (`kiln
+  // convert --dtype int8|int4`): each row's largest logits are recomputed from the table.
+  bool refine_head_ = false;
 };
 
 }  // namespace kiln

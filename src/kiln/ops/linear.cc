@@ -2,6 +2,7 @@
 // its reference kernel: one weight row at a time, converted to f32 in a per-thread buffer.
 #include "kiln/ops/linear.h"
 
+#include <algorithm>
 #include <string>
 
 #include "kiln/core/error.h"
@@ -42,6 +43,46 @@ void linear(const float* x, const WeightView& weight, const float* bias, float* 
 void linear(const float* x, const void* weight, DType weight_dtype, const float* bias, float* y,
             int64_t rows, int64_t in, int64_t out) {
   linear(x, weight_view(weight, weight_dtype, in), bias, y, rows, in, out);
+}
+
+void linear_refine_top(const float* x, const WeightView& exact, float* y, int64_t rows, int64_t in,
+                       int64_t out, int64_t k) {
+  if (k < 0 || k > kRefineMaxOutputs)
+    throw Error("linear: refining " + std::to_string(k) + " outputs per row; 0 to " +
+                std::to_string(kRefineMaxOutputs) + " can be");
+  k = std::min(k, out);
+  if (k == 0 || rows <= 0) return;
+  const int index = cpu::weight_format_index(exact.format);
+  if (index < 0 || exact.row_bytes != dtype_nbytes(exact.format, in))
+    throw Error("linear: a " + std::string(dtype_name(exact.format)) + " weight view of " +
+                std::to_string(exact.row_bytes) + " bytes per row does not hold " +
+                std::to_string(in) + " inputs");
+  const cpu::LinearKernel kernel = active_kernels().linear[index];
+  const auto* w_bytes = static_cast<const std::byte*>(exact.data);
+#pragma omp parallel for schedule(static) if (rows > 1 && rows * out >= (int64_t{1} << 18))
+  for (int64_t n = 0; n < rows; ++n) {
+    float* y_row = y + n * out;  // [out]
+    // The k largest so far, largest first: one comparison per output once k are held.
+    int64_t best[kRefineMaxOutputs];
+    float value[kRefineMaxOutputs];
+    int64_t held = 0;
+    for (int64_t o = 0; o < out; ++o) {
+      const float v = y_row[o];
+      if (held == k && !(v > value[k - 1])) continue;
+      int64_t j = held < k ? held++ : k - 1;
+      for (; j > 0 && value[j - 1] < v; --j) {
+        value[j] = value[j - 1];
+        best[j] = best[j - 1];
+      }
+      value[j] = v;
+      best[j] = o;
+    }
+    for (int64_t j = 0; j < held; ++j) {
+      const WeightView row{w_bytes + best[j] * exact.row_bytes, exact.format, exact.block,
+                           exact.row_bytes};
+      kernel(x + n * in, row, nullptr, y_row + best[j], 1, in, 1);
+    }
+  }
 }
 
 void linear_reference(const float* x, const WeightView& weight, const float* bias, float* y,

@@ -53,6 +53,21 @@ void linear(const float* x, const WeightView& weight, const float* bias, float* 
 void linear(const float* x, const void* weight, DType weight_dtype, const float* bias, float* y,
             int64_t rows, int64_t in, int64_t out);
 
+// The most outputs per row that linear_refine_top() recomputes.
+inline constexpr int64_t kRefineMaxOutputs = 64;
+
+// Recomputes the k largest outputs of each row of y = x W^T from another copy of W: for each
+// row n, the k largest y[n, o] (ties: the lower o first) are replaced by sum_i x[n, i] *
+// exact[o, i], each through the active set's kernel for exact's format on that one weight row
+// (the GEMV), the other outputs left as they are. For a head whose quantized copy streams
+// every output and whose unquantized table (e.g. a tied embedding, bf16) is read for only k
+// rows: the top outputs and hence the argmax are those of the unquantized head. A row's result
+// depends on that row only (batch invariance).
+//   x: [rows, in] f32;  exact: [out, in] (any linear format);  y: [rows, out] f32, in place
+// Throws Error when k is not in [0, kRefineMaxOutputs]; k > out refines every output.
+void linear_refine_top(const float* x, const WeightView& exact, float* y, int64_t rows, int64_t in,
+                       int64_t out, int64_t k);
+
 // The reference kernel of linear() for every format: plain loops, one weight row converted
 // (dequantized) to f32 at a time, x kept in f32.
 void linear_reference(const float* x, const WeightView& weight, const float* bias, float* y,

@@ -2,11 +2,17 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <iostream>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kiln/core/error.h"
+#include "kiln/core/quant.h"
+#include "kiln/ops/kernels.h"
+#include "kiln/ops/top_k.h"
 
 namespace kiln::ops {
 namespace {
@@ -52,6 +58,89 @@ TEST(Linear, WithoutBiasAndRejectsIntegerWeights) {
   EXPECT_EQ(y, (std::vector<float>{1, 1}));
   const std::vector<int32_t> iw(4);
   EXPECT_THROW(linear(x.data(), iw.data(), DType::I32, nullptr, y.data(), 1, 2, 2), Error);
+}
+
+// linear_refine_top: a Q8_0 copy's logits with each row's top k recomputed from the bf16
+// table give exactly the table's values there (and its argmax), the rest untouched; rows
+// refine alone as together; on every kernel set.
+TEST(Linear, RefineTopRecomputesTheLargestOutputsFromTheExactWeight) {
+  const int64_t rows = 3, in = 256, out = 1000, k = 16;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(rows * in), w(out * in);  // [rows, in], [out, in]
+  for (float& v : x) v = normal(rng);
+  std::vector<uint16_t> table(out * in);  // bf16 [out, in]
+  for (size_t i = 0; i < w.size(); ++i) {
+    table[i] = f32_to_bf16(normal(rng) * 0.05f);
+    w[i] = bf16_to_f32(table[i]);
+  }
+  std::vector<std::byte> copy(out * dtype_nbytes(DType::Q8_0, in));  // Q8_0 [out, in]
+  for (int64_t o = 0; o < out; ++o)
+    quantize_row(DType::Q8_0, w.data() + o * in, copy.data() + o * dtype_nbytes(DType::Q8_0, in),
+                 in);
+  for (const std::string& kernels : available_kernels()) {
+    use_kernels(kernels);
+    std::vector<float> exact(rows * out), approx(rows * out);  // [rows, out]
+    for (int64_t n = 0; n < rows; ++n)  // one row per call: the GEMV, as the refinement runs
+      linear(x.data() + n * in, table.data(), DType::BF16, nullptr, exact.data() + n * out, 1, in,
+             out);
+    linear(x.data(), copy.data(), DType::Q8_0, nullptr, approx.data(), rows, in, out);
+    // Row 0: the copy's two largest swapped, so that its argmax is wrong.
+    std::vector<int64_t> order(2);
+    top_k(exact.data(), out, 2, order.data());
+    approx[order[1]] = exact[order[0]] + 1.0f;
+    std::vector<float> refined = approx;
+    linear_refine_top(x.data(), weight_view(table.data(), DType::BF16, in), refined.data(), rows,
+                      in, out, k);
+    double approx_error = 0.0;
+    for (int64_t n = 0; n < rows; ++n) {
+      std::vector<int64_t> top(k);
+      top_k(approx.data() + n * out, out, k, top.data());
+      int64_t replaced = 0;
+      for (int64_t o = 0; o < out; ++o) {
+        const bool chosen = std::find(top.begin(), top.end(), o) != top.end();
+        const float want = chosen ? exact[n * out + o] : approx[n * out + o];
+        replaced += chosen;
+        EXPECT_EQ(refined[n * out + o], want) << kernels << " row " << n << " output " << o;
+        if (!(n == 0 && o == order[1]))
+          approx_error =
+              std::max(approx_error,
+                       static_cast<double>(std::fabs(approx[n * out + o] - exact[n * out + o])));
+      }
+      EXPECT_EQ(replaced, k);
+      EXPECT_EQ(argmax(refined.data() + n * out, out), argmax(exact.data() + n * out, out))
+          << kernels << " row " << n;
+    }
+    EXPECT_NE(argmax(approx.data(), out), order[0]);
+    std::cout << kernels << ": Q8_0 copy's largest logit error " << approx_error << ", refined top "
+              << k << " exact" << std::endl;
+    EXPECT_GT(approx_error, 0.0);
+    // Each row alone as in the batch; k = 0 changes nothing; k > out refines every output.
+    for (int64_t n = 0; n < rows; ++n) {
+      std::vector<float> alone(approx.begin() + n * out, approx.begin() + (n + 1) * out);
+      linear_refine_top(x.data() + n * in, weight_view(table.data(), DType::BF16, in), alone.data(),
+                        1, in, out, k);
+      for (int64_t o = 0; o < out; ++o) ASSERT_EQ(alone[o], refined[n * out + o]) << kernels;
+    }
+    std::vector<float> same = approx;
+    linear_refine_top(x.data(), weight_view(table.data(), DType::BF16, in), same.data(), rows, in,
+                      out, 0);
+    EXPECT_EQ(same, approx);
+    const int64_t few = 10;
+    std::vector<float> all = approx;  // the first `few` outputs only
+    linear_refine_top(x.data(), weight_view(table.data(), DType::BF16, in), all.data(), 1, in, few,
+                      kRefineMaxOutputs);
+    for (int64_t o = 0; o < few; ++o) EXPECT_EQ(all[o], exact[o]) << kernels;
+  }
+  use_kernels("auto");
+  std::vector<float> y(out);
+  try {
+    linear_refine_top(x.data(), weight_view(table.data(), DType::BF16, in), y.data(), 1, in, out,
+                      kRefineMaxOutputs + 1);
+    ADD_FAILURE() << "no error for too many outputs";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("refining 65 outputs"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
