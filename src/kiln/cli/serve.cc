@@ -1,7 +1,7 @@
 // `kiln serve [MODEL] [--host H] [--port P] [--parallel N] [--ctx N] [--queue N] [--kv-budget MiB]
 // [--kv-block N] [--kv-dtype f32|bf16] [--prefix-cache MiB] [--prefill-chunk 0|N|auto]
-// [--api-key K] [--chat-template FILE] [--name NAME]`: an OpenAI-compatible HTTP server
-// (serve/server.h).
+// [--bf16-gemv split|rounded|widen] [--api-key K] [--chat-template FILE] [--name NAME]`: an
+// OpenAI-compatible HTTP server (serve/server.h).
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -11,6 +11,7 @@
 #include "kiln/cli/command.h"
 #include "kiln/core/error.h"
 #include "kiln/models/loader.h"
+#include "kiln/ops/kernels.h"
 #include "kiln/serve/server.h"
 
 namespace kiln::cli {
@@ -67,6 +68,12 @@ class ServeCommand : public Command {
           }
           return "must be auto or a number of tokens from 0 to 1048576, not " + value;
         });
+    app.add_option("--bf16-gemv", bf16_gemv_,
+                   "how decode steps multiply bf16 weights on AVX-512 (ops::Bf16Gemv): split "
+                   "(default: activations as two bf16 parts, near f32), rounded (activations "
+                   "rounded to bf16: fewer multiplies, logits move), widen (f32 FMAs); default: "
+                   "KILN_BF16_GEMV, else split")
+        ->check(CLI::IsMember({"split", "rounded", "widen"}));
     app.add_option("--api-key", options_.api_key, "require Authorization: Bearer KEY");
     app.add_option("--chat-template", chat_template_,
                    "a .jinja file or tokenizer_config.json whose chat template to use (default: "
@@ -78,6 +85,7 @@ class ServeCommand : public Command {
 
   int run() override {
     if (model_path_.empty()) model_path_ = default_model_path();
+    if (!bf16_gemv_.empty()) ops::use_bf16_gemv(ops::bf16_gemv_named(bf16_gemv_));
     engine_.kv_budget = kv_budget_mib_ << 20;
     engine_.kv_dtype = kv_dtype_ == "bf16" ? DType::BF16 : DType::F32;
     engine_.prefix_cache = prefix_cache_mib_ << 20;
@@ -131,6 +139,7 @@ class ServeCommand : public Command {
   int64_t prefix_cache_mib_ = 0;
   std::string prefill_chunk_ = "0";
   std::string kv_dtype_ = "f32";
+  std::string bf16_gemv_;
   serve::ServerOptions options_;
   serve::EngineOptions engine_;
 };

@@ -55,4 +55,40 @@ void use_kernels(const std::string& name) {
   active.store(&table_named(name));
 }
 
+namespace {
+// -1 until the first bf16_gemv() reads KILN_BF16_GEMV.
+std::atomic<int> bf16_gemv_mode{-1};
+}  // namespace
+
+const char* bf16_gemv_name(Bf16Gemv mode) {
+  switch (mode) {
+    case Bf16Gemv::kSplit:
+      return "split";
+    case Bf16Gemv::kRounded:
+      return "rounded";
+    case Bf16Gemv::kWiden:
+      return "widen";
+  }
+  return "?";
+}
+
+Bf16Gemv bf16_gemv_named(const std::string& name) {
+  for (const Bf16Gemv mode : {Bf16Gemv::kSplit, Bf16Gemv::kRounded, Bf16Gemv::kWiden})
+    if (name == bf16_gemv_name(mode)) return mode;
+  throw Error("KILN_BF16_GEMV=" + name + ": not a bf16 GEMV mode (split, rounded, widen)");
+}
+
+Bf16Gemv bf16_gemv() {
+  const int mode = bf16_gemv_mode.load(std::memory_order_acquire);
+  if (mode >= 0) return static_cast<Bf16Gemv>(mode);
+  const char* env = std::getenv("KILN_BF16_GEMV");
+  const Bf16Gemv chosen = env && *env ? bf16_gemv_named(env) : Bf16Gemv::kSplit;
+  bf16_gemv_mode.store(static_cast<int>(chosen), std::memory_order_release);
+  return chosen;
+}
+
+void use_bf16_gemv(Bf16Gemv mode) {
+  bf16_gemv_mode.store(static_cast<int>(mode), std::memory_order_release);
+}
+
 }  // namespace kiln::ops

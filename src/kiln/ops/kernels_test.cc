@@ -35,6 +35,14 @@ std::vector<float> random_vector(std::mt19937& rng, size_t n) {
   return v;
 }
 
+// x as the AVX-512 bf16 GEMV takes it in `mode`: split, hi + lo (exact in f32); rounded, bf16.
+float bf16_gemv_input(float x, Bf16Gemv mode) {
+  const float hi = bf16_to_f32(f32_to_bf16(x));
+  if (mode == Bf16Gemv::kRounded) return hi;
+  if (mode == Bf16Gemv::kWiden) return x;
+  return hi + bf16_to_f32(f32_to_bf16(x - hi));
+}
+
 // Weights of one dtype, stored as raw 16- or 32-bit words.
 std::vector<uint32_t> weights_of(const std::vector<float>& w, DType dtype) {
   std::vector<uint32_t> words((w.size() * dtype_size(dtype) + 3) / 4);
@@ -80,8 +88,11 @@ TEST(FastKernels, LinearMatchesReferenceForEveryDtypeAndShape) {
         // The AVX-512 GEMM with bf16 weights rounds x to bf16: compare it with the reference
         // on the same rounded x, so that only summation order differs.
         std::vector<float> x_ref = x;
+        // Its GEMV takes x as its mode does (ops::Bf16Gemv; the default splits x into two bf16).
         if (name == "avx512" && dtype == DType::BF16 && c.rows > kGemvMaxRows)
           for (float& v : x_ref) v = bf16_to_f32(f32_to_bf16(v));
+        if (name == "avx512" && dtype == DType::BF16 && c.rows <= kGemvMaxRows)
+          for (float& v : x_ref) v = bf16_gemv_input(v, bf16_gemv());
         linear_reference(x_ref.data(), stored.data(), dtype, bias.data(), want.data(), c.rows, c.in,
                          c.out);
         const double err = max_relative_error(got, want) / std::sqrt(static_cast<double>(c.in));
@@ -116,43 +127,113 @@ TEST(FastKernels, GemvRowsAreBitwiseTheSameAloneOrBatched) {
           quantized ? std::vector<Shape>{{128, 13}, {256, 67}, {384, 3}}
                     : std::vector<Shape>{{1, 5}, {33, 67}, {100, 13}, {1030, 7}, {64, 1}};
       int64_t compared = 0;
-      for (const Shape& s : shapes) {
-        const std::vector<float> x = random_vector(rng, kRows * s.in);  // [kRows, in]
-        const std::vector<float> w = random_vector(rng, s.out * s.in);  // [out, in]
-        const std::vector<float> bias = random_vector(rng, s.out);      // [out]
-        const size_t row_bytes = dtype_nbytes(dtype, s.in);
-        std::vector<uint8_t> stored(s.out * row_bytes);
-        if (quantized) {
-          for (int64_t o = 0; o < s.out; ++o)
-            quantize_row(dtype, w.data() + o * s.in, stored.data() + o * row_bytes, s.in);
-        } else {
-          const std::vector<uint32_t> words = weights_of(w, dtype);
-          std::memcpy(stored.data(), words.data(), stored.size());
-        }
-        for (const float* b : {bias.data(), static_cast<const float*>(nullptr)}) {
-          std::vector<float> alone(kRows * s.out);  // [kRows, out]
-          for (int64_t r = 0; r < kRows; ++r)
-            linear(x.data() + r * s.in, stored.data(), dtype, b, alone.data() + r * s.out, 1, s.in,
-                   s.out);
-          for (int64_t rows = 2; rows <= kRows; ++rows) {
-            // Rows [first, first + rows) of x in one call, first varying so that every row
-            // meets different neighbours.
-            const int64_t first = (rows * 7) % (kRows - rows + 1);
-            std::vector<float> batched(rows * s.out);  // [rows, out]
-            linear(x.data() + first * s.in, stored.data(), dtype, b, batched.data(), rows, s.in,
-                   s.out);
-            ASSERT_EQ(0, std::memcmp(batched.data(), alone.data() + first * s.out,
-                                     sizeof(float) * rows * s.out))
-                << name << " " << dtype_name(dtype) << " rows " << rows << " in " << s.in << " out "
-                << s.out;
-            ++compared;
+      // The AVX-512 bf16 GEMV in each of its modes (ops::Bf16Gemv).
+      std::vector<Bf16Gemv> modes = {bf16_gemv()};
+      if (name == "avx512" && dtype == DType::BF16)
+        modes = {Bf16Gemv::kSplit, Bf16Gemv::kRounded, Bf16Gemv::kWiden};
+      for (const Bf16Gemv mode : modes)
+        for (const Shape& s : shapes) {
+          use_bf16_gemv(mode);
+          const std::vector<float> x = random_vector(rng, kRows * s.in);  // [kRows, in]
+          const std::vector<float> w = random_vector(rng, s.out * s.in);  // [out, in]
+          const std::vector<float> bias = random_vector(rng, s.out);      // [out]
+          const size_t row_bytes = dtype_nbytes(dtype, s.in);
+          std::vector<uint8_t> stored(s.out * row_bytes);
+          if (quantized) {
+            for (int64_t o = 0; o < s.out; ++o)
+              quantize_row(dtype, w.data() + o * s.in, stored.data() + o * row_bytes, s.in);
+          } else {
+            const std::vector<uint32_t> words = weights_of(w, dtype);
+            std::memcpy(stored.data(), words.data(), stored.size());
+          }
+          for (const float* b : {bias.data(), static_cast<const float*>(nullptr)}) {
+            std::vector<float> alone(kRows * s.out);  // [kRows, out]
+            for (int64_t r = 0; r < kRows; ++r)
+              linear(x.data() + r * s.in, stored.data(), dtype, b, alone.data() + r * s.out, 1,
+                     s.in, s.out);
+            for (int64_t rows = 2; rows <= kRows; ++rows) {
+              // Rows [first, first + rows) of x in one call, first varying so that every row
+              // meets different neighbours.
+              const int64_t first = (rows * 7) % (kRows - rows + 1);
+              std::vector<float> batched(rows * s.out);  // [rows, out]
+              linear(x.data() + first * s.in, stored.data(), dtype, b, batched.data(), rows, s.in,
+                     s.out);
+              ASSERT_EQ(0, std::memcmp(batched.data(), alone.data() + first * s.out,
+                                       sizeof(float) * rows * s.out))
+                  << name << " " << dtype_name(dtype) << " (bf16 GEMV " << bf16_gemv_name(mode)
+                  << ") rows " << rows << " in " << s.in << " out " << s.out;
+              ++compared;
+            }
           }
         }
-      }
       EXPECT_GT(compared, 0);
+      use_bf16_gemv(Bf16Gemv::kSplit);
     }
   }
   use_kernels("auto");
+}
+
+// The AVX-512 bf16 GEMV (1 to 16 rows) in each mode against the reference kernel on the
+// activations as the mode takes them (only the summation order differs: same bound as
+// every fast linear kernel), and the error its rounding of x adds against f32 activations
+// (printed; bounded for the default split mode, whose two parts keep about 16 bits).
+TEST(FastKernels, Bf16GemvModesMatchTheReference) {
+  const std::vector<std::string> sets = available_kernels();
+  if (std::find(sets.begin(), sets.end(), "avx512") == sets.end())
+    GTEST_SKIP() << "no AVX-512 BF16 on this CPU";
+  use_kernels("avx512");
+  const std::vector<LinearCase> cases = {{1, 1, 1},    {1, 31, 3},   {2, 32, 5},   {3, 33, 13},
+                                         {4, 64, 7},   {5, 95, 9},   {6, 100, 17}, {7, 2048, 9},
+                                         {8, 1030, 6}, {9, 513, 11}, {12, 64, 5},  {16, 2049, 7},
+                                         {15, 47, 6},  {16, 1, 4}};
+  std::mt19937 rng(31);
+  for (const Bf16Gemv mode : {Bf16Gemv::kSplit, Bf16Gemv::kRounded, Bf16Gemv::kWiden}) {
+    use_bf16_gemv(mode);
+    double worst = 0.0, worst_vs_f32 = 0.0;
+    for (const LinearCase& c : cases) {
+      const std::vector<float> x = random_vector(rng, c.rows * c.in);  // [rows, in]
+      const std::vector<float> w = random_vector(rng, c.out * c.in);   // [out, in]
+      const std::vector<float> bias = random_vector(rng, c.out);       // [out]
+      const std::vector<uint32_t> stored = weights_of(w, DType::BF16);
+      std::vector<float> got(c.rows * c.out), want(c.rows * c.out), exact(c.rows * c.out);
+      linear(x.data(), stored.data(), DType::BF16, bias.data(), got.data(), c.rows, c.in, c.out);
+      std::vector<float> x_mode = x;
+      for (float& v : x_mode) v = bf16_gemv_input(v, mode);
+      linear_reference(x_mode.data(), stored.data(), DType::BF16, bias.data(), want.data(), c.rows,
+                       c.in, c.out);
+      linear_reference(x.data(), stored.data(), DType::BF16, bias.data(), exact.data(), c.rows,
+                       c.in, c.out);
+      const double scale = std::sqrt(static_cast<double>(c.in));
+      const double err = max_relative_error(got, want) / scale;
+      worst = std::max(worst, err);
+      worst_vs_f32 = std::max(worst_vs_f32, max_relative_error(got, exact) / scale);
+      EXPECT_LE(err, 2e-6) << bf16_gemv_name(mode) << " rows " << c.rows << " in " << c.in
+                           << " out " << c.out;
+    }
+    std::cout << "avx512 bf16 GEMV " << bf16_gemv_name(mode)
+              << ": max |err| / (1 + |y|) / sqrt(in) vs the reference on its inputs " << worst
+              << ", vs f32 inputs " << worst_vs_f32 << std::endl;
+    if (mode != Bf16Gemv::kRounded) {
+      EXPECT_LE(worst_vs_f32, 1e-5) << bf16_gemv_name(mode);
+    }
+  }
+  use_bf16_gemv(Bf16Gemv::kSplit);
+  use_kernels("auto");
+}
+
+TEST(FastKernels, Bf16GemvModesByName) {
+  for (const Bf16Gemv mode : {Bf16Gemv::kSplit, Bf16Gemv::kRounded, Bf16Gemv::kWiden}) {
+    EXPECT_EQ(bf16_gemv_named(bf16_gemv_name(mode)), mode);
+    use_bf16_gemv(mode);
+    EXPECT_EQ(bf16_gemv(), mode);
+  }
+  use_bf16_gemv(Bf16Gemv::kSplit);
+  try {
+    bf16_gemv_named("bf8");
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("KILN_BF16_GEMV=bf8"), std::string::npos) << e.what();
+  }
 }
 
 TEST(FastKernels, GemmF32MatchesReferenceInBothLayoutsAndWhenAccumulating) {

@@ -1,6 +1,7 @@
 // AVX-512 kernels (16 f32 lanes) with AVX512-BF16: bf16-weight GEMMs multiply bf16 pairs
-// with vdpbf16ps (activations rounded to bf16 once, when packed); GEMVs widen bf16/f16
-// weights to f32 and keep the activations in f32; quantized weights use int8 dot products
+// with vdpbf16ps (activations rounded to bf16 once, when packed); the bf16-weight GEMV too,
+// with each activation split into two bf16 parts (ops::Bf16Gemv); the f16 GEMV widens the
+// weights to f32 and keeps the activations in f32; quantized weights use int8 dot products
 // with vpdpbusd (VNNI) against int8 activations, in the GEMV (512-bit, below) and the GEMM
 // (linear_kernels.inc). Built with the AVX-512 flags set in
 // CMakeLists.txt; called only after ops/kernels.cc has checked the CPU.
@@ -17,6 +18,7 @@
 #include "kiln/ops/cpu/scratch.h"
 #include "kiln/ops/cpu/simd_avx512.h"
 #include "kiln/ops/cpu/train_gemm_bf16.h"
+#include "kiln/ops/kernels.h"
 
 namespace kiln::ops::cpu::avx512 {
 namespace {
@@ -346,9 +348,182 @@ struct Qgemv512 {
   }
 };
 
+// ---- The bf16 GEMV with vdpbf16ps ------------------------------------------------------
+// Each activation row is split once per call into bf16 parts: hi = bf16(x) and, with kLow,
+// lo = bf16(x - hi) (x = hi + lo to about 16 significant bits, near f32), zero-padded to whole
+// registers of 32. The weights are read as stored, 32 bf16 per register (no widening), and
+// each pair of inputs is multiplied with vdpbf16ps: w.hi then w.lo into one accumulator per
+// output, lane l summing inputs 32j + 2l and 32j + 2l + 1 for j = 0, 1, ... in order, then
+// the lanes added by S::reduce_add. As in gemv(), the order depends on `in` only, never on the
+// tile: a row's result is bitwise the same alone or batched.
+constexpr int kPairLanes = 32;  // bf16 per register
+
+// Registers of 32 inputs per row: `in` rounded up.
+constexpr int64_t split_blocks(int64_t in) {
+  return (in + kPairLanes - 1) / kPairLanes;
+}
+
+// The bf16 values of a, b (16 each, RNE) as one register of 32 consecutive bf16.
+inline __m512i to_bf16_pair(__m512 a, __m512 b) {
+  const __m512bh both = _mm512_cvtne2ps_pbh(b, a);
+  return reinterpret_cast<const __m512i&>(both);
+}
+inline __m512 bf16_low_half(__m512i v) {
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(v)), 16));
+}
+inline __m512 bf16_high_half(__m512i v) {
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(v, 1)), 16));
+}
+
+// The split activations, laid out so that a tile reads its rows at fixed offsets:
+//   dst: [groups of kGemvRows rows][blocks][kGemvRows][parts][32] bf16, parts = 1 + kLow
+// (the slots of a last group's missing rows are left unset: no tile reads them).
+template <bool kLow>
+void split_activations(const float* x, int64_t rows, int64_t in, uint16_t* dst) {
+  constexpr int64_t kParts = kLow ? 2 : 1;
+  const int64_t blocks = split_blocks(in);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = x + r * in;  // [in]
+    uint16_t* base = dst + (r / kGemvRows) * blocks * kGemvRows * kParts * kPairLanes +
+                     (r % kGemvRows) * kParts * kPairLanes;
+    for (int64_t j = 0; j < blocks; ++j) {
+      const int64_t i = j * kPairLanes;
+      const int n = static_cast<int>(smaller(kPairLanes, in - i));
+      const __m512 a = n >= kLanes ? S::load(row + i) : S::load_partial(row + i, n);
+      const __m512 b = n >= 2 * kLanes ? S::load(row + i + kLanes)
+                       : n > kLanes    ? S::load_partial(row + i + kLanes, n - kLanes)
+                                       : S::zero();
+      uint16_t* slot = base + j * kGemvRows * kParts * kPairLanes;  // [parts][32]
+      const __m512i h = to_bf16_pair(a, b);
+      _mm512_storeu_si512(slot, h);
+      if constexpr (kLow) {
+        const __m512i l =
+            to_bf16_pair(_mm512_sub_ps(a, bf16_low_half(h)), _mm512_sub_ps(b, bf16_high_half(h)));
+        _mm512_storeu_si512(slot + kPairLanes, l);
+      }
+    }
+  }
+}
+
+// y[r, o + k] for r < kR, k < kO.   xs: the split rows of this tile's group
+template <int kO, int kR, bool kLow>
+void gemv_bf16_tile(const uint16_t* xs, const WeightView& weight, const float* bias, float* y,
+                    int64_t in, int64_t out, int64_t o) {
+  constexpr int64_t kParts = kLow ? 2 : 1;
+  constexpr int64_t kBlock = kGemvRows * kParts * kPairLanes;  // bf16 per block of the group
+  const uint16_t* w_rows[kO];
+  for (int k = 0; k < kO; ++k)
+    w_rows[k] = reinterpret_cast<const uint16_t*>(static_cast<const std::byte*>(weight.data) +
+                                                  (o + k) * weight.row_bytes);  // [in]
+  __m512 acc[kO][kR];
+#pragma GCC unroll 4
+  for (int k = 0; k < kO; ++k)
+#pragma GCC unroll 8
+    for (int r = 0; r < kR; ++r) acc[k][r] = S::zero();
+  const int64_t blocks = split_blocks(in);
+  for (int64_t j = 0; j < blocks; ++j) {
+    // The last block's weights are masked past `in` (its split activations are zero there).
+    const int64_t i = j * kPairLanes;
+    const __mmask32 valid = in - i >= kPairLanes
+                                ? static_cast<__mmask32>(~0u)
+                                : static_cast<__mmask32>((uint64_t{1} << (in - i)) - 1);
+    __m512bh w[kO];
+#pragma GCC unroll 4
+    for (int k = 0; k < kO; ++k)
+      w[k] = reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(valid, w_rows[k] + i));
+    const uint16_t* block = xs + j * kBlock;
+#pragma GCC unroll 8
+    for (int r = 0; r < kR; ++r) {
+      const __m512bh hi =
+          reinterpret_cast<__m512bh>(_mm512_loadu_si512(block + r * kParts * kPairLanes));
+#pragma GCC unroll 4
+      for (int k = 0; k < kO; ++k) acc[k][r] = _mm512_dpbf16_ps(acc[k][r], w[k], hi);
+      if constexpr (kLow) {
+        const __m512bh lo = reinterpret_cast<__m512bh>(
+            _mm512_loadu_si512(block + r * kParts * kPairLanes + kPairLanes));
+#pragma GCC unroll 4
+        for (int k = 0; k < kO; ++k) acc[k][r] = _mm512_dpbf16_ps(acc[k][r], w[k], lo);
+      }
+    }
+  }
+  // (loops unrolled fully, here and above, so that the accumulators stay in registers)
+#pragma GCC unroll 4
+  for (int k = 0; k < kO; ++k) {
+    const float b = bias ? bias[o + k] : 0.0f;
+#pragma GCC unroll 8
+    for (int r = 0; r < kR; ++r) y[r * out + o + k] = S::reduce_add(acc[k][r]) + b;
+  }
+}
+
+template <int kO, bool kLow, int kR = gemv_tile_max_rows(kO)>
+void gemv_bf16_tile_rows(int rows, const uint16_t* xs, const WeightView& weight, const float* bias,
+                         float* y, int64_t in, int64_t out, int64_t o) {
+  if constexpr (kR > 1) {
+    if (rows < kR)
+      return gemv_bf16_tile_rows<kO, kLow, kR - 1>(rows, xs, weight, bias, y, in, out, o);
+  }
+  gemv_bf16_tile<kO, kR, kLow>(xs, weight, bias, y, in, out, o);
+}
+
+template <int kO, bool kLow>
+void gemv_bf16_range(const uint16_t* xs, const WeightView& weight, const float* bias, float* y,
+                     int64_t rows, int64_t in, int64_t out, int64_t o_begin, int64_t o_end) {
+  const int64_t group = split_blocks(in) * kGemvRows * (kLow ? 2 : 1) * kPairLanes;
+  int64_t o = o_begin;
+  for (; o + kO <= o_end; o += kO)
+    for (int64_t r = 0; r < rows; r += kGemvRows)
+      gemv_bf16_tile_rows<kO, kLow>(static_cast<int>(smaller(kGemvRows, rows - r)),
+                                    xs + r / kGemvRows * group, weight, bias, y + r * out, in, out,
+                                    o);
+  for (; o < o_end; ++o)
+    for (int64_t r = 0; r < rows; r += kGemvRows)
+      gemv_bf16_tile_rows<1, kLow>(static_cast<int>(smaller(kGemvRows, rows - r)),
+                                   xs + r / kGemvRows * group, weight, bias, y + r * out, in, out,
+                                   o);
+}
+
+template <bool kLow>
+void gemv_bf16(const float* x, const WeightView& weight, const float* bias, float* y, int64_t rows,
+               int64_t in, int64_t out) {
+  const int64_t groups = (rows + kGemvRows - 1) / kGemvRows;
+  auto* xs = static_cast<uint16_t*>(thread_scratch(
+      ScratchSlot::kPackedActivations,
+      sizeof(uint16_t) * groups * split_blocks(in) * kGemvRows * (kLow ? 2 : 1) * kPairLanes));
+  split_activations<kLow>(x, rows, in, xs);
+#pragma omp parallel if (rows * in * out >= kParallelWork)
+  {
+    const int64_t threads = omp_get_num_threads(), thread = omp_get_thread_num();
+    const int64_t o_begin = out * thread / threads, o_end = out * (thread + 1) / threads;
+    switch (gemv_tile_outputs(static_cast<int>(smaller(rows, kGemvRows)))) {
+      case 4:
+        gemv_bf16_range<4, kLow>(xs, weight, bias, y, rows, in, out, o_begin, o_end);
+        break;
+      case 3:
+        gemv_bf16_range<3, kLow>(xs, weight, bias, y, rows, in, out, o_begin, o_end);
+        break;
+      case 2:
+        gemv_bf16_range<2, kLow>(xs, weight, bias, y, rows, in, out, o_begin, o_end);
+        break;
+      default:
+        gemv_bf16_range<1, kLow>(xs, weight, bias, y, rows, in, out, o_begin, o_end);
+    }
+  }
+}
+
 void linear_bf16(const float* x, const WeightView& weight, const float* bias, float* y,
                  int64_t rows, int64_t in, int64_t out) {
-  if (rows < kGemmMinRows) return gemv<DType::BF16>(x, weight, bias, y, rows, in, out);
+  if (rows < kGemmMinRows) {
+    switch (bf16_gemv()) {
+      case Bf16Gemv::kSplit:
+        return gemv_bf16<true>(x, weight, bias, y, rows, in, out);
+      case Bf16Gemv::kRounded:
+        return gemv_bf16<false>(x, weight, bias, y, rows, in, out);
+      case Bf16Gemv::kWiden:
+        return gemv<DType::BF16>(x, weight, bias, y, rows, in, out);
+    }
+  }
   gemm<Bf16Path>(x, weight, bias, y, rows, in, out);
 }
 
