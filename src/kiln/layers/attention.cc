@@ -121,9 +121,7 @@ void Attention::project(const float* x, int64_t batch, int64_t tokens, float* q,
                         Workspace& workspace, const ActivationObserver* observer) const {
   const int64_t rows = batch * tokens;
   const int64_t heads = spec_.num_heads, kv_heads = spec_.num_kv_heads, head_dim = spec_.head_dim;
-  query_.forward(x, rows, q);
-  key_.forward(x, rows, k);
-  value_.forward(x, rows, v);
+  Linear::forward_group(x, rows, {{&query_, q}, {&key_, k}, {&value_, v}});
   auto report = [&](const char* child, const float* data, int64_t width, int64_t dim) {
     (*observer)(names::child(module_, child), workspace.view(data, {batch, tokens, width, dim}));
   };

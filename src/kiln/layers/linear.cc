@@ -28,4 +28,19 @@ void Linear::forward(const float* x, int64_t rows, float* y) const {
               in(), out());
 }
 
+void Linear::forward_group(const float* x, int64_t rows,
+                           std::initializer_list<std::pair<const Linear*, float*>> layers) {
+  ops::LinearProduct products[8];
+  check(layers.size() <= 8, "Linear::forward_group: at most 8 layers");
+  int count = 0;
+  int64_t in = 0;
+  for (const auto& [layer, y] : layers) {
+    check(count == 0 || layer->in() == in, "Linear::forward_group: layers of different inputs");
+    in = layer->in();
+    products[count++] = {ops::weight_view(layer->weight_.raw(), layer->weight_.dtype(), in),
+                         layer->bias_.empty() ? nullptr : layer->bias_.data(), y, layer->out()};
+  }
+  ops::linear_group(x, rows, in, products, count);
+}
+
 }  // namespace kiln

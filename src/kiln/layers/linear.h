@@ -2,7 +2,9 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kiln/core/tensor.h"
@@ -24,6 +26,10 @@ class Linear {
 
   // y = x W^T + b.   x: [rows, in] f32;  y: [rows, out] f32
   void forward(const float* x, int64_t rows, float* y) const;
+  // forward() of each layer (all of the same `in`) on the same x into its y, bitwise the same,
+  // as one ops::linear_group (for one row: one parallel region for all).
+  static void forward_group(const float* x, int64_t rows,
+                            std::initializer_list<std::pair<const Linear*, float*>> layers);
   int64_t in() const { return weight_.dim(1); }
   int64_t out() const { return weight_.dim(0); }
 

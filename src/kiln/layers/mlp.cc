@@ -28,15 +28,15 @@ void Mlp::forward(const float* x, int64_t rows, float* y, Workspace& workspace) 
   const int64_t inner = spec_.intermediate;
   Workspace::Scope scope(workspace);
   float* up = workspace.take<float>(rows * inner);  // [rows, inner]
-  up_.forward(x, rows, up);
   if (spec_.gated) {
     float* gate = workspace.take<float>(rows * inner);  // [rows, inner]
-    gate_.forward(x, rows, gate);
+    Linear::forward_group(x, rows, {{&up_, up}, {&gate_, gate}});
     if (spec_.swiglu_limit > 0.0f)
       ops::clamped_swiglu(gate, up, up, rows * inner, spec_.swiglu_limit, spec_.swiglu_alpha);
     else
       ops::gated_activation(spec_.activation, gate, up, up, rows * inner);
   } else {
+    up_.forward(x, rows, up);
     ops::apply_activation(spec_.activation, up, rows * inner);
   }
   down_.forward(up, rows, y);

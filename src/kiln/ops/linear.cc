@@ -2,7 +2,10 @@
 // its reference kernel: one weight row at a time, converted to f32 in a per-thread buffer.
 #include "kiln/ops/linear.h"
 
+#include <omp.h>
+
 #include <algorithm>
+#include <cstddef>
 #include <string>
 
 #include "kiln/core/error.h"
@@ -38,6 +41,49 @@ void linear(const float* x, const WeightView& weight, const float* bias, float* 
                 std::to_string(weight.row_bytes) + " bytes per row does not hold " +
                 std::to_string(in) + " inputs");
   active_kernels().linear[index](x, weight, bias, y, rows, in, out);
+}
+
+void linear_group(const float* x, int64_t rows, int64_t in, const LinearProduct* products,
+                  int count) {
+  int64_t total = 0;  // output rows of all products
+  for (int k = 0; k < count; ++k) {
+    const LinearProduct& p = products[k];
+    if (cpu::weight_format_index(p.weight.format) < 0 ||
+        p.weight.row_bytes != dtype_nbytes(p.weight.format, in))
+      throw Error("linear: a " + std::string(dtype_name(p.weight.format)) + " weight view of " +
+                  std::to_string(p.weight.row_bytes) + " bytes per row does not hold " +
+                  std::to_string(in) + " inputs");
+    total += p.out;
+  }
+  // Several rows keep their own calls (the GEMV's rows are strided by each product's `out`);
+  // so does a product too small for threads, and a call from inside a parallel region.
+  if (rows != 1 || count < 2 || in * total < (int64_t{1} << 18) || omp_in_parallel() ||
+      omp_get_max_threads() < 2) {
+    for (int k = 0; k < count; ++k)
+      linear(x, products[k].weight, products[k].bias, products[k].y, rows, in, products[k].out);
+    return;
+  }
+  const cpu::KernelTable& kernels = active_kernels();
+#pragma omp parallel
+  {
+    // This thread's share [begin, end) of the outputs of all products in order, each part
+    // within one product computed by its kernel alone (a nested region runs on this thread).
+    // A GEMV sums each output the same whatever outputs share its call.
+    const int64_t threads = omp_get_num_threads(), thread = omp_get_thread_num();
+    const int64_t begin = total * thread / threads, end = total * (thread + 1) / threads;
+    int64_t first = 0;  // the first output of product k among all
+    for (int k = 0; k < count; ++k) {
+      const LinearProduct& p = products[k];
+      const int64_t o0 = std::max(begin - first, int64_t{0});
+      const int64_t o1 = std::min(end - first, p.out);
+      first += p.out;
+      if (o0 >= o1) continue;
+      WeightView part = p.weight;
+      part.data = static_cast<const std::byte*>(p.weight.data) + o0 * p.weight.row_bytes;
+      kernels.linear[cpu::weight_format_index(p.weight.format)](
+          x, part, p.bias ? p.bias + o0 : nullptr, p.y + o0, 1, in, o1 - o0);
+    }
+  }
 }
 
 void linear(const float* x, const void* weight, DType weight_dtype, const float* bias, float* y,

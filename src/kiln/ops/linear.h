@@ -50,6 +50,20 @@ inline constexpr int64_t kGemvMaxRows = 16;
 // multiply in integers; the other paths keep x in f32.
 void linear(const float* x, const WeightView& weight, const float* bias, float* y, int64_t rows,
             int64_t in, int64_t out);
+// One product of linear_group: y = x W^T + b, W seen through `weight` [out, in].
+struct LinearProduct {
+  WeightView weight;
+  const float* bias = nullptr;  // [out] or nullptr
+  float* y = nullptr;           // [rows, out]
+  int64_t out = 0;
+};
+// linear() for each of `count` products of the same x [rows, in], bitwise as linear() gives
+// each. For one row (a decode step) the products share one parallel region, each thread
+// taking a contiguous share of all their output rows, where one linear() per product would
+// start and join the threads once each (the query, key and value projections; an MLP's gate
+// and up).
+void linear_group(const float* x, int64_t rows, int64_t in, const LinearProduct* products,
+                  int count);
 // linear() over weight_view(weight, weight_dtype, in).
 void linear(const float* x, const void* weight, DType weight_dtype, const float* bias, float* y,
             int64_t rows, int64_t in, int64_t out);

@@ -511,6 +511,87 @@ void gemv_bf16(const float* x, const WeightView& weight, const float* bias, floa
     }
   }
 }
+// The Q8_0 row kernel of qgemv on AVX-512 (decode): weights made unsigned (w + 128, one xor)
+// for vpdpbusd against the signed activations, without the sign trick's per-row work; the
+// offset is taken back out in f32 once per row, as 128 * sum_b d_w * (d_x * sum(q_x)) over
+// blocks b, the activation blocks' sums kept by quantize_activation_blocks (16 blocks per
+// fused multiply-add). (Integer corrections per block pair, read from memory, and two weight
+// rows per pass sharing the activation loads both measured slower.) Each output's sums are
+// formed in the same order whatever rows share a call (batch invariance).
+template <DType kFormat, int kRows>
+struct Q8Gemv512 {
+  static_assert(kFormat == DType::Q8_0, "Q8_0 only");
+
+  // Blocks b and b + 1 (b even; b + 1 only if kBoth) of one weight row, added into accumulator
+  // kSlot of each activation row. i: b's place in its group of 16 (its lanes of scales).
+  template <bool kBoth, int kSlot>
+  __attribute__((always_inline)) static inline void pair(const QuantizedRows& x,
+                                                         const std::byte* row, int64_t b, int i,
+                                                         const __m512 (&scales)[kRows],
+                                                         __m512 (&acc)[kRows][2]) {
+    const std::byte* block = row + 34 * b + 2;
+    const __m256i low = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block));
+    // (a missing second block: zero weights against zero activations, no correction)
+    const __m256i high = kBoth ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 34))
+                               : _mm256_setzero_si256();
+    const __m512i w = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1),
+                                       _mm512_set1_epi8(static_cast<char>(0x80)));
+    const __m512i index = _mm512_add_epi32(
+        _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1), _mm512_set1_epi32(i));
+    for (int r = 0; r < kRows; ++r) {
+      const int8_t* xq = x.q + r * x.in + 32 * b;
+      const __m512i xv =
+          kBoth ? _mm512_loadu_si512(xq) : _mm512_maskz_loadu_epi8(0xffffffffull, xq);
+      const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xv);
+      acc[r][kSlot] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot),
+                                      _mm512_permutexvar_ps(index, scales[r]), acc[r][kSlot]);
+    }
+  }
+
+  static void run(const QuantizedRows& x, const WeightView& weight, const float* bias, float* y,
+                  int64_t out, int64_t o_begin, int64_t o_end) {
+    const int64_t blocks = x.in / 32;
+    const __m512i gather_offsets =
+        _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                           _mm512_set1_epi32(34));
+    for (int64_t o = o_begin; o < o_end; ++o) {
+      const std::byte* row = static_cast<const std::byte*>(weight.data) + o * weight.row_bytes;
+      __m512 acc[kRows][2], offset[kRows];
+      for (int r = 0; r < kRows; ++r) acc[r][0] = acc[r][1] = offset[r] = _mm512_setzero_ps();
+      for (int64_t b0 = 0; b0 < blocks; b0 += 16) {
+        const int n = static_cast<int>(smaller(16, blocks - b0));
+        const __mmask16 valid = static_cast<__mmask16>((1u << n) - 1u);
+        const __m512i halves = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), valid,
+                                                           gather_offsets, row + 34 * b0, 1);
+        const __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(halves));
+        __m512 scales[kRows];
+        for (int r = 0; r < kRows; ++r) {
+          scales[r] = _mm512_mul_ps(dw, _mm512_maskz_loadu_ps(valid, x.d + r * blocks + b0));
+          offset[r] =
+              _mm512_fmadd_ps(dw, _mm512_maskz_loadu_ps(valid, x.sum + r * blocks + b0), offset[r]);
+        }
+        if (n == 16) {
+          for (int i = 0; i < 16; i += 4) {
+            pair<true, 0>(x, row, b0 + i, i, scales, acc);
+            pair<true, 1>(x, row, b0 + i + 2, i + 2, scales, acc);
+          }
+          continue;
+        }
+        for (int i = 0; i < n; i += 2) {  // the last blocks (b0 + i even: slot (i / 2) & 1)
+          const bool both = i + 1 < n, odd = (i / 2) & 1;
+          if (both && odd) pair<true, 1>(x, row, b0 + i, i, scales, acc);
+          if (both && !odd) pair<true, 0>(x, row, b0 + i, i, scales, acc);
+          if (!both && odd) pair<false, 1>(x, row, b0 + i, i, scales, acc);
+          if (!both && !odd) pair<false, 0>(x, row, b0 + i, i, scales, acc);
+        }
+      }
+      const float b = bias ? bias[o] : 0.0f;
+      for (int r = 0; r < kRows; ++r)
+        y[r * out + o] = S::reduce_add(_mm512_add_ps(acc[r][0], acc[r][1])) -
+                         128.0f * S::reduce_add(offset[r]) + b;
+    }
+  }
+};
 
 void linear_bf16(const float* x, const WeightView& weight, const float* bias, float* y,
                  int64_t rows, int64_t in, int64_t out) {
@@ -555,7 +636,7 @@ const KernelTable& avx512_table() {
       "avx512",
       {&avx512::gemv_or_gemm_f32<DType::F32>, &avx512::linear_bf16,
        &avx512::gemv_or_gemm_f32<DType::F16>,
-       &avx512::quantized_linear<DType::Q8_0, avx512::Qgemv512>,
+       &avx512::quantized_linear<DType::Q8_0, avx512::Q8Gemv512>,
        &avx512::quantized_linear<DType::Q4_1, avx512::Qgemv512>,
        &avx512::quantized_linear<DType::Q4_1_128, avx512::Qgemv512>,
        &avx512::kquant_linear_512<DType::Q4_K>, &avx512::kquant_linear_512<DType::Q5_K>,
