@@ -277,26 +277,27 @@ OcdbtWriter::OcdbtWriter(std::string dir, Options options)
   direct_ = fd_ >= 0;
   if (!direct_) fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   check(fd_ >= 0, path + ": cannot open for writing: " + std::strerror(errno));
-  staging_.reset(static_cast<char*>(std::aligned_alloc(kDirectAlignment, kStagingBytes)));
-  check(staging_ != nullptr, path + ": cannot allocate a write buffer");
+  for (Buffer* b : {&staging_, &spare_}) {
+    b->reset(static_cast<char*>(std::aligned_alloc(kDirectAlignment, kStagingBytes)));
+    check(*b != nullptr, path + ": cannot allocate a write buffer");
+  }
+  writer_ = std::thread([this] { writer_loop(); });
 }
 
 OcdbtWriter::~OcdbtWriter() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  changed_.notify_all();
+  if (writer_.joinable()) writer_.join();
   if (fd_ >= 0) ::close(fd_);
 }
 
-void OcdbtWriter::flush_staging(bool final) {
-  // Whole blocks only, except the final tail (written padded, then the file is cut back).
-  size_t size = staged_;
-  if (direct_ && !final) size -= size % kDirectAlignment;
-  size_t padded = size;
-  if (direct_ && final && size % kDirectAlignment != 0) {
-    padded = size + kDirectAlignment - size % kDirectAlignment;
-    std::memset(staging_.get() + size, 0, padded - size);
-  }
+void OcdbtWriter::write_at(const char* buffer, size_t size, size_t padded, uint64_t offset) {
   for (size_t done = 0; done < padded;) {
     const ssize_t n =
-        ::pwrite(fd_, staging_.get() + done, padded - done, static_cast<off_t>(flushed_ + done));
+        ::pwrite(fd_, buffer + done, padded - done, static_cast<off_t>(offset + done));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && errno == EINVAL && direct_ && done == 0) {
       // The filesystem took O_DIRECT at open but refuses the write: buffered from here on.
@@ -310,12 +311,45 @@ void OcdbtWriter::flush_staging(bool final) {
     check(n > 0, dir_ + "/" + data_file_ + ": write failed: " + std::strerror(errno));
     done += static_cast<size_t>(n);
   }
-  flushed_ += size;
-  std::memmove(staging_.get(), staging_.get() + size, staged_ - size);
-  staged_ -= size;
-  if (final && padded != size)
-    check(::ftruncate(fd_, static_cast<off_t>(flushed_)) == 0,
-          dir_ + "/" + data_file_ + ": cannot truncate: " + std::strerror(errno));
+}
+
+void OcdbtWriter::writer_loop() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  for (;;) {
+    changed_.wait(lock, [this] { return stop_ || pending_ != nullptr; });
+    if (stop_) return;  // finished, or abandoned after an error
+    Buffer buffer = std::move(pending_);
+    const uint64_t offset = pending_offset_;
+    lock.unlock();
+    std::string error;
+    try {
+      write_at(buffer.get(), kStagingBytes, kStagingBytes, offset);
+    } catch (const Error& e) {
+      error = e.what();
+    }
+    lock.lock();
+    if (!error.empty() && writer_error_.empty()) writer_error_ = error;
+    spare_ = std::move(buffer);
+    changed_.notify_all();
+  }
+}
+
+void OcdbtWriter::wait_for_writer() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  changed_.wait(lock, [this] { return spare_ != nullptr; });
+  if (!writer_error_.empty()) throw Error(writer_error_);
+}
+
+void OcdbtWriter::submit_staging() {
+  wait_for_writer();  // the writer has given the other buffer back
+  std::lock_guard<std::mutex> lock(mutex_);
+  pending_ = std::move(staging_);
+  pending_offset_ = flushed_;
+  staging_ = std::move(spare_);
+  spare_.reset();
+  flushed_ += staged_;
+  staged_ = 0;
+  changed_.notify_all();
 }
 
 void OcdbtWriter::append(const char* data, size_t size) {
@@ -325,7 +359,7 @@ void OcdbtWriter::append(const char* data, size_t size) {
     staged_ += n;
     data += n;
     size -= n;
-    if (staged_ == kStagingBytes) flush_staging(false);
+    if (staged_ == kStagingBytes) submit_staging();
   }
 }
 
@@ -386,7 +420,20 @@ void OcdbtWriter::finish() {
   const uint64_t node_offset = data_size_;
   append(encoded_node.data(), encoded_node.size());
   data_size_ += encoded_node.size();
-  flush_staging(true);
+  // The tail: whole blocks under O_DIRECT (zero-padded), then the file is cut back.
+  wait_for_writer();
+  size_t padded = staged_;
+  if (direct_ && staged_ % kDirectAlignment != 0) {
+    padded = staged_ + kDirectAlignment - staged_ % kDirectAlignment;
+    std::memset(staging_.get() + staged_, 0, padded - staged_);
+  }
+  write_at(staging_.get(), staged_, padded, flushed_);
+  const bool cut = padded != staged_;
+  flushed_ += staged_;
+  staged_ = 0;
+  if (cut)
+    check(::ftruncate(fd_, static_cast<off_t>(flushed_)) == 0,
+          dir_ + "/" + data_file_ + ": cannot truncate: " + std::strerror(errno));
   check(::close(fd_) == 0, dir_ + "/" + data_file_ + ": close failed: " + std::strerror(errno));
   fd_ = -1;
 
