@@ -7,6 +7,10 @@
 #include <numeric>
 #include <set>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "kiln/convert/maxtext_llama.h"
 #include "kiln/core/error.h"
 #include "kiln/io/hf_config.h"
@@ -223,6 +227,53 @@ void transpose_tiles(const T* src, T* dst, int64_t batch, int64_t rows, int64_t 
       }
     }
 }
+
+#if defined(__SSE2__)
+// The 8x8 block of 16-bit elements at `src` (rows `src_stride` apart) transposed to `dst`
+// (rows `dst_stride` apart): three rounds of interleaving in registers.
+inline void transpose_8x8_u16(const uint16_t* src, int64_t src_stride, uint16_t* dst,
+                              int64_t dst_stride) {
+  __m128i a[8], b[8];
+  for (int i = 0; i < 8; ++i)
+    a[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i * src_stride));
+  for (int i = 0; i < 4; ++i) {  // pairs of rows, element by element
+    b[2 * i] = _mm_unpacklo_epi16(a[2 * i], a[2 * i + 1]);
+    b[2 * i + 1] = _mm_unpackhi_epi16(a[2 * i], a[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i)  // quads of rows, pair by pair
+    for (int h = 0; h < 2; ++h) {
+      a[4 * i + 2 * h] = _mm_unpacklo_epi32(b[4 * i + h], b[4 * i + h + 2]);
+      a[4 * i + 2 * h + 1] = _mm_unpackhi_epi32(b[4 * i + h], b[4 * i + h + 2]);
+    }
+  for (int k = 0; k < 4; ++k) {  // all eight rows, quad by quad: column 2k and 2k + 1
+    const __m128i lo = _mm_unpacklo_epi64(a[k], a[k + 4]);
+    const __m128i hi = _mm_unpackhi_epi64(a[k], a[k + 4]);
+    const int column = 2 * k;
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + column * dst_stride), lo);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (column + 1) * dst_stride), hi);
+  }
+}
+
+// 16-bit elements (bf16, f16): 8x8 blocks in registers inside each tile, the edges by element.
+template <>
+void transpose_tiles<uint16_t>(const uint16_t* src, uint16_t* dst, int64_t batch, int64_t rows,
+                               int64_t cols) {
+  constexpr int64_t kTile = 64;
+  for (int64_t b = 0; b < batch; ++b, src += rows * cols, dst += rows * cols)
+    for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
+      const int64_t r1 = std::min(rows, r0 + kTile);
+      for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
+        const int64_t c1 = std::min(cols, c0 + kTile);
+        const int64_t r8 = r0 + (r1 - r0) / 8 * 8, c8 = c0 + (c1 - c0) / 8 * 8;
+        for (int64_t r = r0; r < r8; r += 8)
+          for (int64_t c = c0; c < c8; c += 8)
+            transpose_8x8_u16(src + r * cols + c, cols, dst + c * rows + r, rows);
+        for (int64_t c = c0; c < c1; ++c)  // the edges: rows r8.., and columns c8.. of all
+          for (int64_t r = c < c8 ? r8 : r0; r < r1; ++r) dst[c * rows + r] = src[r * cols + c];
+      }
+    }
+}
+#endif
 
 // `t` viewed as [batch, rows, cols] (its last two axes, any leading ones flattened) with the
 // last two axes swapped: a new contiguous [..., cols, rows] tensor.

@@ -20,9 +20,6 @@ namespace {
 constexpr uint32_t kManifestMagic = 0x0cdb3a2a;
 constexpr uint32_t kBtreeNodeMagic = 0x0cdb20de;
 constexpr int kMaxTreeDepth = 64;
-// The data file's write staging: a multiple of any direct I/O alignment.
-constexpr size_t kStagingBytes = size_t{8} << 20;
-constexpr size_t kDirectAlignment = 4096;
 
 // A cursor over decoded bytes; every read is bounds-checked.
 class Cursor {
@@ -274,100 +271,22 @@ OcdbtWriter::OcdbtWriter(std::string dir, Options options)
   fs::create_directories(fs::path(dir_) / "d");
   const std::string path = (fs::path(dir_) / data_file_).string();
   fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_DIRECT, 0644);
-  direct_ = fd_ >= 0;
-  if (!direct_) fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   check(fd_ >= 0, path + ": cannot open for writing: " + std::strerror(errno));
-  for (Buffer* b : {&staging_, &spare_}) {
-    b->reset(static_cast<char*>(std::aligned_alloc(kDirectAlignment, kStagingBytes)));
-    check(*b != nullptr, path + ": cannot allocate a write buffer");
-  }
-  writer_ = std::thread([this] { writer_loop(); });
+  data_ = std::make_unique<DirectAppender>(path);
+  data_->begin(fd_, 0);
 }
 
 OcdbtWriter::~OcdbtWriter() {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stop_ = true;
-  }
-  changed_.notify_all();
-  if (writer_.joinable()) writer_.join();
+  data_.reset();  // stops its thread before the file closes
   if (fd_ >= 0) ::close(fd_);
-}
-
-void OcdbtWriter::write_at(const char* buffer, size_t size, size_t padded, uint64_t offset) {
-  for (size_t done = 0; done < padded;) {
-    const ssize_t n =
-        ::pwrite(fd_, buffer + done, padded - done, static_cast<off_t>(offset + done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno == EINVAL && direct_ && done == 0) {
-      // The filesystem took O_DIRECT at open but refuses the write: buffered from here on.
-      const int flags = ::fcntl(fd_, F_GETFL);
-      check(flags >= 0 && ::fcntl(fd_, F_SETFL, flags & ~O_DIRECT) == 0,
-            dir_ + "/" + data_file_ + ": cannot leave direct I/O: " + std::strerror(errno));
-      direct_ = false;
-      padded = size;
-      continue;
-    }
-    check(n > 0, dir_ + "/" + data_file_ + ": write failed: " + std::strerror(errno));
-    done += static_cast<size_t>(n);
-  }
-}
-
-void OcdbtWriter::writer_loop() {
-  std::unique_lock<std::mutex> lock(mutex_);
-  for (;;) {
-    changed_.wait(lock, [this] { return stop_ || pending_ != nullptr; });
-    if (stop_) return;  // finished, or abandoned after an error
-    Buffer buffer = std::move(pending_);
-    const uint64_t offset = pending_offset_;
-    lock.unlock();
-    std::string error;
-    try {
-      write_at(buffer.get(), kStagingBytes, kStagingBytes, offset);
-    } catch (const Error& e) {
-      error = e.what();
-    }
-    lock.lock();
-    if (!error.empty() && writer_error_.empty()) writer_error_ = error;
-    spare_ = std::move(buffer);
-    changed_.notify_all();
-  }
-}
-
-void OcdbtWriter::wait_for_writer() {
-  std::unique_lock<std::mutex> lock(mutex_);
-  changed_.wait(lock, [this] { return spare_ != nullptr; });
-  if (!writer_error_.empty()) throw Error(writer_error_);
-}
-
-void OcdbtWriter::submit_staging() {
-  wait_for_writer();  // the writer has given the other buffer back
-  std::lock_guard<std::mutex> lock(mutex_);
-  pending_ = std::move(staging_);
-  pending_offset_ = flushed_;
-  staging_ = std::move(spare_);
-  spare_.reset();
-  flushed_ += staged_;
-  staged_ = 0;
-  changed_.notify_all();
-}
-
-void OcdbtWriter::append(const char* data, size_t size) {
-  while (size > 0) {
-    const size_t n = std::min(size, kStagingBytes - staged_);
-    std::memcpy(staging_.get() + staged_, data, n);
-    staged_ += n;
-    data += n;
-    size -= n;
-    if (staged_ == kStagingBytes) submit_staging();
-  }
 }
 
 void OcdbtWriter::add(const std::string& key, const char* value, size_t size) {
   check(!entries_.count(key), dir_ + ": OCDBT key '" + key + "' added twice");
   Location loc{size > options_.max_inline_value_bytes, "", data_size_, size};
   if (loc.indirect) {
-    append(value, size);
+    data_->append(value, size);
     data_size_ += size;
   } else {
     loc.bytes.assign(value, size);
@@ -418,22 +337,9 @@ void OcdbtWriter::finish() {
   const std::string encoded_node =
       encode_framed(node, kBtreeNodeMagic, options_.zstd, options_.zstd_level);
   const uint64_t node_offset = data_size_;
-  append(encoded_node.data(), encoded_node.size());
+  data_->append(encoded_node.data(), encoded_node.size());
   data_size_ += encoded_node.size();
-  // The tail: whole blocks under O_DIRECT (zero-padded), then the file is cut back.
-  wait_for_writer();
-  size_t padded = staged_;
-  if (direct_ && staged_ % kDirectAlignment != 0) {
-    padded = staged_ + kDirectAlignment - staged_ % kDirectAlignment;
-    std::memset(staging_.get() + staged_, 0, padded - staged_);
-  }
-  write_at(staging_.get(), staged_, padded, flushed_);
-  const bool cut = padded != staged_;
-  flushed_ += staged_;
-  staged_ = 0;
-  if (cut)
-    check(::ftruncate(fd_, static_cast<off_t>(flushed_)) == 0,
-          dir_ + "/" + data_file_ + ": cannot truncate: " + std::strerror(errno));
+  data_->finish();
   check(::close(fd_) == 0, dir_ + "/" + data_file_ + ": close failed: " + std::strerror(errno));
   fd_ = -1;
 

@@ -3,17 +3,15 @@
 // Format: tensorstore's kvstore/ocdbt documentation; summarized in docs/checkpoint_format.md.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "kiln/io/direct_appender.h"
 #include "kiln/io/orbax/kvstore.h"
 
 namespace kiln {
@@ -83,37 +81,11 @@ class OcdbtWriter {
   };
   std::string dir_;
   Options options_;
-  // Appends to the data file through staging_: full buffers go to a background thread that
-  // writes them (with O_DIRECT where the filesystem allows it: on some virtual machines
-  // buffered writes of new file pages run at a small fraction of the disk's speed) while the
-  // caller fills the other buffer; the tail goes out at finish().
-  void append(const char* data, size_t size);
-  // Hands the full staging buffer to the writer thread (waiting for the one before it).
-  void submit_staging();
-  // Waits until the writer thread has written everything submitted; rethrows its error.
-  void wait_for_writer();
-  // Writes `size` bytes at `offset` of the data file (`padded` with zeros to a whole block
-  // under O_DIRECT, already in `buffer`); falls back to buffered writes when the filesystem
-  // refuses direct ones.
-  void write_at(const char* buffer, size_t size, size_t padded, uint64_t offset);
-  void writer_loop();
   std::string data_file_;  // "d/<32 hex digits>"
   int fd_ = -1;
-  bool direct_ = false;
-  using Buffer = std::unique_ptr<char, void (*)(void*)>;
-  Buffer staging_{nullptr, &std::free};  // being filled by add()
-  Buffer spare_{nullptr, &std::free};    // the other buffer, while the writer does not hold it
-  size_t staged_ = 0;                    // bytes in staging_
-  uint64_t flushed_ = 0;                 // bytes of the file submitted for writing
+  // Appends to the data file (with O_DIRECT where the filesystem allows it), overlapped.
+  std::unique_ptr<DirectAppender> data_;
   uint64_t data_size_ = 0;
-  // The writer thread: `pending_` (its buffer, `pending_offset_` in the file) until written.
-  std::thread writer_;
-  std::mutex mutex_;
-  std::condition_variable changed_;
-  Buffer pending_{nullptr, &std::free};
-  uint64_t pending_offset_ = 0;
-  bool stop_ = false;
-  std::string writer_error_;
   std::map<std::string, Location> entries_;
 };
 
