@@ -1,10 +1,15 @@
 #include "kiln/convert/maxtext_tree.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
 #include <numeric>
 #include <set>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "kiln/convert/maxtext_llama.h"
 #include "kiln/core/error.h"
@@ -206,18 +211,110 @@ std::string shape_text(const Shape& shape) {
 
 // ---- reshapes ----------------------------------------------------------------------------
 
+// Copies the [rows, cols] matrices at `src` (`batch` of them, back to back) transposed to
+// `dst`, in tiles that fit the cache: one pass over the source, in its order, tile row by tile
+// row (a mapped source is read sequentially), instead of an element-wise strided gather.
+template <typename T>
+void transpose_tiles(const T* src, T* dst, int64_t batch, int64_t rows, int64_t cols) {
+  constexpr int64_t kTile = 64;
+  for (int64_t b = 0; b < batch; ++b, src += rows * cols, dst += rows * cols)
+    for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
+      const int64_t r1 = std::min(rows, r0 + kTile);
+      for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
+        const int64_t c1 = std::min(cols, c0 + kTile);
+        for (int64_t c = c0; c < c1; ++c)
+          for (int64_t r = r0; r < r1; ++r) dst[c * rows + r] = src[r * cols + c];
+      }
+    }
+}
+
+#if defined(__SSE2__)
+// The 8x8 block of 16-bit elements at `src` (rows `src_stride` apart) transposed to `dst`
+// (rows `dst_stride` apart): three rounds of interleaving in registers.
+inline void transpose_8x8_u16(const uint16_t* src, int64_t src_stride, uint16_t* dst,
+                              int64_t dst_stride) {
+  __m128i a[8], b[8];
+  for (int i = 0; i < 8; ++i)
+    a[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i * src_stride));
+  for (int i = 0; i < 4; ++i) {  // pairs of rows, element by element
+    b[2 * i] = _mm_unpacklo_epi16(a[2 * i], a[2 * i + 1]);
+    b[2 * i + 1] = _mm_unpackhi_epi16(a[2 * i], a[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i)  // quads of rows, pair by pair
+    for (int h = 0; h < 2; ++h) {
+      a[4 * i + 2 * h] = _mm_unpacklo_epi32(b[4 * i + h], b[4 * i + h + 2]);
+      a[4 * i + 2 * h + 1] = _mm_unpackhi_epi32(b[4 * i + h], b[4 * i + h + 2]);
+    }
+  for (int k = 0; k < 4; ++k) {  // all eight rows, quad by quad: column 2k and 2k + 1
+    const __m128i lo = _mm_unpacklo_epi64(a[k], a[k + 4]);
+    const __m128i hi = _mm_unpackhi_epi64(a[k], a[k + 4]);
+    const int column = 2 * k;
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + column * dst_stride), lo);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (column + 1) * dst_stride), hi);
+  }
+}
+
+// 16-bit elements (bf16, f16): 8x8 blocks in registers inside each tile, the edges by element.
+template <>
+void transpose_tiles<uint16_t>(const uint16_t* src, uint16_t* dst, int64_t batch, int64_t rows,
+                               int64_t cols) {
+  constexpr int64_t kTile = 64;
+  for (int64_t b = 0; b < batch; ++b, src += rows * cols, dst += rows * cols)
+    for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
+      const int64_t r1 = std::min(rows, r0 + kTile);
+      for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
+        const int64_t c1 = std::min(cols, c0 + kTile);
+        const int64_t r8 = r0 + (r1 - r0) / 8 * 8, c8 = c0 + (c1 - c0) / 8 * 8;
+        for (int64_t r = r0; r < r8; r += 8)
+          for (int64_t c = c0; c < c8; c += 8)
+            transpose_8x8_u16(src + r * cols + c, cols, dst + c * rows + r, rows);
+        for (int64_t c = c0; c < c1; ++c)  // the edges: rows r8.., and columns c8.. of all
+          for (int64_t r = c < c8 ? r8 : r0; r < r1; ++r) dst[c * rows + r] = src[r * cols + c];
+      }
+    }
+}
+#endif
+
+// `t` viewed as [batch, rows, cols] (its last two axes, any leading ones flattened) with the
+// last two axes swapped: a new contiguous [..., cols, rows] tensor.
+Tensor transpose_last_two(const Tensor& t) {
+  const int n = t.ndim();
+  const int64_t rows = t.dim(n - 2), cols = t.dim(n - 1);
+  if (is_quantized(t.dtype())) return t.transpose(n - 2, n - 1).contiguous(true);
+  const Tensor src = t.contiguous();
+  Shape shape = t.shape();
+  std::swap(shape[n - 2], shape[n - 1]);
+  Tensor out = Tensor::zeros(t.dtype(), shape);
+  const int64_t batch = rows * cols == 0 ? 0 : src.numel() / (rows * cols);
+  switch (dtype_size(t.dtype())) {
+    case 1:
+      transpose_tiles(src.data<uint8_t>(), out.mutable_data<uint8_t>(), batch, rows, cols);
+      break;
+    case 2:
+      transpose_tiles(src.data<uint16_t>(), out.mutable_data<uint16_t>(), batch, rows, cols);
+      break;
+    case 4:
+      transpose_tiles(src.data<uint32_t>(), out.mutable_data<uint32_t>(), batch, rows, cols);
+      break;
+    case 8:
+      transpose_tiles(src.data<uint64_t>(), out.mutable_data<uint64_t>(), batch, rows, cols);
+      break;
+    default:
+      return t.transpose(n - 2, n - 1).contiguous(true);
+  }
+  return out;
+}
+
 Tensor transposed_copy(const Tensor& matrix) {
-  return matrix.transpose(0, 1).contiguous(true);
+  check(matrix.ndim() == 2, "MaxText tree: transposing a tensor of rank " +
+                                std::to_string(matrix.ndim()) + ", expected a matrix");
+  return transpose_last_two(matrix);
 }
 
 // Swaps the two middle axes of `t` viewed as [outer, a, b] (b = size of the last axis / a).
 Tensor swap_last_axis_blocks(const Tensor& t, int64_t a) {
   const int64_t last = t.dim(t.ndim() - 1);
-  return t.contiguous()
-      .reshape({-1, a, last / a})
-      .transpose(1, 2)
-      .contiguous(true)
-      .reshape(t.shape());
+  return transpose_last_two(t.contiguous().reshape({-1, a, last / a})).reshape(t.shape());
 }
 
 // ---- the family tables ---------------------------------------------------------------------
@@ -721,7 +818,7 @@ MaxTextValue MaxTextTree::to_maxtext(const MaxTextArraySpec& spec, const Tensor&
       x = tensor.contiguous(true).reshape(spec.maxtext_shape);
       break;
     case MaxTextReshape::kExpertsTransposed:
-      x = tensor.transpose(1, 2).contiguous(true);
+      x = transpose_last_two(tensor);
       break;
   }
   if (t.rope_pairs) x = swap_last_axis_blocks(x, 2);
@@ -753,7 +850,7 @@ Tensor MaxTextTree::from_maxtext(const MaxTextArraySpec& spec, const Tensor& arr
     case MaxTextReshape::kHeadsBias:
       return x.reshape({x.numel()});
     case MaxTextReshape::kExpertsTransposed:
-      return x.transpose(1, 2).contiguous(true);
+      return transpose_last_two(x);
   }
   return x;
 }

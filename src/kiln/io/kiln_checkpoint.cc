@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -392,44 +391,52 @@ void KilnCheckpointWriter::write_stacked_from_files(
                                                            "' extends past the end of the file");
     layer_data[j] = m.data + sources[j].second;
   }
-  // Blocks of whole runs, about kChunkBytes each, written with vectored writes straight from
-  // the mapped sources (one copy, in the kernel, as write() of a buffer would do).
+  // The stacked tensor is gathered block by block (whole runs, about kChunkBytes each) from
+  // the mappings into DirectAppender's buffers, which a second descriptor of the file writes
+  // with O_DIRECT in the background: buffered writes of new file pages (pwritev from the
+  // mappings) ran at about 200 MB/s of system time on this project's VM. The unaligned head
+  // of the range goes through the buffered descriptor.
   const uint64_t run_bytes = layers * inner;
+  const std::string path = dir_ + "/" + file_names_[s.file];
+  const uint64_t begin = s.offset, end = s.offset + outer * run_bytes;
+  const uint64_t aligned =
+      std::min(end, (begin + DirectAppender::kAlignment - 1) / DirectAppender::kAlignment *
+                        DirectAppender::kAlignment);
+  int direct_fd = ::open(path.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+  struct Closer {
+    int fd;
+    ~Closer() {
+      if (fd >= 0) ::close(fd);
+    }
+  } closer{direct_fd};
+  if (!direct_) direct_ = std::make_unique<DirectAppender>(path);
+  direct_->begin(direct_fd >= 0 ? direct_fd : fds_[s.file], aligned);
+  uint64_t at = begin;  // file offset of the next byte
+  auto emit = [&](const char* data, uint64_t size) {
+    if (at < aligned) {
+      const uint64_t head = std::min(size, aligned - at);
+      write_bytes(s, data, head, at);
+      data += head;
+      size -= head;
+      at += head;
+    }
+    direct_->append(data, size);
+    at += size;
+  };
   const uint64_t runs_per_block =
       std::max<uint64_t>(1, kChunkBytes / std::max<uint64_t>(run_bytes, 1));
-  const size_t iov_max = static_cast<size_t>(std::max(16L, ::sysconf(_SC_IOV_MAX)));
-  std::vector<iovec> iov;
   uint32_t crc = 0;
   for (uint64_t o0 = 0; o0 < outer && inner > 0; o0 += runs_per_block) {
     const uint64_t runs = std::min(runs_per_block, outer - o0);
-    iov.clear();
     for (uint64_t o = o0; o < o0 + runs; ++o)
       for (uint64_t j = 0; j < layers; ++j) {
-        iov.push_back({const_cast<char*>(layer_data[j] + o * inner), inner});
         crc = crc32c(layer_data[j] + o * inner, inner, crc);
+        emit(layer_data[j] + o * inner, inner);
       }
-    uint64_t offset = s.offset + o0 * run_bytes;
-    for (size_t first = 0; first < iov.size();) {
-      const int count = static_cast<int>(std::min(iov_max, iov.size() - first));
-      const ssize_t n =
-          ::pwritev(fds_[s.file], iov.data() + first, count, static_cast<off_t>(offset));
-      if (n < 0 && errno == EINTR) continue;
-      check(n > 0, dir_ + "/" + file_names_[s.file] + ": write failed: " + std::strerror(errno));
-      offset += static_cast<uint64_t>(n);
-      for (uint64_t left = static_cast<uint64_t>(n); left > 0;) {  // skip what was written
-        if (left >= iov[first].iov_len) {
-          left -= iov[first].iov_len;
-          ++first;
-        } else {
-          iov[first].iov_base = static_cast<char*>(iov[first].iov_base) + left;
-          iov[first].iov_len -= left;
-          left = 0;
-        }
-      }
-    }
     for (uint64_t j = 0; j < layers; ++j)
       release_mapped_pages(layer_data[j] + o0 * inner, runs * inner);
   }
+  direct_->finish();
   s.crc = crc;
   s.written_whole = true;  // checksummed here: finish() need not read it back
   s.layers_written.assign(layers, true);

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "kiln/io/direct_appender.h"
 #include "kiln/io/json.h"
 #include "kiln/io/safetensors.h"
 #include "kiln/models/family.h"
@@ -137,6 +138,8 @@ class KilnCheckpointWriter {
   std::unique_ptr<char, decltype(&std::free)> buffer_{nullptr, &std::free};  // [chunk] bytes
   bool copy_file_range_works_ = true;  // false once the filesystems refused it
   bool finished_ = false;
+  // write_stacked_from_files' gathered blocks go out through it (direct I/O, overlapped).
+  std::unique_ptr<DirectAppender> direct_;
 };
 
 // A Kiln checkpoint opened for reading. The constructor parses the manifest, maps every

@@ -45,8 +45,15 @@ std::string zstd_compress(const void* data, size_t size, int level) {
   return out;
 }
 
-ZstdCompressor::ZstdCompressor(int level) : level_(level), ctx_(ZSTD_createCCtx()) {
+ZstdCompressor::ZstdCompressor(int level, int threads) : ctx_(ZSTD_createCCtx()) {
   check(ctx_ != nullptr, "cannot create a zstd encoder");
+  auto* ctx = static_cast<ZSTD_CCtx*>(ctx_);
+  check(!ZSTD_isError(ZSTD_CCtx_setParameter(ctx, ZSTD_c_compressionLevel, level)) &&
+            !ZSTD_isError(ZSTD_CCtx_setParameter(ctx, ZSTD_c_contentSizeFlag, 1)),
+        "cannot configure a zstd encoder");
+  // Worker threads compress the jobs of one input side by side; a libzstd built without
+  // threads refuses, and the frames are then made by the calling thread alone.
+  if (threads > 1) ZSTD_CCtx_setParameter(ctx, ZSTD_c_nbWorkers, threads);
 }
 
 ZstdCompressor::~ZstdCompressor() {
@@ -56,8 +63,8 @@ ZstdCompressor::~ZstdCompressor() {
 std::pair<const char*, size_t> ZstdCompressor::compress(const void* data, size_t size) {
   const size_t bound = ZSTD_compressBound(size);
   if (out_.size() < bound) out_.resize(bound);
-  const size_t n = ZSTD_compressCCtx(static_cast<ZSTD_CCtx*>(ctx_), out_.data(), out_.size(), data,
-                                     size, level_);
+  const size_t n =
+      ZSTD_compress2(static_cast<ZSTD_CCtx*>(ctx_), out_.data(), out_.size(), data, size);
   if (ZSTD_isError(n)) throw Error(std::string("zstd compression failed: ") + ZSTD_getErrorName(n));
   return {out_.data(), n};
 }

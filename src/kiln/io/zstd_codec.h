@@ -15,10 +15,12 @@ std::string zstd_decompress(const void* data, size_t size, const std::string& wh
 std::string zstd_compress(const void* data, size_t size, int level);
 
 // zstd_compress with one compression context and output buffer reused across calls, so
-// compressing many chunks allocates nothing after the largest: the same frames.
+// compressing many chunks allocates nothing after the largest. With `threads` > 1, libzstd's
+// workers compress the jobs (pieces of a few MiB) of one large input in parallel: a valid
+// single frame (not byte-identical to the single-threaded one), with its content size.
 class ZstdCompressor {
  public:
-  explicit ZstdCompressor(int level);
+  explicit ZstdCompressor(int level, int threads = 1);
   ~ZstdCompressor();
   ZstdCompressor(const ZstdCompressor&) = delete;
   ZstdCompressor& operator=(const ZstdCompressor&) = delete;
@@ -26,7 +28,6 @@ class ZstdCompressor {
   std::pair<const char*, size_t> compress(const void* data, size_t size);
 
  private:
-  int level_;
   void* ctx_ = nullptr;  // ZSTD_CCtx
   std::vector<char> out_;
 };

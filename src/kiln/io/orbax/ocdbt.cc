@@ -20,9 +20,6 @@ namespace {
 constexpr uint32_t kManifestMagic = 0x0cdb3a2a;
 constexpr uint32_t kBtreeNodeMagic = 0x0cdb20de;
 constexpr int kMaxTreeDepth = 64;
-// The data file's write staging: a multiple of any direct I/O alignment.
-constexpr size_t kStagingBytes = size_t{8} << 20;
-constexpr size_t kDirectAlignment = 4096;
 
 // A cursor over decoded bytes; every read is bounds-checked.
 class Cursor {
@@ -274,66 +271,22 @@ OcdbtWriter::OcdbtWriter(std::string dir, Options options)
   fs::create_directories(fs::path(dir_) / "d");
   const std::string path = (fs::path(dir_) / data_file_).string();
   fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_DIRECT, 0644);
-  direct_ = fd_ >= 0;
-  if (!direct_) fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   check(fd_ >= 0, path + ": cannot open for writing: " + std::strerror(errno));
-  staging_.reset(static_cast<char*>(std::aligned_alloc(kDirectAlignment, kStagingBytes)));
-  check(staging_ != nullptr, path + ": cannot allocate a write buffer");
+  data_ = std::make_unique<DirectAppender>(path);
+  data_->begin(fd_, 0);
 }
 
 OcdbtWriter::~OcdbtWriter() {
+  data_.reset();  // stops its thread before the file closes
   if (fd_ >= 0) ::close(fd_);
-}
-
-void OcdbtWriter::flush_staging(bool final) {
-  // Whole blocks only, except the final tail (written padded, then the file is cut back).
-  size_t size = staged_;
-  if (direct_ && !final) size -= size % kDirectAlignment;
-  size_t padded = size;
-  if (direct_ && final && size % kDirectAlignment != 0) {
-    padded = size + kDirectAlignment - size % kDirectAlignment;
-    std::memset(staging_.get() + size, 0, padded - size);
-  }
-  for (size_t done = 0; done < padded;) {
-    const ssize_t n =
-        ::pwrite(fd_, staging_.get() + done, padded - done, static_cast<off_t>(flushed_ + done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno == EINVAL && direct_ && done == 0) {
-      // The filesystem took O_DIRECT at open but refuses the write: buffered from here on.
-      const int flags = ::fcntl(fd_, F_GETFL);
-      check(flags >= 0 && ::fcntl(fd_, F_SETFL, flags & ~O_DIRECT) == 0,
-            dir_ + "/" + data_file_ + ": cannot leave direct I/O: " + std::strerror(errno));
-      direct_ = false;
-      padded = size;
-      continue;
-    }
-    check(n > 0, dir_ + "/" + data_file_ + ": write failed: " + std::strerror(errno));
-    done += static_cast<size_t>(n);
-  }
-  flushed_ += size;
-  std::memmove(staging_.get(), staging_.get() + size, staged_ - size);
-  staged_ -= size;
-  if (final && padded != size)
-    check(::ftruncate(fd_, static_cast<off_t>(flushed_)) == 0,
-          dir_ + "/" + data_file_ + ": cannot truncate: " + std::strerror(errno));
-}
-
-void OcdbtWriter::append(const char* data, size_t size) {
-  while (size > 0) {
-    const size_t n = std::min(size, kStagingBytes - staged_);
-    std::memcpy(staging_.get() + staged_, data, n);
-    staged_ += n;
-    data += n;
-    size -= n;
-    if (staged_ == kStagingBytes) flush_staging(false);
-  }
 }
 
 void OcdbtWriter::add(const std::string& key, const char* value, size_t size) {
   check(!entries_.count(key), dir_ + ": OCDBT key '" + key + "' added twice");
   Location loc{size > options_.max_inline_value_bytes, "", data_size_, size};
   if (loc.indirect) {
-    append(value, size);
+    data_->append(value, size);
     data_size_ += size;
   } else {
     loc.bytes.assign(value, size);
@@ -384,9 +337,9 @@ void OcdbtWriter::finish() {
   const std::string encoded_node =
       encode_framed(node, kBtreeNodeMagic, options_.zstd, options_.zstd_level);
   const uint64_t node_offset = data_size_;
-  append(encoded_node.data(), encoded_node.size());
+  data_->append(encoded_node.data(), encoded_node.size());
   data_size_ += encoded_node.size();
-  flush_staging(true);
+  data_->finish();
   check(::close(fd_) == 0, dir_ + "/" + data_file_ + ": close failed: " + std::strerror(errno));
   fd_ = -1;
 

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "kiln/io/direct_appender.h"
 #include "kiln/io/orbax/kvstore.h"
 
 namespace kiln {
@@ -80,17 +81,10 @@ class OcdbtWriter {
   };
   std::string dir_;
   Options options_;
-  // Appends to the data file through staging_: full blocks go out with O_DIRECT where the
-  // filesystem allows it (on some virtual machines buffered writes of new file pages run at a
-  // small fraction of the disk's speed), the tail at finish().
-  void append(const char* data, size_t size);
-  void flush_staging(bool final);
   std::string data_file_;  // "d/<32 hex digits>"
   int fd_ = -1;
-  bool direct_ = false;
-  std::unique_ptr<char, void (*)(void*)> staging_{nullptr, &std::free};
-  size_t staged_ = 0;     // bytes in staging_
-  uint64_t flushed_ = 0;  // bytes of the file written
+  // Appends to the data file (with O_DIRECT where the filesystem allows it), overlapped.
+  std::unique_ptr<DirectAppender> data_;
   uint64_t data_size_ = 0;
   std::map<std::string, Location> entries_;
 };

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "kiln/core/error.h"
 #include "kiln/core/page_release.h"
@@ -222,7 +223,13 @@ void OrbaxWriter::put_chunk(const std::string& key, const char* raw, size_t size
     raw = pad_.data();
   }
   if (!options_.zarr.zstd) return put(key, raw, chunk_bytes);
-  if (!zstd_) zstd_ = std::make_unique<ZstdCompressor>(options_.zarr.zstd_level);
+  if (!zstd_) {
+    const int threads =
+        options_.compress_threads > 0
+            ? options_.compress_threads
+            : static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 4u));
+    zstd_ = std::make_unique<ZstdCompressor>(options_.zarr.zstd_level, threads);
+  }
   const auto [frame, frame_size] = zstd_->compress(raw, chunk_bytes);
   put(key, frame, frame_size);
 }

@@ -62,6 +62,8 @@ class OrbaxSource : public TensorSource {
 struct OrbaxWriteOptions {
   bool ocdbt = true;  // arrays in an OCDBT database (orbax's default), else plain zarr files
   ZarrWriteOptions zarr{.zstd = true, .zstd_level = 1};
+  // Threads compressing each zstd chunk (libzstd's workers); 0: one per core, at most 4.
+  int compress_threads = 0;
   // When set, write CheckpointManager's layout: <dir>/<step>/items/... (as MaxText loads).
   std::optional<int64_t> manager_step;
   // The caller promises that every read-only (borrowed) tensor it adds is a view of a
