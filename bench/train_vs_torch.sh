@@ -18,7 +18,7 @@ py=/usr/bin/python3
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 # Training text: the repository's own C++ sources, enough windows for every step.
-find "$root/src" -name '*.cc' | sort | head -60 | xargs cat > "$work/data.txt"
+find "$root/src" -name '*.cc' | sort | sed -n '1,60p' | xargs cat > "$work/data.txt"
 # Threads that wait for each other sleep instead of spinning (both engines use libgomp): on a
 # shared machine a spinning thread burns the core its descheduled sibling needs. Override with
 # OMP_WAIT_POLICY=active.
