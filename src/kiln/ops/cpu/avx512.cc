@@ -132,61 +132,13 @@ constexpr int64_t scale_offset(int64_t b) {
   return 68 * (b >> 2);
 }
 
-// The row kernel of qgemv on AVX-512: two blocks of 32 per 512-bit register (one vpdpbusd
-// multiplies 64 byte pairs); the scales of 16 blocks are gathered at once and multiplied by
-// the activations' scales in one instruction, then spread to each pair's lanes (vpermps).
+// The Q4_1 / Q4_1_128 row kernel of qgemv on AVX-512: four blocks of 32 per pass of two
+// vpdpbusd (low and high nibbles); the scales of 16 blocks are gathered at once and multiplied
+// by the activations' scales in one instruction, then spread to each block's lanes (vpermps).
 // Each row's sums are formed in the same order whatever rows share the call.
 template <DType kFormat, int kRows>
 struct Qgemv512 {
-  static constexpr bool kQ8 = kFormat == DType::Q8_0;
-
-  // The 64 weight bytes of blocks b and b + 1 (zeros for b + 1 unless kBoth): Q8_0 as stored
-  // (signed), Q4 as levels 0..15.
-  template <bool kBoth>
-  static __m512i pair_weights(const std::byte* row, int64_t b) {
-    if constexpr (kQ8) {
-      const __m256i low =
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + values_offset<kFormat>(b)));
-      const __m256i high = kBoth ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
-                                       row + values_offset<kFormat>(b + 1)))
-                                 : _mm256_setzero_si256();
-      return _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
-    } else {
-      const __m128i low =
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + values_offset<kFormat>(b)));
-      const __m128i high = kBoth ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(
-                                       row + values_offset<kFormat>(b + 1)))
-                                 : _mm_setzero_si128();
-      const __m512i both = _mm512_castsi256_si512(_mm256_set_m128i(high, low));
-      // 128-bit lanes: low nibbles of b, high nibbles of b, then the same for b + 1.
-      const __m512i spread = _mm512_shuffle_i64x2(both, both, _MM_SHUFFLE(1, 1, 0, 0));
-      const __m512i shifted = _mm512_srlv_epi64(spread, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4));
-      return _mm512_and_si512(shifted, _mm512_set1_epi8(0x0f));
-    }
-  }
-
-  template <bool kBoth>
-  static void pair(const QuantizedRows& x, const std::byte* row, int64_t b, int p,
-                   const __m512* scales, __m512 (*acc)[2]) {
-    const __m512i w = pair_weights<kBoth>(row, b);
-    const __m512i index =
-        _mm512_add_epi32(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
-                         _mm512_set1_epi32(p & 15));
-    __m512i magnitude = w;
-    __mmask64 negative = 0;
-    if constexpr (kQ8) {
-      magnitude = _mm512_abs_epi8(w);
-      negative = _mm512_movepi8_mask(w);
-    }
-    for (int r = 0; r < kRows; ++r) {
-      const int8_t* xq = x.q + r * x.in + 32 * b;
-      __m512i xv = kBoth ? _mm512_loadu_si512(xq) : _mm512_maskz_loadu_epi8(0xffffffffull, xq);
-      if constexpr (kQ8) xv = _mm512_mask_sub_epi8(xv, negative, _mm512_setzero_si512(), xv);
-      const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), magnitude, xv);
-      acc[r][(p >> 1) & 1] = _mm512_fmadd_ps(
-          _mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(index, scales[r]), acc[r][(p >> 1) & 1]);
-    }
-  }
+  static_assert(kFormat != DType::Q8_0, "Q8_0 rows run on Q8Gemv512");
 
   // Q4: four blocks per step. The activations are reordered once per call so that one
   // register holds elements 0..15 of four blocks and the next elements 16..31, as one
@@ -283,26 +235,23 @@ struct Qgemv512 {
                   int64_t out, int64_t o_begin, int64_t o_end) {
     const int64_t blocks = x.in / 32;
     const int64_t quads = (blocks + 3) / 4;
-    int8_t* reordered = nullptr;
-    if constexpr (!kQ8) {
-      reordered = static_cast<int8_t*>(thread_scratch(ScratchSlot::kPackRow, kRows * quads * 128));
-      for (int r = 0; r < kRows; ++r)
-        for (int64_t g = 0; g < quads; ++g) {
-          const int8_t* src = x.q + r * x.in + 128 * g;
-          const int n = static_cast<int>(smaller(4, blocks - 4 * g));
-          const __mmask64 first = n >= 2 ? ~0ull : 0xffffffffull;
-          const __mmask64 second = n >= 4 ? ~0ull : n == 3 ? 0xffffffffull : 0;
-          const __m512i a = _mm512_maskz_loadu_epi8(first, src);
-          const __m512i c = _mm512_maskz_loadu_epi8(second, src + 64);
-          int8_t* dst = reordered + (r * quads + g) * 128;
-          _mm512_storeu_si512(dst, _mm512_shuffle_i64x2(a, c, _MM_SHUFFLE(2, 0, 2, 0)));
-          _mm512_storeu_si512(dst + 64, _mm512_shuffle_i64x2(a, c, _MM_SHUFFLE(3, 1, 3, 1)));
-        }
-    }
+    auto* reordered =
+        static_cast<int8_t*>(thread_scratch(ScratchSlot::kPackRow, kRows * quads * 128));
+    for (int r = 0; r < kRows; ++r)
+      for (int64_t g = 0; g < quads; ++g) {
+        const int8_t* src = x.q + r * x.in + 128 * g;
+        const int n = static_cast<int>(smaller(4, blocks - 4 * g));
+        const __mmask64 first = n >= 2 ? ~0ull : 0xffffffffull;
+        const __mmask64 second = n >= 4 ? ~0ull : n == 3 ? 0xffffffffull : 0;
+        const __m512i a = _mm512_maskz_loadu_epi8(first, src);
+        const __m512i c = _mm512_maskz_loadu_epi8(second, src + 64);
+        int8_t* dst = reordered + (r * quads + g) * 128;
+        _mm512_storeu_si512(dst, _mm512_shuffle_i64x2(a, c, _MM_SHUFFLE(2, 0, 2, 0)));
+        _mm512_storeu_si512(dst + 64, _mm512_shuffle_i64x2(a, c, _MM_SHUFFLE(3, 1, 3, 1)));
+      }
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512i gather_offsets =
-        kFormat == DType::Q8_0 ? _mm512_mullo_epi32(lane, _mm512_set1_epi32(34))
-        : kFormat == DType::Q4_1
+        kFormat == DType::Q4_1
             ? _mm512_mullo_epi32(lane, _mm512_set1_epi32(20))
             : _mm512_mullo_epi32(_mm512_srli_epi32(lane, 2), _mm512_set1_epi32(68));
     for (int64_t o = o_begin; o < o_end; ++o) {
@@ -324,21 +273,13 @@ struct Qgemv512 {
         __m512 scales[kRows];
         for (int r = 0; r < kRows; ++r) {
           scales[r] = _mm512_mul_ps(dw, _mm512_maskz_loadu_ps(valid, x.d + r * blocks + b0));
-          if constexpr (!kQ8) {
-            const __m512 mw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(halves, 16)));
-            minimum[r] = _mm512_fmadd_ps(mw, _mm512_maskz_loadu_ps(valid, x.sum + r * blocks + b0),
-                                         minimum[r]);
-          }
+          const __m512 mw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(halves, 16)));
+          minimum[r] = _mm512_fmadd_ps(mw, _mm512_maskz_loadu_ps(valid, x.sum + r * blocks + b0),
+                                       minimum[r]);
         }
-        if constexpr (!kQ8) {
-          int i = 0;
-          for (; i + 4 <= n; i += 4) quad<true>(reordered, quads, row, b0 + i, 4, i, scales, acc);
-          if (i < n) quad<false>(reordered, quads, row, b0 + i, n - i, i, scales, acc);
-          continue;
-        }
-        int p = 0;
-        for (; 2 * p + 1 < n; ++p) pair<true>(x, row, b0 + 2 * p, 2 * p, scales, acc);
-        if (2 * p < n) pair<false>(x, row, b0 + 2 * p, 2 * p, scales, acc);
+        int i = 0;
+        for (; i + 4 <= n; i += 4) quad<true>(reordered, quads, row, b0 + i, 4, i, scales, acc);
+        if (i < n) quad<false>(reordered, quads, row, b0 + i, n - i, i, scales, acc);
       }
       const float b = bias ? bias[o] : 0.0f;
       for (int r = 0; r < kRows; ++r)
