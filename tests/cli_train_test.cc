@@ -84,6 +84,15 @@ TEST(CliTrain, SaveDtypeWritesTheSourceTensorsInTheirDtype) {
   fs::remove_all(dir);
 }
 
+// The training losses of a run, one per step, from its metrics.jsonl.
+std::vector<double> metrics_losses(const std::string& out) {
+  std::vector<double> v;
+  std::ifstream in(out + "/metrics.jsonl");
+  for (std::string line; std::getline(in, line);)
+    v.push_back(Json::parse(line).at("loss").get<double>());
+  return v;
+}
+
 // --weights-dtype bf16 (bf16 weights rounded from f32 masters that AdamW updates) tracks the f32
 // run: tinycoder's weights are bf16 already, so step 1 is the same; after that the losses differ
 // by the rounding of the updated weights only. The folder is written in bf16.
@@ -95,14 +104,8 @@ TEST(CliTrain, Bf16WeightsWithF32MastersTrackTheF32Run) {
   ASSERT_EQ(test::run_kiln(common + dir + "/f32").exit_code, 0);
   const test::CommandResult r = test::run_kiln(common + dir + "/bf16 --weights-dtype bf16");
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  auto losses = [](const std::string& out) {
-    std::vector<double> v;
-    std::ifstream in(out + "/metrics.jsonl");
-    for (std::string line; std::getline(in, line);)
-      v.push_back(Json::parse(line).at("loss").get<double>());
-    return v;
-  };
-  const std::vector<double> f32 = losses(dir + "/f32"), bf16 = losses(dir + "/bf16");
+  const std::vector<double> f32 = metrics_losses(dir + "/f32"),
+                            bf16 = metrics_losses(dir + "/bf16");
   ASSERT_EQ(f32.size(), 6u);
   ASSERT_EQ(bf16.size(), 6u);
   EXPECT_EQ(f32[0], bf16[0]);
@@ -132,14 +135,8 @@ TEST(CliTrain, Bf16ComputeTracksTheF32LossCurve) {
   ASSERT_EQ(test::run_kiln(common + dir + "/f32").exit_code, 0);
   const test::CommandResult r = test::run_kiln(common + dir + "/bf16 --compute-dtype bf16");
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  auto losses = [](const std::string& out) {
-    std::vector<double> v;
-    std::ifstream in(out + "/metrics.jsonl");
-    for (std::string line; std::getline(in, line);)
-      v.push_back(Json::parse(line).at("loss").get<double>());
-    return v;
-  };
-  const std::vector<double> f32 = losses(dir + "/f32"), bf16 = losses(dir + "/bf16");
+  const std::vector<double> f32 = metrics_losses(dir + "/f32"),
+                            bf16 = metrics_losses(dir + "/bf16");
   ASSERT_EQ(f32.size(), 6u);
   ASSERT_EQ(bf16.size(), 6u);
   double worst = 0.0;

@@ -40,22 +40,8 @@ DType compute_dtype() {
   return matmul_dtype.load();
 }
 
-void linear_forward(const float* x, const float* weight, const float* bias, float* y, int64_t rows,
-                    int64_t in, int64_t out) {
-  if (compute_dtype() == DType::BF16) {
-    for (int64_t n = 0; n < rows; ++n) {
-      float* y_row = y + n * out;  // [out]
-      if (bias)
-        std::copy(bias, bias + out, y_row);
-      else
-        std::fill(y_row, y_row + out, 0.0f);
-    }
-    return ops::gemm_bf16(x, false, weight, false, y, rows, in, out, true);
-  }
-  if (rows <= ops::kGemvMaxRows)  // the GEMV
-    return ops::linear(x, weight, DType::F32, bias, y, rows, in, out);
-  // ops::gemm_f32 added to the bias: bitwise what ops::linear's GEMM computes (b + first depth
-  // pass, then the later passes), with one synchronization of the threads per call.
+// y's rows set to the bias (zeros without one): the start of a product added into y.
+static void fill_rows_with_bias(const float* bias, float* y, int64_t rows, int64_t out) {
   for (int64_t n = 0; n < rows; ++n) {
     float* y_row = y + n * out;  // [out]
     if (bias)
@@ -63,6 +49,19 @@ void linear_forward(const float* x, const float* weight, const float* bias, floa
     else
       std::fill(y_row, y_row + out, 0.0f);
   }
+}
+
+void linear_forward(const float* x, const float* weight, const float* bias, float* y, int64_t rows,
+                    int64_t in, int64_t out) {
+  if (compute_dtype() == DType::BF16) {
+    fill_rows_with_bias(bias, y, rows, out);
+    return ops::gemm_bf16(x, false, weight, false, y, rows, in, out, true);
+  }
+  if (rows <= ops::kGemvMaxRows)  // the GEMV
+    return ops::linear(x, weight, DType::F32, bias, y, rows, in, out);
+  // ops::gemm_f32 added to the bias: bitwise what ops::linear's GEMM computes (b + first depth
+  // pass, then the later passes), with one synchronization of the threads per call.
+  fill_rows_with_bias(bias, y, rows, out);
   ops::gemm_f32(x, false, weight, false, y, rows, in, out, true);
 }
 
