@@ -45,9 +45,9 @@ inline constexpr int64_t kGemvMaxRows = 16;
 // Runs the active kernel set's kernel for the weight's format (ops/kernels.h), on all
 // OpenMP threads. With bf16 weights and more than kGemvMaxRows rows the AVX-512 kernel rounds x to
 // bf16 (as a bf16 model computes); up to kGemvMaxRows it splits x into two bf16 parts (near
-// f32; ops::Bf16Gemv in ops/kernels.h: KILN_BF16_GEMV); with quantized weights the AVX2 / AVX-512 kernels (GEMV and
-// GEMM alike) quantize x per block of 32 to int8 (quantize_activations in core/quant.h) and
-// multiply in integers; the other paths keep x in f32.
+// f32; ops::Bf16Gemv in ops/kernels.h: KILN_BF16_GEMV); with quantized weights the AVX2 / AVX-512
+// kernels (GEMV and GEMM alike) quantize x per block of 32 to int8 (quantize_activations in
+// core/quant.h) and multiply in integers; the other paths keep x in f32.
 void linear(const float* x, const WeightView& weight, const float* bias, float* y, int64_t rows,
             int64_t in, int64_t out);
 // One product of linear_group: y = x W^T + b, W seen through `weight` [out, in].

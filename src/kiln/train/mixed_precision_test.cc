@@ -43,7 +43,7 @@ struct GradientRun {
 };
 
 GradientRun gradients_of(const LoadedModel& loaded, const std::vector<int32_t>& tokens, int64_t B,
-                 int64_t T, DType dtype) {
+                         int64_t T, DType dtype) {
   const ComputeDtypeScope scope(dtype);
   TrainModel train(loaded.spec, loaded.weights);
   const std::vector<int32_t> targets = next_token_targets(tokens.data(), nullptr, B, T);
