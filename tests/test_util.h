@@ -1,12 +1,22 @@
 // Helpers shared by the tests: paths to test data, running the kiln CLI, comparing tensors.
 #pragma once
 
+#include <random>
 #include <string>
+#include <vector>
 
 #include "kiln/core/tensor.h"
 #include "kiln/models/loader.h"
 
 namespace kiln::test {
+
+// n standard normal floats drawn from rng.
+inline std::vector<float> random_vector(std::mt19937& rng, size_t n) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = normal(rng);
+  return v;
+}
 
 // tests/data/<relative>
 std::string data_path(const std::string& relative);

@@ -17,16 +17,12 @@
 #include "kiln/core/error.h"
 #include "kiln/ops/kernels.h"
 #include "kiln/ops/linear.h"
+#include "test_util.h"
 
 namespace kiln::ops {
 namespace {
 
-std::vector<float> random_vector(std::mt19937& rng, size_t n) {
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (float& x : v) x = normal(rng);
-  return v;
-}
+using test::random_vector;
 
 std::vector<float> transposed(const std::vector<float>& m, int64_t rows, int64_t cols) {
   std::vector<float> t(m.size());

@@ -18,6 +18,7 @@
 #include "kiln/ops/attention.h"
 #include "kiln/ops/linear.h"
 #include "kiln/ops/softmax.h"
+#include "test_util.h"
 
 namespace kiln::ops {
 namespace {
@@ -28,12 +29,7 @@ std::vector<std::string> fast_kernel_sets() {
   return names;
 }
 
-std::vector<float> random_vector(std::mt19937& rng, size_t n) {
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (float& x : v) x = normal(rng);
-  return v;
-}
+using test::random_vector;
 
 // x as the AVX-512 bf16 GEMV takes it in `mode`: split, hi + lo (exact in f32); rounded, bf16.
 float bf16_gemv_input(float x, Bf16Gemv mode) {

@@ -17,16 +17,12 @@
 #include "kiln/core/quant.h"
 #include "kiln/ops/kernels.h"
 #include "kiln/ops/linear.h"
+#include "test_util.h"
 
 namespace kiln::ops {
 namespace {
 
-std::vector<float> random_vector(std::mt19937& rng, size_t n) {
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (float& x : v) x = normal(rng);
-  return v;
-}
+using test::random_vector;
 
 struct Case {
   int64_t rows, in, out;
@@ -40,6 +36,35 @@ double scaled_error(const std::vector<float>& got, const std::vector<float>& wan
   for (size_t i = 0; i < got.size(); ++i)
     worst = std::max(worst, std::fabs(got[i] - want[i]) / (1.0 + magnitude[i]));
   return worst;
+}
+
+// x as the kernel set `name` computes on it: every row rounded per block of 32 to int8 and
+// back (the reference set takes x as it is).
+std::vector<float> as_kernels_see_it(const std::string& name, std::vector<float> x, int64_t rows,
+                                     int64_t in) {
+  if (name != "reference")
+    for (int64_t r = 0; r < rows; ++r) round_activations(x.data() + r * in, in);
+  return x;
+}
+
+// The f64 products x w^T + bias ([rows, out], bias may be null) and the sizes of their terms
+// sum_i |x_i w_i|, as floats.
+void f64_products(const std::vector<float>& x, const std::vector<float>& w, const float* bias,
+                  int64_t rows, int64_t in, int64_t out, std::vector<float>& exact,
+                  std::vector<float>& magnitude) {
+  exact.assign(rows * out, 0.0f);
+  magnitude.assign(rows * out, 0.0f);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t o = 0; o < out; ++o) {
+      double sum = bias ? bias[o] : 0.0, size = 0.0;
+      for (int64_t i = 0; i < in; ++i) {
+        const double term = static_cast<double>(x[r * in + i]) * w[o * in + i];
+        sum += term;
+        size += std::fabs(term);
+      }
+      exact[r * out + o] = static_cast<float>(sum);
+      magnitude[r * out + o] = static_cast<float>(size);
+    }
 }
 
 TEST(QuantKernels, EveryKernelSetMatchesTheReferenceForEveryFormat) {
@@ -81,24 +106,12 @@ TEST(QuantKernels, EveryKernelSetMatchesTheReferenceForEveryFormat) {
         std::vector<float> got(c.rows * c.out), want(c.rows * c.out);  // [rows, out]
         linear(x.data(), stored.data(), format, bias.data(), got.data(), c.rows, c.in, c.out);
         // The fast sets (GEMV and GEMM) compute on int8 activations.
-        std::vector<float> x_ref = x;
-        const bool int8_activations = name != "reference";
-        if (int8_activations)
-          for (int64_t r = 0; r < c.rows; ++r) round_activations(x_ref.data() + r * c.in, c.in);
+        const std::vector<float> x_ref = as_kernels_see_it(name, x, c.rows, c.in);
         linear_reference(x_ref.data(), stored.data(), format, bias.data(), want.data(), c.rows,
                          c.in, c.out);
         // Unquantized product and term sizes.
-        std::vector<float> exact(c.rows * c.out), magnitude(c.rows * c.out);
-        for (int64_t r = 0; r < c.rows; ++r)
-          for (int64_t o = 0; o < c.out; ++o) {
-            double sum = bias[o], size = 0.0;
-            for (int64_t i = 0; i < c.in; ++i) {
-              sum += static_cast<double>(x[r * c.in + i]) * w[o * c.in + i];
-              size += std::fabs(static_cast<double>(x[r * c.in + i]) * w[o * c.in + i]);
-            }
-            exact[r * c.out + o] = static_cast<float>(sum);
-            magnitude[r * c.out + o] = static_cast<float>(size);
-          }
+        std::vector<float> exact, magnitude;
+        f64_products(x, w, bias.data(), c.rows, c.in, c.out, exact, magnitude);
         const double e = scaled_error(got, want, magnitude);
         double& worst = c.rows <= kGemvMaxRows ? worst_gemv : worst_gemm;
         worst = std::max(worst, e);
@@ -187,23 +200,11 @@ TEST(QuantKernels, KQuantKernelsMatchTheReference) {
         dequantize_row(format, stored.data(), w.data(), c.out * c.in);
         std::vector<float> got(c.rows * c.out), want(c.rows * c.out);  // [rows, out]
         linear(x.data(), stored.data(), format, bias.data(), got.data(), c.rows, c.in, c.out);
-        std::vector<float> x_ref = x;
-        if (name != "reference")
-          for (int64_t r = 0; r < c.rows; ++r) round_activations(x_ref.data() + r * c.in, c.in);
+        const std::vector<float> x_ref = as_kernels_see_it(name, x, c.rows, c.in);
         linear_reference(x_ref.data(), stored.data(), format, bias.data(), want.data(), c.rows,
                          c.in, c.out);
-        std::vector<float> exact(c.rows * c.out), magnitude(c.rows * c.out);
-        for (int64_t r = 0; r < c.rows; ++r)
-          for (int64_t o = 0; o < c.out; ++o) {
-            double sum = bias[o], size = 0.0;
-            for (int64_t i = 0; i < c.in; ++i) {
-              const double term = static_cast<double>(x_ref[r * c.in + i]) * w[o * c.in + i];
-              sum += term;
-              size += std::fabs(term);
-            }
-            exact[r * c.out + o] = static_cast<float>(sum);
-            magnitude[r * c.out + o] = static_cast<float>(size);
-          }
+        std::vector<float> exact, magnitude;
+        f64_products(x_ref, w, bias.data(), c.rows, c.in, c.out, exact, magnitude);
         const double e = scaled_error(got, want, magnitude);
         (c.rows <= kGemvMaxRows ? worst_gemv : worst_gemm) =
             std::max(c.rows <= kGemvMaxRows ? worst_gemv : worst_gemm, e);
@@ -236,20 +237,14 @@ TEST(QuantKernels, KQuantKernelsHoldFullScaleActivations) {
         for (float& v : x) v = (rng() & 1) ? 1.5f : -1.5f;
         for (int64_t i = 0; i < in; i += 64) x[i] = 1.5f;  // and runs of one sign
         for (int64_t i = 0; i < in / 2; ++i) x[i] = std::fabs(x[i]);
-        std::vector<float> got(rows * out), want(rows * out), magnitude(rows * out);
+        std::vector<float> got(rows * out), want(rows * out);
         linear(x.data(), stored.data(), format, nullptr, got.data(), rows, in, out);
-        std::vector<float> x_ref = x;
-        if (name != "reference")
-          for (int64_t r = 0; r < rows; ++r) round_activations(x_ref.data() + r * in, in);
+        const std::vector<float> x_ref = as_kernels_see_it(name, x, rows, in);
         linear_reference(x_ref.data(), stored.data(), format, nullptr, want.data(), rows, in, out);
         std::vector<float> w(out * in);  // [out, in]
         dequantize_row(format, stored.data(), w.data(), out * in);
-        for (int64_t r = 0; r < rows; ++r)
-          for (int64_t o = 0; o < out; ++o) {
-            double size = 0.0;
-            for (int64_t i = 0; i < in; ++i) size += std::fabs(x[r * in + i] * w[o * in + i]);
-            magnitude[r * out + o] = static_cast<float>(size);
-          }
+        std::vector<float> exact, magnitude;
+        f64_products(x, w, nullptr, rows, in, out, exact, magnitude);
         const double e = scaled_error(got, want, magnitude);
         EXPECT_LT(e, 2e-6) << name << " " << dtype_name(format) << " rows " << rows;
         std::cout << name << " " << dtype_name(format) << " rows " << rows
