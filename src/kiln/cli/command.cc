@@ -85,8 +85,9 @@ void add_family_options(CLI::App& app, FamilyChoice& choice) {
   app.add_option_function<std::string>(
          "--gguf-weights",
          [](const std::string& name) { set_gguf_weights(parse_gguf_weights(name)); },
-         "a .gguf model's quantized tensors: direct (Q8_0, Q4_0, Q4_1 run on Kiln's int8 and "
-         "int4 kernels, other types as f32; default), f32 or bf16 (all dequantized)")
+         "a .gguf model's quantized tensors: direct (Q8_0, Q4_0, Q4_1, Q4_K, Q5_K and Q6_K run "
+         "on Kiln's quantized kernels, Q5_0 and Q5_1 as f32; default), f32 or bf16 (all "
+         "dequantized)")
       ->check(CLI::IsMember({"direct", "f32", "bf16"}));
 }
 
