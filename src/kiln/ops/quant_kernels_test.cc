@@ -53,9 +53,9 @@ std::vector<float> as_kernels_see_it(const std::string& name, std::vector<float>
 }
 
 // Whether kernel set `name` takes K-quant activations per super-block of 256 (ggml's q8_K)
-// for `rows` rows: the GEMVs of the fast sets; their GEMMs per block of 32.
+// for `rows` rows: the AVX-512 GEMV; the other GEMVs and the GEMMs per block of 32.
 bool kquant_superblock_activations(const std::string& name, int64_t rows) {
-  return name != "reference" && rows <= kGemvMaxRows;
+  return name == "avx512" && rows <= kGemvMaxRows;
 }
 
 // The f64 products x w^T + bias ([rows, out], bias may be null) and the sizes of their terms

@@ -18,6 +18,7 @@ enum class ScratchSlot {
   kTopKOrder,             // ops::top_k: the candidate order
   kRouting,               // ops::route_tokens: per-token scores
   kQuantizedActivations,  // quantized GEMV: activations as int8 blocks
+  kActivationOffsets,     // K-quant GEMV (Q6_K): -32 * sums of 4 int8 activations
   kCount
 };
 
