@@ -190,36 +190,6 @@ void quantize_activations(const float* x, int64_t count, int8_t* q, float* d, fl
   }
 }
 
-void quantize_activations_256(const float* x, int64_t count, int8_t* q, float* d, int16_t* sums16) {
-  for (int64_t s = 0; s < count / 256; ++s) {
-    const float* xs = x + 256 * s;
-    float amax = 0.0f;
-    for (int i = 0; i < 256; ++i) amax = std::fmax(amax, std::fabs(xs[i]));
-    const float scale = amax / 127.0f;
-    const float inverse = scale != 0.0f ? 1.0f / scale : 0.0f;
-    for (int g = 0; g < 16; ++g) {
-      int total = 0;
-      for (int i = 16 * g; i < 16 * g + 16; ++i) {
-        const int v = static_cast<int>(std::nearbyint(xs[i] * inverse));
-        q[256 * s + i] = static_cast<int8_t>(v);
-        total += v;
-      }
-      sums16[16 * s + g] = static_cast<int16_t>(total);
-    }
-    d[s] = scale;
-  }
-}
-
-void round_activations_256(float* x, int64_t count) {
-  int8_t q[256];
-  int16_t sums16[16];
-  float d;
-  for (int64_t s = 0; s < count / 256; ++s) {
-    quantize_activations_256(x + 256 * s, 256, q, &d, sums16);
-    for (int i = 0; i < 256; ++i) x[256 * s + i] = d * static_cast<float>(q[i]);
-  }
-}
-
 void round_activations(float* x, int64_t count) {
   int8_t q[32];
   float d, sum;

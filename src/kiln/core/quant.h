@@ -53,12 +53,4 @@ void quantize_activations(const float* x, int64_t count, int8_t* q, float* d, fl
 // kernel on int8 activations matches the reference kernel on these to rounding).
 void round_activations(float* x, int64_t count);
 
-// Activations quantized per super-block of 256 (ggml's q8_K, for the K-quant GEMVs that
-// apply the weights' sub-block scales in integers): d = max|x| / 127 over the 256 values in
-// f32, q = x * (1 / d) rounded to nearest even, and the integer sum of each 16 q (sums16).
-// `count` is a multiple of 256.   q: [count]; d: [count / 256]; sums16: [count / 16]
-void quantize_activations_256(const float* x, int64_t count, int8_t* q, float* d, int16_t* sums16);
-// The values those activations stand for: x[i] replaced by d * q[i] (for tests).
-void round_activations_256(float* x, int64_t count);
-
 }  // namespace kiln

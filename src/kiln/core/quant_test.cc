@@ -130,34 +130,6 @@ TEST(Quant, ActivationsRoundToTheirBlocks) {
   }
 }
 
-// ggml's q8_K activations: one scale per 256 (max |x| / 127), sums of each 16 levels.
-TEST(Quant, ActivationsRoundToTheirSuperBlocks) {
-  std::vector<float> x = random_values(512, 6);
-  x[300] = 9.0f;  // one large value sets its super-block's step
-  std::vector<int8_t> q(512);
-  float d[2];
-  int16_t sums16[32];
-  quantize_activations_256(x.data(), 512, q.data(), d, sums16);
-  std::vector<float> rounded = x;
-  round_activations_256(rounded.data(), 512);
-  EXPECT_FLOAT_EQ(d[1], 9.0f / 127.0f);
-  for (int s = 0; s < 2; ++s) {
-    float amax = 0.0f;
-    for (int i = 0; i < 256; ++i) amax = std::fmax(amax, std::fabs(x[256 * s + i]));
-    EXPECT_EQ(d[s], amax / 127.0f);
-    for (int g = 0; g < 16; ++g) {
-      int total = 0;
-      for (int i = 256 * s + 16 * g; i < 256 * s + 16 * g + 16; ++i) {
-        EXPECT_EQ(rounded[i], d[s] * q[i]);
-        EXPECT_LE(std::fabs(rounded[i] - x[i]), 0.5f * d[s] * 1.0001f);
-        total += q[i];
-      }
-      EXPECT_EQ(sums16[16 * s + g], total);
-    }
-  }
-  EXPECT_EQ(q[300], 127);
-}
-
 TEST(Quant, TensorsOfBlocksSliceCopyAndConvert) {
   const std::vector<float> values = random_values(4 * 3 * 64, 7);
   const Tensor f32 = Tensor::from_f32({4, 3, 64}, values);

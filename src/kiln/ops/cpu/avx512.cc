@@ -12,7 +12,6 @@
 #include <cstring>
 #include <type_traits>
 
-#include "kiln/core/kquant.h"
 #include "kiln/core/quant.h"
 #include "kiln/core/tensor.h"
 #include "kiln/ops/cpu/kernel_table.h"
