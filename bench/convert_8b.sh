@@ -12,7 +12,8 @@
 # Environment: KILN (the binary, default build/kiln), WORKDIR (default a fresh folder under
 # $TMPDIR or /tmp, removed at the end unless KEEP=1), CONVERT_ARGS (extra `kiln convert`
 # arguments for the Kiln run, e.g. "--layout scanned"), MODES (what to measure, any of
-# "kiln orbax-scanned orbax-unscanned"; default "kiln", ORBAX=1 adds both Orbax exports),
+# "kiln orbax-scanned orbax-unscanned orbax-scanned-raw" (the last: uncompressed chunks,
+# --orbax-raw); default "kiln", ORBAX=1 adds both Orbax exports),
 # REPEAT (runs of each mode, default 1; a pair cp + convert per run), DROP_CACHES=1 (as root:
 # empty the page cache before cp and before convert, so both read the source from disk).
 set -euo pipefail
@@ -85,6 +86,7 @@ for ((r = 0; r < repeat; ++r)); do
         measure kiln ${CONVERT_ARGS:-} ;;
       orbax-scanned) measure orbax-scanned --format orbax --layout scanned ;;
       orbax-unscanned) measure orbax-unscanned --format orbax --layout unscanned ;;
+      orbax-scanned-raw) measure orbax-scanned-raw --format orbax --layout scanned --orbax-raw ;;
       *) echo "convert_8b.sh: unknown mode '$mode'" >&2; exit 1 ;;
     esac
   done

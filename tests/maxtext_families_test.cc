@@ -78,6 +78,19 @@ std::string without_sidecar(const std::string& orbax) {
   return copy;
 }
 
+// MaxText's vocab_size written down for the fixture (Gemma's padded or cut vocab), as a
+// `maxtext_vocab` option: 0 when it is the model's own.
+int64_t fixture_maxtext_vocab(const std::string& fixture, const Json& config) {
+  const Json j = read_json_file(test::data_path("maxtext_trees/" + fixture + ".json"));
+  const int64_t v = j.at("maxtext_vocab").get<int64_t>();
+  return v == config.at("vocab_size").get<int64_t>() ? 0 : v;
+}
+
+// The first `columns` entries of the last axis of logits [1, T, V].
+Tensor first_columns(const Tensor& logits, int64_t columns) {
+  return logits.slice(2, 0, columns).contiguous(true);
+}
+
 class MaxTextFamilyTree : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(MaxTextFamilyTree, TreeMatchesMaxTextAndRoundTrips) {
@@ -86,6 +99,7 @@ TEST_P(MaxTextFamilyTree, TreeMatchesMaxTextAndRoundTrips) {
   const Json config = read_json_file(hf + "/config.json");
   const std::string dir = test::make_temp_dir("kiln-mt-" + fixture);
   const Tensor hf_logits = logits_of(hf);
+  const int64_t vocab = fixture_maxtext_vocab(fixture, config);
   for (const std::string kiln_layout : {"unscanned", "scanned"}) {
     ConvertOptions options;
     options.layout = kiln_layout;
@@ -98,6 +112,7 @@ TEST_P(MaxTextFamilyTree, TreeMatchesMaxTextAndRoundTrips) {
       write.ocdbt = mt_layout == "scanned";  // both storage kinds
       OrbaxExportOptions tree;
       tree.maxtext_layout = mt_layout;
+      tree.maxtext_vocab = vocab;
       export_kiln_to_orbax(kiln, orbax, write, false, tree);
       EXPECT_EQ(tree_of(orbax), expected_tree(fixture, mt_layout));
       EXPECT_TRUE(OrbaxSource(orbax).contains("step"));
@@ -128,12 +143,22 @@ TEST_P(MaxTextFamilyTree, TreeMatchesMaxTextAndRoundTrips) {
       if (kiln_layout != "unscanned") continue;
       const std::string maxtext = without_sidecar(orbax);
       import_orbax_to_kiln(maxtext, maxtext + "_kiln", {}, false, config);
-      const MaxTextTree t = MaxTextTree::build(config, mt_layout == "scanned");
-      const Tensor logits = logits_of(maxtext + "_kiln");
-      const double diff = test::max_abs_diff(hf_logits, logits);
+      const MaxTextTree t = MaxTextTree::build(config, mt_layout == "scanned", vocab);
+      Tensor logits = logits_of(maxtext + "_kiln");
+      Tensor want = hf_logits;
+      const int64_t v = hf_logits.dim(2);
+      if (t.maxtext_vocab() < v) {
+        // Gemma 3's vocab cut to MaxText's: those tokens' embedding rows read back as zeros,
+        // so their logits are exactly 0; the others as for any tree.
+        const Tensor cut = logits.slice(2, t.maxtext_vocab(), v).contiguous(true);
+        for (int64_t i = 0; i < cut.numel(); ++i) ASSERT_EQ(cut.item_as_double(i), 0.0) << i;
+        want = first_columns(hf_logits, t.maxtext_vocab());
+        logits = first_columns(logits, t.maxtext_vocab());
+      }
+      const double diff = test::max_abs_diff(want, logits);
       double scale = 0;
-      for (int64_t i = 0; i < hf_logits.numel(); ++i)
-        scale = std::max(scale, std::abs(hf_logits.item_as_double(i)));
+      for (int64_t i = 0; i < want.numel(); ++i)
+        scale = std::max(scale, std::abs(want.item_as_double(i)));
       const std::vector<std::string> lossy = t.lossy_steps(DType::F32);
       if (lossy.empty()) {
         EXPECT_EQ(diff, 0) << "MaxText changes no values here";
@@ -262,11 +287,14 @@ TEST(MaxTextFamilies, CliReadsMaxTextTreesAndReportsLossySteps) {
   const std::string config = test::shell_quote(hf + "/config.json");
   const std::string orbax = dir + "/o";
   auto r = test::run_kiln("convert " + test::shell_quote(hf) + " -o " + test::shell_quote(orbax) +
-                          " --format orbax --layout scanned");
+                          " --format orbax --layout scanned --maxtext-vocab 640");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   r = test::run_kiln("inspect " + test::shell_quote(orbax));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("MaxText tree: gemma2, scanned"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("to MaxText's vocab_size 640 with rows of zeros"), std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("[640, 64]"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("undone exactly by Kiln's residual arrays"), std::string::npos) << r.out;
   // As MaxText would have written it: no sidecar.
   const std::string maxtext = without_sidecar(orbax);
@@ -399,6 +427,100 @@ TEST(MaxTextFamilies, BlockScansGroupLayersAsMaxTextDoes) {
   EXPECT_EQ(array_at(ds_scanned, "decoder/moe_layers/DeepSeekMoeBlock_0/MoeBlock_0/gate/bias")
                 .stored_shape(),
             (Shape{8, 3}));
+}
+
+}  // namespace
+}  // namespace kiln
+
+namespace kiln {
+namespace {
+
+// Gemma's embedding holds MaxText's vocab_size rows: the stock Gemma 1/2 vocab (256000) padded
+// to 256128 with zero rows, Gemma 3's 262208 cut to 262144 (param_mapping.py:
+// GEMMA2_MAXTEXT_TO_HF_PARAM_HOOK_FN.pad_hf_embedding_layer,
+// GEMMA3_MAXTEXT_TO_HF_PARAM_HOOK_FN.pad_and_scale_embedding). Import drops the padding
+// whatever it holds, and says so when it is not zeros.
+TEST(MaxTextFamilies, GemmaVocabIsPaddedOrCutAsMaxTextDoes) {
+  struct Case {
+    const char* fixture;
+    int64_t hf_vocab, maxtext_vocab;
+  };
+  for (const Case& c : {Case{"gemma", 256000, 256128}, Case{"gemma2", 256000, 256128},
+                        Case{"gemma3_text", 262208, 262144}, Case{"gemma3_text", 262144, 262144},
+                        Case{"gemma2", 512, 512}}) {
+    Json config = read_json_file(test::data_path(std::string("hf/") + c.fixture + "/config.json"));
+    config["vocab_size"] = c.hf_vocab;
+    const MaxTextTree t = MaxTextTree::build(config, true);
+    EXPECT_EQ(t.maxtext_vocab(), c.maxtext_vocab) << c.fixture << " " << c.hf_vocab;
+    EXPECT_EQ(array_at(t, "token_embedder/embedding").stored_shape(), (Shape{c.maxtext_vocab, 64}))
+        << c.fixture;
+  }
+  const Json qwen3 = read_json_file(test::data_path("hf/qwen3/config.json"));
+  EXPECT_NE(error_of([&] { MaxTextTree::build(qwen3, false, 640); }).find("Gemma padding"),
+            std::string::npos);
+
+  const std::string dir = test::make_temp_dir("kiln-mt-vocab");
+  const std::string hf = test::data_path("hf/gemma2");
+  const Json config = read_json_file(hf + "/config.json");
+  const Tensor hf_logits = logits_of(hf);
+  OrbaxExportOptions tree;
+  tree.maxtext_vocab = 640;
+  OrbaxWriteOptions write;
+  write.ocdbt = false;
+  export_to_orbax(*open_hf_as_kiln(hf, {}), dir + "/o", write, false, tree);
+  {
+    const Tensor e = OrbaxSource(dir + "/o").get("params/params/token_embedder/embedding");
+    ASSERT_EQ(e.shape(), (Shape{640, 64}));
+    const Tensor pad = e.slice(0, 512, 640).contiguous(true);
+    for (int64_t i = 0; i < pad.numel(); ++i) ASSERT_EQ(pad.item_as_double(i), 0.0) << i;
+    // The kept rows are HF's times float32(sqrt(64)) = 8: exact.
+    const Tensor hf_e = open_hf_as_kiln(hf, {})->get("token_embedder/embedding").contiguous(true);
+    const Tensor kept = e.slice(0, 0, 512).contiguous(true);
+    ASSERT_EQ(hf_e.shape(), kept.shape());
+    for (int64_t i = 0; i < kept.numel(); ++i)
+      ASSERT_EQ(kept.item_as_double(i), 8 * hf_e.item_as_double(i)) << i;
+  }
+  // With Kiln's sidecar: HF's logits bitwise (the padding is dropped again).
+  import_orbax_to_kiln(dir + "/o", dir + "/k", {}, false);
+  EXPECT_EQ(KilnCheckpoint(dir + "/k").get("token_embedder/embedding").shape(), (Shape{512, 64}));
+  EXPECT_EQ(test::max_abs_diff(hf_logits, logits_of(dir + "/k")), 0);
+
+  // As MaxText wrote it, with padding rows that are not zero (a MaxText-trained model's):
+  // dropped all the same, the logits those of the zero-padded tree, and said so.
+  const std::string maxtext = without_sidecar(dir + "/o");
+  import_orbax_to_kiln(maxtext, dir + "/mt", {}, false, config);
+  const std::string odd = dir + "/odd";
+  {
+    const OrbaxSource source(maxtext);
+    OrbaxWriter writer(odd, write);
+    for (const std::string& name : source.names()) {
+      Tensor t = source.get(name).contiguous(true);
+      if (name == "params/params/token_embedder/embedding") {
+        Tensor pad = t.slice(0, 512, 640);
+        for (int64_t i = 0; i < pad.numel(); ++i) pad.mutable_data<float>()[i] = 0.5f;
+      }
+      writer.add(name, t);
+    }
+    writer.finish();
+  }
+  import_orbax_to_kiln(odd, dir + "/odd_k", {}, false, config);
+  EXPECT_EQ(test::max_abs_diff(logits_of(dir + "/mt"), logits_of(dir + "/odd_k")), 0);
+  const Json manifest = KilnCheckpoint(dir + "/odd_k").manifest();
+  EXPECT_EQ(manifest["provenance"]["maxtext"].value("nonzero_padding_rows", int64_t{-1}), 128);
+  EXPECT_EQ(KilnCheckpoint(dir + "/mt")
+                .manifest()["provenance"]["maxtext"]
+                .value("nonzero_padding_rows", int64_t{-1}),
+            0);
+  bool said = false;
+  for (const std::string& line : maxtext_provenance(manifest)) {
+    std::cout << "  " << line << "\n";
+    said = said || line.find("128 of them not zero") != std::string::npos;
+  }
+  EXPECT_TRUE(said);
+  // A tree with MaxText's vocab other than the default: the rows are read from the array.
+  for (const std::string& line : describe_maxtext_tree(maxtext, config))
+    std::cout << "    " << line << "\n";
+  fs::remove_all(dir);
 }
 
 }  // namespace

@@ -76,6 +76,11 @@ class ConvertCommand : public Command {
     app.add_option("--maxtext-layout", maxtext_layout_,
                    "Orbax: MaxText's scanned or unscanned tree (default: as --layout)")
         ->check(CLI::IsMember({"scanned", "unscanned"}));
+    app.add_option("--maxtext-vocab", maxtext_vocab_,
+                   "Orbax, Gemma: MaxText's vocab_size, the rows of its embedding (zeros "
+                   "appended or rows cut off, as MaxText's converters do; default 256128 for "
+                   "the stock Gemma 1/2 vocab, 262144 for Gemma 3's, else the model's)")
+        ->check(CLI::PositiveNumber);
     app.add_option("--config", config_,
                    "Orbax -> Kiln without Kiln's sidecar (a checkpoint MaxText wrote): the "
                    "model's config.json, which names the family and its MaxText tree");
@@ -128,6 +133,7 @@ class ConvertCommand : public Command {
     OrbaxExportOptions tree;
     tree.tree = orbax_tree_;
     tree.maxtext_layout = maxtext_layout_;
+    tree.maxtext_vocab = maxtext_vocab_;
     if (orbax_tree_ == "maxtext") {
       // MaxText's tree is assembled layer by layer: straight from the source files, each
       // Kiln tensor computed when its array is written (no intermediate checkpoint).
@@ -164,6 +170,7 @@ class ConvertCommand : public Command {
   std::string orbax_tree_ = "maxtext", maxtext_layout_, config_;
   bool force_ = false, orbax_zarr_ = false, orbax_raw_ = false;
   std::optional<int64_t> orbax_step_;
+  int64_t maxtext_vocab_ = 0;
   std::vector<std::string> keep_, quantize_;
 };
 

@@ -633,7 +633,14 @@ bool MaxTextTree::maxtext_has(const std::string& family) {
   return maxtext_families().count(family) > 0;
 }
 
-MaxTextTree MaxTextTree::build(const Json& config, bool scanned) {
+int64_t maxtext_default_vocab(const std::string& family, int64_t hf_vocab) {
+  if (family == "gemma" || family == "gemma2") return hf_vocab == 256000 ? 256128 : hf_vocab;
+  if (family == "gemma3" || family == "gemma3_text")
+    return hf_vocab == 262208 || hf_vocab == 262144 ? 262144 : hf_vocab;
+  return 0;
+}
+
+MaxTextTree MaxTextTree::build(const Json& config, bool scanned, int64_t maxtext_vocab) {
   check(config.is_object() && !config.empty(),
         "MaxText tree: the model's config.json is needed to know its family");
   MaxTextTree tree;
@@ -684,6 +691,24 @@ MaxTextTree MaxTextTree::build(const Json& config, bool scanned) {
     embed.constant = std::sqrt(static_cast<double>(spec.hidden_size));
   }
   top("token_embedder/embedding", {spec.vocab_size, spec.hidden_size}, embed);
+  {
+    // Gemma: MaxText's embedding has MaxText's vocab_size rows (param_mapping.py:
+    // GEMMA2_MAXTEXT_TO_HF_PARAM_HOOK_FN.pad_hf_embedding_layer pads zeros,
+    // GEMMA3_MAXTEXT_TO_HF_PARAM_HOOK_FN.pad_and_scale_embedding pads or truncates).
+    const int64_t fallback = maxtext_default_vocab(spec.family, spec.vocab_size);
+    check(maxtext_vocab <= 0 || maxtext_vocab == spec.vocab_size || fallback > 0,
+          "MaxText tree: a MaxText vocab size differing from the model's is a Gemma padding; "
+          "MaxText's " +
+              spec.family + " converter keeps the model's " + std::to_string(spec.vocab_size) +
+              " rows");
+    tree.maxtext_vocab_ = maxtext_vocab > 0 ? maxtext_vocab : fallback;
+    if (tree.maxtext_vocab_ <= 0) tree.maxtext_vocab_ = spec.vocab_size;
+    MaxTextArraySpec& e = tree.arrays_.back();
+    if (tree.maxtext_vocab_ != spec.vocab_size) {
+      e.maxtext_rows = tree.maxtext_vocab_;
+      e.maxtext_shape[0] = tree.maxtext_vocab_;
+    }
+  }
   MaxTextTransform norm;
   if (r.gemma_norms) norm.op = MaxTextValueOp::kAddOne;
   top("decoder/decoder_norm/scale", {spec.hidden_size}, norm);
@@ -784,6 +809,23 @@ std::vector<MaxTextValueChange> MaxTextTree::value_changes(DType dtype) const {
     }
     if (seen.insert(c.param + c.what).second) changes.push_back(c);
   }
+  for (const MaxTextArraySpec& a : arrays_) {
+    if (a.maxtext_rows <= 0 || a.maxtext_rows == a.kiln_shape[0]) continue;
+    const int64_t rows = a.kiln_shape[0];
+    MaxTextValueChange c;
+    c.param = a.kiln_param;
+    if (a.maxtext_rows > rows) {
+      c.what = "padded from the model's " + std::to_string(rows) +
+               " rows to MaxText's vocab_size " + std::to_string(a.maxtext_rows) +
+               " with rows of zeros (dropped on import)";
+    } else {
+      c.lossy = true;
+      c.what = "rows " + std::to_string(a.maxtext_rows) + ".." + std::to_string(rows - 1) +
+               " cut off at MaxText's vocab_size " + std::to_string(a.maxtext_rows) +
+               " (read back as zeros)";
+    }
+    changes.push_back(c);
+  }
   return changes;
 }
 
@@ -822,6 +864,25 @@ MaxTextValue MaxTextTree::to_maxtext(const MaxTextArraySpec& spec, const Tensor&
       break;
   }
   if (t.rope_pairs) x = swap_last_axis_blocks(x, 2);
+  if (spec.maxtext_rows > 0 && spec.maxtext_rows != x.dim(0)) {
+    // Gemma's embedding: scale the rows MaxText keeps, then pad zeros to MaxText's vocab
+    // (zero times the scale is zero in either order), or keep the cut-off rows aside.
+    const int64_t rows = x.dim(0), keep = std::min(rows, spec.maxtext_rows);
+    if (keep < rows) out.dropped = x.slice(0, keep, rows);
+    const Tensor kept = x.slice(0, 0, keep);
+    Shape padded = x.shape();
+    padded[0] = spec.maxtext_rows;
+    out.array = Tensor::zeros(x.dtype(), padded);
+    Tensor head = out.array.slice(0, 0, keep);
+    if (t.op == MaxTextValueOp::kNone) {
+      std::memcpy(head.mutable_raw(), kept.contiguous().raw(), kept.nbytes());
+    } else {
+      MaxTextValue scaled = apply_op(t, kept.contiguous(), spec.path);
+      std::memcpy(head.mutable_raw(), scaled.array.raw(), scaled.array.nbytes());
+      out.residual = scaled.residual;
+    }
+    return out;
+  }
   if (t.op == MaxTextValueOp::kNone) {
     out.array = x;
     return out;
@@ -830,11 +891,31 @@ MaxTextValue MaxTextTree::to_maxtext(const MaxTextArraySpec& spec, const Tensor&
 }
 
 Tensor MaxTextTree::from_maxtext(const MaxTextArraySpec& spec, const Tensor& array,
-                                 const Tensor& residual) {
+                                 const Tensor& residual, const Tensor& dropped) {
   const MaxTextTransform& t = spec.transform;
   check(array.shape() == spec.maxtext_shape, "MaxText array '" + spec.path +
                                                  "' has per-layer shape " + array.shape_string() +
                                                  ", expected " + shape_text(spec.maxtext_shape));
+  if (spec.maxtext_rows > 0 && spec.maxtext_rows != spec.kiln_shape[0]) {
+    // Gemma's embedding: MaxText's padding rows dropped (whatever they hold), its scale
+    // undone on the rows it kept, the rows it cut off from `dropped` or zeros.
+    const int64_t rows = spec.kiln_shape[0], keep = std::min(rows, spec.maxtext_rows);
+    Tensor kept = array.slice(0, 0, keep).contiguous();
+    if (t.op != MaxTextValueOp::kNone) kept = undo_op(t, kept, residual, spec.path);
+    if (keep == rows) return kept;
+    Tensor out = Tensor::zeros(array.dtype(), spec.kiln_shape);
+    std::memcpy(out.mutable_raw(), kept.raw(), kept.nbytes());
+    if (dropped.defined()) {
+      Shape want = spec.kiln_shape;
+      want[0] = rows - keep;
+      check(dropped.shape() == want && dropped.dtype() == array.dtype(),
+            "MaxText array '" + spec.path + "': Kiln's cut-off rows have shape " +
+                dropped.shape_string() + ", expected " + shape_text(want));
+      Tensor tail = out.slice(0, keep, rows);
+      std::memcpy(tail.mutable_raw(), dropped.contiguous().raw(), dropped.nbytes());
+    }
+    return out;
+  }
   Tensor x = array.contiguous();
   if (t.op != MaxTextValueOp::kNone) x = undo_op(t, x, residual, spec.path);
   if (t.rope_pairs) x = swap_last_axis_blocks(x, x.dim(x.ndim() - 1) / 2);

@@ -56,7 +56,10 @@ struct MaxTextArraySpec {
   MaxTextTransform transform;
   Shape kiln_shape;     // per layer
   Shape maxtext_shape;  // per layer (without the layer axis)
-  std::string source;   // the MaxText file and function this array's layout comes from
+  // Gemma's embedding: MaxText's vocab_size when it differs from the model's (rows appended
+  // as zeros, or the last rows cut off, as MaxText's converters do); 0: the Kiln rows.
+  int64_t maxtext_rows = 0;
+  std::string source;  // the MaxText file and function this array's layout comes from
   // The full shape MaxText stores (with the layer axis when stacked).
   Shape stored_shape() const;
 };
@@ -66,7 +69,16 @@ struct MaxTextArraySpec {
 struct MaxTextValue {
   Tensor array;
   Tensor residual;  // I32 for 1 + x (tiny x lose every bit), else I8; all zero: nothing lost
+                    // (of the rows the array keeps from the Kiln tensor)
+  Tensor dropped;   // the Kiln rows MaxText's vocab cuts off (unchanged); undefined if none
 };
+
+// MaxText's vocab_size for a Gemma model whose HuggingFace vocab is `hf_vocab`: the padded
+// size of MaxText's model configs for the stock vocabularies (Gemma 1 and 2: 256000 ->
+// 256128, configs/models/gemma-2b.yml, gemma2-*.yml; Gemma 3: 262208 -> 262144,
+// configs/models/gemma3-*.yml), else `hf_vocab` (a model MaxText would be configured for
+// with its own vocab_size). 0 for families whose converters copy the vocabulary as it is.
+int64_t maxtext_default_vocab(const std::string& family, int64_t hf_vocab);
 
 struct MaxTextValueChange {
   std::string param;  // Kiln's per-layer (or top-level) tensor name
@@ -81,12 +93,16 @@ class MaxTextTree {
   // HF layout) each array holds, derived from the config. Throws Error "MaxText has no
   // <family>" for families MaxText does not implement, and a clear Error for ones Kiln
   // cannot map yet.
-  static MaxTextTree build(const Json& config, bool scanned);
+  // `maxtext_vocab` (Gemma only): MaxText's vocab_size, the rows of MaxText's embedding;
+  // 0: maxtext_default_vocab.
+  static MaxTextTree build(const Json& config, bool scanned, int64_t maxtext_vocab = 0);
   // Whether MaxText implements the family at all (else export refuses it).
   static bool maxtext_has(const std::string& family);
 
   const std::string& family() const { return family_; }
   bool scanned() const { return scanned_; }
+  // MaxText's vocab_size (rows of its embedding), and the model's.
+  int64_t maxtext_vocab() const { return maxtext_vocab_; }
   const std::vector<MaxTextArraySpec>& arrays() const { return arrays_; }
   // Each distinct value change of the tree for weights of `dtype`, and whether it loses
   // information (without Kiln's residual arrays): Gemma's 1 + w always, a scale whenever its
@@ -100,13 +116,16 @@ class MaxTextTree {
   // Kiln tensor (per-layer shape) -> MaxText array (per-layer shape).
   static MaxTextValue to_maxtext(const MaxTextArraySpec& spec, const Tensor& tensor);
   // The inverse; `residual` may be undefined (a tree MaxText wrote: values unscaled by
-  // arithmetic, not bit for bit).
+  // arithmetic, not bit for bit). Rows of the embedding beyond the model's vocab are dropped
+  // (whatever they hold); rows MaxText's vocab lacks come from `dropped` when given (Kiln's
+  // side array), else they are zeros (as MaxText's converters write them back to HF).
   static Tensor from_maxtext(const MaxTextArraySpec& spec, const Tensor& array,
-                             const Tensor& residual);
+                             const Tensor& residual, const Tensor& dropped = Tensor());
 
  private:
   std::string family_;
   bool scanned_ = false;
+  int64_t maxtext_vocab_ = 0;
   ModelSpec spec_;
   std::vector<MaxTextArraySpec> arrays_;
 };

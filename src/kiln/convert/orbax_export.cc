@@ -19,6 +19,8 @@ namespace {
 
 constexpr const char* kTreePrefix = "params/params/";
 constexpr const char* kResidualPrefix = "kiln_residual/";
+constexpr const char* kDroppedPrefix = "kiln_dropped_rows/";
+constexpr const char* kEmbedding = "token_embedder/embedding";
 constexpr const char* kSidecar = "kiln_manifest.json";
 
 // The axis MaxText stacks layers on: 1, after the first dimension of each per-layer array
@@ -74,12 +76,12 @@ void export_plain(const KilnTensorSet& source, OrbaxWriter& writer) {
   for (const std::string& name : source.names()) writer.add(kTreePrefix + name, source.get(name));
 }
 
-// Writes one MaxText array, layer by layer when stacked; returns the residual's name when one
-// was written.
-std::string write_array(const KilnTensorSet& source, const MaxTextArraySpec& a,
-                        OrbaxWriter& writer) {
+// Writes one MaxText array, layer by layer when stacked; returns its sidecar record: the
+// residual's name when one was written, the side array of Gemma's cut-off vocab rows.
+Json write_array(const KilnTensorSet& source, const MaxTextArraySpec& a, OrbaxWriter& writer) {
   const std::string array_name = kTreePrefix + a.path;
   const std::string residual_name = kResidualPrefix + a.path;
+  Json record = Json::object();
   auto kiln_tensor = [&](size_t j) {
     return a.layers.empty() ? source.get(a.kiln_param)
                             : source.layer_tensor(a.layers[j], a.kiln_param);
@@ -88,12 +90,16 @@ std::string write_array(const KilnTensorSet& source, const MaxTextArraySpec& a,
     const Tensor t = kiln_tensor(0);
     const MaxTextValue v = MaxTextTree::to_maxtext(a, t);
     writer.add(array_name, v.array);  // may be `t` itself (no change of layout)
+    if (v.dropped.defined()) {
+      writer.add_side_array(kDroppedPrefix + a.path, v.dropped.contiguous(true));
+      record["dropped_rows"] = kDroppedPrefix + a.path;
+    }
     release_view(t);
     if (v.residual.defined() && any_nonzero(v.residual)) {
       writer.add_side_array(residual_name, v.residual);
-      return residual_name;
+      record["residual"] = residual_name;
     }
-    return "";
+    return record;
   }
   const int axis = maxtext_layer_axis(static_cast<int>(a.maxtext_shape.size()));
   const Shape stacked = a.stored_shape();
@@ -115,7 +121,8 @@ std::string write_array(const KilnTensorSet& source, const MaxTextArraySpec& a,
     }
     if (residual) writer.add_layer(residual_name, static_cast<int64_t>(j), v.residual);
   }
-  return residual ? residual_name : "";
+  if (residual) record["residual"] = residual_name;
+  return record;
 }
 
 bool scanned_tree(const OrbaxSource& source) {
@@ -131,6 +138,20 @@ bool scanned_tree(const OrbaxSource& source) {
       return true;
   }
   return false;
+}
+
+// MaxText's tree of `config` for an Orbax checkpoint MaxText wrote: Gemma's vocab_size (the
+// rows of its embedding) is read from the stored embedding, whatever MaxText was configured
+// with; its other shapes come from the config.
+MaxTextTree tree_of_source(const OrbaxSource& source, const Json& config, bool scanned) {
+  MaxTextTree tree = MaxTextTree::build(config, scanned);
+  const std::string name = std::string(kTreePrefix) + kEmbedding;
+  if (maxtext_default_vocab(tree.family(), tree.spec().vocab_size) > 0 && source.contains(name)) {
+    const Shape shape = source.shape_of(name);
+    if (shape.size() == 2 && shape[0] > 0 && shape[0] != tree.maxtext_vocab())
+      tree = MaxTextTree::build(config, scanned, shape[0]);
+  }
+  return tree;
 }
 
 // Checks that `source` holds exactly the arrays of `tree` with their shapes.
@@ -210,7 +231,8 @@ void export_to_orbax(const KilnTensorSet& source, const std::string& orbax_dir,
           kiln_dir +
               ": no source_config in the manifest, so the family and MaxText's tree are "
               "unknown (export with the plain tree instead)");
-    tree = MaxTextTree::build(manifest["source_config"], layout == "scanned");
+    tree = MaxTextTree::build(manifest["source_config"], layout == "scanned",
+                              export_options.maxtext_vocab);
     // Every Kiln tensor has a place in the tree, and nothing else is asked for.
     std::set<std::string> keys = kiln_keys(source);
     for (const MaxTextArraySpec& a : tree->arrays()) {
@@ -242,12 +264,8 @@ void export_to_orbax(const KilnTensorSet& source, const std::string& orbax_dir,
   if (plain) {
     export_plain(source, writer);
   } else {
-    for (const MaxTextArraySpec& a : tree->arrays()) {
-      const std::string residual = write_array(source, a, writer);
-      Json record = Json::object();
-      if (!residual.empty()) record["residual"] = residual;
-      arrays[a.path] = record;
-    }
+    for (const MaxTextArraySpec& a : tree->arrays())
+      arrays[a.path] = write_array(source, a, writer);
   }
   writer.add("step", Tensor::zeros(DType::I32, {}));  // MaxText's TrainState.step
   writer.finish();
@@ -266,8 +284,10 @@ void export_to_orbax(const KilnTensorSet& source, const std::string& orbax_dir,
   }
   sidecar["kiln_tensors"] = kiln_tensors;
   if (tree)
-    sidecar["maxtext"] = {
-        {"family", tree->family()}, {"scanned", tree->scanned()}, {"arrays", arrays}};
+    sidecar["maxtext"] = {{"family", tree->family()},
+                          {"scanned", tree->scanned()},
+                          {"vocab", tree->maxtext_vocab()},
+                          {"arrays", arrays}};
   write_json_file((fs::path(writer.item_dir()) / kSidecar).string(), sidecar);
   output.commit();
 }
@@ -293,7 +313,8 @@ void import_orbax_to_kiln(const std::string& orbax_dir, const std::string& kiln_
       info.layer_groups =
           sidecar["layer_groups"].get<std::map<std::string, std::vector<int64_t>>>();
     if (sidecar.contains("maxtext")) {
-      tree = MaxTextTree::build(info.source_config, sidecar["maxtext"].at("scanned").get<bool>());
+      tree = MaxTextTree::build(info.source_config, sidecar["maxtext"].at("scanned").get<bool>(),
+                                sidecar["maxtext"].value("vocab", int64_t{0}));
       arrays = sidecar["maxtext"].at("arrays");
     }
     if (has_sidecar) {
@@ -318,7 +339,7 @@ void import_orbax_to_kiln(const std::string& orbax_dir, const std::string& kiln_
   if (!has_sidecar) {
     const bool scanned = scanned_tree(source);
     if (config.is_object() && !config.empty()) {
-      tree = MaxTextTree::build(config, scanned);
+      tree = tree_of_source(source, config, scanned);
       check_tree(source, *tree);
       info.source_config = config;
       info.model_spec = tree->spec().to_json();
@@ -330,6 +351,25 @@ void import_orbax_to_kiln(const std::string& orbax_dir, const std::string& kiln_
                            {"scanned", tree->scanned()},
                            {"source", orbax_dir},
                            {"lossy_value_changes", lossy}}}};
+      // Gemma's padding rows: zeros as MaxText's converters write them; anything else (a
+      // trained MaxText model's rows past the vocab) is dropped all the same, and said.
+      const MaxTextArraySpec& embedding = tree->arrays().front();
+      if (embedding.maxtext_rows > embedding.kiln_shape[0]) {
+        const Tensor rows = source.get(prefix + embedding.path)
+                                .slice(0, embedding.kiln_shape[0], embedding.maxtext_rows);
+        int64_t nonzero = 0;
+        const int64_t row_bytes = static_cast<int64_t>(rows.nbytes()) / rows.dim(0);
+        const auto* bytes = static_cast<const unsigned char*>(rows.contiguous().raw());
+        for (int64_t r = 0; r < rows.dim(0); ++r)
+          for (int64_t b = 0; b < row_bytes; ++b)
+            if (bytes[r * row_bytes + b] != 0 &&
+                (bytes[r * row_bytes + b] != 0x80 || (b + 1) % dtype_size(rows.dtype()) != 0)) {
+              ++nonzero;  // not +0 or -0
+              break;
+            }
+        info.provenance["maxtext"]["padding_rows"] = rows.dim(0);
+        info.provenance["maxtext"]["nonzero_padding_rows"] = nonzero;
+      }
       for (const MaxTextArraySpec& a : tree->arrays()) {
         const DType dtype = source.dtype_of(prefix + a.path);
         if (a.layers.empty()) {
@@ -384,14 +424,17 @@ void import_orbax_to_kiln(const std::string& orbax_dir, const std::string& kiln_
       const Tensor array = source.get(name);
       check(array.shape() == a.stored_shape(),
             source.where() + ": array '" + name + "' does not have MaxText's shape");
-      Tensor residual;
-      if (arrays.contains(a.path) && arrays[a.path].contains("residual")) {
-        residual = source.get_side_array(arrays[a.path]["residual"].get<std::string>());
-        check(residual.defined(),
-              source.where() + ": missing side array " + arrays[a.path]["residual"].dump());
-      }
+      auto side_array = [&](const char* key) {
+        Tensor t;
+        if (arrays.contains(a.path) && arrays[a.path].contains(key)) {
+          t = source.get_side_array(arrays[a.path][key].get<std::string>());
+          check(t.defined(), source.where() + ": missing side array " + arrays[a.path][key].dump());
+        }
+        return t;
+      };
+      const Tensor residual = side_array("residual");
       if (!a.stacked) {
-        write_kiln(a, 0, MaxTextTree::from_maxtext(a, array, residual));
+        write_kiln(a, 0, MaxTextTree::from_maxtext(a, array, residual, side_array("dropped_rows")));
         continue;
       }
       const int axis = maxtext_layer_axis(static_cast<int>(a.maxtext_shape.size()));
@@ -417,9 +460,10 @@ std::vector<std::string> describe_maxtext_tree(const std::string& orbax_dir, con
       const Json sidecar = read_json_file(sidecar_path);
       if (!sidecar.contains("maxtext")) return {};
       tree = MaxTextTree::build(sidecar.value("source_config", Json::object()),
-                                sidecar["maxtext"].value("scanned", false));
+                                sidecar["maxtext"].value("scanned", false),
+                                sidecar["maxtext"].value("vocab", int64_t{0}));
     } else if (config.is_object() && !config.empty()) {
-      tree = MaxTextTree::build(config, scanned_tree(source));
+      tree = tree_of_source(source, config, scanned_tree(source));
     }
   } catch (const Error&) {
     return {};
@@ -449,6 +493,11 @@ std::vector<std::string> maxtext_provenance(const Json& manifest) {
   lines.push_back("weights read from MaxText's " + m.value("family", std::string("?")) + " tree (" +
                   (m.value("scanned", false) ? "scanned" : "unscanned") + ") at " +
                   m.value("source", std::string("?")) + ", without Kiln's residuals");
+  if (m.contains("padding_rows"))
+    lines.push_back("MaxText's " + std::to_string(m.value("padding_rows", int64_t{0})) +
+                    " vocab padding rows dropped (" +
+                    std::to_string(m.value("nonzero_padding_rows", int64_t{0})) +
+                    " of them not zero, unlike MaxText's converters write them)");
   const Json lossy = m.value("lossy_value_changes", Json::array());
   if (lossy.empty()) lines.push_back("MaxText value changes: none lossy (exact)");
   for (const Json& step : lossy)

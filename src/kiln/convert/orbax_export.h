@@ -20,6 +20,10 @@ struct OrbaxExportOptions {
   std::string tree = "maxtext";
   // MaxText's layout: "scanned", "unscanned", or "" for the Kiln checkpoint's own.
   std::string maxtext_layout;
+  // Gemma: MaxText's vocab_size, the rows of its embedding (zeros appended, or rows cut off
+  // and kept in a Kiln side array); 0: maxtext_default_vocab (256128 for the stock Gemma 1
+  // and 2 vocab, 262144 for Gemma 3's).
+  int64_t maxtext_vocab = 0;
 };
 
 // Writes the Kiln checkpoint at `kiln_dir` as an Orbax checkpoint at `orbax_dir`

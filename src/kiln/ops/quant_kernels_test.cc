@@ -181,7 +181,8 @@ std::vector<uint8_t> random_kquant_rows(std::mt19937& rng, DType format, int64_t
 
 // The K-quant kernels (GEMV and GEMM of every set) against the reference kernel on the
 // activations they round to (per block of 32, as for Q8_0 / Q4_1), to float rounding; the
-// reference itself against the f64 product of ggml's dequantized values.
+// reference itself against the f64 product of ggml's dequantized values; and every kernel
+// against the f64 product on the unrounded activations within the bound their rounding sets.
 TEST(QuantKernels, KQuantKernelsMatchTheReference) {
   const std::vector<Case> cases = {
       {1, 256, 1},   {1, 512, 7},   {2, 768, 33},  {3, 256, 5},    {4, 1024, 16}, {5, 256, 9},
@@ -191,7 +192,7 @@ TEST(QuantKernels, KQuantKernelsMatchTheReference) {
   for (const std::string& name : available_kernels()) {
     use_kernels(name);
     for (const DType format : {DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
-      double worst_gemv = 0.0, worst_gemm = 0.0, worst_exact = 0.0;
+      double worst_gemv = 0.0, worst_gemm = 0.0, worst_exact = 0.0, worst_rounding = 0.0;
       for (const Case& c : cases) {
         const std::vector<float> x = random_vector(rng, c.rows * c.in);  // [rows, in]
         const std::vector<float> bias = random_vector(rng, c.out);       // [out]
@@ -211,10 +212,29 @@ TEST(QuantKernels, KQuantKernelsMatchTheReference) {
         EXPECT_LT(e, 2e-6) << name << " " << dtype_name(format) << " rows " << c.rows << " in "
                            << c.in << " out " << c.out;
         worst_exact = std::max(worst_exact, scaled_error(want, exact, magnitude));
+        // Against the f32 activations: within what the activations' rounding can move each
+        // output, sum_i |w_i| * |x_i - x_ref_i| (each |x_i - x_ref_i| at most half its block's
+        // step, max|x| / 254 per 32), plus float rounding.
+        std::vector<float> unrounded, unrounded_magnitude;
+        f64_products(x, w, bias.data(), c.rows, c.in, c.out, unrounded, unrounded_magnitude);
+        for (int64_t r = 0; r < c.rows; ++r)
+          for (int64_t o = 0; o < c.out; ++o) {
+            double bound = 0.0;
+            for (int64_t i = 0; i < c.in; ++i)
+              bound += std::fabs(static_cast<double>(w[o * c.in + i])) *
+                       std::fabs(static_cast<double>(x[r * c.in + i]) - x_ref[r * c.in + i]);
+            const double diff =
+                std::fabs(static_cast<double>(got[r * c.out + o]) - unrounded[r * c.out + o]);
+            const double allowed = bound + 2e-6 * (1.0 + unrounded_magnitude[r * c.out + o]);
+            worst_rounding = std::max(worst_rounding, diff / allowed);
+            EXPECT_LE(diff, allowed) << name << " " << dtype_name(format) << " rows " << c.rows;
+          }
       }
       std::cout << name << " " << dtype_name(format)
                 << ": max error vs reference (scaled by sum |x w|) GEMV " << worst_gemv << ", GEMM "
-                << worst_gemm << "; reference vs f64 " << worst_exact << std::endl;
+                << worst_gemm << "; reference vs f64 " << worst_exact
+                << "; vs f32 activations, largest share of the rounding bound " << worst_rounding
+                << std::endl;
       EXPECT_LT(worst_exact, 2e-6) << name;
     }
   }

@@ -19,6 +19,20 @@ LLAMA_SCRIPT = CONV + "standalone_scripts/llama_or_mistral_ckpt.py: _convert_hug
 GEMMA_SCRIPT = CONV + "standalone_scripts/convert_gemma_chkpt.py: main"
 PM = CONV + "utils/param_mapping.py: "
 
+# MaxText's vocab_size (the rows of token_embedder/embedding) for the Gemma fixtures. MaxText
+# pads the stock Gemma 1/2 vocab (HF 256000) to 256128 (src/maxtext/configs/models/gemma-2b.yml,
+# gemma-7b.yml, gemma2-*.yml: vocab_size 256128; utils/param_mapping.py:
+# GEMMA2_MAXTEXT_TO_HF_PARAM_HOOK_FN.pad_hf_embedding_layer: zero rows appended, then the whole
+# array * float32(sqrt(hidden)); the Gemma 1 script convert_gemma_chkpt.py reads the JAX
+# checkpoint, already 256128 rows), and cuts Gemma 3's (HF 262208) to 262144
+# (configs/models/gemma3-*.yml: vocab_size 262_144; utils/param_mapping.py:
+# GEMMA3_MAXTEXT_TO_HF_PARAM_HOOK_FN.pad_and_scale_embedding: * bfloat16(sqrt(hidden)), then
+# truncate or pad with zeros). The tiny fixtures (vocab 512) are exported with the same kind of
+# padding and cut in small (kiln convert --maxtext-vocab; the test reads it from here).
+FIXTURE_MAXTEXT_VOCAB = {"gemma": 640, "gemma2": 640, "gemma3_text": 448}
+EMBED_PAD = CONV + "utils/param_mapping.py: GEMMA2_MAXTEXT_TO_HF_PARAM_HOOK_FN.pad_hf_embedding_layer"
+EMBED_CUT = CONV + "utils/param_mapping.py: GEMMA3_MAXTEXT_TO_HF_PARAM_HOOK_FN.pad_and_scale_embedding"
+
 
 def family_rules(name, c):
   """(source, per-layer list of (maxtext name, unscanned shape), top-level list, value changes)."""
@@ -70,7 +84,8 @@ def family_rules(name, c):
   if name == "gemma":
     source = GEMMA_SCRIPT + "; models/gemma.py: GemmaDecoderLayer"
     layer = [("pre_self_attention_norm/scale", [E]), ("pre_ffw_norm/scale", [E])] + attn + dense
-    changes = {"token_embedder/embedding": "* sqrt(hidden)", "norm scales": "1 + w",
+    changes = {"token_embedder/embedding": "* sqrt(hidden), MaxText's vocab_size rows (256128: the JAX checkpoint's; from HF's 256000, zeros appended as for Gemma 2)",
+               "norm scales": "1 + w",
                "self_attention/query": "* head_dim**-0.5"}
     return source, layer, top, changes, None
   if name == "gemma2":
@@ -81,7 +96,8 @@ def family_rules(name, c):
                 (f"pre_ffw_norm_{kind}/scale", [E]), (f"post_ffw_norm_{kind}/scale", [E])]
       layer += [(p.replace("self_attention/", f"self_attention_{kind}/"), s) for p, s in attn]
       layer += [(p.replace("mlp/", f"mlp_{kind}/"), s) for p, s in dense]
-    changes = {"token_embedder/embedding": "* float32(sqrt(hidden))", "norm scales": "1 + w",
+    changes = {"token_embedder/embedding": "zero rows appended to MaxText's vocab_size, then * float32(sqrt(hidden))",
+               "norm scales": "1 + w",
                "self_attention/query": "* float32(1 / sqrt(head_dim))"}
     return source, layer, top, changes, "pairs"
   if name == "gemma3_text":
@@ -89,7 +105,8 @@ def family_rules(name, c):
     layer = [("pre_self_attention_norm/scale", [E]), ("post_self_attention_norm/scale", [E]),
              ("pre_ffw_norm/scale", [E]), ("post_ffw_norm/scale", [E])]
     layer += attn + [("self_attention/query_norm/scale", [D]), ("self_attention/key_norm/scale", [D])] + dense
-    changes = {"token_embedder/embedding": "* bfloat16(sqrt(hidden))", "norm scales": "1 + w"}
+    changes = {"token_embedder/embedding": "* bfloat16(sqrt(hidden)), then rows past MaxText's vocab_size cut off (zeros appended when short)",
+               "norm scales": "1 + w"}
     return source, layer, top, changes, "blocks6"
   if name == "deepseek_v3":
     source = PM + "DEEPSEEK_MAXTEXT_TO_HF_PARAM_MAPPING, DEEPSEEK_MAXTEXT_TO_HF_PARAM_HOOK_FN; models/deepseek.py; layers/attention_mla.py: MLA"
@@ -147,6 +164,11 @@ def tree(name, c, scanned):
   out = {}
   for p, s in top:
     out[p] = {"shape": s, "from": source}
+  if name in FIXTURE_MAXTEXT_VOCAB:
+    E = c["hidden_size"]
+    out["token_embedder/embedding"] = {
+        "shape": [FIXTURE_MAXTEXT_VOCAB[name], E],
+        "from": (EMBED_CUT if name.startswith("gemma3") else EMBED_PAD) + "; " + source}
   if grouping == "pairs":
     if scanned:
       for p, s in layer:
@@ -219,6 +241,7 @@ def main():
         "note": "arrays under params/params/ (plus MaxText's scalar 'step'); shapes for this "
                 "fixture's config; written by generate.py from MaxText's code",
         "value_changes": changes,
+        "maxtext_vocab": FIXTURE_MAXTEXT_VOCAB.get(name, c["vocab_size"]),
         "unscanned": tree(name, c, False),
         "scanned": tree(name, c, True),
     }

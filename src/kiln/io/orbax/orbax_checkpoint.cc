@@ -169,6 +169,50 @@ OrbaxWriter::OrbaxWriter(std::string dir, OrbaxWriteOptions options)
   if (options_.ocdbt) ocdbt_ = std::make_unique<OcdbtWriter>(item_dir_, OcdbtWriter::Options{});
 }
 
+OrbaxWriter::~OrbaxWriter() {
+  if (!compressor_.joinable()) return;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  changed_.notify_all();
+  compressor_.join();
+}
+
+void OrbaxWriter::compress_loop() {
+  for (;;) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    changed_.wait(lock, [&] { return chunk_pending_ || stopping_; });
+    if (!chunk_pending_) return;
+    const std::string key = chunk_key_;
+    const std::vector<char>& raw = chunk_buffers_[chunk_slot_];
+    lock.unlock();
+    try {
+      const auto [frame, frame_size] = zstd_->compress(raw.data(), raw.size());
+      store(key, frame, frame_size);
+    } catch (...) {
+      lock.lock();
+      chunk_error_ = std::current_exception();
+      lock.unlock();
+    }
+    lock.lock();
+    chunk_pending_ = false;
+    lock.unlock();
+    changed_.notify_all();
+  }
+}
+
+void OrbaxWriter::wait_for_chunk() {
+  if (!compressor_.joinable()) return;
+  std::unique_lock<std::mutex> lock(mutex_);
+  changed_.wait(lock, [&] { return !chunk_pending_; });
+  if (chunk_error_) {
+    std::exception_ptr e = chunk_error_;
+    chunk_error_ = nullptr;
+    std::rethrow_exception(e);
+  }
+}
+
 void OrbaxWriter::add(const std::string& name, const Tensor& tensor) {
   add_array(name, tensor, true);
 }
@@ -202,6 +246,11 @@ std::string OrbaxWriter::start_array(const std::string& name, bool listed, Shape
 }
 
 void OrbaxWriter::put(const std::string& key, const char* bytes, size_t size) {
+  wait_for_chunk();
+  store(key, bytes, size);
+}
+
+void OrbaxWriter::store(const std::string& key, const char* bytes, size_t size) {
   if (ocdbt_) {
     ocdbt_->add(key, bytes, size);
     return;
@@ -216,22 +265,37 @@ void OrbaxWriter::put(const std::string& key, const char* bytes, size_t size) {
 
 void OrbaxWriter::put_chunk(const std::string& key, const char* raw, size_t size,
                             size_t chunk_bytes) {
-  if (size < chunk_bytes) {  // zarr v2 stores full chunks: edge chunks are zero-padded
-    if (pad_.size() < chunk_bytes) pad_.resize(chunk_bytes);
-    std::memcpy(pad_.data(), raw, size);
-    std::memset(pad_.data() + size, 0, chunk_bytes - size);
-    raw = pad_.data();
+  if (!options_.zarr.zstd) {
+    if (size < chunk_bytes) {  // zarr v2 stores full chunks: edge chunks are zero-padded
+      if (pad_.size() < chunk_bytes) pad_.resize(chunk_bytes);
+      std::memcpy(pad_.data(), raw, size);
+      std::memset(pad_.data() + size, 0, chunk_bytes - size);
+      raw = pad_.data();
+    }
+    return put(key, raw, chunk_bytes);
   }
-  if (!options_.zarr.zstd) return put(key, raw, chunk_bytes);
   if (!zstd_) {
     const int threads =
         options_.compress_threads > 0
             ? options_.compress_threads
             : static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 4u));
     zstd_ = std::make_unique<ZstdCompressor>(options_.zarr.zstd_level, threads);
+    compressor_ = std::thread([this] { compress_loop(); });
   }
-  const auto [frame, frame_size] = zstd_->compress(raw, chunk_bytes);
-  put(key, frame, frame_size);
+  // The chunk goes into the buffer the thread is not compressing (so the caller may reuse or
+  // release `raw` at once), then to the thread once it is done with the previous one.
+  std::vector<char>& buffer = chunk_buffers_[chunk_slot_ ^ 1];
+  buffer.resize(chunk_bytes);
+  std::memcpy(buffer.data(), raw, size);
+  std::memset(buffer.data() + size, 0, chunk_bytes - size);
+  wait_for_chunk();
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    chunk_slot_ ^= 1;
+    chunk_key_ = key;
+    chunk_pending_ = true;
+  }
+  changed_.notify_all();
 }
 
 void OrbaxWriter::add_array(const std::string& name, const Tensor& tensor, bool listed) {
@@ -323,6 +387,7 @@ void OrbaxWriter::finish() {
     for (size_t j = 0; j < l.done.size(); ++j)
       check(l.done[j], item_dir_ + ": tensor '" + name + "': layer " + std::to_string(j) +
                            " was never written");
+  wait_for_chunk();
   if (ocdbt_) ocdbt_->finish();
   const int64_t start = now_nanoseconds();
   Json tree = Json::object(), sharding = Json::object(), arrays = Json::array();

@@ -2,11 +2,15 @@
 // layouts): a TensorSource over their arrays, and a writer that orbax-checkpoint restores.
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kiln/io/json.h"
@@ -79,6 +83,9 @@ struct OrbaxWriteOptions {
 class OrbaxWriter {
  public:
   OrbaxWriter(std::string dir, OrbaxWriteOptions options);
+  ~OrbaxWriter();
+  OrbaxWriter(const OrbaxWriter&) = delete;
+  OrbaxWriter& operator=(const OrbaxWriter&) = delete;
   // Adds the array at tree path `name` ("params/decoder/layers/mlp/wi_0/kernel"). Path parts
   // must be non-empty and free of '.', quotes and backslashes. Throws Error naming the tensor.
   void add(const std::string& name, const Tensor& tensor);
@@ -119,8 +126,15 @@ class OrbaxWriter {
   void add_array(const std::string& name, const Tensor& tensor, bool listed);
   // Records array `name` (checked tree path, not yet added) and returns its storage name.
   std::string start_array(const std::string& name, bool listed, Shape shape, Shape chunks);
-  // Stores one zarr key: an OCDBT entry or a file.
+  // Stores one zarr key: an OCDBT entry or a file (after the compressing thread's chunk).
   void put(const std::string& key, const char* bytes, size_t size);
+  void store(const std::string& key, const char* bytes, size_t size);
+  // The compressing thread: zstd chunks are compressed and stored there while the caller
+  // prepares the next chunk (copied into the other of two buffers), so compression overlaps
+  // reading, transposing and scaling. wait_for_chunk() waits until it is idle (rethrowing its
+  // error); every store from the calling thread waits for it first.
+  void compress_loop();
+  void wait_for_chunk();
   void put(const std::string& key, const std::string& bytes) {
     put(key, bytes.data(), bytes.size());
   }
@@ -129,6 +143,14 @@ class OrbaxWriter {
   void put_chunk(const std::string& key, const char* raw, size_t size, size_t chunk_bytes);
   std::unique_ptr<ZstdCompressor> zstd_;
   std::vector<char> pad_;
+  std::thread compressor_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  bool chunk_pending_ = false, stopping_ = false;
+  std::string chunk_key_;
+  std::vector<char> chunk_buffers_[2];
+  int chunk_slot_ = 0;  // the buffer the thread compresses (the caller fills the other)
+  std::exception_ptr chunk_error_;
   std::string dir_;
   std::string item_dir_;
   OrbaxWriteOptions options_;
