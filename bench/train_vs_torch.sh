@@ -8,8 +8,8 @@
 #                                                        B=4, T=256, 2 steps)
 #   bench/train_vs_torch.sh MODEL [STEPS] [BATCH] [SEQ]  one model folder
 # Each engine runs STEPS timed steps after one untimed warm-up step, Kiln in f32 and with
-# --compute-dtype bf16, PyTorch in f32 and under bf16 autocast. KILN_BASE=path/to/kiln adds a
-# row for an earlier build, measured in the same run. MFU is against Kiln's f32 GEMM peak for
+# --compute-dtype bf16, PyTorch in f32 and under bf16 autocast. KILN_BASE=path/to/kiln adds
+# rows for an earlier build (f32 and bf16 compute), measured in the same run. MFU is against Kiln's f32 GEMM peak for
 # every row (bf16 products can exceed it) and, for the bf16 rows, against its bf16 GEMM's.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -132,15 +132,18 @@ torch_run() {
 
 # Rows: Kiln f32 (the default), Kiln with --compute-dtype bf16 (bf16 products, f32 masters),
 # PyTorch f32, PyTorch under bf16 autocast (TORCH_BF16=0 skips it: a PyTorch without a CPU bf16
-# path fails there), and with KILN_BASE an earlier build (f32); then the ratios.
+# path fails there), and with KILN_BASE an earlier build (f32 and bf16 compute); then the ratios.
 run_shape() {
   local label="$1" model="$2" steps="$3" batch="$4" seq="$5"
   local k32 k32_rss k16 k16_rss t32 threads t32_rss t16="" t16_rss="" flops base="" base_rss=""
+  local base16="" base16_rss=""
   read -r k32 k32_rss < <(kiln_run "$kiln" "$model" "$steps" "$batch" "$seq")
   read -r k16 k16_rss < <(kiln_run "$kiln" "$model" "$steps" "$batch" "$seq" --compute-dtype bf16)
   # KILN_BASE=path: an earlier build of kiln, measured in the same run for a before/after row.
   if [ -n "${KILN_BASE:-}" ]; then
     read -r base base_rss < <(kiln_run "$KILN_BASE" "$model" "$steps" "$batch" "$seq")
+    read -r base16 base16_rss < <(kiln_run "$KILN_BASE" "$model" "$steps" "$batch" "$seq" \
+      --compute-dtype bf16)
   fi
   read -r t32 threads t32_rss < <(torch_run "$model" "$steps" "$batch" "$seq" f32)
   if [ "${TORCH_BF16:-1}" != 0 ]; then
@@ -149,7 +152,8 @@ run_shape() {
   flops="$(flops_per_token "$model" "$seq")"
   $py - "$label" "$batch x $seq" "$flops" "$peak_gflops" "$threads" "${bf16_peak:-0}" \
     "Kiln f32:$k32:$k32_rss" "Kiln bf16 compute:$k16:$k16_rss" "PyTorch f32:$t32:$t32_rss" \
-    "PyTorch bf16 autocast:$t16:$t16_rss" "Kiln f32 (KILN_BASE):$base:$base_rss" <<'EOF'
+    "PyTorch bf16 autocast:$t16:$t16_rss" "Kiln f32 (KILN_BASE):$base:$base_rss" \
+    "Kiln bf16 compute (KILN_BASE):$base16:$base16_rss" <<'EOF'
 import sys
 import torch
 label, shape, flops, peak, threads, bf16_peak = sys.argv[1:7]
@@ -165,7 +169,9 @@ for engine, (rate, rss) in rows.items():
     mfu16 = f"{100 * g / bf16_peak:.0f}%" if "bf16" in engine and bf16_peak > 0 else ""
     print(f"| {label} | {shape} | {name} | {rate:.1f} | {g:.1f} | {100 * g / peak:.0f}% | {mfu16} | {rss // 1024} |")
 for a, b in (("Kiln f32", "PyTorch f32"), ("Kiln bf16 compute", "PyTorch f32"),
-             ("Kiln bf16 compute", "PyTorch bf16 autocast"), ("Kiln bf16 compute", "Kiln f32")):
+             ("Kiln bf16 compute", "PyTorch bf16 autocast"), ("Kiln bf16 compute", "Kiln f32"),
+             ("Kiln f32", "Kiln f32 (KILN_BASE)"),
+             ("Kiln bf16 compute", "Kiln bf16 compute (KILN_BASE)")):
     if a in rows and b in rows:
         print(f"| {label} | {shape} | {a} / {b} | {rows[a][0] / rows[b][0]:.2f}x | | | | "
               f"{rows[a][1] / rows[b][1]:.2f}x |")

@@ -132,6 +132,43 @@ TEST(GemmBf16, RoundsEachOperandToNearestEvenAndStaysWithinBf16OfF32) {
   use_kernels("auto");
 }
 
+// The rounding on the vector paths of the packing (full panels of tile rows, 16 pairs at a
+// time, in both layouts of a): ties to even and NaN as f32_to_bf16, every word in its place.
+// a [rows 12, depth 70] times the identity [70, 70] gives the rounded a back exactly.
+TEST(GemmBf16, PacksWholePanelsWithTheSameRoundingAsTheScalarPath) {
+  const int64_t rows = 12, depth = 70;
+  std::vector<float> a(rows * depth);
+  for (int64_t j = 0; j < rows; ++j)
+    for (int64_t k = 0; k < depth; ++k)  // ties (odd k), plain values and signs by position
+      a[j * depth + k] =
+          (k % 2 ? 1.0f + static_cast<float>(1 + 2 * (k % 5)) * 0x1p-8f
+                 : 0.37f * static_cast<float>(k - 30) + 0.011f * static_cast<float>(j)) *
+          (j % 3 == 1 ? -1.0f : 1.0f);
+  a[5 * depth + 33] = std::numeric_limits<float>::quiet_NaN();  // row 5: all NaN
+  std::vector<float> identity(depth * depth, 0.0f);
+  for (int64_t k = 0; k < depth; ++k) identity[k * depth + k] = 1.0f;
+  const std::vector<float> at = transposed(a, rows, depth);
+  for (const std::string& name : available_kernels()) {
+    use_kernels(name);
+    for (bool a_transposed : {false, true}) {
+      std::vector<float> y(rows * depth, -7.0f);
+      gemm_bf16(a_transposed ? at.data() : a.data(), a_transposed, identity.data(), false, y.data(),
+                rows, depth, depth, false);
+      int64_t mismatches = 0;
+      for (int64_t j = 0; j < rows; ++j)
+        for (int64_t k = 0; k < depth; ++k) {
+          const float got = y[j * depth + k];
+          if (j == 5)
+            mismatches += !std::isnan(got);
+          else
+            mismatches += got != bf16_to_f32(f32_to_bf16(a[j * depth + k]));
+        }
+      EXPECT_EQ(mismatches, 0) << name << (a_transposed ? " a transposed" : " a rows");
+    }
+  }
+  use_kernels("auto");
+}
+
 // Bitwise the same for 1, 2 and 3 threads, in every layout.
 TEST(GemmBf16, BitwiseTheSameForAnyThreadCount) {
   std::mt19937 rng(7);

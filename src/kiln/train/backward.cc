@@ -54,8 +54,9 @@ static void fill_rows_with_bias(const float* bias, float* y, int64_t rows, int64
 void linear_forward(const float* x, const float* weight, const float* bias, float* y, int64_t rows,
                     int64_t in, int64_t out) {
   if (compute_dtype() == DType::BF16) {
-    fill_rows_with_bias(bias, y, rows, out);
-    return ops::gemm_bf16(x, false, weight, false, y, rows, in, out, true);
+    // Without a bias the product overwrites y (no pass that zeroes it first).
+    if (bias) fill_rows_with_bias(bias, y, rows, out);
+    return ops::gemm_bf16(x, false, weight, false, y, rows, in, out, bias != nullptr);
   }
   if (rows <= ops::kGemvMaxRows)  // the GEMV
     return ops::linear(x, weight, DType::F32, bias, y, rows, in, out);
@@ -543,8 +544,7 @@ double lm_head_cross_entropy(const float* h, const float* weight, const int32_t*
     const int64_t n = std::min(chunk_rows, rows - start);
     const float* hc = h + start * hidden;  // [n, hidden]
     if (packed) {
-      std::fill(logits.begin(), logits.begin() + n * vocab, 0.0f);
-      ops::gemm_bf16(hc, false, *packed, logits.data(), n, true);
+      ops::gemm_bf16(hc, false, *packed, logits.data(), n, false);
     } else {
       linear_forward(hc, weight, nullptr, logits.data(), n, hidden, vocab);
     }
