@@ -38,7 +38,7 @@ int64_t now_ns() {
 int64_t WorkPool::spin_microseconds() {
   static const int64_t value = [] {
     const char* text = std::getenv("KILN_POOL_SPIN_US");
-    return text && *text ? std::max<int64_t>(0, std::atoll(text)) : int64_t{200};
+    return text && *text ? std::max<int64_t>(0, std::atoll(text)) : int64_t{100};
   }();
   return value;
 }
@@ -89,10 +89,15 @@ void WorkPool::worker_loop(int index) {
     uint32_t wake = wake_.load(std::memory_order_acquire);
     if (wake == seen) {
       const int64_t deadline = now_ns() + 1000 * spin_microseconds();
+      // (yielding now and then: on a machine with more runnable threads than cores, a thread
+      // waiting for work on this core, the caller's included, gets it)
       for (int i = 1; wake == seen; ++i) {
         _mm_pause();
         wake = wake_.load(std::memory_order_acquire);
-        if (i % 64 == 0 && now_ns() > deadline) break;
+        if (i % 64 == 0) {
+          if (now_ns() > deadline) break;
+          std::this_thread::yield();
+        }
       }
       while (wake == seen) {
         wake_.wait(seen, std::memory_order_acquire);
@@ -143,7 +148,7 @@ void WorkPool::run(int64_t count, int64_t chunk, ChunkFunction fn, void* context
   // Every chunk is claimed now: wait for those still running on workers.
   for (int i = 1; done_.load(std::memory_order_acquire) < chunks; ++i) {
     _mm_pause();
-    if (i % 1024 == 0) std::this_thread::yield();
+    if (i % 64 == 0) std::this_thread::yield();
   }
   if (failed_.load(std::memory_order_relaxed)) {
     std::exception_ptr error;

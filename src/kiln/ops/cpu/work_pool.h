@@ -43,7 +43,7 @@ class WorkPool {
   void pause_workers(bool paused) { paused_.store(paused, std::memory_order_relaxed); }
 
   // How long an idle worker polls for the next job before it sleeps on a futex (microseconds;
-  // KILN_POOL_SPIN_US, default 200).
+  // KILN_POOL_SPIN_US, default 100).
   static int64_t spin_microseconds();
 
  private:
