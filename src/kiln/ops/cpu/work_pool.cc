@@ -38,7 +38,7 @@ int64_t now_ns() {
 int64_t WorkPool::spin_microseconds() {
   static const int64_t value = [] {
     const char* text = std::getenv("KILN_POOL_SPIN_US");
-    return text && *text ? std::max<int64_t>(0, std::atoll(text)) : int64_t{100};
+    return text && *text ? std::max<int64_t>(0, std::atoll(text)) : int64_t{50};
   }();
   return value;
 }
@@ -76,7 +76,8 @@ void WorkPool::claim_chunks(uint32_t generation) {
         failed_.store(true, std::memory_order_relaxed);
       }
     }
-    done_.fetch_add(1, std::memory_order_acq_rel);
+    // (the last chunk wakes a caller that went to sleep waiting for it)
+    if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == chunks) done_.notify_all();
     state = state_.load(std::memory_order_acquire);
   }
 }
@@ -115,7 +116,7 @@ void WorkPool::worker_loop(int index) {
 void WorkPool::run(int64_t count, int64_t chunk, ChunkFunction fn, void* context, int threads) {
   if (count <= 0) return;
   const int64_t chunks = (count + chunk - 1) / chunk;
-  if (threads <= 1 || chunks <= 1 || in_chunk || omp_in_parallel() ||
+  if (threads <= 1 || chunks <= 1 || chunks >= kClosed || in_chunk || omp_in_parallel() ||
       busy_.exchange(true, std::memory_order_acquire))
     return run_inline(count, chunk, fn, context);
   // (this thread holds the pool until it returns)
@@ -145,10 +146,17 @@ void WorkPool::run(int64_t count, int64_t chunk, ChunkFunction fn, void* context
     const InChunk scope;
     claim_chunks(generation);
   }
-  // Every chunk is claimed now: wait for those still running on workers.
-  for (int i = 1; done_.load(std::memory_order_acquire) < chunks; ++i) {
+  // Every chunk is claimed now: wait for those still running on workers, polling for a few
+  // microseconds, then asleep (a worker descheduled inside its chunk may take milliseconds;
+  // a sleeping thread also gets its core back sooner when woken on a busy machine).
+  uint32_t done = done_.load(std::memory_order_acquire);
+  for (int i = 1; done < chunks && i <= 256; ++i) {
     _mm_pause();
-    if (i % 64 == 0) std::this_thread::yield();
+    done = done_.load(std::memory_order_acquire);
+  }
+  while (done < chunks) {
+    done_.wait(done, std::memory_order_acquire);
+    done = done_.load(std::memory_order_acquire);
   }
   if (failed_.load(std::memory_order_relaxed)) {
     std::exception_ptr error;

@@ -43,7 +43,7 @@ class WorkPool {
   void pause_workers(bool paused) { paused_.store(paused, std::memory_order_relaxed); }
 
   // How long an idle worker polls for the next job before it sleeps on a futex (microseconds;
-  // KILN_POOL_SPIN_US, default 100).
+  // KILN_POOL_SPIN_US, default 50).
   static int64_t spin_microseconds();
 
  private:
@@ -55,10 +55,11 @@ class WorkPool {
   // (generation << 32) | next unclaimed chunk; kClosed while a job's fields are written.
   std::atomic<uint64_t> state_{0};
   std::atomic<uint32_t> wake_{0};  // bumped for every job: idle workers wait on it
-  std::atomic<int64_t> done_{0};   // chunks of the current job finished
+  std::atomic<uint32_t> done_{0};  // chunks of the current job finished
   std::atomic<ChunkFunction> fn_{nullptr};
   std::atomic<void*> context_{nullptr};
-  std::atomic<int64_t> count_{0}, chunk_{1}, chunks_{0};
+  std::atomic<int64_t> count_{0}, chunk_{1};
+  std::atomic<uint32_t> chunks_{0};
   std::atomic<int> participants_{0};  // caller and workers 0 .. participants - 2
   std::atomic<bool> busy_{false}, stop_{false}, failed_{false}, paused_{false};
   std::mutex error_mutex_;
