@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <string>
 
 namespace kiln::ops::cpu {
 
@@ -166,6 +167,21 @@ void WorkPool::run(int64_t count, int64_t chunk, ChunkFunction fn, void* context
     }
     std::rethrow_exception(error);
   }
+}
+
+namespace {
+std::atomic<DecodeThreads> decode_mode{[] {
+  const char* text = std::getenv("KILN_DECODE_THREADS");
+  return text && std::string(text) == "openmp" ? DecodeThreads::kOpenMP : DecodeThreads::kPool;
+}()};
+}  // namespace
+
+DecodeThreads decode_threads() {
+  return decode_mode.load(std::memory_order_relaxed);
+}
+
+void use_decode_threads(DecodeThreads mode) {
+  decode_mode.store(mode, std::memory_order_relaxed);
 }
 
 WorkPool& work_pool() {

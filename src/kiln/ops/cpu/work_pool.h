@@ -6,6 +6,8 @@
 // results for any thread count and any hand-out.
 #pragma once
 
+#include <omp.h>
+
 #include <atomic>
 #include <cstdint>
 #include <exception>
@@ -101,8 +103,28 @@ int64_t gemv_chunk_rows(int64_t out, int64_t row_bytes, int threads);
 // The thread count of the calling thread's next parallel region (omp_get_max_threads()).
 int pool_threads();
 
+// Who runs parallel_chunks: the work pool (default), or, for comparisons, one OpenMP region
+// per call whose threads take contiguous shares of whole chunks (the fork/join the decode
+// kernels used before the pool; the same results bit for bit). KILN_DECODE_THREADS=pool|openmp
+// sets it at start.
+enum class DecodeThreads { kPool, kOpenMP };
+DecodeThreads decode_threads();
+void use_decode_threads(DecodeThreads mode);
+
 template <class Body>
 void parallel_chunks(int64_t count, int64_t chunk, Body& body, int threads) {
+  if (decode_threads() == DecodeThreads::kOpenMP) {
+    const int64_t chunks = (count + chunk - 1) / chunk;
+    const int team = threads > 0 ? threads : pool_threads();
+#pragma omp parallel num_threads(team) if (chunks > 1 && team > 1)
+    {
+      const int64_t n = omp_get_num_threads(), t = omp_get_thread_num();
+      const int64_t first = chunks * t / n, last = chunks * (t + 1) / n;
+      for (int64_t c = first; c < last; ++c)
+        body(c * chunk, c * chunk + chunk < count ? c * chunk + chunk : count);
+    }
+    return;
+  }
   work_pool().run(
       count, chunk,
       [](void* context, int64_t begin, int64_t end) { (*static_cast<Body*>(context))(begin, end); },

@@ -240,7 +240,9 @@ std::vector<uint8_t> stored_weights(std::mt19937& rng, DType format, const std::
 struct Restore {
   int threads = omp_get_max_threads();
   Bf16Gemv bf16 = bf16_gemv();
+  DecodeThreads mode = decode_threads();
   ~Restore() {
+    use_decode_threads(mode);
     omp_set_num_threads(threads);
     use_kernels("auto");
     use_bf16_gemv(bf16);
@@ -270,12 +272,15 @@ TEST(WorkPool, LinearIsBitwiseOneThreadsForEveryFormat) {
           omp_set_num_threads(1);
           std::vector<float> one(rows * out);
           linear(x.data(), stored.data(), format, bias.data(), one.data(), rows, in, out);
-          for (const int threads : {2, 3, -2}) {  // -2: two threads, the worker paused
-            omp_set_num_threads(threads < 0 ? -threads : threads);
+          // -2: two threads, the worker paused; 4: two OpenMP threads (KILN_DECODE_THREADS)
+          for (const int threads : {2, 3, -2, 4}) {
+            omp_set_num_threads(threads < 0 ? -threads : threads == 4 ? 2 : threads);
             work_pool().pause_workers(threads < 0);
+            use_decode_threads(threads == 4 ? DecodeThreads::kOpenMP : DecodeThreads::kPool);
             std::vector<float> pooled(rows * out, -1.0f);
             linear(x.data(), stored.data(), format, bias.data(), pooled.data(), rows, in, out);
             work_pool().pause_workers(false);
+            use_decode_threads(DecodeThreads::kPool);
             ASSERT_EQ(std::memcmp(one.data(), pooled.data(), sizeof(float) * one.size()), 0)
                 << set << " " << dtype_name(format) << " " << bf16_gemv_name(mode) << " rows "
                 << rows << " threads " << threads;
