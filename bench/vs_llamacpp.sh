@@ -60,8 +60,12 @@ mkdir -p "$work"
 log="$work/log"
 mkdir -p "$log"
 
-# Threads that wait for each other sleep instead of spinning (both engines use libgomp): on a
-# shared machine a spinning thread burns the core its descheduled sibling needs.
+# Idle OpenMP threads sleep instead of spinning (both engines link libgomp). Neither engine's
+# decode waits on libgomp per operation: Kiln's runs on its own pool (ops/cpu/work_pool.h),
+# llama.cpp (GGML_OPENMP) opens one OpenMP region per graph and spins in its own barrier
+# inside. The policy costs one futex wake per region: per token for llama.cpp, per GEMM for
+# Kiln's prefill. With `active`, libgomp's idle threads would spin on through Kiln's decode
+# beside the pool's workers; on a shared machine a spinning thread burns a core others need.
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
 echo "$(nproc) cores:$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)," \
   "load average $(cut -d' ' -f1-3 /proc/loadavg), OMP_WAIT_POLICY=$OMP_WAIT_POLICY"

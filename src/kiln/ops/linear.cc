@@ -12,6 +12,7 @@
 #include "kiln/core/tensor.h"
 #include "kiln/ops/activation.h"
 #include "kiln/ops/cpu/scratch.h"
+#include "kiln/ops/cpu/work_pool.h"
 #include "kiln/ops/kernels.h"
 
 namespace kiln::ops {
@@ -57,20 +58,24 @@ void linear_group(const float* x, int64_t rows, int64_t in, const LinearProduct*
   }
   // Several rows keep their own calls (the GEMV's rows are strided by each product's `out`);
   // so does a product too small for threads, and a call from inside a parallel region.
+  const int threads = cpu::pool_threads();
   if (rows != 1 || count < 2 || in * total < (int64_t{1} << 18) || omp_in_parallel() ||
-      omp_get_max_threads() < 2) {
+      threads < 2) {
     for (int k = 0; k < count; ++k)
       linear(x, products[k].weight, products[k].bias, products[k].y, rows, in, products[k].out);
     return;
   }
   const cpu::KernelTable& kernels = active_kernels();
-#pragma omp parallel
-  {
-    // This thread's share [begin, end) of the outputs of all products in order, each part
-    // within one product computed by its kernel alone (a nested region runs on this thread).
-    // A GEMV sums each output the same whatever outputs share its call.
-    const int64_t threads = omp_get_num_threads(), thread = omp_get_thread_num();
-    const int64_t begin = total * thread / threads, end = total * (thread + 1) / threads;
+  int64_t bytes = 0;  // of all weight rows
+  for (int k = 0; k < count; ++k)
+    bytes += products[k].out * static_cast<int64_t>(products[k].weight.row_bytes);
+  // x stays as it is for the whole call: each thread converts it for its kernels once.
+  const uint64_t epoch = cpu::new_input_epoch();
+  auto body = [&](int64_t begin, int64_t end) {
+    // The chunk [begin, end) of the outputs of all products in order, each part within one
+    // product computed by its kernel alone (whose own hand-out then runs on this thread). A
+    // GEMV sums each output the same whatever outputs share its call.
+    const cpu::InputEpoch scope(epoch);
     int64_t first = 0;  // the first output of product k among all
     for (int k = 0; k < count; ++k) {
       const LinearProduct& p = products[k];
@@ -83,7 +88,8 @@ void linear_group(const float* x, int64_t rows, int64_t in, const LinearProduct*
       kernels.linear[cpu::weight_format_index(p.weight.format)](
           x, part, p.bias ? p.bias + o0 : nullptr, p.y + o0, 1, in, o1 - o0);
     }
-  }
+  };
+  cpu::parallel_chunks(total, cpu::gemv_chunk_rows(total, bytes / total, threads), body, threads);
 }
 
 void linear(const float* x, const void* weight, DType weight_dtype, const float* bias, float* y,
@@ -105,30 +111,36 @@ void linear_refine_top(const float* x, const WeightView& exact, float* y, int64_
                 std::to_string(in) + " inputs");
   const cpu::LinearKernel kernel = active_kernels().linear[index];
   const auto* w_bytes = static_cast<const std::byte*>(exact.data);
-#pragma omp parallel for schedule(static) if (rows > 1 && rows * out >= (int64_t{1} << 18))
-  for (int64_t n = 0; n < rows; ++n) {
-    float* y_row = y + n * out;  // [out]
-    // The k largest so far, largest first: one comparison per output once k are held.
-    int64_t best[kRefineMaxOutputs];
-    float value[kRefineMaxOutputs];
-    int64_t held = 0;
-    for (int64_t o = 0; o < out; ++o) {
-      const float v = y_row[o];
-      if (held == k && !(v > value[k - 1])) continue;
-      int64_t j = held < k ? held++ : k - 1;
-      for (; j > 0 && value[j - 1] < v; --j) {
-        value[j] = value[j - 1];
-        best[j] = best[j - 1];
+  auto refine_rows = [&](int64_t row_begin, int64_t row_end) {
+    for (int64_t n = row_begin; n < row_end; ++n) {
+      float* y_row = y + n * out;  // [out]
+      // The k largest so far, largest first: one comparison per output once k are held.
+      int64_t best[kRefineMaxOutputs];
+      float value[kRefineMaxOutputs];
+      int64_t held = 0;
+      for (int64_t o = 0; o < out; ++o) {
+        const float v = y_row[o];
+        if (held == k && !(v > value[k - 1])) continue;
+        int64_t j = held < k ? held++ : k - 1;
+        for (; j > 0 && value[j - 1] < v; --j) {
+          value[j] = value[j - 1];
+          best[j] = best[j - 1];
+        }
+        value[j] = v;
+        best[j] = o;
       }
-      value[j] = v;
-      best[j] = o;
+      for (int64_t j = 0; j < held; ++j) {
+        const WeightView row{w_bytes + best[j] * exact.row_bytes, exact.format, exact.block,
+                             exact.row_bytes};
+        kernel(x + n * in, row, nullptr, y_row + best[j], 1, in, 1);
+      }
     }
-    for (int64_t j = 0; j < held; ++j) {
-      const WeightView row{w_bytes + best[j] * exact.row_bytes, exact.format, exact.block,
-                           exact.row_bytes};
-      kernel(x + n * in, row, nullptr, y_row + best[j], 1, in, 1);
-    }
-  }
+  };
+  // One row per chunk on the work pool (a row's result is its thread's alone).
+  if (rows > 1 && rows * out >= (int64_t{1} << 18))
+    cpu::parallel_chunks(rows, 1, refine_rows);
+  else
+    refine_rows(0, rows);
 }
 
 void linear_reference(const float* x, const WeightView& weight, const float* bias, float* y,

@@ -15,6 +15,7 @@
 #include "kiln/ops/cpu/scratch.h"
 #include "kiln/ops/cpu/simd_avx2.h"
 #include "kiln/ops/cpu/train_gemm_bf16.h"
+#include "kiln/ops/cpu/work_pool.h"
 
 namespace kiln::ops::cpu::avx2 {
 namespace {

@@ -18,6 +18,7 @@
 #include "kiln/ops/cpu/scratch.h"
 #include "kiln/ops/cpu/simd_avx512.h"
 #include "kiln/ops/cpu/train_gemm_bf16.h"
+#include "kiln/ops/cpu/work_pool.h"
 #include "kiln/ops/kernels.h"
 
 namespace kiln::ops::cpu::avx512 {
@@ -425,6 +426,16 @@ void gemv_bf16_range(const uint16_t* xs, const WeightView& weight, const float* 
                                    o);
 }
 
+// The split activations of the last gemv_bf16 on this thread (its kPackedActivations
+// scratch), reused inside the same input epoch as qgemv reuses its quantized activations.
+struct SplitKey {
+  uint64_t epoch = 0;
+  const float* x = nullptr;
+  int64_t rows = 0, in = 0;
+  bool low = false;
+};
+thread_local SplitKey split_key;
+
 template <bool kLow>
 void gemv_bf16(const float* x, const WeightView& weight, const float* bias, float* y, int64_t rows,
                int64_t in, int64_t out) {
@@ -432,12 +443,15 @@ void gemv_bf16(const float* x, const WeightView& weight, const float* bias, floa
   auto* xs = static_cast<uint16_t*>(thread_scratch(
       ScratchSlot::kPackedActivations,
       sizeof(uint16_t) * groups * split_blocks(in) * kGemvRows * (kLow ? 2 : 1) * kPairLanes));
-  split_activations<kLow>(x, rows, in, xs);
-#pragma omp parallel if (rows * in * out >= kParallelWork)
-  {
-    const int64_t threads = omp_get_num_threads(), thread = omp_get_thread_num();
-    const int64_t o_begin = out * thread / threads, o_end = out * (thread + 1) / threads;
-    switch (gemv_tile_outputs(static_cast<int>(smaller(rows, kGemvRows)))) {
+  const uint64_t epoch = InputEpoch::current();
+  if (epoch == 0 || split_key.epoch != epoch || split_key.x != x || split_key.rows != rows ||
+      split_key.in != in || split_key.low != kLow) {
+    split_activations<kLow>(x, rows, in, xs);
+    split_key = {epoch, x, rows, in, kLow};
+  }
+  const int tile = gemv_tile_outputs(static_cast<int>(smaller(rows, kGemvRows)));
+  auto body = [&](int64_t o_begin, int64_t o_end) {
+    switch (tile) {
       case 4:
         gemv_bf16_range<4, kLow>(xs, weight, bias, y, rows, in, out, o_begin, o_end);
         break;
@@ -450,7 +464,8 @@ void gemv_bf16(const float* x, const WeightView& weight, const float* bias, floa
       default:
         gemv_bf16_range<1, kLow>(xs, weight, bias, y, rows, in, out, o_begin, o_end);
     }
-  }
+  };
+  gemv_output_rows(rows, in, out, weight.row_bytes, body);
 }
 // The Q8_0 row kernel of qgemv on AVX-512 (decode): weights made unsigned (w + 128, one xor)
 // for vpdpbusd against the signed activations, without the sign trick's per-row work; the
