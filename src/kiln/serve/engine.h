@@ -174,16 +174,18 @@ class Engine {
     bool prompt = false;  // part of the tokens to take in (Slot::feed)
     bool want = false;
   };
-  // One-shot mode: the prompt's pass of `slot` (Model::forward, alone) and its first token;
-  // false when the sequence ended. For a preempted sequence: its cache rebuilt (the prompt, then
-  // its generated tokens one by one through the decode path).
   // A request's first admission: its sampler, decoder and output constraint. False (after
   // its final event) when it asks for no tokens.
   bool begin(Slot& slot);
-  bool prefill(Slot& slot, Workspace& workspace);
-  // Chunked mode: sets up a sequence just admitted: its cache (the reserved blocks, a prefix-cache
-  // hit copied in) and the tokens to take in; at its first admission its sampler and decoder. False
-  // when the sequence ended (max_tokens 0).
+  // One-shot mode: the prompts of the sequences just admitted (admit()), all together in
+  // passes of Model::prefill_rows of up to kPrefillPassRows rows (a row's results do not depend
+  // on the rows that share its pass), each sequence's first token from its last prompt row;
+  // a rebuilt sequence's generated tokens but the last then one by one through the decode path.
+  void prefill(const std::vector<Slot*>& slots, Workspace& workspace);
+  static constexpr int64_t kPrefillPassRows = 256;
+  // Sets up a sequence just admitted: its cache (the reserved blocks, a prefix-cache hit copied
+  // in) and the tokens to take in; at its first admission its sampler and decoder. False when
+  // the sequence ended (max_tokens 0).
   bool admit(Slot& slot);
   // The prompt tokens a step takes in beside `decoding` decode rows (--prefill-chunk).
   int64_t prompt_budget(int64_t decoding) const;
