@@ -7,9 +7,11 @@
 // logits stay close to the f32 cache's (the error is printed).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <iostream>
+#include <memory>
 
 #include "hf_fixtures.h"
 #include "kiln/layers/model.h"
@@ -193,6 +195,113 @@ TEST_P(DecodeRows, PromptChunksSharingAStepEqualTokenByToken) {
           EXPECT_EQ(caches[s].length(), static_cast<int64_t>(seqs[s].size()));
         }
         EXPECT_GE(compared, 3);
+        EXPECT_EQ(differing, 0) << "schedule " << k << (every_row ? ", every row" : ", last rows")
+                                << ", " << dtype_name(dtype) << " cache: " << differing << " of "
+                                << compared << " rows differ from the sequence fed alone";
+      }
+  }
+}
+
+// The server's prompt passes (Model::prefill_rows: every product through the GEMM, attention
+// per row): a prompt's rows give, at every position, bitwise the logits of feeding the
+// sequence alone one token per call, however the prompts are cut and whatever other prompts
+// share a call (calls of up to 27 rows, across the GEMV's 16-row limit); the decode steps after
+// them too. Each position's logits are close to the decode path's (the difference is printed).
+TEST_P(DecodeRows, PrefillRowsAreBitwiseWhateverTheirCompany) {
+  KILN_SKIP_UNSUPPORTED_FIXTURE(GetParam());
+  const LoadedModel loaded = load_model(test::hf_fixture_path(GetParam()));
+  const Model model(loaded.spec, loaded.weights);
+  const int64_t vocab = model.spec().vocab_size;
+  std::vector<std::vector<int32_t>> prompts = {{1, 5, 9, 3, 11, 2, 7, 4, 6, 8}, {7, 2, 9}, {}};
+  // (at most 16 positions with the decode steps: the dynamic-RoPE fixture's limit)
+  for (int32_t i = 0; i < 14; ++i) prompts[2].push_back((i * 7 + 3) % 13 + 1);
+  const size_t n = prompts.size();
+  for (DType dtype : {DType::F32, DType::BF16}) {
+    // Alone, one token per call, then two decode steps: the logits of every position.
+    std::vector<std::vector<std::vector<float>>> alone(n);
+    std::vector<std::vector<int32_t>> decoded(n);
+    double max_error = 0.0, max_logit = 0.0;  // against the decode path, token by token
+    for (size_t s = 0; s < n; ++s) {
+      KvCache cache = model.make_cache(1, 32, dtype), rows_cache = model.make_cache(1, 32, dtype);
+      Workspace workspace;
+      KvCache* c = &cache;
+      KvCache* rc = &rows_cache;
+      for (int32_t token : prompts[s]) {
+        const float* logits = model.prefill_rows(&token, 1, &c, nullptr, workspace);
+        alone[s].emplace_back(logits, logits + vocab);
+        const float* row = model.step_rows(&token, 1, &rc, nullptr, workspace);
+        for (int64_t v = 0; v < vocab; ++v) {
+          max_error =
+              std::max(max_error, std::fabs(static_cast<double>(alone[s].back()[v]) - row[v]));
+          max_logit = std::max(max_logit, std::fabs(static_cast<double>(row[v])));
+        }
+      }
+      for (int step = 0; step < 2; ++step) {
+        const std::vector<float>& last = alone[s].back();
+        const auto token =
+            static_cast<int32_t>(std::max_element(last.begin(), last.end()) - last.begin());
+        decoded[s].push_back(token);
+        const float* logits = model.decode_rows(&token, 1, &c, workspace);
+        alone[s].emplace_back(logits, logits + vocab);
+      }
+    }
+    std::cout << GetParam() << " (" << dtype_name(dtype)
+              << " cache): prompt rows through the GEMM against the decode path, max logit "
+                 "difference "
+              << max_error << " (largest |logit| " << max_logit << ")" << std::endl;
+    EXPECT_LT(max_error, 0.05 * max_logit + 1e-3);
+    // Together: each call a list of (sequence, tokens).
+    using Call = std::vector<std::pair<size_t, int64_t>>;
+    const std::vector<std::vector<Call>> schedules = {
+        {{{0, 10}, {1, 3}, {2, 14}}},                  // all in one call of 27 rows
+        {{{2, 5}, {0, 4}}, {{1, 3}, {0, 6}, {2, 9}}},  // 9 rows, then 18
+        {{{0, 1}, {2, 13}}, {{2, 1}, {0, 9}, {1, 1}}, {{1, 2}}}};
+    for (size_t k = 0; k < schedules.size(); ++k)
+      for (bool every_row : {true, false}) {
+        std::vector<KvCache> caches;
+        for (size_t s = 0; s < n; ++s) caches.push_back(model.make_cache(1, 32, dtype));
+        std::vector<int64_t> fed(n, 0);
+        Workspace workspace;
+        int64_t compared = 0, differing = 0;
+        for (const Call& call : schedules[k]) {
+          std::vector<int32_t> tokens;
+          std::vector<KvCache*> rows;
+          std::vector<std::pair<size_t, int64_t>> where;  // (sequence, position) per row
+          std::vector<char> want;
+          for (const auto& [s, count] : call)
+            for (int64_t i = 0; i < count; ++i) {
+              tokens.push_back(prompts[s][fed[s] + i]);
+              rows.push_back(&caches[s]);
+              where.emplace_back(s, fed[s] + i);
+              want.push_back(every_row || i + 1 == count);
+            }
+          for (const auto& [s, count] : call) fed[s] += count;
+          std::unique_ptr<bool[]> wanted(new bool[want.size()]);
+          for (size_t r = 0; r < want.size(); ++r) wanted[r] = want[r] != 0;
+          const float* logits =
+              model.prefill_rows(tokens.data(), static_cast<int64_t>(tokens.size()), rows.data(),
+                                 wanted.get(), workspace);
+          for (size_t r = 0, j = 0; r < tokens.size(); ++r) {
+            if (!want[r]) continue;
+            const auto& [s, position] = where[r];
+            ++compared;
+            differing += std::memcmp(logits + j++ * vocab, alone[s][position].data(),
+                                     sizeof(float) * vocab) != 0;
+          }
+        }
+        // Two decode steps of all three together: they read every cached key and value.
+        for (int step = 0; step < 2; ++step) {
+          int32_t tokens[3];
+          KvCache* rows[3];
+          for (size_t s = 0; s < n; ++s) tokens[s] = decoded[s][step], rows[s] = &caches[s];
+          const float* logits = model.decode_rows(tokens, 3, rows, workspace);
+          for (size_t s = 0; s < n; ++s) {
+            ++compared;
+            differing += std::memcmp(logits + s * vocab, alone[s][prompts[s].size() + step].data(),
+                                     sizeof(float) * vocab) != 0;
+          }
+        }
+        EXPECT_GE(compared, 9);
         EXPECT_EQ(differing, 0) << "schedule " << k << (every_row ? ", every row" : ", last rows")
                                 << ", " << dtype_name(dtype) << " cache: " << differing << " of "
                                 << compared << " rows differ from the sequence fed alone";

@@ -52,9 +52,10 @@ class ServeCommand : public Command {
                    "MiB of KV kept for prompt prefixes that later prompts reuse (default 0: off)")
         ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
     app.add_option("--prefill-chunk", prefill_chunk_,
-                   "how prompts go in. 0 (default): one-shot, each new prompt prefilled alone in "
-                   "one pass through the GEMM between decode steps (fastest prompts; the other "
-                   "streams pause meanwhile). N: chunked, up to N prompt tokens per step share "
+                   "how prompts go in. 0 (default): one-shot, the prompts admitted since the "
+                   "last step prefilled together through the GEMM between decode steps (fastest "
+                   "prompts; the other streams pause meanwhile). N: chunked, up to N prompt tokens "
+                   "per step share "
                    "the step with the decoding sequences (steadier inter-token latency under "
                    "load; long prompts several times slower). auto: chunked, filling the step's "
                    "last pass of 16 rows, or one more pass when under 4 rows are left")

@@ -1,8 +1,11 @@
 #include "kiln/layers/model.h"
 
+#include <optional>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 
 #include "kiln/core/error.h"
 #include "kiln/models/capabilities.h"
@@ -130,13 +133,25 @@ const float* Model::forward(const int32_t* tokens, int64_t batch, int64_t tokens
 
 const float* Model::step_rows(const int32_t* tokens, int64_t rows, KvCache* const* caches,
                               const bool* want, Workspace& workspace) const {
-  const int64_t hidden = spec_.hidden_size, vocab = spec_.vocab_size;
   check(rows > 0 && rows <= kMaxDecodeRows, "step_rows: " + std::to_string(rows) + " rows; 1 to " +
                                                 std::to_string(kMaxDecodeRows) + " share a step");
+  return rows_pass(tokens, rows, caches, want, workspace, false);
+}
+
+const float* Model::prefill_rows(const int32_t* tokens, int64_t rows, KvCache* const* caches,
+                                 const bool* want, Workspace& workspace) const {
+  check(rows > 0, "prefill_rows: no rows");
+  return rows_pass(tokens, rows, caches, want, workspace, true);
+}
+
+const float* Model::rows_pass(const int32_t* tokens, int64_t rows, KvCache* const* caches,
+                              const bool* want, Workspace& workspace, bool gemm) const {
+  const int64_t hidden = spec_.hidden_size, vocab = spec_.vocab_size;
   workspace.reset();
-  // The per-row bookkeeping lives on the stack: a step allocates nothing.
-  int64_t positions[kMaxDecodeRows], out_row[kMaxDecodeRows];
-  bool alone[kMaxDecodeRows];
+  // The per-row bookkeeping comes from the workspace: a step allocates nothing.
+  int64_t* positions = workspace.take<int64_t>(rows);
+  int64_t* out_row = workspace.take<int64_t>(rows);
+  bool* alone = workspace.take<bool>(rows);
   int64_t wanted = 0;
   for (int64_t r = 0; r < rows; ++r) {
     KvCache& cache = *caches[r];
@@ -156,9 +171,14 @@ const float* Model::step_rows(const int32_t* tokens, int64_t rows, KvCache* cons
   for (int64_t r = 0; r < rows; ++r)
     if (positions[r] > 0 && rope_changes(positions[r], positions[r] + 1))
       for (int64_t q = 0; q < rows; ++q) alone[q] = alone[q] || caches[q] == caches[r];
-  int64_t batched[kMaxDecodeRows], starts[kMaxDecodeRows];
-  int32_t ids[kMaxDecodeRows];
-  LayerKvCache* layer_caches[kMaxDecodeRows];
+  int64_t* batched = workspace.take<int64_t>(rows);
+  int64_t* starts = workspace.take<int64_t>(rows);
+  int32_t* ids = workspace.take<int32_t>(rows);
+  LayerKvCache** layer_caches = workspace.take<LayerKvCache*>(rows);
+  // A prompt pass runs every product through the GEMM (ops::GemmRowsScope): a row's result
+  // is then the same whatever rows share the pass (the layers' other work is per row).
+  std::optional<ops::GemmRowsScope> gemm_rows;
+  if (gemm) gemm_rows.emplace();
   int64_t m = 0, m_wanted = 0;
   for (int64_t r = 0; r < rows; ++r) {
     if (alone[r]) {
@@ -192,7 +212,9 @@ const float* Model::step_rows(const int32_t* tokens, int64_t rows, KvCache* cons
     layers_[i].forward_rows(x, m, starts, layer_caches, workspace);
   }
   // The final norm and lm_head over the wanted rows only (a prompt's rows but its last need
-  // no logits).
+  // no logits), through the GEMV in groups of up to kMaxDecodeRows rows also in a prompt pass
+  // (as one-row decoding computes them: one pass's prompt ends take no GEMM of the whole head).
+  gemm_rows.reset();
   float* head_input = x;  // [m_wanted, hidden]
   if (m_wanted < m) {
     head_input = workspace.take<float>(std::max<int64_t>(m_wanted, 1) * hidden);
@@ -203,7 +225,9 @@ const float* Model::step_rows(const int32_t* tokens, int64_t rows, KvCache* cons
   if (m_wanted > 0) {
     final_norm_.forward(head_input, m_wanted, head_input);
     float* batch_logits = workspace.take<float>(m_wanted * vocab);  // [m_wanted, V]
-    head(head_input, m_wanted, batch_logits);
+    for (int64_t k = 0; k < m_wanted; k += kMaxDecodeRows)
+      head(head_input + k * hidden, std::min(kMaxDecodeRows, m_wanted - k),
+           batch_logits + k * vocab);
     finish_logits(batch_logits, m_wanted);
     for (int64_t j = 0, k = 0; j < m; ++j)
       if (out_row[batched[j]] >= 0)

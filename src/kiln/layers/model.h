@@ -63,6 +63,14 @@ class Model {
   static constexpr int64_t kMaxDecodeRows = ops::kGemvMaxRows;
   const float* step_rows(const int32_t* tokens, int64_t rows, KvCache* const* caches,
                          const bool* want, Workspace& workspace) const;
+  // The same pass for the rows of prompts (any number of rows, several sequences, each a run of
+  // its next positions in order): every linear product through the GEMM (ops::GemmRowsScope),
+  // attention per row over its own cache as in step_rows, the wanted rows' logits through the
+  // GEMV. Each row's results are bitwise the same whatever other rows share the call, and
+  // however a sequence's tokens are cut into calls (one token per call included) — not those
+  // of step_rows, whose products are the GEMV's. The server's prompts (kiln serve).
+  const float* prefill_rows(const int32_t* tokens, int64_t rows, KvCache* const* caches,
+                            const bool* want, Workspace& workspace) const;
   // step_rows with one row per sequence, every row's logits: [rows, V].
   const float* decode_rows(const int32_t* tokens, int64_t rows, KvCache* const* caches,
                            Workspace& workspace) const {
@@ -84,6 +92,9 @@ class Model {
   void head(const float* x, int64_t rows, float* logits) const;
   // The logit scale and soft-cap, in place.   logits: [rows, V]
   void finish_logits(float* logits, int64_t rows) const;
+  // step_rows (gemm false: up to kMaxDecodeRows rows) and prefill_rows (gemm true).
+  const float* rows_pass(const int32_t* tokens, int64_t rows, KvCache* const* caches,
+                         const bool* want, Workspace& workspace, bool gemm) const;
   // True when some layer's RoPE frequencies differ between the two sequence lengths.
   bool rope_changes(int64_t cached_length, int64_t new_length) const;
   // forward() over the cached tokens followed by `tokens`, from an emptied cache; returns

@@ -169,6 +169,71 @@ TEST(FastKernels, GemvRowsAreBitwiseTheSameAloneOrBatched) {
   use_kernels("auto");
 }
 
+// Row invariance of the GEMM (ops::GemmRowsScope, the server's prompt passes): for every
+// kernel set and weight format, inside the scope each row of a call of 2 to 70 rows (across
+// the GEMV's 16-row limit and the GEMM's blocks of rows) is bitwise the row computed alone (a
+// call of one row, padded with zero rows to the GEMM); outside the scope nothing changes.
+TEST(FastKernels, GemmRowsAreBitwiseTheSameAloneOrBatched) {
+  std::mt19937 rng(29);
+  constexpr int64_t kRows = 70;
+  struct Shape {
+    int64_t in, out;
+  };
+  for (const std::string& name : available_kernels()) {
+    use_kernels(name);
+    for (const DType dtype :
+         {DType::F32, DType::BF16, DType::F16, DType::Q8_0, DType::Q4_1, DType::Q4_1_128}) {
+      const bool quantized = dtype_block(dtype) > 1;
+      const std::vector<Shape> shapes = quantized
+                                            ? std::vector<Shape>{{128, 13}, {640, 7}}
+                                            : std::vector<Shape>{{33, 67}, {1030, 7}, {64, 1}};
+      int64_t compared = 0;
+      for (const Shape& s : shapes) {
+        const std::vector<float> x = random_vector(rng, kRows * s.in);  // [kRows, in]
+        const std::vector<float> w = random_vector(rng, s.out * s.in);  // [out, in]
+        const std::vector<float> bias = random_vector(rng, s.out);      // [out]
+        const size_t row_bytes = dtype_nbytes(dtype, s.in);
+        std::vector<uint8_t> stored(s.out * row_bytes);
+        if (quantized) {
+          for (int64_t o = 0; o < s.out; ++o)
+            quantize_row(dtype, w.data() + o * s.in, stored.data() + o * row_bytes, s.in);
+        } else {
+          const std::vector<uint32_t> words = weights_of(w, dtype);
+          std::memcpy(stored.data(), words.data(), stored.size());
+        }
+        // Outside the scope one row takes the GEMV: kept to check the scope ends.
+        std::vector<float> gemv_row(s.out);
+        linear(x.data(), stored.data(), dtype, bias.data(), gemv_row.data(), 1, s.in, s.out);
+        {
+          GemmRowsScope scope;
+          ASSERT_TRUE(gemm_rows_forced());
+          std::vector<float> alone(kRows * s.out);  // [kRows, out]
+          for (int64_t r = 0; r < kRows; ++r)
+            linear(x.data() + r * s.in, stored.data(), dtype, bias.data(), alone.data() + r * s.out,
+                   1, s.in, s.out);
+          for (const int64_t rows : {2, 5, 16, 17, 31, 64, 65, 70}) {
+            const int64_t first = (rows * 7) % (kRows - rows + 1);
+            std::vector<float> batched(rows * s.out);  // [rows, out]
+            linear(x.data() + first * s.in, stored.data(), dtype, bias.data(), batched.data(), rows,
+                   s.in, s.out);
+            ASSERT_EQ(0, std::memcmp(batched.data(), alone.data() + first * s.out,
+                                     sizeof(float) * rows * s.out))
+                << name << " " << dtype_name(dtype) << " rows " << rows << " in " << s.in << " out "
+                << s.out;
+            ++compared;
+          }
+        }
+        EXPECT_FALSE(gemm_rows_forced());
+        std::vector<float> again(s.out);
+        linear(x.data(), stored.data(), dtype, bias.data(), again.data(), 1, s.in, s.out);
+        EXPECT_EQ(0, std::memcmp(again.data(), gemv_row.data(), sizeof(float) * s.out)) << name;
+      }
+      EXPECT_GT(compared, 0);
+    }
+  }
+  use_kernels("auto");
+}
+
 // The AVX-512 bf16 GEMV (1 to 16 rows) in each mode against the reference kernel on the
 // activations as the mode takes them (only the summation order differs: same bound as
 // every fast linear kernel), and the error its rounding of x adds against f32 activations

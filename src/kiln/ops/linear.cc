@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <string>
+#include <vector>
 
 #include "kiln/core/error.h"
 #include "kiln/core/tensor.h"
@@ -34,6 +35,20 @@ WeightView weight_view(const Tensor& weight) {
   return weight_view(weight.raw(), weight.dtype(), weight.dim(1));
 }
 
+namespace {
+thread_local bool gemm_rows = false;  // inside a GemmRowsScope
+}  // namespace
+
+GemmRowsScope::GemmRowsScope() : previous_(gemm_rows) {
+  gemm_rows = true;
+}
+GemmRowsScope::~GemmRowsScope() {
+  gemm_rows = previous_;
+}
+bool gemm_rows_forced() {
+  return gemm_rows;
+}
+
 void linear(const float* x, const WeightView& weight, const float* bias, float* y, int64_t rows,
             int64_t in, int64_t out) {
   const int index = cpu::weight_format_index(weight.format);
@@ -41,7 +56,18 @@ void linear(const float* x, const WeightView& weight, const float* bias, float* 
     throw Error("linear: a " + std::string(dtype_name(weight.format)) + " weight view of " +
                 std::to_string(weight.row_bytes) + " bytes per row does not hold " +
                 std::to_string(in) + " inputs");
-  active_kernels().linear[index](x, weight, bias, y, rows, in, out);
+  const cpu::LinearKernel kernel = active_kernels().linear[index];
+  constexpr int64_t kGemmRows = kGemvMaxRows + 1;
+  if (!gemm_rows || rows <= 0 || rows >= kGemmRows)
+    return kernel(x, weight, bias, y, rows, in, out);
+  // The GEMM for a few rows: zero rows below them (their outputs dropped). Per-thread buffers,
+  // kept between calls (a prompt pass makes many).
+  thread_local std::vector<float> padded_x, padded_y;
+  padded_x.assign(static_cast<size_t>(kGemmRows * in), 0.0f);
+  padded_y.resize(static_cast<size_t>(kGemmRows * out));
+  std::copy(x, x + rows * in, padded_x.begin());
+  kernel(padded_x.data(), weight, bias, padded_y.data(), kGemmRows, in, out);
+  std::copy(padded_y.begin(), padded_y.begin() + rows * out, y);
 }
 
 void linear_group(const float* x, int64_t rows, int64_t in, const LinearProduct* products,
@@ -60,7 +86,7 @@ void linear_group(const float* x, int64_t rows, int64_t in, const LinearProduct*
   // so does a product too small for threads, and a call from inside a parallel region.
   const int threads = cpu::pool_threads();
   if (rows != 1 || count < 2 || in * total < (int64_t{1} << 18) || omp_in_parallel() ||
-      threads < 2) {
+      threads < 2 || gemm_rows) {
     for (int k = 0; k < count; ++k)
       linear(x, products[k].weight, products[k].bias, products[k].y, rows, in, products[k].out);
     return;

@@ -50,6 +50,25 @@ inline constexpr int64_t kGemvMaxRows = 16;
 // core/quant.h) and multiply in integers; the other paths keep x in f32.
 void linear(const float* x, const WeightView& weight, const float* bias, float* y, int64_t rows,
             int64_t in, int64_t out);
+// While one is alive on a thread, linear() and linear_group() on that thread run the GEMM for
+// every row count: a call of fewer than kGemvMaxRows + 1 rows is padded with zero rows (the
+// kernels' GEMMs sum each row with its own accumulators, in an order set by `in` only, so a
+// row's result is bitwise the same whatever rows share the call, alone included). For the
+// server's prompt passes (Model::prefill_rows): a prompt row gets one result whether it runs
+// alone or with other prompts' rows, in whatever chunks. Scopes nest.
+class GemmRowsScope {
+ public:
+  GemmRowsScope();
+  ~GemmRowsScope();
+  GemmRowsScope(const GemmRowsScope&) = delete;
+  GemmRowsScope& operator=(const GemmRowsScope&) = delete;
+
+ private:
+  bool previous_ = false;
+};
+// True inside a GemmRowsScope on this thread.
+bool gemm_rows_forced();
+
 // One product of linear_group: y = x W^T + b, W seen through `weight` [out, in].
 struct LinearProduct {
   WeightView weight;

@@ -288,14 +288,16 @@ void Engine::run() {
     }
     stats_.active = static_cast<int64_t>(active.size());
     stats_.kv_bytes = kv_in_use_;
+    std::vector<Slot*> admitted;  // one-shot mode: the prompts to prefill before the step
     for (auto& slot : active) {
-      if (slot->channel->cancelled())
+      if (slot->channel->cancelled()) {
         slot->ended = true;
-      else if (!slot->cache)
-        guard(*slot, [&] {
-          slot->ended = !(options_.chunked() ? admit(*slot) : prefill(*slot, workspace));
-        });
+      } else if (!slot->cache) {
+        guard(*slot, [&] { slot->ended = !admit(*slot); });
+        if (!slot->ended && !options_.chunked()) admitted.push_back(slot.get());
+      }
     }
+    if (!admitted.empty()) prefill(admitted, workspace);
     retire();
     // The block each decoding sequence needs for this step's position, oldest first; while one
     // does not fit the budget, the youngest sequence is preempted (requeued first, in age
@@ -558,38 +560,68 @@ bool Engine::begin(Slot& slot) {
   return true;
 }
 
-bool Engine::prefill(Slot& slot, Workspace& workspace) {
-  const SequenceRequest& request = slot.request;
-  if (!slot.started && !begin(slot)) return false;
-  const int64_t length = static_cast<int64_t>(request.prompt.size());
-  slot.cache.emplace(model_.make_cache(1, slot.reserved, options_.kv_dtype));
-  ForwardOptions options;
-  options.last_position_only = true;
-  if (slot.rebuild) {
-    // The same passes that built the cache before: the prompt alone, then each generated
-    // token but the last through the single-row decode path (bitwise what the shared decode
-    // steps computed). The last generated token is fed by the next decode step.
-    model_.forward(request.prompt.data(), 1, length, *slot.cache, workspace, options);
-    KvCache* cache = &*slot.cache;
-    for (size_t i = 0; i + 1 < slot.output.size(); ++i)
-      model_.decode_rows(&slot.output[i], 1, &cache, workspace);
-    stats_.replayed_tokens += length + static_cast<int64_t>(slot.output.size()) - 1;
-    slot.rebuild = false;
-    return true;
+void Engine::prefill(const std::vector<Slot*>& slots, Workspace& workspace) {
+  // The prompt rows of all the sequences, in passes of up to kPrefillPassRows rows (a prompt
+  // may span passes; a sequence's rows stay in position order).
+  struct PromptRow {
+    Slot* slot;
+    int32_t token;
+    bool want;
+  };
+  std::vector<PromptRow> rows;
+  for (Slot* slot : slots) {
+    const size_t prompt = slot->request.prompt.size();
+    for (size_t i = slot->fed; i < prompt; ++i)
+      rows.push_back({slot, slot->feed[i], i + 1 == prompt && slot->output.empty()});
   }
-  int64_t reused = 0;
-  if (prefix_cache_) {
-    reused = prefix_cache_->reuse(request.prompt, *slot.cache);
-    ++(reused > 0 ? stats_.prefix_hits : stats_.prefix_misses);
-    stats_.prefix_tokens_reused += reused;
+  const int64_t vocab = model_.spec().vocab_size;
+  std::vector<int32_t> tokens;
+  std::vector<KvCache*> caches;
+  std::unique_ptr<bool[]> want(new bool[kPrefillPassRows]);
+  std::vector<PromptRow*> members;
+  for (size_t first = 0; first < rows.size();) {
+    tokens.clear();
+    caches.clear();
+    members.clear();
+    for (; first < rows.size() && static_cast<int64_t>(members.size()) < kPrefillPassRows;
+         ++first) {
+      PromptRow& row = rows[first];
+      if (row.slot->ended) continue;  // failed in an earlier pass
+      want[members.size()] = row.want;
+      members.push_back(&row);
+      tokens.push_back(row.token);
+      caches.push_back(&*row.slot->cache);
+    }
+    if (members.empty()) break;
+    const auto n = static_cast<int64_t>(members.size());
+    const float* logits = nullptr;
+    try {
+      logits = model_.prefill_rows(tokens.data(), n, caches.data(), want.get(), workspace);
+    } catch (const std::exception& e) {
+      for (PromptRow* row : members)
+        if (!row->slot->ended) fail(*row->slot, e.what());
+      continue;
+    }
+    for (int64_t j = 0, k = 0; j < n; ++j) {
+      Slot& slot = *members[j]->slot;
+      ++slot.fed;
+      if (want[j]) {
+        const float* row_logits = logits + k++ * vocab;
+        guard(slot, [&] { after_ingest(slot, row_logits); });
+      }
+    }
   }
-  const float* logits = model_.forward(request.prompt.data() + reused, 1, length - reused,
-                                       *slot.cache, workspace, options);
-  if (prefix_cache_) {
-    prefix_cache_->keep(request.prompt, *slot.cache);
-    stats_.prefix_cache_bytes = prefix_cache_->bytes();
+  // A rebuilt sequence: its generated tokens but the last one by one through the single-row
+  // decode path (bitwise what the shared decode steps computed); the next step feeds the last.
+  for (Slot* slot : slots) {
+    if (slot->ended) continue;
+    guard(*slot, [&] {
+      KvCache* cache = &*slot->cache;
+      for (; slot->ingesting(); ++slot->fed)
+        model_.decode_rows(&slot->feed[slot->fed], 1, &cache, workspace);
+      if (!slot->output.empty()) after_ingest(*slot, nullptr);
+    });
   }
-  return emit(slot, logits);
 }
 
 bool Engine::admit(Slot& slot) {

@@ -3,9 +3,9 @@
 // (Model::step_rows: each weight read once for up to 16 rows; more rows take more passes) with a
 // row per decoding sequence, each sequence with its own KV cache and sampler. Prompts go in one
 // of two ways (EngineOptions::prefill_chunk):
-// - one-shot (the default): each newly admitted prompt runs alone, in one pass through the GEMM
-//   prefill path (Model::forward), between decode steps. Fast for long prompts; the other
-//   streams wait for it.
+// - one-shot (the default): the prompts admitted since the last step run together, in passes of
+//   Model::prefill_rows (every product through the GEMM, attention per row), between decode
+//   steps. Fast for long prompts and for many prompts at once; the other streams wait for it.
 // - chunked (--prefill-chunk N or auto): a bounded chunk of the prompts being taken in shares
 //   each step with the decode rows, so a new prompt does not stall the other streams; prompts
 //   go through the row path, slower than the GEMM for long prompts.
@@ -15,11 +15,10 @@
 // preempted or not (in a given mode). KV caches grow in blocks as sequences grow; when a block
 // does not fit the KV budget the youngest sequence is preempted (its cache freed, itself
 // requeued first) and later rebuilt exactly by the passes that built it: one-shot, its prompt
-// prefilled alone and its generated tokens replayed one by one through the decode path;
+// through a prompt pass and its generated tokens replayed one by one through the decode path;
 // chunked, its prompt and generated tokens fed again row by row. The optional prefix cache
-// reuses the KV of earlier prompts' block-aligned prefixes: chunked, bitwise (a prompt's
-// positions are computed row by row however it is cut); one-shot, close to but not bitwise
-// equal to prefilling the whole prompt (the GEMM's sums depend on the rows in the pass). Each
+// reuses the KV of earlier prompts' block-aligned prefixes, bitwise in both modes (a prompt
+// row's results do not depend on the rows computed with it or on how the prompt is cut). Each
 // sequence reports its text (stop strings cut, never emitted), tokens and log-probabilities
 // through a Channel that the HTTP side reads; cancelling the channel (a client that went away)
 // ends the sequence at its next step.
@@ -174,16 +173,18 @@ class Engine {
     bool prompt = false;  // part of the tokens to take in (Slot::feed)
     bool want = false;
   };
-  // One-shot mode: the prompt's pass of `slot` (Model::forward, alone) and its first token;
-  // false when the sequence ended. For a preempted sequence: its cache rebuilt (the prompt, then
-  // its generated tokens one by one through the decode path).
   // A request's first admission: its sampler, decoder and output constraint. False (after
   // its final event) when it asks for no tokens.
   bool begin(Slot& slot);
-  bool prefill(Slot& slot, Workspace& workspace);
-  // Chunked mode: sets up a sequence just admitted: its cache (the reserved blocks, a prefix-cache
-  // hit copied in) and the tokens to take in; at its first admission its sampler and decoder. False
-  // when the sequence ended (max_tokens 0).
+  // One-shot mode: the prompts of the sequences just admitted (admit()), all together in
+  // passes of Model::prefill_rows of up to kPrefillPassRows rows (a row's results do not depend
+  // on the rows that share its pass), each sequence's first token from its last prompt row;
+  // a rebuilt sequence's generated tokens but the last then one by one through the decode path.
+  void prefill(const std::vector<Slot*>& slots, Workspace& workspace);
+  static constexpr int64_t kPrefillPassRows = 256;
+  // Sets up a sequence just admitted: its cache (the reserved blocks, a prefix-cache hit copied
+  // in) and the tokens to take in; at its first admission its sampler and decoder. False when
+  // the sequence ended (max_tokens 0).
   bool admit(Slot& slot);
   // The prompt tokens a step takes in beside `decoding` decode rows (--prefill-chunk).
   int64_t prompt_budget(int64_t decoding) const;
