@@ -103,6 +103,25 @@ TEST(FastKernels, LinearMatchesReferenceForEveryDtypeAndShape) {
   use_kernels("auto");
 }
 
+namespace {
+
+// w [out, in] as `dtype` stores it: quantized row by row, or as the dtype's words.
+std::vector<uint8_t> stored_weights(const std::vector<float>& w, DType dtype, int64_t out,
+                                    int64_t in) {
+  const size_t row_bytes = dtype_nbytes(dtype, in);
+  std::vector<uint8_t> stored(out * row_bytes);
+  if (dtype_block(dtype) > 1) {
+    for (int64_t o = 0; o < out; ++o)
+      quantize_row(dtype, w.data() + o * in, stored.data() + o * row_bytes, in);
+  } else {
+    const std::vector<uint32_t> words = weights_of(w, dtype);
+    std::memcpy(stored.data(), words.data(), stored.size());
+  }
+  return stored;
+}
+
+}  // namespace
+
 // Batch invariance of the GEMV (the server's decode steps share one call for up to 16
 // sequences, Model::kMaxDecodeRows, and promise each the same tokens as alone): for every
 // kernel set, weight format and 1 to 16 rows, each row of the call is bitwise the row computed
@@ -133,15 +152,7 @@ TEST(FastKernels, GemvRowsAreBitwiseTheSameAloneOrBatched) {
           const std::vector<float> x = random_vector(rng, kRows * s.in);  // [kRows, in]
           const std::vector<float> w = random_vector(rng, s.out * s.in);  // [out, in]
           const std::vector<float> bias = random_vector(rng, s.out);      // [out]
-          const size_t row_bytes = dtype_nbytes(dtype, s.in);
-          std::vector<uint8_t> stored(s.out * row_bytes);
-          if (quantized) {
-            for (int64_t o = 0; o < s.out; ++o)
-              quantize_row(dtype, w.data() + o * s.in, stored.data() + o * row_bytes, s.in);
-          } else {
-            const std::vector<uint32_t> words = weights_of(w, dtype);
-            std::memcpy(stored.data(), words.data(), stored.size());
-          }
+          const std::vector<uint8_t> stored = stored_weights(w, dtype, s.out, s.in);
           for (const float* b : {bias.data(), static_cast<const float*>(nullptr)}) {
             std::vector<float> alone(kRows * s.out);  // [kRows, out]
             for (int64_t r = 0; r < kRows; ++r)
@@ -192,15 +203,7 @@ TEST(FastKernels, GemmRowsAreBitwiseTheSameAloneOrBatched) {
         const std::vector<float> x = random_vector(rng, kRows * s.in);  // [kRows, in]
         const std::vector<float> w = random_vector(rng, s.out * s.in);  // [out, in]
         const std::vector<float> bias = random_vector(rng, s.out);      // [out]
-        const size_t row_bytes = dtype_nbytes(dtype, s.in);
-        std::vector<uint8_t> stored(s.out * row_bytes);
-        if (quantized) {
-          for (int64_t o = 0; o < s.out; ++o)
-            quantize_row(dtype, w.data() + o * s.in, stored.data() + o * row_bytes, s.in);
-        } else {
-          const std::vector<uint32_t> words = weights_of(w, dtype);
-          std::memcpy(stored.data(), words.data(), stored.size());
-        }
+        const std::vector<uint8_t> stored = stored_weights(w, dtype, s.out, s.in);
         // Outside the scope one row takes the GEMV: kept to check the scope ends.
         std::vector<float> gemv_row(s.out);
         linear(x.data(), stored.data(), dtype, bias.data(), gemv_row.data(), 1, s.in, s.out);
