@@ -65,7 +65,7 @@ class ConvertCommand : public Command {
                    "the embedding (repeatable)");
     app.add_option("--head-dtype", head_dtype_,
                    "With a quantized --dtype: the output matrix's format, int8, int4 or "
-                   "int4-128 (default int8 for every --dtype; --keep "
+                   "int4-128 (default: the --dtype's own format; --keep "
                    "decoder/logits_dense/kernel keeps it unquantized)");
     app.add_option("--format", format_, "Output format: kiln or orbax")
         ->check(CLI::IsMember({"kiln", "orbax"}));

@@ -97,7 +97,8 @@ std::optional<FileLocation> file_location(const TensorSource& source, const std:
 
 // A tied embedding doubles as the output matrix, read whole for every token: a quantized
 // conversion also stores it as `decoder/logits_dense/kernel` in the output matrix's format
-// (Q8_0; quantized_dtype_for), which the model then multiplies with instead, while the
+// (Q8_0 for int8, the checkpoint's own 4-bit format for int4 / int4-128, or --head-dtype's;
+// quantized_dtype_for), which the model then multiplies with instead, while the
 // embedding lookup keeps reading the unquantized table (one row per token) and recomputes each
 // row's top logits from it (Model: the copy alone, its weights and the int8 activations of its
 // kernels rounded, cost tinycoder's int8 its 99% top-1 agreement with bf16, 98.8%; with the

@@ -51,7 +51,7 @@ DType quantized_dtype_for(const std::string& dtype, const std::string& name, con
 
 // The output matrix's default format for a quantized `dtype` (an int8, int4 or int4-128 name):
 // int8 for int8 (tinycoder: 99.11% top-1 as the bf16 head, with the table's refinement of the
-// top logits); see docs/quantization.md for int4's and int4-128's measurements.
+// top logits); int4 and int4-128 their own (docs/performance.md, "int4's head in 4 bits").
 std::string head_dtype_default(const std::string& dtype);
 
 // Converts the model folder `source` (config.json + safetensors or .bin weights, any
