@@ -106,11 +106,17 @@ done
 for d in int8 int4 int8-bf16head; do
   case " $pairs " in *" $d "*) ;; *) continue ;; esac
   options=(--dtype "${d%%-*}")
-  want_head=yes  # the tied head's Q8_0 copy (decoder/logits_dense/kernel)
+  # the tied head's copy (decoder/logits_dense/kernel) in the checkpoint's own format
+  want_head=Q8_0
+  [ "$d" = int4 ] && want_head=Q4_1
   [ "$d" = int8-bf16head ] && options+=(--keep 'decoder/logits_dense/kernel') && want_head=no
-  # (a checkpoint written before the head copy was the default is rewritten)
+  # (a checkpoint written before the head copy was the default, or before int4's head was
+  # Q4_1, is rewritten)
   has_head=no
-  grep -qs logits_dense "$work/l1b-$d/kiln_checkpoint.json" && has_head=yes
+  [ -f "$work/l1b-$d/kiln_checkpoint.json" ] && has_head=$("$py" -c '
+import json, sys
+t = json.load(open(sys.argv[1]))["tensors"].get("decoder/logits_dense/kernel")
+print(t["dtype"] if t else "no")' "$work/l1b-$d/kiln_checkpoint.json")
   if [ ! -f "$work/l1b-$d/kiln_checkpoint.json" ] || [ "$has_head" != "$want_head" ]; then
     step "kiln convert ${options[*]}"
     rm -rf "$work/l1b-$d"

@@ -63,6 +63,10 @@ class ConvertCommand : public Command {
     app.add_option("--quantize", quantize_,
                    "With a quantized --dtype: also quantize tensors matching this glob, e.g. "
                    "the embedding (repeatable)");
+    app.add_option("--head-dtype", head_dtype_,
+                   "With a quantized --dtype: the output matrix's format, int8, int4 or "
+                   "int4-128 (default: the --dtype's own format; --keep "
+                   "decoder/logits_dense/kernel keeps it unquantized)");
     app.add_option("--format", format_, "Output format: kiln or orbax")
         ->check(CLI::IsMember({"kiln", "orbax"}));
     app.add_flag("--force", force_, "Replace an existing output folder");
@@ -100,9 +104,11 @@ class ConvertCommand : public Command {
     options.dtype = dtype_;
     options.keep = keep_;
     options.quantize = quantize_;
-    check((keep_.empty() && quantize_.empty()) ||
+    options.head_dtype = head_dtype_;
+    check((keep_.empty() && quantize_.empty() && head_dtype_.empty()) ||
               (dtype_ == "int8" || dtype_ == "int4" || dtype_ == "int4-128"),
-          "--keep and --quantize need a quantized --dtype (int8, int4 or int4-128)");
+          "--keep, --quantize and --head-dtype need a quantized --dtype (int8, int4 or "
+          "int4-128)");
     check(format_ == "kiln" || !(dtype_ == "int8" || dtype_ == "int4" || dtype_ == "int4-128"),
           "--dtype " + dtype_ +
               ": Orbax export takes float dtypes only (MaxText has no "
@@ -172,6 +178,7 @@ class ConvertCommand : public Command {
   std::optional<int64_t> orbax_step_;
   int64_t maxtext_vocab_ = 0;
   std::vector<std::string> keep_, quantize_;
+  std::string head_dtype_;
 };
 
 }  // namespace

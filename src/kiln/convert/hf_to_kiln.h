@@ -24,6 +24,10 @@ struct ConvertOptions {
   // are quantized even when they would not be by default (embeddings, routers).
   std::vector<std::string> keep;
   std::vector<std::string> quantize;
+  // Quantized --dtype only: the format of the output matrix decoder/logits_dense/kernel (a
+  // family's own head, or a tied embedding's copy): int8, int4 or int4-128; empty for the
+  // default (head_dtype_default()). `keep` globs still win.
+  std::string head_dtype;
   bool force = false;   // replace an existing destination
   FamilyChoice family;  // which family maps the weights (choose_family())
   uint64_t max_shard_bytes = uint64_t{4} << 30;
@@ -35,13 +39,20 @@ struct ConvertOptions {
 // (source dtype `source`, Kiln shape `shape`) in: the quantized format for linear kernels
 // (`.../kernel` tensors of 2 or 3 dimensions whose last dimension is whole blocks), except
 // MoE routers (`.../gate/kernel`, `shared_expert_gate`) and MLA's `wkv_b` (read outside the
-// linear kernels), and for int4 the output projection `decoder/logits_dense/kernel`, which
-// is stored in int8 (as llama.cpp keeps its output matrix at higher precision). Embeddings,
-// norms, biases and every other tensor keep `source`. `keep` globs win over `quantize`
-// globs, which win over these defaults.
+// linear kernels), and the output projection `decoder/logits_dense/kernel`, stored in
+// `head_dtype`'s format (int8, int4 or int4-128; empty: head_dtype_default(dtype)).
+// Embeddings, norms, biases and every other tensor keep `source`. `keep` globs win over
+// `head_dtype`, which wins over `quantize` globs, which win over these defaults. A bad `dtype`
+// or `head_dtype` is an error naming the option.
 DType quantized_dtype_for(const std::string& dtype, const std::string& name, const Shape& shape,
                           DType source, const std::vector<std::string>& keep,
-                          const std::vector<std::string>& quantize);
+                          const std::vector<std::string>& quantize,
+                          const std::string& head_dtype = "");
+
+// The output matrix's default format for a quantized `dtype` (an int8, int4 or int4-128 name):
+// int8 for int8 (tinycoder: 99.11% top-1 as the bf16 head, with the table's refinement of the
+// top logits); int4 and int4-128 their own (docs/performance.md, "int4's head in 4 bits").
+std::string head_dtype_default(const std::string& dtype);
 
 // Converts the model folder `source` (config.json + safetensors or .bin weights, any
 // format open_tensor_source reads) into a Kiln checkpoint at `destination`, atomically
@@ -57,7 +68,8 @@ DType quantized_dtype_for(const std::string& dtype, const std::string& name, con
 // `source` may also be a llama.cpp .gguf file: its metadata is the config, its vocabulary is
 // written as tokenizer.json and quantized tensors are dequantized (models/gguf_model.h).
 // With a quantized dtype, a tied embedding that stays unquantized is also written as the
-// output matrix `decoder/logits_dense/kernel` in Q8_0 (never when `keep` matches that name),
+// output matrix `decoder/logits_dense/kernel` in options.head_dtype's format (never when `keep`
+// matches that name),
 // which Model then multiplies with, refining each row's top logits from the table
 // (docs/checkpoint_format.md).
 void convert_hf_to_kiln(const std::string& source, const std::string& destination,
