@@ -124,22 +124,18 @@ template <DType kFormat>
 constexpr int64_t values_offset(int64_t b) {
   if constexpr (kFormat == DType::Q8_0) return 34 * b + 2;
   if constexpr (kFormat == DType::Q4_1) return 20 * b + 4;
-  if constexpr (kFormat == DType::Q4_0) return 18 * b + 2;
   return 68 * (b >> 2) + 4 + 16 * (b & 3);
 }
 template <DType kFormat>
 constexpr int64_t scale_offset(int64_t b) {
   if constexpr (kFormat == DType::Q8_0) return 34 * b;
   if constexpr (kFormat == DType::Q4_1) return 20 * b;
-  if constexpr (kFormat == DType::Q4_0) return 18 * b;
   return 68 * (b >> 2);
 }
 
-// The Q4_1 / Q4_1_128 / Q4_0 row kernel of qgemv on AVX-512: four blocks of 32 per pass of two
+// The Q4_1 / Q4_1_128 row kernel of qgemv on AVX-512: four blocks of 32 per pass of two
 // vpdpbusd (low and high nibbles); the scales of 16 blocks are gathered at once and multiplied
 // by the activations' scales in one instruction, then spread to each block's lanes (vpermps).
-// Q4_0 runs as Q4_1 with the minimum -8 d: its unaligned 18-byte blocks are read with
-// unaligned loads (16 value bytes each) and the gather (byte offsets).
 // Each row's sums are formed in the same order whatever rows share the call.
 template <DType kFormat, int kRows>
 struct Qgemv512 {
@@ -256,9 +252,8 @@ struct Qgemv512 {
       }
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512i gather_offsets =
-        kFormat == DType::Q4_1 ? _mm512_mullo_epi32(lane, _mm512_set1_epi32(20))
-        : kFormat == DType::Q4_0
-            ? _mm512_mullo_epi32(lane, _mm512_set1_epi32(18))
+        kFormat == DType::Q4_1
+            ? _mm512_mullo_epi32(lane, _mm512_set1_epi32(20))
             : _mm512_mullo_epi32(_mm512_srli_epi32(lane, 2), _mm512_set1_epi32(68));
     for (int64_t o = o_begin; o < o_end; ++o) {
       const std::byte* row = static_cast<const std::byte*>(weight.data) + o * weight.row_bytes;
@@ -279,11 +274,7 @@ struct Qgemv512 {
         __m512 scales[kRows];
         for (int r = 0; r < kRows; ++r) {
           scales[r] = _mm512_mul_ps(dw, _mm512_maskz_loadu_ps(valid, x.d + r * blocks + b0));
-          // (Q4_0: the high halves are value bytes; its minimum is -8 d)
-          const __m512 mw =
-              kFormat == DType::Q4_0
-                  ? _mm512_mul_ps(dw, _mm512_set1_ps(-8.0f))
-                  : _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(halves, 16)));
+          const __m512 mw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(halves, 16)));
           minimum[r] = _mm512_fmadd_ps(mw, _mm512_maskz_loadu_ps(valid, x.sum + r * blocks + b0),
                                        minimum[r]);
         }
@@ -605,8 +596,7 @@ const KernelTable& avx512_table() {
        &avx512::quantized_linear<DType::Q4_1, avx512::Qgemv512>,
        &avx512::quantized_linear<DType::Q4_1_128, avx512::Qgemv512>,
        &avx512::kquant_linear_512<DType::Q4_K>, &avx512::kquant_linear_512<DType::Q5_K>,
-       &avx512::kquant_linear_512<DType::Q6_K>,
-       &avx512::quantized_linear<DType::Q4_0, avx512::Qgemv512>},
+       &avx512::kquant_linear_512<DType::Q6_K>},
       &avx512::attention,
       &avx512::silu_gated,
       &avx512::gemm_f32,
