@@ -214,18 +214,26 @@ std::string shape_text(const Shape& shape) {
 // Copies the [rows, cols] matrices at `src` (`batch` of them, back to back) transposed to
 // `dst`, in tiles that fit the cache: one pass over the source, in its order, tile row by tile
 // row (a mapped source is read sequentially), instead of an element-wise strided gather.
-template <typename T>
-void transpose_tiles(const T* src, T* dst, int64_t batch, int64_t rows, int64_t cols) {
+// The tiles of 64 x 64 (fewer at the edges) in that order: tile(src, dst, r0, r1, c0, c1) with
+// src and dst at the current matrix.
+template <typename T, typename Tile>
+void for_each_tile(const T* src, T* dst, int64_t batch, int64_t rows, int64_t cols, Tile&& tile) {
   constexpr int64_t kTile = 64;
   for (int64_t b = 0; b < batch; ++b, src += rows * cols, dst += rows * cols)
     for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
       const int64_t r1 = std::min(rows, r0 + kTile);
-      for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
-        const int64_t c1 = std::min(cols, c0 + kTile);
-        for (int64_t c = c0; c < c1; ++c)
-          for (int64_t r = r0; r < r1; ++r) dst[c * rows + r] = src[r * cols + c];
-      }
+      for (int64_t c0 = 0; c0 < cols; c0 += kTile)
+        tile(src, dst, r0, r1, c0, std::min(cols, c0 + kTile));
     }
+}
+
+template <typename T>
+void transpose_tiles(const T* src, T* dst, int64_t batch, int64_t rows, int64_t cols) {
+  for_each_tile(src, dst, batch, rows, cols,
+                [&](const T* s, T* d, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+                  for (int64_t c = c0; c < c1; ++c)
+                    for (int64_t r = r0; r < r1; ++r) d[c * rows + r] = s[r * cols + c];
+                });
 }
 
 #if defined(__SSE2__)
@@ -258,20 +266,17 @@ inline void transpose_8x8_u16(const uint16_t* src, int64_t src_stride, uint16_t*
 template <>
 void transpose_tiles<uint16_t>(const uint16_t* src, uint16_t* dst, int64_t batch, int64_t rows,
                                int64_t cols) {
-  constexpr int64_t kTile = 64;
-  for (int64_t b = 0; b < batch; ++b, src += rows * cols, dst += rows * cols)
-    for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
-      const int64_t r1 = std::min(rows, r0 + kTile);
-      for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
-        const int64_t c1 = std::min(cols, c0 + kTile);
+  for_each_tile(
+      src, dst, batch, rows, cols,
+      [&](const uint16_t* s, uint16_t* d, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
         const int64_t r8 = r0 + (r1 - r0) / 8 * 8, c8 = c0 + (c1 - c0) / 8 * 8;
         for (int64_t r = r0; r < r8; r += 8)
           for (int64_t c = c0; c < c8; c += 8)
-            transpose_8x8_u16(src + r * cols + c, cols, dst + c * rows + r, rows);
-        for (int64_t c = c0; c < c1; ++c)  // the edges: rows r8.., and columns c8.. of all
-          for (int64_t r = c < c8 ? r8 : r0; r < r1; ++r) dst[c * rows + r] = src[r * cols + c];
-      }
-    }
+            transpose_8x8_u16(s + r * cols + c, cols, d + c * rows + r, rows);
+        // the edges: rows r8.., and columns c8.. of all
+        for (int64_t c = c0; c < c1; ++c)
+          for (int64_t r = c < c8 ? r8 : r0; r < r1; ++r) d[c * rows + r] = s[r * cols + c];
+      });
 }
 #endif
 
