@@ -197,7 +197,10 @@ void decode_shapes(benchmark::internal::Benchmark* b) {
 // The server's batched decode steps: 1 to 16 rows through the GEMV (AVX2, AVX-512).
 void batched_decode_shapes(benchmark::internal::Benchmark* b) {
   for (int64_t set : {1, 2})
-    for (int64_t rows : {1, 4, 8, 16}) b->Args({set, rows, 2048, 8192});
+    for (int64_t rows : {1, 4, 8, 16})
+      for (auto [in, out] :
+           {std::pair<int64_t, int64_t>{2048, 8192}, {8192, 2048}, {512, 32768}, {2048, 256}})
+        b->Args({set, rows, in, out});
 }
 void prefill_shapes(benchmark::internal::Benchmark* b) {
   for (int64_t set : {1, 2})
