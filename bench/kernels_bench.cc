@@ -191,7 +191,8 @@ void attention(benchmark::State& state) {
 // Kernel sets: 0 reference, 1 avx2, 2 avx512 (skipped where the CPU lacks them).
 void decode_shapes(benchmark::internal::Benchmark* b) {
   for (int64_t set : {0, 1, 2})
-    for (auto [in, out] : {std::pair<int64_t, int64_t>{2048, 8192}, {8192, 2048}, {2048, 512}})
+    for (auto [in, out] :
+         {std::pair<int64_t, int64_t>{2048, 8192}, {8192, 2048}, {2048, 512}, {8192, 16384}})
       b->Args({set, 1, in, out});
 }
 // The server's batched decode steps: 1 to 16 rows through the GEMV (AVX2, AVX-512).
@@ -218,6 +219,9 @@ void quantized_shapes(benchmark::internal::Benchmark* b) {
   // A weight that stays in L2 (under 0.6 MB): the GEMV's arithmetic rate, not the memory's.
   for (int64_t set : {1, 2})
     for (int64_t format : {0, 1, 2}) b->Args({set, format, 1, 2048, 256});
+  // Weights larger than a 32 MB L3 (8192 x 16384: 71-143 MB), read from DRAM as in decode.
+  for (int64_t set : {1, 2})
+    for (int64_t format : {0, 1, 2, 3, 4}) b->Args({set, format, 1, 8192, 16384});
 }
 // K-quants (Q4_K, Q6_K): the GEMV from DRAM, from L2 (2048 x 256: 295 / 430 KB), 4 rows.
 void kquant_shapes(benchmark::internal::Benchmark* b) {

@@ -364,8 +364,7 @@ void gemv_bf16_tile(const uint16_t* xs, const WeightView& weight, const float* b
   for (int k = 0; k < kO; ++k)
 #pragma GCC unroll 8
     for (int r = 0; r < kR; ++r) acc[k][r] = S::zero();
-  [[maybe_unused]] const int64_t ahead =
-      gemv_prefetch_offset(kO, static_cast<int64_t>(weight.row_bytes));
+  const int64_t ahead = gemv_prefetch_offset(kO, static_cast<int64_t>(weight.row_bytes));
   const int64_t blocks = split_blocks(in);
   for (int64_t j = 0; j < blocks; ++j) {
     // The last block's weights are masked past `in` (its split activations are zero there).
@@ -377,10 +376,8 @@ void gemv_bf16_tile(const uint16_t* xs, const WeightView& weight, const float* b
 #pragma GCC unroll 4
     for (int k = 0; k < kO; ++k)
       w[k] = reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(valid, w_rows[k] + i));
-    if constexpr (kR > 1) {
 #pragma GCC unroll 4
-      for (int k = 0; k < kO; ++k) prefetch_weight_line(w_rows[k], i * 2, ahead);
-    }
+    for (int k = 0; k < kO; ++k) prefetch_weight_line(w_rows[k], i * 2, ahead);
     const uint16_t* block = xs + j * kBlock;
 #pragma GCC unroll 8
     for (int r = 0; r < kR; ++r) {
