@@ -76,9 +76,71 @@ void export_plain(const KilnTensorSet& source, OrbaxWriter& writer) {
   for (const std::string& name : source.names()) writer.add(kTreePrefix + name, source.get(name));
 }
 
+// A top-level matrix that MaxText transposes or rescales (Llama's unembedding [V, E] ->
+// [E, V], Gemma's scaled embedding) is built in blocks of source rows when it is larger than
+// a few chunks, each block one zarr chunk: the transposed block is a block of columns
+// ([E, n], chunks with extent n along axis 1), the rescaled one a block of rows. So the source
+// is read once, front to back, and only one block is held (a whole transposed copy of an 8B
+// model's unembedding was 1 GB, plus its 1 GB of mapped source pages).
+int64_t source_row_block(const MaxTextArraySpec& a, DType dtype, size_t max_chunk_bytes) {
+  const MaxTextTransform& t = a.transform;
+  if (a.stacked || !a.layers.empty() || a.kiln_shape.size() != 2 || t.rope_pairs ||
+      (a.maxtext_rows > 0 && a.maxtext_rows != a.kiln_shape[0]) || a.kiln_shape[0] < 2)
+    return 0;
+  if (t.reshape != MaxTextReshape::kTransposed &&
+      !(t.reshape == MaxTextReshape::kSame && t.op != MaxTextValueOp::kNone))
+    return 0;
+  if (is_quantized(dtype)) return 0;
+  const size_t row_bytes = static_cast<size_t>(a.kiln_shape[1]) * dtype_size(dtype);
+  if (row_bytes * static_cast<size_t>(a.kiln_shape[0]) <= 2 * max_chunk_bytes) return 0;
+  return std::max<int64_t>(1, static_cast<int64_t>(max_chunk_bytes / row_bytes));
+}
+
+Json write_array_in_blocks(const Tensor& t, const MaxTextArraySpec& a, int64_t rows,
+                           OrbaxWriter& writer) {
+  const std::string array_name = kTreePrefix + a.path;
+  const std::string residual_name = kResidualPrefix + a.path;
+  check(t.shape() == a.kiln_shape, "tensor '" + a.kiln_param + "' of shape " + t.shape_string() +
+                                       ": MaxText's " + a.path + " needs Kiln shape " +
+                                       shape_to_string(a.kiln_shape));
+  const bool transposed = a.transform.reshape == MaxTextReshape::kTransposed;
+  const int axis = transposed ? 1 : 0;
+  const int64_t total = a.kiln_shape[0];
+  const int64_t blocks = (total + rows - 1) / rows;
+  Json record = Json::object();
+  bool residual = false;
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t r0 = b * rows, r1 = std::min(total, r0 + rows);
+    const Tensor part = t.slice(0, r0, r1);
+    MaxTextArraySpec block = a;
+    block.kiln_shape[0] = r1 - r0;
+    block.maxtext_shape = transposed ? Shape{a.kiln_shape[1], r1 - r0} : block.kiln_shape;
+    block.maxtext_rows = 0;
+    const MaxTextValue v = MaxTextTree::to_maxtext(block, part);
+    if (b == 0) writer.begin_blocks(array_name, v.array.dtype(), a.stored_shape(), axis, rows);
+    writer.add_block(array_name, b, v.array);
+    release_view(part);
+    if (!v.residual.defined()) continue;
+    if (!residual && any_nonzero(v.residual)) {
+      // The first nonzero block: earlier blocks are all zero (stored as missing chunks).
+      residual = true;
+      writer.begin_blocks(residual_name, v.residual.dtype(), a.stored_shape(), axis, rows, false);
+      for (int64_t k = 0; k < b; ++k) {
+        Shape shape = a.stored_shape();
+        shape[axis] = rows;
+        writer.add_block(residual_name, k, Tensor::zeros(v.residual.dtype(), shape));
+      }
+    }
+    if (residual) writer.add_block(residual_name, b, v.residual);
+  }
+  if (residual) record["residual"] = residual_name;
+  return record;
+}
+
 // Writes one MaxText array, layer by layer when stacked; returns its sidecar record: the
 // residual's name when one was written, the side array of Gemma's cut-off vocab rows.
-Json write_array(const KilnTensorSet& source, const MaxTextArraySpec& a, OrbaxWriter& writer) {
+Json write_array(const KilnTensorSet& source, const MaxTextArraySpec& a, OrbaxWriter& writer,
+                 size_t max_chunk_bytes) {
   const std::string array_name = kTreePrefix + a.path;
   const std::string residual_name = kResidualPrefix + a.path;
   Json record = Json::object();
@@ -88,6 +150,8 @@ Json write_array(const KilnTensorSet& source, const MaxTextArraySpec& a, OrbaxWr
   };
   if (!a.stacked) {
     const Tensor t = kiln_tensor(0);
+    if (const int64_t rows = source_row_block(a, t.dtype(), max_chunk_bytes); rows > 0)
+      return write_array_in_blocks(t, a, rows, writer);
     const MaxTextValue v = MaxTextTree::to_maxtext(a, t);
     writer.add(array_name, v.array);  // may be `t` itself (no change of layout)
     if (v.dropped.defined()) {
@@ -265,7 +329,7 @@ void export_to_orbax(const KilnTensorSet& source, const std::string& orbax_dir,
     export_plain(source, writer);
   } else {
     for (const MaxTextArraySpec& a : tree->arrays())
-      arrays[a.path] = write_array(source, a, writer);
+      arrays[a.path] = write_array(source, a, writer, write_options.zarr.max_chunk_bytes);
   }
   writer.add("step", Tensor::zeros(DType::I32, {}));  // MaxText's TrainState.step
   writer.finish();
