@@ -97,7 +97,7 @@ int64_t source_row_block(const MaxTextArraySpec& a, DType dtype, size_t max_chun
 }
 
 Json write_array_in_blocks(const Tensor& t, const MaxTextArraySpec& a, int64_t rows,
-                           OrbaxWriter& writer) {
+                           OrbaxWriter& writer, MaxTextScratch& scratch) {
   const std::string array_name = kTreePrefix + a.path;
   const std::string residual_name = kResidualPrefix + a.path;
   check(t.shape() == a.kiln_shape, "tensor '" + a.kiln_param + "' of shape " + t.shape_string() +
@@ -116,7 +116,7 @@ Json write_array_in_blocks(const Tensor& t, const MaxTextArraySpec& a, int64_t r
     block.kiln_shape[0] = r1 - r0;
     block.maxtext_shape = transposed ? Shape{a.kiln_shape[1], r1 - r0} : block.kiln_shape;
     block.maxtext_rows = 0;
-    const MaxTextValue v = MaxTextTree::to_maxtext(block, part);
+    const MaxTextValue v = MaxTextTree::to_maxtext(block, part, &scratch);
     if (b == 0) writer.begin_blocks(array_name, v.array.dtype(), a.stored_shape(), axis, rows);
     writer.add_block(array_name, b, v.array);
     release_view(part);
@@ -139,8 +139,10 @@ Json write_array_in_blocks(const Tensor& t, const MaxTextArraySpec& a, int64_t r
 
 // Writes one MaxText array, layer by layer when stacked; returns its sidecar record: the
 // residual's name when one was written, the side array of Gemma's cut-off vocab rows.
+// MaxText's arrays of each layer are built in `scratch`'s reused buffers (the writer copies
+// each chunk out before the next layer).
 Json write_array(const KilnTensorSet& source, const MaxTextArraySpec& a, OrbaxWriter& writer,
-                 size_t max_chunk_bytes) {
+                 size_t max_chunk_bytes, MaxTextScratch& scratch) {
   const std::string array_name = kTreePrefix + a.path;
   const std::string residual_name = kResidualPrefix + a.path;
   Json record = Json::object();
@@ -151,8 +153,8 @@ Json write_array(const KilnTensorSet& source, const MaxTextArraySpec& a, OrbaxWr
   if (!a.stacked) {
     const Tensor t = kiln_tensor(0);
     if (const int64_t rows = source_row_block(a, t.dtype(), max_chunk_bytes); rows > 0)
-      return write_array_in_blocks(t, a, rows, writer);
-    const MaxTextValue v = MaxTextTree::to_maxtext(a, t);
+      return write_array_in_blocks(t, a, rows, writer, scratch);
+    const MaxTextValue v = MaxTextTree::to_maxtext(a, t, &scratch);
     writer.add(array_name, v.array);  // may be `t` itself (no change of layout)
     if (v.dropped.defined()) {
       writer.add_side_array(kDroppedPrefix + a.path, v.dropped.contiguous(true));
@@ -170,7 +172,7 @@ Json write_array(const KilnTensorSet& source, const MaxTextArraySpec& a, OrbaxWr
   bool residual = false;
   for (size_t j = 0; j < a.layers.size(); ++j) {
     const Tensor t = kiln_tensor(j);
-    const MaxTextValue v = MaxTextTree::to_maxtext(a, t);
+    const MaxTextValue v = MaxTextTree::to_maxtext(a, t, &scratch);
     if (j == 0) writer.begin_layers(array_name, v.array.dtype(), stacked, axis);
     writer.add_layer(array_name, static_cast<int64_t>(j), v.array);
     release_view(t);
@@ -328,8 +330,9 @@ void export_to_orbax(const KilnTensorSet& source, const std::string& orbax_dir,
   if (plain) {
     export_plain(source, writer);
   } else {
+    MaxTextScratch scratch;
     for (const MaxTextArraySpec& a : tree->arrays())
-      arrays[a.path] = write_array(source, a, writer, write_options.zarr.max_chunk_bytes);
+      arrays[a.path] = write_array(source, a, writer, write_options.zarr.max_chunk_bytes, scratch);
   }
   writer.add("step", Tensor::zeros(DType::I32, {}));  // MaxText's TrainState.step
   writer.finish();
