@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <random>
+#include <set>
 
 #include "kiln/convert/hf_to_kiln.h"
 #include "kiln/convert/orbax_export.h"
@@ -290,6 +291,59 @@ TEST(MaxTextOrbax, UnembeddingIsWrittenInBlocksOfSourceRows) {
                 << " elements differ from HF's lm_head transposed, round trip max abs diff " << diff
                 << "\n";
     }
+  }
+  fs::remove_all(dir);
+}
+
+// A KilnTensorSet that records which tensors are asked for, in order.
+class RecordingTensors : public KilnTensorSet {
+ public:
+  explicit RecordingTensors(std::unique_ptr<KilnTensorSet> inner) : inner_(std::move(inner)) {}
+  const Json& manifest() const override { return inner_->manifest(); }
+  std::vector<std::string> names() const override { return inner_->names(); }
+  Tensor get(const std::string& name) const override {
+    reads.push_back({-1, name});
+    return inner_->get(name);
+  }
+  Tensor layer_tensor(int64_t layer, const std::string& param) const override {
+    reads.push_back({layer, param});
+    return inner_->layer_tensor(layer, param);
+  }
+  std::string where() const override { return inner_->where(); }
+  mutable std::vector<std::pair<int64_t, std::string>> reads;
+
+ private:
+  std::unique_ptr<KilnTensorSet> inner_;
+};
+
+// Export reads each source tensor once: the top-level ones, then decoder layer after decoder
+// layer (the order HF and Kiln files hold them), for the scanned tree too, whose stacked
+// arrays are written a layer at a time.
+TEST(MaxTextOrbax, SourceTensorsAreReadOnceLayerAfterLayer) {
+  const std::string dir = test::make_temp_dir("kiln-maxtext-order");
+  const std::string hf = write_bf16_llama(dir + "/hf");  // 2 layers, 9 tensors each
+  for (const std::string layout : {"scanned", "unscanned"}) {
+    SCOPED_TRACE(layout);
+    ConvertOptions options;
+    options.layout = layout;
+    RecordingTensors source(open_hf_as_kiln(hf, options));
+    OrbaxExportOptions tree;
+    tree.maxtext_layout = layout;
+    export_to_orbax(source, dir + "/o_" + layout, {}, false, tree);
+    std::set<std::pair<int64_t, std::string>> distinct(source.reads.begin(), source.reads.end());
+    EXPECT_EQ(distinct.size(), source.reads.size()) << "a tensor was read twice";
+    EXPECT_EQ(source.reads.size(), 3u + 2 * 9) << "embedding, final norm, lm_head, 2 layers";
+    int64_t descents = 0;
+    for (size_t i = 1; i < source.reads.size(); ++i)
+      descents += source.reads[i].first < source.reads[i - 1].first;
+    EXPECT_EQ(descents, 0) << "layers out of order";
+    import_orbax_to_kiln(dir + "/o_" + layout, dir + "/back_" + layout, {}, false);
+    convert_hf_to_kiln(hf, dir + "/kiln_" + layout, options);
+    EXPECT_EQ(compare_checkpoints(KilnCheckpoint(dir + "/kiln_" + layout),
+                                  KilnCheckpoint(dir + "/back_" + layout)),
+              0);
+    std::cout << "  " << layout << ": " << source.reads.size()
+              << " source tensors read once each, layer order descents " << descents << "\n";
   }
   fs::remove_all(dir);
 }

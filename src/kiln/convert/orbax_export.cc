@@ -139,56 +139,106 @@ Json write_array_in_blocks(const Tensor& t, const MaxTextArraySpec& a, int64_t r
 
 // Writes one MaxText array, layer by layer when stacked; returns its sidecar record: the
 // residual's name when one was written, the side array of Gemma's cut-off vocab rows.
-// MaxText's arrays of each layer are built in `scratch`'s reused buffers (the writer copies
-// each chunk out before the next layer).
+// Writes one unstacked MaxText array (a top-level one, or one layer's in the unscanned tree);
+// returns its sidecar record: the residual's name when one was written, the side array of
+// Gemma's cut-off vocab rows. Built in `scratch`'s reused buffers (the writer copies each
+// chunk out).
 Json write_array(const KilnTensorSet& source, const MaxTextArraySpec& a, OrbaxWriter& writer,
                  size_t max_chunk_bytes, MaxTextScratch& scratch) {
   const std::string array_name = kTreePrefix + a.path;
   const std::string residual_name = kResidualPrefix + a.path;
   Json record = Json::object();
-  auto kiln_tensor = [&](size_t j) {
-    return a.layers.empty() ? source.get(a.kiln_param)
-                            : source.layer_tensor(a.layers[j], a.kiln_param);
-  };
-  if (!a.stacked) {
-    const Tensor t = kiln_tensor(0);
-    if (const int64_t rows = source_row_block(a, t.dtype(), max_chunk_bytes); rows > 0)
-      return write_array_in_blocks(t, a, rows, writer, scratch);
-    const MaxTextValue v = MaxTextTree::to_maxtext(a, t, &scratch);
-    writer.add(array_name, v.array);  // may be `t` itself (no change of layout)
-    if (v.dropped.defined()) {
-      writer.add_side_array(kDroppedPrefix + a.path, v.dropped.contiguous(true));
-      record["dropped_rows"] = kDroppedPrefix + a.path;
-    }
-    release_view(t);
-    if (v.residual.defined() && any_nonzero(v.residual)) {
-      writer.add_side_array(residual_name, v.residual);
-      record["residual"] = residual_name;
-    }
-    return record;
+  const Tensor t =
+      a.layers.empty() ? source.get(a.kiln_param) : source.layer_tensor(a.layers[0], a.kiln_param);
+  if (const int64_t rows = source_row_block(a, t.dtype(), max_chunk_bytes); rows > 0)
+    return write_array_in_blocks(t, a, rows, writer, scratch);
+  const MaxTextValue v = MaxTextTree::to_maxtext(a, t, &scratch);
+  writer.add(array_name, v.array);  // may be `t` itself (no change of layout)
+  if (v.dropped.defined()) {
+    writer.add_side_array(kDroppedPrefix + a.path, v.dropped.contiguous(true));
+    record["dropped_rows"] = kDroppedPrefix + a.path;
   }
+  release_view(t);
+  if (v.residual.defined() && any_nonzero(v.residual)) {
+    writer.add_side_array(residual_name, v.residual);
+    record["residual"] = residual_name;
+  }
+  return record;
+}
+
+// A stacked array being written layer by layer.
+struct StackedProgress {
+  bool begun = false;
+  bool residual = false;           // its residual side array has been begun
+  std::vector<int64_t> positions;  // the layers written so far
+};
+
+// Writes layer position `j` of the stacked array `a` (any order; the writer's chunks hold one
+// layer each).
+void write_stacked_layer(const KilnTensorSet& source, const MaxTextArraySpec& a, size_t j,
+                         OrbaxWriter& writer, MaxTextScratch& scratch, StackedProgress& progress) {
+  const std::string array_name = kTreePrefix + a.path;
+  const std::string residual_name = kResidualPrefix + a.path;
   const int axis = maxtext_layer_axis(static_cast<int>(a.maxtext_shape.size()));
   const Shape stacked = a.stored_shape();
-  bool residual = false;
-  for (size_t j = 0; j < a.layers.size(); ++j) {
-    const Tensor t = kiln_tensor(j);
-    const MaxTextValue v = MaxTextTree::to_maxtext(a, t, &scratch);
-    if (j == 0) writer.begin_layers(array_name, v.array.dtype(), stacked, axis);
-    writer.add_layer(array_name, static_cast<int64_t>(j), v.array);
-    release_view(t);
-    if (!v.residual.defined()) continue;
-    if (!residual && any_nonzero(v.residual)) {
-      // The first nonzero layer: earlier layers are all zero (stored as missing chunks).
-      residual = true;
+  const Tensor t = source.layer_tensor(a.layers[j], a.kiln_param);
+  const MaxTextValue v = MaxTextTree::to_maxtext(a, t, &scratch);
+  if (!progress.begun) writer.begin_layers(array_name, v.array.dtype(), stacked, axis);
+  progress.begun = true;
+  writer.add_layer(array_name, static_cast<int64_t>(j), v.array);
+  release_view(t);
+  if (v.residual.defined()) {
+    if (!progress.residual && any_nonzero(v.residual)) {
+      // The first nonzero layer: the layers written before are all zero (missing chunks).
+      progress.residual = true;
       writer.begin_layers(residual_name, v.residual.dtype(), stacked, axis, false);
-      for (size_t k = 0; k < j; ++k)
-        writer.add_layer(residual_name, static_cast<int64_t>(k),
-                         Tensor::zeros(v.residual.dtype(), v.residual.shape()));
+      for (int64_t k : progress.positions)
+        writer.add_layer(residual_name, k, Tensor::zeros(v.residual.dtype(), v.residual.shape()));
     }
-    if (residual) writer.add_layer(residual_name, static_cast<int64_t>(j), v.residual);
+    if (progress.residual) writer.add_layer(residual_name, static_cast<int64_t>(j), v.residual);
   }
-  if (residual) record["residual"] = residual_name;
-  return record;
+  progress.positions.push_back(static_cast<int64_t>(j));
+}
+
+// Writes MaxText's tree; returns each array's sidecar record by path. The top-level arrays
+// first, then decoder layer after decoder layer (each layer's tensors of every array, stacked
+// or not): the order HuggingFace and Kiln files store them, so the source is read about
+// front to back, each tensor once, instead of once per array across all the files.
+Json write_tree(const KilnTensorSet& source, const MaxTextTree& tree, OrbaxWriter& writer,
+                size_t max_chunk_bytes) {
+  const std::vector<MaxTextArraySpec>& specs = tree.arrays();
+  struct Item {
+    int64_t layer;  // -1: top-level
+    size_t array, position;
+  };
+  std::vector<Item> items;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const MaxTextArraySpec& a = specs[i];
+    if (!a.stacked) {
+      items.push_back({a.layers.empty() ? -1 : a.layers[0], i, 0});
+      continue;
+    }
+    for (size_t j = 0; j < a.layers.size(); ++j) items.push_back({a.layers[j], i, j});
+  }
+  std::stable_sort(items.begin(), items.end(),
+                   [](const Item& x, const Item& y) { return x.layer < y.layer; });
+  MaxTextScratch scratch;
+  std::vector<StackedProgress> progress(specs.size());
+  Json arrays = Json::object();
+  for (const Item& item : items) {
+    const MaxTextArraySpec& a = specs[item.array];
+    if (a.stacked)
+      write_stacked_layer(source, a, item.position, writer, scratch, progress[item.array]);
+    else
+      arrays[a.path] = write_array(source, a, writer, max_chunk_bytes, scratch);
+  }
+  for (size_t i = 0; i < specs.size(); ++i) {
+    if (!specs[i].stacked) continue;
+    Json record = Json::object();
+    if (progress[i].residual) record["residual"] = kResidualPrefix + specs[i].path;
+    arrays[specs[i].path] = record;
+  }
+  return arrays;
 }
 
 bool scanned_tree(const OrbaxSource& source) {
@@ -330,9 +380,7 @@ void export_to_orbax(const KilnTensorSet& source, const std::string& orbax_dir,
   if (plain) {
     export_plain(source, writer);
   } else {
-    MaxTextScratch scratch;
-    for (const MaxTextArraySpec& a : tree->arrays())
-      arrays[a.path] = write_array(source, a, writer, write_options.zarr.max_chunk_bytes, scratch);
+    arrays = write_tree(source, *tree, writer, write_options.zarr.max_chunk_bytes);
   }
   writer.add("step", Tensor::zeros(DType::I32, {}));  // MaxText's TrainState.step
   writer.finish();
