@@ -912,8 +912,7 @@ Tensor MaxTextScratch::take(DType dtype, const Shape& shape) {
   const size_t bytes = std::max<size_t>(dtype_nbytes(dtype, shape_numel(shape)), 1);
   std::shared_ptr<Storage>* best = nullptr;
   for (auto& b : buffers_)
-    if (b.use_count() == 1 && b->size() >= bytes && b->size() <= 2 * bytes &&
-        (!best || b->size() < (*best)->size()))
+    if (b.use_count() == 1 && b->size() >= bytes && (!best || b->size() < (*best)->size()))
       best = &b;
   if (best) return Tensor::view_of(*best, 0, dtype, shape);
   std::shared_ptr<Storage> fresh = Storage::allocate(bytes);

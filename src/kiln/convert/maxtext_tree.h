@@ -94,8 +94,9 @@ struct MaxTextValueChange {
 class MaxTextScratch {
  public:
   // A contiguous tensor of `dtype` and `shape`, contents unspecified, in a buffer no live
-  // tensor views: the smallest free one that fits (and is at most twice the size), else a new
-  // one; at most kMaxBuffers are kept (free ones dropped, the largest first).
+  // tensor views: the smallest free one that fits, else a new one; at most kMaxBuffers are
+  // kept (free ones dropped, the largest first). An export's per-layer arrays (a layer's
+  // query and its residual, then each kernel alone) settle on two or three buffers.
   Tensor take(DType dtype, const Shape& shape);
   // The bytes of the buffers kept (whether in use or not).
   size_t bytes_held() const;
