@@ -525,3 +525,39 @@ TEST(MaxTextFamilies, GemmaVocabIsPaddedOrCutAsMaxTextDoes) {
 
 }  // namespace
 }  // namespace kiln
+
+namespace kiln {
+namespace {
+
+// Gemma's embedding scaled by sqrt(hidden) in MaxText's own vocab size (no padding rows) is a
+// top-level array MaxText rescales: above a few chunks it is written in blocks of source rows
+// (chunks of rows), the same array as written whole, and HF's logits come back bitwise.
+TEST(MaxTextFamilies, RescaledEmbeddingIsWrittenInBlocksOfRows) {
+  const std::string dir = test::make_temp_dir("kiln-mt-emb-blocks");
+  const std::string hf = test::data_path("hf/gemma2");  // embedding [512, 64] f32: 256-byte rows
+  OrbaxExportOptions tree;
+  tree.maxtext_vocab = 512;
+  OrbaxWriteOptions whole, blocks;
+  whole.ocdbt = blocks.ocdbt = false;
+  blocks.zarr.max_chunk_bytes = 4096;  // 16 rows per block: 32 blocks
+  export_to_orbax(*open_hf_as_kiln(hf, {}), dir + "/whole", whole, false, tree);
+  export_to_orbax(*open_hf_as_kiln(hf, {}), dir + "/blocks", blocks, false, tree);
+  const std::string name = "params/params/token_embedder/embedding";
+  const Json zarray =
+      read_json_file(dir + "/blocks/params.params.token_embedder.embedding/.zarray");
+  EXPECT_EQ(zarray["chunks"], Json({16, 64}));
+  EXPECT_TRUE(fs::exists(dir + "/blocks/params.params.token_embedder.embedding/31.0"));
+  const OrbaxSource a(dir + "/whole"), b(dir + "/blocks");
+  const Tensor x = a.get(name), y = b.get(name);
+  ASSERT_EQ(x.shape(), y.shape());
+  EXPECT_EQ(std::memcmp(x.raw(), y.raw(), x.nbytes()), 0);
+  import_orbax_to_kiln(dir + "/blocks", dir + "/back", {}, false);
+  const double diff = test::max_abs_diff(logits_of(hf), logits_of(dir + "/back"));
+  EXPECT_EQ(diff, 0);
+  std::cout << "  gemma2 embedding in blocks of 16 rows: same array as whole, logits max abs diff "
+            << diff << "\n";
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace kiln

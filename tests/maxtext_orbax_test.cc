@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <random>
+#include <set>
 
 #include "kiln/convert/hf_to_kiln.h"
 #include "kiln/convert/orbax_export.h"
@@ -231,6 +232,118 @@ TEST(MaxTextOrbax, InexactQueryScaleRoundTripsThroughTheCli) {
                 << residual.numel() << " query elements corrected by the residual, max abs diff "
                 << diff << "\n";
     }
+  }
+  fs::remove_all(dir);
+}
+
+// The unembedding MaxText stores transposed ([V, E] -> [E, V]) is exported in blocks of
+// source rows, each block one chunk of columns ([E, n]): the source is read once, front to
+// back, and one block is held instead of a whole transposed copy (1 GB for an 8B model).
+// Orbax and Kiln read the same array as with whole-row chunks, and the round trip stays
+// bitwise, scanned and unscanned, zstd and raw.
+TEST(MaxTextOrbax, UnembeddingIsWrittenInBlocksOfSourceRows) {
+  const std::string dir = test::make_temp_dir("kiln-maxtext-blocks");
+  const std::string hf = write_bf16_llama(dir + "/hf");  // lm_head [32, 16] bf16: 32-byte rows
+  const std::unique_ptr<TensorSource> source = open_tensor_source(hf);
+  const Tensor lm_head = source->get("lm_head.weight");
+  const std::string logits = "params/params/decoder/logits_dense/kernel";
+  for (const std::string layout : {"scanned", "unscanned"}) {
+    ConvertOptions options;
+    options.layout = layout;
+    const std::string kiln = dir + "/kiln_" + layout;
+    convert_hf_to_kiln(hf, kiln, options);
+    for (bool zstd : {true, false}) {
+      SCOPED_TRACE(layout + (zstd ? " zstd" : " raw"));
+      OrbaxWriteOptions whole, blocks;
+      whole.zarr.zstd = blocks.zarr.zstd = zstd;
+      blocks.zarr.max_chunk_bytes = 96;  // 3 source rows per block: 10 blocks of 3, one of 2
+      OrbaxExportOptions tree;
+      tree.maxtext_layout = layout;
+      const std::string a = dir + "/whole_" + layout + std::to_string(zstd);
+      const std::string b = dir + "/blocks_" + layout + std::to_string(zstd);
+      export_to_orbax(*open_hf_as_kiln(hf, options), a, whole, false, tree);
+      export_to_orbax(*open_hf_as_kiln(hf, options), b, blocks, false, tree);
+      const Json metadata = read_json_file(b + "/array_metadatas/process_0");
+      Json chunks;
+      for (const Json& m : metadata["array_metadatas"])
+        if (m["array_metadata"]["param_name"] == "params.params.decoder.logits_dense.kernel")
+          chunks = m["array_metadata"]["chunk_shape"];
+      EXPECT_EQ(chunks, Json({16, 3})) << "blocks of 3 columns (source rows)";
+      const OrbaxSource x(a), y(b);
+      ASSERT_EQ(x.names(), y.names());
+      for (const std::string& name : x.names()) {
+        const Tensor u = x.get(name), v = y.get(name);
+        ASSERT_EQ(u.shape(), v.shape()) << name;
+        EXPECT_EQ(std::memcmp(u.raw(), v.raw(), u.nbytes()), 0) << name;
+      }
+      const Tensor kernel = y.get(logits);  // [E, V]: HF's lm_head transposed
+      ASSERT_EQ(kernel.shape(), (Shape{16, 32}));
+      int64_t mismatches = 0;
+      for (int64_t e = 0; e < 16; ++e)
+        for (int64_t v = 0; v < 32; ++v)
+          mismatches += kernel.data<uint16_t>()[e * 32 + v] != lm_head.data<uint16_t>()[v * 16 + e];
+      EXPECT_EQ(mismatches, 0);
+      import_orbax_to_kiln(b, b + "_back", {}, false);
+      const double diff = compare_checkpoints(KilnCheckpoint(kiln), KilnCheckpoint(b + "_back"));
+      EXPECT_EQ(diff, 0);
+      std::cout << "  " << layout << (zstd ? " zstd" : " raw") << ": logits_dense chunks "
+                << chunks.dump() << ", " << mismatches
+                << " elements differ from HF's lm_head transposed, round trip max abs diff " << diff
+                << "\n";
+    }
+  }
+  fs::remove_all(dir);
+}
+
+// A KilnTensorSet that records which tensors are asked for, in order.
+class RecordingTensors : public KilnTensorSet {
+ public:
+  explicit RecordingTensors(std::unique_ptr<KilnTensorSet> inner) : inner_(std::move(inner)) {}
+  const Json& manifest() const override { return inner_->manifest(); }
+  std::vector<std::string> names() const override { return inner_->names(); }
+  Tensor get(const std::string& name) const override {
+    reads.push_back({-1, name});
+    return inner_->get(name);
+  }
+  Tensor layer_tensor(int64_t layer, const std::string& param) const override {
+    reads.push_back({layer, param});
+    return inner_->layer_tensor(layer, param);
+  }
+  std::string where() const override { return inner_->where(); }
+  mutable std::vector<std::pair<int64_t, std::string>> reads;
+
+ private:
+  std::unique_ptr<KilnTensorSet> inner_;
+};
+
+// Export reads each source tensor once: the top-level ones, then decoder layer after decoder
+// layer (the order HF and Kiln files hold them), for the scanned tree too, whose stacked
+// arrays are written a layer at a time.
+TEST(MaxTextOrbax, SourceTensorsAreReadOnceLayerAfterLayer) {
+  const std::string dir = test::make_temp_dir("kiln-maxtext-order");
+  const std::string hf = write_bf16_llama(dir + "/hf");  // 2 layers, 9 tensors each
+  for (const std::string layout : {"scanned", "unscanned"}) {
+    SCOPED_TRACE(layout);
+    ConvertOptions options;
+    options.layout = layout;
+    RecordingTensors source(open_hf_as_kiln(hf, options));
+    OrbaxExportOptions tree;
+    tree.maxtext_layout = layout;
+    export_to_orbax(source, dir + "/o_" + layout, {}, false, tree);
+    std::set<std::pair<int64_t, std::string>> distinct(source.reads.begin(), source.reads.end());
+    EXPECT_EQ(distinct.size(), source.reads.size()) << "a tensor was read twice";
+    EXPECT_EQ(source.reads.size(), 3u + 2 * 9) << "embedding, final norm, lm_head, 2 layers";
+    int64_t descents = 0;
+    for (size_t i = 1; i < source.reads.size(); ++i)
+      descents += source.reads[i].first < source.reads[i - 1].first;
+    EXPECT_EQ(descents, 0) << "layers out of order";
+    import_orbax_to_kiln(dir + "/o_" + layout, dir + "/back_" + layout, {}, false);
+    convert_hf_to_kiln(hf, dir + "/kiln_" + layout, options);
+    EXPECT_EQ(compare_checkpoints(KilnCheckpoint(dir + "/kiln_" + layout),
+                                  KilnCheckpoint(dir + "/back_" + layout)),
+              0);
+    std::cout << "  " << layout << ": " << source.reads.size()
+              << " source tensors read once each, layer order descents " << descents << "\n";
   }
   fs::remove_all(dir);
 }

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <iostream>
 #include <random>
 
 #include "kiln/core/error.h"
@@ -184,6 +185,62 @@ TEST(MaxTextLlama, QueryScaleIsUndoneBitwiseForAnyHeadDim) {
       }
     }
   }
+}
+
+}  // namespace
+}  // namespace kiln
+
+namespace kiln {
+namespace {
+
+// An export builds every layer's MaxText arrays in MaxTextScratch's reused buffers: the
+// arrays and residuals are bitwise those built in fresh memory (query: transpose, RoPE pairs
+// in place, scale with residual in place; key: RoPE pairs; out and MLP kernels: transposes,
+// bf16 with 8x8 register blocks and odd edges), and once a layer's arrays are dropped the
+// next layer reuses the same buffers: the bytes held stay those of one layer's arrays.
+TEST(MaxTextLlama, ScratchBuffersAreReusedAndGiveTheSameArrays) {
+  // head_dim 24: divisor bf16(sqrt 24) = 4.90625 (inexact), RoPE halves of 12 (one 8-wide
+  // register step and 4 by element).
+  const MaxTextTree tree = MaxTextTree::build(llama_config(3, 1, 24, true), true);
+  std::mt19937 rng(9);
+  MaxTextScratch scratch;
+  size_t held_after_first_layer = 0, max_held = 0;
+  int64_t arrays = 0;
+  for (int64_t layer = 0; layer < 2; ++layer) {
+    for (const MaxTextArraySpec& a : tree.arrays()) {
+      if (a.layers.empty()) continue;
+      std::vector<float> values(static_cast<size_t>(shape_numel(a.kiln_shape)));
+      for (float& v : values) v = std::normal_distribution<float>(0, 0.3f)(rng);
+      const Tensor kiln = Tensor::from_f32(a.kiln_shape, values).to(DType::BF16);
+      const MaxTextValue fresh = MaxTextTree::to_maxtext(a, kiln);
+      {
+        const MaxTextValue reused = MaxTextTree::to_maxtext(a, kiln, &scratch);
+        ASSERT_EQ(reused.array.shape(), fresh.array.shape()) << a.path;
+        EXPECT_EQ(std::memcmp(reused.array.contiguous().raw(), fresh.array.contiguous().raw(),
+                              fresh.array.nbytes()),
+                  0)
+            << a.path;
+        ASSERT_EQ(reused.residual.defined(), fresh.residual.defined()) << a.path;
+        if (fresh.residual.defined()) {
+          EXPECT_EQ(
+              std::memcmp(reused.residual.raw(), fresh.residual.raw(), fresh.residual.nbytes()), 0)
+              << a.path;
+        }
+        const Tensor back = MaxTextTree::from_maxtext(a, reused.array, reused.residual);
+        EXPECT_EQ(std::memcmp(back.raw(), kiln.raw(), kiln.nbytes()), 0) << a.path;
+      }  // the writer has copied the layer out
+      max_held = std::max(max_held, scratch.bytes_held());
+      ++arrays;
+    }
+    if (layer == 0) held_after_first_layer = scratch.bytes_held();
+  }
+  // The largest per-layer arrays: the query (72 x 8 bf16, 1152 bytes, scaled in place) and
+  // its residual (576 bytes): held once each, whatever the order of the other arrays.
+  EXPECT_GT(held_after_first_layer, 0u);
+  EXPECT_EQ(scratch.bytes_held(), held_after_first_layer) << "layer 1 allocated new buffers";
+  EXPECT_LE(max_held, 1152u + 576u + 192u);
+  std::cout << "  " << arrays << " per-layer arrays bitwise as in fresh memory; scratch held "
+            << max_held << " bytes at most, " << scratch.bytes_held() << " after two layers\n";
 }
 
 }  // namespace

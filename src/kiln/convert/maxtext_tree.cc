@@ -50,10 +50,12 @@ Bits from_ordered(int64_t key, Bits sign_of_zero) {
   return sign_of_zero & kSign;
 }
 
-template <typename Bits, typename Compute>
+// The element conversions as template arguments, so that the per-element loops inline them
+// (through function pointers they were a call per element: a fifth of a bf16 export's time).
+template <typename Bits, typename Compute, Compute (*Load)(Bits), Bits (*Store)(Compute)>
 struct FloatFormat {
-  Compute (*load)(Bits);
-  Bits (*store)(Compute);
+  static Compute load(Bits b) { return Load(b); }
+  static Bits store(Compute c) { return Store(c); }
 };
 
 float load_bf16(uint16_t b) {
@@ -85,13 +87,13 @@ template <typename Fn>
 void with_format(DType dtype, const std::string& name, Fn&& fn) {
   switch (dtype) {
     case DType::BF16:
-      return fn(FloatFormat<uint16_t, float>{load_bf16, store_bf16});
+      return fn(FloatFormat<uint16_t, float, load_bf16, store_bf16>{});
     case DType::F16:
-      return fn(FloatFormat<uint16_t, float>{load_f16, store_f16});
+      return fn(FloatFormat<uint16_t, float, load_f16, store_f16>{});
     case DType::F32:
-      return fn(FloatFormat<uint32_t, float>{load_f32, store_f32});
+      return fn(FloatFormat<uint32_t, float, load_f32, store_f32>{});
     case DType::F64:
-      return fn(FloatFormat<uint64_t, double>{load_f64, store_f64});
+      return fn(FloatFormat<uint64_t, double, load_f64, store_f64>{});
     default:
       throw Error("MaxText array '" + name + "': a value transform needs a floating dtype, not " +
                   std::string(dtype_name(dtype)));
@@ -141,39 +143,49 @@ Compute inverse(MaxTextValueOp op, Compute y, Compute c) {
   }
 }
 
+// A new contiguous tensor (contents unspecified when from `scratch`).
+Tensor new_tensor(MaxTextScratch* scratch, DType dtype, const Shape& shape) {
+  return scratch ? scratch->take(dtype, shape) : Tensor::zeros(dtype, shape);
+}
+
 // Applies the op to a contiguous tensor; the residual (ordered distance from the inverse of
 // the result to the original, per element) goes to I8 when it fits, else I32.
-MaxTextValue apply_op(const MaxTextTransform& t, const Tensor& source, const std::string& name) {
+// With `in_place` (a writable tensor no one else views) the result overwrites `source`.
+MaxTextValue apply_op(const MaxTextTransform& t, const Tensor& source, const std::string& name,
+                      MaxTextScratch* scratch = nullptr, bool in_place = false) {
   MaxTextValue out;
-  out.array = Tensor::zeros(source.dtype(), source.shape());
-  std::vector<int64_t> distance(static_cast<size_t>(source.numel()));
+  out.array = in_place ? source : new_tensor(scratch, source.dtype(), source.shape());
+  const bool wide = t.op == MaxTextValueOp::kAddOne;
+  out.residual = new_tensor(scratch, wide ? DType::I32 : DType::I8, source.shape());
   const double c = op_constant(t, source.dtype());
+  // The distance goes straight into the residual (no per-element int64 buffer: that was 8
+  // bytes of fresh memory per element, 134 MB per query kernel of an 8B model).
+  int32_t* wide_r = wide ? out.residual.mutable_data<int32_t>() : nullptr;
+  int8_t* narrow_r = wide ? nullptr : out.residual.mutable_data<int8_t>();
   with_format(source.dtype(), name,
-              [&]<typename Bits, typename Compute>(FloatFormat<Bits, Compute> f) {
+              [&]<typename Bits, typename Compute, Compute (*L)(Bits), Bits (*S)(Compute)>(
+                  FloatFormat<Bits, Compute, L, S> f) {
                 const Bits* in = static_cast<const Bits*>(source.raw());
                 Bits* y = static_cast<Bits*>(out.array.mutable_raw());
                 const Compute cc = static_cast<Compute>(c);
                 for (int64_t i = 0; i < source.numel(); ++i) {
-                  y[i] = f.store(forward(t.op, f.load(in[i]), cc));
+                  const Bits x = in[i];  // before y[i] overwrites it (in place)
+                  y[i] = f.store(forward(t.op, f.load(x), cc));
                   const Bits back = f.store(inverse(t.op, f.load(y[i]), cc));
-                  distance[i] = ordered(in[i]) - ordered(back);
-                  if (distance[i] < INT32_MIN || distance[i] > INT32_MAX)
+                  const int64_t distance = ordered(x) - ordered(back);
+                  if (distance < INT32_MIN || distance > INT32_MAX)
                     throw Error("tensor '" + name + "': element " + std::to_string(i) +
                                 " cannot be transformed reversibly (NaN or infinity?)");
+                  if (wide) {
+                    wide_r[i] = static_cast<int32_t>(distance);
+                    continue;
+                  }
+                  if (distance < -127 || distance > 127)
+                    throw Error("tensor '" + name + "': element " + std::to_string(i) +
+                                " cannot be scaled reversibly (NaN or infinity?)");
+                  narrow_r[i] = static_cast<int8_t>(distance);
                 }
               });
-  const bool wide = t.op == MaxTextValueOp::kAddOne;
-  out.residual = Tensor::zeros(wide ? DType::I32 : DType::I8, source.shape());
-  for (size_t i = 0; i < distance.size(); ++i) {
-    if (wide) {
-      out.residual.mutable_data<int32_t>()[i] = static_cast<int32_t>(distance[i]);
-      continue;
-    }
-    if (distance[i] < -127 || distance[i] > 127)
-      throw Error("tensor '" + name + "': element " + std::to_string(i) +
-                  " cannot be scaled reversibly (NaN or infinity?)");
-    out.residual.mutable_data<int8_t>()[i] = static_cast<int8_t>(distance[i]);
-  }
   return out;
 }
 
@@ -188,7 +200,8 @@ Tensor undo_op(const MaxTextTransform& t, const Tensor& array, const Tensor& res
             std::string(r.defined() ? dtype_name(r.dtype()) : "none") + ") does not match " +
             array.shape_string());
   with_format(array.dtype(), name,
-              [&]<typename Bits, typename Compute>(FloatFormat<Bits, Compute> f) {
+              [&]<typename Bits, typename Compute, Compute (*L)(Bits), Bits (*S)(Compute)>(
+                  FloatFormat<Bits, Compute, L, S> f) {
                 const Bits* y = static_cast<const Bits*>(array.raw());
                 Bits* x = static_cast<Bits*>(out.mutable_raw());
                 const Compute cc = static_cast<Compute>(c);
@@ -282,14 +295,14 @@ void transpose_tiles<uint16_t>(const uint16_t* src, uint16_t* dst, int64_t batch
 
 // `t` viewed as [batch, rows, cols] (its last two axes, any leading ones flattened) with the
 // last two axes swapped: a new contiguous [..., cols, rows] tensor.
-Tensor transpose_last_two(const Tensor& t) {
+Tensor transpose_last_two(const Tensor& t, MaxTextScratch* scratch = nullptr) {
   const int n = t.ndim();
   const int64_t rows = t.dim(n - 2), cols = t.dim(n - 1);
   if (is_quantized(t.dtype())) return t.transpose(n - 2, n - 1).contiguous(true);
   const Tensor src = t.contiguous();
   Shape shape = t.shape();
   std::swap(shape[n - 2], shape[n - 1]);
-  Tensor out = Tensor::zeros(t.dtype(), shape);
+  Tensor out = new_tensor(scratch, t.dtype(), shape);
   const int64_t batch = rows * cols == 0 ? 0 : src.numel() / (rows * cols);
   switch (dtype_size(t.dtype())) {
     case 1:
@@ -310,16 +323,70 @@ Tensor transpose_last_two(const Tensor& t) {
   return out;
 }
 
-Tensor transposed_copy(const Tensor& matrix) {
+Tensor transposed_copy(const Tensor& matrix, MaxTextScratch* scratch = nullptr) {
   check(matrix.ndim() == 2, "MaxText tree: transposing a tensor of rank " +
                                 std::to_string(matrix.ndim()) + ", expected a matrix");
-  return transpose_last_two(matrix);
+  return transpose_last_two(matrix, scratch);
 }
 
 // Swaps the two middle axes of `t` viewed as [outer, a, b] (b = size of the last axis / a).
 Tensor swap_last_axis_blocks(const Tensor& t, int64_t a) {
   const int64_t last = t.dim(t.ndim() - 1);
   return transpose_last_two(t.contiguous().reshape({-1, a, last / a})).reshape(t.shape());
+}
+
+// HF's rotate-half order -> interleaved pairs in place: each run of the last axis [a_0 ..
+// a_{h-1}, b_0 .. b_{h-1}] becomes [a_0, b_0, a_1, b_1, ...] (swap_last_axis_blocks(t, 2)
+// without a new tensor; 16-bit elements eight pairs at a time in SSE2 registers).
+template <typename T>
+void interleave_halves(T* data, int64_t runs, int64_t last) {
+  const int64_t h = last / 2;
+  std::vector<T> run(static_cast<size_t>(last));
+  for (int64_t r = 0; r < runs; ++r, data += last) {
+    std::memcpy(run.data(), data, static_cast<size_t>(last) * sizeof(T));
+    int64_t j = 0;
+#if defined(__SSE2__)
+    if constexpr (sizeof(T) == 2) {
+      for (; j + 8 <= h; j += 8) {
+        const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(run.data() + j));
+        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(run.data() + h + j));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(data + 2 * j), _mm_unpacklo_epi16(a, b));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(data + 2 * j + 8), _mm_unpackhi_epi16(a, b));
+      }
+    }
+#endif
+    for (; j < h; ++j) {
+      data[2 * j] = run[j];
+      data[2 * j + 1] = run[h + j];
+    }
+  }
+}
+
+// swap_last_axis_blocks(x, 2), in place when `x` is a contiguous tensor of 1 to 8-byte
+// elements that only the caller views (not `input`'s memory).
+Tensor rope_pairs_of(const Tensor& x, const Tensor& input) {
+  const int64_t last = x.ndim() ? x.dim(x.ndim() - 1) : 0;
+  if (!x.writable() || !x.is_contiguous() || x.storage() == input.storage() || last % 2 != 0 ||
+      is_quantized(x.dtype()) || x.numel() == 0)
+    return swap_last_axis_blocks(x, 2);
+  Tensor out = x;
+  const int64_t runs = x.numel() / last;
+  switch (dtype_size(x.dtype())) {
+    case 1:
+      interleave_halves(out.mutable_data<uint8_t>(), runs, last);
+      return out;
+    case 2:
+      interleave_halves(out.mutable_data<uint16_t>(), runs, last);
+      return out;
+    case 4:
+      interleave_halves(out.mutable_data<uint32_t>(), runs, last);
+      return out;
+    case 8:
+      interleave_halves(out.mutable_data<uint64_t>(), runs, last);
+      return out;
+    default:
+      return swap_last_axis_blocks(x, 2);
+  }
 }
 
 // ---- the family tables ---------------------------------------------------------------------
@@ -841,7 +908,34 @@ std::vector<std::string> MaxTextTree::lossy_steps(DType dtype) const {
   return steps;
 }
 
-MaxTextValue MaxTextTree::to_maxtext(const MaxTextArraySpec& spec, const Tensor& tensor) {
+Tensor MaxTextScratch::take(DType dtype, const Shape& shape) {
+  const size_t bytes = std::max<size_t>(dtype_nbytes(dtype, shape_numel(shape)), 1);
+  std::shared_ptr<Storage>* best = nullptr;
+  for (auto& b : buffers_)
+    if (b.use_count() == 1 && b->size() >= bytes && (!best || b->size() < (*best)->size()))
+      best = &b;
+  if (best) return Tensor::view_of(*best, 0, dtype, shape);
+  std::shared_ptr<Storage> fresh = Storage::allocate(bytes);
+  while (buffers_.size() >= kMaxBuffers) {
+    auto largest = buffers_.end();
+    for (auto it = buffers_.begin(); it != buffers_.end(); ++it)
+      if (it->use_count() == 1 && (largest == buffers_.end() || (*it)->size() > (*largest)->size()))
+        largest = it;
+    if (largest == buffers_.end()) break;  // all in use: the new one is not kept
+    buffers_.erase(largest);
+  }
+  if (buffers_.size() < kMaxBuffers) buffers_.push_back(fresh);
+  return Tensor::view_of(std::move(fresh), 0, dtype, shape);
+}
+
+size_t MaxTextScratch::bytes_held() const {
+  size_t total = 0;
+  for (const auto& b : buffers_) total += b->size();
+  return total;
+}
+
+MaxTextValue MaxTextTree::to_maxtext(const MaxTextArraySpec& spec, const Tensor& tensor,
+                                     MaxTextScratch* scratch) {
   const MaxTextTransform& t = spec.transform;
   const std::string where = "tensor '" + spec.kiln_param + "' of shape " + tensor.shape_string();
   check(tensor.shape() == spec.kiln_shape,
@@ -853,22 +947,22 @@ MaxTextValue MaxTextTree::to_maxtext(const MaxTextArraySpec& spec, const Tensor&
       x = tensor;  // no copy: the writer reads any strides
       break;
     case MaxTextReshape::kTransposed:
-      x = transposed_copy(tensor);
+      x = transposed_copy(tensor, scratch);
       break;
     case MaxTextReshape::kHeadsIn:
-      x = transposed_copy(tensor).reshape(spec.maxtext_shape);
+      x = transposed_copy(tensor, scratch).reshape(spec.maxtext_shape);
       break;
     case MaxTextReshape::kHeadsOut:
-      x = transposed_copy(tensor).reshape(spec.maxtext_shape);
+      x = transposed_copy(tensor, scratch).reshape(spec.maxtext_shape);
       break;
     case MaxTextReshape::kHeadsBias:
       x = tensor.contiguous(true).reshape(spec.maxtext_shape);
       break;
     case MaxTextReshape::kExpertsTransposed:
-      x = transpose_last_two(tensor);
+      x = transpose_last_two(tensor, scratch);
       break;
   }
-  if (t.rope_pairs) x = swap_last_axis_blocks(x, 2);
+  if (t.rope_pairs) x = rope_pairs_of(x, tensor);
   if (spec.maxtext_rows > 0 && spec.maxtext_rows != x.dim(0)) {
     // Gemma's embedding: scale the rows MaxText keeps, then pad zeros to MaxText's vocab
     // (zero times the scale is zero in either order), or keep the cut-off rows aside.
@@ -892,7 +986,10 @@ MaxTextValue MaxTextTree::to_maxtext(const MaxTextArraySpec& spec, const Tensor&
     out.array = x;
     return out;
   }
-  return apply_op(t, x.contiguous(), spec.path);
+  // In place when `x` is a copy only this call views (a transposed or reordered one).
+  const bool own = x.writable() && x.is_contiguous() && x.storage() != tensor.storage() &&
+                   x.storage().use_count() <= 2;
+  return apply_op(t, x.contiguous(), spec.path, scratch, own);
 }
 
 Tensor MaxTextTree::from_maxtext(const MaxTextArraySpec& spec, const Tensor& array,

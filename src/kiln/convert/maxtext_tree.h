@@ -86,6 +86,26 @@ struct MaxTextValueChange {
   bool lossy = false;
 };
 
+// Buffers that to_maxtext reuses from layer to layer for MaxText's transposed, reordered and
+// scaled arrays. Fresh memory costs a page fault and a cleared page per 4 KiB (on this
+// project's VM as much as the transpose itself, and glibc maps every block above 32 MiB
+// afresh), so an export hands the same few buffers out again once no tensor views them.
+// Not thread-safe.
+class MaxTextScratch {
+ public:
+  // A contiguous tensor of `dtype` and `shape`, contents unspecified, in a buffer no live
+  // tensor views: the smallest free one that fits, else a new one; at most kMaxBuffers are
+  // kept (free ones dropped, the largest first). An export's per-layer arrays (a layer's
+  // query and its residual, then each kernel alone) settle on two or three buffers.
+  Tensor take(DType dtype, const Shape& shape);
+  // The bytes of the buffers kept (whether in use or not).
+  size_t bytes_held() const;
+  static constexpr size_t kMaxBuffers = 4;
+
+ private:
+  std::vector<std::shared_ptr<Storage>> buffers_;
+};
+
 class MaxTextTree {
  public:
   // The tree of the model whose config.json is `config`, scanned (layers stacked as
@@ -113,8 +133,11 @@ class MaxTextTree {
   std::vector<std::string> lossy_steps(DType dtype) const;
   const ModelSpec& spec() const { return spec_; }
 
-  // Kiln tensor (per-layer shape) -> MaxText array (per-layer shape).
-  static MaxTextValue to_maxtext(const MaxTextArraySpec& spec, const Tensor& tensor);
+  // Kiln tensor (per-layer shape) -> MaxText array (per-layer shape). With `scratch`, the
+  // new arrays (and residual) are views of its reused buffers: they must be dropped before
+  // the buffers can serve the next call (a writer that copies them out, as OrbaxWriter does).
+  static MaxTextValue to_maxtext(const MaxTextArraySpec& spec, const Tensor& tensor,
+                                 MaxTextScratch* scratch = nullptr);
   // The inverse; `residual` may be undefined (a tree MaxText wrote: values unscaled by
   // arithmetic, not bit for bit). Rows of the embedding beyond the model's vocab are dropped
   // (whatever they hold); rows MaxText's vocab lacks come from `dropped` when given (Kiln's

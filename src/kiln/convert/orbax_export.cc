@@ -76,53 +76,169 @@ void export_plain(const KilnTensorSet& source, OrbaxWriter& writer) {
   for (const std::string& name : source.names()) writer.add(kTreePrefix + name, source.get(name));
 }
 
-// Writes one MaxText array, layer by layer when stacked; returns its sidecar record: the
-// residual's name when one was written, the side array of Gemma's cut-off vocab rows.
-Json write_array(const KilnTensorSet& source, const MaxTextArraySpec& a, OrbaxWriter& writer) {
+// A top-level matrix that MaxText transposes or rescales (Llama's unembedding [V, E] ->
+// [E, V], Gemma's scaled embedding) is built in blocks of source rows when it is larger than
+// a few chunks, each block one zarr chunk: the transposed block is a block of columns
+// ([E, n], chunks with extent n along axis 1), the rescaled one a block of rows. So the source
+// is read once, front to back, and only one block is held (a whole transposed copy of an 8B
+// model's unembedding was 1 GB, plus its 1 GB of mapped source pages).
+int64_t source_row_block(const MaxTextArraySpec& a, DType dtype, size_t max_chunk_bytes) {
+  const MaxTextTransform& t = a.transform;
+  if (a.stacked || !a.layers.empty() || a.kiln_shape.size() != 2 || t.rope_pairs ||
+      (a.maxtext_rows > 0 && a.maxtext_rows != a.kiln_shape[0]) || a.kiln_shape[0] < 2)
+    return 0;
+  if (t.reshape != MaxTextReshape::kTransposed &&
+      !(t.reshape == MaxTextReshape::kSame && t.op != MaxTextValueOp::kNone))
+    return 0;
+  if (is_quantized(dtype)) return 0;
+  const size_t row_bytes = static_cast<size_t>(a.kiln_shape[1]) * dtype_size(dtype);
+  if (row_bytes * static_cast<size_t>(a.kiln_shape[0]) <= 2 * max_chunk_bytes) return 0;
+  return std::max<int64_t>(1, static_cast<int64_t>(max_chunk_bytes / row_bytes));
+}
+
+Json write_array_in_blocks(const Tensor& t, const MaxTextArraySpec& a, int64_t rows,
+                           OrbaxWriter& writer, MaxTextScratch& scratch) {
   const std::string array_name = kTreePrefix + a.path;
   const std::string residual_name = kResidualPrefix + a.path;
+  check(t.shape() == a.kiln_shape, "tensor '" + a.kiln_param + "' of shape " + t.shape_string() +
+                                       ": MaxText's " + a.path + " needs Kiln shape " +
+                                       shape_to_string(a.kiln_shape));
+  const bool transposed = a.transform.reshape == MaxTextReshape::kTransposed;
+  const int axis = transposed ? 1 : 0;
+  const int64_t total = a.kiln_shape[0];
+  const int64_t blocks = (total + rows - 1) / rows;
   Json record = Json::object();
-  auto kiln_tensor = [&](size_t j) {
-    return a.layers.empty() ? source.get(a.kiln_param)
-                            : source.layer_tensor(a.layers[j], a.kiln_param);
-  };
-  if (!a.stacked) {
-    const Tensor t = kiln_tensor(0);
-    const MaxTextValue v = MaxTextTree::to_maxtext(a, t);
-    writer.add(array_name, v.array);  // may be `t` itself (no change of layout)
-    if (v.dropped.defined()) {
-      writer.add_side_array(kDroppedPrefix + a.path, v.dropped.contiguous(true));
-      record["dropped_rows"] = kDroppedPrefix + a.path;
-    }
-    release_view(t);
-    if (v.residual.defined() && any_nonzero(v.residual)) {
-      writer.add_side_array(residual_name, v.residual);
-      record["residual"] = residual_name;
-    }
-    return record;
-  }
-  const int axis = maxtext_layer_axis(static_cast<int>(a.maxtext_shape.size()));
-  const Shape stacked = a.stored_shape();
   bool residual = false;
-  for (size_t j = 0; j < a.layers.size(); ++j) {
-    const Tensor t = kiln_tensor(j);
-    const MaxTextValue v = MaxTextTree::to_maxtext(a, t);
-    if (j == 0) writer.begin_layers(array_name, v.array.dtype(), stacked, axis);
-    writer.add_layer(array_name, static_cast<int64_t>(j), v.array);
-    release_view(t);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t r0 = b * rows, r1 = std::min(total, r0 + rows);
+    const Tensor part = t.slice(0, r0, r1);
+    MaxTextArraySpec block = a;
+    block.kiln_shape[0] = r1 - r0;
+    block.maxtext_shape = transposed ? Shape{a.kiln_shape[1], r1 - r0} : block.kiln_shape;
+    block.maxtext_rows = 0;
+    const MaxTextValue v = MaxTextTree::to_maxtext(block, part, &scratch);
+    if (b == 0) writer.begin_blocks(array_name, v.array.dtype(), a.stored_shape(), axis, rows);
+    writer.add_block(array_name, b, v.array);
+    release_view(part);
     if (!v.residual.defined()) continue;
     if (!residual && any_nonzero(v.residual)) {
-      // The first nonzero layer: earlier layers are all zero (stored as missing chunks).
+      // The first nonzero block: earlier blocks are all zero (stored as missing chunks).
       residual = true;
-      writer.begin_layers(residual_name, v.residual.dtype(), stacked, axis, false);
-      for (size_t k = 0; k < j; ++k)
-        writer.add_layer(residual_name, static_cast<int64_t>(k),
-                         Tensor::zeros(v.residual.dtype(), v.residual.shape()));
+      writer.begin_blocks(residual_name, v.residual.dtype(), a.stored_shape(), axis, rows, false);
+      for (int64_t k = 0; k < b; ++k) {
+        Shape shape = a.stored_shape();
+        shape[axis] = rows;
+        writer.add_block(residual_name, k, Tensor::zeros(v.residual.dtype(), shape));
+      }
     }
-    if (residual) writer.add_layer(residual_name, static_cast<int64_t>(j), v.residual);
+    if (residual) writer.add_block(residual_name, b, v.residual);
   }
   if (residual) record["residual"] = residual_name;
   return record;
+}
+
+// Writes one MaxText array, layer by layer when stacked; returns its sidecar record: the
+// residual's name when one was written, the side array of Gemma's cut-off vocab rows.
+// Writes one unstacked MaxText array (a top-level one, or one layer's in the unscanned tree);
+// returns its sidecar record: the residual's name when one was written, the side array of
+// Gemma's cut-off vocab rows. Built in `scratch`'s reused buffers (the writer copies each
+// chunk out).
+Json write_array(const KilnTensorSet& source, const MaxTextArraySpec& a, OrbaxWriter& writer,
+                 size_t max_chunk_bytes, MaxTextScratch& scratch) {
+  const std::string array_name = kTreePrefix + a.path;
+  const std::string residual_name = kResidualPrefix + a.path;
+  Json record = Json::object();
+  const Tensor t =
+      a.layers.empty() ? source.get(a.kiln_param) : source.layer_tensor(a.layers[0], a.kiln_param);
+  if (const int64_t rows = source_row_block(a, t.dtype(), max_chunk_bytes); rows > 0)
+    return write_array_in_blocks(t, a, rows, writer, scratch);
+  const MaxTextValue v = MaxTextTree::to_maxtext(a, t, &scratch);
+  writer.add(array_name, v.array);  // may be `t` itself (no change of layout)
+  if (v.dropped.defined()) {
+    writer.add_side_array(kDroppedPrefix + a.path, v.dropped.contiguous(true));
+    record["dropped_rows"] = kDroppedPrefix + a.path;
+  }
+  release_view(t);
+  if (v.residual.defined() && any_nonzero(v.residual)) {
+    writer.add_side_array(residual_name, v.residual);
+    record["residual"] = residual_name;
+  }
+  return record;
+}
+
+// A stacked array being written layer by layer.
+struct StackedProgress {
+  bool begun = false;
+  bool residual = false;           // its residual side array has been begun
+  std::vector<int64_t> positions;  // the layers written so far
+};
+
+// Writes layer position `j` of the stacked array `a` (any order; the writer's chunks hold one
+// layer each).
+void write_stacked_layer(const KilnTensorSet& source, const MaxTextArraySpec& a, size_t j,
+                         OrbaxWriter& writer, MaxTextScratch& scratch, StackedProgress& progress) {
+  const std::string array_name = kTreePrefix + a.path;
+  const std::string residual_name = kResidualPrefix + a.path;
+  const int axis = maxtext_layer_axis(static_cast<int>(a.maxtext_shape.size()));
+  const Shape stacked = a.stored_shape();
+  const Tensor t = source.layer_tensor(a.layers[j], a.kiln_param);
+  const MaxTextValue v = MaxTextTree::to_maxtext(a, t, &scratch);
+  if (!progress.begun) writer.begin_layers(array_name, v.array.dtype(), stacked, axis);
+  progress.begun = true;
+  writer.add_layer(array_name, static_cast<int64_t>(j), v.array);
+  release_view(t);
+  if (v.residual.defined()) {
+    if (!progress.residual && any_nonzero(v.residual)) {
+      // The first nonzero layer: the layers written before are all zero (missing chunks).
+      progress.residual = true;
+      writer.begin_layers(residual_name, v.residual.dtype(), stacked, axis, false);
+      for (int64_t k : progress.positions)
+        writer.add_layer(residual_name, k, Tensor::zeros(v.residual.dtype(), v.residual.shape()));
+    }
+    if (progress.residual) writer.add_layer(residual_name, static_cast<int64_t>(j), v.residual);
+  }
+  progress.positions.push_back(static_cast<int64_t>(j));
+}
+
+// Writes MaxText's tree; returns each array's sidecar record by path. The top-level arrays
+// first, then decoder layer after decoder layer (each layer's tensors of every array, stacked
+// or not): the order HuggingFace and Kiln files store them, so the source is read about
+// front to back, each tensor once, instead of once per array across all the files.
+Json write_tree(const KilnTensorSet& source, const MaxTextTree& tree, OrbaxWriter& writer,
+                size_t max_chunk_bytes) {
+  const std::vector<MaxTextArraySpec>& specs = tree.arrays();
+  struct Item {
+    int64_t layer;  // -1: top-level
+    size_t array, position;
+  };
+  std::vector<Item> items;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const MaxTextArraySpec& a = specs[i];
+    if (!a.stacked) {
+      items.push_back({a.layers.empty() ? -1 : a.layers[0], i, 0});
+      continue;
+    }
+    for (size_t j = 0; j < a.layers.size(); ++j) items.push_back({a.layers[j], i, j});
+  }
+  std::stable_sort(items.begin(), items.end(),
+                   [](const Item& x, const Item& y) { return x.layer < y.layer; });
+  MaxTextScratch scratch;
+  std::vector<StackedProgress> progress(specs.size());
+  Json arrays = Json::object();
+  for (const Item& item : items) {
+    const MaxTextArraySpec& a = specs[item.array];
+    if (a.stacked)
+      write_stacked_layer(source, a, item.position, writer, scratch, progress[item.array]);
+    else
+      arrays[a.path] = write_array(source, a, writer, max_chunk_bytes, scratch);
+  }
+  for (size_t i = 0; i < specs.size(); ++i) {
+    if (!specs[i].stacked) continue;
+    Json record = Json::object();
+    if (progress[i].residual) record["residual"] = kResidualPrefix + specs[i].path;
+    arrays[specs[i].path] = record;
+  }
+  return arrays;
 }
 
 bool scanned_tree(const OrbaxSource& source) {
@@ -264,8 +380,7 @@ void export_to_orbax(const KilnTensorSet& source, const std::string& orbax_dir,
   if (plain) {
     export_plain(source, writer);
   } else {
-    for (const MaxTextArraySpec& a : tree->arrays())
-      arrays[a.path] = write_array(source, a, writer);
+    arrays = write_tree(source, *tree, writer, write_options.zarr.max_chunk_bytes);
   }
   writer.add("step", Tensor::zeros(DType::I32, {}));  // MaxText's TrainState.step
   writer.finish();

@@ -29,10 +29,12 @@ struct OrbaxExportOptions {
 // Writes the Kiln checkpoint at `kiln_dir` as an Orbax checkpoint at `orbax_dir`
 // (atomically; an existing `orbax_dir` only with `force`) with MaxText's `step` (0) beside
 // the parameters. In MaxText's tree each array is assembled from the Kiln tensors of its
-// layers (any Kiln layout), one layer at a time, with side arrays (listed in no orbax
-// metadata) holding per-element residuals that make MaxText's value changes exactly
-// reversible. The manifest without its tensor index, the Kiln tensors' shapes and layer axes,
-// and the MaxText tree record are kept beside `_METADATA` as `kiln_manifest.json` (orbax
+// layers (any Kiln layout), one layer at a time: the top-level arrays first (a large one
+// MaxText transposes or rescales in blocks of source rows), then decoder layer after decoder
+// layer, so each source tensor is read once, in the order the files hold them; with side arrays
+// (listed in no orbax metadata) holding per-element residuals that make MaxText's value changes
+// exactly reversible. The manifest without its tensor index, the Kiln tensors' shapes and layer
+// axes, and the MaxText tree record are kept beside `_METADATA` as `kiln_manifest.json` (orbax
 // ignores it), so import restores the Kiln checkpoint bit for bit.
 void export_kiln_to_orbax(const std::string& kiln_dir, const std::string& orbax_dir,
                           const OrbaxWriteOptions& options, bool force,

@@ -342,14 +342,16 @@ void OrbaxWriter::begin_layers(const std::string& name, DType dtype, const Shape
             chunks,
             layer_axis,
             listed,
-            std::vector<bool>(static_cast<size_t>(shape[layer_axis]), false)};
+            std::vector<bool>(static_cast<size_t>(shape[layer_axis]), false),
+            0};
   put(l.prefix + ".zarray", zarr_v2_metadata(dtype, shape, chunks, options_.zarr));
   layered_.emplace(name, std::move(l));
 }
 
 void OrbaxWriter::add_layer(const std::string& name, int64_t position, const Tensor& layer) {
   auto it = layered_.find(name);
-  check(it != layered_.end(), item_dir_ + ": tensor '" + name + "' was not begun as layers");
+  check(it != layered_.end() && it->second.block == 0,
+        item_dir_ + ": tensor '" + name + "' was not begun as layers");
   Layered& l = it->second;
   Shape expected = l.shape;
   expected.erase(expected.begin() + l.axis);
@@ -381,11 +383,76 @@ void OrbaxWriter::add_layer(const std::string& name, int64_t position, const Ten
   }
 }
 
+void OrbaxWriter::begin_blocks(const std::string& name, DType dtype, const Shape& shape, int axis,
+                               int64_t block, bool listed) {
+  check((axis == 0 && !shape.empty()) || (axis == 1 && shape.size() == 2),
+        item_dir_ + ": tensor '" + name + "': blocks along axis 0, or 1 of a matrix, not " +
+            std::to_string(axis) + " of " + shape_to_string(shape));
+  check(block >= 1 && shape[axis] >= 1,
+        item_dir_ + ": tensor '" + name + "': empty blocks of " + shape_to_string(shape));
+  Shape chunks = shape;
+  for (int64_t& c : chunks) c = std::max<int64_t>(c, 1);
+  chunks[axis] = std::min(block, shape[axis]);
+  const std::string storage = start_array(name, listed, shape, chunks);
+  const int64_t count = (shape[axis] + chunks[axis] - 1) / chunks[axis];
+  Layered l{storage + "/",
+            dtype,
+            shape,
+            chunks,
+            axis,
+            listed,
+            std::vector<bool>(static_cast<size_t>(count), false),
+            chunks[axis]};
+  put(l.prefix + ".zarray", zarr_v2_metadata(dtype, shape, chunks, options_.zarr));
+  layered_.emplace(name, std::move(l));
+}
+
+void OrbaxWriter::add_block(const std::string& name, int64_t position, const Tensor& tensor) {
+  auto it = layered_.find(name);
+  check(it != layered_.end() && it->second.block > 0,
+        item_dir_ + ": tensor '" + name + "' was not begun as blocks");
+  Layered& l = it->second;
+  check(position >= 0 && position < static_cast<int64_t>(l.done.size()) && !l.done[position],
+        item_dir_ + ": tensor '" + name + "': block " + std::to_string(position) +
+            " out of range or written twice");
+  Shape expected = l.shape;
+  expected[l.axis] = std::min(l.block, l.shape[l.axis] - position * l.block);
+  check(tensor.dtype() == l.dtype && tensor.shape() == expected,
+        item_dir_ + ": tensor '" + name + "': block of " + tensor.shape_string() + " " +
+            std::string(dtype_name(tensor.dtype())) + ", expected " + shape_to_string(expected) +
+            " " + std::string(dtype_name(l.dtype)));
+  l.done[position] = true;
+  const Tensor src = tensor.contiguous();
+  const auto* bytes = static_cast<const char*>(src.raw());
+  const size_t esize = dtype_size(l.dtype);
+  const size_t chunk_bytes = static_cast<size_t>(shape_numel(l.chunks)) * esize;
+  Shape index(l.shape.size(), 0);
+  index[l.axis] = position;
+  if (!l.listed && std::all_of(bytes, bytes + src.nbytes(), [](char c) { return c == 0; })) return;
+  if (l.axis == 0 || expected[1] == l.block) {
+    // The chunk's leading bytes (a partial last block along axis 0 is zero-padded at its end).
+    put_chunk(zarr_v2_chunk_key(l.prefix, index), bytes, src.nbytes(), chunk_bytes);
+  } else {
+    // The last block along axis 1 of a matrix: each row padded to the chunk's width.
+    if (pad_.size() < chunk_bytes) pad_.resize(chunk_bytes);
+    std::memset(pad_.data(), 0, chunk_bytes);
+    const size_t have = static_cast<size_t>(expected[1]) * esize;
+    const size_t width = static_cast<size_t>(l.block) * esize;
+    for (int64_t r = 0; r < l.shape[0]; ++r)
+      std::memcpy(pad_.data() + static_cast<size_t>(r) * width,
+                  bytes + static_cast<size_t>(r) * have, have);
+    put_chunk(zarr_v2_chunk_key(l.prefix, index), pad_.data(), chunk_bytes, chunk_bytes);
+  }
+  if (options_.release_borrowed_inputs && !src.writable())
+    release_mapped_pages(bytes, src.nbytes());
+}
+
 void OrbaxWriter::finish() {
   check(!written_.empty(), item_dir_ + ": an orbax checkpoint needs at least one array");
   for (const auto& [name, l] : layered_)
     for (size_t j = 0; j < l.done.size(); ++j)
-      check(l.done[j], item_dir_ + ": tensor '" + name + "': layer " + std::to_string(j) +
+      check(l.done[j], item_dir_ + ": tensor '" + name +
+                           "': " + (l.block > 0 ? "block " : "layer ") + std::to_string(j) +
                            " was never written");
   wait_for_chunk();
   if (ocdbt_) ocdbt_->finish();

@@ -102,6 +102,17 @@ class OrbaxWriter {
   // Writes layer `position` of an array begun with begin_layers(): `layer` has its shape
   // without the layer axis. Every layer exactly once (finish() checks).
   void add_layer(const std::string& name, int64_t position, const Tensor& layer);
+  // Starts the array `name` of `dtype` and `shape`, whose blocks of `block` indices along
+  // `axis` (0, or 1 for rank 2) then arrive in any order through add_block(): each zarr chunk
+  // holds one block (axis 1: all rows; axis 0: whole rows), so a caller that produces a large
+  // array block by block (a transposed source read front to back in row blocks) holds one
+  // block. `listed`: as for begin_layers.
+  void begin_blocks(const std::string& name, DType dtype, const Shape& shape, int axis,
+                    int64_t block, bool listed = true);
+  // Writes block `position` (indices [position * block, ...) along the axis) of an array
+  // begun with begin_blocks(): `tensor` has the array's shape with `block` (the last block:
+  // what remains) along the axis. Every block exactly once (finish() checks).
+  void add_block(const std::string& name, int64_t position, const Tensor& tensor);
   // Writes the metadata files; call once after the last add().
   void finish();
   // The item directory the arrays go to (`dir`, or `dir/<step>/items`).
@@ -122,6 +133,7 @@ class OrbaxWriter {
     int axis;
     bool listed;
     std::vector<bool> done;
+    int64_t block = 0;  // begin_blocks: indices per block along `axis`; 0: begin_layers
   };
   void add_array(const std::string& name, const Tensor& tensor, bool listed);
   // Records array `name` (checked tree path, not yet added) and returns its storage name.

@@ -244,6 +244,82 @@ TEST_F(OrbaxWrite, LayerByLayerArraysAndSideArrays) {
   }
 }
 
+// Arrays written block by block (a transposed matrix produced a block of source rows at a
+// time): blocks of columns of a matrix (the last one narrower: each chunk row zero-padded),
+// blocks of rows of any rank, in any order, as side arrays whose all-zero blocks are not
+// stored; the reader sees the same arrays.
+TEST_F(OrbaxWrite, BlockByBlockArrays) {
+  std::mt19937 rng(11);
+  auto random = [&](DType dtype, Shape shape) {
+    Tensor t = Tensor::zeros(dtype, std::move(shape));
+    auto* bytes = static_cast<uint8_t*>(t.mutable_raw());
+    for (size_t i = 0; i < t.nbytes(); ++i) bytes[i] = static_cast<uint8_t>(rng());
+    return t;
+  };
+  const Tensor columns = random(DType::BF16, {6, 11});  // blocks of 4 columns: 4, 4, 3
+  const Tensor rows = random(DType::F32, {7, 2, 3});    // blocks of 3 rows: 3, 3, 1
+  Tensor side = Tensor::zeros(DType::I8, {5, 10});      // blocks of 4 columns, the 2nd zero
+  side.mutable_data<int8_t>()[0] = 3;
+  side.mutable_data<int8_t>()[49] = -2;
+  for (bool ocdbt : {false, true}) {
+    for (bool zstd : {false, true}) {
+      SCOPED_TRACE(std::string(ocdbt ? "ocdbt" : "zarr") + (zstd ? " zstd" : " raw"));
+      const std::string out = dir_ + "/blocks_" + std::to_string(ocdbt) + std::to_string(zstd);
+      OrbaxWriteOptions options;
+      options.ocdbt = ocdbt;
+      options.zarr.zstd = zstd;
+      OrbaxWriter writer(out, options);
+      writer.begin_blocks("params/lm/kernel", DType::BF16, columns.shape(), 1, 4);
+      writer.begin_blocks("params/rows", DType::F32, rows.shape(), 0, 3);
+      writer.begin_blocks("side/r", DType::I8, side.shape(), 1, 4, false);
+      for (int64_t b = 2; b >= 0; --b) {
+        writer.add_block("params/lm/kernel", b,
+                         columns.slice(1, b * 4, std::min<int64_t>(11, b * 4 + 4)));
+        writer.add_block("params/rows", b, rows.slice(0, b * 3, std::min<int64_t>(7, b * 3 + 3)));
+        writer.add_block("side/r", b, side.slice(1, b * 4, std::min<int64_t>(10, b * 4 + 4)));
+      }
+      EXPECT_THROW(writer.add_block("params/rows", 1, rows.slice(0, 3, 6)), Error);  // twice
+      EXPECT_THROW(writer.add_layer("params/rows", 0, rows.select(0, 0)), Error);    // not layers
+      writer.finish();
+      OrbaxSource source(out);
+      EXPECT_EQ(source.names().size(), 2u) << "the side array is not listed";
+      for (const auto& [name, want] : {std::pair{std::string("params/lm/kernel"), columns},
+                                       std::pair{std::string("params/rows"), rows}}) {
+        const Tensor got = source.get(name);
+        ASSERT_EQ(got.shape(), want.shape()) << name;
+        EXPECT_EQ(std::memcmp(got.raw(), want.raw(), want.nbytes()), 0) << name;
+      }
+      const Tensor got_side = source.get_side_array("side/r");
+      ASSERT_EQ(got_side.shape(), side.shape());
+      EXPECT_EQ(std::memcmp(got_side.raw(), side.raw(), side.nbytes()), 0);
+      const Json metadata = read_json_file(out + "/array_metadatas/process_0");
+      for (const Json& a : metadata["array_metadatas"])
+        if (a["array_metadata"]["param_name"] == "params.lm.kernel") {
+          EXPECT_EQ(a["array_metadata"]["chunk_shape"], Json({6, 4}));
+        }
+      if (!ocdbt) {
+        EXPECT_TRUE(fs::exists(out + "/params.lm.kernel/0.2"));
+        EXPECT_TRUE(fs::exists(out + "/side.r/0.2"));
+        EXPECT_FALSE(fs::exists(out + "/side.r/0.1")) << "an all-zero chunk was stored";
+        EXPECT_TRUE(fs::exists(out + "/params.rows/2.0.0"));
+      }
+    }
+  }
+  OrbaxWriter incomplete(dir_ + "/incomplete_blocks", {});
+  incomplete.begin_blocks("params/x", DType::F32, {2, 5}, 1, 2);
+  incomplete.add_block("params/x", 0, Tensor::zeros(DType::F32, {2, 2}));
+  EXPECT_THROW(incomplete.add_block("params/x", 2, Tensor::zeros(DType::F32, {2, 2})), Error)
+      << "the last block has one column";
+  EXPECT_THROW(incomplete.begin_blocks("params/y", DType::F32, {2, 3, 4}, 1, 2), Error);
+  try {
+    incomplete.finish();
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    std::cout << "  error: " << e.what() << "\n";
+    EXPECT_NE(std::string(e.what()).find("block 1 was never written"), std::string::npos);
+  }
+}
+
 TEST_F(OrbaxWrite, ManagerLayoutAsMaxTextLoadsIt) {
   const auto tree = random_tree();
   OrbaxWriteOptions options;
