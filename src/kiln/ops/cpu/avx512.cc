@@ -84,36 +84,36 @@ struct Bf16Path {
   }
 
   // tile[r][j] = sum_k w[r][k] * packed[k / 2][j] (half k % 2) for r < kM, k < kc.
-  template <int kM>
+  template <int kM, int kV = kVecs>
   static void tile_rows(WeightRows<uint16_t> w, const uint32_t* packed, int64_t kc, float* tile) {
-    __m512 acc[kM][kVecs];
+    __m512 acc[kM][kV];
     for (int r = 0; r < kM; ++r)
-      for (int v = 0; v < kVecs; ++v) acc[r][v] = _mm512_setzero_ps();
+      for (int v = 0; v < kV; ++v) acc[r][v] = _mm512_setzero_ps();
     const int64_t pairs = kc / 2;
     for (int64_t p = 0; p < pairs; ++p) {
-      __m512bh xv[kVecs];
-      for (int v = 0; v < kVecs; ++v)
+      __m512bh xv[kV];
+      for (int v = 0; v < kV; ++v)
         xv[v] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(packed + p * kTokens + v * kLanes));
       for (int r = 0; r < kM; ++r) {
         uint32_t pair;
         std::memcpy(&pair, w.data + r * w.stride + 2 * p, sizeof(pair));
         const __m512bh wb = reinterpret_cast<__m512bh>(_mm512_set1_epi32(static_cast<int>(pair)));
-        for (int v = 0; v < kVecs; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], wb, xv[v]);
+        for (int v = 0; v < kV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], wb, xv[v]);
       }
     }
     if (kc % 2) {  // the last input alone: its packed pair holds (x, 0)
-      __m512bh xv[kVecs];
-      for (int v = 0; v < kVecs; ++v)
+      __m512bh xv[kV];
+      for (int v = 0; v < kV; ++v)
         xv[v] =
             reinterpret_cast<__m512bh>(_mm512_loadu_si512(packed + pairs * kTokens + v * kLanes));
       for (int r = 0; r < kM; ++r) {
         const __m512bh wb =
             reinterpret_cast<__m512bh>(_mm512_set1_epi32(w.data[r * w.stride + 2 * pairs]));
-        for (int v = 0; v < kVecs; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], wb, xv[v]);
+        for (int v = 0; v < kV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], wb, xv[v]);
       }
     }
     for (int r = 0; r < kM; ++r)
-      for (int v = 0; v < kVecs; ++v) _mm512_storeu_ps(tile + r * kTokens + v * kLanes, acc[r][v]);
+      for (int v = 0; v < kV; ++v) _mm512_storeu_ps(tile + r * kTokens + v * kLanes, acc[r][v]);
   }
 };
 
