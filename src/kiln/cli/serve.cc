@@ -1,9 +1,10 @@
 // `kiln serve [MODEL] [--host H] [--port P] [--parallel N] [--ctx N] [--queue N] [--kv-budget MiB]
 // [--kv-block N] [--kv-dtype f32|bf16] [--prefix-cache MiB] [--prefill-chunk 0|N|auto]
-// [--bf16-gemv split|rounded|widen] [--api-key K] [--chat-template FILE] [--name NAME]`: an
+// [--bf16-gemv rounded|split|widen] [--api-key K] [--chat-template FILE] [--name NAME]`: an
 // OpenAI-compatible HTTP server (serve/server.h).
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 
@@ -70,10 +71,11 @@ class ServeCommand : public Command {
           return "must be auto or a number of tokens from 0 to 1048576, not " + value;
         });
     app.add_option("--bf16-gemv", bf16_gemv_,
-                   "how decode steps multiply bf16 weights on AVX-512 (ops::Bf16Gemv): split "
-                   "(default: activations as two bf16 parts, near f32), rounded (activations "
-                   "rounded to bf16: fewer multiplies, logits move), widen (f32 FMAs); default: "
-                   "KILN_BF16_GEMV, else split")
+                   "how decode steps multiply bf16 weights on AVX-512 (ops::Bf16Gemv): rounded "
+                   "(activations rounded to bf16, as the prompt passes' GEMM and PyTorch do: "
+                   "half the multiplies of split), split (activations as two bf16 parts, near "
+                   "f32, as kiln generate), widen (f32 FMAs); default: KILN_BF16_GEMV, else "
+                   "rounded")
         ->check(CLI::IsMember({"split", "rounded", "widen"}));
     app.add_option("--api-key", options_.api_key, "require Authorization: Bearer KEY");
     app.add_option("--chat-template", chat_template_,
@@ -86,7 +88,12 @@ class ServeCommand : public Command {
 
   int run() override {
     if (model_path_.empty()) model_path_ = default_model_path();
-    if (!bf16_gemv_.empty()) ops::use_bf16_gemv(ops::bf16_gemv_named(bf16_gemv_));
+    // A server's steps run many rows, where the GEMV is compute-bound: rounded unless asked.
+    const char* env = std::getenv("KILN_BF16_GEMV");
+    if (!bf16_gemv_.empty())
+      ops::use_bf16_gemv(ops::bf16_gemv_named(bf16_gemv_));
+    else if (!env || !*env)
+      ops::use_bf16_gemv(ops::Bf16Gemv::kRounded);
     engine_.kv_budget = kv_budget_mib_ << 20;
     engine_.kv_dtype = kv_dtype_ == "bf16" ? DType::BF16 : DType::F32;
     engine_.prefix_cache = prefix_cache_mib_ << 20;
@@ -117,11 +124,11 @@ class ServeCommand : public Command {
     server.bind();
     std::printf(
         "kiln serve: %s on http://%s:%d (context %lld, %lld parallel, KV budget %lld MiB %s, "
-        "%lld bytes per token)\n",
+        "%lld bytes per token, bf16 GEMV %s)\n",
         options_.model_name.c_str(), options_.host.c_str(), server.port(),
         static_cast<long long>(engine.context()), static_cast<long long>(engine_.parallel),
         static_cast<long long>(engine.kv_budget() >> 20), kv_dtype_.c_str(),
-        static_cast<long long>(engine.kv_bytes_per_token()));
+        static_cast<long long>(engine.kv_bytes_per_token()), ops::bf16_gemv_name(ops::bf16_gemv()));
     std::fflush(stdout);
     g_server = &server;
     std::signal(SIGINT, on_signal);
