@@ -1,5 +1,6 @@
 // `kiln serve [MODEL] [--host H] [--port P] [--parallel N] [--ctx N] [--queue N] [--kv-budget MiB]
 // [--kv-block N] [--kv-dtype f32|bf16] [--prefix-cache MiB] [--prefill-chunk 0|N|auto]
+// [--admission-window MS]
 // [--bf16-gemv rounded|split|widen] [--api-key K] [--chat-template FILE] [--name NAME]`: an
 // OpenAI-compatible HTTP server (serve/server.h).
 #include <csignal>
@@ -52,6 +53,11 @@ class ServeCommand : public Command {
     app.add_option("--prefix-cache", prefix_cache_mib_,
                    "MiB of KV kept for prompt prefixes that later prompts reuse (default 0: off)")
         ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
+    app.add_option("--admission-window", admission_window_ms_,
+                   "milliseconds an idle server waits for more requests before it takes a "
+                   "burst's prompts in together (one prompt pass, not the first alone); 0: at "
+                   "once (default 5)")
+        ->check(CLI::Range(0.0, 1000.0));
     app.add_option("--prefill-chunk", prefill_chunk_,
                    "how prompts go in. 0 (default): one-shot, the prompts admitted since the "
                    "last step prefilled together through the GEMM between decode steps (fastest "
@@ -95,6 +101,7 @@ class ServeCommand : public Command {
     else if (!env || !*env)
       ops::use_bf16_gemv(ops::Bf16Gemv::kRounded);
     engine_.kv_budget = kv_budget_mib_ << 20;
+    engine_.admission_window_us = static_cast<int64_t>(admission_window_ms_ * 1000.0);
     engine_.kv_dtype = kv_dtype_ == "bf16" ? DType::BF16 : DType::F32;
     engine_.prefix_cache = prefix_cache_mib_ << 20;
     engine_.prefill_chunk = prefill_chunk_ == "auto" ? serve::EngineOptions::kPrefillChunkAuto
@@ -148,6 +155,7 @@ class ServeCommand : public Command {
   std::string prefill_chunk_ = "0";
   std::string kv_dtype_ = "f32";
   std::string bf16_gemv_;
+  double admission_window_ms_ = 5.0;
   serve::ServerOptions options_;
   serve::EngineOptions engine_;
 };

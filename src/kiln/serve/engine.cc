@@ -267,6 +267,12 @@ void Engine::run() {
       std::unique_lock<std::mutex> lock(mutex_);
       wake_.wait(lock, [&] { return stopping_ || !queue_.empty() || !active.empty(); });
       if (stopping_) break;
+      // Idle: give a burst a moment to arrive whole (EngineOptions::admission_window_us).
+      if (active.empty() && options_.admission_window_us > 0)
+        wake_.wait_for(lock, std::chrono::microseconds(options_.admission_window_us), [&] {
+          return stopping_ || static_cast<int64_t>(queue_.size()) >= options_.parallel;
+        });
+      if (stopping_) break;
       // First come (preempted sequences first), first served, while a slot and the KV budget
       // allow the blocks of the prompt. A preempted sequence (its prompt and generated tokens
       // to rebuild) also waits for a block of headroom per active sequence and itself, so that
@@ -595,6 +601,7 @@ void Engine::prefill(const std::vector<Slot*>& slots, Workspace& workspace) {
     if (members.empty()) break;
     const auto n = static_cast<int64_t>(members.size());
     const float* logits = nullptr;
+    ++stats_.prompt_passes;
     try {
       logits = model_.prefill_rows(tokens.data(), n, caches.data(), want.get(), workspace);
     } catch (const std::exception& e) {

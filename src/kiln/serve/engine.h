@@ -112,6 +112,12 @@ struct EngineOptions {
   static constexpr int64_t kPrefillChunkAuto = -1;
   int64_t prefill_chunk = 0;
   bool chunked() const { return prefill_chunk != 0; }
+  // When a request finds the engine idle (nothing decoding), the engine waits up to this many
+  // microseconds (or until `parallel` requests wait) before it starts, so that a burst of
+  // requests arriving together is taken in by one prompt pass instead of the first alone and
+  // the rest after it. 0: start at once. Requests arriving while sequences decode join at the
+  // next step as before.
+  int64_t admission_window_us = 0;
 };
 
 // Counters for /metrics.
@@ -128,6 +134,7 @@ struct EngineStats {
   std::atomic<int64_t> steps{0};                 // engine steps run
   std::atomic<int64_t> step_rows{0};             // rows (decode and prompt tokens) they ran
   std::atomic<int64_t> step_microseconds{0};     // time spent in them
+  std::atomic<int64_t> prompt_passes{0};         // one-shot prompt passes (Model::prefill_rows)
 };
 
 class QueueFull : public std::runtime_error {

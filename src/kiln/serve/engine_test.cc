@@ -144,6 +144,58 @@ TEST_F(EngineTest, DefaultModePrefillsPromptsInOnePass) {
   EXPECT_LT(max_diff, 0.05);
 }
 
+// An idle engine with an admission window waits for a burst: four requests submitted 20 ms
+// apart go in through one prompt pass (without the window the first starts at once: a pass of
+// its own), and their replies are bitwise those of each request alone. Requests that find
+// sequences decoding join at the next step without waiting.
+TEST_F(EngineTest, AdmissionWindowTakesABurstInOnePromptPass) {
+  const std::vector<std::string> prompts = {"def fibonacci(n):", "import os\n",
+                                            "class Stack:", "# sort a list\n"};
+  std::vector<Result> alone;
+  {
+    Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, EngineOptions{1, 0, 64});
+    for (const std::string& p : prompts) alone.push_back(drain(*engine.submit(request(p, 12))));
+  }
+  for (int64_t window_us : {int64_t{0}, int64_t{500'000}}) {
+    EngineOptions options{4, 0, 64};
+    options.admission_window_us = window_us;
+    Engine engine(*model_, *tokenizer_, loaded_->spec.eos_token_ids, options);
+    const auto start = std::chrono::steady_clock::now();
+    std::vector<std::shared_ptr<Channel>> channels;
+    for (const std::string& p : prompts) {
+      channels.push_back(engine.submit(request(p, 12)));
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    for (size_t i = 0; i < channels.size(); ++i) {
+      const Result r = drain(*channels[i]);
+      EXPECT_EQ(r.tokens, alone[i].tokens) << "window " << window_us << " us, request " << i;
+      EXPECT_EQ(r.logprobs, alone[i].logprobs) << "window " << window_us << " us, request " << i;
+    }
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const int64_t passes = engine.stats().prompt_passes.load();
+    std::cout << "admission window " << window_us / 1000 << " ms: " << passes << " prompt passes, "
+              << seconds << " s" << std::endl;
+    if (window_us > 0) {
+      EXPECT_EQ(passes, 1);  // the fourth request filled `parallel`: no need to wait longer
+    } else {
+      EXPECT_GE(passes, 2);
+    }
+    // A request arriving while nothing decodes and the window is on still ends (a lone request
+    // waits at most the window).
+    if (window_us > 0) {
+      const auto t0 = std::chrono::steady_clock::now();
+      const Result r = drain(*engine.submit(request(prompts[0], 12)));
+      const double lone =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      std::cout << "a lone request after the burst: " << lone << " s" << std::endl;
+      EXPECT_EQ(r.tokens, alone[0].tokens);
+      EXPECT_GE(lone, 0.5);  // it waited the window: nothing else came
+      EXPECT_EQ(engine.stats().prompt_passes.load(), 2);
+    }
+  }
+}
+
 // Chunked prefill: prompts (one of 60 tokens) taken in a few tokens per step beside other
 // sequences' decode rows give bitwise the tokens and log-probabilities of each request run
 // alone, whatever the chunk size.

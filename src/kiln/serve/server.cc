@@ -552,6 +552,9 @@ struct Server::Impl {
          std::to_string(s.step_rows.load()));
     line("kiln_engine_step_seconds_total", "counter", "Time spent running steps.",
          std::to_string(static_cast<double>(s.step_microseconds.load()) * 1e-6));
+    line("kiln_engine_prompt_passes_total", "counter",
+         "One-shot prompt passes (the prompts admitted together, through the GEMM).",
+         std::to_string(s.prompt_passes.load()));
     std::lock_guard<std::mutex> lock(metrics_mutex);
     out +=
         "# HELP kiln_requests_total HTTP requests by endpoint and status.\n"
