@@ -468,7 +468,7 @@ void gemv_bf16(const float* x, const WeightView& weight, const float* bias, floa
         gemv_bf16_range<1, kLow>(xs, weight, bias, y, rows, in, out, o_begin, o_end);
     }
   };
-  gemv_output_rows(rows, in, out, weight.row_bytes, body);
+  gemv_output_rows(rows, in, out, weight.row_bytes, body, tile);
 }
 // The Q8_0 row kernel of qgemv on AVX-512 (decode): weights made unsigned (w + 128, one xor)
 // for vpdpbusd against the signed activations, without the sign trick's per-row work; the
