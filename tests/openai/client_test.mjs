@@ -196,10 +196,14 @@ try {
     temperature: 0, stream: true }, { signal: abort.signal });
   for await (const _ of s) { abort.abort(); }
 } catch (e) { /* aborted */ }
-let active = -1;
-for (let i = 0; i < 200 && active !== 0; i++) {
+// (Until nothing runs, waits or holds KV: a request cancelled while it waits in the queue, or in
+// the admission window of an idle server, is dropped at the engine's next turn.)
+let active = -1, queued = -1, held = -1;
+for (let i = 0; i < 200 && (active !== 0 || queued !== 0 || held !== 0); i++) {
+  queued = await metric("kiln_sequences_queued");
   active = await metric("kiln_sequences_active");
-  if (active !== 0) await new Promise((r) => setTimeout(r, 100));
+  held = await metric("kiln_kv_cache_bytes");
+  if (active !== 0 || queued !== 0 || held !== 0) await new Promise((r) => setTimeout(r, 100));
 }
 const generated = (await metric("kiln_generated_tokens_total")) - generatedBefore;
 check("disconnect cancels the sequence", active === 0 && generated < 900, `${generated} tokens generated of 900`);
