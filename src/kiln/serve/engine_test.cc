@@ -146,8 +146,8 @@ TEST_F(EngineTest, DefaultModePrefillsPromptsInOnePass) {
 
 // An idle engine with an admission window waits for a burst: four requests submitted 20 ms
 // apart go in through one prompt pass (without the window the first starts at once: a pass of
-// its own), and their replies are bitwise those of each request alone. Requests that find
-// sequences decoding join at the next step without waiting.
+// its own), their replies are bitwise those of each request alone, and a lone request on the
+// idle engine waits the window once.
 TEST_F(EngineTest, AdmissionWindowTakesABurstInOnePromptPass) {
   const std::vector<std::string> prompts = {"def fibonacci(n):", "import os\n",
                                             "class Stack:", "# sort a list\n"};
