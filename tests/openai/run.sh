@@ -15,25 +15,17 @@ grep -q "must be auto or a number of tokens" <<<"$out" || { echo "$out"; exit 1;
 # The bf16 GEMV of the steps, from the startup line: rounded unless --bf16-gemv or
 # KILN_BF16_GEMV says otherwise.
 gemv_mode() {
-  local log pid
-  log="$(mktemp)"
-  "$@" --port 0 >"$log" 2>&1 &
-  pid=$!
-  for _ in $(seq 1 600); do
-    grep -q "bf16 GEMV" "$log" && break
-    kill -0 $pid 2>/dev/null || break
-    sleep 0.1
-  done
-  kill $pid 2>/dev/null || true
-  wait $pid 2>/dev/null || true
-  sed -n 's/.*bf16 GEMV \([a-z]*\)).*/\1/p' "$log"
-  rm -f "$log"
+  start_kiln_server "$@" >/dev/null
+  sed -n 's/.*bf16 GEMV \([a-z]*\)).*/\1/p' "$server_log"
+  kill "$server"
+  wait "$server" 2>/dev/null || true
+  rm -f "$server_log"
 }
 for want in "rounded|" "split|--bf16-gemv split" "widen|KILN_BF16_GEMV=widen"; do
   mode="${want%%|*}" how="${want#*|}"
   case "$how" in
-    KILN_BF16_GEMV=*) got="$(export "$how"; gemv_mode "$1" serve "$root/models/tinycoder")" ;;
-    *) got="$(unset KILN_BF16_GEMV; gemv_mode "$1" serve "$root/models/tinycoder" $how)" ;;
+    KILN_BF16_GEMV=*) got="$(export "$how"; gemv_mode "$1" "$root/models/tinycoder")" ;;
+    *) got="$(unset KILN_BF16_GEMV; gemv_mode "$1" "$root/models/tinycoder" $how)" ;;
   esac
   [ "$got" = "$mode" ] || { echo "kiln serve ${how:-(no option)}: bf16 GEMV '$got', want $mode"; exit 1; }
   echo "kiln serve ${how:-(no option)}: bf16 GEMV $got"

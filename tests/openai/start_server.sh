@@ -1,11 +1,12 @@
 # Sourced by tests/openai/run.sh and bench/serve.sh: start_kiln_server KILN ARGS... starts
-# `KILN serve ARGS... --port 0`, waits until it listens and sets $server (its pid) and $port;
-# the server is killed when the calling shell exits.
+# `KILN serve ARGS... --port 0`, waits until it listens and sets $server (its pid), $port and
+# $server_log (its output); the server is killed when the calling shell exits.
 start_kiln_server() {
   local kiln="$1"
   shift
   local log
   log="$(mktemp)"
+  server_log="$log"  # its output, for callers that read the startup line
   "$kiln" serve "$@" --port 0 >"$log" 2>&1 &
   server=$!
   trap "kill $server 2>/dev/null; rm -f '$log'" EXIT

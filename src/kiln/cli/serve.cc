@@ -1,8 +1,7 @@
 // `kiln serve [MODEL] [--host H] [--port P] [--parallel N] [--ctx N] [--queue N] [--kv-budget MiB]
 // [--kv-block N] [--kv-dtype f32|bf16] [--prefix-cache MiB] [--prefill-chunk 0|N|auto]
-// [--admission-window MS]
-// [--bf16-gemv rounded|split|widen] [--api-key K] [--chat-template FILE] [--name NAME]`: an
-// OpenAI-compatible HTTP server (serve/server.h).
+// [--admission-window MS] [--bf16-gemv rounded|split|widen] [--api-key K] [--chat-template FILE]
+// [--name NAME]`: an OpenAI-compatible HTTP server (serve/server.h).
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
