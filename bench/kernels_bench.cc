@@ -103,20 +103,21 @@ void train_gemm(benchmark::State& state) {
                          benchmark::Counter::kIsRate);
 }
 
-// Args: kernel set index, format (0 Q8_0, 1 Q4_1, 2 Q4_1_128, 3 Q4_K, 4 Q6_K), rows, in, out.
-// Weights quantized from random normals (K-quants, which Kiln only reads: random bytes with
-// f16 super-scales of order 1 / 256). weight_GB counts the stored (quantized) bytes.
+// Args: kernel set index, format (0 Q8_0, 1 Q4_1, 2 Q4_1_128, 3 Q4_K, 4 Q6_K, 5 Q4_0), rows,
+// in, out. Weights quantized from random normals (Q4_0 and the K-quants, which Kiln only
+// reads: random bytes with f16 (super-)scales of order 1 / 256). weight_GB counts the stored
+// (quantized) bytes.
 void linear_quantized(benchmark::State& state) {
   const auto sets = ops::available_kernels();
   if (state.range(0) >= static_cast<int64_t>(sets.size())) return state.SkipWithError("no CPU");
   ops::use_kernels(sets[state.range(0)]);
-  const DType format = std::array{DType::Q8_0, DType::Q4_1, DType::Q4_1_128, DType::Q4_K,
-                                  DType::Q6_K}[state.range(1)];
+  const DType format = std::array{DType::Q8_0, DType::Q4_1, DType::Q4_1_128,
+                                  DType::Q4_K, DType::Q6_K, DType::Q4_0}[state.range(1)];
   const int64_t rows = state.range(2), in = state.range(3), out = state.range(4);
   const std::vector<float> x = random_floats(rows * in), w = random_floats(out * in);
   const size_t row_bytes = dtype_nbytes(format, in);
   std::vector<uint8_t> stored(out * row_bytes);  // [out] rows of blocks
-  if (format == DType::Q4_K || format == DType::Q6_K) {
+  if (format == DType::Q4_K || format == DType::Q6_K || format == DType::Q4_0) {
     std::mt19937 rng(5);
     for (uint8_t& b : stored) b = static_cast<uint8_t>(rng() & 255);
     const uint16_t scale = f32_to_f16(1.0f / 256.0f);
@@ -218,16 +219,16 @@ void prefill_shapes(benchmark::internal::Benchmark* b) {
 // Quantized formats on the decode shapes (1 row) and a 512-row prefill, fast sets only.
 void quantized_shapes(benchmark::internal::Benchmark* b) {
   for (int64_t set : {1, 2})
-    for (int64_t format : {0, 1, 2})
+    for (int64_t format : {0, 1, 2, 5})
       for (int64_t rows : {1, 512})
         for (auto [in, out] : {std::pair<int64_t, int64_t>{2048, 8192}, {8192, 2048}})
           b->Args({set, format, rows, in, out});
   // A weight that stays in L2 (under 0.6 MB): the GEMV's arithmetic rate, not the memory's.
   for (int64_t set : {1, 2})
-    for (int64_t format : {0, 1, 2}) b->Args({set, format, 1, 2048, 256});
+    for (int64_t format : {0, 1, 2, 5}) b->Args({set, format, 1, 2048, 256});
   // Weights larger than a 32 MB L3 (8192 x 16384: 71-143 MB), read from DRAM as in decode.
   for (int64_t set : {1, 2})
-    for (int64_t format : {0, 1, 2, 3, 4}) b->Args({set, format, 1, 8192, 16384});
+    for (int64_t format : {0, 1, 2, 3, 4, 5}) b->Args({set, format, 1, 8192, 16384});
 }
 // K-quants (Q4_K, Q6_K): the GEMV from DRAM, from L2 (2048 x 256: 295 / 430 KB), 4 rows.
 void kquant_shapes(benchmark::internal::Benchmark* b) {

@@ -180,7 +180,7 @@ TEST(GgufModel, QuantizedTopOneAgreementAndPerplexityAgainstBf16) {
 }
 
 // `--gguf-weights direct` (load_model's default) against `f32` (everything dequantized):
-// Q8_0, Q4_0 and K-quant tensors stay in Kiln's Q8_0 / Q4_1 / Q4_K / Q6_K blocks, the weights
+// Q8_0, Q4_0 and K-quant tensors stay in Kiln's Q8_0 / Q4_0 / Q4_K / Q6_K blocks, the weights
 // take a quarter (Q8_0) or a sixth (Q4_0, Q4_K_M) of the bytes, and the logits stay within a
 // bound of the dequantized run: a 64-token prefill and 24 decode steps (the int8 GEMV and
 // GEMM alike quantize the activations per block of 32, as llama.cpp's do; measured 0.33
@@ -225,7 +225,7 @@ TEST(GgufModel, DirectQuantizedWeightsRunAsTheirDequantization) {
   for (const auto& [variant, kiln_dtype, prefill_bound, decode_bound] :
        std::vector<std::tuple<std::string, DType, double, double>>{
            {"Q8_0", DType::Q8_0, 0.5, 0.5},
-           {"Q4_0", DType::Q4_1, 0.5, 0.5},
+           {"Q4_0", DType::Q4_0, 0.5, 0.5},
            {"Q4_K_M", DType::Q4_K, 0.5, 0.5}}) {
     ASSERT_EQ(gguf_weights(), GgufWeights::kDirect);  // the default
     const LoadedModel direct = load_model(fixture(variant));

@@ -182,10 +182,9 @@ TEST(Gguf, FixtureTensorsDequantizeAsGgufPyBitForBit) {
 
 // Direct reads: Q8_0, Q4_1 and Q4_0 tensors in Kiln's block formats hold ggml's dequantized
 // values (Kiln's own dequantization of the direct tensor against ggml_dequantize, itself
-// checked against gguf-py above): Q8_0 and Q4_1 bit for bit, as views of the file; Q4_0 as
-// Q4_1 value for value, the one bit difference being the sign of a zero (q = 8 with d < 0:
-// ggml's (q - 8) * d is -0, Q4_1's d * q + m is +0; no sum but an all-zero one sees it). The
-// other quantized types have no direct form.
+// checked against gguf-py above): bit for bit (zeros' signs included: Q4_0's (q - 8) * d
+// is -0 for q = 8 and d < 0 in both), as views of the file. The other quantized types have
+// no direct form.
 TEST(Gguf, DirectReadsHoldGgmlsValues) {
   std::map<std::string, int> per_type;
   std::map<std::string, size_t> signed_zeros;
@@ -204,16 +203,13 @@ TEST(Gguf, DirectReadsHoldGgmlsValues) {
       EXPECT_EQ(direct.dtype(), *kiln) << info.name;
       const std::string type = ggml_type_name(static_cast<uint32_t>(info.type));
       ++per_type[type];
-      if (info.type != GgmlType::kQ4_0) {  // the same bytes: a view of the file
-        EXPECT_EQ(direct.raw(), static_cast<const void*>(f.tensor_data(info))) << info.name;
-      }
+      // the same bytes: a view of the file
+      EXPECT_EQ(direct.raw(), static_cast<const void*>(f.tensor_data(info))) << info.name;
       const std::vector<float> want = dequantized(f, info);
       const Tensor got = direct.to(DType::F32);
       const auto [values, zeros] = value_differences(got.data<float>(), want.data(), want.size());
       EXPECT_EQ(values, 0u) << file << ": " << info.name << " (" << type << ")";
-      if (info.type != GgmlType::kQ4_0) {
-        EXPECT_EQ(zeros, 0u) << info.name;
-      }
+      EXPECT_EQ(zeros, 0u) << info.name;
       signed_zeros[type] += zeros;
     }
   }
@@ -229,54 +225,40 @@ TEST(Gguf, DirectReadsHoldGgmlsValues) {
   EXPECT_GE(per_type["Q5_K"], 1);
 }
 
-// Q4_0 -> Q4_1 keeps every value, including subnormal and the largest scales; a scale whose
-// -8 d overflows f16 has no exact Q4_1 form and is an error naming the tensor.
-TEST(Gguf, Q4_0RepacksExactlyOrNamesTheTensor) {
+// Q4_0 read natively keeps every value bit for bit at every scale: subnormal, the largest,
+// ones whose -8 d overflows f16 (which Kiln's former repacking into Q4_1 could not hold),
+// Inf and NaN; also through the reader, as a view of the file.
+TEST(Gguf, Q4_0ReadsNativelyAtEveryScale) {
   std::mt19937 rng(7);
-  for (const uint16_t d : {uint16_t{0x0001}, uint16_t{0x03ff}, uint16_t{0x3c00}, uint16_t{0xbc00},
-                           uint16_t{0x6ffc} /* 8188 */, uint16_t{0x0000}, uint16_t{0x8000}}) {
-    std::byte block[18];
-    std::memcpy(block, &d, 2);
-    for (int i = 2; i < 18; ++i) block[i] = static_cast<std::byte>(rng() & 255);
-    std::byte repacked[20];
-    ggml_q4_0_to_q4_1(block, 1, repacked, "t");
-    float want[32], got[32];
-    ggml_dequantize(GgmlType::kQ4_0, block, 32, want);
-    dequantize_row(DType::Q4_1, repacked, got, 32);
-    EXPECT_EQ(value_differences(got, want, 32).first, 0u) << "d bits " << d;
-  }
   for (const uint16_t d :
-       {uint16_t{0x7000} /* 8192 */, uint16_t{0x7c00} /* inf */, uint16_t{0x7e00} /* nan */}) {
-    std::byte block[18] = {};
-    std::memcpy(block, &d, 2);
-    std::byte repacked[20];
-    try {
-      ggml_q4_0_to_q4_1(block, 1, repacked, "m.gguf: tensor 'blk.0.attn_q.weight'");
-      ADD_FAILURE() << "no error for d bits " << d;
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find("tensor 'blk.0.attn_q.weight': Q4_0 block 0"),
-                std::string::npos)
-          << e.what();
+       {uint16_t{0x0001}, uint16_t{0x03ff}, uint16_t{0x3c00}, uint16_t{0xbc00}, uint16_t{0x6ffc},
+        uint16_t{0x0000}, uint16_t{0x8000}, uint16_t{0x7000} /* 8192 */,
+        uint16_t{0x7bff} /* 65504 */, uint16_t{0x7c00} /* inf */, uint16_t{0x7e00} /* nan */}) {
+    std::byte blocks[3 * 18];  // the middle block at an odd offset
+    for (int b = 0; b < 3; ++b) {
+      std::memcpy(blocks + 18 * b, &d, 2);
+      for (int i = 2; i < 18; ++i) blocks[18 * b + i] = static_cast<std::byte>(rng() & 255);
     }
+    float want[96], got[96];
+    ggml_dequantize(GgmlType::kQ4_0, blocks, 96, want);
+    dequantize_row(DType::Q4_0, blocks, got, 96);
+    EXPECT_EQ(std::memcmp(got, want, sizeof(got)), 0) << "d bits " << d;
   }
-  // Through the reader: the file and tensor are named.
   const std::string dir = test::make_temp_dir("kiln-gguf-q4_0");
   test::GgufBuilder b;
   b.kv_string("general.architecture", "llama");
   b.tensor("big", {32, 1}, 2, 0);
   std::string bytes(18, '\0');
   bytes[0] = '\x00';
-  bytes[1] = '\x74';  // d = 16384
+  bytes[1] = '\x74';  // d = 16384: -8 d overflows f16
   b.data(bytes + std::string(14, '\0'));
   b.write(dir + "/big.gguf");
-  const GgufFile f = GgufFile::open(dir + "/big.gguf");
-  EXPECT_EQ(f.read("big").to(DType::F32).data<float>()[0], -8 * 16384.0f);  // dequantizing works
-  try {
-    (void)gguf_read_direct(f, f.tensor_info("big"));
-    ADD_FAILURE() << "no error";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("big.gguf: tensor 'big': Q4_0 block 0"), std::string::npos)
-        << e.what();
+  {
+    const GgufFile f = GgufFile::open(dir + "/big.gguf");
+    EXPECT_EQ(f.read("big").to(DType::F32).data<float>()[0], -8 * 16384.0f);
+    const Tensor direct = gguf_read_direct(f, f.tensor_info("big"));
+    EXPECT_EQ(direct.dtype(), DType::Q4_0);
+    EXPECT_EQ(direct.to(DType::F32).data<float>()[0], -8 * 16384.0f);
   }
   fs::remove_all(dir);
 }

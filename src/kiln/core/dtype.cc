@@ -14,7 +14,7 @@ struct DTypeInfo {
   size_t size;        // bytes per block
   int64_t block = 1;  // elements per block
 };
-constexpr std::array<DTypeInfo, 16> kInfos = {{
+constexpr std::array<DTypeInfo, 17> kInfos = {{
     {DType::F32, "F32", 4},
     {DType::BF16, "BF16", 2},
     {DType::F16, "F16", 2},
@@ -31,6 +31,7 @@ constexpr std::array<DTypeInfo, 16> kInfos = {{
     {DType::Q4_K, "Q4_K", 144, 256},
     {DType::Q5_K, "Q5_K", 176, 256},
     {DType::Q6_K, "Q6_K", 210, 256},
+    {DType::Q4_0, "Q4_0", 18, 32},
 }};
 }  // namespace
 

@@ -31,14 +31,17 @@ enum class DType : uint8_t {
   // ggml's K-quants (core/kquant.h), super-blocks of 256 as llama.cpp's GGUF files store them
   Q4_K,  // 144 bytes: f16 d, f16 dmin, 8 six-bit scales and minimums, 256 nibbles
   Q5_K,  // 176 bytes: Q4_K with a fifth bit per value
-  Q6_K   // 210 bytes: 256 six-bit values, 16 int8 scales, f16 d
+  Q6_K,  // 210 bytes: 256 six-bit values, 16 int8 scales, f16 d
+  // ggml's Q4_0 as read from GGUF files (Kiln does not write it): blocks of 32 = f16 scale +
+  // 16 bytes of nibbles (18 bytes), x = d * (q - 8)
+  Q4_0
 };
 
 // Size of one element in bytes. Throws Error for block-quantized dtypes, which have none:
 // use dtype_nbytes.
 size_t dtype_size(DType dtype);
 // Name in manifests and safetensors headers: "F32", "BF16", ..., "Q8_0", "Q4_1", "Q4_1_128",
-// "Q4_K", "Q5_K", "Q6_K".
+// "Q4_K", "Q5_K", "Q6_K", "Q4_0".
 std::string_view dtype_name(DType dtype);
 // Parses a dtype name; nullopt when unknown.
 std::optional<DType> dtype_from_name(std::string_view name);

@@ -1,6 +1,7 @@
 #include "kiln/core/quant.h"
 
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <string>
 
@@ -117,7 +118,7 @@ void quantize_row(DType dtype, const float* x, void* dst, int64_t count) {
   check_blocks(dtype, count, "quantize");
   check(dtype == DType::Q8_0 || dtype == DType::Q4_1 || dtype == DType::Q4_1_128,
         "quantize: Kiln does not quantize into " + std::string(dtype_name(dtype)) +
-            " (K-quant weights are read from GGUF files)");
+            " (Q4_0 and K-quant weights are read from GGUF files)");
   const int64_t blocks = count / dtype_block(dtype);
   for (int64_t b = 0; b < blocks; ++b) {
     if (dtype == DType::Q8_0) {
@@ -153,6 +154,21 @@ void dequantize_row(DType dtype, const void* src, float* y, int64_t count) {
         BlockQ6_K k;
         std::memcpy(&k, block, sizeof(k));
         dequantize_q6_k(k, y + 256 * b);
+      }
+    }
+    return;
+  }
+  if (dtype == DType::Q4_0) {
+    // (copies: 18-byte blocks past the first are not 2-byte aligned)
+    const auto* bytes = static_cast<const std::byte*>(src);
+    for (int64_t b = 0; b < blocks; ++b) {
+      BlockQ4_0 block;
+      std::memcpy(&block, bytes + b * sizeof(BlockQ4_0), sizeof(block));
+      const float d = f16_to_f32(block.d);
+      for (int j = 0; j < 16; ++j) {
+        // as ggml: the level minus 8 as an integer, then times d (d * 0 is +0 for d >= 0)
+        y[32 * b + j] = static_cast<float>((block.qs[j] & 15) - 8) * d;
+        y[32 * b + j + 16] = static_cast<float>((block.qs[j] >> 4) - 8) * d;
       }
     }
     return;

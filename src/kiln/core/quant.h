@@ -7,6 +7,9 @@
 //             q[j] = qs[j] & 15 and q[j + 16] = qs[j] >> 4 for j < 16
 //   Q4_1_128  68 bytes per 128 elements: f16 d, f16 m, uint8 qs[64]: four Q4_1 nibble sets,
 //             sub-block s (elements 32s .. 32s + 31) in qs[16s .. 16s + 15] as in Q4_1
+//   Q4_0      18 bytes per 32 elements:  f16 d, uint8 qs[16];          x[i] = d * (q[i] - 8)
+//             nibbles as in Q4_1; ggml's block as read from GGUF files (Kiln does not write
+//             it; blocks are not 2-byte aligned past the first: read them with memcpy)
 //
 // All little-endian; d and m are IEEE half precision.
 #pragma once
@@ -31,6 +34,11 @@ struct BlockQ4_1_128 {
   uint16_t m;      // f16 minimum
   uint8_t qs[64];  // four 16-byte Q4_1 nibble sets, one per 32 elements
 };
+struct BlockQ4_0 {
+  uint16_t d;      // f16 scale
+  uint8_t qs[16];  // nibbles as in Q4_1: value d * (q - 8)
+};
+static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 blocks must be packed as ggml's");
 static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_1) == 20 && sizeof(BlockQ4_1_128) == 68,
               "quantized blocks must be packed as ggml's");
 
@@ -39,10 +47,11 @@ static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_1) == 20 && sizeof(Block
 // q = round((x - m) / d) clamped to [0, 15]; then a few rounds of the least-squares scale
 // (and minimum) for those levels and requantizing, keeping the smallest squared error (d and
 // m rounded to f16 before use, so the stored values are the ones dequantization uses).
-// Throws Error for other dtypes (also the K-quants, which Kiln only reads) or partial blocks.
+// Throws Error for other dtypes (also Q4_0 and the K-quants, which Kiln only reads) or partial
+// blocks.
 void quantize_row(DType dtype, const float* x, void* dst, int64_t count);
-// The inverse: `count` values of `dtype` blocks as f32 (also the K-quants, core/kquant.h:
-// exactly ggml's values).
+// The inverse: `count` values of `dtype` blocks as f32 (also Q4_0 and the K-quants,
+// core/kquant.h: exactly ggml's values).
 void dequantize_row(DType dtype, const void* src, float* y, int64_t count);
 
 // Activations quantized per block of 32 to int8 as the quantized kernels use them

@@ -300,6 +300,7 @@ double Tensor::item_as_double(int64_t flat) const {
     case DType::Q4_K:
     case DType::Q5_K:
     case DType::Q6_K:
+    case DType::Q4_0:
       break;  // handled above
   }
   return 0;
@@ -326,6 +327,7 @@ void convert_to_f32(const void* src, DType src_type, float* dst, size_t count) {
     case DType::Q4_K:
     case DType::Q5_K:
     case DType::Q6_K:
+    case DType::Q4_0:
       dequantize_row(src_type, src, dst, static_cast<int64_t>(count));
       return;
     default: {
@@ -398,6 +400,7 @@ Tensor Tensor::to(DType dtype) const {
       case DType::Q4_K:
       case DType::Q5_K:
       case DType::Q6_K:
+      case DType::Q4_0:
         break;  // handled above
     }
   }

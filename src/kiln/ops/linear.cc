@@ -236,17 +236,18 @@ int weight_format_index(DType format) {
 
 const KernelTable& reference_table() {
   // One plain kernel serves every format: it dequantizes rows through convert_to_f32.
-  static const KernelTable table{"reference",
-                                 {&linear_reference, &linear_reference, &linear_reference,
-                                  &linear_reference, &linear_reference, &linear_reference,
-                                  &linear_reference, &linear_reference, &linear_reference},
-                                 &causal_attention_reference,
-                                 &silu_gated_reference,
-                                 &gemm_f32_reference,
-                                 &silu_gated_backward_reference,
-                                 &attention_probs_reference,
-                                 &attention_probs_backward_reference,
-                                 &adamw_update_reference};
+  static const KernelTable table{
+      "reference",
+      {&linear_reference, &linear_reference, &linear_reference, &linear_reference,
+       &linear_reference, &linear_reference, &linear_reference, &linear_reference,
+       &linear_reference, &linear_reference},
+      &causal_attention_reference,
+      &silu_gated_reference,
+      &gemm_f32_reference,
+      &silu_gated_backward_reference,
+      &attention_probs_reference,
+      &attention_probs_backward_reference,
+      &adamw_update_reference};
   return table;
 }
 }  // namespace kiln::ops::cpu

@@ -157,16 +157,19 @@ TEST(QuantKernels, GemvRowsAreIndependentOfTheirNeighbours) {
   use_kernels("auto");
 }
 
-// Rows of random K-quant super-blocks (every byte random, so every level, scale and minimum
-// code occurs; f16 super-scales set so the values are of order 1): Kiln does not quantize
-// into these formats, it reads them from GGUF files.
+// Rows of random K-quant super-blocks or Q4_0 blocks (every byte random, so every level,
+// scale and minimum code occurs; f16 (super-)scales set so the values are of order 1): Kiln
+// does not quantize into these formats, it reads them from GGUF files.
 std::vector<uint8_t> random_kquant_rows(std::mt19937& rng, DType format, int64_t out, int64_t in) {
   std::vector<uint8_t> stored(out * dtype_nbytes(format, in));
   for (uint8_t& b : stored) b = static_cast<uint8_t>(rng() & 255);
   std::uniform_real_distribution<float> scale(0.5f, 1.5f);
   const size_t bytes = dtype_block_bytes(format);
   for (size_t at = 0; at < stored.size(); at += bytes) {
-    if (format == DType::Q6_K) {  // |scale * (q - 32)| up to 128 * 32
+    if (format == DType::Q4_0) {  // d * (q - 8), |q - 8| up to 8; some scales negative
+      const uint16_t d = f32_to_f16((rng() & 7) == 0 ? -scale(rng) / 8.0f : scale(rng) / 8.0f);
+      std::memcpy(&stored[at], &d, 2);
+    } else if (format == DType::Q6_K) {  // |scale * (q - 32)| up to 128 * 32
       const uint16_t d = f32_to_f16(scale(rng) / 2048.0f);
       std::memcpy(&stored[at + 208], &d, 2);
     } else {  // d * sc * q up to 63 * 31, dmin * m up to 63
@@ -179,7 +182,7 @@ std::vector<uint8_t> random_kquant_rows(std::mt19937& rng, DType format, int64_t
   return stored;
 }
 
-// The K-quant kernels (GEMV and GEMM of every set) against the reference kernel on the
+// The K-quant and Q4_0 kernels (GEMV and GEMM of every set) against the reference kernel on the
 // activations they round to (per block of 32, as for Q8_0 / Q4_1), to float rounding; the
 // reference itself against the f64 product of ggml's dequantized values; and every kernel
 // against the f64 product on the unrounded activations within the bound their rounding sets.
@@ -188,12 +191,26 @@ TEST(QuantKernels, KQuantKernelsMatchTheReference) {
       {1, 256, 1},   {1, 512, 7},   {2, 768, 33},  {3, 256, 5},    {4, 1024, 16}, {5, 256, 9},
       {7, 1280, 31}, {8, 2048, 13}, {15, 512, 17}, {16, 256, 6},   {17, 768, 7},  {40, 1280, 19},
       {70, 256, 13}, {257, 512, 9}, {1, 4096, 64}, {24, 2304, 11}, {33, 1536, 25}};
+  // Q4_0 (blocks of 32) also on rows that are not whole super-blocks, nor whole 8- or
+  // 16-block groups of the fast GEMVs, and on every row count 1 to 17.
+  std::vector<Case> q4_0_cases = cases;
+  for (const Case c : std::vector<Case>{{1, 32, 3},
+                                        {2, 96, 5},
+                                        {3, 224, 7},
+                                        {4, 1120, 9},
+                                        {5, 2080, 4},
+                                        {16, 544, 6},
+                                        {17, 1120, 5},
+                                        {40, 608, 11},
+                                        {1, 1184, 33}})
+    q4_0_cases.push_back(c);
+  for (int64_t rows = 1; rows <= 17; ++rows) q4_0_cases.push_back({rows, 800, 13});
   std::mt19937 rng(17);
   for (const std::string& name : available_kernels()) {
     use_kernels(name);
-    for (const DType format : {DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+    for (const DType format : {DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::Q4_0}) {
       double worst_gemv = 0.0, worst_gemm = 0.0, worst_exact = 0.0, worst_rounding = 0.0;
-      for (const Case& c : cases) {
+      for (const Case& c : format == DType::Q4_0 ? q4_0_cases : cases) {
         const std::vector<float> x = random_vector(rng, c.rows * c.in);  // [rows, in]
         const std::vector<float> bias = random_vector(rng, c.out);       // [out]
         const std::vector<uint8_t> stored = random_kquant_rows(rng, format, c.out, c.in);
@@ -250,7 +267,7 @@ TEST(QuantKernels, KQuantKernelsHoldFullScaleActivations) {
   const int64_t in = 1024, out = 9;
   for (const std::string& name : available_kernels()) {
     use_kernels(name);
-    for (const DType format : {DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+    for (const DType format : {DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::Q4_0}) {
       const std::vector<uint8_t> stored = random_kquant_rows(rng, format, out, in);
       for (const int64_t rows : {1, 3, 40}) {  // GEMV, and the GEMM past kGemvMaxRows
         std::vector<float> x(rows * in);       // [rows, in]
@@ -275,14 +292,14 @@ TEST(QuantKernels, KQuantKernelsHoldFullScaleActivations) {
   use_kernels("auto");
 }
 
-// The same batch invariance for the K-quant GEMV.
+// The same batch invariance for the K-quant and Q4_0 GEMV.
 TEST(QuantKernels, KQuantGemvRowsAreIndependentOfTheirNeighbours) {
   std::mt19937 rng(9);
   const int64_t in = 512, out = 24;
   const std::vector<float> x = random_vector(rng, 16 * in);
   for (const std::string& name : available_kernels()) {
     use_kernels(name);
-    for (const DType format : {DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
+    for (const DType format : {DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::Q4_0}) {
       const std::vector<uint8_t> stored = random_kquant_rows(rng, format, out, in);
       for (const int64_t rows : {2, 3, 4, 5, 8, 16}) {
         std::vector<float> all(rows * out), one(out);
@@ -305,6 +322,8 @@ TEST(QuantKernels, ViewsOfPartialBlocksAreRejected) {
   EXPECT_THROW(weight_view(stored.data(), DType::Q4_1_128, 64), Error);
   EXPECT_THROW(weight_view(stored.data(), DType::Q4_K, 128), Error);
   EXPECT_THROW(weight_view(stored.data(), DType::Q6_K, 768 + 32), Error);
+  EXPECT_THROW(weight_view(stored.data(), DType::Q4_0, 48), Error);
+  EXPECT_EQ(weight_view(stored.data(), DType::Q4_0, 64).row_bytes, 36u);
   EXPECT_THROW(weight_view(stored.data(), DType::I8, 64), Error);
   WeightView wrong = weight_view(stored.data(), DType::Q8_0, 64);
   wrong.row_bytes = 64;

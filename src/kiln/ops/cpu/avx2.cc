@@ -58,7 +58,7 @@ const KernelTable& avx2_table() {
        &avx2::gemv_or_gemm_f32<DType::F16>, &avx2::quantized_linear<DType::Q8_0>,
        &avx2::quantized_linear<DType::Q4_1>, &avx2::quantized_linear<DType::Q4_1_128>,
        &avx2::kquant_linear<DType::Q4_K>, &avx2::kquant_linear<DType::Q5_K>,
-       &avx2::kquant_linear<DType::Q6_K>},
+       &avx2::kquant_linear<DType::Q6_K>, &avx2::quantized_linear<DType::Q4_0>},
       &avx2::attention,
       &avx2::silu_gated,
       &avx2::gemm_f32,

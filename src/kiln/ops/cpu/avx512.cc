@@ -124,18 +124,22 @@ template <DType kFormat>
 constexpr int64_t values_offset(int64_t b) {
   if constexpr (kFormat == DType::Q8_0) return 34 * b + 2;
   if constexpr (kFormat == DType::Q4_1) return 20 * b + 4;
+  if constexpr (kFormat == DType::Q4_0) return 18 * b + 2;
   return 68 * (b >> 2) + 4 + 16 * (b & 3);
 }
 template <DType kFormat>
 constexpr int64_t scale_offset(int64_t b) {
   if constexpr (kFormat == DType::Q8_0) return 34 * b;
   if constexpr (kFormat == DType::Q4_1) return 20 * b;
+  if constexpr (kFormat == DType::Q4_0) return 18 * b;
   return 68 * (b >> 2);
 }
 
-// The Q4_1 / Q4_1_128 row kernel of qgemv on AVX-512: four blocks of 32 per pass of two
+// The Q4_1 / Q4_1_128 / Q4_0 row kernel of qgemv on AVX-512: four blocks of 32 per pass of two
 // vpdpbusd (low and high nibbles); the scales of 16 blocks are gathered at once and multiplied
 // by the activations' scales in one instruction, then spread to each block's lanes (vpermps).
+// Q4_0 runs as Q4_1 with the minimum -8 d; whole groups of 16 blocks of Q4_1 and Q4_0 take
+// group16's permutations, a row's last blocks the loads and the gather (byte offsets).
 // Each row's sums are formed in the same order whatever rows share the call.
 template <DType kFormat, int kRows>
 struct Qgemv512 {
@@ -184,38 +188,59 @@ struct Qgemv512 {
     }
   }
 
-  // Q4_1, 16 whole blocks (320 bytes) from block b0, weight bytes read as 80-byte quads: two
-  // loads per quad (64 + 16 bytes) and one two-source dword permutation (vpermt2d) put its 64
-  // value bytes in place of four 16-byte loads and three inserts; the 16 blocks' scales and
-  // minimums are permuted out of the same loads (three permutations) in place of a gather.
+  // 16 whole blocks from block b0, read as quads of four blocks: two loads per quad (64 bytes
+  // and the rest) and one two-source permutation put its 64 value bytes in place of four
+  // 16-byte loads and three inserts; the 16 blocks' scales (and Q4_1's minimums) are permuted
+  // out of the same loads in place of a gather.
+  //   Q4_1: 80-byte quads, 4-byte-aligned blocks: dword permutations (vpermt2d).
+  //   Q4_0: 72-byte quads, 2-byte-aligned blocks: word permutations (vpermt2w); minimum -8 d.
   // The same arithmetic in the same order as the quad path above: bitwise the same sums.
-  static void group_q4_1(const int8_t* reordered, int64_t quads, const QuantizedRows& x,
-                         const std::byte* row, int64_t b0, __m512 (*acc)[2], __m512* minimum) {
-    const std::byte* base = row + 20 * b0;
+  static void group16(const int8_t* reordered, int64_t quads, const QuantizedRows& x,
+                      const std::byte* row, int64_t b0, __m512 (*acc)[2], __m512* minimum) {
+    static_assert(kFormat == DType::Q4_1 || kFormat == DType::Q4_0, "Q4_1 or Q4_0 blocks");
+    constexpr bool kQ40 = kFormat == DType::Q4_0;
+    constexpr int64_t kQuadBytes = kQ40 ? 72 : 80;
+    const std::byte* base = row + (kQuadBytes / 4) * b0;
     __m512i head[4], tail[4];
     for (int q = 0; q < 4; ++q) {
-      head[q] = _mm512_loadu_si512(base + 80 * q);  // dwords 0..15 of the quad
-      tail[q] = _mm512_castsi128_si512(
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(base + 80 * q + 64)));  // 16..19
+      head[q] = _mm512_loadu_si512(base + kQuadBytes * q);  // bytes 0..63 of the quad
+      const auto* rest = reinterpret_cast<const __m128i*>(base + kQuadBytes * q + 64);
+      tail[q] = _mm512_castsi128_si512(kQ40 ? _mm_loadl_epi64(rest) : _mm_loadu_si128(rest));
     }
-    // (d, m) of block 4q + k is dword 5k of quad q.
-    const __m512i scale_index =
-        _mm512_setr_epi32(0, 5, 10, 15, 16, 21, 26, 31, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512i halves = _mm512_shuffle_i64x2(
-        _mm512_permutex2var_epi32(head[0], scale_index, head[1]),
-        _mm512_permutex2var_epi32(head[2], scale_index, head[3]), _MM_SHUFFLE(1, 0, 1, 0));
-    const __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(halves));
-    const __m512 mw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(halves, 16)));
+    __m512 dw, mw;
+    __m512i value_index;
+    if constexpr (kQ40) {
+      // d of block 4q + k is word 9k of quad q; its values are words 9k + 1 .. 9k + 8.
+      const __m512i scale_index = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                                   0, 0, 0, 0, 0, 0, 0, 0,  //
+                                                   59, 50, 41, 32, 27, 18, 9, 0);
+      const __m512i first = _mm512_permutex2var_epi16(head[0], scale_index, head[1]);
+      const __m512i second = _mm512_permutex2var_epi16(head[2], scale_index, head[3]);
+      dw = _mm512_cvtph_ps(_mm256_inserti128_si256(_mm512_castsi512_si256(first),
+                                                   _mm512_castsi512_si128(second), 1));
+      mw = _mm512_mul_ps(dw, _mm512_set1_ps(-8.0f));
+      value_index = _mm512_set_epi16(35, 34, 33, 32, 31, 30, 29, 28, 26, 25, 24, 23, 22, 21, 20, 19,
+                                     17, 16, 15, 14, 13, 12, 11, 10, 8, 7, 6, 5, 4, 3, 2, 1);
+    } else {
+      // (d, m) of block 4q + k is dword 5k of quad q; its values are dwords 5k + 1 .. 5k + 4.
+      const __m512i scale_index =
+          _mm512_setr_epi32(0, 5, 10, 15, 16, 21, 26, 31, 0, 0, 0, 0, 0, 0, 0, 0);
+      const __m512i halves = _mm512_shuffle_i64x2(
+          _mm512_permutex2var_epi32(head[0], scale_index, head[1]),
+          _mm512_permutex2var_epi32(head[2], scale_index, head[3]), _MM_SHUFFLE(1, 0, 1, 0));
+      dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(halves));
+      mw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(halves, 16)));
+      value_index = _mm512_setr_epi32(1, 2, 3, 4, 6, 7, 8, 9, 11, 12, 13, 14, 16, 17, 18, 19);
+    }
     __m512 scales[kRows];
     for (int r = 0; r < kRows; ++r) {
       scales[r] = _mm512_mul_ps(dw, _mm512_loadu_ps(x.d + r * (x.in / 32) + b0));
       minimum[r] = _mm512_fmadd_ps(mw, _mm512_loadu_ps(x.sum + r * (x.in / 32) + b0), minimum[r]);
     }
-    const __m512i value_index =
-        _mm512_setr_epi32(1, 2, 3, 4, 6, 7, 8, 9, 11, 12, 13, 14, 16, 17, 18, 19);
     const __m512i mask = _mm512_set1_epi8(0x0f);
     for (int q = 0; q < 4; ++q) {
-      const __m512i bytes = _mm512_permutex2var_epi32(head[q], value_index, tail[q]);
+      const __m512i bytes = kQ40 ? _mm512_permutex2var_epi16(head[q], value_index, tail[q])
+                                 : _mm512_permutex2var_epi32(head[q], value_index, tail[q]);
       const __m512i low = _mm512_and_si512(bytes, mask);
       const __m512i high = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), mask);
       const __m512i index = _mm512_setr_epi32(
@@ -252,8 +277,9 @@ struct Qgemv512 {
       }
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512i gather_offsets =
-        kFormat == DType::Q4_1
-            ? _mm512_mullo_epi32(lane, _mm512_set1_epi32(20))
+        kFormat == DType::Q4_1 ? _mm512_mullo_epi32(lane, _mm512_set1_epi32(20))
+        : kFormat == DType::Q4_0
+            ? _mm512_mullo_epi32(lane, _mm512_set1_epi32(18))
             : _mm512_mullo_epi32(_mm512_srli_epi32(lane, 2), _mm512_set1_epi32(68));
     for (int64_t o = o_begin; o < o_end; ++o) {
       const std::byte* row = static_cast<const std::byte*>(weight.data) + o * weight.row_bytes;
@@ -261,9 +287,9 @@ struct Qgemv512 {
       for (int r = 0; r < kRows; ++r) acc[r][0] = acc[r][1] = minimum[r] = _mm512_setzero_ps();
       for (int64_t b0 = 0; b0 < blocks; b0 += 16) {
         const int n = static_cast<int>(smaller(16, blocks - b0));
-        if constexpr (kFormat == DType::Q4_1) {
+        if constexpr (kFormat == DType::Q4_1 || kFormat == DType::Q4_0) {
           if (n == 16) {
-            group_q4_1(reordered, quads, x, row, b0, acc, minimum);
+            group16(reordered, quads, x, row, b0, acc, minimum);
             continue;
           }
         }
@@ -274,7 +300,11 @@ struct Qgemv512 {
         __m512 scales[kRows];
         for (int r = 0; r < kRows; ++r) {
           scales[r] = _mm512_mul_ps(dw, _mm512_maskz_loadu_ps(valid, x.d + r * blocks + b0));
-          const __m512 mw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(halves, 16)));
+          // (Q4_0: the high halves are value bytes; its minimum is -8 d)
+          const __m512 mw =
+              kFormat == DType::Q4_0
+                  ? _mm512_mul_ps(dw, _mm512_set1_ps(-8.0f))
+                  : _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(halves, 16)));
           minimum[r] = _mm512_fmadd_ps(mw, _mm512_maskz_loadu_ps(valid, x.sum + r * blocks + b0),
                                        minimum[r]);
         }
@@ -599,7 +629,8 @@ const KernelTable& avx512_table() {
        &avx512::quantized_linear<DType::Q4_1, avx512::Qgemv512>,
        &avx512::quantized_linear<DType::Q4_1_128, avx512::Qgemv512>,
        &avx512::kquant_linear_512<DType::Q4_K>, &avx512::kquant_linear_512<DType::Q5_K>,
-       &avx512::kquant_linear_512<DType::Q6_K>},
+       &avx512::kquant_linear_512<DType::Q6_K>,
+       &avx512::quantized_linear<DType::Q4_0, avx512::Qgemv512>},
       &avx512::attention,
       &avx512::silu_gated,
       &avx512::gemm_f32,

@@ -31,10 +31,10 @@ using AttentionKernel = void (*)(const float* q, const float* k_cache, const flo
                                  float* out, const AttentionShape& shape);
 
 // The weight formats linear kernels read, in the order of KernelTable::linear.
-inline constexpr int kWeightFormatCount = 9;
+inline constexpr int kWeightFormatCount = 10;
 inline constexpr DType kWeightFormats[kWeightFormatCount] = {
     DType::F32,      DType::BF16, DType::F16,  DType::Q8_0, DType::Q4_1,
-    DType::Q4_1_128, DType::Q4_K, DType::Q5_K, DType::Q6_K};
+    DType::Q4_1_128, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::Q4_0};
 // The position of `format` in kWeightFormats, or -1 when no linear kernel reads it.
 int weight_format_index(DType format);
 

@@ -207,15 +207,22 @@ TEST(WorkPool, GemvChunksAreWholeTilesOfAtLeast64KiB) {
 // ---- The kernels on the pool: bitwise the single-thread results ---------------------------
 
 // Rows of `format` for w [out, in]: plain dtypes converted, Q8_0 / Q4_1 / Q4_1_128 quantized,
-// K-quants random bytes with scales of order 1 / (levels * scales) (Kiln only reads them).
+// Q4_0 and K-quants random bytes with scales of order 1 / (levels * scales) (Kiln only reads
+// them).
 std::vector<uint8_t> stored_weights(std::mt19937& rng, DType format, const std::vector<float>& w,
                                     int64_t out, int64_t in) {
   const size_t row_bytes = dtype_nbytes(format, in);
   std::vector<uint8_t> stored(out * row_bytes);
-  if (format == DType::Q4_K || format == DType::Q5_K || format == DType::Q6_K) {
+  if (format == DType::Q4_K || format == DType::Q5_K || format == DType::Q6_K ||
+      format == DType::Q4_0) {
     for (uint8_t& b : stored) b = static_cast<uint8_t>(rng() & 255);
     const size_t bytes = dtype_block_bytes(format);
     for (size_t at = 0; at < stored.size(); at += bytes) {
+      if (format == DType::Q4_0) {  // d * (q - 8) up to 1
+        const uint16_t d = f32_to_f16(1.0f / 8.0f);
+        std::memcpy(&stored[at], &d, 2);
+        continue;
+      }
       const uint16_t d = f32_to_f16(format == DType::Q6_K ? 1.0f / 2048.0f : 1.0f / 1000.0f);
       const uint16_t dmin = f32_to_f16(1.0f / 60.0f);
       std::memcpy(&stored[at + (format == DType::Q6_K ? 208 : 0)], &d, 2);
@@ -290,7 +297,7 @@ TEST(WorkPool, LinearIsBitwiseOneThreadsForEveryFormat) {
       }
     }
     // A group of mixed formats, one row.
-    const DType formats[] = {DType::Q4_K, DType::Q6_K, DType::Q8_0, DType::BF16};
+    const DType formats[] = {DType::Q4_K, DType::Q6_K, DType::Q4_0, DType::BF16};
     const int64_t outs[] = {300, 130, 77, 41};
     std::vector<std::vector<uint8_t>> weights;
     std::vector<std::vector<float>> together(4), alone(4);
