@@ -159,7 +159,7 @@ void dequantize_row(DType dtype, const void* src, float* y, int64_t count) {
     return;
   }
   if (dtype == DType::Q4_0) {
-    // (copies: 18-byte blocks past the first are not 2-byte aligned)
+    // (copies: `src` may start at any byte, and 18-byte blocks are not 4-byte aligned)
     const auto* bytes = static_cast<const std::byte*>(src);
     for (int64_t b = 0; b < blocks; ++b) {
       BlockQ4_0 block;

@@ -9,7 +9,7 @@
 //             sub-block s (elements 32s .. 32s + 31) in qs[16s .. 16s + 15] as in Q4_1
 //   Q4_0      18 bytes per 32 elements:  f16 d, uint8 qs[16];          x[i] = d * (q[i] - 8)
 //             nibbles as in Q4_1; ggml's block as read from GGUF files (Kiln does not write
-//             it; blocks are not 2-byte aligned past the first: read them with memcpy)
+//             it; 18-byte blocks are not 4-byte aligned: read them with memcpy)
 //
 // All little-endian; d and m are IEEE half precision.
 #pragma once

@@ -199,8 +199,8 @@ struct Qgemv512 {
                       const std::byte* row, int64_t b0, __m512 (*acc)[2], __m512* minimum) {
     static_assert(kFormat == DType::Q4_1 || kFormat == DType::Q4_0, "Q4_1 or Q4_0 blocks");
     constexpr bool kQ40 = kFormat == DType::Q4_0;
-    constexpr int64_t kQuadBytes = kQ40 ? 72 : 80;
-    const std::byte* base = row + (kQuadBytes / 4) * b0;
+    constexpr int64_t kBlockBytes = kQ40 ? 18 : 20, kQuadBytes = 4 * kBlockBytes;
+    const std::byte* base = row + kBlockBytes * b0;
     __m512i head[4], tail[4];
     for (int q = 0; q < 4; ++q) {
       head[q] = _mm512_loadu_si512(base + kQuadBytes * q);  // bytes 0..63 of the quad

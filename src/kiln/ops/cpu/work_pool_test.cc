@@ -297,26 +297,27 @@ TEST(WorkPool, LinearIsBitwiseOneThreadsForEveryFormat) {
       }
     }
     // A group of mixed formats, one row.
-    const DType formats[] = {DType::Q4_K, DType::Q6_K, DType::Q4_0, DType::BF16};
-    const int64_t outs[] = {300, 130, 77, 41};
+    constexpr int kGroup = 5;
+    const DType formats[kGroup] = {DType::Q4_K, DType::Q6_K, DType::Q8_0, DType::Q4_0, DType::BF16};
+    const int64_t outs[kGroup] = {300, 130, 77, 53, 41};
     std::vector<std::vector<uint8_t>> weights;
-    std::vector<std::vector<float>> together(4), alone(4);
+    std::vector<std::vector<float>> together(kGroup), alone(kGroup);
     std::vector<LinearProduct> products;
-    for (int k = 0; k < 4; ++k) {
+    for (int k = 0; k < kGroup; ++k) {
       weights.push_back(stored_weights(rng, formats[k], w, outs[k], in));
       together[k].assign(outs[k], -1.0f);
       alone[k].assign(outs[k], -2.0f);
     }
     omp_set_num_threads(1);
-    for (int k = 0; k < 4; ++k)
+    for (int k = 0; k < kGroup; ++k)
       linear(x.data(), weights[k].data(), formats[k], k ? bias.data() : nullptr, alone[k].data(), 1,
              in, outs[k]);
     omp_set_num_threads(2);
-    for (int k = 0; k < 4; ++k)
+    for (int k = 0; k < kGroup; ++k)
       products.push_back({weight_view(weights[k].data(), formats[k], in), k ? bias.data() : nullptr,
                           together[k].data(), outs[k]});
-    linear_group(x.data(), 1, in, products.data(), 4);
-    for (int k = 0; k < 4; ++k)
+    linear_group(x.data(), 1, in, products.data(), kGroup);
+    for (int k = 0; k < kGroup; ++k)
       ASSERT_EQ(std::memcmp(together[k].data(), alone[k].data(), sizeof(float) * outs[k]), 0)
           << set << " group product " << k << " (" << dtype_name(formats[k]) << ")";
   }
